@@ -1,0 +1,1 @@
+"""Frames, datasets and the Occ3D file format."""

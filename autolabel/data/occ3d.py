@@ -1,0 +1,97 @@
+"""Occ3D ground-truth files: ``gts/<scene_name>/<sample_token>/labels.npz``.
+
+Each file holds ``semantics`` (uint8, X x Y x Z, ids 0..17, 255 unknown), ``mask_lidar`` and
+``mask_camera`` (uint8 0/1, same shape). Written atomically (temp file + rename) so that a crash
+never leaves a half-written file under the final name.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kernels.grid import GridSpec
+from occnet.classes import IGNORE_ID, NUM_CLASSES
+
+from ..errors import DataError
+
+LABEL_KEYS = ("semantics", "mask_lidar", "mask_camera")
+
+
+@dataclass
+class Occ3DLabels:
+    """One frame's Occ3D labels; every array is (X, Y, Z) uint8."""
+
+    semantics: np.ndarray
+    mask_lidar: np.ndarray
+    mask_camera: np.ndarray
+
+
+def labels_path(root: str | os.PathLike, scene_name: str, sample_token: str) -> Path:
+    """Path of a frame's labels under a dataset root (or any folder holding ``gts/``)."""
+    return Path(root) / "gts" / scene_name / sample_token / "labels.npz"
+
+
+def validate_labels(labels: Occ3DLabels, grid: GridSpec, where: str) -> None:
+    """Raise DataError naming `where` and the field if shapes, dtypes or values are wrong."""
+    for key in LABEL_KEYS:
+        arr = getattr(labels, key)
+        if not isinstance(arr, np.ndarray):
+            raise DataError(f"{where}: field '{key}' must be a numpy array, got {type(arr).__name__}")
+        if arr.shape != grid.shape:
+            raise DataError(f"{where}: field '{key}' has shape {arr.shape}, expected {grid.shape} for {grid}")
+        if arr.dtype != np.uint8:
+            raise DataError(f"{where}: field '{key}' has dtype {arr.dtype}, expected uint8")
+    sem = labels.semantics
+    bad = (sem >= NUM_CLASSES) & (sem != IGNORE_ID)
+    if bad.any():
+        raise DataError(
+            f"{where}: field 'semantics' holds ids {sorted(np.unique(sem[bad]).tolist())[:8]} outside "
+            f"0..{NUM_CLASSES - 1} and {IGNORE_ID}"
+        )
+    for key in ("mask_lidar", "mask_camera"):
+        if getattr(labels, key).max(initial=0) > 1:
+            raise DataError(f"{where}: field '{key}' must hold only 0 and 1")
+
+
+def read_labels(path: str | os.PathLike, grid: GridSpec | None = None) -> Occ3DLabels:
+    """Read and validate one ``labels.npz``; raises DataError naming the file and field."""
+    path = Path(path)
+    grid = grid or GridSpec()
+    if not path.is_file():
+        raise DataError(f"{path}: Occ3D label file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in LABEL_KEYS if k not in data.files]
+            if missing:
+                raise DataError(f"{path}: missing key(s) {missing}; an Occ3D labels.npz holds {list(LABEL_KEYS)}, found {data.files}")
+            labels = Occ3DLabels(**{k: data[k] for k in LABEL_KEYS})
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    validate_labels(labels, grid, str(path))
+    return labels
+
+
+def write_labels(path: str | os.PathLike, labels: Occ3DLabels, grid: GridSpec | None = None) -> Path:
+    """Validate and write ``labels.npz`` atomically (compressed). Returns the path."""
+    path = Path(path)
+    validate_labels(labels, grid or GridSpec(), str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".labels-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **{k: getattr(labels, k) for k in LABEL_KEYS})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

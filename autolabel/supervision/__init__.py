@@ -1,0 +1,1 @@
+"""2D supervision: LiDAR depth maps, foundation-model semantics, precomputed maps."""

@@ -1,0 +1,57 @@
+"""Lazy builds of the C++ and CUDA backends with torch.utils.cpp_extension (+ ninja).
+
+Nothing compiles at import: the first call that needs a backend builds it (about a minute),
+later processes reuse the build in TORCH_EXTENSIONS_DIR (default: torch's cache folder).
+A failed build is remembered for the process, so it is tried once.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+CSRC = Path(__file__).parent / "csrc"
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot be built or run here (no compiler, no GPU, build error)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str) -> ModuleType | BaseException:
+    from torch.utils.cpp_extension import load
+
+    try:
+        if name == "cpu":
+            return load(
+                name="autolabel_render_cpu",
+                sources=[str(CSRC / "render_cpu.cpp")],
+                # at::parallel_for only runs threads when the extension itself is built with OpenMP
+                extra_cflags=["-O3", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                extra_include_paths=[str(CSRC)],
+                verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")),
+            )
+        if not torch.cuda.is_available():
+            return BackendUnavailable("no CUDA device is visible")
+        return load(
+            name="autolabel_render_cuda",
+            sources=[str(CSRC / "render_cuda.cu")],
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3", "--use_fast_math"] if os.environ.get("AUTOLABEL_FAST_MATH") else ["-O3"],
+            extra_include_paths=[str(CSRC)],
+            verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")),
+        )
+    except Exception as exc:  # compiler missing, nvcc missing, build error: remembered, reported by caller
+        return exc
+
+
+def load_backend(name: str) -> ModuleType:
+    """The compiled module for "cpu" or "cuda"; raises BackendUnavailable with the reason."""
+    mod = _load(name)
+    if isinstance(mod, BaseException):
+        raise BackendUnavailable(f"the {name} render backend is unavailable: {mod}") from mod
+    return mod

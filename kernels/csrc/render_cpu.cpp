@@ -1,0 +1,236 @@
+// C++ CPU backend of the render op: one ray per loop iteration, rays spread over threads with
+// at::parallel_for. Forward and backward walk the same segments (render_core.h); backward
+// recomputes along the ray instead of storing per-sample values.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cstring>
+#include <vector>
+
+#include "render_core.h"
+
+namespace {
+
+using render::Grid;
+using render::Segment;
+
+// Lock-free float / double add: grids are shared by many rays, so gradient scatters race.
+template <typename T>
+inline void atomic_add(T* addr, T value) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  Bits* bits = reinterpret_cast<Bits*>(addr);
+  Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED);
+  while (true) {
+    T current;
+    std::memcpy(&current, &expected, sizeof(T));
+    const T updated = current + value;
+    Bits desired;
+    std::memcpy(&desired, &updated, sizeof(T));
+    if (__atomic_compare_exchange_n(bits, &expected, desired, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return;
+  }
+}
+
+template <typename T>
+Grid<T> make_grid(const std::vector<double>& lo, const std::vector<double>& vs, const std::vector<double>& hi,
+                  const at::Tensor& density) {
+  Grid<T> g;
+  for (int a = 0; a < 3; ++a) {
+    g.lo[a] = T(lo[a]);
+    g.vs[a] = T(vs[a]);
+    g.hi[a] = T(hi[a]);
+    g.n[a] = static_cast<int>(density.size(a + 1));
+  }
+  return g;
+}
+
+void check_inputs(const at::Tensor& density, const at::Tensor& features, const at::Tensor& origins,
+                  const at::Tensor& directions, const at::Tensor& batch_index, const at::Tensor& near,
+                  const at::Tensor& far) {
+  for (const at::Tensor* t : {&density, &features, &origins, &directions, &batch_index, &near, &far}) {
+    TORCH_CHECK(t->device().is_cpu(), "render_cpu: every input must be a CPU tensor");
+    TORCH_CHECK(t->is_contiguous(), "render_cpu: every input must be contiguous");
+  }
+  TORCH_CHECK(density.dim() == 4, "render_cpu: density must be (B, X, Y, Z)");
+  TORCH_CHECK(features.dim() == 5 && features.sizes().slice(0, 4) == density.sizes(),
+              "render_cpu: features must be (B, X, Y, Z, C) matching density");
+  TORCH_CHECK(features.scalar_type() == density.scalar_type(), "render_cpu: features and density must share a dtype");
+  TORCH_CHECK(origins.scalar_type() == density.scalar_type() && directions.scalar_type() == density.scalar_type() &&
+                  near.scalar_type() == density.scalar_type() && far.scalar_type() == density.scalar_type(),
+              "render_cpu: rays must have the density's dtype");
+  TORCH_CHECK(batch_index.scalar_type() == at::kLong, "render_cpu: batch_index must be int64");
+  const int64_t R = origins.size(0);
+  TORCH_CHECK(origins.dim() == 2 && origins.size(1) == 3 && directions.sizes() == origins.sizes(),
+              "render_cpu: origins and directions must be (n_rays, 3)");
+  TORCH_CHECK(batch_index.numel() == R && near.numel() == R && far.numel() == R,
+              "render_cpu: batch_index, near and far must have n_rays elements");
+}
+
+template <typename T, typename Walker>
+void forward_rays(const Grid<T>& g, const T* density, const T* features, const T* origins, const T* directions,
+                  const int64_t* batch_index, const T* near, const T* far, int64_t R, int64_t C, T step, T thr,
+                  T* out_depth, T* out_opacity, T* out_features, T* out_trans) {
+  constexpr int NT = Walker::kTaps;
+  const int64_t V = int64_t(g.n[0]) * g.n[1] * g.n[2];
+  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> f(C);
+    for (int64_t r = begin; r < end; ++r) {
+      const T* dens = density + batch_index[r] * V;
+      const T* feat = features + batch_index[r] * V * C;
+      T* fo = out_features + r * C;
+      std::fill(fo, fo + C, T(0));
+      T ts, te;
+      render::ray_interval(g, origins + 3 * r, directions + 3 * r, near[r], far[r], ts, te);
+      Walker walker;
+      walker.init(g, origins + 3 * r, directions + 3 * r, ts, te, step);
+      Segment<T, NT> seg;
+      T tau = 0, depth = 0, opacity = 0;
+      while (walker.next(seg)) {
+        const T Tc = std::exp(-tau);
+        if (Tc < thr) break;
+        T sigma = 0;
+        for (int k = 0; k < NT; ++k) sigma += seg.w[k] * dens[seg.idx[k]];
+        const T s = sigma * seg.delta;
+        const T alpha = -std::expm1(-s);
+        const T w = Tc * alpha;
+        depth += Tc * (alpha * seg.t0 + seg.delta * render::depth_moment(s));
+        opacity += w;
+        std::fill(f.begin(), f.end(), T(0));
+        for (int k = 0; k < NT; ++k) {
+          const T* fk = feat + seg.idx[k] * C;
+          for (int64_t c = 0; c < C; ++c) f[c] += seg.w[k] * fk[c];
+        }
+        for (int64_t c = 0; c < C; ++c) fo[c] += w * f[c];
+        tau += s;
+      }
+      out_depth[r] = depth;
+      out_opacity[r] = opacity;
+      out_trans[r] = std::exp(-tau);
+    }
+  });
+}
+
+template <typename T, typename Walker>
+void backward_rays(const Grid<T>& g, const T* density, const T* features, const T* origins, const T* directions,
+                   const int64_t* batch_index, const T* near, const T* far, int64_t R, int64_t C, T step, T thr,
+                   const T* depth, const T* opacity, const T* feats, const T* trans, const T* g_depth,
+                   const T* g_opacity, const T* g_feats, const T* g_trans, T* grad_density, T* grad_features) {
+  constexpr int NT = Walker::kTaps;
+  const int64_t V = int64_t(g.n[0]) * g.n[1] * g.n[2];
+  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> f(C);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = batch_index[r];
+      const T* dens = density + b * V;
+      const T* feat = features + b * V * C;
+      T* gdens = grad_density + b * V;
+      T* gfeat = grad_features + b * V * C;
+      const T* gF = g_feats + r * C;
+      const T gD = g_depth[r], gO = g_opacity[r], gT = g_trans[r], Tr = trans[r];
+      // L = gD * depth + gO * opacity + gF . features: the total that later segments' T scales.
+      T total = gD * depth[r] + gO * opacity[r];
+      for (int64_t c = 0; c < C; ++c) total += gF[c] * feats[r * C + c];
+      T ts, te;
+      render::ray_interval(g, origins + 3 * r, directions + 3 * r, near[r], far[r], ts, te);
+      Walker walker;
+      walker.init(g, origins + 3 * r, directions + 3 * r, ts, te, step);
+      Segment<T, NT> seg;
+      T tau = 0, prefix = 0;
+      while (walker.next(seg)) {
+        const T Tc = std::exp(-tau);
+        if (Tc < thr) break;
+        T sigma = 0;
+        for (int k = 0; k < NT; ++k) sigma += seg.w[k] * dens[seg.idx[k]];
+        const T delta = seg.delta;
+        const T s = sigma * delta;
+        const T e = std::exp(-s);
+        const T alpha = -std::expm1(-s);
+        std::fill(f.begin(), f.end(), T(0));
+        for (int k = 0; k < NT; ++k) {
+          const T* fk = feat + seg.idx[k] * C;
+          for (int64_t c = 0; c < C; ++c) f[c] += seg.w[k] * fk[c];
+        }
+        T gf_dot = 0;
+        for (int64_t c = 0; c < C; ++c) gf_dot += gF[c] * f[c];
+        const T h = gD * (alpha * seg.t0 + delta * render::depth_moment(s)) + (gO + gf_dot) * alpha;
+        prefix += Tc * h;
+        const T dalpha = delta * e;
+        const T dh = gD * (seg.t0 * dalpha + delta * delta * render::depth_moment_grad(s)) + (gO + gf_dot) * dalpha;
+        const T g_sigma = Tc * dh - delta * (total - prefix) - gT * delta * Tr;
+        const T w = Tc * alpha;
+        for (int k = 0; k < NT; ++k) {
+          if (seg.w[k] == T(0)) continue;
+          atomic_add(gdens + seg.idx[k], g_sigma * seg.w[k]);
+          if (w != T(0)) {
+            T* gk = gfeat + seg.idx[k] * C;
+            const T wk = w * seg.w[k];
+            for (int64_t c = 0; c < C; ++c) atomic_add(gk + c, wk * gF[c]);
+          }
+        }
+        tau += s;
+      }
+    }
+  });
+}
+
+std::vector<at::Tensor> forward(at::Tensor density, at::Tensor features, at::Tensor origins, at::Tensor directions,
+                                at::Tensor batch_index, at::Tensor near, at::Tensor far, std::vector<double> lo,
+                                std::vector<double> vs, std::vector<double> hi, int64_t mode, double step, double thr) {
+  check_inputs(density, features, origins, directions, batch_index, near, far);
+  const int64_t R = origins.size(0), C = features.size(4);
+  auto depth = at::empty({R}, density.options());
+  auto opacity = at::empty({R}, density.options());
+  auto feats = at::empty({R, C}, density.options());
+  auto trans = at::empty({R}, density.options());
+  AT_DISPATCH_FLOATING_TYPES(density.scalar_type(), "render_cpu_forward", [&] {
+    const auto g = make_grid<scalar_t>(lo, vs, hi, density);
+    auto run = [&](auto walker_tag) {
+      using Walker = decltype(walker_tag);
+      forward_rays<scalar_t, Walker>(g, density.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
+                                     origins.data_ptr<scalar_t>(), directions.data_ptr<scalar_t>(),
+                                     batch_index.data_ptr<int64_t>(), near.data_ptr<scalar_t>(), far.data_ptr<scalar_t>(),
+                                     R, C, scalar_t(step), scalar_t(thr), depth.data_ptr<scalar_t>(),
+                                     opacity.data_ptr<scalar_t>(), feats.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>());
+    };
+    if (mode == render::kVoxel) run(render::VoxelWalker<scalar_t>{});
+    else run(render::TrilinearWalker<scalar_t>{});
+  });
+  return {depth, opacity, feats, trans};
+}
+
+std::vector<at::Tensor> backward(at::Tensor density, at::Tensor features, at::Tensor origins, at::Tensor directions,
+                                 at::Tensor batch_index, at::Tensor near, at::Tensor far, std::vector<double> lo,
+                                 std::vector<double> vs, std::vector<double> hi, int64_t mode, double step, double thr,
+                                 at::Tensor depth, at::Tensor opacity, at::Tensor feats, at::Tensor trans,
+                                 at::Tensor g_depth, at::Tensor g_opacity, at::Tensor g_feats, at::Tensor g_trans) {
+  check_inputs(density, features, origins, directions, batch_index, near, far);
+  for (const at::Tensor* t : {&depth, &opacity, &feats, &trans, &g_depth, &g_opacity, &g_feats, &g_trans}) {
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == density.scalar_type() && t->device().is_cpu(),
+                "render_cpu backward: outputs and their gradients must be contiguous CPU tensors of the density's dtype");
+  }
+  const int64_t R = origins.size(0), C = features.size(4);
+  auto grad_density = at::zeros_like(density);
+  auto grad_features = at::zeros_like(features);
+  AT_DISPATCH_FLOATING_TYPES(density.scalar_type(), "render_cpu_backward", [&] {
+    const auto g = make_grid<scalar_t>(lo, vs, hi, density);
+    auto run = [&](auto walker_tag) {
+      using Walker = decltype(walker_tag);
+      backward_rays<scalar_t, Walker>(
+          g, density.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), origins.data_ptr<scalar_t>(),
+          directions.data_ptr<scalar_t>(), batch_index.data_ptr<int64_t>(), near.data_ptr<scalar_t>(),
+          far.data_ptr<scalar_t>(), R, C, scalar_t(step), scalar_t(thr), depth.data_ptr<scalar_t>(),
+          opacity.data_ptr<scalar_t>(), feats.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(),
+          g_depth.data_ptr<scalar_t>(), g_opacity.data_ptr<scalar_t>(), g_feats.data_ptr<scalar_t>(),
+          g_trans.data_ptr<scalar_t>(), grad_density.data_ptr<scalar_t>(), grad_features.data_ptr<scalar_t>());
+    };
+    if (mode == render::kVoxel) run(render::VoxelWalker<scalar_t>{});
+    else run(render::TrilinearWalker<scalar_t>{});
+  });
+  return {grad_density, grad_features};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "render rays, forward (CPU)");
+  m.def("backward", &backward, "render rays, backward (CPU)");
+}

@@ -1,0 +1,204 @@
+"""The public render op: `render_rays` composites voxel density and features along rays.
+
+Formulas (see kernels/reference.py, which defines them): each ray is cut into segments
+[t0_i, t0_i + delta_i) inside [near, far] and the grid box, each with density sigma_i and features f_i;
+s_i = sigma_i delta_i, T_i = exp(-sum_{j<i} s_j), alpha_i = 1 - exp(-s_i), w_i = T_i alpha_i;
+opacity = sum w_i, features = sum w_i f_i, depth = sum T_i (alpha_i t0_i + delta_i g(s_i)) with
+g(x) = (1 - e^-x (1 + x)) / x (the exact expected hit distance inside a constant-density segment).
+Segments are used while T_i >= t_threshold.
+
+Backends: "reference" (PyTorch, any device), "cpu" (C++, at::parallel_for over rays), "cuda" (CUDA C++,
+a group of threads per ray, fused; backward recomputes along the ray). The fastest available for the
+inputs' device is used; ``AUTOLABEL_KERNELS=reference|cpu|cuda`` or the ``backend`` argument forces one.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ._build import BackendUnavailable, load_backend
+from .grid import GridSpec
+from .reference import render_rays_reference
+
+MODES = ("voxel", "trilinear")
+BACKENDS = ("reference", "cpu", "cuda")
+_MODE_IDS = {"voxel": 0, "trilinear": 1}
+_warned: set[str] = set()
+
+
+@dataclass
+class RenderOutput:
+    """Per-ray results of `render_rays`.
+
+    depth: (n_rays,) expected distance along the ray (metres; not camera z-depth).
+    opacity: (n_rays,) sum of weights, 1 - transmittance up to early termination.
+    features: (n_rays, C) composited features, in the features' dtype.
+    transmittance: (n_rays,) light left after the last segment used.
+    """
+
+    depth: torch.Tensor
+    opacity: torch.Tensor
+    features: torch.Tensor
+    transmittance: torch.Tensor
+
+
+def _fail(msg: str) -> None:
+    raise ValueError(f"render_rays: {msg}")
+
+
+def _validate(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold):
+    if mode not in MODES:
+        _fail(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(grid, GridSpec):
+        _fail(f"grid must be a GridSpec, got {type(grid).__name__}")
+    if density.dim() != 4 or tuple(density.shape[1:]) != grid.shape:
+        _fail(f"density must be (B, X, Y, Z) = (B, {', '.join(map(str, grid.shape))}), got {tuple(density.shape)}")
+    if features.dim() != 5 or features.shape[:4] != density.shape:
+        _fail(f"features must be (B, X, Y, Z, C) matching density {tuple(density.shape)}, got {tuple(features.shape)}")
+    if density.dtype not in (torch.float32, torch.float64):
+        _fail(f"density must be float32 or float64, got {density.dtype}")
+    if features.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        _fail(f"features must be a floating dtype, got {features.dtype}")
+    if features.dtype in (torch.float16, torch.bfloat16) and density.dtype != torch.float32:
+        _fail("half / bfloat16 features go with float32 density")
+    if features.dtype in (torch.float32, torch.float64) and features.dtype != density.dtype:
+        _fail(f"features ({features.dtype}) and density ({density.dtype}) must share a dtype")
+    n = origins.shape[0] if origins.dim() == 2 else -1
+    if origins.dim() != 2 or origins.shape[1] != 3 or directions.shape != origins.shape:
+        _fail(f"origins and directions must both be (n_rays, 3), got {tuple(origins.shape)} and {tuple(directions.shape)}")
+    for name, t in (("batch_index", batch_index), ("near", near), ("far", far)):
+        if t.shape != (n,):
+            _fail(f"{name} must be (n_rays,) = ({n},), got {tuple(t.shape)}")
+    for name, t in (("origins", origins), ("directions", directions), ("near", near), ("far", far)):
+        if t.dtype != density.dtype:
+            _fail(f"{name} must have the density's dtype {density.dtype}, got {t.dtype}")
+    if batch_index.dtype != torch.int64:
+        _fail(f"batch_index must be int64, got {batch_index.dtype}")
+    tensors = dict(density=density, features=features, origins=origins, directions=directions,
+                   batch_index=batch_index, near=near, far=far)
+    devices = {k: t.device for k, t in tensors.items()}
+    if len(set(devices.values())) != 1:
+        _fail(f"all inputs must be on one device, got {devices}")
+    if not step_size > 0:
+        _fail(f"step_size must be > 0, got {step_size}")
+    if not 0 <= t_threshold < 1:
+        _fail(f"t_threshold must lie in [0, 1), got {t_threshold}")
+    if n == 0:
+        return
+    # One host sync for all value checks.
+    checks = torch.stack([
+        ~torch.isfinite(origins).all(), ~torch.isfinite(directions).all(),
+        ~torch.isfinite(near).all(), torch.isnan(far).any(), (far < near).any(),
+        ((directions.norm(dim=1) - 1).abs() > 1e-3).any(),
+        (batch_index < 0).any() | (batch_index >= density.shape[0]).any(),
+        (density < 0).any() | torch.isnan(density).any(),
+    ]).tolist()
+    messages = ["origins hold non-finite values", "directions hold non-finite values", "near holds non-finite values",
+                "far holds NaN", "far < near for some rays", "directions must be unit vectors",
+                f"batch_index must lie in [0, {density.shape[0]})", "density must be >= 0 (and not NaN)"]
+    for bad, msg in zip(checks, messages):
+        if bad:
+            _fail(msg)
+
+
+def _pick_backend(requested: Optional[str], device: torch.device) -> str:
+    forced = requested or os.environ.get("AUTOLABEL_KERNELS") or None
+    if forced is not None:
+        if forced not in BACKENDS:
+            _fail(f"backend must be one of {BACKENDS}, got {forced!r} (AUTOLABEL_KERNELS or backend=)")
+        if forced != "reference":
+            if (forced == "cuda") != (device.type == "cuda"):
+                raise BackendUnavailable(f"backend {forced!r} was forced but the inputs are on {device}")
+            load_backend(forced)  # raises BackendUnavailable with the reason
+        return forced
+    candidate = "cuda" if device.type == "cuda" else "cpu" if device.type == "cpu" else None
+    if candidate is None:
+        return "reference"
+    try:
+        load_backend(candidate)
+        return candidate
+    except BackendUnavailable as exc:
+        if candidate not in _warned:
+            _warned.add(candidate)
+            warnings.warn(f"{exc}; using the PyTorch reference instead", RuntimeWarning, stacklevel=3)
+        return "reference"
+
+
+class _RenderFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, density, features, origins, directions, batch_index, near, far, backend, geom, mode_id, step, thr):
+        mod = load_backend(backend)
+        lo, vs, hi = geom
+        depth, opacity, feats, trans = mod.forward(density, features, origins, directions, batch_index, near, far,
+                                                   lo, vs, hi, mode_id, step, thr)
+        ctx.save_for_backward(density, features, origins, directions, batch_index, near, far, depth, opacity, feats, trans)
+        ctx.args = (backend, geom, mode_id, step, thr)
+        return depth, opacity, feats, trans
+
+    @staticmethod
+    def backward(ctx, g_depth, g_opacity, g_feats, g_trans):
+        density, features, origins, directions, batch_index, near, far, depth, opacity, feats, trans = ctx.saved_tensors
+        backend, (lo, vs, hi), mode_id, step, thr = ctx.args
+        mod = load_backend(backend)
+
+        def grad(g, like):
+            return torch.zeros_like(like) if g is None else g.contiguous()
+
+        gd, gf = mod.backward(density, features, origins, directions, batch_index, near, far, lo, vs, hi, mode_id, step, thr,
+                              depth, opacity, feats, trans, grad(g_depth, depth), grad(g_opacity, opacity),
+                              grad(g_feats, feats), grad(g_trans, trans))
+        return gd, gf, None, None, None, None, None, None, None, None, None, None
+
+
+def render_rays(
+    density: torch.Tensor,
+    features: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    batch_index: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    grid: GridSpec,
+    mode: str = "voxel",
+    step_size: float = 0.2,
+    t_threshold: float = 1e-4,
+    backend: Optional[str] = None,
+) -> RenderOutput:
+    """Volume-render a voxel grid along rays.
+
+    Args:
+        density: (B, X, Y, Z) sigma >= 0 per voxel (1/metre), float32 or float64; X, Y, Z = grid.shape.
+        features: (B, X, Y, Z, C) per-voxel features (logits or probabilities), same dtype as density
+            (float16 / bfloat16 also allowed with float32 density on CUDA; accumulation is float32).
+        origins: (n_rays, 3) ray origins in the grid's metric (ego) coordinates.
+        directions: (n_rays, 3) unit directions.
+        batch_index: (n_rays,) int64, which grid of the batch each ray reads.
+        near, far: (n_rays,) distance interval along the ray (far >= near).
+        grid: the GridSpec of the volume.
+        mode: "voxel" (exact traversal, one segment per voxel) or "trilinear" (uniform steps).
+        step_size: segment length in metres for "trilinear".
+        t_threshold: early termination once transmittance falls below it.
+        backend: None (fastest available), "reference", "cpu" or "cuda".
+
+    Returns:
+        RenderOutput with depth, opacity, transmittance (n_rays,) and features (n_rays, C).
+        Gradients flow to density and features, not to the rays.
+    """
+    _validate(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
+    chosen = _pick_backend(backend, density.device)
+    if chosen == "reference":
+        depth, opacity, feats, trans = render_rays_reference(
+            density, features.to(density.dtype) if features.dtype != density.dtype else features,
+            origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
+        return RenderOutput(depth, opacity, feats.to(features.dtype), trans)
+    if chosen == "cpu" and features.dtype != density.dtype:
+        _fail("the cpu backend takes features in the density's dtype")
+    geom = (list(grid.range_min), list(grid.voxel_size), list(grid.range_max))
+    rays = [t.detach().contiguous() for t in (origins, directions, batch_index, near, far)]
+    depth, opacity, feats, trans = _RenderFunction.apply(
+        density.contiguous(), features.contiguous(), *rays, chosen, geom, _MODE_IDS[mode], float(step_size), float(t_threshold))
+    return RenderOutput(depth, opacity, feats, trans)

@@ -41,7 +41,7 @@ def _load(name: str) -> ModuleType | BaseException:
             name="autolabel_render_cuda",
             sources=[str(CSRC / "render_cuda.cu")],
             extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3", "--use_fast_math"] if os.environ.get("AUTOLABEL_FAST_MATH") else ["-O3"],
+            extra_cuda_cflags=["-O3"],
             extra_include_paths=[str(CSRC)],
             verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")),
         )

@@ -128,8 +128,9 @@ def render_rays_reference(
     Returns depth (n_rays,), opacity (n_rays,), features (n_rays, C), transmittance (n_rays,).
     """
     t_in, t_out = ray_box_interval(origins, directions, grid)
-    t_start = torch.maximum(near, t_in)
-    t_end = torch.maximum(torch.minimum(far, t_out), t_start)  # empty interval: length 0
+    hit = t_in <= t_out
+    t_start = torch.where(hit, torch.maximum(near, t_in), near)  # a miss: an empty interval at near
+    t_end = torch.where(hit, torch.maximum(torch.minimum(far, t_out), t_start), t_start)
     if mode == "voxel":
         t0, delta = _voxel_segments(origins, directions, t_start, t_end, grid)
         gather = _gather_voxel

@@ -201,4 +201,5 @@ def render_rays(
     rays = [t.detach().contiguous() for t in (origins, directions, batch_index, near, far)]
     depth, opacity, feats, trans = _RenderFunction.apply(
         density.contiguous(), features.contiguous(), *rays, chosen, geom, _MODE_IDS[mode], float(step_size), float(t_threshold))
-    return RenderOutput(depth, opacity, feats, trans)
+    # CUDA accumulates half / bfloat16 features in float32 and returns them so; the cast is differentiable
+    return RenderOutput(depth, opacity, feats.to(features.dtype), trans)

@@ -72,6 +72,10 @@ RENDER_HD void ray_interval(const Grid<T>& g, const T o[3], const T d[3], T near
     t_in = lo > t_in ? lo : t_in;
     t_out = hi < t_out ? hi : t_out;
   }
+  if (!(t_in <= t_out)) {  // the ray misses the box
+    t_start = t_end = near;
+    return;
+  }
   t_start = near > t_in ? near : t_in;
   T e = far < t_out ? far : t_out;
   t_end = e > t_start ? e : t_start;
@@ -79,54 +83,69 @@ RENDER_HD void ray_interval(const Grid<T>& g, const T o[3], const T d[3], T near
 
 // Exact traversal (Amanatides-Woo): one segment per voxel crossed. Each crossing distance is
 // computed from its plane, (lo + k * vs - o) / d, as the reference does, never accumulated.
+// Axes are indexed with compile-time constants only, so the walker's arrays live in registers.
 template <typename T>
 struct VoxelWalker {
-  const Grid<T>* g;
+  static constexpr int kTaps = 1;
+  Grid<T> g;
   T o[3], d[3];
   T t, t_end;
   int idx[3];
   int step[3];
   T t_next[3];
 
-  RENDER_HD T plane_t(int a) const {
-    const int k = step[a] > 0 ? idx[a] + 1 : idx[a];
-    return (g->lo[a] + T(k) * g->vs[a] - o[a]) / d[a];
+  template <int A>
+  RENDER_HD T plane_t() const {
+    const int k = step[A] > 0 ? idx[A] + 1 : idx[A];
+    return (g.lo[A] + T(k) * g.vs[A] - o[A]) / d[A];
   }
 
-  static constexpr int kTaps = 1;
+  template <int A>
+  RENDER_HD void init_axis(T t_start) {
+    const T p = (o[A] + t_start * d[A] - g.lo[A]) / g.vs[A];
+    const int i = static_cast<int>(floor(p));
+    idx[A] = i < 0 ? 0 : (i > g.n[A] - 1 ? g.n[A] - 1 : i);
+    step[A] = d[A] > T(0) ? 1 : (d[A] < T(0) ? -1 : 0);
+    t_next[A] = step[A] == 0 ? std::numeric_limits<T>::infinity() : plane_t<A>();
+  }
+
+  template <int A>
+  RENDER_HD void advance() {
+    idx[A] += step[A];
+    t_next[A] = plane_t<A>();
+  }
 
   RENDER_HD void init(const Grid<T>& grid, const T* o_, const T* d_, T t_start, T t_end_, T /*step*/) {
-    g = &grid;
+    g = grid;
     t = t_start;
     t_end = t_end_;
 #pragma unroll
     for (int a = 0; a < 3; ++a) {
       o[a] = o_[a];
       d[a] = d_[a];
-      const T p = (o[a] + t_start * d[a] - grid.lo[a]) / grid.vs[a];
-      int i = static_cast<int>(floor(p));
-      idx[a] = i < 0 ? 0 : (i > grid.n[a] - 1 ? grid.n[a] - 1 : i);
-      step[a] = d[a] > T(0) ? 1 : (d[a] < T(0) ? -1 : 0);
-      t_next[a] = step[a] == 0 ? std::numeric_limits<T>::infinity() : plane_t(a);
     }
+    init_axis<0>(t_start);
+    init_axis<1>(t_start);
+    init_axis<2>(t_start);
   }
 
   RENDER_HD bool next(Segment<T, 1>& seg) {
     if (!(t < t_end)) return false;
-    if (idx[0] < 0 || idx[0] >= g->n[0] || idx[1] < 0 || idx[1] >= g->n[1] || idx[2] < 0 || idx[2] >= g->n[2])
+    if (idx[0] < 0 || idx[0] >= g.n[0] || idx[1] < 0 || idx[1] >= g.n[1] || idx[2] < 0 || idx[2] >= g.n[2])
       return false;  // rounding let the walk leave the box a hair before t_end
     const int a = (t_next[0] <= t_next[1]) ? (t_next[0] <= t_next[2] ? 0 : 2) : (t_next[1] <= t_next[2] ? 1 : 2);
-    const T tn = t_next[a];
+    const T tn = a == 0 ? t_next[0] : (a == 1 ? t_next[1] : t_next[2]);
     T t1 = tn < t_end ? tn : t_end;
     if (t1 < t) t1 = t;  // a crossing rounded to just before t: a zero-length segment
     seg.t0 = t;
     seg.delta = t1 - t;
-    seg.idx[0] = (int64_t(idx[0]) * g->n[1] + idx[1]) * g->n[2] + idx[2];
+    seg.idx[0] = (int64_t(idx[0]) * g.n[1] + idx[1]) * g.n[2] + idx[2];
     seg.w[0] = T(1);
     t = t1;
     if (tn <= t1) {  // reached the plane: step into the neighbour
-      idx[a] += step[a];
-      t_next[a] = plane_t(a);
+      if (a == 0) advance<0>();
+      else if (a == 1) advance<1>();
+      else advance<2>();
     }
     return true;
   }
@@ -136,14 +155,14 @@ struct VoxelWalker {
 // between voxel centres, clamped at the border.
 template <typename T>
 struct TrilinearWalker {
-  const Grid<T>* g;
+  Grid<T> g;
   T o[3], d[3];
   T t_start, t_end, step_size;
   int64_t k, n;
   static constexpr int kTaps = 8;
 
   RENDER_HD void init(const Grid<T>& grid, const T* o_, const T* d_, T ts, T te, T step) {
-    g = &grid;
+    g = grid;
 #pragma unroll
     for (int a = 0; a < 3; ++a) {
       o[a] = o_[a];
@@ -170,11 +189,11 @@ struct TrilinearWalker {
 #pragma unroll
     for (int a = 0; a < 3; ++a) {
       const T p = o[a] + tm * d[a];
-      T c = (p - g->lo[a]) / g->vs[a] - T(0.5);
-      const T top = T(g->n[a] - 1);
+      T c = (p - g.lo[a]) / g.vs[a] - T(0.5);
+      const T top = T(g.n[a] - 1);
       c = c < T(0) ? T(0) : (c > top ? top : c);
       T i0 = floor(c);
-      const T cap = T(g->n[a] > 1 ? g->n[a] - 2 : 0);
+      const T cap = T(g.n[a] > 1 ? g.n[a] - 2 : 0);
       i0 = i0 > cap ? cap : i0;
       lo[a] = static_cast<int>(i0);
       fr[a] = c - i0;
@@ -188,10 +207,10 @@ struct TrilinearWalker {
         const int up = (c >> a) & 1;
         w *= up ? fr[a] : T(1) - fr[a];
         const int i = lo[a] + up;
-        id[a] = i > g->n[a] - 1 ? g->n[a] - 1 : i;
+        id[a] = i > g.n[a] - 1 ? g.n[a] - 1 : i;
       }
       seg.w[c] = w;
-      seg.idx[c] = (int64_t(id[0]) * g->n[1] + id[1]) * g->n[2] + id[2];
+      seg.idx[c] = (int64_t(id[0]) * g.n[1] + id[1]) * g.n[2] + id[2];
     }
     return true;
   }

@@ -110,23 +110,8 @@ def _gather_trilinear(density, features, batch_index, pos, grid):
     return sigma, feats
 
 
-def render_rays_reference(
-    density: torch.Tensor,
-    features: torch.Tensor,
-    origins: torch.Tensor,
-    directions: torch.Tensor,
-    batch_index: torch.Tensor,
-    near: torch.Tensor,
-    far: torch.Tensor,
-    grid: GridSpec,
-    mode: str = "voxel",
-    step_size: float = 0.2,
-    t_threshold: float = 1e-4,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference render op; arguments as `kernels.render_rays`.
-
-    Returns depth (n_rays,), opacity (n_rays,), features (n_rays, C), transmittance (n_rays,).
-    """
+def _composite_terms(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold):
+    """Padded per-segment terms: t0, delta, sigma, f, T (before), alpha, active (all (n_rays, S) but f)."""
     t_in, t_out = ray_box_interval(origins, directions, grid)
     hit = t_in <= t_out
     t_start = torch.where(hit, torch.maximum(near, t_in), near)  # a miss: an empty interval at near
@@ -144,9 +129,42 @@ def render_rays_reference(
     T = torch.exp(-torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], 1))
     active = (T >= t_threshold).to(s.dtype)
     alpha = -torch.expm1(-s)
+    return t0, delta, s, f, T, alpha, active
+
+
+def render_rays_reference(
+    density: torch.Tensor,
+    features: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    batch_index: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    grid: GridSpec,
+    mode: str = "voxel",
+    step_size: float = 0.2,
+    t_threshold: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference render op; arguments as `kernels.render_rays`.
+
+    Returns depth (n_rays,), opacity (n_rays,), features (n_rays, C), transmittance (n_rays,).
+    """
+    t0, delta, s, f, T, alpha, active = _composite_terms(
+        density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
     w = active * T * alpha
     depth = (active * T * (alpha * t0 + delta * depth_moment(s))).sum(1)
     opacity = w.sum(1)
     feats = (w[..., None].to(f.dtype) * f).sum(1)
     transmittance = torch.exp(-(active * s).sum(1))
     return depth, opacity, feats, transmittance
+
+
+@torch.no_grad()
+def count_samples(density, origins, directions, batch_index, near, far, grid, mode="voxel", step_size=0.2,
+                  t_threshold=1e-4) -> tuple[int, int]:
+    """(segments used, segments with non-zero weight) over all rays: the work a backend does."""
+    no_features = density.new_zeros(density.shape + (1,))
+    _, delta, _, _, _, alpha, active = _composite_terms(
+        density, no_features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
+    used = (active > 0) & (delta > 0)
+    return int(used.sum()), int((used & (alpha > 0)).sum())

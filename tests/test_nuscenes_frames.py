@@ -150,3 +150,14 @@ def test_bad_ground_truth_file(sample_copy):
     np.savez(path, semantics=np.zeros((200, 200, 16), np.uint8), mask_lidar=np.zeros((200, 200, 16), np.uint8))
     with pytest.raises(DataError, match="missing key.*mask_camera"):
         NuScenesFrames(sample_copy, load_images=False)[0]
+
+
+def test_rig_matches_devkit_frame(sample_root, sample_frame):
+    from autolabel.data.rig import load_rig
+
+    rig = load_rig(sample_root)
+    for rc, cam in zip(rig.cameras, sample_frame.cameras):
+        assert rc.name == cam.name and rc.image_size == cam.image_size
+        np.testing.assert_array_equal(rc.K, cam.K)
+        np.testing.assert_array_equal(rc.cam2ego, cam.cam2ego)
+    np.testing.assert_array_equal(rig.lidar2ego, sample_frame.lidar.lidar2ego)

@@ -37,11 +37,13 @@ def _load(name: str) -> ModuleType | BaseException:
             )
         if not torch.cuda.is_available():
             return BackendUnavailable("no CUDA device is visible")
+        # One .cu file per (dtype, mode): ninja compiles them in parallel.
+        lanes = int(os.environ.get("AUTOLABEL_RENDER_LANES", "8"))  # an experiment knob; 8 is the tuned value
         return load(
-            name="autolabel_render_cuda",
-            sources=[str(CSRC / "render_cuda.cu")],
+            name="autolabel_render_cuda" + ("" if lanes == 8 else f"_g{lanes}"),
+            sources=[str(CSRC / "render_cuda.cpp"), *map(str, sorted(CSRC.glob("render_cuda_*.cu")))],
             extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3"],
+            extra_cuda_cflags=["-O3", f"-DRENDER_LANES={lanes}"],
             extra_include_paths=[str(CSRC)],
             verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")),
         )

@@ -1,0 +1,4 @@
+// One (dtype, mode) slice of the CUDA render backend; see render_cuda.cuh.
+#include "render_cuda.cuh"
+
+RENDER_CUDA_INSTANTIATE(float, at::Half, render::VoxelWalker)

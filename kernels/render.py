@@ -50,7 +50,7 @@ def _fail(msg: str) -> None:
     raise ValueError(f"render_rays: {msg}")
 
 
-def _validate(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold):
+def _validate_structure(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold):
     if mode not in MODES:
         _fail(f"mode must be one of {MODES}, got {mode!r}")
     if not isinstance(grid, GridSpec):
@@ -87,22 +87,37 @@ def _validate(density, features, origins, directions, batch_index, near, far, gr
         _fail(f"step_size must be > 0, got {step_size}")
     if not 0 <= t_threshold < 1:
         _fail(f"t_threshold must lie in [0, 1), got {t_threshold}")
-    if n == 0:
+
+
+_BAD_INPUT = {  # bits reported by the C++ / CUDA forward (render_core.h, BadInput)
+    1: "origins hold non-finite values",
+    2: "directions hold non-finite values",
+    4: "directions must be unit vectors (| |d| - 1 | <= 1e-3)",
+    8: "near must be finite and far not NaN",
+    16: "far < near for some rays",
+    32: "batch_index must lie in [0, B)",
+    64: "density must be >= 0 (and not NaN) where rays read it",
+}
+
+
+def _raise_bad_input(bits: int) -> None:
+    _fail("; ".join(msg for bit, msg in _BAD_INPUT.items() if bits & bit))
+
+
+def _validate_values(density, origins, directions, batch_index, near, far) -> None:
+    """The compiled backends check these per ray inside the kernel; the reference checks them here."""
+    if origins.shape[0] == 0:
         return
-    # One host sync for all value checks.
-    checks = torch.stack([
+    bits = [
         ~torch.isfinite(origins).all(), ~torch.isfinite(directions).all(),
-        ~torch.isfinite(near).all(), torch.isnan(far).any(), (far < near).any(),
         ((directions.norm(dim=1) - 1).abs() > 1e-3).any(),
+        ~torch.isfinite(near).all() | torch.isnan(far).any(), (far < near).any(),
         (batch_index < 0).any() | (batch_index >= density.shape[0]).any(),
         (density < 0).any() | torch.isnan(density).any(),
-    ]).tolist()
-    messages = ["origins hold non-finite values", "directions hold non-finite values", "near holds non-finite values",
-                "far holds NaN", "far < near for some rays", "directions must be unit vectors",
-                f"batch_index must lie in [0, {density.shape[0]})", "density must be >= 0 (and not NaN)"]
-    for bad, msg in zip(checks, messages):
-        if bad:
-            _fail(msg)
+    ]
+    flags = sum(int(b) << i for i, b in enumerate(torch.stack(bits).tolist()))
+    if flags:
+        _raise_bad_input(flags)
 
 
 def _pick_backend(requested: Optional[str], device: torch.device) -> str:
@@ -133,8 +148,11 @@ class _RenderFunction(torch.autograd.Function):
     def forward(ctx, density, features, origins, directions, batch_index, near, far, backend, geom, mode_id, step, thr):
         mod = load_backend(backend)
         lo, vs, hi = geom
-        depth, opacity, feats, trans = mod.forward(density, features, origins, directions, batch_index, near, far,
-                                                   lo, vs, hi, mode_id, step, thr)
+        depth, opacity, feats, trans, flags = mod.forward(density, features, origins, directions, batch_index, near,
+                                                          far, lo, vs, hi, mode_id, step, thr)
+        bits = int(flags.item())  # the one host sync of the op: bad input must fail here, clearly
+        if bits:
+            _raise_bad_input(bits)
         ctx.save_for_backward(density, features, origins, directions, batch_index, near, far, depth, opacity, feats, trans)
         ctx.args = (backend, geom, mode_id, step, thr)
         return depth, opacity, feats, trans
@@ -188,9 +206,10 @@ def render_rays(
         RenderOutput with depth, opacity, transmittance (n_rays,) and features (n_rays, C).
         Gradients flow to density and features, not to the rays.
     """
-    _validate(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
+    _validate_structure(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
     chosen = _pick_backend(backend, density.device)
     if chosen == "reference":
+        _validate_values(density, origins, directions, batch_index, near, far)
         depth, opacity, feats, trans = render_rays_reference(
             density, features.to(density.dtype) if features.dtype != density.dtype else features,
             origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)

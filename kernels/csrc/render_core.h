@@ -14,6 +14,15 @@
 
 namespace render {
 
+// float overloads on the host too (the C library's are double-only); CUDA declares them for devices
+using std::exp;
+using std::expm1;
+using std::fabs;
+using std::floor;
+using std::isfinite;
+using std::isnan;
+using std::sqrt;
+
 enum Mode : int { kVoxel = 0, kTrilinear = 1 };
 
 // One segment of a ray: start, length, and the voxels its values are read from (NTAPS = 1 in voxel
@@ -49,6 +58,34 @@ RENDER_HD T depth_moment_grad(T x) {
     return T(1) / 2 - x * (T(2) / 3 - x * (T(3) / 8 - x * (T(2) / 15 - x * (T(5) / 144 - x * (T(1) / 140 - x * (T(7) / 5760 - x / 5670))))));
   }
   return (expm1(-x) + exp(-x) * (x + x * x)) / (x * x);
+}
+
+// Bad-input bits that the kernels report per call (the Python wrapper turns them into messages).
+enum BadInput : int {
+  kBadOrigin = 1,       // non-finite origin
+  kBadDirection = 2,    // non-finite direction
+  kNotUnit = 4,         // | |d| - 1 | > 1e-3
+  kBadRange = 8,        // non-finite near, or NaN far
+  kFarBeforeNear = 16,  // far < near
+  kBadBatch = 32,       // batch index outside [0, B)
+  kBadDensity = 64,     // a ray read a negative or NaN density
+};
+
+// Checks one ray's inputs; 0 when it may be rendered. A bad ray is not walked (its batch index or
+// coordinates may point anywhere), its outputs are zeros and the call fails in Python.
+template <typename T>
+RENDER_HD int check_ray(const T o[3], const T d[3], T near, T far, int64_t b, int64_t batch) {
+  int bad = 0;
+  if (!(isfinite(o[0]) && isfinite(o[1]) && isfinite(o[2]))) bad |= kBadOrigin;
+  if (!(isfinite(d[0]) && isfinite(d[1]) && isfinite(d[2]))) bad |= kBadDirection;
+  else {
+    const T n = sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+    if (!(fabs(n - T(1)) <= T(1e-3))) bad |= kNotUnit;
+  }
+  if (!isfinite(near) || isnan(far)) bad |= kBadRange;
+  else if (far < near) bad |= kFarBeforeNear;
+  if (b < 0 || b >= batch) bad |= kBadBatch;
+  return bad;
 }
 
 // [t_start, t_end] of a ray inside both [near, far] and the grid box; t_end == t_start when empty.

@@ -67,17 +67,25 @@ void check_inputs(const at::Tensor& density, const at::Tensor& features, const a
 
 template <typename T, typename Walker>
 void forward_rays(const Grid<T>& g, const T* density, const T* features, const T* origins, const T* directions,
-                  const int64_t* batch_index, const T* near, const T* far, int64_t R, int64_t C, T step, T thr,
-                  T* out_depth, T* out_opacity, T* out_features, T* out_trans) {
+                  const int64_t* batch_index, const T* near, const T* far, int64_t R, int64_t C, int64_t B, T step,
+                  T thr, T* out_depth, T* out_opacity, T* out_features, T* out_trans, int32_t* flags) {
   constexpr int NT = Walker::kTaps;
   const int64_t V = int64_t(g.n[0]) * g.n[1] * g.n[2];
   at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
     std::vector<T> f(C);
     for (int64_t r = begin; r < end; ++r) {
-      const T* dens = density + batch_index[r] * V;
-      const T* feat = features + batch_index[r] * V * C;
       T* fo = out_features + r * C;
       std::fill(fo, fo + C, T(0));
+      const int bad = render::check_ray(origins + 3 * r, directions + 3 * r, near[r], far[r], batch_index[r], B);
+      if (bad) {
+        __atomic_fetch_or(flags, bad, __ATOMIC_RELAXED);
+        out_depth[r] = out_opacity[r] = T(0);
+        out_trans[r] = T(1);
+        continue;
+      }
+      const T* dens = density + batch_index[r] * V;
+      const T* feat = features + batch_index[r] * V * C;
+      bool bad_density = false;
       T ts, te;
       render::ray_interval(g, origins + 3 * r, directions + 3 * r, near[r], far[r], ts, te);
       Walker walker;
@@ -88,20 +96,27 @@ void forward_rays(const Grid<T>& g, const T* density, const T* features, const T
         const T Tc = std::exp(-tau);
         if (Tc < thr) break;
         T sigma = 0;
-        for (int k = 0; k < NT; ++k) sigma += seg.w[k] * dens[seg.idx[k]];
+        for (int k = 0; k < NT; ++k) {
+          const T v = dens[seg.idx[k]];
+          bad_density |= !(v >= T(0));
+          sigma += seg.w[k] * v;
+        }
         const T s = sigma * seg.delta;
         const T alpha = -std::expm1(-s);
         const T w = Tc * alpha;
         depth += Tc * (alpha * seg.t0 + seg.delta * render::depth_moment(s));
         opacity += w;
-        std::fill(f.begin(), f.end(), T(0));
-        for (int k = 0; k < NT; ++k) {
-          const T* fk = feat + seg.idx[k] * C;
-          for (int64_t c = 0; c < C; ++c) f[c] += seg.w[k] * fk[c];
+        if (w != T(0)) {  // empty space adds nothing: skip its feature reads
+          std::fill(f.begin(), f.end(), T(0));
+          for (int k = 0; k < NT; ++k) {
+            const T* fk = feat + seg.idx[k] * C;
+            for (int64_t c = 0; c < C; ++c) f[c] += seg.w[k] * fk[c];
+          }
+          for (int64_t c = 0; c < C; ++c) fo[c] += w * f[c];
         }
-        for (int64_t c = 0; c < C; ++c) fo[c] += w * f[c];
         tau += s;
       }
+      if (bad_density) __atomic_fetch_or(flags, int(render::kBadDensity), __ATOMIC_RELAXED);
       out_depth[r] = depth;
       out_opacity[r] = opacity;
       out_trans[r] = std::exp(-tau);
@@ -181,6 +196,7 @@ std::vector<at::Tensor> forward(at::Tensor density, at::Tensor features, at::Ten
   auto opacity = at::empty({R}, density.options());
   auto feats = at::empty({R, C}, density.options());
   auto trans = at::empty({R}, density.options());
+  auto flags = at::zeros({1}, density.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(density.scalar_type(), "render_cpu_forward", [&] {
     const auto g = make_grid<scalar_t>(lo, vs, hi, density);
     auto run = [&](auto walker_tag) {
@@ -188,13 +204,14 @@ std::vector<at::Tensor> forward(at::Tensor density, at::Tensor features, at::Ten
       forward_rays<scalar_t, Walker>(g, density.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
                                      origins.data_ptr<scalar_t>(), directions.data_ptr<scalar_t>(),
                                      batch_index.data_ptr<int64_t>(), near.data_ptr<scalar_t>(), far.data_ptr<scalar_t>(),
-                                     R, C, scalar_t(step), scalar_t(thr), depth.data_ptr<scalar_t>(),
-                                     opacity.data_ptr<scalar_t>(), feats.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>());
+                                     R, C, density.size(0), scalar_t(step), scalar_t(thr), depth.data_ptr<scalar_t>(),
+                                     opacity.data_ptr<scalar_t>(), feats.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(),
+                                     flags.data_ptr<int32_t>());
     };
     if (mode == render::kVoxel) run(render::VoxelWalker<scalar_t>{});
     else run(render::TrilinearWalker<scalar_t>{});
   });
-  return {depth, opacity, feats, trans};
+  return {depth, opacity, feats, trans, flags};
 }
 
 std::vector<at::Tensor> backward(at::Tensor density, at::Tensor features, at::Tensor origins, at::Tensor directions,

@@ -78,14 +78,15 @@ std::vector<at::Tensor> forward(at::Tensor density, at::Tensor features, at::Ten
   auto opacity = at::empty({R}, density.options());
   auto feats = at::empty({R, C}, density.options());  // accumulation dtype; the caller casts
   auto trans = at::empty({R}, density.options());
-  if (R == 0) return {depth, opacity, feats, trans};
+  auto flags = at::zeros({1}, density.options().dtype(at::kInt));  // BadInput bits
+  if (R == 0) return {depth, opacity, feats, trans, flags};
   dispatch(density, features, mode, [&](auto t_tag, auto f_tag, auto w_tag) {
     using T = decltype(t_tag);
     render_cuda::launch_forward<T, decltype(f_tag), decltype(w_tag)>(
         make_grid<T>(lo, vs, hi, density), density, features, origins, directions, batch_index, near, far, step, thr,
-        depth, opacity, feats, trans);
+        depth, opacity, feats, trans, flags);
   });
-  return {depth, opacity, feats, trans};
+  return {depth, opacity, feats, trans, flags};
 }
 
 std::vector<at::Tensor> backward(at::Tensor density, at::Tensor features, at::Tensor origins, at::Tensor directions,

@@ -46,17 +46,28 @@ template <typename T, typename F, int G, int SLOTS, typename Walker>
 __global__ void __launch_bounds__(256) forward_kernel(
     const Grid<T> g, const T* __restrict__ density, const F* __restrict__ features, const T* __restrict__ origins,
     const T* __restrict__ directions, const int64_t* __restrict__ batch_index, const T* __restrict__ near,
-    const T* __restrict__ far, int64_t R, int C, T step, T thr, T* __restrict__ out_depth, T* __restrict__ out_opacity,
-    T* __restrict__ out_features, T* __restrict__ out_trans) {
+    const T* __restrict__ far, int64_t R, int C, int64_t B, T step, T thr, T* __restrict__ out_depth,
+    T* __restrict__ out_opacity, T* __restrict__ out_features, T* __restrict__ out_trans, int* __restrict__ flags) {
   constexpr int NT = Walker::kTaps;
   const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / G;
   const int lane = threadIdx.x % G;
   if (r >= R) return;  // whole groups leave together: G divides the block and the warp
   const int64_t V = int64_t(g.n[0]) * g.n[1] * g.n[2];
-  const T* dens = density + batch_index[r] * V;
-  const F* feat = features + batch_index[r] * V * C;
   T o[3] = {origins[3 * r], origins[3 * r + 1], origins[3 * r + 2]};
   T d[3] = {directions[3 * r], directions[3 * r + 1], directions[3 * r + 2]};
+  const int bad = render::check_ray(o, d, near[r], far[r], batch_index[r], B);
+  if (bad) {  // uniform across the group: every lane checked the same ray
+    for (int c = lane; c < C; c += G) out_features[r * C + c] = T(0);
+    if (lane == 0) {
+      atomicOr(flags, bad);
+      out_depth[r] = out_opacity[r] = T(0);
+      out_trans[r] = T(1);
+    }
+    return;
+  }
+  const T* dens = density + batch_index[r] * V;
+  const F* feat = features + batch_index[r] * V * C;
+  bool bad_density = false;
   T ts, te;
   render::ray_interval(g, o, d, near[r], far[r], ts, te);
   Walker walker;
@@ -71,7 +82,11 @@ __global__ void __launch_bounds__(256) forward_kernel(
     if (Tc < thr) break;
     T sigma = 0;
 #pragma unroll
-    for (int k = 0; k < NT; ++k) sigma += seg.w[k] * dens[seg.idx[k]];
+    for (int k = 0; k < NT; ++k) {
+      const T v = dens[seg.idx[k]];
+      bad_density |= !(v >= T(0));
+      sigma += seg.w[k] * v;
+    }
     const T s = sigma * seg.delta;
     const T alpha = -expm1(-s);
     const T w = Tc * alpha;
@@ -97,6 +112,7 @@ __global__ void __launch_bounds__(256) forward_kernel(
     if (c < C) out_features[r * C + c] = acc[j];
   }
   if (lane == 0) {
+    if (bad_density) atomicOr(flags, int(render::kBadDensity));
     out_depth[r] = depth;
     out_opacity[r] = opacity;
     out_trans[r] = exp(-tau);
@@ -206,7 +222,7 @@ template <typename T, typename F, typename Walker>
 void launch_forward(const Grid<T>& g, const at::Tensor& density, const at::Tensor& features, const at::Tensor& origins,
                     const at::Tensor& directions, const at::Tensor& batch_index, const at::Tensor& near,
                     const at::Tensor& far, double step, double thr, at::Tensor& depth, at::Tensor& opacity,
-                    at::Tensor& feats, at::Tensor& trans) {
+                    at::Tensor& feats, at::Tensor& trans, at::Tensor& flags) {
   const int64_t R = origins.size(0), C = features.size(4);
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_channels(C, [&](auto G_, auto S_) {
@@ -214,8 +230,9 @@ void launch_forward(const Grid<T>& g, const at::Tensor& density, const at::Tenso
     const int64_t blocks = (R * G + kBlock - 1) / kBlock;
     forward_kernel<T, F, G, S, Walker><<<blocks, kBlock, 0, stream>>>(
         g, density.data_ptr<T>(), features.data_ptr<F>(), origins.data_ptr<T>(), directions.data_ptr<T>(),
-        batch_index.data_ptr<int64_t>(), near.data_ptr<T>(), far.data_ptr<T>(), R, int(C), T(step), T(thr),
-        depth.data_ptr<T>(), opacity.data_ptr<T>(), feats.data_ptr<T>(), trans.data_ptr<T>());
+        batch_index.data_ptr<int64_t>(), near.data_ptr<T>(), far.data_ptr<T>(), R, int(C), density.size(0), T(step),
+        T(thr), depth.data_ptr<T>(), opacity.data_ptr<T>(), feats.data_ptr<T>(), trans.data_ptr<T>(),
+        flags.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -249,7 +266,7 @@ void launch_backward(const Grid<T>& g, const at::Tensor& density, const at::Tens
   template void render_cuda::launch_forward<T, F, WALKER<T>>(                                                  \
       const render::Grid<T>&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,      \
       const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, at::Tensor&, at::Tensor&,       \
-      at::Tensor&, at::Tensor&);                                                                               \
+      at::Tensor&, at::Tensor&, at::Tensor&);                                                                  \
   template void render_cuda::launch_backward<T, F, WALKER<T>>(                                                 \
       const render::Grid<T>&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,      \
       const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, const at::Tensor&,              \

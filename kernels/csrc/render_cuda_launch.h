@@ -12,7 +12,7 @@ template <typename T, typename F, typename Walker>
 void launch_forward(const render::Grid<T>& g, const at::Tensor& density, const at::Tensor& features,
                     const at::Tensor& origins, const at::Tensor& directions, const at::Tensor& batch_index,
                     const at::Tensor& near, const at::Tensor& far, double step, double thr, at::Tensor& depth,
-                    at::Tensor& opacity, at::Tensor& feats, at::Tensor& trans);
+                    at::Tensor& opacity, at::Tensor& feats, at::Tensor& trans, at::Tensor& flags);
 
 template <typename T, typename F, typename Walker>
 void launch_backward(const render::Grid<T>& g, const at::Tensor& density, const at::Tensor& features,

@@ -107,17 +107,17 @@ def copy_bandwidth(device) -> float:
     return 2 * x.numel() * 4 / (ms * 1e-3) / 1e9
 
 
-def bench_case(backend, density, features, rays, grid, mode, step, reps, device, upstream):
+def bench_case(backend, density, features, rays, grid, mode, step, reps, device, upstream, check=True):
     d = density.clone().requires_grad_()
     f = features.clone().requires_grad_()
     g_depth, g_feat = upstream
 
     def forward():
         with torch.no_grad():
-            return render_rays(d, f, *rays, grid=grid, mode=mode, step_size=step, backend=backend)
+            return render_rays(d, f, *rays, grid=grid, mode=mode, step_size=step, backend=backend, check_values=check)
 
     def forward_backward():
-        out = render_rays(d, f, *rays, grid=grid, mode=mode, step_size=step, backend=backend)
+        out = render_rays(d, f, *rays, grid=grid, mode=mode, step_size=step, backend=backend, check_values=check)
         loss = (out.depth * g_depth).sum() + (out.features * g_feat).sum() + out.opacity.sum()
         return torch.autograd.grad(loss, [d, f])
 
@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--backends", default=None, help="comma list; default: reference plus the device's native backend")
     p.add_argument("--step", type=float, default=0.2)
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--no-check", action="store_true", help="time with check_values=False (no host sync)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
     scenes = {"structured": lambda: structured_scene(grid, batch, seed=2, n_boxes=300 if gpu else 30),
               "random": lambda: random_scene(grid, batch, seed=3)}
     info = f"device {torch.cuda.get_device_name(device) if gpu else 'cpu, %d threads' % torch.get_num_threads()}; " \
-           f"grid {grid.shape}, B={batch}, C={args.channels}, {n_rays} rays, torch {torch.__version__}"
+           f"grid {grid.shape}, B={batch}, C={args.channels}, {n_rays} rays, torch {torch.__version__}, " \
+           f"check_values={not args.no_check}"
     print(info, flush=True)
     bandwidth = copy_bandwidth(device) if gpu else float("nan")
     if gpu:
@@ -177,7 +179,8 @@ def main(argv=None) -> int:
             ref = None
             for backend in backends:
                 try:
-                    fwd, fb, mem, out, grads = bench_case(backend, density, features, rays, grid, mode, args.step, reps, device, upstream)
+                    fwd, fb, mem, out, grads = bench_case(backend, density, features, rays, grid, mode, args.step, reps, device, upstream,
+                                                           check=not args.no_check)
                 except torch.OutOfMemoryError:
                     rows.append(dict(scene=scene_name, mode=mode, backend=backend, error="out of memory"))
                     print(f"{scene_name:<10} {mode:<9} {backend:<9} out of memory", flush=True)

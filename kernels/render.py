@@ -145,14 +145,16 @@ def _pick_backend(requested: Optional[str], device: torch.device) -> str:
 
 class _RenderFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, density, features, origins, directions, batch_index, near, far, backend, geom, mode_id, step, thr):
+    def forward(ctx, density, features, origins, directions, batch_index, near, far, backend, geom, mode_id, step, thr,
+                check_values):
         mod = load_backend(backend)
         lo, vs, hi = geom
         depth, opacity, feats, trans, flags = mod.forward(density, features, origins, directions, batch_index, near,
                                                           far, lo, vs, hi, mode_id, step, thr)
-        bits = int(flags.item())  # the one host sync of the op: bad input must fail here, clearly
-        if bits:
-            _raise_bad_input(bits)
+        if check_values:
+            bits = int(flags.item())  # the op's one host sync: bad input fails here, clearly
+            if bits:
+                _raise_bad_input(bits)
         ctx.save_for_backward(density, features, origins, directions, batch_index, near, far, depth, opacity, feats, trans)
         ctx.args = (backend, geom, mode_id, step, thr)
         return depth, opacity, feats, trans
@@ -169,7 +171,7 @@ class _RenderFunction(torch.autograd.Function):
         gd, gf = mod.backward(density, features, origins, directions, batch_index, near, far, lo, vs, hi, mode_id, step, thr,
                               depth, opacity, feats, trans, grad(g_depth, depth), grad(g_opacity, opacity),
                               grad(g_feats, feats), grad(g_trans, trans))
-        return gd, gf, None, None, None, None, None, None, None, None, None, None
+        return gd, gf, None, None, None, None, None, None, None, None, None, None, None
 
 
 def render_rays(
@@ -185,6 +187,7 @@ def render_rays(
     step_size: float = 0.2,
     t_threshold: float = 1e-4,
     backend: Optional[str] = None,
+    check_values: bool = True,
 ) -> RenderOutput:
     """Volume-render a voxel grid along rays.
 
@@ -201,6 +204,10 @@ def render_rays(
         step_size: segment length in metres for "trilinear".
         t_threshold: early termination once transmittance falls below it.
         backend: None (fastest available), "reference", "cpu" or "cuda".
+        check_values: raise ValueError on non-finite or non-unit rays, far < near, a batch index out of
+            range, or negative / NaN density that a ray reads. The compiled backends check inside the
+            kernel and cost one host sync per call for it; False skips the sync (bad rays are still
+            skipped safely, rendering zeros) for training loops whose rays are known to be valid.
 
     Returns:
         RenderOutput with depth, opacity, transmittance (n_rays,) and features (n_rays, C).
@@ -209,7 +216,8 @@ def render_rays(
     _validate_structure(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
     chosen = _pick_backend(backend, density.device)
     if chosen == "reference":
-        _validate_values(density, origins, directions, batch_index, near, far)
+        if check_values:
+            _validate_values(density, origins, directions, batch_index, near, far)
         depth, opacity, feats, trans = render_rays_reference(
             density, features.to(density.dtype) if features.dtype != density.dtype else features,
             origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
@@ -219,6 +227,7 @@ def render_rays(
     geom = (list(grid.range_min), list(grid.voxel_size), list(grid.range_max))
     rays = [t.detach().contiguous() for t in (origins, directions, batch_index, near, far)]
     depth, opacity, feats, trans = _RenderFunction.apply(
-        density.contiguous(), features.contiguous(), *rays, chosen, geom, _MODE_IDS[mode], float(step_size), float(t_threshold))
+        density.contiguous(), features.contiguous(), *rays, chosen, geom, _MODE_IDS[mode], float(step_size),
+        float(t_threshold), bool(check_values))
     # CUDA accumulates half / bfloat16 features in float32 and returns them so; the cast is differentiable
     return RenderOutput(depth, opacity, feats.to(features.dtype), trans)

@@ -286,3 +286,19 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch):
         warnings.simplefilter("error")
         b = render_rays(**_good(), grid=SMALL_GRID)  # no second warning
     torch.testing.assert_close(a.depth, b.depth)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS_HERE if b != "reference"])
+def test_unchecked_bad_rays_render_nothing_and_do_not_fail(backend):
+    """check_values=False skips the host sync; a bad ray is still never walked (no stray reads)."""
+    device = "cuda" if backend == "cuda" else "cpu"
+    args = _good()
+    args["batch_index"][3] = 7  # out of range: would read outside the density if walked
+    args["origins"][5, 0] = float("nan")
+    args = {k: v.to(device) for k, v in args.items()}
+    out = render_rays(**args, grid=SMALL_GRID, backend=backend, check_values=False)
+    for r in (3, 5):
+        assert out.opacity[r].item() == 0 and out.transmittance[r].item() == 1 and torch.all(out.features[r] == 0)
+    good = render_rays(**{k: v[torch.tensor([0, 1, 2, 4, 6, 7])] if k not in ("density", "features") else v
+                          for k, v in args.items()}, grid=SMALL_GRID, backend=backend)
+    torch.testing.assert_close(out.depth[torch.tensor([0, 1, 2, 4, 6, 7])], good.depth)

@@ -302,3 +302,23 @@ def test_unchecked_bad_rays_render_nothing_and_do_not_fail(backend):
     good = render_rays(**{k: v[torch.tensor([0, 1, 2, 4, 6, 7])] if k not in ("density", "features") else v
                           for k, v in args.items()}, grid=SMALL_GRID, backend=backend)
     torch.testing.assert_close(out.depth[torch.tensor([0, 1, 2, 4, 6, 7])], good.depth)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_backward_with_shared_gradient_buffers(threads):
+    """Grids too large for per-thread gradient copies take the atomic path (and 1 thread never copies)."""
+    grid = GridSpec(range_min=(-4, -4, -1.2), range_max=(4, 4, 2.0), voxel_size=0.4)  # 20 x 20 x 8
+    channels = 2200  # float64: 2 threads x 3,200 voxels x 2,200 x 8 B = 113 MB > the 64 MB budget for copies
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        density, features = random_scene(grid, 1, channels, torch.float64, "cpu", seed=9)
+        rays = random_rays(grid, 64, 1, torch.float64, "cpu", seed=10)
+        ref = torch.autograd.grad(weighted_loss(render_rays(density, features, *rays, grid=grid, backend="reference"), 1),
+                                  [density, features])
+        got = torch.autograd.grad(weighted_loss(render_rays(density, features, *rays, grid=grid, backend="cpu"), 1),
+                                  [density, features])
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(got[0], ref[0], **TOL[torch.float64])
+    torch.testing.assert_close(got[1], ref[1], **TOL[torch.float64])

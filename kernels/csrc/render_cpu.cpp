@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "render_core.h"
@@ -124,21 +125,33 @@ void forward_rays(const Grid<T>& g, const T* density, const T* features, const T
   });
 }
 
-template <typename T, typename Walker>
+// Gradient scatter: atomics when threads share one gradient buffer, plain adds into a private one.
+template <bool kAtomic, typename T>
+inline void scatter_add(T* addr, T value) {
+  if constexpr (kAtomic) atomic_add(addr, value);
+  else *addr += value;
+}
+
+template <typename T, typename Walker, bool kAtomic>
 void backward_rays(const Grid<T>& g, const T* density, const T* features, const T* origins, const T* directions,
                    const int64_t* batch_index, const T* near, const T* far, int64_t R, int64_t C, T step, T thr,
                    const T* depth, const T* opacity, const T* feats, const T* trans, const T* g_depth,
-                   const T* g_opacity, const T* g_feats, const T* g_trans, T* grad_density, T* grad_features) {
+                   const T* g_opacity, const T* g_feats, const T* g_trans, T* grad_density, T* grad_features,
+                   int64_t thread_stride_density, int64_t thread_stride_features) {
   constexpr int NT = Walker::kTaps;
   const int64_t V = int64_t(g.n[0]) * g.n[1] * g.n[2];
   at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
     std::vector<T> f(C);
+    // private buffers (strides > 0): this thread's slice; shared ones (strides 0): atomics
+    const int tid = at::get_thread_num();
+    T* grad_density_t = grad_density + tid * thread_stride_density;
+    T* grad_features_t = grad_features + tid * thread_stride_features;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = batch_index[r];
       const T* dens = density + b * V;
       const T* feat = features + b * V * C;
-      T* gdens = grad_density + b * V;
-      T* gfeat = grad_features + b * V * C;
+      T* gdens = grad_density_t + b * V;
+      T* gfeat = grad_features_t + b * V * C;
       const T* gF = g_feats + r * C;
       const T gD = g_depth[r], gO = g_opacity[r], gT = g_trans[r], Tr = trans[r];
       // L = gD * depth + gO * opacity + gF . features: the total that later segments' T scales.
@@ -174,11 +187,11 @@ void backward_rays(const Grid<T>& g, const T* density, const T* features, const 
         const T w = Tc * alpha;
         for (int k = 0; k < NT; ++k) {
           if (seg.w[k] == T(0)) continue;
-          atomic_add(gdens + seg.idx[k], g_sigma * seg.w[k]);
+          scatter_add<kAtomic>(gdens + seg.idx[k], g_sigma * seg.w[k]);
           if (w != T(0)) {
             T* gk = gfeat + seg.idx[k] * C;
             const T wk = w * seg.w[k];
-            for (int64_t c = 0; c < C; ++c) atomic_add(gk + c, wk * gF[c]);
+            for (int64_t c = 0; c < C; ++c) scatter_add<kAtomic>(gk + c, wk * gF[c]);
           }
         }
         tau += s;
@@ -225,23 +238,35 @@ std::vector<at::Tensor> backward(at::Tensor density, at::Tensor features, at::Te
                 "render_cpu backward: outputs and their gradients must be contiguous CPU tensors of the density's dtype");
   }
   const int64_t R = origins.size(0), C = features.size(4);
-  auto grad_density = at::zeros_like(density);
-  auto grad_features = at::zeros_like(features);
+  // Per-thread private gradient buffers (summed at the end) avoid compare-and-swap atomics, which
+  // dominate the backward otherwise; used while they stay small, as for the CPU-sized grids.
+  const int64_t threads = at::get_num_threads();
+  const bool private_buffers = threads > 1 && threads * features.numel() * features.element_size() <= (64 << 20);
+  const int64_t copies = private_buffers ? threads : 1;
+  auto grad_density_buf = at::zeros({copies, density.numel()}, density.options());
+  auto grad_features_buf = at::zeros({copies, features.numel()}, features.options());
   AT_DISPATCH_FLOATING_TYPES(density.scalar_type(), "render_cpu_backward", [&] {
     const auto g = make_grid<scalar_t>(lo, vs, hi, density);
-    auto run = [&](auto walker_tag) {
+    auto run = [&](auto walker_tag, auto atomic_tag) {
       using Walker = decltype(walker_tag);
-      backward_rays<scalar_t, Walker>(
+      backward_rays<scalar_t, Walker, decltype(atomic_tag)::value>(
           g, density.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), origins.data_ptr<scalar_t>(),
           directions.data_ptr<scalar_t>(), batch_index.data_ptr<int64_t>(), near.data_ptr<scalar_t>(),
           far.data_ptr<scalar_t>(), R, C, scalar_t(step), scalar_t(thr), depth.data_ptr<scalar_t>(),
           opacity.data_ptr<scalar_t>(), feats.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(),
           g_depth.data_ptr<scalar_t>(), g_opacity.data_ptr<scalar_t>(), g_feats.data_ptr<scalar_t>(),
-          g_trans.data_ptr<scalar_t>(), grad_density.data_ptr<scalar_t>(), grad_features.data_ptr<scalar_t>());
+          g_trans.data_ptr<scalar_t>(), grad_density_buf.data_ptr<scalar_t>(), grad_features_buf.data_ptr<scalar_t>(),
+          private_buffers ? density.numel() : 0, private_buffers ? features.numel() : 0);
     };
-    if (mode == render::kVoxel) run(render::VoxelWalker<scalar_t>{});
-    else run(render::TrilinearWalker<scalar_t>{});
+    auto run_mode = [&](auto atomic_tag) {
+      if (mode == render::kVoxel) run(render::VoxelWalker<scalar_t>{}, atomic_tag);
+      else run(render::TrilinearWalker<scalar_t>{}, atomic_tag);
+    };
+    if (private_buffers) run_mode(std::false_type{});
+    else run_mode(std::true_type{});
   });
+  auto grad_density = grad_density_buf.sum(0).view(density.sizes());
+  auto grad_features = grad_features_buf.sum(0).view(features.sizes());
   return {grad_density, grad_features};
 }
 

@@ -21,7 +21,24 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: info.run(a.dataroot, a.version))
 
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info,)
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from .commands import synth
+
+    p = sub.add_parser("synth", help="generate the synthetic driving world in nuScenes layout with exact 3D ground truth")
+    p.add_argument("out", help="output folder (the dataset root)")
+    p.add_argument("--scenes", type=int, default=2)
+    p.add_argument("--frames-per-scene", type=int, default=4, help="keyframes per scene (2 Hz)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", default="450x800", help="HEIGHTxWIDTH of the camera images (default 450x800)")
+    p.add_argument("--sweeps", type=int, default=0, help="lidar sweeps (20 Hz) written before each keyframe")
+    p.add_argument("--label-noise", type=float, default=0.3, help="noise level 0..1 of the foundation-model-like 2D labels")
+    p.add_argument("--version", default="v1.0-synth", help="table folder name (default v1.0-synth)")
+    p.add_argument("--preview", action="store_true", help="also write preview.png: cameras, label maps, BEV of the ground truth")
+    p.set_defaults(func=lambda a: synth.run(a.out, a.scenes, a.frames_per_scene, a.seed, a.image_size, a.sweeps,
+                                            a.label_noise, a.version, a.preview))
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_synth)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from ..data.frame import CAMERA_NAMES, LIDAR_NAME
 from ..data.nuscenes import LIDAR_POINT_DIMS, NuScenesFrames
 from ..data.occ3d import labels_path
 
-LABELS_2D_DIR = "labels2d"  # per-camera 2D label maps (layout: docs/ARCHITECTURE.md)
+LABELS_2D_DIR = "labels2d"  # per-camera 2D label maps (layout: docs/SYNTHETIC.md)
 
 
 def summarize(dataroot: str, version: str) -> str:

@@ -2,12 +2,11 @@
 
 Each file holds ``semantics`` (uint8, X x Y x Z, ids 0..17, 255 unknown), ``mask_lidar`` and
 ``mask_camera`` (uint8 0/1, same shape). Written atomically (temp file + rename) so that a crash
-never leaves a half-written file under the final name.
+never leaves a half-written file under the final name, and byte-reproducibly.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from kernels.grid import GridSpec
 from occnet.classes import IGNORE_ID, NUM_CLASSES
 
 from ..errors import DataError
+from .npz import save_npz
 
 LABEL_KEYS = ("semantics", "mask_lidar", "mask_camera")
 
@@ -79,19 +79,7 @@ def read_labels(path: str | os.PathLike, grid: GridSpec | None = None) -> Occ3DL
 
 
 def write_labels(path: str | os.PathLike, labels: Occ3DLabels, grid: GridSpec | None = None) -> Path:
-    """Validate and write ``labels.npz`` atomically (compressed). Returns the path."""
+    """Validate and write ``labels.npz`` atomically (compressed, byte-reproducible). Returns the path."""
     path = Path(path)
     validate_labels(labels, grid or GridSpec(), str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".labels-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **{k: getattr(labels, k) for k in LABEL_KEYS})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_npz(path, {k: getattr(labels, k) for k in LABEL_KEYS})

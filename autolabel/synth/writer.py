@@ -1,0 +1,244 @@
+"""Writes a synthetic world as a nuScenes-layout dataset (tables, images, lidar), Occ3D ground truth
+and per-camera 2D label maps. Layout and conventions: docs/SYNTHETIC.md.
+
+Everything is a pure function of (seed, sizes): the same arguments give byte-identical files.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from kernels.grid import GridSpec
+from occnet.classes import FREE_ID
+
+from ..data.frame import CAMERA_NAMES, LIDAR_NAME
+from ..data.geometry import matrix_to_quaternion
+from ..data.npz import save_npz
+from ..data.occ3d import Occ3DLabels, labels_path, write_labels
+from .noise import noisy_labels
+from .sensors import SynthCamera, render_camera, render_lidar, synth_rig
+from .truth import visible_voxels, voxelize
+from .world import CATEGORY, World, generate_world
+
+KEYFRAME_DT = 0.5  # 2 Hz keyframes
+SWEEP_DT = 0.05  # 20 Hz lidar
+T0_US = 1_600_000_000_000_000
+LABELS_2D_DIR = "labels2d"
+VISIBILITY = [("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100")]
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    scenes: int = 2
+    frames_per_scene: int = 4
+    seed: int = 0
+    image_size: tuple[int, int] = (450, 800)  # (H, W)
+    sweeps: int = 0
+    label_noise: float = 0.3
+    version: str = "v1.0-synth"
+
+    def __post_init__(self) -> None:
+        if self.scenes < 1 or self.frames_per_scene < 1:
+            raise ValueError(f"scenes and frames_per_scene must be >= 1, got {self.scenes}, {self.frames_per_scene}")
+        if min(self.image_size) < 16:
+            raise ValueError(f"image_size must be at least 16x16, got {self.image_size}")
+        if not 0 <= self.sweeps <= 9:
+            raise ValueError(f"sweeps must lie in 0..9 (10 sweeps per keyframe interval), got {self.sweeps}")
+        if not 0 <= self.label_noise <= 1:
+            raise ValueError(f"label_noise must lie in [0, 1], got {self.label_noise}")
+
+
+def token(*parts) -> str:
+    """A deterministic nuScenes-style 32-hex token."""
+    return hashlib.md5("/".join(map(str, parts)).encode()).hexdigest()
+
+
+def _pose_record(tok: str, T: np.ndarray, ts: int) -> dict:
+    return {"token": tok, "timestamp": ts, "rotation": matrix_to_quaternion(T[:3, :3]).tolist(),
+            "translation": T[:3, 3].tolist()}
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _camera_mask_rays(cam: SynthCamera, cam2ego: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rays for mask_camera: one per s x s pixel block, s chosen so that rays are <= 8 mrad apart
+    (0.32 m at the 40 m edge of the Occ3D grid, under its 0.4 m voxels)."""
+    h, w = cam.image_size
+    s = max(1, int(cam.K[0, 0] * 0.008))
+    u, v = np.meshgrid(np.arange(s / 2, w, s), np.arange(s / 2, h, s))
+    pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1)
+    d = pix @ np.linalg.inv(cam.K).T
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return cam2ego[:3, 3], d @ cam2ego[:3, :3].T
+
+
+class _Tables:
+    def __init__(self) -> None:
+        self.t: dict[str, list[dict]] = {k: [] for k in (
+            "attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map", "sample",
+            "sample_annotation", "sample_data", "scene", "sensor", "visibility")}
+
+    def add(self, table: str, record: dict) -> dict:
+        self.t[table].append(record)
+        return record
+
+    def write(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, records in self.t.items():
+            _write_bytes(folder / f"{name}.json", json.dumps(records, indent=1).encode())
+
+
+def _link(records: list[dict]) -> None:
+    for a, b in zip(records, records[1:]):
+        a["next"], b["prev"] = b["token"], a["token"]
+
+
+def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | None = None, progress: bool = True) -> dict:
+    """Generate and write the dataset; returns a summary (counts, timings)."""
+    out = Path(out)
+    grid = grid or GridSpec()
+    tables = _Tables()
+    seed = cfg.seed
+    cams, lidar2ego = synth_rig(cfg.image_size)
+    sensor_tok = {}
+    for name in (*CAMERA_NAMES, LIDAR_NAME):
+        sensor_tok[name] = tables.add("sensor", {"token": token(seed, "sensor", name), "channel": name,
+                                                  "modality": "lidar" if name == LIDAR_NAME else "camera"})["token"]
+    for cat in sorted(set(CATEGORY.values())):
+        tables.add("category", {"token": token("category", cat), "name": cat, "description": f"synthetic {cat}"})
+    for tok, level in VISIBILITY:
+        tables.add("visibility", {"token": tok, "level": level, "description": f"visibility {level}"})
+    category_tok = {cls: token("category", name) for cls, name in CATEGORY.items()}
+    frames_done = 0
+    bar = tqdm(total=cfg.scenes * cfg.frames_per_scene, desc="synth", unit="frame", disable=not progress)
+    for si in range(cfg.scenes):
+        scene_name = f"synth-{seed}-{si:04d}"
+        world = generate_world(seed * 1000 + si, route_length=8.0 * KEYFRAME_DT * cfg.frames_per_scene + 5)
+        rng = np.random.default_rng([seed, si, 1])
+        log_tok = token(seed, scene_name, "log")
+        tables.add("log", {"token": log_tok, "logfile": scene_name, "vehicle": "synthetic", "date_captured": "2026-11-25",
+                           "location": f"synthetic-{seed}"})
+        map_tok = token(seed, scene_name, "map")
+        road = ((world.ground == 11) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(road.T[::-1]).save(buf, format="PNG")
+        _write_bytes(out / "maps" / f"{map_tok}.png", buf.getvalue())
+        tables.add("map", {"token": map_tok, "log_tokens": [log_tok], "category": "semantic_prior",
+                           "filename": f"maps/{map_tok}.png"})
+        calib = {}
+        for cam in cams:
+            calib[cam.name] = tables.add("calibrated_sensor", {
+                "token": token(seed, scene_name, "calib", cam.name), "sensor_token": sensor_tok[cam.name],
+                "translation": cam.cam2ego[:3, 3].tolist(), "rotation": matrix_to_quaternion(cam.cam2ego[:3, :3]).tolist(),
+                "camera_intrinsic": cam.K.tolist()})["token"]
+        calib[LIDAR_NAME] = tables.add("calibrated_sensor", {
+            "token": token(seed, scene_name, "calib", LIDAR_NAME), "sensor_token": sensor_tok[LIDAR_NAME],
+            "translation": lidar2ego[:3, 3].tolist(), "rotation": matrix_to_quaternion(lidar2ego[:3, :3]).tolist(),
+            "camera_intrinsic": []})["token"]
+        samples, by_channel, ann_by_instance = [], {n: [] for n in (*CAMERA_NAMES, LIDAR_NAME)}, {}
+        for k in range(cfg.frames_per_scene):
+            t_key = k * KEYFRAME_DT
+            ts_key = T0_US + si * 10**9 + int(round(t_key * 1e6))
+            sample_tok = token(seed, scene_name, "sample", k)
+            samples.append(tables.add("sample", {"token": sample_tok, "timestamp": ts_key, "scene_token": token(seed, scene_name),
+                                                 "prev": "", "next": ""}))
+            # lidar sweeps before the keyframe, then the keyframe sweep
+            for j in range(cfg.sweeps, -1, -1):
+                t = t_key - j * SWEEP_DT
+                ts = ts_key - int(round(j * SWEEP_DT * 1e6))
+                ego2world = world.ego_pose(t)
+                points, hits, d_sensor = render_lidar(world, lidar2ego, ego2world, t, rng)
+                sub = "samples" if j == 0 else "sweeps"
+                fname = f"{sub}/{LIDAR_NAME}/{scene_name}__{LIDAR_NAME}__{ts}.pcd.bin"
+                _write_bytes(out / fname, points.astype(np.float32).tobytes())
+                sd_tok = token(seed, scene_name, LIDAR_NAME, ts)
+                tables.add("ego_pose", _pose_record(sd_tok, ego2world, ts))
+                by_channel[LIDAR_NAME].append(tables.add("sample_data", {
+                    "token": sd_tok, "sample_token": sample_tok, "ego_pose_token": sd_tok,
+                    "calibrated_sensor_token": calib[LIDAR_NAME], "timestamp": ts, "fileformat": "pcd",
+                    "is_key_frame": j == 0, "height": 0, "width": 0, "filename": fname, "prev": "", "next": ""}))
+            key_pose = world.ego_pose(t_key)
+            key_hits, key_dirs = hits, d_sensor
+            # cameras at their own timestamps
+            renders = []
+            for cam in cams:
+                t = t_key + cam.time_offset
+                ts = ts_key + int(round(cam.time_offset * 1e6))
+                ego2world = world.ego_pose(t)
+                r = render_camera(world, cam, ego2world, t, rng)
+                renders.append((cam, r, ego2world))
+                fname = f"samples/{cam.name}/{scene_name}__{cam.name}__{ts}.jpg"
+                _write_bytes(out / fname, _jpeg(r.image))
+                sd_tok = token(seed, scene_name, cam.name, ts)
+                tables.add("ego_pose", _pose_record(sd_tok, ego2world, ts))
+                by_channel[cam.name].append(tables.add("sample_data", {
+                    "token": sd_tok, "sample_token": sample_tok, "ego_pose_token": sd_tok,
+                    "calibrated_sensor_token": calib[cam.name], "timestamp": ts, "fileformat": "jpg",
+                    "is_key_frame": True, "height": cfg.image_size[0], "width": cfg.image_size[1], "filename": fname,
+                    "prev": "", "next": ""}))
+                noisy, conf = noisy_labels(r.semantics, r.instance, r.depth, cfg.label_noise, rng)
+                save_npz(out / LABELS_2D_DIR / scene_name / sample_tok / f"{cam.name}.npz", {
+                    "semantics": r.semantics, "depth": r.depth, "instance": r.instance,
+                    "noisy_semantics": noisy, "noisy_confidence": conf})
+            # Occ3D ground truth in the keyframe lidar's ego frame
+            prims = world.primitives_at(t_key)
+            semantics = voxelize(world, prims, key_pose, grid)
+            occupied = semantics != FREE_ID
+            mask_lidar = visible_voxels(occupied, lidar2ego[:3, 3], key_dirs @ lidar2ego[:3, :3].T, grid)
+            mask_camera = np.zeros_like(mask_lidar)
+            world2key = np.linalg.inv(key_pose)
+            for cam, _, ego2world in renders:
+                o, d = _camera_mask_rays(cam, world2key @ ego2world @ cam.cam2ego)
+                mask_camera |= visible_voxels(occupied, o, d, grid)
+            write_labels(labels_path(out, scene_name, sample_tok),
+                         Occ3DLabels(semantics, mask_lidar.astype(np.uint8), mask_camera.astype(np.uint8)), grid)
+            # box annotations of the objects near the ego
+            for ob in world.objects:
+                c = ob.center_at(t_key)
+                if np.linalg.norm(c[:2] - key_pose[:2, 3]) > 60:
+                    continue
+                ann_tok = token(seed, scene_name, "ann", ob.instance, k)
+                yaw_T = np.eye(4)
+                yaw_T[:2, :2] = [[np.cos(ob.yaw), -np.sin(ob.yaw)], [np.sin(ob.yaw), np.cos(ob.yaw)]]
+                ann = tables.add("sample_annotation", {
+                    "token": ann_tok, "sample_token": sample_tok, "instance_token": token(seed, scene_name, "inst", ob.instance),
+                    "visibility_token": "4", "attribute_tokens": [], "translation": c.tolist(),
+                    "size": [ob.size[1], ob.size[0], ob.size[2]], "rotation": matrix_to_quaternion(yaw_T[:3, :3]).tolist(),
+                    "prev": "", "next": "", "num_lidar_pts": int((key_hits.instance == ob.instance).sum()),
+                    "num_radar_pts": 0})
+                ann_by_instance.setdefault(ob.instance, (ob, []))[1].append(ann)
+            frames_done += 1
+            bar.update(1)
+        _link(samples)
+        for records in by_channel.values():
+            _link(records)
+        for inst, (ob, anns) in sorted(ann_by_instance.items()):
+            _link(anns)
+            tables.add("instance", {"token": token(seed, scene_name, "inst", inst), "category_token": category_tok[ob.cls],
+                                    "nbr_annotations": len(anns), "first_annotation_token": anns[0]["token"],
+                                    "last_annotation_token": anns[-1]["token"]})
+        tables.add("scene", {"token": token(seed, scene_name), "log_token": log_tok, "nbr_samples": len(samples),
+                             "first_sample_token": samples[0]["token"], "last_sample_token": samples[-1]["token"],
+                             "name": scene_name, "description": f"synthetic scene {si} of seed {seed}"})
+    bar.close()
+    tables.write(out / cfg.version)
+    return {"scenes": cfg.scenes, "frames": frames_done, "version": cfg.version, "root": str(out)}

@@ -1,0 +1,179 @@
+"""The synthetic world: loadable nuScenes layout, geometry that agrees with itself, exact ground truth."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autolabel.cli import main
+from autolabel.data.nuscenes import NuScenesFrames
+from autolabel.supervision.lidar_depth import project_points
+from autolabel.synth.primitives import contains
+from autolabel.synth.truth import visible_voxels, voxelize
+from autolabel.synth.world import C, generate_world
+from autolabel.synth.writer import SynthConfig, write_dataset
+from kernels.grid import GridSpec
+from occnet.classes import FREE_ID
+
+VERSION = "v1.0-synth"
+CFG = SynthConfig(scenes=1, frames_per_scene=2, seed=7, image_size=(112, 200), sweeps=1)
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    write_dataset(root, CFG, progress=False)
+    return root
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_devkit_and_frame_loader_read_it(synth_root):
+    from nuscenes.nuscenes import NuScenes
+
+    nusc = NuScenes(VERSION, str(synth_root), verbose=False)
+    assert len(nusc.sample) == 2 and len(nusc.scene) == 1
+    assert len(nusc.sample_annotation) > 10 and len(nusc.instance) > 5
+    assert {c["name"] for c in nusc.category} >= {"vehicle.car", "human.pedestrian.adult"}
+    first = nusc.get("sample", nusc.scene[0]["first_sample_token"])
+    assert first["next"] and nusc.get("sample", first["next"])["prev"] == first["token"]
+    ds = NuScenesFrames(synth_root, VERSION, sweeps=1)
+    frame = ds[1]
+    assert frame.gt is not None and frame.gt.semantics.shape == (200, 200, 16)
+    assert all(c.image.shape == (112, 200, 3) for c in frame.cameras)
+    assert (frame.lidar.time_lag > 0).any()  # the sweep was accumulated
+    assert frame.lidar.points[:, 4].max() == 31  # 32 rings
+
+
+def test_lidar_agrees_with_rendered_depth(synth_root):
+    """Lidar points projected into the cameras land on the exact depth maps (unoccluded points)."""
+    ds = NuScenesFrames(synth_root, VERSION)
+    errors = []
+    for frame in ds:
+        for cam in frame.cameras:
+            with np.load(synth_root / "labels2d" / frame.scene / frame.token / f"{cam.name}.npz") as z:
+                exact = z["depth"]
+            uv, depth, _ = project_points(frame.lidar, cam, min_depth=1.0)
+            px = np.floor(uv).astype(int)
+            d_map = exact[px[:, 1], px[:, 0]]
+            seen = (d_map > 0) & (depth < d_map + 0.5)  # not hidden behind something nearer in the image
+            errors.append(np.abs(depth[seen] - d_map[seen]))
+    err = np.concatenate(errors)
+    assert len(err) > 500
+    assert np.median(err) < 0.05
+
+
+def test_voxels_agree_with_primitives():
+    world = generate_world(3)
+    grid = GridSpec()
+    pose = world.ego_pose(0.0)
+    prims = world.primitives_at(0.0)
+    sem = voxelize(world, prims, pose, grid)
+    world2ego = np.linalg.inv(pose)
+    checked = 0
+    for i in range(len(prims)):
+        centre = prims.params[i, :3].copy()
+        if prims.kind[i] == 1:  # cylinder: params are cx, cy, z0, z1
+            centre[2] = (prims.params[i, 2] + prims.params[i, 3]) / 2
+        ego = world2ego[:3, :3] @ centre + world2ego[:3, 3]
+        idx = grid.world_to_index(ego)
+        if not grid.contains_index(idx):
+            continue
+        # the voxel holding the primitive's centre is occupied (by it or by a solid that fills more of it)
+        assert sem[tuple(idx)] != FREE_ID
+        # a voxel whose every sample lies inside this primitive alone takes its class
+        pts = grid.index_to_world(idx) + (np.stack(np.meshgrid(*[[-0.13, 0, 0.13]] * 3, indexing="ij"), -1).reshape(-1, 3))
+        world_pts = pts @ pose[:3, :3].T + pose[:3, 3]
+        others = [j for j in range(len(prims)) if j != i and contains(int(prims.kind[j]), prims.params[j], world_pts).any()]
+        if contains(int(prims.kind[i]), prims.params[i], world_pts).all() and not others and world_pts[:, 2].min() > 0.01:
+            assert sem[tuple(idx)] == prims.cls[i]
+            checked += 1
+    assert checked > 20
+    # the road under the ego is driveable surface (z layer holding the ground), the air above is free
+    ego_idx = grid.world_to_index(np.array([0.0, 0.0, -0.1]))
+    assert sem[tuple(ego_idx)] == C["driveable_surface"]
+    assert sem[tuple(grid.world_to_index(np.array([0.0, 0.0, 1.0])))] == FREE_ID
+
+
+def _slow_visible(occupied, origin, direction, grid, step=0.002):
+    """Independent reference: march in tiny steps, collecting voxels until the first occupied one."""
+    seen = set()
+    lo, hi = np.array(grid.range_min), np.array(grid.range_max)
+    t = 0.0
+    while t < 200:
+        p = origin + t * direction
+        if np.all(p >= lo) and np.all(p < hi):
+            idx = tuple(grid.world_to_index(p))
+            seen.add(idx)
+            if occupied[idx]:
+                break
+        elif seen:
+            break
+        t += step
+    return seen
+
+
+def test_visibility_matches_a_slow_ray_march():
+    grid = GridSpec(range_min=(-8, -8, -1), range_max=(8, 8, 3), voxel_size=0.4)
+    rng = np.random.default_rng(0)
+    occupied = rng.random(grid.shape) < 0.03
+    origin = np.array([0.13, -0.27, 1.1])
+    dirs = rng.normal(size=(12, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    for d in dirs:
+        fast = visible_voxels(occupied, origin, d[None], grid)
+        slow = _slow_visible(occupied, origin, d, grid)
+        got = set(map(tuple, np.argwhere(fast)))
+        # the slow march can only miss voxels that a ray clips for less than its step
+        assert slow <= got and len(got - slow) <= 1
+
+
+def test_masks_are_consistent(synth_root):
+    frame = NuScenesFrames(synth_root, VERSION)[0]
+    gt = frame.gt
+    assert gt.mask_camera.sum() > 1000 and gt.mask_lidar.sum() > 1000
+    occ = gt.semantics != FREE_ID
+    # every visible occupied voxel is a first hit: something visible and occupied exists
+    assert (occ & (gt.mask_camera > 0)).sum() > 100
+    classes = set(np.unique(gt.semantics[gt.mask_camera > 0]).tolist())
+    assert {C["driveable_surface"], C["manmade"], FREE_ID} <= classes or {C["driveable_surface"], FREE_ID} <= classes
+
+
+def test_same_seed_same_bytes_other_seed_differs(synth_root, tmp_path):
+    again = tmp_path / "again"
+    write_dataset(again, CFG, progress=False)
+    assert _digest(again) == _digest(synth_root)
+    other = tmp_path / "other"
+    write_dataset(other, SynthConfig(scenes=1, frames_per_scene=1, seed=8, image_size=(112, 200)), progress=False)
+    a = next((synth_root / "samples" / "CAM_FRONT").iterdir()).read_bytes()
+    b = next((other / "samples" / "CAM_FRONT").iterdir()).read_bytes()
+    assert a != b
+
+
+def test_noisy_labels_differ_from_exact_but_mostly_agree(synth_root):
+    frame_dir = next((synth_root / "labels2d").iterdir())
+    agree, total = 0, 0
+    for f in next(frame_dir.iterdir()).glob("*.npz"):
+        with np.load(f) as z:
+            exact, noisy, conf = z["semantics"], z["noisy_semantics"], z["noisy_confidence"]
+        both = (exact != 255) & (noisy != 255)
+        agree += (exact[both] == noisy[both]).sum()
+        total += both.sum()
+        assert conf.dtype == np.uint8 and (conf[noisy == 255] == 0).all()
+    assert 0.6 < agree / total < 1.0
+
+
+def test_cli_synth_with_preview(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["synth", str(out), "--scenes", "1", "--frames-per-scene", "1", "--image-size", "64x112", "--preview"]) == 0
+    assert "wrote 1 frames" in capsys.readouterr().out
+    from PIL import Image
+
+    im = Image.open(out / "preview.png")
+    assert im.size[0] > 3 * 112 and im.size[1] == 6 * 64
+    assert main(["synth", str(out), "--image-size", "big"]) == 2
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err

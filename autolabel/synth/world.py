@@ -368,6 +368,19 @@ def generate_world(seed: int, extent: float = 360.0, route_length: float = 30.0)
     for ri, r in enumerate(roads):
         heading = 0.0 if r.axis == 0 else np.pi / 2
         edge = r.half_width + r.sidewalk
+        # kerbs: a 15 cm step along both road edges, broken at the crossings
+        cuts = [0.0]
+        for p in crossing_pos[1 - r.axis]:
+            other = road_of[(1 - r.axis, p)]
+            cuts += [p - other.half_width, p + other.half_width]
+        cuts.append(extent)
+        for a, z in zip(cuts[::2], cuts[1::2]):
+            if z - a < 1.0:
+                continue
+            for side in (-1, 1):
+                cx, cy = place(r, (a + z) / 2, side * (r.half_width + 0.15))
+                hx, hy = ((z - a) / 2, 0.15) if r.axis == 0 else (0.15, (z - a) / 2)
+                b.add(BOX, (cx, cy, 0.075, hx, hy, 0.075, 0.0), C["sidewalk"], color=np.array(BASE_COLORS[C["sidewalk"]]) * 0.9)
         for s in np.arange(rng.uniform(5, 20), extent - 5, rng.uniform(22, 34)):
             if near_crossing(r, s, 2.0):
                 continue

@@ -1,0 +1,119 @@
+"""Typed configuration of the occupancy network, its rendering supervision, losses and training.
+
+Every dataclass validates itself in `__post_init__` with errors that name the field and say what to
+change; derived values are properties.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from kernels.grid import GridSpec
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class NetworkConfig:
+    """Image encoder -> LSS view transform -> 3D voxel encoder -> density and semantic heads."""
+
+    grid: GridSpec = field(default_factory=GridSpec)
+    image_size: tuple[int, int] = (256, 704)  # network input (H, W)
+    backbone: str = "resnet18"
+    backbone_weights: Optional[str] = None  # local .pth state dict; None = random initialisation
+    feature_stride: int = 16  # image features at 1/16 of the input
+    context_channels: int = 32
+    depth_min: float = 1.0  # metres, first depth bin centre
+    depth_max: float = 45.0
+    depth_bins: int = 64
+    voxel_downsample: int = 2  # the view transform fills a grid this much coarser; the 3D encoder upsamples
+    voxel_channels: int = 32
+    num_classes: int = 17  # semantic classes 0..16; free comes from density
+    depth_prior_sigma: float = 1.0  # bins: width of the LiDAR depth prior's Gaussian
+
+    def __post_init__(self) -> None:
+        _check(self.backbone in BACKBONES, f"NetworkConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        h, w = self.image_size
+        _check(h % self.feature_stride == 0 and w % self.feature_stride == 0,
+               f"NetworkConfig.image_size {self.image_size} must be divisible by feature_stride {self.feature_stride}")
+        _check(self.feature_stride in (8, 16, 32), f"NetworkConfig.feature_stride must be 8, 16 or 32, got {self.feature_stride}")
+        _check(0 < self.depth_min < self.depth_max, "NetworkConfig.depth_min must be > 0 and < depth_max")
+        _check(self.depth_bins >= 2, "NetworkConfig.depth_bins must be >= 2")
+        for axis, n in zip("xyz", self.grid.shape):
+            _check(n % self.voxel_downsample == 0,
+                   f"NetworkConfig.voxel_downsample {self.voxel_downsample} must divide the grid's {axis} size {n}")
+        _check(self.num_classes >= 1, "NetworkConfig.num_classes must be >= 1")
+
+    @property
+    def feature_size(self) -> tuple[int, int]:
+        return self.image_size[0] // self.feature_stride, self.image_size[1] // self.feature_stride
+
+    @property
+    def coarse_shape(self) -> tuple[int, int, int]:
+        return tuple(n // self.voxel_downsample for n in self.grid.shape)  # type: ignore[return-value]
+
+    @property
+    def depth_step(self) -> float:
+        return (self.depth_max - self.depth_min) / (self.depth_bins - 1)
+
+
+@dataclass
+class RenderConfig:
+    """How training rays are drawn and rendered."""
+
+    rays_per_frame: int = 38_400
+    mode: str = "voxel"
+    step_size: float = 0.2
+    class_balance: float = 0.5  # sampling weight of a pixel ~ (1 / class frequency) ** class_balance
+    aux_weight: float = 0.5  # loss weight of rays from auxiliary keyframes
+
+    def __post_init__(self) -> None:
+        _check(self.rays_per_frame > 0, "RenderConfig.rays_per_frame must be > 0")
+        _check(self.mode in ("voxel", "trilinear"), f"RenderConfig.mode must be 'voxel' or 'trilinear', got {self.mode!r}")
+        _check(self.step_size > 0, "RenderConfig.step_size must be > 0")
+        _check(0 <= self.class_balance <= 1, "RenderConfig.class_balance must lie in [0, 1]")
+
+
+@dataclass
+class LossConfig:
+    """Which losses are on and their weights. Rendering only = depth + semantics_2d (3D weights 0)."""
+
+    depth: float = 1.0
+    silog_lambda: float = 0.85
+    semantics_2d: float = 1.0
+    depth_distribution: float = 1.0  # BEVDepth-style: LiDAR depth bins supervise the view transform directly
+    opacity_entropy: float = 0.0  # pushes rendered opacity to 0 or 1
+    labels_3d: float = 0.0  # cross-entropy on voxels of frames with 3D labels (mask_camera)
+    pseudo_3d: float = 0.0  # confidence-weighted cross-entropy on pseudo-labels
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "semantics_2d", "depth_distribution", "opacity_entropy", "labels_3d", "pseudo_3d"):
+            _check(getattr(self, name) >= 0, f"LossConfig.{name} must be >= 0")
+        _check(0 <= self.silog_lambda <= 1, "LossConfig.silog_lambda must lie in [0, 1]")
+
+    @property
+    def rendering_only(self) -> bool:
+        return self.labels_3d == 0 and self.pseudo_3d == 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    checkpoint_every: int = 500
+    bf16: bool = True  # autocast on CUDA only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.steps > 0, "TrainConfig.steps must be > 0")
+        _check(self.lr > 0, "TrainConfig.lr must be > 0")
+        _check(self.warmup_steps >= 0, "TrainConfig.warmup_steps must be >= 0")
+        _check(self.checkpoint_every > 0, "TrainConfig.checkpoint_every must be > 0")

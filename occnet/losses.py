@@ -1,0 +1,75 @@
+"""Losses: SILog on rendered depth, weighted cross-entropy on rendered semantics, opacity entropy,
+and 3D cross-entropies on voxels (labels over mask_camera; confidence-weighted pseudo-labels)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .rays import IGNORE, RayBatch, Rendered
+
+EPS = 1e-6
+
+
+def silog(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, lam: float = 0.85) -> torch.Tensor:
+    """Scale-invariant log error over rays with a target depth: sqrt(E[g^2] - lam E[g]^2), g = log p - log t."""
+    m = target > 0
+    if not m.any():
+        return pred.sum() * 0
+    g = torch.log(pred[m].clamp_min(1e-3)) - torch.log(target[m])
+    w = weight[m] / weight[m].sum()
+    mean = (w * g).sum()
+    return torch.sqrt(((w * g * g).sum() - lam * mean * mean).clamp_min(1e-8))
+
+
+def rendered_semantics_ce(rendered: Rendered, rays: RayBatch, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the rendered class distribution (normalised by opacity) where a 2D label exists,
+    weighted by the label's confidence, the ray's weight and the class weight."""
+    m = rays.semantics != IGNORE
+    if not m.any():
+        return rendered.probs.sum() * 0
+    p = rendered.probs[m] / (rendered.opacity[m, None] + EPS)
+    target = rays.semantics[m]
+    nll = -torch.log(p.gather(1, target[:, None])[:, 0].clamp_min(EPS))
+    w = rays.confidence[m] * rays.weight[m]
+    if class_weights is not None:
+        w = w * class_weights[target]
+    return (w * nll).sum() / w.sum().clamp_min(EPS)
+
+
+def opacity_entropy(rendered: Rendered) -> torch.Tensor:
+    o = rendered.opacity.clamp(EPS, 1 - EPS)
+    return -(o * torch.log(o) + (1 - o) * torch.log(1 - o)).mean()
+
+
+def voxel_log_probs(density: torch.Tensor, logits: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """(B, X, Y, Z, K+1) log-probabilities over the K classes and free (last): occupancy
+    o = 1 - exp(-sigma * voxel_size), P(free) = 1 - o, P(c) = o * softmax(logits)_c."""
+    s = density.float() * voxel_size
+    log_occ = torch.log((-torch.expm1(-s)).clamp_min(1e-12))  # log(1 - e^-s)
+    log_free = -s
+    return torch.cat([log_occ[..., None] + logits.float().log_softmax(-1), log_free[..., None]], -1)
+
+
+def voxel_ce(density: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+             voxel_size: float) -> torch.Tensor:
+    """Weighted cross-entropy over voxels; target (B, X, Y, Z) ids in 0..K (K = free), 255 ignored;
+    weight (B, X, Y, Z) (mask_camera for labels, confidence for pseudo-labels)."""
+    logp = voxel_log_probs(density, logits, voxel_size)
+    valid = (target != IGNORE) & (weight > 0)
+    if not valid.any():
+        return logp.sum() * 0
+    nll = -logp[valid].gather(1, target[valid].long()[:, None])[:, 0]
+    w = weight[valid].float()
+    return (w * nll).sum() / w.sum()
+
+
+def depth_distribution_ce(depth_prob: torch.Tensor, prior: torch.Tensor, depth_min: float, depth_step: float) -> torch.Tensor:
+    """Cross-entropy of the view transform's depth distribution (B, N, D, h, w) against the bin of the
+    nearest LiDAR depth per feature cell (B, N, h, w; 0 = none), for depths inside the bin range."""
+    d = depth_prob.shape[2]
+    k = torch.round((prior - depth_min) / depth_step).long()
+    valid = (prior > 0) & (k >= 0) & (k < d)
+    if not valid.any():
+        return depth_prob.sum() * 0
+    p = depth_prob.permute(0, 1, 3, 4, 2)[valid]  # (M, D)
+    return -torch.log(p.gather(1, k[valid][:, None])[:, 0].clamp_min(EPS)).mean()

@@ -1,0 +1,131 @@
+"""Training rays from camera pixels: class-balanced sampling, ego-frame rays, rendering, z-depth.
+
+Per frame, `sample_rays` draws a fixed number of pixels among the supervised ones (a LiDAR depth or a
+2D label), with weights that grow with the rarity of the pixel's class in that frame (RenderOcc's
+scheme): w = (1 / frequency) ** class_balance, and the mean labelled weight for depth-only pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels import GridSpec, render_rays
+
+from .config import RenderConfig
+
+IGNORE = 255
+
+
+@dataclass
+class RayBatch:
+    """Rays of a batch (R rays). Ray geometry is in the ego frame of the frame each ray renders."""
+
+    origins: torch.Tensor  # (R, 3)
+    directions: torch.Tensor  # (R, 3) unit
+    batch_index: torch.Tensor  # (R,) int64
+    z_per_metre: torch.Tensor  # (R,) camera z-depth per metre along the ray
+    depth: torch.Tensor  # (R,) target z-depth, 0 = none
+    semantics: torch.Tensor  # (R,) int64 target class, 255 = none
+    confidence: torch.Tensor  # (R,) weight of the semantic target
+    weight: torch.Tensor  # (R,) loss weight of the ray (auxiliary-frame rays weigh less)
+
+
+def pixel_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rays through continuous pixel coordinates uv (M, 2) of one camera: origins (M, 3), unit
+    directions (M, 3) in the ego frame, and each ray's camera z per metre (M,)."""
+    pix = torch.cat([uv, torch.ones_like(uv[:, :1])], 1)
+    d_cam = pix @ torch.linalg.inv(intrinsics).T
+    d_cam = d_cam / d_cam.norm(dim=1, keepdim=True)
+    dirs = d_cam @ cam2ego[:3, :3].T
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    return cam2ego[:3, 3].expand_as(dirs), dirs, d_cam[:, 2]
+
+
+def _points_inside(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Tensor, grid: GridSpec) -> torch.Tensor:
+    """(N, H, W) bool: the pixel has a depth and its back-projected point lies inside the grid box."""
+    n, h, w = depth.shape
+    v, u = torch.meshgrid(torch.arange(h, device=depth.device) + 0.5, torch.arange(w, device=depth.device) + 0.5, indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)], -1)  # (H, W, 3)
+    cam = torch.einsum("nij,hwj->nhwi", torch.linalg.inv(intrinsics.float()), pix) * depth[..., None]
+    ego = torch.einsum("nij,nhwj->nhwi", cam2ego[:, :3, :3].float(), cam) + cam2ego[:, None, None, :3, 3].float()
+    lo = torch.tensor(grid.range_min, device=depth.device)
+    hi = torch.tensor(grid.range_max, device=depth.device)
+    return (depth > 0) & ((ego >= lo) & (ego < hi)).all(-1)
+
+
+def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Tensor, semantics: torch.Tensor,
+                confidence: torch.Tensor, n_rays: int, class_balance: float, generator: torch.Generator,
+                batch: int = 0, weight: float = 1.0, drop_classes: tuple[int, ...] = (),
+                grid: GridSpec | None = None) -> RayBatch:
+    """Draw n_rays pixels of one frame.
+
+    intrinsics (N, 3, 3) and cam2ego (N, 4, 4) per camera; depth (N, H, W) metres (0 none), semantics
+    (N, H, W) class ids (255 none), confidence (N, H, W) in [0, 1]. drop_classes: labels to treat as
+    missing (dynamic classes for auxiliary frames, whose objects moved). With a grid, only pixels with a
+    LiDAR depth whose point lies inside the grid are supervised (both depth and semantics): a surface
+    outside the grid cannot be rendered from it, and a label without depth could lie anywhere on its ray.
+    """
+    n_cam, h, w = depth.shape
+    sem = semantics.long()
+    for c in drop_classes:
+        sem = torch.where(sem == c, torch.full_like(sem, IGNORE), sem)
+    labelled = sem != IGNORE
+    if drop_classes:  # a moving object's depth is wrong in another frame too
+        moving = torch.zeros_like(labelled)
+        for c in drop_classes:
+            moving |= semantics.long() == c
+        depth = torch.where(moving, torch.zeros_like(depth), depth)
+    if grid is not None:  # supervise only pixels whose LiDAR point lies in the grid: the grid can't hold the rest
+        inside = _points_inside(intrinsics, cam2ego, depth, grid)
+        labelled &= inside
+        depth = torch.where(inside, depth, torch.zeros_like(depth))
+    supervised = labelled | (depth > 0)
+    flat_sem = sem.reshape(-1)
+    counts = torch.bincount(flat_sem[labelled.reshape(-1)], minlength=IGNORE + 1).float()
+    w_class = torch.where(counts > 0, counts.clamp_min(1).reciprocal() ** class_balance, torch.zeros_like(counts))
+    w_pix = torch.zeros(n_cam * h * w, device=depth.device)
+    lab = labelled.reshape(-1)
+    w_pix[lab] = w_class[flat_sem[lab]]
+    mean_lab = w_pix[lab].mean() if lab.any() else torch.tensor(1.0, device=depth.device)
+    only_depth = supervised.reshape(-1) & ~lab
+    w_pix[only_depth] = mean_lab
+    if not supervised.any():
+        raise ValueError("sample_rays: the frame has no supervised pixel (no depth and no 2D label)")
+    pick = torch.multinomial(w_pix.cpu(), n_rays, replacement=True, generator=generator).to(depth.device)
+    cam, rest = pick // (h * w), pick % (h * w)
+    v, u = rest // w, rest % w
+    uv = torch.stack([u, v], 1).float() + 0.5
+    origins = torch.empty(n_rays, 3, device=depth.device)
+    dirs = torch.empty(n_rays, 3, device=depth.device)
+    zpm = torch.empty(n_rays, device=depth.device)
+    for c in range(n_cam):
+        m = cam == c
+        if m.any():
+            origins[m], dirs[m], zpm[m] = pixel_rays(intrinsics[c].float(), cam2ego[c].float(), uv[m])
+    return RayBatch(origins=origins, directions=dirs, batch_index=torch.full((n_rays,), batch, dtype=torch.long, device=depth.device),
+                    z_per_metre=zpm, depth=depth[cam, v, u].float(), semantics=sem[cam, v, u],
+                    confidence=confidence[cam, v, u].float(), weight=torch.full((n_rays,), weight, device=depth.device))
+
+
+def concat_rays(batches: list[RayBatch]) -> RayBatch:
+    return RayBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in RayBatch.__dataclass_fields__))
+
+
+@dataclass
+class Rendered:
+    depth: torch.Tensor  # (R,) camera z-depth
+    opacity: torch.Tensor  # (R,)
+    probs: torch.Tensor  # (R, K) composited class probabilities (sum to the opacity)
+
+
+def render(density: torch.Tensor, logits: torch.Tensor, rays: RayBatch, grid: GridSpec, cfg: RenderConfig,
+           far: float = 100.0, check_values: bool = True) -> Rendered:
+    """Composite softmax class probabilities and distance along the rays; distance -> z-depth."""
+    probs = logits.float().softmax(-1)
+    n = len(rays.origins)
+    near = torch.zeros(n, device=density.device)
+    far_t = torch.full((n,), far, device=density.device)
+    out = render_rays(density.float(), probs, rays.origins, rays.directions, rays.batch_index, near, far_t, grid,
+                      mode=cfg.mode, step_size=cfg.step_size, check_values=check_values)
+    return Rendered(depth=out.depth * rays.z_per_metre, opacity=out.opacity, probs=out.features)

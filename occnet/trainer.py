@@ -1,0 +1,197 @@
+"""Training by rendering: AdamW + warm-up + cosine, bf16 autocast on GPU, gradient clipping, EMA hooks,
+atomic checkpoints that resume exactly (step, optimiser, scheduler, hooks; batches and rays are a
+function of the step, so a resumed run continues the same curve)."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from .config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
+from .losses import depth_distribution_ce, opacity_entropy, rendered_semantics_ce, silog, voxel_ce
+from .network import OccupancyNetwork
+from .rays import concat_rays, render, sample_rays
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class StepHook(Protocol):
+    """Called after every optimiser step (e.g. the DTS teacher's EMA update)."""
+
+    def __call__(self, model: torch.nn.Module, step: int) -> None: ...
+
+
+def default_workers() -> int:
+    """DataLoader workers sized to the machine: leave a core for the main process, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class StepBatches(Sampler[list[int]]):
+    """Batches as a function of the step: epoch e is a permutation seeded by (seed, e)."""
+
+    def __init__(self, n: int, batch_size: int, start: int, stop: int, seed: int):
+        self.n, self.batch_size, self.start, self.stop, self.seed = n, batch_size, start, stop, seed
+
+    def indices(self, step: int) -> list[int]:
+        out = []
+        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, pos = divmod(k, self.n)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            out.append(int(perm[pos]))
+        return out
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield self.indices(step)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Trainer:
+    """Trains an OccupancyNetwork on batches (dicts of tensors, see autolabel.training.data).
+
+    Batch keys: images (B, N, 3, H, W), intrinsics (B, N, 3, 3), cam2ego (B, N, 4, 4), depth (B, N, H, W),
+    semantics (B, N, H, W) uint8 (255 none), confidence (B, N, H, W); optional gt_semantics /
+    gt_mask / has_gt (3D labels) and pseudo_semantics / pseudo_confidence / has_pseudo.
+    """
+
+    def __init__(self, model: OccupancyNetwork, render_cfg: RenderConfig, loss_cfg: LossConfig, train_cfg: TrainConfig,
+                 out_dir: str | os.PathLike, device: str | torch.device = "cpu", hooks: Iterable[StepHook] = (),
+                 class_weights: torch.Tensor | None = None):
+        self.model = model.to(device)
+        self.device = torch.device(device)
+        self.render_cfg, self.loss_cfg, self.cfg = render_cfg, loss_cfg, train_cfg
+        self.out_dir = Path(out_dir)
+        self.hooks = list(hooks)
+        self.class_weights = None if class_weights is None else class_weights.to(self.device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0  # optimiser steps done
+
+    def _lr_factor(self, step: int) -> float:
+        warm = self.cfg.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, self.cfg.steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
+                "config": {"render": asdict(self.render_cfg), "loss": asdict(self.loss_cfg), "train": asdict(self.cfg)}}
+
+    def save(self, path: Path | None = None) -> Path:
+        path = path or self.out_dir / CHECKPOINT
+        save_atomic(self.state_dict(), path)
+        return path
+
+    def load(self, path: Path | None = None) -> bool:
+        path = path or self.out_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        for hook, hs in zip(self.hooks, state.get("hooks", [])):
+            if hs is not None and hasattr(hook, "load_state_dict"):
+                hook.load_state_dict(hs)
+        return True
+
+    # ---- one step -----------------------------------------------------------------------------
+    def losses(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        cfg, lc = self.render_cfg, self.loss_cfg
+        dev = self.device
+        b = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.bf16):
+            out = self.model(b["images"], b["intrinsics"], b["cam2ego"])
+        terms: dict[str, torch.Tensor] = {}
+        if lc.depth_distribution > 0:
+            net = self.model.cfg
+            prior = self.model.view.depth_prior(b["depth"])
+            terms["depthbins"] = lc.depth_distribution * depth_distribution_ce(out.depth_prob, prior, net.depth_min, net.depth_step)
+        if lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+            rays = concat_rays([
+                sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i], b["confidence"][i],
+                            cfg.rays_per_frame, cfg.class_balance, gen, batch=i, grid=self.model.cfg.grid)
+                for i in range(b["images"].shape[0])])
+            rendered = render(out.density, out.logits, rays, self.model.cfg.grid, cfg)
+            if lc.depth > 0:
+                terms["depth"] = lc.depth * silog(rendered.depth, rays.depth, rays.weight, lc.silog_lambda)
+            if lc.semantics_2d > 0:
+                terms["sem2d"] = lc.semantics_2d * rendered_semantics_ce(rendered, rays, self.class_weights)
+            if lc.opacity_entropy > 0:
+                terms["opacity"] = lc.opacity_entropy * opacity_entropy(rendered)
+        voxel = float(min(self.model.cfg.grid.voxel_size))
+        if lc.labels_3d > 0 and "gt_semantics" in b:
+            w = b["gt_mask"].float() * b["has_gt"].float()[:, None, None, None]
+            terms["labels3d"] = lc.labels_3d * voxel_ce(out.density, out.logits, b["gt_semantics"], w, voxel)
+        if lc.pseudo_3d > 0 and "pseudo_semantics" in b:
+            w = b["pseudo_confidence"].float() * b["has_pseudo"].float()[:, None, None, None]
+            terms["pseudo3d"] = lc.pseudo_3d * voxel_ce(out.density, out.logits, b["pseudo_semantics"], w, voxel)
+        if not terms:
+            raise ValueError("Trainer: every loss is off or has no targets in the batch; turn one on in LossConfig")
+        return terms
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        self.model.train()
+        terms = self.losses(batch, self.step)
+        total = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        for hook in self.hooks:
+            hook(self.model, self.step)
+        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def fit(self, dataset: Dataset, batch_size: int = 1, workers: int | None = None,
+            on_log: Callable[[int, dict], None] | None = None, progress: bool = True, until: int | None = None) -> list[dict]:
+        """Train up to cfg.steps (or `until`, to stop early), resuming from the checkpoint in out_dir."""
+        self.load()
+        stop = self.cfg.steps if until is None else min(until, self.cfg.steps)
+        sampler = StepBatches(len(dataset), batch_size, self.step, stop, self.cfg.seed)
+        workers = default_workers() if workers is None else workers
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        history = []
+        bar = tqdm(loader, total=len(sampler), initial=0, desc="train", disable=not progress)
+        for batch in bar:
+            logs = self.train_step(batch)
+            history.append(logs)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
+            if on_log is not None:
+                on_log(self.step, logs)
+            if self.step % self.cfg.checkpoint_every == 0 or self.step in (stop, self.cfg.steps):
+                self.save()
+        return history

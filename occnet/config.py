@@ -70,6 +70,7 @@ class RenderConfig:
     mode: str = "voxel"
     step_size: float = 0.2
     class_balance: float = 0.5  # sampling weight of a pixel ~ (1 / class frequency) ** class_balance
+    aux_rays_per_frame: int = 0  # rays from each auxiliary keyframe (needs a dataset with aux_frames > 0)
     aux_weight: float = 0.5  # loss weight of rays from auxiliary keyframes
 
     def __post_init__(self) -> None:
@@ -77,6 +78,8 @@ class RenderConfig:
         _check(self.mode in ("voxel", "trilinear"), f"RenderConfig.mode must be 'voxel' or 'trilinear', got {self.mode!r}")
         _check(self.step_size > 0, "RenderConfig.step_size must be > 0")
         _check(0 <= self.class_balance <= 1, "RenderConfig.class_balance must lie in [0, 1]")
+        _check(self.aux_rays_per_frame >= 0, "RenderConfig.aux_rays_per_frame must be >= 0")
+        _check(0 < self.aux_weight <= 1, "RenderConfig.aux_weight must lie in (0, 1]")
 
 
 @dataclass

@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
+from .classes import DYNAMIC_CLASS_IDS
+from .config import LossConfig, RenderConfig, TrainConfig
 from .losses import depth_distribution_ce, opacity_entropy, rendered_semantics_ce, silog, voxel_ce
 from .network import OccupancyNetwork
 from .rays import concat_rays, render, sample_rays
@@ -81,6 +82,8 @@ class Trainer:
     def __init__(self, model: OccupancyNetwork, render_cfg: RenderConfig, loss_cfg: LossConfig, train_cfg: TrainConfig,
                  out_dir: str | os.PathLike, device: str | torch.device = "cpu", hooks: Iterable[StepHook] = (),
                  class_weights: torch.Tensor | None = None):
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # one process: plain BatchNorm
         self.model = model.to(device)
         self.device = torch.device(device)
         self.render_cfg, self.loss_cfg, self.cfg = render_cfg, loss_cfg, train_cfg
@@ -138,10 +141,22 @@ class Trainer:
             terms["depthbins"] = lc.depth_distribution * depth_distribution_ce(out.depth_prob, prior, net.depth_min, net.depth_step)
         if lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0:
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
-            rays = concat_rays([
-                sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i], b["confidence"][i],
-                            cfg.rays_per_frame, cfg.class_balance, gen, batch=i, grid=self.model.cfg.grid)
-                for i in range(b["images"].shape[0])])
+            grid = self.model.cfg.grid
+            parts = [sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i], b["confidence"][i],
+                                 cfg.rays_per_frame, cfg.class_balance, gen, batch=i, grid=grid)
+                     for i in range(b["images"].shape[0])]
+            if cfg.aux_rays_per_frame and "aux_depth" in b:
+                # rays from neighbouring keyframes, already in this frame's ego frame; moving classes dropped
+                for i in range(b["images"].shape[0]):
+                    for a in torch.nonzero(b["aux_valid"][i]).flatten().tolist():
+                        try:
+                            parts.append(sample_rays(b["aux_intrinsics"][i, a], b["aux_cam2ego"][i, a], b["aux_depth"][i, a],
+                                                     b["aux_semantics"][i, a], b["aux_confidence"][i, a],
+                                                     cfg.aux_rays_per_frame, cfg.class_balance, gen, batch=i,
+                                                     weight=cfg.aux_weight, drop_classes=DYNAMIC_CLASS_IDS, grid=grid))
+                        except ValueError:  # nothing of that neighbour falls in this frame's grid
+                            continue
+            rays = concat_rays(parts)
             rendered = render(out.density, out.logits, rays, self.model.cfg.grid, cfg)
             if lc.depth > 0:
                 terms["depth"] = lc.depth * silog(rendered.depth, rays.depth, rays.weight, lc.silog_lambda)

@@ -224,3 +224,33 @@ def test_rendering_only_training_learns_the_scene(tiny_dataset, tmp_path):
           f"geo {trained.geometric_iou:.3f}")
     assert trained.miou > max(untrained.miou, constant.miou) + 0.08
     assert trained.geometric_iou > max(untrained.geometric_iou, constant.geometric_iou) + 0.1
+
+
+def test_auxiliary_keyframes_are_moved_into_the_current_ego_frame(tiny_dataset, tmp_path):
+    from autolabel.training.data import FrameDataset
+
+    ds = FrameDataset(tiny_dataset.frames, SIZE, labels="exact", aux_frames=1)
+    first, second = ds[0], ds[1]
+    assert first["aux_valid"].tolist() == [False, True] and second["aux_valid"].tolist() == [True, False]
+    # the next keyframe's cameras sit where the ego will be 0.5 s later: ahead along the ego's x axis
+    ahead = first["aux_cam2ego"][1, :, :3, 3] - first["cam2ego"][:, :3, 3]
+    assert (ahead[:, 0] > 2.0).all() and ahead[:, 1:].abs().max() < 0.3
+    torch.testing.assert_close(second["aux_cam2ego"][0, :, :3, 3] - second["cam2ego"][:, :3, 3], -ahead, atol=0.05, rtol=0)
+    trainer = Trainer(OccupancyNetwork(tiny_config()), RenderConfig(rays_per_frame=256, aux_rays_per_frame=128),
+                      LossConfig(), TrainConfig(steps=2, warmup_steps=1), tmp_path)
+    batch = {k: (v[None] if torch.is_tensor(v) else v) for k, v in first.items()}
+    logs = trainer.train_step(batch)
+    assert np.isfinite(logs["loss"])
+
+
+def test_local_backbone_weights_are_loaded(tmp_path):
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    model = OccupancyNetwork(tiny_config(backbone_weights=str(path)))
+    torch.testing.assert_close(model.encoder.stem[0].weight, ref.conv1.weight)
+    torch.save({"not": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="not a resnet18 state dict"):
+        OccupancyNetwork(tiny_config(backbone_weights=str(path)))

@@ -215,9 +215,15 @@ class NuScenesFrames(Sequence[Frame]):
         return Lidar(points=np.concatenate(clouds).astype(np.float32), time_lag=np.concatenate(lags).astype(np.float32),
                      ego2global=ego2global, lidar2ego=lidar2ego, timestamp=int(key_sd["timestamp"]), token=key_sd["token"])
 
-    def frame(self, token: str) -> Frame:
-        """Load the keyframe with this sample token."""
+    def frame(self, token: str, images: bool | None = None) -> Frame:
+        """Load the keyframe with this sample token (`images=False` skips decoding its JPEGs)."""
         self.index(token)
+        if images is not None and images != self.load_images:
+            saved, self.load_images = self.load_images, images
+            try:
+                return self.frame(token)
+            finally:
+                self.load_images = saved
         sample = self.nusc.get("sample", token)
         scene = self._scene_of[token]
         gt = None

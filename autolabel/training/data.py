@@ -1,9 +1,14 @@
 """A torch Dataset of training samples built from `Frame`s.
 
 Each item is a dict of tensors (N cameras at the network's input size):
-images (N, 3, H, W) float32 normalised; intrinsics (N, 3, 3) of those images; cam2ego (N, 4, 4);
-depth (N, H, W) LiDAR z-depth (0 = none); semantics (N, H, W) uint8 (255 = none); confidence (N, H, W);
-gt_semantics / gt_mask (X, Y, Z) uint8 and has_gt when Occ3D labels exist; token (str).
+images (N, 3, H, W) float32 normalised; intrinsics (N, 3, 3) of those images; cam2ego (N, 4, 4) from
+each camera into the keyframe's ego frame (the LiDAR timestamp's, where the Occ3D grid lives: the ego
+moves between the cameras' exposures); depth (N, H, W) LiDAR z-depth (0 = none); semantics (N, H, W)
+uint8 (255 = none); confidence (N, H, W); gt_semantics / gt_mask (X, Y, Z) uint8 and has_gt when Occ3D
+labels exist; token (str). With aux_frames = K, the supervision of up to K keyframes before and after
+(same scene) comes too, its cameras expressed in this keyframe's ego frame through the global poses:
+aux_intrinsics (2K, N, 3, 3), aux_cam2ego (2K, N, 4, 4), aux_depth / aux_semantics / aux_confidence
+(2K, N, H, W) and aux_valid (2K,) (False where the scene has no such neighbour).
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ class FrameDataset(Dataset):
     """
 
     def __init__(self, frames: NuScenesFrames, image_size: tuple[int, int], labels: str = "noisy",
-                 indices: Sequence[int] | None = None, grid: GridSpec | None = None):
+                 indices: Sequence[int] | None = None, grid: GridSpec | None = None, aux_frames: int = 0):
         if labels not in ("exact", "noisy", "none"):
             raise ValueError(f"FrameDataset.labels must be 'exact', 'noisy' or 'none', got {labels!r}")
         self.frames = frames
@@ -43,15 +48,19 @@ class FrameDataset(Dataset):
         self.labels = labels
         self.indices = list(range(len(frames))) if indices is None else list(indices)
         self.grid = grid or frames.grid
+        if aux_frames < 0:
+            raise ValueError(f"FrameDataset.aux_frames must be >= 0, got {aux_frames}")
+        self.aux_frames = aux_frames
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict:
-        frame = self.frames[self.indices[i]]
+    def _supervision(self, frame, key_ego2global: np.ndarray):
+        """Resized cameras' intrinsics, cam -> keyframe-ego poses, depth maps, 2D labels of one frame."""
         rc = ResizeCrop.fit(frame.cameras[0].image_size, self.image_size)
         small = rc.apply_frame(frame)
-        images = np.stack([(c.image.astype(np.float32) / 255 - MEAN) / STD for c in small.cameras]).transpose(0, 3, 1, 2)
+        to_key = np.linalg.inv(key_ego2global)
+        cam2key = np.stack([to_key @ c.ego2global @ c.cam2ego for c in small.cameras]).astype(np.float32)
         depth = lidar_depth_maps(small)
         n = len(small.cameras)
         sem = np.full((n, *self.image_size), 255, np.uint8)
@@ -62,10 +71,29 @@ class FrameDataset(Dataset):
                 sem[k] = rc.apply_image(s, Image.NEAREST)
                 sem[k][rc.apply_image(np.ones_like(s), Image.NEAREST) == 0] = 255  # padding of the crop
                 conf[k] = rc.apply_image(c, Image.NEAREST)
+        K = np.stack([c.K for c in small.cameras]).astype(np.float32)
+        return small, K, cam2key, depth, sem, conf
+
+    def _neighbours(self, frame) -> list:
+        """Tokens of the keyframes -K..-1, +1..+K in the scene ('' where the scene ends)."""
+        out = []
+        for direction in ("prev", "next"):
+            current = frame
+            for _ in range(self.aux_frames):
+                token = getattr(current, direction) if current is not None else ""
+                current = self.frames.frame(token, images=False) if token else None
+                out.append(current)
+        return out
+
+    def __getitem__(self, i: int) -> dict:
+        frame = self.frames[self.indices[i]]
+        key_pose = frame.lidar.ego2global
+        small, K, cam2key, depth, sem, conf = self._supervision(frame, key_pose)
+        images = np.stack([(c.image.astype(np.float32) / 255 - MEAN) / STD for c in small.cameras]).transpose(0, 3, 1, 2)
         item = {
             "images": torch.from_numpy(np.ascontiguousarray(images)),
-            "intrinsics": torch.from_numpy(np.stack([c.K for c in small.cameras]).astype(np.float32)),
-            "cam2ego": torch.from_numpy(np.stack([c.cam2ego for c in small.cameras]).astype(np.float32)),
+            "intrinsics": torch.from_numpy(K),
+            "cam2ego": torch.from_numpy(cam2key),
             "depth": torch.from_numpy(depth),
             "semantics": torch.from_numpy(sem),
             "confidence": torch.from_numpy(conf),
@@ -80,4 +108,12 @@ class FrameDataset(Dataset):
             item["gt_semantics"] = torch.full(shape, FREE_ID, dtype=torch.uint8)
             item["gt_mask"] = torch.zeros(shape, dtype=torch.uint8)
             item["has_gt"] = torch.tensor(False)
+        if self.aux_frames:
+            aux = [self._supervision(nb, key_pose)[1:] if nb is not None else None for nb in self._neighbours(frame)]
+            blank = (K, cam2key, np.zeros_like(depth), np.full_like(sem, 255), np.zeros_like(conf))
+            parts = [a if a is not None else blank for a in aux]
+            for name, j in (("aux_intrinsics", 0), ("aux_cam2ego", 1), ("aux_depth", 2), ("aux_semantics", 3),
+                            ("aux_confidence", 4)):
+                item[name] = torch.from_numpy(np.stack([p[j] for p in parts]))
+            item["aux_valid"] = torch.tensor([a is not None for a in aux])
         return item

@@ -67,6 +67,8 @@ def _validate_structure(density, features, origins, directions, batch_index, nea
         _fail("half / bfloat16 features go with float32 density")
     if features.dtype in (torch.float32, torch.float64) and features.dtype != density.dtype:
         _fail(f"features ({features.dtype}) and density ({density.dtype}) must share a dtype")
+    if density.is_cuda and features.shape[-1] > 256:
+        _fail(f"the CUDA backend takes at most 256 feature channels, got {features.shape[-1]}")
     n = origins.shape[0] if origins.dim() == 2 else -1
     if origins.dim() != 2 or origins.shape[1] != 3 or directions.shape != origins.shape:
         _fail(f"origins and directions must both be (n_rays, 3), got {tuple(origins.shape)} and {tuple(directions.shape)}")

@@ -3,7 +3,6 @@ and 3D cross-entropies on voxels (labels over mask_camera; confidence-weighted p
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .rays import IGNORE, RayBatch, Rendered
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -14,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from .atomic import atomic_write
 from .classes import DYNAMIC_CLASS_IDS
 from .config import LossConfig, RenderConfig, TrainConfig
 from .losses import depth_distribution_ce, opacity_entropy, rendered_semantics_ce, silog, voxel_ce
@@ -56,21 +56,6 @@ class StepBatches(Sampler[list[int]]):
         return max(0, self.stop - self.start)
 
 
-def save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class Trainer:
     """Trains an OccupancyNetwork on batches (dicts of tensors, see autolabel.training.data).
 
@@ -110,7 +95,7 @@ class Trainer:
 
     def save(self, path: Path | None = None) -> Path:
         path = path or self.out_dir / CHECKPOINT
-        save_atomic(self.state_dict(), path)
+        atomic_write(path, lambda fh: torch.save(self.state_dict(), fh))
         return path
 
     def load(self, path: Path | None = None) -> bool:

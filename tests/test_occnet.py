@@ -81,7 +81,8 @@ def test_view_transform_puts_a_feature_into_its_voxel():
     feats = torch.zeros(1, cfg.depth_bins + cfg.context_channels, h, w)
     feats[0, k, row, col] = 50.0  # a sharp depth at bin k for that cell
     feats[0, cfg.depth_bins, row, col] = 1.0  # context channel 0 is set only there
-    voxels, prob = vt(feats, K[None, None], cam2ego[None, None])
+    with torch.no_grad():
+        voxels, prob = vt(feats, K[None, None], cam2ego[None, None])
     ctx = voxels[0, 0]
     expected = torch.floor((p_ego - torch.tensor(GRID.range_min)) / (torch.tensor(GRID.voxel_size) * cfg.voxel_downsample)).long()
     assert grid_contains(expected, cfg.coarse_shape)

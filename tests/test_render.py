@@ -36,7 +36,7 @@ def _compare(backend, device, dtype, mode, n_rays=400, channels=5, seed=0, tol=N
     out, grads = _run(backend, density, features, rays, mode, seed + 2, **kw)
     tol = tol or TOL[dtype]
     for name in ("depth", "opacity", "transmittance"):
-        torch.testing.assert_close(getattr(out, name), getattr(ref_out, name), **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(getattr(out, name), getattr(ref_out, name), **tol, msg=lambda m, name=name: f"{name}: {m}")
     torch.testing.assert_close(out.features.to(dtype), ref_out.features, **tol)
     torch.testing.assert_close(grads[0], ref_grads[0], **tol, msg=lambda m: f"grad density: {m}")
     torch.testing.assert_close(grads[1].to(dtype), ref_grads[1], **tol, msg=lambda m: f"grad features: {m}")

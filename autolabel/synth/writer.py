@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from kernels.grid import GridSpec
+from occnet.atomic import atomic_write
 from occnet.classes import FREE_ID
 
 from ..data.frame import CAMERA_NAMES, LIDAR_NAME
@@ -26,7 +27,7 @@ from ..data.occ3d import Occ3DLabels, labels_path, write_labels
 from .noise import noisy_labels
 from .sensors import SynthCamera, render_camera, render_lidar, synth_rig
 from .truth import visible_voxels, voxelize
-from .world import CATEGORY, World, generate_world
+from .world import CATEGORY, generate_world
 
 KEYFRAME_DT = 0.5  # 2 Hz keyframes
 SWEEP_DT = 0.05  # 20 Hz lidar
@@ -73,10 +74,7 @@ def _jpeg(image: np.ndarray) -> bytes:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _camera_mask_rays(cam: SynthCamera, cam2ego: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,11 +8,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "render_bindings.h"
 #include "render_core.h"
 
 namespace {
 
 using render::Grid;
+using render::make_grid;
 using render::Segment;
 
 // Lock-free float / double add: grids are shared by many rays, so gradient scatters race.
@@ -31,40 +33,6 @@ inline void atomic_add(T* addr, T value) {
   }
 }
 
-template <typename T>
-Grid<T> make_grid(const std::vector<double>& lo, const std::vector<double>& vs, const std::vector<double>& hi,
-                  const at::Tensor& density) {
-  Grid<T> g;
-  for (int a = 0; a < 3; ++a) {
-    g.lo[a] = T(lo[a]);
-    g.vs[a] = T(vs[a]);
-    g.hi[a] = T(hi[a]);
-    g.n[a] = static_cast<int>(density.size(a + 1));
-  }
-  return g;
-}
-
-void check_inputs(const at::Tensor& density, const at::Tensor& features, const at::Tensor& origins,
-                  const at::Tensor& directions, const at::Tensor& batch_index, const at::Tensor& near,
-                  const at::Tensor& far) {
-  for (const at::Tensor* t : {&density, &features, &origins, &directions, &batch_index, &near, &far}) {
-    TORCH_CHECK(t->device().is_cpu(), "render_cpu: every input must be a CPU tensor");
-    TORCH_CHECK(t->is_contiguous(), "render_cpu: every input must be contiguous");
-  }
-  TORCH_CHECK(density.dim() == 4, "render_cpu: density must be (B, X, Y, Z)");
-  TORCH_CHECK(features.dim() == 5 && features.sizes().slice(0, 4) == density.sizes(),
-              "render_cpu: features must be (B, X, Y, Z, C) matching density");
-  TORCH_CHECK(features.scalar_type() == density.scalar_type(), "render_cpu: features and density must share a dtype");
-  TORCH_CHECK(origins.scalar_type() == density.scalar_type() && directions.scalar_type() == density.scalar_type() &&
-                  near.scalar_type() == density.scalar_type() && far.scalar_type() == density.scalar_type(),
-              "render_cpu: rays must have the density's dtype");
-  TORCH_CHECK(batch_index.scalar_type() == at::kLong, "render_cpu: batch_index must be int64");
-  const int64_t R = origins.size(0);
-  TORCH_CHECK(origins.dim() == 2 && origins.size(1) == 3 && directions.sizes() == origins.sizes(),
-              "render_cpu: origins and directions must be (n_rays, 3)");
-  TORCH_CHECK(batch_index.numel() == R && near.numel() == R && far.numel() == R,
-              "render_cpu: batch_index, near and far must have n_rays elements");
-}
 
 template <typename T, typename Walker>
 void forward_rays(const Grid<T>& g, const T* density, const T* features, const T* origins, const T* directions,
@@ -203,7 +171,7 @@ void backward_rays(const Grid<T>& g, const T* density, const T* features, const 
 std::vector<at::Tensor> forward(at::Tensor density, at::Tensor features, at::Tensor origins, at::Tensor directions,
                                 at::Tensor batch_index, at::Tensor near, at::Tensor far, std::vector<double> lo,
                                 std::vector<double> vs, std::vector<double> hi, int64_t mode, double step, double thr) {
-  check_inputs(density, features, origins, directions, batch_index, near, far);
+  render::check_inputs("render_cpu", at::kCPU, false, density, features, origins, directions, batch_index, near, far);
   const int64_t R = origins.size(0), C = features.size(4);
   auto depth = at::empty({R}, density.options());
   auto opacity = at::empty({R}, density.options());
@@ -232,11 +200,8 @@ std::vector<at::Tensor> backward(at::Tensor density, at::Tensor features, at::Te
                                  std::vector<double> vs, std::vector<double> hi, int64_t mode, double step, double thr,
                                  at::Tensor depth, at::Tensor opacity, at::Tensor feats, at::Tensor trans,
                                  at::Tensor g_depth, at::Tensor g_opacity, at::Tensor g_feats, at::Tensor g_trans) {
-  check_inputs(density, features, origins, directions, batch_index, near, far);
-  for (const at::Tensor* t : {&depth, &opacity, &feats, &trans, &g_depth, &g_opacity, &g_feats, &g_trans}) {
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == density.scalar_type() && t->device().is_cpu(),
-                "render_cpu backward: outputs and their gradients must be contiguous CPU tensors of the density's dtype");
-  }
+  render::check_inputs("render_cpu", at::kCPU, false, density, features, origins, directions, batch_index, near, far);
+  render::check_saved("render_cpu", density, {&depth, &opacity, &feats, &trans, &g_depth, &g_opacity, &g_feats, &g_trans});
   const int64_t R = origins.size(0), C = features.size(4);
   // Per-thread private gradient buffers (summed at the end) avoid compare-and-swap atomics, which
   // dominate the backward otherwise; used while they stay small, as for the CPU-sized grids.

@@ -31,17 +31,6 @@ class RayBatch:
     weight: torch.Tensor  # (R,) loss weight of the ray (auxiliary-frame rays weigh less)
 
 
-def pixel_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rays through continuous pixel coordinates uv (M, 2) of one camera: origins (M, 3), unit
-    directions (M, 3) in the ego frame, and each ray's camera z per metre (M,)."""
-    pix = torch.cat([uv, torch.ones_like(uv[:, :1])], 1)
-    d_cam = pix @ torch.linalg.inv(intrinsics).T
-    d_cam = d_cam / d_cam.norm(dim=1, keepdim=True)
-    dirs = d_cam @ cam2ego[:3, :3].T
-    dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    return cam2ego[:3, 3].expand_as(dirs), dirs, d_cam[:, 2]
-
-
 def _points_inside(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Tensor, grid: GridSpec) -> torch.Tensor:
     """(N, H, W) bool: the pixel has a depth and its back-projected point lies inside the grid box."""
     n, h, w = depth.shape
@@ -58,7 +47,7 @@ def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Te
                 confidence: torch.Tensor, n_rays: int, class_balance: float, generator: torch.Generator,
                 batch: int = 0, weight: float = 1.0, drop_classes: tuple[int, ...] = (),
                 grid: GridSpec | None = None) -> RayBatch:
-    """Draw n_rays pixels of one frame.
+    """Draw n_rays pixels of one frame (on the maps' device, with `generator` of that device).
 
     intrinsics (N, 3, 3) and cam2ego (N, 4, 4) per camera; depth (N, H, W) metres (0 none), semantics
     (N, H, W) class ids (255 none), confidence (N, H, W) in [0, 1]. drop_classes: labels to treat as
@@ -81,30 +70,28 @@ def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Te
         labelled &= inside
         depth = torch.where(inside, depth, torch.zeros_like(depth))
     supervised = labelled | (depth > 0)
-    flat_sem = sem.reshape(-1)
-    counts = torch.bincount(flat_sem[labelled.reshape(-1)], minlength=IGNORE + 1).float()
-    w_class = torch.where(counts > 0, counts.clamp_min(1).reciprocal() ** class_balance, torch.zeros_like(counts))
-    w_pix = torch.zeros(n_cam * h * w, device=depth.device)
+    if not bool(supervised.any()):  # the one host sync of the sampling
+        raise ValueError("sample_rays: the frame has no supervised pixel (no depth and no 2D label in the grid)")
+    flat_sem = torch.where(labelled, sem, torch.zeros_like(sem)).reshape(-1)
     lab = labelled.reshape(-1)
-    w_pix[lab] = w_class[flat_sem[lab]]
-    mean_lab = w_pix[lab].mean() if lab.any() else torch.tensor(1.0, device=depth.device)
-    only_depth = supervised.reshape(-1) & ~lab
-    w_pix[only_depth] = mean_lab
-    if not supervised.any():
-        raise ValueError("sample_rays: the frame has no supervised pixel (no depth and no 2D label)")
-    pick = torch.multinomial(w_pix.cpu(), n_rays, replacement=True, generator=generator).to(depth.device)
+    counts = torch.bincount(flat_sem, weights=lab.float(), minlength=IGNORE + 1)
+    w_class = torch.where(counts > 0, counts.clamp_min(1).reciprocal() ** class_balance, torch.zeros_like(counts))
+    w_pix = torch.where(lab, w_class[flat_sem], torch.zeros_like(lab, dtype=w_class.dtype))
+    n_lab = lab.sum()
+    mean_lab = torch.where(n_lab > 0, w_pix.sum() / n_lab.clamp_min(1), torch.ones_like(w_pix[0]))
+    w_pix = torch.where(supervised.reshape(-1) & ~lab, mean_lab, w_pix)  # depth-only pixels: the mean weight
+    pick = torch.multinomial(w_pix, n_rays, replacement=True, generator=generator)
     cam, rest = pick // (h * w), pick % (h * w)
     v, u = rest // w, rest % w
-    uv = torch.stack([u, v], 1).float() + 0.5
-    origins = torch.empty(n_rays, 3, device=depth.device)
-    dirs = torch.empty(n_rays, 3, device=depth.device)
-    zpm = torch.empty(n_rays, device=depth.device)
-    for c in range(n_cam):
-        m = cam == c
-        if m.any():
-            origins[m], dirs[m], zpm[m] = pixel_rays(intrinsics[c].float(), cam2ego[c].float(), uv[m])
-    return RayBatch(origins=origins, directions=dirs, batch_index=torch.full((n_rays,), batch, dtype=torch.long, device=depth.device),
-                    z_per_metre=zpm, depth=depth[cam, v, u].float(), semantics=sem[cam, v, u],
+    pix = torch.stack([u.float() + 0.5, v.float() + 0.5, torch.ones_like(u, dtype=torch.float32)], 1)
+    d_cam = torch.einsum("rij,rj->ri", torch.linalg.inv(intrinsics.float())[cam], pix)
+    d_cam = d_cam / d_cam.norm(dim=1, keepdim=True)
+    pose = cam2ego.float()[cam]
+    dirs = torch.einsum("rij,rj->ri", pose[:, :3, :3], d_cam)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    return RayBatch(origins=pose[:, :3, 3].contiguous(), directions=dirs,
+                    batch_index=torch.full((n_rays,), batch, dtype=torch.long, device=depth.device),
+                    z_per_metre=d_cam[:, 2].contiguous(), depth=depth[cam, v, u].float(), semantics=sem[cam, v, u],
                     confidence=confidence[cam, v, u].float(), weight=torch.full((n_rays,), weight, device=depth.device))
 
 

@@ -125,7 +125,7 @@ class Trainer:
             prior = self.model.view.depth_prior(b["depth"])
             terms["depthbins"] = lc.depth_distribution * depth_distribution_ce(out.depth_prob, prior, net.depth_min, net.depth_step)
         if lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0:
-            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+            gen = torch.Generator(device=dev).manual_seed(self.cfg.seed * 1_000_003 + step)
             grid = self.model.cfg.grid
             parts = [sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i], b["confidence"][i],
                                  cfg.rays_per_frame, cfg.class_balance, gen, batch=i, grid=grid)

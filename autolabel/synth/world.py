@@ -248,15 +248,50 @@ def _road_positions(rng: np.random.Generator, extent: float) -> list[float]:
     return pos
 
 
-def generate_world(seed: int, extent: float = 360.0, route_length: float = 30.0) -> World:
-    """One scene. `route_length`: metres the ego drives (the route is kept inside the scene)."""
-    rng = np.random.default_rng(seed)
+def _lay_roads(rng: np.random.Generator, extent: float) -> list[Road]:
     roads = []
     for axis in (0, 1):
         for p in _road_positions(rng, extent):
             lanes = int(rng.choice([1, 2], p=[0.55, 0.45]))
             roads.append(Road(axis, p, lanes, parking=bool(rng.random() < 0.6), median=lanes == 2 and rng.random() < 0.5,
                               sidewalk=float(rng.uniform(2.5, 4.5))))
+    return roads
+
+
+@dataclass
+class _Layout:
+    """The road grid and the questions the placement steps ask of it."""
+
+    roads: list[Road]
+    extent: float
+
+    def __post_init__(self) -> None:
+        self.xs = sorted(r.pos for r in self.roads if r.axis == 1)
+        self.ys = sorted(r.pos for r in self.roads if r.axis == 0)
+        self.road_of = {(r.axis, r.pos): r for r in self.roads}
+
+    def crossing_pos(self, r: Road) -> list[float]:
+        """Positions (along r) of the roads that cross it."""
+        return self.ys if r.axis == 1 else self.xs
+
+    def near_crossing(self, r: Road, s: float, margin: float) -> bool:
+        return any(abs(s - p) < self.road_of[(1 - r.axis, p)].half_width + self.road_of[(1 - r.axis, p)].sidewalk + margin
+                   for p in self.crossing_pos(r))
+
+    @staticmethod
+    def place(r: Road, s: float, off: float) -> tuple[float, float]:
+        """World xy of the point `s` along road r and `off` across it."""
+        return (s, r.pos + off) if r.axis == 0 else (r.pos + off, s)
+
+    def block_span(self, axis: int, lo: float, hi: float) -> tuple[float, float]:
+        """The usable span between two road positions (or the scene edge), sidewalks excluded."""
+        a = lo + (self.road_of[(axis, lo)].half_width + self.road_of[(axis, lo)].sidewalk if (axis, lo) in self.road_of else 0) + 0.5
+        z = hi - (self.road_of[(axis, hi)].half_width + self.road_of[(axis, hi)].sidewalk if (axis, hi) in self.road_of else 0) - 0.5
+        return a, z
+
+
+def _paint_ground(roads: list[Road], extent: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ground class raster (terrain, sidewalks, roads, medians) and the lane-paint mask."""
     n = int(round(extent / CELL))
     centres = (np.arange(n) + 0.5) * CELL
     X, Y = np.meshgrid(centres, centres, indexing="ij")
@@ -267,11 +302,8 @@ def generate_world(seed: int, extent: float = 360.0, route_length: float = 30.0)
     along = [X if r.axis == 0 else Y for r in roads]
     for r, a in zip(roads, across):
         ground[np.abs(a) < r.half_width + r.sidewalk] = C["sidewalk"]
-    in_road = np.zeros((n, n), bool)
     for r, a in zip(roads, across):
-        band = np.abs(a) < r.half_width
-        ground[band] = C["driveable_surface"]
-        in_road |= band
+        ground[np.abs(a) < r.half_width] = C["driveable_surface"]
     for i, (r, a, s) in enumerate(zip(roads, across, along)):
         crossing = np.zeros((n, n), bool)
         for j, (r2, a2) in enumerate(zip(roads, across)):
@@ -286,23 +318,20 @@ def generate_world(seed: int, extent: float = 360.0, route_length: float = 30.0)
             paint |= (np.abs(a - off) < 0.08) & dash
         for sign in (-1, 1):  # solid edge lines of the carriageway
             paint |= (np.abs(a - sign * r.carriage_half) < 0.08) & ~crossing
-    paint &= ground == C["driveable_surface"]
+    return ground, paint & (ground == C["driveable_surface"])
 
-    b = _Builder(rng)
-    xs = sorted(r.pos for r in roads if r.axis == 1)
-    ys = sorted(r.pos for r in roads if r.axis == 0)
-    road_of = {(r.axis, r.pos): r for r in roads}
-    # ---- blocks between roads
-    xb = [0.0] + xs + [extent]
-    yb = [0.0] + ys + [extent]
+
+def _fill_blocks(b: _Builder, lay: _Layout, ground: np.ndarray) -> None:
+    """Each block between roads becomes buildings (and walls), a park, or a parking lot."""
+    rng = b.rng
+    n = ground.shape[0]
+    X, Y = np.meshgrid((np.arange(n) + 0.5) * CELL, (np.arange(n) + 0.5) * CELL, indexing="ij")
+    xb = [0.0] + lay.xs + [lay.extent]
+    yb = [0.0] + lay.ys + [lay.extent]
     for i in range(len(xb) - 1):
         for j in range(len(yb) - 1):
-            def inner(lo, hi, axis_roads, lo_key, hi_key):
-                a = lo + (road_of[lo_key].half_width + road_of[lo_key].sidewalk if lo_key in road_of else 0) + 0.5
-                z = hi - (road_of[hi_key].half_width + road_of[hi_key].sidewalk if hi_key in road_of else 0) - 0.5
-                return a, z
-            x0, x1 = inner(xb[i], xb[i + 1], xs, (1, xb[i]), (1, xb[i + 1]))
-            y0, y1 = inner(yb[j], yb[j + 1], ys, (0, yb[j]), (0, yb[j + 1]))
+            x0, x1 = lay.block_span(1, xb[i], xb[i + 1])
+            y0, y1 = lay.block_span(0, yb[j], yb[j + 1])
             if x1 - x0 < 12 or y1 - y0 < 12:
                 continue
             kind = rng.choice(["buildings", "park", "parking"], p=[0.6, 0.2, 0.2])
@@ -354,96 +383,96 @@ def generate_world(seed: int, extent: float = 360.0, route_length: float = 30.0)
                         cx = (x0 + setback + depth / 2) if edge == 2 else (x1 - setback - depth / 2)
                         b.add(BOX, (cx, t + w / 2, h / 2, depth / 2, w / 2, h / 2, 0), C["manmade"])
                     t += w + rng.uniform(0, 6)
-    # ---- along every road: furniture, trees, parked and moving objects
-    crossing_pos = {0: ys, 1: xs}
 
-    def near_crossing(r: Road, s: float, margin: float) -> bool:
-        return any(abs(s - p) < road_of[(1 - r.axis, p)].half_width + road_of[(1 - r.axis, p)].sidewalk + margin
-                   for p in crossing_pos[1 - r.axis])
 
-    def place(r: Road, s: float, off: float) -> tuple[float, float]:
-        return (s, r.pos + off) if r.axis == 0 else (r.pos + off, s)
-
+def _furnish_roads(b: _Builder, lay: _Layout) -> None:
+    """Along every road: kerbs, poles, trees, parked vehicles, construction zones, traffic, pedestrians."""
+    rng = b.rng
+    roads = lay.roads
     construction_roads = set(rng.choice(len(roads), size=min(2, len(roads)), replace=False).tolist())
     for ri, r in enumerate(roads):
         heading = 0.0 if r.axis == 0 else np.pi / 2
         edge = r.half_width + r.sidewalk
         # kerbs: a 15 cm step along both road edges, broken at the crossings
         cuts = [0.0]
-        for p in crossing_pos[1 - r.axis]:
-            other = road_of[(1 - r.axis, p)]
+        for p in lay.crossing_pos(r):
+            other = lay.road_of[(1 - r.axis, p)]
             cuts += [p - other.half_width, p + other.half_width]
-        cuts.append(extent)
+        cuts.append(lay.extent)
         for a, z in zip(cuts[::2], cuts[1::2]):
             if z - a < 1.0:
                 continue
             for side in (-1, 1):
-                cx, cy = place(r, (a + z) / 2, side * (r.half_width + 0.15))
+                cx, cy = lay.place(r, (a + z) / 2, side * (r.half_width + 0.15))
                 hx, hy = ((z - a) / 2, 0.15) if r.axis == 0 else (0.15, (z - a) / 2)
                 b.add(BOX, (cx, cy, 0.075, hx, hy, 0.075, 0.0), C["sidewalk"], color=np.array(BASE_COLORS[C["sidewalk"]]) * 0.9)
-        for s in np.arange(rng.uniform(5, 20), extent - 5, rng.uniform(22, 34)):
-            if near_crossing(r, s, 2.0):
+        for s in np.arange(rng.uniform(5, 20), lay.extent - 5, rng.uniform(22, 34)):
+            if lay.near_crossing(r, s, 2.0):
                 continue
             for side in (-1, 1):
                 if rng.random() < 0.7:
-                    b.pole(*place(r, s + side * 3, side * (edge - 0.4)), sign=rng.random() < 0.3)
+                    b.pole(*lay.place(r, s + side * 3, side * (edge - 0.4)), sign=rng.random() < 0.3)
                 if rng.random() < 0.6:
-                    b.tree(*place(r, s + 12 + rng.normal(0, 2), side * (edge - 1.2)))
+                    b.tree(*lay.place(r, s + 12 + rng.normal(0, 2), side * (edge - 1.2)))
         # parked vehicles in the parking strips
         if r.parking:
             for side in (-1, 1):
                 s = rng.uniform(0, 8)
-                while s < extent:
+                while s < lay.extent:
                     cls = rng.choice([C["car"], C["truck"], C["trailer"], C["bicycle"]], p=[0.86, 0.05, 0.04, 0.05])
-                    if not near_crossing(r, s, 6.0) and rng.random() < 0.6:
+                    if not lay.near_crossing(r, s, 6.0) and rng.random() < 0.6:
                         off = side * (r.carriage_half + PARKING / 2)
-                        b.thing(int(cls), *place(r, s, off), heading + (0 if side < 0 else np.pi) + rng.normal(0, 0.03),
+                        b.thing(int(cls), *lay.place(r, s, off), heading + (0 if side < 0 else np.pi) + rng.normal(0, 0.03),
                                 rider=False)
                     s += rng.uniform(5.5, 9)
         # a construction zone on two roads of every scene (cones, barriers, a construction vehicle)
         if ri in construction_roads:
-            s0 = next((s for s in rng.uniform(40, extent - 40, 20) if not near_crossing(r, s, 15)), None)
+            s0 = next((s for s in rng.uniform(40, lay.extent - 40, 20) if not lay.near_crossing(r, s, 15)), None)
             if s0 is not None:
                 side = rng.choice([-1, 1])
                 off = side * (r.carriage_half - 1.2)
                 for k in range(8):
-                    b.thing(C["traffic_cone"], *place(r, s0 + 2.2 * k, off + side * 0.2 * (k % 2)), 0.0)
+                    b.thing(C["traffic_cone"], *lay.place(r, s0 + 2.2 * k, off + side * 0.2 * (k % 2)), 0.0)
                 for k in range(3):
-                    b.thing(C["barrier"], *place(r, s0 + 3 + 5 * k, off - side * 1.1), heading)
-                b.thing(C["construction_vehicle"], *place(r, s0 + 8, off + side * 1.5), heading + rng.normal(0, 0.2))
+                    b.thing(C["barrier"], *lay.place(r, s0 + 3 + 5 * k, off - side * 1.1), heading)
+                b.thing(C["construction_vehicle"], *lay.place(r, s0 + 8, off + side * 1.5), heading + rng.normal(0, 0.2))
         # moving traffic in the driving lanes
         for direction in (1, -1):
             for lane in range(r.lanes):
                 off = -direction * ((1.0 if r.median else 0.0) + LANE * (lane + 0.5))  # drive on the right
                 s = rng.uniform(0, 30)
-                while s < extent:
+                while s < lay.extent:
                     cls = int(rng.choice([C["car"], C["truck"], C["bus"], C["motorcycle"], C["bicycle"]],
                                          p=[0.72, 0.1, 0.06, 0.06, 0.06]))
                     speed = rng.uniform(6, 11) if cls not in (C["bicycle"],) else rng.uniform(3, 5)
                     lateral = off + (direction * 1.0 if cls in (C["bicycle"], C["motorcycle"]) and lane == r.lanes - 1 else 0)
-                    b.thing(cls, *place(r, s, lateral), heading + (0 if direction > 0 else np.pi), speed,
+                    b.thing(cls, *lay.place(r, s, lateral), heading + (0 if direction > 0 else np.pi), speed,
                             rider=cls in (C["bicycle"], C["motorcycle"]))
                     s += rng.uniform(18, 45)
         # pedestrians and bins on the sidewalks
         for side in (-1, 1):
-            for s in rng.uniform(0, extent, int(extent / 12)):
+            for s in rng.uniform(0, lay.extent, int(lay.extent / 12)):
                 off = side * (r.half_width + rng.uniform(0.5, r.sidewalk - 0.5))
                 if rng.random() < 0.85:
                     walking = rng.random() < 0.6
-                    b.thing(C["pedestrian"], *place(r, s, off), heading + rng.choice([0, np.pi]),
+                    b.thing(C["pedestrian"], *lay.place(r, s, off), heading + rng.choice([0, np.pi]),
                             rng.uniform(1.0, 1.6) if walking else 0.0)
                 else:
-                    b.thing(C["others"], *place(r, s, off), heading)
-    # ---- the ego route: a lane of a road whose stretch holds no crossing traffic stop
-    candidates = [r for r in roads]
-    road = candidates[int(rng.integers(len(candidates)))]
+                    b.thing(C["others"], *lay.place(r, s, off), heading)
+
+
+def _ego_route(b: _Builder, lay: _Layout, route_length: float) -> tuple[np.ndarray, float, float]:
+    """A lane of a random road, a direction and a speed; objects that would meet the ego are removed.
+    Returns the start (2,), yaw and speed."""
+    rng = b.rng
+    road = lay.roads[int(rng.integers(len(lay.roads)))]
     direction = int(rng.choice([1, -1]))
     speed = float(rng.uniform(5.0, 8.0))
     lane_off = -direction * ((1.0 if road.median else 0.0) + LANE * 0.5 + (LANE if road.lanes == 2 and rng.random() < 0.5 else 0))
-    s0 = rng.uniform(60, extent - 60 - route_length)
+    s0 = rng.uniform(60, lay.extent - 60 - route_length)
     if direction < 0:
         s0 = s0 + route_length
-    start = np.array(place(road, s0, lane_off))
+    start = np.array(lay.place(road, s0, lane_off))
     yaw = (0.0 if road.axis == 0 else np.pi / 2) + (0 if direction > 0 else np.pi)
     # clear the ego's lane of objects near its path, so that nothing drives through the ego
     ego_dir = np.array([np.cos(yaw), np.sin(yaw)])
@@ -458,7 +487,19 @@ def generate_world(seed: int, extent: float = 360.0, route_length: float = 30.0)
             continue
         kept.append(ob)
     b.objects = kept
-    world = World(extent=extent, roads=roads, ground=ground, paint=paint, static=b.primitives(), objects=b.objects,
-                  ego_start=start, ego_yaw=float(yaw), ego_speed=speed, seed=seed)
-    world.stats = {"roads": len(roads), "static primitives": len(world.static), "objects": len(world.objects)}
+    return start, float(yaw), speed
+
+
+def generate_world(seed: int, extent: float = 360.0, route_length: float = 30.0) -> World:
+    """One scene. `route_length`: metres the ego drives (the route is kept inside the scene)."""
+    rng = np.random.default_rng(seed)
+    lay = _Layout(_lay_roads(rng, extent), extent)
+    ground, paint = _paint_ground(lay.roads, extent)
+    b = _Builder(rng)
+    _fill_blocks(b, lay, ground)  # may pave parking lots into the ground raster
+    _furnish_roads(b, lay)
+    start, yaw, speed = _ego_route(b, lay, route_length)
+    world = World(extent=extent, roads=lay.roads, ground=ground, paint=paint, static=b.primitives(), objects=b.objects,
+                  ego_start=start, ego_yaw=yaw, ego_speed=speed, seed=seed)
+    world.stats = {"roads": len(lay.roads), "static primitives": len(world.static), "objects": len(world.objects)}
     return world

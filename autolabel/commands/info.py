@@ -9,8 +9,7 @@ import numpy as np
 from ..data.frame import CAMERA_NAMES, LIDAR_NAME
 from ..data.nuscenes import LIDAR_POINT_DIMS, NuScenesFrames
 from ..data.occ3d import labels_path
-
-LABELS_2D_DIR = "labels2d"  # per-camera 2D label maps (layout: docs/SYNTHETIC.md)
+from ..supervision.precomputed import LABELS_2D_DIR
 
 
 def summarize(dataroot: str, version: str) -> str:

@@ -9,11 +9,12 @@ import numpy as np
 
 from ..errors import DataError
 
+LABELS_2D_DIR = "labels2d"  # under a dataset root
 VARIANTS = {"exact": ("semantics", None), "noisy": ("noisy_semantics", "noisy_confidence")}
 
 
 def read_label_map(root: str | Path, scene: str, token: str, camera: str, variant: str = "noisy",
-                   folder: str = "labels2d") -> tuple[np.ndarray, np.ndarray]:
+                   folder: str = LABELS_2D_DIR) -> tuple[np.ndarray, np.ndarray]:
     """(H, W) uint8 semantics and (H, W) float32 confidence in [0, 1] of one camera."""
     if variant not in VARIANTS:
         raise DataError(f"2D label variant must be one of {sorted(VARIANTS)}, got {variant!r}")

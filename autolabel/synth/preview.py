@@ -10,7 +10,7 @@ from PIL import Image
 from occnet.classes import FREE_ID, colorize
 
 from ..data.nuscenes import NuScenesFrames
-from .writer import LABELS_2D_DIR
+from ..supervision.precomputed import LABELS_2D_DIR
 
 
 def bev(semantics: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from ..data.frame import CAMERA_NAMES, LIDAR_NAME
 from ..data.geometry import matrix_to_quaternion
 from ..data.npz import save_npz
 from ..data.occ3d import Occ3DLabels, labels_path, write_labels
+from ..supervision.precomputed import LABELS_2D_DIR
 from .noise import noisy_labels
 from .sensors import SynthCamera, render_camera, render_lidar, synth_rig
 from .truth import visible_voxels, voxelize
@@ -32,7 +33,6 @@ from .world import CATEGORY, generate_world
 KEYFRAME_DT = 0.5  # 2 Hz keyframes
 SWEEP_DT = 0.05  # 20 Hz lidar
 T0_US = 1_600_000_000_000_000
-LABELS_2D_DIR = "labels2d"
 VISIBILITY = [("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100")]
 
 

@@ -177,3 +177,21 @@ def test_cli_synth_with_preview(tmp_path, capsys):
     assert im.size[0] > 3 * 112 and im.size[1] == 6 * 64
     assert main(["synth", str(out), "--image-size", "big"]) == 2
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+def test_noise_regions_stay_bounded_for_ground_at_the_horizon():
+    """Ground hits near the horizon lie kilometres away; their stuff regions must not blow up the
+    region count (it once tried to allocate an array indexed by cells 1e9 m away)."""
+    from autolabel.synth.noise import noisy_labels
+
+    rng = np.random.default_rng(0)
+    sem = np.full((40, 60), C["driveable_surface"], np.uint8)
+    sem[:10] = 255  # sky
+    inst = np.zeros((40, 60), np.int32)
+    depth = np.full((40, 60), 20.0, np.float32)
+    xy = np.stack(np.meshgrid(np.linspace(0, 30, 60), np.linspace(0, 30, 40)), -1).astype(np.float32)
+    xy[10:12] = 1e9  # the horizon
+    xy[:10] = np.nan
+    labels, conf = noisy_labels(sem, inst, depth, xy, 0.5, rng)
+    assert labels.shape == sem.shape and (labels[:10] == 255).all() and (conf[:10] == 0).all()
+    assert (labels[12:] != 255).mean() > 0.5

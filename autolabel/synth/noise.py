@@ -1,12 +1,13 @@
 """A noise model of foundation-model 2D labels (SAM masks named by a vision-language model).
 
 Errors come at the level of whole segments, as SAM + a VLM make them (docs/SYNTHETIC.md):
-* a segment (an object instance, or a stuff region: one class within a 48-pixel image block) is named
+* a segment (an object instance, or a stuff region: one class within a 6 m square of the ground plane,
+  which looks in the image like the patches SAM cuts stuff into) is named
   with a wrong class drawn from its look-alike group with probability 0.35 * level (objects) and
   0.2 * level (stuff): car/truck/bus/trailer/construction_vehicle, bicycle/motorcycle,
   driveable_surface/sidewalk/other_flat, terrain/vegetation, traffic_cone/barrier;
-* small (< 0.1% of the image) or distant (> 35 m) objects are missed (left 255) with probability
-  0.6 * level;
+* small (< 0.1% of the image) or distant (> 35 m) things (object classes 0..10) are missed (left 255)
+  with probability 0.6 * level;
 * object boundaries are dilated (probability 0.5) or eroded by round(3 * level) pixels;
 * sky and anything unnamed stay 255.
 Confidence (0..255) is high for segments that kept their class (U[0.7, 1]) and lower for renamed
@@ -23,7 +24,8 @@ GROUPS = [
     ["car", "truck", "bus", "trailer", "construction_vehicle"], ["bicycle", "motorcycle"],
     ["driveable_surface", "sidewalk", "other_flat"], ["terrain", "vegetation"], ["traffic_cone", "barrier"],
 ]
-BLOCK = 48
+STUFF_CELL = 6.0  # metres: the size of a stuff region on the ground
+FIRST_STUFF = class_id("driveable_surface")  # ids below it are things (objects with boxes)
 
 
 def _alternatives() -> list[np.ndarray]:
@@ -45,19 +47,25 @@ def _shift(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
     return out
 
 
-def noisy_labels(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarray, level: float,
+def noisy_labels(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarray, world_xy: np.ndarray, level: float,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (H, W) maps -> noisy semantics (uint8, 255 unknown) and confidence (uint8, 0..255)."""
+    """Exact (H, W) maps and the (H, W, 2) world xy of every pixel's surface -> noisy semantics
+    (uint8, 255 unknown) and confidence (uint8, 0..255)."""
     if not 0 <= level <= 1:
         raise ValueError(f"label noise level must lie in [0, 1], got {level}")
     h, w = semantics.shape
     valid = semantics != IGNORE_ID
-    yy, xx = np.mgrid[0:h, 0:w]
-    block = (yy // BLOCK) * ((w + BLOCK - 1) // BLOCK) + xx // BLOCK
+    # ground hits near the horizon lie kilometres away: clamp them into the border cells of a 600 m
+    # square, which bounds the number of regions (and the arrays indexed by region)
+    centre = np.nanmedian(world_xy.reshape(-1, 2), axis=0) if np.isfinite(world_xy).any() else np.zeros(2)
+    xy = np.clip(np.nan_to_num(world_xy, nan=0.0), centre - 300.0, centre + 300.0)
+    cell = np.floor(xy / STUFF_CELL).astype(np.int64)
+    cell -= cell.reshape(-1, 2).min(0)
+    region_of_ground = cell[..., 0] * (int(cell[..., 1].max()) + 1) + cell[..., 1]
     key = np.where(instance > 0, instance.astype(np.int64),
-                   -(1 + block.astype(np.int64) * NUM_CLASSES + semantics))  # stuff regions: negative keys
+                   -(1 + region_of_ground * NUM_CLASSES + semantics))  # stuff regions: negative keys
     key = np.where(valid, key, 0)
-    # keys span a small range (instances, blocks x classes): index by offset instead of sorting
+    # keys span a small range (instances, ground cells x classes): index by offset instead of sorting
     lo = int(key.min())
     region = (key - lo).astype(np.int64)
     n = int(region.max()) + 1
@@ -77,9 +85,9 @@ def noisy_labels(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarray,
         if len(alt):
             new_cls[i] = alt[rng.integers(len(alt))]
             flipped[i] = True
-    # misses of small or distant objects
+    # misses of small or distant things (not of buildings, poles or trees, which are instances too)
     small = (area < 1e-3 * h * w) | (r_depth > 35.0)
-    missed = is_obj & small & (rng.random(n) < 0.6 * level)
+    missed = is_obj & (r_cls < FIRST_STUFF) & small & (rng.random(n) < 0.6 * level)
     new_cls[missed] = IGNORE_ID
     new_cls[uniq == 0] = IGNORE_ID
     conf = np.where(flipped, rng.uniform(0.35, 0.8, n), rng.uniform(0.7, 1.0, n))

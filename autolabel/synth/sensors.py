@@ -54,6 +54,7 @@ class CameraRender:
     semantics: np.ndarray  # (H, W) uint8, 255 sky
     depth: np.ndarray  # (H, W) float32 camera z-depth, 0 for sky
     instance: np.ndarray  # (H, W) int32, 0 for ground and sky
+    world_xy: np.ndarray  # (H, W, 2) float32 world x, y of each pixel's surface (NaN for sky)
 
 
 def camera_rays(cam: SynthCamera, cam2world: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,8 +79,9 @@ def render_camera(world: World, cam: SynthCamera, ego2world: np.ndarray, t: floa
     image = shade(hits, origin, dirs, rng).reshape(h, w, 3)
     finite = np.isfinite(hits.t)
     depth = np.where(finite, hits.t * z_per_m, 0).astype(np.float32)
+    xy = np.where(finite[:, None], origin[:2] + np.where(finite, hits.t, 0)[:, None] * dirs[:, :2], np.nan)
     return CameraRender(image=image, semantics=hits.cls.reshape(h, w), depth=depth.reshape(h, w),
-                        instance=hits.instance.reshape(h, w))
+                        instance=hits.instance.reshape(h, w), world_xy=xy.reshape(h, w, 2).astype(np.float32))
 
 
 def lidar_directions() -> np.ndarray:

@@ -193,7 +193,7 @@ def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | Non
                     "calibrated_sensor_token": calib[cam.name], "timestamp": ts, "fileformat": "jpg",
                     "is_key_frame": True, "height": cfg.image_size[0], "width": cfg.image_size[1], "filename": fname,
                     "prev": "", "next": ""}))
-                noisy, conf = noisy_labels(r.semantics, r.instance, r.depth, cfg.label_noise, rng)
+                noisy, conf = noisy_labels(r.semantics, r.instance, r.depth, r.world_xy, cfg.label_noise, rng)
                 save_npz(out / LABELS_2D_DIR / scene_name / sample_tok / f"{cam.name}.npz", {
                     "semantics": r.semantics, "depth": r.depth, "instance": r.instance,
                     "noisy_semantics": noisy, "noisy_confidence": conf})

@@ -255,3 +255,31 @@ def test_local_backbone_weights_are_loaded(tmp_path):
     torch.save({"not": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="not a resnet18 state dict"):
         OccupancyNetwork(tiny_config(backbone_weights=str(path)))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_and_inference_on_cuda(tmp_path):
+    """bf16 autocast, rays sampled on the device, the CUDA render op, checkpoint round trip."""
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    n, (h, w) = 6, SIZE
+    K = torch.tensor([[60.0, 0, w / 2], [0, 60.0, h / 2], [0, 0, 1]]).expand(1, n, 3, 3).contiguous()
+    T = torch.eye(4).expand(1, n, 4, 4).clone()
+    for c in range(n):  # six cameras around the ego, looking out horizontally
+        yaw = 2 * math.pi * c / n
+        R = torch.tensor([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])
+        Rz = torch.tensor([[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0], [0, 0, 1]])
+        T[0, c, :3, :3] = Rz @ R
+        T[0, c, :3, 3] = torch.tensor([0.0, 0.0, 1.5])
+    batch = {"images": torch.randn(1, n, 3, h, w), "intrinsics": K, "cam2ego": T,
+             "depth": torch.where(torch.rand(1, n, h, w) < 0.2, torch.rand(1, n, h, w) * 8 + 2, torch.zeros(1, n, h, w)),
+             "semantics": torch.randint(0, 17, (1, n, h, w), dtype=torch.uint8), "confidence": torch.ones(1, n, h, w)}
+    trainer = Trainer(OccupancyNetwork(cfg), RenderConfig(rays_per_frame=2048), LossConfig(),
+                      TrainConfig(steps=3, warmup_steps=1), tmp_path, device="cuda")
+    logs = [trainer.train_step(batch) for _ in range(3)]
+    assert all(np.isfinite(v) for log in logs for v in log.values())
+    trainer.save()
+    assert trainer.load() and trainer.step == 3
+    sem, conf = predict(trainer.model, batch["images"].cuda(), K.cuda(), T.cuda(), batch["depth"].cuda())
+    assert sem.is_cuda and sem.dtype == torch.uint8 and conf.dtype == torch.float32

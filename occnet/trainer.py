@@ -120,19 +120,25 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.bf16):
             out = self.model(b["images"], b["intrinsics"], b["cam2ego"])
         terms: dict[str, torch.Tensor] = {}
+        rendering = lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0
+        parts = []
         if lc.depth_distribution > 0:
             net = self.model.cfg
             prior = self.model.view.depth_prior(b["depth"])
             terms["depthbins"] = lc.depth_distribution * depth_distribution_ce(out.depth_prob, prior, net.depth_min, net.depth_step)
-        if lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0:
+        if rendering:
             gen = torch.Generator(device=dev).manual_seed(self.cfg.seed * 1_000_003 + step)
             grid = self.model.cfg.grid
-            parts = [sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i], b["confidence"][i],
-                                 cfg.rays_per_frame, cfg.class_balance, gen, batch=i, grid=grid)
-                     for i in range(b["images"].shape[0])]
-            if cfg.aux_rays_per_frame and "aux_depth" in b:
-                # rays from neighbouring keyframes, already in this frame's ego frame; moving classes dropped
-                for i in range(b["images"].shape[0]):
+            for i in range(b["images"].shape[0]):
+                # a frame with no LiDAR point in the grid (and no label) has nothing to render: skip it
+                try:
+                    parts.append(sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i],
+                                             b["confidence"][i], cfg.rays_per_frame, cfg.class_balance, gen, batch=i,
+                                             grid=grid))
+                except ValueError:
+                    pass
+                if cfg.aux_rays_per_frame and "aux_depth" in b:
+                    # rays from neighbouring keyframes, already in this frame's ego frame; moving classes dropped
                     for a in torch.nonzero(b["aux_valid"][i]).flatten().tolist():
                         try:
                             parts.append(sample_rays(b["aux_intrinsics"][i, a], b["aux_cam2ego"][i, a], b["aux_depth"][i, a],
@@ -140,7 +146,8 @@ class Trainer:
                                                      cfg.aux_rays_per_frame, cfg.class_balance, gen, batch=i,
                                                      weight=cfg.aux_weight, drop_classes=DYNAMIC_CLASS_IDS, grid=grid))
                         except ValueError:  # nothing of that neighbour falls in this frame's grid
-                            continue
+                            pass
+        if rendering and parts:
             rays = concat_rays(parts)
             rendered = render(out.density, out.logits, rays, self.model.cfg.grid, cfg)
             if lc.depth > 0:

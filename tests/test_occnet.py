@@ -283,3 +283,18 @@ def test_training_and_inference_on_cuda(tmp_path):
     assert trainer.load() and trainer.step == 3
     sem, conf = predict(trainer.model, batch["images"].cuda(), K.cuda(), T.cuda(), batch["depth"].cuda())
     assert sem.is_cuda and sem.dtype == torch.uint8 and conf.dtype == torch.float32
+
+
+def test_a_frame_with_nothing_in_the_grid_is_skipped_not_fatal(tmp_path):
+    """All LiDAR beyond the grid and no 2D label: no ray to render, the step still trains the depth bins."""
+    n, (h, w) = 6, SIZE
+    K = torch.tensor([[60.0, 0, w / 2], [0, 60.0, h / 2], [0, 0, 1]]).expand(1, n, 3, 3).contiguous()
+    T = torch.eye(4).expand(1, n, 4, 4).clone()
+    T[..., :3, :3] = torch.tensor([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])
+    batch = {"images": torch.randn(1, n, 3, h, w), "intrinsics": K, "cam2ego": T,
+             "depth": torch.full((1, n, h, w), 20.0),  # 20 m ahead: outside the 12.8 m grid
+             "semantics": torch.full((1, n, h, w), 255, dtype=torch.uint8), "confidence": torch.zeros(1, n, h, w)}
+    trainer = Trainer(OccupancyNetwork(tiny_config()), RenderConfig(rays_per_frame=64), LossConfig(),
+                      TrainConfig(steps=2, warmup_steps=1), tmp_path)
+    logs = trainer.train_step(batch)
+    assert set(logs) == {"loss", "depthbins"} and np.isfinite(logs["loss"])

@@ -7,7 +7,7 @@ that ego frame into the global frame.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -70,11 +70,6 @@ class Lidar:
     timestamp: int
     token: str
 
-    @property
-    def origins_ego(self) -> np.ndarray:
-        """(3,) the keyframe sensor's origin in the ego frame (sweeps are near it)."""
-        return self.lidar2ego[:3, 3].copy()
-
 
 @dataclass
 class Frame:
@@ -88,7 +83,6 @@ class Frame:
     gt: Optional[Occ3DLabels] = None
     prev: str = ""
     next: str = ""
-    extras: dict = field(default_factory=dict)
 
     def camera(self, name: str) -> Camera:
         for cam in self.cameras:

@@ -44,9 +44,3 @@ def transform_matrix(translation: Sequence[float], rotation: Sequence[float]) ->
     T[:3, :3] = quaternion_to_matrix(rotation)
     T[:3, 3] = np.asarray(translation, dtype=np.float64)
     return T
-
-
-def apply_transform(T: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a (4, 4) pose to (N, 3) points; returns (N, 3) float64."""
-    points = np.asarray(points, dtype=np.float64)
-    return points @ T[:3, :3].T + T[:3, 3]

@@ -38,7 +38,32 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                                             a.label_noise, a.version, a.preview))
 
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_synth)
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML (see recipes/)")
+    p.add_argument("--out", default=None, help="run folder (default: the recipe's out, else runs/<name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.steps=200 (repeatable)")
+
+
+def _add_supervise(sub: argparse._SubParsersAction) -> None:
+    from .commands import supervise
+
+    p = sub.add_parser("supervise", help="compute 2D supervision (labels + LiDAR depth) of every frame into the cache")
+    _recipe_args(p)
+    p.set_defaults(func=lambda a: supervise.run(a.recipe, a.overrides, a.out))
+
+
+def _add_eval2d(sub: argparse._SubParsersAction) -> None:
+    from .commands import eval2d
+
+    p = sub.add_parser("eval-2d", help="score the cached 2D labels against exact 2D ground truth")
+    _recipe_args(p)
+    p.add_argument("--truth", choices=("exact", "lidarseg"), default="exact",
+                   help="exact: the synthetic world's exact maps; lidarseg: projected nuScenes-lidarseg points")
+    p.set_defaults(func=lambda a: eval2d.run(a.recipe, a.overrides, a.out, a.truth))
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_synth, _add_supervise, _add_eval2d)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,3 +30,26 @@ def sample_copy(tmp_path: Path) -> Path:
     for p in dst.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A small synthetic world (1 scene, 2 keyframes, 112x200 images, grid TINY_GRID) with exact and noisy 2D maps."""
+    from tiny_models import TINY_GRID
+
+    from autolabel.synth.writer import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("world")
+    write_dataset(root, SynthConfig(scenes=1, frames_per_scene=2, seed=5, image_size=(112, 200)), grid=TINY_GRID,
+                  progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """Paths of tiny randomly initialised SAM (checkpoint), CLIP and OWLv2 (model folders)."""
+    from tiny_models import save_tiny_clip, save_tiny_owlv2, save_tiny_sam
+
+    d = tmp_path_factory.mktemp("models")
+    return {"sam": str(save_tiny_sam(d / "sam.pth")), "clip": str(save_tiny_clip(d / "clip")),
+            "owl": str(save_tiny_owlv2(d / "owl"))}

@@ -16,7 +16,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from kernels.grid import GridSpec
@@ -24,8 +23,10 @@ from occnet.classes import FREE_ID
 
 from ..data.nuscenes import NuScenesFrames
 from ..data.transforms import ResizeCrop
+from ..errors import DataError
+from ..supervision.cache import SupervisionCache
 from ..supervision.lidar_depth import lidar_depth_maps
-from ..supervision.precomputed import read_label_map
+from ..supervision.providers import PrecomputedLabels
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -35,14 +36,22 @@ class FrameDataset(Dataset):
     """Args:
         frames: the dataset of keyframes.
         image_size: network input (H, W); images are resized / cropped with K updated.
-        labels: "exact" / "noisy" precomputed 2D labels from ``labels2d/``, or "none".
+        labels: "exact" / "noisy" precomputed 2D labels from ``labels2d/``, "none", or "cache": 2D labels
+            and depth maps read from `cache` (what `autolabel supervise` computed; training never runs SAM).
         indices: the subset of frames to use (None = all).
     """
 
     def __init__(self, frames: NuScenesFrames, image_size: tuple[int, int], labels: str = "noisy",
-                 indices: Sequence[int] | None = None, grid: GridSpec | None = None, aux_frames: int = 0):
-        if labels not in ("exact", "noisy", "none"):
-            raise ValueError(f"FrameDataset.labels must be 'exact', 'noisy' or 'none', got {labels!r}")
+                 indices: Sequence[int] | None = None, grid: GridSpec | None = None, aux_frames: int = 0,
+                 cache: SupervisionCache | None = None):
+        if labels not in ("exact", "noisy", "none", "cache"):
+            raise ValueError(f"FrameDataset.labels must be 'exact', 'noisy', 'none' or 'cache', got {labels!r}")
+        if (labels == "cache") != (cache is not None):
+            raise ValueError("FrameDataset: pass cache= exactly when labels='cache'")
+        if cache is not None and tuple(cache.image_size) != tuple(image_size):
+            raise DataError(f"{cache.arrays.where}: computed at {tuple(cache.image_size)}, the network takes "
+                            f"{tuple(image_size)}; rerun `autolabel supervise` with this recipe's network.image_size")
+        self.cache = cache
         self.frames = frames
         self.image_size = tuple(image_size)
         self.labels = labels
@@ -61,17 +70,16 @@ class FrameDataset(Dataset):
         small = rc.apply_frame(frame)
         to_key = np.linalg.inv(key_ego2global)
         cam2key = np.stack([to_key @ c.ego2global @ c.cam2ego for c in small.cameras]).astype(np.float32)
-        depth = lidar_depth_maps(small)
-        n = len(small.cameras)
-        sem = np.full((n, *self.image_size), 255, np.uint8)
-        conf = np.zeros((n, *self.image_size), np.float32)
-        if self.labels != "none":
-            for k, cam in enumerate(frame.cameras):
-                s, c = read_label_map(self.frames.dataroot, frame.scene, frame.token, cam.name, self.labels)
-                sem[k] = rc.apply_image(s, Image.NEAREST)
-                sem[k][rc.apply_image(np.ones_like(s), Image.NEAREST) == 0] = 255  # padding of the crop
-                conf[k] = rc.apply_image(c, Image.NEAREST)
         K = np.stack([c.K for c in small.cameras]).astype(np.float32)
+        if self.cache is not None:
+            sem, conf, depth = self.cache.read(frame.token)
+            return small, K, cam2key, depth, sem, conf
+        depth = lidar_depth_maps(small)
+        if self.labels == "none":
+            sem = np.full((len(small.cameras), *self.image_size), 255, np.uint8)
+            conf = np.zeros(sem.shape, np.float32)
+        else:
+            sem, conf = PrecomputedLabels(self.frames.dataroot, variant=self.labels).label(frame, rc)
         return small, K, cam2key, depth, sem, conf
 
     def _neighbours(self, frame) -> list:

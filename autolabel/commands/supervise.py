@@ -1,0 +1,23 @@
+"""``autolabel supervise RECIPE``: compute the 2D supervision of every frame into the cache, once."""
+from __future__ import annotations
+
+from ..dataset import open_frames
+from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
+from ..supervision.cache import supervise
+from ..supervision.providers import build_provider
+
+
+def run(recipe_path: str, overrides: list[str], out: str | None, progress: bool = True) -> int:
+    recipe = load_recipe(recipe_path, overrides, out)
+    sup = recipe.supervision
+    frames = open_frames(recipe, "all", load_images=False)
+    provider = build_provider(sup, frames.dataroot, frames.nusc)  # checks model paths before any work
+    save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)
+    s = supervise(frames, provider, recipe.cache_path, recipe.network.image_size, sup.lidar_min_depth,
+                  sup.lidar_max_depth, progress, extra_attrs={"recipe": recipe.digest()})
+    per = s["seconds"] / max(s["computed"], 1)
+    print(f"supervision cache {recipe.cache_path}: {s['frames']} frames ({s['computed']} computed, {s['skipped']} "
+          f"already there) with provider {sup.provider} at {recipe.network.image_size[1]}x{recipe.network.image_size[0]}")
+    if s["computed"]:
+        print(f"  {s['seconds']:.1f} s ({per:.2f} s per frame), {100 * s['coverage']:.1f}% of pixels labelled")
+    return 0

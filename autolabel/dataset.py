@@ -1,0 +1,42 @@
+"""The recipe's frames: the dataset opened through nuscenes-devkit, generated first when the recipe
+asks for the synthetic world and none exists yet."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .data.nuscenes import NuScenesFrames
+from .recipe import Recipe
+
+
+def ensure_dataset(recipe: Recipe, progress: bool = True) -> Path:
+    """The dataset root; a synthetic world is written to a temp folder and renamed into place when
+    complete, so that an interrupted generation is redone rather than used half-written."""
+    root = recipe.dataroot
+    if recipe.data.dataroot is None and not (root / recipe.version).is_dir():
+        from .synth.writer import write_dataset
+
+        tmp = root.with_name(root.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_dataset(tmp, recipe.data.synth, recipe.network.grid, progress=progress)
+        tmp.rename(root)
+    return root
+
+
+def open_frames(recipe: Recipe, split: str = "all", load_images: bool = True) -> NuScenesFrames:
+    """Frames of the recipe's dataset: split = all | train | val."""
+    if split not in ("all", "train", "val"):
+        raise ValueError(f"split must be all, train or val, got {split!r}")
+    root = ensure_dataset(recipe)
+    scenes = None
+    if split == "val":
+        scenes = recipe.data.val_scenes
+    elif split == "train" and recipe.data.train_scenes is not None:
+        scenes = recipe.data.train_scenes
+    frames = NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images,
+                            grid=recipe.network.grid, scenes=scenes)
+    if split == "train" and recipe.data.train_scenes is None and recipe.data.val_scenes:
+        keep = [s for s in frames.scene_names if s not in set(recipe.data.val_scenes)]
+        frames = NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images,
+                                grid=recipe.network.grid, scenes=keep)
+    return frames

@@ -1,0 +1,100 @@
+"""Recipes: YAML files that map onto typed dataclasses.
+
+A recipe has one section per stage; every key is optional (the defaults are the dataclasses' defaults)
+and unknown keys or bad values are errors naming the key. `load_recipe` also applies ``--set`` overrides
+and resolves the run folder; `save_recipe` writes the resolved recipe beside the run's outputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from occnet.config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
+
+from .config_io import apply_overrides, from_dict, load_yaml, to_dict
+from .errors import DataError
+from .supervision.config import SupervisionConfig
+from .synth.writer import SynthConfig
+
+RESOLVED_RECIPE = "recipe.yaml"
+
+
+@dataclass
+class DataConfig:
+    """Where the frames come from. With `synth` set and no dataroot, the synthetic world is generated
+    into the run folder's ``world/`` on first use."""
+
+    dataroot: Optional[str] = None
+    version: str = "v1.0-mini"
+    sweeps: int = 0  # earlier lidar sweeps accumulated into the depth maps
+    train_scenes: Optional[list[str]] = None  # None: every scene not in val_scenes
+    val_scenes: list[str] = field(default_factory=list)  # held out from training, evaluated
+    synth: Optional[SynthConfig] = None
+
+    def __post_init__(self) -> None:
+        if self.dataroot is None and self.synth is None:
+            raise ValueError("set dataroot (a dataset in nuScenes layout) or synth (generate the synthetic world)")
+        if self.sweeps < 0:
+            raise ValueError("sweeps must be >= 0")
+        if self.train_scenes is not None and set(self.train_scenes) & set(self.val_scenes):
+            raise ValueError(f"train_scenes and val_scenes overlap: {sorted(set(self.train_scenes) & set(self.val_scenes))}")
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    out: Optional[str] = None  # run folder; None: runs/<name>
+    device: str = "auto"  # training / inference device: auto, cpu, cuda, cuda:N
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataroot="."))
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty folder-safe string, got {self.name!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.name
+
+    @property
+    def dataroot(self) -> Path:
+        return Path(self.data.dataroot) if self.data.dataroot else self.run_dir / "world"
+
+    @property
+    def version(self) -> str:
+        return self.data.synth.version if self.data.dataroot is None and self.data.synth else self.data.version
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.supervision.cache) if self.supervision.cache else self.run_dir / "supervision.zarr"
+
+    def digest(self) -> str:
+        """Short hash of the resolved recipe (provenance)."""
+        return hashlib.sha256(json.dumps(to_dict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, out: str | None = None) -> Recipe:
+    """Read a recipe YAML, apply ``key=value`` overrides and an --out folder, validate everything."""
+    data = apply_overrides(load_yaml(path), list(overrides or []))
+    if out is not None:
+        data["out"] = str(out)
+    try:
+        return from_dict(Recipe, data)
+    except DataError as exc:
+        raise DataError(f"recipe {path}: {exc}") from None
+
+
+def save_recipe(recipe: Recipe, path: Path) -> Path:
+    from occnet.atomic import atomic_write
+
+    text = yaml.safe_dump(to_dict(recipe), sort_keys=False)
+    return atomic_write(path, lambda fh: fh.write(text.encode()))

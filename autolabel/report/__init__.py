@@ -1,0 +1,1 @@
+"""Figures (PNG) and HTML pages people look at."""

@@ -1,0 +1,43 @@
+"""PNG figures (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(confusion: np.ndarray, rows_names: Sequence[str], col_names: Sequence[str], path: str | Path,
+                  title: str) -> Path:
+    """Row-normalised confusion matrix (rows: ground truth, columns: prediction), shares in percent."""
+    plt = _plt()
+    rows = confusion.sum(1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros(confusion.shape, float), where=rows > 0)
+    n, m = confusion.shape
+    fig, ax = plt.subplots(figsize=(0.45 * m + 3, 0.45 * n + 2.5))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(m), list(col_names), rotation=70, ha="right", fontsize=8)
+    ax.set_yticks(range(n), list(rows_names), fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title, fontsize=10)
+    for i in range(n):
+        for j in range(m):
+            if share[i, j] >= 0.01:
+                ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if share[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""Zarr storage of per-frame arrays: the 2D supervision cache and the pseudo-label store."""

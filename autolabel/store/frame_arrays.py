@@ -1,0 +1,154 @@
+"""A Zarr v3 group of per-frame arrays with a token list and a per-frame ``done`` flag.
+
+Layout (every array's first axis is the frame index i, in the order of ``tokens``)::
+
+    <group>/tokens      (N,) str
+    <group>/done        (N,) bool, one chunk per frame
+    <group>/<name>      (N, *shape) one chunk per frame, for each ArraySpec
+
+Why this shape: one frame per chunk means a frame is written by whole-chunk writes, which zarr's
+local store makes atomic (temp file + rename), and several writers (ranks) never share a chunk.
+``done[i]`` is set only after every array of frame i is written, so a crash mid-frame leaves the
+frame not done and a rerun writes it again; finished frames are never touched.
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One per-frame array: name, per-frame shape, numpy dtype, fill value of unwritten frames."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    fill: Any = 0
+
+
+def _zarr():
+    import zarr  # imported lazily: only commands that touch stores need it
+
+    return zarr
+
+
+def _jsonable(value: Any) -> Any:
+    """Attributes compare after a JSON round trip (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+class FrameArrays:
+    """Open with `FrameArrays.create_or_open`; write a frame with `write(i, **arrays)`."""
+
+    def __init__(self, group, specs: Sequence[ArraySpec], where: str):
+        self.group = group
+        self.specs = {s.name: s for s in specs}
+        self.where = where
+        self.tokens: tuple[str, ...] = tuple(str(t) for t in group["tokens"][:])
+        self._index = {t: i for i, t in enumerate(self.tokens)}
+
+    # ---- opening ------------------------------------------------------------------------------
+    @classmethod
+    def create_or_open(cls, root, path: str, specs: Sequence[ArraySpec], tokens: Sequence[str],
+                       attrs: Mapping[str, Any], must_match: Iterable[str], where: str) -> "FrameArrays":
+        """Open group `path` under zarr group `root`, creating it when absent.
+
+        An existing group must hold the same tokens and the same values of the `must_match` attributes
+        (grid, class table, image size, ...): otherwise DataError naming the field, and nothing is changed.
+        """
+        attrs = _jsonable(dict(attrs))
+        if path in root:
+            group = root[path]
+            found = dict(group.attrs)
+            for key in must_match:
+                if found.get(key) != attrs.get(key):
+                    raise DataError(f"{where}: was written with {key} = {found.get(key)!r}, this run has {attrs.get(key)!r}; "
+                                    f"use another store / cache path or delete the old one")
+            arr = cls(group, specs, where)
+            if arr.tokens != tuple(tokens):
+                raise DataError(f"{where}: holds {len(arr.tokens)} other frames than the {len(tokens)} of this dataset; "
+                                f"use another store / cache path or delete the old one")
+            for s in specs:
+                if s.name not in group or tuple(group[s.name].shape) != (len(tokens), *s.shape):
+                    raise DataError(f"{where}: array {s.name!r} is missing or has the wrong shape; delete the group and rerun")
+            return arr
+        group = root.create_group(path)
+        n = len(tokens)
+        # Arrays first, attributes and tokens last: a group without `tokens` is treated as unfinished below.
+        for s in specs:
+            group.create_array(s.name, shape=(n, *s.shape), dtype=s.dtype, chunks=(1, *s.shape), fill_value=s.fill)
+        group.create_array("done", shape=(n,), dtype=bool, chunks=(1,), fill_value=False)
+        group.attrs.update(attrs)
+        tok = group.create_array("tokens", shape=(n,), dtype=str, chunks=(max(n, 1),))
+        if n:
+            tok[:] = np.asarray(list(tokens), dtype=object)
+        return cls(group, specs, where)
+
+    @classmethod
+    def open(cls, root, path: str, specs: Sequence[ArraySpec], where: str) -> "FrameArrays":
+        if path not in root:
+            raise DataError(f"{where}: not found")
+        group = root[path]
+        if "tokens" not in group:
+            raise DataError(f"{where}: incomplete (created but never initialised); delete it and rerun")
+        return cls(group, specs, where)
+
+    # ---- frames -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def index(self, token: str) -> int:
+        try:
+            return self._index[token]
+        except KeyError:
+            raise DataError(f"{self.where}: sample token {token!r} is not in it") from None
+
+    def done(self) -> np.ndarray:
+        """(N,) bool: which frames are completely written."""
+        return np.asarray(self.group["done"][:], dtype=bool)
+
+    def write(self, i: int, **arrays: np.ndarray) -> None:
+        """Write every array of frame i, then mark it done. Disk-full errors leave the frame not done."""
+        missing = set(self.specs) - set(arrays)
+        if missing or set(arrays) - set(self.specs):
+            raise ValueError(f"{self.where}: write needs exactly {sorted(self.specs)}, got {sorted(arrays)}")
+        try:
+            for name, value in arrays.items():
+                spec = self.specs[name]
+                value = np.asarray(value)
+                if value.shape != spec.shape:
+                    raise ValueError(f"{self.where}: frame {self.tokens[i]} array {name} has shape {value.shape}, expected {spec.shape}")
+                self.group[name][i] = value.astype(spec.dtype, copy=False)
+            self.group["done"][i] = True
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DataError(f"{self.where}: disk full while writing frame {self.tokens[i]}; "
+                                f"{int(self.done().sum())} frames are safely stored — free space and rerun to continue") from exc
+            raise
+
+    def read(self, i: int, name: str) -> np.ndarray:
+        return np.asarray(self.group[name][i])
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+
+def open_root(path: str | Path, mode: str):
+    """The zarr root group at `path` (mode 'r' for reading, 'a' for writing)."""
+    path = Path(path)
+    if mode == "r" and not (path / "zarr.json").is_file():
+        raise DataError(f"{path}: not a Zarr store (no zarr.json)")
+    try:
+        return _zarr().open_group(str(path), mode=mode)
+    except Exception as exc:  # zarr raises several types for unreadable metadata
+        raise DataError(f"{path}: cannot open as a Zarr v3 group ({exc})") from exc

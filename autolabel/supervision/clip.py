@@ -1,0 +1,89 @@
+"""A CLIP-family model (transformers, local folder) that scores mask crops against the vocabulary.
+
+Each mask becomes one CLIP input: its box (plus a margin) cut from the label-resolution image with
+`roi_align` (all masks of an image in one GPU call), pixels outside the mask replaced by the model's
+mean colour so that CLIP sees the object and not its surroundings.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+from .config import ClipConfig
+from .naming import Vocabulary
+
+
+def check_model_folder(path: str | None, field: str, what: str) -> Path:
+    if path is None:
+        raise DataError(f"{field} is not set: give the local folder of a {what} (config.json, weights, tokenizer and "
+                        f"preprocessor files, e.g. saved with save_pretrained); nothing is downloaded at run time")
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise DataError(f"{field}: {p} is not a transformers model folder (no config.json); download a {what} "
+                        f"into it (for example with huggingface-cli download) and point the recipe there")
+    return p
+
+
+class ClipScorer:
+    """Embeds the vocabulary once; `prompt_logits(image, masks, boxes)` scores masks against it."""
+
+    def __init__(self, cfg: ClipConfig, vocab: Vocabulary, device: torch.device, bf16: bool = True):
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own tqdm bar is the one progress display
+        path = check_model_folder(cfg.model, "supervision.clip.model", "CLIP model")
+        try:
+            self.model = CLIPModel.from_pretrained(path).to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            processor = AutoImageProcessor.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"supervision.clip.model: cannot load a CLIP model from {path}: {str(exc).splitlines()[0]}") from None
+        self.cfg, self.vocab, self.device = cfg, vocab, device
+        self.dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
+        self.size = int(self.model.config.vision_config.image_size)
+        self.mean = torch.tensor(processor.image_mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(processor.image_std, device=device).view(1, 3, 1, 1)
+        with torch.no_grad():
+            texts = [t.format(p) for p in vocab.prompts for t in cfg.templates]
+            tok = tokenizer(texts, padding=True, return_tensors="pt").to(device)
+            emb = self._text_features(tok)
+            emb = emb.view(len(vocab.prompts), len(cfg.templates), -1).mean(1)  # template ensemble per prompt
+            self.text = torch.nn.functional.normalize(emb, dim=-1)
+            self.scale = self.model.logit_scale.exp().float()
+
+    @staticmethod
+    def _features(out) -> torch.Tensor:
+        # transformers < 5 returns a tensor, 5.x a model output with pooler_output holding the projection
+        return out if torch.is_tensor(out) else out.pooler_output
+
+    def _text_features(self, tok) -> torch.Tensor:
+        return self._features(self.model.get_text_features(**tok)).float()
+
+    @torch.no_grad()
+    def prompt_logits(self, image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """image (3, h, w) float in [0, 1]; masks (M, h, w) bool; boxes (M, 4) xyxy -> (M, P) scaled similarities."""
+        from torchvision.ops import roi_align
+
+        if len(masks) == 0:
+            return torch.zeros(0, len(self.vocab.prompts), device=self.device)
+        wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)
+        side = wh.max(1).values * (1 + 2 * self.cfg.crop_margin)  # square crops keep CLIP's aspect ratio
+        centre = (boxes[:, :2] + boxes[:, 2:] + 1) / 2
+        rois = torch.cat([centre - side[:, None] / 2, centre + side[:, None] / 2], 1)
+        out = []
+        for s in range(0, len(masks), self.cfg.batch_size):
+            r = rois[s:s + self.cfg.batch_size]
+            n = len(r)
+            idx = torch.arange(n, device=self.device, dtype=torch.float32)[:, None]
+            crop = roi_align(image[None], torch.cat([torch.zeros_like(idx), r], 1), (self.size, self.size), aligned=True)
+            inside = roi_align(masks[s:s + n, None].float(), torch.cat([idx, r], 1), (self.size, self.size), aligned=True)
+            crop = crop * inside + self.mean * (1 - inside)
+            x = (crop - self.mean) / self.std
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                emb = self._features(self.model.get_image_features(pixel_values=x)).float()
+            out.append(self.scale * torch.nn.functional.normalize(emb, dim=-1) @ self.text.T)
+        return torch.cat(out)

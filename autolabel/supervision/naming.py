@@ -1,0 +1,98 @@
+"""Naming masks with a vocabulary and painting them into a label map (pure tensor logic, no models).
+
+A vocabulary maps each Occ3D class (and ``ignore``) to prompts. A mask's similarity to every prompt
+becomes a class logit by log-sum-exp over that class's prompts (the best-matching synonym dominates,
+and adding synonyms does not split a class's probability); a softmax over classes gives p. The label
+is the arg-max class (``ignore`` -> 255), its confidence the margin p1 - p2 times the mask's quality.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from occnet.classes import IGNORE_ID, class_id
+
+from .config import IGNORE_KEY
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Flattened prompts: prompts[k] belongs to class slot prompt_slot[k]; slot_ids[s] is the label id
+    (0..16 or 255 for ignore) of slot s."""
+
+    prompts: tuple[str, ...]
+    prompt_slot: tuple[int, ...]
+    slot_ids: tuple[int, ...]
+
+    @classmethod
+    def from_mapping(cls, vocab: dict[str, list[str]], classes: tuple[str, ...] | None = None) -> "Vocabulary":
+        """`classes` restricts the vocabulary to those class names (plus ignore)."""
+        prompts, slots, ids = [], [], []
+        for name, plist in vocab.items():
+            if classes is not None and name != IGNORE_KEY and name not in classes:
+                continue
+            ids.append(IGNORE_ID if name == IGNORE_KEY else class_id(name))
+            for p in plist:
+                prompts.append(p)
+                slots.append(len(ids) - 1)
+        if not ids:
+            raise ValueError("the vocabulary names none of the requested classes")
+        return cls(tuple(prompts), tuple(slots), tuple(ids))
+
+
+def class_probabilities(prompt_logits: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    """(M, P) scaled prompt similarities -> (M, S) class-slot probabilities."""
+    slot = torch.tensor(vocab.prompt_slot, device=prompt_logits.device)
+    n_slots = len(vocab.slot_ids)
+    per_slot = torch.full((prompt_logits.shape[0], n_slots, prompt_logits.shape[1]), float("-inf"),
+                          device=prompt_logits.device, dtype=prompt_logits.dtype)
+    per_slot[:, slot, torch.arange(prompt_logits.shape[1], device=prompt_logits.device)] = prompt_logits
+    return per_slot.logsumexp(-1).softmax(-1)
+
+
+def name_masks(probs: torch.Tensor, quality: torch.Tensor, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, S) class probabilities and (M,) mask quality -> (M,) label ids (int64) and (M,) confidence.
+
+    confidence = (p1 - p2) * quality; with one class slot the margin is p1.
+    """
+    ids = torch.tensor(vocab.slot_ids, device=probs.device)
+    if probs.shape[1] >= 2:
+        top = probs.topk(2, dim=1)
+        margin = top.values[:, 0] - top.values[:, 1]
+        best = top.indices[:, 0]
+    else:
+        margin, best = probs[:, 0], torch.zeros(len(probs), dtype=torch.long, device=probs.device)
+    return ids[best], margin * quality
+
+
+def paint(masks: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, min_score: float,
+          base: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paint masks into a label map; where masks overlap the higher score wins.
+
+    masks (M, h, w) bool, labels (M,) ids (255 = ignore), scores (M,) in [0, 1]. Masks scoring below
+    `min_score` are dropped. Returns semantics (h, w) uint8 (255 where nothing was painted) and
+    confidence (h, w) float32 (0 there; an ignore mask also gives 0). `base` = (semantics, confidence)
+    to paint over instead of an empty map.
+    """
+    h, w = masks.shape[1:]
+    if base is None:
+        sem = torch.full((h, w), IGNORE_ID, dtype=torch.uint8, device=masks.device)
+        conf = torch.zeros((h, w), dtype=torch.float32, device=masks.device)
+    else:
+        sem, conf = base[0].clone(), base[1].clone()
+    keep = scores >= min_score
+    masks, labels, scores = masks[keep], labels[keep], scores[keep]
+    if len(masks) == 0:
+        return sem, conf
+    # Owner of each pixel = the covering mask of highest score: sort ascending, take the last covering index.
+    order = scores.argsort()
+    m = masks[order]
+    idx = torch.arange(1, len(m) + 1, device=m.device, dtype=torch.int32).view(-1, 1, 1)
+    owner = (m.to(torch.int32) * idx).amax(0).long()  # 0 = uncovered, else 1 + position in `order`
+    covered = owner > 0
+    pick = order[owner[covered] - 1]
+    lab = labels[pick]
+    sem[covered] = lab.to(torch.uint8)
+    conf[covered] = torch.where(lab == IGNORE_ID, torch.zeros_like(scores[pick]), scores[pick]).float()
+    return sem, conf

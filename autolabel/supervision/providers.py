@@ -1,0 +1,315 @@
+"""2D label providers: one interface, frame in, per-camera semantics + confidence out.
+
+``provider.label(frame, rc)`` returns semantics (N, h, w) uint8 (255 = none) and confidence (N, h, w)
+float32 in [0, 1] for the frame's N cameras at the label resolution rc.out_hw (a resize / crop of the
+camera images, `ResizeCrop`). Providers are picked by the recipe's ``supervision.provider``:
+
+- ``precomputed``: label maps read from a folder (NPZ or PNG), the synthetic world's layout;
+- ``sam_clip``: SAM automatic masks named by CLIP;
+- ``grounded_sam``: OWL detector boxes -> SAM masks for objects, SAM + CLIP naming for stuff;
+- ``lidarseg``: nuScenes-lidarseg point labels at the projected lidar pixels (RenderOcc's protocol).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from occnet.classes import IGNORE_ID, class_id
+
+from ..data.frame import Frame
+from ..data.transforms import ResizeCrop
+from ..errors import DataError
+from .config import IGNORE_KEY, LABEL_CLASSES, SupervisionConfig
+from .lidar_depth import project_points
+from .precomputed import LABELS_2D_DIR
+
+LabelMaps = tuple[np.ndarray, np.ndarray]
+
+
+class LabelProvider(Protocol):
+    name: str
+    needs_images: bool  # False: the frame's JPEGs need not be decoded
+
+    def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps: ...
+
+    def provenance(self) -> dict: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"supervision.device is {name!r} but no CUDA GPU is available; use auto or cpu")
+    return torch.device(name)
+
+
+def _check_images(frame: Frame) -> None:
+    for cam in frame.cameras:
+        if cam.image.size == 0:
+            raise ValueError(f"frame {frame.token}: images were not loaded")
+        if tuple(cam.image.shape[:2]) != tuple(cam.image_size):
+            raise DataError(f"sample {frame.token} {cam.name}: image is {cam.image.shape[1]}x{cam.image.shape[0]}, "
+                            f"its calibration is for {cam.image_size[1]}x{cam.image_size[0]}")
+
+
+def resize_labels(sem: np.ndarray, conf: np.ndarray, rc: ResizeCrop) -> LabelMaps:
+    """Nearest-neighbour resize / crop of a native label map; pixels the crop adds are 255 / 0."""
+    s = rc.apply_image(sem, Image.NEAREST)
+    s[rc.apply_image(np.ones_like(sem), Image.NEAREST) == 0] = IGNORE_ID
+    c = rc.apply_image(conf.astype(np.float32), Image.NEAREST)
+    c[s == IGNORE_ID] = 0
+    return s, c
+
+
+# ---- precomputed --------------------------------------------------------------------------------
+class PrecomputedLabels:
+    """``<root>/<folder>/<scene>/<token>/<CAM>.npz`` (keys by variant: semantics [+ confidence] or
+    noisy_semantics [+ noisy_confidence]; confidence uint8 0..255 or float 0..1) or ``<CAM>.png``
+    (uint8 ids) with an optional ``<CAM>_confidence.png`` (uint8 0..255)."""
+
+    name = "precomputed"
+    needs_images = False
+    KEYS = {"exact": ("semantics", "confidence"), "noisy": ("noisy_semantics", "noisy_confidence")}
+
+    def __init__(self, root: str | Path, folder: str = LABELS_2D_DIR, variant: str = "noisy"):
+        self.root, self.folder, self.variant = Path(root), folder, variant
+        if not (self.root / folder).is_dir():
+            raise DataError(f"supervision.precomputed: folder {self.root / folder} not found")
+
+    def provenance(self) -> dict:
+        return {"root": str(self.root), "folder": self.folder, "variant": self.variant}
+
+    def read(self, scene: str, token: str, camera: str, hw: tuple[int, int]) -> LabelMaps:
+        """Native-resolution (H, W) uint8 semantics and float32 confidence of one camera."""
+        base = self.root / self.folder / scene / token / camera
+        if base.with_suffix(".npz").is_file():
+            path = base.with_suffix(".npz")
+            sem_key, conf_key = self.KEYS[self.variant]
+            with np.load(path) as z:
+                if sem_key not in z.files:
+                    raise DataError(f"{path}: no '{sem_key}' map (found {z.files})")
+                sem = z[sem_key]
+                conf = z[conf_key] if conf_key in z.files else None
+        elif base.with_suffix(".png").is_file():
+            path = base.with_suffix(".png")
+            sem = np.asarray(Image.open(path))
+            cpath = base.parent / f"{camera}_confidence.png"
+            conf = np.asarray(Image.open(cpath)) if cpath.is_file() else None
+        else:
+            raise DataError(f"sample {token} {camera}: no label map {base}.npz or {base}.png")
+        if sem.dtype != np.uint8 or sem.ndim != 2:
+            raise DataError(f"{path}: semantics must be a 2D uint8 map of class ids, got {sem.dtype} {sem.shape}")
+        if tuple(sem.shape) != tuple(hw):
+            raise DataError(f"{path}: label map is {sem.shape[1]}x{sem.shape[0]}, the camera image is {hw[1]}x{hw[0]}")
+        bad = (sem > 16) & (sem != IGNORE_ID)
+        if bad.any():
+            raise DataError(f"{path}: class ids must be 0..16 or 255, found {sorted(np.unique(sem[bad]).tolist())[:5]}")
+        if conf is None:
+            conf = (sem != IGNORE_ID).astype(np.float32)
+        elif conf.dtype == np.uint8:
+            conf = conf.astype(np.float32) / 255
+        else:
+            conf = conf.astype(np.float32)
+            if conf.shape != sem.shape or not np.all((conf >= 0) & (conf <= 1)):
+                raise DataError(f"{path}: confidence must be uint8 0..255 or floats in [0, 1] of the map's shape")
+        if conf.shape != sem.shape:
+            raise DataError(f"{path}: confidence is {conf.shape}, semantics {sem.shape}")
+        return sem, conf
+
+    def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
+        out = [resize_labels(*self.read(frame.scene, frame.token, c.name, c.image_size), rc) for c in frame.cameras]
+        return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+
+
+# ---- lidarseg -------------------------------------------------------------------------------------
+# nuScenes-lidarseg's 32 categories -> Occ3D ids. The lidarseg challenge's "ignore" group (animals,
+# debris, pushable objects, bicycle racks, emergency vehicles, personal mobility, strollers,
+# wheelchairs, static.other) is what Occ3D calls "others" (0); noise and the ego vehicle get no label.
+LIDARSEG_TO_OCC3D: dict[str, int] = {
+    "noise": IGNORE_ID, "vehicle.ego": IGNORE_ID,
+    "animal": 0, "human.pedestrian.personal_mobility": 0, "human.pedestrian.stroller": 0,
+    "human.pedestrian.wheelchair": 0, "movable_object.debris": 0, "movable_object.pushable_pullable": 0,
+    "static_object.bicycle_rack": 0, "vehicle.emergency.ambulance": 0, "vehicle.emergency.police": 0, "static.other": 0,
+    "movable_object.barrier": class_id("barrier"), "vehicle.bicycle": class_id("bicycle"),
+    "vehicle.bus.bendy": class_id("bus"), "vehicle.bus.rigid": class_id("bus"), "vehicle.car": class_id("car"),
+    "vehicle.construction": class_id("construction_vehicle"), "vehicle.motorcycle": class_id("motorcycle"),
+    "human.pedestrian.adult": class_id("pedestrian"), "human.pedestrian.child": class_id("pedestrian"),
+    "human.pedestrian.construction_worker": class_id("pedestrian"), "human.pedestrian.police_officer": class_id("pedestrian"),
+    "movable_object.trafficcone": class_id("traffic_cone"), "vehicle.trailer": class_id("trailer"),
+    "vehicle.truck": class_id("truck"), "flat.driveable_surface": class_id("driveable_surface"),
+    "flat.other": class_id("other_flat"), "flat.sidewalk": class_id("sidewalk"), "flat.terrain": class_id("terrain"),
+    "static.manmade": class_id("manmade"), "static.vegetation": class_id("vegetation"),
+}
+
+
+class LidarsegLabels:
+    """Sparse labels: each lidar point's lidarseg class at its projected pixel, nearest point per pixel."""
+
+    name = "lidarseg"
+    needs_images = False
+
+    def __init__(self, nusc, min_depth: float = 1.0):
+        if not getattr(nusc, "lidarseg", None):
+            raise DataError(f"{Path(nusc.dataroot) / nusc.version}: no nuScenes-lidarseg labels (lidarseg.json and "
+                            f"lidarseg/{nusc.version}/); download nuScenes-lidarseg or choose another provider")
+        self.nusc, self.min_depth = nusc, min_depth
+        table = np.full(256, IGNORE_ID, np.uint8)
+        for cat in nusc.category:
+            if "index" in cat:
+                table[cat["index"]] = LIDARSEG_TO_OCC3D.get(cat["name"], IGNORE_ID)
+        self.table = table
+
+    def provenance(self) -> dict:
+        return {"mapping": "nuScenes-lidarseg 32 classes -> Occ3D (see autolabel/supervision/providers.py)"}
+
+    def point_labels(self, frame: Frame) -> np.ndarray:
+        """(n_key,) Occ3D ids of the keyframe's own lidar points (sweeps have no lidarseg labels)."""
+        try:
+            rec = self.nusc.get("lidarseg", frame.lidar.token)
+        except KeyError:
+            raise DataError(f"sample {frame.token}: no lidarseg record for LIDAR_TOP {frame.lidar.token}") from None
+        path = Path(self.nusc.dataroot) / rec["filename"]
+        if not path.is_file():
+            raise DataError(f"sample {frame.token}: lidarseg file {path} not found")
+        raw = np.fromfile(path, dtype=np.uint8)
+        n_key = int((frame.lidar.time_lag == 0).sum())
+        if len(raw) != n_key:
+            raise DataError(f"{path}: {len(raw)} labels for {n_key} keyframe lidar points")
+        return self.table[raw]
+
+    def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
+        labels = self.point_labels(frame)
+        key = np.flatnonzero(frame.lidar.time_lag == 0)
+        lidar = type(frame.lidar)(**{**frame.lidar.__dict__, "points": frame.lidar.points[key],
+                                     "time_lag": frame.lidar.time_lag[key]})
+        small = rc.apply_frame(frame)
+        h, w = rc.out_hw
+        sems, confs = [], []
+        for cam in small.cameras:
+            uv, depth, idx = project_points(lidar, cam, self.min_depth)
+            sem = np.full(h * w, IGNORE_ID, np.uint8)
+            pixel = np.floor(uv[:, 1]).astype(np.int64) * w + np.floor(uv[:, 0]).astype(np.int64)
+            order = np.lexsort((depth, pixel))[::-1]  # nearest point last, so it wins the assignment
+            sem[pixel[order]] = labels[idx[order]]
+            sem = sem.reshape(h, w)
+            sems.append(sem)
+            confs.append((sem != IGNORE_ID).astype(np.float32))
+        return np.stack(sems), np.stack(confs)
+
+
+# ---- SAM + CLIP, grounded SAM ----------------------------------------------------------------------
+class SamClipLabels:
+    """SAM automatic masks of every camera, each named by CLIP against the vocabulary."""
+
+    name = "sam_clip"
+    needs_images = True
+
+    def __init__(self, cfg: SupervisionConfig, device: torch.device, classes: tuple[str, ...] | None = None):
+        from .clip import ClipScorer
+        from .naming import Vocabulary
+        from .sam import SamMasks, build_sam
+
+        if cfg.sam.checkpoint is None:
+            raise DataError("supervision.sam.checkpoint is not set: download a SAM checkpoint (e.g. sam_vit_h_4b8939.pth) "
+                            "and give its local path")
+        self.cfg = cfg
+        self.vocab = Vocabulary.from_mapping(cfg.vocabulary, classes)
+        self.scorer = ClipScorer(cfg.clip, self.vocab, device, cfg.bf16)
+        self.sam = SamMasks(build_sam(cfg.sam.architecture, cfg.sam.checkpoint), cfg.sam, device, cfg.bf16)
+        self.device = device
+
+    def provenance(self) -> dict:
+        return {"sam_checkpoint": self.cfg.sam.checkpoint, "sam_model_type": self.cfg.sam.model_type,
+                "clip_model": self.cfg.clip.model, "vocabulary": self.cfg.vocabulary,
+                "min_confidence": self.cfg.min_confidence}
+
+    def label_image(self, emb: torch.Tensor, image: np.ndarray, small: torch.Tensor, rc: ResizeCrop):
+        """Named automatic masks of one camera painted into (h, w) semantics / confidence tensors."""
+        from .naming import class_probabilities, name_masks, paint
+
+        masks = self.sam.automatic(emb, image.shape[:2], rc)
+        probs = class_probabilities(self.scorer.prompt_logits(small, masks.masks, masks.boxes), self.vocab)
+        labels, conf = name_masks(probs, masks.quality, self.vocab)
+        return paint(masks.masks, labels, conf, self.cfg.min_confidence)
+
+    def small_images(self, frame: Frame, rc: ResizeCrop) -> torch.Tensor:
+        """(N, 3, h, w) float [0, 1] camera images at the label resolution."""
+        small = np.stack([rc.apply_image(c.image) for c in frame.cameras])
+        return torch.from_numpy(small).to(self.device).permute(0, 3, 1, 2).float() / 255
+
+    @torch.no_grad()
+    def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
+        _check_images(frame)
+        images = np.stack([c.image for c in frame.cameras])
+        emb = self.sam.embed(images)
+        small = self.small_images(frame, rc)
+        out = [self.label_image(emb[i:i + 1], images[i], small[i], rc) for i in range(len(images))]
+        return _stack(out, rc)
+
+
+class GroundedSamLabels:
+    """Detector boxes -> SAM box-prompted masks for object classes, painted over SAM + CLIP stuff labels."""
+
+    name = "grounded_sam"
+    needs_images = True
+
+    def __init__(self, cfg: SupervisionConfig, device: torch.device):
+        from .detector import OwlDetector
+        from .naming import Vocabulary
+
+        detected = set(cfg.detector.classes)
+        missing = [c for c in detected if c not in cfg.vocabulary]
+        if missing:
+            raise DataError(f"supervision.detector.classes {missing} have no prompts in supervision.vocabulary")
+        stuff = tuple(c for c in LABEL_CLASSES if c not in detected)
+        self.stuff = SamClipLabels(cfg, device, classes=stuff)
+        obj_vocab = {k: v for k, v in cfg.vocabulary.items() if k in detected and k != IGNORE_KEY}
+        self.detector = OwlDetector(cfg.detector, Vocabulary.from_mapping(obj_vocab), device, cfg.bf16)
+        self.cfg, self.device = cfg, device
+
+    def provenance(self) -> dict:
+        return {**self.stuff.provenance(), "detector_model": self.cfg.detector.model,
+                "detector_classes": list(self.cfg.detector.classes)}
+
+    @torch.no_grad()
+    def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
+        from .naming import paint
+
+        _check_images(frame)
+        images = np.stack([c.image for c in frame.cameras])
+        emb = self.stuff.sam.embed(images)
+        small = self.stuff.small_images(frame, rc)
+        detections = self.detector.detect(images)
+        out = []
+        for i, det in enumerate(detections):
+            base = self.stuff.label_image(emb[i:i + 1], images[i], small[i], rc)
+            masks = self.stuff.sam.from_boxes(emb[i:i + 1], images.shape[1:3], rc, det.boxes)
+            score = det.scores * masks.iou.clamp(0, 1).sqrt()
+            out.append(paint(masks.masks, det.labels, score, self.cfg.min_confidence, base=base)
+                       if len(masks.masks) else base)
+        return _stack(out, rc)
+
+
+def _stack(out: list[tuple[torch.Tensor, torch.Tensor]], rc: ResizeCrop) -> LabelMaps:
+    sem = torch.stack([o[0] for o in out]).cpu().numpy()
+    conf = torch.stack([o[1] for o in out]).float().cpu().numpy()
+    pad = resize_labels(np.zeros(rc.in_hw, np.uint8), np.ones(rc.in_hw, np.float32), rc)[0] == IGNORE_ID
+    sem[:, pad] = IGNORE_ID  # the crop's padding has no image behind it
+    conf[:, pad] = 0
+    return sem, conf
+
+
+def build_provider(cfg: SupervisionConfig, dataroot: str | Path, nusc=None) -> LabelProvider:
+    """The provider the recipe names; model paths are checked here, before any frame is processed."""
+    if cfg.provider == "precomputed":
+        return PrecomputedLabels(cfg.precomputed.root or dataroot, cfg.precomputed.folder, cfg.precomputed.variant)
+    if cfg.provider == "lidarseg":
+        return LidarsegLabels(nusc, cfg.lidar_min_depth)
+    device = resolve_device(cfg.device)
+    if cfg.provider == "sam_clip":
+        return SamClipLabels(cfg, device)
+    return GroundedSamLabels(cfg, device)

@@ -1,0 +1,353 @@
+"""2D supervision: naming / painting logic, every provider end to end, the Zarr cache, eval-2d, errors."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from autolabel.cli import main
+from autolabel.data.nuscenes import NuScenesFrames
+from autolabel.data.transforms import ResizeCrop
+from autolabel.errors import DataError
+from autolabel.supervision.config import ClipConfig, DetectorConfig, SamConfig, SupervisionConfig
+from autolabel.supervision.naming import Vocabulary, class_probabilities, name_masks, paint
+from autolabel.supervision.providers import LidarsegLabels, PrecomputedLabels, build_provider
+from occnet.classes import class_id
+from tiny_models import TINY_GRID
+
+LABEL_HW = (64, 176)
+
+
+# ---- naming and painting on hand-made inputs -------------------------------------------------------
+def test_class_probability_is_a_softmax_over_log_sum_exp_of_each_class_prompts():
+    vocab = Vocabulary.from_mapping({"car": ["car", "sedan"], "driveable_surface": ["road"], "ignore": ["sky"]})
+    assert vocab.slot_ids == (class_id("car"), class_id("driveable_surface"), 255)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    p = class_probabilities(logits, vocab)
+    car = math.log(math.exp(2) + math.exp(1))
+    expected = torch.tensor([car, 0.0, -1.0]).softmax(0)
+    torch.testing.assert_close(p[0], expected)
+    # a synonym that matches badly does not lower its class's probability (log-sum-exp >= max)
+    vocab2 = Vocabulary.from_mapping({"car": ["car", "sedan", "bad"], "driveable_surface": ["road"], "ignore": ["sky"]})
+    p2 = class_probabilities(torch.tensor([[2.0, 1.0, -9.0, 0.0, -1.0]]), vocab2)
+    assert p2[0, 0] >= p[0, 0]
+
+
+def test_names_and_confidence_from_the_margin_and_mask_quality():
+    vocab = Vocabulary.from_mapping({"car": ["car"], "truck": ["truck"], "ignore": ["sky"]})
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.4, 0.5, 0.1]])
+    labels, conf = name_masks(probs, torch.tensor([1.0, 0.5, 0.9]), vocab)
+    assert labels.tolist() == [class_id("car"), 255, class_id("truck")]
+    torch.testing.assert_close(conf, torch.tensor([0.5, 0.35, 0.09]))
+
+
+def test_paint_higher_score_wins_overlaps_and_low_scores_are_dropped():
+    m = torch.zeros(3, 4, 4, dtype=torch.bool)
+    m[0, :2] = True  # rows 0-1
+    m[1, 1:3] = True  # rows 1-2, overlaps row 1, higher score
+    m[2, 3] = True  # row 3, below the threshold
+    sem, conf = paint(m, torch.tensor([4, 11, 13]), torch.tensor([0.5, 0.8, 0.1]), min_score=0.2)
+    assert sem[0].tolist() == [4] * 4 and sem[1].tolist() == [11] * 4 and sem[2].tolist() == [11] * 4
+    assert sem[3].tolist() == [255] * 4 and conf[3].tolist() == [0.0] * 4
+    torch.testing.assert_close(conf[:, 0], torch.tensor([0.5, 0.8, 0.8, 0.0]))
+    # an ignore mask (sky) on top erases the label under it and has confidence 0
+    sky = torch.zeros(1, 4, 4, dtype=torch.bool)
+    sky[0, 0] = True
+    sem2, conf2 = paint(sky, torch.tensor([255]), torch.tensor([0.9]), 0.2, base=(sem, conf))
+    assert sem2[0].tolist() == [255] * 4 and conf2[0].tolist() == [0.0] * 4 and sem2[1].tolist() == [11] * 4
+
+
+def test_vocabulary_naming_an_unknown_class_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown class 'lamp'"):
+        SupervisionConfig(vocabulary={"lamp": ["street lamp"]})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"dataroot": "."}, "supervision": {"vocabulary": {"lamp": ["x"]}}}))
+    from autolabel.recipe import load_recipe
+
+    with pytest.raises(DataError, match="supervision: vocabulary names an unknown class 'lamp'"):
+        load_recipe(recipe)
+    recipe.write_text(yaml.safe_dump({"data": {"dataroot": "."}, "supervision": {"sam": {"model_typ": "vit_b"}}}))
+    with pytest.raises(DataError, match="unknown key supervision.sam.model_typ; allowed keys under supervision.sam: checkpoint"):
+        load_recipe(recipe)
+
+
+# ---- SAM at the label resolution ----------------------------------------------------------------------
+def test_sam_masks_at_label_resolution_match_sams_own_postprocessing(tiny_models, sample_frame):
+    from segment_anything.utils.transforms import ResizeLongestSide
+    from tiny_models import TINY_SAM
+
+    from autolabel.supervision.sam import SamMasks, build_sam
+
+    sam = build_sam(TINY_SAM, tiny_models["sam"])
+    runner = SamMasks(sam, SamConfig(arch=TINY_SAM), torch.device("cpu"), bf16=False)
+    image = sample_frame.cameras[1].image
+    hw = image.shape[:2]
+    rc = ResizeCrop.fit(hw, LABEL_HW)
+    emb = runner.embed(image[None])
+    points = torch.tensor([[300.0, 200.0], [700.0, 400.0]])
+    low, _ = runner._decode(emb, points, None, multimask=True)
+    ours = torch.nn.functional.grid_sample(low[:, None], runner._label_grid(hw, rc).expand(len(low), -1, -1, -1),
+                                           align_corners=False, padding_mode="border")[:, 0]
+    # SAM's path: upsample to the padded input, crop, resize to the camera image; then our ResizeCrop
+    input_hw = ResizeLongestSide(TINY_SAM.image_size).get_preprocess_shape(*hw, TINY_SAM.image_size)
+    assert tuple(input_hw) == runner.input_hw(hw)
+    full = sam.postprocess_masks(low[:, None], input_hw, hw)[:, 0]
+    theirs = np.stack([rc.apply_image(m.numpy().astype(np.float32)) for m in full])
+    agree = ((ours.numpy() > 0) == (theirs > 0)).mean()
+    assert agree > 0.98, agree  # bilinear-of-bilinear vs one bilinear lookup differ only along mask edges
+
+
+# ---- providers end to end on the real nuScenes sample -----------------------------------------------
+def _model_cfg(tiny_models, provider: str) -> SupervisionConfig:
+    from tiny_models import TINY_SAM
+
+    return SupervisionConfig(
+        provider=provider, device="cpu", min_confidence=0.0,
+        sam=SamConfig(checkpoint=tiny_models["sam"], arch=TINY_SAM, points_per_side=8, pred_iou_thresh=0.0,
+                      stability_score_thresh=0.0, min_mask_area=4),
+        clip=ClipConfig(model=tiny_models["clip"]), detector=DetectorConfig(model=tiny_models["owl"], box_threshold=0.0))
+
+
+def _check_maps(sem: np.ndarray, conf: np.ndarray) -> None:
+    assert sem.shape == (6, *LABEL_HW) and sem.dtype == np.uint8
+    assert conf.shape == sem.shape and conf.dtype == np.float32
+    assert set(np.unique(sem).tolist()) <= set(range(17)) | {255}
+    assert np.all((conf >= 0) & (conf <= 1)) and np.all(conf[sem == 255] == 0)
+
+
+@pytest.mark.parametrize("provider", ["sam_clip", "grounded_sam"])
+def test_model_providers_run_end_to_end_on_the_real_sample(tiny_models, sample_frame, provider):
+    p = build_provider(_model_cfg(tiny_models, provider), ".")
+    sem, conf = p.label(sample_frame, ResizeCrop.fit(sample_frame.cameras[0].image_size, LABEL_HW))
+    _check_maps(sem, conf)
+    # random weights still give masks (thresholds at 0); some are named "sky" (255), the rest get classes
+    assert (sem != 255).mean() > 0.1
+
+
+def test_grounded_sam_paints_detected_objects_over_stuff(tiny_models, sample_frame):
+    p = build_provider(_model_cfg(tiny_models, "grounded_sam"), ".")
+    dets = p.detector.detect(np.stack([c.image for c in sample_frame.cameras]))
+    assert all(len(d.boxes) > 0 for d in dets)  # box_threshold 0 keeps boxes (up to max_boxes after NMS)
+    detected = {class_id(c) for c in p.cfg.detector.classes}
+    assert all(set(d.labels.tolist()) <= detected for d in dets)
+    sem, _ = p.label(sample_frame, ResizeCrop.fit(sample_frame.cameras[0].image_size, LABEL_HW))
+    assert set(np.unique(sem).tolist()) & detected  # detections with SAM masks reach the label map
+
+
+def test_missing_or_wrong_checkpoints_give_clear_errors(tiny_models, tmp_path):
+    cfg = _model_cfg(tiny_models, "sam_clip")
+    cfg.sam.checkpoint = str(tmp_path / "nope.pth")
+    with pytest.raises(DataError, match="nope.pth not found; download the SAM checkpoint"):
+        build_provider(cfg, ".")
+    cfg = _model_cfg(tiny_models, "sam_clip")
+    cfg.sam.arch = None  # the vit_h preset does not fit the tiny checkpoint
+    with pytest.raises(DataError, match="does not hold a SAM of this architecture"):
+        build_provider(cfg, ".")
+    cfg = _model_cfg(tiny_models, "sam_clip")
+    cfg.clip.model = str(tmp_path)
+    with pytest.raises(DataError, match="is not a transformers model folder"):
+        build_provider(cfg, ".")
+    cfg = _model_cfg(tiny_models, "grounded_sam")
+    cfg.detector.model = tiny_models["clip"]
+    with pytest.raises(DataError, match="holds a 'clip' model"):
+        build_provider(cfg, ".")
+    cfg = _model_cfg(tiny_models, "sam_clip")
+    cfg.sam.checkpoint = None
+    with pytest.raises(DataError, match="sam.checkpoint is not set"):
+        build_provider(cfg, ".")
+
+
+def test_an_image_of_the_wrong_size_is_an_error(tiny_models, sample_frame):
+    from dataclasses import replace
+
+    p = build_provider(_model_cfg(tiny_models, "sam_clip"), ".")
+    cams = list(sample_frame.cameras)
+    cams[2] = replace(cams[2], image=cams[2].image[:400])
+    bad = replace(sample_frame, cameras=tuple(cams))
+    with pytest.raises(DataError, match=f"sample {sample_frame.token} CAM_FRONT_RIGHT: image is 1600x400"):
+        p.label(bad, ResizeCrop.fit((900, 1600), LABEL_HW))
+
+
+def _add_lidarseg(root: Path, frames: NuScenesFrames) -> np.ndarray:
+    """Give the sample's lidar points lidarseg labels (ego frame, origin on the ground: below 0.3 m = driveable, above = car in front, manmade behind)."""
+    version = root / "v1.0-mini"
+    cats = json.loads((version / "category.json").read_text())
+    names = ["noise", "flat.driveable_surface", "vehicle.car", "static.manmade"]
+    for k, name in enumerate(names):
+        if not any(c["name"] == name for c in cats):
+            cats.append({"token": f"cat{k:028d}", "name": name, "description": ""})
+    for k, c in enumerate(cats):
+        c["index"] = k
+    (version / "category.json").write_text(json.dumps(cats))
+    index = {c["name"]: c["index"] for c in cats}
+    frame = frames[0]
+    z = frame.lidar.points[:, 2]
+    x = frame.lidar.points[:, 0]
+    raw = np.where(z < 0.3, index["flat.driveable_surface"], np.where(x > 0, index["vehicle.car"], index["static.manmade"]))
+    raw[:10] = index["noise"]
+    sd = frame.lidar.token
+    (root / "lidarseg" / "v1.0-mini").mkdir(parents=True)
+    raw.astype(np.uint8).tofile(root / "lidarseg" / "v1.0-mini" / f"{sd}_lidarseg.bin")
+    (version / "lidarseg.json").write_text(json.dumps([{"token": sd, "sample_data_token": sd,
+                                                         "filename": f"lidarseg/v1.0-mini/{sd}_lidarseg.bin"}]))
+    return raw
+
+
+def test_lidarseg_labels_land_on_the_projected_points(sample_copy):
+    frames = NuScenesFrames(sample_copy, load_images=False)
+    with pytest.raises(DataError, match="no nuScenes-lidarseg labels"):
+        LidarsegLabels(frames.nusc)
+    _add_lidarseg(sample_copy, frames)
+    frames = NuScenesFrames(sample_copy, load_images=False)
+    provider = LidarsegLabels(frames.nusc)
+    frame = frames[0]
+    labels = provider.point_labels(frame)
+    assert labels[:10].tolist() == [255] * 10
+    assert set(np.unique(labels).tolist()) == {255, class_id("driveable_surface"), class_id("car"), class_id("manmade")}
+    rc = ResizeCrop.fit(frame.cameras[0].image_size, LABEL_HW)
+    sem, conf = provider.label(frame, rc)
+    _check_maps(sem, conf)
+    # pixels with a label are exactly the pixels with a lidar depth (nearest point per pixel), less noise points
+    from autolabel.supervision.lidar_depth import lidar_depth_maps
+
+    depth = lidar_depth_maps(rc.apply_frame(frame))
+    assert np.all(depth[sem != 255] > 0)
+    assert (sem != 255).sum() >= 0.95 * (depth > 0).sum()
+    # the front camera sees x > 0 points above the ground: cars, never manmade
+    front = sem[1]
+    assert (front == class_id("car")).sum() > 0 and (front == class_id("manmade")).sum() == 0
+
+
+def test_precomputed_maps_png_and_npz_and_their_errors(tiny_world, tmp_path):
+    frames = NuScenesFrames(tiny_world, "v1.0-synth", load_images=False, grid=TINY_GRID)
+    frame = frames[0]
+    rc = ResizeCrop.fit(frame.cameras[0].image_size, (56, 100))
+    exact = PrecomputedLabels(tiny_world, variant="exact").label(frame, rc)
+    noisy = PrecomputedLabels(tiny_world, variant="noisy").label(frame, rc)
+    assert exact[0].shape == (6, 56, 100) and not np.array_equal(exact[0], noisy[0])
+    assert np.all(exact[1][exact[0] != 255] == 1)
+    # the same maps as PNG files in another folder give the same labels
+    from PIL import Image
+
+    for cam in frame.cameras:
+        with np.load(tiny_world / "labels2d" / frame.scene / frame.token / f"{cam.name}.npz") as z:
+            d = tmp_path / "maps" / frame.scene / frame.token
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(z["semantics"]).save(d / f"{cam.name}.png")
+    png = PrecomputedLabels(tmp_path, folder="maps").label(frame, rc)
+    np.testing.assert_array_equal(png[0], exact[0])
+    # wrong size and bad ids
+    path = tmp_path / "maps" / frame.scene / frame.token / "CAM_FRONT.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(path)
+    with pytest.raises(DataError, match="CAM_FRONT.png: label map is 10x10, the camera image is 200x112"):
+        PrecomputedLabels(tmp_path, folder="maps").label(frame, rc)
+    Image.fromarray(np.full((112, 200), 40, np.uint8)).save(path)
+    with pytest.raises(DataError, match=r"class ids must be 0..16 or 255, found \[40\]"):
+        PrecomputedLabels(tmp_path, folder="maps").label(frame, rc)
+    path.unlink()
+    with pytest.raises(DataError, match=f"sample {frame.token} CAM_FRONT: no label map"):
+        PrecomputedLabels(tmp_path, folder="maps").label(frame, rc)
+
+
+# ---- the cache, the supervise command and eval-2d ---------------------------------------------------
+def _recipe(tmp_path: Path, world: Path, **supervision) -> Path:
+    r = {"name": "t", "out": str(tmp_path / "run"), "data": {"dataroot": str(world), "version": "v1.0-synth"},
+         "network": {"grid": {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4},
+                     "image_size": [64, 112]},
+         "supervision": {"provider": "precomputed", **supervision}}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_supervise_caches_every_frame_once_and_resumes_after_an_interruption(tiny_world, tmp_path, monkeypatch):
+    from autolabel.supervision import cache as cache_mod
+    from autolabel.supervision.cache import SupervisionCache
+
+    recipe = _recipe(tmp_path, tiny_world)
+    calls = []
+    real = cache_mod.lidar_depth_maps
+
+    def interrupted(frame, *a):
+        calls.append(frame.token)
+        if len(calls) == 2:
+            raise _Interrupt  # dies while computing the second frame
+        return real(frame, *a)
+
+    monkeypatch.setattr(cache_mod, "lidar_depth_maps", interrupted)
+    with pytest.raises(_Interrupt):
+        main(["supervise", str(recipe)])
+    cache = SupervisionCache.open(tmp_path / "run" / "supervision.zarr")
+    assert cache.arrays.done().tolist() == [True, False]
+    monkeypatch.setattr(cache_mod, "lidar_depth_maps", real)
+    assert main(["supervise", str(recipe)]) == 0
+    cache = SupervisionCache.open(tmp_path / "run" / "supervision.zarr")
+    assert cache.arrays.done().all()
+    # equal to an uninterrupted run
+    assert main(["supervise", str(_recipe(tmp_path / "b", tiny_world)), "--out", str(tmp_path / "b" / "run")]) == 0
+    other = SupervisionCache.open(tmp_path / "b" / "run" / "supervision.zarr")
+    for token in cache.arrays.tokens:
+        for a, b in zip(cache.read(token), other.read(token)):
+            np.testing.assert_array_equal(a, b)
+    # what training reads: the same depth and labels FrameDataset computes without the cache
+    from autolabel.training.data import FrameDataset
+
+    frames = NuScenesFrames(tiny_world, "v1.0-synth", grid=TINY_GRID)
+    direct = FrameDataset(frames, (64, 112), labels="noisy")[1]
+    cached = FrameDataset(frames, (64, 112), labels="cache", cache=cache)[1]
+    for key in ("depth", "semantics", "intrinsics", "cam2ego"):
+        torch.testing.assert_close(cached[key], direct[key])
+    torch.testing.assert_close(cached["confidence"], direct["confidence"], atol=1 / 255, rtol=0)  # stored as uint8
+    # a cache made at another image size or by another provider is refused, not mixed
+    with pytest.raises(DataError, match="computed at"):
+        FrameDataset(frames, (32, 56), labels="cache", cache=cache)
+    assert main(["supervise", str(_recipe(tmp_path, tiny_world, precomputed={"variant": "exact"}))]) == 2
+
+
+def test_eval_2d_scores_exact_labels_perfectly_and_noisy_ones_lower(tiny_world, tmp_path, capsys):
+    exact = _recipe(tmp_path / "e", tiny_world, precomputed={"variant": "exact"})
+    assert main(["supervise", str(exact)]) == 0
+    assert main(["eval-2d", str(exact)]) == 0
+    scores = json.loads((tmp_path / "e" / "run" / "eval2d" / "scores.json").read_text())
+    assert scores["miou"] == pytest.approx(1.0) and scores["coverage_gt"] == pytest.approx(1.0)
+    assert (tmp_path / "e" / "run" / "eval2d" / "confusion.png").stat().st_size > 1000
+    noisy = _recipe(tmp_path / "n", tiny_world)
+    assert main(["supervise", str(noisy)]) == 0
+    assert main(["eval-2d", str(noisy)]) == 0
+    s2 = json.loads((tmp_path / "n" / "run" / "eval2d" / "scores.json").read_text())
+    assert 0.2 < s2["miou"] < 0.99 and s2["coverage_gt"] < 1.0
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_store_disk_full_keeps_finished_frames(tmp_path, monkeypatch):
+    import errno
+
+    from autolabel.store.frame_arrays import ArraySpec, FrameArrays, open_root
+
+    root = open_root(tmp_path / "s.zarr", "a")
+    arr = FrameArrays.create_or_open(root, "g", [ArraySpec("x", (4,), "uint8")], ["a", "b"], {"k": 1}, ["k"], "store s")
+    arr.write(0, x=np.arange(4))
+    import zarr.storage._local as local
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local, "_put", full)
+    with pytest.raises(DataError, match="disk full while writing frame b; 1 frames are safely stored"):
+        arr.write(1, x=np.ones(4))
+    monkeypatch.undo()
+    again = FrameArrays.open(open_root(tmp_path / "s.zarr", "r"), "g", [], "store s")
+    assert again.done().tolist() == [True, False] and again.read(0, "x").tolist() == [0, 1, 2, 3]
+    with pytest.raises(DataError, match="was written with k = 1, this run has 2"):
+        FrameArrays.create_or_open(open_root(tmp_path / "s.zarr", "a"), "g", [ArraySpec("x", (4,), "uint8")], ["a", "b"],
+                                   {"k": 2}, ["k"], "store s")

@@ -66,7 +66,8 @@ class Trainer:
 
     def __init__(self, model: OccupancyNetwork, render_cfg: RenderConfig, loss_cfg: LossConfig, train_cfg: TrainConfig,
                  out_dir: str | os.PathLike, device: str | torch.device = "cpu", hooks: Iterable[StepHook] = (),
-                 class_weights: torch.Tensor | None = None):
+                 class_weights: torch.Tensor | None = None,
+                 annotate: Callable[[dict, int], dict] | None = None):
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # one process: plain BatchNorm
         self.model = model.to(device)
@@ -74,6 +75,7 @@ class Trainer:
         self.render_cfg, self.loss_cfg, self.cfg = render_cfg, loss_cfg, train_cfg
         self.out_dir = Path(out_dir)
         self.hooks = list(hooks)
+        self.annotate = annotate  # adds targets to a batch on the device (e.g. a teacher's pseudo-labels)
         self.class_weights = None if class_weights is None else class_weights.to(self.device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -117,6 +119,8 @@ class Trainer:
         cfg, lc = self.render_cfg, self.loss_cfg
         dev = self.device
         b = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        if self.annotate is not None and lc.pseudo_3d > 0:
+            b.update(self.annotate(b, step))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.bf16):
             out = self.model(b["images"], b["intrinsics"], b["cam2ego"])
         terms: dict[str, torch.Tensor] = {}

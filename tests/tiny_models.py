@@ -53,22 +53,27 @@ def _save_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+def save_clip(folder: Path, text: dict, vision: dict, projection_dim: int, seed: int = 0) -> Path:
+    """A randomly initialised CLIP of the given text / vision tower sizes, with a byte-level tokenizer."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     folder.mkdir(parents=True, exist_ok=True)
     n_vocab = _save_tokenizer(folder)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=n_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=n_vocab - 1,
-                         bos_token_id=n_vocab - 2, pad_token_id=n_vocab - 1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
+    cfg = CLIPConfig(text_config=dict(vocab_size=n_vocab, max_position_embeddings=77, eos_token_id=n_vocab - 1,
+                                      bos_token_id=n_vocab - 2, pad_token_id=n_vocab - 1, **text),
+                     vision_config=vision, projection_dim=projection_dim)
     torch.manual_seed(seed)
     CLIPModel(cfg).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    side = vision["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(folder)
     return folder
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    return save_clip(folder, text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+                     vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 image_size=32, patch_size=8),
+                     projection_dim=16, seed=seed)
 
 
 def save_tiny_owlv2(folder: Path, seed: int = 0) -> Path:

@@ -208,18 +208,21 @@ class SamClipLabels:
     name = "sam_clip"
     needs_images = True
 
-    def __init__(self, cfg: SupervisionConfig, device: torch.device, classes: tuple[str, ...] | None = None):
+    def __init__(self, cfg: SupervisionConfig, device: torch.device, classes: tuple[str, ...] | None = None,
+                 sam_model: torch.nn.Module | None = None):
+        """`sam_model`: an already built SAM (benchmarks pass randomly initialised ones); else the checkpoint."""
         from .clip import ClipScorer
         from .naming import Vocabulary
         from .sam import SamMasks, build_sam
 
-        if cfg.sam.checkpoint is None:
+        if sam_model is None and cfg.sam.checkpoint is None:
             raise DataError("supervision.sam.checkpoint is not set: download a SAM checkpoint (e.g. sam_vit_h_4b8939.pth) "
                             "and give its local path")
         self.cfg = cfg
         self.vocab = Vocabulary.from_mapping(cfg.vocabulary, classes)
         self.scorer = ClipScorer(cfg.clip, self.vocab, device, cfg.bf16)
-        self.sam = SamMasks(build_sam(cfg.sam.architecture, cfg.sam.checkpoint), cfg.sam, device, cfg.bf16)
+        sam_model = sam_model if sam_model is not None else build_sam(cfg.sam.architecture, cfg.sam.checkpoint)
+        self.sam = SamMasks(sam_model, cfg.sam, device, cfg.bf16)
         self.device = device
 
     def provenance(self) -> dict:

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from kernels.grid import GridSpec
+from occnet.visibility import ray_voxels
 from occnet.classes import FREE_ID, NUM_CLASSES
 
 from .primitives import Primitives, contains
@@ -75,42 +77,7 @@ def voxelize(world: World, prims: Primitives, ego2world: np.ndarray, grid: GridS
 
 def visible_voxels(occupied: np.ndarray, origins: np.ndarray, dirs: np.ndarray, grid: GridSpec) -> np.ndarray:
     """(X, Y, Z) bool: voxels that rays (ego frame, unit dirs) cross up to and including the first
-    occupied one. Rays are walked voxel by voxel (exact traversal), all at once."""
-    shape = np.array(grid.shape)
-    lo = np.array(grid.range_min)
-    hi = np.array(grid.range_max)
-    vs = np.array(grid.voxel_size)
-    visited = np.zeros(occupied.shape, bool)
-    o = np.broadcast_to(origins, dirs.shape).astype(np.float64)
-    d = dirs.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.where(d != 0, 1.0 / d, np.inf)
-        t0 = np.where(d != 0, (lo - o) * inv, np.where((o >= lo) & (o <= hi), -np.inf, np.inf))
-        t1 = np.where(d != 0, (hi - o) * inv, np.where((o >= lo) & (o <= hi), np.inf, -np.inf))
-    t_in = np.maximum(np.minimum(t0, t1).max(1), 0.0)
-    t_out = np.maximum(t0, t1).min(1)
-    alive = t_in < t_out
-    o, d, t_in = o[alive], d[alive], t_in[alive]
-    p = o + (t_in + 1e-9)[:, None] * d
-    idx = np.clip(np.floor((p - lo) / vs).astype(np.int64), 0, shape - 1)
-    step = np.sign(d).astype(np.int64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        next_plane = lo + (idx + (step > 0)) * vs
-        t_next = np.where(step != 0, (next_plane - o) / d, np.inf)
-        t_delta = np.where(step != 0, vs / np.abs(d), np.inf)
-    strides = np.array([shape[1] * shape[2], shape[2], 1])
-    lin = idx @ strides
-    dlin = step * strides  # (N, 3) change of the linear index per step along each axis
-    left = np.where(step > 0, shape - 1 - idx, np.where(step < 0, idx, np.iinfo(np.int64).max))  # steps to the exit
-    occ = occupied.ravel()
-    seen = visited.ravel()
-    while len(lin):
-        seen[lin] = True
-        axis = t_next.argmin(1)
-        rows = np.arange(len(lin))
-        left[rows, axis] -= 1
-        go = ~occ[lin] & (left[rows, axis] >= 0)
-        lin = lin + dlin[rows, axis]
-        t_next[rows, axis] += t_delta[rows, axis]
-        lin, t_next, t_delta, dlin, left = lin[go], t_next[go], t_delta[go], dlin[go], left[go]
-    return visited
+    occupied one (exact traversal, `occnet.visibility.ray_voxels`)."""
+    o = torch.from_numpy(np.ascontiguousarray(origins, dtype=np.float64))
+    d = torch.from_numpy(np.ascontiguousarray(dirs, dtype=np.float64))
+    return ray_voxels(o, d, grid, torch.from_numpy(np.ascontiguousarray(occupied))).numpy()

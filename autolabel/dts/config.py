@@ -1,0 +1,29 @@
+"""The recipe's ``dts`` section."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DTSConfig:
+    enabled: bool = True
+    momentum: float = 0.999  # EMA momentum m, ramped up as min(m, 1 - (1 + warmup) / (step + 1 + warmup))
+    warmup: int = 10
+    start_step: int = 200  # the student learns from pseudo-labels (loss.pseudo_3d) from this step on
+    depth_aware: bool = True  # the teacher's view transform uses the LiDAR depth prior
+    lidar_filter: bool = True  # voxels LiDAR rays cross are free, return voxels occupied
+    drop_quantile: float = 0.3  # per class, the least confident share of voxels left 255
+    occupied_threshold: float = 0.5  # occupancy probability above which a voxel is occupied
+    batch_size: int = 2  # frames per teacher forward pass in `autolabel label`
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.momentum < 1:
+            raise ValueError("dts.momentum must lie in [0, 1)")
+        if self.warmup < 0 or self.start_step < 0:
+            raise ValueError("dts.warmup and dts.start_step must be >= 0")
+        if not 0 <= self.drop_quantile < 1:
+            raise ValueError("dts.drop_quantile must lie in [0, 1)")
+        if not 0 < self.occupied_threshold < 1:
+            raise ValueError("dts.occupied_threshold must lie in (0, 1)")
+        if self.batch_size < 1:
+            raise ValueError("dts.batch_size must be >= 1")

@@ -1,0 +1,98 @@
+"""The EMA teacher: a Trainer step hook that follows the student, and annotates batches with
+pseudo-labels for the student's confidence-weighted 3D cross-entropy."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from occnet.classes import IGNORE_ID
+from occnet.inference import voxel_labels, voxel_probabilities
+from occnet.network import OccupancyNetwork
+
+from .config import DTSConfig
+from .pseudo import apply_lidar, class_thresholds, confidence_histogram, lidar_free_and_hits, threshold, to_levels
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model  # DistributedDataParallel
+
+
+class EMATeacher:
+    """teacher = m * teacher + (1 - m) * student after every optimiser step, with
+    m = min(momentum, 1 - (1 + warmup) / (step + 1 + warmup)) so that the teacher tracks the young
+    student closely and averages over longer and longer windows later. Buffers (BatchNorm statistics)
+    are copied, not averaged."""
+
+    def __init__(self, student: torch.nn.Module, cfg: DTSConfig):
+        self.cfg = cfg
+        self.model: OccupancyNetwork = copy.deepcopy(_unwrap(student)).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def momentum(self, step: int) -> float:
+        return min(self.cfg.momentum, 1 - (1 + self.cfg.warmup) / (step + 1 + self.cfg.warmup))
+
+    @torch.no_grad()
+    def __call__(self, student: torch.nn.Module, step: int) -> None:
+        m = self.momentum(step)
+        s = _unwrap(student)
+        for tp, sp in zip(self.model.parameters(), s.parameters()):
+            tp.mul_(m).add_(sp.detach(), alpha=1 - m)
+        for tb, sb in zip(self.model.buffers(), s.buffers()):
+            tb.copy_(sb)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+
+    # ---- predictions ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def probabilities(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher forward (depth-aware: with the LiDAR depth prior) -> occ, cls, pcls (B, X, Y, Z)."""
+        return teacher_probabilities(self.model, batch, self.cfg.depth_aware)
+
+    @torch.no_grad()
+    def annotate(self, batch: dict, step: int) -> dict:
+        """Pseudo-label targets for a batch already on the device: pseudo_semantics (B, X, Y, Z) int64 ids
+        (255 = dropped), pseudo_confidence (B, X, Y, Z) float, has_pseudo (B,) = frames without 3D labels.
+        Nothing before cfg.start_step: a teacher that has seen too few steps teaches noise."""
+        if step < self.cfg.start_step:
+            return {}
+        occ, cls, pcls = self.probabilities(batch)
+        sems, levels = [], []
+        for i in range(occ.shape[0]):
+            s, lv = pseudo_labels(occ[i], cls[i], pcls[i], batch, i, self.model.cfg.grid, self.cfg)
+            sems.append(s)
+            levels.append(lv)
+        sem, lev = torch.stack(sems), torch.stack(levels)
+        thr = class_thresholds(confidence_histogram(sem, lev), self.cfg.drop_quantile)
+        sem = threshold(sem, lev, thr).long()
+        conf = lev.float() / 255
+        conf = torch.where(sem == IGNORE_ID, torch.zeros_like(conf), conf)
+        has_gt = batch.get("has_gt", torch.zeros(occ.shape[0], dtype=torch.bool, device=occ.device))
+        return {"pseudo_semantics": sem, "pseudo_confidence": conf, "has_pseudo": ~has_gt.bool()}
+
+
+def teacher_probabilities(model: OccupancyNetwork, batch: dict, depth_aware: bool):
+    was = model.training
+    model.eval()
+    try:
+        cuda = batch["images"].is_cuda
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out = model(batch["images"], batch["intrinsics"], batch["cam2ego"], batch["depth"] if depth_aware else None)
+        return voxel_probabilities(out, float(min(model.cfg.grid.voxel_size)))
+    finally:
+        model.train(was)
+
+
+def pseudo_labels(occ: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor, batch: dict, i: int, grid,
+                  cfg: DTSConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame's labels before thresholding: semantics (X, Y, Z) uint8 (free = 17) and uint8 confidence levels."""
+    sem, conf = voxel_labels(occ, cls, pcls, cfg.occupied_threshold)
+    if cfg.lidar_filter:
+        free, hit = lidar_free_and_hits(batch["depth"][i], batch["intrinsics"][i], batch["cam2ego"][i], grid)
+        sem, conf = apply_lidar(sem, conf, cls, pcls, free, hit)
+    return sem, to_levels(conf)

@@ -63,7 +63,50 @@ def _add_eval2d(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: eval2d.run(a.recipe, a.overrides, a.out, a.truth))
 
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_synth, _add_supervise, _add_eval2d)
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .commands import train
+
+    p = sub.add_parser("train", help="train a round's network by rendering (+ DTS teacher, + manual 3D labels)")
+    _recipe_args(p)
+    p.add_argument("--round", dest="k", type=int, default=0)
+    p.set_defaults(func=lambda a: train.run(a.recipe, a.overrides, a.out, a.k))
+
+
+def _add_label(sub: argparse._SubParsersAction) -> None:
+    from .commands import label
+
+    p = sub.add_parser("label", help="teacher inference over the unlabeled pool into the pseudo-label store")
+    _recipe_args(p)
+    p.add_argument("--round", dest="k", type=int, default=0)
+    p.set_defaults(func=lambda a: label.run(a.recipe, a.overrides, a.out, a.k))
+
+
+def _add_store_commands(sub: argparse._SubParsersAction) -> None:
+    from .commands import store
+
+    p = sub.add_parser("export", help="write a round of the store as Occ3D labels.npz files (OUT/gts/...)")
+    p.add_argument("store", help="pseudo-label store (labels.zarr)")
+    p.add_argument("out", help="output folder; files go to OUT/gts/<scene>/<token>/labels.npz")
+    p.add_argument("--round", dest="k", type=int, required=True)
+    p.add_argument("--format", default="occ3d", choices=("occ3d",))
+    p.add_argument("--drop-quantile", type=float, default=0.3,
+                   help="per class, leave this share of least confident voxels 255 (default 0.3; --keep-all keeps every voxel)")
+    p.add_argument("--keep-all", action="store_true", help="export every voxel's label, no thresholds")
+    p.set_defaults(func=lambda a: store.export(a.store, a.k, a.format, a.out, None if a.keep_all else a.drop_quantile))
+    p = sub.add_parser("inspect", help="rounds, frames, class histogram, confidence and provenance of a store")
+    p.add_argument("store")
+    p.set_defaults(func=lambda a: store.inspect(a.store))
+    p = sub.add_parser("eval", help="Occ3D mIoU / geometric IoU of a round against a gts/ tree")
+    p.add_argument("store")
+    p.add_argument("--round", dest="k", type=int, required=True)
+    p.add_argument("--gts", required=True, help="folder holding gts/<scene>/<token>/labels.npz (a dataset root)")
+    p.add_argument("--drop-quantile", type=float, default=0.3)
+    p.add_argument("--out", default=None, help="folder for the JSON and PNG (default: beside the store, round_K/eval)")
+    p.set_defaults(func=lambda a: store.evaluate(a.store, a.k, a.gts, a.drop_quantile, a.out))
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_synth, _add_supervise, _add_eval2d, _add_train, _add_label,
+                                                              _add_store_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,8 +23,9 @@ def ensure_dataset(recipe: Recipe, progress: bool = True) -> Path:
     return root
 
 
-def open_frames(recipe: Recipe, split: str = "all", load_images: bool = True) -> NuScenesFrames:
-    """Frames of the recipe's dataset: split = all | train | val."""
+def open_frames(recipe: Recipe, split: str = "all", load_images: bool = True, load_gt: bool = True) -> NuScenesFrames:
+    """Frames of the recipe's dataset: split = all | train | val. Training opens them with load_gt=False:
+    ground truth in gts/ never reaches training except through ingested manual labels."""
     if split not in ("all", "train", "val"):
         raise ValueError(f"split must be all, train or val, got {split!r}")
     root = ensure_dataset(recipe)
@@ -33,10 +34,10 @@ def open_frames(recipe: Recipe, split: str = "all", load_images: bool = True) ->
         scenes = recipe.data.val_scenes
     elif split == "train" and recipe.data.train_scenes is not None:
         scenes = recipe.data.train_scenes
-    frames = NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images,
+    frames = NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images, load_gt=load_gt,
                             grid=recipe.network.grid, scenes=scenes)
     if split == "train" and recipe.data.train_scenes is None and recipe.data.val_scenes:
         keep = [s for s in frames.scene_names if s not in set(recipe.data.val_scenes)]
-        frames = NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images,
+        frames = NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images, load_gt=load_gt,
                                 grid=recipe.network.grid, scenes=keep)
     return frames

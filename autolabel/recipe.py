@@ -16,6 +16,7 @@ import yaml
 
 from occnet.config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
 
+from .dts.config import DTSConfig
 from .config_io import apply_overrides, from_dict, load_yaml, to_dict
 from .errors import DataError
 from .supervision.config import SupervisionConfig
@@ -32,6 +33,7 @@ class DataConfig:
     dataroot: Optional[str] = None
     version: str = "v1.0-mini"
     sweeps: int = 0  # earlier lidar sweeps accumulated into the depth maps
+    aux_frames: int = 0  # neighbouring keyframes per side whose rays also supervise (render.aux_rays_per_frame)
     train_scenes: Optional[list[str]] = None  # None: every scene not in val_scenes
     val_scenes: list[str] = field(default_factory=list)  # held out from training, evaluated
     synth: Optional[SynthConfig] = None
@@ -39,8 +41,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataroot is None and self.synth is None:
             raise ValueError("set dataroot (a dataset in nuScenes layout) or synth (generate the synthetic world)")
-        if self.sweeps < 0:
-            raise ValueError("sweeps must be >= 0")
+        if self.sweeps < 0 or self.aux_frames < 0:
+            raise ValueError("sweeps and aux_frames must be >= 0")
         if self.train_scenes is not None and set(self.train_scenes) & set(self.val_scenes):
             raise ValueError(f"train_scenes and val_scenes overlap: {sorted(set(self.train_scenes) & set(self.val_scenes))}")
 
@@ -56,6 +58,7 @@ class Recipe:
     render: RenderConfig = field(default_factory=RenderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dts: DTSConfig = field(default_factory=DTSConfig)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -72,6 +75,13 @@ class Recipe:
     @property
     def version(self) -> str:
         return self.data.synth.version if self.data.dataroot is None and self.data.synth else self.data.version
+
+    @property
+    def store_path(self) -> Path:
+        return self.run_dir / "labels.zarr"
+
+    def round_dir(self, k: int) -> Path:
+        return self.run_dir / f"round_{k}"
 
     @property
     def cache_path(self) -> Path:

@@ -16,7 +16,7 @@ from ..supervision.providers import LidarsegLabels, PrecomputedLabels
 
 def run(recipe_path: str, overrides: list[str], out: str | None, truth: str, progress: bool = True) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
-    frames = open_frames(recipe, "all", load_images=False)
+    frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     cache = SupervisionCache.open(recipe.cache_path)
     if truth == "exact":
         gt = PrecomputedLabels(frames.dataroot, recipe.supervision.precomputed.folder, "exact")

@@ -10,7 +10,7 @@ from ..supervision.providers import build_provider
 def run(recipe_path: str, overrides: list[str], out: str | None, progress: bool = True) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
     sup = recipe.supervision
-    frames = open_frames(recipe, "all", load_images=False)
+    frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     provider = build_provider(sup, frames.dataroot, frames.nusc)  # checks model paths before any work
     save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)
     s = supervise(frames, provider, recipe.cache_path, recipe.network.image_size, sup.lidar_min_depth,

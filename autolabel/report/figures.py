@@ -41,3 +41,26 @@ def confusion_png(confusion: np.ndarray, rows_names: Sequence[str], col_names: S
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def coverage_curve_png(curve: Sequence[dict], path: str | Path, title: str) -> Path:
+    """Pseudo-label precision / coverage trade-off: mIoU and geometric IoU of kept voxels against the
+    kept share of mask_camera, one point per drop quantile."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    cov = [100 * c["coverage"] for c in curve]
+    ax.plot(cov, [c["miou"] for c in curve], "o-", label="mIoU of kept voxels")
+    ax.plot(cov, [c["geometric_iou"] for c in curve], "s--", label="geometric IoU of kept voxels")
+    for c, x in zip(curve, cov):
+        ax.annotate(f"q={c['drop_quantile']:g}", (x, c["miou"]), textcoords="offset points", xytext=(3, 4), fontsize=7)
+    ax.set_xlabel("coverage: kept share of mask_camera voxels (%)")
+    ax.set_ylabel("IoU (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -39,7 +39,7 @@ def _zarr():
     return zarr
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Attributes compare after a JSON round trip (tuples become lists)."""
     import json
 
@@ -65,18 +65,18 @@ class FrameArrays:
         An existing group must hold the same tokens and the same values of the `must_match` attributes
         (grid, class table, image size, ...): otherwise DataError naming the field, and nothing is changed.
         """
-        attrs = _jsonable(dict(attrs))
+        attrs = jsonable(dict(attrs))
         if path in root:
             group = root[path]
+            arr = cls(group, specs, where)
+            if arr.tokens != tuple(tokens):
+                raise DataError(f"{where}: holds {len(arr.tokens)} other frames than the {len(tokens)} of this dataset; "
+                                f"use another store / cache path or delete the old one")
             found = dict(group.attrs)
             for key in must_match:
                 if found.get(key) != attrs.get(key):
                     raise DataError(f"{where}: was written with {key} = {found.get(key)!r}, this run has {attrs.get(key)!r}; "
                                     f"use another store / cache path or delete the old one")
-            arr = cls(group, specs, where)
-            if arr.tokens != tuple(tokens):
-                raise DataError(f"{where}: holds {len(arr.tokens)} other frames than the {len(tokens)} of this dataset; "
-                                f"use another store / cache path or delete the old one")
             for s in specs:
                 if s.name not in group or tuple(group[s.name].shape) != (len(tokens), *s.shape):
                     raise DataError(f"{where}: array {s.name!r} is missing or has the wrong shape; delete the group and rerun")

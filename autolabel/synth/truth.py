@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from kernels.grid import GridSpec
-from occnet.visibility import ray_voxels
 from occnet.classes import FREE_ID, NUM_CLASSES
+from occnet.visibility import ray_voxels
 
 from .primitives import Primitives, contains
 from .world import World

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
 from kernels.grid import GridSpec
 from occnet.atomic import atomic_write
 from occnet.classes import FREE_ID
+from occnet.visibility import camera_rays
 
 from ..data.frame import CAMERA_NAMES, LIDAR_NAME
 from ..data.geometry import matrix_to_quaternion
@@ -26,7 +28,7 @@ from ..data.npz import save_npz
 from ..data.occ3d import Occ3DLabels, labels_path, write_labels
 from ..supervision.precomputed import LABELS_2D_DIR
 from .noise import noisy_labels
-from .sensors import SynthCamera, render_camera, render_lidar, synth_rig
+from .sensors import render_camera, render_lidar, synth_rig
 from .truth import visible_voxels, voxelize
 from .world import CATEGORY, generate_world
 
@@ -75,18 +77,6 @@ def _jpeg(image: np.ndarray) -> bytes:
 
 def _write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda fh: fh.write(data))
-
-
-def _camera_mask_rays(cam: SynthCamera, cam2ego: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rays for mask_camera: one per s x s pixel block, s chosen so that rays are <= 8 mrad apart
-    (0.32 m at the 40 m edge of the Occ3D grid, under its 0.4 m voxels)."""
-    h, w = cam.image_size
-    s = max(1, int(cam.K[0, 0] * 0.008))
-    u, v = np.meshgrid(np.arange(s / 2, w, s), np.arange(s / 2, h, s))
-    pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1)
-    d = pix @ np.linalg.inv(cam.K).T
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    return cam2ego[:3, 3], d @ cam2ego[:3, :3].T
 
 
 class _Tables:
@@ -205,8 +195,9 @@ def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | Non
             mask_camera = np.zeros_like(mask_lidar)
             world2key = np.linalg.inv(key_pose)
             for cam, _, ego2world in renders:
-                o, d = _camera_mask_rays(cam, world2key @ ego2world @ cam.cam2ego)
-                mask_camera |= visible_voxels(occupied, o, d, grid)
+                o, d = camera_rays(torch.from_numpy(cam.K), torch.from_numpy(world2key @ ego2world @ cam.cam2ego),
+                                   cam.image_size)
+                mask_camera |= visible_voxels(occupied, o.numpy(), d.numpy(), grid)
             write_labels(labels_path(out, scene_name, sample_tok),
                          Occ3DLabels(semantics, mask_lidar.astype(np.uint8), mask_camera.astype(np.uint8)), grid)
             # box annotations of the objects near the ego

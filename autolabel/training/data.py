@@ -5,14 +5,14 @@ images (N, 3, H, W) float32 normalised; intrinsics (N, 3, 3) of those images; ca
 each camera into the keyframe's ego frame (the LiDAR timestamp's, where the Occ3D grid lives: the ego
 moves between the cameras' exposures); depth (N, H, W) LiDAR z-depth (0 = none); semantics (N, H, W)
 uint8 (255 = none); confidence (N, H, W); gt_semantics / gt_mask (X, Y, Z) uint8 and has_gt when Occ3D
-labels exist; token (str). With aux_frames = K, the supervision of up to K keyframes before and after
+labels exist (the frame's gts/, or only the `manual` labels when a mapping is given); token (str). With aux_frames = K, the supervision of up to K keyframes before and after
 (same scene) comes too, its cameras expressed in this keyframe's ego frame through the global poses:
 aux_intrinsics (2K, N, 3, 3), aux_cam2ego (2K, N, 4, 4), aux_depth / aux_semantics / aux_confidence
 (2K, N, H, W) and aux_valid (2K,) (False where the scene has no such neighbour).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from kernels.grid import GridSpec
 from occnet.classes import FREE_ID
 
 from ..data.nuscenes import NuScenesFrames
+from ..data.occ3d import Occ3DLabels
 from ..data.transforms import ResizeCrop
 from ..errors import DataError
 from ..supervision.cache import SupervisionCache
@@ -43,7 +44,7 @@ class FrameDataset(Dataset):
 
     def __init__(self, frames: NuScenesFrames, image_size: tuple[int, int], labels: str = "noisy",
                  indices: Sequence[int] | None = None, grid: GridSpec | None = None, aux_frames: int = 0,
-                 cache: SupervisionCache | None = None):
+                 cache: SupervisionCache | None = None, manual: Mapping[str, Occ3DLabels] | None = None):
         if labels not in ("exact", "noisy", "none", "cache"):
             raise ValueError(f"FrameDataset.labels must be 'exact', 'noisy', 'none' or 'cache', got {labels!r}")
         if (labels == "cache") != (cache is not None):
@@ -52,6 +53,8 @@ class FrameDataset(Dataset):
             raise DataError(f"{cache.arrays.where}: computed at {tuple(cache.image_size)}, the network takes "
                             f"{tuple(image_size)}; rerun `autolabel supervise` with this recipe's network.image_size")
         self.cache = cache
+        # manual: the only 3D labels training may see (annotated frames); None = the frames' own gts/
+        self.manual = manual
         self.frames = frames
         self.image_size = tuple(image_size)
         self.labels = labels
@@ -108,9 +111,10 @@ class FrameDataset(Dataset):
             "token": frame.token,
         }
         shape = self.grid.shape
-        if frame.gt is not None:
-            item["gt_semantics"] = torch.from_numpy(frame.gt.semantics)
-            item["gt_mask"] = torch.from_numpy(frame.gt.mask_camera)
+        gt = frame.gt if self.manual is None else self.manual.get(frame.token)
+        if gt is not None:
+            item["gt_semantics"] = torch.from_numpy(gt.semantics)
+            item["gt_mask"] = torch.from_numpy(gt.mask_camera)
             item["has_gt"] = torch.tensor(True)
         else:
             item["gt_semantics"] = torch.full(shape, FREE_ID, dtype=torch.uint8)

@@ -1,0 +1,17 @@
+"""``autolabel train RECIPE --round K``: rendering-supervised training (+ DTS, + manual 3D labels)."""
+from __future__ import annotations
+
+from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
+from ..training.rounds import train_round
+
+
+def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
+    recipe = load_recipe(recipe_path, overrides, out)
+    save_recipe(recipe, recipe.round_dir(k) / "train" / RESOLVED_RECIPE)
+    s = train_round(recipe, k)
+    last = s["last"] or {}
+    print(f"round {k}: {s['steps']} steps on {s['frames']} frames ({s['manual_frames']} with manual 3D labels); "
+          f"checkpoint {s['checkpoint']}")
+    if last:
+        print("  last step: " + ", ".join(f"{key} {v:.4f}" for key, v in last.items()))
+    return 0

@@ -1,0 +1,111 @@
+"""`autolabel label`: teacher inference over the unlabeled pool into a round of the pseudo-label store.
+
+Per batch of frames (GPU when there is one): the teacher's depth-aware forward pass, LiDAR filtering
+(from the cached depth maps), then Occ3D visibility masks by exact ray walks against the labelled
+occupancy: ``mask_camera`` from every camera (a ray per 8 mrad), ``mask_lidar`` from the lidar sensor
+towards each of the keyframe's own points. A frame is marked done only after all four arrays are written.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from occnet.classes import FREE_ID
+from occnet.network import OccupancyNetwork
+from occnet.visibility import camera_rays, ray_voxels
+
+from ..config_io import to_dict
+from ..data.nuscenes import NuScenesFrames
+from ..errors import DataError
+from ..store.labels import LabelStore
+from ..supervision.cache import SupervisionCache, _version
+from ..training.data import FrameDataset
+from .config import DTSConfig
+from .teacher import pseudo_labels, teacher_probabilities
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_teacher(network_cfg, checkpoint: Path, device: torch.device, prefer_teacher: bool = True) -> tuple[OccupancyNetwork, int, bool]:
+    """The network of a training checkpoint: the EMA teacher's weights when the checkpoint has them.
+    Returns (model, step, is_teacher)."""
+    if not checkpoint.is_file():
+        raise DataError(f"checkpoint {checkpoint} not found; run `autolabel train` for this round first")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = OccupancyNetwork(network_cfg)
+    teacher = next((h for h in state.get("hooks", []) if isinstance(h, dict) and "model" in h), None)
+    weights = teacher["model"] if (prefer_teacher and teacher is not None) else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise DataError(f"checkpoint {checkpoint} does not fit the recipe's network: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), int(state["step"]), prefer_teacher and teacher is not None
+
+
+def visibility_masks(semantics: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor, hw: tuple[int, int],
+                     lidar_origin: torch.Tensor, lidar_points: torch.Tensor, grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Occ3D masks of one frame: (X, Y, Z) uint8 mask_camera, mask_lidar."""
+    occupied = semantics < FREE_ID
+    cam = torch.zeros(grid.shape, dtype=torch.bool, device=semantics.device)
+    for k in range(K.shape[0]):
+        o, d = camera_rays(K[k], cam2ego[k], hw)
+        cam |= ray_voxels(o, d, grid, occupied)
+    vec = lidar_points.double() - lidar_origin.double()
+    norm = vec.norm(dim=1, keepdim=True)
+    dirs = vec[norm[:, 0] > 1e-6] / norm[norm[:, 0] > 1e-6]
+    lid = ray_voxels(lidar_origin, dirs, grid, occupied)
+    return cam.to(torch.uint8), lid.to(torch.uint8)
+
+
+def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStore, k: int, network_cfg,
+                dts: DTSConfig, checkpoint: Path, device: torch.device, recipe=None, workers: int = 0,
+                progress: bool = True) -> dict:
+    """Write round k's pseudo-labels for every frame of `frames` not yet done. Returns a summary."""
+    model, step, is_teacher = load_teacher(network_cfg, checkpoint, device)
+    provenance = {
+        "recipe": to_dict(recipe) if recipe is not None else None,
+        "recipe_digest": recipe.digest() if recipe is not None else None,
+        "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
+        "teacher_step": step, "weights": "ema_teacher" if is_teacher else "student",
+        "dts": to_dict(dts), "supervision_provider": cache.arrays.attrs.get("provider"),
+        "supervision_settings": cache.arrays.attrs.get("provider_settings"),
+        "package_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    scenes = [frames.scene_of(t) for t in frames.tokens]
+    arrays = store.create_round(k, frames.tokens, scenes, provenance)
+    pending = np.flatnonzero(~arrays.done()).tolist()
+    grid = network_cfg.grid
+    dataset = FrameDataset(frames, network_cfg.image_size, labels="cache", cache=cache, indices=pending, grid=grid)
+    loader = DataLoader(dataset, batch_size=dts.batch_size, num_workers=workers,
+                        collate_fn=lambda items: items)  # frames are written one by one
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(pending), desc=f"label round {k}", disable=not progress)
+    for items in loader:
+        batch = {key: torch.stack([it[key] for it in items]).to(device) for key in ("images", "intrinsics", "cam2ego", "depth")}
+        occ, cls, pcls = teacher_probabilities(model, batch, dts.depth_aware)
+        for i, item in enumerate(items):
+            sem, levels = pseudo_labels(occ[i], cls[i], pcls[i], batch, i, grid, dts)
+            lidar = frames.frame(item["token"], images=False).lidar
+            own = lidar.points[lidar.time_lag == 0, :3]
+            cam_mask, lidar_mask = visibility_masks(sem, batch["intrinsics"][i], batch["cam2ego"][i],
+                                                    tuple(network_cfg.image_size),
+                                                    torch.as_tensor(lidar.lidar2ego[:3, 3], device=device),
+                                                    torch.as_tensor(own, device=device), grid)
+            arrays.write(frames.index(item["token"]), semantics=sem.cpu().numpy(), confidence=levels.cpu().numpy(),
+                         mask_camera=cam_mask.cpu().numpy(), mask_lidar=lidar_mask.cpu().numpy())
+            bar.update(1)
+    bar.close()
+    return {"frames": len(frames), "labelled": len(pending), "skipped": len(frames) - len(pending),
+            "seconds": time.perf_counter() - t0, "teacher_step": step, "weights": provenance["weights"]}

@@ -1,0 +1,140 @@
+"""Reading a round of the pseudo-label store: thresholds, Occ3D export, inspection, evaluation."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES, OCC3D_CLASS_NAMES
+from occnet.metrics import OccupancyMetric
+
+from ..data.occ3d import Occ3DLabels, labels_path, read_labels, write_labels
+from ..dts.pseudo import LEVELS, class_thresholds, confidence_histogram, threshold
+from ..errors import DataError
+from .frame_arrays import FrameArrays
+from .labels import LabelStore, read_frame
+
+
+def round_histogram(arrays: FrameArrays, progress: bool = False) -> np.ndarray:
+    """(NUM_CLASSES, 256) confidence-level counts per class over the round's finished frames."""
+    hist = torch.zeros(NUM_CLASSES, LEVELS, dtype=torch.int64)
+    done = arrays.done()
+    for i in tqdm(np.flatnonzero(done), desc="confidence histogram", disable=not progress):
+        hist += confidence_histogram(torch.from_numpy(arrays.read(i, "semantics")), torch.from_numpy(arrays.read(i, "confidence")))
+    return hist.numpy()
+
+
+def thresholds_for(arrays: FrameArrays, drop_quantile: float) -> np.ndarray:
+    """(NUM_CLASSES,) per-class confidence-level thresholds over the whole round."""
+    return class_thresholds(torch.from_numpy(round_histogram(arrays)), drop_quantile).numpy()
+
+
+def thresholded(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
+    """A frame's semantics with voxels under their class threshold set to 255 (None: all kept)."""
+    if thresholds is None:
+        return frame["semantics"]
+    return threshold(torch.from_numpy(frame["semantics"]), torch.from_numpy(frame["confidence"]),
+                     torch.from_numpy(thresholds)).numpy()
+
+
+def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: float | None,
+                 progress: bool = True) -> dict:
+    """Write round k as ``OUT/gts/<scene>/<token>/labels.npz``; returns the export summary (also OUT/export.json)."""
+    arrays = store.round(k)
+    scenes = store.scene_of(arrays)
+    thr = thresholds_for(arrays, drop_quantile) if drop_quantile is not None else None
+    done = arrays.done()
+    kept = total = 0
+    for i in tqdm(np.flatnonzero(done), desc=f"export round {k}", disable=not progress):
+        f = read_frame(arrays, int(i))
+        sem = thresholded(f, thr)
+        token = arrays.tokens[i]
+        write_labels(labels_path(out, scenes[token], token), Occ3DLabels(sem, f["mask_lidar"], f["mask_camera"]), store.grid)
+        cam = f["mask_camera"].astype(bool)
+        kept += int((sem[cam] != IGNORE_ID).sum())
+        total += int(cam.sum())
+    summary = {"store": str(store.path), "round": k, "frames": int(done.sum()), "frames_in_round": len(arrays),
+               "drop_quantile": drop_quantile, "thresholds": None if thr is None else thr.tolist(),
+               "kept_in_mask_camera": kept / max(total, 1), "provenance": {key: v for key, v in arrays.attrs.items()
+                                                                          if key not in ("scenes", "recipe")},
+               "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "export.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def inspect_store(store: LabelStore) -> str:
+    """One-screen summary: rounds, frames, class histogram within mask_camera, confidence, provenance."""
+    lines = [f"store {store.path}  grid {store.grid.shape} voxel {store.grid.voxel_size[0]} m"]
+    if not store.rounds():
+        lines.append("no rounds yet")
+    for k in store.rounds():
+        arrays = store.round(k)
+        done = arrays.done()
+        a = arrays.attrs
+        lines.append(f"\nround {k}: {int(done.sum())}/{len(arrays)} frames done; weights {a.get('weights')} "
+                     f"at step {a.get('teacher_step')}; checkpoint {str(a.get('checkpoint_sha256'))[:12]}; "
+                     f"2D labels {a.get('supervision_provider')}; created {a.get('created')}")
+        counts = np.zeros(NUM_CLASSES + 1, np.int64)
+        conf_sum = 0.0
+        n = 0
+        for i in np.flatnonzero(done):
+            f = read_frame(arrays, int(i))
+            cam = f["mask_camera"].astype(bool)
+            s = f["semantics"][cam].astype(np.int64)
+            counts += np.bincount(np.where(s == IGNORE_ID, NUM_CLASSES, s), minlength=NUM_CLASSES + 1)
+            conf_sum += float(f["confidence"][cam].astype(np.float64).sum()) / 255
+            n += int(cam.sum())
+        if n:
+            occupied = counts[:FREE_ID].sum()
+            lines.append(f"  voxels in mask_camera: {n}, occupied {100 * occupied / n:.1f}%, mean confidence {conf_sum / n:.3f}")
+            share = [f"{OCC3D_CLASS_NAMES[c]} {100 * counts[c] / max(occupied, 1):.1f}%" for c in range(FREE_ID) if counts[c]]
+            lines.append("  occupied voxels by class: " + ", ".join(share))
+    manual = store.manual()
+    if manual is not None:
+        lines.append(f"\nmanual 3D labels: {int(manual.done().sum())} frames")
+    return "\n".join(lines)
+
+
+def evaluate_round(store: LabelStore, k: int, gts_root: str | Path, quantiles: Sequence[float] = (),
+                   progress: bool = True) -> dict:
+    """Occ3D metric of round k against ``<gts_root>/gts/<scene>/<token>/labels.npz`` within the ground
+    truth's mask_camera: of all labels, and for each drop quantile the mIoU of the voxels the per-class
+    thresholds keep with their coverage (kept share of mask_camera): the precision / coverage trade-off."""
+    arrays = store.round(k)
+    scenes = store.scene_of(arrays)
+    hist = torch.from_numpy(round_histogram(arrays))
+    thrs = [class_thresholds(hist, q).numpy() for q in quantiles]
+    full = OccupancyMetric()
+    kept_metrics = [OccupancyMetric() for _ in quantiles]
+    kept = np.zeros(len(quantiles), np.int64)
+    total = frames = 0
+    for i in tqdm(np.flatnonzero(arrays.done()), desc=f"eval round {k}", disable=not progress):
+        token = arrays.tokens[i]
+        path = labels_path(gts_root, scenes[token], token)
+        if not path.is_file():
+            continue
+        gt = read_labels(path, store.grid)
+        f = read_frame(arrays, int(i))
+        cam = gt.mask_camera.astype(bool)
+        full.update(f["semantics"], gt.semantics, cam)
+        total += int(cam.sum())
+        for j, thr in enumerate(thrs):
+            sem = thresholded(f, thr)
+            keep = cam & (sem != IGNORE_ID)
+            kept_metrics[j].update(np.where(keep, sem, 0), gt.semantics, keep)
+            kept[j] += int(keep.sum())
+        frames += 1
+    if frames == 0:
+        raise DataError(f"{gts_root}: no gts/<scene>/<token>/labels.npz for any frame of round {k}")
+    curve = []
+    for q, m, n in zip(quantiles, kept_metrics, kept):
+        sc = m.compute()
+        curve.append({"drop_quantile": q, "coverage": float(n / max(total, 1)), "miou": sc.as_dict()["miou"],
+                      "geometric_iou": sc.as_dict()["geometric_iou"]})
+    return {"round": k, "frames": frames, "scores": full.compute(), "curve": curve}

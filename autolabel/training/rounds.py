@@ -1,0 +1,79 @@
+"""Training of one round: rendering losses on the cached 2D supervision, the DTS teacher, and 3D losses
+on the frames annotated so far (the store's manual labels)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from occnet.network import OccupancyNetwork
+from occnet.trainer import CHECKPOINT, Trainer
+
+from ..data.occ3d import Occ3DLabels
+from ..dataset import open_frames
+from ..dts.teacher import EMATeacher
+from ..errors import DataError
+from ..recipe import Recipe
+from ..store.labels import LabelStore, read_frame
+from ..supervision.cache import SupervisionCache
+from ..supervision.providers import resolve_device
+from .data import FrameDataset
+
+
+def manual_labels(store_path: Path, grid) -> dict[str, Occ3DLabels]:
+    """Token -> Occ3D labels of every ingested manual frame (empty when nothing was annotated yet)."""
+    if not (store_path / "zarr.json").is_file():
+        return {}
+    manual = LabelStore.open(store_path, grid).manual()
+    if manual is None:
+        return {}
+    out = {}
+    for i, token in enumerate(manual.tokens):
+        if manual.done()[i]:
+            f = read_frame(manual, i)
+            out[token] = Occ3DLabels(f["semantics"], f["mask_lidar"], f["mask_camera"])
+    return out
+
+
+def open_cache(recipe: Recipe) -> SupervisionCache:
+    if not (recipe.cache_path / "zarr.json").is_file():
+        raise DataError(f"no 2D supervision cache at {recipe.cache_path}; run `autolabel supervise` with this recipe first")
+    return SupervisionCache.open(recipe.cache_path)
+
+
+def checkpoint_path(recipe: Recipe, k: int) -> Path:
+    return recipe.round_dir(k) / "train" / CHECKPOINT
+
+
+def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None = None) -> dict:
+    """Train round k (resuming its checkpoint; a new round starts from round k-1's weights)."""
+    device = resolve_device(recipe.device)
+    frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+    cache = open_cache(recipe)
+    manual = manual_labels(recipe.store_path, recipe.network.grid)
+    dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=cache, grid=recipe.network.grid,
+                           aux_frames=recipe.data.aux_frames, manual=manual)
+    torch.manual_seed(recipe.train.seed)
+    model = OccupancyNetwork(recipe.network)
+    out_dir = recipe.round_dir(k) / "train"
+    prev = checkpoint_path(recipe, k - 1) if k > 0 else None
+    if not (out_dir / CHECKPOINT).exists() and prev is not None and prev.exists():
+        state = torch.load(prev, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])  # fine-tune from the last round; optimiser and schedule start afresh
+    teacher = EMATeacher(model, recipe.dts) if recipe.dts.enabled else None
+    if teacher is not None and not (out_dir / CHECKPOINT).exists() and prev is not None and prev.exists():
+        hooks = [h for h in state.get("hooks", []) if isinstance(h, dict) and "model" in h]
+        if hooks:
+            teacher.load_state_dict(hooks[0])
+    trainer = Trainer(model, recipe.render, recipe.loss, recipe.train, out_dir, device,
+                      hooks=[teacher] if teacher else [], annotate=teacher.annotate if teacher else None)
+    log = out_dir / "history.jsonl"  # one line per step; after a resume, the last line of a step counts
+
+    def on_log(step: int, row: dict) -> None:
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"step": step, **row}) + "\n")
+
+    history = trainer.fit(dataset, batch_size=recipe.train.batch_size, progress=progress, until=until, on_log=on_log)
+    return {"round": k, "steps": trainer.step, "frames": len(dataset), "manual_frames": len(manual),
+            "checkpoint": str(out_dir / CHECKPOINT), "last": history[-1] if history else None}

@@ -1,0 +1,243 @@
+"""DTS teacher, LiDAR filtering, thresholds, the pseudo-label store and its commands."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tiny_models import TINY_GRID
+
+from autolabel.cli import main
+from autolabel.data.occ3d import labels_path, read_labels
+from autolabel.dts.config import DTSConfig
+from autolabel.dts.pseudo import class_thresholds, confidence_histogram, lidar_free_and_hits, threshold
+from autolabel.dts.teacher import EMATeacher
+from autolabel.errors import DataError
+from autolabel.store.labels import LabelStore
+from kernels.grid import GridSpec
+from occnet.config import NetworkConfig
+from occnet.network import OccupancyNetwork
+
+NET = dict(grid=TINY_GRID.to_dict(), image_size=[64, 112], depth_bins=16, depth_max=25.0, context_channels=8, voxel_channels=8)
+
+
+def tiny_net() -> OccupancyNetwork:
+    return OccupancyNetwork(NetworkConfig(grid=TINY_GRID, image_size=(64, 112), depth_bins=16, depth_max=25.0,
+                                          context_channels=8, voxel_channels=8))
+
+
+# ---- the teacher ---------------------------------------------------------------------------------
+def test_ema_momentum_ramp_and_update():
+    torch.manual_seed(0)
+    student = tiny_net()
+    teacher = EMATeacher(student, DTSConfig(momentum=0.999, warmup=10))
+    assert teacher.momentum(0) == pytest.approx(1 - 11 / 11)  # 0: the teacher copies the young student
+    assert teacher.momentum(9) == pytest.approx(1 - 11 / 20)
+    assert teacher.momentum(10**6) == pytest.approx(0.999)
+    before = [p.clone() for p in teacher.model.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    teacher(student, 5)
+    m = 1 - 11 / 16
+    for t, b, s in zip(teacher.model.parameters(), before, student.parameters()):
+        torch.testing.assert_close(t, m * b + (1 - m) * s)
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    other = EMATeacher(tiny_net(), DTSConfig())
+    other.load_state_dict(teacher.state_dict())
+    for a, b in zip(other.model.parameters(), teacher.model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_annotate_waits_for_start_step_and_skips_frames_with_3d_labels():
+    torch.manual_seed(0)
+    teacher = EMATeacher(tiny_net(), DTSConfig(start_step=3, lidar_filter=True))
+    batch = {"images": torch.randn(2, 6, 3, 64, 112), "intrinsics": torch.tensor([[60.0, 0, 56], [0, 60, 32], [0, 0, 1]]).expand(2, 6, 3, 3),
+             "cam2ego": torch.eye(4).expand(2, 6, 4, 4).clone(), "depth": torch.zeros(2, 6, 64, 112),
+             "has_gt": torch.tensor([True, False])}
+    assert teacher.annotate(batch, 2) == {}
+    out = teacher.annotate(batch, 3)
+    assert out["pseudo_semantics"].shape == (2, *TINY_GRID.shape)
+    assert out["has_pseudo"].tolist() == [False, True]
+    assert torch.all(out["pseudo_confidence"][out["pseudo_semantics"] == 255] == 0)
+
+
+# ---- LiDAR filtering and thresholds ----------------------------------------------------------------------
+def test_lidar_rays_free_the_voxels_before_the_return_and_occupy_the_return():
+    grid = GridSpec(range_min=(-4.0, -4.0, -2.0), range_max=(4.0, 4.0, 2.0), voxel_size=0.5)
+    # a camera at the ego origin looking along +x (camera z = ego x, camera x = -ego y, camera y = -ego z)
+    cam2ego = torch.eye(4, dtype=torch.float64)
+    cam2ego[:3, :3] = torch.tensor([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])
+    K = torch.tensor([[10.0, 0, 5], [0, 10, 5], [0, 0, 1]])
+    depth = torch.zeros(1, 10, 10)
+    depth[0, 5, 5] = 3.1  # the central pixel (centre 5.5, 5.5: a ray slightly off the axis) returns at x = 3.1
+    free, hit = lidar_free_and_hits(depth, K[None], cam2ego[None], grid)
+    hit_idx = torch.nonzero(hit).tolist()
+    assert hit_idx == [[14, 7, 3]]  # x 3.1 -> 14, y -0.155 -> 7, z -0.155 -> 3
+    free_idx = torch.nonzero(free).tolist()
+    assert [i[0] for i in free_idx] == list(range(8, 14))  # x from 0 to 3 m: voxels 8..13 along the ray
+    assert all(i[1] == 7 and i[2] == 3 for i in free_idx)
+
+
+def test_per_class_quantile_thresholds():
+    sem = torch.tensor([4] * 10 + [11] * 4 + [255] * 3, dtype=torch.uint8)
+    lev = torch.tensor(list(range(10, 110, 10)) + [200, 200, 250, 250] + [0, 0, 0], dtype=torch.uint8)
+    hist = confidence_histogram(sem, lev)
+    assert hist.sum() == 14 and hist[4, 10] == 1 and hist[11, 200] == 2
+    thr = class_thresholds(hist, 0.3)
+    assert thr[4] == 40  # the first level above the dropped 3 of 10 car voxels (levels 10, 20, 30)
+    assert thr[11] == 200  # 2 of 4 share the lowest level: dropping them would exceed 30%, so none go
+    out = threshold(sem, lev, thr)
+    assert (out[:10] == 255).sum() == 3 and torch.all(out[10:14] == 11) and torch.all(out[14:] == 255)
+    assert torch.all(threshold(sem, lev, class_thresholds(hist, 0.0))[:14] == sem[:14])  # q = 0 keeps all
+
+
+# ---- the store and its commands -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pool_world(tmp_path_factory) -> Path:
+    from autolabel.synth.writer import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("pool")
+    write_dataset(root, SynthConfig(scenes=2, frames_per_scene=3, seed=11, image_size=(112, 200)), grid=TINY_GRID,
+                  progress=False)
+    return root
+
+
+def write_recipe(folder: Path, world: Path, **extra) -> Path:
+    r = {"name": "t", "out": str(folder / "run"), "device": "cpu",
+         "data": {"dataroot": str(world), "version": "v1.0-synth"}, "network": NET,
+         "render": {"rays_per_frame": 256}, "loss": {"pseudo_3d": 1.0},
+         "train": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 2},
+         "dts": {"start_step": 1, "batch_size": 1}}
+    r.update(extra)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(r))
+    return folder / "recipe.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained(pool_world, tmp_path_factory) -> Path:
+    """A run folder with supervision, a trained round 0 and its labels."""
+    folder = tmp_path_factory.mktemp("trained")
+    recipe = write_recipe(folder, pool_world)
+    for cmd in (["supervise"], ["train", "--round", "0"], ["label", "--round", "0"]):
+        assert main([cmd[0], str(recipe), *cmd[1:]]) == 0
+    return folder
+
+
+def test_store_layout_and_provenance(trained):
+    store = LabelStore.open(trained / "run" / "labels.zarr")
+    assert store.rounds() == [0]
+    arrays = store.round(0)
+    assert arrays.done().all() and len(arrays) == 6
+    for name in ("semantics", "confidence", "mask_camera", "mask_lidar"):
+        a = arrays.group[name]
+        assert a.shape == (6, *TINY_GRID.shape) and a.dtype == np.uint8 and a.chunks == (1, *TINY_GRID.shape)
+    attrs = arrays.attrs
+    for key in ("recipe", "checkpoint_sha256", "teacher_step", "grid", "class_names", "supervision_provider",
+                "supervision_settings", "package_version", "created", "dts"):
+        assert attrs.get(key) is not None, key
+    assert attrs["teacher_step"] == 4 and attrs["weights"] == "ema_teacher"
+    sem = arrays.read(0, "semantics")
+    cam = arrays.read(0, "mask_camera").astype(bool)
+    lid = arrays.read(0, "mask_lidar").astype(bool)
+    assert cam.any() and lid.any() and not cam.all()
+    assert set(np.unique(sem).tolist()) <= set(range(18))  # not thresholded in the store
+
+
+def test_export_inspect_and_eval(trained, pool_world, capsys):
+    store = str(trained / "run" / "labels.zarr")
+    out = trained / "export"
+    assert main(["export", store, str(out), "--round", "0", "--drop-quantile", "0.3"]) == 0
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["frames"] == 6 and 0 < summary["kept_in_mask_camera"] <= 1
+    frames = LabelStore.open(store).round(0)
+    scenes = LabelStore.open(store).scene_of(frames)
+    thr = torch.tensor(summary["thresholds"])
+    for i, token in enumerate(frames.tokens):
+        lab = read_labels(labels_path(out, scenes[token], token), TINY_GRID)  # loadable Occ3D files
+        expected = threshold(torch.from_numpy(frames.read(i, "semantics")), torch.from_numpy(frames.read(i, "confidence")), thr)
+        np.testing.assert_array_equal(lab.semantics, expected.numpy())
+        np.testing.assert_array_equal(lab.mask_camera, frames.read(i, "mask_camera"))
+    assert main(["export", store, str(trained / "all"), "--round", "0", "--keep-all"]) == 0
+    token = frames.tokens[0]
+    full = read_labels(labels_path(trained / "all", scenes[token], token), TINY_GRID)
+    np.testing.assert_array_equal(full.semantics, frames.read(0, "semantics"))
+    assert main(["inspect", store]) == 0
+    text = capsys.readouterr().out
+    assert "round 0: 6/6 frames done" in text and "mean confidence" in text
+    assert main(["eval", store, "--round", "0", "--gts", str(pool_world), "--out", str(trained / "ev")]) == 0
+    result = json.loads((trained / "ev" / "pseudo_labels.json").read_text())
+    assert result["frames"] == 6 and result["all"]["geometric_iou"] is not None
+    cov = [c["coverage"] for c in result["curve"]]
+    assert cov == sorted(cov, reverse=True) and cov[0] == pytest.approx(1.0)
+    assert (trained / "ev" / "coverage_curve.png").stat().st_size > 1000
+
+
+def test_bad_store_input_gives_clear_errors(trained, tmp_path, pool_world):
+    store = trained / "run" / "labels.zarr"
+    other = GridSpec(range_min=(-8.0, -8.0, -1.0), range_max=(8.0, 8.0, 2.2), voxel_size=0.4)
+    with pytest.raises(DataError, match="store was written with grid"):
+        LabelStore(store, other, create=True)
+    assert main(["export", str(store), str(tmp_path / "x"), "--round", "7"]) == 2
+    with pytest.raises(DataError, match=r"round 7 does not exist \(rounds: \[0\]\)"):
+        LabelStore.open(store).round(7)
+    with pytest.raises(DataError, match="not a Zarr store"):
+        LabelStore.open(tmp_path)
+    with pytest.raises(DataError, match="no gts/<scene>/<token>/labels.npz for any frame"):
+        from autolabel.store.rounds import evaluate_round
+
+        evaluate_round(LabelStore.open(store), 0, tmp_path)
+    # a round made for other frames (the store's tokens are not this dataset's) is refused
+    with pytest.raises(DataError, match="holds 6 other frames than the 2"):
+        LabelStore(store, TINY_GRID, create=True).create_round(0, ["a", "b"], ["s", "s"],
+                                                              {"checkpoint_sha256": LabelStore.open(store).round(0).attrs["checkpoint_sha256"]})
+    with pytest.raises(DataError, match="sample token 'nope' is not in it"):
+        LabelStore.open(store).round(0).index("nope")
+
+
+def test_label_killed_mid_export_resumes_to_the_same_store(trained, tmp_path):
+    """SIGKILL `autolabel label` after some frames, rerun: the store equals the uninterrupted one."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run, ignore=shutil.ignore_patterns("labels.zarr"))
+    recipe = trained / "recipe.yaml"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "autolabel.cli", "label", str(recipe), "--out", str(run)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_file = run / "labels.zarr" / "round_0" / "done" / "c"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if done_file.is_dir() and len(list(done_file.iterdir())) >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the labelling run finished before it could be killed"
+    partial = LabelStore.open(run / "labels.zarr").round(0).done()
+    assert 1 <= partial.sum() < 6
+    assert main(["label", str(recipe), "--out", str(run)]) == 0
+    a = LabelStore.open(run / "labels.zarr").round(0)
+    b = LabelStore.open(trained / "run" / "labels.zarr").round(0)
+    assert a.done().all()
+    for name in ("semantics", "confidence", "mask_camera", "mask_lidar"):
+        np.testing.assert_array_equal(np.asarray(a.group[name][:]), np.asarray(b.group[name][:]))
+
+
+def test_ground_truth_never_reaches_training(trained):
+    """Training frames are opened without gts/: no frame has 3D labels until some are ingested."""
+    from autolabel.training.rounds import manual_labels
+
+    assert manual_labels(trained / "run" / "labels.zarr", TINY_GRID) == {}
+    lines = [json.loads(x) for x in (trained / "run" / "round_0" / "train" / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    assert all("labels3d" not in r for r in lines) and any("pseudo3d" in r for r in lines)

@@ -351,3 +351,11 @@ def test_store_disk_full_keeps_finished_frames(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="was written with k = 1, this run has 2"):
         FrameArrays.create_or_open(open_root(tmp_path / "s.zarr", "a"), "g", [ArraySpec("x", (4,), "uint8")], ["a", "b"],
                                    {"k": 2}, ["k"], "store s")
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(path):
+    from autolabel.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem

@@ -71,9 +71,10 @@ def visibility_masks(semantics: torch.Tensor, K: torch.Tensor, cam2ego: torch.Te
 
 def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStore, k: int, network_cfg,
                 dts: DTSConfig, checkpoint: Path, device: torch.device, recipe=None, workers: int = 0,
-                progress: bool = True) -> dict:
-    """Write round k's pseudo-labels for every frame of `frames` not yet done. Returns a summary."""
-    model, step, is_teacher = load_teacher(network_cfg, checkpoint, device)
+                progress: bool = True, use_teacher: bool = True) -> dict:
+    """Write round k's pseudo-labels for every frame of `frames` not yet done. Returns a summary.
+    use_teacher=False labels with the student's weights (for measuring what the teacher adds)."""
+    model, step, is_teacher = load_teacher(network_cfg, checkpoint, device, prefer_teacher=use_teacher)
     provenance = {
         "recipe": to_dict(recipe) if recipe is not None else None,
         "recipe_digest": recipe.digest() if recipe is not None else None,

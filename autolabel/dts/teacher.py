@@ -37,10 +37,15 @@ class EMATeacher:
     def __call__(self, student: torch.nn.Module, step: int) -> None:
         m = self.momentum(step)
         s = _unwrap(student)
+        self.to(next(s.parameters()).device)  # the trainer moves the student after the teacher was made
         for tp, sp in zip(self.model.parameters(), s.parameters()):
             tp.mul_(m).add_(sp.detach(), alpha=1 - m)
         for tb, sb in zip(self.model.buffers(), s.buffers()):
             tb.copy_(sb)
+
+    def to(self, device: torch.device) -> "EMATeacher":
+        self.model.to(device)
+        return self
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict()}
@@ -61,6 +66,7 @@ class EMATeacher:
         Nothing before cfg.start_step: a teacher that has seen too few steps teaches noise."""
         if step < self.cfg.start_step:
             return {}
+        self.to(batch["images"].device)
         occ, cls, pcls = self.probabilities(batch)
         sems, levels = [], []
         for i in range(occ.shape[0]):

@@ -68,6 +68,7 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
             teacher.load_state_dict(hooks[0])
     trainer = Trainer(model, recipe.render, recipe.loss, recipe.train, out_dir, device,
                       hooks=[teacher] if teacher else [], annotate=teacher.annotate if teacher else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "history.jsonl"  # one line per step; after a resume, the last line of a step counts
 
     def on_log(step: int, row: dict) -> None:

@@ -241,3 +241,25 @@ def test_ground_truth_never_reaches_training(trained):
     lines = [json.loads(x) for x in (trained / "run" / "round_0" / "train" / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
     assert all("labels3d" not in r for r in lines) and any("pseudo3d" in r for r in lines)
+
+
+def test_teacher_follows_the_student_to_its_device():
+    """The Trainer moves the student after the teacher was copied from it (bug seen on the GPU)."""
+    student = tiny_net()
+    teacher = EMATeacher(student, DTSConfig())
+    student.to("meta")  # another device that exists without a GPU
+    teacher(student, 1)
+    assert all(p.device.type == "meta" for p in teacher.model.parameters())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_dts_training_on_cuda(trained, tmp_path):
+    recipe = write_recipe(tmp_path, Path(LabelStore.open(trained / "run" / "labels.zarr").round(0).attrs["recipe"]["data"]["dataroot"]),
+                          device="cuda")
+    import shutil
+
+    shutil.copytree(trained / "run" / "supervision.zarr", tmp_path / "run" / "supervision.zarr")
+    assert main(["train", str(recipe)]) == 0
+    assert main(["label", str(recipe)]) == 0
+    assert LabelStore.open(tmp_path / "run" / "labels.zarr").round(0).done().all()

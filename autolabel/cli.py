@@ -105,8 +105,23 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: store.evaluate(a.store, a.k, a.gts, a.drop_quantile, a.out))
 
 
+def _add_active(sub: argparse._SubParsersAction) -> None:
+    from .commands import active
+
+    p = sub.add_parser("select", help="choose the frames most worth a manual 3D label under a budget")
+    _recipe_args(p)
+    p.add_argument("--round", dest="k", type=int, default=0)
+    p.add_argument("--budget", type=float, default=None, help="frames (or cost units with selection.cost_model)")
+    p.set_defaults(func=lambda a: active.select(a.recipe, a.overrides, a.out, a.k, a.budget))
+    p = sub.add_parser("ingest", help="store annotators' Occ3D labels for the round's selected frames")
+    _recipe_args(p)
+    p.add_argument("--round", dest="k", type=int, default=0)
+    p.add_argument("folder", help="folder with gts/<scene>/<token>/labels.npz (or <scene>/<token>/ or <token>/)")
+    p.set_defaults(func=lambda a: active.ingest(a.recipe, a.overrides, a.out, a.k, a.folder))
+
+
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_synth, _add_supervise, _add_eval2d, _add_train, _add_label,
-                                                              _add_store_commands)
+                                                              _add_store_commands, _add_active)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -99,6 +99,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise DataError(f"unknown key {where}{unknown[0]}; allowed keys{' under ' + prefix if prefix else ''}: {', '.join(fields)}")
+    data = dict(data)
+    for name, value in data.items():
+        # a partial section overrides the parent's default of that section, not the section class's defaults
+        f = fields[name]
+        if isinstance(value, Mapping) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                data[name] = {**{g.name: getattr(default, g.name) for g in dataclasses.fields(default) if g.init}, **value}
     kwargs = {name: _convert(hints[name], value, f"{prefix}.{name}" if prefix else name) for name, value in data.items()}
     try:
         return cls(**kwargs)

@@ -16,6 +16,7 @@ import yaml
 
 from occnet.config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
 
+from .active.config import SelectionConfig
 from .dts.config import DTSConfig
 from .config_io import apply_overrides, from_dict, load_yaml, to_dict
 from .errors import DataError
@@ -52,17 +53,21 @@ class Recipe:
     name: str = "recipe"
     out: Optional[str] = None  # run folder; None: runs/<name>
     device: str = "auto"  # training / inference device: auto, cpu, cuda, cuda:N
-    data: DataConfig = field(default_factory=lambda: DataConfig(dataroot="."))
+    data: Optional[DataConfig] = None  # required: where the frames come from
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    # 3D cross-entropy weighs 1 by default: it acts only on frames with ingested manual labels
+    loss: LossConfig = field(default_factory=lambda: LossConfig(labels_3d=1.0))
     train: TrainConfig = field(default_factory=TrainConfig)
     dts: DTSConfig = field(default_factory=DTSConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a non-empty folder-safe string, got {self.name!r}")
+        if self.data is None:
+            raise ValueError("the data section is required: set data.dataroot (nuScenes layout) or data.synth")
 
     @property
     def run_dir(self) -> Path:

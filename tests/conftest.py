@@ -53,3 +53,32 @@ def tiny_models(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("models")
     return {"sam": str(save_tiny_sam(d / "sam.pth")), "clip": str(save_tiny_clip(d / "clip")),
             "owl": str(save_tiny_owlv2(d / "owl"))}
+
+
+@pytest.fixture(scope="session")
+def pool_world(tmp_path_factory) -> Path:
+    """2 scenes x 3 keyframes of the synthetic world at 112x200, grid TINY_GRID."""
+    from tiny_models import TINY_GRID
+
+    from autolabel.synth.writer import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("pool")
+    write_dataset(root, SynthConfig(scenes=2, frames_per_scene=3, seed=11, image_size=(112, 200)), grid=TINY_GRID,
+                  progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(pool_world, tmp_path_factory) -> Path:
+    """A run folder with supervision, a trained round 0 and its labels (tests that change it copy it first)."""
+    from tiny_models import write_recipe
+
+    from autolabel.cli import main
+
+    folder = tmp_path_factory.mktemp("trained")
+    recipe = write_recipe(folder, pool_world)
+    for cmd in (["supervise"], ["train", "--round", "0"], ["label", "--round", "0"]):
+        assert main([cmd[0], str(recipe), *cmd[1:]]) == 0
+    return folder
+
+

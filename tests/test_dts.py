@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from tiny_models import TINY_GRID
+from tiny_models import TINY_GRID, write_recipe
 
 from autolabel.cli import main
 from autolabel.data.occ3d import labels_path, read_labels
@@ -25,9 +24,6 @@ from autolabel.store.labels import LabelStore
 from kernels.grid import GridSpec
 from occnet.config import NetworkConfig
 from occnet.network import OccupancyNetwork
-
-NET = dict(grid=TINY_GRID.to_dict(), image_size=[64, 112], depth_bins=16, depth_max=25.0, context_channels=8, voxel_channels=8)
-
 
 def tiny_net() -> OccupancyNetwork:
     return OccupancyNetwork(NetworkConfig(grid=TINY_GRID, image_size=(64, 112), depth_bins=16, depth_max=25.0,
@@ -101,38 +97,6 @@ def test_per_class_quantile_thresholds():
 
 
 # ---- the store and its commands -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pool_world(tmp_path_factory) -> Path:
-    from autolabel.synth.writer import SynthConfig, write_dataset
-
-    root = tmp_path_factory.mktemp("pool")
-    write_dataset(root, SynthConfig(scenes=2, frames_per_scene=3, seed=11, image_size=(112, 200)), grid=TINY_GRID,
-                  progress=False)
-    return root
-
-
-def write_recipe(folder: Path, world: Path, **extra) -> Path:
-    r = {"name": "t", "out": str(folder / "run"), "device": "cpu",
-         "data": {"dataroot": str(world), "version": "v1.0-synth"}, "network": NET,
-         "render": {"rays_per_frame": 256}, "loss": {"pseudo_3d": 1.0},
-         "train": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 2},
-         "dts": {"start_step": 1, "batch_size": 1}}
-    r.update(extra)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(r))
-    return folder / "recipe.yaml"
-
-
-@pytest.fixture(scope="module")
-def trained(pool_world, tmp_path_factory) -> Path:
-    """A run folder with supervision, a trained round 0 and its labels."""
-    folder = tmp_path_factory.mktemp("trained")
-    recipe = write_recipe(folder, pool_world)
-    for cmd in (["supervise"], ["train", "--round", "0"], ["label", "--round", "0"]):
-        assert main([cmd[0], str(recipe), *cmd[1:]]) == 0
-    return folder
-
-
 def test_store_layout_and_provenance(trained):
     store = LabelStore.open(trained / "run" / "labels.zarr")
     assert store.rounds() == [0]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 import torch
 
 from autolabel.supervision.config import SamArch
@@ -92,3 +94,20 @@ def save_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
     Owlv2ForObjectDetection(cfg).save_pretrained(folder)
     Owlv2ImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
     return folder
+
+
+NET = dict(grid=TINY_GRID.to_dict(), image_size=[64, 112], depth_bins=16, depth_max=25.0, context_channels=8, voxel_channels=8)
+
+
+def write_recipe(folder: Path, world: Path, **extra) -> Path:
+    r = {"name": "t", "out": str(folder / "run"), "device": "cpu",
+         "data": {"dataroot": str(world), "version": "v1.0-synth"}, "network": NET,
+         "render": {"rays_per_frame": 256}, "loss": {"pseudo_3d": 1.0},
+         "train": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 2},
+         "dts": {"start_step": 1, "batch_size": 1}}
+    r.update(extra)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(r))
+    return folder / "recipe.yaml"
+
+

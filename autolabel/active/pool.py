@@ -1,0 +1,111 @@
+"""Scoring the pool: one pass of the round's teacher and student over every training frame.
+
+For each frame: the teacher's and the student's voxel distributions, the store's mask_camera for the
+round (so `autolabel label --round K` must have run), per-class entropy sums (the class-frequency weights
+need the whole pool's histogram, so uncertainty is finished after the pass), teacher-student
+disagreement, the student's rendering residual on the frame's own supervision, the annotation cost, and
+pooled BEV features of the teacher's voxel encoder for diversity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from occnet.classes import NUM_CLASSES
+from occnet.losses import rendered_semantics_ce
+from occnet.rays import render, sample_rays
+
+from ..dataset import open_frames
+from ..dts.label import load_teacher
+from ..errors import DataError
+from ..recipe import Recipe
+from ..store.labels import LabelStore
+from ..supervision.providers import resolve_device
+from ..training.data import FrameDataset
+from ..training.rounds import checkpoint_path, open_cache
+from .scores import (class_weights, disagreement, entropy_by_class, occupied_voxels, voxel_distribution,
+                     weighted_uncertainty)
+from .select import Candidate
+
+BEV_POOL = 8  # pooled BEV feature map side
+
+
+@dataclass
+class PoolScores:
+    tokens: list[str]
+    scenes: list[str]
+    labelled: np.ndarray  # (N,) bool: already has manual 3D labels
+    features: np.ndarray  # (N, D) L2-normalised pooled BEV features
+    candidates: list[Candidate]  # the unlabelled frames, in token order
+
+
+def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, recipe: Recipe, seed: int) -> float:
+    """Mean |log rendered depth - log LiDAR depth| + rendered 2D cross-entropy on a fixed ray sample."""
+    dev = density.device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    try:
+        rays = sample_rays(item["intrinsics"].to(dev), item["cam2ego"].to(dev), item["depth"].to(dev),
+                           item["semantics"].to(dev), item["confidence"].to(dev),
+                           max(256, recipe.render.rays_per_frame // 4), 0.0, gen, grid=recipe.network.grid)
+    except ValueError:  # nothing of the frame falls in the grid
+        return 0.0
+    r = render(density[None], logits[None], rays, recipe.network.grid, recipe.render)
+    has = rays.depth > 0
+    depth_err = (torch.log(r.depth[has].clamp_min(1e-3)) - torch.log(rays.depth[has])).abs().mean() if has.any() else 0.0
+    return float(depth_err + rendered_semantics_ce(r, rays))
+
+
+def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int = 0) -> PoolScores:
+    device = resolve_device(recipe.device)
+    frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+    store = LabelStore.open(recipe.store_path, recipe.network.grid)
+    arrays = store.round(k)
+    done = arrays.done()
+    if arrays.tokens != frames.tokens or not done.all():
+        raise DataError(f"{store.path} round {k}: labels are missing for {int((~done).sum())} frames; "
+                        f"run `autolabel label --round {k}` first")
+    manual = store.manual()
+    labelled = np.zeros(len(frames), bool)
+    if manual is not None:
+        labelled = np.array([bool(manual.done()[manual.index(t)]) if t in manual.tokens else False for t in frames.tokens])
+    ckpt = checkpoint_path(recipe, k)
+    teacher, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=True)
+    student, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=False)
+    feats: dict[str, torch.Tensor] = {}
+    hook = teacher.voxels.up.register_forward_hook(lambda m, i, o: feats.__setitem__("bev", o.float().mean(-1)))
+    voxel = float(min(recipe.network.grid.voxel_size))
+    dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe),
+                           grid=recipe.network.grid)
+    loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=lambda items: items[0])
+    ent_sum = np.zeros((len(frames), NUM_CLASSES))
+    counts = np.zeros((len(frames), NUM_CLASSES))
+    dis, res, cost, features = [], [], [], []
+    try:
+        for i, item in enumerate(tqdm(loader, total=len(frames), desc=f"score pool (round {k})", disable=not progress)):
+            b = {key: item[key][None].to(device) for key in ("images", "intrinsics", "cam2ego", "depth")}
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                t = teacher(b["images"], b["intrinsics"], b["cam2ego"], b["depth"] if recipe.dts.depth_aware else None)
+                s = student(b["images"], b["intrinsics"], b["cam2ego"])
+                res.append(rendering_residual(s.density[0].float(), s.logits[0].float(), item, recipe, seed=i))
+            pt = voxel_distribution(t.density[0], t.logits[0], voxel)
+            ps = voxel_distribution(s.density[0], s.logits[0], voxel)
+            mask = torch.from_numpy(arrays.read(i, "mask_camera")).to(device).bool()
+            sums, n = entropy_by_class(pt, mask)
+            ent_sum[i], counts[i] = sums.cpu().numpy(), n.cpu().numpy()
+            dis.append(disagreement(pt.argmax(-1), ps.argmax(-1), mask))
+            cost.append(recipe.selection.frame_cost + recipe.selection.voxel_cost * occupied_voxels(pt, mask))
+            bev = F.adaptive_avg_pool2d(feats["bev"], BEV_POOL).flatten(1)[0]
+            features.append(F.normalize(bev, dim=0).cpu().numpy())
+    finally:
+        hook.remove()
+    w = class_weights(torch.from_numpy(counts.sum(0)))
+    unc = weighted_uncertainty(torch.from_numpy(ent_sum).float(), torch.from_numpy(counts).float(), w).numpy()
+    cands = [Candidate(t, frames.scene_of(t), {"uncertainty": float(unc[i]), "disagreement": dis[i], "residual": res[i]},
+                       cost[i]) for i, t in enumerate(frames.tokens) if not labelled[i]]
+    return PoolScores(list(frames.tokens), [frames.scene_of(t) for t in frames.tokens], labelled,
+                      np.stack(features), cands)

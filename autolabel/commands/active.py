@@ -1,0 +1,37 @@
+"""``autolabel select RECIPE --round K --budget N`` and ``autolabel ingest RECIPE --round K DIR``."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..active.pool import score_pool
+from ..active.rounds import ingest as ingest_labels
+from ..active.rounds import write_manifest
+from ..active.select import select_frames
+from ..recipe import load_recipe
+from ..store.labels import LabelStore
+
+
+def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budget: float | None) -> int:
+    recipe = load_recipe(recipe_path, overrides, out)
+    if budget is not None:
+        recipe.selection = replace(recipe.selection, budget=budget)
+    pool = score_pool(recipe, k)
+    lab = pool.labelled
+    picks, strategy = select_frames(pool.candidates, pool.features[~lab], pool.features[lab], recipe.selection,
+                                    n_labelled=int(lab.sum()), pool_size=len(pool.tokens))
+    path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
+                          LabelStore.open(recipe.store_path, recipe.network.grid))
+    print(f"round {k}: {len(picks)} frames selected by {strategy} from {len(pool.candidates)} unlabelled "
+          f"({int(lab.sum())} already annotated)")
+    for p in picks:
+        print(f"  {p.candidate.scene} {p.candidate.token}  {p.reason}")
+    print(f"manifest {path} (+ manifest.csv, index.html for the annotators)")
+    return 0
+
+
+def ingest(recipe_path: str, overrides: list[str], out: str | None, k: int, folder: str) -> int:
+    recipe = load_recipe(recipe_path, overrides, out)
+    s = ingest_labels(recipe, k, folder)
+    print(f"round {k}: {len(s['added'])} frames ingested, {len(s['unchanged'])} already there unchanged, "
+          f"{len(s['missing'])} of the manifest not delivered; {s['manual_total']} frames with manual 3D labels")
+    return 0

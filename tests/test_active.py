@@ -1,0 +1,203 @@
+"""Active selection: scores, diversity, budgets and caps, the select / ingest round protocol."""
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from autolabel.active.config import SelectionConfig
+from autolabel.active.diversity import k_center_greedy, k_center_radius, kmeans_pp
+from autolabel.active.scores import class_weights, disagreement, uncertainty, voxel_distribution
+from autolabel.active.select import Candidate, select_frames
+from autolabel.cli import main
+from autolabel.data.occ3d import Occ3DLabels, labels_path, write_labels
+from autolabel.errors import DataError
+from autolabel.store.labels import LabelStore
+from occnet.classes import FREE_ID
+
+
+# ---- scores on hand-made predictions ----------------------------------------------------------------------
+def _probs(shape, peak: float, cls: int) -> torch.Tensor:
+    """(..., 18) distributions with `peak` on class `cls`, the rest spread evenly."""
+    p = torch.full((*shape, 18), (1 - peak) / 17)
+    p[..., cls] = peak
+    return p
+
+
+def test_uncertainty_ranks_confused_frames_first_and_weights_rare_classes():
+    mask = torch.ones(4, 4, 2, dtype=torch.bool)
+    w = torch.ones(18)
+    sure, unsure = _probs((4, 4, 2), 0.95, 4), _probs((4, 4, 2), 0.4, 4)
+    assert uncertainty(unsure, mask, w) > uncertainty(sure, mask, w)
+    # two frames, equally uncertain voxels: one predicts a common class (car), the other a rare one (bicycle)
+    hist = torch.zeros(18)
+    hist[4], hist[2], hist[FREE_ID] = 1000, 10, 10000
+    weights = class_weights(hist)
+    assert weights[2] > weights[4] > weights[FREE_ID]
+    assert float((weights * hist / hist.sum()).sum()) == pytest.approx(1.0, rel=1e-5)
+    half = _probs((4, 4, 2), 0.95, FREE_ID)
+    common, rare = half.clone(), half.clone()
+    common[:, :, 1] = _probs((4, 4), 0.4, 4)
+    rare[:, :, 1] = _probs((4, 4), 0.4, 2)
+    assert uncertainty(rare, mask, weights) > uncertainty(common, mask, weights)
+    assert uncertainty(rare, mask, w) == pytest.approx(uncertainty(common, mask, w))  # the weights make the difference
+    # voxels outside mask_camera do not count
+    assert uncertainty(rare, torch.zeros_like(mask), weights) == 0.0
+
+
+def test_voxel_distribution_and_disagreement():
+    density = torch.tensor([0.0, 1e4])
+    logits = torch.zeros(2, 17)
+    p = voxel_distribution(density, logits, 0.4)
+    assert p[0, FREE_ID] == pytest.approx(1.0) and p[1, FREE_ID] == pytest.approx(0.0)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2))
+    a = torch.tensor([1, 2, 3, 4])
+    b = torch.tensor([1, 2, 0, 0])
+    assert disagreement(a, b, torch.tensor([True, True, True, False])) == pytest.approx(1 / 3)
+
+
+# ---- diversity -----------------------------------------------------------------------------------------
+def test_k_center_greedy_is_within_twice_the_brute_force_optimum():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        x = rng.normal(size=(9, 2))
+        k = 3
+        best = min(k_center_radius(x, c) for c in itertools.combinations(range(9), k))
+        greedy = k_center_greedy(x, k)
+        assert len(set(greedy)) == k
+        assert k_center_radius(x, greedy) <= 2 * best + 1e-9
+    # with frames already labelled, the first pick is the point farthest from them
+    x = np.array([[0.0, 0], [1, 0], [5, 0], [2, 0]])
+    assert k_center_greedy(x, 1, selected=[0], candidates=[1, 2, 3]) == [2]
+    assert sorted(kmeans_pp(x, 2, seed=0)) != [] and len(set(kmeans_pp(x, 3, seed=0))) == 3
+
+
+# ---- budgets and caps ----------------------------------------------------------------------------------------
+def _pool(n_scenes=4, per_scene=5, seed=0):
+    rng = np.random.default_rng(seed)
+    cands = [Candidate(f"t{s}{i}", f"scene{s}", {"uncertainty": float(rng.random())}, cost=1.0 + float(rng.random()) * 3)
+             for s in range(n_scenes) for i in range(per_scene)]
+    return cands, rng.normal(size=(len(cands), 8))
+
+
+@pytest.mark.parametrize("strategy", ["random", "stratified", "entropy", "coreset", "kmeans", "hybrid"])
+def test_budget_and_per_scene_cap_hold_exactly(strategy):
+    cands, feats = _pool()
+    cfg = SelectionConfig(strategy=strategy, budget=6, per_scene_cap=2)
+    picks, used = select_frames(cands, feats, np.zeros((0, 8)), cfg)
+    assert used == strategy and len(picks) == 6
+    scenes = [p.candidate.scene for p in picks]
+    assert max(scenes.count(s) for s in set(scenes)) <= 2
+    assert len({p.candidate.token for p in picks}) == 6
+    cost_cfg = SelectionConfig(strategy=strategy, budget=7.5, per_scene_cap=2, cost_model=True)
+    picks, _ = select_frames(cands, feats, np.zeros((0, 8)), cost_cfg)
+    assert 0 < sum(p.candidate.cost for p in picks) <= 7.5
+
+
+def test_strategies_pick_what_they_promise():
+    cands, feats = _pool()
+    picks, _ = select_frames(cands, feats, np.zeros((0, 8)), SelectionConfig(strategy="entropy", budget=3, per_scene_cap=5))
+    top = sorted(cands, key=lambda c: -c.scores["uncertainty"])[:3]
+    assert [p.candidate.token for p in picks] == [c.token for c in top]
+    picks, _ = select_frames(cands, feats, np.zeros((0, 8)), SelectionConfig(strategy="stratified", budget=4, per_scene_cap=5))
+    assert len({p.candidate.scene for p in picks}) == 4  # one per scene before any scene gets a second
+    # auto: diversity (core-set) while few frames are labelled, the hybrid afterwards
+    assert select_frames(cands, feats, np.zeros((0, 8)), SelectionConfig(budget=2))[1] == "coreset"
+    assert select_frames(cands, feats, feats[:5], SelectionConfig(budget=2), n_labelled=5, pool_size=25)[1] == "hybrid"
+
+
+# ---- the round protocol -------------------------------------------------------------------------------------
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    shutil.copytree(trained, tmp_path / "t")
+    recipe = tmp_path / "t" / "recipe.yaml"
+    r = yaml.safe_load(recipe.read_text())
+    r["out"] = str(tmp_path / "t" / "run")
+    r["selection"] = {"budget": 2, "per_scene_cap": 1}
+    recipe.write_text(yaml.safe_dump(r))
+    return recipe
+
+
+def _deliver(recipe: Path, pool_world: Path, out: Path) -> list[dict]:
+    from autolabel.active.rounds import oracle_annotate
+    from autolabel.recipe import load_recipe
+
+    assert oracle_annotate(load_recipe(recipe), 0, pool_world, out) == 2
+    return json.loads((recipe.parent / "run" / "round_0" / "select" / "manifest.json").read_text())["selected"]
+
+
+def test_select_then_ingest_round_trip_and_idempotence(run_copy, pool_world, tmp_path, capsys):
+    assert main(["select", str(run_copy), "--round", "0"]) == 0
+    folder = run_copy.parent / "run" / "round_0" / "select"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["strategy"] == "coreset" and len(manifest["selected"]) == 2
+    assert len({r["scene"] for r in manifest["selected"]}) == 2  # per-scene cap 1
+    assert all({"token", "scene", "uncertainty", "disagreement", "residual", "cost", "reason"} <= set(r) for r in manifest["selected"])
+    assert (folder / "manifest.csv").read_text().count("\n") == 3
+    page = (folder / "index.html").read_text()
+    assert "000_cameras.png" in page and "000_bev.png" in page and (folder / "001_bev.png").is_file()
+    rows = _deliver(run_copy, pool_world, tmp_path / "ann")
+    assert main(["ingest", str(run_copy), "--round", "0", str(tmp_path / "ann")]) == 0
+    manual = LabelStore.open(run_copy.parent / "run" / "labels.zarr").manual()
+    assert int(manual.done().sum()) == 2
+    from autolabel.data.occ3d import read_labels
+    from tiny_models import TINY_GRID
+
+    gt = read_labels(labels_path(pool_world, rows[0]["scene"], rows[0]["token"]), TINY_GRID)
+    np.testing.assert_array_equal(manual.read(manual.index(rows[0]["token"]), "semantics"), gt.semantics)
+    assert main(["ingest", str(run_copy), "--round", "0", str(tmp_path / "ann")]) == 0  # again: a no-op
+    assert "0 frames ingested, 2 already there unchanged" in capsys.readouterr().out
+    # the next round trains with 3D labels on those frames, and selection skips them
+    from autolabel.training.rounds import manual_labels
+
+    assert set(manual_labels(run_copy.parent / "run" / "labels.zarr", TINY_GRID)) == {r["token"] for r in rows}
+
+
+def test_every_ingest_validation_error(run_copy, pool_world, tmp_path):
+    from tiny_models import TINY_GRID
+
+    assert main(["select", str(run_copy), "--round", "0"]) == 0
+    rows = _deliver(run_copy, pool_world, tmp_path / "ann")
+    path = labels_path(tmp_path / "ann", rows[0]["scene"], rows[0]["token"])
+    good = np.load(path)
+    sem, cam, lid = good["semantics"], good["mask_camera"], good["mask_lidar"]
+
+    def attempt(match: str, **arrays) -> None:
+        np.savez(path, **{"semantics": sem, "mask_camera": cam, "mask_lidar": lid, **arrays})
+        with pytest.raises(DataError, match=match):
+            from autolabel.active.rounds import ingest
+            from autolabel.recipe import load_recipe
+
+            ingest(load_recipe(run_copy), 0, tmp_path / "ann")
+
+    attempt("field 'semantics' has shape", semantics=sem[:10])
+    attempt("field 'semantics' has dtype int64", semantics=sem.astype(np.int64))
+    attempt(r"holds ids \[40\]", semantics=np.where(sem == FREE_ID, 40, sem).astype(np.uint8))
+    attempt("mask_camera is empty", mask_camera=np.zeros_like(cam))
+    np.savez(path, semantics=sem, mask_lidar=lid)
+    with pytest.raises(DataError, match=r"missing key\(s\) \['mask_camera'\]"):
+        from autolabel.active.rounds import ingest
+        from autolabel.recipe import load_recipe
+
+        ingest(load_recipe(run_copy), 0, tmp_path / "ann")
+    write_labels(path, Occ3DLabels(sem, lid, cam), TINY_GRID)
+    stray = labels_path(tmp_path / "ann", "scene-x", "f" * 32)
+    write_labels(stray, Occ3DLabels(sem, lid, cam), TINY_GRID)
+    assert main(["ingest", str(run_copy), "--round", "0", str(tmp_path / "ann")]) == 2  # token not in the manifest
+    stray.unlink()
+    assert main(["ingest", str(run_copy), "--round", "0", str(tmp_path / "ann")]) == 0
+    changed = sem.copy()
+    changed[0, 0, 0] = 4 if sem[0, 0, 0] != 4 else 5
+    write_labels(path, Occ3DLabels(changed, lid, cam), TINY_GRID)
+    with pytest.raises(DataError, match="already ingested with different labels"):
+        from autolabel.active.rounds import ingest
+        from autolabel.recipe import load_recipe
+
+        ingest(load_recipe(run_copy), 0, tmp_path / "ann")
+    assert main(["ingest", str(run_copy), "--round", "1", str(tmp_path / "ann")]) == 2  # no manifest for round 1

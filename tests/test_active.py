@@ -201,3 +201,18 @@ def test_every_ingest_validation_error(run_copy, pool_world, tmp_path):
 
         ingest(load_recipe(run_copy), 0, tmp_path / "ann")
     assert main(["ingest", str(run_copy), "--round", "1", str(tmp_path / "ann")]) == 2  # no manifest for round 1
+
+
+def test_budget_curve_harness_runs_micro(tmp_path):
+    """benchmarks/active.py --micro: every strategy and budget trains a round and is scored."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "active.py"), str(tmp_path / "act"), "--micro"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads((tmp_path / "act" / "active_results.json").read_text())
+    assert set(r["results"]) == {"random", "entropy", "coreset", "hybrid"}
+    assert all(set(v) == {"0.25", "0.5"} for v in r["results"].values())
+    assert (tmp_path / "act" / "budget_curve.png").stat().st_size > 1000

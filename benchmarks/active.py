@@ -1,0 +1,151 @@
+"""Annotation-budget curves of active selection against random, on the synthetic world (issue 8).
+
+Round 0 is trained label-free (rendering + DTS) and labels the pool; then, for every strategy, seed and
+budget (a share of the pool), the frames it selects get oracle 3D labels (the world's ground truth),
+round 1 fine-tunes round 0 with 3D losses on them, and the student is scored on held-out validation
+scenes (Occ3D mIoU within mask_camera). Prints one table (mean +- std over seeds) and writes the curve.
+
+    python benchmarks/active.py RUN [--world DIR | --synth SxF] [--budgets 0.01,0.02,0.05,0.1]
+        [--strategies random,entropy,coreset,hybrid] [--seeds 3] [--steps0 2000] [--steps 300]
+    python benchmarks/active.py RUN --micro      # the CI-sized version: checks that the harness runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from autolabel.active.config import SelectionConfig
+from autolabel.active.pool import score_pool
+from autolabel.active.select import select_frames
+from autolabel.data.occ3d import labels_path, read_labels
+from autolabel.dataset import open_frames
+from autolabel.dts.label import label_round
+from autolabel.recipe import load_recipe
+from autolabel.store.labels import LabelStore
+from autolabel.supervision.cache import supervise
+from autolabel.supervision.providers import build_provider, resolve_device
+from autolabel.training.evaluate import evaluate_checkpoint
+from autolabel.training.rounds import checkpoint_path, open_cache, train_round
+
+MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4}
+
+
+def base_recipe(run: Path, world: Path, val_scene: str, steps0: int, micro: bool) -> dict:
+    r = {"name": "active", "out": str(run / "base"), "device": "auto",
+         "data": {"dataroot": str(world), "version": "v1.0-synth", "val_scenes": [val_scene]},
+         "supervision": {"provider": "precomputed", "precomputed": {"variant": "noisy"}, "cache": str(run / "supervision.zarr")},
+         "network": {"image_size": [224, 400]}, "render": {"rays_per_frame": 16384},
+         "loss": {"silog_lambda": 0.0, "pseudo_3d": 1.0, "labels_3d": 1.0},
+         "train": {"steps": steps0, "warmup_steps": 100, "checkpoint_every": 500, "batch_size": 2, "lr": 5e-4},
+         "dts": {"start_step": steps0 // 2, "batch_size": 4}}
+    if micro:
+        r["network"] = {"grid": MICRO_GRID, "image_size": [64, 112], "depth_bins": 16, "depth_max": 25.0,
+                        "context_channels": 8, "voxel_channels": 8}
+        r["render"] = {"rays_per_frame": 256}
+        r["train"] = {"steps": steps0, "warmup_steps": 1, "checkpoint_every": steps0, "batch_size": 1}
+        r["dts"] = {"start_step": 1, "batch_size": 1}
+        r["device"] = "cpu"
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("--world", default=None)
+    ap.add_argument("--synth", default="6x8", help="SCENESxFRAMES of a world generated into RUN/world")
+    ap.add_argument("--budgets", default="0.01,0.02,0.05,0.1")
+    ap.add_argument("--strategies", default="random,entropy,coreset,hybrid")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps0", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--micro", action="store_true")
+    args = ap.parse_args()
+    if args.micro:
+        args.synth, args.budgets, args.seeds, args.steps0, args.steps = "3x2", "0.25,0.5", 1, 2, 2
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    world = Path(args.world) if args.world else run / "world"
+    if not (world / "v1.0-synth").is_dir():
+        from autolabel.synth.writer import SynthConfig, write_dataset
+        from kernels.grid import GridSpec
+
+        n_scenes, n_frames = (int(v) for v in args.synth.split("x"))
+        size = (112, 200) if args.micro else (225, 400)
+        write_dataset(world, SynthConfig(scenes=n_scenes, frames_per_scene=n_frames, seed=31, image_size=size),
+                      GridSpec.from_dict(MICRO_GRID) if args.micro else GridSpec(), progress=False)
+    scenes = sorted(p.name for p in (world / "gts").iterdir())
+    (run / "base.yaml").write_text(yaml.safe_dump(base_recipe(run, world, scenes[-1], args.steps0, args.micro)))
+    base = load_recipe(run / "base.yaml")
+    t0 = time.perf_counter()
+    frames = open_frames(base, "all", load_images=False, load_gt=False)
+    supervise(frames, build_provider(base.supervision, frames.dataroot), base.cache_path, base.network.image_size, progress=False)
+    train_round(base, 0, progress=False)
+    pool_frames = open_frames(base, "train", load_images=True, load_gt=False)
+    label_round(pool_frames, open_cache(base), LabelStore(base.store_path, base.network.grid, create=True), 0, base.network,
+                base.dts, checkpoint_path(base, 0), resolve_device(base.device), base, progress=False)
+    pool = score_pool(base, 0, progress=False)
+    n_pool = len(pool.tokens)
+    base_score = evaluate_checkpoint(base, checkpoint_path(base, 0), progress=False)
+    print(f"round 0 (label-free, {args.steps0} steps): val mIoU {100 * base_score.miou:.2f} geo "
+          f"{100 * base_score.geometric_iou:.2f}; pool {n_pool} frames; {time.perf_counter() - t0:.0f} s", flush=True)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    results: dict[str, dict[float, list[float]]] = {}
+    for strategy in args.strategies.split(","):
+        for seed in range(args.seeds):
+            for frac in budgets:
+                n = max(1, round(frac * n_pool))
+                cfg = SelectionConfig(strategy=strategy, budget=n, per_scene_cap=max(1, n), seed=seed)
+                picks, _ = select_frames(pool.candidates, pool.features, pool.features[:0], cfg, 0, n_pool)
+                exp = run / "exp" / f"{strategy}-{seed}-{frac}"
+                shutil.rmtree(exp, ignore_errors=True)
+                (exp / "round_0" / "train").mkdir(parents=True)
+                shutil.copyfile(checkpoint_path(base, 0), exp / "round_0" / "train" / "checkpoint.pt")
+                recipe = replace(base, out=str(exp), train=replace(base.train, steps=args.steps,
+                                                                   warmup_steps=min(base.train.warmup_steps, args.steps)))
+                store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
+                manual = store.manual(pool.tokens, pool.scenes, create=True)
+                for p in picks:  # the oracle annotator: exact ground truth for the picked frames
+                    gt = read_labels(labels_path(world, p.candidate.scene, p.candidate.token), recipe.network.grid)
+                    manual.write(manual.index(p.candidate.token), semantics=gt.semantics, mask_lidar=gt.mask_lidar,
+                                 mask_camera=gt.mask_camera, confidence=np.full(gt.semantics.shape, 255, np.uint8))
+                train_round(recipe, 1, progress=False)
+                score = evaluate_checkpoint(recipe, checkpoint_path(recipe, 1), progress=False)
+                results.setdefault(strategy, {}).setdefault(frac, []).append(100 * score.miou)
+                print(f"{strategy} seed {seed} budget {frac:.0%} ({len(picks)} frames): val mIoU {100 * score.miou:.2f}",
+                      flush=True)
+    (run / "active_results.json").write_text(json.dumps({"round0_miou": 100 * base_score.miou, "pool": n_pool,
+                                                         "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()}},
+                                                        indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for strategy, r in results.items():
+        x = [max(1, round(f * n_pool)) for f in budgets]
+        m = [np.mean(r[f]) for f in budgets]
+        s = [np.std(r[f]) for f in budgets]
+        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=strategy)
+    ax.axhline(100 * base_score.miou, color="gray", ls=":", label="round 0 (no 3D labels)")
+    ax.set_xlabel("frames with manual 3D labels")
+    ax.set_ylabel("validation mIoU (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run / "budget_curve.png", dpi=110)
+    print(f"\npool {n_pool} frames; val mIoU (mean +- std over {args.seeds} seeds); round 0: {100 * base_score.miou:.2f}")
+    print(f"{'strategy':<12}" + "".join(f"{f'{f:.0%} ({max(1, round(f * n_pool))})':>16}" for f in budgets))
+    for strategy, r in results.items():
+        print(f"{strategy:<12}" + "".join(f"{np.mean(r[f]):>9.2f} +-{np.std(r[f]):>4.1f}" for f in budgets))
+
+
+if __name__ == "__main__":
+    main()

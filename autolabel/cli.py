@@ -120,7 +120,16 @@ def _add_active(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: active.ingest(a.recipe, a.overrides, a.out, a.k, a.folder))
 
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_synth, _add_supervise, _add_eval2d, _add_train, _add_label,
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    from .commands import run
+
+    p = sub.add_parser("run", help="the whole loop: data, 2D supervision, training, pseudo-labels, evaluation, "
+                                   "export, report, selection and annotation rounds (resumable)")
+    _recipe_args(p)
+    p.set_defaults(func=lambda a: run.run(a.recipe, a.overrides, a.out))
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_run, _add_info, _add_synth, _add_supervise, _add_eval2d, _add_train, _add_label,
                                                               _add_store_commands, _add_active)
 
 

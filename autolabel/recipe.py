@@ -48,6 +48,28 @@ class DataConfig:
             raise ValueError(f"train_scenes and val_scenes overlap: {sorted(set(self.train_scenes) & set(self.val_scenes))}")
 
 
+ANNOTATORS = ("oracle", "folder")
+
+
+@dataclass
+class RoundsConfig:
+    """The recipe's ``rounds`` section."""
+
+    count: int = 1  # labelling rounds; every round but the last selects frames for annotation
+    annotator: str = "oracle"  # oracle: the dataset's gts/ (simulation); folder: real annotations in annotations_dir
+    annotations_dir: Optional[str] = None  # folder: <dir>/round_<K>/ holds the annotators' gts/ tree
+    export_drop_quantile: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError("rounds.count must be >= 1")
+        if self.annotator not in ANNOTATORS:
+            raise ValueError(f"rounds.annotator must be one of {ANNOTATORS}, got {self.annotator!r}")
+        if self.annotator == "folder" and not self.annotations_dir:
+            raise ValueError("rounds.annotator folder needs rounds.annotations_dir")
+
+
+
 @dataclass
 class Recipe:
     name: str = "recipe"
@@ -62,6 +84,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     dts: DTSConfig = field(default_factory=DTSConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

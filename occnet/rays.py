@@ -83,16 +83,38 @@ def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Te
     pick = torch.multinomial(w_pix, n_rays, replacement=True, generator=generator)
     cam, rest = pick // (h * w), pick % (h * w)
     v, u = rest // w, rest % w
+    origins, dirs, z_per_metre = _pixel_rays(intrinsics, cam2ego, cam, v, u)
+    return RayBatch(origins=origins, directions=dirs,
+                    batch_index=torch.full((n_rays,), batch, dtype=torch.long, device=depth.device),
+                    z_per_metre=z_per_metre, depth=depth[cam, v, u].float(), semantics=sem[cam, v, u],
+                    confidence=confidence[cam, v, u].float(), weight=torch.full((n_rays,), weight, device=depth.device))
+
+
+def _pixel_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, cam: torch.Tensor, v: torch.Tensor,
+                u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rays through pixel centres (cam, v, u): origins (R, 3), unit directions (R, 3), z-depth per metre (R,)."""
     pix = torch.stack([u.float() + 0.5, v.float() + 0.5, torch.ones_like(u, dtype=torch.float32)], 1)
     d_cam = torch.einsum("rij,rj->ri", torch.linalg.inv(intrinsics.float())[cam], pix)
     d_cam = d_cam / d_cam.norm(dim=1, keepdim=True)
     pose = cam2ego.float()[cam]
     dirs = torch.einsum("rij,rj->ri", pose[:, :3, :3], d_cam)
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    return RayBatch(origins=pose[:, :3, 3].contiguous(), directions=dirs,
-                    batch_index=torch.full((n_rays,), batch, dtype=torch.long, device=depth.device),
-                    z_per_metre=d_cam[:, 2].contiguous(), depth=depth[cam, v, u].float(), semantics=sem[cam, v, u],
-                    confidence=confidence[cam, v, u].float(), weight=torch.full((n_rays,), weight, device=depth.device))
+    return pose[:, :3, 3].contiguous(), dirs, d_cam[:, 2].contiguous()
+
+
+def image_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, hw: tuple[int, int], batch: int = 0) -> RayBatch:
+    """One ray per pixel of every camera (N cameras x H x W, row-major), for rendering whole images."""
+    n, (h, w) = intrinsics.shape[0], hw
+    dev = intrinsics.device
+    cam, v, u = torch.meshgrid(torch.arange(n, device=dev), torch.arange(h, device=dev), torch.arange(w, device=dev),
+                               indexing="ij")
+    cam, v, u = cam.reshape(-1), v.reshape(-1), u.reshape(-1)
+    origins, dirs, zpm = _pixel_rays(intrinsics, cam2ego, cam, v, u)
+    r = len(cam)
+    zeros = torch.zeros(r, device=dev)
+    return RayBatch(origins=origins, directions=dirs, batch_index=torch.full((r,), batch, dtype=torch.long, device=dev),
+                    z_per_metre=zpm, depth=zeros, semantics=torch.full((r,), IGNORE, dtype=torch.long, device=dev),
+                    confidence=zeros, weight=torch.ones(r, device=dev))
 
 
 def concat_rays(batches: list[RayBatch]) -> RayBatch:

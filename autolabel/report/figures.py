@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +19,7 @@ def _plt():
 def confusion_png(confusion: np.ndarray, rows_names: Sequence[str], col_names: Sequence[str], path: str | Path,
                   title: str) -> Path:
     """Row-normalised confusion matrix (rows: ground truth, columns: prediction), shares in percent."""
-    plt = _plt()
+    plt = pyplot()
     rows = confusion.sum(1, keepdims=True)
     share = np.divide(confusion, rows, out=np.zeros(confusion.shape, float), where=rows > 0)
     n, m = confusion.shape
@@ -46,7 +46,7 @@ def confusion_png(confusion: np.ndarray, rows_names: Sequence[str], col_names: S
 def coverage_curve_png(curve: Sequence[dict], path: str | Path, title: str) -> Path:
     """Pseudo-label precision / coverage trade-off: mIoU and geometric IoU of kept voxels against the
     kept share of mask_camera, one point per drop quantile."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     cov = [100 * c["coverage"] for c in curve]
     ax.plot(cov, [c["miou"] for c in curve], "o-", label="mIoU of kept voxels")

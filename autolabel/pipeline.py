@@ -1,0 +1,174 @@
+"""``autolabel run``: the whole loop as resumable stages.
+
+data -> 2D supervision (cached) -> per round: train -> label (pseudo-labels into the store) -> evaluate
+(where ground truth exists) -> export (Occ3D) -> report -> select -> ingest (simulated oracle or a
+folder of real annotations) -> next round. Each finished stage is recorded in ``<run>/stages.json``
+(written atomically) and skipped on a rerun; the stages themselves resume inside (training from its
+checkpoint, labelling from the store's done flags), so a crash or Ctrl-C loses at most the work since
+the last checkpoint or frame.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from occnet.atomic import atomic_write
+
+from .errors import DataError
+from .recipe import RESOLVED_RECIPE, Recipe, save_recipe
+
+STAGES_FILE = "stages.json"
+
+
+class Stages:
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / STAGES_FILE
+        self.done: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def run(self, name: str, fn: Callable[[], dict | None]) -> dict:
+        if name in self.done:
+            return self.done[name]
+        t0 = time.perf_counter()
+        result = fn() or {}
+        self.done[name] = {**result, "seconds": round(time.perf_counter() - t0, 2)}
+        text = json.dumps(self.done, indent=1)
+        atomic_write(self.path, lambda fh: fh.write(text.encode()))
+        return self.done[name]
+
+
+def _check_saved_recipe(recipe: Recipe) -> None:
+    saved = recipe.run_dir / RESOLVED_RECIPE
+    if saved.is_file():
+        from .recipe import load_recipe
+
+        old = load_recipe(saved)
+        if old.digest() != recipe.digest():
+            raise DataError(f"{recipe.run_dir} holds a run of another recipe ({saved}); resume it with the same "
+                            f"recipe and --set values, or choose another --out")
+
+
+def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
+    from .dataset import ensure_dataset, open_frames
+
+    _check_saved_recipe(recipe)
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)
+    stages = Stages(recipe.run_dir)
+    stages.run("data", lambda: {"dataroot": str(ensure_dataset(recipe, progress))})
+
+    def supervise_all() -> dict:
+        from .supervision.cache import supervise
+        from .supervision.providers import build_provider
+
+        frames = open_frames(recipe, "all", load_images=False, load_gt=False)
+        provider = build_provider(recipe.supervision, frames.dataroot, frames.nusc)
+        return supervise(frames, provider, recipe.cache_path, recipe.network.image_size, recipe.supervision.lidar_min_depth,
+                         recipe.supervision.lidar_max_depth, progress, extra_attrs={"recipe": recipe.digest()})
+
+    stages.run("supervise", supervise_all)
+    history = []
+    for k in range(recipe.rounds.count):
+        history.append(_round(recipe, k, stages, history, progress))
+    return {"run_dir": str(recipe.run_dir), "rounds": history, "stages": stages.done}
+
+
+def _has_gts(recipe: Recipe) -> bool:
+    return (recipe.dataroot / "gts").is_dir()
+
+
+def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress: bool) -> dict:
+    from .dataset import open_frames
+    from .dts.label import label_round
+    from .store.labels import LabelStore
+    from .store.rounds import evaluate_round, export_occ3d
+    from .supervision.providers import resolve_device
+    from .training.evaluate import evaluate_checkpoint
+    from .training.rounds import checkpoint_path, manual_labels, open_cache, train_round
+
+    p = f"round_{k}"
+    stages.run(f"{p}/train", lambda: {key: v for key, v in train_round(recipe, k, progress).items() if key != "last"})
+
+    def label() -> dict:
+        frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+        store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
+        return label_round(frames, open_cache(recipe), store, k, recipe.network, recipe.dts, checkpoint_path(recipe, k),
+                           resolve_device(recipe.device), recipe, progress=progress)
+
+    stages.run(f"{p}/label", label)
+
+    def evaluate() -> dict:
+        out: dict = {"labelled": len(manual_labels(recipe.store_path, recipe.network.grid))}
+        if not _has_gts(recipe):
+            return out
+        if recipe.data.val_scenes:
+            out["val"] = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), "val", progress=progress).as_dict()
+        r = evaluate_round(LabelStore.open(recipe.store_path), k, recipe.dataroot, (recipe.rounds.export_drop_quantile,),
+                           progress=progress)
+        out["pseudo"] = r["scores"].as_dict()
+        out["pseudo_thresholded"] = r["curve"][0]
+        return out
+
+    metrics = stages.run(f"{p}/evaluate", evaluate)
+    export_dir = recipe.run_dir / "export" / p
+    stages.run(f"{p}/export", lambda: {key: v for key, v in export_occ3d(
+        LabelStore.open(recipe.store_path), k, export_dir, recipe.rounds.export_drop_quantile, progress).items()
+        if key in ("frames", "kept_in_mask_camera")} | {"folder": str(export_dir)})
+    entry = {"round": k, "labelled": metrics.get("labelled", 0),
+             "val_miou": (metrics.get("val") or {}).get("miou"), "pseudo_miou": (metrics.get("pseudo") or {}).get("miou"),
+             "export": str(export_dir)}
+    last = k == recipe.rounds.count - 1
+    if not last:
+        stages.run(f"{p}/select", lambda: _select(recipe, k))
+        stages.run(f"{p}/ingest", lambda: _ingest(recipe, k))
+
+    def report() -> dict:
+        from .report.round_report import write_round_report
+
+        return {"page": str(write_round_report(recipe, k, metrics, history + [entry]))}
+
+    entry["report"] = stages.run(f"{p}/report", report)["page"]
+    return entry
+
+
+def _select(recipe: Recipe, k: int) -> dict:
+    from .active.pool import score_pool
+    from .active.rounds import write_manifest
+    from .active.select import select_frames
+    from .store.labels import LabelStore
+
+    pool = score_pool(recipe, k, progress=False)
+    lab = pool.labelled
+    picks, strategy = select_frames(pool.candidates, pool.features[~lab], pool.features[lab], recipe.selection,
+                                    n_labelled=int(lab.sum()), pool_size=len(pool.tokens))
+    path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
+                          LabelStore.open(recipe.store_path, recipe.network.grid))
+    return {"strategy": strategy, "selected": len(picks), "manifest": str(path)}
+
+
+def _ingest(recipe: Recipe, k: int) -> dict:
+    from .active.rounds import ingest, oracle_annotate
+
+    if recipe.rounds.annotator == "oracle":
+        folder = recipe.round_dir(k) / "oracle_annotations"
+        oracle_annotate(recipe, k, recipe.dataroot, folder)
+    else:
+        folder = Path(recipe.rounds.annotations_dir) / f"round_{k}"
+        if not folder.is_dir():
+            raise DataError(f"round {k}: waiting for annotations in {folder} (the frames are listed in "
+                            f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun `autolabel run`")
+    s = ingest(recipe, k, folder)
+    return {"added": len(s["added"]), "manual_total": s["manual_total"]}
+
+
+def summary_text(recipe: Recipe, result: dict) -> str:
+    lines = [f"run {recipe.name} finished: {result['run_dir']}"]
+    for r in result["rounds"]:
+        val = f"val mIoU {r['val_miou']:.2f}" if r.get("val_miou") is not None else "val mIoU -"
+        pseudo = f"pseudo-label mIoU {r['pseudo_miou']:.2f}" if r.get("pseudo_miou") is not None else "pseudo-label mIoU -"
+        lines.append(f"  round {r['round']}: {r['labelled']} frames with manual 3D labels; {val}; {pseudo}")
+        lines.append(f"    Occ3D export {r['export']}/gts   report {r['report']}")
+    lines.append(f"  pseudo-label store {recipe.store_path}   2D supervision cache {recipe.cache_path}")
+    lines.append(f"  stages and timings {recipe.run_dir / STAGES_FILE}; rerunning resumes at the first unfinished stage")
+    return "\n".join(lines)

@@ -359,3 +359,13 @@ def test_every_shipped_recipe_is_valid(path):
 
     recipe = load_recipe(path)
     assert recipe.name == path.stem
+
+
+def test_a_group_left_half_created_by_a_crash_is_made_again(tmp_path):
+    from autolabel.store.frame_arrays import ArraySpec, FrameArrays, open_root
+
+    root = open_root(tmp_path / "s.zarr", "a")
+    root.create_group("g").create_array("x", shape=(2, 4), dtype="uint8", chunks=(1, 4))  # died before `tokens`
+    arr = FrameArrays.create_or_open(root, "g", [ArraySpec("x", (4,), "uint8")], ["a", "b"], {}, [], "store s")
+    arr.write(1, x=np.ones(4))
+    assert arr.tokens == ("a", "b") and arr.done().tolist() == [False, True]

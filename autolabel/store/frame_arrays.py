@@ -66,6 +66,8 @@ class FrameArrays:
         (grid, class table, image size, ...): otherwise DataError naming the field, and nothing is changed.
         """
         attrs = jsonable(dict(attrs))
+        if path in root and "tokens" not in root[path]:
+            del root[path]  # a crash during creation: nothing was written into it yet (tokens come last)
         if path in root:
             group = root[path]
             arr = cls(group, specs, where)

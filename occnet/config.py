@@ -107,7 +107,8 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 1  # frames per step
+    batch_size: int = 1  # frames per micro-batch on each process
+    accumulate: int = 1  # micro-batches per optimiser step (a step sees batch_size x accumulate x processes frames)
     lr: float = 2e-4
     weight_decay: float = 1e-2
     warmup_steps: int = 100
@@ -119,6 +120,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.steps > 0, "TrainConfig.steps must be > 0")
         _check(self.batch_size > 0, "TrainConfig.batch_size must be > 0")
+        _check(self.accumulate > 0, "TrainConfig.accumulate must be > 0")
         _check(self.lr > 0, "TrainConfig.lr must be > 0")
         _check(self.warmup_steps >= 0, "TrainConfig.warmup_steps must be >= 0")
         _check(self.checkpoint_every > 0, "TrainConfig.checkpoint_every must be > 0")

@@ -3,6 +3,7 @@ atomic checkpoints that resume exactly (step, optimiser, scheduler, hooks; batch
 function of the step, so a resumed run continues the same curve)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import asdict
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from .atomic import atomic_write
 from .classes import DYNAMIC_CLASS_IDS
 from .config import LossConfig, RenderConfig, TrainConfig
+from .distributed import barrier, rank, world_size
 from .losses import depth_distribution_ce, opacity_entropy, rendered_semantics_ce, silog, voxel_ce
 from .network import OccupancyNetwork
 from .rays import concat_rays, render, sample_rays
@@ -35,14 +37,18 @@ def default_workers() -> int:
 
 
 class StepBatches(Sampler[list[int]]):
-    """Batches as a function of the step: epoch e is a permutation seeded by (seed, e)."""
+    """Batches as a function of the step: epoch e is a permutation seeded by (seed, e). Under several
+    processes, the step's global batch (batch_size x world frames) is cut into one slice per rank."""
 
-    def __init__(self, n: int, batch_size: int, start: int, stop: int, seed: int):
+    def __init__(self, n: int, batch_size: int, start: int, stop: int, seed: int, rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.start, self.stop, self.seed = n, batch_size, start, stop, seed
+        self.rank, self.world = rank, world
 
     def indices(self, step: int) -> list[int]:
         out = []
-        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
+        per_step = self.batch_size * self.world
+        first = step * per_step + self.rank * self.batch_size
+        for k in range(first, first + self.batch_size):
             epoch, pos = divmod(k, self.n)
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
             out.append(int(perm[pos]))
@@ -68,10 +74,18 @@ class Trainer:
                  out_dir: str | os.PathLike, device: str | torch.device = "cpu", hooks: Iterable[StepHook] = (),
                  class_weights: torch.Tensor | None = None,
                  annotate: Callable[[dict, int], dict] | None = None):
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # one process: plain BatchNorm
-        self.model = model.to(device)
         self.device = torch.device(device)
+        self.rank, self.world = rank(), world_size()
+        if self.world > 1 and self.device.type == "cuda":
+            # SyncBN needs a GPU; on CPUs (gloo) each rank keeps its own BatchNorm statistics
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device)  # the network itself: config, state dict, hooks
+        self.forward_model: torch.nn.Module = self.model  # what the forward pass goes through (DDP when distributed)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                                         find_unused_parameters=True)
         self.render_cfg, self.loss_cfg, self.cfg = render_cfg, loss_cfg, train_cfg
         self.out_dir = Path(out_dir)
         self.hooks = list(hooks)
@@ -96,8 +110,10 @@ class Trainer:
                 "config": {"render": asdict(self.render_cfg), "loss": asdict(self.loss_cfg), "train": asdict(self.cfg)}}
 
     def save(self, path: Path | None = None) -> Path:
+        """Rank 0 writes (every rank holds the same weights)."""
         path = path or self.out_dir / CHECKPOINT
-        atomic_write(path, lambda fh: torch.save(self.state_dict(), fh))
+        if self.rank == 0:
+            atomic_write(path, lambda fh: torch.save(self.state_dict(), fh))
         return path
 
     def load(self, path: Path | None = None) -> bool:
@@ -115,14 +131,16 @@ class Trainer:
         return True
 
     # ---- one step -----------------------------------------------------------------------------
-    def losses(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+    def losses(self, batch: dict, step: int, offset: int = 0) -> dict[str, torch.Tensor]:
+        """Loss terms of a batch; `offset` is the position of its first frame in the step's global batch
+        (frames' rays are seeded by (step, position), so a frame gets the same rays on any rank layout)."""
         cfg, lc = self.render_cfg, self.loss_cfg
         dev = self.device
         b = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         if self.annotate is not None and lc.pseudo_3d > 0:
             b.update(self.annotate(b, step))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.bf16):
-            out = self.model(b["images"], b["intrinsics"], b["cam2ego"])
+            out = self.forward_model(b["images"], b["intrinsics"], b["cam2ego"])
         terms: dict[str, torch.Tensor] = {}
         rendering = lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0
         parts = []
@@ -131,9 +149,9 @@ class Trainer:
             prior = self.model.view.depth_prior(b["depth"])
             terms["depthbins"] = lc.depth_distribution * depth_distribution_ce(out.depth_prob, prior, net.depth_min, net.depth_step)
         if rendering:
-            gen = torch.Generator(device=dev).manual_seed(self.cfg.seed * 1_000_003 + step)
             grid = self.model.cfg.grid
             for i in range(b["images"].shape[0]):
+                gen = torch.Generator(device=dev).manual_seed(self.cfg.seed * 1_000_003 + step * 4099 + offset + i)
                 # a frame with no LiDAR point in the grid (and no label) has nothing to render: skip it
                 try:
                     parts.append(sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i],
@@ -172,11 +190,25 @@ class Trainer:
         return terms
 
     def train_step(self, batch: dict) -> dict[str, float]:
-        self.model.train()
-        terms = self.losses(batch, self.step)
-        total = sum(terms.values())
+        """One optimiser step on this rank's frames, in `accumulate` micro-batches of batch_size frames."""
+        self.forward_model.train()
+        acc = self.cfg.accumulate
+        n = batch["images"].shape[0]
+        if n % acc:
+            raise ValueError(f"Trainer: a batch of {n} frames does not split into {acc} micro-batches")
+        size = n // acc
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        sums: dict[str, float] = {}
+        for m in range(acc):
+            part = {k: (v[m * size:(m + 1) * size] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
+            sync = m == acc - 1 or self.world == 1
+            ctx = contextlib.nullcontext() if sync else self.forward_model.no_sync()
+            with ctx:
+                terms = self.losses(part, self.step, offset=self.rank * n + m * size)
+                total = sum(terms.values())
+                (total / acc).backward()
+            for k, v in {"loss": total, **terms}.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / acc
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
@@ -184,25 +216,27 @@ class Trainer:
         self.step += 1
         for hook in self.hooks:
             hook(self.model, self.step)
-        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+        return sums
 
     def fit(self, dataset: Dataset, batch_size: int = 1, workers: int | None = None,
             on_log: Callable[[int, dict], None] | None = None, progress: bool = True, until: int | None = None) -> list[dict]:
         """Train up to cfg.steps (or `until`, to stop early), resuming from the checkpoint in out_dir."""
         self.load()
         stop = self.cfg.steps if until is None else min(until, self.cfg.steps)
-        sampler = StepBatches(len(dataset), batch_size, self.step, stop, self.cfg.seed)
+        sampler = StepBatches(len(dataset), batch_size * self.cfg.accumulate, self.step, stop, self.cfg.seed,
+                              self.rank, self.world)
         workers = default_workers() if workers is None else workers
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False)
         history = []
-        bar = tqdm(loader, total=len(sampler), initial=0, desc="train", disable=not progress)
+        bar = tqdm(loader, total=len(sampler), initial=0, desc="train", disable=not progress or self.rank != 0)
         for batch in bar:
             logs = self.train_step(batch)
             history.append(logs)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
-            if on_log is not None:
+            if on_log is not None and self.rank == 0:
                 on_log(self.step, logs)
             if self.step % self.cfg.checkpoint_every == 0 or self.step in (stop, self.cfg.steps):
                 self.save()
+        barrier()  # the last checkpoint is on disk before any rank goes on to read it
         return history

@@ -11,6 +11,7 @@ from ..training.rounds import checkpoint_path, open_cache
 
 def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
+    resolve_device(recipe.device)  # under torchrun: join the process group first
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
     save_recipe(recipe, recipe.round_dir(k) / "label" / RESOLVED_RECIPE)

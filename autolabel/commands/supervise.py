@@ -4,12 +4,13 @@ from __future__ import annotations
 from ..dataset import open_frames
 from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
 from ..supervision.cache import supervise
-from ..supervision.providers import build_provider
+from ..supervision.providers import build_provider, resolve_device
 
 
 def run(recipe_path: str, overrides: list[str], out: str | None, progress: bool = True) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
     sup = recipe.supervision
+    resolve_device(sup.device)  # under torchrun: join the process group before any rank touches the cache
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     provider = build_provider(sup, frames.dataroot, frames.nusc)  # checks model paths before any work
     save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from occnet.classes import FREE_ID
+from occnet.distributed import barrier, is_main, rank, world_size
 from occnet.network import OccupancyNetwork
 from occnet.visibility import camera_rays, ray_voxels
 
@@ -85,14 +86,20 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
         "package_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     scenes = [frames.scene_of(t) for t in frames.tokens]
-    arrays = store.create_round(k, frames.tokens, scenes, provenance)
-    pending = np.flatnonzero(~arrays.done()).tolist()
+    # under torchrun: rank 0 creates the round, then every rank labels its own frames (i % world == rank);
+    # one frame per chunk, so ranks never write the same chunk
+    if is_main():
+        arrays = store.create_round(k, frames.tokens, scenes, provenance)
+    barrier()
+    if not is_main():
+        arrays = store.create_round(k, frames.tokens, scenes, provenance)
+    pending = [i for i in np.flatnonzero(~arrays.done()).tolist() if i % world_size() == rank()]
     grid = network_cfg.grid
     dataset = FrameDataset(frames, network_cfg.image_size, labels="cache", cache=cache, indices=pending, grid=grid)
     loader = DataLoader(dataset, batch_size=dts.batch_size, num_workers=workers,
                         collate_fn=lambda items: items)  # frames are written one by one
     t0 = time.perf_counter()
-    bar = tqdm(total=len(pending), desc=f"label round {k}", disable=not progress)
+    bar = tqdm(total=len(pending), desc=f"label round {k}", disable=not progress or not is_main())
     for items in loader:
         batch = {key: torch.stack([it[key] for it in items]).to(device) for key in ("images", "intrinsics", "cam2ego", "depth")}
         occ, cls, pcls = teacher_probabilities(model, batch, dts.depth_aware)
@@ -108,5 +115,6 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
                          mask_camera=cam_mask.cpu().numpy(), mask_lidar=lidar_mask.cpu().numpy())
             bar.update(1)
     bar.close()
+    barrier()  # the round is complete when every rank is done
     return {"frames": len(frames), "labelled": len(pending), "skipped": len(frames) - len(pending),
             "seconds": time.perf_counter() - t0, "teacher_step": step, "weights": provenance["weights"]}

@@ -7,6 +7,7 @@ import copy
 import torch
 
 from occnet.classes import IGNORE_ID
+from occnet.distributed import is_distributed
 from occnet.inference import voxel_labels, voxel_probabilities
 from occnet.network import OccupancyNetwork
 
@@ -42,6 +43,11 @@ class EMATeacher:
             tp.mul_(m).add_(sp.detach(), alpha=1 - m)
         for tb, sb in zip(self.model.buffers(), s.buffers()):
             tb.copy_(sb)
+        if is_distributed():
+            # parameters are equal on every rank after DDP's all-reduce, BatchNorm statistics are not (each
+            # rank normalised its own frames): rank 0's go to all, so that every rank's teacher is the same
+            for tb in self.model.buffers():
+                torch.distributed.broadcast(tb, src=0)
 
     def to(self, device: torch.device) -> "EMATeacher":
         self.model.to(device)

@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from occnet.distributed import barrier, is_main, rank, world_size
+
 from ..data.frame import CAMERA_NAMES
 from ..data.nuscenes import NuScenesFrames
 from ..data.transforms import ResizeCrop
@@ -86,19 +88,26 @@ def supervise(frames: NuScenesFrames, provider: LabelProvider, cache_path: str |
               min_depth: float = 1.0, max_depth: float | None = None, progress: bool = True,
               extra_attrs: dict | None = None) -> dict:
     """Compute the 2D supervision of every frame not yet in the cache. Returns a summary."""
-    cache = SupervisionCache.create_or_open(cache_path, frames.tokens, tuple(image_size), provider,
-                                            {"min_depth": min_depth, "max_depth": max_depth}, extra_attrs)
+    def open_cache() -> SupervisionCache:
+        return SupervisionCache.create_or_open(cache_path, frames.tokens, tuple(image_size), provider,
+                                               {"min_depth": min_depth, "max_depth": max_depth}, extra_attrs)
+
+    # under torchrun: rank 0 creates the cache, every rank computes its own frames (i % world == rank)
+    cache = open_cache() if is_main() else None
+    barrier()
+    cache = cache or open_cache()
     arrays = cache.arrays
-    pending = np.flatnonzero(~arrays.done())
+    pending = np.array([i for i in np.flatnonzero(~arrays.done()) if i % world_size() == rank()], dtype=np.int64)
     t0 = time.perf_counter()
     labelled = 0.0
-    for i in tqdm(pending, desc=f"supervise ({provider.name})", disable=not progress):
+    for i in tqdm(pending, desc=f"supervise ({provider.name})", disable=not progress or not is_main()):
         frame = frames.frame(frames.tokens[i], images=provider.needs_images)
         rc = ResizeCrop.fit(frame.cameras[0].image_size, tuple(image_size))
         sem, conf = provider.label(frame, rc)
         depth = lidar_depth_maps(rc.apply_frame(frame), min_depth, max_depth)
         arrays.write(int(i), semantics=sem, confidence=np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8), depth=depth)
         labelled += float((sem != 255).mean())
+    barrier()
     elapsed = time.perf_counter() - t0
     return {"frames": len(frames), "computed": len(pending), "skipped": len(frames) - len(pending),
             "seconds": elapsed, "coverage": labelled / max(len(pending), 1)}

@@ -40,6 +40,14 @@ class LabelProvider(Protocol):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The recipe's device; under torchrun (WORLD_SIZE > 1) this joins the process group and returns the
+    rank's own GPU (or the CPU with gloo)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from occnet.distributed import init_from_env
+
+        return init_from_env(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -33,8 +33,8 @@ def evaluate(store_path: str, k: int, gts: str, drop_quantile: float, out: str |
     print(r["scores"].table())
     print(f"\n{'drop quantile':>14}{'coverage %':>12}{'mIoU kept':>11}{'geo IoU kept':>14}")
     for c in r["curve"]:
-        print(f"{c['drop_quantile']:>14.1f}{100 * c['coverage']:>12.1f}{c['miou'] or float('nan'):>11.2f}"
-              f"{c['geometric_iou'] or float('nan'):>14.2f}")
+        miou, geo = (float("nan") if v is None else v for v in (c["miou"], c["geometric_iou"]))  # None: no class kept
+        print(f"{c['drop_quantile']:>14.1f}{100 * c['coverage']:>12.1f}{miou:>11.2f}{geo:>14.2f}")
     folder = Path(out) if out else Path(store_path).parent / f"round_{k}" / "eval"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pseudo_labels.json").write_text(json.dumps({"round": k, "gts": str(gts), "frames": r["frames"],

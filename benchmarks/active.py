@@ -37,6 +37,29 @@ from autolabel.training.rounds import checkpoint_path, open_cache, train_round
 MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4}
 
 
+def make_world(world: Path, synth: str, micro: bool) -> Path:
+    """The synthetic world SCENESxFRAMES (generated once; the micro one on the small grid)."""
+    if not (world / "v1.0-synth").is_dir():
+        from autolabel.synth.writer import SynthConfig, write_dataset
+        from kernels.grid import GridSpec
+
+        n_scenes, n_frames = (int(v) for v in synth.split("x"))
+        size = (112, 200) if micro else (225, 400)
+        write_dataset(world, SynthConfig(scenes=n_scenes, frames_per_scene=n_frames, seed=31, image_size=size),
+                      GridSpec.from_dict(MICRO_GRID) if micro else GridSpec(), progress=False)
+    return world
+
+
+def oracle_labels(recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]], world: Path) -> None:
+    """The oracle annotator: exact ground truth of the picked (scene, token) frames into the manual group."""
+    store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
+    manual = store.manual(pool_tokens, pool_scenes, create=True)
+    for scene, token in picks:
+        gt = read_labels(labels_path(world, scene, token), recipe.network.grid)
+        manual.write(manual.index(token), semantics=gt.semantics, mask_lidar=gt.mask_lidar, mask_camera=gt.mask_camera,
+                     confidence=np.full(gt.semantics.shape, 255, np.uint8))
+
+
 def base_recipe(run: Path, world: Path, val_scene: str, steps0: int, micro: bool) -> dict:
     r = {"name": "active", "out": str(run / "base"), "device": "auto",
          "data": {"dataroot": str(world), "version": "v1.0-synth", "val_scenes": [val_scene]},
@@ -71,15 +94,7 @@ def main() -> None:
         args.synth, args.budgets, args.seeds, args.steps0, args.steps = "3x2", "0.25,0.5", 1, 2, 2
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
-    world = Path(args.world) if args.world else run / "world"
-    if not (world / "v1.0-synth").is_dir():
-        from autolabel.synth.writer import SynthConfig, write_dataset
-        from kernels.grid import GridSpec
-
-        n_scenes, n_frames = (int(v) for v in args.synth.split("x"))
-        size = (112, 200) if args.micro else (225, 400)
-        write_dataset(world, SynthConfig(scenes=n_scenes, frames_per_scene=n_frames, seed=31, image_size=size),
-                      GridSpec.from_dict(MICRO_GRID) if args.micro else GridSpec(), progress=False)
+    world = make_world(Path(args.world) if args.world else run / "world", args.synth, args.micro)
     scenes = sorted(p.name for p in (world / "gts").iterdir())
     (run / "base.yaml").write_text(yaml.safe_dump(base_recipe(run, world, scenes[-1], args.steps0, args.micro)))
     base = load_recipe(run / "base.yaml")
@@ -109,12 +124,7 @@ def main() -> None:
                 shutil.copyfile(checkpoint_path(base, 0), exp / "round_0" / "train" / "checkpoint.pt")
                 recipe = replace(base, out=str(exp), train=replace(base.train, steps=args.steps,
                                                                    warmup_steps=min(base.train.warmup_steps, args.steps)))
-                store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
-                manual = store.manual(pool.tokens, pool.scenes, create=True)
-                for p in picks:  # the oracle annotator: exact ground truth for the picked frames
-                    gt = read_labels(labels_path(world, p.candidate.scene, p.candidate.token), recipe.network.grid)
-                    manual.write(manual.index(p.candidate.token), semantics=gt.semantics, mask_lidar=gt.mask_lidar,
-                                 mask_camera=gt.mask_camera, confidence=np.full(gt.semantics.shape, 255, np.uint8))
+                oracle_labels(recipe, pool.tokens, pool.scenes, [(p.candidate.scene, p.candidate.token) for p in picks], world)
                 train_round(recipe, 1, progress=False)
                 score = evaluate_checkpoint(recipe, checkpoint_path(recipe, 1), progress=False)
                 results.setdefault(strategy, {}).setdefault(frac, []).append(100 * score.miou)

@@ -1,0 +1,182 @@
+"""Label-quality benchmark (issue 10): does rendering-only supervision reach 3D-supervised quality?
+
+One seeded synthetic world: a training pool and disjoint validation scenes. The same network, the same
+budget of steps, these variants, each scored on the validation scenes (Occ3D mIoU, geometric IoU and
+per-class IoU within mask_camera):
+  1. 3d_supervised     3D cross-entropy on every training frame (the upper bound)
+  2. render_exact      rendering only: exact 2D labels + LiDAR depth
+  3. render_noisy      rendering only: noisy foundation-model-like 2D labels (the world's noise model)
+  4. noisy_dts         3 + the DTS teacher's pseudo-labels
+  5. dts_active_5pct   4 + one round with oracle 3D labels on 5% of the pool chosen by active selection
+     dts_random_5pct   the same with random selection
+Also the pseudo-labels' own mIoU (teacher + LiDAR filtering) on the pool. Writes results.json, the
+training curves (PNG) and prints one table.
+
+    python benchmarks/quality.py RUN [--synth 8x8] [--steps 3000] [--round1-steps 750] [--variants ...]
+    python benchmarks/quality.py RUN --micro     # the CI-sized version: checks that the harness runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from active import base_recipe, make_world, oracle_labels  # noqa: E402
+
+from autolabel.active.config import SelectionConfig  # noqa: E402
+from autolabel.active.pool import score_pool  # noqa: E402
+from autolabel.active.select import select_frames  # noqa: E402
+from autolabel.dataset import open_frames  # noqa: E402
+from autolabel.dts.label import label_round  # noqa: E402
+from autolabel.recipe import load_recipe  # noqa: E402
+from autolabel.store.labels import LabelStore  # noqa: E402
+from autolabel.store.rounds import evaluate_round  # noqa: E402
+from autolabel.supervision.cache import supervise  # noqa: E402
+from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
+from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
+from autolabel.training.rounds import checkpoint_path, open_cache, train_round  # noqa: E402
+
+VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "noisy_dts", "dts_active_5pct", "dts_random_5pct")
+
+
+def variant_recipe(run: Path, base: dict, name: str) -> dict:
+    r = json.loads(json.dumps(base))
+    r["name"], r["out"] = name, str(run / name)
+    noisy = name != "render_exact"
+    r["supervision"]["precomputed"]["variant"] = "noisy" if noisy else "exact"
+    r["supervision"]["cache"] = str(run / ("cache_noisy.zarr" if noisy else "cache_exact.zarr"))
+    dts = name in ("noisy_dts", "dts_active_5pct", "dts_random_5pct")
+    r["dts"]["enabled"] = dts
+    r["loss"]["pseudo_3d"] = 1.0 if dts else 0.0
+    if name == "3d_supervised":
+        r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, labels_3d=1.0)
+    return r
+
+
+def train_variant(run: Path, base: dict, name: str, world: Path, log) -> tuple:
+    path = run / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(variant_recipe(run, base, name)))
+    recipe = load_recipe(path)
+    frames = open_frames(recipe, "all", load_images=False, load_gt=False)
+    supervise(frames, build_provider(recipe.supervision, frames.dataroot), recipe.cache_path, recipe.network.image_size,
+              progress=False)
+    pool = open_frames(recipe, "train", load_images=False, load_gt=False)
+    if name == "3d_supervised":
+        oracle_labels(recipe, pool.tokens, [pool.scene_of(t) for t in pool.tokens],
+                      [(pool.scene_of(t), t) for t in pool.tokens], world)
+    t0 = time.perf_counter()
+    train_round(recipe, 0, progress=False)
+    log(f"{name}: trained in {time.perf_counter() - t0:.0f} s")
+    return recipe, pool
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("--world", default=None)
+    ap.add_argument("--synth", default="8x8")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--round1-steps", type=int, default=750)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--micro", action="store_true")
+    args = ap.parse_args()
+    if args.micro:
+        args.synth, args.steps, args.round1_steps = "3x2", 2, 2
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    world = make_world(Path(args.world) if args.world else run / "world", args.synth, args.micro)
+    scenes = sorted(p.name for p in (world / "gts").iterdir())
+    n_val = 1 if len(scenes) < 6 else 2
+    base = base_recipe(run, world, scenes[-1], args.steps, args.micro)
+    base["data"]["val_scenes"] = scenes[-n_val:]
+    wanted = args.variants.split(",")
+    results: dict[str, dict] = {}
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    def score(name: str, recipe, k: int) -> None:
+        s = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), progress=False).as_dict()
+        results[name] = {"miou": s["miou"], "geometric_iou": s["geometric_iou"], "per_class": s["per_class_iou"],
+                         "history": str(recipe.round_dir(k) / "train" / "history.jsonl")}
+        log(f"{name}: val mIoU {s['miou']} geo {s['geometric_iou']}")
+
+    for name in ("3d_supervised", "render_exact", "render_noisy"):
+        if name in wanted:
+            recipe, _ = train_variant(run, base, name, world, log)
+            score(name, recipe, 0)
+    if any(v in wanted for v in ("noisy_dts", "dts_active_5pct", "dts_random_5pct")):
+        dts, pool = train_variant(run, base, "noisy_dts", world, log)
+        score("noisy_dts", dts, 0)
+        label_round(open_frames(dts, "train", load_images=True, load_gt=False), open_cache(dts),
+                    LabelStore(dts.store_path, dts.network.grid, create=True), 0, dts.network, dts.dts,
+                    checkpoint_path(dts, 0), resolve_device(dts.device), dts, progress=False)
+        r = evaluate_round(LabelStore.open(dts.store_path), 0, world, (dts.dts.drop_quantile,), progress=False)
+        results["pseudo_labels"] = {"miou": r["scores"].as_dict()["miou"], "geometric_iou": r["scores"].as_dict()["geometric_iou"],
+                                    "thresholded": r["curve"][0]}
+        log(f"pseudo-labels (teacher + LiDAR, pool): mIoU {results['pseudo_labels']['miou']}")
+        scores = score_pool(dts, 0, progress=False)
+        budget = max(1, round(0.05 * len(scores.tokens)))
+        for name, strategy in (("dts_active_5pct", "auto"), ("dts_random_5pct", "random")):
+            if name not in wanted:
+                continue
+            folder = run / name
+            shutil.rmtree(folder, ignore_errors=True)
+            (folder / "round_0" / "train").mkdir(parents=True)
+            shutil.copyfile(checkpoint_path(dts, 0), folder / "round_0" / "train" / "checkpoint.pt")
+            recipe = replace(dts, name=name, out=str(folder),
+                             train=replace(dts.train, steps=args.round1_steps, warmup_steps=min(dts.train.warmup_steps, args.round1_steps)))
+            picks, used = select_frames(scores.candidates, scores.features, scores.features[:0],
+                                        SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1), 0, len(scores.tokens))
+            oracle_labels(recipe, scores.tokens, scores.scenes, [(p.candidate.scene, p.candidate.token) for p in picks], world)
+            train_round(recipe, 1, progress=False)
+            score(name, recipe, 1)
+            results[name]["selected"] = [p.candidate.token for p in picks]
+            results[name]["strategy"] = used
+    (run / "results.json").write_text(json.dumps(results, indent=1))
+    _curves(results, run / "training_curves.png")
+    upper = (results.get("3d_supervised") or {}).get("miou")
+    print(f"\nvalidation scenes {base['data']['val_scenes']}; {args.steps} steps per variant (+{args.round1_steps} for round 1)")
+    print(f"{'variant':<20}{'mIoU':>8}{'geo IoU':>9}{'vs 3D':>8}")
+    for name in (*VARIANTS, "pseudo_labels"):
+        if name in results:
+            m, g = results[name]["miou"], results[name]["geometric_iou"]
+            ratio = f"{m / upper:.2f}" if upper and m is not None else "-"
+            print(f"{name:<20}{m if m is not None else float('nan'):>8.2f}{g if g is not None else float('nan'):>9.2f}{ratio:>8}")
+
+
+def _curves(results: dict, path: Path) -> None:
+    from autolabel.report.figures import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results.items():
+        hist = Path(r.get("history", "")) if isinstance(r, dict) else None
+        if not hist or not hist.is_file():
+            continue
+        rows = {}
+        for line in hist.read_text().splitlines():
+            row = json.loads(line)
+            rows[row["step"]] = row["loss"]  # after a resume the last line of a step counts
+        steps = sorted(rows)
+        ax.plot(steps, [rows[s] for s in steps], label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

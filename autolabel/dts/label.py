@@ -59,10 +59,10 @@ def visibility_masks(semantics: torch.Tensor, K: torch.Tensor, cam2ego: torch.Te
                      lidar_origin: torch.Tensor, lidar_points: torch.Tensor, grid) -> tuple[torch.Tensor, torch.Tensor]:
     """Occ3D masks of one frame: (X, Y, Z) uint8 mask_camera, mask_lidar."""
     occupied = semantics < FREE_ID
-    cam = torch.zeros(grid.shape, dtype=torch.bool, device=semantics.device)
-    for k in range(K.shape[0]):
-        o, d = camera_rays(K[k], cam2ego[k], hw)
-        cam |= ray_voxels(o, d, grid, occupied)
+    rays = [camera_rays(K[k], cam2ego[k], hw) for k in range(K.shape[0])]
+    # all cameras' rays in one walk (the walk's cost is its number of steps, not of rays)
+    origins = torch.cat([o.expand_as(d) for o, d in rays])
+    cam = ray_voxels(origins, torch.cat([d for _, d in rays]), grid, occupied)
     vec = lidar_points.double() - lidar_origin.double()
     norm = vec.norm(dim=1, keepdim=True)
     dirs = vec[norm[:, 0] > 1e-6] / norm[norm[:, 0] > 1e-6]

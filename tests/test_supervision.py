@@ -369,3 +369,26 @@ def test_a_group_left_half_created_by_a_crash_is_made_again(tmp_path):
     arr = FrameArrays.create_or_open(root, "g", [ArraySpec("x", (4,), "uint8")], ["a", "b"], {}, [], "store s")
     arr.write(1, x=np.ones(4))
     assert arr.tokens == ("a", "b") and arr.done().tolist() == [False, True]
+
+
+def test_precomputed_maps_on_the_real_sample(sample_copy):
+    """Label maps made elsewhere for the real nuScenes keyframe (PNG ids + PNG confidence) come back resized."""
+    from PIL import Image
+
+    frames = NuScenesFrames(sample_copy, load_images=False)
+    frame = frames[0]
+    folder = sample_copy / "labels2d" / frame.scene / frame.token
+    folder.mkdir(parents=True)
+    for k, cam in enumerate(frame.cameras):
+        h, w = cam.image_size
+        sem = np.full((h, w), 255, np.uint8)
+        sem[h // 2:] = 11  # road in the lower half
+        sem[: h // 4, : w // 2] = k  # a per-camera id in the upper-left block
+        Image.fromarray(sem).save(folder / f"{cam.name}.png")
+        Image.fromarray(np.full((h, w), 128, np.uint8)).save(folder / f"{cam.name}_confidence.png")
+    rc = ResizeCrop.fit(frame.cameras[0].image_size, LABEL_HW)
+    sem, conf = build_provider(SupervisionConfig(provider="precomputed"), sample_copy).label(frame, rc)
+    _check_maps(sem, conf)
+    assert np.all(sem[:, -1] == 11) and np.allclose(conf[sem == 11], 128 / 255)
+    # the default crop drops the top 35% of the image (sky), so the upper-quarter blocks are gone
+    assert set(np.unique(sem).tolist()) == {11, 255}

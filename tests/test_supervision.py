@@ -392,3 +392,19 @@ def test_precomputed_maps_on_the_real_sample(sample_copy):
     assert np.all(sem[:, -1] == 11) and np.allclose(conf[sem == 11], 128 / 255)
     # the default crop drops the top 35% of the image (sky), so the upper-quarter blocks are gone
     assert set(np.unique(sem).tolist()) == {11, 255}
+
+
+def test_reading_one_frame_does_not_read_every_done_flag(tiny_world, tmp_path, monkeypatch):
+    """Training reads the cache per item: reading all N done flags each time would scale as N^2."""
+    from autolabel.store.frame_arrays import FrameArrays
+    from autolabel.supervision.cache import SupervisionCache
+
+    assert main(["supervise", str(_recipe(tmp_path, tiny_world))]) == 0
+    cache = SupervisionCache.open(tmp_path / "run" / "supervision.zarr")
+
+    def every_flag(self):
+        raise AssertionError("read all done flags")
+
+    monkeypatch.setattr(FrameArrays, "done", every_flag)
+    sem, conf, depth = cache.read(cache.arrays.tokens[1])
+    assert sem.shape == (6, 64, 112) and depth.max() > 0

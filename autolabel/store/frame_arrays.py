@@ -118,6 +118,10 @@ class FrameArrays:
         """(N,) bool: which frames are completely written."""
         return np.asarray(self.group["done"][:], dtype=bool)
 
+    def is_done(self, i: int) -> bool:
+        """Frame i's flag alone (one chunk read; `done()` reads one chunk per frame of the store)."""
+        return bool(self.group["done"][i])
+
     def write(self, i: int, **arrays: np.ndarray) -> None:
         """Write every array of frame i, then mark it done. Disk-full errors leave the frame not done."""
         missing = set(self.specs) - set(arrays)

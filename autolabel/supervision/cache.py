@@ -77,7 +77,7 @@ class SupervisionCache:
         from ..errors import DataError
 
         i = self.arrays.index(token)
-        if not self.arrays.done()[i]:
+        if not self.arrays.is_done(i):  # per item in training: never read the whole done array
             raise DataError(f"{self.arrays.where}: frame {token} has not been computed; run `autolabel supervise` first")
         sem = self.arrays.read(i, "semantics")
         conf = self.arrays.read(i, "confidence").astype(np.float32) / 255

@@ -29,8 +29,9 @@ def manual_labels(store_path: Path, grid) -> dict[str, Occ3DLabels]:
     if manual is None:
         return {}
     out = {}
+    done = manual.done()
     for i, token in enumerate(manual.tokens):
-        if manual.done()[i]:
+        if done[i]:
             f = read_frame(manual, i)
             out[token] = Occ3DLabels(f["semantics"], f["mask_lidar"], f["mask_camera"])
     return out

@@ -29,15 +29,10 @@ def open_frames(recipe: Recipe, split: str = "all", load_images: bool = True, lo
     if split not in ("all", "train", "val"):
         raise ValueError(f"split must be all, train or val, got {split!r}")
     root = ensure_dataset(recipe)
-    scenes = None
+    scenes, exclude = None, ()
     if split == "val":
         scenes = recipe.data.val_scenes
-    elif split == "train" and recipe.data.train_scenes is not None:
-        scenes = recipe.data.train_scenes
-    frames = NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images, load_gt=load_gt,
-                            grid=recipe.network.grid, scenes=scenes)
-    if split == "train" and recipe.data.train_scenes is None and recipe.data.val_scenes:
-        keep = [s for s in frames.scene_names if s not in set(recipe.data.val_scenes)]
-        frames = NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images, load_gt=load_gt,
-                                grid=recipe.network.grid, scenes=keep)
-    return frames
+    elif split == "train":
+        scenes, exclude = recipe.data.train_scenes, recipe.data.val_scenes
+    return NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images, load_gt=load_gt,
+                          grid=recipe.network.grid, scenes=scenes, exclude_scenes=exclude)

@@ -133,11 +133,9 @@ def main() -> None:
     (run / "active_results.json").write_text(json.dumps({"round0_miou": 100 * base_score.miou, "pool": n_pool,
                                                          "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()}},
                                                         indent=1))
-    import matplotlib
+    from autolabel.report.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for strategy, r in results.items():
         x = [max(1, round(f * n_pool)) for f in budgets]
@@ -150,7 +148,7 @@ def main() -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(run / "budget_curve.png", dpi=110)
+    save_figure(fig, run / "budget_curve.png")
     print(f"\npool {n_pool} frames; val mIoU (mean +- std over {args.seeds} seeds); round 0: {100 * base_score.miou:.2f}")
     print(f"{'strategy':<12}" + "".join(f"{f'{f:.0%} ({max(1, round(f * n_pool))})':>16}" for f in budgets))
     for strategy, r in results.items():

@@ -154,7 +154,7 @@ def main() -> None:
 
 
 def _curves(results: dict, path: Path) -> None:
-    from autolabel.report.figures import pyplot
+    from autolabel.report.figures import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -174,8 +174,7 @@ def _curves(results: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

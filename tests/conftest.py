@@ -35,14 +35,9 @@ def sample_copy(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """A small synthetic world (1 scene, 2 keyframes, 112x200 images, grid TINY_GRID) with exact and noisy 2D maps."""
-    from tiny_models import TINY_GRID
+    from tiny_models import synth_world
 
-    from autolabel.synth.writer import SynthConfig, write_dataset
-
-    root = tmp_path_factory.mktemp("world")
-    write_dataset(root, SynthConfig(scenes=1, frames_per_scene=2, seed=5, image_size=(112, 200)), grid=TINY_GRID,
-                  progress=False)
-    return root
+    return synth_world(tmp_path_factory.mktemp("world"), scenes=1, frames=2, seed=5)
 
 
 @pytest.fixture(scope="session")
@@ -58,14 +53,9 @@ def tiny_models(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def pool_world(tmp_path_factory) -> Path:
     """2 scenes x 3 keyframes of the synthetic world at 112x200, grid TINY_GRID."""
-    from tiny_models import TINY_GRID
+    from tiny_models import synth_world
 
-    from autolabel.synth.writer import SynthConfig, write_dataset
-
-    root = tmp_path_factory.mktemp("pool")
-    write_dataset(root, SynthConfig(scenes=2, frames_per_scene=3, seed=11, image_size=(112, 200)), grid=TINY_GRID,
-                  progress=False)
-    return root
+    return synth_world(tmp_path_factory.mktemp("pool"), scenes=2, frames=3, seed=11)
 
 
 @pytest.fixture(scope="session")

@@ -205,13 +205,9 @@ def test_every_ingest_validation_error(run_copy, pool_world, tmp_path):
 
 def test_budget_curve_harness_runs_micro(tmp_path):
     """benchmarks/active.py --micro: every strategy and budget trains a round and is scored."""
-    import subprocess
-    import sys
+    from tiny_models import run_micro_benchmark
 
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "benchmarks" / "active.py"), str(tmp_path / "act"), "--micro"],
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-2000:]
+    run_micro_benchmark("active.py", tmp_path / "act")
     r = json.loads((tmp_path / "act" / "active_results.json").read_text())
     assert set(r["results"]) == {"random", "entropy", "coreset", "hybrid"}
     assert all(set(v) == {"0.25", "0.5"} for v in r["results"].values())

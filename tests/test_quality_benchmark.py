@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+
+from tiny_models import run_micro_benchmark
 
 
 def test_quality_harness_runs_micro(tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "benchmarks" / "quality.py"), str(tmp_path / "q"), "--micro"],
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_micro_benchmark("quality.py", tmp_path / "q")
     r = json.loads((tmp_path / "q" / "results.json").read_text())
     assert set(r) == {"3d_supervised", "render_exact", "render_noisy", "noisy_dts", "dts_active_5pct", "dts_random_5pct",
                       "pseudo_labels"}

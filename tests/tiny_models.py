@@ -111,3 +111,24 @@ def write_recipe(folder: Path, world: Path, **extra) -> Path:
     return folder / "recipe.yaml"
 
 
+
+
+def synth_world(root: Path, scenes: int, frames: int, seed: int) -> Path:
+    """A synthetic world at 112x200 on TINY_GRID, written into `root`."""
+    from autolabel.synth.writer import SynthConfig, write_dataset
+
+    write_dataset(root, SynthConfig(scenes=scenes, frames_per_scene=frames, seed=seed, image_size=(112, 200)),
+                  grid=TINY_GRID, progress=False)
+    return root
+
+
+def run_micro_benchmark(script: str, out: Path):
+    """Run ``benchmarks/<script> OUT --micro`` in a subprocess; fails the test with its stderr."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / script), str(out), "--micro"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done

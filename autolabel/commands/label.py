@@ -11,12 +11,12 @@ from ..training.rounds import checkpoint_path, open_cache
 
 def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
-    resolve_device(recipe.device)  # under torchrun: join the process group first
+    device = resolve_device(recipe.device)  # under torchrun this also joins the process group, before any I/O
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
     save_recipe(recipe, recipe.round_dir(k) / "label" / RESOLVED_RECIPE)
     s = label_round(frames, open_cache(recipe), store, k, recipe.network, recipe.dts, checkpoint_path(recipe, k),
-                    resolve_device(recipe.device), recipe)
+                    device, recipe)
     per = s["seconds"] / max(s["labelled"], 1)
     print(f"round {k}: {s['labelled']} frames labelled ({s['skipped']} already done) by the {s['weights']} at step "
           f"{s['teacher_step']}, {per:.2f} s per frame; store {recipe.store_path}")

@@ -91,6 +91,7 @@ class NuScenesFrames(Sequence[Frame]):
         load_gt: read ``gts/<scene>/<token>/labels.npz`` when present.
         grid: the GridSpec Occ3D labels must match.
         scenes: restrict to these scene names (None = all).
+        exclude_scenes: leave these scene names out (e.g. the validation scenes of a training split).
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class NuScenesFrames(Sequence[Frame]):
         load_gt: bool = True,
         grid: GridSpec | None = None,
         scenes: Sequence[str] | None = None,
+        exclude_scenes: Sequence[str] = (),
     ) -> None:
         if sweeps < 0:
             raise ValueError(f"sweeps must be >= 0, got {sweeps}")
@@ -120,10 +122,13 @@ class NuScenesFrames(Sequence[Frame]):
         except (KeyError, AssertionError, json.JSONDecodeError) as exc:
             raise DataError(f"{self.dataroot / version}: nuscenes-devkit cannot load the tables ({exc!r})") from exc
         wanted = set(scenes) if scenes is not None else None
+        excluded = set(exclude_scenes)
+        if unknown := excluded - {scene["name"] for scene in self.nusc.scene}:
+            raise DataError(f"{self.dataroot / version}: unknown scene(s) {sorted(unknown)}")
         self._scene_of: dict[str, str] = {}
         tokens: list[str] = []
         for scene in sorted(self.nusc.scene, key=lambda s: s["name"]):
-            if wanted is not None and scene["name"] not in wanted:
+            if (wanted is not None and scene["name"] not in wanted) or scene["name"] in excluded:
                 continue
             token = scene["first_sample_token"]
             while token:

@@ -16,6 +16,15 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a figure as PNG (folders made) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def confusion_png(confusion: np.ndarray, rows_names: Sequence[str], col_names: Sequence[str], path: str | Path,
                   title: str) -> Path:
     """Row-normalised confusion matrix (rows: ground truth, columns: prediction), shares in percent."""
@@ -36,11 +45,7 @@ def confusion_png(confusion: np.ndarray, rows_names: Sequence[str], col_names: S
                 ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=6,
                         color="white" if share[i, j] > 0.5 else "black")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def coverage_curve_png(curve: Sequence[dict], path: str | Path, title: str) -> Path:
@@ -59,8 +64,4 @@ def coverage_curve_png(curve: Sequence[dict], path: str | Path, title: str) -> P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -25,13 +25,11 @@ from ..recipe import Recipe
 from ..supervision.providers import resolve_device
 from ..training.data import FrameDataset
 from ..training.rounds import checkpoint_path, open_cache
-from .figures import pyplot
+from .figures import pyplot, save_figure
 
 
 def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=100)
-    pyplot().close(fig)
-    return path.name
+    return save_figure(fig, path, dpi=100).name
 
 
 def _depth_rgb(depth: np.ndarray, vmax: float) -> np.ndarray:

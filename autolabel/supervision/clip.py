@@ -26,27 +26,36 @@ def check_model_folder(path: str | None, field: str, what: str) -> Path:
     return p
 
 
+def load_model_folder(model_cls, path: str | None, field: str, what: str, device: torch.device):
+    """(model in eval mode on `device`, tokenizer, image mean (1, 3, 1, 1), image std) from a local
+    transformers folder; any loading failure is a DataError naming the recipe field."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own tqdm bar is the one progress display
+    folder = check_model_folder(path, field, what)
+    try:
+        model = model_cls.from_pretrained(folder).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        processor = AutoImageProcessor.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{field}: cannot load a {what} from {folder}: {str(exc).splitlines()[0]}") from None
+    mean = torch.tensor(processor.image_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std, device=device).view(1, 3, 1, 1)
+    return model, tokenizer, mean, std
+
+
 class ClipScorer:
     """Embeds the vocabulary once; `prompt_logits(image, masks, boxes)` scores masks against it."""
 
     def __init__(self, cfg: ClipConfig, vocab: Vocabulary, device: torch.device, bf16: bool = True):
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+        from transformers import CLIPModel
 
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # our own tqdm bar is the one progress display
-        path = check_model_folder(cfg.model, "supervision.clip.model", "CLIP model")
-        try:
-            self.model = CLIPModel.from_pretrained(path).to(device).eval()
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            processor = AutoImageProcessor.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"supervision.clip.model: cannot load a CLIP model from {path}: {str(exc).splitlines()[0]}") from None
+        self.model, tokenizer, self.mean, self.std = load_model_folder(CLIPModel, cfg.model, "supervision.clip.model",
+                                                                       "CLIP model", device)
         self.cfg, self.vocab, self.device = cfg, vocab, device
         self.dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
         self.size = int(self.model.config.vision_config.image_size)
-        self.mean = torch.tensor(processor.image_mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(processor.image_std, device=device).view(1, 3, 1, 1)
         with torch.no_grad():
             texts = [t.format(p) for p in vocab.prompts for t in cfg.templates]
             tok = tokenizer(texts, padding=True, return_tensors="pt").to(device)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .clip import check_model_folder
+from .clip import check_model_folder, load_model_folder
 from .config import DetectorConfig
 from .naming import Vocabulary
 
@@ -31,28 +31,19 @@ class Detections:
 
 class OwlDetector:
     def __init__(self, cfg: DetectorConfig, vocab: Vocabulary, device: torch.device, bf16: bool = True):
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForZeroShotObjectDetection, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForZeroShotObjectDetection
 
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # our own tqdm bar is the one progress display
         path = check_model_folder(cfg.model, "supervision.detector.model", "OWL-ViT / OWLv2 detector")
         config = AutoConfig.from_pretrained(path)
         if config.model_type not in OWL_TYPES:
             raise DataError(f"supervision.detector.model: {path} holds a {config.model_type!r} model; "
                             f"the grounded_sam provider takes one of {OWL_TYPES}")
-        try:
-            self.model = AutoModelForZeroShotObjectDetection.from_pretrained(path).to(device).eval()
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            processor = AutoImageProcessor.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"supervision.detector.model: cannot load {path}: {str(exc).splitlines()[0]}") from None
+        self.model, tokenizer, self.mean, self.std = load_model_folder(
+            AutoModelForZeroShotObjectDetection, cfg.model, "supervision.detector.model", "OWL-ViT / OWLv2 detector", device)
         self.cfg, self.vocab, self.device = cfg, vocab, device
         self.pad_square = config.model_type == "owlv2"
         self.dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
         self.size = int(config.vision_config.image_size)
-        self.mean = torch.tensor(processor.image_mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(processor.image_std, device=device).view(1, 3, 1, 1)
         self.tokens = tokenizer(list(vocab.prompts), padding="max_length", max_length=16, truncation=True,
                                 return_tensors="pt").to(device)
         self.prompt_ids = torch.tensor([vocab.slot_ids[s] for s in vocab.prompt_slot], device=device)

@@ -94,6 +94,7 @@ class SamMasks:
         self.size = sam.image_encoder.img_size
         self.mean = torch.tensor(PIXEL_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(PIXEL_STD, device=device).view(1, 3, 1, 1)
+        self._grids: dict[tuple, torch.Tensor] = {}
 
     def input_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         """SAM's resize of the longest side to its input size (segment-anything's ResizeLongestSide)."""
@@ -112,7 +113,14 @@ class SamMasks:
             return self.sam.image_encoder(x).float()
 
     def _label_grid(self, hw: tuple[int, int], rc: ResizeCrop) -> torch.Tensor:
-        """(1, h, w, 2) grid_sample coordinates of every label pixel centre in the low-res logit map."""
+        """(1, h, w, 2) grid_sample coordinates of every label pixel centre in the low-res logit map
+        (one per camera size and resize/crop: the same for every image of a dataset, so kept)."""
+        key = (tuple(hw), rc)
+        if key not in self._grids:
+            self._grids[key] = self._make_label_grid(hw, rc)
+        return self._grids[key]
+
+    def _make_label_grid(self, hw: tuple[int, int], rc: ResizeCrop) -> torch.Tensor:
         oh, ow = rc.out_hw
         inv = np.linalg.inv(rc.matrix)
         v, u = np.meshgrid(np.arange(oh) + 0.5, np.arange(ow) + 0.5, indexing="ij")

@@ -6,6 +6,7 @@ errors (`DataError`) print as one line without a traceback and exit with status 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -34,8 +35,10 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-noise", type=float, default=0.3, help="noise level 0..1 of the foundation-model-like 2D labels")
     p.add_argument("--version", default="v1.0-synth", help="table folder name (default v1.0-synth)")
     p.add_argument("--preview", action="store_true", help="also write preview.png: cameras, label maps, BEV of the ground truth")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes generating scenes in parallel (default: all cores); the files do not depend on it")
     p.set_defaults(func=lambda a: synth.run(a.out, a.scenes, a.frames_per_scene, a.seed, a.image_size, a.sweeps,
-                                            a.label_noise, a.version, a.preview))
+                                            a.label_noise, a.version, a.preview, a.workers))
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:

@@ -6,6 +6,10 @@ folder of real annotations) -> next round. Each finished stage is recorded in ``
 (written atomically) and skipped on a rerun; the stages themselves resume inside (training from its
 checkpoint, labelling from the store's done flags), so a crash or Ctrl-C loses at most the work since
 the last checkpoint or frame.
+
+Under torchrun (several processes) the 2D supervision, training and labelling stages run on every rank
+(sharded frames, DDP); the others (world, evaluation, export, selection, ingest, report) run on rank 0
+while the rest wait at a barrier. Only rank 0 writes ``stages.json``; the other ranks read it back.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from occnet.atomic import atomic_write
+from occnet.distributed import barrier, is_main
 
 from .errors import DataError
 from .recipe import RESOLVED_RECIPE, Recipe, save_recipe
@@ -27,14 +32,21 @@ class Stages:
         self.path = run_dir / STAGES_FILE
         self.done: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
-    def run(self, name: str, fn: Callable[[], dict | None]) -> dict:
+    def run(self, name: str, fn: Callable[[], dict | None], every_rank: bool = False) -> dict:
+        """Run a stage once. every_rank: all processes run it (it shards its own work); otherwise rank 0
+        runs it and the others wait. Rank 0 records the result (its own, for a sharded stage)."""
         if name in self.done:
             return self.done[name]
         t0 = time.perf_counter()
-        result = fn() or {}
-        self.done[name] = {**result, "seconds": round(time.perf_counter() - t0, 2)}
-        text = json.dumps(self.done, indent=1)
-        atomic_write(self.path, lambda fh: fh.write(text.encode()))
+        result = (fn() or {}) if every_rank or is_main() else None
+        barrier()  # a sharded stage is finished when every rank is; a rank-0 stage before anyone goes on
+        if is_main():
+            self.done[name] = {**result, "seconds": round(time.perf_counter() - t0, 2)}
+            text = json.dumps(self.done, indent=1)
+            atomic_write(self.path, lambda fh: fh.write(text.encode()))
+        barrier()
+        if not is_main():
+            self.done = json.loads(self.path.read_text())
         return self.done[name]
 
 
@@ -51,10 +63,15 @@ def _check_saved_recipe(recipe: Recipe) -> None:
 
 def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
     from .dataset import ensure_dataset, open_frames
+    from .supervision.providers import resolve_device
 
+    resolve_device(recipe.device)  # joins the process group under torchrun before the first barrier
+    progress = progress and is_main()
     _check_saved_recipe(recipe)
-    recipe.run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)
+    if is_main():
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)
+    barrier()
     stages = Stages(recipe.run_dir)
     stages.run("data", lambda: {"dataroot": str(ensure_dataset(recipe, progress))})
 
@@ -67,7 +84,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
         return supervise(frames, provider, recipe.cache_path, recipe.network.image_size, recipe.supervision.lidar_min_depth,
                          recipe.supervision.lidar_max_depth, progress, extra_attrs={"recipe": recipe.digest()})
 
-    stages.run("supervise", supervise_all)
+    stages.run("supervise", supervise_all, every_rank=True)
     history = []
     for k in range(recipe.rounds.count):
         history.append(_round(recipe, k, stages, history, progress))
@@ -88,7 +105,8 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     from .training.rounds import checkpoint_path, manual_labels, open_cache, train_round
 
     p = f"round_{k}"
-    stages.run(f"{p}/train", lambda: {key: v for key, v in train_round(recipe, k, progress).items() if key != "last"})
+    stages.run(f"{p}/train", lambda: {key: v for key, v in train_round(recipe, k, progress).items() if key != "last"},
+               every_rank=True)
 
     def label() -> dict:
         frames = open_frames(recipe, "train", load_images=True, load_gt=False)
@@ -96,7 +114,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
         return label_round(frames, open_cache(recipe), store, k, recipe.network, recipe.dts, checkpoint_path(recipe, k),
                            resolve_device(recipe.device), recipe, progress=progress)
 
-    stages.run(f"{p}/label", label)
+    stages.run(f"{p}/label", label, every_rank=True)
 
     def evaluate() -> dict:
         out: dict = {"labelled": len(manual_labels(recipe.store_path, recipe.network.grid))}

@@ -14,17 +14,25 @@ training curves (PNG) and prints one table.
 
     python benchmarks/quality.py RUN [--synth 8x8] [--steps 3000] [--round1-steps 750] [--variants ...]
     python benchmarks/quality.py RUN --micro     # the CI-sized version: checks that the harness runs
+
+With several GPUs (--gpus, default every visible one) the variants run in one process per GPU: the DTS
+chain on one, the independent variants dealt over the others; each process saves its results after
+every variant, so a run cut short still reports what finished. Diagnostic variants (render_noisy_aux:
++ rays from the neighbouring keyframes) are asked for by name in --variants.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +66,9 @@ def variant_recipe(run: Path, base: dict, name: str) -> dict:
     r["loss"]["pseudo_3d"] = 1.0 if dts else 0.0
     if name == "3d_supervised":
         r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, labels_3d=1.0)
+    if name == "render_noisy_aux":  # RenderOcc's auxiliary-frame rays: the neighbouring keyframes' views
+        r["data"]["aux_frames"] = 1
+        r["render"]["aux_rays_per_frame"] = r["render"]["rays_per_frame"] // 2
     return r
 
 
@@ -78,51 +89,61 @@ def train_variant(run: Path, base: dict, name: str, world: Path, log) -> tuple:
     return recipe, pool
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("--world", default=None)
-    ap.add_argument("--synth", default="8x8")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--round1-steps", type=int, default=750)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--micro", action="store_true")
-    args = ap.parse_args()
-    if args.micro:
-        args.synth, args.steps, args.round1_steps = "3x2", 2, 2
-    run = Path(args.run)
-    run.mkdir(parents=True, exist_ok=True)
-    world = make_world(Path(args.world) if args.world else run / "world", args.synth, args.micro)
-    scenes = sorted(p.name for p in (world / "gts").iterdir())
-    n_val = 1 if len(scenes) < 6 else 2
-    base = base_recipe(run, world, scenes[-1], args.steps, args.micro)
-    base["data"]["val_scenes"] = scenes[-n_val:]
-    wanted = args.variants.split(",")
+DIAGNOSTICS = ("render_noisy_aux",)  # variant 3 with one change each, to find what rendering-only lacks
+
+
+def variant_groups(wanted: list[str], gpus: int) -> list[list[str]]:
+    """Variants per process (one process per GPU): the DTS chain (train, label, two shorter round-1 runs:
+    about 1.5 trainings) stays together on the last GPU; each other variant goes to the least loaded one."""
+    chain = [v for v in wanted if v in ("noisy_dts", "dts_active_5pct", "dts_random_5pct")]
+    groups: list[list[str]] = [[] for _ in range(max(1, gpus))]
+    load = [0.0] * len(groups)
+    if chain:
+        groups[-1] += chain
+        load[-1] = 1.5
+    for v in wanted:
+        if v not in chain:
+            i = load.index(min(load))
+            groups[i].append(v)
+            load[i] += 1.0
+    return [g for g in groups if g]
+
+
+def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: str) -> dict:
+    """Train and score `wanted` in this process; results saved to results.<tag>.json after each variant."""
     results: dict[str, dict] = {}
+    out = run / f"results.{tag}.json"
 
     def log(msg: str) -> None:
-        print(msg, flush=True)
+        print(f"[{tag}] {msg}", flush=True)
 
     def score(name: str, recipe, k: int) -> None:
         s = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), progress=False).as_dict()
+        hist = recipe.round_dir(k) / "train" / "history.jsonl"
+        rows = [json.loads(x) for x in hist.read_text().splitlines()]
+        ms = 1e3 * (rows[-1]["seconds"] - rows[0]["seconds"]) / max(1, rows[-1]["step"] - rows[0]["step"])
         results[name] = {"miou": s["miou"], "geometric_iou": s["geometric_iou"], "per_class": s["per_class_iou"],
-                         "history": str(recipe.round_dir(k) / "train" / "history.jsonl")}
-        log(f"{name}: val mIoU {s['miou']} geo {s['geometric_iou']}")
+                         "history": str(hist), "ms_per_step": round(ms, 1)}
+        log(f"{name}: val mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step)")
+        out.write_text(json.dumps(results, indent=1))
 
-    for name in ("3d_supervised", "render_exact", "render_noisy"):
+    for name in ("3d_supervised", "render_exact", "render_noisy", *DIAGNOSTICS):
         if name in wanted:
             recipe, _ = train_variant(run, base, name, world, log)
             score(name, recipe, 0)
     if any(v in wanted for v in ("noisy_dts", "dts_active_5pct", "dts_random_5pct")):
         dts, pool = train_variant(run, base, "noisy_dts", world, log)
         score("noisy_dts", dts, 0)
+        t0 = time.perf_counter()
         label_round(open_frames(dts, "train", load_images=True, load_gt=False), open_cache(dts),
                     LabelStore(dts.store_path, dts.network.grid, create=True), 0, dts.network, dts.dts,
                     checkpoint_path(dts, 0), resolve_device(dts.device), dts, progress=False)
+        log(f"labelled the pool in {time.perf_counter() - t0:.0f} s")
         r = evaluate_round(LabelStore.open(dts.store_path), 0, world, (dts.dts.drop_quantile,), progress=False)
         results["pseudo_labels"] = {"miou": r["scores"].as_dict()["miou"], "geometric_iou": r["scores"].as_dict()["geometric_iou"],
-                                    "thresholded": r["curve"][0]}
+                                    "per_class": r["scores"].as_dict()["per_class_iou"], "thresholded": r["curve"][0]}
         log(f"pseudo-labels (teacher + LiDAR, pool): mIoU {results['pseudo_labels']['miou']}")
+        out.write_text(json.dumps(results, indent=1))
         scores = score_pool(dts, 0, progress=False)
         budget = max(1, round(0.05 * len(scores.tokens)))
         for name, strategy in (("dts_active_5pct", "auto"), ("dts_random_5pct", "random")):
@@ -141,16 +162,79 @@ def main() -> None:
             score(name, recipe, 1)
             results[name]["selected"] = [p.candidate.token for p in picks]
             results[name]["strategy"] = used
+            out.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("--world", default=None)
+    ap.add_argument("--synth", default="8x8")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--round1-steps", type=int, default=750)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--gpus", type=int, default=None, help="processes, one per GPU (default: every visible GPU)")
+    ap.add_argument("--group", default=None, help=argparse.SUPPRESS)  # internal: this process runs one group
+    ap.add_argument("--micro", action="store_true")
+    args = ap.parse_args()
+    if args.micro:
+        args.synth, args.steps, args.round1_steps = "3x2", 2, 2
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    world = make_world(Path(args.world) if args.world else run / "world", args.synth, args.micro)
+    scenes = sorted(p.name for p in (world / "gts").iterdir())
+    n_val = 1 if len(scenes) < 6 else 2
+    base = base_recipe(run, world, scenes[-1], args.steps, args.micro)
+    base["data"]["val_scenes"] = scenes[-n_val:]
+    wanted = args.variants.split(",")
+    unknown = set(wanted) - set(VARIANTS) - set(DIAGNOSTICS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS + DIAGNOSTICS}")
+    if args.group is not None:  # a child process: its GPU is the only one it sees
+        run_group(run, base, world, wanted, args, args.group)
+        return
+    for f in run.glob("results.*.json"):
+        f.unlink()
+    gpus = args.gpus if args.gpus is not None else max(1, torch.cuda.device_count())
+    groups = variant_groups(wanted, gpus)
+    # the caches every variant reads, written once before the processes start
+    for variant in ("render_noisy", "render_exact"):
+        path = run / f"{variant}.yaml"
+        path.write_text(yaml.safe_dump(variant_recipe(run, base, variant)))
+        recipe = load_recipe(path)
+        frames = open_frames(recipe, "all", load_images=False, load_gt=False)
+        supervise(frames, build_provider(recipe.supervision, frames.dataroot), recipe.cache_path,
+                  recipe.network.image_size, progress=False)
+    if len(groups) == 1:
+        run_group(run, base, world, groups[0], args, "0")
+    else:
+        procs = []
+        for i, group in enumerate(groups):
+            cmd = [sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps),
+                   "--round1-steps", str(args.round1_steps), "--variants", ",".join(group), "--group", str(i),
+                   *(["--micro"] if args.micro else [])]
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(i % max(1, torch.cuda.device_count())),
+                   "AUTOLABEL_WORKERS": str(max(1, (os.cpu_count() or 2) // len(groups) - 1))}
+            procs.append(subprocess.Popen(cmd, env=env))
+        failed = [i for i, p in enumerate(procs) if p.wait()]
+        if failed:
+            print(f"groups {failed} failed; the table holds what finished", flush=True)
+    results: dict[str, dict] = {}
+    for f in sorted(run.glob("results.*.json")):
+        results.update(json.loads(f.read_text()))
     (run / "results.json").write_text(json.dumps(results, indent=1))
     _curves(results, run / "training_curves.png")
     upper = (results.get("3d_supervised") or {}).get("miou")
     print(f"\nvalidation scenes {base['data']['val_scenes']}; {args.steps} steps per variant (+{args.round1_steps} for round 1)")
     print(f"{'variant':<20}{'mIoU':>8}{'geo IoU':>9}{'vs 3D':>8}")
-    for name in (*VARIANTS, "pseudo_labels"):
+    for name in (*VARIANTS, *DIAGNOSTICS, "pseudo_labels"):
         if name in results:
             m, g = results[name]["miou"], results[name]["geometric_iou"]
             ratio = f"{m / upper:.2f}" if upper and m is not None else "-"
             print(f"{name:<20}{m if m is not None else float('nan'):>8.2f}{g if g is not None else float('nan'):>9.2f}{ratio:>8}")
+    if len(groups) > 1 and failed:
+        sys.exit(1)
 
 
 def _curves(results: dict, path: Path) -> None:

@@ -1,9 +1,12 @@
 """Training-step benchmark at nuScenes scale on random inputs (speed does not depend on the data), one table.
 
     python benchmarks/train_step.py [--batches 2,4] [--steps 300]
+    torchrun --nproc-per-node N benchmarks/train_step.py ...   # DDP on N GPUs, batch = frames per GPU
 6 cameras x 256x704, Occ3D grid 200x200x16, 38,400 rays per frame, ResNet-18, rendering losses
 (SILog depth + 2D cross-entropy + LSS depth bins), bf16 autocast, AdamW. Per batch size: median step
-time, frames/s, peak GPU memory, and host RSS growth over the timed steps.
+time, frames/s, peak GPU memory, and host RSS growth over the timed steps. Under torchrun every rank
+trains its own batch (DDP, SyncBN); frames/s counts all ranks, so scaling efficiency is
+frames/s(N GPUs) / (N x frames/s(1 GPU)) from two runs.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from autolabel.data.rig import load_rig  # noqa: E402
+from occnet.distributed import barrier, init_from_env, is_main, world_size  # noqa: E402
 from occnet.config import LossConfig, NetworkConfig, RenderConfig, TrainConfig  # noqa: E402
 from occnet.network import OccupancyNetwork  # noqa: E402
 from occnet.trainer import Trainer  # noqa: E402
@@ -64,7 +68,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup", type=int, default=10)
     args = p.parse_args()
-    device = torch.device("cuda")
+    device = init_from_env("cuda")
+    world = world_size()
     cfg = NetworkConfig()
     rows = []
     for batch in map(int, args.batches.split(",")):
@@ -72,7 +77,7 @@ def main() -> int:
         torch.cuda.reset_peak_memory_stats()
         model = OccupancyNetwork(cfg)
         trainer = Trainer(model, RenderConfig(rays_per_frame=38_400), LossConfig(),
-                          TrainConfig(steps=args.steps + args.warmup, warmup_steps=10), "/tmp/train_step_bench", device)
+                          TrainConfig(steps=args.steps + args.warmup, warmup_steps=10), f"/tmp/train_step_bench{device.index}", device)
         data = random_batch(batch, cfg, device)
         times, rss = [], []
         for i in range(args.steps + args.warmup):
@@ -83,15 +88,19 @@ def main() -> int:
             if i >= args.warmup:
                 times.append(time.perf_counter() - t)
                 rss.append(rss_mb())
-        step = statistics.median(times)
-        rows.append((batch, step * 1e3, batch / step, torch.cuda.max_memory_allocated() / 2**30, rss[-1] - rss[0]))
-        print(f"batch {batch}: {step * 1e3:.1f} ms/step", flush=True)
+        step = statistics.median(times)  # every rank waits for the gradient all-reduce: the same step time
+        rows.append((batch, step * 1e3, batch * world / step, torch.cuda.max_memory_allocated() / 2**30, rss[-1] - rss[0]))
+        if is_main():
+            print(f"batch {batch} per GPU x {world}: {step * 1e3:.1f} ms/step", flush=True)
         del trainer, model, data
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}; 6 x {cfg.image_size[0]}x{cfg.image_size[1]}, "
+        barrier()
+    if not is_main():
+        return 0
+    print(f"\n{torch.cuda.get_device_name()} x {world}, torch {torch.__version__}; 6 x {cfg.image_size[0]}x{cfg.image_size[1]}, "
           f"grid {cfg.grid.shape}, 38,400 rays/frame, {cfg.backbone}, bf16, {args.steps} timed steps")
-    print(f"{'batch':>6}{'ms/step':>10}{'frames/s':>10}{'peak GPU GiB':>14}{'RSS growth MB':>15}")
+    print(f"{'GPUs':>5}{'batch/GPU':>10}{'ms/step':>10}{'frames/s':>10}{'peak GPU GiB':>14}{'RSS growth MB':>15}")
     for b, ms, fps, mem, growth in rows:
-        print(f"{b:>6}{ms:>10.1f}{fps:>10.2f}{mem:>14.2f}{growth:>15.1f}")
+        print(f"{world:>5}{b:>10}{ms:>10.1f}{fps:>10.2f}{mem:>14.2f}{growth:>15.1f}")
     return 0
 
 

@@ -25,6 +25,17 @@ def _load(name: str) -> ModuleType | BaseException:
     from torch.utils.cpp_extension import load
 
     try:
+        if name == "walk_cpu":
+            # -ffp-contract=off: the walk repeats the reference's float64 arithmetic operation by operation
+            return load(name="autolabel_walk_cpu", sources=[str(CSRC / "walk_cpu.cpp")],
+                        extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
+                        extra_include_paths=[str(CSRC)], verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")))
+        if name == "walk_cuda":
+            if not torch.cuda.is_available():
+                return BackendUnavailable("no CUDA device is visible")
+            return load(name="autolabel_walk_cuda", sources=[str(CSRC / "walk_cuda.cu")], extra_cflags=["-O3"],
+                        extra_cuda_cflags=["-O3", "--fmad=false"], extra_include_paths=[str(CSRC)],
+                        verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")))
         if name == "cpu":
             return load(
                 name="autolabel_render_cpu",
@@ -52,8 +63,10 @@ def _load(name: str) -> ModuleType | BaseException:
 
 
 def load_backend(name: str) -> ModuleType:
-    """The compiled module for "cpu" or "cuda"; raises BackendUnavailable with the reason."""
+    """The compiled module: "cpu" / "cuda" (render op), "walk_cpu" / "walk_cuda" (voxel walk); raises
+    BackendUnavailable with the reason."""
     mod = _load(name)
     if isinstance(mod, BaseException):
-        raise BackendUnavailable(f"the {name} render backend is unavailable: {mod}") from mod
+        what = f"{name[5:]} voxel-walk" if name.startswith("walk_") else f"{name} render"
+        raise BackendUnavailable(f"the {what} backend is unavailable: {mod}") from mod
     return mod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -32,7 +33,10 @@ class StepHook(Protocol):
 
 
 def default_workers() -> int:
-    """DataLoader workers sized to the machine: leave a core for the main process, at most 8."""
+    """DataLoader workers sized to the machine: leave a core for the main process, at most 8
+    (AUTOLABEL_WORKERS overrides, e.g. when several trainings share a machine)."""
+    if os.environ.get("AUTOLABEL_WORKERS"):
+        return int(os.environ["AUTOLABEL_WORKERS"])
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
@@ -229,13 +233,14 @@ class Trainer:
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False)
         history = []
+        start = time.perf_counter()
         bar = tqdm(loader, total=len(sampler), initial=0, desc="train", disable=not progress or self.rank != 0)
         for batch in bar:
             logs = self.train_step(batch)
             history.append(logs)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
             if on_log is not None and self.rank == 0:
-                on_log(self.step, logs)
+                on_log(self.step, {**logs, "seconds": round(time.perf_counter() - start, 3)})  # wall time since fit()
             if self.step % self.cfg.checkpoint_every == 0 or self.step in (stop, self.cfg.steps):
                 self.save()
         barrier()  # the last checkpoint is on disk before any rank goes on to read it

@@ -207,7 +207,7 @@ def test_budget_curve_harness_runs_micro(tmp_path):
     """benchmarks/active.py --micro: every strategy and budget trains a round and is scored."""
     from tiny_models import run_micro_benchmark
 
-    run_micro_benchmark("active.py", tmp_path / "act")
+    run_micro_benchmark("active.py", tmp_path / "act", "--gpus", "2")  # round-1 runs in two processes
     r = json.loads((tmp_path / "act" / "active_results.json").read_text())
     assert set(r["results"]) == {"random", "entropy", "coreset", "hybrid"}
     assert all(set(v) == {"0.25", "0.5"} for v in r["results"].values())

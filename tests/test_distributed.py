@@ -2,6 +2,7 @@
 labelling give the same cache and store."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -95,3 +96,20 @@ def test_two_processes_label_the_same_store(single, pool_world, tmp_path):
     assert b.done().all()
     for name in ("semantics", "confidence", "mask_camera", "mask_lidar"):
         np.testing.assert_array_equal(np.asarray(a.group[name][:]), np.asarray(b.group[name][:]))
+
+
+def test_the_whole_loop_under_torchrun(pool_world, tmp_path):
+    """`autolabel run` in two processes: every stage recorded once, the store and exports complete."""
+    from test_pipeline import micro_recipe
+
+    recipe = micro_recipe(tmp_path, pool_world)
+    torchrun("run", str(recipe))
+    run = tmp_path / "run"
+    stages = json.loads((run / "stages.json").read_text())
+    assert list(stages) == ["data", "supervise"] + [f"round_0/{s}" for s in (
+        "train", "label", "evaluate", "export", "select", "ingest", "report")] + [
+        f"round_1/{s}" for s in ("train", "label", "evaluate", "export", "report")]
+    store = LabelStore.open(run / "labels.zarr")
+    assert store.rounds() == [0, 1] and store.round(1).done().all() and int(store.manual().done().sum()) == 1
+    assert len(list((run / "export" / "round_1" / "gts").rglob("labels.npz"))) == 3
+    assert stages["round_1/evaluate"]["val"]["miou"] is not None

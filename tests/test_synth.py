@@ -1,6 +1,8 @@
 """The synthetic world: loadable nuScenes layout, geometry that agrees with itself, exact ground truth."""
 from __future__ import annotations
 
+import json
+
 import hashlib
 from pathlib import Path
 
@@ -152,6 +154,14 @@ def test_same_seed_same_bytes_other_seed_differs(synth_root, tmp_path):
     a = next((synth_root / "samples" / "CAM_FRONT").iterdir()).read_bytes()
     b = next((other / "samples" / "CAM_FRONT").iterdir()).read_bytes()
     assert a != b
+
+
+def test_scenes_in_worker_processes_give_the_same_bytes(tmp_path):
+    cfg = SynthConfig(scenes=2, frames_per_scene=1, seed=3, image_size=(48, 80))
+    write_dataset(tmp_path / "one", cfg, progress=False)
+    write_dataset(tmp_path / "two", cfg, progress=False, workers=2)
+    assert _digest(tmp_path / "two") == _digest(tmp_path / "one")
+    assert len(json.loads((tmp_path / "two" / cfg.version / "scene.json").read_text())) == 2
 
 
 def test_noisy_labels_differ_from_exact_but_mostly_agree(synth_root):

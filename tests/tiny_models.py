@@ -122,13 +122,13 @@ def synth_world(root: Path, scenes: int, frames: int, seed: int) -> Path:
     return root
 
 
-def run_micro_benchmark(script: str, out: Path):
-    """Run ``benchmarks/<script> OUT --micro`` in a subprocess; fails the test with its stderr."""
+def run_micro_benchmark(script: str, out: Path, *extra: str):
+    """Run ``benchmarks/<script> OUT --micro [EXTRA]`` in a subprocess; fails the test with its stderr."""
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(root / "benchmarks" / script), str(out), "--micro"],
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / script), str(out), "--micro", *extra],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     return done

@@ -18,14 +18,14 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def run(out: str, scenes: int, frames: int, seed: int, image_size: str, sweeps: int, label_noise: float,
-        version: str, preview: bool) -> int:
+        version: str, preview: bool, workers: int = 1) -> int:
     try:
         cfg = SynthConfig(scenes=scenes, frames_per_scene=frames, seed=seed, image_size=parse_size(image_size),
                           sweeps=sweeps, label_noise=label_noise, version=version)
     except ValueError as exc:
         raise DataError(str(exc)) from exc
     start = time.perf_counter()
-    summary = write_dataset(out, cfg)
+    summary = write_dataset(out, cfg, workers=workers)
     elapsed = time.perf_counter() - start
     print(f"wrote {summary['frames']} frames in {summary['scenes']} scenes to {Path(out).resolve()} "
           f"(version {cfg.version}) in {elapsed:.1f} s ({elapsed / summary['frames']:.2f} s per frame)")

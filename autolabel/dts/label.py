@@ -19,6 +19,7 @@ from tqdm import tqdm
 from occnet.classes import FREE_ID
 from occnet.distributed import barrier, is_main, rank, world_size
 from occnet.network import OccupancyNetwork
+from occnet.trainer import default_workers
 from occnet.visibility import camera_rays, ray_voxels
 
 from ..config_io import to_dict
@@ -70,8 +71,12 @@ def visibility_masks(semantics: torch.Tensor, K: torch.Tensor, cam2ego: torch.Te
     return cam.to(torch.uint8), lid.to(torch.uint8)
 
 
+def _as_list(items: list) -> list:
+    return items
+
+
 def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStore, k: int, network_cfg,
-                dts: DTSConfig, checkpoint: Path, device: torch.device, recipe=None, workers: int = 0,
+                dts: DTSConfig, checkpoint: Path, device: torch.device, recipe=None, workers: int | None = None,
                 progress: bool = True, use_teacher: bool = True) -> dict:
     """Write round k's pseudo-labels for every frame of `frames` not yet done. Returns a summary.
     use_teacher=False labels with the student's weights (for measuring what the teacher adds)."""
@@ -95,9 +100,10 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
         arrays = store.create_round(k, frames.tokens, scenes, provenance)
     pending = [i for i in np.flatnonzero(~arrays.done()).tolist() if i % world_size() == rank()]
     grid = network_cfg.grid
-    dataset = FrameDataset(frames, network_cfg.image_size, labels="cache", cache=cache, indices=pending, grid=grid)
-    loader = DataLoader(dataset, batch_size=dts.batch_size, num_workers=workers,
-                        collate_fn=lambda items: items)  # frames are written one by one
+    dataset = FrameDataset(frames, network_cfg.image_size, labels="cache", cache=cache, indices=pending, grid=grid,
+                           lidar=True)
+    loader = DataLoader(dataset, batch_size=dts.batch_size, num_workers=default_workers() if workers is None else workers,
+                        collate_fn=_as_list)  # frames are written one by one
     t0 = time.perf_counter()
     bar = tqdm(total=len(pending), desc=f"label round {k}", disable=not progress or not is_main())
     for items in loader:
@@ -105,12 +111,9 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
         occ, cls, pcls = teacher_probabilities(model, batch, dts.depth_aware)
         for i, item in enumerate(items):
             sem, levels = pseudo_labels(occ[i], cls[i], pcls[i], batch, i, grid, dts)
-            lidar = frames.frame(item["token"], images=False).lidar
-            own = lidar.points[lidar.time_lag == 0, :3]
             cam_mask, lidar_mask = visibility_masks(sem, batch["intrinsics"][i], batch["cam2ego"][i],
-                                                    tuple(network_cfg.image_size),
-                                                    torch.as_tensor(lidar.lidar2ego[:3, 3], device=device),
-                                                    torch.as_tensor(own, device=device), grid)
+                                                    tuple(network_cfg.image_size), item["lidar_origin"].to(device),
+                                                    item["lidar_points"].to(device), grid)
             arrays.write(frames.index(item["token"]), semantics=sem.cpu().numpy(), confidence=levels.cpu().numpy(),
                          mask_camera=cam_mask.cpu().numpy(), mask_lidar=lidar_mask.cpu().numpy())
             bar.update(1)

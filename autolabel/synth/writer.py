@@ -5,9 +5,11 @@ Everything is a pure function of (seed, sizes): the same arguments give byte-ide
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,13 +102,143 @@ def _link(records: list[dict]) -> None:
         a["next"], b["prev"] = b["token"], a["token"]
 
 
-def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | None = None, progress: bool = True) -> dict:
-    """Generate and write the dataset; returns a summary (counts, timings)."""
-    out = Path(out)
-    grid = grid or GridSpec()
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # one scene per process: threads inside a process would oversubscribe the cores
+
+
+def _write_scene_job(job: tuple) -> "_Tables":
+    return _write_scene(*job)
+
+
+def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_tok: dict[str, str]) -> "_Tables":
+    """Write one scene's files; returns its table records (to be merged in scene order)."""
     tables = _Tables()
     seed = cfg.seed
     cams, lidar2ego = synth_rig(cfg.image_size)
+    category_tok = {cls: token("category", name) for cls, name in CATEGORY.items()}
+    scene_name = f"synth-{seed}-{si:04d}"
+    world = generate_world(seed * 1000 + si, route_length=8.0 * KEYFRAME_DT * cfg.frames_per_scene + 5)
+    rng = np.random.default_rng([seed, si, 1])
+    log_tok = token(seed, scene_name, "log")
+    tables.add("log", {"token": log_tok, "logfile": scene_name, "vehicle": "synthetic", "date_captured": "2026-11-25",
+                       "location": f"synthetic-{seed}"})
+    map_tok = token(seed, scene_name, "map")
+    road = ((world.ground == 11) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(road.T[::-1]).save(buf, format="PNG")
+    _write_bytes(out / "maps" / f"{map_tok}.png", buf.getvalue())
+    tables.add("map", {"token": map_tok, "log_tokens": [log_tok], "category": "semantic_prior",
+                       "filename": f"maps/{map_tok}.png"})
+    calib = {}
+    for cam in cams:
+        calib[cam.name] = tables.add("calibrated_sensor", {
+            "token": token(seed, scene_name, "calib", cam.name), "sensor_token": sensor_tok[cam.name],
+            "translation": cam.cam2ego[:3, 3].tolist(), "rotation": matrix_to_quaternion(cam.cam2ego[:3, :3]).tolist(),
+            "camera_intrinsic": cam.K.tolist()})["token"]
+    calib[LIDAR_NAME] = tables.add("calibrated_sensor", {
+        "token": token(seed, scene_name, "calib", LIDAR_NAME), "sensor_token": sensor_tok[LIDAR_NAME],
+        "translation": lidar2ego[:3, 3].tolist(), "rotation": matrix_to_quaternion(lidar2ego[:3, :3]).tolist(),
+        "camera_intrinsic": []})["token"]
+    samples, by_channel, ann_by_instance = [], {n: [] for n in (*CAMERA_NAMES, LIDAR_NAME)}, {}
+    for k in range(cfg.frames_per_scene):
+        t_key = k * KEYFRAME_DT
+        ts_key = T0_US + si * 10**9 + int(round(t_key * 1e6))
+        sample_tok = token(seed, scene_name, "sample", k)
+        samples.append(tables.add("sample", {"token": sample_tok, "timestamp": ts_key, "scene_token": token(seed, scene_name),
+                                             "prev": "", "next": ""}))
+        # lidar sweeps before the keyframe, then the keyframe sweep
+        for j in range(cfg.sweeps, -1, -1):
+            t = t_key - j * SWEEP_DT
+            ts = ts_key - int(round(j * SWEEP_DT * 1e6))
+            ego2world = world.ego_pose(t)
+            points, hits, d_sensor = render_lidar(world, lidar2ego, ego2world, t, rng)
+            sub = "samples" if j == 0 else "sweeps"
+            fname = f"{sub}/{LIDAR_NAME}/{scene_name}__{LIDAR_NAME}__{ts}.pcd.bin"
+            _write_bytes(out / fname, points.astype(np.float32).tobytes())
+            sd_tok = token(seed, scene_name, LIDAR_NAME, ts)
+            tables.add("ego_pose", _pose_record(sd_tok, ego2world, ts))
+            by_channel[LIDAR_NAME].append(tables.add("sample_data", {
+                "token": sd_tok, "sample_token": sample_tok, "ego_pose_token": sd_tok,
+                "calibrated_sensor_token": calib[LIDAR_NAME], "timestamp": ts, "fileformat": "pcd",
+                "is_key_frame": j == 0, "height": 0, "width": 0, "filename": fname, "prev": "", "next": ""}))
+        key_pose = world.ego_pose(t_key)
+        key_hits, key_dirs = hits, d_sensor
+        # cameras at their own timestamps
+        renders = []
+        for cam in cams:
+            t = t_key + cam.time_offset
+            ts = ts_key + int(round(cam.time_offset * 1e6))
+            ego2world = world.ego_pose(t)
+            r = render_camera(world, cam, ego2world, t, rng)
+            renders.append((cam, r, ego2world))
+            fname = f"samples/{cam.name}/{scene_name}__{cam.name}__{ts}.jpg"
+            _write_bytes(out / fname, _jpeg(r.image))
+            sd_tok = token(seed, scene_name, cam.name, ts)
+            tables.add("ego_pose", _pose_record(sd_tok, ego2world, ts))
+            by_channel[cam.name].append(tables.add("sample_data", {
+                "token": sd_tok, "sample_token": sample_tok, "ego_pose_token": sd_tok,
+                "calibrated_sensor_token": calib[cam.name], "timestamp": ts, "fileformat": "jpg",
+                "is_key_frame": True, "height": cfg.image_size[0], "width": cfg.image_size[1], "filename": fname,
+                "prev": "", "next": ""}))
+            noisy, conf = noisy_labels(r.semantics, r.instance, r.depth, r.world_xy, cfg.label_noise, rng)
+            save_npz(out / LABELS_2D_DIR / scene_name / sample_tok / f"{cam.name}.npz", {
+                "semantics": r.semantics, "depth": r.depth, "instance": r.instance,
+                "noisy_semantics": noisy, "noisy_confidence": conf})
+        # Occ3D ground truth in the keyframe lidar's ego frame
+        prims = world.primitives_at(t_key)
+        semantics = voxelize(world, prims, key_pose, grid)
+        occupied = semantics != FREE_ID
+        mask_lidar = visible_voxels(occupied, lidar2ego[:3, 3], key_dirs @ lidar2ego[:3, :3].T, grid)
+        mask_camera = np.zeros_like(mask_lidar)
+        world2key = np.linalg.inv(key_pose)
+        for cam, _, ego2world in renders:
+            o, d = camera_rays(torch.from_numpy(cam.K), torch.from_numpy(world2key @ ego2world @ cam.cam2ego),
+                               cam.image_size)
+            mask_camera |= visible_voxels(occupied, o.numpy(), d.numpy(), grid)
+        write_labels(labels_path(out, scene_name, sample_tok),
+                     Occ3DLabels(semantics, mask_lidar.astype(np.uint8), mask_camera.astype(np.uint8)), grid)
+        # box annotations of the objects near the ego
+        for ob in world.objects:
+            c = ob.center_at(t_key)
+            if np.linalg.norm(c[:2] - key_pose[:2, 3]) > 60:
+                continue
+            ann_tok = token(seed, scene_name, "ann", ob.instance, k)
+            yaw_T = np.eye(4)
+            yaw_T[:2, :2] = [[np.cos(ob.yaw), -np.sin(ob.yaw)], [np.sin(ob.yaw), np.cos(ob.yaw)]]
+            ann = tables.add("sample_annotation", {
+                "token": ann_tok, "sample_token": sample_tok, "instance_token": token(seed, scene_name, "inst", ob.instance),
+                "visibility_token": "4", "attribute_tokens": [], "translation": c.tolist(),
+                "size": [ob.size[1], ob.size[0], ob.size[2]], "rotation": matrix_to_quaternion(yaw_T[:3, :3]).tolist(),
+                "prev": "", "next": "", "num_lidar_pts": int((key_hits.instance == ob.instance).sum()),
+                "num_radar_pts": 0})
+            ann_by_instance.setdefault(ob.instance, (ob, []))[1].append(ann)
+    _link(samples)
+    for records in by_channel.values():
+        _link(records)
+    for inst, (ob, anns) in sorted(ann_by_instance.items()):
+        _link(anns)
+        tables.add("instance", {"token": token(seed, scene_name, "inst", inst), "category_token": category_tok[ob.cls],
+                                "nbr_annotations": len(anns), "first_annotation_token": anns[0]["token"],
+                                "last_annotation_token": anns[-1]["token"]})
+    tables.add("scene", {"token": token(seed, scene_name), "log_token": log_tok, "nbr_samples": len(samples),
+                         "first_sample_token": samples[0]["token"], "last_sample_token": samples[-1]["token"],
+                         "name": scene_name, "description": f"synthetic scene {si} of seed {seed}"})
+    return tables
+
+
+def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | None = None, progress: bool = True,
+                  workers: int = 1) -> dict:
+    """Generate and write the dataset; returns a summary (counts, timings).
+
+    workers > 1 generates scenes in that many processes (scenes are independent: each has its own seeds);
+    the tables are merged in scene order, so the files are byte-identical to a one-process run.
+    """
+    out = Path(out)
+    grid = grid or GridSpec()
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    tables = _Tables()
+    seed = cfg.seed
     sensor_tok = {}
     for name in (*CAMERA_NAMES, LIDAR_NAME):
         sensor_tok[name] = tables.add("sensor", {"token": token(seed, "sensor", name), "channel": name,
@@ -115,119 +247,19 @@ def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | Non
         tables.add("category", {"token": token("category", cat), "name": cat, "description": f"synthetic {cat}"})
     for tok, level in VISIBILITY:
         tables.add("visibility", {"token": tok, "level": level, "description": f"visibility {level}"})
-    category_tok = {cls: token("category", name) for cls, name in CATEGORY.items()}
-    frames_done = 0
+    jobs = [(out, cfg, grid, si, sensor_tok) for si in range(cfg.scenes)]
     bar = tqdm(total=cfg.scenes * cfg.frames_per_scene, desc="synth", unit="frame", disable=not progress)
-    for si in range(cfg.scenes):
-        scene_name = f"synth-{seed}-{si:04d}"
-        world = generate_world(seed * 1000 + si, route_length=8.0 * KEYFRAME_DT * cfg.frames_per_scene + 5)
-        rng = np.random.default_rng([seed, si, 1])
-        log_tok = token(seed, scene_name, "log")
-        tables.add("log", {"token": log_tok, "logfile": scene_name, "vehicle": "synthetic", "date_captured": "2026-11-25",
-                           "location": f"synthetic-{seed}"})
-        map_tok = token(seed, scene_name, "map")
-        road = ((world.ground == 11) * 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(road.T[::-1]).save(buf, format="PNG")
-        _write_bytes(out / "maps" / f"{map_tok}.png", buf.getvalue())
-        tables.add("map", {"token": map_tok, "log_tokens": [log_tok], "category": "semantic_prior",
-                           "filename": f"maps/{map_tok}.png"})
-        calib = {}
-        for cam in cams:
-            calib[cam.name] = tables.add("calibrated_sensor", {
-                "token": token(seed, scene_name, "calib", cam.name), "sensor_token": sensor_tok[cam.name],
-                "translation": cam.cam2ego[:3, 3].tolist(), "rotation": matrix_to_quaternion(cam.cam2ego[:3, :3]).tolist(),
-                "camera_intrinsic": cam.K.tolist()})["token"]
-        calib[LIDAR_NAME] = tables.add("calibrated_sensor", {
-            "token": token(seed, scene_name, "calib", LIDAR_NAME), "sensor_token": sensor_tok[LIDAR_NAME],
-            "translation": lidar2ego[:3, 3].tolist(), "rotation": matrix_to_quaternion(lidar2ego[:3, :3]).tolist(),
-            "camera_intrinsic": []})["token"]
-        samples, by_channel, ann_by_instance = [], {n: [] for n in (*CAMERA_NAMES, LIDAR_NAME)}, {}
-        for k in range(cfg.frames_per_scene):
-            t_key = k * KEYFRAME_DT
-            ts_key = T0_US + si * 10**9 + int(round(t_key * 1e6))
-            sample_tok = token(seed, scene_name, "sample", k)
-            samples.append(tables.add("sample", {"token": sample_tok, "timestamp": ts_key, "scene_token": token(seed, scene_name),
-                                                 "prev": "", "next": ""}))
-            # lidar sweeps before the keyframe, then the keyframe sweep
-            for j in range(cfg.sweeps, -1, -1):
-                t = t_key - j * SWEEP_DT
-                ts = ts_key - int(round(j * SWEEP_DT * 1e6))
-                ego2world = world.ego_pose(t)
-                points, hits, d_sensor = render_lidar(world, lidar2ego, ego2world, t, rng)
-                sub = "samples" if j == 0 else "sweeps"
-                fname = f"{sub}/{LIDAR_NAME}/{scene_name}__{LIDAR_NAME}__{ts}.pcd.bin"
-                _write_bytes(out / fname, points.astype(np.float32).tobytes())
-                sd_tok = token(seed, scene_name, LIDAR_NAME, ts)
-                tables.add("ego_pose", _pose_record(sd_tok, ego2world, ts))
-                by_channel[LIDAR_NAME].append(tables.add("sample_data", {
-                    "token": sd_tok, "sample_token": sample_tok, "ego_pose_token": sd_tok,
-                    "calibrated_sensor_token": calib[LIDAR_NAME], "timestamp": ts, "fileformat": "pcd",
-                    "is_key_frame": j == 0, "height": 0, "width": 0, "filename": fname, "prev": "", "next": ""}))
-            key_pose = world.ego_pose(t_key)
-            key_hits, key_dirs = hits, d_sensor
-            # cameras at their own timestamps
-            renders = []
-            for cam in cams:
-                t = t_key + cam.time_offset
-                ts = ts_key + int(round(cam.time_offset * 1e6))
-                ego2world = world.ego_pose(t)
-                r = render_camera(world, cam, ego2world, t, rng)
-                renders.append((cam, r, ego2world))
-                fname = f"samples/{cam.name}/{scene_name}__{cam.name}__{ts}.jpg"
-                _write_bytes(out / fname, _jpeg(r.image))
-                sd_tok = token(seed, scene_name, cam.name, ts)
-                tables.add("ego_pose", _pose_record(sd_tok, ego2world, ts))
-                by_channel[cam.name].append(tables.add("sample_data", {
-                    "token": sd_tok, "sample_token": sample_tok, "ego_pose_token": sd_tok,
-                    "calibrated_sensor_token": calib[cam.name], "timestamp": ts, "fileformat": "jpg",
-                    "is_key_frame": True, "height": cfg.image_size[0], "width": cfg.image_size[1], "filename": fname,
-                    "prev": "", "next": ""}))
-                noisy, conf = noisy_labels(r.semantics, r.instance, r.depth, r.world_xy, cfg.label_noise, rng)
-                save_npz(out / LABELS_2D_DIR / scene_name / sample_tok / f"{cam.name}.npz", {
-                    "semantics": r.semantics, "depth": r.depth, "instance": r.instance,
-                    "noisy_semantics": noisy, "noisy_confidence": conf})
-            # Occ3D ground truth in the keyframe lidar's ego frame
-            prims = world.primitives_at(t_key)
-            semantics = voxelize(world, prims, key_pose, grid)
-            occupied = semantics != FREE_ID
-            mask_lidar = visible_voxels(occupied, lidar2ego[:3, 3], key_dirs @ lidar2ego[:3, :3].T, grid)
-            mask_camera = np.zeros_like(mask_lidar)
-            world2key = np.linalg.inv(key_pose)
-            for cam, _, ego2world in renders:
-                o, d = camera_rays(torch.from_numpy(cam.K), torch.from_numpy(world2key @ ego2world @ cam.cam2ego),
-                                   cam.image_size)
-                mask_camera |= visible_voxels(occupied, o.numpy(), d.numpy(), grid)
-            write_labels(labels_path(out, scene_name, sample_tok),
-                         Occ3DLabels(semantics, mask_lidar.astype(np.uint8), mask_camera.astype(np.uint8)), grid)
-            # box annotations of the objects near the ego
-            for ob in world.objects:
-                c = ob.center_at(t_key)
-                if np.linalg.norm(c[:2] - key_pose[:2, 3]) > 60:
-                    continue
-                ann_tok = token(seed, scene_name, "ann", ob.instance, k)
-                yaw_T = np.eye(4)
-                yaw_T[:2, :2] = [[np.cos(ob.yaw), -np.sin(ob.yaw)], [np.sin(ob.yaw), np.cos(ob.yaw)]]
-                ann = tables.add("sample_annotation", {
-                    "token": ann_tok, "sample_token": sample_tok, "instance_token": token(seed, scene_name, "inst", ob.instance),
-                    "visibility_token": "4", "attribute_tokens": [], "translation": c.tolist(),
-                    "size": [ob.size[1], ob.size[0], ob.size[2]], "rotation": matrix_to_quaternion(yaw_T[:3, :3]).tolist(),
-                    "prev": "", "next": "", "num_lidar_pts": int((key_hits.instance == ob.instance).sum()),
-                    "num_radar_pts": 0})
-                ann_by_instance.setdefault(ob.instance, (ob, []))[1].append(ann)
-            frames_done += 1
-            bar.update(1)
-        _link(samples)
-        for records in by_channel.values():
-            _link(records)
-        for inst, (ob, anns) in sorted(ann_by_instance.items()):
-            _link(anns)
-            tables.add("instance", {"token": token(seed, scene_name, "inst", inst), "category_token": category_tok[ob.cls],
-                                    "nbr_annotations": len(anns), "first_annotation_token": anns[0]["token"],
-                                    "last_annotation_token": anns[-1]["token"]})
-        tables.add("scene", {"token": token(seed, scene_name), "log_token": log_tok, "nbr_samples": len(samples),
-                             "first_sample_token": samples[0]["token"], "last_sample_token": samples[-1]["token"],
-                             "name": scene_name, "description": f"synthetic scene {si} of seed {seed}"})
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            parts = map(_write_scene_job, jobs)
+        else:
+            # spawn, not fork: the parent may hold torch / zarr thread pools that fork would copy half-initialised
+            ctx = multiprocessing.get_context("spawn")
+            parts = stack.enter_context(ctx.Pool(min(workers, cfg.scenes), initializer=_one_thread)).imap(_write_scene_job, jobs)
+        for part in parts:
+            for name, records in part.t.items():
+                tables.t[name].extend(records)
+            bar.update(cfg.frames_per_scene)
     bar.close()
     tables.write(out / cfg.version)
-    return {"scenes": cfg.scenes, "frames": frames_done, "version": cfg.version, "root": str(out)}
+    return {"scenes": cfg.scenes, "frames": cfg.scenes * cfg.frames_per_scene, "version": cfg.version, "root": str(out)}

@@ -40,11 +40,14 @@ class FrameDataset(Dataset):
         labels: "exact" / "noisy" precomputed 2D labels from ``labels2d/``, "none", or "cache": 2D labels
             and depth maps read from `cache` (what `autolabel supervise` computed; training never runs SAM).
         indices: the subset of frames to use (None = all).
+        lidar: also return the keyframe sweep's own points (lidar_points (P, 3) ego frame, float32) and the
+            sensor origin (lidar_origin (3,)); points differ in number, so batch such items as lists.
     """
 
     def __init__(self, frames: NuScenesFrames, image_size: tuple[int, int], labels: str = "noisy",
                  indices: Sequence[int] | None = None, grid: GridSpec | None = None, aux_frames: int = 0,
-                 cache: SupervisionCache | None = None, manual: Mapping[str, Occ3DLabels] | None = None):
+                 cache: SupervisionCache | None = None, manual: Mapping[str, Occ3DLabels] | None = None,
+                 lidar: bool = False):
         if labels not in ("exact", "noisy", "none", "cache"):
             raise ValueError(f"FrameDataset.labels must be 'exact', 'noisy', 'none' or 'cache', got {labels!r}")
         if (labels == "cache") != (cache is not None):
@@ -63,6 +66,7 @@ class FrameDataset(Dataset):
         if aux_frames < 0:
             raise ValueError(f"FrameDataset.aux_frames must be >= 0, got {aux_frames}")
         self.aux_frames = aux_frames
+        self.lidar = lidar
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -110,6 +114,10 @@ class FrameDataset(Dataset):
             "confidence": torch.from_numpy(conf),
             "token": frame.token,
         }
+        if self.lidar:
+            own = frame.lidar.points[frame.lidar.time_lag == 0, :3]
+            item["lidar_points"] = torch.from_numpy(np.ascontiguousarray(own, dtype=np.float32))
+            item["lidar_origin"] = torch.from_numpy(frame.lidar.lidar2ego[:3, 3].astype(np.float64))
         shape = self.grid.shape
         gt = frame.gt if self.manual is None else self.manual.get(frame.token)
         if gt is not None:

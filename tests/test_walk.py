@@ -1,0 +1,82 @@
+"""The voxel walk's compiled backends mark exactly the voxels of the PyTorch reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels._build import BackendUnavailable
+from kernels.grid import GridSpec
+from kernels.walk import ray_voxels, ray_voxels_reference
+
+GRID = GridSpec(range_min=(-6.4, -6.4, -1.0), range_max=(6.4, 6.4, 2.2), voxel_size=(0.4, 0.4, 0.4))
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _rays(n: int, seed: int, device="cpu"):
+    """Rays from inside and outside the grid, with axis-aligned directions, rays along voxel planes and
+    origins on the boundary among them (where a different rounding would pick another voxel)."""
+    g = torch.Generator().manual_seed(seed)
+    o = (torch.rand(n, 3, generator=g, dtype=torch.float64) - 0.5) * torch.tensor([16.0, 16.0, 5.0])
+    o[: n // 4] = torch.tensor([0.1, -0.3, 0.6], dtype=torch.float64)  # a sensor inside
+    o[n // 4: n // 4 + 8, 0] = 6.4  # on the boundary plane
+    o[n // 4 + 8: n // 4 + 16, 1] = 0.8  # on an inner voxel plane
+    d = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    d[: n // 8, 2] = 0  # horizontal
+    d[n // 8: n // 8 + 16, :2] = 0  # vertical
+    d[n // 4 + 8: n // 4 + 16, 1] = 0  # along the inner plane
+    d = d / d.norm(dim=1, keepdim=True)
+    t = torch.rand(n, generator=g, dtype=torch.float64) * 12
+    occ = torch.rand(GRID.shape, generator=g) < 0.03
+    return o.to(device), d.to(device), t.to(device), occ.to(device)
+
+
+def _backends():
+    out = []
+    for name, dev in (("cpu", "cpu"), ("cuda", "cuda")):
+        try:
+            if dev == "cuda" and not torch.cuda.is_available():
+                continue
+            ray_voxels(torch.zeros(3, device=dev), torch.tensor([[1.0, 0, 0]], device=dev), GRID, backend=name)
+            out.append((name, dev))
+        except BackendUnavailable:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)])
+@pytest.mark.parametrize("case", ["free", "occupied", "t_max", "both"])
+def test_compiled_walk_equals_the_reference(backend, device, case):
+    if (backend, device) not in _backends():
+        pytest.fail(f"the {backend} walk backend does not build here")
+    o, d, t, occ = _rays(4000, seed=3, device=device)
+    kw = {"occupied": occ if case in ("occupied", "both") else None, "t_max": t if case in ("t_max", "both") else None}
+    want = ray_voxels_reference(o, d, GRID, **kw)
+    got = ray_voxels(o, d, GRID, backend=backend, **kw)
+    assert got.dtype == torch.bool and got.shape == GRID.shape
+    assert want.sum() > 100
+    assert torch.equal(got, want), f"{int((got != want).sum())} voxels differ"
+
+
+@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)])
+def test_several_frames_in_one_call_equal_one_call_per_frame(backend, device):
+    rays = [_rays(500, seed=s, device=device) for s in (1, 2, 3)]
+    o = torch.cat([r[0] for r in rays])
+    d = torch.cat([r[1] for r in rays])
+    t = torch.cat([r[2] for r in rays])
+    occ = torch.stack([r[3] for r in rays])
+    frame = torch.arange(3, device=device).repeat_interleave(500)
+    got = ray_voxels(o, d, GRID, occupied=occ, t_max=t, frame=frame, frames=3, backend=backend)
+    for b, (ob, db, tb, occb) in enumerate(rays):
+        assert torch.equal(got[b], ray_voxels_reference(ob, db, GRID, occb, tb))
+
+
+def test_bad_input_is_named():
+    o, d, _, occ = _rays(10, seed=0)
+    with pytest.raises(ValueError, match="dirs must be"):
+        ray_voxels(o, d[:, :2], GRID)
+    with pytest.raises(ValueError, match="occupied must be"):
+        ray_voxels(o, d, GRID, occupied=occ[:-1])
+    with pytest.raises(ValueError, match="frame indices"):
+        ray_voxels(o, d, GRID, frame=torch.full((10,), 2), frames=2)
+    with pytest.raises(ValueError, match="backend must be"):
+        ray_voxels(o, d, GRID, backend="gpu")

@@ -136,7 +136,7 @@ def run_experiments(run: Path, world: Path, plan: dict, args, part: int, parts: 
         shutil.copyfile(checkpoint_path(base, 0), exp / "round_0" / "train" / "checkpoint.pt")
         # the seed also seeds round 1's training: deterministic strategies still show the training's spread
         recipe = replace(base, out=str(exp), train=replace(base.train, steps=args.steps, seed=base.train.seed + e["seed"],
-                                                           warmup_steps=min(base.train.warmup_steps, args.steps)))
+                                                           warmup_steps=min(base.train.warmup_steps, max(1, args.steps // 10))))
         oracle_labels(recipe, plan["pool_tokens"], plan["pool_scenes"], [tuple(p) for p in e["picks"]], world)
         train_round(recipe, 1, progress=False)
         score = evaluate_checkpoint(recipe, checkpoint_path(recipe, 1), progress=False)
@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--steps0", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--gpus", type=int, default=None, help="round-1 processes, one per GPU (default: every visible GPU)")
+    ap.add_argument("--devices", default=None, help="GPU ids for the round-1 processes, e.g. 1,0 (default 0..gpus-1)")
+    ap.add_argument("--report", action="store_true", help="only merge the results so far into the table and curve")
     ap.add_argument("--part", type=int, default=None, help=argparse.SUPPRESS)  # internal: a child's share
     ap.add_argument("--micro", action="store_true")
     args = ap.parse_args()
@@ -172,16 +174,22 @@ def main() -> None:
     if args.part is not None:
         run_experiments(run, world, json.loads((run / "plan.json").read_text()), args, args.part, gpus)
         return
-    (run / "base.yaml").write_text(yaml.safe_dump(base_recipe(run, world, scenes[-1], args.steps0, args.micro)))
-    plan = prepare(run, world, args)
-    if gpus == 1:
+    if args.report:
+        plan = json.loads((run / "plan.json").read_text())
+    else:
+        (run / "base.yaml").write_text(yaml.safe_dump(base_recipe(run, world, scenes[-1], args.steps0, args.micro)))
+        plan = prepare(run, world, args)
+    devices = args.devices.split(",") if args.devices else [str(i % max(1, torch.cuda.device_count())) for i in range(gpus)]
+    if args.report:
+        pass
+    elif gpus == 1:
         run_experiments(run, world, plan, args, 0, 1)
     else:
         procs = []
         for i in range(gpus):
             cmd = [sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps), "--gpus", str(gpus),
                    "--part", str(i), *(["--micro"] if args.micro else [])]
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(i % max(1, torch.cuda.device_count())),
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[i % len(devices)],
                    "AUTOLABEL_WORKERS": str(max(1, (os.cpu_count() or 2) // gpus - 1))}
             procs.append(subprocess.Popen(cmd, env=env))
         if any(p.wait() for p in procs):

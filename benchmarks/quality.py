@@ -17,8 +17,9 @@ training curves (PNG) and prints one table.
 
 With several GPUs (--gpus, default every visible one) the variants run in one process per GPU: the DTS
 chain on one, the independent variants dealt over the others; each process saves its results after
-every variant, so a run cut short still reports what finished. Diagnostic variants (render_noisy_aux:
-+ rays from the neighbouring keyframes) are asked for by name in --variants.
+every variant, so a run cut short still reports what finished (--report prints the table of what is
+there). Diagnostic variants, asked for by name in --variants: render_noisy_aux (+ rays from the
+neighbouring keyframes), render_noisy_los (+ the LiDAR line-of-sight loss).
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def variant_recipe(run: Path, base: dict, name: str) -> dict:
     r["loss"]["pseudo_3d"] = 1.0 if dts else 0.0
     if name == "3d_supervised":
         r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, labels_3d=1.0)
+    if name == "render_noisy_los":  # LiDAR line of sight through the renderer (occnet.losses.line_of_sight)
+        r["loss"]["line_of_sight"] = 1.0
     if name == "render_noisy_aux":  # RenderOcc's auxiliary-frame rays: the neighbouring keyframes' views
         r["data"]["aux_frames"] = 1
         r["render"]["aux_rays_per_frame"] = r["render"]["rays_per_frame"] // 2
@@ -89,7 +92,8 @@ def train_variant(run: Path, base: dict, name: str, world: Path, log) -> tuple:
     return recipe, pool
 
 
-DIAGNOSTICS = ("render_noisy_aux",)  # variant 3 with one change each, to find what rendering-only lacks
+# variant 3 with one change each, to find what rendering-only lacks
+DIAGNOSTICS = ("render_noisy_aux", "render_noisy_los")
 
 
 def variant_groups(wanted: list[str], gpus: int) -> list[list[str]]:
@@ -175,6 +179,7 @@ def main() -> None:
     ap.add_argument("--round1-steps", type=int, default=750)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--gpus", type=int, default=None, help="processes, one per GPU (default: every visible GPU)")
+    ap.add_argument("--report", action="store_true", help="only merge the results so far into the table and curves")
     ap.add_argument("--group", default=None, help=argparse.SUPPRESS)  # internal: this process runs one group
     ap.add_argument("--micro", action="store_true")
     args = ap.parse_args()
@@ -194,12 +199,15 @@ def main() -> None:
     if args.group is not None:  # a child process: its GPU is the only one it sees
         run_group(run, base, world, wanted, args, args.group)
         return
-    for f in run.glob("results.*.json"):
-        f.unlink()
     gpus = args.gpus if args.gpus is not None else max(1, torch.cuda.device_count())
     groups = variant_groups(wanted, gpus)
+    failed: list[int] = []
+    if args.report:
+        groups = []
+    for f in run.glob("results.*.json") if not args.report else ():
+        f.unlink()
     # the caches every variant reads, written once before the processes start
-    for variant in ("render_noisy", "render_exact"):
+    for variant in ("render_noisy", "render_exact") if groups else ():
         path = run / f"{variant}.yaml"
         path.write_text(yaml.safe_dump(variant_recipe(run, base, variant)))
         recipe = load_recipe(path)
@@ -208,7 +216,7 @@ def main() -> None:
                   recipe.network.image_size, progress=False)
     if len(groups) == 1:
         run_group(run, base, world, groups[0], args, "0")
-    else:
+    elif groups:
         procs = []
         for i, group in enumerate(groups):
             cmd = [sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps),
@@ -217,7 +225,7 @@ def main() -> None:
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(i % max(1, torch.cuda.device_count())),
                    "AUTOLABEL_WORKERS": str(max(1, (os.cpu_count() or 2) // len(groups) - 1))}
             procs.append(subprocess.Popen(cmd, env=env))
-        failed = [i for i, p in enumerate(procs) if p.wait()]
+        failed += [i for i, p in enumerate(procs) if p.wait()]
         if failed:
             print(f"groups {failed} failed; the table holds what finished", flush=True)
     results: dict[str, dict] = {}
@@ -233,7 +241,7 @@ def main() -> None:
             m, g = results[name]["miou"], results[name]["geometric_iou"]
             ratio = f"{m / upper:.2f}" if upper and m is not None else "-"
             print(f"{name:<20}{m if m is not None else float('nan'):>8.2f}{g if g is not None else float('nan'):>9.2f}{ratio:>8}")
-    if len(groups) > 1 and failed:
+    if failed:
         sys.exit(1)
 
 

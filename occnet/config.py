@@ -91,11 +91,13 @@ class LossConfig:
     semantics_2d: float = 1.0
     depth_distribution: float = 1.0  # BEVDepth-style: LiDAR depth bins supervise the view transform directly
     opacity_entropy: float = 0.0  # pushes rendered opacity to 0 or 1
+    line_of_sight: float = 0.0  # LiDAR rays: free until one voxel before the return, stopped one voxel after
     labels_3d: float = 0.0  # cross-entropy on voxels of frames with 3D labels (mask_camera)
     pseudo_3d: float = 0.0  # confidence-weighted cross-entropy on pseudo-labels
 
     def __post_init__(self) -> None:
-        for name in ("depth", "semantics_2d", "depth_distribution", "opacity_entropy", "labels_3d", "pseudo_3d"):
+        for name in ("depth", "semantics_2d", "depth_distribution", "opacity_entropy", "line_of_sight", "labels_3d",
+                     "pseudo_3d"):
             _check(getattr(self, name) >= 0, f"LossConfig.{name} must be >= 0")
         _check(0 <= self.silog_lambda <= 1, "LossConfig.silog_lambda must lie in [0, 1]")
 
@@ -116,9 +118,13 @@ class TrainConfig:
     checkpoint_every: int = 500
     bf16: bool = True  # autocast on CUDA only
     seed: int = 0
+    # share of each step's frames drawn from the frames with 3D labels (annotated in earlier rounds), when
+    # some but not all have them: a 1% budget would otherwise be seen once per hundred frames
+    labelled_share: float = 0.25
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, "TrainConfig.steps must be > 0")
+        _check(0 <= self.labelled_share < 1, "TrainConfig.labelled_share must lie in [0, 1)")
         _check(self.batch_size > 0, "TrainConfig.batch_size must be > 0")
         _check(self.accumulate > 0, "TrainConfig.accumulate must be > 0")
         _check(self.lr > 0, "TrainConfig.lr must be > 0")

@@ -72,3 +72,21 @@ def depth_distribution_ce(depth_prob: torch.Tensor, prior: torch.Tensor, depth_m
         return depth_prob.sum() * 0
     p = depth_prob.permute(0, 1, 3, 4, 2)[valid]  # (M, D)
     return -torch.log(p.gather(1, k[valid][:, None])[:, 0].clamp_min(EPS)).mean()
+
+
+def line_of_sight(density: torch.Tensor, rays, grid, cfg, margin: float, eps: float = 1e-4) -> torch.Tensor:
+    """LiDAR line of sight through the renderer, over rays with a target depth: the ray must stay free until
+    `margin` metres before its LiDAR return, -log T(d - margin), and must have stopped `margin` after it,
+    -log(1 - T(d + margin)). Depth and semantic losses only ask the *expected* depth to match, which a thin
+    fog spread over many voxels satisfies; this asks the light to stop at the surface."""
+    from .rays import RayBatch, transmittance_to
+
+    m = rays.depth > 0
+    if not m.any():
+        return density.sum() * 0
+    sub = RayBatch(*(getattr(rays, f)[m] for f in RayBatch.__dataclass_fields__))
+    dist = sub.depth / sub.z_per_metre  # z-depth -> metres along the ray
+    before = transmittance_to(density, sub, (dist - margin).clamp_min(0), grid, cfg)
+    after = transmittance_to(density, sub, dist + margin, grid, cfg)
+    w = sub.weight / sub.weight.sum()
+    return -(w * (torch.log(before + eps) + torch.log1p(-after + eps))).sum()

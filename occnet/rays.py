@@ -138,3 +138,14 @@ def render(density: torch.Tensor, logits: torch.Tensor, rays: RayBatch, grid: Gr
     out = render_rays(density.float(), probs, rays.origins, rays.directions, rays.batch_index, near, far_t, grid,
                       mode=cfg.mode, step_size=cfg.step_size, check_values=check_values)
     return Rendered(depth=out.depth * rays.z_per_metre, opacity=out.opacity, probs=out.features)
+
+
+def transmittance_to(density: torch.Tensor, rays: RayBatch, far: torch.Tensor, grid: GridSpec, cfg: RenderConfig,
+                     check_values: bool = True) -> torch.Tensor:
+    """(R,) light left after travelling from each ray's origin to distance `far` (R,) metres along it."""
+    n = len(rays.origins)
+    ones = torch.ones((*density.shape, 1), device=density.device)  # the op needs features; one cheap channel
+    out = render_rays(density.float(), ones, rays.origins, rays.directions, rays.batch_index,
+                      torch.zeros(n, device=density.device), far.float(), grid, mode=cfg.mode, step_size=cfg.step_size,
+                      check_values=check_values)
+    return out.transmittance

@@ -19,7 +19,7 @@ from .atomic import atomic_write
 from .classes import DYNAMIC_CLASS_IDS
 from .config import LossConfig, RenderConfig, TrainConfig
 from .distributed import barrier, rank, world_size
-from .losses import depth_distribution_ce, opacity_entropy, rendered_semantics_ce, silog, voxel_ce
+from .losses import depth_distribution_ce, line_of_sight, opacity_entropy, rendered_semantics_ce, silog, voxel_ce
 from .network import OccupancyNetwork
 from .rays import concat_rays, render, sample_rays
 
@@ -42,20 +42,33 @@ def default_workers() -> int:
 
 class StepBatches(Sampler[list[int]]):
     """Batches as a function of the step: epoch e is a permutation seeded by (seed, e). Under several
-    processes, the step's global batch (batch_size x world frames) is cut into one slice per rank."""
+    processes, the step's global batch (batch_size x world frames) is cut into one slice per rank.
+    With `priority` frames (those with 3D labels) and share > 0, the first round(share x global batch)
+    positions of every step (at least one) cycle through the priority frames in their own permutations."""
 
-    def __init__(self, n: int, batch_size: int, start: int, stop: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, start: int, stop: int, seed: int, rank: int = 0, world: int = 1,
+                 priority: list[int] | None = None, share: float = 0.0):
         self.n, self.batch_size, self.start, self.stop, self.seed = n, batch_size, start, stop, seed
         self.rank, self.world = rank, world
+        self.priority = list(priority or [])
+        per_step = batch_size * world
+        self.n_priority = max(1, round(share * per_step)) if self.priority and share > 0 and len(self.priority) < n else 0
+
+    @staticmethod
+    def _pick(k: int, n: int, seed: int) -> int:
+        epoch, pos = divmod(k, n)
+        return int(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))[pos])
 
     def indices(self, step: int) -> list[int]:
         out = []
         per_step = self.batch_size * self.world
-        first = step * per_step + self.rank * self.batch_size
-        for k in range(first, first + self.batch_size):
-            epoch, pos = divmod(k, self.n)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-            out.append(int(perm[pos]))
+        rest = per_step - self.n_priority
+        first = self.rank * self.batch_size
+        for j in range(first, first + self.batch_size):  # j: position in the step's global batch
+            if j < self.n_priority:
+                out.append(self.priority[self._pick(step * self.n_priority + j, len(self.priority), self.seed + 7919)])
+            else:
+                out.append(self._pick(step * rest + j - self.n_priority, self.n, self.seed))
         return out
 
     def __iter__(self):
@@ -146,7 +159,7 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.bf16):
             out = self.forward_model(b["images"], b["intrinsics"], b["cam2ego"])
         terms: dict[str, torch.Tensor] = {}
-        rendering = lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0
+        rendering = lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0 or lc.line_of_sight > 0
         parts = []
         if lc.depth_distribution > 0:
             net = self.model.cfg
@@ -182,6 +195,9 @@ class Trainer:
                 terms["sem2d"] = lc.semantics_2d * rendered_semantics_ce(rendered, rays, self.class_weights)
             if lc.opacity_entropy > 0:
                 terms["opacity"] = lc.opacity_entropy * opacity_entropy(rendered)
+            if lc.line_of_sight > 0:
+                margin = float(min(self.model.cfg.grid.voxel_size))
+                terms["sight"] = lc.line_of_sight * line_of_sight(out.density, rays, self.model.cfg.grid, cfg, margin)
         voxel = float(min(self.model.cfg.grid.voxel_size))
         if lc.labels_3d > 0 and "gt_semantics" in b:
             w = b["gt_mask"].float() * b["has_gt"].float()[:, None, None, None]
@@ -223,12 +239,14 @@ class Trainer:
         return sums
 
     def fit(self, dataset: Dataset, batch_size: int = 1, workers: int | None = None,
-            on_log: Callable[[int, dict], None] | None = None, progress: bool = True, until: int | None = None) -> list[dict]:
-        """Train up to cfg.steps (or `until`, to stop early), resuming from the checkpoint in out_dir."""
+            on_log: Callable[[int, dict], None] | None = None, progress: bool = True, until: int | None = None,
+            labelled: list[int] | None = None) -> list[dict]:
+        """Train up to cfg.steps (or `until`, to stop early), resuming from the checkpoint in out_dir.
+        labelled: dataset positions of frames with 3D labels (sampled at cfg.labelled_share of each step)."""
         self.load()
         stop = self.cfg.steps if until is None else min(until, self.cfg.steps)
         sampler = StepBatches(len(dataset), batch_size * self.cfg.accumulate, self.step, stop, self.cfg.seed,
-                              self.rank, self.world)
+                              self.rank, self.world, priority=labelled, share=self.cfg.labelled_share)
         workers = default_workers() if workers is None else workers
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False)

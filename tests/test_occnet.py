@@ -122,6 +122,28 @@ def test_losses():
     torch.testing.assert_close(lp.logsumexp(-1), torch.zeros(1, 4, 4, 2), atol=1e-5, rtol=0)
 
 
+def test_line_of_sight_wants_free_space_then_a_stop_at_the_lidar_return():
+    from occnet.losses import line_of_sight
+    from occnet.rays import RayBatch
+
+    n = 8
+    rays = RayBatch(origins=torch.zeros(n, 3), directions=torch.tensor([[1.0, 0, 0]]).repeat(n, 1),
+                    batch_index=torch.zeros(n, dtype=torch.long), z_per_metre=torch.ones(n), depth=torch.full((n,), 6.1),
+                    semantics=torch.zeros(n, dtype=torch.long), confidence=torch.ones(n), weight=torch.ones(n))
+    cfg = RenderConfig()
+    x = torch.arange(GRID.shape[0]) * 0.4 - 12.8 + 0.2  # voxel centres along x
+    wall = torch.zeros(1, *GRID.shape)
+    wall[0, (x - 6.1).abs() < 0.2] = 60.0  # the voxel of the return
+    fog = torch.full((1, *GRID.shape), 0.3, requires_grad=True)  # the same expected depth is reachable by fog
+    sharp = line_of_sight(wall, rays, GRID, cfg, margin=0.4).item()
+    loss = line_of_sight(fog, rays, GRID, cfg, margin=0.4)
+    assert sharp < 0.01 < 1.0 < loss.item()
+    loss.backward()
+    g = fog.grad[0, :, GRID.shape[1] // 2, 2]  # the voxels the rays cross (y = 0, z = 0)
+    assert (g[(x > 0.4) & (x < 5.5)] > 0).all()  # before the return: less density
+    assert (g[(x - 6.1).abs() < 0.2] < 0).all()  # at the return: more
+
+
 def test_ray_sampling_balances_classes_and_keeps_rays_in_the_grid():
     n, h, w = 1, 40, 60
     K = torch.tensor([[[30.0, 0, 30], [0, 30.0, 20], [0, 0, 1]]])
@@ -174,6 +196,21 @@ def test_step_batches_are_a_function_of_the_step():
     b = StepBatches(7, 2, 4, 10, seed=3)
     assert list(a)[4:] == list(b)
     assert sorted(sum(list(a)[:4], [])[:7]) == list(range(7))  # an epoch visits every frame once
+
+
+def test_labelled_frames_take_their_share_of_every_step():
+    one = StepBatches(100, 4, 0, 50, seed=1, priority=[7, 42], share=0.25)
+    steps = list(one)
+    assert all(b[0] in (7, 42) for b in steps)  # one of four positions, every step
+    assert sorted(b[0] for b in steps[:2]) == [7, 42]  # cycling through the labelled frames
+    rest = [i for b in steps for i in b[1:]]
+    assert len(set(rest[:100])) == 100  # the other positions still run through the whole pool
+    # two ranks of 2 frames see the same global batch as one process of 4
+    r0 = StepBatches(100, 2, 0, 50, seed=1, rank=0, world=2, priority=[7, 42], share=0.25)
+    r1 = StepBatches(100, 2, 0, 50, seed=1, rank=1, world=2, priority=[7, 42], share=0.25)
+    assert [a + b for a, b in zip(r0, r1)] == steps
+    # nothing labelled, or everything: plain epochs
+    assert list(StepBatches(7, 2, 0, 10, seed=3, priority=[], share=0.25)) == list(StepBatches(7, 2, 0, 10, seed=3))
 
 
 def _rss_mb() -> float:

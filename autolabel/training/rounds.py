@@ -76,6 +76,8 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
         with open(log, "a") as fh:
             fh.write(json.dumps({"step": step, **row}) + "\n")
 
-    history = trainer.fit(dataset, batch_size=recipe.train.batch_size, progress=progress, until=until, on_log=on_log)
+    labelled = [i for i, idx in enumerate(dataset.indices) if frames.tokens[idx] in manual]
+    history = trainer.fit(dataset, batch_size=recipe.train.batch_size, progress=progress, until=until, on_log=on_log,
+                          labelled=labelled)
     return {"round": k, "steps": trainer.step, "frames": len(dataset), "manual_frames": len(manual),
             "checkpoint": str(out_dir / CHECKPOINT), "last": history[-1] if history else None}

@@ -1,7 +1,8 @@
 """The recipe's ``dts`` section."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 
 @dataclass
@@ -14,6 +15,10 @@ class DTSConfig:
     lidar_filter: bool = True  # voxels LiDAR rays cross are free, return voxels occupied
     drop_quantile: float = 0.3  # per class, the least confident share of voxels left 255
     occupied_threshold: float = 0.5  # occupancy probability above which a voxel is occupied
+    # after training, replace occupied_threshold for labelling and evaluation by the threshold calibrated
+    # against LiDAR on training frames (autolabel.training.calibrate: rendering-only networks keep grazing
+    # surfaces half transparent); the teacher's online pseudo-labels during training keep occupied_threshold
+    calibrate_threshold: bool = True
     batch_size: int = 2  # frames per teacher forward pass in `autolabel label`
 
     def __post_init__(self) -> None:
@@ -27,3 +32,12 @@ class DTSConfig:
             raise ValueError("dts.occupied_threshold must lie in (0, 1)")
         if self.batch_size < 1:
             raise ValueError("dts.batch_size must be >= 1")
+
+
+def readout(dts: DTSConfig, checkpoint: Path) -> DTSConfig:
+    """The DTS settings for reading out a trained checkpoint: the calibrated threshold when there is one."""
+    if not dts.calibrate_threshold:
+        return dts
+    from ..training.calibrate import load_threshold
+
+    return replace(dts, occupied_threshold=load_threshold(checkpoint, dts.occupied_threshold))

@@ -28,7 +28,7 @@ from ..errors import DataError
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache, _version
 from ..training.data import FrameDataset
-from .config import DTSConfig
+from .config import DTSConfig, readout
 from .teacher import pseudo_labels, teacher_probabilities
 
 
@@ -81,6 +81,7 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
     """Write round k's pseudo-labels for every frame of `frames` not yet done. Returns a summary.
     use_teacher=False labels with the student's weights (for measuring what the teacher adds)."""
     model, step, is_teacher = load_teacher(network_cfg, checkpoint, device, prefer_teacher=use_teacher)
+    dts = readout(dts, checkpoint)  # the calibrated occupancy threshold, when training saved one
     provenance = {
         "recipe": to_dict(recipe) if recipe is not None else None,
         "recipe_digest": recipe.digest() if recipe is not None else None,

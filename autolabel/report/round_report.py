@@ -20,6 +20,7 @@ from occnet.rays import image_rays, render
 
 from ..active.rounds import bev_image
 from ..dataset import open_frames
+from ..dts.config import readout
 from ..dts.label import load_teacher
 from ..recipe import Recipe
 from ..supervision.providers import resolve_device
@@ -134,6 +135,7 @@ def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(recipe.device)
     model, _, _ = load_teacher(recipe.network, checkpoint_path(recipe, k), device, prefer_teacher=False)
+    threshold = readout(recipe.dts, checkpoint_path(recipe, k)).occupied_threshold
     split = "val" if recipe.data.val_scenes else "train"
     frames = open_frames(recipe, split, load_images=True, load_gt=True)
     dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe), grid=recipe.network.grid,
@@ -146,7 +148,7 @@ def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict
         item = dataset[int(i)]
         f1 = frame_figure(model, item, recipe, device, folder / f"frame{j}_cameras.png")
         sem, _ = predict(model, item["images"][None].to(device), item["intrinsics"][None].to(device),
-                         item["cam2ego"][None].to(device))
+                         item["cam2ego"][None].to(device), occupied_threshold=threshold)
         gt = item["gt_semantics"].numpy() if bool(item["has_gt"]) else None
         f2 = occupancy_figure(sem[0].cpu().numpy(), gt, folder / f"frame{j}_occupancy.png")
         parts.append(f"<h2>{split} frame {html.escape(item['token'])}</h2><img src='{f1}'><br><img src='{f2}'>")

@@ -9,6 +9,7 @@ from occnet.inference import predict
 from occnet.metrics import OccupancyMetric, OccupancyScores
 
 from ..dataset import open_frames
+from ..dts.config import readout
 from ..dts.label import load_teacher
 from ..errors import DataError
 from ..recipe import Recipe
@@ -24,6 +25,7 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Path, split: str = "val", us
     if len(frames) == 0:
         raise DataError(f"recipe {recipe.name}: the {split} split has no frames (set data.val_scenes)")
     model, _, _ = load_teacher(recipe.network, checkpoint, device, prefer_teacher=use_teacher)
+    threshold = readout(recipe.dts, checkpoint).occupied_threshold
     dataset = FrameDataset(frames, recipe.network.image_size, labels="none", grid=recipe.network.grid)
     metric = OccupancyMetric()
     for i in tqdm(range(len(dataset)), desc=f"evaluate ({split})", disable=not progress):
@@ -32,7 +34,7 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Path, split: str = "val", us
             continue
         depth = item["depth"][None].to(device) if (use_teacher and recipe.dts.depth_aware) else None
         sem, _ = predict(model, item["images"][None].to(device), item["intrinsics"][None].to(device),
-                         item["cam2ego"][None].to(device), depth)
+                         item["cam2ego"][None].to(device), depth, occupied_threshold=threshold)
         metric.update(sem[0].cpu(), item["gt_semantics"], item["gt_mask"])
     if metric.confusion.sum() == 0:
         raise DataError(f"recipe {recipe.name}: no {split} frame has Occ3D ground truth (gts/)")

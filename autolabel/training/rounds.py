@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from occnet.distributed import barrier, is_main
 from occnet.network import OccupancyNetwork
 from occnet.trainer import CHECKPOINT, Trainer
 
@@ -79,5 +80,10 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
     labelled = [i for i, idx in enumerate(dataset.indices) if frames.tokens[idx] in manual]
     history = trainer.fit(dataset, batch_size=recipe.train.batch_size, progress=progress, until=until, on_log=on_log,
                           labelled=labelled)
+    if recipe.dts.calibrate_threshold and trainer.step >= recipe.train.steps and is_main():
+        from .calibrate import calibrate_threshold, save_threshold
+
+        save_threshold(out_dir, calibrate_threshold(model, dataset, device))
+    barrier()
     return {"round": k, "steps": trainer.step, "frames": len(dataset), "manual_frames": len(manual),
             "checkpoint": str(out_dir / CHECKPOINT), "last": history[-1] if history else None}

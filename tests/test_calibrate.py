@@ -53,7 +53,7 @@ def test_readout_uses_the_saved_threshold_unless_turned_off(tmp_path):
     assert readout(DTSConfig(calibrate_threshold=False), ckpt).occupied_threshold == 0.5
 
 
-def test_training_saves_the_threshold_that_evaluation_uses(trained):
+def test_training_saves_the_calibrated_threshold(trained):
     """`autolabel train` (the conftest run) leaves the calibration beside its checkpoint."""
     saved = json.loads((trained / "run" / "round_0" / "train" / THRESHOLD_FILE).read_text())
     assert set(saved) >= {"threshold", "lidar_iou", "candidates"} and 0 < saved["threshold"] < 1

@@ -43,30 +43,40 @@ def default_workers() -> int:
 class StepBatches(Sampler[list[int]]):
     """Batches as a function of the step: epoch e is a permutation seeded by (seed, e). Under several
     processes, the step's global batch (batch_size x world frames) is cut into one slice per rank.
-    With `priority` frames (those with 3D labels) and share > 0, the first round(share x global batch)
-    positions of every step (at least one) cycle through the priority frames in their own permutations."""
+
+    With `priority` frames (those with 3D labels) and share > 0, labelled frames cycle through their own
+    permutations in the first max(1, round(share x global batch)) positions of every step; with a global
+    batch of one frame, every round(1 / share)-th step is a labelled frame instead."""
 
     def __init__(self, n: int, batch_size: int, start: int, stop: int, seed: int, rank: int = 0, world: int = 1,
                  priority: list[int] | None = None, share: float = 0.0):
         self.n, self.batch_size, self.start, self.stop, self.seed = n, batch_size, start, stop, seed
         self.rank, self.world = rank, world
         self.priority = list(priority or [])
-        per_step = batch_size * world
-        self.n_priority = max(1, round(share * per_step)) if self.priority and share > 0 and len(self.priority) < n else 0
+        self.per_step = batch_size * world
+        active = bool(self.priority) and share > 0 and len(self.priority) < n
+        self.n_priority = max(1, round(share * self.per_step)) if active and self.per_step > 1 else 0
+        self.period = max(2, round(1 / share)) if active and self.per_step == 1 else 0
 
     @staticmethod
     def _pick(k: int, n: int, seed: int) -> int:
         epoch, pos = divmod(k, n)
         return int(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))[pos])
 
+    def _labelled(self, k: int) -> int:
+        return self.priority[self._pick(k, len(self.priority), self.seed + 7919)]
+
     def indices(self, step: int) -> list[int]:
+        if self.period:  # one frame per step: interleave whole steps
+            if step % self.period == 0:
+                return [self._labelled(step // self.period)]
+            return [self._pick(step - (step + self.period - 1) // self.period, self.n, self.seed)]
         out = []
-        per_step = self.batch_size * self.world
-        rest = per_step - self.n_priority
+        rest = self.per_step - self.n_priority
         first = self.rank * self.batch_size
         for j in range(first, first + self.batch_size):  # j: position in the step's global batch
             if j < self.n_priority:
-                out.append(self.priority[self._pick(step * self.n_priority + j, len(self.priority), self.seed + 7919)])
+                out.append(self._labelled(step * self.n_priority + j))
             else:
                 out.append(self._pick(step * rest + j - self.n_priority, self.n, self.seed))
         return out

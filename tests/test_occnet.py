@@ -209,6 +209,10 @@ def test_labelled_frames_take_their_share_of_every_step():
     r0 = StepBatches(100, 2, 0, 50, seed=1, rank=0, world=2, priority=[7, 42], share=0.25)
     r1 = StepBatches(100, 2, 0, 50, seed=1, rank=1, world=2, priority=[7, 42], share=0.25)
     assert [a + b for a, b in zip(r0, r1)] == steps
+    # one frame per step: every 4th step is a labelled frame, the others still cover the pool
+    single = list(StepBatches(10, 1, 0, 40, seed=2, priority=[3], share=0.25))
+    assert [b[0] for b in single[::4]] == [3] * 10
+    assert sorted([b[0] for i, b in enumerate(single) if i % 4][:10]) == list(range(10))  # one epoch of the pool
     # nothing labelled, or everything: plain epochs
     assert list(StepBatches(7, 2, 0, 10, seed=3, priority=[], share=0.25)) == list(StepBatches(7, 2, 0, 10, seed=3))
 

@@ -16,7 +16,7 @@ training curves (PNG) and prints one table.
     python benchmarks/quality.py RUN --micro     # the CI-sized version: checks that the harness runs
 
 With several GPUs (--gpus, default every visible one) the variants run in one process per GPU: the DTS
-chain on one, the independent variants dealt over the others; each process saves its results after
+chain on the last one, each other variant on the least loaded; each process saves its results after
 every variant, so a run cut short still reports what finished (--report prints the table of what is
 there). Diagnostic variants, asked for by name in --variants: render_noisy_aux (+ rays from the
 neighbouring keyframes), render_noisy_los (+ the LiDAR line-of-sight loss).

@@ -7,6 +7,7 @@ depth; the same + the LiDAR line-of-sight loss), each scored on the held-out sce
 read out at 0.5 and at the threshold `autolabel.training.calibrate` finds from LiDAR alone.
 
     python benchmarks/readout.py RUN [--steps 300] [--variants 3d_supervised,render_noisy,render_noisy_los]
+(also render_noisy_trilinear, render_noisy_los_trilinear: rendering with trilinear density along rays)
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from autolabel.training.rounds import checkpoint_path, train_round  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("3d_supervised", "render_noisy", "render_noisy_los")
+EXTRA = ("render_noisy_trilinear", "render_noisy_los_trilinear")  # sub-voxel density along rays (render.mode)
 
 
 def recipe_for(run: Path, name: str, steps: int) -> Path:
@@ -42,8 +44,10 @@ def recipe_for(run: Path, name: str, steps: int) -> Path:
     r["dts"]["enabled"], r["loss"]["pseudo_3d"] = False, 0.0
     if name == "3d_supervised":
         r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, labels_3d=1.0)
-    if name == "render_noisy_los":
+    if name.startswith("render_noisy_los"):
         r["loss"]["line_of_sight"] = 1.0
+    if name.endswith("_trilinear"):
+        r["render"]["mode"] = "trilinear"
     path = run / f"{name}.yaml"
     path.write_text(yaml.safe_dump(r))
     return path
@@ -55,6 +59,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
+    unknown = set(args.variants.split(",")) - set(VARIANTS) - set(EXTRA)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS + EXTRA}")
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -80,9 +87,9 @@ def main() -> None:
         print(f"{name}: 0.5 -> {100 * fixed.miou:.2f} / {100 * fixed.geometric_iou:.2f}; calibrated "
               f"{rows[-1][2]} -> {100 * calibrated.miou:.2f} / {100 * calibrated.geometric_iou:.2f}", flush=True)
     print(f"\n{args.steps} steps per variant; validation scene synth-7-0003; mIoU / geometric IoU within mask_camera")
-    print(f"{'variant':<20}{'read-out 0.5':>16}{'threshold':>11}{'calibrated':>16}")
+    print(f"{'variant':<28}{'read-out 0.5':>16}{'threshold':>11}{'calibrated':>16}")
     for name, fixed, th, cal in rows:
-        print(f"{name:<20}{100 * fixed.miou:>8.2f} /{100 * fixed.geometric_iou:>6.2f}{th:>11.2f}"
+        print(f"{name:<28}{100 * fixed.miou:>8.2f} /{100 * fixed.geometric_iou:>6.2f}{th:>11.2f}"
               f"{100 * cal.miou:>8.2f} /{100 * cal.geometric_iou:>6.2f}")
 
 

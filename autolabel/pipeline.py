@@ -97,7 +97,7 @@ def _has_gts(recipe: Recipe) -> bool:
 
 def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress: bool) -> dict:
     from .dataset import open_frames
-    from .dts.label import label_round
+    from .dts.label import label_round, labelling_store
     from .store.labels import LabelStore
     from .store.rounds import evaluate_round, export_occ3d
     from .supervision.providers import resolve_device
@@ -110,7 +110,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
 
     def label() -> dict:
         frames = open_frames(recipe, "train", load_images=True, load_gt=False)
-        store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
+        store = labelling_store(recipe.store_path, recipe.network.grid)
         return label_round(frames, open_cache(recipe), store, k, recipe.network, recipe.dts, checkpoint_path(recipe, k),
                            resolve_device(recipe.device), recipe, progress=progress)
 

@@ -16,6 +16,7 @@ keeps what finished and a rerun does only the rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -57,6 +58,19 @@ def make_world(world: Path, synth: str, micro: bool) -> Path:
                       GridSpec.from_dict(MICRO_GRID) if micro else GridSpec(), progress=False,
                       workers=1 if micro else min(n_scenes, os.cpu_count() or 1))
     return world
+
+
+def run_per_gpu(cmds: list[list[str]], devices: list[str], logs: list[Path] | None = None) -> list[int]:
+    """Run the commands at once, command i on GPU devices[i % len(devices)], the CPU cores shared out among
+    their DataLoaders (AUTOLABEL_WORKERS); output to logs[i] when given. Returns the indices that failed."""
+    workers = str(max(1, (os.cpu_count() or 2) // len(cmds) - 1))
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for i, cmd in enumerate(cmds):
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[i % len(devices)], "AUTOLABEL_WORKERS": workers}
+            out = stack.enter_context(open(logs[i], "w")) if logs else None
+            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
+        return [i for i, p in enumerate(procs) if p.wait()]
 
 
 def oracle_labels(recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]], world: Path) -> None:
@@ -185,14 +199,9 @@ def main() -> None:
     elif gpus == 1:
         run_experiments(run, world, plan, args, 0, 1)
     else:
-        procs = []
-        for i in range(gpus):
-            cmd = [sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps), "--gpus", str(gpus),
-                   "--part", str(i), *(["--micro"] if args.micro else [])]
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[i % len(devices)],
-                   "AUTOLABEL_WORKERS": str(max(1, (os.cpu_count() or 2) // gpus - 1))}
-            procs.append(subprocess.Popen(cmd, env=env))
-        if any(p.wait() for p in procs):
+        cmds = [[sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps), "--gpus", str(gpus),
+                 "--part", str(i), *(["--micro"] if args.micro else [])] for i in range(gpus)]
+        if run_per_gpu(cmds, devices):
             print("a round-1 process failed; the table holds what finished", flush=True)
     rows = [json.loads(x) for f in sorted(run.glob("results.*.jsonl")) for x in f.read_text().splitlines()]
     rows = [r for r in rows if r["strategy"] in args.strategies.split(",")]

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -38,7 +36,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from active import base_recipe, make_world, oracle_labels  # noqa: E402
+from active import base_recipe, make_world, oracle_labels, run_per_gpu  # noqa: E402
 
 from autolabel.active.config import SelectionConfig  # noqa: E402
 from autolabel.active.pool import score_pool  # noqa: E402
@@ -217,15 +215,10 @@ def main() -> None:
     if len(groups) == 1:
         run_group(run, base, world, groups[0], args, "0")
     elif groups:
-        procs = []
-        for i, group in enumerate(groups):
-            cmd = [sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps),
-                   "--round1-steps", str(args.round1_steps), "--variants", ",".join(group), "--group", str(i),
-                   *(["--micro"] if args.micro else [])]
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(i % max(1, torch.cuda.device_count())),
-                   "AUTOLABEL_WORKERS": str(max(1, (os.cpu_count() or 2) // len(groups) - 1))}
-            procs.append(subprocess.Popen(cmd, env=env))
-        failed += [i for i, p in enumerate(procs) if p.wait()]
+        cmds = [[sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps),
+                 "--round1-steps", str(args.round1_steps), "--variants", ",".join(group), "--group", str(i),
+                 *(["--micro"] if args.micro else [])] for i, group in enumerate(groups)]
+        failed += run_per_gpu(cmds, [str(i) for i in range(max(1, torch.cuda.device_count()))])
         if failed:
             print(f"groups {failed} failed; the table holds what finished", flush=True)
     results: dict[str, dict] = {}

@@ -25,10 +25,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from active import base_recipe, make_world  # noqa: E402
+from active import base_recipe, make_world, run_per_gpu  # noqa: E402
 
 
-def cli(args: list[str], gpus: int, env: dict | None = None, log: Path | None = None) -> float:
+def cli(args: list[str], gpus: int, log: Path | None = None) -> float:
     """Run `autolabel ARGS` (under torchrun when gpus > 1); returns wall seconds."""
     if gpus > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus),
@@ -37,7 +37,7 @@ def cli(args: list[str], gpus: int, env: dict | None = None, log: Path | None = 
         cmd = [sys.executable, "-m", "autolabel.cli", *args]
     t0 = time.perf_counter()
     with open(log or os.devnull, "w") as fh:
-        done = subprocess.run(cmd, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}); log {log}")
     return time.perf_counter() - t0
@@ -92,16 +92,12 @@ def main() -> None:
         rows.append(("label", gpus, 1, wall, n / wall, float("nan")))
         print(f"label on {gpus} GPU(s): {wall:.0f} s wall for {n} frames", flush=True)
     if args.concurrent > 1:
-        procs, t0 = [], time.perf_counter()
+        cmds = []
         for j in range(args.concurrent):
-            recipe = recipe_for(run, f"share{j}", base)
             shutil.rmtree(run / f"share{j}", ignore_errors=True)
-            workers = max(1, (os.cpu_count() or 2) // args.concurrent - 1)
-            log = open(run / f"share{j}.log", "w")
-            procs.append(subprocess.Popen([sys.executable, "-m", "autolabel.cli", "train", str(recipe)],
-                                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "0", "AUTOLABEL_WORKERS": str(workers)},
-                                          stdout=log, stderr=subprocess.STDOUT))
-        if any(p.wait() for p in procs):
+            cmds.append([sys.executable, "-m", "autolabel.cli", "train", str(recipe_for(run, f"share{j}", base))])
+        t0 = time.perf_counter()
+        if run_per_gpu(cmds, ["0"], [run / f"share{j}.log" for j in range(args.concurrent)]):
             raise SystemExit("a concurrent training failed; see share*.log")
         wall = time.perf_counter() - t0
         steps = [steady_step_s(run / f"share{j}" / "round_0" / "train" / "history.jsonl") for j in range(args.concurrent)]

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import torch
 
 CSRC = Path(__file__).parent / "csrc"
+
+
+BACKENDS = ("reference", "cpu", "cuda")
 
 
 class BackendUnavailable(RuntimeError):
@@ -70,3 +75,30 @@ def load_backend(name: str) -> ModuleType:
         what = f"{name[5:]} voxel-walk" if name.startswith("walk_") else f"{name} render"
         raise BackendUnavailable(f"the {what} backend is unavailable: {mod}") from mod
     return mod
+
+
+def pick_backend(op: str, requested: str | None, device: torch.device, warned: set[str],
+                 load: Callable[[str], ModuleType], prefix: str = "") -> str:
+    """The backend of op `op` for inputs on `device`: `requested` or AUTOLABEL_KERNELS when set (an error if it
+    cannot run there), else the compiled one for the device (module `prefix + name`), falling back to
+    "reference" with one warning per backend (remembered in `warned`)."""
+    forced = requested or os.environ.get("AUTOLABEL_KERNELS") or None
+    if forced is not None:
+        if forced not in BACKENDS:
+            raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {forced!r} (AUTOLABEL_KERNELS or backend=)")
+        if forced != "reference":
+            if (forced == "cuda") != (device.type == "cuda"):
+                raise BackendUnavailable(f"backend {forced!r} was forced but the inputs are on {device}")
+            load(prefix + forced)  # raises BackendUnavailable with the reason
+        return forced
+    candidate = "cuda" if device.type == "cuda" else "cpu" if device.type == "cpu" else None
+    if candidate is None:
+        return "reference"
+    try:
+        load(prefix + candidate)
+        return candidate
+    except BackendUnavailable as exc:
+        if candidate not in warned:
+            warned.add(candidate)
+            warnings.warn(f"{exc}; using the PyTorch reference instead", RuntimeWarning, stacklevel=4)
+        return "reference"

@@ -13,19 +13,16 @@ inputs' device is used; ``AUTOLABEL_KERNELS=reference|cpu|cuda`` or the ``backen
 """
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from ._build import BackendUnavailable, load_backend
+from ._build import load_backend, pick_backend
 from .grid import GridSpec
 from .reference import render_rays_reference
 
 MODES = ("voxel", "trilinear")
-BACKENDS = ("reference", "cpu", "cuda")
 _MODE_IDS = {"voxel": 0, "trilinear": 1}
 _warned: set[str] = set()
 
@@ -123,26 +120,7 @@ def _validate_values(density, origins, directions, batch_index, near, far) -> No
 
 
 def _pick_backend(requested: Optional[str], device: torch.device) -> str:
-    forced = requested or os.environ.get("AUTOLABEL_KERNELS") or None
-    if forced is not None:
-        if forced not in BACKENDS:
-            _fail(f"backend must be one of {BACKENDS}, got {forced!r} (AUTOLABEL_KERNELS or backend=)")
-        if forced != "reference":
-            if (forced == "cuda") != (device.type == "cuda"):
-                raise BackendUnavailable(f"backend {forced!r} was forced but the inputs are on {device}")
-            load_backend(forced)  # raises BackendUnavailable with the reason
-        return forced
-    candidate = "cuda" if device.type == "cuda" else "cpu" if device.type == "cpu" else None
-    if candidate is None:
-        return "reference"
-    try:
-        load_backend(candidate)
-        return candidate
-    except BackendUnavailable as exc:
-        if candidate not in _warned:
-            _warned.add(candidate)
-            warnings.warn(f"{exc}; using the PyTorch reference instead", RuntimeWarning, stacklevel=3)
-        return "reference"
+    return pick_backend("render_rays", requested, device, _warned, load_backend)
 
 
 class _RenderFunction(torch.autograd.Function):

@@ -13,15 +13,11 @@ The fastest available for the inputs' device is used; ``AUTOLABEL_KERNELS=refere
 """
 from __future__ import annotations
 
-import os
-import warnings
-
 import torch
 
-from ._build import BackendUnavailable, load_backend
+from ._build import load_backend, pick_backend
 from .grid import GridSpec
 
-BACKENDS = ("reference", "cpu", "cuda")
 _warned: set[str] = set()
 
 
@@ -75,29 +71,6 @@ def ray_voxels_reference(origins: torch.Tensor, dirs: torch.Tensor, grid: GridSp
     return visited.view(grid.shape)
 
 
-def _pick_backend(requested: str | None, device: torch.device) -> str:
-    forced = requested or os.environ.get("AUTOLABEL_KERNELS") or None
-    if forced is not None:
-        if forced not in BACKENDS:
-            raise ValueError(f"ray_voxels: backend must be one of {BACKENDS}, got {forced!r} (AUTOLABEL_KERNELS or backend=)")
-        if forced != "reference":
-            if (forced == "cuda") != (device.type == "cuda"):
-                raise BackendUnavailable(f"backend {forced!r} was forced but the rays are on {device}")
-            load_backend(f"walk_{forced}")
-        return forced
-    candidate = "cuda" if device.type == "cuda" else "cpu" if device.type == "cpu" else None
-    if candidate is None:
-        return "reference"
-    try:
-        load_backend(f"walk_{candidate}")
-        return candidate
-    except BackendUnavailable as exc:
-        if candidate not in _warned:
-            _warned.add(candidate)
-            warnings.warn(f"{exc}; using the PyTorch reference instead", RuntimeWarning, stacklevel=3)
-        return "reference"
-
-
 def ray_voxels(origins: torch.Tensor, dirs: torch.Tensor, grid: GridSpec, occupied: torch.Tensor | None = None,
                t_max: torch.Tensor | None = None, frame: torch.Tensor | None = None, frames: int | None = None,
                backend: str | None = None) -> torch.Tensor:
@@ -126,7 +99,7 @@ def ray_voxels(origins: torch.Tensor, dirs: torch.Tensor, grid: GridSpec, occupi
     if occupied is not None and tuple(occupied.shape) != ((B, *grid.shape) if batched else grid.shape):
         raise ValueError(f"ray_voxels: occupied must be {'(B, ' if batched else '('}{', '.join(map(str, grid.shape))}), "
                          f"got {tuple(occupied.shape)}")
-    chosen = _pick_backend(backend, dev)
+    chosen = pick_backend("ray_voxels", backend, dev, _warned, load_backend, prefix="walk_")
     if chosen == "reference":
         if not batched:
             return ray_voxels_reference(origins, dirs, grid, occupied, t_max)

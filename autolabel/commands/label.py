@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from ..dataset import open_frames
-from ..dts.label import label_round
+from ..dts.label import label_round, labelling_store
 from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
-from ..store.labels import LabelStore
 from ..supervision.providers import resolve_device
 from ..training.rounds import checkpoint_path, open_cache
 
@@ -13,7 +12,7 @@ def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
     device = resolve_device(recipe.device)  # under torchrun this also joins the process group, before any I/O
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
-    store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
+    store = labelling_store(recipe.store_path, recipe.network.grid)
     save_recipe(recipe, recipe.round_dir(k) / "label" / RESOLVED_RECIPE)
     s = label_round(frames, open_cache(recipe), store, k, recipe.network, recipe.dts, checkpoint_path(recipe, k),
                     device, recipe)

@@ -71,6 +71,14 @@ def visibility_masks(semantics: torch.Tensor, K: torch.Tensor, cam2ego: torch.Te
     return cam.to(torch.uint8), lid.to(torch.uint8)
 
 
+def labelling_store(path: Path, grid) -> LabelStore:
+    """The store every rank labels into: rank 0 creates it (root attributes) before the others open it, so
+    no rank reads half-written attributes under torchrun. Call on every rank; alone it is a plain create."""
+    store = LabelStore(path, grid, create=True) if is_main() else None
+    barrier()
+    return store if store is not None else LabelStore(path, grid, create=True)
+
+
 def _as_list(items: list) -> list:
     return items
 

@@ -32,8 +32,8 @@ def calibrate_threshold(model, dataset, device: torch.device, frames: int = 16) 
     grid = model.cfg.grid
     inter = torch.zeros(len(CANDIDATES), dtype=torch.float64)
     union = torch.zeros(len(CANDIDATES), dtype=torch.float64)
-    step = max(1, len(dataset) // frames)
-    for i in range(0, len(dataset), step)[:frames]:
+    picks = range(0, len(dataset), max(1, len(dataset) // frames))[:frames]
+    for i in picks:
         item = dataset[i]
         batch = {k: item[k][None].to(device) for k in ("images", "intrinsics", "cam2ego", "depth")}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -48,7 +48,7 @@ def calibrate_threshold(model, dataset, device: torch.device, frames: int = 16) 
             union[j] += float((pred | h).sum())
     iou = (inter / union.clamp_min(1)).tolist()
     best = max(range(len(CANDIDATES)), key=lambda j: iou[j])
-    return {"threshold": CANDIDATES[best], "lidar_iou": iou[best], "frames": min(frames, len(range(0, len(dataset), step))),
+    return {"threshold": CANDIDATES[best], "lidar_iou": iou[best], "frames": len(picks),
             "candidates": dict(zip(map(str, CANDIDATES), iou))}
 
 

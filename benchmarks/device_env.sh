@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Sourced at the start of a device call (repo root): installs the carried wheels (.whl/, see
 # docs/ARCHITECTURE.md "Benchmarks on the device"), sets the extension cache, builds the CUDA backend once.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+[ -d /tmp/site/zarr ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
 export PYTHONPATH=/tmp/site:$PWD TORCH_EXTENSIONS_DIR=$PWD/.torch_extensions MAX_JOBS=16 PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 start=$(date +%s)
-python3 -c "from kernels._build import load_backend; load_backend('cuda')" 2>&1 | tail -3
-echo "CUDA backend ready in $(( $(date +%s) - start )) s"
+# the render op and the voxel walk build side by side (separate extensions, separate locks)
+for ext in cuda walk_cuda; do
+  python3 -c "from kernels._build import load_backend; load_backend('$ext')" 2>&1 | tail -3 &
+done
+wait
+echo "CUDA backends (render, walk) ready in $(( $(date +%s) - start )) s"

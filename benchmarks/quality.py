@@ -18,8 +18,10 @@ training curves (PNG) and prints one table.
 With several GPUs (--gpus, default every visible one) the variants run in one process per GPU: the DTS
 chain on the last one, each other variant on the least loaded; each process saves its results after
 every variant, so a run cut short still reports what finished (--report prints the table of what is
-there). Diagnostic variants, asked for by name in --variants: render_noisy_aux (+ rays from the
-neighbouring keyframes), render_noisy_los (+ the LiDAR line-of-sight loss).
+there). Diagnostic variants of 3, asked for by name in --variants: render_noisy_aux (+ rays from the
+neighbouring keyframes), render_noisy_no_los (- the LiDAR line-of-sight loss), render_noisy_lidar_target
+(- the line-of-sight loss, and depth targets at the LiDAR return on the ground too: `render.depth_target`
+"lidar"; the method before issue 10's fixes, read out at the calibrated threshold).
 """
 from __future__ import annotations
 
@@ -64,9 +66,11 @@ def variant_recipe(run: Path, base: dict, name: str) -> dict:
     r["dts"]["enabled"] = dts
     r["loss"]["pseudo_3d"] = 1.0 if dts else 0.0
     if name == "3d_supervised":
-        r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, labels_3d=1.0)
-    if name == "render_noisy_los":  # LiDAR line of sight through the renderer (occnet.losses.line_of_sight)
-        r["loss"]["line_of_sight"] = 1.0
+        r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, line_of_sight=0.0, labels_3d=1.0)
+    if name in ("render_noisy_no_los", "render_noisy_lidar_target"):  # without the line-of-sight loss
+        r["loss"]["line_of_sight"] = 0.0
+    if name == "render_noisy_lidar_target":  # depth targets at the LiDAR return for every ray
+        r["render"]["depth_target"] = "lidar"
     if name == "render_noisy_aux":  # RenderOcc's auxiliary-frame rays: the neighbouring keyframes' views
         r["data"]["aux_frames"] = 1
         r["render"]["aux_rays_per_frame"] = r["render"]["rays_per_frame"] // 2
@@ -91,7 +95,7 @@ def train_variant(run: Path, base: dict, name: str, world: Path, log) -> tuple:
 
 
 # variant 3 with one change each, to find what rendering-only lacks
-DIAGNOSTICS = ("render_noisy_aux", "render_noisy_los")
+DIAGNOSTICS = ("render_noisy_aux", "render_noisy_no_los", "render_noisy_lidar_target")
 
 
 def variant_groups(wanted: list[str], gpus: int) -> list[list[str]]:
@@ -228,12 +232,12 @@ def main() -> None:
     _curves(results, run / "training_curves.png")
     upper = (results.get("3d_supervised") or {}).get("miou")
     print(f"\nvalidation scenes {base['data']['val_scenes']}; {args.steps} steps per variant (+{args.round1_steps} for round 1)")
-    print(f"{'variant':<20}{'mIoU':>8}{'geo IoU':>9}{'vs 3D':>8}")
+    print(f"{'variant':<28}{'mIoU':>8}{'geo IoU':>9}{'vs 3D':>8}")
     for name in (*VARIANTS, *DIAGNOSTICS, "pseudo_labels"):
         if name in results:
             m, g = results[name]["miou"], results[name]["geometric_iou"]
             ratio = f"{m / upper:.2f}" if upper and m is not None else "-"
-            print(f"{name:<20}{m if m is not None else float('nan'):>8.2f}{g if g is not None else float('nan'):>9.2f}{ratio:>8}")
+            print(f"{name:<28}{m if m is not None else float('nan'):>8.2f}{g if g is not None else float('nan'):>9.2f}{ratio:>8}")
     if failed:
         sys.exit(1)
 

@@ -1,13 +1,19 @@
 """Occupancy read-out: the fixed threshold 0.5 against the LiDAR-calibrated one (issue 10), one table.
 
 A small replica of the label-quality benchmark that runs on a CPU in minutes: a synthetic world of 4 scenes
-x 4 keyframes at 112x200 (the quickstart's network: input 96x176, grid 128x128x16 at 0.4 m), three variants
-of the same network trained for the same steps (3D-supervised; rendering with noisy 2D labels + LiDAR
-depth; the same + the LiDAR line-of-sight loss), each scored on the held-out scene within mask_camera
-read out at 0.5 and at the threshold `autolabel.training.calibrate` finds from LiDAR alone.
+x 4 keyframes at 112x200 (the quickstart's network: input 96x176, grid 128x128x16 at 0.4 m), variants of
+the same network trained for the same steps, each scored on the held-out scene within mask_camera read
+out at 0.5 and at the threshold `autolabel.training.calibrate` finds from LiDAR alone:
+  3d_supervised               3D cross-entropy on every training frame (the bound)
+  render_noisy                rendering with noisy 2D labels + LiDAR depth, the defaults (occupancy depth
+                              targets, line-of-sight loss)
+  render_noisy_no_los         the same without the line-of-sight loss
+  render_noisy_lidar_target   without it and with depth targets at the LiDAR return on the ground too
+                              (the method before issue 10's fixes)
+  also render_noisy_trilinear (trilinear density along rays), render_noisy_los_lidar_target (LiDAR-return
+  targets with the line-of-sight loss)
 
-    python benchmarks/readout.py RUN [--steps 300] [--variants 3d_supervised,render_noisy,render_noisy_los]
-(also render_noisy_trilinear, render_noisy_los_trilinear: rendering with trilinear density along rays)
+    python benchmarks/readout.py RUN [--steps 300] [--variants 3d_supervised,render_noisy,...]
 """
 from __future__ import annotations
 
@@ -31,8 +37,8 @@ from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
 from autolabel.training.rounds import checkpoint_path, train_round  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("3d_supervised", "render_noisy", "render_noisy_los")
-EXTRA = ("render_noisy_trilinear", "render_noisy_los_trilinear")  # sub-voxel density along rays (render.mode)
+VARIANTS = ("3d_supervised", "render_noisy", "render_noisy_no_los", "render_noisy_lidar_target")
+EXTRA = ("render_noisy_trilinear", "render_noisy_los_lidar_target")
 
 
 def recipe_for(run: Path, name: str, steps: int) -> Path:
@@ -43,11 +49,13 @@ def recipe_for(run: Path, name: str, steps: int) -> Path:
     r["train"].update(steps=steps, checkpoint_every=steps)
     r["dts"]["enabled"], r["loss"]["pseudo_3d"] = False, 0.0
     if name == "3d_supervised":
-        r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, labels_3d=1.0)
-    if name.startswith("render_noisy_los"):
-        r["loss"]["line_of_sight"] = 1.0
+        r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, line_of_sight=0.0, labels_3d=1.0)
+    if name in ("render_noisy_no_los", "render_noisy_lidar_target"):
+        r["loss"]["line_of_sight"] = 0.0
     if name.endswith("_trilinear"):
         r["render"]["mode"] = "trilinear"
+    if name.endswith("_lidar_target"):
+        r["render"]["depth_target"] = "lidar"
     path = run / f"{name}.yaml"
     path.write_text(yaml.safe_dump(r))
     return path

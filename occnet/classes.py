@@ -49,6 +49,11 @@ DYNAMIC_CLASS_IDS: tuple[int, ...] = tuple(
     for n in ("bicycle", "bus", "car", "construction_vehicle", "motorcycle", "pedestrian", "trailer", "truck")
 )
 
+# Ground classes: flat surfaces that fill the whole voxel layer holding them (see occnet.surfaces).
+FLAT_CLASS_IDS: tuple[int, ...] = tuple(
+    OCC3D_CLASS_NAMES.index(n) for n in ("driveable_surface", "other_flat", "sidewalk", "terrain")
+)
+
 
 def class_id(name: str) -> int:
     """Occ3D id of a class name; raises ValueError listing the names if unknown."""

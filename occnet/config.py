@@ -72,6 +72,9 @@ class RenderConfig:
     class_balance: float = 0.5  # sampling weight of a pixel ~ (1 / class frequency) ** class_balance
     aux_rays_per_frame: int = 0  # rays from each auxiliary keyframe (needs a dataset with aux_frames > 0)
     aux_weight: float = 0.5  # loss weight of rays from auxiliary keyframes
+    # "occupancy": rays labelled with a ground class aim at the top of the voxel layer holding their LiDAR
+    # return, where the Occ3D grid stops them (occnet.surfaces); "lidar": at the return itself
+    depth_target: str = "occupancy"
 
     def __post_init__(self) -> None:
         _check(self.rays_per_frame > 0, "RenderConfig.rays_per_frame must be > 0")
@@ -80,6 +83,8 @@ class RenderConfig:
         _check(0 <= self.class_balance <= 1, "RenderConfig.class_balance must lie in [0, 1]")
         _check(self.aux_rays_per_frame >= 0, "RenderConfig.aux_rays_per_frame must be >= 0")
         _check(0 < self.aux_weight <= 1, "RenderConfig.aux_weight must lie in (0, 1]")
+        _check(self.depth_target in ("occupancy", "lidar"),
+               f"RenderConfig.depth_target must be 'occupancy' or 'lidar', got {self.depth_target!r}")
 
 
 @dataclass
@@ -91,7 +96,9 @@ class LossConfig:
     semantics_2d: float = 1.0
     depth_distribution: float = 1.0  # BEVDepth-style: LiDAR depth bins supervise the view transform directly
     opacity_entropy: float = 0.0  # pushes rendered opacity to 0 or 1
-    line_of_sight: float = 0.0  # LiDAR rays: free until one voxel before the return, stopped one voxel after
+    # LiDAR rays through the renderer: free until one voxel before the depth target, stopped one voxel after
+    # (occnet.losses.line_of_sight): the expected-depth loss alone is met by a fog spread along the ray
+    line_of_sight: float = 1.0
     labels_3d: float = 0.0  # cross-entropy on voxels of frames with 3D labels (mask_camera)
     pseudo_3d: float = 0.0  # confidence-weighted cross-entropy on pseudo-labels
 

@@ -13,6 +13,7 @@ import torch
 from kernels import GridSpec, render_rays
 
 from .config import RenderConfig
+from .surfaces import is_flat, layer_entry
 
 IGNORE = 255
 
@@ -46,7 +47,7 @@ def _points_inside(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch
 def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Tensor, semantics: torch.Tensor,
                 confidence: torch.Tensor, n_rays: int, class_balance: float, generator: torch.Generator,
                 batch: int = 0, weight: float = 1.0, drop_classes: tuple[int, ...] = (),
-                grid: GridSpec | None = None) -> RayBatch:
+                grid: GridSpec | None = None, depth_target: str = "occupancy") -> RayBatch:
     """Draw n_rays pixels of one frame (on the maps' device, with `generator` of that device).
 
     intrinsics (N, 3, 3) and cam2ego (N, 4, 4) per camera; depth (N, H, W) metres (0 none), semantics
@@ -54,7 +55,13 @@ def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Te
     missing (dynamic classes for auxiliary frames, whose objects moved). With a grid, only pixels with a
     LiDAR depth whose point lies inside the grid are supervised (both depth and semantics): a surface
     outside the grid cannot be rendered from it, and a label without depth could lie anywhere on its ray.
+    depth_target "occupancy" (needs the grid): a ray labelled with a ground class aims at the top of the
+    voxel layer holding its return, where the Occ3D grid stops it (occnet.surfaces); "lidar": the return.
     """
+    if depth_target not in ("occupancy", "lidar"):
+        raise ValueError(f"sample_rays: depth_target must be 'occupancy' or 'lidar', got {depth_target!r}")
+    if depth_target == "occupancy" and grid is None:
+        raise ValueError("sample_rays: depth_target 'occupancy' needs the grid")
     n_cam, h, w = depth.shape
     sem = semantics.long()
     for c in drop_classes:
@@ -84,9 +91,12 @@ def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Te
     cam, rest = pick // (h * w), pick % (h * w)
     v, u = rest // w, rest % w
     origins, dirs, z_per_metre = _pixel_rays(intrinsics, cam2ego, cam, v, u)
+    target, ray_sem = depth[cam, v, u].float(), sem[cam, v, u]
+    if depth_target == "occupancy":
+        target = layer_entry(origins, dirs, target / z_per_metre, is_flat(ray_sem), grid) * z_per_metre
     return RayBatch(origins=origins, directions=dirs,
                     batch_index=torch.full((n_rays,), batch, dtype=torch.long, device=depth.device),
-                    z_per_metre=z_per_metre, depth=depth[cam, v, u].float(), semantics=sem[cam, v, u],
+                    z_per_metre=z_per_metre, depth=target, semantics=ray_sem,
                     confidence=confidence[cam, v, u].float(), weight=torch.full((n_rays,), weight, device=depth.device))
 
 

@@ -183,7 +183,7 @@ class Trainer:
                 try:
                     parts.append(sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i],
                                              b["confidence"][i], cfg.rays_per_frame, cfg.class_balance, gen, batch=i,
-                                             grid=grid))
+                                             grid=grid, depth_target=cfg.depth_target))
                 except ValueError:
                     pass
                 if cfg.aux_rays_per_frame and "aux_depth" in b:
@@ -193,7 +193,8 @@ class Trainer:
                             parts.append(sample_rays(b["aux_intrinsics"][i, a], b["aux_cam2ego"][i, a], b["aux_depth"][i, a],
                                                      b["aux_semantics"][i, a], b["aux_confidence"][i, a],
                                                      cfg.aux_rays_per_frame, cfg.class_balance, gen, batch=i,
-                                                     weight=cfg.aux_weight, drop_classes=DYNAMIC_CLASS_IDS, grid=grid))
+                                                     weight=cfg.aux_weight, drop_classes=DYNAMIC_CLASS_IDS, grid=grid,
+                                                     depth_target=cfg.depth_target))
                         except ValueError:  # nothing of that neighbour falls in this frame's grid
                             pass
         if rendering and parts:

@@ -58,12 +58,39 @@ def test_annotate_waits_for_start_step_and_skips_frames_with_3d_labels():
     teacher = EMATeacher(tiny_net(), DTSConfig(start_step=3, lidar_filter=True))
     batch = {"images": torch.randn(2, 6, 3, 64, 112), "intrinsics": torch.tensor([[60.0, 0, 56], [0, 60, 32], [0, 0, 1]]).expand(2, 6, 3, 3),
              "cam2ego": torch.eye(4).expand(2, 6, 4, 4).clone(), "depth": torch.zeros(2, 6, 64, 112),
+             "semantics": torch.full((2, 6, 64, 112), 255, dtype=torch.uint8),
              "has_gt": torch.tensor([True, False])}
     assert teacher.annotate(batch, 2) == {}
     out = teacher.annotate(batch, 3)
     assert out["pseudo_semantics"].shape == (2, *TINY_GRID.shape)
     assert out["has_pseudo"].tolist() == [False, True]
     assert torch.all(out["pseudo_confidence"][out["pseudo_semantics"] == 255] == 0)
+
+
+def test_online_threshold_follows_the_lidar_of_the_batches():
+    """A half-transparent field (returns at o = 0.12, crossed air at 0.04) is read out where LiDAR says."""
+    teacher = EMATeacher(tiny_net(), DTSConfig())
+    shape = (2, 4, 4, 4)
+    hit = torch.zeros(shape[1:], dtype=torch.bool)
+    hit[0] = True
+    free = torch.zeros_like(hit)
+    free[1:3] = True
+    occ = torch.where(hit, 0.12, 0.04).expand(shape)
+    assert teacher.online_threshold(occ, [(free, hit)] * 2) == 0.05  # the first candidate separating them
+    assert teacher.lidar_counts[0, 0] == 2 * 16  # running counts: 16 hit voxels per frame, both frames
+    opaque = torch.where(hit, 0.9, 0.04).expand(shape)  # the teacher grows opaque: the counts follow it
+    for _ in range(30):
+        th = teacher.online_threshold(opaque, [(free, hit)] * 2)
+    assert th == 0.05  # still the first separating candidate...
+    dense_air = torch.where(hit, 0.9, 0.35).expand(shape)
+    for _ in range(30):
+        th = teacher.online_threshold(dense_air, [(free, hit)] * 2)
+    assert th == 0.4  # ...until the air thickens and the old counts have decayed
+    other = EMATeacher(tiny_net(), DTSConfig())
+    other.load_state_dict(teacher.state_dict())
+    torch.testing.assert_close(other.lidar_counts, teacher.lidar_counts)
+    fixed = EMATeacher(tiny_net(), DTSConfig(online_calibration=False, occupied_threshold=0.3))
+    assert fixed.online_threshold(occ, [(free, hit)] * 2) == 0.3
 
 
 # ---- LiDAR filtering and thresholds ----------------------------------------------------------------------

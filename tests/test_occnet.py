@@ -151,7 +151,7 @@ def test_ray_sampling_balances_classes_and_keeps_rays_in_the_grid():
     T[0, :3, :3] = torch.tensor([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])
     depth = torch.full((n, h, w), 5.0)
     depth[:, :, :10] = 50.0  # outside the 12.8 m grid: never supervised
-    sem = torch.full((n, h, w), 11, dtype=torch.uint8)
+    sem = torch.full((n, h, w), 15, dtype=torch.uint8)  # manmade (a wall): its depth target is the return
     sem[:, 18:22, 30:34] = 4  # a rare class: 16 of 2,400 pixels, near the centre (inside the grid)
     conf = torch.ones(n, h, w)
     rays = sample_rays(K, T, depth, sem, conf, 4000, 1.0, torch.Generator().manual_seed(0), grid=GRID)

@@ -51,7 +51,8 @@ def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, 
     try:
         rays = sample_rays(item["intrinsics"].to(dev), item["cam2ego"].to(dev), item["depth"].to(dev),
                            item["semantics"].to(dev), item["confidence"].to(dev),
-                           max(256, recipe.render.rays_per_frame // 4), 0.0, gen, grid=recipe.network.grid)
+                           max(256, recipe.render.rays_per_frame // 4), 0.0, gen, grid=recipe.network.grid,
+                           depth_target=recipe.render.depth_target)
     except ValueError:  # nothing of the frame falls in the grid
         return 0.0
     r = render(density[None], logits[None], rays, recipe.network.grid, recipe.render)

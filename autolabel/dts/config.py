@@ -17,8 +17,11 @@ class DTSConfig:
     occupied_threshold: float = 0.5  # occupancy probability above which a voxel is occupied
     # after training, replace occupied_threshold for labelling and evaluation by the threshold calibrated
     # against LiDAR on training frames (autolabel.training.calibrate: rendering-only networks keep grazing
-    # surfaces half transparent); the teacher's online pseudo-labels during training keep occupied_threshold
+    # surfaces half transparent)
     calibrate_threshold: bool = True
+    # the teacher's pseudo-labels during training: read out at the threshold calibrated against the LiDAR
+    # of the batches it labels (EMATeacher.online_threshold), not at occupied_threshold
+    online_calibration: bool = True
     batch_size: int = 2  # frames per teacher forward pass in `autolabel label`
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache, _version
 from ..training.data import FrameDataset
 from .config import DTSConfig, readout
-from .teacher import pseudo_labels, teacher_probabilities
+from .teacher import frame_lidar, pseudo_labels, teacher_probabilities
 
 
 def file_sha256(path: Path) -> str:
@@ -116,10 +116,13 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
     t0 = time.perf_counter()
     bar = tqdm(total=len(pending), desc=f"label round {k}", disable=not progress or not is_main())
     for items in loader:
-        batch = {key: torch.stack([it[key] for it in items]).to(device) for key in ("images", "intrinsics", "cam2ego", "depth")}
+        # the 2D labels tell which LiDAR returns lie on ground (their free space stops at the ground layer)
+        batch = {key: torch.stack([it[key] for it in items]).to(device)
+                 for key in ("images", "intrinsics", "cam2ego", "depth", "semantics")}
         occ, cls, pcls = teacher_probabilities(model, batch, dts.depth_aware)
         for i, item in enumerate(items):
-            sem, levels = pseudo_labels(occ[i], cls[i], pcls[i], batch, i, grid, dts)
+            lidar = frame_lidar(batch, i, grid) if dts.lidar_filter else None
+            sem, levels = pseudo_labels(occ[i], cls[i], pcls[i], lidar, dts.occupied_threshold)
             cam_mask, lidar_mask = visibility_masks(sem, batch["intrinsics"][i], batch["cam2ego"][i],
                                                     tuple(network_cfg.image_size), item["lidar_origin"].to(device),
                                                     item["lidar_points"].to(device), grid)

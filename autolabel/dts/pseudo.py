@@ -16,9 +16,12 @@ import torch
 
 from kernels.grid import GridSpec
 from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES
+from occnet.surfaces import is_flat, layer_entry
 from occnet.visibility import ray_voxels
 
 LEVELS = 256  # confidence is stored as uint8
+# occupancy thresholds tried when calibrating the read-out against LiDAR
+THRESHOLD_CANDIDATES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def depth_rays(depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,9 +41,14 @@ def depth_rays(depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor) -> t
     return origin, vec / dist[:, None], dist
 
 
-def lidar_free_and_hits(depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor,
-                        grid: GridSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X, Y, Z) bool grids: voxels LiDAR rays cross before their return (free) and return voxels (hit)."""
+def lidar_free_and_hits(depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor, grid: GridSpec,
+                        semantics: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X, Y, Z) bool grids: voxels LiDAR rays cross before their return (free) and return voxels (hit).
+
+    depth (N, H, W) z-depth (0 none), K (N, 3, 3), cam2ego (N, 4, 4). With the 2D labels `semantics`
+    (N, H, W; 255 unknown), a ray whose return lies on a ground class is free only until it enters the
+    voxel layer holding the return: the voxels it crosses inside that layer hold ground (occnet.surfaces).
+    """
     origin, dirs, dist = depth_rays(depth, K, cam2ego)
     hit = torch.zeros(grid.num_voxels, dtype=torch.bool, device=depth.device)
     if len(dist) == 0:
@@ -54,8 +62,32 @@ def lidar_free_and_hits(depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Ten
     idx = idx[inside]
     hit[(idx[:, 0] * grid.shape[1] + idx[:, 1]) * grid.shape[2] + idx[:, 2]] = True
     hit = hit.view(grid.shape)
-    free = ray_voxels(origin, dirs, grid, t_max=dist) & ~hit
+    t_free = dist
+    if semantics is not None:
+        flat = is_flat(semantics[depth > 0])  # the same row-major pixel order as depth_rays
+        entry = layer_entry(origin, dirs, dist, flat, grid)
+        # stop a hair before the layer's top plane, so that the walk does not enter the layer's voxel there
+        t_free = torch.where(entry < dist, entry - 1e-4, dist)
+    free = ray_voxels(origin, dirs, grid, t_max=t_free) & ~hit
     return free, hit
+
+
+def lidar_iou_counts(occ: torch.Tensor, free: torch.Tensor, hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per threshold candidate, intersection and union (float64, (C,), on occ's device) of the voxels occupied
+    at that threshold and the LiDAR-hit voxels, among the voxels LiDAR observed (free | hit). All (X, Y, Z)."""
+    seen = free | hit
+    o, h = occ[seen].float(), hit[seen]
+    th = torch.tensor(THRESHOLD_CANDIDATES, device=o.device)[:, None]
+    pred = o[None] >= th  # (C, M)
+    inter = (pred & h[None]).sum(1)
+    union = (pred | h[None]).sum(1)
+    return inter.double(), union.double()
+
+
+def best_threshold(inter: torch.Tensor, union: torch.Tensor) -> tuple[float, list[float]]:
+    """The candidate with the best IoU, and every candidate's IoU."""
+    iou = (inter / union.clamp_min(1)).tolist()
+    return THRESHOLD_CANDIDATES[max(range(len(iou)), key=lambda j: iou[j])], iou
 
 
 def apply_lidar(semantics: torch.Tensor, confidence: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor,

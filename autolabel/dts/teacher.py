@@ -12,7 +12,8 @@ from occnet.inference import voxel_labels, voxel_probabilities
 from occnet.network import OccupancyNetwork
 
 from .config import DTSConfig
-from .pseudo import apply_lidar, class_thresholds, confidence_histogram, lidar_free_and_hits, threshold, to_levels
+from .pseudo import (apply_lidar, best_threshold, class_thresholds, confidence_histogram, lidar_free_and_hits,
+                     lidar_iou_counts, threshold, to_levels)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -30,6 +31,8 @@ class EMATeacher:
         self.model: OccupancyNetwork = copy.deepcopy(_unwrap(student)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.lidar_counts: torch.Tensor | None = None  # (2, C) running LiDAR IoU counts of the online read-out
+        self.threshold = cfg.occupied_threshold  # the occupancy threshold of the last annotated batch
 
     def momentum(self, step: int) -> float:
         return min(self.cfg.momentum, 1 - (1 + self.cfg.warmup) / (step + 1 + self.cfg.warmup))
@@ -54,10 +57,11 @@ class EMATeacher:
         return self
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict()}
+        return {"model": self.model.state_dict(), "lidar_counts": self.lidar_counts}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        self.lidar_counts = state.get("lidar_counts")  # checkpoints before online calibration have none
 
     # ---- predictions ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -74,9 +78,13 @@ class EMATeacher:
             return {}
         self.to(batch["images"].device)
         occ, cls, pcls = self.probabilities(batch)
+        grid = self.model.cfg.grid
+        lidar = [frame_lidar(batch, i, grid) if self.cfg.lidar_filter or self.cfg.online_calibration else None
+                 for i in range(occ.shape[0])]
+        self.threshold = self.online_threshold(occ, lidar)
         sems, levels = [], []
         for i in range(occ.shape[0]):
-            s, lv = pseudo_labels(occ[i], cls[i], pcls[i], batch, i, self.model.cfg.grid, self.cfg)
+            s, lv = pseudo_labels(occ[i], cls[i], pcls[i], lidar[i] if self.cfg.lidar_filter else None, self.threshold)
             sems.append(s)
             levels.append(lv)
         sem, lev = torch.stack(sems), torch.stack(levels)
@@ -86,6 +94,21 @@ class EMATeacher:
         conf = torch.where(sem == IGNORE_ID, torch.zeros_like(conf), conf)
         has_gt = batch.get("has_gt", torch.zeros(occ.shape[0], dtype=torch.bool, device=occ.device))
         return {"pseudo_semantics": sem, "pseudo_confidence": conf, "has_pseudo": ~has_gt.bool()}
+
+    def online_threshold(self, occ: torch.Tensor, lidar: list) -> float:
+        """The occupancy threshold for this batch's pseudo-labels: `dts.occupied_threshold`, or with
+        `dts.online_calibration` the candidate whose occupied voxels best match the LiDAR-hit voxels, over
+        running counts (decay 0.9 per batch, summed over ranks) of the batches annotated so far. The same
+        criterion as the read-out calibrated after training (autolabel.training.calibrate), applied while
+        the teacher's density field is still moving."""
+        if not self.cfg.online_calibration:
+            return self.cfg.occupied_threshold
+        counts = torch.stack([torch.stack(lidar_iou_counts(occ[i], *lidar[i])) for i in range(occ.shape[0])]).sum(0)
+        if is_distributed():
+            torch.distributed.all_reduce(counts)
+        counts = counts.cpu()
+        self.lidar_counts = counts if self.lidar_counts is None else 0.9 * self.lidar_counts + counts
+        return best_threshold(*self.lidar_counts)[0]
 
 
 def teacher_probabilities(model: OccupancyNetwork, batch: dict, depth_aware: bool):
@@ -100,11 +123,16 @@ def teacher_probabilities(model: OccupancyNetwork, batch: dict, depth_aware: boo
         model.train(was)
 
 
-def pseudo_labels(occ: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor, batch: dict, i: int, grid,
-                  cfg: DTSConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One frame's labels before thresholding: semantics (X, Y, Z) uint8 (free = 17) and uint8 confidence levels."""
-    sem, conf = voxel_labels(occ, cls, pcls, cfg.occupied_threshold)
-    if cfg.lidar_filter:
-        free, hit = lidar_free_and_hits(batch["depth"][i], batch["intrinsics"][i], batch["cam2ego"][i], grid)
-        sem, conf = apply_lidar(sem, conf, cls, pcls, free, hit)
+def frame_lidar(batch: dict, i: int, grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame i's LiDAR free and hit voxels (X, Y, Z) from the batch's depth maps and 2D labels."""
+    return lidar_free_and_hits(batch["depth"][i], batch["intrinsics"][i], batch["cam2ego"][i], grid, batch["semantics"][i])
+
+
+def pseudo_labels(occ: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor, lidar: tuple | None,
+                  occupied_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame's labels before thresholding: semantics (X, Y, Z) uint8 (free = 17) and uint8 confidence
+    levels; `lidar` = (free, hit) from `frame_lidar` to apply LiDAR filtering, or None."""
+    sem, conf = voxel_labels(occ, cls, pcls, occupied_threshold)
+    if lidar is not None:
+        sem, conf = apply_lidar(sem, conf, cls, pcls, *lidar)
     return sem, to_levels(conf)

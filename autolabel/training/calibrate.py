@@ -17,10 +17,9 @@ import torch
 
 from occnet.inference import voxel_probabilities
 
-from ..dts.pseudo import lidar_free_and_hits
+from ..dts.pseudo import THRESHOLD_CANDIDATES, best_threshold, lidar_free_and_hits, lidar_iou_counts
 
 THRESHOLD_FILE = "occupancy_threshold.json"
-CANDIDATES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 @torch.no_grad()
@@ -30,8 +29,8 @@ def calibrate_threshold(model, dataset, device: torch.device, frames: int = 16) 
     the IoU of every candidate."""
     model.eval()
     grid = model.cfg.grid
-    inter = torch.zeros(len(CANDIDATES), dtype=torch.float64)
-    union = torch.zeros(len(CANDIDATES), dtype=torch.float64)
+    inter = torch.zeros(len(THRESHOLD_CANDIDATES), dtype=torch.float64)
+    union = torch.zeros_like(inter)
     picks = range(0, len(dataset), max(1, len(dataset) // frames))[:frames]
     for i in picks:
         item = dataset[i]
@@ -39,17 +38,14 @@ def calibrate_threshold(model, dataset, device: torch.device, frames: int = 16) 
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = model(batch["images"], batch["intrinsics"], batch["cam2ego"])
         occ = voxel_probabilities(out, float(min(grid.voxel_size)))[0][0]
-        free, hit = lidar_free_and_hits(batch["depth"][0], batch["intrinsics"][0], batch["cam2ego"][0], grid)
-        seen = free | hit
-        o, h = occ[seen], hit[seen]
-        for j, th in enumerate(CANDIDATES):
-            pred = o >= th
-            inter[j] += float((pred & h).sum())
-            union[j] += float((pred | h).sum())
-    iou = (inter / union.clamp_min(1)).tolist()
-    best = max(range(len(CANDIDATES)), key=lambda j: iou[j])
-    return {"threshold": CANDIDATES[best], "lidar_iou": iou[best], "frames": len(picks),
-            "candidates": dict(zip(map(str, CANDIDATES), iou))}
+        free, hit = lidar_free_and_hits(batch["depth"][0], batch["intrinsics"][0], batch["cam2ego"][0], grid,
+                                        item["semantics"].to(device))
+        i_, u_ = lidar_iou_counts(occ, free, hit)
+        inter += i_.cpu()
+        union += u_.cpu()
+    best, iou = best_threshold(inter, union)
+    return {"threshold": best, "lidar_iou": max(iou), "frames": len(picks),
+            "candidates": dict(zip(map(str, THRESHOLD_CANDIDATES), iou))}
 
 
 def save_threshold(folder: Path, result: dict) -> None:

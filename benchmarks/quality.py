@@ -12,7 +12,7 @@ per-class IoU within mask_camera):
 Also the pseudo-labels' own mIoU (teacher + LiDAR filtering) on the pool. Writes results.json, the
 training curves (PNG) and prints one table.
 
-    python benchmarks/quality.py RUN [--synth 8x8] [--steps 3000] [--round1-steps 750] [--variants ...]
+    python benchmarks/quality.py RUN [--synth 8x8] [--steps 3000] [--round1-steps 750] [--variants ...] [--seed 0]
     python benchmarks/quality.py RUN --micro     # the CI-sized version: checks that the harness runs
 
 With several GPUs (--gpus, default every visible one) the variants run in one process per GPU: the DTS
@@ -180,6 +180,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--round1-steps", type=int, default=750)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--seed", type=int, default=0, help="training seed of every variant (the world stays the same)")
     ap.add_argument("--gpus", type=int, default=None, help="processes, one per GPU (default: every visible GPU)")
     ap.add_argument("--report", action="store_true", help="only merge the results so far into the table and curves")
     ap.add_argument("--group", default=None, help=argparse.SUPPRESS)  # internal: this process runs one group
@@ -194,6 +195,7 @@ def main() -> None:
     n_val = 1 if len(scenes) < 6 else 2
     base = base_recipe(run, world, scenes[-1], args.steps, args.micro)
     base["data"]["val_scenes"] = scenes[-n_val:]
+    base["train"]["seed"] = args.seed
     wanted = args.variants.split(",")
     unknown = set(wanted) - set(VARIANTS) - set(DIAGNOSTICS)
     if unknown:
@@ -220,7 +222,7 @@ def main() -> None:
         run_group(run, base, world, groups[0], args, "0")
     elif groups:
         cmds = [[sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps),
-                 "--round1-steps", str(args.round1_steps), "--variants", ",".join(group), "--group", str(i),
+                 "--round1-steps", str(args.round1_steps), "--seed", str(args.seed), "--variants", ",".join(group), "--group", str(i),
                  *(["--micro"] if args.micro else [])] for i, group in enumerate(groups)]
         failed += run_per_gpu(cmds, [str(i) for i in range(max(1, torch.cuda.device_count()))])
         if failed:

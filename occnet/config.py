@@ -89,7 +89,8 @@ class RenderConfig:
 
 @dataclass
 class LossConfig:
-    """Which losses are on and their weights. Rendering only = depth + semantics_2d (3D weights 0)."""
+    """Which losses are on and their weights. Rendering only = depth + semantics_2d + line_of_sight (+ the
+    depth-bin loss on the view transform), 3D weights 0."""
 
     depth: float = 1.0
     silog_lambda: float = 0.85

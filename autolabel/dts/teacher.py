@@ -32,7 +32,6 @@ class EMATeacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.lidar_counts: torch.Tensor | None = None  # (2, C) running LiDAR IoU counts of the online read-out
-        self.threshold = cfg.occupied_threshold  # the occupancy threshold of the last annotated batch
 
     def momentum(self, step: int) -> float:
         return min(self.cfg.momentum, 1 - (1 + self.cfg.warmup) / (step + 1 + self.cfg.warmup))
@@ -81,10 +80,10 @@ class EMATeacher:
         grid = self.model.cfg.grid
         lidar = [frame_lidar(batch, i, grid) if self.cfg.lidar_filter or self.cfg.online_calibration else None
                  for i in range(occ.shape[0])]
-        self.threshold = self.online_threshold(occ, lidar)
+        occupied = self.online_threshold(occ, lidar)
         sems, levels = [], []
         for i in range(occ.shape[0]):
-            s, lv = pseudo_labels(occ[i], cls[i], pcls[i], lidar[i] if self.cfg.lidar_filter else None, self.threshold)
+            s, lv = pseudo_labels(occ[i], cls[i], pcls[i], lidar[i] if self.cfg.lidar_filter else None, occupied)
             sems.append(s)
             levels.append(lv)
         sem, lev = torch.stack(sems), torch.stack(levels)

@@ -74,6 +74,26 @@ def test_occupancy_depth_targets_are_what_the_occ3d_grid_renders():
     assert (occ.depth < lidar.depth).all()
 
 
+def test_line_of_sight_is_met_by_the_occ3d_ground_only_with_occupancy_targets():
+    """The line-of-sight loss (free until a voxel before the target, stopped a voxel after) is ~0 for the
+    opaque Occ3D ground layer with occupancy targets; with LiDAR-return targets it wants the layer emptied."""
+    from occnet.config import RenderConfig
+    from occnet.losses import line_of_sight
+
+    K, T = _front_camera()
+    depth = _ground_depth(K, T)
+    sem = torch.where(depth > 0, torch.full_like(depth, ROAD), torch.full_like(depth, 255)).to(torch.uint8)
+    conf = torch.ones_like(depth)
+    density = torch.zeros(1, *GRID.shape)
+    density[..., 2] = 1e4
+    losses = {}
+    for target in ("occupancy", "lidar"):
+        rays = sample_rays(K, T, depth, sem, conf, 1000, 0.0, torch.Generator().manual_seed(0), grid=GRID,
+                           depth_target=target)
+        losses[target] = line_of_sight(density, rays, GRID, RenderConfig(), margin=0.4).item()
+    assert losses["occupancy"] < 1e-3 < 1.0 < losses["lidar"]
+
+
 def test_occupancy_target_leaves_other_classes_alone():
     K, T = _front_camera()
     depth = _ground_depth(K, T)

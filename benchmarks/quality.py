@@ -238,7 +238,8 @@ def main() -> None:
     for name in (*VARIANTS, *DIAGNOSTICS, "pseudo_labels"):
         if name in results:
             m, g = results[name]["miou"], results[name]["geometric_iou"]
-            ratio = f"{m / upper:.2f}" if upper and m is not None else "-"
+            # the pseudo-labels are scored on the training pool, not the validation scenes: no ratio
+            ratio = f"{m / upper:.2f}" if upper and m is not None and name != "pseudo_labels" else "-"
             print(f"{name:<28}{m if m is not None else float('nan'):>8.2f}{g if g is not None else float('nan'):>9.2f}{ratio:>8}")
     if failed:
         sys.exit(1)

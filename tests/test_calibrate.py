@@ -31,7 +31,8 @@ class HalfTransparentWall(torch.nn.Module):
 
 
 def _item():
-    """One camera at the origin looking along +x; every pixel's LiDAR depth is the wall at 4 m (labelled manmade)."""
+    """One camera at the origin looking along +x; every pixel's LiDAR depth is the wall at 4 m, labelled
+    manmade."""
     K = torch.tensor([[8.0, 0, 8], [0, 8.0, 8], [0, 0, 1]])
     cam2ego = torch.tensor([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
     return {"images": torch.zeros(1, 3, 16, 16), "intrinsics": K[None], "cam2ego": cam2ego[None],

@@ -83,6 +83,13 @@ def oracle_labels(recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]]
                      confidence=np.full(gt.semantics.shape, 255, np.uint8))
 
 
+def write_recipe(run: Path, name: str, recipe: dict) -> Path:
+    """RUN/<name>.yaml holding `recipe` (a plain dict); returns its path."""
+    path = run / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
 def base_recipe(run: Path, world: Path, val_scene: str, steps0: int, micro: bool) -> dict:
     r = {"name": "active", "out": str(run / "base"), "device": "auto",
          "data": {"dataroot": str(world), "version": "v1.0-synth", "val_scenes": [val_scene]},

@@ -34,11 +34,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from active import base_recipe, make_world, oracle_labels, run_per_gpu  # noqa: E402
+from active import base_recipe, make_world, oracle_labels, run_per_gpu, write_recipe  # noqa: E402
 
 from autolabel.active.config import SelectionConfig  # noqa: E402
 from autolabel.active.pool import score_pool  # noqa: E402
@@ -77,13 +76,18 @@ def variant_recipe(run: Path, base: dict, name: str) -> dict:
     return r
 
 
-def train_variant(run: Path, base: dict, name: str, world: Path, log) -> tuple:
-    path = run / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(variant_recipe(run, base, name)))
-    recipe = load_recipe(path)
+def prepared_variant(run: Path, base: dict, name: str):
+    """The variant's recipe written to RUN/<name>.yaml and loaded, its 2D supervision cache written
+    (shared by the variants with the same labels; `supervise` skips frames already done)."""
+    recipe = load_recipe(write_recipe(run, name, variant_recipe(run, base, name)))
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     supervise(frames, build_provider(recipe.supervision, frames.dataroot), recipe.cache_path, recipe.network.image_size,
               progress=False)
+    return recipe
+
+
+def train_variant(run: Path, base: dict, name: str, world: Path, log) -> tuple:
+    recipe = prepared_variant(run, base, name)
     pool = open_frames(recipe, "train", load_images=False, load_gt=False)
     if name == "3d_supervised":
         oracle_labels(recipe, pool.tokens, [pool.scene_of(t) for t in pool.tokens],
@@ -212,12 +216,7 @@ def main() -> None:
         f.unlink()
     # the caches every variant reads, written once before the processes start
     for variant in ("render_noisy", "render_exact") if groups else ():
-        path = run / f"{variant}.yaml"
-        path.write_text(yaml.safe_dump(variant_recipe(run, base, variant)))
-        recipe = load_recipe(path)
-        frames = open_frames(recipe, "all", load_images=False, load_gt=False)
-        supervise(frames, build_provider(recipe.supervision, frames.dataroot), recipe.cache_path,
-                  recipe.network.image_size, progress=False)
+        prepared_variant(run, base, variant)
     if len(groups) == 1:
         run_group(run, base, world, groups[0], args, "0")
     elif groups:

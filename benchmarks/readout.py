@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from active import oracle_labels  # noqa: E402
+from active import oracle_labels, write_recipe  # noqa: E402
 
 from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
@@ -56,9 +56,7 @@ def recipe_for(run: Path, name: str, steps: int) -> Path:
         r["render"]["mode"] = "trilinear"
     if name.endswith("_lidar_target"):
         r["render"]["depth_target"] = "lidar"
-    path = run / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(r))
-    return path
+    return write_recipe(run, name, r)
 
 
 def main() -> None:

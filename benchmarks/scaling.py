@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from active import base_recipe, make_world, run_per_gpu  # noqa: E402
+from active import base_recipe, make_world, run_per_gpu, write_recipe  # noqa: E402
 
 
 def cli(args: list[str], gpus: int, log: Path | None = None) -> float:
@@ -52,9 +51,7 @@ def steady_step_s(history: Path, skip: int = 20) -> float:
 def recipe_for(run: Path, name: str, base: dict) -> Path:
     r = json.loads(json.dumps(base))
     r["name"], r["out"] = name, str(run / name)
-    path = run / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(r))
-    return path
+    return write_recipe(run, name, r)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .rays import IGNORE, RayBatch, Rendered
+from .rays import IGNORE, RayBatch, Rendered, transmittance_to
 
 EPS = 1e-6
 
@@ -75,12 +75,11 @@ def depth_distribution_ce(depth_prob: torch.Tensor, prior: torch.Tensor, depth_m
 
 
 def line_of_sight(density: torch.Tensor, rays, grid, cfg, margin: float, eps: float = 1e-4) -> torch.Tensor:
-    """LiDAR line of sight through the renderer, over rays with a target depth: the ray must stay free until
-    `margin` metres before its LiDAR return, -log T(d - margin), and must have stopped `margin` after it,
-    -log(1 - T(d + margin)). Depth and semantic losses only ask the *expected* depth to match, which a thin
-    fog spread over many voxels satisfies; this asks the light to stop at the surface."""
-    from .rays import RayBatch, transmittance_to
-
+    """LiDAR line of sight through the renderer, over rays with a target depth d (the LiDAR return, or the
+    top of the ground layer: occnet.surfaces): the ray must stay free until `margin` metres before d,
+    -log T(d - margin), and must have stopped `margin` after it, -log(1 - T(d + margin)). Depth and semantic
+    losses only ask the *expected* depth to match, which a thin fog spread over many voxels satisfies; this
+    asks the light to stop at the surface."""
     m = rays.depth > 0
     if not m.any():
         return density.sum() * 0

@@ -46,15 +46,15 @@ from autolabel.training.rounds import checkpoint_path, open_cache, train_round
 MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4}
 
 
-def make_world(world: Path, synth: str, micro: bool) -> Path:
-    """The synthetic world SCENESxFRAMES (generated once; the micro one on the small grid)."""
+def make_world(world: Path, synth: str, micro: bool, seed: int = 31) -> Path:
+    """The synthetic world SCENESxFRAMES of `seed` (generated once; the micro one on the small grid)."""
     if not (world / "v1.0-synth").is_dir():
         from autolabel.synth.writer import SynthConfig, write_dataset
         from kernels.grid import GridSpec
 
         n_scenes, n_frames = (int(v) for v in synth.split("x"))
         size = (112, 200) if micro else (225, 400)
-        write_dataset(world, SynthConfig(scenes=n_scenes, frames_per_scene=n_frames, seed=31, image_size=size),
+        write_dataset(world, SynthConfig(scenes=n_scenes, frames_per_scene=n_frames, seed=seed, image_size=size),
                       GridSpec.from_dict(MICRO_GRID) if micro else GridSpec(), progress=False,
                       workers=1 if micro else min(n_scenes, os.cpu_count() or 1))
     return world

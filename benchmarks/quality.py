@@ -1,38 +1,44 @@
-"""Label-quality benchmark (issue 10): does rendering-only supervision reach 3D-supervised quality?
+"""Label-quality benchmark v2 (issue 17): what the network and the exported pseudo-labels are worth.
 
-One seeded synthetic world: a training pool and disjoint validation scenes. The same network, the same
-budget of steps, these variants, each scored on the validation scenes (Occ3D mIoU, geometric IoU and
-per-class IoU within mask_camera):
-  1. 3d_supervised     3D cross-entropy on every training frame (the upper bound)
-  2. render_exact      rendering only: exact 2D labels + LiDAR depth
-  3. render_noisy      rendering only: noisy foundation-model-like 2D labels (the world's noise model)
-  4. noisy_dts         3 + the DTS teacher's pseudo-labels
-  5. dts_active_5pct   4 + one round with oracle 3D labels on 5% of the pool chosen by active selection
-     dts_random_5pct   the same with random selection
-Also the pseudo-labels' own mIoU (teacher + LiDAR filtering) on the pool. Writes results.json, the
-training curves (PNG) and prints one table.
+Two locked synthetic worlds: a development world (--world-seed; any tuning, thresholds, ablations) and a
+test world made from another seed (--test-world-seed), run only for the reported table (--test). Each
+world's last --test-scenes scenes are held out; the others are the training pool. Every variant trains
+the same network for the same steps and gets two headline numbers:
+  * the network: Occ3D mIoU / geometric IoU within mask_camera on the held-out scenes;
+  * its pseudo-labels: the pool labelled by the variant's network (the EMA teacher where there is one,
+    filtered by LiDAR), scored against the exact ground truth within mask_camera: mIoU, geometric IoU, and
+    at the export threshold (the recipe's drop quantile) the kept share of mask_camera and its mIoU.
+Variants:
+  3d_supervised     3D cross-entropy on every pool frame (the bound)
+  render_exact      rendering only: exact 2D labels + LiDAR depth
+  render_noisy      rendering only: the world's default foundation-model-like 2D labels (noise model v2)
+  render_hard       rendering only: the hard noise level
+  noisy_dts         render_noisy + the DTS teacher's pseudo-labels
+  dts_active_5pct   noisy_dts + one round with oracle 3D labels on 5% of the pool by active selection
+  dts_random_5pct   the same with random selection
+A variant may carry a training seed, NAME@SEED (e.g. 3d_supervised@1); the table gives mean and spread
+over seeds. Ablations: --ablation NEW=BASE:key=value;key=value (recipe keys, YAML values).
 
-    python benchmarks/quality.py RUN [--synth 8x8] [--steps 3000] [--round1-steps 750] [--variants ...] [--seed 0]
+    python benchmarks/quality.py RUN [--test] [--synth 40x4] [--steps 3000] [--variants ...] [--procs N]
     python benchmarks/quality.py RUN --micro     # the CI-sized version: checks that the harness runs
 
-With several GPUs (--gpus, default every visible one) the variants run in one process per GPU: the DTS
-chain on the last one, each other variant on the least loaded; each process saves its results after
-every variant, so a run cut short still reports what finished (--report prints the table of what is
-there). Diagnostic variants of 3, asked for by name in --variants: render_noisy_aux (+ rays from the
-neighbouring keyframes), render_noisy_no_los (- the LiDAR line-of-sight loss), render_noisy_lidar_target
-(- the line-of-sight loss, and depth targets at the LiDAR return on the ground too: `render.depth_target`
-"lidar"; the method before issue 10's fixes, read out at the calibrated threshold).
+Variants are dealt over --procs processes (default: one per visible GPU; several may share a GPU), the
+DTS chain kept in one; every process saves its results after each variant, so a run cut short still
+reports what finished (--report prints the table of what is there). results.json records the world
+seeds, the split, the code version and the command.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,6 +48,7 @@ from active import base_recipe, make_world, oracle_labels, run_per_gpu, write_re
 from autolabel.active.config import SelectionConfig  # noqa: E402
 from autolabel.active.pool import score_pool  # noqa: E402
 from autolabel.active.select import select_frames  # noqa: E402
+from autolabel.config_io import apply_overrides  # noqa: E402
 from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
@@ -52,61 +59,79 @@ from autolabel.supervision.providers import build_provider, resolve_device  # no
 from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
 from autolabel.training.rounds import checkpoint_path, open_cache, train_round  # noqa: E402
 
-VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "noisy_dts", "dts_active_5pct", "dts_random_5pct")
+VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "render_hard", "noisy_dts", "dts_active_5pct",
+            "dts_random_5pct")
+CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct")  # one process: round 1 starts from noisy_dts
+# variant 3 with one change each, to find what rendering-only lacks
+DIAGNOSTICS = ("render_noisy_aux", "render_noisy_no_los", "render_noisy_lidar_target")
+LABELS = {"render_exact": "exact", "render_hard": "hard"}  # 2D labels by variant; the rest use the default level
+DEFAULT = "3d_supervised,3d_supervised@1,render_noisy,render_noisy@1,render_exact,render_hard," + ",".join(CHAIN)
 
 
-def variant_recipe(run: Path, base: dict, name: str) -> dict:
+def split_name(name: str) -> tuple[str, int]:
+    """'render_noisy@1' -> ('render_noisy', 1); no '@' -> seed 0."""
+    base, _, seed = name.partition("@")
+    return base, int(seed or 0)
+
+
+def parse_ablations(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """['NEW=BASE:a.b=1;c.d=x'] -> {NEW: (BASE, ['a.b=1', 'c.d=x'])}."""
+    out = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        base, _, sets = rest.partition(":")
+        bases = (*VARIANTS[:5], *DIAGNOSTICS)  # single trainings (an ablation of noisy_dts has no round 1)
+        if not name or base not in bases:
+            raise SystemExit(f"--ablation {spec!r}: want NEW=BASE:key=value;... with BASE one of {bases}")
+        out[name] = (base, [s for s in sets.split(";") if s])
+    return out
+
+
+def kind_of(name: str, ablations: dict) -> str:
+    """The built-in variant a name runs: 'x@1' -> 'x'; an ablation -> its base."""
+    kind = split_name(name)[0]
+    return ablations[kind][0] if kind in ablations else kind
+
+
+def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
+    kind, seed = kind_of(name, ablations), split_name(name)[1]
+    overrides = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
     r = json.loads(json.dumps(base))
-    r["name"], r["out"] = name, str(run / name)
-    noisy = name != "render_exact"
-    r["supervision"]["precomputed"]["variant"] = "noisy" if noisy else "exact"
-    r["supervision"]["cache"] = str(run / ("cache_noisy.zarr" if noisy else "cache_exact.zarr"))
-    dts = name in ("noisy_dts", "dts_active_5pct", "dts_random_5pct")
+    r["name"], r["out"] = name.replace("@", "_s"), str(run / name.replace("@", "_s"))
+    r["train"]["seed"] = seed
+    labels = LABELS.get(kind, "noisy")
+    r["supervision"]["precomputed"]["variant"] = labels
+    r["supervision"]["cache"] = str(run / f"cache_{labels}.zarr")
+    dts = kind in CHAIN
     r["dts"]["enabled"] = dts
     r["loss"]["pseudo_3d"] = 1.0 if dts else 0.0
-    if name == "3d_supervised":
+    if kind == "3d_supervised":  # 3D labels only; LiDAR depth bins cost it 6 mIoU on the development world
         r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, line_of_sight=0.0, labels_3d=1.0)
-    if name in ("render_noisy_no_los", "render_noisy_lidar_target"):  # without the line-of-sight loss
+    if kind in ("render_noisy_no_los", "render_noisy_lidar_target"):  # without the line-of-sight loss
         r["loss"]["line_of_sight"] = 0.0
-    if name == "render_noisy_lidar_target":  # depth targets at the LiDAR return for every ray
+    if kind == "render_noisy_lidar_target":  # depth targets at the LiDAR return for every ray
         r["render"]["depth_target"] = "lidar"
-    if name == "render_noisy_aux":  # RenderOcc's auxiliary-frame rays: the neighbouring keyframes' views
+    if kind == "render_noisy_aux":  # RenderOcc's auxiliary-frame rays: the neighbouring keyframes' views
         r["data"]["aux_frames"] = 1
         r["render"]["aux_rays_per_frame"] = r["render"]["rays_per_frame"] // 2
-    return r
+    return apply_overrides(r, overrides)
 
 
-def prepared_variant(run: Path, base: dict, name: str):
+def prepared_variant(run: Path, base: dict, name: str, ablations: dict):
     """The variant's recipe written to RUN/<name>.yaml and loaded, its 2D supervision cache written
     (shared by the variants with the same labels; `supervise` skips frames already done)."""
-    recipe = load_recipe(write_recipe(run, name, variant_recipe(run, base, name)))
+    recipe = load_recipe(write_recipe(run, name.replace("@", "_s"), variant_recipe(run, base, name, ablations)))
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     supervise(frames, build_provider(recipe.supervision, frames.dataroot), recipe.cache_path, recipe.network.image_size,
               progress=False)
     return recipe
 
 
-def train_variant(run: Path, base: dict, name: str, world: Path, log) -> tuple:
-    recipe = prepared_variant(run, base, name)
-    pool = open_frames(recipe, "train", load_images=False, load_gt=False)
-    if name == "3d_supervised":
-        oracle_labels(recipe, pool.tokens, [pool.scene_of(t) for t in pool.tokens],
-                      [(pool.scene_of(t), t) for t in pool.tokens], world)
-    t0 = time.perf_counter()
-    train_round(recipe, 0, progress=False)
-    log(f"{name}: trained in {time.perf_counter() - t0:.0f} s")
-    return recipe, pool
-
-
-# variant 3 with one change each, to find what rendering-only lacks
-DIAGNOSTICS = ("render_noisy_aux", "render_noisy_no_los", "render_noisy_lidar_target")
-
-
-def variant_groups(wanted: list[str], gpus: int) -> list[list[str]]:
-    """Variants per process (one process per GPU): the DTS chain (train, label, two shorter round-1 runs:
-    about 1.5 trainings) stays together on the last GPU; each other variant goes to the least loaded one."""
-    chain = [v for v in wanted if v in ("noisy_dts", "dts_active_5pct", "dts_random_5pct")]
-    groups: list[list[str]] = [[] for _ in range(max(1, gpus))]
+def variant_groups(wanted: list[str], procs: int) -> list[list[str]]:
+    """Variants per process: the DTS chain (train, label, two shorter round-1 runs: about 1.5 trainings)
+    stays together; each other variant goes to the least loaded process."""
+    chain = [v for v in wanted if split_name(v)[0] in CHAIN]
+    groups: list[list[str]] = [[] for _ in range(max(1, procs))]
     load = [0.0] * len(groups)
     if chain:
         groups[-1] += chain
@@ -119,127 +144,232 @@ def variant_groups(wanted: list[str], gpus: int) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: str) -> dict:
+def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: str, ablations: dict) -> dict:
     """Train and score `wanted` in this process; results saved to results.<tag>.json after each variant."""
-    results: dict[str, dict] = {}
     out = run / f"results.{tag}.json"
+    results: dict[str, dict] = json.loads(out.read_text()) if out.is_file() else {}  # a rerun does only the rest
 
     def log(msg: str) -> None:
         print(f"[{tag}] {msg}", flush=True)
 
-    def score(name: str, recipe, k: int) -> None:
+    def save() -> None:
+        out.write_text(json.dumps(results, indent=1))
+
+    def score(name: str, recipe, k: int, seconds: float) -> None:
+        """Network on the held-out scenes, then its pseudo-labels of the pool."""
         s = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), progress=False).as_dict()
         hist = recipe.round_dir(k) / "train" / "history.jsonl"
         rows = [json.loads(x) for x in hist.read_text().splitlines()]
         ms = 1e3 * (rows[-1]["seconds"] - rows[0]["seconds"]) / max(1, rows[-1]["step"] - rows[0]["step"])
-        results[name] = {"miou": s["miou"], "geometric_iou": s["geometric_iou"], "per_class": s["per_class_iou"],
-                         "history": str(hist), "ms_per_step": round(ms, 1)}
-        log(f"{name}: val mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step)")
-        out.write_text(json.dumps(results, indent=1))
-
-    for name in ("3d_supervised", "render_exact", "render_noisy", *DIAGNOSTICS):
-        if name in wanted:
-            recipe, _ = train_variant(run, base, name, world, log)
-            score(name, recipe, 0)
-    if any(v in wanted for v in ("noisy_dts", "dts_active_5pct", "dts_random_5pct")):
-        dts, pool = train_variant(run, base, "noisy_dts", world, log)
-        score("noisy_dts", dts, 0)
+        r = {"miou": s["miou"], "geometric_iou": s["geometric_iou"], "per_class": s["per_class_iou"],
+             "history": str(hist), "ms_per_step": round(ms, 1), "train_seconds": round(seconds, 1)}
+        if args.skip_pseudo:
+            results[name] = r
+            log(f"{name}: test mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step, {seconds:.0f} s)")
+            return save()
         t0 = time.perf_counter()
-        label_round(open_frames(dts, "train", load_images=True, load_gt=False), open_cache(dts),
-                    LabelStore(dts.store_path, dts.network.grid, create=True), 0, dts.network, dts.dts,
-                    checkpoint_path(dts, 0), resolve_device(dts.device), dts, progress=False)
-        log(f"labelled the pool in {time.perf_counter() - t0:.0f} s")
-        r = evaluate_round(LabelStore.open(dts.store_path), 0, world, (dts.dts.drop_quantile,), progress=False)
-        results["pseudo_labels"] = {"miou": r["scores"].as_dict()["miou"], "geometric_iou": r["scores"].as_dict()["geometric_iou"],
-                                    "per_class": r["scores"].as_dict()["per_class_iou"], "thresholded": r["curve"][0]}
-        log(f"pseudo-labels (teacher + LiDAR, pool): mIoU {results['pseudo_labels']['miou']}")
-        out.write_text(json.dumps(results, indent=1))
-        scores = score_pool(dts, 0, progress=False)
-        budget = max(1, round(0.05 * len(scores.tokens)))
-        for name, strategy in (("dts_active_5pct", "auto"), ("dts_random_5pct", "random")):
-            if name not in wanted:
-                continue
-            folder = run / name
-            shutil.rmtree(folder, ignore_errors=True)
-            (folder / "round_0" / "train").mkdir(parents=True)
-            shutil.copyfile(checkpoint_path(dts, 0), folder / "round_0" / "train" / "checkpoint.pt")
-            recipe = replace(dts, name=name, out=str(folder),
-                             train=replace(dts.train, steps=args.round1_steps, warmup_steps=min(dts.train.warmup_steps, args.round1_steps)))
-            picks, used = select_frames(scores.candidates, scores.features, scores.features[:0],
-                                        SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1), 0, len(scores.tokens))
-            oracle_labels(recipe, scores.tokens, scores.scenes, [(p.candidate.scene, p.candidate.token) for p in picks], world)
-            train_round(recipe, 1, progress=False)
-            score(name, recipe, 1)
-            results[name]["selected"] = [p.candidate.token for p in picks]
-            results[name]["strategy"] = used
-            out.write_text(json.dumps(results, indent=1))
+        frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+        label_round(frames, open_cache(recipe), LabelStore(recipe.store_path, recipe.network.grid, create=True), k,
+                    recipe.network, recipe.dts, checkpoint_path(recipe, k), resolve_device(recipe.device), recipe,
+                    progress=False)
+        q = recipe.rounds.export_drop_quantile
+        e = evaluate_round(LabelStore.open(recipe.store_path), k, world, (q,), progress=False)
+        p = e["scores"].as_dict()
+        r["pseudo_labels"] = {"miou": p["miou"], "geometric_iou": p["geometric_iou"], "per_class": p["per_class_iou"],
+                              "drop_quantile": q, "kept_share": e["curve"][0]["coverage"],
+                              "kept_miou": e["curve"][0]["miou"], "kept_geometric_iou": e["curve"][0]["geometric_iou"],
+                              "label_seconds": round(time.perf_counter() - t0, 1)}
+        results[name] = r
+        log(f"{name}: test mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step, {seconds:.0f} s); pool "
+            f"pseudo-labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * r['pseudo_labels']['kept_share']:.1f}%")
+        save()
+
+    def train(name: str):
+        recipe = prepared_variant(run, base, name, ablations)
+        if kind_of(name, ablations) == "3d_supervised":
+            pool = open_frames(recipe, "train", load_images=False, load_gt=False)
+            oracle_labels(recipe, pool.tokens, [pool.scene_of(t) for t in pool.tokens],
+                          [(pool.scene_of(t), t) for t in pool.tokens], world)
+        t0 = time.perf_counter()
+        train_round(recipe, 0, progress=False)
+        return recipe, time.perf_counter() - t0
+
+    for name in wanted:
+        if name in results or split_name(name)[0] in CHAIN:
+            continue
+        recipe, seconds = train(name)
+        score(name, recipe, 0, seconds)
+    chain = [v for v in wanted if split_name(v)[0] in CHAIN]
+    if not chain:
+        return results
+    seed = split_name(chain[0])[1]
+    dts_name = f"noisy_dts@{seed}" if seed else "noisy_dts"
+    dts, seconds = train(dts_name)
+    if dts_name not in results:
+        score(dts_name, dts, 0, seconds)
+    scores = score_pool(dts, 0, progress=False)
+    budget = max(1, round(0.05 * len(scores.tokens)))
+    for name in chain:
+        kind = split_name(name)[0]
+        if kind == "noisy_dts" or name in results:
+            continue
+        strategy = "auto" if kind == "dts_active_5pct" else "random"
+        folder = run / name.replace("@", "_s")
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "round_0" / "train").mkdir(parents=True)
+        shutil.copyfile(checkpoint_path(dts, 0), folder / "round_0" / "train" / "checkpoint.pt")
+        recipe = replace(dts, name=name, out=str(folder),
+                         train=replace(dts.train, steps=args.round1_steps, warmup_steps=min(dts.train.warmup_steps, args.round1_steps)))
+        picks, used = select_frames(scores.candidates, scores.features, scores.features[:0],
+                                    SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1), 0, len(scores.tokens))
+        oracle_labels(recipe, scores.tokens, scores.scenes, [(p.candidate.scene, p.candidate.token) for p in picks], world)
+        t0 = time.perf_counter()
+        train_round(recipe, 1, progress=False)
+        score(name, recipe, 1, time.perf_counter() - t0)
+        results[name]["selected"] = [p.candidate.token for p in picks]
+        results[name]["strategy"] = used
+        save()
     return results
+
+
+def code_version() -> str:
+    """The git commit of the code that ran (+ '-dirty' with uncommitted changes), or 'unknown'."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def summarise(results: dict) -> dict[str, dict]:
+    """Per variant (seeds pooled): mean and spread (max - min) of every headline number."""
+    keys = {"miou": ("miou",), "geo": ("geometric_iou",), "pl_miou": ("pseudo_labels", "miou"),
+            "pl_geo": ("pseudo_labels", "geometric_iou"), "kept": ("pseudo_labels", "kept_share")}
+    by: dict[str, list[dict]] = {}
+    for name, r in results.items():
+        if isinstance(r, dict) and "miou" in r:
+            by.setdefault(split_name(name)[0], []).append(r)
+    out = {}
+    for kind, rows in by.items():
+        s = {"seeds": len(rows)}
+        for k, path in keys.items():
+            vals = [v for v in (_get(r, path) for r in rows) if v is not None]
+            s[k] = (float(np.mean(vals)), float(np.max(vals) - np.min(vals))) if vals else (None, None)
+        out[kind] = s
+    return out
+
+
+def _get(d: dict, path: tuple[str, ...]):
+    for p in path:
+        d = d.get(p) if isinstance(d, dict) else None
+    return d
+
+
+def print_table(meta: dict, results: dict) -> None:
+    s = summarise(results)
+    bound = (s.get("3d_supervised") or {}).get("miou", (None,))[0]
+    print(f"\n{meta['world']} world (seed {meta['world_seed']}), held-out scenes {meta['split']['held_out']}; "
+          f"{meta['steps']} steps per variant (+{meta['round1_steps']} for round 1); code {meta['code_version']}")
+    print(f"{'variant':<24}{'seeds':>6}{'mIoU':>14}{'geo IoU':>14}{'vs 3D':>7}{'PL mIoU':>14}{'PL geo':>14}{'kept %':>8}")
+
+    def cell(v):
+        m, spread = v
+        return f"{'-':>14}" if m is None else (f"{m:>8.2f} +-{spread / 2:>4.1f}" if spread else f"{m:>14.2f}")
+
+    order = [*VARIANTS, *DIAGNOSTICS] + sorted(k for k in s if k not in VARIANTS + DIAGNOSTICS)
+    for kind in order:
+        if kind not in s:
+            continue
+        r = s[kind]
+        ratio = f"{r['miou'][0] / bound:.2f}" if bound and r["miou"][0] is not None else "-"
+        kept = f"{100 * r['kept'][0]:>8.1f}" if r["kept"][0] is not None else f"{'-':>8}"
+        print(f"{kind:<24}{r['seeds']:>6}{cell(r['miou'])}{cell(r['geo'])}{ratio:>7}{cell(r['pl_miou'])}"
+              f"{cell(r['pl_geo'])}{kept}")
+    print("mIoU / geo IoU: the network on the held-out scenes; PL: the pool's pseudo-labels against exact ground truth "
+          "within mask_camera; kept: share of mask_camera kept at the export threshold; +- half the spread over seeds")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
-    ap.add_argument("--world", default=None)
-    ap.add_argument("--synth", default="8x8")
+    ap.add_argument("--test", action="store_true", help="run on the test world (only for the reported table)")
+    ap.add_argument("--world-seed", type=int, default=31, help="seed of the development world")
+    ap.add_argument("--test-world-seed", type=int, default=131, help="seed of the test world")
+    ap.add_argument("--synth", default="40x4", help="SCENESxFRAMES of each world")
+    ap.add_argument("--test-scenes", type=int, default=4, help="held-out scenes (the world's last ones)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--round1-steps", type=int, default=750)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--seed", type=int, default=0, help="training seed of every variant (the world stays the same)")
-    ap.add_argument("--gpus", type=int, default=None, help="processes, one per GPU (default: every visible GPU)")
+    ap.add_argument("--variants", default=DEFAULT, help="comma-separated, NAME or NAME@SEED")
+    ap.add_argument("--ablation", action="append", default=[], help="NEW=BASE:key=value;key=value (repeatable)")
+    ap.add_argument("--procs", type=int, default=None, help="processes (default: one per visible GPU); GPUs are shared")
+    ap.add_argument("--gpus", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --procs
+    ap.add_argument("--skip-pseudo", action="store_true", help="score the networks only (tuning runs)")
     ap.add_argument("--report", action="store_true", help="only merge the results so far into the table and curves")
     ap.add_argument("--group", default=None, help=argparse.SUPPRESS)  # internal: this process runs one group
     ap.add_argument("--micro", action="store_true")
-    args = ap.parse_args()
+    args, rest = ap.parse_known_args()
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.micro:
-        args.synth, args.steps, args.round1_steps = "3x2", 2, 2
+        args.synth, args.steps, args.round1_steps, args.test_scenes = "3x2", 2, 2, 1
+    ablations = parse_ablations(args.ablation)
+    wanted = args.variants.split(",")
+    unknown = {split_name(v)[0] for v in wanted} - set(VARIANTS) - set(DIAGNOSTICS) - set(ablations)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS + DIAGNOSTICS} or an --ablation")
+    if len({split_name(v)[1] for v in wanted if split_name(v)[0] in CHAIN}) > 1:
+        raise SystemExit("the DTS chain (noisy_dts, dts_active_5pct, dts_random_5pct) runs with one training seed")
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
-    world = make_world(Path(args.world) if args.world else run / "world", args.synth, args.micro)
+    seed = args.test_world_seed if args.test else args.world_seed
+    world = make_world(run / f"world_{seed}", args.synth, args.micro, seed=seed)
     scenes = sorted(p.name for p in (world / "gts").iterdir())
-    n_val = 1 if len(scenes) < 6 else 2
-    base = base_recipe(run, world, scenes[-1], args.steps, args.micro)
-    base["data"]["val_scenes"] = scenes[-n_val:]
-    base["train"]["seed"] = args.seed
-    wanted = args.variants.split(",")
-    unknown = set(wanted) - set(VARIANTS) - set(DIAGNOSTICS)
-    if unknown:
-        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS + DIAGNOSTICS}")
-    if args.group is not None:  # a child process: its GPU is the only one it sees
-        run_group(run, base, world, wanted, args, args.group)
+    held_out = scenes[-args.test_scenes:]
+    base = base_recipe(run, world, held_out[-1], args.steps, args.micro)
+    base["data"]["val_scenes"] = held_out
+    if not args.micro:  # image features at 1/8 of the input: +2.2 mIoU for the bound on the development world
+        base["network"]["feature_stride"] = 8
+    meta = {"world": "test" if args.test else "development", "world_seed": seed, "dev_world_seed": args.world_seed,
+            "test_world_seed": args.test_world_seed, "synth": args.synth,
+            "split": {"pool": [s for s in scenes if s not in held_out], "held_out": held_out},
+            "steps": args.steps, "round1_steps": args.round1_steps, "code_version": code_version(),
+            "command": " ".join(sys.argv), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "date": time.strftime("%Y-%m-%d"), "ablations": {k: [b, s] for k, (b, s) in ablations.items()}}
+    if args.group is not None:  # a child process
+        run_group(run, base, world, wanted, args, args.group, ablations)
         return
-    gpus = args.gpus if args.gpus is not None else max(1, torch.cuda.device_count())
-    groups = variant_groups(wanted, gpus)
+    procs = args.procs or args.gpus or max(1, torch.cuda.device_count())
+    groups = [] if args.report else variant_groups(wanted, procs)
     failed: list[int] = []
-    if args.report:
-        groups = []
-    for f in run.glob("results.*.json") if not args.report else ():
-        f.unlink()
-    # the caches every variant reads, written once before the processes start
-    for variant in ("render_noisy", "render_exact") if groups else ():
-        prepared_variant(run, base, variant)
+    t0 = time.perf_counter()
+    # the caches the variants read, written once before the processes start
+    for labels in sorted({LABELS.get(kind_of(v, ablations), "noisy") for v in wanted}) if groups else ():
+        kind = next(k for k in VARIANTS if LABELS.get(k, "noisy") == labels)
+        prepared_variant(run, base, kind, {})
     if len(groups) == 1:
-        run_group(run, base, world, groups[0], args, "0")
+        run_group(run, base, world, groups[0], args, "0", ablations)
     elif groups:
-        cmds = [[sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps),
-                 "--round1-steps", str(args.round1_steps), "--seed", str(args.seed), "--variants", ",".join(group), "--group", str(i),
-                 *(["--micro"] if args.micro else [])] for i, group in enumerate(groups)]
+        cmds = [[sys.executable, __file__, str(run), "--steps", str(args.steps), "--round1-steps", str(args.round1_steps),
+                 "--synth", args.synth, "--test-scenes", str(args.test_scenes), "--world-seed", str(args.world_seed),
+                 "--test-world-seed", str(args.test_world_seed), *(["--test"] if args.test else []),
+                 *sum((["--ablation", a] for a in args.ablation), []), *(["--skip-pseudo"] if args.skip_pseudo else []),
+                 "--variants", ",".join(group), "--group", str(i), *(["--micro"] if args.micro else [])]
+                for i, group in enumerate(groups)]
         failed += run_per_gpu(cmds, [str(i) for i in range(max(1, torch.cuda.device_count()))])
         if failed:
             print(f"groups {failed} failed; the table holds what finished", flush=True)
     results: dict[str, dict] = {}
     for f in sorted(run.glob("results.*.json")):
         results.update(json.loads(f.read_text()))
-    (run / "results.json").write_text(json.dumps(results, indent=1))
+    meta["seconds"] = round(time.perf_counter() - t0, 1)
+    (run / "results.json").write_text(json.dumps({"meta": meta, "summary": summarise(results), "variants": results},
+                                                 indent=1))
     _curves(results, run / "training_curves.png")
-    upper = (results.get("3d_supervised") or {}).get("miou")
-    print(f"\nvalidation scenes {base['data']['val_scenes']}; {args.steps} steps per variant (+{args.round1_steps} for round 1)")
-    print(f"{'variant':<28}{'mIoU':>8}{'geo IoU':>9}{'vs 3D':>8}")
-    for name in (*VARIANTS, *DIAGNOSTICS, "pseudo_labels"):
-        if name in results:
-            m, g = results[name]["miou"], results[name]["geometric_iou"]
-            # the pseudo-labels are scored on the training pool, not the validation scenes: no ratio
-            ratio = f"{m / upper:.2f}" if upper and m is not None and name != "pseudo_labels" else "-"
-            print(f"{name:<28}{m if m is not None else float('nan'):>8.2f}{g if g is not None else float('nan'):>9.2f}{ratio:>8}")
+    print_table(meta, results)
     if failed:
         sys.exit(1)
 

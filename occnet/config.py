@@ -102,12 +102,17 @@ class LossConfig:
     line_of_sight: float = 1.0
     labels_3d: float = 0.0  # cross-entropy on voxels of frames with 3D labels (mask_camera)
     pseudo_3d: float = 0.0  # confidence-weighted cross-entropy on pseudo-labels
+    # 3D cross-entropies weigh an occupied voxel by (its class's share of the batch's occupied voxels) **
+    # -class_balance_3d, free voxels unchanged (occnet.losses.voxel_ce; 0 = off). 0.5: +2.0 mIoU for the
+    # 3D-supervised network on the development world (BENCHMARKS.md, benchmark v2)
+    class_balance_3d: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("depth", "semantics_2d", "depth_distribution", "opacity_entropy", "line_of_sight", "labels_3d",
                      "pseudo_3d"):
             _check(getattr(self, name) >= 0, f"LossConfig.{name} must be >= 0")
         _check(0 <= self.silog_lambda <= 1, "LossConfig.silog_lambda must lie in [0, 1]")
+        _check(0 <= self.class_balance_3d <= 1, "LossConfig.class_balance_3d must lie in [0, 1]")
 
     @property
     def rendering_only(self) -> bool:
@@ -129,6 +134,10 @@ class TrainConfig:
     # share of each step's frames drawn from the frames with 3D labels (annotated in earlier rounds), when
     # some but not all have them: a 1% budget would otherwise be seen once per hundred frames
     labelled_share: float = 0.25
+    # augmentation (occnet.augment): the network sees a mirrored / rotated world or mirrored cameras; the
+    # losses stay in each frame's own frame
+    bev_augment: bool = False
+    image_flip: bool = False
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, "TrainConfig.steps must be > 0")

@@ -50,15 +50,32 @@ def voxel_log_probs(density: torch.Tensor, logits: torch.Tensor, voxel_size: flo
 
 
 def voxel_ce(density: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-             voxel_size: float) -> torch.Tensor:
+             voxel_size: float, class_balance: float = 0.0) -> torch.Tensor:
     """Weighted cross-entropy over voxels; target (B, X, Y, Z) ids in 0..K (K = free), 255 ignored;
-    weight (B, X, Y, Z) (mask_camera for labels, confidence for pseudo-labels)."""
+    weight (B, X, Y, Z) (mask_camera for labels, confidence for pseudo-labels).
+
+    class_balance a > 0 multiplies an occupied voxel's weight by (share of its class among the batch's
+    weighted occupied voxels) ** -a, rescaled so the occupied voxels' total weight is unchanged; free
+    voxels keep theirs. The ground fills most occupied voxels of an Occ3D grid, so unweighted a car's few
+    hundred voxels barely move the loss; moving weight from free to occupied instead would buy rare
+    classes with over-filled geometry (measured: geometric IoU 57 -> 42 on the development world). Per
+    batch (no state): the same for ground truth and pseudo-labels, for every resume and rank layout."""
     logp = voxel_log_probs(density, logits, voxel_size)
     valid = (target != IGNORE) & (weight > 0)
     if not valid.any():
         return logp.sum() * 0
-    nll = -logp[valid].gather(1, target[valid].long()[:, None])[:, 0]
+    tgt = target[valid].long()
+    nll = -logp[valid].gather(1, tgt[:, None])[:, 0]
     w = weight[valid].float()
+    if class_balance > 0:
+        mass = torch.bincount(tgt, weights=w, minlength=logp.shape[-1])
+        mass[-1] = 0  # free keeps its weight
+        if mass.sum() > 0:
+            share = mass / mass.sum()
+            cw = torch.where(mass > 0, share.clamp_min(1e-12) ** -class_balance, torch.zeros_like(share))
+            cw = cw * mass.sum() / (cw * mass).sum()
+            cw[-1] = 1.0
+            w = w * cw[tgt]
     return (w * nll).sum() / w.sum()
 
 

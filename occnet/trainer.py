@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .atomic import atomic_write
+from .augment import check_bev_grid, draw_bev, flip_cameras
 from .classes import DYNAMIC_CLASS_IDS
 from .config import LossConfig, RenderConfig, TrainConfig
 from .distributed import barrier, rank, world_size
 from .losses import depth_distribution_ce, line_of_sight, opacity_entropy, rendered_semantics_ce, silog, voxel_ce
-from .network import OccupancyNetwork
+from .network import NetworkOutput, OccupancyNetwork
 from .rays import concat_rays, render, sample_rays
 
 CHECKPOINT = "checkpoint.pt"
@@ -121,6 +122,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0  # optimiser steps done
+        self._bev_swap = check_bev_grid(model.cfg.grid) if train_cfg.bev_augment else False
 
     def _lr_factor(self, step: int) -> float:
         warm = self.cfg.warmup_steps
@@ -165,9 +167,23 @@ class Trainer:
         dev = self.device
         b = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         if self.annotate is not None and lc.pseudo_3d > 0:
-            b.update(self.annotate(b, step))
+            b.update(self.annotate(b, step))  # the teacher sees the frames as they are, before augmentation
+        n_frames = b["images"].shape[0]
+        # augmentations drawn per frame from (seed, step, position), like the rays: same on resume and any rank layout
+        aug = [torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + step * 4099 + offset + i) for i in range(n_frames)]
+        if self.cfg.image_flip:
+            b = flip_cameras(b, torch.stack([torch.rand(b["images"].shape[1], generator=g) < 0.5 for g in aug]))
+        bev = [draw_bev(g, self._bev_swap) for g in aug] if self.cfg.bev_augment else []
+        cam2ego = b["cam2ego"]
+        if bev:
+            m = torch.stack([t.matrix() for t in bev]).to(cam2ego)
+            cam2ego = m[:, None] @ cam2ego
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.bf16):
-            out = self.forward_model(b["images"], b["intrinsics"], b["cam2ego"])
+            out = self.forward_model(b["images"], b["intrinsics"], cam2ego)
+        if bev:  # the output grids back into each frame's own ego frame, where every target lives
+            out = NetworkOutput(density=torch.stack([t.unmap(d, 0) for t, d in zip(bev, out.density)]),
+                                logits=torch.stack([t.unmap(x, 0) for t, x in zip(bev, out.logits)]),
+                                depth_prob=out.depth_prob)
         terms: dict[str, torch.Tensor] = {}
         rendering = lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0 or lc.line_of_sight > 0
         parts = []
@@ -212,10 +228,12 @@ class Trainer:
         voxel = float(min(self.model.cfg.grid.voxel_size))
         if lc.labels_3d > 0 and "gt_semantics" in b:
             w = b["gt_mask"].float() * b["has_gt"].float()[:, None, None, None]
-            terms["labels3d"] = lc.labels_3d * voxel_ce(out.density, out.logits, b["gt_semantics"], w, voxel)
+            terms["labels3d"] = lc.labels_3d * voxel_ce(out.density, out.logits, b["gt_semantics"], w, voxel,
+                                                          lc.class_balance_3d)
         if lc.pseudo_3d > 0 and "pseudo_semantics" in b:
             w = b["pseudo_confidence"].float() * b["has_pseudo"].float()[:, None, None, None]
-            terms["pseudo3d"] = lc.pseudo_3d * voxel_ce(out.density, out.logits, b["pseudo_semantics"], w, voxel)
+            terms["pseudo3d"] = lc.pseudo_3d * voxel_ce(out.density, out.logits, b["pseudo_semantics"], w, voxel,
+                                                          lc.class_balance_3d)
         if not terms:
             raise ValueError("Trainer: every loss is off or has no targets in the batch; turn one on in LossConfig")
         return terms

@@ -1,20 +1,41 @@
-"""benchmarks/quality.py --micro: every variant trains and is scored, and the table is printed."""
+"""benchmarks/quality.py --micro: every variant trains and is scored twice (the network on the held-out scenes, its
+pseudo-labels of the pool), seeds and the hard noise level included, and the table is printed."""
 from __future__ import annotations
 
 import json
 
 from tiny_models import run_micro_benchmark
 
+VARIANTS = "3d_supervised,render_noisy@1,render_hard,noisy_dts,dts_active_5pct,dts_random_5pct"
+
 
 def test_quality_harness_runs_micro(tmp_path):
     # two processes (one per GPU on a GPU machine; both on the CPU here): the DTS chain in one, the rest in the other
-    out = run_micro_benchmark("quality.py", tmp_path / "q", "--gpus", "2")
+    out = run_micro_benchmark("quality.py", tmp_path / "q", "--procs", "2", "--variants", VARIANTS)
     r = json.loads((tmp_path / "q" / "results.json").read_text())
-    assert set(r) == {"3d_supervised", "render_exact", "render_noisy", "noisy_dts", "dts_active_5pct", "dts_random_5pct",
-                      "pseudo_labels"}
-    assert all(r[v]["geometric_iou"] is not None for v in r)
-    assert len(r["dts_active_5pct"]["selected"]) == 1 and r["dts_active_5pct"]["strategy"] == "coreset"
+    meta, variants = r["meta"], r["variants"]
+    assert set(variants) == set(VARIANTS.split(","))
+    assert meta["world"] == "development" and meta["world_seed"] == 31 and meta["test_world_seed"] == 131
+    assert meta["split"]["held_out"] == ["synth-31-0002"] and "synth-31-0002" not in meta["split"]["pool"]
+    assert meta["code_version"] != "unknown"
+    for v in variants.values():
+        assert v["geometric_iou"] is not None
+        pl = v["pseudo_labels"]
+        assert pl["geometric_iou"] is not None and 0 < pl["kept_share"] <= 1 and pl["drop_quantile"] == 0.3
+    assert r["summary"]["render_noisy"]["seeds"] == 1
+    assert len(variants["dts_active_5pct"]["selected"]) == 1 and variants["dts_active_5pct"]["strategy"] == "coreset"
     first = json.loads((tmp_path / "q" / "3d_supervised" / "round_0" / "train" / "history.jsonl").read_text().splitlines()[0])
     assert first["labels3d"] > 0 and "sem2d" not in first  # the upper bound trains on 3D labels only
-    assert {f.name for f in (tmp_path / "q").glob("results.*.json")} == {"results.0.json", "results.1.json"}
+    seeded = (tmp_path / "q" / "render_noisy_s1.yaml").read_text()
+    assert "seed: 1" in seeded and "variant: noisy" in seeded
+    assert "variant: hard" in (tmp_path / "q" / "render_hard.yaml").read_text()
+    assert {f.name for f in (tmp_path / "q").glob("results.*.json")} == {"results.0.json", "results.1.json", "results.json"}
     assert "3d_supervised" in out.stdout and (tmp_path / "q" / "training_curves.png").stat().st_size > 1000
+
+
+def test_test_world_is_another_seed(tmp_path):
+    out = run_micro_benchmark("quality.py", tmp_path / "q", "--test", "--variants", "3d_supervised", "--skip-pseudo")
+    r = json.loads((tmp_path / "q" / "results.json").read_text())
+    assert r["meta"]["world"] == "test" and r["meta"]["world_seed"] == 131
+    assert (tmp_path / "q" / "world_131").is_dir() and not (tmp_path / "q" / "world_31").exists()
+    assert "pseudo_labels" not in r["variants"]["3d_supervised"] and "test world (seed 131)" in out.stdout

@@ -207,7 +207,7 @@ LOOKALIKE: tuple[tuple[str, str, float], ...] = (
 # one. Logit offsets (units of the logit noise at the default level) of the rare classes.
 CLASS_BIAS: tuple[tuple[str, float], ...] = (
     ("others", -1.0), ("barrier", -1.5), ("bicycle", -1.5), ("construction_vehicle", -2.0), ("motorcycle", -1.5),
-    ("traffic_cone", -1.5), ("trailer", -1.5), ("bus", -1.0), ("pedestrian", -0.5), ("truck", -0.5),
+    ("traffic_cone", -1.5), ("trailer", -1.0), ("bus", -0.5), ("pedestrian", -0.5), ("truck", -0.5),
     ("other_flat", -0.5),
 )
 # Confidence = sigmoid(CONF_OFFSET + CONF_SLOPE * (score - SCORE_REF) / SCORE_SCALE), the score being
@@ -223,7 +223,7 @@ class NoiseRates:
     shares of the image width W, areas shares of the image, distances metres."""
 
     # the simulated classifier
-    signal: float = 6.5  # true-class logit bump of a near, large mask, in units of the logit noise
+    signal: float = 6.8  # true-class logit bump of a near, large mask, in units of the logit noise
     signal_distance: float = 25.0  # depth at which the bump has halved
     signal_area: float = 5e-4  # image share at which the size factor is sqrt(1/2)
     lookalike: tuple[tuple[str, str, float], ...] = LOOKALIKE
@@ -312,11 +312,12 @@ def weighted_auroc(score: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float
     return float((p * (below + 0.5 * n)).sum() / (P * N))
 
 
-def _ground_cells(xy: np.ndarray, size: float) -> np.ndarray:
-    """(H, W) int64 index of each pixel's ground square of `size` metres, for xy from `_clamped_xy`."""
-    cell = np.floor(xy / size).astype(np.int64)
+def _ground_cells(xy: np.ndarray, size: float) -> tuple[np.ndarray, int]:
+    """Index of each point's ground square of `size` metres, for xy (..., 2) from `_clamped_xy`, and the
+    number of squares."""
     n = int(np.ceil(600.0 / size)) + 1
-    return cell[..., 0] * n + cell[..., 1]
+    cell = (xy * (1.0 / size)).astype(np.int64)  # xy >= 0: truncation is floor
+    return cell[..., 0] * n + cell[..., 1], n * n
 
 
 def _clamped_xy(world_xy: np.ndarray) -> np.ndarray:
@@ -329,22 +330,29 @@ def _clamped_xy(world_xy: np.ndarray) -> np.ndarray:
 
 
 def _segments(semantics, instance, world_xy, valid, rates: NoiseRates) -> np.ndarray:
-    """(H, W) int64 segment index 0..n-1 (-1 where there is no truth)."""
+    """(H, W) int64 segment index 0..n-1 (-1 where there is no truth). Segment keys span a bounded range
+    (ground squares x classes, instances, squares of large instances), so they are numbered by counting
+    over that range instead of sorting the pixels."""
     h, w = semantics.shape
     inst = instance.astype(np.int64)
-    inst_area = np.bincount(inst.ravel())
-    big = (inst > 0) & (inst_area[inst] > rates.split_area * h * w)
+    n_inst = int(inst.max()) + 1
+    is_big = np.bincount(inst.ravel(), minlength=n_inst) > rates.split_area * h * w
+    is_big[0] = False
+    big_rank = np.cumsum(is_big) - 1
     xy = _clamped_xy(world_xy)
-    stuff = _ground_cells(xy, rates.stuff_cell)
-    split = _ground_cells(xy, rates.split_cell)
-    n_cells = int(max(stuff.max(), split.max())) + 1
-    key = np.where(inst > 0, (inst * (n_cells + 1) + np.where(big, split + 1, 0)) * 2 + 1,
-                   (stuff * N_LABELS + semantics) * 2)
-    key = np.where(valid, key, -1)
-    uniq, seg = np.unique(key.ravel(), return_inverse=True)
-    seg = seg.reshape(h, w).astype(np.int64)
-    if uniq[0] == -1:
-        seg -= 1
+    stuff, n_stuff = _ground_cells(xy, rates.stuff_cell)
+    key = stuff * N_LABELS + semantics  # stuff: one class in one ground square
+    on_inst = inst > 0
+    key[on_inst] = n_stuff * N_LABELS + inst[on_inst]
+    big = is_big[inst]
+    if big.any():
+        split, n_split = _ground_cells(xy[big], rates.split_cell)
+        key[big] = n_stuff * N_LABELS + n_inst + big_rank[inst[big]] * n_split + split
+    key = key[valid]
+    count = np.bincount(key)
+    number = np.cumsum(count > 0) - 1
+    seg = np.full((h, w), -1, np.int64)
+    seg[valid] = number[key]
     return seg
 
 
@@ -435,12 +443,21 @@ def noisy_labels_v2(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarr
     k[missed] = 0
     name_x = np.r_[np.where(missed, IGNORE_ID, name), IGNORE_ID].astype(np.uint8)
     k_x = np.r_[k, 0]
-    for i in range(1, int(k_x.max()) + 1):
+    mask = mask.astype(np.int32)
+    for i in range(1, int(k_x.max()) + 1):  # one pixel per step, in 4 directions
         grow = k_x >= i
+        # only pixels next to a growing mask can change: work in the box around them (spills run
+        # several steps longer than edge moves and concern a few objects)
+        rows, cols = np.flatnonzero(grow[mask].any(1)), np.flatnonzero(grow[mask].any(0))
+        if len(rows) == 0:
+            break
+        win = np.s_[max(rows[0] - 1, 0): rows[-1] + 2, max(cols[0] - 1, 0): cols[-1] + 2]
+        sub, v = mask[win], valid[win]
         for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-            nb = _shift(mask, dy, dx, m)
-            take = valid & grow[nb] & (name_x[nb] != name_x[mask])
-            mask = np.where(take, nb, mask)
+            nb = _shift(sub, dy, dx, m)
+            take = v & grow[nb] & (name_x[nb] != name_x[sub])
+            sub = np.where(take, nb, sub)
+        mask[win] = sub
     labels = name_x[mask]
     # confidence: the classifier's belief, less near the noisy map's edges, plus score noise of scale tau
     edge = np.zeros((h, w), bool)

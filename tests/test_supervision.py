@@ -364,12 +364,23 @@ def test_confidence_auroc_from_the_uint8_histogram():
     assert "confidence AUROC" in scores.table()
 
 
-def test_precomputed_variant_is_validated():
+def test_precomputed_variant_is_validated(tiny_world, tmp_path):
     from autolabel.supervision.config import PrecomputedConfig
 
     assert PrecomputedConfig(variant="hard").variant == "hard"
     with pytest.raises(ValueError, match="precomputed.variant must be one of exact, noisy, hard, got 'harder'"):
         PrecomputedConfig(variant="harder")
+    # a world written before noise model v2 has no hard maps: the error says what to do
+    frame = NuScenesFrames(tiny_world, "v1.0-synth", load_images=False, grid=TINY_GRID)[0]
+    folder = tmp_path / "labels2d" / frame.scene / frame.token
+    folder.mkdir(parents=True)
+    for cam in frame.cameras:
+        with np.load(tiny_world / "labels2d" / frame.scene / frame.token / f"{cam.name}.npz") as z:
+            np.savez(folder / f"{cam.name}.npz", semantics=z["semantics"], noisy_semantics=z["noisy_semantics"])
+    rc = ResizeCrop.fit(frame.cameras[0].image_size, (56, 100))
+    assert PrecomputedLabels(tmp_path, variant="noisy").label(frame, rc)[0].shape == (6, 56, 100)
+    with pytest.raises(DataError, match="no 'hard_semantics' map .* run autolabel synth again"):
+        PrecomputedLabels(tmp_path, variant="hard").label(frame, rc)
 
 
 def test_store_disk_full_keeps_finished_frames(tmp_path, monkeypatch):

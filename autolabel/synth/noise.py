@@ -12,12 +12,12 @@ Two profiles (docs/SYNTHETIC.md, "Noise model of the 2D labels"); `make_noisy_la
   with which it shares the most border, when that one is larger (a pedestrian into the wall behind,
   a car into the road cell under it, two touching cars); an object's mask spills, with probability
   ``spill``, over what touches it by ``spill_size`` x its linear size (at most ``spill_max`` x W px).
-* *Naming: a simulated classifier.* Each mask gets 17 class logits z = s * (A @ B) + sigma * N(0, 1):
-  A is the mask's true-class content (pixel shares, mixed for merged masks), B = I + look-alike
-  similarities (``lookalike``, cross-group pairs included: terrain / sidewalk / driveable surface,
-  vegetation / manmade / terrain, poles and signs (manmade) / others / barrier, truck / bus /
-  construction vehicle / trailer / car, pedestrian / bicycle with its rider / motorcycle, barrier /
-  traffic cone / others), s = ``signal`` / (1 + depth / ``signal_distance``) * sqrt(a / (a +
+* *Naming: a simulated classifier.* Each mask gets 17 class logits z = s * (A @ B) + sigma * (prior +
+  N(0, 1)): prior = ``class_bias`` (rare classes lower), A is the mask's true-class content (pixel
+  shares, mixed for merged masks), B = I + look-alike similarities (``lookalike``, cross-group pairs
+  included: terrain / sidewalk / driveable surface, vegetation / manmade / terrain, poles and signs
+  (manmade) / others / barrier, truck / bus / construction vehicle / trailer / car, pedestrian /
+  bicycle with its rider / motorcycle, barrier / traffic cone / others), s = ``signal`` / (1 + depth / ``signal_distance``) * sqrt(a / (a +
   ``signal_area``)) for a mask of mean depth `depth` (m) and image share a. The name is argmax z, so
   the confusion matrix is the classifier's: renaming rises with distance, falls with size, and goes
   mostly to look-alikes (P(t -> c) grows with B[t, c]).
@@ -29,7 +29,7 @@ Two profiles (docs/SYNTHETIC.md, "Noise model of the 2D labels"); `make_noisy_la
   several pixels, more for distant masks. Sky stays 255.
 * *Confidence from the classifier's score, never from correctness.* The classifier's belief in its
   answer is the posterior of the named class given its 17 logits under its own noise model (a pure mask
-  of class t has logits s * B[t] + prior + sigma * N(0, 1); flat prior over t) — what a calibrated
+  of class t has logits s * B[t] + sigma * (prior + N(0, 1)); flat prior over t) — what a calibrated
   classifier reports, computed from its logits and the mask's observable size and distance, never from
   the truth. The score of a pixel is logit(belief), less ``band_penalty`` within ``band_width`` x W px
   of an edge of the noisy map (a segmenter is least sure at its mask edges), standardised by fixed
@@ -466,7 +466,8 @@ def noisy_labels_v2(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarr
     edge[1:] |= labels[1:] != labels[:-1]
     edge[:-1] |= labels[1:] != labels[:-1]
     for _ in range(max(int(round(rates.band_width * w)) - 1, 0)):
-        edge = edge | _shift(edge, 0, 1, False) | _shift(edge, 0, -1, False) | _shift(edge, 1, 0, False) | _shift(edge, -1, 0, False)
+        edge = (edge | _shift(edge, 0, 1, False) | _shift(edge, 0, -1, False) | _shift(edge, 1, 0, False)
+                | _shift(edge, -1, 0, False))
     unit = mask * 2 + edge
     q = (np.repeat(np.r_[belief, 0.0], 2) - rates.band_penalty * np.tile([0.0, 1.0], m + 1) - SCORE_REF) / SCORE_SCALE
     eta = rng.standard_normal(2 * (m + 1))

@@ -184,9 +184,10 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
                 "is_key_frame": True, "height": cfg.image_size[0], "width": cfg.image_size[1], "filename": fname,
                 "prev": "", "next": ""}))
             maps = (r.semantics, r.instance, r.depth, r.world_xy)
-            if cfg.noise_profile == "v1":  # v1 draws from the sensors' generator, as in the first release
-                noisy, conf = noisy_labels_v1(*maps, cfg.label_noise, rng)
-            else:  # v2 has its own generator per camera, so sensor noise does not depend on the noise model
+            # v1 draws from the sensors' generator, as in the first release; it runs in every profile so
+            # that the images and lidar are the same whatever the profile (and as before v2 existed)
+            noisy, conf = noisy_labels_v1(*maps, cfg.label_noise, rng)
+            if cfg.noise_profile != "v1":  # other profiles have their own generator per camera
                 noisy, conf = make_noisy_labels(cfg.noise_profile, *maps, cfg.label_noise,
                                                 np.random.default_rng([seed, si, 2, k, ci]))
             hard, hard_conf = make_noisy_labels(cfg.noise_profile, *maps, hard_level(cfg.label_noise),

@@ -32,13 +32,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", default="450x800", help="HEIGHTxWIDTH of the camera images (default 450x800)")
     p.add_argument("--sweeps", type=int, default=0, help="lidar sweeps (20 Hz) written before each keyframe")
-    p.add_argument("--label-noise", type=float, default=0.3, help="noise level 0..1 of the foundation-model-like 2D labels")
+    p.add_argument("--label-noise", type=float, default=0.3,
+                   help="noise level 0..1 of the foundation-model-like 2D labels (the hard maps: 1.6x, at most 1)")
+    p.add_argument("--noise-profile", default="v2", help="noise model of the 2D labels: v2 (default) or v1 (the first release's)")
     p.add_argument("--version", default="v1.0-synth", help="table folder name (default v1.0-synth)")
     p.add_argument("--preview", action="store_true", help="also write preview.png: cameras, label maps, BEV of the ground truth")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes generating scenes in parallel (default: all cores); the files do not depend on it")
     p.set_defaults(func=lambda a: synth.run(a.out, a.scenes, a.frames_per_scene, a.seed, a.image_size, a.sweeps,
-                                            a.label_noise, a.version, a.preview, a.workers))
+                                            a.label_noise, a.version, a.preview, a.workers, a.noise_profile))
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:

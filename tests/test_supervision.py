@@ -321,12 +321,66 @@ def test_eval_2d_scores_exact_labels_perfectly_and_noisy_ones_lower(tiny_world, 
     scores = json.loads((tmp_path / "e" / "run" / "eval2d" / "scores.json").read_text())
     assert scores["miou"] == pytest.approx(1.0) and scores["coverage_gt"] == pytest.approx(1.0)
     assert (tmp_path / "e" / "run" / "eval2d" / "confusion.png").stat().st_size > 1000
+    assert scores["confidence_auroc"] is None  # no wrong pixel: nothing to separate
     noisy = _recipe(tmp_path / "n", tiny_world)
     assert main(["supervise", str(noisy)]) == 0
     assert main(["eval-2d", str(noisy)]) == 0
     s2 = json.loads((tmp_path / "n" / "run" / "eval2d" / "scores.json").read_text())
     assert 0.2 < s2["miou"] < 0.99 and s2["coverage_gt"] < 1.0
-    assert "mIoU" in capsys.readouterr().out
+    assert 0.55 < s2["confidence_auroc"] < 0.95
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "confidence AUROC" in out
+    # the hard maps of the same world score lower
+    hard = _recipe(tmp_path / "h", tiny_world, precomputed={"variant": "hard"})
+    assert main(["supervise", str(hard)]) == 0
+    assert main(["eval-2d", str(hard)]) == 0
+    s3 = json.loads((tmp_path / "h" / "run" / "eval2d" / "scores.json").read_text())
+    assert s3["accuracy"] < s2["accuracy"] - 0.03
+
+
+def test_confidence_auroc_from_the_uint8_histogram():
+    """Exact AUROC with ties counting one half: equal to sklearn's on the same pixels."""
+    from sklearn.metrics import roc_auc_score
+
+    from autolabel.supervision.eval2d import Scores2D, accumulate_confidence, histogram_auroc
+
+    truth = np.array([[1, 1, 1, 2, 2, 255]], np.uint8)
+    pred = np.array([[1, 1, 2, 2, 1, 1]], np.uint8)  # right, right, wrong, right, wrong, (no truth)
+    conf = np.array([[0.8, 0.2, 0.2, 0.6, 0.0, 0.9]], np.float32)
+    hist = np.zeros((2, 256), np.int64)
+    accumulate_confidence(hist, pred, conf, truth)
+    # positives 0.8, 0.2, 0.6 against negatives 0.2, 0.0: 5 wins and a tie out of 6 pairs
+    assert histogram_auroc(hist) == pytest.approx(5.5 / 6)
+    r = np.random.default_rng(0)
+    truth = r.integers(0, 3, (50, 60)).astype(np.uint8)
+    pred = np.where(r.random((50, 60)) < 0.7, truth, r.integers(0, 3, (50, 60))).astype(np.uint8)
+    conf = r.integers(0, 256, (50, 60)).astype(np.uint8)
+    conf = np.clip(conf.astype(int) + 40 * (pred == truth), 0, 255).astype(np.uint8)
+    hist = np.zeros((2, 256), np.int64)
+    accumulate_confidence(hist, pred, conf, truth)
+    assert histogram_auroc(hist) == pytest.approx(roc_auc_score((pred == truth).ravel(), conf.ravel()))
+    scores = Scores2D(np.zeros((17, 18), np.int64), 1.0, 1.0, 0, hist)
+    assert scores.as_dict()["confidence_auroc"] == pytest.approx(histogram_auroc(hist))
+    assert "confidence AUROC" in scores.table()
+
+
+def test_precomputed_variant_is_validated(tiny_world, tmp_path):
+    from autolabel.supervision.config import PrecomputedConfig
+
+    assert PrecomputedConfig(variant="hard").variant == "hard"
+    with pytest.raises(ValueError, match="precomputed.variant must be one of exact, noisy, hard, got 'harder'"):
+        PrecomputedConfig(variant="harder")
+    # a world written before noise model v2 has no hard maps: the error says what to do
+    frame = NuScenesFrames(tiny_world, "v1.0-synth", load_images=False, grid=TINY_GRID)[0]
+    folder = tmp_path / "labels2d" / frame.scene / frame.token
+    folder.mkdir(parents=True)
+    for cam in frame.cameras:
+        with np.load(tiny_world / "labels2d" / frame.scene / frame.token / f"{cam.name}.npz") as z:
+            np.savez(folder / f"{cam.name}.npz", semantics=z["semantics"], noisy_semantics=z["noisy_semantics"])
+    rc = ResizeCrop.fit(frame.cameras[0].image_size, (56, 100))
+    assert PrecomputedLabels(tmp_path, variant="noisy").label(frame, rc)[0].shape == (6, 56, 100)
+    with pytest.raises(DataError, match="no 'hard_semantics' map .* run autolabel synth again"):
+        PrecomputedLabels(tmp_path, variant="hard").label(frame, rc)
 
 
 def test_store_disk_full_keeps_finished_frames(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""``autolabel eval-2d RECIPE``: pixel mIoU, coverage and a confusion matrix of the cached 2D labels."""
+"""``autolabel eval-2d RECIPE``: pixel mIoU, accuracy, coverage, confidence AUROC and a confusion matrix of
+the cached 2D labels."""
 from __future__ import annotations
 
 import json

@@ -18,10 +18,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def run(out: str, scenes: int, frames: int, seed: int, image_size: str, sweeps: int, label_noise: float,
-        version: str, preview: bool, workers: int = 1) -> int:
+        version: str, preview: bool, workers: int = 1, noise_profile: str = "v2") -> int:
     try:
         cfg = SynthConfig(scenes=scenes, frames_per_scene=frames, seed=seed, image_size=parse_size(image_size),
-                          sweeps=sweeps, label_noise=label_noise, version=version)
+                          sweeps=sweeps, label_noise=label_noise, version=version, noise_profile=noise_profile)
     except ValueError as exc:
         raise DataError(str(exc)) from exc
     start = time.perf_counter()

@@ -9,6 +9,7 @@ from occnet.classes import FREE_ID, OCC3D_CLASS_NAMES
 PROVIDERS = ("precomputed", "sam_clip", "grounded_sam", "lidarseg")
 IGNORE_KEY = "ignore"  # vocabulary entry whose prompts name things that get no label (255): sky, ego car
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+PRECOMPUTED_VARIANTS = ("exact", "noisy", "hard")
 
 # Prompts per Occ3D class for driving scenes. Several prompts per class: CLIP scores a class by its best
 # matching prompt (log-sum-exp), so synonyms widen what is recognised without splitting probability mass.
@@ -145,10 +146,13 @@ class PrecomputedConfig:
 
     root: Optional[str] = None  # None: the dataset root
     folder: str = "labels2d"
-    variant: str = "noisy"  # which maps of an NPZ: exact = semantics/confidence, noisy = noisy_semantics/noisy_confidence
+    # which maps of an NPZ: exact = semantics/confidence, noisy = noisy_semantics/noisy_confidence (the
+    # synthetic world's default noise level), hard = hard_semantics/hard_confidence (1.6x that level)
+    variant: str = "noisy"
 
     def __post_init__(self) -> None:
-        _check(self.variant in ("exact", "noisy"), f"precomputed.variant must be 'exact' or 'noisy', got {self.variant!r}")
+        _check(self.variant in PRECOMPUTED_VARIANTS,
+               f"precomputed.variant must be one of {', '.join(PRECOMPUTED_VARIANTS)}, got {self.variant!r}")
 
 
 @dataclass

@@ -75,15 +75,19 @@ def resize_labels(sem: np.ndarray, conf: np.ndarray, rc: ResizeCrop) -> LabelMap
 
 # ---- precomputed --------------------------------------------------------------------------------
 class PrecomputedLabels:
-    """``<root>/<folder>/<scene>/<token>/<CAM>.npz`` (keys by variant: semantics [+ confidence] or
-    noisy_semantics [+ noisy_confidence]; confidence uint8 0..255 or float 0..1) or ``<CAM>.png``
+    """``<root>/<folder>/<scene>/<token>/<CAM>.npz`` (keys by variant: semantics [+ confidence],
+    noisy_semantics [+ noisy_confidence] or hard_semantics [+ hard_confidence]; confidence uint8 0..255
+    or float 0..1) or ``<CAM>.png``
     (uint8 ids) with an optional ``<CAM>_confidence.png`` (uint8 0..255)."""
 
     name = "precomputed"
     needs_images = False
-    KEYS = {"exact": ("semantics", "confidence"), "noisy": ("noisy_semantics", "noisy_confidence")}
+    KEYS = {"exact": ("semantics", "confidence"), "noisy": ("noisy_semantics", "noisy_confidence"),
+            "hard": ("hard_semantics", "hard_confidence")}
 
     def __init__(self, root: str | Path, folder: str = LABELS_2D_DIR, variant: str = "noisy"):
+        if variant not in self.KEYS:
+            raise ValueError(f"precomputed variant must be one of {', '.join(self.KEYS)}, got {variant!r}")
         self.root, self.folder, self.variant = Path(root), folder, variant
         if not (self.root / folder).is_dir():
             raise DataError(f"supervision.precomputed: folder {self.root / folder} not found")
@@ -99,7 +103,9 @@ class PrecomputedLabels:
             sem_key, conf_key = self.KEYS[self.variant]
             with np.load(path) as z:
                 if sem_key not in z.files:
-                    raise DataError(f"{path}: no '{sem_key}' map (found {z.files})")
+                    hint = " (worlds written before noise model v2 have no hard maps: run autolabel synth again)" \
+                        if self.variant == "hard" else ""
+                    raise DataError(f"{path}: no '{sem_key}' map (found {z.files}){hint}")
                 sem = z[sem_key]
                 conf = z[conf_key] if conf_key in z.files else None
         elif base.with_suffix(".png").is_file():

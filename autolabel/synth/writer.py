@@ -29,7 +29,7 @@ from ..data.geometry import matrix_to_quaternion
 from ..data.npz import save_npz
 from ..data.occ3d import Occ3DLabels, labels_path, write_labels
 from ..supervision.precomputed import LABELS_2D_DIR
-from .noise import noisy_labels
+from .noise import PROFILES, hard_level, make_noisy_labels, noisy_labels_v1
 from .sensors import render_camera, render_lidar, synth_rig
 from .truth import visible_voxels, voxelize
 from .world import CATEGORY, generate_world
@@ -47,8 +47,9 @@ class SynthConfig:
     seed: int = 0
     image_size: tuple[int, int] = (450, 800)  # (H, W)
     sweeps: int = 0
-    label_noise: float = 0.3
+    label_noise: float = 0.3  # level of the noisy 2D labels; the hard ones are at 1.6x (synth/noise.py)
     version: str = "v1.0-synth"
+    noise_profile: str = "v2"  # noise model of the 2D labels: v2 (default) or v1 (the first release's)
 
     def __post_init__(self) -> None:
         if self.scenes < 1 or self.frames_per_scene < 1:
@@ -59,6 +60,8 @@ class SynthConfig:
             raise ValueError(f"sweeps must lie in 0..9 (10 sweeps per keyframe interval), got {self.sweeps}")
         if not 0 <= self.label_noise <= 1:
             raise ValueError(f"label_noise must lie in [0, 1], got {self.label_noise}")
+        if self.noise_profile not in PROFILES:
+            raise ValueError(f"noise_profile must be one of {', '.join(PROFILES)}, got {self.noise_profile!r}")
 
 
 def token(*parts) -> str:
@@ -165,7 +168,7 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
         key_hits, key_dirs = hits, d_sensor
         # cameras at their own timestamps
         renders = []
-        for cam in cams:
+        for ci, cam in enumerate(cams):
             t = t_key + cam.time_offset
             ts = ts_key + int(round(cam.time_offset * 1e6))
             ego2world = world.ego_pose(t)
@@ -180,10 +183,18 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
                 "calibrated_sensor_token": calib[cam.name], "timestamp": ts, "fileformat": "jpg",
                 "is_key_frame": True, "height": cfg.image_size[0], "width": cfg.image_size[1], "filename": fname,
                 "prev": "", "next": ""}))
-            noisy, conf = noisy_labels(r.semantics, r.instance, r.depth, r.world_xy, cfg.label_noise, rng)
+            maps = (r.semantics, r.instance, r.depth, r.world_xy)
+            # v1 draws from the sensors' generator, as in the first release; it runs in every profile so
+            # that the images and lidar are the same whatever the profile (and as before v2 existed)
+            noisy, conf = noisy_labels_v1(*maps, cfg.label_noise, rng)
+            if cfg.noise_profile != "v1":  # other profiles have their own generator per camera
+                noisy, conf = make_noisy_labels(cfg.noise_profile, *maps, cfg.label_noise,
+                                                np.random.default_rng([seed, si, 2, k, ci]))
+            hard, hard_conf = make_noisy_labels(cfg.noise_profile, *maps, hard_level(cfg.label_noise),
+                                                np.random.default_rng([seed, si, 3, k, ci]))
             save_npz(out / LABELS_2D_DIR / scene_name / sample_tok / f"{cam.name}.npz", {
                 "semantics": r.semantics, "depth": r.depth, "instance": r.instance,
-                "noisy_semantics": noisy, "noisy_confidence": conf})
+                "noisy_semantics": noisy, "noisy_confidence": conf, "hard_semantics": hard, "hard_confidence": hard_conf})
         # Occ3D ground truth in the keyframe lidar's ego frame
         prims = world.primitives_at(t_key)
         semantics = voxelize(world, prims, key_pose, grid)

@@ -37,7 +37,7 @@ class FrameDataset(Dataset):
     """Args:
         frames: the dataset of keyframes.
         image_size: network input (H, W); images are resized / cropped with K updated.
-        labels: "exact" / "noisy" precomputed 2D labels from ``labels2d/``, "none", or "cache": 2D labels
+        labels: "exact" / "noisy" / "hard" precomputed 2D labels from ``labels2d/``, "none", or "cache": 2D labels
             and depth maps read from `cache` (what `autolabel supervise` computed; training never runs SAM).
         indices: the subset of frames to use (None = all).
         lidar: also return the keyframe sweep's own points (lidar_points (P, 3) ego frame, float32) and the
@@ -48,8 +48,8 @@ class FrameDataset(Dataset):
                  indices: Sequence[int] | None = None, grid: GridSpec | None = None, aux_frames: int = 0,
                  cache: SupervisionCache | None = None, manual: Mapping[str, Occ3DLabels] | None = None,
                  lidar: bool = False):
-        if labels not in ("exact", "noisy", "none", "cache"):
-            raise ValueError(f"FrameDataset.labels must be 'exact', 'noisy', 'none' or 'cache', got {labels!r}")
+        if labels not in ("exact", "noisy", "hard", "none", "cache"):
+            raise ValueError(f"FrameDataset.labels must be 'exact', 'noisy', 'hard', 'none' or 'cache', got {labels!r}")
         if (labels == "cache") != (cache is not None):
             raise ValueError("FrameDataset: pass cache= exactly when labels='cache'")
         if cache is not None and tuple(cache.image_size) != tuple(image_size):

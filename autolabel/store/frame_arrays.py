@@ -53,7 +53,11 @@ class FrameArrays:
         self.group = group
         self.specs = {s.name: s for s in specs}
         self.where = where
-        self.tokens: tuple[str, ...] = tuple(str(t) for t in group["tokens"][:])
+        try:
+            self.tokens: tuple[str, ...] = tuple(str(t) for t in group["tokens"][:])
+        except Exception as exc:  # zarr / numcodecs raise many types for a damaged chunk
+            raise DataError(f"{where}: array 'tokens' of group {group.path!r} cannot be read ({exc}); delete the group "
+                            f"to recompute it, or restore it") from None
         self._index = {t: i for i, t in enumerate(self.tokens)}
 
     # ---- opening ------------------------------------------------------------------------------
@@ -158,6 +162,16 @@ class FrameArrays:
                 raise DataError(f"{self.where}: disk full while writing frame {self.tokens[i]}; "
                                 f"{int(self.done().sum())} frames are safely stored — free space and rerun to continue") from exc
             raise
+
+    def check_complete(self) -> None:
+        """Every done frame has a chunk in every array: a command that writes one file per frame (export)
+        checks this first, so that a missing chunk stops it before it has written anything."""
+        for i in np.flatnonzero(self.done()):
+            for name in self.specs:
+                if not self._chunk_exists(name, int(i)):
+                    raise DataError(f"{self.where}: array {name!r} of group {self.group.path!r}, frame {self.tokens[i]} "
+                                    f"is marked done but its chunk is missing; delete the group to recompute it, or "
+                                    f"restore the chunk")
 
     def read(self, i: int, name: str) -> np.ndarray:
         # Zarr answers a missing chunk with the fill value: a deleted chunk of a finished frame would be

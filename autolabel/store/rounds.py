@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from occnet.atomic import atomic_write
 from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES, OCC3D_CLASS_NAMES
 from occnet.metrics import OccupancyMetric
 
@@ -56,6 +57,7 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
     if drop_quantile is not None:
         check_drop_quantile(drop_quantile)  # before anything is read or written
     arrays = store.round(k)
+    arrays.check_complete()  # a missing chunk stops the export before its first file, not halfway
     scenes = store.scene_of(arrays)
     thr = thresholds_for(arrays, drop_quantile) if drop_quantile is not None else None
     done = arrays.done()
@@ -73,8 +75,8 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
                "kept_in_mask_camera": kept / max(total, 1), "provenance": {key: v for key, v in arrays.attrs.items()
                                                                           if key not in ("scenes", "recipe")},
                "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "export.json").write_text(json.dumps(summary, indent=1))
+    text = json.dumps(summary, indent=1)
+    atomic_write(Path(out) / "export.json", lambda fh: fh.write(text.encode()))
     return summary
 
 

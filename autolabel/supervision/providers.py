@@ -11,6 +11,7 @@ camera images, `ResizeCrop`). Providers are picked by the recipe's ``supervision
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -94,6 +95,15 @@ class PrecomputedLabels:
     def read(self, scene: str, token: str, camera: str, hw: tuple[int, int]) -> LabelMaps:
         """Native-resolution (H, W) uint8 semantics and float32 confidence of one camera."""
         base = self.root / self.folder / scene / token / camera
+        try:
+            return self._read(base, token, camera, hw)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            path = base.with_suffix(".npz") if base.with_suffix(".npz").is_file() else base.with_suffix(".png")
+            raise DataError(f"sample {token} {camera}: label map {path} cannot be read ({exc})") from None
+
+    def _read(self, base: Path, token: str, camera: str, hw: tuple[int, int]) -> LabelMaps:
         if base.with_suffix(".npz").is_file():
             path = base.with_suffix(".npz")
             sem_key, conf_key = self.KEYS[self.variant]

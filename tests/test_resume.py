@@ -90,8 +90,11 @@ def test_a_run_stops_fails_resumes_and_takes_more_rounds(tmp_path, pool_world, c
     victim = maps[len(maps) // 2]
     good = victim.read_bytes()
     victim.write_bytes(good[:100])
+    scenes = sorted(p.name for p in (world / "gts").iterdir())
+    # one scene of 3 frames is the pool (the other is supervised and scored, not trained on): a quick loop
     path = write_recipe(tmp_path, world, train={"steps": 2, "warmup_steps": 1, "checkpoint_every": 1},
-                        selection={"budget": 1})
+                        selection={"budget": 1},
+                        data={"dataroot": str(world), "version": "v1.0-synth", "train_scenes": scenes[:1]})
     r = yaml.safe_load(path.read_text())
     del r["out"]  # the default folder, runs/<name>, relative to the working directory
     path.write_text(yaml.safe_dump(r))

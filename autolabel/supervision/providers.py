@@ -336,8 +336,8 @@ def check_models(cfg: SupervisionConfig) -> None:
         problems.append("supervision.sam.checkpoint is not set (download a SAM checkpoint, e.g. sam_vit_h_4b8939.pth "
                         "from the segment-anything repository)")
     elif not Path(cfg.sam.checkpoint).is_file():
-        problems.append(f"supervision.sam.checkpoint {cfg.sam.checkpoint} not found (download the SAM checkpoint of "
-                        f"model_type {cfg.sam.model_type}, e.g. sam_vit_h_4b8939.pth from the segment-anything repository)")
+        problems.append(f"supervision.sam.checkpoint: {cfg.sam.checkpoint} not found; download the SAM checkpoint of "
+                        f"model_type {cfg.sam.model_type} (e.g. sam_vit_h_4b8939.pth from the segment-anything repository)")
     models = [(cfg.clip.model, "supervision.clip.model", "CLIP model", "openai/clip-vit-base-patch16")]
     if cfg.provider == "grounded_sam":
         models.append((cfg.detector.model, "supervision.detector.model", "OWL-ViT / OWLv2 detector",

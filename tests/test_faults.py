@@ -236,3 +236,27 @@ def test_store_reads_of_unfinished_frames_still_give_the_fill(run):
     arrays = LabelStore.open(run["dir"] / "labels.zarr").round(0)
     assert not arrays.is_done(0) and arrays.done()[1:].all()
     assert (arrays.read(0, "semantics") == 255).all()
+
+
+# ---- deleted files ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["lidar", "label map", "table", "checkpoint", "image"])
+def test_a_deleted_file_is_named(run, capsys, tmp_path, kind):
+    world, recipe = run["world"], str(run["recipe"])
+    fresh_cache = ["--set", f"supervision.cache={tmp_path / 'new.zarr'}"]
+    path, command = {
+        "lidar": (first(world / "samples" / "LIDAR_TOP", "*.bin"), ["supervise", recipe, *fresh_cache]),
+        "label map": (first(world / "labels2d", "*.npz"), ["supervise", recipe, *fresh_cache]),
+        "table": (world / "v1.0-synth" / "calibrated_sensor.json", ["info", str(world), "--version", "v1.0-synth"]),
+        "checkpoint": (run["dir"] / "round_0" / "train" / "checkpoint.pt", ["label", recipe, "--round", "0"]),
+        "image": (first(world / "samples" / "CAM_BACK", "*.jpg"), ["train", recipe, "--round", "0", "--set", "train.steps=6"]),
+    }[kind]
+    if kind == "image":  # every frame's, so that whichever frame training draws first is missing one
+        for jpg in (world / "samples" / "CAM_BACK").glob("*.jpg"):
+            jpg.unlink()
+    path.unlink(missing_ok=True)
+    before = snapshot(run["dir"])
+    assert main(command) == 2
+    line = error_line(capsys, command[0])
+    assert (path.stem if kind in ("table", "label map") else str(path.parent if kind == "image" else path)) in line
+    assert any(word in line for word in ("not found", "missing", ": no "))
+    unchanged(before, snapshot(run["dir"]))

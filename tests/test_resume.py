@@ -68,13 +68,15 @@ def test_preflight_writes_nothing_and_names_every_problem(tmp_path, sample_root,
 
 def copy_trained(trained: Path, tmp_path: Path, **train) -> Path:
     """A writable copy of the session's trained run (supervised, round 0 trained and labelled); returns
-    its recipe, which points at the copy."""
+    its recipe, which points at the copy (without the read-out calibration after training: not under test,
+    and most of a few-step training's time)."""
     folder = tmp_path / "trained"
     shutil.copytree(trained, folder)
     path = folder / "recipe.yaml"
     r = yaml.safe_load(path.read_text())
     r["out"] = str(folder / "run")
     r["train"] = {**r["train"], **train}
+    r["dts"] = {**r["dts"], "calibrate_threshold": False}
     path.write_text(yaml.safe_dump(r))
     return path
 
@@ -93,7 +95,7 @@ def test_a_run_stops_fails_resumes_and_takes_more_rounds(tmp_path, pool_world, c
     scenes = sorted(p.name for p in (world / "gts").iterdir())
     # one scene of 3 frames is the pool (the other is supervised and scored, not trained on): a quick loop
     path = write_recipe(tmp_path, world, train={"steps": 2, "warmup_steps": 1, "checkpoint_every": 1},
-                        selection={"budget": 1},
+                        selection={"budget": 1}, dts={"start_step": 1, "batch_size": 1, "calibrate_threshold": False},
                         data={"dataroot": str(world), "version": "v1.0-synth", "train_scenes": scenes[:1]})
     r = yaml.safe_load(path.read_text())
     del r["out"]  # the default folder, runs/<name>, relative to the working directory

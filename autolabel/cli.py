@@ -1,7 +1,8 @@
 """The ``autolabel`` command line.
 
 Each sub-command lives in its own module and registers an argparse sub-parser here; project
-errors (`DataError`) print as one line without a traceback and exit with status 2.
+errors (`DataError`) and I/O failures print as one line without a traceback and exit with status 2;
+waiting for annotators exits 3, Ctrl-C 130 (autolabel.errors).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .errors import DataError
+from .errors import (EXIT_AWAITING_ANNOTATIONS, EXIT_DATA_ERROR, EXIT_INTERRUPTED, AwaitingAnnotations,
+                     DataError, one_line)
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -151,8 +153,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DataError as exc:
-        print(f"autolabel {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"autolabel {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    except OSError as exc:
+        # an unwritable folder, a full disk, a file vanishing under us: the message names the path, and a
+        # traceback would only bury it
+        print(f"autolabel {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    except AwaitingAnnotations as exc:
+        print(f"autolabel {args.command}: {one_line(exc)}", file=sys.stderr)
+        return EXIT_AWAITING_ANNOTATIONS
+    except KeyboardInterrupt:
+        # every stage resumes inside (checkpoints, done flags, atomic writes), so nothing needs saying but this
+        print(f"autolabel {args.command}: interrupted; rerun to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

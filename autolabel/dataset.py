@@ -5,13 +5,31 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .data.nuscenes import NuScenesFrames
+from .data.nuscenes import NuScenesFrames, check_version_folder
+from .errors import DataError
 from .recipe import Recipe
+
+NUSCENES_DOWNLOAD = ("download nuScenes (v1.0-trainval or v1.0-mini: the metadata tables, samples/ and sweeps/) from "
+                     "https://www.nuscenes.org/download and unpack it there, or point data.dataroot at your copy")
+
+
+def check_dataroot(recipe: Recipe) -> None:
+    """A recipe naming a dataset folder must find its tables there (a synthetic world is generated instead)."""
+    if recipe.data.dataroot is None:
+        return
+    root = Path(recipe.data.dataroot)
+    if not root.is_dir():
+        raise DataError(f"data.dataroot {root} does not exist: {NUSCENES_DOWNLOAD}")
+    try:
+        check_version_folder(root, recipe.data.version)
+    except DataError as exc:
+        raise DataError(f"data.dataroot / data.version: {exc}") from None
 
 
 def ensure_dataset(recipe: Recipe, progress: bool = True) -> Path:
     """The dataset root; a synthetic world is written to a temp folder and renamed into place when
     complete, so that an interrupted generation is redone rather than used half-written."""
+    check_dataroot(recipe)  # so that the data stage is never recorded done for a folder that holds no dataset
     root = recipe.dataroot
     if recipe.data.dataroot is None and not (root / recipe.version).is_dir():
         from .synth.writer import write_dataset

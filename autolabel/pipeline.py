@@ -21,56 +21,105 @@ from typing import Callable
 from occnet.atomic import atomic_write
 from occnet.distributed import barrier, is_main
 
-from .errors import DataError
+from .errors import AwaitingAnnotations, DataError, one_line
 from .recipe import RESOLVED_RECIPE, Recipe, save_recipe
 
 STAGES_FILE = "stages.json"
+STOPPED_FILE = "stopped.json"  # the stage that last stopped the run, and why (removed when a stage finishes)
 
 
 class Stages:
     def __init__(self, run_dir: Path):
         self.path = run_dir / STAGES_FILE
-        self.done: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.stopped = run_dir / STOPPED_FILE
+        self.done: dict[str, dict] = read_stages(run_dir)
+
+    def _record_stop(self, name: str, status: str, message: str) -> None:
+        if is_main():
+            text = json.dumps({"stage": name, "status": status, "message": message,
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
+            atomic_write(self.stopped, lambda fh: fh.write(text.encode()))
 
     def run(self, name: str, fn: Callable[[], dict | None], every_rank: bool = False) -> dict:
         """Run a stage once. every_rank: all processes run it (it shards its own work); otherwise rank 0
-        runs it and the others wait. Rank 0 records the result (its own, for a sharded stage)."""
+        runs it and the others wait. Rank 0 records the result (its own, for a sharded stage); a stage
+        that raises is recorded in stopped.json (failed / waiting / interrupted, with the message)."""
         if name in self.done:
             return self.done[name]
         t0 = time.perf_counter()
-        result = (fn() or {}) if every_rank or is_main() else None
+        try:
+            result = (fn() or {}) if every_rank or is_main() else None
+        except AwaitingAnnotations as exc:
+            self._record_stop(name, "waiting", one_line(exc))
+            raise
+        except KeyboardInterrupt:
+            self._record_stop(name, "interrupted", "interrupted; rerun to resume")
+            raise
+        except Exception as exc:
+            self._record_stop(name, "failed", f"{type(exc).__name__}: {one_line(exc)}")
+            raise
         barrier()  # a sharded stage is finished when every rank is; a rank-0 stage before anyone goes on
         if is_main():
             self.done[name] = {**result, "seconds": round(time.perf_counter() - t0, 2)}
             text = json.dumps(self.done, indent=1)
             atomic_write(self.path, lambda fh: fh.write(text.encode()))
+            self.stopped.unlink(missing_ok=True)
         barrier()
         if not is_main():
             self.done = json.loads(self.path.read_text())
         return self.done[name]
 
 
-def _check_saved_recipe(recipe: Recipe) -> None:
-    saved = recipe.run_dir / RESOLVED_RECIPE
-    if saved.is_file():
-        from .recipe import load_recipe
+def read_stages(run_dir: Path) -> dict[str, dict]:
+    path = run_dir / STAGES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); it is written atomically, so it was changed by hand or by "
+                        f"another program — restore it or delete the run folder") from None
 
+
+def check_run_folder(recipe: Recipe) -> None:
+    """A run folder may be continued by a recipe that differs from the saved one only in keys that no
+    finished stage read (recipe.STAGE_READS): more rounds, a later stage's settings, another --out
+    spelling of the same folder. Anything else is refused with the keys and the stages that read them."""
+    saved = recipe.run_dir / RESOLVED_RECIPE
+    if not saved.is_file():
+        return
+    from .recipe import forbidding_changes, load_recipe
+
+    try:
         old = load_recipe(saved)
-        if old.digest() != recipe.digest():
-            raise DataError(f"{recipe.run_dir} holds a run of another recipe ({saved}); resume it with the same "
-                            f"recipe and --set values, or choose another --out")
+    except DataError as exc:
+        raise DataError(f"{recipe.run_dir} holds a run whose saved recipe cannot be read ({exc}); choose another --out") from None
+    changes = forbidding_changes(old, recipe, read_stages(recipe.run_dir))
+    if changes:
+        raise DataError(f"{recipe.run_dir} holds a run of another recipe ({saved}): {', '.join(changes)} changed, and "
+                        f"finished stages used the old value; resume it with the same values, or choose another --out")
+
+
+def preflight(recipe: Recipe) -> None:
+    """Every check of paths, models and recipe values that needs no work, before the run folder is
+    written: a failing first run leaves nothing behind, and a resumed one nothing changed."""
+    from .dataset import check_dataroot
+    from .supervision.providers import check_models, resolve_device
+
+    resolve_device(recipe.device)  # also joins the process group under torchrun before the first barrier
+    check_dataroot(recipe)
+    check_models(recipe.supervision)
+    check_run_folder(recipe)
 
 
 def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
     from .dataset import ensure_dataset, open_frames
-    from .supervision.providers import resolve_device
 
-    resolve_device(recipe.device)  # joins the process group under torchrun before the first barrier
+    preflight(recipe)
     progress = progress and is_main()
-    _check_saved_recipe(recipe)
     if is_main():
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)
+        save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)  # the values the stages run from here on read
     barrier()
     stages = Stages(recipe.run_dir)
     stages.run("data", lambda: {"dataroot": str(ensure_dataset(recipe, progress))})
@@ -174,8 +223,9 @@ def _ingest(recipe: Recipe, k: int) -> dict:
     else:
         folder = Path(recipe.rounds.annotations_dir) / f"round_{k}"
         if not folder.is_dir():
-            raise DataError(f"round {k}: waiting for annotations in {folder} (the frames are listed in "
-                            f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun `autolabel run`")
+            raise AwaitingAnnotations(f"round {k}: waiting for annotations in {folder} (the frames are listed in "
+                                      f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
+                                      f"`autolabel run`")
     s = ingest(recipe, k, folder)
     return {"added": len(s["added"]), "manual_total": s["manual_total"]}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -61,6 +62,8 @@ class RoundsConfig:
     export_drop_quantile: float = 0.3
 
     def __post_init__(self) -> None:
+        if not 0 <= self.export_drop_quantile < 1:
+            raise ValueError(f"rounds.export_drop_quantile must be in [0, 1), got {self.export_drop_quantile}")
         if self.count < 1:
             raise ValueError("rounds.count must be >= 1")
         if self.annotator not in ANNOTATORS:
@@ -91,6 +94,8 @@ class Recipe:
             raise ValueError(f"name must be a non-empty folder-safe string, got {self.name!r}")
         if self.data is None:
             raise ValueError("the data section is required: set data.dataroot (nuScenes layout) or data.synth")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     @property
     def run_dir(self) -> Path:
@@ -115,9 +120,63 @@ class Recipe:
     def cache_path(self) -> Path:
         return Path(self.supervision.cache) if self.supervision.cache else self.run_dir / "supervision.zarr"
 
+    def plain(self) -> dict:
+        """The recipe as plain data with every value in its field's type. A default such as
+        ``budget: float = 10`` stays the integer 10 until the recipe is saved and read back (10.0); going
+        through the typed dataclasses once makes the data, and so the digest, the same before and after."""
+        return to_dict(from_dict(Recipe, to_dict(self)))
+
     def digest(self) -> str:
         """Short hash of the resolved recipe (provenance)."""
-        return hashlib.sha256(json.dumps(to_dict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.plain(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Which recipe keys (a section or section.key) each stage of `autolabel run` reads. A run folder can be
+# continued with a changed recipe as long as no stage already done read a changed key. Not listed, so
+# free to change: name, out (the folder is the run), device (the same run may resume on another
+# machine), rounds.count (a finished run can be extended).
+STAGE_READS: dict[str, tuple[str, ...]] = {
+    "data": ("data.dataroot", "data.version", "data.synth", "network.grid"),
+    "supervise": ("data.dataroot", "data.version", "data.synth", "data.sweeps", "supervision", "network.image_size"),
+    "train": ("data", "supervision", "network", "render", "loss", "train", "dts"),
+    "label": ("data", "supervision", "network", "dts"),
+    "evaluate": ("data", "network", "render", "dts", "rounds.export_drop_quantile"),
+    "export": ("rounds.export_drop_quantile",),
+    "select": ("data", "supervision", "network", "render", "dts", "selection"),
+    "ingest": ("rounds.annotator", "rounds.annotations_dir"),
+    "report": ("data", "network", "render", "dts", "rounds.export_drop_quantile", "selection"),
+}
+
+
+def stage_kind(stage: str) -> str:
+    """``round_3/train`` -> ``train``."""
+    return stage.rsplit("/", 1)[-1]
+
+
+def _lookup(plain: dict, key: str):
+    node = plain
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _changed(a, b, key: str) -> list[str]:
+    """The leaf keys under `key` whose values differ (a whole list counts as one value)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [leaf for k in sorted(set(a) | set(b)) for leaf in _changed(a.get(k), b.get(k), f"{key}.{k}")]
+    return [] if a == b else [key]
+
+
+def forbidding_changes(old: Recipe, new: Recipe, done_stages) -> list[str]:
+    """``key (read by stage)`` for every key whose value differs between `old` and `new` and that a
+    stage in `done_stages` read; empty when `new` may continue the run."""
+    a, b = old.plain(), new.plain()
+    out: dict[str, str] = {}
+    for stage in done_stages:
+        for key in STAGE_READS.get(stage_kind(stage), ()):
+            for leaf in _changed(_lookup(a, key), _lookup(b, key), key):
+                out.setdefault(leaf, stage)
+    return [f"{key} (read by {stage})" for key, stage in out.items()]
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, out: str | None = None) -> Recipe:
@@ -134,5 +193,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, out: str |
 def save_recipe(recipe: Recipe, path: Path) -> Path:
     from occnet.atomic import atomic_write
 
-    text = yaml.safe_dump(to_dict(recipe), sort_keys=False)
+    text = yaml.safe_dump(recipe.plain(), sort_keys=False)
     return atomic_write(path, lambda fh: fh.write(text.encode()))

@@ -64,6 +64,10 @@ def _load(name: str) -> ModuleType | BaseException:
             verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")),
         )
     except Exception as exc:  # compiler missing, nvcc missing, build error: remembered, reported by caller
+        if "interrupted by user" in str(exc):
+            # Ctrl-C reached ninja (same process group) first and torch reports its exit as a build error:
+            # it is the user's interrupt, not a missing compiler, so neither fall back nor remember it
+            raise KeyboardInterrupt from exc
         return exc
 
 

@@ -149,7 +149,11 @@ class Trainer:
         path = path or self.out_dir / CHECKPOINT
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.load_state(torch.load(path, map_location=self.device, weights_only=True))
+        return True
+
+    def load_state(self, state: dict) -> None:
+        """Resume from a checkpoint's contents (`load` reads them from out_dir)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -157,7 +161,6 @@ class Trainer:
         for hook, hs in zip(self.hooks, state.get("hooks", [])):
             if hs is not None and hasattr(hook, "load_state_dict"):
                 hook.load_state_dict(hs)
-        return True
 
     # ---- one step -----------------------------------------------------------------------------
     def losses(self, batch: dict, step: int, offset: int = 0) -> dict[str, torch.Tensor]:
@@ -269,10 +272,12 @@ class Trainer:
 
     def fit(self, dataset: Dataset, batch_size: int = 1, workers: int | None = None,
             on_log: Callable[[int, dict], None] | None = None, progress: bool = True, until: int | None = None,
-            labelled: list[int] | None = None) -> list[dict]:
-        """Train up to cfg.steps (or `until`, to stop early), resuming from the checkpoint in out_dir.
-        labelled: dataset positions of frames with 3D labels (sampled at cfg.labelled_share of each step)."""
-        self.load()
+            labelled: list[int] | None = None, resume: bool = True) -> list[dict]:
+        """Train up to cfg.steps (or `until`, to stop early), resuming from the checkpoint in out_dir
+        (resume=False: the caller has loaded it already). labelled: dataset positions of frames with 3D
+        labels (sampled at cfg.labelled_share of each step)."""
+        if resume:
+            self.load()
         stop = self.cfg.steps if until is None else min(until, self.cfg.steps)
         sampler = StepBatches(len(dataset), batch_size * self.cfg.accumulate, self.step, stop, self.cfg.seed,
                               self.rank, self.world, priority=labelled, share=self.cfg.labelled_share)
@@ -281,7 +286,8 @@ class Trainer:
                             persistent_workers=False)
         history = []
         start = time.perf_counter()
-        bar = tqdm(loader, total=len(sampler), initial=0, desc="train", disable=not progress or self.rank != 0)
+        # a resumed run counts on from its checkpoint: 50/250, not 0/200
+        bar = tqdm(loader, total=stop, initial=self.step, desc="train", disable=not progress or self.rank != 0)
         for batch in bar:
             logs = self.train_step(batch)
             history.append(logs)

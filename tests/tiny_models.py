@@ -132,3 +132,12 @@ def run_micro_benchmark(script: str, out: Path, *extra: str):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
+
+
+def error_line(capsys, command: str) -> str:
+    """The one error line a CLI command printed (progress bars may precede it on stderr; a traceback may not)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"autolabel {command}: error: "), err
+    return lines[0]

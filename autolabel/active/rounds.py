@@ -36,6 +36,19 @@ def manifest_path(recipe: Recipe, k: int) -> Path:
     return recipe.round_dir(k) / SELECT_DIR / "manifest.json"
 
 
+def read_manifest(path: Path) -> dict:
+    """A selection manifest; a damaged one is a DataError naming it (it is written atomically, so damage
+    comes from outside: restore it, or rerun the round's selection)."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+        for row in manifest["selected"]:
+            str(row["token"]), str(row["scene"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"selection manifest {path} is damaged ({type(exc).__name__}: {exc}); restore it or delete "
+                        f"it and rerun the round's selection") from None
+    return manifest
+
+
 def bev_image(semantics: np.ndarray) -> np.ndarray:
     """(X, Y, Z) labels -> (Y, X, 3) uint8 top view: the highest non-free voxel's colour per column,
     drawn with x (forward) up and y (left) to the left."""
@@ -119,7 +132,7 @@ def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
     mpath = manifest_path(recipe, k)
     if not mpath.is_file():
         raise DataError(f"no selection manifest {mpath}; run `autolabel select --round {k}` first")
-    manifest = json.loads(mpath.read_text())
+    manifest = read_manifest(mpath)
     wanted = {row["token"]: row["scene"] for row in manifest["selected"]}
     if not folder.is_dir():
         raise DataError(f"{folder}: annotation folder not found")
@@ -162,7 +175,7 @@ def oracle_annotate(recipe: Recipe, k: int, gts_root: str | Path, out: str | Pat
     ``<out>/gts/`` (what a labelling vendor would deliver). Returns the number of files delivered."""
     import shutil
 
-    manifest = json.loads(manifest_path(recipe, k).read_text())
+    manifest = read_manifest(manifest_path(recipe, k))
     n = 0
     for row in manifest["selected"]:
         src = Path(gts_root) / "gts" / row["scene"] / row["token"] / "labels.npz"

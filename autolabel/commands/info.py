@@ -5,11 +5,28 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..data.frame import CAMERA_NAMES, LIDAR_NAME
 from ..data.nuscenes import LIDAR_POINT_DIMS, NuScenesFrames
 from ..data.occ3d import labels_path
+from ..errors import DataError
 from ..supervision.precomputed import LABELS_2D_DIR
+
+
+def _check_image_header(path: Path, sd: dict, where: str) -> None:
+    """The image's header (not its pixels: a summary of a large dataset must stay quick) must decode and
+    match the size its table row claims; a missing file is left to the loaders."""
+    if not path.is_file():
+        return
+    try:
+        with Image.open(path) as im:
+            size = im.size
+    except OSError as exc:
+        raise DataError(f"{where}: image file {path} cannot be decoded ({exc})") from None
+    if size != (sd["width"], sd["height"]):
+        raise DataError(f"{where}: image file {path} is {size[0]}x{size[1]}, its sample_data row says "
+                        f"{sd['width']}x{sd['height']}")
 
 
 def summarize(dataroot: str, version: str) -> str:
@@ -25,12 +42,17 @@ def summarize(dataroot: str, version: str) -> str:
         for name in CAMERA_NAMES:
             if name in sample["data"]:
                 sd = nusc.get("sample_data", sample["data"][name])
+                _check_image_header(Path(dataroot) / sd["filename"], sd, f"sample {token} {name}")
                 sizes[name][(sd["width"], sd["height"])] += 1
         if LIDAR_NAME in sample["data"]:
             sd = nusc.get("sample_data", sample["data"][LIDAR_NAME])
             path = Path(dataroot) / sd["filename"]
             if path.is_file():
-                lidar_counts.append(path.stat().st_size // (4 * LIDAR_POINT_DIMS))
+                size = path.stat().st_size
+                if size % (4 * LIDAR_POINT_DIMS):  # a count from a cut file would be a wrong number, not a report
+                    raise DataError(f"sample {token}: lidar file {path} has {size} bytes, not a multiple of "
+                                    f"{4 * LIDAR_POINT_DIMS} ({LIDAR_POINT_DIMS} float32 per point): truncated or not a .pcd.bin")
+                lidar_counts.append(size // (4 * LIDAR_POINT_DIMS))
     lines.append("cameras")
     for name in CAMERA_NAMES:
         res = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes[name].most_common()) or "missing"

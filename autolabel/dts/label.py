@@ -43,9 +43,9 @@ def file_sha256(path: Path) -> str:
 def load_teacher(network_cfg, checkpoint: Path, device: torch.device, prefer_teacher: bool = True) -> tuple[OccupancyNetwork, int, bool]:
     """The network of a training checkpoint: the EMA teacher's weights when the checkpoint has them.
     Returns (model, step, is_teacher)."""
-    if not checkpoint.is_file():
-        raise DataError(f"checkpoint {checkpoint} not found; run `autolabel train` for this round first")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    from ..training.checkpoint import read_checkpoint
+
+    state = read_checkpoint(checkpoint)
     model = OccupancyNetwork(network_cfg)
     teacher = next((h for h in state.get("hooks", []) if isinstance(h, dict) and "model" in h), None)
     weights = teacher["model"] if (prefer_teacher and teacher is not None) else state["model"]

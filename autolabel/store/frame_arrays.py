@@ -53,7 +53,11 @@ class FrameArrays:
         self.group = group
         self.specs = {s.name: s for s in specs}
         self.where = where
-        self.tokens: tuple[str, ...] = tuple(str(t) for t in group["tokens"][:])
+        try:
+            self.tokens: tuple[str, ...] = tuple(str(t) for t in group["tokens"][:])
+        except Exception as exc:  # zarr / numcodecs raise many types for a damaged chunk
+            raise DataError(f"{where}: array 'tokens' of group {group.path!r} cannot be read ({exc}); delete the group "
+                            f"to recompute it, or restore it") from None
         self._index = {t: i for i, t in enumerate(self.tokens)}
 
     # ---- opening ------------------------------------------------------------------------------
@@ -114,13 +118,31 @@ class FrameArrays:
         except KeyError:
             raise DataError(f"{self.where}: sample token {token!r} is not in it") from None
 
+    def _get(self, name: str, i: int | slice) -> np.ndarray:
+        """arrays[name][i]; a chunk that cannot be decoded is a DataError naming the array, group and frame."""
+        try:
+            return np.asarray(self.group[name][i])
+        except Exception as exc:  # zarr / numcodecs raise many types for a damaged chunk or metadata
+            frame = f"frame {self.tokens[i]}" if isinstance(i, int) else "one of its frames"
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{self.where}: array {name!r} of group {self.group.path!r}, {frame}: chunk cannot be read "
+                            f"({detail}); it was damaged outside this program — delete the group to recompute it, "
+                            f"or restore it") from None
+
+    def _chunk_exists(self, name: str, i: int) -> bool:
+        from zarr.core.sync import sync
+
+        arr = self.group[name]
+        key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))  # one frame per chunk
+        return bool(sync((arr.store_path / key).exists()))
+
     def done(self) -> np.ndarray:
         """(N,) bool: which frames are completely written."""
-        return np.asarray(self.group["done"][:], dtype=bool)
+        return np.asarray(self._get("done", slice(None)), dtype=bool)
 
     def is_done(self, i: int) -> bool:
         """Frame i's flag alone (one chunk read; `done()` reads one chunk per frame of the store)."""
-        return bool(self.group["done"][i])
+        return bool(self._get("done", i))
 
     def write(self, i: int, **arrays: np.ndarray) -> None:
         """Write every array of frame i, then mark it done. Disk-full errors leave the frame not done."""
@@ -141,8 +163,23 @@ class FrameArrays:
                                 f"{int(self.done().sum())} frames are safely stored — free space and rerun to continue") from exc
             raise
 
+    def check_complete(self) -> None:
+        """Every done frame has a chunk in every array: a command that writes one file per frame (export)
+        checks this first, so that a missing chunk stops it before it has written anything."""
+        for i in np.flatnonzero(self.done()):
+            for name in self.specs:
+                if not self._chunk_exists(name, int(i)):
+                    raise DataError(f"{self.where}: array {name!r} of group {self.group.path!r}, frame {self.tokens[i]} "
+                                    f"is marked done but its chunk is missing; delete the group to recompute it, or "
+                                    f"restore the chunk")
+
     def read(self, i: int, name: str) -> np.ndarray:
-        return np.asarray(self.group[name][i])
+        # Zarr answers a missing chunk with the fill value: a deleted chunk of a finished frame would be
+        # read as an all-255 (or all-0) frame without a word, so it is checked for
+        if not self._chunk_exists(name, i) and self.is_done(i):
+            raise DataError(f"{self.where}: array {name!r} of group {self.group.path!r}, frame {self.tokens[i]} is marked "
+                            f"done but its chunk is missing; delete the group to recompute it, or restore the chunk")
+        return self._get(name, i)
 
     @property
     def attrs(self) -> dict:

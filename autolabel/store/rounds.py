@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from occnet.atomic import atomic_write
 from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES, OCC3D_CLASS_NAMES
 from occnet.metrics import OccupancyMetric
 
@@ -29,8 +30,16 @@ def round_histogram(arrays: FrameArrays, progress: bool = False) -> np.ndarray:
     return hist.numpy()
 
 
+def check_drop_quantile(q: float) -> None:
+    """The share of each class's voxels to drop: 1 or more would drop everything (and exit 0 with an
+    empty export), a negative share means nothing."""
+    if not 0 <= q < 1:
+        raise DataError(f"drop quantile must be in [0, 1) (the share of each class's least confident voxels left 255), got {q}")
+
+
 def thresholds_for(arrays: FrameArrays, drop_quantile: float) -> np.ndarray:
     """(NUM_CLASSES,) per-class confidence-level thresholds over the whole round."""
+    check_drop_quantile(drop_quantile)
     return class_thresholds(torch.from_numpy(round_histogram(arrays)), drop_quantile).numpy()
 
 
@@ -45,7 +54,10 @@ def thresholded(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
 def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: float | None,
                  progress: bool = True) -> dict:
     """Write round k as ``OUT/gts/<scene>/<token>/labels.npz``; returns the export summary (also OUT/export.json)."""
+    if drop_quantile is not None:
+        check_drop_quantile(drop_quantile)  # before anything is read or written
     arrays = store.round(k)
+    arrays.check_complete()  # a missing chunk stops the export before its first file, not halfway
     scenes = store.scene_of(arrays)
     thr = thresholds_for(arrays, drop_quantile) if drop_quantile is not None else None
     done = arrays.done()
@@ -63,8 +75,8 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
                "kept_in_mask_camera": kept / max(total, 1), "provenance": {key: v for key, v in arrays.attrs.items()
                                                                           if key not in ("scenes", "recipe")},
                "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "export.json").write_text(json.dumps(summary, indent=1))
+    text = json.dumps(summary, indent=1)
+    atomic_write(Path(out) / "export.json", lambda fh: fh.write(text.encode()))
     return summary
 
 
@@ -106,6 +118,8 @@ def evaluate_round(store: LabelStore, k: int, gts_root: str | Path, quantiles: S
     """Occ3D metric of round k against ``<gts_root>/gts/<scene>/<token>/labels.npz`` within the ground
     truth's mask_camera: of all labels, and for each drop quantile the mIoU of the voxels the per-class
     thresholds keep with their coverage (kept share of mask_camera): the precision / coverage trade-off."""
+    for q in quantiles:
+        check_drop_quantile(q)
     arrays = store.round(k)
     scenes = store.scene_of(arrays)
     hist = torch.from_numpy(round_histogram(arrays))

@@ -11,6 +11,7 @@ camera images, `ResizeCrop`). Providers are picked by the recipe's ``supervision
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -98,6 +99,15 @@ class PrecomputedLabels:
     def read(self, scene: str, token: str, camera: str, hw: tuple[int, int]) -> LabelMaps:
         """Native-resolution (H, W) uint8 semantics and float32 confidence of one camera."""
         base = self.root / self.folder / scene / token / camera
+        try:
+            return self._read(base, token, camera, hw)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            path = base.with_suffix(".npz") if base.with_suffix(".npz").is_file() else base.with_suffix(".png")
+            raise DataError(f"sample {token} {camera}: label map {path} cannot be read ({exc})") from None
+
+    def _read(self, base: Path, token: str, camera: str, hw: tuple[int, int]) -> LabelMaps:
         if base.with_suffix(".npz").is_file():
             path = base.with_suffix(".npz")
             sem_key, conf_key = self.KEYS[self.variant]
@@ -320,8 +330,36 @@ def _stack(out: list[tuple[torch.Tensor, torch.Tensor]], rc: ResizeCrop) -> Labe
     return sem, conf
 
 
+def check_models(cfg: SupervisionConfig) -> None:
+    """Every local model path the provider needs, checked together before anything is loaded (or any run
+    folder written): one DataError listing all that are missing, each with what to download."""
+    if cfg.provider not in ("sam_clip", "grounded_sam"):
+        return
+    problems = []
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"supervision.device is {cfg.device!r} but no CUDA GPU is available (use auto or cpu)")
+    if cfg.sam.checkpoint is None:
+        problems.append("supervision.sam.checkpoint is not set (download a SAM checkpoint, e.g. sam_vit_h_4b8939.pth "
+                        "from the segment-anything repository)")
+    elif not Path(cfg.sam.checkpoint).is_file():
+        problems.append(f"supervision.sam.checkpoint: {cfg.sam.checkpoint} not found; download the SAM checkpoint of "
+                        f"model_type {cfg.sam.model_type} (e.g. sam_vit_h_4b8939.pth from the segment-anything repository)")
+    models = [(cfg.clip.model, "supervision.clip.model", "CLIP model", "openai/clip-vit-base-patch16")]
+    if cfg.provider == "grounded_sam":
+        models.append((cfg.detector.model, "supervision.detector.model", "OWL-ViT / OWLv2 detector",
+                       "google/owlv2-base-patch16-ensemble"))
+    for path, field, what, example in models:
+        if path is None or not (Path(path) / "config.json").is_file():
+            where = "is not set" if path is None else f"{path} is not a transformers model folder (no config.json)"
+            problems.append(f"{field} {where} (download a {what}, e.g. `huggingface-cli download {example} "
+                            f"--local-dir {path or 'checkpoints/' + example.split('/')[1]}`)")
+    if problems:
+        raise DataError("; ".join(problems) + "; nothing is downloaded at run time")
+
+
 def build_provider(cfg: SupervisionConfig, dataroot: str | Path, nusc=None) -> LabelProvider:
     """The provider the recipe names; model paths are checked here, before any frame is processed."""
+    check_models(cfg)
     if cfg.provider == "precomputed":
         return PrecomputedLabels(cfg.precomputed.root or dataroot, cfg.precomputed.folder, cfg.precomputed.variant)
     if cfg.provider == "lidarseg":

@@ -28,6 +28,7 @@ from ..data.frame import CAMERA_NAMES, LIDAR_NAME
 from ..data.geometry import matrix_to_quaternion
 from ..data.npz import save_npz
 from ..data.occ3d import Occ3DLabels, labels_path, write_labels
+from ..errors import DataError
 from ..supervision.precomputed import LABELS_2D_DIR
 from .noise import PROFILES, hard_level, make_noisy_labels, noisy_labels_v1
 from .sensors import render_camera, render_lidar, synth_rig
@@ -248,6 +249,9 @@ def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | Non
     grid = grid or GridSpec()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # rewriting the tables over another world would leave that world's files beside the new ones
+        raise DataError(f"{out} already exists and is not an empty folder; choose a new folder or delete it first")
     tables = _Tables()
     seed = cfg.seed
     sensor_tok = {}

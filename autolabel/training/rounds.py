@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from occnet.atomic import atomic_write
 from occnet.distributed import barrier, is_main
 from occnet.network import OccupancyNetwork
 from occnet.trainer import CHECKPOINT, Trainer
@@ -19,11 +20,13 @@ from ..recipe import Recipe
 from ..store.labels import LabelStore, read_frame
 from ..supervision.cache import SupervisionCache
 from ..supervision.providers import resolve_device
+from .checkpoint import read_checkpoint
 from .data import FrameDataset
 
 
-def manual_labels(store_path: Path, grid) -> dict[str, Occ3DLabels]:
-    """Token -> Occ3D labels of every ingested manual frame (empty when nothing was annotated yet)."""
+def manual_labels(store_path: Path, grid, selected: set[str] | None = None) -> dict[str, Occ3DLabels]:
+    """Token -> Occ3D labels of every ingested manual frame (empty when nothing was annotated yet);
+    `selected`: only these tokens."""
     if not (store_path / "zarr.json").is_file():
         return {}
     manual = LabelStore.open(store_path, grid).manual()
@@ -32,10 +35,19 @@ def manual_labels(store_path: Path, grid) -> dict[str, Occ3DLabels]:
     out = {}
     done = manual.done()
     for i, token in enumerate(manual.tokens):
-        if done[i]:
+        if done[i] and (selected is None or token in selected):
             f = read_frame(manual, i)
             out[token] = Occ3DLabels(f["semantics"], f["mask_lidar"], f["mask_camera"])
     return out
+
+
+def selected_before(recipe: Recipe, k: int) -> set[str]:
+    """Tokens that rounds 0..k-1 selected for annotation: round k trains on their manual labels only, so
+    retraining round k of a finished run sees what it saw then, not labels ingested later."""
+    from ..active.rounds import manifest_path, read_manifest
+
+    return {row["token"] for j in range(k) if manifest_path(recipe, j).is_file()
+            for row in read_manifest(manifest_path(recipe, j))["selected"]}
 
 
 def open_cache(recipe: Recipe) -> SupervisionCache:
@@ -48,12 +60,29 @@ def checkpoint_path(recipe: Recipe, k: int) -> Path:
     return recipe.round_dir(k) / "train" / CHECKPOINT
 
 
+def _trim_history(log: Path, step: int) -> None:
+    """Drop the log lines of steps after the checkpoint: a run killed at step 54 with its checkpoint at 50
+    redoes steps 51-54, which must then appear once, not twice."""
+    if not log.is_file():
+        return
+    def kept(line: str) -> bool:
+        try:
+            return json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            return False
+
+    lines = log.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if kept(line)]
+    if len(keep) != len(lines):
+        atomic_write(log, lambda fh: fh.write("".join(keep).encode()))
+
+
 def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None = None) -> dict:
     """Train round k (resuming its checkpoint; a new round starts from round k-1's weights)."""
     device = resolve_device(recipe.device)
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     cache = open_cache(recipe)
-    manual = manual_labels(recipe.store_path, recipe.network.grid)
+    manual = manual_labels(recipe.store_path, recipe.network.grid, selected_before(recipe, k))
     dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=cache, grid=recipe.network.grid,
                            aux_frames=recipe.data.aux_frames, manual=manual)
     torch.manual_seed(recipe.train.seed)
@@ -61,7 +90,7 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
     out_dir = recipe.round_dir(k) / "train"
     prev = checkpoint_path(recipe, k - 1) if k > 0 else None
     if not (out_dir / CHECKPOINT).exists() and prev is not None and prev.exists():
-        state = torch.load(prev, map_location="cpu", weights_only=True)
+        state = read_checkpoint(prev)
         model.load_state_dict(state["model"])  # fine-tune from the last round; optimiser and schedule start afresh
     teacher = EMATeacher(model, recipe.dts) if recipe.dts.enabled else None
     if teacher is not None and not (out_dir / CHECKPOINT).exists() and prev is not None and prev.exists():
@@ -71,7 +100,11 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
     trainer = Trainer(model, recipe.render, recipe.loss, recipe.train, out_dir, device,
                       hooks=[teacher] if teacher else [], annotate=teacher.annotate if teacher else None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = out_dir / "history.jsonl"  # one line per step; after a resume, the last line of a step counts
+    log = out_dir / "history.jsonl"  # one line per step
+    if (out_dir / CHECKPOINT).exists():
+        trainer.load_state(read_checkpoint(out_dir / CHECKPOINT, map_location=device))
+    if is_main():
+        _trim_history(log, trainer.step)
 
     def on_log(step: int, row: dict) -> None:
         with open(log, "a") as fh:
@@ -79,7 +112,7 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
 
     labelled = [i for i, idx in enumerate(dataset.indices) if frames.tokens[idx] in manual]
     history = trainer.fit(dataset, batch_size=recipe.train.batch_size, progress=progress, until=until, on_log=on_log,
-                          labelled=labelled)
+                          labelled=labelled, resume=False)
     if recipe.dts.calibrate_threshold and trainer.step >= recipe.train.steps and is_main():
         from .calibrate import calibrate_threshold, save_threshold
 

@@ -54,16 +54,16 @@ def summary_table(metrics: dict, export: dict | None, drop_quantile: float, labe
     """The round's numbers: scores against the ground truth (when there is some) and the label counts."""
     val, pseudo, kept = metrics.get("val") or {}, metrics.get("pseudo") or {}, metrics.get("pseudo_thresholded") or {}
     cov = kept.get("coverage")
-    cols = [("network on validation frames", val.get("miou"), val.get("geometric_iou"), None),
-            ("pseudo-labels, every voxel", pseudo.get("miou"), pseudo.get("geometric_iou"), 100.0 if pseudo else None),
-            (f"pseudo-labels kept (drop quantile {drop_quantile:g})", kept.get("miou"), kept.get("geometric_iou"),
+    cols = [("network", "validation frames", val.get("miou"), val.get("geometric_iou"), None),
+            ("pseudo-labels", "every voxel", pseudo.get("miou"), pseudo.get("geometric_iou"), 100.0 if pseudo else None),
+            ("pseudo-labels kept", f"drop quantile {drop_quantile:g}", kept.get("miou"), kept.get("geometric_iou"),
              None if cov is None else 100 * cov)]
-    head = "".join(f"<th>{html.escape(c[0])}</th>" for c in cols)
-    rows = [("mIoU (%)", [_pct(c[1]) for c in cols]), ("geometric IoU (%)", [_pct(c[2]) for c in cols]),
-            ("share of the true mask_camera scored (%)", [_pct(c[3]) for c in cols])]
+    head = "".join(f"<th>{html.escape(a)}<br><small>{html.escape(b)}</small></th>" for a, b, *_ in cols)
+    rows = [("mIoU (%)", [_pct(c[2]) for c in cols]), ("geometric IoU (%)", [_pct(c[3]) for c in cols]),
+            ("voxels scored (% of true mask_camera)", [_pct(c[4]) for c in cols])]
     body = "".join(f"<tr><td class='l'>{name}</td>" + "".join(f"<td class='v'>{v}</td>" for v in vals) + "</tr>"
                    for name, vals in rows)
-    scores = f"<table class='big' id='summary'><tr><th class='l'>against the ground truth</th>{head}</tr>{body}</table>"
+    scores = f"<table class='big' id='summary'><tr><th class='l'>scored against<br>the ground truth</th>{head}</tr>{body}</table>"
     if not (val or pseudo):
         scores += "<p class='note'>The dataset has no <code>gts/</code> ground truth: no scores.</p>"
     facts = [("frames with manual 3D labels", str(labelled)),
@@ -78,9 +78,10 @@ def summary_table(metrics: dict, export: dict | None, drop_quantile: float, labe
 
 def per_class_table(metrics: dict) -> str:
     """Per-class IoU with the class colours (the figures' legend too), bars scaled to 100%."""
-    cols = [(key, title) for key, title in (("val", "network, validation"), ("pseudo", "pseudo-labels, pool"))
+    cols = [(key, title) for key, title in (("val", "network<br><small>validation frames</small>"),
+                                            ("pseudo", "pseudo-labels<br><small>pool, every voxel</small>"))
             if metrics.get(key)]
-    head = "".join(f"<th>{t} IoU (%)</th>" for _, t in cols)
+    head = "".join(f"<th>{t}</th>" for _, t in cols)
     rows = []
     for c, name in enumerate(OCC3D_CLASS_NAMES):
         cells = []
@@ -92,7 +93,7 @@ def per_class_table(metrics: dict) -> str:
         rows.append(f"<tr><td class='l'>{_swatch(c)}{label}</td>{''.join(cells)}</tr>")
     if not cols:
         return "<p class='note'>No ground truth: no per-class IoU.</p>"
-    return f"<table id='per-class'><tr><th class='l'>class</th>{head}</tr>{''.join(rows)}</table>"
+    return f"<table id='per-class'><tr><th class='l'>IoU (%) by class</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def selection_section(manifest: dict | None, thumbs: Sequence[tuple[str, str | None]], select_page: str | None,

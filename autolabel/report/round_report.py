@@ -86,8 +86,10 @@ def _scatter3d(ax, labels: np.ndarray, title: str) -> None:
     ax.set_xlim(0, labels.shape[0])
     ax.set_ylim(0, labels.shape[1])
     ax.set_zlim(0, labels.shape[2])
-    ax.set_box_aspect((labels.shape[0], labels.shape[1], labels.shape[2] * 1.5))
+    ax.set_box_aspect((labels.shape[0], labels.shape[1], labels.shape[2] * 1.5), zoom=1.35)  # fill the panel
     ax.view_init(elev=38, azim=-150)  # from behind-left of the ego vehicle, looking forward
+    if not len(occ):  # say so, rather than leave an empty panel that looks like a failed figure
+        ax.text2D(0.5, 0.5, "no occupied voxel", transform=ax.transAxes, ha="center", fontsize=11, color="#666")
     ax.set_title(title, fontsize=11)
     ax.set_axis_off()
 
@@ -97,10 +99,11 @@ def occupancy_figure(pred: np.ndarray, gt: np.ndarray | None, path: Path) -> str
     when there is ground truth, the true occupancy beside it, at the same angles."""
     plt = pyplot()
     panels = [("predicted", pred)] + ([("ground truth", gt)] if gt is not None else [])
-    fig = plt.figure(figsize=(5.6 * len(panels), 9.4))
+    fig = plt.figure(figsize=(5.6 * len(panels), 9.0))
+    grid = fig.add_gridspec(2, len(panels), height_ratios=(1.0, 0.9))
     for j, (name, labels) in enumerate(panels):
-        _scatter3d(fig.add_subplot(2, len(panels), j + 1, projection="3d"), labels, f"{name}, 3D")
-        ax = fig.add_subplot(2, len(panels), len(panels) + j + 1)
+        _scatter3d(fig.add_subplot(grid[0, j], projection="3d"), labels, f"{name}, 3D")
+        ax = fig.add_subplot(grid[1, j])
         ax.imshow(bev_image(labels))
         ax.set_title(f"{name}, bird's-eye (forward up)", fontsize=11)
         ax.axis("off")

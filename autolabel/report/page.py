@@ -54,7 +54,8 @@ def summary_table(metrics: dict, export: dict | None, drop_quantile: float, labe
     """The round's numbers: scores against the ground truth (when there is some) and the label counts."""
     val, pseudo, kept = metrics.get("val") or {}, metrics.get("pseudo") or {}, metrics.get("pseudo_thresholded") or {}
     cov = kept.get("coverage")
-    cols = [("network", "validation frames", val.get("miou"), val.get("geometric_iou"), None),
+    # every score counts the voxels of the true mask_camera (Occ3D's convention); the kept column only those kept
+    cols = [("network", "validation frames", val.get("miou"), val.get("geometric_iou"), 100.0 if val else None),
             ("pseudo-labels", "every voxel", pseudo.get("miou"), pseudo.get("geometric_iou"), 100.0 if pseudo else None),
             ("pseudo-labels kept", f"drop quantile {drop_quantile:g}", kept.get("miou"), kept.get("geometric_iou"),
              None if cov is None else 100 * cov)]

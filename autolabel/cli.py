@@ -97,7 +97,8 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--round", dest="k", type=int, required=True)
     p.add_argument("--format", default="occ3d", choices=("occ3d",))
     p.add_argument("--drop-quantile", type=float, default=0.3,
-                   help="per class, leave this share of least confident voxels 255 (default 0.3; --keep-all keeps every voxel)")
+                   help="per class, leave this share of least confident voxels out of mask_camera / mask_lidar; they keep "
+                        "their class, mask_confident marks the kept voxels (default 0.3; --keep-all keeps every voxel)")
     p.add_argument("--keep-all", action="store_true", help="export every voxel's label, no thresholds")
     p.set_defaults(func=lambda a: store.export(a.store, a.k, a.format, a.out, None if a.keep_all else a.drop_quantile))
     p = sub.add_parser("inspect", help="rounds, frames, class histogram, confidence and provenance of a store")
@@ -141,7 +142,11 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_run,
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="autolabel", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the installed package version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)

@@ -179,7 +179,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
 
     metrics = stages.run(f"{p}/evaluate", evaluate)
     export_dir = recipe.run_dir / "export" / p
-    stages.run(f"{p}/export", lambda: {key: v for key, v in export_occ3d(
+    exported = stages.run(f"{p}/export", lambda: {key: v for key, v in export_occ3d(
         LabelStore.open(recipe.store_path), k, export_dir, recipe.rounds.export_drop_quantile, progress).items()
         if key in ("frames", "kept_in_mask_camera")} | {"folder": str(export_dir)})
     entry = {"round": k, "labelled": metrics.get("labelled", 0),
@@ -193,7 +193,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     def report() -> dict:
         from .report.round_report import write_round_report
 
-        return {"page": str(write_round_report(recipe, k, metrics, history + [entry]))}
+        return {"page": str(write_round_report(recipe, k, metrics, history + [entry], exported))}
 
     entry["report"] = stages.run(f"{p}/report", report)["page"]
     return entry

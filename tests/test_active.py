@@ -203,6 +203,42 @@ def test_every_ingest_validation_error(run_copy, pool_world, tmp_path):
     assert main(["ingest", str(run_copy), "--round", "1", str(tmp_path / "ann")]) == 2  # no manifest for round 1
 
 
+def test_exported_pseudo_labels_ingest_with_dropped_voxels_left_out(run_copy, tmp_path):
+    """An export fed back as annotations (e.g. corrected pseudo-labels): the manual group gets classes
+    0..17 and mask_camera without the voxels the thresholds dropped, so the 3D loss skips them."""
+    from autolabel.data.occ3d import read_labels
+    from tiny_models import TINY_GRID
+
+    store = run_copy.parent / "run" / "labels.zarr"
+    assert main(["select", str(run_copy), "--round", "0"]) == 0
+    rows = json.loads((run_copy.parent / "run" / "round_0" / "select" / "manifest.json").read_text())["selected"]
+    # A tiny teacher's confidences pile up at a few levels, so a quantile may drop nothing in a given frame;
+    # spread the selected frames' confidences so that the thresholds certainly drop some of their voxels.
+    pseudo = LabelStore(store, TINY_GRID, create=True).round(0)  # opened for writing
+    rng = np.random.default_rng(0)
+    for r in rows:
+        i = pseudo.index(r["token"])
+        f = {name: pseudo.read(i, name) for name in ("semantics", "mask_camera", "mask_lidar")}
+        pseudo.write(i, confidence=rng.integers(0, 256, TINY_GRID.shape).astype(np.uint8), **f)
+    assert main(["export", str(store), str(tmp_path / "export"), "--round", "0", "--drop-quantile", "0.3"]) == 0
+    for r in rows:  # deliver the manifest's frames only (a token outside it is refused)
+        src = labels_path(tmp_path / "export", r["scene"], r["token"])
+        dst = labels_path(tmp_path / "ann", r["scene"], r["token"])
+        dst.parent.mkdir(parents=True)
+        shutil.copyfile(src, dst)
+    assert main(["ingest", str(run_copy), "--round", "0", str(tmp_path / "ann")]) == 0
+    manual = LabelStore.open(store).manual()
+    for r in rows:
+        exported = read_labels(labels_path(tmp_path / "export", r["scene"], r["token"]), TINY_GRID)
+        i = manual.index(r["token"])
+        sem, cam = manual.read(i, "semantics"), manual.read(i, "mask_camera")
+        assert sem.max() <= FREE_ID
+        np.testing.assert_array_equal(sem, pseudo.read(pseudo.index(r["token"]), "semantics"))
+        np.testing.assert_array_equal(cam, exported.mask_camera)
+        dropped = pseudo.read(pseudo.index(r["token"]), "mask_camera").astype(bool) & ~exported.mask_confident.astype(bool)
+        assert dropped.any() and not cam[dropped].any()
+
+
 def test_budget_curve_harness_runs_micro(tmp_path):
     """benchmarks/active.py --micro: every strategy and budget trains a round and is scored."""
     from tiny_models import run_micro_benchmark

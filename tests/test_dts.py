@@ -155,9 +155,10 @@ def test_export_inspect_and_eval(trained, pool_world, capsys):
     thr = torch.tensor(summary["thresholds"])
     for i, token in enumerate(frames.tokens):
         lab = read_labels(labels_path(out, scenes[token], token), TINY_GRID)  # loadable Occ3D files
-        expected = threshold(torch.from_numpy(frames.read(i, "semantics")), torch.from_numpy(frames.read(i, "confidence")), thr)
-        np.testing.assert_array_equal(lab.semantics, expected.numpy())
-        np.testing.assert_array_equal(lab.mask_camera, frames.read(i, "mask_camera"))
+        kept = threshold(torch.from_numpy(frames.read(i, "semantics")), torch.from_numpy(frames.read(i, "confidence")), thr).numpy() != 255
+        np.testing.assert_array_equal(lab.semantics, frames.read(i, "semantics"))  # dropped voxels keep their class
+        np.testing.assert_array_equal(lab.mask_confident, kept)
+        np.testing.assert_array_equal(lab.mask_camera, frames.read(i, "mask_camera") & kept)
     assert main(["export", store, str(trained / "all"), "--round", "0", "--keep-all"]) == 0
     token = frames.tokens[0]
     full = read_labels(labels_path(trained / "all", scenes[token], token), TINY_GRID)
@@ -171,6 +172,49 @@ def test_export_inspect_and_eval(trained, pool_world, capsys):
     cov = [c["coverage"] for c in result["curve"]]
     assert cov == sorted(cov, reverse=True) and cov[0] == pytest.approx(1.0)
     assert (trained / "ev" / "coverage_curve.png").stat().st_size > 1000
+
+
+def test_export_keeps_classes_and_leaves_dropped_voxels_out_through_the_masks(tmp_path):
+    """Occ3D files hold classes 0..17 only: a voxel the thresholds drop keeps its class and is cleared from
+    mask_camera / mask_lidar; mask_confident marks the kept ones; the kept share is of mask_camera."""
+    from autolabel.store.rounds import export_occ3d
+
+    rng = np.random.default_rng(0)
+    store = LabelStore(tmp_path / "labels.zarr", TINY_GRID, create=True)
+    arrays = store.create_round(0, ["t0", "t1"], ["scene-a", "scene-b"], {"checkpoint_sha256": "0" * 64})
+    frames = []
+    for i in range(2):
+        f = {"semantics": rng.integers(0, 18, TINY_GRID.shape).astype(np.uint8),
+             "confidence": rng.integers(0, 256, TINY_GRID.shape).astype(np.uint8),
+             "mask_camera": (rng.random(TINY_GRID.shape) < 0.6).astype(np.uint8),
+             "mask_lidar": (rng.random(TINY_GRID.shape) < 0.3).astype(np.uint8)}
+        arrays.write(i, **f)
+        frames.append(f)
+    summary = export_occ3d(store, 0, tmp_path / "out", 0.3, progress=False)
+    written = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert "mask_confident" in written["dropped_voxels"] and written["thresholds"] == summary["thresholds"]
+    thr = np.array(summary["thresholds"])
+    kept = cam = 0
+    for f, token, scene in zip(frames, ("t0", "t1"), ("scene-a", "scene-b")):
+        path = labels_path(tmp_path / "out", scene, token)
+        with np.load(path) as raw:
+            assert set(raw.files) == {"semantics", "mask_camera", "mask_lidar", "mask_confident"}
+            assert raw["semantics"].max() <= 17  # no 255 anywhere
+        lab = read_labels(path, TINY_GRID)
+        confident = f["confidence"] >= thr[f["semantics"]]
+        assert 0 < (~confident & (f["mask_camera"] == 1)).sum()  # the test drops something inside the mask
+        np.testing.assert_array_equal(lab.semantics, f["semantics"])
+        np.testing.assert_array_equal(lab.mask_confident, confident)
+        np.testing.assert_array_equal(lab.mask_camera, f["mask_camera"].astype(bool) & confident)
+        np.testing.assert_array_equal(lab.mask_lidar, f["mask_lidar"].astype(bool) & confident)
+        kept += int(lab.mask_camera.sum())
+        cam += int(f["mask_camera"].sum())
+    assert summary["kept_in_mask_camera"] == pytest.approx(kept / cam) and 0.6 < kept / cam < 0.8
+    # --keep-all: every voxel kept, the masks as in the store
+    export_occ3d(store, 0, tmp_path / "all", None, progress=False)
+    lab = read_labels(labels_path(tmp_path / "all", "scene-a", "t0"), TINY_GRID)
+    assert lab.mask_confident.all()
+    np.testing.assert_array_equal(lab.mask_camera, frames[0]["mask_camera"])
 
 
 def test_bad_store_input_gives_clear_errors(trained, tmp_path, pool_world):

@@ -1,12 +1,16 @@
 """`autolabel run`: the micro loop end to end (two rounds), and resuming after a kill."""
 from __future__ import annotations
 
+import contextlib
+import html
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +35,19 @@ def micro_recipe(folder: Path, world: Path) -> Path:
     return path
 
 
-def test_micro_loop_two_rounds(pool_world, tmp_path, capsys):
-    recipe = micro_recipe(tmp_path, pool_world)
-    assert main(["run", str(recipe)]) == 0
-    run = tmp_path / "run"
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def micro_run(pool_world, tmp_path_factory) -> tuple[Path, Path, str]:
+    """The micro loop run once for this module: (recipe, run folder, what `run` printed)."""
+    folder = tmp_path_factory.mktemp("micro")
+    recipe = micro_recipe(folder, pool_world)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["run", str(recipe)]) == 0
+    return recipe, folder / "run", out.getvalue()
+
+
+def test_micro_loop_two_rounds(micro_run):
+    recipe, run, out = micro_run
     assert "round 0: 0 frames with manual 3D labels" in out and "round 1: 1 frames with manual 3D labels" in out
     stages = json.loads((run / "stages.json").read_text())
     expected = ["data", "supervise"] + [f"round_0/{s}" for s in ("train", "label", "evaluate", "export", "select", "ingest",
@@ -48,7 +60,7 @@ def test_micro_loop_two_rounds(pool_world, tmp_path, capsys):
     assert stages["round_1/evaluate"]["val"]["miou"] is not None and stages["round_1/evaluate"]["pseudo"]["miou"] is not None
     for k in (0, 1):
         page = (run / "report" / f"round_{k}" / "index.html").read_text()
-        for png in ("frame0_cameras.png", "frame0_occupancy.png", "iou_val.png", "iou_pseudo.png", "budget.png"):
+        for png in ("frame0_cameras.png", "frame0_occupancy.png", "budget.png"):
             assert png in page and (run / "report" / f"round_{k}" / png).stat().st_size > 2000
     assert (run / "recipe.yaml").is_file()
     # a second run does nothing and prints the same summary
@@ -56,6 +68,88 @@ def test_micro_loop_two_rounds(pool_world, tmp_path, capsys):
     assert json.loads((run / "stages.json").read_text()) == stages
     # another recipe in the same folder is refused
     assert main(["run", str(recipe), "--set", "train.steps=5"]) == 2
+
+
+def _img_sources(page: str) -> list[str]:
+    class Imgs(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.src: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.src.append(dict(attrs)["src"])
+
+    p = Imgs()
+    p.feed(page)
+    return p.src
+
+
+def test_report_page_reads_without_the_images(micro_run):
+    """The page states the round's numbers in tables (not a JSON dump, not only inside figures): the
+    summary, per-class IoU in the class colours, the legend, the selected frames with their scores, and
+    3D views of predicted and true occupancy; every image it shows is a file beside it."""
+    _, run, _ = micro_run
+    stages = json.loads((run / "stages.json").read_text())
+    for k in (0, 1):
+        folder = run / "report" / f"round_{k}"
+        page = (folder / "index.html").read_text()
+        ev = stages[f"round_{k}/evaluate"]
+        assert "<pre>" not in page and '"seconds"' not in page
+        summary = page[page.index("id='summary'"):page.index("</table>", page.index("id='summary'"))]
+        for v in (ev["val"]["miou"], ev["val"]["geometric_iou"], ev["pseudo"]["miou"], ev["pseudo_thresholded"]["miou"]):
+            assert f"<td class='v'>{v:.1f}</td>" in summary
+        kept = 100 * stages[f"round_{k}/export"]["kept_in_mask_camera"]
+        assert f"kept share of the exported mask_camera (%)</td><td class='v'>{kept:.1f}<" in page
+        assert f"frames with manual 3D labels</td><td class='v'>{ev['labelled']}<" in page
+        per_class = page[page.index("id='per-class'"):]
+        car = ev["val"]["per_class_iou"]["car"]
+        assert "background:rgb(0,150,245)'></span>car</td><td>" + ("-" if car is None else f"{car:.1f}") in per_class
+        assert page.count("<span class='sw'") >= 17 + 18  # the legend and the per-class table
+        for src in _img_sources(page):
+            assert (folder / src).is_file(), src
+        assert any(s.startswith("frame0_occupancy") for s in _img_sources(page))
+    manifest = json.loads((run / "round_0" / "select" / "manifest.json").read_text())
+    page0 = (run / "report" / "round_0" / "index.html").read_text()
+    selected = page0[page0.index("id='selected'"):]
+    for row in manifest["selected"]:
+        assert row["token"] in selected and html.escape(row["reason"]) in selected
+        assert f"<td>{row['uncertainty']:.3f}</td>" in selected
+    assert "selected_000_cameras.png" in page0 and "selected_000_bev.png" in page0
+    assert "the last round selects nothing" in (run / "report" / "round_1" / "index.html").read_text()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def screenshot(page: Path, png: Path, profile: Path, size: tuple[int, int] = (1400, 2400)) -> None:
+    """Chromium, headless, renders the page and writes a screenshot of its top `size` pixels."""
+    args = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", page.as_uri()]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and png.is_file(), r.stderr[-3000:]
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="Chromium is not installed (/usr/bin/chromium; Debian: apt-get install "
+                                                    "chromium): the report page is checked in a real browser")
+def test_report_page_in_a_headless_browser(micro_run, tmp_path):
+    """A real browser renders the page: the class colours of the legend and per-class table show, and the
+    figures load (a broken <img> leaves a few grey pixels, a loaded occupancy figure thousands of
+    coloured ones)."""
+    from PIL import Image
+
+    from occnet.classes import FREE_ID, OCC3D_COLORS
+
+    _, run, _ = micro_run
+    shot = tmp_path / "report.png"
+    screenshot(run / "report" / "round_0" / "index.html", shot, tmp_path / "profile")
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    assert img.shape == (2400, 1400, 3)
+    for c in range(FREE_ID):  # each swatch is 14 x 14 pixels, drawn twice (legend, per-class table)
+        assert (np.abs(img - OCC3D_COLORS[c]).max(-1) <= 2).sum() >= 2 * 12 * 12, OCC3D_COLORS[c]
+    saturated = (img.max(-1) - img.min(-1)) > 80
+    assert saturated.sum() > 40000  # the figures' coloured voxels, not just the swatches (17 x 2 x 196 pixels)
 
 
 def test_killed_run_resumes_to_the_same_outputs(pool_world, tmp_path):

@@ -1,8 +1,10 @@
 """Occ3D ground-truth files: ``gts/<scene_name>/<sample_token>/labels.npz``.
 
 Each file holds ``semantics`` (uint8, X x Y x Z, ids 0..17, 255 unknown), ``mask_lidar`` and
-``mask_camera`` (uint8 0/1, same shape). Written atomically (temp file + rename) so that a crash
-never leaves a half-written file under the final name, and byte-reproducibly.
+``mask_camera`` (uint8 0/1, same shape). Exported pseudo-labels add ``mask_confident`` (uint8 0/1:
+the voxel's confidence clears its class threshold); Occ3D readers that load only the three standard
+arrays skip it. Written atomically (temp file + rename) so that a crash never leaves a half-written
+file under the final name, and byte-reproducibly.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..errors import DataError
 from .npz import save_npz
 
 LABEL_KEYS = ("semantics", "mask_lidar", "mask_camera")
+CONFIDENT_KEY = "mask_confident"  # optional: written by the pseudo-label export
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Occ3DLabels:
     semantics: np.ndarray
     mask_lidar: np.ndarray
     mask_camera: np.ndarray
+    mask_confident: np.ndarray | None = None  # pseudo-label exports only (see export_occ3d)
 
 
 def labels_path(root: str | os.PathLike, scene_name: str, sample_token: str) -> Path:
@@ -38,7 +42,8 @@ def labels_path(root: str | os.PathLike, scene_name: str, sample_token: str) -> 
 
 def validate_labels(labels: Occ3DLabels, grid: GridSpec, where: str) -> None:
     """Raise DataError naming `where` and the field if shapes, dtypes or values are wrong."""
-    for key in LABEL_KEYS:
+    keys = LABEL_KEYS + ((CONFIDENT_KEY,) if labels.mask_confident is not None else ())
+    for key in keys:
         arr = getattr(labels, key)
         if not isinstance(arr, np.ndarray):
             raise DataError(f"{where}: field '{key}' must be a numpy array, got {type(arr).__name__}")
@@ -53,7 +58,7 @@ def validate_labels(labels: Occ3DLabels, grid: GridSpec, where: str) -> None:
             f"{where}: field 'semantics' holds ids {sorted(np.unique(sem[bad]).tolist())[:8]} outside "
             f"0..{NUM_CLASSES - 1} and {IGNORE_ID}"
         )
-    for key in ("mask_lidar", "mask_camera"):
+    for key in keys[1:]:
         if getattr(labels, key).max(initial=0) > 1:
             raise DataError(f"{where}: field '{key}' must hold only 0 and 1")
 
@@ -69,7 +74,8 @@ def read_labels(path: str | os.PathLike, grid: GridSpec | None = None) -> Occ3DL
             missing = [k for k in LABEL_KEYS if k not in data.files]
             if missing:
                 raise DataError(f"{path}: missing key(s) {missing}; an Occ3D labels.npz holds {list(LABEL_KEYS)}, found {data.files}")
-            labels = Occ3DLabels(**{k: data[k] for k in LABEL_KEYS})
+            labels = Occ3DLabels(**{k: data[k] for k in LABEL_KEYS},
+                                 mask_confident=data[CONFIDENT_KEY] if CONFIDENT_KEY in data.files else None)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -82,4 +88,5 @@ def write_labels(path: str | os.PathLike, labels: Occ3DLabels, grid: GridSpec | 
     """Validate and write ``labels.npz`` atomically (compressed, byte-reproducible). Returns the path."""
     path = Path(path)
     validate_labels(labels, grid or GridSpec(), str(path))
-    return save_npz(path, {k: getattr(labels, k) for k in LABEL_KEYS})
+    keys = LABEL_KEYS + ((CONFIDENT_KEY,) if labels.mask_confident is not None else ())
+    return save_npz(path, {k: getattr(labels, k) for k in keys})

@@ -8,7 +8,8 @@ teacher's best class (with that class's probability as confidence), even where t
 Per-class thresholds: a confidence histogram (uint8 levels) per class over a set of frames; class c
 keeps the voxels at or above the `drop_quantile` quantile of its own confidences, so that every class
 loses the same share of its least confident voxels and rare classes are not wiped out by a global
-threshold. Dropped voxels become 255 (unknown).
+threshold. In the teacher's training batches dropped voxels become 255 (the 3D loss ignores them);
+the Occ3D export keeps their class and clears them from the masks instead (store/rounds.py).
 """
 from __future__ import annotations
 

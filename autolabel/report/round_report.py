@@ -1,24 +1,29 @@
 """The per-round HTML report: what people look at to judge the labels.
 
-For a few validation (else pool) frames: the six cameras beside the rendered depth, the rendered
-semantics and the 2D supervision; bird's-eye views of the predicted and ground-truth occupancy and a
-3D perspective view; per-class IoU bars; the budget curve across rounds; the frames selected for
-annotation. Every figure is a PNG next to ``index.html``.
+One static page (``page.py`` writes the HTML): a summary table (mIoU, geometric IoU, kept share,
+labelled frames), per-class IoU in the class colours, the colour legend; for a few validation (else
+pool) frames, 3D and bird's-eye views of the predicted and the true occupancy side by side, and the six
+cameras beside the rendered depth, the rendered semantics and the 2D supervision; the frames selected
+for annotation with their scores and reasons; the budget curve across rounds. Every figure is a PNG
+next to ``index.html``.
 """
 from __future__ import annotations
 
-import html
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from occnet.classes import FREE_ID, IGNORE_ID, OCC3D_CLASS_NAMES, colorize
+from occnet.atomic import atomic_write
+from occnet.classes import FREE_ID, IGNORE_ID, colorize
 from occnet.inference import predict
+from occnet.metrics import OccupancyMetric
 from occnet.rays import image_rays, render
 
-from ..active.rounds import bev_image
+from ..active.rounds import bev_image, manifest_path
 from ..dataset import open_frames
 from ..dts.config import readout
 from ..dts.label import load_teacher
@@ -26,6 +31,7 @@ from ..recipe import Recipe
 from ..supervision.providers import resolve_device
 from ..training.data import FrameDataset
 from ..training.rounds import checkpoint_path, open_cache
+from . import page as P
 from .figures import pyplot, save_figure
 
 
@@ -70,48 +76,38 @@ def frame_figure(model, item: dict, recipe: Recipe, device, path: Path) -> str:
     return _save(fig, path)
 
 
-def occupancy_figure(pred: np.ndarray, gt: np.ndarray | None, path: Path) -> str:
-    """Bird's-eye views (prediction, ground truth) and a 3D perspective view of the prediction."""
-    plt = pyplot()
-    cols = 3 if gt is not None else 2
-    fig = plt.figure(figsize=(4 * cols, 4))
-    ax = fig.add_subplot(1, cols, 1)
-    ax.imshow(bev_image(pred))
-    ax.set_title("predicted (bird's-eye)", fontsize=9)
-    ax.axis("off")
-    if gt is not None:
-        ax = fig.add_subplot(1, cols, 2)
-        ax.imshow(bev_image(gt))
-        ax.set_title("ground truth (bird's-eye)", fontsize=9)
-        ax.axis("off")
-    ax = fig.add_subplot(1, cols, cols, projection="3d")
-    occ = np.argwhere((pred != FREE_ID) & (pred != IGNORE_ID))
-    if len(occ) > 40000:
+def _scatter3d(ax, labels: np.ndarray, title: str) -> None:
+    """Occupied voxels (not free, not 255) as coloured squares in a perspective view."""
+    occ = np.argwhere((labels != FREE_ID) & (labels != IGNORE_ID))
+    if len(occ) > 40000:  # matplotlib's 3D scatter slows down past this; a sample keeps the picture
         occ = occ[np.random.default_rng(0).choice(len(occ), 40000, replace=False)]
-    colors = colorize(pred[tuple(occ.T)].astype(np.uint8)) / 255.0
-    ax.scatter(occ[:, 0], occ[:, 1], occ[:, 2], c=colors, s=1.5, marker="s", depthshade=False)
-    ax.set_box_aspect((pred.shape[0], pred.shape[1], pred.shape[2] * 1.5))
-    ax.view_init(elev=35, azim=-120)
-    ax.set_title("predicted (3D)", fontsize=9)
+    colors = colorize(labels[tuple(occ.T)].astype(np.uint8)) / 255.0
+    ax.scatter(occ[:, 0], occ[:, 1], occ[:, 2], c=colors, s=2.0, marker="s", depthshade=False, edgecolors="none")
+    ax.set_xlim(0, labels.shape[0])
+    ax.set_ylim(0, labels.shape[1])
+    ax.set_zlim(0, labels.shape[2])
+    ax.set_box_aspect((labels.shape[0], labels.shape[1], labels.shape[2] * 1.5), zoom=1.35)  # fill the panel
+    ax.view_init(elev=38, azim=-150)  # from behind-left of the ego vehicle, looking forward
+    if not len(occ):  # say so, rather than leave an empty panel that looks like a failed figure
+        ax.text2D(0.5, 0.5, "no occupied voxel", transform=ax.transAxes, ha="center", fontsize=11, color="#666")
+    ax.set_title(title, fontsize=11)
     ax.set_axis_off()
-    fig.tight_layout()
-    return _save(fig, path)
 
 
-def iou_figure(per_class: dict, title: str, path: Path) -> str:
+def occupancy_figure(pred: np.ndarray, gt: np.ndarray | None, path: Path) -> str:
+    """3D perspective views (top row) and bird's-eye views (bottom row) of the predicted occupancy and,
+    when there is ground truth, the true occupancy beside it, at the same angles."""
     plt = pyplot()
-    names = [n for n in OCC3D_CLASS_NAMES[:FREE_ID]]
-    vals = [per_class.get(n) for n in names]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    colors = colorize(np.arange(FREE_ID, dtype=np.uint8)) / 255.0
-    ax.bar(range(len(names)), [v if v is not None else 0 for v in vals], color=colors, edgecolor="black", lw=0.4)
-    for i, v in enumerate(vals):
-        ax.text(i, (v or 0) + 1, "-" if v is None else f"{v:.0f}", ha="center", fontsize=7)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    panels = [("predicted", pred)] + ([("ground truth", gt)] if gt is not None else [])
+    fig = plt.figure(figsize=(5.6 * len(panels), 9.0))
+    grid = fig.add_gridspec(2, len(panels), height_ratios=(1.0, 0.9))
+    for j, (name, labels) in enumerate(panels):
+        _scatter3d(fig.add_subplot(grid[0, j], projection="3d"), labels, f"{name}, 3D")
+        ax = fig.add_subplot(grid[1, j])
+        ax.imshow(bev_image(labels))
+        ax.set_title(f"{name}, bird's-eye (forward up)", fontsize=11)
+        ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.96, bottom=0.01, wspace=0.04, hspace=0.08)
     return _save(fig, path)
 
 
@@ -130,7 +126,30 @@ def budget_figure(history: list[dict], path: Path) -> str:
     return _save(fig, path)
 
 
-def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict], n_frames: int = 2) -> Path:
+def _selection_thumbs(recipe: Recipe, k: int, folder: Path, manifest: dict) -> list[tuple[str | None, str | None]]:
+    """Copy the selection page's PNGs of each pick next to index.html (the page stays one folder)."""
+    src = recipe.round_dir(k) / "select"
+    out = []
+    for r in range(len(manifest["selected"])):
+        names = []
+        for kind in ("cameras", "bev"):
+            p = src / f"{r:03d}_{kind}.png"
+            if p.is_file():
+                shutil.copyfile(p, folder / f"selected_{r:03d}_{kind}.png")
+                names.append(f"selected_{r:03d}_{kind}.png")
+            else:
+                names.append(None)
+        out.append((names[0], names[1]))
+    return out
+
+
+def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict], export: dict | None = None,
+                       n_frames: int = 2) -> Path:
+    """Write ``<run>/report/round_<K>/index.html`` and its PNGs; returns the page's path.
+
+    metrics: the evaluate stage's result (labelled, val, pseudo, pseudo_thresholded); export: the export
+    stage's (frames, kept_in_mask_camera); history: one entry per round so far (this one last).
+    """
     folder = recipe.run_dir / "report" / f"round_{k}"
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(recipe.device)
@@ -140,29 +159,40 @@ def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict
     frames = open_frames(recipe, split, load_images=True, load_gt=True)
     dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe), grid=recipe.network.grid,
                            manual=None)
-    parts = [f"<h1>{html.escape(recipe.name)}: round {k}</h1>"]
-    summary = {key: v for key, v in metrics.items() if not isinstance(v, dict)}
-    parts.append("<pre>" + html.escape(json.dumps(summary, indent=1)) + "</pre>")
+    last = k == recipe.rounds.count - 1
+    mpath = manifest_path(recipe, k)
+    manifest = json.loads(mpath.read_text()) if mpath.is_file() else None
+
+    shown = []
     picks = np.linspace(0, len(dataset) - 1, min(n_frames, len(dataset))).round().astype(int) if len(dataset) else []
     for j, i in enumerate(picks):
         item = dataset[int(i)]
-        f1 = frame_figure(model, item, recipe, device, folder / f"frame{j}_cameras.png")
+        cams = frame_figure(model, item, recipe, device, folder / f"frame{j}_cameras.png")
         sem, _ = predict(model, item["images"][None].to(device), item["intrinsics"][None].to(device),
                          item["cam2ego"][None].to(device), occupied_threshold=threshold)
+        pred = sem[0].cpu().numpy()
         gt = item["gt_semantics"].numpy() if bool(item["has_gt"]) else None
-        f2 = occupancy_figure(sem[0].cpu().numpy(), gt, folder / f"frame{j}_occupancy.png")
-        parts.append(f"<h2>{split} frame {html.escape(item['token'])}</h2><img src='{f1}'><br><img src='{f2}'>")
-    for key, title in (("val", "validation: network, per-class IoU"), ("pseudo", "pseudo-labels on the pool, per-class IoU")):
-        if metrics.get(key):
-            name = iou_figure(metrics[key]["per_class_iou"], f"{title} (mIoU {metrics[key]['miou']})", folder / f"iou_{key}.png")
-            parts.append(f"<h2>{title}</h2><img src='{name}'>")
-    if history:
-        parts.append(f"<h2>budget curve across rounds</h2><img src='{budget_figure(history, folder / 'budget.png')}'>")
-    sel = recipe.round_dir(k) / "select" / "index.html"
-    if sel.is_file():
-        parts.append(f"<h2>frames selected for annotation</h2><p><a href='{Path('../../round_' + str(k)) / 'select' / 'index.html'}'>"
-                     f"selection page (cameras, current prediction, reasons)</a></p>")
-    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(f"{recipe.name} round {k}") + "</title>"
-            "<style>body{font-family:sans-serif;margin:2em;max-width:1300px}img{max-width:100%}</style>" + "\n".join(parts))
-    (folder / "index.html").write_text(page)
+        scores = None
+        if gt is not None:
+            m = OccupancyMetric()
+            m.update(pred, gt, item["gt_mask"].numpy().astype(bool))
+            scores = m.compute().as_dict()
+        occ = occupancy_figure(pred, gt, folder / f"frame{j}_occupancy.png")
+        shown.append(P.frame_section(split, item["token"], scores, occ, cams))
+    thumbs = _selection_thumbs(recipe, k, folder, manifest) if manifest else []
+    sel_page = recipe.round_dir(k) / "select" / "index.html"
+    sel_link = os.path.relpath(sel_page, folder) if sel_page.is_file() else None
+    budget = budget_figure(history, folder / "budget.png") if history else None
+    n_selected = None if manifest is None else len(manifest["selected"])
+    summary = P.summary_table(metrics, export, recipe.rounds.export_drop_quantile, metrics.get("labelled", 0), threshold,
+                              n_selected)
+    curve = P.history_table(history) + (f"<br><img src='{budget}' alt='mIoU against labelled frames'>" if budget else "")
+    sections = [
+        ("Summary", f"<div class='row'><div>{summary}</div><div>{P.per_class_table(metrics)}</div></div>"),
+        ("Frames selected for annotation", P.selection_section(manifest, thumbs, sel_link, last)),
+        ("Predicted and true occupancy", P.legend() + "".join(shown)),
+        ("Budget curve across rounds", curve),
+    ]
+    text = P.page(f"{recipe.name}: round {k}", f"{split} frames shown; run folder {recipe.run_dir}", sections)
+    atomic_write(folder / "index.html", lambda fh: fh.write(text.encode()))
     return folder / "index.html"

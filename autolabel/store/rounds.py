@@ -51,9 +51,30 @@ def thresholded(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
                      torch.from_numpy(thresholds)).numpy()
 
 
+# How an export represents the voxels the confidence thresholds drop (issue 19), also written into export.json.
+DROPPED_VOXELS = ("semantics keep the predicted class (ids 0..17, as in Occ3D-nuScenes, whose training code indexes "
+                  "by class); a voxel under its class threshold is left out through the masks: mask_camera and "
+                  "mask_lidar are 0 there, and mask_confident (1 = kept) marks the kept voxels over the whole grid")
+
+
+def confident_mask(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
+    """(X, Y, Z) bool: voxels whose confidence clears their class's threshold (all True for None)."""
+    sem = frame["semantics"]
+    if thresholds is None:
+        return sem != IGNORE_ID
+    return thresholded(frame, thresholds) != IGNORE_ID
+
+
 def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: float | None,
                  progress: bool = True) -> dict:
-    """Write round k as ``OUT/gts/<scene>/<token>/labels.npz``; returns the export summary (also OUT/export.json)."""
+    """Write round k as ``OUT/gts/<scene>/<token>/labels.npz``; returns the export summary (also OUT/export.json).
+
+    Each file holds the store's ``semantics`` unchanged (no 255: a dropped voxel keeps its class), the
+    masks with the dropped voxels cleared (``mask_camera & mask_confident``, ``mask_lidar & mask_confident``)
+    and ``mask_confident`` itself, so that Occ3D training code, which loads ``semantics`` and a mask and
+    indexes by class, leaves dropped voxels out without knowing about thresholds. With
+    ``drop_quantile=None`` nothing is dropped (mask_confident is all 1).
+    """
     if drop_quantile is not None:
         check_drop_quantile(drop_quantile)  # before anything is read or written
     arrays = store.round(k)
@@ -64,17 +85,20 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
     kept = total = 0
     for i in tqdm(np.flatnonzero(done), desc=f"export round {k}", disable=not progress):
         f = read_frame(arrays, int(i))
-        sem = thresholded(f, thr)
-        token = arrays.tokens[i]
-        write_labels(labels_path(out, scenes[token], token), Occ3DLabels(sem, f["mask_lidar"], f["mask_camera"]), store.grid)
+        conf = confident_mask(f, thr)
         cam = f["mask_camera"].astype(bool)
-        kept += int((sem[cam] != IGNORE_ID).sum())
+        token = arrays.tokens[i]
+        labels = Occ3DLabels(f["semantics"], (f["mask_lidar"].astype(bool) & conf).astype(np.uint8),
+                             (cam & conf).astype(np.uint8), conf.astype(np.uint8))
+        write_labels(labels_path(out, scenes[token], token), labels, store.grid)
+        kept += int((cam & conf).sum())
         total += int(cam.sum())
     summary = {"store": str(store.path), "round": k, "frames": int(done.sum()), "frames_in_round": len(arrays),
                "drop_quantile": drop_quantile, "thresholds": None if thr is None else thr.tolist(),
-               "kept_in_mask_camera": kept / max(total, 1), "provenance": {key: v for key, v in arrays.attrs.items()
-                                                                          if key not in ("scenes", "recipe")},
+               "kept_in_mask_camera": kept / max(total, 1), "dropped_voxels": DROPPED_VOXELS,
+               "provenance": {key: v for key, v in arrays.attrs.items() if key not in ("scenes", "recipe")},
                "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    Path(out).mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=1)
     atomic_write(Path(out) / "export.json", lambda fh: fh.write(text.encode()))
     return summary

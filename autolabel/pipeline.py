@@ -151,7 +151,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     from .store.rounds import evaluate_round, export_occ3d
     from .supervision.providers import resolve_device
     from .training.evaluate import evaluate_checkpoint
-    from .training.rounds import checkpoint_path, manual_labels, open_cache, train_round
+    from .training.rounds import checkpoint_path, manual_labels, open_cache, selected_from, train_round
 
     p = f"round_{k}"
     stages.run(f"{p}/train", lambda: {key: v for key, v in train_round(recipe, k, progress).items() if key != "last"},
@@ -166,7 +166,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     stages.run(f"{p}/label", label, every_rank=True)
 
     def evaluate() -> dict:
-        out: dict = {"labelled": len(manual_labels(recipe.store_path, recipe.network.grid))}
+        out: dict = {"labelled": len(manual_labels(recipe.store_path, recipe.network.grid, selected_from(recipe, k)))}
         if not _has_gts(recipe):
             return out
         if recipe.data.val_scenes:

@@ -167,6 +167,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             results[name] = r
             log(f"{name}: test mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step, {seconds:.0f} s)")
             return save()
+        log(f"{name}: test mIoU {s['miou']}; labelling the pool")
         t0 = time.perf_counter()
         frames = open_frames(recipe, "train", load_images=True, load_gt=False)
         label_round(frames, open_cache(recipe), LabelStore(recipe.store_path, recipe.network.grid, create=True), k,
@@ -185,6 +186,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         save()
 
     def train(name: str):
+        log(f"{name}: training ({args.steps} steps)")
         recipe = prepared_variant(run, base, name, ablations)
         if kind_of(name, ablations) == "3d_supervised":
             pool = open_frames(recipe, "train", load_images=False, load_gt=False)
@@ -346,10 +348,12 @@ def main() -> None:
     groups = [] if args.report else variant_groups(wanted, procs)
     failed: list[int] = []
     t0 = time.perf_counter()
-    # the caches the variants read, written once before the processes start
+    # the caches the variants read, written once before the processes start (in DataLoader workers)
     for labels in sorted({LABELS.get(kind_of(v, ablations), "noisy") for v in wanted}) if groups else ():
         kind = next(k for k in VARIANTS if LABELS.get(k, "noisy") == labels)
+        t1 = time.perf_counter()
         prepared_variant(run, base, kind, {})
+        print(f"supervision cache of the {labels} 2D labels in {time.perf_counter() - t1:.0f} s", flush=True)
     if len(groups) == 1:
         run_group(run, base, world, groups[0], args, "0", ablations)
     elif groups:

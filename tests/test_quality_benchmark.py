@@ -29,7 +29,7 @@ def test_quality_harness_runs_micro(tmp_path):
     seeded = (tmp_path / "q" / "render_noisy_s1.yaml").read_text()
     assert "seed: 1" in seeded and "variant: noisy" in seeded
     assert "variant: hard" in (tmp_path / "q" / "render_hard.yaml").read_text()
-    assert {f.name for f in (tmp_path / "q").glob("results.*.json")} == {"results.0.json", "results.1.json", "results.json"}
+    assert {f.name for f in (tmp_path / "q").glob("results.*.json")} == {"results.0.json", "results.1.json"}
     assert "3d_supervised" in out.stdout and (tmp_path / "q" / "training_curves.png").stat().st_size > 1000
 
 

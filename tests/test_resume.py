@@ -66,6 +66,22 @@ def test_preflight_writes_nothing_and_names_every_problem(tmp_path, sample_root,
     assert not out.exists()
 
 
+def test_train_and_label_check_before_writing(tmp_path, pool_world, capsys):
+    recipe = write_recipe(tmp_path, pool_world)  # nothing supervised, nothing trained
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--round", "0"]) == 2
+    assert "no 2D supervision cache" in error_line(capsys, "train")
+    assert main(["label", str(recipe), "--round", "0"]) == 2
+    assert "no 2D supervision cache" in error_line(capsys, "label")
+    assert not run.exists()
+    assert main(["supervise", str(recipe)]) == 0
+    capsys.readouterr()
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["label", str(recipe), "--round", "0"]) == 2
+    assert "trained network" in error_line(capsys, "label")
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # no store, no round folder
+
+
 def copy_trained(trained: Path, tmp_path: Path, **train) -> Path:
     """A writable copy of the session's trained run (supervised, round 0 trained and labelled); returns
     its recipe, which points at the copy (without the read-out calibration after training: not under test,

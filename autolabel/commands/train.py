@@ -1,14 +1,17 @@
 """``autolabel train RECIPE --round K``: rendering-supervised training (+ DTS, + manual 3D labels)."""
 from __future__ import annotations
 
+from ..dataset import check_dataroot
 from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
 from ..supervision.providers import resolve_device
-from ..training.rounds import train_round
+from ..training.rounds import open_cache, train_round
 
 
 def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
     resolve_device(recipe.device)  # under torchrun: join the process group first
+    check_dataroot(recipe)
+    open_cache(recipe)  # checked before the round's folder is written
     save_recipe(recipe, recipe.round_dir(k) / "train" / RESOLVED_RECIPE)
     s = train_round(recipe, k)
     last = s["last"] or {}

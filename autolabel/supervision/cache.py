@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from occnet.distributed import barrier, is_main, rank, world_size
+from occnet.trainer import default_workers
 
 from ..data.frame import CAMERA_NAMES
 from ..data.nuscenes import NuScenesFrames
@@ -84,10 +86,36 @@ class SupervisionCache:
         return sem, conf, self.arrays.read(i, "depth")
 
 
+class _FrameSupervision(Dataset):
+    """Item j: (frame index, semantics (n_cams, h, w) uint8, confidence uint8 0..255, depth float32) of the
+    j-th pending frame."""
+
+    def __init__(self, frames: NuScenesFrames, provider: LabelProvider, pending: np.ndarray, image_size: tuple[int, int],
+                 min_depth: float, max_depth: float | None):
+        self.frames, self.provider, self.pending = frames, provider, pending
+        self.image_size, self.min_depth, self.max_depth = image_size, min_depth, max_depth
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def __getitem__(self, j: int):
+        i = int(self.pending[j])
+        frame = self.frames.frame(self.frames.tokens[i], images=self.provider.needs_images)
+        rc = ResizeCrop.fit(frame.cameras[0].image_size, self.image_size)
+        sem, conf = self.provider.label(frame, rc)
+        depth = lidar_depth_maps(rc.apply_frame(frame), self.min_depth, self.max_depth)
+        return i, sem, np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8), depth
+
+
+def _as_is(item):
+    return item
+
+
 def supervise(frames: NuScenesFrames, provider: LabelProvider, cache_path: str | Path, image_size: tuple[int, int],
               min_depth: float = 1.0, max_depth: float | None = None, progress: bool = True,
-              extra_attrs: dict | None = None) -> dict:
-    """Compute the 2D supervision of every frame not yet in the cache. Returns a summary."""
+              extra_attrs: dict | None = None, workers: int | None = None) -> dict:
+    """Compute the 2D supervision of every frame not yet in the cache (workers: DataLoader workers for
+    model-free providers, default sized to the machine). Returns a summary."""
     def open_cache() -> SupervisionCache:
         return SupervisionCache.create_or_open(cache_path, frames.tokens, tuple(image_size), provider,
                                                {"min_depth": min_depth, "max_depth": max_depth}, extra_attrs)
@@ -100,12 +128,14 @@ def supervise(frames: NuScenesFrames, provider: LabelProvider, cache_path: str |
     pending = np.array([i for i in np.flatnonzero(~arrays.done()) if i % world_size() == rank()], dtype=np.int64)
     t0 = time.perf_counter()
     labelled = 0.0
-    for i in tqdm(pending, desc=f"supervise ({provider.name})", disable=not progress or not is_main()):
-        frame = frames.frame(frames.tokens[i], images=provider.needs_images)
-        rc = ResizeCrop.fit(frame.cameras[0].image_size, tuple(image_size))
-        sem, conf = provider.label(frame, rc)
-        depth = lidar_depth_maps(rc.apply_frame(frame), min_depth, max_depth)
-        arrays.write(int(i), semantics=sem, confidence=np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8), depth=depth)
+    # model-free providers (label maps read from disk, LiDAR labels projected) label whole frames in
+    # DataLoader workers; a provider that runs a network on the GPU labels in this process
+    items = _FrameSupervision(frames, provider, pending, tuple(image_size), min_depth, max_depth)
+    n_workers = (default_workers() if workers is None else workers) if provider.model_free else 0
+    loader = DataLoader(items, batch_size=None, num_workers=min(n_workers, len(pending)), collate_fn=_as_is)
+    for i, sem, conf, depth in tqdm(loader, total=len(pending), desc=f"supervise ({provider.name})",
+                                    disable=not progress or not is_main()):
+        arrays.write(i, semantics=sem, confidence=conf, depth=depth)
         labelled += float((sem != 255).mean())
     barrier()
     elapsed = time.perf_counter() - t0

@@ -34,6 +34,7 @@ LabelMaps = tuple[np.ndarray, np.ndarray]
 class LabelProvider(Protocol):
     name: str
     needs_images: bool  # False: the frame's JPEGs need not be decoded
+    model_free: bool  # True: labels are read or projected, no network runs (frames are labelled in DataLoader workers)
 
     def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps: ...
 
@@ -82,6 +83,7 @@ class PrecomputedLabels:
     (uint8 ids) with an optional ``<CAM>_confidence.png`` (uint8 0..255)."""
 
     name = "precomputed"
+    model_free = True
     needs_images = False
     KEYS = {"exact": ("semantics", "confidence"), "noisy": ("noisy_semantics", "noisy_confidence"),
             "hard": ("hard_semantics", "hard_confidence")}
@@ -174,6 +176,7 @@ class LidarsegLabels:
     """Sparse labels: each lidar point's lidarseg class at its projected pixel, nearest point per pixel."""
 
     name = "lidarseg"
+    model_free = True
     needs_images = False
 
     def __init__(self, nusc, min_depth: float = 1.0):
@@ -230,6 +233,7 @@ class SamClipLabels:
     """SAM automatic masks of every camera, each named by CLIP against the vocabulary."""
 
     name = "sam_clip"
+    model_free = False
     needs_images = True
 
     def __init__(self, cfg: SupervisionConfig, device: torch.device, classes: tuple[str, ...] | None = None,
@@ -282,6 +286,7 @@ class GroundedSamLabels:
     """Detector boxes -> SAM box-prompted masks for object classes, painted over SAM + CLIP stuff labels."""
 
     name = "grounded_sam"
+    model_free = False
     needs_images = True
 
     def __init__(self, cfg: SupervisionConfig, device: torch.device):

@@ -24,9 +24,9 @@ from .checkpoint import read_checkpoint
 from .data import FrameDataset
 
 
-def manual_labels(store_path: Path, grid, selected: set[str] | None = None) -> dict[str, Occ3DLabels]:
-    """Token -> Occ3D labels of every ingested manual frame (empty when nothing was annotated yet);
-    `selected`: only these tokens."""
+def manual_labels(store_path: Path, grid, exclude: set[str] = frozenset()) -> dict[str, Occ3DLabels]:
+    """Token -> Occ3D labels of every ingested manual frame but those in `exclude` (empty when nothing
+    was annotated yet)."""
     if not (store_path / "zarr.json").is_file():
         return {}
     manual = LabelStore.open(store_path, grid).manual()
@@ -35,19 +35,25 @@ def manual_labels(store_path: Path, grid, selected: set[str] | None = None) -> d
     out = {}
     done = manual.done()
     for i, token in enumerate(manual.tokens):
-        if done[i] and (selected is None or token in selected):
+        if done[i] and token not in exclude:
             f = read_frame(manual, i)
             out[token] = Occ3DLabels(f["semantics"], f["mask_lidar"], f["mask_camera"])
     return out
 
 
-def selected_before(recipe: Recipe, k: int) -> set[str]:
-    """Tokens that rounds 0..k-1 selected for annotation: round k trains on their manual labels only, so
-    retraining round k of a finished run sees what it saw then, not labels ingested later."""
+def selected_from(recipe: Recipe, k: int) -> set[str]:
+    """Tokens that round k or a later round selected for annotation. Round k does not train on their
+    manual labels: they answer a later selection, so retraining round k of a finished run sees what it saw
+    then. Manual labels that answer no selection of this run (given before it, or written directly by a
+    benchmark's oracle) count for every round."""
     from ..active.rounds import manifest_path, read_manifest
 
-    return {row["token"] for j in range(k) if manifest_path(recipe, j).is_file()
-            for row in read_manifest(manifest_path(recipe, j))["selected"]}
+    out: set[str] = set()
+    j = k
+    while manifest_path(recipe, j).is_file():
+        out |= {row["token"] for row in read_manifest(manifest_path(recipe, j))["selected"]}
+        j += 1
+    return out
 
 
 def open_cache(recipe: Recipe) -> SupervisionCache:
@@ -82,7 +88,7 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
     device = resolve_device(recipe.device)
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     cache = open_cache(recipe)
-    manual = manual_labels(recipe.store_path, recipe.network.grid, selected_before(recipe, k))
+    manual = manual_labels(recipe.store_path, recipe.network.grid, selected_from(recipe, k))
     dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=cache, grid=recipe.network.grid,
                            aux_frames=recipe.data.aux_frames, manual=manual)
     torch.manual_seed(recipe.train.seed)

@@ -31,15 +31,11 @@ CAMERA_KEYS = ("images", "depth", "semantics", "confidence")  # (B, N, [C,] H, W
 @dataclass(frozen=True)
 class BevTransform:
     """p' = M p in the xy plane with M = F W: W swaps x and y when `swap`, F negates x / y when flip_x /
-    flip_y. Identity when all are False."""
+    flip_y."""
 
     swap: bool = False
     flip_x: bool = False
     flip_y: bool = False
-
-    @property
-    def identity(self) -> bool:
-        return not (self.swap or self.flip_x or self.flip_y)
 
     def matrix(self) -> torch.Tensor:
         """(4, 4) float64 ego -> augmented-ego transform."""

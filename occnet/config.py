@@ -104,7 +104,7 @@ class LossConfig:
     pseudo_3d: float = 0.0  # confidence-weighted cross-entropy on pseudo-labels
     # 3D cross-entropies weigh an occupied voxel by (its class's share of the batch's occupied voxels) **
     # -class_balance_3d, free voxels unchanged (occnet.losses.voxel_ce; 0 = off). 0.5: +2.0 mIoU for the
-    # 3D-supervised network on the development world (BENCHMARKS.md, benchmark v2)
+    # 3D-supervised network on the development world, one seed (BENCHMARKS.md, benchmark v2)
     class_balance_3d: float = 0.5
 
     def __post_init__(self) -> None:

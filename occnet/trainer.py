@@ -171,9 +171,9 @@ class Trainer:
         b = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         if self.annotate is not None and lc.pseudo_3d > 0:
             b.update(self.annotate(b, step))  # the teacher sees the frames as they are, before augmentation
-        n_frames = b["images"].shape[0]
         # augmentations drawn per frame from (seed, step, position), like the rays: same on resume and any rank layout
-        aug = [torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + step * 4099 + offset + i) for i in range(n_frames)]
+        aug = [torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + step * 4099 + offset + i)
+               for i in range(b["images"].shape[0])] if self.cfg.image_flip or self.cfg.bev_augment else []
         if self.cfg.image_flip:
             b = flip_cameras(b, torch.stack([torch.rand(b["images"].shape[1], generator=g) < 0.5 for g in aug]))
         bev = [draw_bev(g, self._bev_swap) for g in aug] if self.cfg.bev_augment else []

@@ -9,7 +9,6 @@ next to ``index.html``.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -23,7 +22,7 @@ from occnet.inference import predict
 from occnet.metrics import OccupancyMetric
 from occnet.rays import image_rays, render
 
-from ..active.rounds import bev_image, manifest_path
+from ..active.rounds import bev_image, manifest_path, read_manifest
 from ..dataset import open_frames
 from ..dts.config import readout
 from ..dts.label import load_teacher
@@ -161,7 +160,7 @@ def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict
                            manual=None)
     last = k == recipe.rounds.count - 1
     mpath = manifest_path(recipe, k)
-    manifest = json.loads(mpath.read_text()) if mpath.is_file() else None
+    manifest = read_manifest(mpath) if mpath.is_file() else None
 
     shown = []
     picks = np.linspace(0, len(dataset) - 1, min(n_frames, len(dataset))).round().astype(int) if len(dataset) else []

@@ -34,7 +34,7 @@ def check_drop_quantile(q: float) -> None:
     """The share of each class's voxels to drop: 1 or more would drop everything (and exit 0 with an
     empty export), a negative share means nothing."""
     if not 0 <= q < 1:
-        raise DataError(f"drop quantile must be in [0, 1) (the share of each class's least confident voxels left 255), got {q}")
+        raise DataError(f"drop quantile must be in [0, 1) (the share of each class's least confident voxels left out), got {q}")
 
 
 def thresholds_for(arrays: FrameArrays, drop_quantile: float) -> np.ndarray:
@@ -58,7 +58,7 @@ DROPPED_VOXELS = ("semantics keep the predicted class (ids 0..17, as in Occ3D-nu
 
 
 def confident_mask(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
-    """(X, Y, Z) bool: voxels whose confidence clears their class's threshold (all True for None)."""
+    """(X, Y, Z) bool: voxels whose confidence clears their class's threshold (every labelled voxel for None)."""
     sem = frame["semantics"]
     if thresholds is None:
         return sem != IGNORE_ID
@@ -75,8 +75,6 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
     indexes by class, leaves dropped voxels out without knowing about thresholds. With
     ``drop_quantile=None`` nothing is dropped (mask_confident is all 1).
     """
-    if drop_quantile is not None:
-        check_drop_quantile(drop_quantile)  # before anything is read or written
     arrays = store.round(k)
     arrays.check_complete()  # a missing chunk stops the export before its first file, not halfway
     scenes = store.scene_of(arrays)

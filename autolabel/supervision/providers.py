@@ -241,11 +241,10 @@ class SamClipLabels:
         """`sam_model`: an already built SAM (benchmarks pass randomly initialised ones); else the checkpoint."""
         from .clip import ClipScorer
         from .naming import Vocabulary
-        from .sam import SamMasks, build_sam
+        from .sam import SamMasks, build_sam, check_sam_checkpoint
 
-        if sam_model is None and cfg.sam.checkpoint is None:
-            raise DataError("supervision.sam.checkpoint is not set: download a SAM checkpoint (e.g. sam_vit_h_4b8939.pth) "
-                            "and give its local path")
+        if sam_model is None:
+            check_sam_checkpoint(cfg.sam.checkpoint)
         self.cfg = cfg
         self.vocab = Vocabulary.from_mapping(cfg.vocabulary, classes)
         self.scorer = ClipScorer(cfg.clip, self.vocab, device, cfg.bf16)
@@ -340,26 +339,24 @@ def check_models(cfg: SupervisionConfig) -> None:
     folder written): one DataError listing all that are missing, each with what to download."""
     if cfg.provider not in ("sam_clip", "grounded_sam"):
         return
+    from .clip import check_model_folder
+    from .sam import check_sam_checkpoint
+
+    checks = [lambda: check_sam_checkpoint(cfg.sam.checkpoint),
+              lambda: check_model_folder(cfg.clip.model, "supervision.clip.model", "CLIP model")]
+    if cfg.provider == "grounded_sam":
+        checks.append(lambda: check_model_folder(cfg.detector.model, "supervision.detector.model",
+                                                 "OWL-ViT / OWLv2 detector"))
     problems = []
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append(f"supervision.device is {cfg.device!r} but no CUDA GPU is available (use auto or cpu)")
-    if cfg.sam.checkpoint is None:
-        problems.append("supervision.sam.checkpoint is not set (download a SAM checkpoint, e.g. sam_vit_h_4b8939.pth "
-                        "from the segment-anything repository)")
-    elif not Path(cfg.sam.checkpoint).is_file():
-        problems.append(f"supervision.sam.checkpoint: {cfg.sam.checkpoint} not found; download the SAM checkpoint of "
-                        f"model_type {cfg.sam.model_type} (e.g. sam_vit_h_4b8939.pth from the segment-anything repository)")
-    models = [(cfg.clip.model, "supervision.clip.model", "CLIP model", "openai/clip-vit-base-patch16")]
-    if cfg.provider == "grounded_sam":
-        models.append((cfg.detector.model, "supervision.detector.model", "OWL-ViT / OWLv2 detector",
-                       "google/owlv2-base-patch16-ensemble"))
-    for path, field, what, example in models:
-        if path is None or not (Path(path) / "config.json").is_file():
-            where = "is not set" if path is None else f"{path} is not a transformers model folder (no config.json)"
-            problems.append(f"{field} {where} (download a {what}, e.g. `huggingface-cli download {example} "
-                            f"--local-dir {path or 'checkpoints/' + example.split('/')[1]}`)")
+    for check in checks:
+        try:
+            check()
+        except DataError as exc:
+            problems.append(str(exc))
     if problems:
-        raise DataError("; ".join(problems) + "; nothing is downloaded at run time")
+        raise DataError("; ".join(problems))
 
 
 def build_provider(cfg: SupervisionConfig, dataroot: str | Path, nusc=None) -> LabelProvider:

@@ -25,6 +25,18 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+def check_sam_checkpoint(checkpoint: str | Path | None) -> Path:
+    """The recipe's SAM checkpoint path; a DataError saying what to download when it is unset or missing."""
+    if checkpoint is None:
+        raise DataError("supervision.sam.checkpoint is not set: download a SAM checkpoint (e.g. sam_vit_h_4b8939.pth "
+                        "from the segment-anything repository) and give its local path")
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise DataError(f"supervision.sam.checkpoint: {path} not found; download the SAM checkpoint of your "
+                        f"model type (e.g. sam_vit_h_4b8939.pth from the segment-anything repository) and give its path")
+    return path
+
+
 def build_sam(arch: SamArch, checkpoint: str | Path | None):
     """A segment-anything `Sam` of this architecture, loaded from a local checkpoint (None: random weights,
     for speed measurements only)."""
@@ -47,10 +59,7 @@ def build_sam(arch: SamArch, checkpoint: str | Path | None):
             transformer_dim=arch.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=arch.prompt_embed_dim),
         pixel_mean=list(PIXEL_MEAN), pixel_std=list(PIXEL_STD))
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise DataError(f"supervision.sam.checkpoint: {path} not found; download the SAM checkpoint of your "
-                            f"model type (e.g. sam_vit_h_4b8939.pth from the segment-anything repository) and give its path")
+        path = check_sam_checkpoint(checkpoint)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             sam.load_state_dict(state)

@@ -62,12 +62,15 @@ def make_world(world: Path, synth: str, micro: bool, seed: int = 31) -> Path:
 
 def run_per_gpu(cmds: list[list[str]], devices: list[str], logs: list[Path] | None = None) -> list[int]:
     """Run the commands at once, command i on GPU devices[i % len(devices)], the CPU cores shared out among
-    their DataLoaders (AUTOLABEL_WORKERS); output to logs[i] when given. Returns the indices that failed."""
+    their DataLoaders (AUTOLABEL_WORKERS) and torch's CPU threads (OMP_NUM_THREADS: each process would
+    otherwise start one per core); output to logs[i] when given. Returns the indices that failed."""
     workers = str(max(1, (os.cpu_count() or 2) // len(cmds) - 1))
+    threads = str(max(1, (os.cpu_count() or 2) // len(cmds)))
     with contextlib.ExitStack() as stack:
         procs = []
         for i, cmd in enumerate(cmds):
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[i % len(devices)], "AUTOLABEL_WORKERS": workers}
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[i % len(devices)], "AUTOLABEL_WORKERS": workers,
+                   "OMP_NUM_THREADS": threads}
             out = stack.enter_context(open(logs[i], "w")) if logs else None
             procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
         return [i for i, p in enumerate(procs) if p.wait()]

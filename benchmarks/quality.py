@@ -13,6 +13,7 @@ Variants:
   render_exact      rendering only: exact 2D labels + LiDAR depth
   render_noisy      rendering only: the world's default foundation-model-like 2D labels (noise model v2)
   render_hard       rendering only: the hard noise level
+  render_noisy_v1   rendering only: the first release's noise model (v1) at the default level, same world
   noisy_dts         render_noisy + the DTS teacher's pseudo-labels
   dts_active_5pct   noisy_dts + one round with oracle 3D labels on 5% of the pool by active selection
   dts_random_5pct   the same with random selection
@@ -22,14 +23,17 @@ over seeds. Ablations: --ablation NEW=BASE:key=value;key=value (recipe keys, YAM
     python benchmarks/quality.py RUN [--test] [--synth 40x4] [--steps 3000] [--variants ...] [--procs N]
     python benchmarks/quality.py RUN --micro     # the CI-sized version: checks that the harness runs
 
-Variants are dealt over --procs processes (default: one per visible GPU; several may share a GPU), the
-DTS chain kept in one; every process saves its results after each variant, so a run cut short still
-reports what finished (--report prints the table of what is there). results.json records the world
-seeds, the split, the code version and the command.
+Variants are dealt over --procs processes (default: one per visible GPU; several may share a GPU); the two
+round-1 variants wait for noisy_dts's network (a marker file) and then run at once in their own processes
+where there are enough. Every process saves its results after each variant, so a run cut short still
+reports what finished (--report prints the table of what is there, from RUN/meta.json without the world).
+results.json records the world seeds and a digest of the world's files, the split, the code version and
+the command.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -59,13 +63,17 @@ from autolabel.supervision.providers import build_provider, resolve_device  # no
 from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
 from autolabel.training.rounds import checkpoint_path, open_cache, train_round  # noqa: E402
 
-VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "render_hard", "noisy_dts", "dts_active_5pct",
-            "dts_random_5pct")
-CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct")  # one process: round 1 starts from noisy_dts
+VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "render_hard", "render_noisy_v1", "noisy_dts",
+            "dts_active_5pct", "dts_random_5pct")
+CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct")
+ROUND1 = CHAIN[1:]  # round 1 starts from noisy_dts's network: these wait for it
 # variant 3 with one change each, to find what rendering-only lacks
 DIAGNOSTICS = ("render_noisy_aux", "render_noisy_no_los", "render_noisy_lidar_target")
-LABELS = {"render_exact": "exact", "render_hard": "hard"}  # 2D labels by variant; the rest use the default level
-DEFAULT = "3d_supervised,3d_supervised@1,render_noisy,render_noisy@1,render_exact,render_hard," + ",".join(CHAIN)
+# 2D labels by variant; the rest use the default level
+LABELS = {"render_exact": "exact", "render_hard": "hard", "render_noisy_v1": "v1"}
+DEFAULT = ("3d_supervised,3d_supervised@1,render_noisy,render_noisy@1,render_exact,render_hard,render_noisy_v1,"
+           + ",".join(CHAIN))
+WAIT_SECONDS = 5.0  # how often a round-1 variant looks for noisy_dts's network
 
 
 def split_name(name: str) -> tuple[str, int]:
@@ -80,7 +88,7 @@ def parse_ablations(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
     for spec in specs:
         name, _, rest = spec.partition("=")
         base, _, sets = rest.partition(":")
-        bases = (*VARIANTS[:5], *DIAGNOSTICS)  # single trainings (an ablation of noisy_dts has no round 1)
+        bases = (*VARIANTS[:6], *DIAGNOSTICS)  # single trainings (an ablation of noisy_dts has no round 1)
         if not name or base not in bases:
             raise SystemExit(f"--ablation {spec!r}: want NEW=BASE:key=value;... with BASE one of {bases}")
         out[name] = (base, [s for s in sets.split(";") if s])
@@ -128,19 +136,16 @@ def prepared_variant(run: Path, base: dict, name: str, ablations: dict):
 
 
 def variant_groups(wanted: list[str], procs: int) -> list[list[str]]:
-    """Variants per process: the DTS chain (train, label, two shorter round-1 runs: about 1.5 trainings)
-    stays together; each other variant goes to the least loaded process."""
-    chain = [v for v in wanted if split_name(v)[0] in CHAIN]
+    """Variants per process, each to the least loaded one: first the trainings from scratch (one unit each),
+    then the round-1 variants (a quarter each), which come last in their process because they wait for
+    noisy_dts's network; no process waits for one that comes after it, so there is no deadlock."""
     groups: list[list[str]] = [[] for _ in range(max(1, procs))]
     load = [0.0] * len(groups)
-    if chain:
-        groups[-1] += chain
-        load[-1] = 1.5
-    for v in wanted:
-        if v not in chain:
-            i = load.index(min(load))
-            groups[i].append(v)
-            load[i] += 1.0
+    round1 = [v for v in wanted if split_name(v)[0] in ROUND1]
+    for v in [v for v in wanted if v not in round1] + round1:
+        i = load.index(min(load))
+        groups[i].append(v)
+        load[i] += 0.25 if v in round1 else 1.0
     return [g for g in groups if g]
 
 
@@ -196,25 +201,20 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         train_round(recipe, 0, progress=False)
         return recipe, time.perf_counter() - t0
 
-    for name in wanted:
-        if name in results or split_name(name)[0] in CHAIN:
-            continue
-        recipe, seconds = train(name)
-        score(name, recipe, 0, seconds)
-    chain = [v for v in wanted if split_name(v)[0] in CHAIN]
-    if not chain:
-        return results
-    seed = split_name(chain[0])[1]
-    dts_name = f"noisy_dts@{seed}" if seed else "noisy_dts"
-    dts, seconds = train(dts_name)
-    if dts_name not in results:
-        score(dts_name, dts, 0, seconds)
-    scores = score_pool(dts, 0, progress=False)
-    budget = max(1, round(0.05 * len(scores.tokens)))
-    for name in chain:
-        kind = split_name(name)[0]
-        if kind == "noisy_dts" or name in results:
-            continue
+    def round1(name: str) -> None:
+        """Round 1 from noisy_dts's network (of the same seed), with oracle 3D labels on 5% of the pool picked
+        by the default strategy (dts_active_5pct) or at random (dts_random_5pct)."""
+        kind, seed = split_name(name)
+        dts_name = f"noisy_dts_s{seed}" if seed else "noisy_dts"
+        marker = run / f"{dts_name}.done"
+        log(f"{name}: waiting for {dts_name}'s network and pseudo-labels")
+        while not marker.is_file():
+            if marker.with_suffix(".failed").is_file():
+                raise RuntimeError(f"{name}: {dts_name} failed")
+            time.sleep(WAIT_SECONDS)
+        dts = load_recipe(run / f"{dts_name}.yaml")
+        scores = score_pool(dts, 0, progress=False)
+        budget = max(1, round(0.05 * len(scores.tokens)))
         strategy = "auto" if kind == "dts_active_5pct" else "random"
         folder = run / name.replace("@", "_s")
         shutil.rmtree(folder, ignore_errors=True)
@@ -225,12 +225,29 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         picks, used = select_frames(scores.candidates, scores.features, scores.features[:0],
                                     SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1), 0, len(scores.tokens))
         oracle_labels(recipe, scores.tokens, scores.scenes, [(p.candidate.scene, p.candidate.token) for p in picks], world)
+        log(f"{name}: round 1 ({args.round1_steps} steps, {budget} frames by {used})")
         t0 = time.perf_counter()
         train_round(recipe, 1, progress=False)
         score(name, recipe, 1, time.perf_counter() - t0)
         results[name]["selected"] = [p.candidate.token for p in picks]
         results[name]["strategy"] = used
         save()
+
+    for name in wanted:  # variant_groups puts the round-1 variants last
+        if name in results:
+            continue
+        if split_name(name)[0] in ROUND1:
+            round1(name)
+            continue
+        # noisy_dts's marker: its network and pool labels (which pool scoring reads) are there, or it failed
+        marker = run / f"{name.replace('@', '_s')}.done"
+        try:
+            recipe, seconds = train(name)
+            score(name, recipe, 0, seconds)
+        except BaseException:
+            marker.with_suffix(".failed").touch()  # round-1 variants waiting for this one give up
+            raise
+        marker.touch()
     return results
 
 
@@ -323,9 +340,18 @@ def main() -> None:
     unknown = {split_name(v)[0] for v in wanted} - set(VARIANTS) - set(DIAGNOSTICS) - set(ablations)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS + DIAGNOSTICS} or an --ablation")
-    if len({split_name(v)[1] for v in wanted if split_name(v)[0] in CHAIN}) > 1:
-        raise SystemExit("the DTS chain (noisy_dts, dts_active_5pct, dts_random_5pct) runs with one training seed")
     run = Path(args.run)
+    for v in wanted if args.group is None else ():  # a child process runs part of the parent's variants
+        kind, seed = split_name(v)
+        dts = f"noisy_dts@{seed}" if seed else "noisy_dts"
+        if kind in ROUND1 and dts not in wanted and not (run / f"{dts.replace('@', '_s')}.done").is_file():
+            raise SystemExit(f"{v} starts from {dts}'s network: add {dts} to --variants")
+        if kind in ROUND1 and args.skip_pseudo:
+            raise SystemExit(f"{v} selects by the pool's pseudo-labels: leave out --skip-pseudo")
+    if args.report and (run / "meta.json").is_file():  # the table of what is there; the world is not needed
+        meta = json.loads((run / "meta.json").read_text())
+        report(run, meta, failed=[])
+        return
     run.mkdir(parents=True, exist_ok=True)
     seed = args.test_world_seed if args.test else args.world_seed
     world = make_world(run / f"world_{seed}", args.synth, args.micro, seed=seed)
@@ -335,18 +361,22 @@ def main() -> None:
     base["data"]["val_scenes"] = held_out
     if not args.micro:  # image features at 1/8 of the input: +2.2 mIoU for the bound on the development world
         base["network"]["feature_stride"] = 8
+    if args.group is not None:  # a child process
+        run_group(run, base, world, wanted, args, args.group, ablations)
+        return
     meta = {"world": "test" if args.test else "development", "world_seed": seed, "dev_world_seed": args.world_seed,
-            "test_world_seed": args.test_world_seed, "synth": args.synth,
+            "test_world_seed": args.test_world_seed, "synth": args.synth, "world_digest": world_digest(world),
             "split": {"pool": [s for s in scenes if s not in held_out], "held_out": held_out},
             "steps": args.steps, "round1_steps": args.round1_steps, "code_version": code_version(),
             "command": " ".join(sys.argv), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "date": time.strftime("%Y-%m-%d"), "ablations": {k: [b, s] for k, (b, s) in ablations.items()}}
-    if args.group is not None:  # a child process
-        run_group(run, base, world, wanted, args, args.group, ablations)
-        return
+    if not args.report:
+        (run / "meta.json").write_text(json.dumps(meta, indent=1))
     procs = args.procs or args.gpus or max(1, torch.cuda.device_count())
     groups = [] if args.report else variant_groups(wanted, procs)
     failed: list[int] = []
+    for f in run.glob("*.failed"):  # from an earlier attempt: those variants are tried again now
+        f.unlink()
     t0 = time.perf_counter()
     # the caches the variants read, written once before the processes start (in DataLoader workers)
     for labels in sorted({LABELS.get(kind_of(v, ablations), "noisy") for v in wanted}) if groups else ():
@@ -366,16 +396,33 @@ def main() -> None:
         failed += run_per_gpu(cmds, [str(i) for i in range(max(1, torch.cuda.device_count()))])
         if failed:
             print(f"groups {failed} failed; the table holds what finished", flush=True)
+    if groups:
+        meta["seconds"] = round(time.perf_counter() - t0, 1)
+        (run / "meta.json").write_text(json.dumps(meta, indent=1))
+    report(run, meta, failed)
+
+
+def report(run: Path, meta: dict, failed: list[int]) -> None:
+    """results.json, the training curves and the table from every process's results.*.json."""
     results: dict[str, dict] = {}
     for f in sorted(run.glob("results.*.json")):
         results.update(json.loads(f.read_text()))
-    meta["seconds"] = round(time.perf_counter() - t0, 1)
     (run / "results.json").write_text(json.dumps({"meta": meta, "summary": summarise(results), "variants": results},
                                                  indent=1))
     _curves(results, run / "training_curves.png")
     print_table(meta, results)
     if failed:
         sys.exit(1)
+
+
+def world_digest(world: Path) -> str:
+    """SHA-256 over the world's tables, Occ3D ground truth and 2D label maps (paths and bytes): results of
+    two runs may be merged only when their worlds have the same digest."""
+    h = hashlib.sha256()
+    for path in sorted(p for d in ("v1.0-synth", "gts", "labels2d") for p in (world / d).rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(world)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _curves(results: dict, path: Path) -> None:

@@ -3,15 +3,17 @@ pseudo-labels of the pool), seeds and the hard noise level included, and the tab
 from __future__ import annotations
 
 import json
+import shutil
 
 from tiny_models import run_micro_benchmark
 
-VARIANTS = "3d_supervised,render_noisy@1,render_hard,noisy_dts,dts_active_5pct,dts_random_5pct"
+VARIANTS = "3d_supervised,render_noisy@1,render_hard,render_noisy_v1,noisy_dts,dts_active_5pct,dts_random_5pct"
 
 
 def test_quality_harness_runs_micro(tmp_path):
-    # two processes (one per GPU on a GPU machine; both on the CPU here): the DTS chain in one, the rest in the other
-    out = run_micro_benchmark("quality.py", tmp_path / "q", "--procs", "2", "--variants", VARIANTS)
+    # three processes (one per GPU on a GPU machine; all on the CPU here): the round-1 variants wait for
+    # noisy_dts's network in whichever process they land
+    out = run_micro_benchmark("quality.py", tmp_path / "q", "--procs", "3", "--variants", VARIANTS)
     r = json.loads((tmp_path / "q" / "results.json").read_text())
     meta, variants = r["meta"], r["variants"]
     assert set(variants) == set(VARIANTS.split(","))
@@ -29,8 +31,17 @@ def test_quality_harness_runs_micro(tmp_path):
     seeded = (tmp_path / "q" / "render_noisy_s1.yaml").read_text()
     assert "seed: 1" in seeded and "variant: noisy" in seeded
     assert "variant: hard" in (tmp_path / "q" / "render_hard.yaml").read_text()
-    assert {f.name for f in (tmp_path / "q").glob("results.*.json")} == {"results.0.json", "results.1.json"}
+    assert "variant: v1" in (tmp_path / "q" / "render_noisy_v1.yaml").read_text()
+    assert {f.name for f in (tmp_path / "q").glob("results.*.json")} == {"results.0.json", "results.1.json",
+                                                                          "results.2.json"}
+    assert len(meta["world_digest"]) == 16 and meta["seconds"] > 0
     assert "3d_supervised" in out.stdout and (tmp_path / "q" / "training_curves.png").stat().st_size > 1000
+    # the table again from meta.json and the results, without the world (merging runs of another machine)
+    shutil.rmtree(tmp_path / "q" / "world_31")
+    again = run_micro_benchmark("quality.py", tmp_path / "q", "--report")
+    def table(text: str) -> str:
+        return text[text.index("development world (seed 31)"):]
+    assert table(again.stdout) == table(out.stdout)
 
 
 def test_test_world_is_another_seed(tmp_path):

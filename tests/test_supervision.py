@@ -368,7 +368,7 @@ def test_precomputed_variant_is_validated(tiny_world, tmp_path):
     from autolabel.supervision.config import PrecomputedConfig
 
     assert PrecomputedConfig(variant="hard").variant == "hard"
-    with pytest.raises(ValueError, match="precomputed.variant must be one of exact, noisy, hard, got 'harder'"):
+    with pytest.raises(ValueError, match="precomputed.variant must be one of exact, noisy, hard, v1, got 'harder'"):
         PrecomputedConfig(variant="harder")
     # a world written before noise model v2 has no hard maps: the error says what to do
     frame = NuScenesFrames(tiny_world, "v1.0-synth", load_images=False, grid=TINY_GRID)[0]

@@ -180,6 +180,21 @@ def test_noisy_labels_differ_from_exact_but_mostly_agree(synth_root):
     assert agree["hard"] / total["hard"] < agree["noisy"] / total["noisy"] - 0.03
 
 
+def test_v1_maps_of_a_v2_world_are_the_v1_profile_s_default_maps(tmp_path):
+    """The `v1` precomputed variant of a v2 world holds exactly what a world of the v1 profile gives as its
+    default maps: v1 against v2 on one world is the first release's noise model against the new one."""
+    cfg = SynthConfig(scenes=1, frames_per_scene=1, seed=4, image_size=(48, 80))
+    write_dataset(tmp_path / "v2", cfg, progress=False)
+    write_dataset(tmp_path / "v1", replace(cfg, noise_profile="v1"), progress=False)
+    files = sorted((tmp_path / "v2" / "labels2d").rglob("*.npz"))
+    assert files
+    for f in files:
+        with np.load(f) as v2, np.load(tmp_path / "v1" / f.relative_to(tmp_path / "v2")) as v1:
+            assert np.array_equal(v2["v1_semantics"], v1["noisy_semantics"])
+            assert np.array_equal(v2["v1_confidence"], v1["noisy_confidence"])
+            assert not np.array_equal(v2["noisy_semantics"], v1["noisy_semantics"])
+
+
 def test_cli_synth_with_preview(tmp_path, capsys):
     out = tmp_path / "w"
     assert main(["synth", str(out), "--scenes", "1", "--frames-per-scene", "1", "--image-size", "64x112", "--preview"]) == 0

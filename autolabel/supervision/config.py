@@ -9,7 +9,7 @@ from occnet.classes import FREE_ID, OCC3D_CLASS_NAMES
 PROVIDERS = ("precomputed", "sam_clip", "grounded_sam", "lidarseg")
 IGNORE_KEY = "ignore"  # vocabulary entry whose prompts name things that get no label (255): sky, ego car
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
-PRECOMPUTED_VARIANTS = ("exact", "noisy", "hard")
+PRECOMPUTED_VARIANTS = ("exact", "noisy", "hard", "v1")
 
 # Prompts per Occ3D class for driving scenes. Several prompts per class: CLIP scores a class by its best
 # matching prompt (log-sum-exp), so synonyms widen what is recognised without splitting probability mass.
@@ -147,7 +147,8 @@ class PrecomputedConfig:
     root: Optional[str] = None  # None: the dataset root
     folder: str = "labels2d"
     # which maps of an NPZ: exact = semantics/confidence, noisy = noisy_semantics/noisy_confidence (the
-    # synthetic world's default noise level), hard = hard_semantics/hard_confidence (1.6x that level)
+    # synthetic world's default noise level), hard = hard_semantics/hard_confidence (1.6x that level),
+    # v1 = v1_semantics/v1_confidence (the first release's noise model at the default level, for comparison)
     variant: str = "noisy"
 
     def __post_init__(self) -> None:

@@ -78,7 +78,8 @@ def resize_labels(sem: np.ndarray, conf: np.ndarray, rc: ResizeCrop) -> LabelMap
 # ---- precomputed --------------------------------------------------------------------------------
 class PrecomputedLabels:
     """``<root>/<folder>/<scene>/<token>/<CAM>.npz`` (keys by variant: semantics [+ confidence],
-    noisy_semantics [+ noisy_confidence] or hard_semantics [+ hard_confidence]; confidence uint8 0..255
+    noisy_semantics [+ noisy_confidence], hard_semantics [+ hard_confidence] or v1_semantics [+ v1_confidence];
+    confidence uint8 0..255
     or float 0..1) or ``<CAM>.png``
     (uint8 ids) with an optional ``<CAM>_confidence.png`` (uint8 0..255)."""
 
@@ -86,7 +87,7 @@ class PrecomputedLabels:
     model_free = True
     needs_images = False
     KEYS = {"exact": ("semantics", "confidence"), "noisy": ("noisy_semantics", "noisy_confidence"),
-            "hard": ("hard_semantics", "hard_confidence")}
+            "hard": ("hard_semantics", "hard_confidence"), "v1": ("v1_semantics", "v1_confidence")}
 
     def __init__(self, root: str | Path, folder: str = LABELS_2D_DIR, variant: str = "noisy"):
         if variant not in self.KEYS:
@@ -115,8 +116,8 @@ class PrecomputedLabels:
             sem_key, conf_key = self.KEYS[self.variant]
             with np.load(path) as z:
                 if sem_key not in z.files:
-                    hint = " (worlds written before noise model v2 have no hard maps: run autolabel synth again)" \
-                        if self.variant == "hard" else ""
+                    hint = f" (older worlds have no {self.variant} maps: run autolabel synth again)" \
+                        if self.variant in ("hard", "v1") else ""
                     raise DataError(f"{path}: no '{sem_key}' map (found {z.files}){hint}")
                 sem = z[sem_key]
                 conf = z[conf_key] if conf_key in z.files else None

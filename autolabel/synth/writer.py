@@ -187,15 +187,18 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
             maps = (r.semantics, r.instance, r.depth, r.world_xy)
             # v1 draws from the sensors' generator, as in the first release; it runs in every profile so
             # that the images and lidar are the same whatever the profile (and as before v2 existed)
-            noisy, conf = noisy_labels_v1(*maps, cfg.label_noise, rng)
+            v1, v1_conf = noisy_labels_v1(*maps, cfg.label_noise, rng)
+            noisy, conf = v1, v1_conf
             if cfg.noise_profile != "v1":  # other profiles have their own generator per camera
                 noisy, conf = make_noisy_labels(cfg.noise_profile, *maps, cfg.label_noise,
                                                 np.random.default_rng([seed, si, 2, k, ci]))
             hard, hard_conf = make_noisy_labels(cfg.noise_profile, *maps, hard_level(cfg.label_noise),
                                                 np.random.default_rng([seed, si, 3, k, ci]))
+            # the v1 maps are kept beside the profile's (precomputed variant "v1"): v1 against v2 on one world
             save_npz(out / LABELS_2D_DIR / scene_name / sample_tok / f"{cam.name}.npz", {
                 "semantics": r.semantics, "depth": r.depth, "instance": r.instance,
-                "noisy_semantics": noisy, "noisy_confidence": conf, "hard_semantics": hard, "hard_confidence": hard_conf})
+                "noisy_semantics": noisy, "noisy_confidence": conf, "hard_semantics": hard, "hard_confidence": hard_conf,
+                "v1_semantics": v1, "v1_confidence": v1_conf})
         # Occ3D ground truth in the keyframe lidar's ego frame
         prims = world.primitives_at(t_key)
         semantics = voxelize(world, prims, key_pose, grid)

@@ -26,6 +26,7 @@ from ..data.occ3d import Occ3DLabels
 from ..data.transforms import ResizeCrop
 from ..errors import DataError
 from ..supervision.cache import SupervisionCache
+from ..supervision.config import PRECOMPUTED_VARIANTS
 from ..supervision.lidar_depth import lidar_depth_maps
 from ..supervision.providers import PrecomputedLabels
 
@@ -37,7 +38,7 @@ class FrameDataset(Dataset):
     """Args:
         frames: the dataset of keyframes.
         image_size: network input (H, W); images are resized / cropped with K updated.
-        labels: "exact" / "noisy" / "hard" precomputed 2D labels from ``labels2d/``, "none", or "cache": 2D labels
+        labels: "exact" / "noisy" / "hard" / "v1" precomputed 2D labels from ``labels2d/``, "none", or "cache": 2D labels
             and depth maps read from `cache` (what `autolabel supervise` computed; training never runs SAM).
         indices: the subset of frames to use (None = all).
         lidar: also return the keyframe sweep's own points (lidar_points (P, 3) ego frame, float32) and the
@@ -48,8 +49,9 @@ class FrameDataset(Dataset):
                  indices: Sequence[int] | None = None, grid: GridSpec | None = None, aux_frames: int = 0,
                  cache: SupervisionCache | None = None, manual: Mapping[str, Occ3DLabels] | None = None,
                  lidar: bool = False):
-        if labels not in ("exact", "noisy", "hard", "none", "cache"):
-            raise ValueError(f"FrameDataset.labels must be 'exact', 'noisy', 'hard', 'none' or 'cache', got {labels!r}")
+        if labels not in (*PRECOMPUTED_VARIANTS, "none", "cache"):
+            raise ValueError(f"FrameDataset.labels must be one of {', '.join(PRECOMPUTED_VARIANTS)}, 'none' or 'cache', "
+                             f"got {labels!r}")
         if (labels == "cache") != (cache is not None):
             raise ValueError("FrameDataset: pass cache= exactly when labels='cache'")
         if cache is not None and tuple(cache.image_size) != tuple(image_size):

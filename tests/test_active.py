@@ -308,3 +308,17 @@ def test_budget_curve_harness_runs_micro(tmp_path):
     assert set(r["results"]) == {"random", "entropy", "coreset", "hybrid"}
     assert all(set(v) == {"0.25", "0.5"} for v in r["results"].values())
     assert (tmp_path / "act" / "budget_curve.png").stat().st_size > 1000
+
+
+def test_selection_scale_benchmark_smoke():
+    """benchmarks/selection_scale.py --smoke: every strategy runs in its own process and fills the budget."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "selection_scale.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "strategy" not in line]
+    assert [r[0].strip() for r in rows] == ["random", "stratified", "entropy", "coreset", "kmeans", "hybrid"]
+    assert all(int(r[2]) == 20 and float(r[1]) < 60 for r in rows)

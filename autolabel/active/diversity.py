@@ -18,15 +18,24 @@ def k_center_order(features: np.ndarray, selected: Sequence[int] = (), candidate
     """Candidates in k-center greedy order (the core-set greedy of Sener & Savarese, a 2-approximation of
     the k-center optimum), lazily: each is the farthest (Euclidean) from everything selected and picked
     so far. With nothing selected, the first pick is the candidate farthest from the candidates' mean.
-    A consumer that stops after k picks pays for k steps only."""
+    A consumer that stops after k picks pays for k steps only. Indices into `features`."""
     cand = np.arange(len(features)) if candidates is None else np.asarray(candidates, dtype=np.int64)
-    if len(cand) == 0:
+    points = features if candidates is None else features[cand]
+    centres = features[np.asarray(selected, dtype=np.int64)] if len(selected) else None
+    yield from (int(cand[i]) for i in greedy_order(points, centres, device))
+
+
+def greedy_order(points: np.ndarray, centres: np.ndarray | None = None,
+                 device: str | torch.device | None = None) -> Iterator[int]:
+    """`k_center_order` over `points` (N, D) with `centres` (M, D) already selected (None: none), as row
+    indices of `points`; the arrays are used as they are (no copy of a float32 pool on the CPU)."""
+    if len(points) == 0:
         return
-    dist = PointDistances(features[cand], device)
-    d = dist.nearest(features[np.asarray(selected, dtype=np.int64)]) if len(selected) else dist.to_mean()
-    for _ in range(len(cand)):
+    dist = PointDistances(points, device)
+    d = dist.nearest(centres) if centres is not None and len(centres) else dist.to_mean()
+    for _ in range(len(points)):
         i = int(np.argmax(d))
-        yield int(cand[i])
+        yield i
         dist.shrink(d, i)
         d[i] = -np.inf
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .config import SelectionConfig
-from .diversity import k_center_order, kmeans_pp
+from .diversity import greedy_order, kmeans_pp
 
 
 @dataclass
@@ -31,6 +31,14 @@ class Candidate:
 class Pick:
     candidate: Candidate
     reason: str
+
+
+def distance_device(device: str) -> torch.device | None:
+    """Where the diversity distances run: the recipe's device when it is a GPU, else the CPU (None)."""
+    from ..supervision.providers import resolve_device
+
+    d = resolve_device(device)
+    return d if d.type == "cuda" else None
 
 
 def resolve_strategy(cfg: SelectionConfig, n_labelled: int, pool_size: int) -> str:
@@ -69,10 +77,8 @@ def _order(strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: n
         return
     if strategy not in ("coreset", "kmeans", "hybrid"):
         raise ValueError(f"unknown strategy {strategy!r}")
-    all_feats = np.concatenate([feats, labelled]) if len(labelled) else feats
-    labelled_idx = list(range(n, n + len(labelled)))
     if strategy == "coreset":
-        order = k_center_order(all_feats, selected=labelled_idx, candidates=list(range(n)), device=device)
+        order = greedy_order(feats, labelled, device)
         yield from ((i, f"core-set pick {r + 1} (farthest from the labelled and picked frames)") for r, i in enumerate(order))
         return
     if strategy == "kmeans":
@@ -86,7 +92,8 @@ def _order(strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: n
     top = by_unc[:k1]
     rank = {i: r + 1 for r, i in enumerate(top)}
     taken = set()
-    for r, i in enumerate(k_center_order(all_feats, selected=labelled_idx, candidates=top, device=device)):
+    for r, j in enumerate(greedy_order(feats[top], labelled, device)):
+        i = top[j]
         taken.add(i)
         yield i, f"hybrid: uncertainty rank {rank[i]} of the top {k1}, core-set pick {r + 1}"
     yield from ((i, "hybrid: uncertainty fill") for i in by_unc if i not in taken)

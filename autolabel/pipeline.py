@@ -103,11 +103,12 @@ def check_run_folder(recipe: Recipe) -> None:
 def preflight(recipe: Recipe) -> None:
     """Every check of paths, models and recipe values that needs no work, before the run folder is
     written: a failing first run leaves nothing behind, and a resumed one nothing changed."""
-    from .dataset import check_dataroot
+    from .dataset import check_annotator, check_dataroot
     from .supervision.providers import check_models, resolve_device
 
     resolve_device(recipe.device)  # also joins the process group under torchrun before the first barrier
     check_dataroot(recipe)
+    check_annotator(recipe)
     check_models(recipe.supervision)
     check_run_folder(recipe)
 
@@ -224,13 +225,19 @@ def _ingest(recipe: Recipe, k: int) -> dict:
         folder = recipe.round_dir(k) / "oracle_annotations"
         oracle_annotate(recipe, k, recipe.dataroot, folder)
     else:
-        folder = Path(recipe.rounds.annotations_dir) / f"round_{k}"
+        folder = annotations_folder(recipe) / f"round_{k}"
         if not folder.is_dir():
             raise AwaitingAnnotations(f"round {k}: waiting for annotations in {folder} (the frames are listed in "
                                       f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
                                       f"`autolabel run`")
     s = ingest(recipe, k, folder)
     return {"added": len(s["added"]), "manual_total": s["manual_total"]}
+
+
+def annotations_folder(recipe: Recipe) -> Path:
+    """Where the folder annotator's deliveries go: rounds.annotations_dir, or <run>/annotations."""
+    d = recipe.rounds.annotations_dir
+    return Path(d) if d else recipe.run_dir / "annotations"
 
 
 def summary_text(recipe: Recipe, result: dict) -> str:

@@ -322,3 +322,30 @@ def test_selection_scale_benchmark_smoke():
     rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "strategy" not in line]
     assert [r[0].strip() for r in rows] == ["random", "stratified", "entropy", "coreset", "kmeans", "hybrid"]
     assert all(int(r[2]) == 20 and float(r[1]) < 60 for r in rows)
+
+
+def test_export_holds_the_manual_labels_with_their_source(run_copy, pool_world, tmp_path):
+    """Issue 21: frames with ingested manual labels are exported from those (label_source 'manual', the
+    annotator's masks, mask_confident all 1); the rest hold pseudo-labels; export.json says which is which."""
+    from autolabel.data.occ3d import read_labels
+    from tiny_models import TINY_GRID
+
+    assert main(["select", str(run_copy), "--round", "0"]) == 0
+    rows = _deliver(run_copy, pool_world, tmp_path / "ann")
+    assert main(["ingest", str(run_copy), "--round", "0", str(tmp_path / "ann")]) == 0
+    store = run_copy.parent / "run" / "labels.zarr"
+    assert main(["export", str(store), str(tmp_path / "export"), "--round", "0", "--drop-quantile", "0.3"]) == 0
+    summary = json.loads((tmp_path / "export" / "export.json").read_text())
+    manual = {r["token"] for r in rows}
+    assert set(summary["manual_tokens"]) == manual and summary["frames_manual"] == 2 and summary["frames_pseudo"] == 4
+    pseudo = LabelStore.open(store).round(0)
+    for token, scene in LabelStore.open(store).scene_of(pseudo).items():
+        got = read_labels(labels_path(tmp_path / "export", scene, token), TINY_GRID)
+        if token in manual:
+            gt = read_labels(labels_path(pool_world, scene, token), TINY_GRID)
+            assert got.source == "manual" and got.mask_confident.all()
+            for key in ("semantics", "mask_camera", "mask_lidar"):
+                np.testing.assert_array_equal(getattr(got, key), getattr(gt, key))
+        else:
+            assert got.source == "pseudo"
+            np.testing.assert_array_equal(got.semantics, pseudo.read(pseudo.index(token), "semantics"))

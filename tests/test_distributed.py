@@ -27,12 +27,13 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str) -> None:
+def torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_port()), "-m", "autolabel.cli", *args]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
 
 
 def _recipe(folder: Path, world: Path, accumulate: int) -> Path:
@@ -128,7 +129,8 @@ def test_two_processes_score_the_pool_like_one(trained, tmp_path):
         recipe.write_text(yaml.safe_dump(r))
         runs.append(recipe)
     assert main(["select", str(runs[0]), "--round", "0"]) == 0
-    torchrun("select", str(runs[1]), "--round", "0")
+    out = torchrun("select", str(runs[1]), "--round", "0")
+    assert "pool scored by 2 process(es) (3, 3 frames)" in out.stdout  # each rank scored its share
     a, b = (json.loads((r.parent / "run" / "round_0" / "select" / "manifest.json").read_text()) for r in runs)
     assert len(a["selected"]) == 3 and a["selected"] == b["selected"]
     assert a["pool_size"] == b["pool_size"] == 6

@@ -44,6 +44,7 @@ class PoolScores:
     labelled: np.ndarray  # (N,) bool: already has manual 3D labels
     features: np.ndarray  # (N, D) L2-normalised pooled BEV features
     candidates: list[Candidate]  # the unlabelled frames, in token order
+    scored_by: tuple[int, ...] = ()  # frames scored by each process (rank order)
 
 
 def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, recipe: Recipe, seed: int) -> float:
@@ -115,11 +116,14 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
     parts = gather_to_main(scored)
     if not is_main():
         return None
+    counts = [len(scored)] + [len(part) for part in parts]
     for part in parts:
         scored.update(part)
     if sorted(scored) != list(range(len(frames))):
         raise RuntimeError(f"score_pool: {len(frames) - len(scored)} frames were scored by no rank")
-    return _finish(frames, _labelled(store, frames.tokens), [scored[i] for i in range(len(frames))])
+    pool = _finish(frames, _labelled(store, frames.tokens), [scored[i] for i in range(len(frames))])
+    pool.scored_by = tuple(counts)
+    return pool
 
 
 def _labelled(store: LabelStore, tokens: list[str]) -> np.ndarray:

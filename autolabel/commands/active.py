@@ -25,7 +25,8 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
     path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
                           LabelStore.open(recipe.store_path, recipe.network.grid))
     print(f"round {k}: {len(picks)} frames selected by {strategy} from {len(pool.candidates)} unlabelled "
-          f"({int(lab.sum())} already annotated)")
+          f"({int(lab.sum())} already annotated); pool scored by {len(pool.scored_by)} process(es) "
+          f"({', '.join(map(str, pool.scored_by))} frames)")
     for p in picks:
         print(f"  {p.candidate.scene} {p.candidate.token}  {p.reason}")
     print(f"manifest {path} (+ manifest.csv, index.html for the annotators)")

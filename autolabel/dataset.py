@@ -26,6 +26,31 @@ def check_dataroot(recipe: Recipe) -> None:
         raise DataError(f"data.dataroot / data.version: {exc}") from None
 
 
+def is_synthetic_world(root: Path, version: str) -> bool:
+    """Whether a dataset folder holds a world written by `autolabel synth` (every log's vehicle is
+    "synthetic"), whose gts/ is exact ground truth that a simulated annotator may copy."""
+    import json
+
+    try:
+        logs = json.loads((Path(root) / version / "log.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(logs) and all(isinstance(r, dict) and r.get("vehicle") == "synthetic" for r in logs)
+
+
+def check_annotator(recipe: Recipe) -> None:
+    """The simulated (oracle) annotator copies the dataset's gts/ as if annotators had delivered it. On a
+    synthetic world that is the experiment; on real data it would pass the benchmark's ground truth off as
+    manual labels, so it is refused unless the recipe says `rounds.oracle_on_real_data: true`."""
+    rounds = recipe.rounds
+    if rounds.annotator != "oracle" or rounds.count < 2 or rounds.oracle_on_real_data or recipe.data.dataroot is None:
+        return
+    if not is_synthetic_world(Path(recipe.data.dataroot), recipe.version):
+        raise DataError(f"rounds.annotator oracle copies {recipe.data.dataroot}/gts as manual labels, but that folder is "
+                        f"not a synthetic world; use rounds.annotator folder for real annotations, or set "
+                        f"rounds.oracle_on_real_data: true for a simulation study on this dataset's ground truth")
+
+
 def ensure_dataset(recipe: Recipe, progress: bool = True) -> Path:
     """The dataset root; a synthetic world is written to a temp folder and renamed into place when
     complete, so that an interrupted generation is redone rather than used half-written."""

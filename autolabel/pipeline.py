@@ -8,8 +8,8 @@ checkpoint, labelling from the store's done flags), so a crash or Ctrl-C loses a
 the last checkpoint or frame.
 
 Under torchrun (several processes) the 2D supervision, training and labelling stages run on every rank
-(sharded frames, DDP); the others (world, evaluation, export, selection, ingest, report) run on rank 0
-while the rest wait at a barrier. Only rank 0 writes ``stages.json``; the other ranks read it back.
+(sharded frames, DDP), and so does the pool scoring of selection (rank 0 then selects); the others (world,
+evaluation, export, ingest, report) run on rank 0 while the rest wait at a barrier. Only rank 0 writes ``stages.json``; the other ranks read it back.
 """
 from __future__ import annotations
 
@@ -103,11 +103,12 @@ def check_run_folder(recipe: Recipe) -> None:
 def preflight(recipe: Recipe) -> None:
     """Every check of paths, models and recipe values that needs no work, before the run folder is
     written: a failing first run leaves nothing behind, and a resumed one nothing changed."""
-    from .dataset import check_dataroot
+    from .dataset import check_annotator, check_dataroot
     from .supervision.providers import check_models, resolve_device
 
     resolve_device(recipe.device)  # also joins the process group under torchrun before the first barrier
     check_dataroot(recipe)
+    check_annotator(recipe)
     check_models(recipe.supervision)
     check_run_folder(recipe)
 
@@ -187,7 +188,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
              "export": str(export_dir)}
     last = k == recipe.rounds.count - 1
     if not last:
-        stages.run(f"{p}/select", lambda: _select(recipe, k))
+        stages.run(f"{p}/select", lambda: _select(recipe, k), every_rank=True)  # scoring is sharded
         stages.run(f"{p}/ingest", lambda: _ingest(recipe, k))
 
     def report() -> dict:
@@ -202,13 +203,16 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
 def _select(recipe: Recipe, k: int) -> dict:
     from .active.pool import score_pool
     from .active.rounds import write_manifest
-    from .active.select import select_frames
+    from .active.select import distance_device, select_frames
     from .store.labels import LabelStore
 
-    pool = score_pool(recipe, k, progress=False)
+    pool = score_pool(recipe, k, progress=False)  # every rank scores its share; rank 0 gets the pool
+    if pool is None:
+        return {}
     lab = pool.labelled
     picks, strategy = select_frames(pool.candidates, pool.features[~lab], pool.features[lab], recipe.selection,
-                                    n_labelled=int(lab.sum()), pool_size=len(pool.tokens))
+                                    n_labelled=int(lab.sum()), pool_size=len(pool.tokens),
+                                    device=distance_device(recipe.device))
     path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
                           LabelStore.open(recipe.store_path, recipe.network.grid))
     return {"strategy": strategy, "selected": len(picks), "manifest": str(path)}
@@ -221,13 +225,19 @@ def _ingest(recipe: Recipe, k: int) -> dict:
         folder = recipe.round_dir(k) / "oracle_annotations"
         oracle_annotate(recipe, k, recipe.dataroot, folder)
     else:
-        folder = Path(recipe.rounds.annotations_dir) / f"round_{k}"
+        folder = annotations_folder(recipe) / f"round_{k}"
         if not folder.is_dir():
             raise AwaitingAnnotations(f"round {k}: waiting for annotations in {folder} (the frames are listed in "
                                       f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
                                       f"`autolabel run`")
     s = ingest(recipe, k, folder)
     return {"added": len(s["added"]), "manual_total": s["manual_total"]}
+
+
+def annotations_folder(recipe: Recipe) -> Path:
+    """Where the folder annotator's deliveries go: rounds.annotations_dir, or <run>/annotations."""
+    d = recipe.rounds.annotations_dir
+    return Path(d) if d else recipe.run_dir / "annotations"
 
 
 def summary_text(recipe: Recipe, result: dict) -> str:

@@ -57,8 +57,9 @@ class RoundsConfig:
     """The recipe's ``rounds`` section."""
 
     count: int = 1  # labelling rounds; every round but the last selects frames for annotation
-    annotator: str = "oracle"  # oracle: the dataset's gts/ (simulation); folder: real annotations in annotations_dir
-    annotations_dir: Optional[str] = None  # folder: <dir>/round_<K>/ holds the annotators' gts/ tree
+    annotator: str = "folder"  # folder: real annotations in annotations_dir; oracle (named only): copies gts/ (simulation)
+    annotations_dir: Optional[str] = None  # folder: <dir>/round_<K>/ holds the annotators' gts/ tree; None: <run>/annotations
+    oracle_on_real_data: bool = False  # allow the oracle on a dataset that is not a synthetic world (a simulation study)
     export_drop_quantile: float = 0.3
 
     def __post_init__(self) -> None:
@@ -68,8 +69,6 @@ class RoundsConfig:
             raise ValueError("rounds.count must be >= 1")
         if self.annotator not in ANNOTATORS:
             raise ValueError(f"rounds.annotator must be one of {ANNOTATORS}, got {self.annotator!r}")
-        if self.annotator == "folder" and not self.annotations_dir:
-            raise ValueError("rounds.annotator folder needs rounds.annotations_dir")
 
 
 
@@ -143,7 +142,7 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
     "evaluate": ("data", "network", "render", "dts", "rounds.export_drop_quantile"),
     "export": ("rounds.export_drop_quantile",),
     "select": ("data", "supervision", "network", "render", "dts", "selection"),
-    "ingest": ("rounds.annotator", "rounds.annotations_dir"),
+    "ingest": ("rounds.annotator", "rounds.annotations_dir", "rounds.oracle_on_real_data"),
     "report": ("data", "network", "render", "dts", "rounds.export_drop_quantile", "selection"),
 }
 

@@ -32,6 +32,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather_to_main(obj) -> list | None:
+    """Every other rank's picklable `obj` on rank 0 (a list in rank order, this rank's own left out);
+    None on the other ranks; [] in a single process."""
+    if not is_distributed():
+        return []
+    got = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, got, dst=0)
+    return [o for r, o in enumerate(got) if r != 0] if is_main() else None
+
+
 def init_from_env(device: str = "auto") -> torch.device:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); returns this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -78,6 +78,66 @@ def test_k_center_greedy_is_within_twice_the_brute_force_optimum():
     assert sorted(kmeans_pp(x, 2, seed=0)) != [] and len(set(kmeans_pp(x, 3, seed=0))) == 3
 
 
+def _random_pools(rng, trials: int):
+    """Small pools of every shape the selection meets: float32 / float64, normalised or not, duplicates."""
+    for trial in range(trials):
+        n, m, dim = int(rng.integers(1, 50)), int(rng.integers(0, 8)), int(rng.integers(1, 40))
+        x = rng.normal(size=(n + m, dim)).astype(np.float32 if trial % 2 else np.float64)
+        if trial % 3 == 0 and n > 3:
+            x[1] = x[2] = x[0]
+        if trial % 5 == 0:
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+        yield x, list(range(n)), list(range(n, n + m))
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 256])  # one chunk, and chunks of a row or two
+def test_chunked_k_center_matches_the_original_formula(chunk_bytes, monkeypatch):
+    """Issue 21: the same picks as the N x M x D code (tests/reference_selection.py), whatever the chunking."""
+    import reference_selection as ref
+
+    from autolabel.active import distances
+
+    monkeypatch.setattr(distances, "CHUNK_BYTES", chunk_bytes)
+    for x, cand, sel in _random_pools(np.random.default_rng(0), 120):
+        assert k_center_greedy(x, len(cand), selected=sel, candidates=cand) == \
+            ref.k_center_greedy(x, len(cand), selected=sel, candidates=cand)
+        if sel and x.dtype == np.float64:
+            assert k_center_radius(x, sel, cand) == ref.k_center_radius(x, sel, cand)
+
+
+def test_selection_matches_the_original_code_pick_for_pick():
+    """Every strategy, with and without the cost model, under caps that stop the budget pass early."""
+    import reference_selection as ref
+
+    rng = np.random.default_rng(1)
+    for trial in range(25):
+        n_scenes, per, dim, m = int(rng.integers(1, 6)), int(rng.integers(1, 8)), int(rng.integers(2, 16)), int(rng.integers(0, 4))
+        cands = [Candidate(f"t{s}_{i}", f"s{s}", {"uncertainty": float(rng.random())}, cost=1 + float(rng.random()) * 3)
+                 for s in range(n_scenes) for i in range(per)]
+        feats, lab = rng.normal(size=(len(cands), dim)), rng.normal(size=(m, dim))
+        for strategy in ("random", "stratified", "entropy", "coreset", "kmeans", "hybrid", "auto"):
+            for cost_model in (False, True):
+                cfg = SelectionConfig(strategy=strategy, budget=float(rng.integers(1, 12)), per_scene_cap=int(rng.integers(1, 4)),
+                                      cost_model=cost_model, seed=trial)
+                a, sa = ref.select_frames(cands, feats, lab, cfg, n_labelled=m, pool_size=len(cands) + m)
+                b, sb = select_frames(cands, feats, lab, cfg, n_labelled=m, pool_size=len(cands) + m)
+                assert sa == sb and [(p.candidate.token, p.reason) for p in a] == [(p.candidate.token, p.reason) for p in b]
+
+
+def test_distances_never_build_a_points_x_centers_x_dims_array():
+    """3,000 candidates x 300 labelled x 256 numbers would be 1.8 GB as one float64 array."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3300, 256)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    tracemalloc.start()
+    picks = k_center_greedy(x, 20, selected=range(3000, 3300), candidates=range(3000))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(set(picks)) == 20 and peak < 80 << 20
+
+
 # ---- budgets and caps ----------------------------------------------------------------------------------------
 def _pool(n_scenes=4, per_scene=5, seed=0):
     rng = np.random.default_rng(seed)
@@ -248,3 +308,44 @@ def test_budget_curve_harness_runs_micro(tmp_path):
     assert set(r["results"]) == {"random", "entropy", "coreset", "hybrid"}
     assert all(set(v) == {"0.25", "0.5"} for v in r["results"].values())
     assert (tmp_path / "act" / "budget_curve.png").stat().st_size > 1000
+
+
+def test_selection_scale_benchmark_smoke():
+    """benchmarks/selection_scale.py --smoke: every strategy runs in its own process and fills the budget."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "selection_scale.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "strategy" not in line]
+    assert [r[0].strip() for r in rows] == ["random", "stratified", "entropy", "coreset", "kmeans", "hybrid"]
+    assert all(int(r[2]) == 20 and float(r[1]) < 60 for r in rows)
+
+
+def test_export_holds_the_manual_labels_with_their_source(run_copy, pool_world, tmp_path):
+    """Issue 21: frames with ingested manual labels are exported from those (label_source 'manual', the
+    annotator's masks, mask_confident all 1); the rest hold pseudo-labels; export.json says which is which."""
+    from autolabel.data.occ3d import read_labels
+    from tiny_models import TINY_GRID
+
+    assert main(["select", str(run_copy), "--round", "0"]) == 0
+    rows = _deliver(run_copy, pool_world, tmp_path / "ann")
+    assert main(["ingest", str(run_copy), "--round", "0", str(tmp_path / "ann")]) == 0
+    store = run_copy.parent / "run" / "labels.zarr"
+    assert main(["export", str(store), str(tmp_path / "export"), "--round", "0", "--drop-quantile", "0.3"]) == 0
+    summary = json.loads((tmp_path / "export" / "export.json").read_text())
+    manual = {r["token"] for r in rows}
+    assert set(summary["manual_tokens"]) == manual and summary["frames_manual"] == 2 and summary["frames_pseudo"] == 4
+    pseudo = LabelStore.open(store).round(0)
+    for token, scene in LabelStore.open(store).scene_of(pseudo).items():
+        got = read_labels(labels_path(tmp_path / "export", scene, token), TINY_GRID)
+        if token in manual:
+            gt = read_labels(labels_path(pool_world, scene, token), TINY_GRID)
+            assert got.source == "manual" and got.mask_confident.all()
+            for key in ("semantics", "mask_camera", "mask_lidar"):
+                np.testing.assert_array_equal(getattr(got, key), getattr(gt, key))
+        else:
+            assert got.source == "pseudo"
+            np.testing.assert_array_equal(got.semantics, pseudo.read(pseudo.index(token), "semantics"))

@@ -27,12 +27,13 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str) -> None:
+def torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_port()), "-m", "autolabel.cli", *args]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
 
 
 def _recipe(folder: Path, world: Path, accumulate: int) -> Path:
@@ -113,3 +114,23 @@ def test_the_whole_loop_under_torchrun(pool_world, tmp_path):
     assert store.rounds() == [0, 1] and store.round(1).done().all() and int(store.manual().done().sum()) == 1
     assert len(list((run / "export" / "round_1" / "gts").rglob("labels.npz"))) == 3
     assert stages["round_1/evaluate"]["val"]["miou"] is not None
+
+
+def test_two_processes_score_the_pool_like_one(trained, tmp_path):
+    """Issue 21: `autolabel select` under torchrun: each rank scores its share of the frames (DataLoader
+    workers), rank 0 gathers them and selects; the manifest equals one process's, scores included."""
+    runs = []
+    for name in ("one", "two"):
+        shutil.copytree(trained, tmp_path / name)
+        recipe = tmp_path / name / "recipe.yaml"
+        r = yaml.safe_load(recipe.read_text())
+        r["out"] = str(tmp_path / name / "run")
+        r["selection"] = {"strategy": "hybrid", "budget": 3, "per_scene_cap": 2}
+        recipe.write_text(yaml.safe_dump(r))
+        runs.append(recipe)
+    assert main(["select", str(runs[0]), "--round", "0"]) == 0
+    out = torchrun("select", str(runs[1]), "--round", "0")
+    assert "pool scored by 2 process(es) (3, 3 frames)" in out.stdout  # each rank scored its share
+    a, b = (json.loads((r.parent / "run" / "round_0" / "select" / "manifest.json").read_text()) for r in runs)
+    assert len(a["selected"]) == 3 and a["selected"] == b["selected"]
+    assert a["pool_size"] == b["pool_size"] == 6

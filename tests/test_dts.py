@@ -198,7 +198,8 @@ def test_export_keeps_classes_and_leaves_dropped_voxels_out_through_the_masks(tm
     for f, token, scene in zip(frames, ("t0", "t1"), ("scene-a", "scene-b")):
         path = labels_path(tmp_path / "out", scene, token)
         with np.load(path) as raw:
-            assert set(raw.files) == {"semantics", "mask_camera", "mask_lidar", "mask_confident"}
+            assert set(raw.files) == {"semantics", "mask_camera", "mask_lidar", "mask_confident", "label_source"}
+            assert raw["label_source"].tolist() == ["pseudo"]
             assert raw["semantics"].max() <= 17  # no 255 anywhere
         lab = read_labels(path, TINY_GRID)
         confident = f["confidence"] >= thr[f["semantics"]]

@@ -29,7 +29,7 @@ def micro_recipe(folder: Path, world: Path) -> Path:
     scenes = sorted(p.name for p in (world / "gts").iterdir())
     r["data"]["val_scenes"] = [scenes[1]]
     r["selection"] = {"budget": 1}
-    r["rounds"] = {"count": 2}
+    r["rounds"] = {"count": 2, "annotator": "oracle"}  # the simulation is named, never a default (issue 21)
     r["train"] = {"steps": 4, "warmup_steps": 1, "checkpoint_every": 1}
     path.write_text(yaml.safe_dump(r))
     return path
@@ -181,7 +181,7 @@ def test_killed_run_resumes_to_the_same_outputs(pool_world, tmp_path):
 
 @pytest.mark.parametrize("bad, match", [({"rounds": {"count": 0}}, "rounds.count must be >= 1"),
                                         ({"selection": {"strategy": "best"}}, "selection.strategy must be one of"),
-                                        ({"rounds": {"annotator": "folder"}}, "needs rounds.annotations_dir")])
+                                        ({"rounds": {"annotator": "vendor"}}, "rounds.annotator must be one of")])
 def test_recipe_errors_name_the_key(tmp_path, pool_world, bad, match):
     path = write_recipe(tmp_path, pool_world)
     r = yaml.safe_load(path.read_text())
@@ -192,3 +192,32 @@ def test_recipe_errors_name_the_key(tmp_path, pool_world, bad, match):
 
     with pytest.raises(DataError, match=match):
         load_recipe(path)
+
+
+def test_real_annotations_are_the_default_and_wait_in_the_run_folder(tmp_path, pool_world):
+    """Issue 21: a recipe that names no annotator waits for real annotations (<run>/annotations/round_K)
+    instead of copying the dataset's gts/ as manual labels."""
+    from autolabel.errors import AwaitingAnnotations
+    from autolabel.pipeline import _ingest
+    from autolabel.recipe import RoundsConfig, load_recipe
+
+    assert RoundsConfig().annotator == "folder"
+    recipe = load_recipe(write_recipe(tmp_path, pool_world, rounds={"count": 2}))
+    with pytest.raises(AwaitingAnnotations, match=str(tmp_path / "run" / "annotations" / "round_0")):
+        _ingest(recipe, 0)
+
+
+def test_the_oracle_on_a_dataset_that_is_not_synthetic_is_refused(tmp_path, pool_world, sample_root, capsys):
+    """The oracle copies gts/; on real data that passes the ground truth off as manual labels: refused before
+    the run folder is written, unless the recipe asks for a simulation study by name."""
+    from autolabel.dataset import check_annotator
+    from autolabel.recipe import load_recipe
+
+    real = write_recipe(tmp_path / "real", sample_root, rounds={"count": 2, "annotator": "oracle"})
+    r = yaml.safe_load(real.read_text())
+    r["data"]["version"] = "v1.0-mini"
+    real.write_text(yaml.safe_dump(r))
+    assert main(["run", str(real)]) == 2
+    assert "not a synthetic world" in capsys.readouterr().err and not (tmp_path / "real" / "run").exists()
+    check_annotator(load_recipe(real, ["rounds.oracle_on_real_data=true"]))  # asked for by name
+    check_annotator(load_recipe(write_recipe(tmp_path / "synth", pool_world, rounds={"count": 2, "annotator": "oracle"})))

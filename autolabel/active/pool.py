@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from occnet.classes import NUM_CLASSES
 from occnet.losses import rendered_semantics_ce
+from occnet.distributed import gather_to_main, is_main, rank, world_size
 from occnet.rays import render, sample_rays
+from occnet.trainer import default_workers
 
 from ..dataset import open_frames
 from ..dts.label import load_teacher
@@ -42,6 +44,7 @@ class PoolScores:
     labelled: np.ndarray  # (N,) bool: already has manual 3D labels
     features: np.ndarray  # (N, D) L2-normalised pooled BEV features
     candidates: list[Candidate]  # the unlabelled frames, in token order
+    scored_by: tuple[int, ...] = ()  # frames scored by each process (rank order)
 
 
 def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, recipe: Recipe, seed: int) -> float:
@@ -61,8 +64,17 @@ def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, 
     return float(depth_err + rendered_semantics_ce(r, rays))
 
 
-def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int = 0) -> PoolScores:
-    device = resolve_device(recipe.device)
+def _first(items: list) -> dict:
+    return items[0]
+
+
+def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | None = None) -> PoolScores | None:
+    """Score every training frame. Under torchrun each rank scores frames ``i % world == rank`` (DataLoader
+    workers read them: `default_workers()` unless given) and rank 0 gathers the per-frame results and
+    returns the pool; the other ranks return None. The scores do not depend on the number of processes
+    (a frame's residual rays are seeded by its index in the pool; class weights need the whole pool, so
+    they are computed after the gather)."""
+    device = resolve_device(recipe.device)  # joins the process group under torchrun
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     store = LabelStore.open(recipe.store_path, recipe.network.grid)
     arrays = store.round(k)
@@ -70,44 +82,67 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int = 0) 
     if arrays.tokens != frames.tokens or not done.all():
         raise DataError(f"{store.path} round {k}: labels are missing for {int((~done).sum())} frames; "
                         f"run `autolabel label --round {k}` first")
-    manual = store.manual()
-    labelled = np.zeros(len(frames), bool)
-    if manual is not None:
-        done = manual.done()
-        labelled = np.array([bool(done[manual.index(t)]) if t in manual.tokens else False for t in frames.tokens])
     ckpt = checkpoint_path(recipe, k)
     teacher, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=True)
     student, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=False)
     feats: dict[str, torch.Tensor] = {}
     hook = teacher.voxels.up.register_forward_hook(lambda m, i, o: feats.__setitem__("bev", o.float().mean(-1)))
     voxel = float(min(recipe.network.grid.voxel_size))
+    mine = [i for i in range(len(frames)) if i % world_size() == rank()]
     dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe),
-                           grid=recipe.network.grid)
-    loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=lambda items: items[0])
-    ent_sum = np.zeros((len(frames), NUM_CLASSES))
-    counts = np.zeros((len(frames), NUM_CLASSES))
-    dis, res, cost, features = [], [], [], []
+                           grid=recipe.network.grid, indices=mine)
+    loader = DataLoader(dataset, batch_size=1, num_workers=default_workers() if workers is None else workers,
+                        collate_fn=_first)
+    scored: dict[int, tuple] = {}  # pool index -> (entropy sums, counts, disagreement, residual, cost, feature)
     try:
-        for i, item in enumerate(tqdm(loader, total=len(frames), desc=f"score pool (round {k})", disable=not progress)):
+        bar = tqdm(loader, total=len(mine), desc=f"score pool (round {k})", disable=not progress or not is_main())
+        for item in bar:
+            i = frames.index(item["token"])
             b = {key: item[key][None].to(device) for key in ("images", "intrinsics", "cam2ego", "depth")}
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 t = teacher(b["images"], b["intrinsics"], b["cam2ego"], b["depth"] if recipe.dts.depth_aware else None)
                 s = student(b["images"], b["intrinsics"], b["cam2ego"])
-                res.append(rendering_residual(s.density[0].float(), s.logits[0].float(), item, recipe, seed=i))
+                res = rendering_residual(s.density[0].float(), s.logits[0].float(), item, recipe, seed=i)
             pt = voxel_distribution(t.density[0], t.logits[0], voxel)
             ps = voxel_distribution(s.density[0], s.logits[0], voxel)
             mask = torch.from_numpy(arrays.read(i, "mask_camera")).to(device).bool()
             sums, n = entropy_by_class(pt, mask)
-            ent_sum[i], counts[i] = sums.cpu().numpy(), n.cpu().numpy()
-            dis.append(disagreement(pt.argmax(-1), ps.argmax(-1), mask))
-            cost.append(recipe.selection.frame_cost + recipe.selection.voxel_cost * occupied_voxels(pt, mask))
+            cost = recipe.selection.frame_cost + recipe.selection.voxel_cost * occupied_voxels(pt, mask)
             bev = F.adaptive_avg_pool2d(feats["bev"], BEV_POOL).flatten(1)[0]
-            features.append(F.normalize(bev, dim=0).cpu().numpy())
+            scored[i] = (sums.cpu().numpy(), n.cpu().numpy(), disagreement(pt.argmax(-1), ps.argmax(-1), mask), res,
+                         cost, F.normalize(bev, dim=0).cpu().numpy())
     finally:
         hook.remove()
+    parts = gather_to_main(scored)
+    if not is_main():
+        return None
+    counts = [len(scored)] + [len(part) for part in parts]
+    for part in parts:
+        scored.update(part)
+    if sorted(scored) != list(range(len(frames))):
+        raise RuntimeError(f"score_pool: {len(frames) - len(scored)} frames were scored by no rank")
+    pool = _finish(frames, _labelled(store, frames.tokens), [scored[i] for i in range(len(frames))])
+    pool.scored_by = tuple(counts)
+    return pool
+
+
+def _labelled(store: LabelStore, tokens: list[str]) -> np.ndarray:
+    """(N,) bool: frames with ingested manual 3D labels."""
+    manual = store.manual()
+    if manual is None:
+        return np.zeros(len(tokens), bool)
+    done = manual.done()
+    return np.array([bool(done[manual.index(t)]) if t in manual.tokens else False for t in tokens])
+
+
+def _finish(frames, labelled: np.ndarray, rows: list[tuple]) -> PoolScores:
+    """The pool's scores from per-frame results in pool order (class weights over the whole pool)."""
+    ent_sum = np.stack([r[0] for r in rows]).astype(np.float64)
+    counts = np.stack([r[1] for r in rows]).astype(np.float64)
     w = class_weights(torch.from_numpy(counts.sum(0)))
     unc = weighted_uncertainty(torch.from_numpy(ent_sum).float(), torch.from_numpy(counts).float(), w).numpy()
-    cands = [Candidate(t, frames.scene_of(t), {"uncertainty": float(unc[i]), "disagreement": dis[i], "residual": res[i]},
-                       cost[i]) for i, t in enumerate(frames.tokens) if not labelled[i]]
+    cands = [Candidate(t, frames.scene_of(t), {"uncertainty": float(unc[i]), "disagreement": rows[i][2],
+                                                "residual": rows[i][3]}, rows[i][4])
+             for i, t in enumerate(frames.tokens) if not labelled[i]]
     return PoolScores(list(frames.tokens), [frames.scene_of(t) for t in frames.tokens], labelled,
-                      np.stack(features), cands)
+                      np.stack([r[5] for r in rows]), cands)

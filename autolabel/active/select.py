@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
+import torch
 
 from .config import SelectionConfig
-from .diversity import k_center_greedy, kmeans_pp
+from .diversity import greedy_order, kmeans_pp
 
 
 @dataclass
@@ -31,6 +33,14 @@ class Pick:
     reason: str
 
 
+def distance_device(device: str) -> torch.device | None:
+    """Where the diversity distances run: the recipe's device when it is a GPU, else the CPU (None)."""
+    from ..supervision.providers import resolve_device
+
+    d = resolve_device(device)
+    return d if d.type == "cuda" else None
+
+
 def resolve_strategy(cfg: SelectionConfig, n_labelled: int, pool_size: int) -> str:
     """`auto`: diversity first (core-set) while the labelled share is small -- uncertainty sampling is
     known to lose to random and diversity at low budgets -- then the hybrid."""
@@ -40,68 +50,84 @@ def resolve_strategy(cfg: SelectionConfig, n_labelled: int, pool_size: int) -> s
 
 
 def _order(strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: np.ndarray, n_frames: int,
-           cfg: SelectionConfig) -> tuple[list[int], list[str]]:
+           cfg: SelectionConfig, device: str | torch.device | None = None) -> Iterator[tuple[int, str]]:
+    """The strategy's order of the candidates with a reason each, lazily (the budget pass stops early, so a
+    core-set order over 35,000 frames costs only as many greedy steps as it is read)."""
     rng = np.random.default_rng(cfg.seed)
     n = len(cands)
     unc = np.array([c.scores.get("uncertainty", 0.0) for c in cands])
     if strategy == "random":
-        order = rng.permutation(n).tolist()
-        return order, ["random" for _ in order]
+        yield from ((i, "random") for i in rng.permutation(n).tolist())
+        return
     if strategy == "stratified":
         by_scene: dict[str, list[int]] = {}
         for i in rng.permutation(n).tolist():
             by_scene.setdefault(cands[i].scene, []).append(i)
         scenes = list(by_scene)
         rng.shuffle(scenes)
-        order = []
         while any(by_scene.values()):
             for s in scenes:
                 if by_scene[s]:
-                    order.append(by_scene[s].pop())
-        return order, [f"scene-stratified random ({cands[i].scene})" for i in order]
+                    i = by_scene[s].pop()
+                    yield i, f"scene-stratified random ({cands[i].scene})"
+        return
     if strategy == "entropy":
         order = np.argsort(-unc, kind="stable").tolist()
-        return order, [f"uncertainty rank {r + 1}: {unc[i]:.4f}" for r, i in enumerate(order)]
-    all_feats = np.concatenate([feats, labelled]) if len(labelled) else feats
-    labelled_idx = list(range(n, n + len(labelled)))
+        yield from ((i, f"uncertainty rank {r + 1}: {unc[i]:.4f}") for r, i in enumerate(order))
+        return
+    if strategy not in ("coreset", "kmeans", "hybrid"):
+        raise ValueError(f"unknown strategy {strategy!r}")
     if strategy == "coreset":
-        order = k_center_greedy(all_feats, n, selected=labelled_idx, candidates=list(range(n)))
-        return order, [f"core-set pick {r + 1} (farthest from the labelled and picked frames)" for r in range(len(order))]
+        order = greedy_order(feats, labelled, device)
+        yield from ((i, f"core-set pick {r + 1} (farthest from the labelled and picked frames)") for r, i in enumerate(order))
+        return
     if strategy == "kmeans":
         first = kmeans_pp(feats, n_frames, cfg.seed)
-        rest = [i for i in rng.permutation(n).tolist() if i not in set(first)]
-        return first + rest, [f"k-means++ seed {r + 1}" for r in range(len(first))] + ["random fill"] * len(rest)
-    if strategy == "hybrid":
-        k1 = min(n, max(n_frames, math.ceil(cfg.hybrid_factor * n_frames)))
-        top = np.argsort(-unc, kind="stable")[:k1].tolist()
-        diverse = k_center_greedy(all_feats, k1, selected=labelled_idx, candidates=top)
-        rank = {i: r + 1 for r, i in enumerate(top)}
-        rest = [i for i in np.argsort(-unc, kind="stable").tolist() if i not in set(diverse)]
-        return diverse + rest, ([f"hybrid: uncertainty rank {rank[i]} of the top {k1}, core-set pick {r + 1}"
-                                 for r, i in enumerate(diverse)] + ["hybrid: uncertainty fill"] * len(rest))
-    raise ValueError(f"unknown strategy {strategy!r}")
+        yield from ((i, f"k-means++ seed {r + 1}") for r, i in enumerate(first))
+        taken = set(first)
+        yield from ((i, "random fill") for i in rng.permutation(n).tolist() if i not in taken)
+        return
+    k1 = min(n, max(n_frames, math.ceil(cfg.hybrid_factor * n_frames)))
+    by_unc = np.argsort(-unc, kind="stable").tolist()
+    top = by_unc[:k1]
+    rank = {i: r + 1 for r, i in enumerate(top)}
+    taken = set()
+    for r, j in enumerate(greedy_order(feats[top], labelled, device)):
+        i = top[j]
+        taken.add(i)
+        yield i, f"hybrid: uncertainty rank {rank[i]} of the top {k1}, core-set pick {r + 1}"
+    yield from ((i, "hybrid: uncertainty fill") for i in by_unc if i not in taken)
 
 
 def select_frames(cands: list[Candidate], features: np.ndarray, labelled_features: np.ndarray, cfg: SelectionConfig,
-                  n_labelled: int = 0, pool_size: int | None = None) -> tuple[list[Pick], str]:
+                  n_labelled: int = 0, pool_size: int | None = None,
+                  device: str | torch.device | None = None) -> tuple[list[Pick], str]:
     """Choose frames from `cands` (features (N, D), labelled_features (M, D) of frames already annotated).
-    Returns the picks in order and the strategy used."""
+    Returns the picks in order and the strategy used. `device`: where the diversity strategies' distance
+    products run (a CUDA device when given; the CPU otherwise)."""
     strategy = resolve_strategy(cfg, n_labelled, pool_size if pool_size is not None else len(cands) + n_labelled)
     if not cands:
         return [], strategy
     costs = np.array([c.cost if cfg.cost_model else 1.0 for c in cands])
     n_frames = max(1, int(cfg.budget // max(costs.mean(), 1e-12)))
-    order, reasons = _order(strategy, cands, features, labelled_features, n_frames, cfg)
+    scene_ids = {s: j for j, s in enumerate(dict.fromkeys(c.scene for c in cands))}
+    scene_of = np.array([scene_ids[c.scene] for c in cands])
+    per_scene = np.zeros(len(scene_ids), np.int64)
+    seen = np.zeros(len(cands), bool)
     left = float(cfg.budget)
-    per_scene: dict[str, int] = {}
     picks: list[Pick] = []
-    for i, why in zip(order, reasons):
+    for i, why in _order(strategy, cands, features, labelled_features, n_frames, cfg, device):
+        seen[i] = True
         c = cands[i]
-        if per_scene.get(c.scene, 0) >= cfg.per_scene_cap or costs[i] > left + 1e-9:
+        if per_scene[scene_of[i]] >= cfg.per_scene_cap or costs[i] > left + 1e-9:
             continue
         picks.append(Pick(c, why))
-        per_scene[c.scene] = per_scene.get(c.scene, 0) + 1
+        per_scene[scene_of[i]] += 1
         left -= costs[i]
         if left < costs.min() - 1e-9:
+            break
+        # caps only fill and the budget only shrinks: once no unseen candidate could still be taken, reading
+        # more of the order changes nothing (and would cost a core-set step per frame of the pool)
+        if not np.any(~seen & (per_scene[scene_of] < cfg.per_scene_cap) & (costs <= left + 1e-9)):
             break
     return picks, strategy

@@ -6,7 +6,7 @@ from dataclasses import replace
 from ..active.pool import score_pool
 from ..active.rounds import ingest as ingest_labels
 from ..active.rounds import write_manifest
-from ..active.select import select_frames
+from ..active.select import distance_device, select_frames
 from ..recipe import load_recipe
 from ..store.labels import LabelStore
 
@@ -15,14 +15,18 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
     recipe = load_recipe(recipe_path, overrides, out)
     if budget is not None:
         recipe.selection = replace(recipe.selection, budget=budget)
-    pool = score_pool(recipe, k)
+    pool = score_pool(recipe, k)  # under torchrun: every rank scores its share, rank 0 selects
+    if pool is None:
+        return 0
     lab = pool.labelled
     picks, strategy = select_frames(pool.candidates, pool.features[~lab], pool.features[lab], recipe.selection,
-                                    n_labelled=int(lab.sum()), pool_size=len(pool.tokens))
+                                    n_labelled=int(lab.sum()), pool_size=len(pool.tokens),
+                                    device=distance_device(recipe.device))
     path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
                           LabelStore.open(recipe.store_path, recipe.network.grid))
     print(f"round {k}: {len(picks)} frames selected by {strategy} from {len(pool.candidates)} unlabelled "
-          f"({int(lab.sum())} already annotated)")
+          f"({int(lab.sum())} already annotated); pool scored by {len(pool.scored_by)} process(es) "
+          f"({', '.join(map(str, pool.scored_by))} frames)")
     for p in picks:
         print(f"  {p.candidate.scene} {p.candidate.token}  {p.reason}")
     print(f"manifest {path} (+ manifest.csv, index.html for the annotators)")

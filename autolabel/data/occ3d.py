@@ -2,8 +2,9 @@
 
 Each file holds ``semantics`` (uint8, X x Y x Z, ids 0..17, 255 unknown), ``mask_lidar`` and
 ``mask_camera`` (uint8 0/1, same shape). Exported pseudo-labels add ``mask_confident`` (uint8 0/1:
-the voxel's confidence clears its class threshold); Occ3D readers that load only the three standard
-arrays skip it. Written atomically (temp file + rename) so that a crash never leaves a half-written
+the voxel's confidence clears its class threshold) and ``label_source`` (a string: "manual" for a frame
+whose labels an annotator delivered, "pseudo" for the teacher's; issue 21); Occ3D readers that load only
+the three standard arrays skip both. Written atomically (temp file + rename) so that a crash never leaves a half-written
 file under the final name, and byte-reproducibly.
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .npz import save_npz
 
 LABEL_KEYS = ("semantics", "mask_lidar", "mask_camera")
 CONFIDENT_KEY = "mask_confident"  # optional: written by the pseudo-label export
+SOURCE_KEY = "label_source"  # optional: written by the export, "manual" or "pseudo"
+SOURCES = ("manual", "pseudo")
 
 
 @dataclass
@@ -32,7 +35,8 @@ class Occ3DLabels:
     semantics: np.ndarray
     mask_lidar: np.ndarray
     mask_camera: np.ndarray
-    mask_confident: np.ndarray | None = None  # pseudo-label exports only (see export_occ3d)
+    mask_confident: np.ndarray | None = None  # exports only (see export_occ3d)
+    source: str | None = None  # exports only: "manual" (annotated) or "pseudo" (the teacher's)
 
 
 def labels_path(root: str | os.PathLike, scene_name: str, sample_token: str) -> Path:
@@ -51,6 +55,8 @@ def validate_labels(labels: Occ3DLabels, grid: GridSpec, where: str) -> None:
             raise DataError(f"{where}: field '{key}' has shape {arr.shape}, expected {grid.shape} for {grid}")
         if arr.dtype != np.uint8:
             raise DataError(f"{where}: field '{key}' has dtype {arr.dtype}, expected uint8")
+    if labels.source is not None and labels.source not in SOURCES:
+        raise DataError(f"{where}: field '{SOURCE_KEY}' is {labels.source!r}, expected one of {SOURCES}")
     sem = labels.semantics
     bad = (sem >= NUM_CLASSES) & (sem != IGNORE_ID)
     if bad.any():
@@ -61,6 +67,11 @@ def validate_labels(labels: Occ3DLabels, grid: GridSpec, where: str) -> None:
     for key in keys[1:]:
         if getattr(labels, key).max(initial=0) > 1:
             raise DataError(f"{where}: field '{key}' must hold only 0 and 1")
+
+
+def _source(arr: np.ndarray) -> str:
+    """The stored label_source (a one-element string array) as a string."""
+    return str(arr.reshape(-1)[0]) if arr.size == 1 else repr(arr.tolist())
 
 
 def read_labels(path: str | os.PathLike, grid: GridSpec | None = None) -> Occ3DLabels:
@@ -75,7 +86,8 @@ def read_labels(path: str | os.PathLike, grid: GridSpec | None = None) -> Occ3DL
             if missing:
                 raise DataError(f"{path}: missing key(s) {missing}; an Occ3D labels.npz holds {list(LABEL_KEYS)}, found {data.files}")
             labels = Occ3DLabels(**{k: data[k] for k in LABEL_KEYS},
-                                 mask_confident=data[CONFIDENT_KEY] if CONFIDENT_KEY in data.files else None)
+                                 mask_confident=data[CONFIDENT_KEY] if CONFIDENT_KEY in data.files else None,
+                                 source=_source(data[SOURCE_KEY]) if SOURCE_KEY in data.files else None)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -89,4 +101,7 @@ def write_labels(path: str | os.PathLike, labels: Occ3DLabels, grid: GridSpec | 
     path = Path(path)
     validate_labels(labels, grid or GridSpec(), str(path))
     keys = LABEL_KEYS + ((CONFIDENT_KEY,) if labels.mask_confident is not None else ())
-    return save_npz(path, {k: getattr(labels, k) for k in keys})
+    arrays = {k: getattr(labels, k) for k in keys}
+    if labels.source is not None:
+        arrays[SOURCE_KEY] = np.array([labels.source])  # one element (.npz stores arrays)
+    return save_npz(path, arrays)

@@ -57,6 +57,12 @@ DROPPED_VOXELS = ("semantics keep the predicted class (ids 0..17, as in Occ3D-nu
                   "mask_lidar are 0 there, and mask_confident (1 = kept) marks the kept voxels over the whole grid")
 
 
+# Which frames hold what (issue 21), also written into export.json.
+LABEL_SOURCE = ("frames with ingested manual labels (manual_tokens) hold the annotators' labels as ingested "
+                "(label_source 'manual' in their labels.npz, mask_confident all 1); every other frame holds the "
+                "round's pseudo-labels (label_source 'pseudo'); kept_in_mask_camera counts the pseudo-labelled frames")
+
+
 def confident_mask(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
     """(X, Y, Z) bool: voxels whose confidence clears their class's threshold (every labelled voxel for None)."""
     sem = frame["semantics"]
@@ -69,29 +75,46 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
                  progress: bool = True) -> dict:
     """Write round k as ``OUT/gts/<scene>/<token>/labels.npz``; returns the export summary (also OUT/export.json).
 
-    Each file holds the store's ``semantics`` unchanged (no 255: a dropped voxel keeps its class), the
-    masks with the dropped voxels cleared (``mask_camera & mask_confident``, ``mask_lidar & mask_confident``)
-    and ``mask_confident`` itself, so that Occ3D training code, which loads ``semantics`` and a mask and
-    indexes by class, leaves dropped voxels out without knowing about thresholds. With
-    ``drop_quantile=None`` nothing is dropped (mask_confident is all 1).
+    A frame with ingested manual labels (the store's ``manual`` group) is written from those: the
+    annotator's semantics and masks, ``mask_confident`` all 1, ``label_source`` "manual". Every other frame
+    holds the round's pseudo-labels (``label_source`` "pseudo"): the store's ``semantics`` unchanged (no
+    255: a dropped voxel keeps its class), the masks with the dropped voxels cleared (``mask_camera &
+    mask_confident``, ``mask_lidar & mask_confident``) and ``mask_confident`` itself, so that Occ3D training
+    code, which loads ``semantics`` and a mask and indexes by class, leaves dropped voxels out without
+    knowing about thresholds. With ``drop_quantile=None`` nothing is dropped (mask_confident is all 1).
+    export.json lists the manual frames; ``kept_in_mask_camera`` is over the pseudo-labelled frames.
     """
     arrays = store.round(k)
     arrays.check_complete()  # a missing chunk stops the export before its first file, not halfway
+    manual = store.manual()
+    manual_done = manual.done() if manual is not None else None
+    if manual is not None:
+        manual.check_complete()
     scenes = store.scene_of(arrays)
     thr = thresholds_for(arrays, drop_quantile) if drop_quantile is not None else None
     done = arrays.done()
     kept = total = 0
+    manual_tokens = []
     for i in tqdm(np.flatnonzero(done), desc=f"export round {k}", disable=not progress):
-        f = read_frame(arrays, int(i))
-        conf = confident_mask(f, thr)
-        cam = f["mask_camera"].astype(bool)
         token = arrays.tokens[i]
-        labels = Occ3DLabels(f["semantics"], (f["mask_lidar"].astype(bool) & conf).astype(np.uint8),
-                             (cam & conf).astype(np.uint8), conf.astype(np.uint8))
+        j = manual.index(token) if manual is not None and token in manual.tokens else None
+        if j is not None and manual_done[j]:
+            m = read_frame(manual, j)
+            labels = Occ3DLabels(m["semantics"], m["mask_lidar"], m["mask_camera"], np.ones(store.grid.shape, np.uint8),
+                                 source="manual")
+            manual_tokens.append(token)
+        else:
+            f = read_frame(arrays, int(i))
+            conf = confident_mask(f, thr)
+            cam = f["mask_camera"].astype(bool)
+            labels = Occ3DLabels(f["semantics"], (f["mask_lidar"].astype(bool) & conf).astype(np.uint8),
+                                 (cam & conf).astype(np.uint8), conf.astype(np.uint8), source="pseudo")
+            kept += int((cam & conf).sum())
+            total += int(cam.sum())
         write_labels(labels_path(out, scenes[token], token), labels, store.grid)
-        kept += int((cam & conf).sum())
-        total += int(cam.sum())
     summary = {"store": str(store.path), "round": k, "frames": int(done.sum()), "frames_in_round": len(arrays),
+               "frames_manual": len(manual_tokens), "frames_pseudo": int(done.sum()) - len(manual_tokens),
+               "manual_tokens": manual_tokens, "label_source": LABEL_SOURCE,
                "drop_quantile": drop_quantile, "thresholds": None if thr is None else thr.tolist(),
                "kept_in_mask_camera": kept / max(total, 1), "dropped_voxels": DROPPED_VOXELS,
                "provenance": {key: v for key, v in arrays.attrs.items() if key not in ("scenes", "recipe")},

@@ -254,3 +254,84 @@ def test_naming_providers_hand_the_namer_the_full_resolution_camera_image(tiny_m
     p = build_provider(cfg, ".")
     p.label(sample_frame, ResizeCrop.fit(sample_frame.cameras[0].image_size, LABEL_HW))
     assert seen and set(seen) == {(3, 900, 1600)}
+
+
+def _sample_maps(folder: Path, frame, name_by) -> dict:
+    """Hand-made label maps of the real sample's cameras (road below the middle, a per-camera class above)."""
+    maps = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, cam in enumerate(frame.cameras):
+        h, w = cam.image_size
+        sem = np.full((h, w), 255, np.uint8)
+        sem[h // 2:] = class_id("driveable_surface")
+        sem[h // 3: h // 2, : w // 2] = class_id("car") if k % 2 else class_id("manmade")
+        maps[cam.name] = sem
+        name_by(folder, cam, sem, k)
+    return maps
+
+
+def test_eval_2d_ranks_caches_against_a_folder_of_2d_label_maps(sample_copy, tmp_path, capsys):
+    """--truth DIR: maps named by sample_data token (.png) or image file stem (.npy); the precomputed provider
+    given the same maps scores 100, a corrupted copy lower; one table holds both; bad maps are one-line errors."""
+    from PIL import Image
+
+    from autolabel.data.nuscenes import NuScenesFrames
+    from tiny_models import error_line
+
+    frames = NuScenesFrames(sample_copy, load_images=False)
+    frame = frames[0]
+    stem = {c.token: Path(frames.nusc.get("sample_data", c.token)["filename"]).stem for c in frame.cameras}
+
+    def truth_file(folder, cam, sem, k):
+        if k < 3:
+            Image.fromarray(sem).save(folder / f"{cam.token}.png")
+        else:
+            (folder / "sub").mkdir(exist_ok=True)
+            np.save(folder / "sub" / f"{stem[cam.token]}.npy", sem.astype(np.int32))
+
+    truth = tmp_path / "truth"
+    maps = _sample_maps(truth, frame, truth_file)
+    labels = sample_copy / "labels2d" / frame.scene / frame.token
+    labels.mkdir(parents=True)
+    for name, sem in maps.items():
+        Image.fromarray(sem).save(labels / f"{name}.png")
+    wrong = sample_copy / "wrong" / frame.scene / frame.token
+    wrong.mkdir(parents=True)
+    for name, sem in maps.items():
+        bad = sem.copy()
+        bad[bad == class_id("manmade")] = class_id("vegetation")
+        Image.fromarray(bad).save(wrong / f"{name}.png")
+    table = tmp_path / "providers.md"
+    for name, folder in (("same", "labels2d"), ("other", "wrong")):
+        r = {"name": name, "out": str(tmp_path / name), "data": {"dataroot": str(sample_copy), "version": "v1.0-mini"},
+             "network": {"image_size": list(LABEL_HW)}, "supervision": {"provider": "precomputed",
+                                                                         "precomputed": {"folder": folder}}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(r))
+        assert main(["supervise", str(tmp_path / f"{name}.yaml")]) == 0
+        assert main(["eval-2d", str(tmp_path / f"{name}.yaml"), "--truth", str(truth), "--table", str(table)]) == 0
+    import json
+
+    same = json.loads((tmp_path / "same" / "eval2d" / "scores.json").read_text())
+    other = json.loads((tmp_path / "other" / "eval2d" / "scores.json").read_text())
+    assert same["miou"] == pytest.approx(1.0) and same["coverage_gt"] == pytest.approx(1.0)
+    assert other["miou"] < 0.9 and other["iou"]["car"] == pytest.approx(1.0)
+    out = capsys.readouterr().out
+    assert "truth maps for 6 camera images" in out
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("| recipe | provider | truth | mIoU") and len(rows) == 4
+    assert rows[2].startswith("| same | precomputed |") and "| 100.0 |" in rows[2] and rows[3].startswith("| other |")
+    # bad maps: wrong size, unknown ids, a folder whose names match nothing -- one line naming the file
+    cam = frame.cameras[0]
+    Image.fromarray(np.zeros((10, 20), np.uint8)).save(truth / f"{cam.token}.png")
+    assert main(["eval-2d", str(tmp_path / "same.yaml"), "--truth", str(truth)]) == 2
+    assert f"{truth / cam.token}.png: label map is 20x10, the camera image is 1600x900" in error_line(capsys, "eval-2d")
+    Image.fromarray(np.full((900, 1600), 17, np.uint8)).save(truth / f"{cam.token}.png")
+    assert main(["eval-2d", str(tmp_path / "same.yaml"), "--truth", str(truth)]) == 2
+    assert "class ids must be Occ3D 0..16 or 255 (unlabelled), found [17]" in error_line(capsys, "eval-2d")
+    other_truth = tmp_path / "misnamed"
+    other_truth.mkdir()
+    Image.fromarray(maps[cam.name]).save(other_truth / f"{cam.name}.png")
+    assert main(["eval-2d", str(tmp_path / "same.yaml"), "--truth", str(other_truth)]) == 2
+    assert "no map under" in error_line(capsys, "eval-2d")
+    assert main(["eval-2d", str(tmp_path / "same.yaml"), "--truth", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder of 2D label maps" in error_line(capsys, "eval-2d")

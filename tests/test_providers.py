@@ -335,3 +335,22 @@ def test_eval_2d_ranks_caches_against_a_folder_of_2d_label_maps(sample_copy, tmp
     assert "no map under" in error_line(capsys, "eval-2d")
     assert main(["eval-2d", str(tmp_path / "same.yaml"), "--truth", str(tmp_path / "nowhere")]) == 2
     assert "is not a folder of 2D label maps" in error_line(capsys, "eval-2d")
+
+
+def test_providers_speed_benchmark_runs_at_smoke_size(capsys):
+    """benchmarks/providers_speed.py --smoke: tiny models on the CPU, every provider and both baselines, one table."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "providers_speed.py"
+    spec = importlib.util.spec_from_file_location("providers_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--smoke", "--frames", "1", "--baseline-images", "1"])
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    names = [line.split("|")[1].strip() for line in lines[1:]]
+    assert names == [f"{p} (forced 2)" for p in bench.PROVIDERS] + [
+        "SamAutomaticMaskGenerator (SAM only)", "transformers mask-generation, SAM 2 (SAM only)"]
+    for line in lines[1:7]:
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert cells[1] == "2" and float(cells[6]) > 0 and cells[9].endswith(" h")  # forced count kept, timed
+    assert "not a speed figure" in out and out in capsys.readouterr().out

@@ -133,7 +133,7 @@ def sam3_config(n_vocab: int, tiny: bool = True):
 
     text = dict(vocab_size=n_vocab, eos_token_id=n_vocab - 1, bos_token_id=n_vocab - 2, pad_token_id=n_vocab - 1)
     if not tiny:
-        return Sam3Config(text_config=dict(vocab_size=n_vocab, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+        return Sam3Config(text_config=dict(vocab_size=max(n_vocab, 49408), hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                            num_attention_heads=16, max_position_embeddings=32, projection_dim=512,
                                            eos_token_id=n_vocab - 1, bos_token_id=n_vocab - 2, pad_token_id=n_vocab - 1))
     h = 32
@@ -233,7 +233,7 @@ def florence2_config(n_vocab: int, image_token_id: int, tiny: bool = True):
         return Florence2Config(
             vision_config=dict(embed_dim=[256, 512, 1024, 2048], num_heads=[8, 16, 32, 64], num_groups=[8, 16, 32, 64],
                                depths=[1, 1, 9, 1], projection_dim=1024),
-            text_config=dict(model_type="bart", vocab_size=n_vocab, d_model=1024, encoder_layers=12, decoder_layers=12,
+            text_config=dict(model_type="bart", vocab_size=max(n_vocab, 51289), d_model=1024, encoder_layers=12, decoder_layers=12,
                              encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
                              decoder_ffn_dim=4096, max_position_embeddings=1024),
             image_token_id=image_token_id)

@@ -52,14 +52,37 @@ CASES = {"sam_clip": {}, "sam2_clip": {}, "sam3": {}, "sam_vlm": {}, "sam_vlm-sa
          "grounded_sam-owl": {}, "grounded_sam-gdino": {"detector": {"model": "gdino"}}}
 
 
+def _spy_on_naming_images(monkeypatch) -> list:
+    """Records the shape of every image a namer receives (the calls go through unchanged)."""
+    from autolabel.supervision import clip, florence
+
+    seen = []
+    real_crops, real_features = clip.mask_crops, florence.FlorenceNamer.image_features
+
+    def crops(image, *a, **k):
+        seen.append(tuple(image.shape))
+        return real_crops(image, *a, **k)
+
+    def features(self, image):
+        seen.append(tuple(image.shape))
+        return real_features(self, image)
+
+    monkeypatch.setattr(clip, "mask_crops", crops)
+    monkeypatch.setattr(florence.FlorenceNamer, "image_features", features)
+    return seen
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_model_provider_runs_through_autolabel_supervise_on_the_real_sample(tiny_models, sample_root, tmp_path,
-                                                                                  case, capsys):
+                                                                                  case, capsys, monkeypatch):
     from autolabel.supervision.cache import SupervisionCache
 
     over = {k: {kk: (tiny_models[vv] if kk == "model" else vv) for kk, vv in v.items()} for k, v in CASES[case].items()}
     recipe = _recipe(tmp_path, sample_root, _supervision(tiny_models, case.split("-")[0], **over))
+    seen = _spy_on_naming_images(monkeypatch)
     assert main(["supervise", str(recipe)]) == 0
+    if case != "sam3":  # the namer cuts crops from (CLIP) or reads (Florence-2) the 1600x900 camera image, not
+        assert set(seen) == {(3, 900, 1600)}  # the label-resolution one (before issue 22: CLIP crops from 704x256)
     assert f"with provider {case.split('-')[0]}" in capsys.readouterr().out
     cache = SupervisionCache.open(tmp_path / "run" / "supervision.zarr")
     assert cache.arrays.attrs["provider"] == case.split("-")[0]
@@ -223,37 +246,6 @@ def test_missing_model_folders_say_what_to_download_before_any_work(tiny_models,
     sup = _supervision(tiny_models, provider, **{key: {"model": tiny_models["clip"]}})
     assert main(["supervise", str(_recipe(tmp_path, sample_root, sup))]) == 2
     assert "holds a 'clip' model, not a " + what in error_line(capsys, "supervise")
-
-
-@pytest.mark.parametrize("provider", ["sam_clip", "sam_vlm", "grounded_sam"])
-def test_naming_providers_hand_the_namer_the_full_resolution_camera_image(tiny_models, sample_frame, monkeypatch, provider):
-    """The image the namer cuts crops from (CLIP) or reads (Florence-2) is the 1600x900 camera image, not
-    the label-resolution one (before issue 22 CLIP crops were cut from the 704x256 network input)."""
-    from autolabel.supervision import clip, florence
-    from autolabel.supervision.providers import build_provider
-
-    seen = []
-    real_crops, real_features = clip.mask_crops, florence.FlorenceNamer.image_features
-
-    def crops(image, *a, **k):
-        seen.append(tuple(image.shape))
-        return real_crops(image, *a, **k)
-
-    def features(self, image):
-        seen.append(tuple(image.shape))
-        return real_features(self, image)
-
-    monkeypatch.setattr(clip, "mask_crops", crops)
-    monkeypatch.setattr(florence.FlorenceNamer, "image_features", features)
-    sup = _supervision(tiny_models, provider)
-    cfg = SupervisionConfig(**{k: v for k, v in sup.items() if not isinstance(v, dict) or k == "vocabulary"})
-    cfg.sam.checkpoint, cfg.sam.arch, cfg.sam.points_per_side, cfg.sam.max_masks = tiny_models["sam"], TINY_SAM, 4, 3
-    cfg.sam.pred_iou_thresh = cfg.sam.stability_score_thresh = 0.0
-    cfg.clip.model, cfg.vlm.model, cfg.detector.model = tiny_models["clip"], tiny_models["florence2"], tiny_models["owl"]
-    cfg.detector.classes = tuple(DETECTED)
-    p = build_provider(cfg, ".")
-    p.label(sample_frame, ResizeCrop.fit(sample_frame.cameras[0].image_size, LABEL_HW))
-    assert seen and set(seen) == {(3, 900, 1600)}
 
 
 def _sample_maps(folder: Path, frame, name_by) -> dict:

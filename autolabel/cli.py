@@ -63,11 +63,15 @@ def _add_supervise(sub: argparse._SubParsersAction) -> None:
 def _add_eval2d(sub: argparse._SubParsersAction) -> None:
     from .commands import eval2d
 
-    p = sub.add_parser("eval-2d", help="score the cached 2D labels against exact 2D ground truth")
+    p = sub.add_parser("eval-2d", help="score the cached 2D labels against 2D ground truth")
     _recipe_args(p)
-    p.add_argument("--truth", choices=("exact", "lidarseg"), default="exact",
-                   help="exact: the synthetic world's exact maps; lidarseg: projected nuScenes-lidarseg points")
-    p.set_defaults(func=lambda a: eval2d.run(a.recipe, a.overrides, a.out, a.truth))
+    p.add_argument("--truth", default="exact", metavar="exact|lidarseg|DIR",
+                   help="exact: the synthetic world's exact maps; lidarseg: projected nuScenes-lidarseg points; DIR: a "
+                        "folder of label maps, one .png/.npy per camera image named by its sample_data token or file "
+                        "stem, Occ3D ids 0-16, 255 = unlabelled")
+    p.add_argument("--table", metavar="FILE", help="also append a row (recipe, provider, truth, scores) to this Markdown "
+                                                   "table, to compare providers in one table")
+    p.set_defaults(func=lambda a: eval2d.run(a.recipe, a.overrides, a.out, a.truth, table=a.table))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

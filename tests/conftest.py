@@ -42,12 +42,14 @@ def tiny_world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict:
-    """Paths of tiny randomly initialised SAM (checkpoint), CLIP and OWLv2 (model folders)."""
-    from tiny_models import save_tiny_clip, save_tiny_owlv2, save_tiny_sam
+    """Paths of tiny randomly initialised SAM (checkpoint), CLIP, OWLv2, SAM 2, SAM 3, Grounding DINO and
+    Florence-2 (model folders)."""
+    from tiny_models import save_florence2, save_grounding_dino, save_sam2, save_sam3, save_tiny_clip, save_tiny_owlv2, save_tiny_sam
 
     d = tmp_path_factory.mktemp("models")
     return {"sam": str(save_tiny_sam(d / "sam.pth")), "clip": str(save_tiny_clip(d / "clip")),
-            "owl": str(save_tiny_owlv2(d / "owl"))}
+            "owl": str(save_tiny_owlv2(d / "owl")), "sam2": str(save_sam2(d / "sam2")), "sam3": str(save_sam3(d / "sam3")),
+            "gdino": str(save_grounding_dino(d / "gdino")), "florence2": str(save_florence2(d / "florence2"))}
 
 
 @pytest.fixture(scope="session")

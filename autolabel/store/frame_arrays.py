@@ -149,13 +149,18 @@ class FrameArrays:
         missing = set(self.specs) - set(arrays)
         if missing or set(arrays) - set(self.specs):
             raise ValueError(f"{self.where}: write needs exactly {sorted(self.specs)}, got {sorted(arrays)}")
+        import zarr
+
         try:
-            for name, value in arrays.items():
-                spec = self.specs[name]
-                value = np.asarray(value)
-                if value.shape != spec.shape:
-                    raise ValueError(f"{self.where}: frame {self.tokens[i]} array {name} has shape {value.shape}, expected {spec.shape}")
-                self.group[name][i] = value.astype(spec.dtype, copy=False)
+            # a frame whose map equals the fill value (every confidence 0) still gets its chunk: read() tells a
+            # missing chunk of a done frame from damage, so every done frame must have one
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                for name, value in arrays.items():
+                    spec = self.specs[name]
+                    value = np.asarray(value)
+                    if value.shape != spec.shape:
+                        raise ValueError(f"{self.where}: frame {self.tokens[i]} array {name} has shape {value.shape}, expected {spec.shape}")
+                    self.group[name][i] = value.astype(spec.dtype, copy=False)
             self.group["done"][i] = True
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

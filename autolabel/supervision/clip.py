@@ -1,7 +1,8 @@
 """A CLIP-family model (transformers, local folder) that scores mask crops against the vocabulary.
 
-Each mask becomes one CLIP input: its box (plus a margin) cut from the label-resolution image with
-`roi_align` (all masks of an image in one GPU call), pixels outside the mask replaced by the model's
+Each mask becomes one CLIP input: its box (plus a margin) cut from the full-resolution camera image with
+`roi_align` (all masks of an image in one GPU call; the masks themselves live at the label resolution and
+their boxes are mapped back through the resize/crop), pixels outside the mask replaced by the model's
 mean colour so that CLIP sees the object and not its surroundings.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.transforms import ResizeCrop
 from ..errors import DataError
 from .config import ClipConfig
 from .naming import Vocabulary
@@ -73,26 +75,44 @@ class ClipScorer:
         return self._features(self.model.get_text_features(**tok)).float()
 
     @torch.no_grad()
-    def prompt_logits(self, image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """image (3, h, w) float in [0, 1]; masks (M, h, w) bool; boxes (M, 4) xyxy -> (M, P) scaled similarities."""
-        from torchvision.ops import roi_align
-
+    def prompt_logits(self, image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, rc: ResizeCrop) -> torch.Tensor:
+        """image (3, H, W) float in [0, 1], the full-resolution camera image; masks (M, h, w) bool and boxes
+        (M, 4) xyxy at the label resolution rc.out_hw -> (M, P) scaled similarities."""
         if len(masks) == 0:
             return torch.zeros(0, len(self.vocab.prompts), device=self.device)
-        wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)
-        side = wh.max(1).values * (1 + 2 * self.cfg.crop_margin)  # square crops keep CLIP's aspect ratio
-        centre = (boxes[:, :2] + boxes[:, 2:] + 1) / 2
-        rois = torch.cat([centre - side[:, None] / 2, centre + side[:, None] / 2], 1)
+        x = mask_crops(image, masks, boxes, rc, self.size, self.cfg.crop_margin, self.mean, self.std, self.cfg.batch_size)
         out = []
-        for s in range(0, len(masks), self.cfg.batch_size):
-            r = rois[s:s + self.cfg.batch_size]
-            n = len(r)
-            idx = torch.arange(n, device=self.device, dtype=torch.float32)[:, None]
-            crop = roi_align(image[None], torch.cat([torch.zeros_like(idx), r], 1), (self.size, self.size), aligned=True)
-            inside = roi_align(masks[s:s + n, None].float(), torch.cat([idx, r], 1), (self.size, self.size), aligned=True)
-            crop = crop * inside + self.mean * (1 - inside)
-            x = (crop - self.mean) / self.std
+        for crop in x:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                emb = self._features(self.model.get_image_features(pixel_values=x)).float()
+                emb = self._features(self.model.get_image_features(pixel_values=crop)).float()
             out.append(self.scale * torch.nn.functional.normalize(emb, dim=-1) @ self.text.T)
         return torch.cat(out)
+
+
+def crop_rois(boxes: torch.Tensor, margin: float) -> torch.Tensor:
+    """(M, 4) xyxy boxes -> square (M, 4) xyxy regions around them, `margin` of the box size on each side."""
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)
+    side = wh.max(1).values * (1 + 2 * margin)  # square crops keep the namer's aspect ratio
+    centre = (boxes[:, :2] + boxes[:, 2:] + 1) / 2
+    return torch.cat([centre - side[:, None] / 2, centre + side[:, None] / 2], 1)
+
+
+def mask_crops(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, rc: ResizeCrop, size: int, margin: float,
+               mean: torch.Tensor, std: torch.Tensor, batch_size: int):
+    """Normalised (n, 3, size, size) crops, in batches of `batch_size`, one per mask: the mask's square
+    region is cut from the full-resolution camera image `image` (3, H, W) (its label-resolution box mapped
+    back through the resize/crop, `roi_align` averaging over the pixels each output pixel covers), and the
+    pixels outside the mask (sampled from the label-resolution mask over the same region) get `mean`."""
+    from torchvision.ops import roi_align
+
+    from .sam import label_to_camera
+
+    rois = crop_rois(boxes.float(), margin)
+    cam_rois = label_to_camera(rois, rc)
+    for s in range(0, len(masks), batch_size):
+        n = len(rois[s:s + batch_size])
+        idx = torch.arange(n, device=masks.device, dtype=torch.float32)[:, None]
+        crop = roi_align(image[None], torch.cat([torch.zeros_like(idx), cam_rois[s:s + n]], 1), (size, size), aligned=True)
+        inside = roi_align(masks[s:s + n, None].float(), torch.cat([idx, rois[s:s + n]], 1), (size, size), aligned=True)
+        crop = crop * inside + mean * (1 - inside)
+        yield (crop - mean) / std

@@ -6,7 +6,8 @@ from typing import Optional
 
 from occnet.classes import FREE_ID, OCC3D_CLASS_NAMES
 
-PROVIDERS = ("precomputed", "sam_clip", "grounded_sam", "lidarseg")
+PROVIDERS = ("precomputed", "sam_clip", "sam2_clip", "sam3", "sam_vlm", "grounded_sam", "lidarseg")
+VLM_MASKS = ("sam", "sam2")  # which automatic masks sam_vlm names
 IGNORE_KEY = "ignore"  # vocabulary entry whose prompts name things that get no label (255): sky, ego car
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 PRECOMPUTED_VARIANTS = ("exact", "noisy", "hard", "v1")
@@ -92,11 +93,14 @@ class SamConfig:
     stability_score_thresh: float = 0.92
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
-    min_mask_area: int = 64  # pixels at SAM's input resolution
+    min_mask_area: int = 64  # pixels at the label resolution
+    max_masks: Optional[int] = None  # keep at most this many masks per image (highest quality first); None: all
 
     def __post_init__(self) -> None:
         _check(self.model_type in SAM_MODEL_TYPES, f"sam.model_type must be one of {SAM_MODEL_TYPES}, got {self.model_type!r}")
         _check(self.points_per_side >= 1 and self.points_per_batch >= 1, "sam.points_per_side and points_per_batch must be >= 1")
+        _check(self.min_mask_area >= 0, "sam.min_mask_area must be >= 0")
+        _check(self.max_masks is None or self.max_masks >= 1, "sam.max_masks must be >= 1 (or null for all)")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
             _check(0 <= getattr(self, name) <= 1, f"sam.{name} must lie in [0, 1]")
 
@@ -123,7 +127,8 @@ class ClipConfig:
 
 @dataclass
 class DetectorConfig:
-    """A text-prompted open-vocabulary detector (OWL-ViT / OWLv2 in transformers, local folder)."""
+    """A text-prompted open-vocabulary detector (OWL-ViT, OWLv2 or Grounding DINO in transformers, local folder;
+    the folder's config.json says which)."""
 
     model: Optional[str] = None
     box_threshold: float = 0.15
@@ -138,6 +143,54 @@ class DetectorConfig:
         bad = [c for c in self.classes if c not in LABEL_CLASSES]
         _check(not bad, f"detector.classes names unknown class(es) {bad}; allowed: {', '.join(LABEL_CLASSES)}")
         _check(self.max_boxes >= 1, "detector.max_boxes must be >= 1")
+
+
+def _check_model(model: Optional[str], field: str) -> None:
+    _check(model is None or (isinstance(model, str) and model.strip() != ""),
+           f"{field} must be the path of a local model folder (or null)")
+
+
+@dataclass
+class Sam2Config:
+    """SAM 2 (transformers Sam2Model, local folder, e.g. facebook/sam2.1-hiera-large). Its automatic masks use
+    the point grid, thresholds and max_masks of the ``sam`` section."""
+
+    model: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check_model(self.model, "sam2.model")
+
+
+@dataclass
+class Sam3Config:
+    """SAM 3 (transformers Sam3Model, local folder, e.g. facebook/sam3) prompted with the vocabulary's phrases."""
+
+    model: Optional[str] = None
+    score_threshold: float = 0.3  # instance score = sigmoid(query logit) x sigmoid(presence logit); the processor's default
+    mask_threshold: float = 0.5  # on the mask probability
+    prompts_per_batch: int = 8  # phrases decoded together against one image's features
+    max_masks: Optional[int] = None  # per image, highest scores first; None: all above score_threshold
+
+    def __post_init__(self) -> None:
+        _check_model(self.model, "sam3.model")
+        _check(0 <= self.score_threshold <= 1, "sam3.score_threshold must lie in [0, 1]")
+        _check(0 < self.mask_threshold < 1, "sam3.mask_threshold must lie in (0, 1)")
+        _check(self.prompts_per_batch >= 1, "sam3.prompts_per_batch must be >= 1")
+        _check(self.max_masks is None or self.max_masks >= 1, "sam3.max_masks must be >= 1 (or null for all)")
+
+
+@dataclass
+class VlmConfig:
+    """A vision-language model that names masks (Florence-2 in transformers, local folder)."""
+
+    model: Optional[str] = None  # e.g. microsoft/Florence-2-large in transformers format (florence-community)
+    masks: str = "sam"  # the automatic masks it names: sam (the sam section) or sam2 (the sam2 section)
+    batch_size: int = 256  # (mask, phrase) pairs scored per decoder pass
+
+    def __post_init__(self) -> None:
+        _check_model(self.model, "vlm.model")
+        _check(self.masks in VLM_MASKS, f"vlm.masks must be one of {', '.join(VLM_MASKS)}, got {self.masks!r}")
+        _check(self.batch_size >= 1, "vlm.batch_size must be >= 1")
 
 
 @dataclass
@@ -170,6 +223,9 @@ class SupervisionConfig:
     sam: SamConfig = field(default_factory=SamConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    sam2: Sam2Config = field(default_factory=Sam2Config)
+    sam3: Sam3Config = field(default_factory=Sam3Config)
+    vlm: VlmConfig = field(default_factory=VlmConfig)
 
     def __post_init__(self) -> None:
         _check(self.provider in PROVIDERS, f"provider must be one of {PROVIDERS}, got {self.provider!r}")

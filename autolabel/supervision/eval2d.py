@@ -1,7 +1,7 @@
 """Pixel-level quality of cached 2D labels against exact 2D ground truth.
 
-Ground truth is either the synthetic world's exact maps (``labels2d/.../<CAM>.npz`` ``semantics``) or the
-projected nuScenes-lidarseg points, brought to the cache's resolution. One confusion matrix over all
+Ground truth is the synthetic world's exact maps (``labels2d/.../<CAM>.npz`` ``semantics``), the projected
+nuScenes-lidarseg points, or a folder of 2D label maps (`truth2d.FolderTruth`), brought to the cache's resolution. One confusion matrix over all
 pixels that have ground truth (rows: truth 0..16, columns: prediction 0..16 and 255 = unlabelled);
 IoU per class = TP / (TP + FP + FN) over the pixels the labels name (a pixel left 255 is ignored by
 training, so it is no error; coverage reports how many there are), mIoU = mean over classes present in
@@ -112,7 +112,7 @@ def histogram_auroc(hist: np.ndarray) -> float:
 
 
 def evaluate_cache(cache: SupervisionCache, frames: NuScenesFrames, truth, progress: bool = True) -> Scores2D:
-    """`truth` is a provider (PrecomputedLabels with variant exact, or LidarsegLabels)."""
+    """`truth` is a provider (PrecomputedLabels with variant exact, LidarsegLabels, or truth2d.FolderTruth)."""
     confusion = np.zeros((N_CLASSES, N_CLASSES + 1), np.int64)
     hist = np.zeros((2, 256), np.int64)
     labelled = total = 0

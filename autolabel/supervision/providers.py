@@ -6,7 +6,10 @@ camera images, `ResizeCrop`). Providers are picked by the recipe's ``supervision
 
 - ``precomputed``: label maps read from a folder (NPZ or PNG), the synthetic world's layout;
 - ``sam_clip``: SAM automatic masks named by CLIP;
-- ``grounded_sam``: OWL detector boxes -> SAM masks for objects, SAM + CLIP naming for stuff;
+- ``sam2_clip``: SAM 2 automatic masks named by CLIP;
+- ``sam3``: SAM 3 prompted with the vocabulary's phrases (masks, classes and scores from the model);
+- ``sam_vlm``: SAM (or SAM 2) automatic masks named by Florence-2 (region-to-category likelihoods);
+- ``grounded_sam``: OWL / Grounding DINO detector boxes -> SAM masks for objects, SAM + CLIP naming for stuff;
 - ``lidarseg``: nuScenes-lidarseg point labels at the projected lidar pixels (RenderOcc's protocol).
 """
 from __future__ import annotations
@@ -229,57 +232,124 @@ class LidarsegLabels:
         return np.stack(sems), np.stack(confs)
 
 
-# ---- SAM + CLIP, grounded SAM ----------------------------------------------------------------------
-class SamClipLabels:
-    """SAM automatic masks of every camera, each named by CLIP against the vocabulary."""
+# ---- automatic masks named by a model: sam_clip, sam2_clip, sam_vlm -----------------------------------
+def build_masker(cfg: SupervisionConfig, use_sam2: bool, device: torch.device, sam_model: torch.nn.Module | None = None):
+    """SAM (segment-anything checkpoint; `sam_model` an already built one) or SAM 2 (transformers folder)."""
+    if use_sam2:
+        from .sam2 import Sam2Masks, load_sam2
 
-    name = "sam_clip"
+        return Sam2Masks(*load_sam2(cfg.sam2.model, device), cfg.sam, device, cfg.bf16)
+    from .sam import SamMasks, build_sam, check_sam_checkpoint
+
+    if sam_model is None:
+        check_sam_checkpoint(cfg.sam.checkpoint)
+    sam_model = sam_model if sam_model is not None else build_sam(cfg.sam.architecture, cfg.sam.checkpoint)
+    return SamMasks(sam_model, cfg.sam, device, cfg.bf16)
+
+
+class MaskNamingLabels:
+    """Automatic masks of every camera (SAM or SAM 2), each named against the vocabulary by CLIP (a crop of
+    the full-resolution image per mask) or by Florence-2 (region-to-category likelihoods)."""
+
     model_free = False
     needs_images = True
 
     def __init__(self, cfg: SupervisionConfig, device: torch.device, classes: tuple[str, ...] | None = None,
-                 sam_model: torch.nn.Module | None = None):
-        """`sam_model`: an already built SAM (benchmarks pass randomly initialised ones); else the checkpoint."""
-        from .clip import ClipScorer
+                 sam_model: torch.nn.Module | None = None, provider: str | None = None):
+        """`sam_model`: an already built SAM (benchmarks pass randomly initialised ones); else the checkpoint.
+        `provider`: sam_clip, sam2_clip or sam_vlm (default: the recipe's)."""
         from .naming import Vocabulary
-        from .sam import SamMasks, build_sam, check_sam_checkpoint
 
-        if sam_model is None:
-            check_sam_checkpoint(cfg.sam.checkpoint)
-        self.cfg = cfg
+        self.name = provider or cfg.provider
+        self.cfg, self.device = cfg, device
         self.vocab = Vocabulary.from_mapping(cfg.vocabulary, classes)
-        self.scorer = ClipScorer(cfg.clip, self.vocab, device, cfg.bf16)
-        sam_model = sam_model if sam_model is not None else build_sam(cfg.sam.architecture, cfg.sam.checkpoint)
-        self.sam = SamMasks(sam_model, cfg.sam, device, cfg.bf16)
-        self.device = device
+        self.use_sam2 = self.name == "sam2_clip" or (self.name == "sam_vlm" and cfg.vlm.masks == "sam2")
+        if self.name == "sam_vlm":
+            from .florence import FlorenceNamer
+
+            self.scorer = FlorenceNamer(cfg.vlm, self.vocab, device, cfg.bf16)
+        else:
+            from .clip import ClipScorer
+
+            self.scorer = ClipScorer(cfg.clip, self.vocab, device, cfg.bf16)
+        self.sam = build_masker(cfg, self.use_sam2, device, sam_model)
 
     def provenance(self) -> dict:
-        return {"sam_checkpoint": self.cfg.sam.checkpoint, "sam_model_type": self.cfg.sam.model_type,
-                "clip_model": self.cfg.clip.model, "vocabulary": self.cfg.vocabulary,
-                "min_confidence": self.cfg.min_confidence}
+        masks = {"sam2_model": self.cfg.sam2.model} if self.use_sam2 else \
+            {"sam_checkpoint": self.cfg.sam.checkpoint, "sam_model_type": self.cfg.sam.model_type}
+        namer = {"vlm_model": self.cfg.vlm.model} if self.name == "sam_vlm" else {"clip_model": self.cfg.clip.model}
+        return {**masks, **namer, "vocabulary": self.cfg.vocabulary, "min_confidence": self.cfg.min_confidence,
+                "max_masks": self.cfg.sam.max_masks, "crops": "full-resolution"}
 
-    def label_image(self, emb: torch.Tensor, image: np.ndarray, small: torch.Tensor, rc: ResizeCrop):
+    def masks(self, emb, image: np.ndarray, rc: ResizeCrop):
+        return self.sam.automatic(emb, image.shape[:2], rc)
+
+    def name_masks(self, masks, full: torch.Tensor, rc: ResizeCrop):
+        """(labels (K,), confidence (K,)) of a camera's masks; `full` its (3, H, W) float image."""
+        from .naming import class_probabilities, name_masks
+
+        probs = class_probabilities(self.scorer.prompt_logits(full, masks.masks, masks.boxes, rc), self.vocab)
+        return name_masks(probs, masks.quality, self.vocab)
+
+    def label_image(self, emb, image: np.ndarray, full: torch.Tensor, rc: ResizeCrop):
         """Named automatic masks of one camera painted into (h, w) semantics / confidence tensors."""
-        from .naming import class_probabilities, name_masks, paint
+        from .naming import paint
 
-        masks = self.sam.automatic(emb, image.shape[:2], rc)
-        probs = class_probabilities(self.scorer.prompt_logits(small, masks.masks, masks.boxes), self.vocab)
-        labels, conf = name_masks(probs, masks.quality, self.vocab)
+        masks = self.masks(emb, image, rc)
+        labels, conf = self.name_masks(masks, full, rc)
         return paint(masks.masks, labels, conf, self.cfg.min_confidence)
 
-    def small_images(self, frame: Frame, rc: ResizeCrop) -> torch.Tensor:
-        """(N, 3, h, w) float [0, 1] camera images at the label resolution."""
-        small = np.stack([rc.apply_image(c.image) for c in frame.cameras])
-        return torch.from_numpy(small).to(self.device).permute(0, 3, 1, 2).float() / 255
+    def full_image(self, image: np.ndarray) -> torch.Tensor:
+        """(3, H, W) float [0, 1] camera image at full resolution on the device (naming crops are cut from it)."""
+        return torch.from_numpy(np.require(image, requirements="W")).to(self.device).permute(2, 0, 1).float() / 255
 
     @torch.no_grad()
     def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
         _check_images(frame)
         images = np.stack([c.image for c in frame.cameras])
         emb = self.sam.embed(images)
-        small = self.small_images(frame, rc)
-        out = [self.label_image(emb[i:i + 1], images[i], small[i], rc) for i in range(len(images))]
+        out = [self.label_image(emb[i:i + 1], images[i], self.full_image(images[i]), rc) for i in range(len(images))]
         return _stack(out, rc)
+
+
+SamClipLabels = MaskNamingLabels  # the name before issue 22
+
+
+# ---- SAM 3: text-prompted masks ----------------------------------------------------------------------
+class Sam3Labels:
+    """SAM 3 prompted with every phrase of the vocabulary; masks, classes and scores from the model."""
+
+    name = "sam3"
+    model_free = False
+    needs_images = True
+
+    def __init__(self, cfg: SupervisionConfig, device: torch.device):
+        from .naming import Vocabulary
+        from .sam3 import Sam3Segmenter
+
+        self.cfg = cfg
+        self.segmenter = Sam3Segmenter(cfg.sam3, Vocabulary.from_mapping(cfg.vocabulary), device, cfg.bf16)
+
+    def provenance(self) -> dict:
+        c = self.cfg.sam3
+        return {"sam3_model": c.model, "vocabulary": self.cfg.vocabulary, "score_threshold": c.score_threshold,
+                "mask_threshold": c.mask_threshold, "max_masks": c.max_masks, "min_confidence": self.cfg.min_confidence}
+
+    @torch.no_grad()
+    def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
+        from .naming import paint
+
+        _check_images(frame)
+        images = np.stack([c.image for c in frame.cameras])
+        vision = self.segmenter.embed(images)
+        out = []
+        for i in range(len(images)):
+            masks, labels, scores = self.segmenter.segment(vision, i, images.shape[1:3], rc)
+            if len(masks):
+                out.append(paint(masks, labels, scores, self.cfg.min_confidence))
+            else:
+                out.append((torch.full(rc.out_hw, IGNORE_ID, dtype=torch.uint8), torch.zeros(rc.out_hw)))
+        return _stack([(s.cpu(), c.cpu()) for s, c in out], rc)
 
 
 class GroundedSamLabels:
@@ -290,7 +360,7 @@ class GroundedSamLabels:
     needs_images = True
 
     def __init__(self, cfg: SupervisionConfig, device: torch.device):
-        from .detector import OwlDetector
+        from .detector import build_detector
         from .naming import Vocabulary
 
         detected = set(cfg.detector.classes)
@@ -298,9 +368,9 @@ class GroundedSamLabels:
         if missing:
             raise DataError(f"supervision.detector.classes {missing} have no prompts in supervision.vocabulary")
         stuff = tuple(c for c in LABEL_CLASSES if c not in detected)
-        self.stuff = SamClipLabels(cfg, device, classes=stuff)
+        self.stuff = MaskNamingLabels(cfg, device, classes=stuff, provider="sam_clip")
         obj_vocab = {k: v for k, v in cfg.vocabulary.items() if k in detected and k != IGNORE_KEY}
-        self.detector = OwlDetector(cfg.detector, Vocabulary.from_mapping(obj_vocab), device, cfg.bf16)
+        self.detector = build_detector(cfg.detector, Vocabulary.from_mapping(obj_vocab), device, cfg.bf16)
         self.cfg, self.device = cfg, device
 
     def provenance(self) -> dict:
@@ -314,11 +384,10 @@ class GroundedSamLabels:
         _check_images(frame)
         images = np.stack([c.image for c in frame.cameras])
         emb = self.stuff.sam.embed(images)
-        small = self.stuff.small_images(frame, rc)
         detections = self.detector.detect(images)
         out = []
         for i, det in enumerate(detections):
-            base = self.stuff.label_image(emb[i:i + 1], images[i], small[i], rc)
+            base = self.stuff.label_image(emb[i:i + 1], images[i], self.stuff.full_image(images[i]), rc)
             masks = self.stuff.sam.from_boxes(emb[i:i + 1], images.shape[1:3], rc, det.boxes)
             score = det.scores * masks.iou.clamp(0, 1).sqrt()
             out.append(paint(masks.masks, det.labels, score, self.cfg.min_confidence, base=base)
@@ -335,19 +404,54 @@ def _stack(out: list[tuple[torch.Tensor, torch.Tensor]], rc: ResizeCrop) -> Labe
     return sem, conf
 
 
-def check_models(cfg: SupervisionConfig) -> None:
-    """Every local model path the provider needs, checked together before anything is loaded (or any run
-    folder written): one DataError listing all that are missing, each with what to download."""
-    if cfg.provider not in ("sam_clip", "grounded_sam"):
-        return
+MODEL_PROVIDERS = ("sam_clip", "sam2_clip", "sam3", "sam_vlm", "grounded_sam")
+
+
+def model_checks(cfg: SupervisionConfig) -> list:
+    """The provider's local model paths as (check, ...) callables, each raising a DataError that says what to
+    download; a transformers folder must also hold the expected architecture (config.json's model_type)."""
     from .clip import check_model_folder
     from .sam import check_sam_checkpoint
 
-    checks = [lambda: check_sam_checkpoint(cfg.sam.checkpoint),
-              lambda: check_model_folder(cfg.clip.model, "supervision.clip.model", "CLIP model")]
-    if cfg.provider == "grounded_sam":
-        checks.append(lambda: check_model_folder(cfg.detector.model, "supervision.detector.model",
-                                                 "OWL-ViT / OWLv2 detector"))
+    def folder(path, field, what, types):
+        def check():
+            from .detector import model_type
+
+            p = check_model_folder(path, field, what)
+            if types and model_type(p) not in types:
+                raise DataError(f"{field}: {p} holds a {model_type(p)!r} model, not a {what}; download one into a folder "
+                                f"and point the recipe there")
+        return check
+
+    clip = folder(cfg.clip.model, "supervision.clip.model", "CLIP model (e.g. openai/clip-vit-base-patch16)", ())
+    sam = lambda: check_sam_checkpoint(cfg.sam.checkpoint)  # noqa: E731
+    sam2 = folder(cfg.sam2.model, "supervision.sam2.model", "SAM 2 model (e.g. facebook/sam2.1-hiera-large)", ("sam2",))
+    p = cfg.provider
+    if p == "sam_clip":
+        return [sam, clip]
+    if p == "sam2_clip":
+        return [sam2, clip]
+    if p == "sam3":
+        return [folder(cfg.sam3.model, "supervision.sam3.model", "SAM 3 model (e.g. facebook/sam3)", ("sam3",))]
+    if p == "sam_vlm":
+        vlm = folder(cfg.vlm.model, "supervision.vlm.model", "Florence-2 model (e.g. florence-community/Florence-2-large)",
+                     ("florence2",))
+        return [sam2 if cfg.vlm.masks == "sam2" else sam, vlm]
+    if p == "grounded_sam":
+        from .detector import DETECTOR_TYPES
+
+        return [sam, clip, folder(cfg.detector.model, "supervision.detector.model",
+                                  "OWL-ViT / OWLv2 / Grounding DINO detector (e.g. IDEA-Research/grounding-dino-base)",
+                                  DETECTOR_TYPES)]
+    return []
+
+
+def check_models(cfg: SupervisionConfig) -> None:
+    """Every local model path the provider needs, checked together before anything is loaded (or any run
+    folder written): one DataError listing all that are missing, each with what to download."""
+    if cfg.provider not in MODEL_PROVIDERS:
+        return
+    checks = model_checks(cfg)
     problems = []
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append(f"supervision.device is {cfg.device!r} but no CUDA GPU is available (use auto or cpu)")
@@ -368,6 +472,8 @@ def build_provider(cfg: SupervisionConfig, dataroot: str | Path, nusc=None) -> L
     if cfg.provider == "lidarseg":
         return LidarsegLabels(nusc, cfg.lidar_min_depth)
     device = resolve_device(cfg.device)
-    if cfg.provider == "sam_clip":
-        return SamClipLabels(cfg, device)
+    if cfg.provider in ("sam_clip", "sam2_clip", "sam_vlm"):
+        return MaskNamingLabels(cfg, device)
+    if cfg.provider == "sam3":
+        return Sam3Labels(cfg, device)
     return GroundedSamLabels(cfg, device)

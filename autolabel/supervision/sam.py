@@ -69,6 +69,26 @@ def build_sam(arch: SamArch, checkpoint: str | Path | None):
     return sam.eval()
 
 
+def label_grid(rc: ResizeCrop, fx: float, fy: float, device: torch.device) -> torch.Tensor:
+    """(1, h, w, 2) grid_sample coordinates (align_corners=False) of every label pixel centre in a map that
+    covers camera pixels [0, 1/fx) x [0, 1/fy): camera x lands at 2 x fx - 1. SAM (resize the long side,
+    pad): fx = (input width / camera width) / input size; SAM 2 / SAM 3 (stretch to a square): fx = 1 / W."""
+    oh, ow = rc.out_hw
+    inv = np.linalg.inv(rc.matrix)
+    v, u = np.meshgrid(np.arange(oh) + 0.5, np.arange(ow) + 0.5, indexing="ij")
+    x = inv[0, 0] * u + inv[0, 2]
+    y = inv[1, 1] * v + inv[1, 2]
+    return torch.from_numpy(np.stack([2 * x * fx - 1, 2 * y * fy - 1], -1)[None].astype(np.float32)).to(device)
+
+
+def label_to_camera(xy: torch.Tensor, rc: ResizeCrop) -> torch.Tensor:
+    """(..., 2k) label-pixel coordinates (x, y, x, y, ...) -> camera-pixel coordinates (the inverse resize/crop)."""
+    a = rc.matrix
+    scale = torch.tensor([a[0, 0], a[1, 1]], device=xy.device, dtype=xy.dtype).repeat(xy.shape[-1] // 2)
+    shift = torch.tensor([a[0, 2], a[1, 2]], device=xy.device, dtype=xy.dtype).repeat(xy.shape[-1] // 2)
+    return (xy - shift) / scale
+
+
 @dataclass
 class Masks:
     """Masks of one image at the label resolution.
@@ -130,15 +150,8 @@ class SamMasks:
         return self._grids[key]
 
     def _make_label_grid(self, hw: tuple[int, int], rc: ResizeCrop) -> torch.Tensor:
-        oh, ow = rc.out_hw
-        inv = np.linalg.inv(rc.matrix)
-        v, u = np.meshgrid(np.arange(oh) + 0.5, np.arange(ow) + 0.5, indexing="ij")
-        x = inv[0, 0] * u + inv[0, 2]
-        y = inv[1, 1] * v + inv[1, 2]
         ih, iw = self.input_hw(hw)
-        gx = 2 * x * (iw / hw[1]) / self.size - 1  # align_corners=False: -1/+1 are the padded input's edges
-        gy = 2 * y * (ih / hw[0]) / self.size - 1
-        return torch.from_numpy(np.stack([gx, gy], -1)[None].astype(np.float32)).to(self.device)
+        return label_grid(rc, (iw / hw[1]) / self.size, (ih / hw[0]) / self.size, self.device)
 
     @torch.no_grad()
     def _decode(self, emb: torch.Tensor, points: torch.Tensor | None, boxes: torch.Tensor | None, multimask: bool):
@@ -190,7 +203,11 @@ class SamMasks:
             return Masks.empty(rc.out_hw, self.device)
         m = Masks(*(torch.cat([getattr(p, f) for p in parts]) for f in ("masks", "iou", "stability", "boxes")))
         keep = batched_nms(m.boxes, m.iou, torch.zeros_like(m.iou, dtype=torch.long), self.cfg.box_nms_thresh)
-        return Masks(m.masks[keep], m.iou[keep], m.stability[keep], m.boxes[keep])
+        m = Masks(m.masks[keep], m.iou[keep], m.stability[keep], m.boxes[keep])
+        if self.cfg.max_masks is not None and len(m.masks) > self.cfg.max_masks:
+            top = m.quality.topk(self.cfg.max_masks).indices
+            m = Masks(m.masks[top], m.iou[top], m.stability[top], m.boxes[top])
+        return m
 
     @torch.no_grad()
     def from_boxes(self, emb: torch.Tensor, hw: tuple[int, int], rc: ResizeCrop, boxes: torch.Tensor) -> Masks:

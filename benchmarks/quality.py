@@ -264,6 +264,18 @@ def code_version() -> str:
         return "unknown"
 
 
+def code_digest() -> str:
+    """SHA-256 over the sources that ran (paths and bytes of the Python, C++ and CUDA files): unlike the
+    commit, it holds where the checkout's git metadata lags its files (a copy sent to a GPU machine)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(p for d in ("autolabel", "occnet", "kernels", "benchmarks") for p in (root / d).rglob("*")
+                       if p.suffix in (".py", ".cpp", ".cu", ".h", ".cuh") and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def summarise(results: dict) -> dict[str, dict]:
     """Per variant (seeds pooled): mean and spread (max - min) of every headline number."""
     keys = {"miou": ("miou",), "geo": ("geometric_iou",), "pl_miou": ("pseudo_labels", "miou"),
@@ -368,6 +380,7 @@ def main() -> None:
             "test_world_seed": args.test_world_seed, "synth": args.synth, "world_digest": world_digest(world),
             "split": {"pool": [s for s in scenes if s not in held_out], "held_out": held_out},
             "steps": args.steps, "round1_steps": args.round1_steps, "code_version": code_version(),
+            "code_digest": code_digest(),
             "command": " ".join(sys.argv), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "date": time.strftime("%Y-%m-%d"), "ablations": {k: [b, s] for k, (b, s) in ablations.items()}}
     if not args.report:
@@ -425,12 +438,17 @@ def world_digest(world: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _curves(results: dict, path: Path) -> None:
+def _curves(results: dict, path: Path, window: int = 50) -> None:
+    """Training loss per variant, a running mean over `window` steps (raw losses swing by 2x from batch to
+    batch); one colour per variant kind, one line style per seed; round-1 runs start at their own step 0."""
     from autolabel.report.figures import pyplot, save_figure
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in results.items():
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    kinds = sorted({split_name(n)[0] for n in results})
+    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(kinds)}
+    for name in sorted(results):
+        r = results[name]
         hist = Path(r.get("history", "")) if isinstance(r, dict) else None
         if not hist or not hist.is_file():
             continue
@@ -439,15 +457,19 @@ def _curves(results: dict, path: Path) -> None:
             row = json.loads(line)
             rows[row["step"]] = row["loss"]  # after a resume the last line of a step counts
         steps = sorted(rows)
-        ax.plot(steps, [rows[s] for s in steps], label=name)
+        loss = np.array([rows[s] for s in steps])
+        w = max(1, min(window, len(loss)))
+        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+        kind, seed = split_name(name)
+        ax.plot(steps[w - 1:], smooth, color=colours[kind], linestyle=("-", "--", ":", "-.")[seed % 4],
+                label=kind if seed == min(split_name(n)[1] for n in results if split_name(n)[0] == kind) else None)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel(f"training loss (mean of {window} steps)")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
-
 
 if __name__ == "__main__":
     main()

@@ -34,7 +34,7 @@ def test_quality_harness_runs_micro(tmp_path):
     assert "variant: v1" in (tmp_path / "q" / "render_noisy_v1.yaml").read_text()
     assert {f.name for f in (tmp_path / "q").glob("results.*.json")} == {"results.0.json", "results.1.json",
                                                                           "results.2.json"}
-    assert len(meta["world_digest"]) == 16 and meta["seconds"] > 0
+    assert len(meta["world_digest"]) == 16 and len(meta["code_digest"]) == 16 and meta["seconds"] > 0
     assert "3d_supervised" in out.stdout and (tmp_path / "q" / "training_curves.png").stat().st_size > 1000
     # the table again from meta.json and the results, without the world (merging runs of another machine)
     shutil.rmtree(tmp_path / "q" / "world_31")

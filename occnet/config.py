@@ -75,9 +75,16 @@ class RenderConfig:
     # "occupancy": rays labelled with a ground class aim at the top of the voxel layer holding their LiDAR
     # return, where the Occ3D grid stops them (occnet.surfaces); "lidar": at the return itself
     depth_target: str = "occupancy"
+    # "lidar": semantic targets only at pixels whose LiDAR return lies in the grid (a few percent of the
+    # pixels); "all": also at labelled pixels LiDAR missed, semantic_share of the rays (occnet.rays)
+    semantic_rays: str = "lidar"
+    semantic_share: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.rays_per_frame > 0, "RenderConfig.rays_per_frame must be > 0")
+        _check(self.semantic_rays in ("lidar", "all"),
+               f"RenderConfig.semantic_rays must be 'lidar' or 'all', got {self.semantic_rays!r}")
+        _check(0 <= self.semantic_share < 1, "RenderConfig.semantic_share must lie in [0, 1)")
         _check(self.mode in ("voxel", "trilinear"), f"RenderConfig.mode must be 'voxel' or 'trilinear', got {self.mode!r}")
         _check(self.step_size > 0, "RenderConfig.step_size must be > 0")
         _check(0 <= self.class_balance <= 1, "RenderConfig.class_balance must lie in [0, 1]")

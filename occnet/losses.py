@@ -22,14 +22,19 @@ def silog(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, lam: f
 
 def rendered_semantics_ce(rendered: Rendered, rays: RayBatch, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of the rendered class distribution (normalised by opacity) where a 2D label exists,
-    weighted by the label's confidence, the ray's weight and the class weight."""
+    weighted by the label's confidence, the ray's weight and the class weight. A labelled ray without a
+    depth target (no LiDAR return: occnet.rays, semantic_rays "all") may end beyond the grid, a far
+    building say, where the grid holds nothing to name; it also weighs by its rendered opacity, detached,
+    so a ray the network lets through the grid asks nothing of it and one stopped inside (a roof LiDAR
+    missed) counts fully. The geometry stays with the depth and line-of-sight losses."""
     m = rays.semantics != IGNORE
     if not m.any():
         return rendered.probs.sum() * 0
     p = rendered.probs[m] / (rendered.opacity[m, None] + EPS)
     target = rays.semantics[m]
     nll = -torch.log(p.gather(1, target[:, None])[:, 0].clamp_min(EPS))
-    w = rays.confidence[m] * rays.weight[m]
+    stopped = torch.where(rays.depth[m] > 0, torch.ones_like(nll), rendered.opacity[m].detach().clamp(0, 1))
+    w = rays.confidence[m] * rays.weight[m] * stopped
     if class_weights is not None:
         w = w * class_weights[target]
     return (w * nll).sum() / w.sum().clamp_min(EPS)

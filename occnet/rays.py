@@ -3,6 +3,8 @@
 Per frame, `sample_rays` draws a fixed number of pixels among the supervised ones (a LiDAR depth or a
 2D label), with weights that grow with the rarity of the pixel's class in that frame (RenderOcc's
 scheme): w = (1 / frequency) ** class_balance, and the mean labelled weight for depth-only pixels.
+With semantic_rays "all" a share of the rays goes to labelled pixels that have no LiDAR return (the
+tops of objects, thin and far things that LiDAR misses), drawn the same way among those pixels.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def _points_inside(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch
 def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Tensor, semantics: torch.Tensor,
                 confidence: torch.Tensor, n_rays: int, class_balance: float, generator: torch.Generator,
                 batch: int = 0, weight: float = 1.0, drop_classes: tuple[int, ...] = (),
-                grid: GridSpec | None = None, depth_target: str = "occupancy") -> RayBatch:
+                grid: GridSpec | None = None, depth_target: str = "occupancy", semantic_rays: str = "lidar",
+                semantic_share: float = 0.5) -> RayBatch:
     """Draw n_rays pixels of one frame (on the maps' device, with `generator` of that device).
 
     intrinsics (N, 3, 3) and cam2ego (N, 4, 4) per camera; depth (N, H, W) metres (0 none), semantics
@@ -57,7 +60,13 @@ def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Te
     outside the grid cannot be rendered from it, and a label without depth could lie anywhere on its ray.
     depth_target "occupancy" (needs the grid): a ray labelled with a ground class aims at the top of the
     voxel layer holding its return, where the Occ3D grid stops it (occnet.surfaces); "lidar": the return.
+    semantic_rays "all": round(semantic_share * n_rays) of the rays are drawn among labelled pixels with no
+    LiDAR return at all (their depth target is 0: no depth loss; the semantic loss weighs them by their
+    rendered opacity, occnet.losses.rendered_semantics_ce, since their surface may lie beyond the grid);
+    the rest as with "lidar". A label whose return lies outside the grid stays unused in both modes.
     """
+    if semantic_rays not in ("lidar", "all"):
+        raise ValueError(f"sample_rays: semantic_rays must be 'lidar' or 'all', got {semantic_rays!r}")
     if depth_target not in ("occupancy", "lidar"):
         raise ValueError(f"sample_rays: depth_target must be 'occupancy' or 'lidar', got {depth_target!r}")
     if depth_target == "occupancy" and grid is None:
@@ -72,22 +81,22 @@ def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Te
         for c in drop_classes:
             moving |= semantics.long() == c
         depth = torch.where(moving, torch.zeros_like(depth), depth)
+    no_return = labelled & (depth <= 0)  # labelled pixels LiDAR did not reach (before the grid test)
     if grid is not None:  # supervise only pixels whose LiDAR point lies in the grid: the grid can't hold the rest
         inside = _points_inside(intrinsics, cam2ego, depth, grid)
         labelled &= inside
         depth = torch.where(inside, depth, torch.zeros_like(depth))
     supervised = labelled | (depth > 0)
-    if not bool(supervised.any()):  # the one host sync of the sampling
-        raise ValueError("sample_rays: the frame has no supervised pixel (no depth and no 2D label in the grid)")
-    flat_sem = torch.where(labelled, sem, torch.zeros_like(sem)).reshape(-1)
-    lab = labelled.reshape(-1)
-    counts = torch.bincount(flat_sem, weights=lab.float(), minlength=IGNORE + 1)
-    w_class = torch.where(counts > 0, counts.clamp_min(1).reciprocal() ** class_balance, torch.zeros_like(counts))
-    w_pix = torch.where(lab, w_class[flat_sem], torch.zeros_like(lab, dtype=w_class.dtype))
-    n_lab = lab.sum()
-    mean_lab = torch.where(n_lab > 0, w_pix.sum() / n_lab.clamp_min(1), torch.ones_like(w_pix[0]))
-    w_pix = torch.where(supervised.reshape(-1) & ~lab, mean_lab, w_pix)  # depth-only pixels: the mean weight
-    pick = torch.multinomial(w_pix, n_rays, replacement=True, generator=generator)
+    n_sem = round(semantic_share * n_rays) if semantic_rays == "all" else 0
+    if n_sem and not bool(no_return.any()):  # a host sync only in "all" mode
+        n_sem = 0
+    if not bool(supervised.any()):  # the one host sync of the sampling in "lidar" mode
+        if not n_sem:
+            raise ValueError("sample_rays: the frame has no supervised pixel (no depth and no 2D label in the grid)")
+        n_sem = n_rays
+    pick = _draw(sem, labelled, supervised, n_rays - n_sem, class_balance, generator)
+    if n_sem:
+        pick = torch.cat([pick, _draw(sem, no_return, no_return, n_sem, class_balance, generator)])
     cam, rest = pick // (h * w), pick % (h * w)
     v, u = rest // w, rest % w
     origins, dirs, z_per_metre = _pixel_rays(intrinsics, cam2ego, cam, v, u)
@@ -98,6 +107,24 @@ def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Te
                     batch_index=torch.full((n_rays,), batch, dtype=torch.long, device=depth.device),
                     z_per_metre=z_per_metre, depth=target, semantics=ray_sem,
                     confidence=confidence[cam, v, u].float(), weight=torch.full((n_rays,), weight, device=depth.device))
+
+
+def _draw(sem: torch.Tensor, labelled: torch.Tensor, supervised: torch.Tensor, n: int, class_balance: float,
+          generator: torch.Generator) -> torch.Tensor:
+    """(n,) flat pixel indices drawn with replacement among `supervised` (N, H, W) pixels: a labelled one
+    weighs (1 / its class's frequency among the labelled) ** class_balance, a depth-only one the mean
+    labelled weight."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=sem.device)
+    flat_sem = torch.where(labelled, sem, torch.zeros_like(sem)).reshape(-1)
+    lab = labelled.reshape(-1)
+    counts = torch.bincount(flat_sem, weights=lab.float(), minlength=IGNORE + 1)
+    w_class = torch.where(counts > 0, counts.clamp_min(1).reciprocal() ** class_balance, torch.zeros_like(counts))
+    w_pix = torch.where(lab, w_class[flat_sem], torch.zeros_like(lab, dtype=w_class.dtype))
+    n_lab = lab.sum()
+    mean_lab = torch.where(n_lab > 0, w_pix.sum() / n_lab.clamp_min(1), torch.ones_like(w_pix[0]))
+    w_pix = torch.where(supervised.reshape(-1) & ~lab, mean_lab, w_pix)  # depth-only pixels: the mean weight
+    return torch.multinomial(w_pix, n, replacement=True, generator=generator)
 
 
 def _pixel_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, cam: torch.Tensor, v: torch.Tensor,

@@ -202,7 +202,8 @@ class Trainer:
                 try:
                     parts.append(sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i],
                                              b["confidence"][i], cfg.rays_per_frame, cfg.class_balance, gen, batch=i,
-                                             grid=grid, depth_target=cfg.depth_target))
+                                             grid=grid, depth_target=cfg.depth_target,
+                                             semantic_rays=cfg.semantic_rays, semantic_share=cfg.semantic_share))
                 except ValueError:
                     pass
                 if cfg.aux_rays_per_frame and "aux_depth" in b:

@@ -168,6 +168,28 @@ def _trainer(tmp_path, steps=20, loss=None, **kw):
                    TrainConfig(steps=steps, warmup_steps=2, lr=2e-3, checkpoint_every=5, **kw), tmp_path)
 
 
+def test_training_draws_semantic_rays_where_the_recipe_says(tiny_dataset, tmp_path, monkeypatch):
+    """render.semantic_rays / semantic_share reach the ray sampler of the training step."""
+    import occnet.trainer as trainer_module
+
+    drawn = []
+
+    def spy(*args, **kw):
+        rays = sample_rays(*args, **kw)
+        drawn.append(((kw.get("semantic_rays"), kw.get("semantic_share")), int((rays.depth == 0).sum())))
+        return rays
+
+    monkeypatch.setattr(trainer_module, "sample_rays", spy)
+    torch.manual_seed(0)
+    trainer = Trainer(OccupancyNetwork(tiny_config()), RenderConfig(rays_per_frame=256, semantic_rays="all",
+                                                                    semantic_share=0.25),
+                      LossConfig(), TrainConfig(steps=1, warmup_steps=1, checkpoint_every=5), tmp_path)
+    hist = trainer.fit(tiny_dataset, workers=0, progress=False)
+    assert drawn and all(mode == ("all", 0.25) for mode, _ in drawn)
+    assert any(n == 64 for _, n in drawn)  # a quarter of the rays at labelled pixels without a return
+    assert math.isfinite(hist[-1]["sem2d"])
+
+
 def test_training_reduces_each_loss(tiny_dataset, tmp_path):
     hist = _trainer(tmp_path / "a", steps=24, loss=LossConfig(labels_3d=1.0)).fit(tiny_dataset, workers=0, progress=False)
     for term in ("depth", "sem2d", "labels3d"):

@@ -120,3 +120,69 @@ def test_lidar_free_space_stops_at_the_ground_layer():
     assert torch.equal(free[..., 3:], free_naive[..., 3:])  # and frees the air above exactly as before
     unknown = torch.full(depth.shape, 255, dtype=torch.uint8)
     assert torch.equal(lidar_free_and_hits(depth, K.double(), T.double(), GRID, unknown)[0], free_naive)
+
+
+def _sparse_lidar_frame():
+    """The front camera over flat ground: every pixel below the horizon labelled road, a LiDAR return at
+    one pixel row in eight (a 32-beam sensor's sparsity), returns beyond 25 m dropped by _ground_depth."""
+    K, T = _front_camera()
+    ground = _ground_depth(K, T)
+    sem = torch.where(ground > 0, torch.full_like(ground, ROAD), torch.full_like(ground, 255)).to(torch.uint8)
+    depth = torch.zeros_like(ground)
+    depth[:, ::8] = ground[:, ::8]
+    return K, T, depth, sem, torch.ones_like(depth)
+
+
+def test_semantic_rays_all_add_labelled_pixels_that_lidar_missed():
+    K, T, depth, sem, conf = _sparse_lidar_frame()
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    lidar = sample_rays(K, T, depth, sem, conf, 2000, 0.0, gen(), grid=GRID)
+    both = sample_rays(K, T, depth, sem, conf, 2000, 0.0, gen(), grid=GRID, semantic_rays="all", semantic_share=0.25)
+    assert (lidar.depth > 0).all()  # today's rays: only pixels with a return in the grid
+    no_depth = both.depth == 0
+    assert no_depth.sum() == 500 and (both.semantics[no_depth] == ROAD).all()
+    assert (both.depth[:1500] > 0).all() and no_depth[1500:].all()
+    # the added rays run through pixels without a return, rows LiDAR skipped
+    pix = torch.stack([both.directions[no_depth] @ T[0, :3, :3][:, i] for i in range(3)], 1)
+    v = (K[0, 1, 1] * pix[:, 1] / pix[:, 2] + K[0, 1, 2] - 0.5).round().long()
+    assert (v % 8 != 0).all()
+    # the first 1,500 rays are the "lidar" draw of 1,500 rays
+    first = sample_rays(K, T, depth, sem, conf, 1500, 0.0, gen(), grid=GRID)
+    torch.testing.assert_close(both.origins[:1500], first.origins)
+    torch.testing.assert_close(both.directions[:1500], first.directions)
+
+
+def test_semantic_rays_all_leave_labels_whose_return_lies_beyond_the_grid_unused():
+    K, T, depth, sem, conf = _sparse_lidar_frame()
+    depth = torch.where(depth > 0, torch.full_like(depth, 80.0), depth)  # every return beyond the grid
+    rays = sample_rays(K, T, depth, sem, conf, 400, 0.0, torch.Generator().manual_seed(0), grid=GRID,
+                       semantic_rays="all", semantic_share=0.5)
+    assert (rays.depth == 0).all()  # no depth target in the grid: only the pixels without any return
+    pix = torch.stack([rays.directions @ T[0, :3, :3][:, i] for i in range(3)], 1)
+    v = (K[0, 1, 1] * pix[:, 1] / pix[:, 2] + K[0, 1, 2] - 0.5).round().long()
+    assert (v % 8 != 0).all()
+
+
+def test_a_ray_without_depth_asks_for_semantics_in_proportion_to_its_opacity():
+    """A labelled ray with no LiDAR return that the network lets through the grid (its surface may lie
+    beyond it) adds nothing to the semantic loss; one stopped inside the grid counts fully."""
+    from occnet.losses import rendered_semantics_ce
+    from occnet.rays import RayBatch, Rendered
+
+    def batch(depth, opacity):
+        n = len(depth)
+        rays = RayBatch(origins=torch.zeros(n, 3), directions=torch.zeros(n, 3), batch_index=torch.zeros(n, dtype=torch.long),
+                        z_per_metre=torch.ones(n), depth=torch.tensor(depth), semantics=torch.full((n,), ROAD),
+                        confidence=torch.ones(n), weight=torch.ones(n))
+        probs = torch.full((n, 17), 0.01)
+        probs[0, ROAD] = 0.9  # ray 0 rendered right, ray 1 wrong
+        probs[1:, CAR] = 0.9
+        o = torch.tensor(opacity)
+        return rays, Rendered(depth=torch.zeros(n), opacity=o, probs=probs / probs.sum(1, keepdim=True) * o[:, None])
+
+    right = rendered_semantics_ce(*reversed(batch([5.0], [1.0])))
+    see_through = rendered_semantics_ce(*reversed(batch([5.0, 0.0], [1.0, 1e-6])))
+    stopped = rendered_semantics_ce(*reversed(batch([5.0, 0.0], [1.0, 1.0])))
+    with_depth = rendered_semantics_ce(*reversed(batch([5.0, 7.0], [1.0, 1e-6])))
+    torch.testing.assert_close(see_through, right, atol=1e-4, rtol=0)
+    assert stopped > 2 * right and with_depth > 2 * right

@@ -55,7 +55,8 @@ def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, 
         rays = sample_rays(item["intrinsics"].to(dev), item["cam2ego"].to(dev), item["depth"].to(dev),
                            item["semantics"].to(dev), item["confidence"].to(dev),
                            max(256, recipe.render.rays_per_frame // 4), 0.0, gen, grid=recipe.network.grid,
-                           depth_target=recipe.render.depth_target)
+                           depth_target=recipe.render.depth_target, semantic_rays=recipe.render.semantic_rays,
+                           semantic_share=recipe.render.semantic_share)
     except ValueError:  # nothing of the frame falls in the grid
         return 0.0
     r = render(density[None], logits[None], rays, recipe.network.grid, recipe.render)

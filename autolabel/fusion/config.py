@@ -1,0 +1,34 @@
+"""The evidence-fusion labeller's settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+@dataclass
+class FusionConfig:
+    """How LiDAR is accumulated and 2D labels voted (autolabel.fusion)."""
+
+    window: int = 3  # keyframes of the scene on each side of the labelled one (+-window)
+    # dynamic classes (vehicles, people, cyclists) are kept only from points at most this many seconds
+    # from the labelled keyframe's LiDAR (0: its own sweep): they moved in between
+    dynamic_seconds: float = 0.0
+    # a point is visible in a pixel when its camera depth is at most (1 + rel) * z-buffer + abs, where the
+    # z-buffer holds the nearest accumulated point per pixel, min-pooled over zbuffer_pool pixels so that
+    # points behind a surface do not show through the gaps between that surface's points
+    depth_tolerance_abs: float = 0.3
+    depth_tolerance_rel: float = 0.02
+    zbuffer_pool: int = 3
+    full_hits: int = 3  # LiDAR points in a voxel at which its occupancy is fully trusted
+
+    def __post_init__(self) -> None:
+        _check(self.window >= 0, "fusion.window must be >= 0")
+        _check(self.dynamic_seconds >= 0, "fusion.dynamic_seconds must be >= 0")
+        _check(self.depth_tolerance_abs >= 0 and self.depth_tolerance_rel >= 0,
+               "fusion.depth_tolerance_abs / depth_tolerance_rel must be >= 0")
+        _check(self.zbuffer_pool >= 1 and self.zbuffer_pool % 2 == 1, "fusion.zbuffer_pool must be an odd number >= 1")
+        _check(self.full_hits >= 1, "fusion.full_hits must be >= 1")

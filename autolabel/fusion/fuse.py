@@ -1,0 +1,173 @@
+"""Occupancy labels of one keyframe from the evidence of its scene window (issue 20).
+
+Evidence, all in the labelled keyframe's ego frame at its LiDAR timestamp (the Occ3D grid's frame):
+- `Sweep`: the LiDAR of each keyframe of the window (+-`FusionConfig.window` keyframes; sweeps included where
+  the dataset reads them), moved through the global frame by the ego poses, as the devkit does;
+- `View`: the 2D labels (class, confidence) of every camera of every window keyframe, with its pose.
+
+`fuse` then
+1. votes a class for every point: each view that sees the point (in the image, and the first surface
+   along that pixel's ray: its depth within a tolerance of a z-buffer of the points of the view's own
+   keyframe, the scene as it was when the image was taken, min-pooled so that points behind a surface do
+   not show through the gaps between its points) adds the pixel's
+   confidence to the pixel's class. Views of the point's own keyframe vote apart: a point whose own-time
+   views call it a dynamic class (a car, a pedestrian) takes their vote, since at other times the thing
+   had moved and the views there show what was behind it;
+2. keeps points of static classes from the whole window and points of dynamic classes (and points no view
+   saw) only within `dynamic_seconds` of the labelled frame;
+3. voxelizes: a voxel holding kept points is occupied with the class of its summed votes, confidence =
+   (winning share of the votes) x min(1, points / full_hits); voxels crossed by a keyframe sweep's ray
+   before its return are free (confidence 1), a ray to a ground-class return stopping where it enters
+   the return's voxel layer (occnet.surfaces); occupied wins over free (a car parked at one time, driven
+   through at another), and a voxel holding any return is never free (a car that has since moved leaves
+   its voxels unobserved); everything else is unobserved (255, confidence 0).
+Rays are cast only from keyframe sweeps, whose sensor origin is exact; sweep points add occupancy only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kernels.grid import GridSpec
+from kernels.walk import ray_voxels
+from occnet.classes import DYNAMIC_CLASS_IDS, FREE_ID, IGNORE_ID, NUM_SEMANTIC_CLASSES
+from occnet.surfaces import is_flat, layer_entry
+
+from .config import FusionConfig
+
+
+@dataclass
+class Sweep:
+    """LiDAR points of one window keyframe, in the labelled frame's ego frame."""
+
+    points: torch.Tensor  # (P, 3) float64
+    origin: torch.Tensor  # (3,) float64 sensor origin of the keyframe sweep
+    keyframe: torch.Tensor  # (P,) bool: from the keyframe sweep itself (rays are cast from these)
+    seconds: torch.Tensor  # (P,) float64 time of the point's sweep minus the labelled frame's LiDAR time
+    source: int  # index of the window keyframe
+
+
+@dataclass
+class View:
+    """The 2D labels of one camera image of a window keyframe."""
+
+    target2cam: torch.Tensor  # (4, 4) float64: labelled frame's ego -> camera
+    K: torch.Tensor  # (3, 3) float64 intrinsics at the labels' resolution
+    semantics: torch.Tensor  # (h, w) int64 class ids, 255 = none
+    confidence: torch.Tensor  # (h, w) float32 in [0, 1]
+    source: int  # index of the window keyframe
+
+
+@dataclass
+class Fused:
+    """Labels of one keyframe: semantics (X, Y, Z) uint8 (free = 17, unobserved = 255), confidence (X, Y, Z)
+    uint8 (round(255 * c)), points (X, Y, Z) int32 kept LiDAR points per voxel."""
+
+    semantics: np.ndarray
+    confidence: np.ndarray
+    points: np.ndarray
+
+
+def vote(points: torch.Tensor, source: torch.Tensor, views: list[View], cfg: FusionConfig
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class votes of every point. points (P, 3), source (P,) window keyframe of each point.
+
+    Returns (all, own), each (P, 17) float32: the confidence-weighted votes of every view that sees the
+    point, and of the views of the point's own keyframe only."""
+    n = len(points)
+    votes = torch.zeros(n, NUM_SEMANTIC_CLASSES, dtype=torch.float32, device=points.device)
+    own = torch.zeros_like(votes)
+    homog = torch.cat([points, torch.ones_like(points[:, :1])], 1)
+    for view in views:
+        h, w = view.semantics.shape
+        cam = homog @ view.target2cam.T
+        z = cam[:, 2]
+        front = z > 0.1
+        pix = cam[:, :3] @ view.K.T
+        u = torch.floor(pix[:, 0] / z.clamp_min(1e-6)).long()
+        v = torch.floor(pix[:, 1] / z.clamp_min(1e-6)).long()
+        ok = front & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        if not bool(ok.any()):
+            continue
+        idx = torch.nonzero(ok).squeeze(1)
+        flat = v[idx] * w + u[idx]
+        zf = z[idx].float()
+        zbuf = torch.full((h * w,), float("inf"), device=points.device)
+        at_view_time = source[idx] == view.source  # the scene when the image was taken: no ghosts of movers
+        zbuf.scatter_reduce_(0, flat[at_view_time], zf[at_view_time], reduce="amin")
+        k = cfg.zbuffer_pool
+        if k > 1:  # the nearest point within k x k pixels stands for the surface there
+            zbuf = -F.max_pool2d(-zbuf.view(1, 1, h, w), k, stride=1, padding=k // 2).view(-1)
+        visible = zf <= zbuf[flat] * (1 + cfg.depth_tolerance_rel) + cfg.depth_tolerance_abs
+        label = view.semantics.reshape(-1)[flat]
+        use = visible & (label != IGNORE_ID) & (label < NUM_SEMANTIC_CLASSES)
+        idx, label, flat = idx[use], label[use], flat[use]
+        weight = view.confidence.reshape(-1)[flat].float()
+        votes.index_put_((idx, label), weight, accumulate=True)
+        mine = source[idx] == view.source
+        own.index_put_((idx[mine], label[mine]), weight[mine], accumulate=True)
+    return votes, own
+
+
+def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig) -> Fused:
+    """Occupancy labels of the labelled keyframe from its window's sweeps and views (module docstring)."""
+    dev = sweeps[0].points.device
+    points = torch.cat([s.points for s in sweeps])
+    source = torch.cat([torch.full((len(s.points),), s.source, dtype=torch.long, device=dev) for s in sweeps])
+    seconds = torch.cat([s.seconds for s in sweeps])
+    votes, own = vote(points, source, views, cfg)
+    dynamic = torch.tensor(DYNAMIC_CLASS_IDS, device=dev)
+    own_dynamic = (own.sum(1) > 0) & torch.isin(own.argmax(1), dynamic)
+    votes = torch.where(own_dynamic[:, None], own, votes)
+    seen = votes.sum(1) > 0
+    cls = torch.where(seen, votes.argmax(1), torch.full_like(source, IGNORE_ID))
+    now = seconds.abs() <= cfg.dynamic_seconds + 1e-6
+    keep = now | (seen & ~torch.isin(cls, dynamic))
+
+    shape = torch.tensor(grid.shape, device=dev)
+    lo = torch.tensor(grid.range_min, dtype=torch.float64, device=dev)
+    vs = torch.tensor(grid.voxel_size, dtype=torch.float64, device=dev)
+    ijk = torch.floor((points - lo) / vs).long()
+    inside = ((ijk >= 0) & (ijk < shape)).all(1)
+    sel = keep & inside
+    flat = (ijk[sel, 0] * grid.shape[1] + ijk[sel, 1]) * grid.shape[2] + ijk[sel, 2]
+    nvox = grid.num_voxels
+    hits = torch.bincount(flat, minlength=nvox)
+    sums = torch.zeros(nvox, NUM_SEMANTIC_CLASSES, device=dev)
+    sums.index_add_(0, flat, votes[sel])
+    total = sums.sum(1)
+    occupied = hits > 0
+    agree = sums.max(1).values / total.clamp_min(1e-9)
+    occ_cls = torch.where(total > 0, sums.argmax(1), torch.full_like(hits, IGNORE_ID))
+    occ_conf = torch.where(total > 0, agree * (hits.float() / cfg.full_hits).clamp(max=1.0), torch.zeros_like(agree))
+
+    free = torch.zeros(grid.shape, dtype=torch.bool, device=dev)
+    for s in sweeps:  # LiDAR free space from each keyframe sweep's rays, stopped at the ground layer
+        m = s.keyframe
+        if not bool(m.any()):
+            continue
+        vec = s.points[m] - s.origin
+        dist = vec.norm(dim=1)
+        good = dist > 1e-3
+        dirs = vec[good] / dist[good, None]
+        d = dist[good]
+        c = cls[source == s.source][m][good]
+        entry = layer_entry(s.origin, dirs, d, is_flat(c), grid)
+        t_free = torch.where(entry < d, entry - 1e-4, d)  # a hair before the layer's top plane
+        free |= ray_voxels(s.origin, dirs, grid, t_max=t_free)
+    any_return = torch.zeros(nvox, dtype=torch.bool, device=dev)
+    any_return[(ijk[inside, 0] * grid.shape[1] + ijk[inside, 1]) * grid.shape[2] + ijk[inside, 2]] = True
+    free = free.view(-1) & ~any_return
+
+    semantics = torch.full((nvox,), IGNORE_ID, dtype=torch.long, device=dev)
+    semantics[free] = FREE_ID
+    semantics[occupied] = occ_cls[occupied]
+    confidence = torch.zeros(nvox, device=dev)
+    confidence[free] = 1.0
+    confidence[occupied] = occ_conf[occupied]
+    return Fused(semantics=semantics.view(grid.shape).to(torch.uint8).cpu().numpy(),
+                 confidence=(confidence * 255).round().view(grid.shape).to(torch.uint8).cpu().numpy(),
+                 points=hits.view(grid.shape).to(torch.int32).cpu().numpy())

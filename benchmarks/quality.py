@@ -14,6 +14,9 @@ Variants:
   render_noisy      rendering only: the world's default foundation-model-like 2D labels (noise model v2)
   render_hard       rendering only: the hard noise level
   render_noisy_v1   rendering only: the first release's noise model (v1) at the default level, same world
+  fusion            no network: the pool's labels from evidence fusion (autolabel.fusion: LiDAR of +-3
+                    keyframes, each point named by a vote of the default-level 2D labels of every view)
+  fusion_exact / fusion_hard   the same from the exact / the hard 2D labels
   noisy_dts         render_noisy + the DTS teacher's pseudo-labels
   dts_active_5pct   noisy_dts + one round with oracle 3D labels on 5% of the pool by active selection
   dts_random_5pct   the same with random selection
@@ -55,6 +58,8 @@ from autolabel.active.select import select_frames  # noqa: E402
 from autolabel.config_io import apply_overrides  # noqa: E402
 from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
+from autolabel.fusion.config import FusionConfig  # noqa: E402
+from autolabel.fusion.label import fuse_round  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
 from autolabel.store.rounds import evaluate_round  # noqa: E402
@@ -64,13 +69,15 @@ from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
 from autolabel.training.rounds import checkpoint_path, open_cache, train_round  # noqa: E402
 
 VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "render_hard", "render_noisy_v1", "noisy_dts",
-            "dts_active_5pct", "dts_random_5pct")
+            "dts_active_5pct", "dts_random_5pct", "fusion", "fusion_exact", "fusion_hard")
+FUSION = ("fusion", "fusion_exact", "fusion_hard")  # pseudo-labels without a network
 CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct")
 ROUND1 = CHAIN[1:]  # round 1 starts from noisy_dts's network: these wait for it
 # variant 3 with one change each, to find what rendering-only lacks
 DIAGNOSTICS = ("render_noisy_aux", "render_noisy_no_los", "render_noisy_lidar_target")
 # 2D labels by variant; the rest use the default level
-LABELS = {"render_exact": "exact", "render_hard": "hard", "render_noisy_v1": "v1"}
+LABELS = {"render_exact": "exact", "render_hard": "hard", "render_noisy_v1": "v1", "fusion_exact": "exact",
+          "fusion_hard": "hard"}
 DEFAULT = ("3d_supervised,3d_supervised@1,render_noisy,render_noisy@1,render_exact,render_hard,render_noisy_v1,"
            + ",".join(CHAIN))
 WAIT_SECONDS = 5.0  # how often a round-1 variant looks for noisy_dts's network
@@ -233,11 +240,33 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         results[name]["strategy"] = used
         save()
 
+    def fused(name: str) -> None:
+        """The pool labelled by evidence fusion alone, scored like a network's pseudo-labels."""
+        log(f"{name}: fusing the pool's evidence")
+        recipe = prepared_variant(run, base, name, ablations)
+        t0 = time.perf_counter()
+        frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+        fuse_round(frames, open_cache(recipe), LabelStore(recipe.store_path, recipe.network.grid, create=True), 0,
+                   recipe.network.grid, FusionConfig(), resolve_device(recipe.device), progress=False)
+        q = recipe.rounds.export_drop_quantile
+        e = evaluate_round(LabelStore.open(recipe.store_path), 0, world, (q,), progress=False)
+        p = e["scores"].as_dict()
+        results[name] = {"miou": None, "geometric_iou": None, "pseudo_labels": {
+            "miou": p["miou"], "geometric_iou": p["geometric_iou"], "per_class": p["per_class_iou"], "drop_quantile": q,
+            "kept_share": e["curve"][0]["coverage"], "kept_miou": e["curve"][0]["miou"],
+            "kept_geometric_iou": e["curve"][0]["geometric_iou"], "label_seconds": round(time.perf_counter() - t0, 1)}}
+        log(f"{name}: pool labels mIoU {p['miou']} geo {p['geometric_iou']}, kept "
+            f"{100 * e['curve'][0]['coverage']:.1f}% ({time.perf_counter() - t0:.0f} s)")
+        save()
+
     for name in wanted:  # variant_groups puts the round-1 variants last
         if name in results:
             continue
         if split_name(name)[0] in ROUND1:
             round1(name)
+            continue
+        if kind_of(name, ablations) in FUSION:
+            fused(name)
             continue
         # noisy_dts's marker: its network and pool labels (which pool scoring reads) are there, or it failed
         marker = run / f"{name.replace('@', '_s')}.done"

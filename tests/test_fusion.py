@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from autolabel.data.nuscenes import NuScenesFrames
+from autolabel.errors import DataError
 from autolabel.fusion.config import FusionConfig
 from autolabel.fusion.evidence import frame_evidence, window_tokens
 from autolabel.fusion.fuse import Sweep, View, fuse, vote
@@ -35,7 +36,8 @@ def _scores(frames, cache, window: int) -> np.ndarray:
     cfg = FusionConfig(window=window)
     out = []
     for token in frames.tokens:
-        f = fuse(*frame_evidence(frames, cache, token, cfg, torch.device("cpu")), TINY_GRID, cfg)
+        ev = frame_evidence(frames, cache, token, cfg, torch.device("cpu"))
+        f = fuse(ev.sweeps, ev.views, TINY_GRID, cfg)
         gt = frames.frame(token, images=False).gt
         cam = gt.mask_camera.astype(bool)
         seen = cam & (f.semantics != 255)
@@ -101,3 +103,34 @@ def test_a_moving_car_is_kept_only_at_the_frame_s_own_time():
     assert len(car) == 1 and tuple(car[0]) == (12, 8, 2)  # x = 2.1 -> (2.1 + 4) / 0.5 = 12
     assert f.semantics[13, 8, 2] == FREE_ID  # crossed by the later ray, no return: free
     assert f.semantics[14, 8, 2] == 255  # the later car's voxel: neither its class nor free (unobserved)
+
+
+def test_a_fused_round_is_stored_scored_and_exported_as_occ3d(world, tmp_path):
+    """fuse_round writes every frame (resumable: a second call does nothing); unobserved voxels (255 in the
+    store) are scored as free and exported as free outside every mask, so the files hold ids 0..17 only."""
+    from autolabel.data.occ3d import labels_path, read_labels
+    from autolabel.fusion.label import fuse_round
+    from autolabel.store.labels import LabelStore
+    from autolabel.store.rounds import evaluate_round, export_occ3d
+
+    frames, caches = world
+    store = LabelStore(tmp_path / "labels.zarr", TINY_GRID, create=True)
+    cfg = FusionConfig(window=1)
+    first = fuse_round(frames, caches["noisy"], store, 0, TINY_GRID, cfg, torch.device("cpu"), progress=False)
+    again = fuse_round(frames, caches["noisy"], store, 0, TINY_GRID, cfg, torch.device("cpu"), progress=False)
+    assert first["labelled"] == len(frames) and again["labelled"] == 0
+    arrays = store.round(0)
+    assert arrays.attrs["labeller"] == "fusion"
+    with pytest.raises(DataError, match="fusion"):  # the round was fused with other settings: not resumed
+        fuse_round(frames, caches["noisy"], store, 0, TINY_GRID, FusionConfig(window=2), torch.device("cpu"),
+                   progress=False)
+    sem = arrays.read(0, "semantics")
+    assert (sem == 255).any() and (sem == FREE_ID).any() and (sem < FREE_ID).any()
+    scores = evaluate_round(store, 0, frames.dataroot, (0.3,), progress=False)
+    assert 0 < scores["scores"].as_dict()["geometric_iou"] and 0 < scores["curve"][0]["coverage"] < 1
+    export_occ3d(store, 0, tmp_path / "out", 0.3, progress=False)
+    token = frames.tokens[0]
+    out = read_labels(labels_path(tmp_path / "out", frames.scene_of(token), token), TINY_GRID)
+    unobserved = sem == 255
+    assert out.semantics.max() <= FREE_ID and (out.semantics[unobserved] == FREE_ID).all()
+    assert not out.mask_camera[unobserved].any() and not out.mask_lidar[unobserved].any()

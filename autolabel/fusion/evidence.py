@@ -1,6 +1,8 @@
 """The evidence of a keyframe's scene window: LiDAR sweeps and 2D-labelled views in its ego frame."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -9,6 +11,15 @@ from ..data.transforms import ResizeCrop
 from ..supervision.cache import SupervisionCache
 from .config import FusionConfig
 from .fuse import Sweep, View
+
+
+@dataclass
+class Evidence:
+    """What fusion uses for one keyframe: its window's sweeps and views, sweeps[target] its own LiDAR."""
+
+    sweeps: list[Sweep]
+    views: list[View]
+    target: int
 
 
 def window_tokens(frames: NuScenesFrames, token: str, window: int) -> list[str]:
@@ -21,12 +32,13 @@ def window_tokens(frames: NuScenesFrames, token: str, window: int) -> list[str]:
 
 
 def frame_evidence(frames: NuScenesFrames, cache: SupervisionCache, token: str, cfg: FusionConfig,
-                   device: torch.device) -> tuple[list[Sweep], list[View]]:
+                   device: torch.device) -> Evidence:
     """Sweeps and views of `token`'s window (2D labels from the supervision cache, at its resolution)."""
     target = frames.frame(token, images=False)
     world2target = np.linalg.inv(target.lidar.ego2global)
     sweeps, views = [], []
-    for j, t in enumerate(window_tokens(frames, token, cfg.window)):
+    window = window_tokens(frames, token, cfg.window)
+    for j, t in enumerate(window):
         f = target if t == token else frames.frame(t, images=False)
         to_target = world2target @ f.lidar.ego2global
         xyz = f.lidar.points[:, :3].astype(np.float64) @ to_target[:3, :3].T + to_target[:3, 3]
@@ -43,4 +55,4 @@ def frame_evidence(frames: NuScenesFrames, cache: SupervisionCache, token: str, 
                               K=torch.from_numpy(rc.matrix @ cam.K).to(device),
                               semantics=torch.from_numpy(sem[c].astype(np.int64)).to(device),
                               confidence=torch.from_numpy(conf[c]).to(device), source=j))
-    return sweeps, views
+    return Evidence(sweeps, views, window.index(token))

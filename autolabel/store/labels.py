@@ -82,11 +82,11 @@ class LabelStore:
         return sorted(int(n.split("_", 1)[1]) for n in names)
 
     def create_round(self, k: int, tokens: Sequence[str], scenes: Sequence[str], provenance: dict) -> FrameArrays:
-        """Open round k for writing (created if new; an existing one must come from the same checkpoint
-        and frames, else DataError)."""
+        """Open round k for writing (created if new; an existing one must come from the same checkpoint, or
+        the same fusion settings, and frames, else DataError)."""
         attrs = {**provenance, "scenes": list(scenes), "grid": self.grid.to_dict(), "class_names": list(OCC3D_CLASS_NAMES)}
         return FrameArrays.create_or_open(self.root, round_name(k), label_specs(self.grid), tokens, attrs,
-                                          ("checkpoint_sha256", "grid", "class_names"),
+                                          ("checkpoint_sha256", "labeller", "fusion", "grid", "class_names"),
                                           where=f"{self.path} round {k}")
 
     def round(self, k: int) -> FrameArrays:

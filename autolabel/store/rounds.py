@@ -43,6 +43,12 @@ def thresholds_for(arrays: FrameArrays, drop_quantile: float) -> np.ndarray:
     return class_thresholds(torch.from_numpy(round_histogram(arrays)), drop_quantile).numpy()
 
 
+def as_occ3d(semantics: np.ndarray) -> np.ndarray:
+    """A store's semantics as Occ3D files hold them: a voxel the labeller left unlabelled (255: fusion's
+    unobserved voxels) is free there, and never confident (confident_mask), so it is masked out."""
+    return np.where(semantics == IGNORE_ID, FREE_ID, semantics).astype(np.uint8)
+
+
 def thresholded(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
     """A frame's semantics with voxels under their class threshold set to 255 (None: all kept)."""
     if thresholds is None:
@@ -107,7 +113,7 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
             f = read_frame(arrays, int(i))
             conf = confident_mask(f, thr)
             cam = f["mask_camera"].astype(bool)
-            labels = Occ3DLabels(f["semantics"], (f["mask_lidar"].astype(bool) & conf).astype(np.uint8),
+            labels = Occ3DLabels(as_occ3d(f["semantics"]), (f["mask_lidar"].astype(bool) & conf).astype(np.uint8),
                                  (cam & conf).astype(np.uint8), conf.astype(np.uint8), source="pseudo")
             kept += int((cam & conf).sum())
             total += int(cam.sum())
@@ -181,7 +187,7 @@ def evaluate_round(store: LabelStore, k: int, gts_root: str | Path, quantiles: S
         gt = read_labels(path, store.grid)
         f = read_frame(arrays, int(i))
         cam = gt.mask_camera.astype(bool)
-        full.update(f["semantics"], gt.semantics, cam)
+        full.update(as_occ3d(f["semantics"]), gt.semantics, cam)
         total += int(cam.sum())
         for j, thr in enumerate(thrs):
             sem = thresholded(f, thr)

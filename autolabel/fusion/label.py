@@ -1,0 +1,54 @@
+"""A labelling round made by evidence fusion alone (no network): every frame's fused labels into the store."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kernels.grid import GridSpec
+from occnet.distributed import barrier, is_main, rank, world_size
+
+from ..data.nuscenes import NuScenesFrames
+from ..dts.label import visibility_masks
+from ..store.labels import LabelStore
+from ..supervision.cache import SupervisionCache
+from .config import FusionConfig
+from .evidence import frame_evidence
+from .fuse import fuse
+
+
+def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStore, k: int, grid: GridSpec,
+               cfg: FusionConfig, device: torch.device, progress: bool = True) -> dict:
+    """Write round k's labels from fusion for every frame not yet done (resumable by the store's done flags;
+    under torchrun each rank fuses frames i % world == rank). Unobserved voxels are 255 with confidence 0:
+    evaluation counts them as unlabelled. Masks as Occ3D's, against the fused occupancy."""
+    provenance = {"labeller": "fusion", "fusion": asdict(cfg), "supervision_provider": cache.arrays.attrs.get("provider"),
+                  "supervision_settings": cache.arrays.attrs.get("provider_settings"),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    scenes = [frames.scene_of(t) for t in frames.tokens]
+    if is_main():  # rank 0 creates the round before the others open it
+        arrays = store.create_round(k, frames.tokens, scenes, provenance)
+    barrier()
+    if not is_main():
+        arrays = store.create_round(k, frames.tokens, scenes, provenance)
+    pending = [i for i in np.flatnonzero(~arrays.done()).tolist() if i % world_size() == rank()]
+    t0 = time.perf_counter()
+    for i in tqdm(pending, desc=f"fuse round {k}", disable=not progress or not is_main()):
+        token = frames.tokens[i]
+        ev = frame_evidence(frames, cache, token, cfg, device)
+        fused = fuse(ev.sweeps, ev.views, grid, cfg)
+        own = ev.sweeps[ev.target]
+        cams = [v for v in ev.views if v.source == ev.target]
+        K = torch.stack([v.K for v in cams]).float()
+        cam2ego = torch.stack([torch.linalg.inv(v.target2cam) for v in cams]).float()
+        semantics = torch.from_numpy(fused.semantics).to(device)
+        cam_mask, lidar_mask = visibility_masks(semantics, K, cam2ego, tuple(cache.image_size), own.origin,
+                                                own.points[own.keyframe], grid)
+        arrays.write(i, semantics=fused.semantics, confidence=fused.confidence, mask_camera=cam_mask.cpu().numpy(),
+                     mask_lidar=lidar_mask.cpu().numpy())
+    barrier()
+    return {"frames": len(frames), "labelled": len(pending), "seconds": time.perf_counter() - t0}
+

@@ -52,9 +52,16 @@ def first(folder: Path, pattern: str) -> Path:
     return sorted(folder.rglob(pattern))[0]
 
 
+def frames_per_shard(store: Path, group: str) -> int:
+    import zarr
+
+    shards = zarr.open_group(str(store), mode="r")[group]["done"].shards
+    return shards[0] if shards else 1
+
+
 def chunk_path(store: Path, group: str, array: str, i: int) -> Path:
-    """The file of frame i's chunk (one frame per chunk: c/i/0/0/0)."""
-    p = store / group / array / "c" / str(i)
+    """The file holding frame i's chunk: its shard, c/(i // S)/0/0/0 (issue 23: S frames per shard file)."""
+    p = store / group / array / "c" / str(i // frames_per_shard(store, group))
     while p.is_dir():
         p = p / "0"
     assert p.is_file(), p
@@ -124,11 +131,11 @@ def test_a_damaged_cache_chunk_names_array_and_frame(run, capsys, damage):
     cache = run["dir"] / "supervision.zarr"
     chunk = chunk_path(cache, "supervision", "semantics", 1)
     chunk.unlink() if damage == "deleted" else chunk.write_bytes(b"\x00garbage" * 8)
-    token = _tokens(cache, "supervision")[1]
+    tokens = shard_tokens(cache, "supervision", 1)
     before = snapshot(run["dir"])
     assert main(["eval-2d", str(run["recipe"])]) == 2
     line = error_line(capsys, "eval-2d")
-    assert "'semantics'" in line and token in line and "'supervision'" in line
+    assert "'semantics'" in line and any(t in line for t in tokens) and "'supervision'" in line
     unchanged(before, snapshot(run["dir"]), chunk)
 
 
@@ -138,19 +145,25 @@ def _tokens(store: Path, group: str) -> list[str]:
     return [str(t) for t in zarr.open_group(str(store), mode="r")[group]["tokens"][:]]
 
 
+def shard_tokens(store: Path, group: str, i: int) -> list[str]:
+    """The frames that share frame i's shard file: damage to it names one of them (the first one read)."""
+    s = frames_per_shard(store, group)
+    return _tokens(store, group)[i // s * s:(i // s + 1) * s]
+
+
 @pytest.mark.parametrize("array", ["semantics", "mask_camera"])
 def test_a_deleted_store_chunk_is_not_exported_as_fill(run, capsys, tmp_path, array):
     """Zarr reads a missing chunk as its fill value: export would write an all-255 frame and exit 0."""
     store = run["dir"] / "labels.zarr"
     chunk_path(store, "round_0", array, 2).unlink()
-    token = _tokens(store, "round_0")[2]
+    tokens = shard_tokens(store, "round_0", 2)
     out = tmp_path / "export"
     (out / "gts").mkdir(parents=True)
     (out / "gts" / "keep.txt").write_text("an earlier export's file")
     before = snapshot(run["dir"], out)
     assert main(["export", str(store), str(out), "--round", "0"]) == 2
     line = error_line(capsys, "export")
-    assert f"'{array}'" in line and "'round_0'" in line and token in line and "missing" in line
+    assert f"'{array}'" in line and "'round_0'" in line and any(t in line for t in tokens) and "missing" in line
     after = snapshot(run["dir"], out)
     unchanged(before, after)
     assert not any(p.endswith("labels.npz") and p not in before for p in after)  # nothing partial from this export

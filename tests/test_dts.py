@@ -247,7 +247,7 @@ def test_label_killed_mid_export_resumes_to_the_same_store(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run, ignore=shutil.ignore_patterns("labels.zarr"))
     recipe = trained / "recipe.yaml"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "AUTOLABEL_SHARD_FRAMES": "2"}  # 3 shards: a kill between two
     cmd = [sys.executable, "-m", "autolabel.cli", "label", str(recipe), "--out", str(run)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_file = run / "labels.zarr" / "round_0" / "done" / "c"

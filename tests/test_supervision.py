@@ -274,6 +274,7 @@ def test_supervise_caches_every_frame_once_and_resumes_after_an_interruption(tin
     from autolabel.supervision import cache as cache_mod
     from autolabel.supervision.cache import SupervisionCache
 
+    monkeypatch.setenv("AUTOLABEL_SHARD_FRAMES", "1")  # a frame per shard: frame 0 is written before the crash
     recipe = _recipe(tmp_path, tiny_world)
     calls = []
     real = cache_mod.lidar_depth_maps

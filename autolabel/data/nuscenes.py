@@ -173,7 +173,7 @@ class NuScenesFrames(Sequence[Frame]):
         _finite_pose(pose, ("translation", "rotation"), f"{where} ego_pose {pose['token']}")
         return cs, transform_matrix(cs["translation"], cs["rotation"]), transform_matrix(pose["translation"], pose["rotation"])
 
-    def _camera(self, sample: dict, name: str) -> Camera:
+    def _camera(self, sample: dict, name: str, files: bool = True) -> Camera:
         where = f"sample {sample['token']} {name}"
         if name not in sample["data"]:
             raise DataError(f"{where}: the sample has no {name} data; found {sorted(sample['data'])}")
@@ -189,24 +189,29 @@ class NuScenesFrames(Sequence[Frame]):
             if image.shape[:2] != size:
                 raise DataError(f"{where}: image {path} is {image.shape[1]}x{image.shape[0]}, the table says {size[1]}x{size[0]}")
         else:
-            if not path.is_file():
+            if files and not path.is_file():
                 raise DataError(f"{where}: image file {path} not found")
             image = np.zeros((0, 0, 3), dtype=np.uint8)
         return Camera(name=name, image=image, K=K, cam2ego=cam2ego, ego2global=ego2global,
                       timestamp=int(sd["timestamp"]), token=sd["token"], image_size=size)
 
-    def _lidar(self, sample: dict) -> Lidar:
+    def _lidar(self, sample: dict, sweeps: int | None = None) -> Lidar:
+        """The keyframe's LiDAR with `sweeps` earlier sweeps (None: the dataset's; -1: poses only, no file read)."""
         where = f"sample {sample['token']} {LIDAR_NAME}"
         if LIDAR_NAME not in sample["data"]:
             raise DataError(f"{where}: the sample has no {LIDAR_NAME} data")
         key_sd = self.nusc.get("sample_data", sample["data"][LIDAR_NAME])
         _, lidar2ego, ego2global = self._poses(key_sd, where)
+        sweeps = self.sweeps if sweeps is None else sweeps
+        if sweeps < 0:
+            return Lidar(points=np.zeros((0, LIDAR_POINT_DIMS), np.float32), time_lag=np.zeros(0, np.float32),
+                         ego2global=ego2global, lidar2ego=lidar2ego, timestamp=int(key_sd["timestamp"]), token=key_sd["token"])
         points = load_lidar_file(self.dataroot / key_sd["filename"], where)
         xyz = points[:, :3].astype(np.float64) @ lidar2ego[:3, :3].T + lidar2ego[:3, 3]
         clouds, lags = [np.concatenate([xyz, points[:, 3:]], axis=1)], [np.zeros(len(points))]
         global2key = np.linalg.inv(ego2global)
         sd = key_sd
-        for _ in range(self.sweeps):
+        for _ in range(sweeps):
             if not sd["prev"]:
                 break  # the first sweeps of a scene have fewer predecessors
             sd = self.nusc.get("sample_data", sd["prev"])
@@ -220,13 +225,20 @@ class NuScenesFrames(Sequence[Frame]):
         return Lidar(points=np.concatenate(clouds).astype(np.float32), time_lag=np.concatenate(lags).astype(np.float32),
                      ego2global=ego2global, lidar2ego=lidar2ego, timestamp=int(key_sd["timestamp"]), token=key_sd["token"])
 
-    def frame(self, token: str, images: bool | None = None) -> Frame:
-        """Load the keyframe with this sample token (`images=False` skips decoding its JPEGs)."""
+    def frame(self, token: str, images: bool | None = None, lidar: str = "sweeps", check_files: bool = True) -> Frame:
+        """Load the keyframe with this sample token (`images=False` skips decoding its JPEGs).
+
+        lidar: "sweeps" (the keyframe sweep and `sweeps` earlier ones), "key" (the keyframe sweep alone), or
+        "none" (poses only, no file read). check_files=False: with images=False, JPEGs that are not decoded
+        need not exist (`meta`: what a reader needs whose pixels and depth come from the supervision cache).
+        """
+        if lidar not in ("sweeps", "key", "none"):
+            raise ValueError(f"lidar must be 'sweeps', 'key' or 'none', got {lidar!r}")
         self.index(token)
         if images is not None and images != self.load_images:
             saved, self.load_images = self.load_images, images
             try:
-                return self.frame(token)
+                return self.frame(token, lidar=lidar, check_files=check_files)
             finally:
                 self.load_images = saved
         sample = self.nusc.get("sample", token)
@@ -240,9 +252,13 @@ class NuScenesFrames(Sequence[Frame]):
             token=token,
             scene=scene,
             timestamp=int(sample["timestamp"]),
-            cameras=tuple(self._camera(sample, name) for name in CAMERA_NAMES),
-            lidar=self._lidar(sample),
+            cameras=tuple(self._camera(sample, name, files=check_files) for name in CAMERA_NAMES),
+            lidar=self._lidar(sample, {"sweeps": None, "key": 0, "none": -1}[lidar]),
             gt=gt,
             prev=sample["prev"],
             next=sample["next"],
         )
+
+    def meta(self, token: str) -> Frame:
+        """The keyframe's poses, intrinsics, image sizes and labels, without reading any image or LiDAR file."""
+        return self.frame(token, images=False, lidar="none", check_files=False)

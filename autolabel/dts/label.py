@@ -25,6 +25,7 @@ from occnet.visibility import camera_rays, ray_voxels
 from ..config_io import to_dict
 from ..data.nuscenes import NuScenesFrames
 from ..errors import DataError
+from ..store.frame_arrays import ShardWriter, pending_frames
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache, _version
 from ..training.data import FrameDataset
@@ -101,13 +102,14 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
     }
     scenes = [frames.scene_of(t) for t in frames.tokens]
     # under torchrun: rank 0 creates the round, then every rank labels its own frames (i % world == rank);
-    # one frame per chunk, so ranks never write the same chunk
+    # whole shards per rank, so ranks never rewrite the same shard file
     if is_main():
         arrays = store.create_round(k, frames.tokens, scenes, provenance)
     barrier()
     if not is_main():
         arrays = store.create_round(k, frames.tokens, scenes, provenance)
-    pending = [i for i in np.flatnonzero(~arrays.done()).tolist() if i % world_size() == rank()]
+    pending = pending_frames(arrays, rank(), world_size())
+    writer = ShardWriter(arrays, pending)  # a shard's frames are written together once all are labelled
     grid = network_cfg.grid
     dataset = FrameDataset(frames, network_cfg.image_size, labels="cache", cache=cache, indices=pending, grid=grid,
                            lidar=True)
@@ -126,7 +128,7 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
             cam_mask, lidar_mask = visibility_masks(sem, batch["intrinsics"][i], batch["cam2ego"][i],
                                                     tuple(network_cfg.image_size), item["lidar_origin"].to(device),
                                                     item["lidar_points"].to(device), grid)
-            arrays.write(frames.index(item["token"]), semantics=sem.cpu().numpy(), confidence=levels.cpu().numpy(),
+            writer.add(frames.index(item["token"]), semantics=sem.cpu().numpy(), confidence=levels.cpu().numpy(),
                          mask_camera=cam_mask.cpu().numpy(), mask_lidar=lidar_mask.cpu().numpy())
             bar.update(1)
     bar.close()

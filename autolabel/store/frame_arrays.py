@@ -3,17 +3,26 @@
 Layout (every array's first axis is the frame index i, in the order of ``tokens``)::
 
     <group>/tokens      (N,) str
-    <group>/done        (N,) bool, one chunk per frame
-    <group>/<name>      (N, *shape) one chunk per frame, for each ArraySpec
+    <group>/done        (N,) bool, one chunk per frame, S frames per shard file
+    <group>/<name>      (N, *shape) one chunk per frame, S frames per shard file, for each ArraySpec
 
-Why this shape: one frame per chunk means a frame is written by whole-chunk writes, which zarr's
-local store makes atomic (temp file + rename), and several writers (ranks) never share a chunk.
-``done[i]`` is set only after every array of frame i is written, so a crash mid-frame leaves the
-frame not done and a rerun writes it again; finished frames are never touched.
+Sharding (issue 23): a nuScenes trainval round has 34,149 frames; one file per frame and array would be
+~170,000 files per round. Frames are grouped S to a shard file (Zarr v3 sharding codec; S from
+`frames_per_shard`, about SHARD_BYTES of raw data per shard), so a round is N / S files per array.
+
+Why writes stay safe: zarr's local store writes every file atomically (temp file + rename), so a shard
+file is always either its old or its new version: writing frames of a shard rewrites the shard
+(read-modify-write) but never leaves other frames half-written. ``done[i]`` is set only after every
+array of frame i is written, so a crash mid-write leaves the frame not done and a rerun writes it again;
+finished frames keep their bytes. `ShardWriter` buffers frames until every pending frame of a shard is
+computed and writes them in one write per array (not S read-modify-writes of a growing file), and
+ranks split the work by shard (`pending_frames`), so two processes never rewrite the same shard file.
+Groups written before sharding (one file per chunk) are read and written as before (S = 1).
 """
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,6 +40,22 @@ class ArraySpec:
     shape: tuple[int, ...]
     dtype: str
     fill: Any = 0
+
+
+# Raw bytes of one shard's frames (per array group): what a writer holds in memory before a shard write.
+SHARD_BYTES = 256 << 20
+MAX_FRAMES_PER_SHARD = 1024
+
+
+def frames_per_shard(specs: Sequence[ArraySpec], n: int) -> int:
+    """S frames per shard file: about SHARD_BYTES of raw data for all the specs' arrays of S frames
+    (AUTOLABEL_SHARD_FRAMES overrides, e.g. for tests that need several shards from a few frames)."""
+    if os.environ.get("AUTOLABEL_SHARD_FRAMES"):
+        s = int(os.environ["AUTOLABEL_SHARD_FRAMES"])
+    else:
+        frame_bytes = sum(int(np.prod(sp.shape)) * np.dtype(sp.dtype).itemsize for sp in specs)
+        s = min(MAX_FRAMES_PER_SHARD, SHARD_BYTES // max(frame_bytes, 1))
+    return max(1, min(s, max(n, 1)))
 
 
 def _zarr():
@@ -63,11 +88,13 @@ class FrameArrays:
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
     def create_or_open(cls, root, path: str, specs: Sequence[ArraySpec], tokens: Sequence[str],
-                       attrs: Mapping[str, Any], must_match: Iterable[str], where: str) -> "FrameArrays":
+                       attrs: Mapping[str, Any], must_match: Iterable[str], where: str,
+                       shard_frames: int | None = None) -> "FrameArrays":
         """Open group `path` under zarr group `root`, creating it when absent.
 
         An existing group must hold the same tokens and the same values of the `must_match` attributes
         (grid, class table, image size, ...): otherwise DataError naming the field, and nothing is changed.
+        A new group holds `shard_frames` frames per shard file (None: `frames_per_shard`).
         """
         attrs = jsonable(dict(attrs))
         if path in root and "tokens" not in root[path]:
@@ -89,10 +116,12 @@ class FrameArrays:
             return arr
         group = root.create_group(path)
         n = len(tokens)
+        S = max(1, min(shard_frames, max(n, 1))) if shard_frames else frames_per_shard(specs, n)
         # Arrays first, attributes and tokens last: a group without `tokens` is treated as unfinished below.
         for s in specs:
-            group.create_array(s.name, shape=(n, *s.shape), dtype=s.dtype, chunks=(1, *s.shape), fill_value=s.fill)
-        group.create_array("done", shape=(n,), dtype=bool, chunks=(1,), fill_value=False)
+            group.create_array(s.name, shape=(n, *s.shape), dtype=s.dtype, chunks=(1, *s.shape),
+                               shards=(S, *s.shape), fill_value=s.fill)
+        group.create_array("done", shape=(n,), dtype=bool, chunks=(1,), shards=(S,), fill_value=False)
         group.attrs.update(attrs)
         tok = group.create_array("tokens", shape=(n,), dtype=str, chunks=(max(n, 1),))
         if n:
@@ -129,12 +158,31 @@ class FrameArrays:
                             f"({detail}); it was damaged outside this program — delete the group to recompute it, "
                             f"or restore it") from None
 
+    @property
+    def shard_frames(self) -> int:
+        """S: frames per shard file (1 for groups written before sharding: one file per frame)."""
+        shards = self.group["done"].shards
+        return int(shards[0]) if shards else 1
+
+    def shard_of(self, i: int) -> int:
+        return int(i) // self.shard_frames
+
     def _chunk_exists(self, name: str, i: int) -> bool:
+        """Frame i's file (its shard's, or its chunk's in an unsharded group) exists."""
         from zarr.core.sync import sync
 
         arr = self.group[name]
-        key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))  # one frame per chunk
+        key = arr.metadata.encode_chunk_key((self.shard_of(i),) + (0,) * (arr.ndim - 1))
         return bool(sync((arr.store_path / key).exists()))
+
+    def file_count(self) -> int:
+        """Files of the group on disk (metadata included): what a fleet-size store must keep small."""
+        from zarr.core.sync import sync
+
+        async def count() -> int:
+            return len([k async for k in self.group.store_path.store.list_prefix(self.group.path + "/")])
+
+        return sync(count())
 
     def done(self) -> np.ndarray:
         """(N,) bool: which frames are completely written."""
@@ -145,12 +193,21 @@ class FrameArrays:
         return bool(self._get("done", i))
 
     def write(self, i: int, **arrays: np.ndarray) -> None:
-        """Write every array of frame i, then mark it done. Disk-full errors leave the frame not done."""
+        """Write every array of frame i, then mark it done. Disk-full errors leave the frame not done.
+        In a sharded group this rewrites frame i's shard file: to write many frames, use `ShardWriter`."""
+        self.write_frames([i], **{name: np.asarray(v)[None] for name, v in arrays.items()})
+
+    def write_frames(self, indices: Sequence[int], **arrays: np.ndarray) -> None:
+        """Write frames `indices` (arrays stacked along a first axis in that order): one write per array
+        and shard, then their done flags. Disk-full errors leave the frames not done."""
         missing = set(self.specs) - set(arrays)
         if missing or set(arrays) - set(self.specs):
             raise ValueError(f"{self.where}: write needs exactly {sorted(self.specs)}, got {sorted(arrays)}")
         import zarr
 
+        idx = np.asarray(indices, dtype=np.int64)
+        if not len(idx):
+            return
         try:
             # a frame whose map equals the fill value (every confidence 0) still gets its chunk: read() tells a
             # missing chunk of a done frame from damage, so every done frame must have one
@@ -158,21 +215,35 @@ class FrameArrays:
                 for name, value in arrays.items():
                     spec = self.specs[name]
                     value = np.asarray(value)
-                    if value.shape != spec.shape:
-                        raise ValueError(f"{self.where}: frame {self.tokens[i]} array {name} has shape {value.shape}, expected {spec.shape}")
-                    self.group[name][i] = value.astype(spec.dtype, copy=False)
-            self.group["done"][i] = True
+                    if value.shape != (len(idx), *spec.shape):
+                        raise ValueError(f"{self.where}: frame {self.tokens[int(idx[0])]} array {name} has shape "
+                                         f"{value.shape[1:]}, expected {spec.shape}")
+                    self._put(name, idx, value.astype(spec.dtype, copy=False))
+            self._put("done", idx, np.ones(len(idx), bool))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DataError(f"{self.where}: disk full while writing frame {self.tokens[i]}; "
+                raise DataError(f"{self.where}: disk full while writing frame {self.tokens[int(idx[0])]}; "
                                 f"{int(self.done().sum())} frames are safely stored — free space and rerun to continue") from exc
             raise
+
+    def _put(self, name: str, idx: np.ndarray, value: np.ndarray) -> None:
+        arr = self.group[name]
+        if len(idx) == 1:
+            arr[int(idx[0])] = value[0]
+        elif (np.diff(idx) == 1).all():
+            arr[int(idx[0]):int(idx[-1]) + 1] = value  # whole shards are written without reading them
+        else:
+            arr.oindex[idx] = value
 
     def check_complete(self) -> None:
         """Every done frame has a chunk in every array: a command that writes one file per frame (export)
         checks this first, so that a missing chunk stops it before it has written anything."""
+        seen: set[tuple[str, int]] = set()
         for i in np.flatnonzero(self.done()):
             for name in self.specs:
+                if (name, self.shard_of(i)) in seen:
+                    continue
+                seen.add((name, self.shard_of(i)))
                 if not self._chunk_exists(name, int(i)):
                     raise DataError(f"{self.where}: array {name!r} of group {self.group.path!r}, frame {self.tokens[i]} "
                                     f"is marked done but its chunk is missing; delete the group to recompute it, or "
@@ -189,6 +260,44 @@ class FrameArrays:
     @property
     def attrs(self) -> dict:
         return dict(self.group.attrs)
+
+
+def pending_frames(arrays: FrameArrays, rank: int = 0, world: int = 1) -> list[int]:
+    """Frames not yet done that this rank computes: whole shards per rank (shard % world == rank), so that
+    two processes never rewrite the same shard file."""
+    S = arrays.shard_frames
+    return [int(i) for i in np.flatnonzero(~arrays.done()) if (i // S) % world == rank]
+
+
+class ShardWriter:
+    """Collects frames computed in any order and writes each shard's frames together once every one of
+    them (among `pending`) has arrived. Frames still buffered when the run stops are not done, so a
+    rerun computes them again; nothing already written is touched."""
+
+    def __init__(self, arrays: FrameArrays, pending: Sequence[int]):
+        self.arrays = arrays
+        self.expected: dict[int, set[int]] = {}
+        for i in pending:
+            self.expected.setdefault(arrays.shard_of(i), set()).add(int(i))
+        self.buffer: dict[int, dict[int, dict[str, np.ndarray]]] = {}
+
+    def add(self, i: int, **arrays: np.ndarray) -> None:
+        s = self.arrays.shard_of(i)
+        if int(i) not in self.expected.get(s, ()):
+            raise ValueError(f"{self.arrays.where}: frame {i} is not pending here")
+        self.buffer.setdefault(s, {})[int(i)] = arrays
+        if len(self.buffer[s]) == len(self.expected[s]):
+            self._flush(s)
+
+    def _flush(self, s: int) -> None:
+        frames = self.buffer.pop(s)
+        idx = sorted(frames)
+        self.arrays.write_frames(idx, **{name: np.stack([frames[i][name] for i in idx]) for name in self.arrays.specs})
+        del self.expected[s]
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(b) for b in self.buffer.values())
 
 
 def open_root(path: str | Path, mode: str):

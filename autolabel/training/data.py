@@ -9,6 +9,11 @@ labels exist (the frame's gts/, or only the `manual` labels when a mapping is gi
 (same scene) comes too, its cameras expressed in this keyframe's ego frame through the global poses:
 aux_intrinsics (2K, N, 3, 3), aux_cam2ego (2K, N, 4, 4), aux_depth / aux_semantics / aux_confidence
 (2K, N, H, W) and aux_valid (2K,) (False where the scene has no such neighbour).
+
+Input at scale (issue 23): with a supervision cache that holds the images (`SupervisionCache.has_images`),
+an item reads no camera JPEG and no LiDAR sweep: images, depth and 2D labels come from the cache, poses and
+intrinsics from the tables (`NuScenesFrames.meta`); `lidar=True` reads the keyframe sweep alone. An
+older cache without images falls back to decoding the JPEGs (slower, same item).
 """
 from __future__ import annotations
 
@@ -98,15 +103,37 @@ class FrameDataset(Dataset):
             current = frame
             for _ in range(self.aux_frames):
                 token = getattr(current, direction) if current is not None else ""
-                current = self.frames.frame(token, images=False) if token else None
+                if not token:
+                    current = None
+                elif self.cache is not None:  # poses and intrinsics only: the supervision comes from the cache
+                    current = self.frames.meta(token)
+                else:
+                    current = self.frames.frame(token, images=False)
                 out.append(current)
         return out
 
+    @property
+    def _cached_images(self) -> bool:
+        return self.cache is not None and self.cache.has_images
+
+    def _frame(self, i: int):
+        token = self.frames.tokens[self.indices[i]]
+        if self.cache is None:  # depth maps are projected from the LiDAR sweeps
+            return self.frames.frame(token, images=True, lidar="sweeps")
+        lidar = "key" if self.lidar else "none"  # only `lidar_points` (the keyframe sweep's own) need LiDAR
+        if self._cached_images:
+            return self.frames.frame(token, images=False, lidar=lidar, check_files=False)
+        return self.frames.frame(token, images=True, lidar=lidar)  # a cache made before issue 23
+
     def __getitem__(self, i: int) -> dict:
-        frame = self.frames[self.indices[i]]
+        frame = self._frame(i)
         key_pose = frame.lidar.ego2global
         small, K, cam2key, depth, sem, conf = self._supervision(frame, key_pose)
-        images = np.stack([(c.image.astype(np.float32) / 255 - MEAN) / STD for c in small.cameras]).transpose(0, 3, 1, 2)
+        if self._cached_images:
+            pixels = self.cache.read_images(frame.token)  # (N, H, W, 3) uint8, already at the network size
+        else:
+            pixels = np.stack([c.image for c in small.cameras])
+        images = ((pixels.astype(np.float32) / 255 - MEAN) / STD).transpose(0, 3, 1, 2)
         item = {
             "images": torch.from_numpy(np.ascontiguousarray(images)),
             "intrinsics": torch.from_numpy(K),

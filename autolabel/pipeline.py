@@ -225,7 +225,7 @@ def _ingest(recipe: Recipe, k: int) -> dict:
         folder = recipe.round_dir(k) / "oracle_annotations"
         oracle_annotate(recipe, k, recipe.dataroot, folder)
     else:
-        folder = annotations_folder(recipe) / f"round_{k}"
+        folder = recipe.delivery_dir(k)
         if not folder.is_dir():
             raise AwaitingAnnotations(f"round {k}: waiting for annotations in {folder} (the frames are listed in "
                                       f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
@@ -235,9 +235,8 @@ def _ingest(recipe: Recipe, k: int) -> dict:
 
 
 def annotations_folder(recipe: Recipe) -> Path:
-    """Where the folder annotator's deliveries go: rounds.annotations_dir, or <run>/annotations."""
-    d = recipe.rounds.annotations_dir
-    return Path(d) if d else recipe.run_dir / "annotations"
+    """Where the folder annotator's deliveries go: rounds.annotations_dir, or <run>/annotations (absolute)."""
+    return recipe.delivery_dir(0).parent
 
 
 def summary_text(recipe: Recipe, result: dict) -> str:

@@ -182,7 +182,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     export_dir = recipe.run_dir / "export" / p
     exported = stages.run(f"{p}/export", lambda: {key: v for key, v in export_occ3d(
         LabelStore.open(recipe.store_path), k, export_dir, recipe.rounds.export_drop_quantile, progress).items()
-        if key in ("frames", "kept_in_mask_camera")} | {"folder": str(export_dir)})
+        if key in ("frames", "frames_pseudo", "kept_in_mask_camera")} | {"folder": str(export_dir)})
     entry = {"round": k, "labelled": metrics.get("labelled", 0),
              "val_miou": (metrics.get("val") or {}).get("miou"), "pseudo_miou": (metrics.get("pseudo") or {}).get("miou"),
              "export": str(export_dir)}

@@ -105,6 +105,7 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     with np.load(exported) as f:
         assert str(f["label_source"][0]) == "manual"
         np.testing.assert_array_equal(f["semantics"], labels["semantics"])
+    assert stages["round_1/export"]["frames_pseudo"] == 0  # the report shows no kept share for it
     assert (run / "report" / "round_1" / "index.html").is_file()
 
     # `autolabel eval` against an Occ3D-nuScenes gts/ tree (gts/<scene_name>/<sample_token>/labels.npz)
@@ -116,3 +117,24 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     assert code == 0, capsys.readouterr().err
     scores = json.loads((run / "round_1" / "eval" / "pseudo_labels.json").read_text())
     assert scores["frames"] == 1 and scores["all"]["geometric_iou"] is not None
+
+
+def test_report_without_ground_truth_or_pseudo_labelled_exports(tmp_path):
+    """Real data has no gts/: the budget curve has nothing to draw (it said so through a matplotlib warning
+    about an empty legend), and a round whose every exported frame is a manual label has no kept share
+    (the page showed 0.0 %)."""
+    import warnings
+
+    from autolabel.report.page import summary_table
+    from autolabel.report.round_report import budget_figure
+
+    history = [{"round": 0, "labelled": 0, "val_miou": None, "pseudo_miou": None},
+               {"round": 1, "labelled": 1, "val_miou": None, "pseudo_miou": None}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        budget_figure(history, tmp_path / "budget.png")
+    assert (tmp_path / "budget.png").stat().st_size > 1000
+    facts = summary_table({"labelled": 1}, {"frames": 1, "frames_pseudo": 0, "kept_in_mask_camera": 0.0}, 0.3, 1, 0.5, None)
+    assert "mask_camera (%)</td><td class='v'>-</td>" in facts
+    facts = summary_table({"labelled": 0}, {"frames": 2, "frames_pseudo": 2, "kept_in_mask_camera": 0.7}, 0.3, 0, 0.5, 1)
+    assert "mask_camera (%)</td><td class='v'>70.0</td>" in facts

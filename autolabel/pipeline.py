@@ -100,6 +100,29 @@ def check_run_folder(recipe: Recipe) -> None:
                         f"finished stages used the old value; resume it with the same values, or choose another --out")
 
 
+# torchvision's ImageNet weights of each backbone (IMAGENET1K_V1 for resnet18 / resnet34, V2 for resnet50 / resnet101)
+BACKBONE_DOWNLOADS = {"resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                      "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+                      "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+                      "resnet101": "https://download.pytorch.org/models/resnet101-cd907fc2.pth"}
+
+
+def check_backbone(recipe: Recipe) -> None:
+    """network.backbone_weights, when set, must be a torchvision state dict of network.backbone (keys and
+    shapes): a DataError naming the key and the file otherwise, before any work."""
+    from occnet.network import backbone_state
+
+    net = recipe.network
+    if net.backbone_weights is None:
+        return
+    try:
+        backbone_state(net.backbone, net.backbone_weights)
+    except ValueError as exc:
+        hint = (f": put a torchvision {net.backbone} state dict there (e.g. {BACKBONE_DOWNLOADS[net.backbone]}) or "
+                f"unset the key for random initialisation") if not Path(net.backbone_weights).exists() else ""
+        raise DataError(f"network.backbone_weights {net.backbone_weights}: {exc}{hint}") from None
+
+
 def preflight(recipe: Recipe) -> None:
     """Every check of paths, models and recipe values that needs no work, before the run folder is
     written: a failing first run leaves nothing behind, and a resumed one nothing changed."""
@@ -110,6 +133,8 @@ def preflight(recipe: Recipe) -> None:
     check_dataroot(recipe)
     check_annotator(recipe)
     check_models(recipe.supervision)
+    if "round_0/train" not in read_stages(recipe.run_dir):  # later rounds start from checkpoints, not the file
+        check_backbone(recipe)
     check_run_folder(recipe)
 
 

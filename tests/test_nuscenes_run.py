@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from tiny_models import TINY_SAM, save_tiny_clip, save_tiny_sam
 
 from autolabel.cli import main
@@ -40,8 +42,8 @@ def tiny_overrides(models: Path, sample_root: Path) -> list[str]:
         "supervision.clip.model": str(models / "clip"),
         "network.grid": _flow(GRID.to_dict()), "network.image_size": "[64, 112]", "network.depth_bins": 16,
         "network.depth_max": 30.0, "network.context_channels": 8, "network.voxel_channels": 8,
-        "render.rays_per_frame": 256,
-        "train.steps": 2, "train.warmup_steps": 1, "train.checkpoint_every": 1, "train.batch_size": 1,
+        "render.rays_per_frame": 128,
+        "train.steps": 1, "train.warmup_steps": 0, "train.checkpoint_every": 1, "train.batch_size": 1,
         "dts.start_step": 1, "dts.batch_size": 1,
         "selection.budget": 1, "rounds.count": 2,
     }
@@ -73,8 +75,11 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     models.mkdir()
     save_tiny_sam(models / "sam.pth")
     save_tiny_clip(models / "clip")
+    backbone = models / "resnet18.pth"  # stands in for torchvision's ImageNet file (no downloads in tests)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), backbone)
     run = tmp_path / "run"
-    argv = ("run", str(NUSCENES_RECIPE), "--out", str(run), *tiny_overrides(models, sample_root))
+    argv = ("run", str(NUSCENES_RECIPE), "--out", str(run), *tiny_overrides(models, sample_root),
+            "--set", f"network.backbone_weights={backbone}")
 
     # round 0 stops after selection: the folder annotator (the recipe's) waits for a delivery
     code, _ = _run(*argv)
@@ -95,6 +100,7 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     target.parent.mkdir(parents=True)
     np.savez_compressed(target, **labels)
 
+    backbone.unlink()  # round 1 fine-tunes round 0's checkpoint: the backbone file is no longer read
     code, out = _run(*argv)
     assert code == 0, capsys.readouterr().err
     assert "round 1: 1 frames with manual 3D labels" in out

@@ -103,3 +103,20 @@ def test_run_names_the_download_for_a_missing_backbone_file(tmp_path, sample_roo
     line = error_line(capsys, "run")
     assert "network.backbone_weights checkpoints/resnet18-f37072fd.pth: no such file" in line
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in line and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["nuscenes_label_free", "nuscenes_active_rounds"])
+def test_the_nuscenes_recipes_say_where_the_backbone_file_goes(name):
+    """The commented line is the recipe key as written, and the file name is torchvision's download."""
+    from pathlib import Path
+
+    from autolabel.recipe import load_recipe
+    from autolabel.pipeline import BACKBONE_DOWNLOADS
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml"
+    text = path.read_text()
+    line = next(s for s in text.splitlines() if s.strip().startswith("# backbone_weights:"))
+    value = line.split(":", 1)[1].strip()
+    recipe = load_recipe(path, [f"network.backbone_weights={value}"])
+    assert Path(recipe.network.backbone_weights).name == BACKBONE_DOWNLOADS[recipe.network.backbone].rsplit("/", 1)[1]
+    assert BACKBONE_DOWNLOADS[recipe.network.backbone] in text

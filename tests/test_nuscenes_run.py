@@ -122,7 +122,12 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     code, out = _run("eval", str(run / "labels.zarr"), "--round", "1", "--gts", str(occ3d))
     assert code == 0, capsys.readouterr().err
     scores = json.loads((run / "round_1" / "eval" / "pseudo_labels.json").read_text())
-    assert scores["frames"] == 1 and scores["all"]["geometric_iou"] is not None
+    assert scores["frames"] == 1 and scores["all"]["geometric_iou"] is not None and "mIoU" in out
+    # and `autolabel export` of round 0 with other thresholds: the frame's manual label, ingested since (issue 21)
+    code, out = _run("export", str(run / "labels.zarr"), str(tmp_path / "labels_out"), "--round", "0", "--drop-quantile", "0.2")
+    assert code == 0, capsys.readouterr().err
+    with np.load(tmp_path / "labels_out" / "gts" / SAMPLE_SCENE / SAMPLE_TOKEN / "labels.npz") as f:
+        assert str(f["label_source"][0]) == "manual" and f["semantics"].shape == GRID.shape
 
 
 def test_report_without_ground_truth_or_pseudo_labelled_exports(tmp_path):

@@ -252,11 +252,32 @@ def _ingest(recipe: Recipe, k: int) -> dict:
     else:
         folder = recipe.delivery_dir(k)
         if not folder.is_dir():
+            done = _ingested_by_hand(recipe, k)
+            if done is not None:
+                return done
             raise AwaitingAnnotations(f"round {k}: waiting for annotations in {folder} (the frames are listed in "
                                       f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
                                       f"`autolabel run`")
     s = ingest(recipe, k, folder)
     return {"added": len(s["added"]), "manual_total": s["manual_total"]}
+
+
+def _ingested_by_hand(recipe: Recipe, k: int) -> dict | None:
+    """The ingest stage's result when every frame of round k's manifest already has a manual label (delivered
+    elsewhere and stored with `autolabel ingest RECIPE --round K DIR`, as the selection page offers), else None."""
+    from .active.rounds import manifest_path, read_manifest
+    from .store.labels import LabelStore
+
+    if not (recipe.store_path / "zarr.json").is_file() or not manifest_path(recipe, k).is_file():
+        return None
+    manual = LabelStore.open(recipe.store_path, recipe.network.grid).manual()
+    if manual is None:
+        return None
+    done = {t for t, d in zip(manual.tokens, manual.done()) if d}
+    wanted = {row["token"] for row in read_manifest(manifest_path(recipe, k))["selected"]}
+    if not wanted or not wanted <= done:
+        return None
+    return {"added": 0, "manual_total": len(done), "ingested_by_hand": len(wanted)}
 
 
 def annotations_folder(recipe: Recipe) -> Path:

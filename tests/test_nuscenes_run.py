@@ -149,3 +149,30 @@ def test_report_without_ground_truth_or_pseudo_labelled_exports(tmp_path):
     assert "mask_camera (%)</td><td class='v'>-</td>" in facts
     facts = summary_table({"labelled": 0}, {"frames": 2, "frames_pseudo": 2, "kept_in_mask_camera": 0.7}, 0.3, 0, 0.5, 1)
     assert "mask_camera (%)</td><td class='v'>70.0</td>" in facts
+
+
+def test_a_delivery_ingested_by_hand_lets_the_run_go_on(tmp_path, sample_root, capsys):
+    """The selection page offers `autolabel ingest RECIPE --round K DIR` for a delivery kept elsewhere; the
+    run then went on waiting for deliver_to. Once every selected frame has a manual label, it continues."""
+    import yaml
+    from tiny_models import TINY_GRID, write_recipe
+
+    from autolabel.errors import AwaitingAnnotations
+    from autolabel.pipeline import _ingest
+    from autolabel.recipe import load_recipe
+
+    path = write_recipe(tmp_path, sample_root, rounds={"count": 2})
+    r = yaml.safe_load(path.read_text())
+    r["data"]["version"] = "v1.0-mini"
+    path.write_text(yaml.safe_dump(r))
+    recipe = load_recipe(path)
+    select = recipe.round_dir(0) / "select"
+    select.mkdir(parents=True)
+    (select / "manifest.json").write_text(json.dumps({"round": 0, "selected": [{"token": SAMPLE_TOKEN, "scene": SAMPLE_SCENE}]}))
+    with pytest.raises(AwaitingAnnotations, match=str(recipe.delivery_dir(0))):
+        _ingest(recipe, 0)
+    vendor = tmp_path / "vendor" / "gts" / SAMPLE_SCENE / SAMPLE_TOKEN / "labels.npz"
+    vendor.parent.mkdir(parents=True)
+    np.savez_compressed(vendor, **hand_made_labels(TINY_GRID))
+    assert main(["ingest", str(path), "--round", "0", str(tmp_path / "vendor")]) == 0, capsys.readouterr().err
+    assert _ingest(recipe, 0) == {"added": 0, "manual_total": 1, "ingested_by_hand": 1}

@@ -100,6 +100,29 @@ def check_run_folder(recipe: Recipe) -> None:
                         f"finished stages used the old value; resume it with the same values, or choose another --out")
 
 
+# torchvision's ImageNet weights of each backbone (IMAGENET1K_V1 for resnet18 / resnet34, V2 for resnet50 / resnet101)
+BACKBONE_DOWNLOADS = {"resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                      "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+                      "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+                      "resnet101": "https://download.pytorch.org/models/resnet101-cd907fc2.pth"}
+
+
+def check_backbone(recipe: Recipe) -> None:
+    """network.backbone_weights, when set, must be a torchvision state dict of network.backbone (keys and
+    shapes): a DataError naming the key and the file otherwise, before any work."""
+    from occnet.network import backbone_state
+
+    net = recipe.network
+    if net.backbone_weights is None:
+        return
+    try:
+        backbone_state(net.backbone, net.backbone_weights)
+    except ValueError as exc:
+        hint = (f": put a torchvision {net.backbone} state dict there (e.g. {BACKBONE_DOWNLOADS[net.backbone]}) or "
+                f"unset the key for random initialisation") if not Path(net.backbone_weights).exists() else ""
+        raise DataError(f"network.backbone_weights {net.backbone_weights}: {exc}{hint}") from None
+
+
 def preflight(recipe: Recipe) -> None:
     """Every check of paths, models and recipe values that needs no work, before the run folder is
     written: a failing first run leaves nothing behind, and a resumed one nothing changed."""
@@ -110,6 +133,8 @@ def preflight(recipe: Recipe) -> None:
     check_dataroot(recipe)
     check_annotator(recipe)
     check_models(recipe.supervision)
+    if "round_0/train" not in read_stages(recipe.run_dir):  # later rounds start from checkpoints, not the file
+        check_backbone(recipe)
     check_run_folder(recipe)
 
 
@@ -182,7 +207,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     export_dir = recipe.run_dir / "export" / p
     exported = stages.run(f"{p}/export", lambda: {key: v for key, v in export_occ3d(
         LabelStore.open(recipe.store_path), k, export_dir, recipe.rounds.export_drop_quantile, progress).items()
-        if key in ("frames", "kept_in_mask_camera")} | {"folder": str(export_dir)})
+        if key in ("frames", "frames_pseudo", "kept_in_mask_camera")} | {"folder": str(export_dir)})
     entry = {"round": k, "labelled": metrics.get("labelled", 0),
              "val_miou": (metrics.get("val") or {}).get("miou"), "pseudo_miou": (metrics.get("pseudo") or {}).get("miou"),
              "export": str(export_dir)}
@@ -225,8 +250,11 @@ def _ingest(recipe: Recipe, k: int) -> dict:
         folder = recipe.round_dir(k) / "oracle_annotations"
         oracle_annotate(recipe, k, recipe.dataroot, folder)
     else:
-        folder = annotations_folder(recipe) / f"round_{k}"
+        folder = recipe.delivery_dir(k)
         if not folder.is_dir():
+            done = _ingested_by_hand(recipe, k)
+            if done is not None:
+                return done
             raise AwaitingAnnotations(f"round {k}: waiting for annotations in {folder} (the frames are listed in "
                                       f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
                                       f"`autolabel run`")
@@ -234,10 +262,27 @@ def _ingest(recipe: Recipe, k: int) -> dict:
     return {"added": len(s["added"]), "manual_total": s["manual_total"]}
 
 
+def _ingested_by_hand(recipe: Recipe, k: int) -> dict | None:
+    """The ingest stage's result when every frame of round k's manifest already has a manual label (delivered
+    elsewhere and stored with `autolabel ingest RECIPE --round K DIR`, as the selection page offers), else None."""
+    from .active.rounds import manifest_path, read_manifest
+    from .store.labels import LabelStore
+
+    if not (recipe.store_path / "zarr.json").is_file() or not manifest_path(recipe, k).is_file():
+        return None
+    manual = LabelStore.open(recipe.store_path, recipe.network.grid).manual()
+    if manual is None:
+        return None
+    done = {t for t, d in zip(manual.tokens, manual.done()) if d}
+    wanted = {row["token"] for row in read_manifest(manifest_path(recipe, k))["selected"]}
+    if not wanted or not wanted <= done:
+        return None
+    return {"added": 0, "manual_total": len(done), "ingested_by_hand": len(wanted)}
+
+
 def annotations_folder(recipe: Recipe) -> Path:
-    """Where the folder annotator's deliveries go: rounds.annotations_dir, or <run>/annotations."""
-    d = recipe.rounds.annotations_dir
-    return Path(d) if d else recipe.run_dir / "annotations"
+    """Where the folder annotator's deliveries go: rounds.annotations_dir, or <run>/annotations (absolute)."""
+    return recipe.delivery_dir(0).parent
 
 
 def summary_text(recipe: Recipe, result: dict) -> str:

@@ -115,6 +115,14 @@ class Recipe:
     def round_dir(self, k: int) -> Path:
         return self.run_dir / f"round_{k}"
 
+    def delivery_dir(self, k: int) -> Path:
+        """Where the folder annotator's round-k delivery goes (``gts/<scene>/<token>/labels.npz`` inside):
+        ``rounds.annotations_dir/round_<k>`` (a relative path is taken from the working directory, like
+        every path of a recipe), else ``<run>/annotations/round_<k>``; absolute, so that the manifest and
+        the waiting message name one folder whatever directory the annotators read them from."""
+        d = self.rounds.annotations_dir
+        return ((Path(d) if d else self.run_dir / "annotations") / f"round_{k}").absolute()
+
     @property
     def cache_path(self) -> Path:
         return Path(self.supervision.cache) if self.supervision.cache else self.run_dir / "supervision.zarr"

@@ -10,7 +10,7 @@ from typing import Optional
 
 from kernels.grid import GridSpec
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")  # torchvision ResNets (their state dicts load)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -25,7 +25,9 @@ class NetworkConfig:
     grid: GridSpec = field(default_factory=GridSpec)
     image_size: tuple[int, int] = (256, 704)  # network input (H, W)
     backbone: str = "resnet18"
-    backbone_weights: Optional[str] = None  # local .pth state dict; None = random initialisation
+    # a torchvision ResNet state dict (.pth) of `backbone`, e.g. ImageNet weights saved by torchvision (fc.* may be
+    # left out); None = random initialisation. Checked by occnet.network.backbone_state (keys and shapes).
+    backbone_weights: Optional[str] = None
     feature_stride: int = 16  # image features at 1/16 of the input
     context_channels: int = 32
     depth_min: float = 1.0  # metres, first depth bin centre

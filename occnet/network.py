@@ -8,6 +8,7 @@ and class logits (17 semantic classes; "free" is low density, as in RenderOcc).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,24 +17,87 @@ from torch import nn
 from .config import NetworkConfig
 
 
+def _shape(t) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def _resnet_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Parameter and buffer shapes of torchvision's `name` (built on the meta device: no memory, no init)."""
+    import torchvision
+
+    with torch.device("meta"):
+        net = getattr(torchvision.models, name)(weights=None)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+CLASSIFIER_KEYS = ("fc.weight", "fc.bias")  # a backbone file may leave the ImageNet classifier out
+
+
+def _optional(key: str) -> bool:
+    """Keys a backbone file may lack: the classifier (never used here) and BatchNorm's step counters, which
+    torchvision's own ImageNet files predate (load_state_dict then sets them to 0)."""
+    return key in CLASSIFIER_KEYS or key.endswith(".num_batches_tracked")
+
+
+def backbone_state(name: str, path: str) -> dict[str, torch.Tensor]:
+    """The state dict in `path`, checked against torchvision's `name` ResNet: every key present (the
+    classifier's optional), no other key, every shape equal. Raises ValueError with a one-line reason
+    (what the file holds instead, and which supported backbone it fits when it fits one)."""
+    from .config import BACKBONES
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError("no such file" if not p.exists() else "not a file")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types; the file is the problem either way
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"not a PyTorch state-dict file ({type(exc).__name__}: {first[:160]})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        what = f"a dict with keys {sorted(map(str, state))[:4]}" if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"holds {what}, not a state dict of tensors (save one with torch.save(model.state_dict(), path))")
+
+    def mismatch(arch: str) -> tuple[list[str], list[str], list[str]]:
+        want = _resnet_shapes(arch)
+        missing = [k for k in want if k not in state and not _optional(k)]
+        unexpected = [k for k in state if k not in want]
+        shapes = [f"{k} {_shape(state[k])} in the file, {'x'.join(map(str, want[k]))} in {arch}" for k in want
+                  if k in state and tuple(state[k].shape) != want[k] and k not in CLASSIFIER_KEYS]
+        return missing, unexpected, shapes
+
+    missing, unexpected, shapes = mismatch(name)
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} keys missing (e.g. {', '.join(missing[:2])})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})" if unexpected else "",
+                 f"{len(shapes)} shapes differ (e.g. {shapes[0]})" if shapes else ""]
+        fits = [a for a in BACKBONES if a != name and not any(mismatch(a))]
+        hint = (f"; it is a {fits[0]} state dict: set network.backbone: {fits[0]} or use {name} weights" if fits else
+                f"; expected a torchvision {name} state dict")
+        raise ValueError(f"not a {name} state dict: {'; '.join(x for x in parts if x)}{hint}")
+    return state
+
+
 def _resnet(name: str, weights: str | None) -> nn.Module:
     import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)  # never downloads
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if len(missing) > 2:  # a classifier-free checkpoint may lack fc.weight / fc.bias only
-            raise ValueError(f"backbone_weights {weights}: not a {name} state dict (missing {missing[:4]}...)")
+        try:
+            state = backbone_state(name, weights)
+        except ValueError as exc:
+            raise ValueError(f"backbone_weights {weights}: {exc}") from None
+        state = {k: v for k, v in state.items() if k not in CLASSIFIER_KEYS}  # the encoder drops fc anyway
+        missing, _ = net.load_state_dict(state, strict=False)
+        assert all(_optional(k) for k in missing), missing  # backbone_state checked every other key and shape
     return net
 
 
 class ImageEncoder(nn.Module):
     """(B*N, 3, H, W) normalised images -> (B*N, C, H/s, W/s) features (s = feature_stride)."""
 
-    def __init__(self, cfg: NetworkConfig, out_channels: int = 256):
+    def __init__(self, cfg: NetworkConfig, out_channels: int = 256, pretrained: bool = True):
         super().__init__()
-        net = _resnet(cfg.backbone, cfg.backbone_weights)
+        net = _resnet(cfg.backbone, cfg.backbone_weights if pretrained else None)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         widths = [(m[-1].conv3 if hasattr(m[-1], "conv3") else m[-1].conv2).out_channels for m in self.layers]
@@ -173,12 +237,15 @@ class NetworkOutput:
 
 class OccupancyNetwork(nn.Module):
     """forward(images (B, N, 3, H, W) normalised, intrinsics (B, N, 3, 3) of those images,
-    cam2ego (B, N, 4, 4), depth_maps (B, N, H, W) optional LiDAR prior) -> NetworkOutput."""
+    cam2ego (B, N, 4, 4), depth_maps (B, N, H, W) optional LiDAR prior) -> NetworkOutput.
 
-    def __init__(self, cfg: NetworkConfig):
+    pretrained=False leaves cfg.backbone_weights unread: for a network whose weights come from a checkpoint
+    next (labelling, evaluation, a resumed or fine-tuned round), which then needs no backbone file."""
+
+    def __init__(self, cfg: NetworkConfig, pretrained: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.encoder = ImageEncoder(cfg)
+        self.encoder = ImageEncoder(cfg, pretrained=pretrained)
         self.view = ViewTransform(cfg, 256)
         self.voxels = VoxelEncoder(cfg)
 

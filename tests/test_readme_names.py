@@ -109,3 +109,48 @@ def test_imports_flow_kernels_occnet_autolabel():
             "import autolabel.training, autolabel.data\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_nuscenes_walkthrough_names_are_true():
+    """Issue 23: "Labelling your nuScenes copy": every command and flag it shows exists, every recipe it
+    names exists with the paths, keys and backbone files it says."""
+    from autolabel.pipeline import BACKBONE_DOWNLOADS
+    from autolabel.recipe import load_recipe
+
+    text = section("Labelling your nuScenes copy")
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    shown = re.findall(r"`(autolabel [^`]+)`", text) + re.findall(r"^\s*(autolabel [^\n]+)$", text, re.M)
+    assert len(shown) >= 6
+    for cmd in shown:
+        word = cmd.split()[1]
+        if word == "...":
+            continue
+        assert word in sub, f"README: `{cmd}`: no sub-command {word!r}"
+        options = {s for a in sub[word]._actions for s in a.option_strings}
+        for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", cmd):
+            assert flag in options, f"README: `{cmd}`: `autolabel {word}` has no option {flag}"
+    for flag in re.findall(r"`(--[a-z][\w-]*)", text):  # flags named alone: of run, export or eval
+        assert any(flag in {s for a in sub[c]._actions for s in a.option_strings} for c in ("run", "export", "eval"))
+    root = README.parent
+    for name in ("nuscenes_label_free", "nuscenes_active_rounds"):
+        assert f"recipes/{name}.yaml" in text
+        r = load_recipe(root / "recipes" / f"{name}.yaml")
+        assert f"`{r.data.dataroot}/`" in text and f"`{r.supervision.sam.checkpoint}`" in text
+        assert f"`{r.supervision.clip.model}/`" in text
+    assert "runs/nuscenes_active_rounds/round_<K>/select/" in text
+    rounds = load_recipe(root / "recipes" / "nuscenes_active_rounds.yaml").rounds
+    assert rounds.annotations_dir == "annotations" and "`annotations/round_<K>/gts/<scene>/<token>/labels.npz`" in text
+    for key in re.findall(r"`((?:network|data|rounds)\.\w+)", text):
+        section_name, field = key.split(".")
+        assert hasattr(getattr(r, section_name), field), key
+    for backbone, url in BACKBONE_DOWNLOADS.items():
+        if backbone != "resnet34":
+            assert url.rsplit("/", 1)[1] in text, backbone

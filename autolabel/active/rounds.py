@@ -77,6 +77,8 @@ def write_manifest(recipe: Recipe, k: int, picks: list[Pick], strategy: str, poo
                 "per_scene_cap": sel.per_scene_cap, "pool_size": pool_size, "already_labelled": n_labelled,
                 "spent": round(sum(p.candidate.cost if sel.cost_model else 1.0 for p in picks), 4),
                 "recipe_digest": recipe.digest(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selected": rows}
+    if recipe.rounds.annotator == "folder":  # where `autolabel run` waits for the delivery (the oracle writes its own)
+        manifest["deliver_to"] = str(recipe.delivery_dir(k))
     text = json.dumps(manifest, indent=1)
     atomic_write(folder / "manifest.json", lambda fh: fh.write(text.encode()))
     out = io.StringIO()
@@ -114,7 +116,9 @@ def _write_page(recipe: Recipe, k: int, folder: Path, manifest: dict, store: Lab
             f"<p>strategy {manifest['strategy']}, budget {manifest['budget']} "
             f"({'cost units' if manifest['cost_model'] else 'frames'}), spent {manifest['spent']}, at most "
             f"{manifest['per_scene_cap']} per scene. Deliver Occ3D labels.npz files as gts/&lt;scene&gt;/&lt;token&gt;/labels.npz "
-            f"and run <code>autolabel ingest RECIPE --round {k} DIR</code>.</p>" + "\n".join(blocks))
+            + (f"in <code>{html.escape(manifest['deliver_to'])}</code> and rerun <code>autolabel run RECIPE</code> (or "
+               f"<code>autolabel ingest RECIPE --round {k} DIR</code> for another folder).</p>" if "deliver_to" in manifest else
+               f"and run <code>autolabel ingest RECIPE --round {k} DIR</code>.</p>") + "\n".join(blocks))
     atomic_write(folder / "index.html", lambda fh: fh.write(page.encode()))
 
 

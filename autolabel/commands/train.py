@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..dataset import check_dataroot
+from ..pipeline import check_backbone
 from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
 from ..supervision.providers import resolve_device
 from ..training.rounds import open_cache, train_round
@@ -11,6 +12,8 @@ def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
     resolve_device(recipe.device)  # under torchrun: join the process group first
     check_dataroot(recipe)
+    if k == 0:  # later rounds start from the previous round's checkpoint, not the file
+        check_backbone(recipe)
     open_cache(recipe)  # checked before the round's folder is written
     save_recipe(recipe, recipe.round_dir(k) / "train" / RESOLVED_RECIPE)
     s = train_round(recipe, k)

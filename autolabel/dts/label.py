@@ -47,7 +47,7 @@ def load_teacher(network_cfg, checkpoint: Path, device: torch.device, prefer_tea
     from ..training.checkpoint import read_checkpoint
 
     state = read_checkpoint(checkpoint)
-    model = OccupancyNetwork(network_cfg)
+    model = OccupancyNetwork(network_cfg, pretrained=False)  # the checkpoint holds every weight
     teacher = next((h for h in state.get("hooks", []) if isinstance(h, dict) and "model" in h), None)
     weights = teacher["model"] if (prefer_teacher and teacher is not None) else state["model"]
     try:

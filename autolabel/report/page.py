@@ -69,8 +69,9 @@ def summary_table(metrics: dict, export: dict | None, drop_quantile: float, labe
         scores += "<p class='note'>The dataset has no <code>gts/</code> ground truth: no scores.</p>"
     facts = [("frames with manual 3D labels", str(labelled)),
              ("frames exported (Occ3D)", "-" if export is None else str(export.get("frames", "-"))),
+             # over the pseudo-labelled frames: undefined (not 0) when every exported frame is a manual label
              ("kept share of the exported mask_camera (%)",
-              "-" if export is None else _pct(100 * export["kept_in_mask_camera"])),
+              "-" if export is None or export.get("frames_pseudo") == 0 else _pct(100 * export["kept_in_mask_camera"])),
              ("frames selected for annotation", "-" if n_selected is None else str(n_selected)),
              ("occupancy read-out threshold", f"{occupancy_threshold:g}")]
     facts_html = "".join(f"<tr><td class='l'>{html.escape(a)}</td><td class='v'>{b}</td></tr>" for a, b in facts)

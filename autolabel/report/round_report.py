@@ -113,14 +113,20 @@ def occupancy_figure(pred: np.ndarray, gt: np.ndarray | None, path: Path) -> str
 def budget_figure(history: list[dict], path: Path) -> str:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
+    drawn = False
     for key, label in (("val_miou", "validation mIoU (network)"), ("pseudo_miou", "pseudo-label mIoU (pool)")):
         pts = [(h["labelled"], h[key]) for h in history if h.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), "o-", label=label)
+            drawn = True
     ax.set_xlabel("frames with manual 3D labels")
     ax.set_ylabel("mIoU (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if drawn:
+        ax.legend(fontsize=8)
+    else:  # real data without gts/: nothing to score (an empty legend would only warn)
+        ax.text(0.5, 0.5, "no ground truth (gts/): no mIoU\nscore an export with `autolabel eval`", ha="center",
+                va="center", transform=ax.transAxes, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -92,9 +92,11 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
     dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=cache, grid=recipe.network.grid,
                            aux_frames=recipe.data.aux_frames, manual=manual)
     torch.manual_seed(recipe.train.seed)
-    model = OccupancyNetwork(recipe.network)
     out_dir = recipe.round_dir(k) / "train"
     prev = checkpoint_path(recipe, k - 1) if k > 0 else None
+    # network.backbone_weights initialise a fresh round 0 only: a checkpoint's weights replace them otherwise
+    fresh = not (out_dir / CHECKPOINT).exists() and not (prev is not None and prev.exists())
+    model = OccupancyNetwork(recipe.network, pretrained=fresh)
     if not (out_dir / CHECKPOINT).exists() and prev is not None and prev.exists():
         state = read_checkpoint(prev)
         model.load_state_dict(state["model"])  # fine-tune from the last round; optimiser and schedule start afresh

@@ -42,7 +42,7 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
 def ingest(recipe_path: str, overrides: list[str], out: str | None, k: int, folder: str) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
     s = ingest_labels(recipe, k, folder)
-    print(f"round {k}: {len(s['added'])} frames ingested ({s['voxels_added']} labelled voxels), {len(s['unchanged'])} "
-          f"already there unchanged, {len(s['missing'])} of the manifest not delivered; {s['manual_total']} frames "
-          f"with manual 3D labels ({s['manual_voxels']} labelled voxels)")
+    print(f"round {k}: {len(s['added'])} frames ingested, {len(s['unchanged'])} already there unchanged, "
+          f"{len(s['missing'])} of the manifest not delivered; {s['voxels_added']} labelled voxels added; "
+          f"{s['manual_total']} frames with manual 3D labels ({s['manual_voxels']} labelled voxels)")
     return 0

@@ -177,7 +177,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     from .store.rounds import evaluate_round, export_occ3d
     from .supervision.providers import resolve_device
     from .training.evaluate import evaluate_checkpoint
-    from .training.rounds import checkpoint_path, manual_labels, open_cache, selected_from, train_round
+    from .training.rounds import checkpoint_path, labelled_voxels, manual_labels, open_cache, selected_from, train_round
 
     p = f"round_{k}"
     stages.run(f"{p}/train", lambda: {key: v for key, v in train_round(recipe, k, progress).items() if key != "last"},
@@ -192,7 +192,8 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     stages.run(f"{p}/label", label, every_rank=True)
 
     def evaluate() -> dict:
-        out: dict = {"labelled": len(manual_labels(recipe.store_path, recipe.network.grid, selected_from(recipe, k)))}
+        manual = manual_labels(recipe.store_path, recipe.network.grid, selected_from(recipe, k))
+        out: dict = {"labelled": len(manual), "labelled_voxels": labelled_voxels(manual, recipe.network.grid.shape)}
         if not _has_gts(recipe):
             return out
         if recipe.data.val_scenes:
@@ -208,7 +209,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     exported = stages.run(f"{p}/export", lambda: {key: v for key, v in export_occ3d(
         LabelStore.open(recipe.store_path), k, export_dir, recipe.rounds.export_drop_quantile, progress).items()
         if key in ("frames", "frames_pseudo", "kept_in_mask_camera")} | {"folder": str(export_dir)})
-    entry = {"round": k, "labelled": metrics.get("labelled", 0),
+    entry = {"round": k, "labelled": metrics.get("labelled", 0), "labelled_voxels": metrics.get("labelled_voxels"),
              "val_miou": (metrics.get("val") or {}).get("miou"), "pseudo_miou": (metrics.get("pseudo") or {}).get("miou"),
              "export": str(export_dir)}
     last = k == recipe.rounds.count - 1
@@ -226,21 +227,22 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
 
 
 def _select(recipe: Recipe, k: int) -> dict:
-    from .active.pool import score_pool
+    from .active.pool import score_pool, select_pool
     from .active.rounds import write_manifest
-    from .active.select import distance_device, select_frames
+    from .active.select import distance_device
     from .store.labels import LabelStore
 
     pool = score_pool(recipe, k, progress=False)  # every rank scores its share; rank 0 gets the pool
     if pool is None:
         return {}
     lab = pool.labelled
-    picks, strategy = select_frames(pool.candidates, pool.features[~lab], pool.features[lab], recipe.selection,
-                                    n_labelled=int(lab.sum()), pool_size=len(pool.tokens),
-                                    device=distance_device(recipe.device))
+    picks, strategy = select_pool(pool, recipe.selection, distance_device(recipe.device))
     path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
-                          LabelStore.open(recipe.store_path, recipe.network.grid))
-    return {"strategy": strategy, "selected": len(picks), "manifest": str(path)}
+                          LabelStore.open(recipe.store_path, recipe.network.grid), pool.regions)
+    out = {"strategy": strategy, "selected": len(picks), "manifest": str(path)}
+    if pool.regions is not None:
+        out |= {"tiles": sum(len(p.tiles) for p in picks), "voxels": sum(p.voxels for p in picks)}
+    return out
 
 
 def _ingest(recipe: Recipe, k: int) -> dict:
@@ -259,7 +261,8 @@ def _ingest(recipe: Recipe, k: int) -> dict:
                                       f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
                                       f"`autolabel run`")
     s = ingest(recipe, k, folder)
-    return {"added": len(s["added"]), "manual_total": s["manual_total"]}
+    return {"added": len(s["added"]), "manual_total": s["manual_total"], "voxels_added": s["voxels_added"],
+            "manual_voxels": s["manual_voxels"]}
 
 
 def _ingested_by_hand(recipe: Recipe, k: int) -> dict | None:
@@ -290,7 +293,8 @@ def summary_text(recipe: Recipe, result: dict) -> str:
     for r in result["rounds"]:
         val = f"val mIoU {r['val_miou']:.2f}" if r.get("val_miou") is not None else "val mIoU -"
         pseudo = f"pseudo-label mIoU {r['pseudo_miou']:.2f}" if r.get("pseudo_miou") is not None else "pseudo-label mIoU -"
-        lines.append(f"  round {r['round']}: {r['labelled']} frames with manual 3D labels; {val}; {pseudo}")
+        voxels = f" ({r['labelled_voxels']:,} labelled voxels)" if r.get("labelled_voxels") is not None else ""
+        lines.append(f"  round {r['round']}: {r['labelled']} frames with manual 3D labels{voxels}; {val}; {pseudo}")
         lines.append(f"    Occ3D export {r['export']}/gts   report {r['report']}")
     lines.append(f"  pseudo-label store {recipe.store_path}   2D supervision cache {recipe.cache_path}")
     lines.append(f"  stages and timings {recipe.run_dir / STAGES_FILE}; rerunning resumes at the first unfinished stage")

@@ -17,7 +17,7 @@ import yaml
 
 from occnet.config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
 
-from .active.config import SelectionConfig
+from .active.config import SelectionConfig, check_region_budget
 from .dts.config import DTSConfig
 from .config_io import apply_overrides, from_dict, load_yaml, to_dict
 from .errors import DataError
@@ -95,6 +95,7 @@ class Recipe:
             raise ValueError("the data section is required: set data.dataroot (nuScenes layout) or data.synth")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_region_budget(self.selection, self.network.grid.shape)  # region budgets count the grid's voxels
 
     @property
     def run_dir(self) -> Path:

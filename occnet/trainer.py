@@ -95,7 +95,8 @@ class Trainer:
 
     Batch keys: images (B, N, 3, H, W), intrinsics (B, N, 3, 3), cam2ego (B, N, 4, 4), depth (B, N, H, W),
     semantics (B, N, H, W) uint8 (255 none), confidence (B, N, H, W); optional gt_semantics /
-    gt_mask / has_gt (3D labels) and pseudo_semantics / pseudo_confidence / has_pseudo.
+    gt_mask / has_gt (3D labels), gt_annotated (B, X, Y, Z: voxels an annotator labelled, region-level labels)
+    and pseudo_semantics / pseudo_confidence / has_pseudo.
     """
 
     def __init__(self, model: OccupancyNetwork, render_cfg: RenderConfig, loss_cfg: LossConfig, train_cfg: TrainConfig,
@@ -230,12 +231,20 @@ class Trainer:
                 margin = float(min(self.model.cfg.grid.voxel_size))
                 terms["sight"] = lc.line_of_sight * line_of_sight(out.density, rays, self.model.cfg.grid, cfg, margin)
         voxel = float(min(self.model.cfg.grid.voxel_size))
+        # gt_annotated (B, X, Y, Z), where given: the voxels an annotator labelled (region-level labels; all of a
+        # whole-frame label, none of an unlabelled frame). 3D labels count only there; pseudo-labels everywhere else.
+        annotated = b["gt_annotated"].float() if "gt_annotated" in b else None
         if lc.labels_3d > 0 and "gt_semantics" in b:
             w = b["gt_mask"].float() * b["has_gt"].float()[:, None, None, None]
+            if annotated is not None:
+                w = w * annotated
             terms["labels3d"] = lc.labels_3d * voxel_ce(out.density, out.logits, b["gt_semantics"], w, voxel,
                                                           lc.class_balance_3d)
         if lc.pseudo_3d > 0 and "pseudo_semantics" in b:
-            w = b["pseudo_confidence"].float() * b["has_pseudo"].float()[:, None, None, None]
+            if annotated is not None:
+                w = b["pseudo_confidence"].float() * (1 - annotated)
+            else:
+                w = b["pseudo_confidence"].float() * b["has_pseudo"].float()[:, None, None, None]
             terms["pseudo3d"] = lc.pseudo_3d * voxel_ce(out.density, out.logits, b["pseudo_semantics"], w, voxel,
                                                           lc.class_balance_3d)
         if not terms:

@@ -1,22 +1,31 @@
 """The recipe's ``selection`` section."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 STRATEGIES = ("auto", "random", "stratified", "entropy", "coreset", "kmeans", "hybrid")
+UNITS = ("frame", "region")
 
 
 @dataclass
 class SelectionConfig:
     strategy: str = "auto"  # auto: diversity first (core-set) while little is labelled, then hybrid
-    budget: float = 10  # frames, or annotation cost units when cost_model is on
+    # frames, or annotation cost units when cost_model is on; with unit: region, labelled voxels (a frame of
+    # the grid counts X * Y * Z voxels: 640,000 on Occ3D's 200 x 200 x 16, so 10 frames = 6,400,000)
+    budget: float = 10
     cost_model: bool = False  # cost of a frame = frame_cost + voxel_cost * visible occupied voxels
     frame_cost: float = 1.0
     voxel_cost: float = 0.0001  # per occupied voxel in mask_camera (dense 3D labelling effort)
-    per_scene_cap: int = 2  # neighbouring keyframes are near duplicates
+    per_scene_cap: int = 2  # neighbouring keyframes are near duplicates (frames per scene, whatever the unit)
     hybrid_factor: float = 4.0  # hybrid: top (factor x budget) by uncertainty, then diversity down to the budget
     auto_diversity_share: float = 0.05  # auto: core-set while labelled frames are below this share of the pool
     seed: int = 0
+    # issue 21: "frame" = annotators label whole frames; "region" = they label the most uncertain BEV tiles
+    # of a frame (region_size x region_size BEV cells, the full height), and the budget counts voxels
+    unit: str = "frame"
+    region_size: int = 25  # BEV cells per tile side (25 -> 8 x 8 tiles on the 200 x 200 Occ3D grid)
+    max_tiles_per_frame: int = 16  # region: at most this many tiles of one frame per round
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -29,3 +38,36 @@ class SelectionConfig:
             raise ValueError("selection.hybrid_factor must be >= 1")
         if self.frame_cost < 0 or self.voxel_cost < 0:
             raise ValueError("selection.frame_cost and voxel_cost must be >= 0")
+        if self.unit not in UNITS:
+            raise ValueError(f"selection.unit must be one of {UNITS}, got {self.unit!r}")
+        if self.region_size < 1:
+            raise ValueError(f"selection.region_size must be >= 1 BEV cells, got {self.region_size}")
+        if self.max_tiles_per_frame < 1:
+            raise ValueError(f"selection.max_tiles_per_frame must be >= 1, got {self.max_tiles_per_frame}")
+        if self.unit == "region" and self.cost_model:
+            raise ValueError("selection.cost_model prices whole frames; with selection.unit: region the budget "
+                             "counts labelled voxels, so set cost_model: false")
+
+    @property
+    def region(self) -> bool:
+        return self.unit == "region"
+
+
+def check_region_budget(cfg: SelectionConfig, shape: tuple[int, int, int]) -> None:
+    """With unit region, the tile must fit the grid and the budget (voxels) must buy at least one tile;
+    ValueError otherwise, saying how frames convert (a budget left at a frame count is the usual slip)."""
+    if not cfg.region:
+        return
+    x, y, z = (int(s) for s in shape)
+    if cfg.region_size > max(x, y):
+        raise ValueError(f"selection.region_size {cfg.region_size} is larger than the grid's BEV extent {x} x {y}")
+    tile = min(cfg.region_size, x) * min(cfg.region_size, y) * z
+    if cfg.budget < tile:
+        raise ValueError(f"selection.budget is in labelled voxels when selection.unit is region: {cfg.budget:g} does "
+                         f"not buy one tile of {cfg.region_size} x {cfg.region_size} x {z} = {tile} voxels; a budget "
+                         f"of N frames is N x {x * y * z} voxels on this {x} x {y} x {z} grid")
+
+
+def frames_to_voxels(frames: float, shape: tuple[int, int, int]) -> int:
+    """A frame budget in labelled voxels: one frame is the whole grid, X * Y * Z voxels."""
+    return int(math.ceil(frames * int(shape[0]) * int(shape[1]) * int(shape[2])))

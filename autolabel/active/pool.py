@@ -32,7 +32,8 @@ from ..training.data import FrameDataset
 from ..training.rounds import checkpoint_path, open_cache
 from .scores import (class_weights, disagreement, entropy_by_class, occupied_voxels, voxel_distribution,
                      weighted_uncertainty)
-from .select import Candidate
+from .regions import RegionGrid, tile_entropy_by_class, tile_scores
+from .select import Candidate, Pick, select_frames, select_regions
 
 BEV_POOL = 8  # pooled BEV feature map side
 
@@ -45,6 +46,7 @@ class PoolScores:
     features: np.ndarray  # (N, D) L2-normalised pooled BEV features
     candidates: list[Candidate]  # the unlabelled frames, in token order
     scored_by: tuple[int, ...] = ()  # frames scored by each process (rank order)
+    regions: RegionGrid | None = None  # selection.unit region: the tiles (candidates then carry tile scores)
 
 
 def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, recipe: Recipe, seed: int) -> float:
@@ -89,12 +91,14 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
     feats: dict[str, torch.Tensor] = {}
     hook = teacher.voxels.up.register_forward_hook(lambda m, i, o: feats.__setitem__("bev", o.float().mean(-1)))
     voxel = float(min(recipe.network.grid.voxel_size))
+    regions = RegionGrid(recipe.network.grid.shape, recipe.selection.region_size) if recipe.selection.region else None
     mine = [i for i in range(len(frames)) if i % world_size() == rank()]
     dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe),
                            grid=recipe.network.grid, indices=mine)
     loader = DataLoader(dataset, batch_size=1, num_workers=default_workers() if workers is None else workers,
                         collate_fn=_first)
-    scored: dict[int, tuple] = {}  # pool index -> (entropy sums, counts, disagreement, residual, cost, feature)
+    # pool index -> (entropy sums, counts, disagreement, residual, cost, feature, per-tile sums and counts or None)
+    scored: dict[int, tuple] = {}
     try:
         bar = tqdm(loader, total=len(mine), desc=f"score pool (round {k})", disable=not progress or not is_main())
         for item in bar:
@@ -111,7 +115,8 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
             cost = recipe.selection.frame_cost + recipe.selection.voxel_cost * occupied_voxels(pt, mask)
             bev = F.adaptive_avg_pool2d(feats["bev"], BEV_POOL).flatten(1)[0]
             scored[i] = (sums.cpu().numpy(), n.cpu().numpy(), disagreement(pt.argmax(-1), ps.argmax(-1), mask), res,
-                         cost, F.normalize(bev, dim=0).cpu().numpy())
+                         cost, F.normalize(bev, dim=0).cpu().numpy(),
+                         tile_entropy_by_class(pt, mask, regions) if regions is not None else None)
     finally:
         hook.remove()
     parts = gather_to_main(scored)
@@ -122,7 +127,7 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
         scored.update(part)
     if sorted(scored) != list(range(len(frames))):
         raise RuntimeError(f"score_pool: {len(frames) - len(scored)} frames were scored by no rank")
-    pool = _finish(frames, _labelled(store, frames.tokens), [scored[i] for i in range(len(frames))])
+    pool = _finish(frames, _labelled(store, frames.tokens), [scored[i] for i in range(len(frames))], regions)
     pool.scored_by = tuple(counts)
     return pool
 
@@ -136,8 +141,9 @@ def _labelled(store: LabelStore, tokens: list[str]) -> np.ndarray:
     return np.array([bool(done[manual.index(t)]) if t in manual.tokens else False for t in tokens])
 
 
-def _finish(frames, labelled: np.ndarray, rows: list[tuple]) -> PoolScores:
-    """The pool's scores from per-frame results in pool order (class weights over the whole pool)."""
+def _finish(frames, labelled: np.ndarray, rows: list[tuple], regions: RegionGrid | None = None) -> PoolScores:
+    """The pool's scores from per-frame results in pool order (class weights over the whole pool; with
+    `regions`, each candidate's tile scores use the same weights)."""
     ent_sum = np.stack([r[0] for r in rows]).astype(np.float64)
     counts = np.stack([r[1] for r in rows]).astype(np.float64)
     w = class_weights(torch.from_numpy(counts.sum(0)))
@@ -145,5 +151,24 @@ def _finish(frames, labelled: np.ndarray, rows: list[tuple]) -> PoolScores:
     cands = [Candidate(t, frames.scene_of(t), {"uncertainty": float(unc[i]), "disagreement": rows[i][2],
                                                 "residual": rows[i][3]}, rows[i][4])
              for i, t in enumerate(frames.tokens) if not labelled[i]]
+    if regions is not None:
+        voxels = regions.voxels()
+        by_token = {t: rows[i][6] for i, t in enumerate(frames.tokens)}
+        for c in cands:
+            sums, n = by_token[c.token]
+            c.tile_scores, c.tile_visible = tile_scores(sums, w.numpy(), voxels), n.sum(-1)
     return PoolScores(list(frames.tokens), [frames.scene_of(t) for t in frames.tokens], labelled,
-                      np.stack([r[5] for r in rows]), cands)
+                      np.stack([r[5] for r in rows]), cands, regions=regions)
+
+
+def select_pool(pool: PoolScores, cfg, device: str | torch.device | None = None) -> tuple[list[Pick], str]:
+    """Run the selection on a scored pool: whole frames (`select_frames`) or, with ``selection.unit: region``,
+    BEV tiles of frames under a voxel budget (`select_regions`)."""
+    lab = pool.labelled
+    args = (pool.candidates, pool.features[~lab], pool.features[lab], cfg)
+    kw = {"n_labelled": int(lab.sum()), "pool_size": len(pool.tokens), "device": device}
+    if cfg.region:
+        if pool.regions is None or pool.regions.size != cfg.region_size:
+            raise ValueError("select_pool: the pool was not scored for selection.unit region with this region_size")
+        return select_regions(*args, pool.regions, **kw)
+    return select_frames(*args, **kw)

@@ -6,6 +6,13 @@ cameras and the model's current prediction (bird's-eye view of the round's pseud
 Ingesting reads ``labels.npz`` files for manifest tokens from a folder (``<DIR>/gts/<scene>/<token>/``,
 ``<DIR>/<scene>/<token>/`` or ``<DIR>/<token>/``), validates them and stores them in the store's
 ``manual`` group; the next round's training adds 3D losses on those frames.
+
+With ``selection.unit: region`` (issue 21) each manifest row lists the frame's tiles (index and voxel
+bounds) and their voxels; a delivery may be partial (only the tiles' voxels labelled: semantics 255, or an
+optional ``mask_annotated`` 0, elsewhere). Ingest checks that every voxel of every requested tile carries a
+label and stores only the tiles: semantics 255 and masks 0 outside them, and the manual group's
+``confidence`` array as the annotated mask (255 = labelled by an annotator, 0 = not; whole-frame labels are
+255 everywhere, as before).
 """
 from __future__ import annotations
 
@@ -20,13 +27,14 @@ import numpy as np
 from PIL import Image
 
 from occnet.atomic import atomic_write
-from occnet.classes import FREE_ID, colorize
+from occnet.classes import FREE_ID, IGNORE_ID, colorize
 
-from ..data.occ3d import read_labels
+from ..data.occ3d import Occ3DLabels, read_labels, write_labels
 from ..dataset import open_frames
 from ..errors import DataError
 from ..recipe import Recipe
 from ..store.labels import LabelStore, read_frame
+from .regions import RegionGrid, bounds_mask
 from .select import Pick
 
 SELECT_DIR = "select"
@@ -66,26 +74,50 @@ def _png(path: Path, image: np.ndarray) -> None:
     atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 
 
+def _tiles(p: Pick, regions: RegionGrid) -> list[dict]:
+    """The manifest's tiles of a pick, by index: index, voxel bounds (half-open), voxels, score."""
+    voxels = regions.voxels()
+    c = p.candidate
+    return [{"index": t, "bounds": regions.bounds(t), "voxels": int(voxels[t]),
+             "uncertainty": round(float(c.tile_scores[t]), 6), "visible_voxels": int(c.tile_visible[t])}
+            for t in sorted(p.tiles)]
+
+
 def write_manifest(recipe: Recipe, k: int, picks: list[Pick], strategy: str, pool_size: int, n_labelled: int,
-                   store: LabelStore | None = None) -> Path:
+                   store: LabelStore | None = None, regions: RegionGrid | None = None) -> Path:
+    """With `regions` (selection.unit region) every row lists its tiles and voxels, and the budget, the
+    cost and `spent` count labelled voxels."""
     folder = recipe.round_dir(k) / SELECT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     sel = recipe.selection
     rows = [{"token": p.candidate.token, "scene": p.candidate.scene, **{key: round(v, 6) for key, v in p.candidate.scores.items()},
-             "cost": round(p.candidate.cost, 4), "reason": p.reason} for p in picks]
-    manifest = {"round": k, "strategy": strategy, "budget": sel.budget, "cost_model": sel.cost_model,
-                "per_scene_cap": sel.per_scene_cap, "pool_size": pool_size, "already_labelled": n_labelled,
-                "spent": round(sum(p.candidate.cost if sel.cost_model else 1.0 for p in picks), 4),
-                "recipe_digest": recipe.digest(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selected": rows}
+             "cost": p.voxels if regions is not None else round(p.candidate.cost, 4), "reason": p.reason} for p in picks]
+    if regions is not None:
+        for row, p in zip(rows, picks):
+            row["voxels"] = p.voxels
+            row["tiles"] = _tiles(p, regions)
+        spent = sum(p.voxels for p in picks)
+    else:
+        spent = round(sum(p.candidate.cost if sel.cost_model else 1.0 for p in picks), 4)
+    manifest = {"round": k, "strategy": strategy, "unit": sel.unit, "budget": sel.budget,
+                "budget_unit": "voxels" if regions is not None else ("cost" if sel.cost_model else "frames"),
+                "cost_model": sel.cost_model, "per_scene_cap": sel.per_scene_cap, "pool_size": pool_size,
+                "already_labelled": n_labelled, "spent": spent}
+    if regions is not None:
+        manifest |= {"region_size": regions.size, "grid_shape": list(regions.shape), "tiles_per_side": list(regions.per_side),
+                     "max_tiles_per_frame": sel.max_tiles_per_frame, "tiles_total": sum(len(p.tiles) for p in picks),
+                     "voxels_total": spent}
+    manifest |= {"recipe_digest": recipe.digest(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selected": rows}
     if recipe.rounds.annotator == "folder":  # where `autolabel run` waits for the delivery (the oracle writes its own)
         manifest["deliver_to"] = str(recipe.delivery_dir(k))
     text = json.dumps(manifest, indent=1)
     atomic_write(folder / "manifest.json", lambda fh: fh.write(text.encode()))
     out = io.StringIO()
     if rows:
-        w = csv.DictWriter(out, fieldnames=list(rows[0]))
+        flat = [{**r, "tiles": ";".join(str(t["index"]) for t in r["tiles"])} if "tiles" in r else r for r in rows]
+        w = csv.DictWriter(out, fieldnames=list(flat[0]))
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(flat)
     atomic_write(folder / "manifest.csv", lambda fh: fh.write(out.getvalue().encode()))
     _write_page(recipe, k, folder, manifest, store)
     return folder / "manifest.json"
@@ -105,21 +137,38 @@ def _write_page(recipe: Recipe, k: int, folder: Path, manifest: dict, store: Lab
         bev = ""
         if arrays is not None:
             sem = read_frame(arrays, arrays.index(row["token"]))["semantics"]
-            _png(folder / f"{r:03d}_bev.png", np.kron(bev_image(sem), np.ones((2, 2, 1), np.uint8)))
+            img = bev_image(sem)
+            if "tiles" in row:  # region annotation: outline the requested tiles in white
+                img = _outline(img, [t["bounds"] for t in row["tiles"]])
+            _png(folder / f"{r:03d}_bev.png", np.kron(img, np.ones((2, 2, 1), np.uint8)))
             bev = f'<img src="{r:03d}_bev.png" alt="predicted occupancy, bird\'s-eye view">'
         scores = ", ".join(f"{key} {row[key]}" for key in ("uncertainty", "disagreement", "residual", "cost") if key in row)
+        if "tiles" in row:
+            scores += "; tiles to label (voxel index ranges x, y, z; half-open): " + "; ".join(
+                f"{t['index']}: {t['bounds']}" for t in row["tiles"])
         blocks.append(f"<h3>{r + 1}. {html.escape(row['scene'])} / {row['token']}</h3><p>{html.escape(row['reason'])}; "
                       f"{scores}</p><img src=\"{r:03d}_cameras.png\" alt=\"six cameras\"> {bev}")
     page = (f"<!doctype html><meta charset='utf-8'><title>round {k}: frames to annotate</title>"
             f"<style>body{{font-family:sans-serif;margin:2em}}img{{vertical-align:top;margin:4px}}</style>"
             f"<h1>Round {k}: {len(manifest['selected'])} frames to annotate</h1>"
             f"<p>strategy {manifest['strategy']}, budget {manifest['budget']} "
-            f"({'cost units' if manifest['cost_model'] else 'frames'}), spent {manifest['spent']}, at most "
+            f"({manifest['budget_unit']}), spent {manifest['spent']}, at most "
             f"{manifest['per_scene_cap']} per scene. Deliver Occ3D labels.npz files as gts/&lt;scene&gt;/&lt;token&gt;/labels.npz "
             + (f"in <code>{html.escape(manifest['deliver_to'])}</code> and rerun <code>autolabel run RECIPE</code> (or "
                f"<code>autolabel ingest RECIPE --round {k} DIR</code> for another folder).</p>" if "deliver_to" in manifest else
                f"and run <code>autolabel ingest RECIPE --round {k} DIR</code>.</p>") + "\n".join(blocks))
     atomic_write(folder / "index.html", lambda fh: fh.write(page.encode()))
+
+
+def _outline(img: np.ndarray, boxes: list) -> np.ndarray:
+    """Draw voxel boxes' BEV outlines on a `bev_image` (row = X - 1 - x, column = Y - 1 - y)."""
+    img = img.copy()
+    xs, ys = img.shape[0], img.shape[1]
+    for (x0, x1), (y0, y1), _ in boxes:
+        r0, r1, c0, c1 = xs - x1, xs - 1 - x0, ys - y1, ys - 1 - y0
+        img[r0:r1 + 1, [c0, c1]] = 255
+        img[[r0, r1], c0:c1 + 1] = 255
+    return img
 
 
 def _find(folder: Path, scene: str, token: str) -> Path | None:
@@ -130,56 +179,99 @@ def _find(folder: Path, scene: str, token: str) -> Path | None:
     return None
 
 
+def _tile_labels(labels: Occ3DLabels, row: dict, path: Path, shape: tuple) -> dict[str, np.ndarray]:
+    """A region row's delivery as manual-group arrays: every voxel of every requested tile must carry a label
+    (semantics not 255 and, where the file has one, mask_annotated 1), else a DataError naming the frame and
+    the tile; only the tiles are kept (semantics 255, masks 0 outside), and confidence 255 marks them."""
+    labelled = labels.semantics != IGNORE_ID
+    if labels.mask_annotated is not None:
+        labelled &= labels.mask_annotated.astype(bool)
+    for tile in row["tiles"]:
+        (x0, x1), (y0, y1), (z0, z1) = tile["bounds"]
+        box = labelled[x0:x1, y0:y1, z0:z1]
+        if not box.all():
+            raise DataError(f"{path}: frame {row['token']} tile {tile['index']} (voxels x {x0}:{x1}, y {y0}:{y1}, "
+                            f"z {z0}:{z1}) is not fully labelled: {int(box.size - box.sum())} of {box.size} voxels have "
+                            f"no label (semantics 255 or mask_annotated 0); deliver every voxel of the requested tiles")
+    keep = bounds_mask(shape, [tile["bounds"] for tile in row["tiles"]])
+    return {"semantics": np.where(keep, labels.semantics, IGNORE_ID).astype(np.uint8),
+            "confidence": (keep * 255).astype(np.uint8),
+            "mask_camera": (labels.mask_camera.astype(bool) & keep).astype(np.uint8),
+            "mask_lidar": (labels.mask_lidar.astype(bool) & keep).astype(np.uint8)}
+
+
+def annotated_voxels(arrays, i: int) -> int:
+    """Voxels of manual frame i labelled by an annotator (its confidence 255: the whole grid for a
+    whole-frame label)."""
+    return int((arrays.read(i, "confidence") == 255).sum())
+
+
 def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
-    """Store the manifest's annotated frames in the manual group. Returns counts (added, unchanged, missing)."""
+    """Store the manifest's annotated frames in the manual group. Returns the tokens added, unchanged and
+    missing, the voxels added (labelled voxels: the tiles of region rows, the whole grid for a frame) and the
+    manual group's totals (frames, labelled voxels)."""
     folder = Path(folder)
     mpath = manifest_path(recipe, k)
     if not mpath.is_file():
         raise DataError(f"no selection manifest {mpath}; run `autolabel select --round {k}` first")
     manifest = read_manifest(mpath)
-    wanted = {row["token"]: row["scene"] for row in manifest["selected"]}
+    rows = {row["token"]: row for row in manifest["selected"]}
     if not folder.is_dir():
         raise DataError(f"{folder}: annotation folder not found")
     for p in folder.rglob("labels.npz"):
-        if p.parent.name not in wanted:
+        if p.parent.name not in rows:
             raise DataError(f"{p}: token {p.parent.name} is not in the round {k} manifest {mpath}")
     grid = recipe.network.grid
     frames = open_frames(recipe, "train", load_images=False, load_gt=False)
     store = LabelStore(recipe.store_path, grid, create=True)
     manual = store.manual(frames.tokens, [frames.scene_of(t) for t in frames.tokens], create=True)
     added, unchanged, missing = [], [], []
-    labels = {}
-    for token, scene in wanted.items():
-        path = _find(folder, scene, token)
+    arrays_of = {}
+    for token, row in rows.items():
+        path = _find(folder, row["scene"], token)
         if path is None:
             missing.append(token)
             continue
-        labels[token] = read_labels(path, grid)  # shape, dtype, class range, masks: DataError naming the file
-        if not labels[token].mask_camera.any():
+        lab = read_labels(path, grid)  # shape, dtype, class range, masks: DataError naming the file
+        if "tiles" in row:
+            arrays_of[token] = _tile_labels(lab, row, path, grid.shape)
+            if not arrays_of[token]["mask_camera"].any():
+                raise DataError(f"{path}: mask_camera is empty within the requested tiles; the annotation must mark "
+                                f"the voxels it covers")
+            continue
+        if not lab.mask_camera.any():
             raise DataError(f"{path}: mask_camera is empty; the annotation must mark the voxels it covers")
+        arrays_of[token] = {"semantics": lab.semantics, "confidence": np.full(grid.shape, 255, np.uint8),
+                            "mask_camera": lab.mask_camera, "mask_lidar": lab.mask_lidar}
     done = manual.done()
-    for token, lab in labels.items():
+    voxels_added = 0
+    for token, arrays in arrays_of.items():
         i = manual.index(token)
-        arrays = {"semantics": lab.semantics, "confidence": np.full(grid.shape, 255, np.uint8),
-                  "mask_camera": lab.mask_camera, "mask_lidar": lab.mask_lidar}
         if done[i]:
             old = read_frame(manual, i)
-            if all(np.array_equal(old[key], arrays[key]) for key in ("semantics", "mask_camera", "mask_lidar")):
+            if all(np.array_equal(old[key], arrays[key]) for key in ("semantics", "confidence", "mask_camera", "mask_lidar")):
                 unchanged.append(token)
                 continue
             raise DataError(f"frame {token} was already ingested with different labels; a manual label is not "
                             f"overwritten (delete it from {store.path}/manual to replace it)")
         manual.write(i, **arrays)
         added.append(token)
-    return {"added": added, "unchanged": unchanged, "missing": missing, "manual_total": int(manual.done().sum())}
+        voxels_added += int((arrays["confidence"] == 255).sum())
+    done = manual.done()
+    return {"added": added, "unchanged": unchanged, "missing": missing, "manual_total": int(done.sum()),
+            "voxels_added": voxels_added,
+            "manual_voxels": sum(annotated_voxels(manual, int(i)) for i in np.flatnonzero(done))}
 
 
 def oracle_annotate(recipe: Recipe, k: int, gts_root: str | Path, out: str | Path) -> int:
-    """Simulated annotator: copies the ground truth of the manifest's tokens from ``<gts_root>/gts/`` into
-    ``<out>/gts/`` (what a labelling vendor would deliver). Returns the number of files delivered."""
+    """Simulated annotator (synthetic worlds only: it copies ground truth): delivers the ground truth of the
+    manifest's tokens from ``<gts_root>/gts/`` into ``<out>/gts/`` (what a labelling vendor would deliver).
+    For a region manifest it delivers only the requested tiles: semantics 255 and masks 0 elsewhere, with
+    ``mask_annotated`` marking the tiles. Returns the number of files delivered."""
     import shutil
 
     manifest = read_manifest(manifest_path(recipe, k))
+    grid = recipe.network.grid
     n = 0
     for row in manifest["selected"]:
         src = Path(gts_root) / "gts" / row["scene"] / row["token"] / "labels.npz"
@@ -187,6 +279,14 @@ def oracle_annotate(recipe: Recipe, k: int, gts_root: str | Path, out: str | Pat
             raise DataError(f"oracle: no ground truth {src}")
         dst = Path(out) / "gts" / row["scene"] / row["token"] / "labels.npz"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        if "tiles" in row:
+            gt = read_labels(src, grid)
+            keep = bounds_mask(grid.shape, [t["bounds"] for t in row["tiles"]])
+            write_labels(dst, Occ3DLabels(np.where(keep, gt.semantics, IGNORE_ID).astype(np.uint8),
+                                          (gt.mask_lidar.astype(bool) & keep).astype(np.uint8),
+                                          (gt.mask_camera.astype(bool) & keep).astype(np.uint8),
+                                          mask_annotated=keep.astype(np.uint8)), grid)
+        else:
+            shutil.copyfile(src, dst)
         n += 1
     return n

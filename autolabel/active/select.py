@@ -13,8 +13,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .config import SelectionConfig
+from .config import SelectionConfig, check_region_budget
 from .diversity import greedy_order, kmeans_pp
+from .regions import RegionGrid
 
 
 @dataclass
@@ -25,12 +26,17 @@ class Candidate:
     scene: str
     scores: dict[str, float] = field(default_factory=dict)  # uncertainty, disagreement, residual
     cost: float = 1.0  # annotation cost (1 per frame without the cost model)
+    # selection.unit region (issue 21): per BEV tile, its score and its visible voxels (0: nothing to label)
+    tile_scores: np.ndarray | None = None
+    tile_visible: np.ndarray | None = None
 
 
 @dataclass
 class Pick:
     candidate: Candidate
     reason: str
+    tiles: list[int] = field(default_factory=list)  # region unit: the frame's tiles to label, in pick order
+    voxels: int = 0  # region unit: their voxels (the cost)
 
 
 def distance_device(device: str) -> torch.device | None:
@@ -131,3 +137,88 @@ def select_frames(cands: list[Candidate], features: np.ndarray, labelled_feature
         if not np.any(~seen & (per_scene[scene_of] < cfg.per_scene_cap) & (costs <= left + 1e-9)):
             break
     return picks, strategy
+
+
+def _region_order(strategy: str, cands: list[Candidate], tiles_of: list[list[int]], feats: np.ndarray,
+                  labelled: np.ndarray, n_frames: int, cfg: SelectionConfig,
+                  device: str | torch.device | None) -> Iterator[tuple[int, int, str]]:
+    """(frame, tile, reason) in the strategy's order. entropy: every (frame, tile) pair by tile score; random
+    and stratified: pairs at random (stratified: scenes in turn); the diversity strategies (core-set, k-means,
+    hybrid) order the frames as for frame selection and each frame brings its tiles, most uncertain first."""
+    rng = np.random.default_rng(cfg.seed)
+    pairs = [(i, t) for i, ts in enumerate(tiles_of) for t in ts]
+    if strategy == "entropy":
+        score = np.array([cands[i].tile_scores[t] for i, t in pairs])
+        for r, j in enumerate(np.argsort(-score, kind="stable").tolist()):
+            yield (*pairs[j], f"tile uncertainty rank {r + 1}: {score[j]:.4f}")
+        return
+    if strategy in ("random", "stratified"):
+        perm = rng.permutation(len(pairs)).tolist()
+        if strategy == "random":
+            yield from ((*pairs[j], "random tile") for j in perm)
+            return
+        by_scene: dict[str, list[int]] = {}
+        for j in perm:
+            by_scene.setdefault(cands[pairs[j][0]].scene, []).append(j)
+        scenes = list(by_scene)
+        rng.shuffle(scenes)
+        while any(by_scene.values()):
+            for sc in scenes:
+                if by_scene[sc]:
+                    j = by_scene[sc].pop()
+                    yield (*pairs[j], f"scene-stratified random tile ({sc})")
+        return
+    for i, why in _order(strategy, cands, feats, labelled, n_frames, cfg, device):
+        for r, t in enumerate(tiles_of[i]):
+            yield i, t, f"{why}; its tile uncertainty rank {r + 1}"
+
+
+def select_regions(cands: list[Candidate], features: np.ndarray, labelled_features: np.ndarray, cfg: SelectionConfig,
+                   regions: RegionGrid, n_labelled: int = 0, pool_size: int | None = None,
+                   device: str | torch.device | None = None) -> tuple[list[Pick], str]:
+    """Choose (frame, tile) pairs under a budget of labelled voxels (selection.unit region). Only tiles with
+    visible voxels are candidates. The per-scene cap counts frames (a frame with any tile counts once), a
+    frame gives at most `max_tiles_per_frame` tiles, and a tile is taken only while its voxels fit the budget
+    left. Returns one Pick per frame (its tiles in pick order, their voxels) in the order frames were first
+    picked, and the strategy used. Deterministic (seeded, stable sorts)."""
+    check_region_budget(cfg, regions.shape)
+    strategy = resolve_strategy(cfg, n_labelled, pool_size if pool_size is not None else len(cands) + n_labelled)
+    tv = regions.voxels()
+    tiles_of = []
+    for c in cands:
+        if c.tile_scores is None or c.tile_visible is None or len(c.tile_scores) != regions.count:
+            raise ValueError(f"select_regions: candidate {c.token} has no scores for the {regions.count} tiles "
+                             f"(score the pool with selection.unit region)")
+        order = np.argsort(-np.asarray(c.tile_scores), kind="stable")
+        tiles_of.append([int(t) for t in order if c.tile_visible[t] > 0])
+    usable = [t for ts in tiles_of for t in ts]
+    if not usable:
+        return [], strategy
+    quota = cfg.max_tiles_per_frame
+    n_frames = max(1, math.ceil(cfg.budget / (min(quota, regions.count) * float(tv.mean()))))
+    scene_ids = {s: j for j, s in enumerate(dict.fromkeys(c.scene for c in cands))}
+    per_scene = np.zeros(len(scene_ids), np.int64)
+    smallest = int(tv[np.unique(usable)].min())
+    left = float(cfg.budget)
+    chosen: dict[int, Pick] = {}
+    full = 0  # frames at their quota
+    for i, t, why in _region_order(strategy, cands, tiles_of, features, labelled_features, n_frames, cfg, device):
+        c = cands[i]
+        pick = chosen.get(i)
+        if pick is None and per_scene[scene_ids[c.scene]] >= cfg.per_scene_cap:
+            continue
+        if (pick is not None and len(pick.tiles) >= quota) or tv[t] > left + 1e-9:
+            continue
+        if pick is None:
+            pick = chosen[i] = Pick(c, why)
+            per_scene[scene_ids[c.scene]] += 1
+        pick.tiles.append(t)
+        pick.voxels += int(tv[t])
+        full += len(pick.tiles) == quota
+        left -= tv[t]
+        if left < smallest - 1e-9:
+            break
+        # every scene at its cap and every picked frame at its quota: nothing further can be taken
+        if full == len(chosen) and np.all(per_scene >= cfg.per_scene_cap):
+            break
+    return list(chosen.values()), strategy

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..active.pool import score_pool
+from ..active.config import check_region_budget
+from ..active.pool import score_pool, select_pool
 from ..active.rounds import ingest as ingest_labels
 from ..active.rounds import write_manifest
-from ..active.select import distance_device, select_frames
+from ..active.select import distance_device
+from ..errors import DataError
 from ..recipe import load_recipe
 from ..store.labels import LabelStore
 
@@ -15,20 +17,24 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
     recipe = load_recipe(recipe_path, overrides, out)
     if budget is not None:
         recipe.selection = replace(recipe.selection, budget=budget)
+        try:
+            check_region_budget(recipe.selection, recipe.network.grid.shape)
+        except ValueError as exc:
+            raise DataError(f"--budget: {exc}") from None
     pool = score_pool(recipe, k)  # under torchrun: every rank scores its share, rank 0 selects
     if pool is None:
         return 0
     lab = pool.labelled
-    picks, strategy = select_frames(pool.candidates, pool.features[~lab], pool.features[lab], recipe.selection,
-                                    n_labelled=int(lab.sum()), pool_size=len(pool.tokens),
-                                    device=distance_device(recipe.device))
+    picks, strategy = select_pool(pool, recipe.selection, distance_device(recipe.device))
     path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
-                          LabelStore.open(recipe.store_path, recipe.network.grid))
-    print(f"round {k}: {len(picks)} frames selected by {strategy} from {len(pool.candidates)} unlabelled "
+                          LabelStore.open(recipe.store_path, recipe.network.grid), pool.regions)
+    region = f", {sum(len(p.tiles) for p in picks)} tiles, {sum(p.voxels for p in picks)} voxels" if pool.regions else ""
+    print(f"round {k}: {len(picks)} frames{region} selected by {strategy} from {len(pool.candidates)} unlabelled "
           f"({int(lab.sum())} already annotated); pool scored by {len(pool.scored_by)} process(es) "
           f"({', '.join(map(str, pool.scored_by))} frames)")
     for p in picks:
-        print(f"  {p.candidate.scene} {p.candidate.token}  {p.reason}")
+        tiles = f"  tiles {sorted(p.tiles)} ({p.voxels} voxels)" if pool.regions else ""
+        print(f"  {p.candidate.scene} {p.candidate.token}  {p.reason}{tiles}")
     print(f"manifest {path} (+ manifest.csv, index.html for the annotators)")
     return 0
 
@@ -37,5 +43,6 @@ def ingest(recipe_path: str, overrides: list[str], out: str | None, k: int, fold
     recipe = load_recipe(recipe_path, overrides, out)
     s = ingest_labels(recipe, k, folder)
     print(f"round {k}: {len(s['added'])} frames ingested, {len(s['unchanged'])} already there unchanged, "
-          f"{len(s['missing'])} of the manifest not delivered; {s['manual_total']} frames with manual 3D labels")
+          f"{len(s['missing'])} of the manifest not delivered; {s['voxels_added']} labelled voxels added; "
+          f"{s['manual_total']} frames with manual 3D labels ({s['manual_voxels']} labelled voxels)")
     return 0

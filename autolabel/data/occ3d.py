@@ -4,7 +4,8 @@ Each file holds ``semantics`` (uint8, X x Y x Z, ids 0..17, 255 unknown), ``mask
 ``mask_camera`` (uint8 0/1, same shape). Exported pseudo-labels add ``mask_confident`` (uint8 0/1:
 the voxel's confidence clears its class threshold) and ``label_source`` (a string: "manual" for a frame
 whose labels an annotator delivered, "pseudo" for the teacher's; issue 21); Occ3D readers that load only
-the three standard arrays skip both. Written atomically (temp file + rename) so that a crash never leaves a half-written
+the three standard arrays skip both. A region-level delivery or export (issue 21) may add ``mask_annotated``
+(uint8 0/1: the voxels an annotator labelled). Written atomically (temp file + rename) so that a crash never leaves a half-written
 file under the final name, and byte-reproducibly.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ from .npz import save_npz
 LABEL_KEYS = ("semantics", "mask_lidar", "mask_camera")
 CONFIDENT_KEY = "mask_confident"  # optional: written by the pseudo-label export
 SOURCE_KEY = "label_source"  # optional: written by the export, "manual" or "pseudo"
-SOURCES = ("manual", "pseudo")
+ANNOTATED_KEY = "mask_annotated"  # optional: region-level annotation (issue 21), 1 = labelled by an annotator
+SOURCES = ("manual", "pseudo", "region")  # region: annotated tiles (mask_annotated) + pseudo-labels elsewhere
 
 
 @dataclass
@@ -36,7 +38,8 @@ class Occ3DLabels:
     mask_lidar: np.ndarray
     mask_camera: np.ndarray
     mask_confident: np.ndarray | None = None  # exports only (see export_occ3d)
-    source: str | None = None  # exports only: "manual" (annotated) or "pseudo" (the teacher's)
+    source: str | None = None  # exports only: "manual" (annotated), "pseudo" (the teacher's) or "region"
+    mask_annotated: np.ndarray | None = None  # region-level labels: voxels an annotator labelled (None: all)
 
 
 def labels_path(root: str | os.PathLike, scene_name: str, sample_token: str) -> Path:
@@ -46,7 +49,7 @@ def labels_path(root: str | os.PathLike, scene_name: str, sample_token: str) -> 
 
 def validate_labels(labels: Occ3DLabels, grid: GridSpec, where: str) -> None:
     """Raise DataError naming `where` and the field if shapes, dtypes or values are wrong."""
-    keys = LABEL_KEYS + ((CONFIDENT_KEY,) if labels.mask_confident is not None else ())
+    keys = _keys(labels)
     for key in keys:
         arr = getattr(labels, key)
         if not isinstance(arr, np.ndarray):
@@ -69,6 +72,11 @@ def validate_labels(labels: Occ3DLabels, grid: GridSpec, where: str) -> None:
             raise DataError(f"{where}: field '{key}' must hold only 0 and 1")
 
 
+def _keys(labels: Occ3DLabels) -> tuple[str, ...]:
+    return (LABEL_KEYS + ((CONFIDENT_KEY,) if labels.mask_confident is not None else ())
+            + ((ANNOTATED_KEY,) if labels.mask_annotated is not None else ()))
+
+
 def _source(arr: np.ndarray) -> str:
     """The stored label_source (a one-element string array) as a string."""
     return str(arr.reshape(-1)[0]) if arr.size == 1 else repr(arr.tolist())
@@ -87,7 +95,8 @@ def read_labels(path: str | os.PathLike, grid: GridSpec | None = None) -> Occ3DL
                 raise DataError(f"{path}: missing key(s) {missing}; an Occ3D labels.npz holds {list(LABEL_KEYS)}, found {data.files}")
             labels = Occ3DLabels(**{k: data[k] for k in LABEL_KEYS},
                                  mask_confident=data[CONFIDENT_KEY] if CONFIDENT_KEY in data.files else None,
-                                 source=_source(data[SOURCE_KEY]) if SOURCE_KEY in data.files else None)
+                                 source=_source(data[SOURCE_KEY]) if SOURCE_KEY in data.files else None,
+                                 mask_annotated=data[ANNOTATED_KEY] if ANNOTATED_KEY in data.files else None)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -100,8 +109,7 @@ def write_labels(path: str | os.PathLike, labels: Occ3DLabels, grid: GridSpec | 
     """Validate and write ``labels.npz`` atomically (compressed, byte-reproducible). Returns the path."""
     path = Path(path)
     validate_labels(labels, grid or GridSpec(), str(path))
-    keys = LABEL_KEYS + ((CONFIDENT_KEY,) if labels.mask_confident is not None else ())
-    arrays = {k: getattr(labels, k) for k in keys}
+    arrays = {k: getattr(labels, k) for k in _keys(labels)}
     if labels.source is not None:
         arrays[SOURCE_KEY] = np.array([labels.source])  # one element (.npz stores arrays)
     return save_npz(path, arrays)

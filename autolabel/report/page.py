@@ -50,7 +50,7 @@ def legend() -> str:
 
 
 def summary_table(metrics: dict, export: dict | None, drop_quantile: float, labelled: int, occupancy_threshold: float,
-                  n_selected: int | None) -> str:
+                  n_selected: int | None, labelled_voxels: int | None = None) -> str:
     """The round's numbers: scores against the ground truth (when there is some) and the label counts."""
     val, pseudo, kept = metrics.get("val") or {}, metrics.get("pseudo") or {}, metrics.get("pseudo_thresholded") or {}
     cov = kept.get("coverage")
@@ -68,6 +68,7 @@ def summary_table(metrics: dict, export: dict | None, drop_quantile: float, labe
     if not (val or pseudo):
         scores += "<p class='note'>The dataset has no <code>gts/</code> ground truth: no scores.</p>"
     facts = [("frames with manual 3D labels", str(labelled)),
+             ("voxels labelled by annotators", "-" if labelled_voxels is None else f"{labelled_voxels:,}"),
              ("frames exported (Occ3D)", "-" if export is None else str(export.get("frames", "-"))),
              # over the pseudo-labelled frames: undefined (not 0) when every exported frame is a manual label
              ("kept share of the exported mask_camera (%)",
@@ -112,10 +113,13 @@ def selection_section(manifest: dict | None, thumbs: Sequence[tuple[str, str | N
         pics = "".join(f"<img class='thumb' src='{html.escape(p)}' alt='{alt}'> " for p, alt in
                        ((cams, "six cameras"), (bev, "current prediction, bird's-eye")) if p)
         vals = "".join(f"<td>{row[k]:.3f}</td>" if isinstance(row.get(k), (int, float)) else "<td>-</td>" for k in keys)
+        reason = row["reason"] + (f"; tiles {', '.join(str(t['index']) for t in row['tiles'])} ({row['voxels']:,} voxels)"
+                                  if "tiles" in row else "")
         rows.append(f"<tr><td>{i + 1}</td><td class='l'>{html.escape(row['scene'])}<br><code>{html.escape(row['token'])}</code>"
-                    f"</td>{vals}<td class='l'>{html.escape(row['reason'])}</td><td class='l'>{pics}</td></tr>")
+                    f"</td>{vals}<td class='l'>{html.escape(reason)}</td><td class='l'>{pics}</td></tr>")
     link = f" The annotators' page: <a href='{html.escape(select_page)}'>{html.escape(select_page)}</a>." if select_page else ""
-    unit = "cost units" if manifest.get("cost_model") else "frames"
+    unit = {"cost": "cost units", "voxels": "labelled voxels"}.get(manifest.get("budget_unit"),
+                                                                  "cost units" if manifest.get("cost_model") else "frames")
     return (f"<p id='selection'>Strategy <b>{html.escape(str(manifest['strategy']))}</b>, budget {manifest['budget']} {unit}, "
             f"spent {manifest['spent']}; pool {manifest.get('pool_size', '-')} frames, "
             f"{manifest.get('already_labelled', '-')} labelled before.{link}</p>"
@@ -124,9 +128,10 @@ def selection_section(manifest: dict | None, thumbs: Sequence[tuple[str, str | N
 
 
 def history_table(history: Sequence[dict]) -> str:
-    rows = "".join(f"<tr><td>{h['round']}</td><td>{h.get('labelled', 0)}</td><td>{_pct(h.get('val_miou'))}</td>"
-                   f"<td>{_pct(h.get('pseudo_miou'))}</td></tr>" for h in history)
-    return ("<table id='history'><tr><th>round</th><th>frames with manual 3D labels</th><th>validation mIoU (%)</th>"
+    rows = "".join(f"<tr><td>{h['round']}</td><td>{h.get('labelled', 0)}</td><td>{h.get('labelled_voxels', '-')}</td>"
+                   f"<td>{_pct(h.get('val_miou'))}</td><td>{_pct(h.get('pseudo_miou'))}</td></tr>" for h in history)
+    return ("<table id='history'><tr><th>round</th><th>frames with manual 3D labels</th><th>labelled voxels</th>"
+            "<th>validation mIoU (%)</th>"
             f"<th>pseudo-label mIoU (%)</th></tr>{rows}</table>")
 
 

@@ -190,7 +190,7 @@ def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict
     budget = budget_figure(history, folder / "budget.png") if history else None
     n_selected = None if manifest is None else len(manifest["selected"])
     summary = P.summary_table(metrics, export, recipe.rounds.export_drop_quantile, metrics.get("labelled", 0), threshold,
-                              n_selected)
+                              n_selected, metrics.get("labelled_voxels"))
     curve = P.history_table(history) + (f"<br><img src='{budget}' alt='mIoU against labelled frames'>" if budget else "")
     sections = [
         ("Summary", f"<div class='row'><div>{summary}</div><div>{P.per_class_table(metrics)}</div></div>"),

@@ -66,7 +66,10 @@ DROPPED_VOXELS = ("semantics keep the predicted class (ids 0..17, as in Occ3D-nu
 # Which frames hold what (issue 21), also written into export.json.
 LABEL_SOURCE = ("frames with ingested manual labels (manual_tokens) hold the annotators' labels as ingested "
                 "(label_source 'manual' in their labels.npz, mask_confident all 1); every other frame holds the "
-                "round's pseudo-labels (label_source 'pseudo'); kept_in_mask_camera counts the pseudo-labelled frames")
+                "round's pseudo-labels (label_source 'pseudo'); a frame with region-level manual labels (region_tokens, "
+                "label_source 'region') holds the annotators' labels in its annotated tiles (mask_annotated 1, "
+                "mask_confident 1 there) and the round's pseudo-labels elsewhere; kept_in_mask_camera counts the "
+                "pseudo-labelled frames")
 
 
 def confident_mask(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
@@ -100,15 +103,24 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
     thr = thresholds_for(arrays, drop_quantile) if drop_quantile is not None else None
     done = arrays.done()
     kept = total = 0
-    manual_tokens = []
+    manual_tokens, region_tokens = [], []
     for i in tqdm(np.flatnonzero(done), desc=f"export round {k}", disable=not progress):
         token = arrays.tokens[i]
         j = manual.index(token) if manual is not None and token in manual.tokens else None
-        if j is not None and manual_done[j]:
-            m = read_frame(manual, j)
+        m = read_frame(manual, j) if j is not None and manual_done[j] else None
+        if m is not None and (m["confidence"] == 255).all():
             labels = Occ3DLabels(m["semantics"], m["mask_lidar"], m["mask_camera"], np.ones(store.grid.shape, np.uint8),
                                  source="manual")
             manual_tokens.append(token)
+        elif m is not None:  # region-level labels (issue 21): the annotated tiles over the pseudo-labels
+            f = read_frame(arrays, int(i))
+            ann = m["confidence"] == 255
+            conf = confident_mask(f, thr) | ann
+            pick = {key: np.where(ann, m[key], f[key]) for key in ("semantics", "mask_camera", "mask_lidar")}
+            labels = Occ3DLabels(pick["semantics"], (pick["mask_lidar"].astype(bool) & conf).astype(np.uint8),
+                                 (pick["mask_camera"].astype(bool) & conf).astype(np.uint8), conf.astype(np.uint8),
+                                 source="region", mask_annotated=ann.astype(np.uint8))
+            region_tokens.append(token)
         else:
             f = read_frame(arrays, int(i))
             conf = confident_mask(f, thr)
@@ -119,8 +131,9 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
             total += int(cam.sum())
         write_labels(labels_path(out, scenes[token], token), labels, store.grid)
     summary = {"store": str(store.path), "round": k, "frames": int(done.sum()), "frames_in_round": len(arrays),
-               "frames_manual": len(manual_tokens), "frames_pseudo": int(done.sum()) - len(manual_tokens),
-               "manual_tokens": manual_tokens, "label_source": LABEL_SOURCE,
+               "frames_manual": len(manual_tokens), "frames_region": len(region_tokens),
+               "frames_pseudo": int(done.sum()) - len(manual_tokens) - len(region_tokens),
+               "manual_tokens": manual_tokens, "region_tokens": region_tokens, "label_source": LABEL_SOURCE,
                "drop_quantile": drop_quantile, "thresholds": None if thr is None else thr.tolist(),
                "kept_in_mask_camera": kept / max(total, 1), "dropped_voxels": DROPPED_VOXELS,
                "provenance": {key: v for key, v in arrays.attrs.items() if key not in ("scenes", "recipe")},

@@ -157,6 +157,15 @@ class FrameDataset(Dataset):
             item["gt_semantics"] = torch.full(shape, FREE_ID, dtype=torch.uint8)
             item["gt_mask"] = torch.zeros(shape, dtype=torch.uint8)
             item["has_gt"] = torch.tensor(False)
+        if self.manual is not None:
+            # voxels an annotator labelled (issue 21, region-level labels): the 3D loss trusts only these, and
+            # the teacher's pseudo-labels teach the rest of the frame; all of a whole-frame label, none without
+            annotated = getattr(gt, "mask_annotated", None)
+            if annotated is not None:
+                item["gt_annotated"] = torch.from_numpy(annotated)
+                item["gt_mask"] = item["gt_mask"] * item["gt_annotated"]
+            else:
+                item["gt_annotated"] = torch.full(shape, int(gt is not None), dtype=torch.uint8)
         if self.aux_frames:
             aux = [self._supervision(nb, key_pose)[1:] if nb is not None else None for nb in self._neighbours(frame)]
             blank = (K, cam2key, np.zeros_like(depth), np.full_like(sem, 255), np.zeros_like(conf))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from occnet.atomic import atomic_write
@@ -26,7 +27,8 @@ from .data import FrameDataset
 
 def manual_labels(store_path: Path, grid, exclude: set[str] = frozenset()) -> dict[str, Occ3DLabels]:
     """Token -> Occ3D labels of every ingested manual frame but those in `exclude` (empty when nothing
-    was annotated yet)."""
+    was annotated yet). A region-level label (issue 21) carries `mask_annotated`, the voxels an annotator
+    labelled (the manual group's confidence 255); a whole-frame label has None (every voxel)."""
     if not (store_path / "zarr.json").is_file():
         return {}
     manual = LabelStore.open(store_path, grid).manual()
@@ -37,8 +39,17 @@ def manual_labels(store_path: Path, grid, exclude: set[str] = frozenset()) -> di
     for i, token in enumerate(manual.tokens):
         if done[i] and token not in exclude:
             f = read_frame(manual, i)
-            out[token] = Occ3DLabels(f["semantics"], f["mask_lidar"], f["mask_camera"])
+            annotated = f["confidence"] == 255
+            out[token] = Occ3DLabels(f["semantics"], f["mask_lidar"], f["mask_camera"],
+                                     mask_annotated=None if annotated.all() else annotated.astype(np.uint8))
     return out
+
+
+def labelled_voxels(manual: dict[str, Occ3DLabels], shape) -> int:
+    """Voxels labelled by annotators in `manual_labels`' frames: a whole frame counts the grid, a region-level
+    label its annotated tiles."""
+    whole = int(np.prod(shape))
+    return sum(whole if lab.mask_annotated is None else int(lab.mask_annotated.sum()) for lab in manual.values())
 
 
 def selected_from(recipe: Recipe, k: int) -> set[str]:
@@ -127,4 +138,5 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
         save_threshold(out_dir, calibrate_threshold(model, dataset, device))
     barrier()
     return {"round": k, "steps": trainer.step, "frames": len(dataset), "manual_frames": len(manual),
+            "manual_voxels": labelled_voxels(manual, recipe.network.grid.shape),
             "checkpoint": str(out_dir / CHECKPOINT), "last": history[-1] if history else None}

@@ -1,0 +1,246 @@
+"""Region-level annotation (issue 21): BEV tiles, their scores and selection under a voxel budget, tile
+manifests, partial deliveries at ingest, the 3D loss trusting only annotated voxels, the oracle's tiles."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from autolabel.active.config import SelectionConfig, check_region_budget
+from autolabel.active.regions import RegionGrid, bounds_mask, tile_entropy_by_class, tile_scores
+from autolabel.active.scores import entropy_by_class
+from autolabel.active.select import Candidate, select_regions
+from autolabel.cli import main
+from autolabel.data.occ3d import Occ3DLabels, labels_path, read_labels, write_labels
+from autolabel.errors import DataError
+from autolabel.store.labels import LabelStore
+from occnet.classes import FREE_ID, IGNORE_ID
+
+
+# ---- config -------------------------------------------------------------------------------------------------
+def test_region_config_is_validated_with_clear_errors():
+    with pytest.raises(ValueError, match="selection.unit must be one of"):
+        SelectionConfig(unit="tile")
+    with pytest.raises(ValueError, match="cost_model prices whole frames"):
+        SelectionConfig(unit="region", cost_model=True, budget=1e6)
+    with pytest.raises(ValueError, match="region_size must be >= 1"):
+        SelectionConfig(unit="region", region_size=0)
+    cfg = SelectionConfig(unit="region", budget=10)  # a frame count left in place
+    with pytest.raises(ValueError, match=r"in labelled voxels .* 25 x 25 x 16 = 10000 voxels; a budget of N frames "
+                                         r"is N x 640000 voxels"):
+        check_region_budget(cfg, (200, 200, 16))
+    check_region_budget(SelectionConfig(unit="region", budget=10_000), (200, 200, 16))
+    check_region_budget(SelectionConfig(budget=10), (200, 200, 16))  # frames: nothing to check
+    with pytest.raises(ValueError, match="larger than the grid"):
+        check_region_budget(SelectionConfig(unit="region", region_size=300, budget=1e9), (200, 200, 16))
+    from autolabel.config_io import from_dict
+    from autolabel.recipe import Recipe
+
+    with pytest.raises(DataError, match="selection.budget is in labelled voxels"):
+        from_dict(Recipe, {"data": {"dataroot": "x"}, "selection": {"unit": "region", "budget": 10}})
+
+
+# ---- tiles and their scores ---------------------------------------------------------------------------------
+def test_tiles_cover_the_grid_and_their_scores_add_up_to_the_frame():
+    occ3d = RegionGrid((200, 200, 16), 25)
+    assert occ3d.per_side == (8, 8) and occ3d.count == 64 and (occ3d.voxels() == 10_000).all()
+    assert occ3d.bounds(9) == [[25, 50], [25, 50], [0, 16]]
+    ragged = RegionGrid((64, 64, 8), 25)  # the last row and column are cut at the edge
+    assert ragged.per_side == (3, 3) and ragged.bounds(8) == [[50, 64], [50, 64], [0, 8]]
+    assert ragged.voxels().sum() == 64 * 64 * 8
+    assert bounds_mask((64, 64, 8), [ragged.bounds(t) for t in range(9)]).all()
+    tiles = ragged.cell_tiles()
+    assert tiles[0, 0] == 0 and tiles[30, 0] == 3 and tiles[63, 63] == 8
+
+    g = torch.Generator().manual_seed(0)
+    probs = (8 * torch.rand(64, 64, 8, 18, generator=g)).softmax(-1)
+    probs[:25, :25] = 0.001 / 17  # tile 0: confident (free) ...
+    probs[:25, :25, :, FREE_ID] = 0.999
+    probs[25:50, 50:] = 1 / 18  # ... tile 5: as confused as it gets
+    mask = torch.rand(64, 64, 8, generator=g) > 0.3
+    mask[50:, 50:] = False  # tile 8: nothing visible
+    sums, counts = tile_entropy_by_class(probs, mask, ragged)
+    assert sums.shape == counts.shape == (9, 18)
+    fs, fc = entropy_by_class(probs, mask)
+    np.testing.assert_allclose(sums.sum(0), fs.numpy(), rtol=1e-4)
+    np.testing.assert_array_equal(counts.sum(0), fc.numpy())
+    assert counts[8].sum() == 0
+    score = tile_scores(sums, np.ones(18), ragged.voxels())
+    assert score[8] == 0 and int(np.argmax(score)) == 5 and int(np.argmin(score[:8])) == 0
+
+
+# ---- selection ----------------------------------------------------------------------------------------------
+def _region_pool(n_scenes=3, per_scene=4, tiles=16, seed=0):
+    rng = np.random.default_rng(seed)
+    cands = []
+    for s in range(n_scenes):
+        for i in range(per_scene):
+            visible = rng.integers(0, 50, tiles).astype(float)
+            visible[rng.random(tiles) < 0.25] = 0
+            cands.append(Candidate(f"t{s}{i}", f"scene{s}", {"uncertainty": float(rng.random())},
+                                   tile_scores=rng.random(tiles) * (visible > 0), tile_visible=visible))
+    return cands, rng.normal(size=(len(cands), 8))
+
+
+@pytest.mark.parametrize("strategy", ["random", "stratified", "entropy", "coreset", "kmeans", "hybrid", "auto"])
+def test_region_selection_holds_budget_caps_and_is_deterministic(strategy):
+    cands, feats = _region_pool()
+    regions = RegionGrid((64, 64, 8), 16)  # 4 x 4 tiles of 2,048 voxels
+    cfg = SelectionConfig(strategy=strategy, unit="region", budget=2048 * 11 + 100, per_scene_cap=2, max_tiles_per_frame=3)
+    picks, used = select_regions(cands, feats, np.zeros((0, 8)), cfg, regions)
+    again, _ = select_regions(cands, feats, np.zeros((0, 8)), cfg, regions)
+    assert [(p.candidate.token, p.tiles) for p in picks] == [(p.candidate.token, p.tiles) for p in again]
+    assert used == (strategy if strategy != "auto" else "coreset")
+    total = sum(p.voxels for p in picks)
+    assert total == 2048 * 11 == sum(len(p.tiles) for p in picks) * 2048  # the budget is spent in whole tiles
+    assert all(len(p.tiles) <= 3 and len(set(p.tiles)) == len(p.tiles) for p in picks)
+    scenes = [p.candidate.scene for p in picks]
+    assert max(scenes.count(s) for s in set(scenes)) <= 2 and len(set(p.candidate.token for p in picks)) == len(picks)
+    assert all(p.candidate.tile_visible[t] > 0 for p in picks for t in p.tiles)  # never a tile with nothing visible
+
+
+def test_region_entropy_takes_the_most_uncertain_tiles_of_the_pool():
+    cands, feats = _region_pool()
+    regions = RegionGrid((64, 64, 8), 16)
+    cfg = SelectionConfig(strategy="entropy", unit="region", budget=2048 * 5, per_scene_cap=10, max_tiles_per_frame=16)
+    picks, _ = select_regions(cands, feats, np.zeros((0, 8)), cfg, regions)
+    pairs = sorted(((c.tile_scores[t], c.token, t) for c in cands for t in range(16) if c.tile_visible[t] > 0), reverse=True)
+    assert {(p.candidate.token, t) for p in picks for t in p.tiles} == {(tok, t) for _, tok, t in pairs[:5]}
+    with pytest.raises(ValueError, match="does not buy one tile"):
+        select_regions(cands, feats, np.zeros((0, 8)), SelectionConfig(unit="region", budget=10), regions)
+
+
+# ---- the 3D loss trusts only annotated voxels ----------------------------------------------------------------
+def test_labels_outside_the_annotated_tiles_never_reach_the_loss(pool_world):
+    """A region-level manual label whose voxels outside the tiles carry wrong classes trains exactly like one
+    whose outside voxels are right (or absent); the teacher's pseudo-labels teach the outside voxels only."""
+    from occnet.config import LossConfig, RenderConfig, TrainConfig
+    from occnet.network import OccupancyNetwork
+    from occnet.trainer import Trainer
+    from tiny_models import NET, TINY_GRID
+
+    from autolabel.data.nuscenes import NuScenesFrames
+    from autolabel.training.data import FrameDataset
+    from occnet.config import NetworkConfig
+
+    frames = NuScenesFrames(pool_world, "v1.0-synth", grid=TINY_GRID)
+    token = frames.tokens[0]
+    gt = frames.frame(token, images=False).gt
+    tiles = bounds_mask(TINY_GRID.shape, [RegionGrid(TINY_GRID.shape, 16).bounds(t) for t in (5, 10)])
+    wrong = np.where(tiles, gt.semantics, np.where(gt.semantics == FREE_ID, 4, FREE_ID)).astype(np.uint8)
+    ann = tiles.astype(np.uint8)
+
+    def batch(sem):
+        lab = Occ3DLabels(sem, gt.mask_lidar, gt.mask_camera, mask_annotated=ann)
+        item = FrameDataset(frames, (64, 112), labels="exact", indices=[0], manual={token: lab})[0]
+        return {k: (v[None] if torch.is_tensor(v) else v) for k, v in item.items()}
+
+    right, bad = batch(gt.semantics), batch(wrong)
+    assert bad["gt_annotated"].sum() == tiles.sum() and not bad["gt_mask"][0][~torch.from_numpy(tiles)].any()
+    pseudo = torch.from_numpy(gt.semantics.astype(np.int64))[None]
+
+    def annotate(b, step, sem=pseudo):
+        return {"pseudo_semantics": sem, "pseudo_confidence": torch.ones(sem.shape), "has_pseudo": torch.tensor([True])}
+
+    torch.manual_seed(0)
+    model = OccupancyNetwork(NetworkConfig(**{**NET, "grid": TINY_GRID})).eval()
+    off = dict(depth=0, semantics_2d=0, depth_distribution=0, line_of_sight=0)
+    trainer = Trainer(model, RenderConfig(rays_per_frame=64), LossConfig(labels_3d=1, pseudo_3d=1, **off),
+                      TrainConfig(steps=1), Path("/nonexistent"), torch.device("cpu"), annotate=annotate)
+    with torch.no_grad():
+        a, b = trainer.losses(right, 0), trainer.losses(bad, 0)
+        torch.testing.assert_close(a["labels3d"], b["labels3d"])
+        whole = dict(bad, gt_annotated=torch.ones_like(bad["gt_annotated"]), gt_mask=torch.from_numpy(gt.mask_camera)[None])
+        assert not torch.allclose(trainer.losses(whole, 0)["labels3d"], a["labels3d"])  # wrong labels would count
+        # pseudo-labels: changed inside the tiles -> no effect; changed outside -> the loss moves
+        flip = torch.where(pseudo == FREE_ID, 4, FREE_ID)
+        t = torch.from_numpy(tiles)[None]
+        trainer.annotate = lambda b_, s_: annotate(b_, s_, torch.where(t, flip, pseudo))
+        torch.testing.assert_close(trainer.losses(bad, 0)["pseudo3d"], a["pseudo3d"])
+        trainer.annotate = lambda b_, s_: annotate(b_, s_, torch.where(t, pseudo, flip))
+        assert not torch.allclose(trainer.losses(bad, 0)["pseudo3d"], a["pseudo3d"])
+
+
+# ---- the round protocol -------------------------------------------------------------------------------------
+@pytest.fixture
+def region_run(trained, tmp_path) -> Path:
+    shutil.copytree(trained, tmp_path / "t")
+    recipe = tmp_path / "t" / "recipe.yaml"
+    r = yaml.safe_load(recipe.read_text())
+    r["out"] = str(tmp_path / "t" / "run")
+    r["selection"] = {"unit": "region", "region_size": 16, "budget": 2048 * 5, "per_scene_cap": 1,
+                      "max_tiles_per_frame": 3, "strategy": "entropy"}
+    recipe.write_text(yaml.safe_dump(r))
+    return recipe
+
+
+def test_region_round_select_oracle_ingest_export(region_run, pool_world, tmp_path, capsys):
+    from autolabel.active.rounds import ingest, oracle_annotate
+    from autolabel.recipe import load_recipe
+    from autolabel.training.rounds import labelled_voxels, manual_labels
+    from tiny_models import TINY_GRID
+
+    run = region_run.parent / "run"
+    assert main(["select", str(region_run), "--round", "0", "--budget", "10"]) == 2  # a frame count, refused
+    assert "labelled voxels" in capsys.readouterr().err
+    assert main(["select", str(region_run), "--round", "0"]) == 0
+    manifest = json.loads((run / "round_0" / "select" / "manifest.json").read_text())
+    assert manifest["unit"] == "region" and manifest["budget_unit"] == "voxels" and manifest["tiles_per_side"] == [4, 4]
+    rows = manifest["selected"]
+    assert len(rows) == 2 and sum(len(r["tiles"]) for r in rows) == 5  # 2 scenes, cap 1: 3 + 2 tiles
+    assert manifest["voxels_total"] == manifest["spent"] == sum(r["voxels"] for r in rows) == 5 * 2048
+    assert all(r["cost"] == r["voxels"] == 2048 * len(r["tiles"]) for r in rows)
+    regions = RegionGrid(TINY_GRID.shape, 16)
+    assert all(t["bounds"] == regions.bounds(t["index"]) for r in rows for t in r["tiles"])
+    assert "tiles to label" in (run / "round_0" / "select" / "index.html").read_text()
+
+    recipe = load_recipe(region_run)
+    ann = tmp_path / "ann"
+    assert oracle_annotate(recipe, 0, pool_world, ann) == 2
+    for r in rows:  # the oracle delivers the requested tiles only
+        got = read_labels(labels_path(ann, r["scene"], r["token"]), TINY_GRID)
+        want = bounds_mask(TINY_GRID.shape, [t["bounds"] for t in r["tiles"]])
+        np.testing.assert_array_equal(got.mask_annotated.astype(bool), want)
+        assert (got.semantics[~want] == IGNORE_ID).all() and not got.mask_camera[~want].any()
+
+    # a delivery missing part of a requested tile is refused, naming the frame and the tile
+    r0 = rows[0]
+    path = labels_path(ann, r0["scene"], r0["token"])
+    good = read_labels(path, TINY_GRID)
+    (x0, _), (y0, _), _ = r0["tiles"][0]["bounds"]
+    holed = good.semantics.copy()
+    holed[x0, y0, 0] = IGNORE_ID
+    write_labels(path, Occ3DLabels(holed, good.mask_lidar, good.mask_camera, mask_annotated=good.mask_annotated), TINY_GRID)
+    with pytest.raises(DataError, match=f"frame {r0['token']} tile {r0['tiles'][0]['index']} .* 1 of 2048 voxels"):
+        ingest(recipe, 0, ann)
+    # a full-frame delivery with wrong classes outside the tiles: accepted, only the tiles are stored
+    truth = read_labels(labels_path(pool_world, r0["scene"], r0["token"]), TINY_GRID)
+    want = bounds_mask(TINY_GRID.shape, [t["bounds"] for t in r0["tiles"]])
+    wrong = np.where(want, truth.semantics, 4).astype(np.uint8)
+    write_labels(path, Occ3DLabels(wrong, truth.mask_lidar, truth.mask_camera), TINY_GRID)
+    s = ingest(recipe, 0, ann)
+    assert len(s["added"]) == 2 and s["voxels_added"] == s["manual_voxels"] == 5 * 2048
+    manual = LabelStore.open(run / "labels.zarr").manual()
+    i = manual.index(r0["token"])
+    np.testing.assert_array_equal(manual.read(i, "confidence") == 255, want)
+    np.testing.assert_array_equal(manual.read(i, "semantics"), np.where(want, truth.semantics, IGNORE_ID))
+    assert not manual.read(i, "mask_camera")[~want].any()
+    assert ingest(recipe, 0, ann)["unchanged"] == [r["token"] for r in rows]  # idempotent
+    labels = manual_labels(run / "labels.zarr", TINY_GRID)
+    np.testing.assert_array_equal(labels[r0["token"]].mask_annotated.astype(bool), want)
+    assert labelled_voxels(labels, TINY_GRID.shape) == 5 * 2048
+
+    # the export: annotated tiles over the round's pseudo-labels, label_source 'region'
+    assert main(["export", str(run / "labels.zarr"), str(tmp_path / "export"), "--round", "0"]) == 0
+    summary = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert set(summary["region_tokens"]) == {r["token"] for r in rows} and summary["frames_manual"] == 0
+    got = read_labels(labels_path(tmp_path / "export", r0["scene"], r0["token"]), TINY_GRID)
+    pseudo = LabelStore.open(run / "labels.zarr").round(0)
+    assert got.source == "region" and (got.semantics != IGNORE_ID).all()
+    np.testing.assert_array_equal(got.semantics[want], truth.semantics[want])
+    np.testing.assert_array_equal(got.semantics[~want], pseudo.read(pseudo.index(r0["token"]), "semantics")[~want])

@@ -105,7 +105,9 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     assert code == 0, capsys.readouterr().err
     assert "round 1: 1 frames with manual 3D labels" in out
     stages = json.loads((run / "stages.json").read_text())
-    assert stages["round_0/ingest"] == {"added": 1, "manual_total": 1, "seconds": stages["round_0/ingest"]["seconds"]}
+    ingest = stages["round_0/ingest"]
+    assert (ingest["added"], ingest["manual_total"]) == (1, 1)
+    assert ingest["voxels_added"] == ingest["manual_voxels"] == GRID.num_voxels  # a whole frame, every voxel labelled
     assert stages["round_1/train"]["manual_frames"] == 1
     exported = run / "export" / "round_1" / "gts" / SAMPLE_SCENE / SAMPLE_TOKEN / "labels.npz"
     with np.load(exported) as f:

@@ -138,7 +138,7 @@ def test_sam3_masks_classes_and_scores_come_straight_from_the_model(tiny_models,
     assert set(labels.tolist()) == {class_id(c) if c != "ignore" else 255 for c in VOCAB}
     # the score is the model's own: sigmoid(query logit) x sigmoid(presence) of the phrase's forward pass
     out = seg.model(pixel_values=torch.nn.functional.interpolate(
-        (torch.from_numpy(image).permute(2, 0, 1)[None].float() - seg.mean) / seg.std, seg.size, mode="bilinear",
+        (torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() - seg.mean) / seg.std, seg.size, mode="bilinear",
         antialias=True, align_corners=False), input_ids=seg.ids[:1], attention_mask=seg.att[:1])
     expected = out.pred_logits.sigmoid()[0] * out.presence_logits.sigmoid()[0]
     torch.testing.assert_close(scores[:n_queries], expected, atol=2e-3, rtol=0)

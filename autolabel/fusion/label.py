@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -13,6 +12,7 @@ from occnet.distributed import barrier, is_main, rank, world_size
 
 from ..data.nuscenes import NuScenesFrames
 from ..dts.label import visibility_masks
+from ..store.frame_arrays import ShardWriter, pending_frames
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache
 from .config import FusionConfig
@@ -23,7 +23,7 @@ from .fuse import fuse
 def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStore, k: int, grid: GridSpec,
                cfg: FusionConfig, device: torch.device, progress: bool = True) -> dict:
     """Write round k's labels from fusion for every frame not yet done (resumable by the store's done flags;
-    under torchrun each rank fuses frames i % world == rank). Unobserved voxels are 255 with confidence 0:
+    under torchrun each rank fuses whole shards of frames, written together as labelling does). Unobserved voxels are 255 with confidence 0:
     evaluation counts them as unlabelled. Masks as Occ3D's, against the fused occupancy."""
     provenance = {"labeller": "fusion", "fusion": asdict(cfg), "supervision_provider": cache.arrays.attrs.get("provider"),
                   "supervision_settings": cache.arrays.attrs.get("provider_settings"),
@@ -34,7 +34,8 @@ def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStor
     barrier()
     if not is_main():
         arrays = store.create_round(k, frames.tokens, scenes, provenance)
-    pending = [i for i in np.flatnonzero(~arrays.done()).tolist() if i % world_size() == rank()]
+    pending = pending_frames(arrays, rank(), world_size())
+    writer = ShardWriter(arrays, pending)
     t0 = time.perf_counter()
     for i in tqdm(pending, desc=f"fuse round {k}", disable=not progress or not is_main()):
         token = frames.tokens[i]
@@ -47,8 +48,8 @@ def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStor
         semantics = torch.from_numpy(fused.semantics).to(device)
         cam_mask, lidar_mask = visibility_masks(semantics, K, cam2ego, tuple(cache.image_size), own.origin,
                                                 own.points[own.keyframe], grid)
-        arrays.write(i, semantics=fused.semantics, confidence=fused.confidence, mask_camera=cam_mask.cpu().numpy(),
-                     mask_lidar=lidar_mask.cpu().numpy())
+        writer.add(i, semantics=fused.semantics, confidence=fused.confidence, mask_camera=cam_mask.cpu().numpy(),
+                   mask_lidar=lidar_mask.cpu().numpy())
     barrier()
     return {"frames": len(frames), "labelled": len(pending), "seconds": time.perf_counter() - t0}
 

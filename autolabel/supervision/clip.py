@@ -28,9 +28,9 @@ def check_model_folder(path: str | None, field: str, what: str) -> Path:
     return p
 
 
-def load_model_folder(model_cls, path: str | None, field: str, what: str, device: torch.device):
-    """(model in eval mode on `device`, tokenizer, image mean (1, 3, 1, 1), image std) from a local
-    transformers folder; any loading failure is a DataError naming the recipe field."""
+def load_model_parts(model_cls, path: str | None, field: str, what: str, device: torch.device):
+    """(model in eval mode on `device`, tokenizer, image processor, folder) from a local transformers folder;
+    any loading failure is a DataError naming the recipe field."""
     from transformers import AutoImageProcessor, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -42,6 +42,13 @@ def load_model_folder(model_cls, path: str | None, field: str, what: str, device
         processor = AutoImageProcessor.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise DataError(f"{field}: cannot load a {what} from {folder}: {str(exc).splitlines()[0]}") from None
+    return model, tokenizer, processor, folder
+
+
+def load_model_folder(model_cls, path: str | None, field: str, what: str, device: torch.device):
+    """(model in eval mode on `device`, tokenizer, image mean (1, 3, 1, 1), image std) from a local
+    transformers folder (load_model_parts)."""
+    model, tokenizer, processor, _ = load_model_parts(model_cls, path, field, what, device)
     mean = torch.tensor(processor.image_mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(processor.image_std, device=device).view(1, 3, 1, 1)
     return model, tokenizer, mean, std

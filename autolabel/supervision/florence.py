@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data.transforms import ResizeCrop
 from ..errors import DataError
-from .clip import check_model_folder
+from .clip import load_model_parts
 from .config import VlmConfig
 from .naming import Vocabulary
 from .sam import label_to_camera
@@ -27,16 +27,10 @@ BINS = 1000
 
 class FlorenceNamer:
     def __init__(self, cfg: VlmConfig, vocab: Vocabulary, device: torch.device, bf16: bool = True):
-        from transformers import AutoImageProcessor, AutoTokenizer, Florence2ForConditionalGeneration
+        from transformers import Florence2ForConditionalGeneration
 
-        folder = check_model_folder(cfg.model, "supervision.vlm.model", "Florence-2 model (e.g. florence-community/Florence-2-large)")
-        try:
-            self.model = Florence2ForConditionalGeneration.from_pretrained(folder).to(device).eval()
-            tok = AutoTokenizer.from_pretrained(folder)
-            proc = AutoImageProcessor.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"supervision.vlm.model: cannot load a Florence-2 model from {folder}: "
-                            f"{str(exc).splitlines()[0]}") from None
+        self.model, tok, proc, folder = load_model_parts(Florence2ForConditionalGeneration, cfg.model, "supervision.vlm.model",
+                                                         "Florence-2 model (e.g. florence-community/Florence-2-large)", device)
         self.loc = tok.convert_tokens_to_ids([f"<loc_{i}>" for i in range(BINS)])
         if tok.unk_token_id in self.loc:
             raise DataError(f"supervision.vlm.model: the tokenizer in {folder} has no <loc_0>..<loc_999> tokens (not Florence-2's)")

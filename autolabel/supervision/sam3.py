@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.transforms import ResizeCrop
-from ..errors import DataError
-from .clip import check_model_folder
+from .clip import load_model_parts
 from .config import Sam3Config
 from .naming import Vocabulary
 from .sam import label_grid
@@ -27,15 +26,10 @@ SAM3_TYPES = ("sam3",)
 
 class Sam3Segmenter:
     def __init__(self, cfg: Sam3Config, vocab: Vocabulary, device: torch.device, bf16: bool = True):
-        from transformers import AutoImageProcessor, AutoTokenizer, Sam3Model
+        from transformers import Sam3Model
 
-        folder = check_model_folder(cfg.model, "supervision.sam3.model", "SAM 3 model (e.g. facebook/sam3)")
-        try:
-            self.model = Sam3Model.from_pretrained(folder).to(device).eval()
-            tok = AutoTokenizer.from_pretrained(folder)
-            proc = AutoImageProcessor.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"supervision.sam3.model: cannot load a SAM 3 model from {folder}: {str(exc).splitlines()[0]}") from None
+        self.model, tok, proc, _ = load_model_parts(Sam3Model, cfg.model, "supervision.sam3.model",
+                                                    "SAM 3 model (e.g. facebook/sam3)", device)
         self.cfg, self.vocab, self.device = cfg, vocab, device
         self.dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
         self.size = (proc.size["height"], proc.size["width"])

@@ -161,7 +161,7 @@ def test_florence_scores_are_the_phrase_log_likelihoods(tiny_models, sample_fram
 
     namer = FlorenceNamer(VlmConfig(model=tiny_models["florence2"], batch_size=5), Vocabulary.from_mapping(VOCAB),
                           torch.device("cpu"), bf16=False)
-    image = torch.from_numpy(sample_frame.cameras[1].image).permute(2, 0, 1).float() / 255
+    image = torch.from_numpy(sample_frame.cameras[1].image.copy()).permute(2, 0, 1).float() / 255
     rc = ResizeCrop.fit(tuple(image.shape[1:]), LABEL_HW)
     masks = torch.zeros(2, *LABEL_HW, dtype=torch.bool)
     boxes = torch.tensor([[10.0, 5.0, 60.0, 40.0], [100.0, 20.0, 170.0, 60.0]])

@@ -20,6 +20,7 @@ from kernels.grid import GridSpec
 from ..errors import DataError
 from .frame import CAMERA_NAMES, LIDAR_NAME, Camera, Frame, Lidar
 from .geometry import transform_matrix
+from .movers import boxes_at, mover_mask
 from .occ3d import labels_path, read_labels
 
 LIDAR_POINT_DIMS = 5  # x, y, z, intensity, ring
@@ -196,7 +197,8 @@ class NuScenesFrames(Sequence[Frame]):
                       timestamp=int(sd["timestamp"]), token=sd["token"], image_size=size)
 
     def _lidar(self, sample: dict, sweeps: int | None = None) -> Lidar:
-        """The keyframe's LiDAR with `sweeps` earlier sweeps (None: the dataset's; -1: poses only, no file read)."""
+        """The keyframe's LiDAR with `sweeps` earlier sweeps (None: the dataset's; -1: poses only, no file read).
+        Sweep points inside the boxes of moving objects at the sweep's time are dropped (autolabel.data.movers)."""
         where = f"sample {sample['token']} {LIDAR_NAME}"
         if LIDAR_NAME not in sample["data"]:
             raise DataError(f"{where}: the sample has no {LIDAR_NAME} data")
@@ -218,10 +220,12 @@ class NuScenesFrames(Sequence[Frame]):
             sweep_where = f"{where} sweep {sd['token']}"
             _, s_lidar2ego, s_ego2global = self._poses(sd, sweep_where)
             sweep = load_lidar_file(self.dataroot / sd["filename"], sweep_where)
-            to_key = global2key @ s_ego2global @ s_lidar2ego
-            s_xyz = sweep[:, :3].astype(np.float64) @ to_key[:3, :3].T + to_key[:3, 3]
-            clouds.append(np.concatenate([s_xyz, sweep[:, 3:]], axis=1))
-            lags.append(np.full(len(sweep), (key_sd["timestamp"] - sd["timestamp"]) * 1e-6))
+            to_global = s_ego2global @ s_lidar2ego
+            g_xyz = sweep[:, :3].astype(np.float64) @ to_global[:3, :3].T + to_global[:3, 3]
+            keep = ~mover_mask(g_xyz, boxes_at(self.nusc, sample, int(sd["timestamp"])))  # no ghosts of movers
+            s_xyz = g_xyz[keep] @ global2key[:3, :3].T + global2key[:3, 3]
+            clouds.append(np.concatenate([s_xyz, sweep[keep, 3:]], axis=1))
+            lags.append(np.full(len(s_xyz), (key_sd["timestamp"] - sd["timestamp"]) * 1e-6))
         return Lidar(points=np.concatenate(clouds).astype(np.float32), time_lag=np.concatenate(lags).astype(np.float32),
                      ego2global=ego2global, lidar2ego=lidar2ego, timestamp=int(key_sd["timestamp"]), token=key_sd["token"])
 

@@ -1,0 +1,60 @@
+"""Points of moving things in accumulated LiDAR sweeps (issue 23).
+
+A sweep taken before the keyframe saw cars, people and cyclists where they were then: moved into the
+keyframe's frame with the ego pose, their points stand where nothing is now and would give depth maps and
+free space a ghost. `mover_mask` finds them: each annotated object of a moving category (vehicles, people,
+animals; the devkit's `sample_annotation` boxes in the global frame) is placed at the sweep's time by
+interpolating its box between the previous keyframe and this one (centre linearly, rotation by slerp),
+and a sweep point inside it (with a small margin) is a mover. The keyframe sweep itself is never filtered.
+Datasets without annotations (a test split) have no boxes: nothing is dropped there.
+"""
+from __future__ import annotations
+
+import numpy as np
+from nuscenes.utils.data_classes import Box
+from nuscenes.utils.geometry_utils import points_in_box
+from pyquaternion import Quaternion
+
+MOVING_PREFIXES = ("vehicle.", "human.", "animal")
+MARGIN = 1.1  # box size factor: points on a moving surface's edge, annotation slack
+
+
+def is_moving_category(name: str) -> bool:
+    return name.startswith(MOVING_PREFIXES)
+
+
+def _boxes(nusc, sample: dict) -> dict[str, Box]:
+    """instance token -> its box at `sample`, for the moving categories."""
+    out = {}
+    for ann_token in sample["anns"]:
+        ann = nusc.get("sample_annotation", ann_token)
+        if is_moving_category(ann["category_name"]):
+            out[ann["instance_token"]] = Box(ann["translation"], ann["size"], Quaternion(ann["rotation"]))
+    return out
+
+
+def boxes_at(nusc, sample: dict, timestamp: int) -> list[Box]:
+    """The moving objects' boxes (global frame) at `timestamp` (microseconds) between the previous keyframe
+    and `sample`: interpolated where an object is annotated at both, else the one annotation there is."""
+    now = _boxes(nusc, sample)
+    before = _boxes(nusc, nusc.get("sample", sample["prev"])) if sample["prev"] else {}
+    t1 = sample["timestamp"]
+    t0 = nusc.get("sample", sample["prev"])["timestamp"] if sample["prev"] else t1
+    a = 1.0 if t1 == t0 else float(np.clip((timestamp - t0) / (t1 - t0), 0.0, 1.0))
+    out = []
+    for inst in sorted(set(now) | set(before)):
+        b0, b1 = before.get(inst), now.get(inst)
+        if b0 is None or b1 is None:
+            out.append(b0 or b1)
+            continue
+        centre = (1 - a) * b0.center + a * b1.center
+        out.append(Box(centre, b1.wlh, Quaternion.slerp(b0.orientation, b1.orientation, a)))
+    return out
+
+
+def mover_mask(points_global: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    """(P,) bool: the points (P, 3) global frame that lie inside any of `boxes` (enlarged by MARGIN)."""
+    inside = np.zeros(len(points_global), bool)
+    for box in boxes:
+        inside |= points_in_box(box, points_global.T, wlh_factor=MARGIN)
+    return inside

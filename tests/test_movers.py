@@ -1,0 +1,78 @@
+"""Accumulated LiDAR sweeps without the ghosts of moving things (issue 23): sweep points inside the boxes of
+vehicles, people and animals at the sweep's time are dropped; the keyframe sweep is never filtered."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import autolabel.data.nuscenes as nuscenes_module
+from autolabel.data.movers import boxes_at, is_moving_category
+from autolabel.data.nuscenes import NuScenesFrames
+from autolabel.supervision.lidar_depth import lidar_depth_maps
+from autolabel.synth.writer import SynthConfig, write_dataset
+from tiny_models import TINY_GRID
+
+SWEEPS = 5
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweeps")
+    write_dataset(root, SynthConfig(scenes=1, frames_per_scene=2, seed=7, image_size=(112, 200), sweeps=SWEEPS),
+                  grid=TINY_GRID, progress=False)
+    return root
+
+
+def _depth_errors(root, monkeypatch, filtered: bool, sweeps: int = SWEEPS) -> tuple[int, int]:
+    """(pixels with a LiDAR depth, of them returns more than 1 m in front of the exact surface: ghosts)."""
+    if not filtered:
+        monkeypatch.setattr(nuscenes_module, "mover_mask", lambda points, boxes: np.zeros(len(points), bool))
+    ds = NuScenesFrames(root, "v1.0-synth", sweeps=sweeps, load_images=False, grid=TINY_GRID)
+    seen = ghost = 0
+    for token in ds.tokens:
+        f = ds.frame(token, images=False)
+        depth = lidar_depth_maps(f)
+        exact = np.stack([np.load(root / "labels2d" / f.scene / token / f"{c.name}.npz")["depth"] for c in f.cameras])
+        has = depth > 0
+        seen += int(has.sum())
+        ghost += int((has & (depth < exact - 1.0)).sum())
+    monkeypatch.undo()
+    return seen, ghost
+
+
+def test_sweeps_lose_the_ghosts_of_moving_objects(world, monkeypatch):
+    # measured 2026-11-29 on this world: ghost share 2.3% from the keyframe sweeps alone (camera and LiDAR
+    # times differ, parallax), 5.3% with 5 sweeps unfiltered, 3.6% filtered
+    key = _depth_errors(world, monkeypatch, True, sweeps=0)
+    raw = _depth_errors(world, monkeypatch, False)
+    kept = _depth_errors(world, monkeypatch, True)
+    assert kept[1] / kept[0] < raw[1] / raw[0] - 0.01
+    assert kept[0] > 1.5 * key[0]  # the static world's sweep points stay: depth maps still densify
+    assert key == _depth_errors(world, monkeypatch, False, sweeps=0)  # the keyframe sweep is never filtered
+
+
+def test_boxes_move_between_keyframes(world):
+    ds = NuScenesFrames(world, "v1.0-synth", load_images=False, grid=TINY_GRID)
+    nusc = ds.nusc
+    second = nusc.get("sample", ds.tokens[1])
+    first = nusc.get("sample", second["prev"])
+
+    def centres(sample):
+        anns = [nusc.get("sample_annotation", a) for a in sample["anns"]]
+        return {a["instance_token"]: np.array(a["translation"]) for a in anns if is_moving_category(a["category_name"])}
+
+    c0, c1 = centres(first), centres(second)
+    both = [i for i in c1 if i in c0 and np.linalg.norm(c1[i] - c0[i]) > 0.5]
+    assert both, "the world has no object that moved between the keyframes"
+    mid = (first["timestamp"] + second["timestamp"]) // 2
+    boxes = boxes_at(nusc, second, mid)
+    got = {tuple(np.round(b.center, 6)) for b in boxes}
+    for inst in both:
+        assert tuple(np.round((c0[inst] + c1[inst]) / 2, 6)) in got
+    assert len(boxes_at(nusc, first, first["timestamp"])) == len(centres(first))  # the first keyframe: no prev
+
+
+def test_moving_categories():
+    assert all(is_moving_category(c) for c in ("vehicle.car", "vehicle.bus.rigid", "human.pedestrian.adult", "animal"))
+    assert not any(is_moving_category(c) for c in ("movable_object.barrier", "static_object.bicycle_rack",
+                                                   "movable_object.trafficcone"))

@@ -20,6 +20,7 @@ Variants:
   noisy_dts         render_noisy + the DTS teacher's pseudo-labels
   dts_active_5pct   noisy_dts + one round with oracle 3D labels on 5% of the pool by active selection
   dts_random_5pct   the same with random selection
+  dts_control       the same round 1 (same steps) with no new labels: what the extra steps alone are worth
 A variant may carry a training seed, NAME@SEED (e.g. 3d_supervised@1); the table gives mean and spread
 over seeds. Ablations: --ablation NEW=BASE:key=value;key=value (recipe keys, YAML values).
 
@@ -69,9 +70,9 @@ from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
 from autolabel.training.rounds import checkpoint_path, open_cache, train_round  # noqa: E402
 
 VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "render_hard", "render_noisy_v1", "noisy_dts",
-            "dts_active_5pct", "dts_random_5pct", "fusion", "fusion_exact", "fusion_hard")
+            "dts_active_5pct", "dts_random_5pct", "dts_control", "fusion", "fusion_exact", "fusion_hard")
 FUSION = ("fusion", "fusion_exact", "fusion_hard")  # pseudo-labels without a network
-CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct")
+CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct", "dts_control")
 ROUND1 = CHAIN[1:]  # round 1 starts from noisy_dts's network: these wait for it
 # variant 3 with one change each, to find what rendering-only lacks
 DIAGNOSTICS = ("render_noisy_aux", "render_noisy_no_los", "render_noisy_lidar_target")
@@ -210,7 +211,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
 
     def round1(name: str) -> None:
         """Round 1 from noisy_dts's network (of the same seed), with oracle 3D labels on 5% of the pool picked
-        by the default strategy (dts_active_5pct) or at random (dts_random_5pct)."""
+        by the default strategy (dts_active_5pct) or at random (dts_random_5pct), or none (dts_control)."""
         kind, seed = split_name(name)
         dts_name = f"noisy_dts_s{seed}" if seed else "noisy_dts"
         marker = run / f"{dts_name}.done"
@@ -220,19 +221,24 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
                 raise RuntimeError(f"{name}: {dts_name} failed")
             time.sleep(WAIT_SECONDS)
         dts = load_recipe(run / f"{dts_name}.yaml")
-        scores = score_pool(dts, 0, progress=False)
-        budget = max(1, round(0.05 * len(scores.tokens)))
-        strategy = "auto" if kind == "dts_active_5pct" else "random"
+        control = kind == "dts_control"
         folder = run / name.replace("@", "_s")
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "round_0" / "train").mkdir(parents=True)
         shutil.copyfile(checkpoint_path(dts, 0), folder / "round_0" / "train" / "checkpoint.pt")
         recipe = replace(dts, name=name, out=str(folder),
                          train=replace(dts.train, steps=args.round1_steps, warmup_steps=min(dts.train.warmup_steps, args.round1_steps)))
-        picks, used = select_frames(scores.candidates, scores.features, scores.features[:0],
-                                    SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1), 0, len(scores.tokens))
-        oracle_labels(recipe, scores.tokens, scores.scenes, [(p.candidate.scene, p.candidate.token) for p in picks], world)
-        log(f"{name}: round 1 ({args.round1_steps} steps, {budget} frames by {used})")
+        picks, used = [], "none"
+        if not control:
+            scores = score_pool(dts, 0, progress=False)
+            budget = max(1, round(0.05 * len(scores.tokens)))
+            strategy = "auto" if kind == "dts_active_5pct" else "random"
+            picks, used = select_frames(scores.candidates, scores.features, scores.features[:0],
+                                        SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1), 0,
+                                        len(scores.tokens))
+            oracle_labels(recipe, scores.tokens, scores.scenes, [(p.candidate.scene, p.candidate.token) for p in picks],
+                          world)
+        log(f"{name}: round 1 ({args.round1_steps} steps, {len(picks)} labelled frames by {used})")
         t0 = time.perf_counter()
         train_round(recipe, 1, progress=False)
         score(name, recipe, 1, time.perf_counter() - t0)

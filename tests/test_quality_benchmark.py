@@ -7,7 +7,8 @@ import shutil
 
 from tiny_models import run_micro_benchmark
 
-VARIANTS = "3d_supervised,render_noisy@1,render_hard,render_noisy_v1,noisy_dts,dts_active_5pct,dts_random_5pct,fusion"
+VARIANTS = ("3d_supervised,render_noisy@1,render_hard,render_noisy_v1,noisy_dts,dts_active_5pct,dts_random_5pct,"
+            "dts_control,fusion")
 
 
 def test_quality_harness_runs_micro(tmp_path):
@@ -26,6 +27,11 @@ def test_quality_harness_runs_micro(tmp_path):
         assert pl["geometric_iou"] is not None and 0 < pl["kept_share"] <= 1 and pl["drop_quantile"] == 0.3
     assert r["summary"]["render_noisy"]["seeds"] == 1
     assert len(variants["dts_active_5pct"]["selected"]) == 1 and variants["dts_active_5pct"]["strategy"] == "coreset"
+    # the control round: the same round-1 steps with no labelled frame
+    assert variants["dts_control"]["selected"] == [] and variants["dts_control"]["strategy"] == "none"
+    control = (tmp_path / "q" / "dts_control" / "round_1" / "train" / "history.jsonl").read_text().splitlines()
+    assert len(control) == len((tmp_path / "q" / "dts_random_5pct" / "round_1" / "train" / "history.jsonl")
+                               .read_text().splitlines())
     first = json.loads((tmp_path / "q" / "3d_supervised" / "round_0" / "train" / "history.jsonl").read_text().splitlines()[0])
     assert first["labels3d"] > 0 and "sem2d" not in first  # the upper bound trains on 3D labels only
     seeded = (tmp_path / "q" / "render_noisy_s1.yaml").read_text()

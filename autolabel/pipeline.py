@@ -283,11 +283,6 @@ def _ingested_by_hand(recipe: Recipe, k: int) -> dict | None:
     return {"added": 0, "manual_total": len(done), "ingested_by_hand": len(wanted)}
 
 
-def annotations_folder(recipe: Recipe) -> Path:
-    """Where the folder annotator's deliveries go: rounds.annotations_dir, or <run>/annotations (absolute)."""
-    return recipe.delivery_dir(0).parent
-
-
 def summary_text(recipe: Recipe, result: dict) -> str:
     lines = [f"run {recipe.name} finished: {result['run_dir']}"]
     for r in result["rounds"]:

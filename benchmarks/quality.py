@@ -143,6 +143,17 @@ def prepared_variant(run: Path, base: dict, name: str, ablations: dict):
     return recipe
 
 
+def pool_scores(recipe, k: int, world: Path, t0: float) -> dict:
+    """Round k of the variant's store against the world's exact ground truth within mask_camera: all labels,
+    and at the export threshold the kept share and its scores; label_seconds counted from t0."""
+    q = recipe.rounds.export_drop_quantile
+    e = evaluate_round(LabelStore.open(recipe.store_path), k, world, (q,), progress=False)
+    p, kept = e["scores"].as_dict(), e["curve"][0]
+    return {"miou": p["miou"], "geometric_iou": p["geometric_iou"], "per_class": p["per_class_iou"], "drop_quantile": q,
+            "kept_share": kept["coverage"], "kept_miou": kept["miou"], "kept_geometric_iou": kept["geometric_iou"],
+            "label_seconds": round(time.perf_counter() - t0, 1)}
+
+
 def variant_groups(wanted: list[str], procs: int) -> list[list[str]]:
     """Variants per process, each to the least loaded one: first the trainings from scratch (one unit each),
     then the round-1 variants (a quarter each), which come last in their process because they wait for
@@ -186,16 +197,10 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         label_round(frames, open_cache(recipe), LabelStore(recipe.store_path, recipe.network.grid, create=True), k,
                     recipe.network, recipe.dts, checkpoint_path(recipe, k), resolve_device(recipe.device), recipe,
                     progress=False)
-        q = recipe.rounds.export_drop_quantile
-        e = evaluate_round(LabelStore.open(recipe.store_path), k, world, (q,), progress=False)
-        p = e["scores"].as_dict()
-        r["pseudo_labels"] = {"miou": p["miou"], "geometric_iou": p["geometric_iou"], "per_class": p["per_class_iou"],
-                              "drop_quantile": q, "kept_share": e["curve"][0]["coverage"],
-                              "kept_miou": e["curve"][0]["miou"], "kept_geometric_iou": e["curve"][0]["geometric_iou"],
-                              "label_seconds": round(time.perf_counter() - t0, 1)}
+        r["pseudo_labels"] = p = pool_scores(recipe, k, world, t0)
         results[name] = r
         log(f"{name}: test mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step, {seconds:.0f} s); pool "
-            f"pseudo-labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * r['pseudo_labels']['kept_share']:.1f}%")
+            f"pseudo-labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * p['kept_share']:.1f}%")
         save()
 
     def train(name: str):
@@ -254,15 +259,10 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         frames = open_frames(recipe, "train", load_images=False, load_gt=False)
         fuse_round(frames, open_cache(recipe), LabelStore(recipe.store_path, recipe.network.grid, create=True), 0,
                    recipe.network.grid, FusionConfig(), resolve_device(recipe.device), progress=False)
-        q = recipe.rounds.export_drop_quantile
-        e = evaluate_round(LabelStore.open(recipe.store_path), 0, world, (q,), progress=False)
-        p = e["scores"].as_dict()
-        results[name] = {"miou": None, "geometric_iou": None, "pseudo_labels": {
-            "miou": p["miou"], "geometric_iou": p["geometric_iou"], "per_class": p["per_class_iou"], "drop_quantile": q,
-            "kept_share": e["curve"][0]["coverage"], "kept_miou": e["curve"][0]["miou"],
-            "kept_geometric_iou": e["curve"][0]["geometric_iou"], "label_seconds": round(time.perf_counter() - t0, 1)}}
-        log(f"{name}: pool labels mIoU {p['miou']} geo {p['geometric_iou']}, kept "
-            f"{100 * e['curve'][0]['coverage']:.1f}% ({time.perf_counter() - t0:.0f} s)")
+        p = pool_scores(recipe, 0, world, t0)
+        results[name] = {"miou": None, "geometric_iou": None, "pseudo_labels": p}
+        log(f"{name}: pool labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * p['kept_share']:.1f}% "
+            f"({p['label_seconds']:.0f} s)")
         save()
 
     for name in wanted:  # variant_groups puts the round-1 variants last
@@ -303,9 +303,14 @@ def code_digest() -> str:
     """SHA-256 over the sources that ran (paths and bytes of the Python, C++ and CUDA files): unlike the
     commit, it holds where the checkout's git metadata lags its files (a copy sent to a GPU machine)."""
     root = Path(__file__).resolve().parents[1]
+    return files_digest(root, (p for d in ("autolabel", "occnet", "kernels", "benchmarks") for p in (root / d).rglob("*")
+                               if p.suffix in (".py", ".cpp", ".cu", ".h", ".cuh") and "__pycache__" not in p.parts))
+
+
+def files_digest(root: Path, paths) -> str:
+    """The first 16 hex digits of SHA-256 over the files' paths (relative to root, sorted) and bytes."""
     h = hashlib.sha256()
-    for path in sorted(p for d in ("autolabel", "occnet", "kernels", "benchmarks") for p in (root / d).rglob("*")
-                       if p.suffix in (".py", ".cpp", ".cu", ".h", ".cuh") and "__pycache__" not in p.parts):
+    for path in sorted(paths):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -466,11 +471,8 @@ def report(run: Path, meta: dict, failed: list[int]) -> None:
 def world_digest(world: Path) -> str:
     """SHA-256 over the world's tables, Occ3D ground truth and 2D label maps (paths and bytes): results of
     two runs may be merged only when their worlds have the same digest."""
-    h = hashlib.sha256()
-    for path in sorted(p for d in ("v1.0-synth", "gts", "labels2d") for p in (world / d).rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(world)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+    return files_digest(world, (p for d in ("v1.0-synth", "gts", "labels2d") for p in (world / d).rglob("*")
+                                if p.is_file()))
 
 
 def _curves(results: dict, path: Path, window: int = 50) -> None:

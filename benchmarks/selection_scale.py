@@ -89,7 +89,7 @@ def main() -> int:
     print(f"pool {size['frames']:,} frames x {dim:,} features, {m:,} labelled, {n:,} candidates, budget "
           f"{size['budget']} frames, <= 2 per scene; device {args.device or 'cpu'}")
     print(f"(the pre-issue-21 core-set distance array would be {n * m * dim * 8 / 1e9:,.1f} GB)")
-    print(f"| strategy | seconds | frames picked | pool MB | peak MB |\n|---|---:|---:|---:|---:|")
+    print("| strategy | seconds | frames picked | pool MB | peak MB |\n|---|---:|---:|---:|---:|")
     for s in args.strategies.split(","):
         cmd = [sys.executable, __file__, "--one", s] + (["--smoke"] if args.smoke else []) + \
               (["--device", args.device] if args.device else [])

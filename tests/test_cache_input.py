@@ -3,7 +3,6 @@ depth, 2D labels), not from the full-resolution JPEGs and the LiDAR sweeps."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from tiny_models import TINY_GRID, write_recipe
 from autolabel.cli import main
 from autolabel.data import nuscenes as nus
 from autolabel.data.nuscenes import NuScenesFrames
-from autolabel.errors import DataError
 from autolabel.supervision.cache import SupervisionCache
 from autolabel.training.data import FrameDataset
 

@@ -1,7 +1,6 @@
 """The recipe's ``selection`` section."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 STRATEGIES = ("auto", "random", "stratified", "entropy", "coreset", "kmeans", "hybrid")
@@ -68,6 +67,3 @@ def check_region_budget(cfg: SelectionConfig, shape: tuple[int, int, int]) -> No
                          f"of N frames is N x {x * y * z} voxels on this {x} x {y} x {z} grid")
 
 
-def frames_to_voxels(frames: float, shape: tuple[int, int, int]) -> int:
-    """A frame budget in labelled voxels: one frame is the whole grid, X * Y * Z voxels."""
-    return int(math.ceil(frames * int(shape[0]) * int(shape[1]) * int(shape[2])))

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from occnet.classes import NUM_CLASSES
 from occnet.losses import rendered_semantics_ce
 from occnet.distributed import gather_to_main, is_main, rank, world_size
 from occnet.rays import render, sample_rays
@@ -138,7 +137,7 @@ def _labelled(store: LabelStore, tokens: list[str]) -> np.ndarray:
     if manual is None:
         return np.zeros(len(tokens), bool)
     done = manual.done()
-    return np.array([bool(done[manual.index(t)]) if t in manual.tokens else False for t in tokens])
+    return np.array([bool(done[manual.index(t)]) if manual.has(t) else False for t in tokens])
 
 
 def _finish(frames, labelled: np.ndarray, rows: list[tuple], regions: RegionGrid | None = None) -> PoolScores:

@@ -33,23 +33,35 @@ def _boxes(nusc, sample: dict) -> dict[str, Box]:
     return out
 
 
+class MoverBoxes:
+    """The moving objects of a keyframe and of the one before it, read once; `at(t)` places them at time t
+    (microseconds) in between: interpolated where an object is annotated at both, else the one annotation
+    there is."""
+
+    def __init__(self, nusc, sample: dict):
+        prev = nusc.get("sample", sample["prev"]) if sample["prev"] else None
+        self.now, self.before = _boxes(nusc, sample), (_boxes(nusc, prev) if prev else {})
+        self.t1 = sample["timestamp"]
+        self.t0 = prev["timestamp"] if prev else self.t1
+
+    def at(self, timestamp: int) -> list[Box]:
+        """The moving objects' boxes (global frame) at `timestamp`."""
+        span = self.t1 - self.t0
+        a = 1.0 if span == 0 else float(np.clip((timestamp - self.t0) / span, 0.0, 1.0))
+        out = []
+        for inst in sorted(set(self.now) | set(self.before)):
+            b0, b1 = self.before.get(inst), self.now.get(inst)
+            if b0 is None or b1 is None:
+                out.append(b0 or b1)
+                continue
+            centre = (1 - a) * b0.center + a * b1.center
+            out.append(Box(centre, b1.wlh, Quaternion.slerp(b0.orientation, b1.orientation, a)))
+        return out
+
+
 def boxes_at(nusc, sample: dict, timestamp: int) -> list[Box]:
-    """The moving objects' boxes (global frame) at `timestamp` (microseconds) between the previous keyframe
-    and `sample`: interpolated where an object is annotated at both, else the one annotation there is."""
-    now = _boxes(nusc, sample)
-    before = _boxes(nusc, nusc.get("sample", sample["prev"])) if sample["prev"] else {}
-    t1 = sample["timestamp"]
-    t0 = nusc.get("sample", sample["prev"])["timestamp"] if sample["prev"] else t1
-    a = 1.0 if t1 == t0 else float(np.clip((timestamp - t0) / (t1 - t0), 0.0, 1.0))
-    out = []
-    for inst in sorted(set(now) | set(before)):
-        b0, b1 = before.get(inst), now.get(inst)
-        if b0 is None or b1 is None:
-            out.append(b0 or b1)
-            continue
-        centre = (1 - a) * b0.center + a * b1.center
-        out.append(Box(centre, b1.wlh, Quaternion.slerp(b0.orientation, b1.orientation, a)))
-    return out
+    """The moving objects' boxes (global frame) at `timestamp` between the previous keyframe and `sample`."""
+    return MoverBoxes(nusc, sample).at(timestamp)
 
 
 def mover_mask(points_global: np.ndarray, boxes: list[Box]) -> np.ndarray:

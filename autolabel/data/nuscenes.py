@@ -20,7 +20,7 @@ from kernels.grid import GridSpec
 from ..errors import DataError
 from .frame import CAMERA_NAMES, LIDAR_NAME, Camera, Frame, Lidar
 from .geometry import transform_matrix
-from .movers import boxes_at, mover_mask
+from .movers import MoverBoxes, mover_mask
 from .occ3d import labels_path, read_labels
 
 LIDAR_POINT_DIMS = 5  # x, y, z, intensity, ring
@@ -212,6 +212,7 @@ class NuScenesFrames(Sequence[Frame]):
         xyz = points[:, :3].astype(np.float64) @ lidar2ego[:3, :3].T + lidar2ego[:3, 3]
         clouds, lags = [np.concatenate([xyz, points[:, 3:]], axis=1)], [np.zeros(len(points))]
         global2key = np.linalg.inv(ego2global)
+        movers = MoverBoxes(self.nusc, sample) if sweeps else None  # read once for all the sweeps
         sd = key_sd
         for _ in range(sweeps):
             if not sd["prev"]:
@@ -222,7 +223,7 @@ class NuScenesFrames(Sequence[Frame]):
             sweep = load_lidar_file(self.dataroot / sd["filename"], sweep_where)
             to_global = s_ego2global @ s_lidar2ego
             g_xyz = sweep[:, :3].astype(np.float64) @ to_global[:3, :3].T + to_global[:3, 3]
-            keep = ~mover_mask(g_xyz, boxes_at(self.nusc, sample, int(sd["timestamp"])))  # no ghosts of movers
+            keep = ~mover_mask(g_xyz, movers.at(int(sd["timestamp"])))  # no ghosts of moving objects
             s_xyz = g_xyz[keep] @ global2key[:3, :3].T + global2key[:3, 3]
             clouds.append(np.concatenate([s_xyz, sweep[keep, 3:]], axis=1))
             lags.append(np.full(len(s_xyz), (key_sd["timestamp"] - sd["timestamp"]) * 1e-6))

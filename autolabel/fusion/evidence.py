@@ -1,6 +1,7 @@
 """The evidence of a keyframe's scene window: LiDAR sweeps and 2D-labelled views in its ego frame."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,15 +32,35 @@ def window_tokens(frames: NuScenesFrames, token: str, window: int) -> list[str]:
     return same[max(0, i - window): i + window + 1]
 
 
+class WindowReader:
+    """Frames (LiDAR, poses) and 2D labels by token, the last `keep` of them kept: consecutive keyframes of
+    a scene share most of their windows, so each file is read once per scene, not once per window."""
+
+    def __init__(self, frames: NuScenesFrames, cache: SupervisionCache, keep: int):
+        self.frames, self.cache, self.keep = frames, cache, keep
+        self.held: OrderedDict[str, tuple] = OrderedDict()
+
+    def __call__(self, token: str):
+        """(Frame without images, 2D semantics (N, h, w), confidence (N, h, w)) of `token`."""
+        if token not in self.held:
+            sem, conf, _ = self.cache.read(token)
+            self.held[token] = (self.frames.frame(token, images=False), sem, conf)
+            while len(self.held) > self.keep:
+                self.held.popitem(last=False)
+        return self.held[token]
+
+
 def frame_evidence(frames: NuScenesFrames, cache: SupervisionCache, token: str, cfg: FusionConfig,
-                   device: torch.device) -> Evidence:
-    """Sweeps and views of `token`'s window (2D labels from the supervision cache, at its resolution)."""
-    target = frames.frame(token, images=False)
+                   device: torch.device, read: WindowReader | None = None) -> Evidence:
+    """Sweeps and views of `token`'s window (2D labels from the supervision cache, at its resolution);
+    `read` a WindowReader shared across the frames of a scene (None: read everything afresh)."""
+    read = read or WindowReader(frames, cache, 2 * cfg.window + 1)
+    target = read(token)[0]
     world2target = np.linalg.inv(target.lidar.ego2global)
     sweeps, views = [], []
     window = window_tokens(frames, token, cfg.window)
     for j, t in enumerate(window):
-        f = target if t == token else frames.frame(t, images=False)
+        f, sem, conf = read(t)
         to_target = world2target @ f.lidar.ego2global
         xyz = f.lidar.points[:, :3].astype(np.float64) @ to_target[:3, :3].T + to_target[:3, 3]
         origin = to_target[:3, :3] @ f.lidar.lidar2ego[:3, 3] + to_target[:3, 3]
@@ -47,7 +68,6 @@ def frame_evidence(frames: NuScenesFrames, cache: SupervisionCache, token: str, 
         sweeps.append(Sweep(points=torch.from_numpy(xyz).to(device), origin=torch.from_numpy(origin).to(device),
                             keyframe=torch.from_numpy(f.lidar.time_lag == 0).to(device),
                             seconds=torch.from_numpy(seconds).to(device), source=j))
-        sem, conf, _ = cache.read(t)
         for c, cam in enumerate(f.cameras):
             rc = ResizeCrop.fit(cam.image_size, cache.image_size)
             target2cam = np.linalg.inv(cam.cam2ego) @ np.linalg.inv(cam.ego2global) @ target.lidar.ego2global

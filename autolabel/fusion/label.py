@@ -16,7 +16,7 @@ from ..store.frame_arrays import ShardWriter, pending_frames
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache
 from .config import FusionConfig
-from .evidence import frame_evidence
+from .evidence import WindowReader, frame_evidence
 from .fuse import fuse
 
 
@@ -37,9 +37,10 @@ def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStor
     pending = pending_frames(arrays, rank(), world_size())
     writer = ShardWriter(arrays, pending)
     t0 = time.perf_counter()
+    read = WindowReader(frames, cache, 2 * cfg.window + 1)  # pending frames come in scene order
     for i in tqdm(pending, desc=f"fuse round {k}", disable=not progress or not is_main()):
         token = frames.tokens[i]
-        ev = frame_evidence(frames, cache, token, cfg, device)
+        ev = frame_evidence(frames, cache, token, cfg, device, read)
         fused = fuse(ev.sweeps, ev.views, grid, cfg)
         own = ev.sweeps[ev.target]
         cams = [v for v in ev.views if v.source == ev.target]

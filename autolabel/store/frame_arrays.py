@@ -141,6 +141,9 @@ class FrameArrays:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def has(self, token: str) -> bool:
+        return token in self._index
+
     def index(self, token: str) -> int:
         try:
             return self._index[token]

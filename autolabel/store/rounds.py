@@ -106,7 +106,7 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
     manual_tokens, region_tokens = [], []
     for i in tqdm(np.flatnonzero(done), desc=f"export round {k}", disable=not progress):
         token = arrays.tokens[i]
-        j = manual.index(token) if manual is not None and token in manual.tokens else None
+        j = manual.index(token) if manual is not None and manual.has(token) else None
         m = read_frame(manual, j) if j is not None and manual_done[j] else None
         if m is not None and (m["confidence"] == 255).all():
             labels = Occ3DLabels(m["semantics"], m["mask_lidar"], m["mask_camera"], np.ones(store.grid.shape, np.uint8),

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .clip import check_model_folder, load_model_folder
+from .clip import check_model_folder, load_model_folder, load_model_parts
 from .config import DetectorConfig
 from .naming import Vocabulary
 
@@ -78,11 +78,11 @@ class GroundingDinoDetector:
     def __init__(self, cfg: DetectorConfig, vocab: Vocabulary, device: torch.device, bf16: bool = True):
         from transformers import GroundingDinoForObjectDetection
 
-        self.model, tok, self.mean, self.std = load_model_folder(
+        self.model, tok, proc, _ = load_model_parts(
             GroundingDinoForObjectDetection, cfg.model, "supervision.detector.model", "Grounding DINO detector", device)
-        from transformers import AutoImageProcessor
-
-        size = AutoImageProcessor.from_pretrained(cfg.model).size
+        self.mean = torch.tensor(proc.image_mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(proc.image_std, device=device).view(1, 3, 1, 1)
+        size = proc.size
         self.short, self.long = size.get("shortest_edge", 800), size.get("longest_edge", 1333)
         self.cfg, self.vocab, self.device = cfg, vocab, device
         self.dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32

@@ -17,7 +17,6 @@ from .clip import check_model_folder
 from .config import SamConfig
 from .sam import SamMasks
 
-SAM2_TYPES = ("sam2",)
 
 
 @dataclass

@@ -21,7 +21,6 @@ from .config import Sam3Config
 from .naming import Vocabulary
 from .sam import label_grid
 
-SAM3_TYPES = ("sam3",)
 
 
 class Sam3Segmenter:

@@ -159,15 +159,15 @@ def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
     return r
 
 
-def prepared_variant(run: Path, base: dict, name: str, ablations: dict):
+def prepared_variant(run: Path, base: dict, name: str, ablations: dict, fuse: bool = True):
     """The variant's recipe written to RUN/<name>.yaml and loaded, its 2D supervision cache written
     (shared by the variants with the same labels; `supervise` skips frames already done), and where it
-    uses them the pool's fused labels (shared likewise; `fuse_round` skips frames already done)."""
+    uses them (and `fuse`) the pool's fused labels (shared likewise; `fuse_round` skips frames already done)."""
     recipe = load_recipe(write_recipe(run, name.replace("@", "_s"), variant_recipe(run, base, name, ablations)))
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     supervise(frames, build_provider(recipe.supervision, frames.dataroot), recipe.cache_path, recipe.network.image_size,
               progress=False)
-    if recipe.fusion.enabled:
+    if recipe.fusion.enabled and fuse:
         pool = open_frames(recipe, "train", load_images=False, load_gt=False)
         fuse_round(pool, open_cache(recipe), LabelStore(recipe.fusion_path, recipe.network.grid, create=True), 0,
                    recipe.network.grid, recipe.fusion, resolve_device(recipe.device), progress=False)
@@ -461,17 +461,18 @@ def main() -> None:
     for f in run.glob("*.failed"):  # from an earlier attempt: those variants are tried again now
         f.unlink()
     t0 = time.perf_counter()
-    # the caches and fused labels the variants read, written once before the processes start (in DataLoader
-    # workers; fusion on the GPU)
+    # the caches and the fused labels the trainings read, written once before the processes start (in
+    # DataLoader workers; fusion on the GPU); a fusion variant's own labels are made in its process
     prepared: set[tuple[str, str | None]] = set()
     for v in wanted if groups else ():
         r = variant_recipe(run, base, v, ablations)
-        key = (r["supervision"]["cache"], r["fusion"]["store"] if r["fusion"]["enabled"] else None)
+        trains_on_fused = r["fusion"]["enabled"] and kind_of(v, ablations) not in FUSION
+        key = (r["supervision"]["cache"], r["fusion"]["store"] if trains_on_fused else None)
         if key in prepared:
             continue
         prepared.add(key)
         t1 = time.perf_counter()
-        prepared_variant(run, base, v, ablations)
+        prepared_variant(run, base, v, ablations, fuse=trains_on_fused)
         print(f"supervision cache {Path(key[0]).name}" + (f" and fused labels {Path(key[1]).name}" if key[1] else "")
               + f" in {time.perf_counter() - t1:.0f} s", flush=True)
     if len(groups) == 1:

@@ -10,6 +10,10 @@ Segments are used while T_i >= t_threshold.
 Backends: "reference" (PyTorch, any device), "cpu" (C++, at::parallel_for over rays), "cuda" (CUDA C++,
 a group of threads per ray, fused; backward recomputes along the ray). The fastest available for the
 inputs' device is used; ``AUTOLABEL_KERNELS=reference|cpu|cuda`` or the ``backend`` argument forces one.
+
+The op is registered with torch.library as ``autolabel_kernels::render_rays_fwd`` (fake function, autograd)
+and ``autolabel_kernels::render_rays_bwd`` (its backward), so torch.compile and the dispatcher see it as
+one op whichever backend runs; docs/ARCHITECTURE.md, "Registered ops".
 """
 from __future__ import annotations
 
@@ -19,11 +23,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._build import load_backend, pick_backend
+from ._build import NAMESPACE, load_backend, pick_backend
 from .grid import GridSpec
 from .reference import render_rays_reference
 
-NAMESPACE = "autolabel_kernels"  # the package's torch.library namespace (the render ops and the voxel walk)
 MODES = ("voxel", "trilinear")
 _MODE_IDS = {"voxel": 0, "trilinear": 1}
 _warned: set[str] = set()
@@ -127,7 +130,8 @@ def _validate_values(density, origins, directions, batch_index, near, far) -> No
 # autolabel_kernels::render_rays_bwd. Both have one implementation for every device type (the dispatcher's
 # CompositeExplicitAutograd key) that picks the backend when it runs: the compiled CPU / CUDA kernels where
 # they build, else the PyTorch reference. Inside them nothing is traced: the value checks' host sync and
-# the reference's data-dependent sizes stay out of compiled graphs.
+# the reference's data-dependent sizes stay out of compiled graphs. In eager mode `render_rays` runs the
+# reference backend without the op (see there).
 
 
 def _resolve(backend: str, density: torch.Tensor, features: torch.Tensor) -> str:
@@ -290,6 +294,17 @@ def render_rays(
         Gradients flow to density and features, not to the rays.
     """
     _validate_structure(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
+    if not torch.compiler.is_compiling():
+        backend = _resolve(backend or "", density, features)
+        if backend == "reference":
+            # Eager: plain PyTorch that autograd differentiates as it runs. Through the op, the backward would
+            # have to run the reference's forward again (1.6-1.8x the time, measured on the CPU).
+            if check_values:
+                _validate_values(density, origins, directions, batch_index, near, far)
+            rays = [t.detach() for t in (origins, directions, batch_index, near, far)]  # as the op: no ray gradients
+            depth, opacity, feats, trans = render_rays_reference(
+                density, features.to(density.dtype), *rays, grid, mode, step_size, t_threshold)
+            return RenderOutput(depth, opacity, feats.to(features.dtype), trans)
     depth, opacity, feats, trans = render_rays_fwd(
         density, features, origins, directions, batch_index, near, far, grid.range_min, grid.range_max,
         grid.voxel_size, mode, float(step_size), float(t_threshold), backend or "", bool(check_values))

@@ -9,7 +9,8 @@ active set when they stop; it defines the op), "cpu" (C++, rays in parallel) and
 ray), which repeat the reference's float64 arithmetic operation by operation and mark the same voxels.
 The fastest available for the inputs' device is used; ``AUTOLABEL_KERNELS=reference|cpu|cuda`` or the
 ``backend`` argument forces one. Several frames go through one call with `frame` (ray -> frame) and a
-(B, X, Y, Z) `occupied`.
+(B, X, Y, Z) `occupied`. The walk is the torch.library op ``autolabel_kernels::ray_voxels`` (with a fake
+function, without autograd: its output is a bool mask), so torch.compile sees it as one op.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._build import load_backend, pick_backend
+from ._build import NAMESPACE, load_backend, pick_backend
 from .grid import GridSpec
 
 _warned: set[str] = set()
@@ -73,7 +74,7 @@ def ray_voxels_reference(origins: torch.Tensor, dirs: torch.Tensor, grid: GridSp
     return visited.view(grid.shape)
 
 
-@torch.library.custom_op("autolabel_kernels::ray_voxels", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::ray_voxels", mutates_args=())
 def ray_voxels_op(origins: torch.Tensor, dirs: torch.Tensor, occupied: Optional[torch.Tensor],
                   t_max: Optional[torch.Tensor], frame: Optional[torch.Tensor], frames: int, grid_min: Sequence[float],
                   grid_max: Sequence[float], voxel_size: Sequence[float], backend: str) -> torch.Tensor:

@@ -328,8 +328,8 @@ def test_cpu_backward_with_shared_gradient_buffers(threads):
 TINY_GRID = GridSpec(range_min=(0, 0, 0), range_max=(1.6, 1.2, 0.8), voxel_size=0.4)  # 4 x 3 x 2
 
 
-def _tiny(backend, mode, n_rays=16, seed=0, dtype=torch.float64, feat_dtype=None):
-    device = "cuda" if backend == "cuda" else "cpu"
+def _tiny(backend, mode, n_rays=16, seed=0, dtype=torch.float64, feat_dtype=None, device=None):
+    device = device or ("cuda" if backend == "cuda" else "cpu")
     density, features = random_scene(TINY_GRID, 2, 3, dtype, device, seed, occupancy=0.6)
     if feat_dtype is not None:
         features = features.detach().to(feat_dtype).requires_grad_()
@@ -364,13 +364,14 @@ def test_opcheck_render_ops_cuda_half_features(feat_dtype):
     torch.library.opcheck(render_module.render_rays_fwd, _fwd_args(density, features, rays, "trilinear", "cuda"))
 
 
-@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize("backend,device", [(b, "cuda" if b == "cuda" else "cpu") for b in BACKENDS_HERE]
+                         + ([("reference", "cuda")] if CUDA else []))
 @pytest.mark.parametrize("mode", MODES)
-def test_op_gradients_equal_plain_autograd_of_the_reference(backend, mode):
+def test_op_gradients_equal_plain_autograd_of_the_reference(backend, device, mode):
     """The op's autograd wiring (setup_context, backward, the backward op), called directly (eager render_rays
     skips it for the reference), against autograd run directly on render_rays_reference: a mix-up shared by
-    every backend shows here."""
-    density, features, rays = _tiny(backend, mode, n_rays=40, seed=7)
+    every backend shows here (and the reference's backward inside the op, which needs autograd back on)."""
+    density, features, rays = _tiny(backend, mode, n_rays=40, seed=7, device=device)
     out = RenderOutput(*render_module.render_rays_fwd(*_fwd_args(density, features, rays, mode, backend)))
     ref = render_rays_reference(density, features, *rays, grid=TINY_GRID, mode=mode, step_size=0.15)
     got = torch.autograd.grad(weighted_loss(out, 3), [density, features])

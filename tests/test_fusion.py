@@ -194,6 +194,7 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
     r = yaml.safe_load(path.read_text())
     r["loss"]["fused_3d"] = 1.0
     r["dts"]["evidence"] = "fusion"
+    r["train"].update(steps=2, checkpoint_every=2)
     path.write_text(yaml.safe_dump(r))
     assert main(["run", str(path)]) == 0
     run = tmp_path / "run"

@@ -161,15 +161,16 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
 
     stages.run("supervise", supervise_all, every_rank=True)
     if recipe.fusion.enabled:
-        stages.run("fuse", lambda: _fuse(recipe, progress), every_rank=True)  # sharded over ranks like labelling
+        stages.run("fuse", lambda: fuse_stage(recipe, progress), every_rank=True)  # sharded over ranks like labelling
     history = []
     for k in range(recipe.rounds.count):
         history.append(_round(recipe, k, stages, history, progress))
     return {"run_dir": str(recipe.run_dir), "rounds": history, "stages": stages.done}
 
 
-def _fuse(recipe: Recipe, progress: bool) -> dict:
-    """The training frames' labels from evidence fusion (autolabel.fusion) into recipe.fusion_path."""
+def fuse_stage(recipe: Recipe, progress: bool) -> dict:
+    """The training frames' labels from evidence fusion (autolabel.fusion) into recipe.fusion_path (the stage
+    `fuse` of `autolabel run`, and `autolabel fuse`)."""
     from .dataset import open_frames
     from .dts.label import labelling_store
     from .fusion.label import fuse_round

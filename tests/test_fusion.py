@@ -179,7 +179,7 @@ def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_s
     assert (s == FREE_ID).all() and torch.allclose(c, conf)
 
 
-def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world, tmp_path):
+def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world, tmp_path, capsys):
     """fusion.enabled: the `fuse` stage writes the training frames' fused labels once; the student learns
     from them (loss.fused_3d) and the teacher filters by them (dts.evidence: fusion)."""
     import json
@@ -205,6 +205,8 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
     rows = [json.loads(x) for x in (run / "round_0" / "train" / "history.jsonl").read_text().splitlines()]
     assert all(row["fused3d"] > 0 for row in rows)
     assert LabelStore.open(run / "labels.zarr").round(0).attrs["fusion"] == fused.attrs["fusion"]
+    capsys.readouterr()
+    assert main(["fuse", str(path)]) == 0 and "0 of 6 frames fused" in capsys.readouterr().out  # done: resumed, nothing left
     r["fusion"]["enabled"] = False  # the fused labels are read: a recipe without them is refused
     path.write_text(yaml.safe_dump(r))
     from autolabel.recipe import load_recipe

@@ -52,5 +52,3 @@ def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStor
                    mask_lidar=lidar_mask.cpu().numpy())
     barrier()
     return {"frames": len(frames), "labelled": len(pending), "seconds": time.perf_counter() - t0}
-
-

@@ -102,7 +102,8 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
     cache = open_cache(recipe)
     manual = manual_labels(recipe.store_path, recipe.network.grid, selected_from(recipe, k))
     # the fused labels, for the student's 3D targets (loss.fused_3d) and the teacher's evidence
-    fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.fusion.enabled else None
+    uses_fused = recipe.loss.fused_3d > 0 or (recipe.dts.enabled and recipe.dts.evidence == "fusion")
+    fused = open_fused(recipe.fusion_path, recipe.network.grid) if uses_fused else None
     dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=cache, grid=recipe.network.grid,
                            aux_frames=recipe.data.aux_frames, manual=manual, fused=fused)
     torch.manual_seed(recipe.train.seed)

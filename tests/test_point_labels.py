@@ -55,20 +55,20 @@ def test_points_and_boxes_make_voxel_labels_close_to_the_exact_truth(frames):
     from occnet.metrics import OccupancyMetric
 
     def run(**kw):
-        m, covered, cam = OccupancyMetric(), 0, 0
+        m, covered, cam, observed = OccupancyMetric(), 0, 0, 0
         for token in frames.tokens:
             lab = _labels(frames, token, **kw)
             gt = frames.frame(token, lidar="none").gt
             obs, mc = lab.observed, gt.mask_camera.astype(bool)
             m.update(np.where(obs, lab.semantics, FREE_ID), gt.semantics, obs & mc)
-            covered, cam = covered + (obs & mc).sum(), cam + mc.sum()
-        return m.compute().as_dict(), covered / cam
+            covered, cam, observed = covered + (obs & mc).sum(), cam + mc.sum(), observed + obs.sum()
+        return m.compute().as_dict(), covered / cam, observed
 
-    s, share = run(window=1)
+    s, share, observed = run(window=1)
     assert s["geometric_iou"] >= 90 and s["miou"] >= 80 and share >= 0.7, (s, share)
-    alone, share0 = run(window=0)
-    assert share0 < share  # the other keyframe's sweep covers more
-    no_boxes, _ = run(window=1, boxes=False)
+    _, _, observed0 = run(window=0)
+    assert observed0 < observed  # the other keyframe's sweep covers more of the grid
+    no_boxes, _, _ = run(window=1, boxes=False)
     assert no_boxes["per_class_iou"]["car"] < s["per_class_iou"]["car"]  # boxes fill the cars the points only outline
     # a wrong annotation is seen: every point called vegetation
     token = frames.tokens[0]
@@ -93,11 +93,12 @@ def test_voxelization_rules_on_a_hand_made_scene():
     wall = np.stack(np.meshgrid([6.1], np.arange(-3, 3, 0.1), np.arange(0.25, 2.0, 0.1), indexing="ij"), -1).reshape(-1, 3)
     # the keyframe does not see the road behind the wall (x > 6), nor under and behind the car (x < -1.5, y > 2.5)
     seen = (road[:, 0] < 6.0) & ~((road[:, 0] < -1.5) & (road[:, 1] > 2.5))
-    own_pts = np.concatenate([road[seen], wall])
+    roof = np.stack(np.meshgrid(np.arange(-5.8, -2.2, 0.2), np.arange(3.2, 4.8, 0.2), [1.55], indexing="ij"), -1).reshape(-1, 3)
+    own_pts = np.concatenate([road[seen], wall, roof])
     labels = np.concatenate([np.full(seen.sum(), class_id("driveable_surface")),
-                             np.full(len(wall), class_id("manmade"))]).astype(np.uint8)
+                             np.full(len(wall), class_id("manmade")), np.full(len(roof), class_id("car"))]).astype(np.uint8)
     own = SweepCloud(own_pts, origin, 0.0, "k", True, "k")
-    car = Box3D(np.array([-4.0, 4.0, 0.8]), np.array([1.8, 4.0, 1.6]), np.eye(3), class_id("car"), "vehicle.car")
+    car = Box3D(np.array([-4.0, 4.0, 1.1]), np.array([1.8, 4.0, 2.2]), np.eye(3), class_id("car"), "vehicle.car")
     # another sweep: a ghost (points 1 m above the road where the keyframe sees the road) and a point by the wall
     ghost = np.array([[3.0, -3.0, 0.3], [3.1, -3.0, 0.45]])
     other = SweepCloud(np.concatenate([ghost, [[6.1, 0.0, 1.0]]]), np.array([-2.0, 0.0, 1.8]), -0.5, "o", True, "o")
@@ -113,7 +114,8 @@ def test_voxelization_rules_on_a_hand_made_scene():
     assert at(6.2, 0.0, 1.0) == class_id("manmade")  # the wall
     assert at(7.0, 0.0, 1.0) == IGNORE_ID  # behind it: not observed
     assert at(3.0, -3.0, 0.3) == FREE_ID and lab.stats["dropped_ghosts"] == 2  # the car that left is gone
-    assert at(-4.0, 4.0, 0.6) == class_id("car")  # the box, beyond what the rays reached
+    assert at(-4.0, 4.0, 0.6) == class_id("car")  # the box under its roof, beyond what the rays reached
+    assert at(-4.0, 4.0, 2.0) != class_id("car")  # the box's hull stops at its points
     assert lab.stats["propagated"] == 1  # the other sweep's point on the wall is named manmade
     assert (sem[lab.observed] != IGNORE_ID).all() and not lab.observed[sem == IGNORE_ID].any()
 

@@ -32,8 +32,9 @@ Free space
   the beams around it, or through the grid when none of them returned (open sky): the cameras' rays cross
   that space, the returns alone never reach it.
 - Runs of at most `free_gap` unobserved voxels of a column between two free voxels are free (LiDAR rings
-  are 0.9 m apart at 40 m); free voxels within `free_margin` voxels of an occupied non-ground voxel are left
-  unobserved (a ray crossing a voxel that a surface partly fills proves only its own line free).
+  are 0.9 m apart at 40 m); free voxels within `free_margin` voxels of a thing (a voxel with a non-ground
+  class, holding a return above the ground layer, or in a box) are left unobserved (a ray crossing a voxel
+  that a surface partly fills proves only its own line free).
 - A voxel holding any kept return is never free.
 Ground
 - With `ground_fill`, an unobserved ground-layer voxel with free space right above it takes the class of the
@@ -259,7 +260,8 @@ def voxelize(own: SweepCloud, labels: np.ndarray, boxes: list[Box3D], others: li
     nvox = grid.num_voxels
     labels = np.asarray(labels, np.uint8)
     has_cls = labels < K
-    v_own, in_own = voxel_index(behind_surface(own.points, own.origin, _flat(labels), cfg.surface_depth), grid)
+    own_shifted = behind_surface(own.points, own.origin, _flat(labels), cfg.surface_depth)
+    v_own, in_own = voxel_index(own_shifted, grid)
     own_return = np.zeros(nvox, bool)
     own_return[v_own[in_own]] = True
     ground = ground_layers(own.points, _flat(labels), grid)
@@ -287,6 +289,7 @@ def voxelize(own: SweepCloud, labels: np.ndarray, boxes: list[Box3D], others: li
     stats = {"annotated_points": int(has_cls.sum()), "boxes": len(boxes), "other_sweeps": len(others)}
     prop_vox = prop_cls = np.zeros(0, np.int64)
     other_return = np.zeros(nvox, bool)
+    thing_return = np.zeros(nvox, bool)  # voxels holding returns above the ground layer (named or not)
     free_other = np.zeros(nvox, bool)
     if others:
         pts = np.concatenate([s.points for s in others])
@@ -300,10 +303,13 @@ def voxelize(own: SweepCloud, labels: np.ndarray, boxes: list[Box3D], others: li
             d, j = cKDTree(own.points[seed]).query(pts[use], distance_upper_bound=cfg.propagate_radius)
             found = np.isfinite(d)
             cls[np.flatnonzero(use)[found]] = labels[seed][j[found]]
-        v, inside2 = voxel_index(behind_surface(pts, origins, _flat(cls), cfg.surface_depth), grid)
+        shifted = behind_surface(pts, origins, _flat(cls), cfg.surface_depth)
+        v, inside2 = voxel_index(shifted, grid)
         use &= inside2
         other_return[v[use]] = True
-        named = use & (cls < K) & ~(on_ground(pts, ground, grid) & ~_flat(cls))
+        low = on_ground(shifted, ground, grid)
+        named = use & (cls < K) & ~(low & ~_flat(cls))
+        thing_return[v[use & ~low]] = True
         prop_vox, prop_cls = _majority(v[named], cls[named].astype(np.int64))
         stop = _flat(cls) | (cls >= K) | on_ground(pts, ground, grid)
         free_other = free_space(origins, pts, stop, grid, cfg.stop_before)
@@ -324,7 +330,9 @@ def voxelize(own: SweepCloud, labels: np.ndarray, boxes: list[Box3D], others: li
     boxed_vox = in_box & ~(free_own & ~returns)
     sem[boxed_vox] = box_cls[boxed_vox]
     source[boxed_vox] = 5
-    votes = in_own & has_cls & ~(on_ground(own.points, ground, grid) & ~_flat(labels))
+    own_low = on_ground(own_shifted, ground, grid)
+    votes = in_own & has_cls & ~(own_low & ~_flat(labels))
+    thing_return[v_own[in_own & ~own_low & ~_flat(labels)]] = True
     ann_vox, ann_cls = _majority(v_own[votes], labels[votes].astype(np.int64))
     sem[ann_vox] = ann_cls
     source[ann_vox] = 6
@@ -335,7 +343,7 @@ def voxelize(own: SweepCloud, labels: np.ndarray, boxes: list[Box3D], others: li
     if cfg.free_margin > 0:  # around things, not above flat ground (which fills its layer exactly)
         from scipy.ndimage import binary_dilation
 
-        occ = ((sem < K) & ~_flat(sem)).reshape(grid.shape)
+        occ = (((sem < K) & ~_flat(sem)) | thing_return | guard).reshape(grid.shape)
         near = binary_dilation(occ, np.ones((3, 3, 3), bool), iterations=cfg.free_margin).reshape(-1)
         drop = near & (sem == FREE_ID)
         sem[drop] = IGNORE_ID

@@ -164,3 +164,24 @@ def simulate_delivery(frames: NuScenesFrames, token: str, out: Path, grid: GridS
     text = json.dumps(boxes, indent=1)
     atomic_write(out / BOXES_FILE, lambda fh: fh.write(text.encode()))
     return out
+
+
+def oracle_point_labels(recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]], folder: Path,
+                        cfg: PointLabelConfig | None = None) -> int:
+    """The simulated point annotator of a benchmark (synthetic worlds): each picked (scene, token) frame's exact
+    lidarseg labels and boxes are delivered into `folder`, read back with the ingest's validation and voxelized
+    into the store's manual group (the pool's tokens). Returns the voxels the labels cover."""
+    from ..dataset import open_frames
+    from ..store.labels import LabelStore
+
+    grid = recipe.network.grid
+    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+    manual = LabelStore(recipe.store_path, grid, create=True).manual(pool_tokens, pool_scenes, create=True)
+    covered = 0
+    for scene, token in picks:
+        d = simulate_delivery(frames, token, Path(folder) / scene / token, grid)
+        raw, boxes = read_delivery(frames, d, token)
+        arrays = manual_arrays(frames, token, raw, boxes, grid, recipe.network.image_size, cfg)
+        manual.write(manual.index(token), **arrays)
+        covered += int((arrays["confidence"] == 255).sum())
+    return covered

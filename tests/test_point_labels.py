@@ -321,3 +321,35 @@ def test_a_budget_in_points_holds_exactly():
     picks, _ = select_frames(cands, np.zeros((12, 2)), np.zeros((0, 2)), cfg)
     spent = sum(p.candidate.cost for p in picks)
     assert len(picks) == 3 and spent <= 100000 and 100000 - spent < min(c.cost for c in cands)
+
+
+def test_a_points_round_states_points_and_boxes_and_its_oracle_delivers_them(trained, tmp_path, capsys):
+    """`autolabel select` with selection.annotation points and a budget in points: the manifest lists every
+    frame's points and boxes, spends at most the budget, and the simulated annotator's points + boxes ingest."""
+    import yaml
+
+    from autolabel.active.rounds import ingest, oracle_annotate
+    from autolabel.cli import main
+    from autolabel.recipe import load_recipe
+
+    shutil.copytree(trained, tmp_path / "t")
+    path = tmp_path / "t" / "recipe.yaml"
+    r = yaml.safe_load(path.read_text())
+    r["out"] = str(tmp_path / "t" / "run")
+    r["selection"] = {"annotation": "points", "cost_model": True, "budget": 50000, "box_points": 500,
+                      "per_scene_cap": 1, "strategy": "entropy"}
+    path.write_text(yaml.safe_dump(r))
+    assert main(["select", str(path), "--round", "0"]) == 0
+    assert "LiDAR points and" in capsys.readouterr().out
+    run = tmp_path / "t" / "run"
+    manifest = json.loads((run / "round_0" / "select" / "manifest.json").read_text())
+    assert manifest["annotation"] == "points" and manifest["budget_unit"] == "points" and "lidarseg.bin" in manifest["deliver"]
+    rows = manifest["selected"]
+    assert rows and all(row["cost"] == row["points"] + 500 * row["boxes"] and row["boxes_from"] == "dataset" for row in rows)
+    assert manifest["spent"] == sum(row["cost"] for row in rows) <= 50000
+    assert manifest["points_total"] == sum(row["points"] for row in rows)
+    assert "point labels and boxes" in (run / "round_0" / "select" / "index.html").read_text()
+    recipe = load_recipe(path)
+    assert oracle_annotate(recipe, 0, recipe.dataroot, tmp_path / "ann") == len(rows)
+    s = ingest(recipe, 0, tmp_path / "ann")
+    assert len(s["added"]) == len(rows) and s["voxels_added"] > 0

@@ -13,7 +13,7 @@ A "points only" row leaves the boxes out (at the default window), to show what t
     python benchmarks/point_labels.py RUN --micro     # the CI-sized version: checks that the harness runs
 
 The quality benchmark's test world is seed 131, 40x4; on a CPU a smaller world of the same seed (6x4) is
-the default. Results go to RUN/point_labels.json.
+the default. Results go to RUN/point_labels_<world>.json.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def main() -> None:
     rows.append(evaluate(frames, grid, PointLabelConfig(window=PointLabelConfig().window), boxes=False))
     meta = {"world_seed": args.seed, "synth": args.synth, "sweeps": args.sweeps, "grid": grid.to_dict(),
             "config": PointLabelConfig().to_dict(), "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d")}
-    (run / "point_labels.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (run / f"point_labels_{world.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\nworld seed {args.seed}, {args.synth} scenes x keyframes, {args.sweeps} sweeps between keyframes; "
           f"{len(frames.tokens)} annotated keyframes")
     print(f"{'labels':<22}{'mIoU':>7}{'geo IoU':>9}{'mIoU all':>10}{'geo all':>9}{'mask_camera %':>15}{'s/frame':>9}")

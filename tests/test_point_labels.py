@@ -351,5 +351,9 @@ def test_a_points_round_states_points_and_boxes_and_its_oracle_delivers_them(tra
     assert "point labels and boxes" in (run / "round_0" / "select" / "index.html").read_text()
     recipe = load_recipe(path)
     assert oracle_annotate(recipe, 0, recipe.dataroot, tmp_path / "ann") == len(rows)
+    for row in rows:  # the simulated annotator draws the boxes the manifest asked for
+        folder = tmp_path / "ann" / row["scene"] / row["token"]
+        assert len(json.loads((folder / "boxes.json").read_text())) == row["boxes"] > 0
+        assert (folder / "lidarseg.bin").stat().st_size == row["points"]
     s = ingest(recipe, 0, tmp_path / "ann")
     assert len(s["added"]) == len(rows) and s["voxels_added"] > 0

@@ -62,7 +62,7 @@ def frame_cost(frames: NuScenesFrames, token: str, grid: GridSpec, cell_tiles: n
     (region selection) for per-tile counts; labels: returns the round's pseudo-labels (semantics, mask_camera)
     of the frame, read only for the box estimate where the dataset has no boxes."""
     global2target, t0 = target_frame(frames, token)
-    own = read_sweep(frames, key_lidar(frames, token), global2target, t0, token)
+    own = read_sweep(frames, key_lidar(frames, token), global2target, t0, token, beams=False)
     anns = frames.nusc.get("sample", token)["anns"]
     if anns or labels is None:
         centres = np.array([frames.nusc.get("sample_annotation", a)["translation"] for a in anns], np.float64).reshape(-1, 3)

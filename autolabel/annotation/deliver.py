@@ -144,21 +144,24 @@ def in_tiles(points: np.ndarray, grid: GridSpec, bounds: list) -> np.ndarray:
 def simulate_delivery(frames: NuScenesFrames, token: str, out: Path, grid: GridSpec, tiles: list | None = None) -> Path:
     """The simulated annotator (a synthetic world's exact lidarseg labels and boxes): writes the frame's
     lidarseg.bin and boxes.json into `out` (its delivery folder). With `tiles` (region rows: voxel bounds) only
-    the points and the boxes (by centre) in the tiles are labelled: other points get 0 (noise, no class)."""
+    the points and the boxes (by centre) in the tiles are labelled: other points get 0 (noise, no class); else
+    every point, and the boxes with their centre in the grid's BEV extent (what the manifest counts)."""
     from occnet.atomic import atomic_write
 
     raw = dataset_lidarseg(frames, token).copy()
     boxes = dataset_boxes(frames, token)
+    global2target, t0 = target_frame(frames, token)
     if tiles is not None:
         from .accumulate import read_sweep
 
-        global2target, t0 = target_frame(frames, token)
-        own = read_sweep(frames, key_lidar(frames, token), global2target, t0, token)
+        own = read_sweep(frames, key_lidar(frames, token), global2target, t0, token, beams=False)
         noise = next(i for i, name in category_indices(frames.nusc.category).items() if name == "noise")
         raw[~in_tiles(own.points, grid, tiles)] = noise
-        centres = np.array([b["translation"] for b in boxes], np.float64).reshape(-1, 3)
-        centres = centres @ global2target[:3, :3].T + global2target[:3, 3]
-        boxes = [b for b, k in zip(boxes, in_tiles(centres, grid, tiles)) if k]
+    # the boxes the manifest counts: centre in the tiles, or in the grid's BEV extent (costs.frame_cost)
+    area = tiles if tiles is not None else [[[0, grid.shape[0]], [0, grid.shape[1]], [0, grid.shape[2]]]]
+    centres = np.array([b["translation"] for b in boxes], np.float64).reshape(-1, 3)
+    centres = centres @ global2target[:3, :3].T + global2target[:3, 3]
+    boxes = [b for b, k in zip(boxes, in_tiles(centres, grid, area)) if k]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / POINTS_FILE, lambda fh: fh.write(raw.tobytes()))
     text = json.dumps(boxes, indent=1)

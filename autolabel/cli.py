@@ -60,6 +60,15 @@ def _add_supervise(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: supervise.run(a.recipe, a.overrides, a.out))
 
 
+def _add_fuse(sub: argparse._SubParsersAction) -> None:
+    from .commands import fuse
+
+    p = sub.add_parser("fuse", help="fuse the training frames' evidence (LiDAR over time, 2D labels of every view) "
+                                    "into labels, once (fusion.enabled)")
+    _recipe_args(p)
+    p.set_defaults(func=lambda a: fuse.run(a.recipe, a.overrides, a.out))
+
+
 def _add_eval2d(sub: argparse._SubParsersAction) -> None:
     from .commands import eval2d
 
@@ -141,7 +150,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: run.run(a.recipe, a.overrides, a.out))
 
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_run, _add_info, _add_synth, _add_supervise, _add_eval2d, _add_train, _add_label,
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_run, _add_info, _add_synth, _add_supervise, _add_fuse, _add_eval2d, _add_train, _add_label,
                                                               _add_store_commands, _add_active)
 
 

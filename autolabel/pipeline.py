@@ -160,10 +160,27 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
                          recipe.supervision.lidar_max_depth, progress, extra_attrs={"recipe": recipe.digest()})
 
     stages.run("supervise", supervise_all, every_rank=True)
+    if recipe.fusion.enabled:
+        stages.run("fuse", lambda: fuse_stage(recipe, progress), every_rank=True)  # sharded over ranks like labelling
     history = []
     for k in range(recipe.rounds.count):
         history.append(_round(recipe, k, stages, history, progress))
     return {"run_dir": str(recipe.run_dir), "rounds": history, "stages": stages.done}
+
+
+def fuse_stage(recipe: Recipe, progress: bool) -> dict:
+    """The training frames' labels from evidence fusion (autolabel.fusion) into recipe.fusion_path (the stage
+    `fuse` of `autolabel run`, and `autolabel fuse`)."""
+    from .dataset import open_frames
+    from .dts.label import labelling_store
+    from .fusion.label import fuse_round
+    from .supervision.providers import resolve_device
+    from .training.rounds import open_cache
+
+    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+    store = labelling_store(recipe.fusion_path, recipe.network.grid)
+    return fuse_round(frames, open_cache(recipe), store, 0, recipe.network.grid, recipe.fusion,
+                      resolve_device(recipe.device), progress)
 
 
 def _has_gts(recipe: Recipe) -> bool:
@@ -173,6 +190,7 @@ def _has_gts(recipe: Recipe) -> bool:
 def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress: bool) -> dict:
     from .dataset import open_frames
     from .dts.label import label_round, labelling_store
+    from .fusion.store import open_fused
     from .store.labels import LabelStore
     from .store.rounds import evaluate_round, export_occ3d
     from .supervision.providers import resolve_device
@@ -186,8 +204,9 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     def label() -> dict:
         frames = open_frames(recipe, "train", load_images=True, load_gt=False)
         store = labelling_store(recipe.store_path, recipe.network.grid)
+        fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
         return label_round(frames, open_cache(recipe), store, k, recipe.network, recipe.dts, checkpoint_path(recipe, k),
-                           resolve_device(recipe.device), recipe, progress=progress)
+                           resolve_device(recipe.device), recipe, progress=progress, fused=fused)
 
     stages.run(f"{p}/label", label, every_rank=True)
 

@@ -21,6 +21,7 @@ from .active.config import SelectionConfig, check_region_budget
 from .dts.config import DTSConfig
 from .config_io import apply_overrides, from_dict, load_yaml, to_dict
 from .errors import DataError
+from .fusion.config import FusionConfig
 from .supervision.config import SupervisionConfig
 from .synth.writer import SynthConfig
 
@@ -85,6 +86,7 @@ class Recipe:
     loss: LossConfig = field(default_factory=lambda: LossConfig(labels_3d=1.0))
     train: TrainConfig = field(default_factory=TrainConfig)
     dts: DTSConfig = field(default_factory=DTSConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
@@ -96,6 +98,8 @@ class Recipe:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         check_region_budget(self.selection, self.network.grid.shape)  # region budgets count the grid's voxels
+        if not self.fusion.enabled and (self.loss.fused_3d > 0 or self.dts.evidence == "fusion"):
+            raise ValueError("loss.fused_3d > 0 and dts.evidence: fusion read the fused labels: set fusion.enabled: true")
 
     @property
     def run_dir(self) -> Path:
@@ -125,6 +129,11 @@ class Recipe:
         return ((Path(d) if d else self.run_dir / "annotations") / f"round_{k}").absolute()
 
     @property
+    def fusion_path(self) -> Path:
+        """The fused labels of the training frames (a label store, round 0), with fusion.enabled."""
+        return Path(self.fusion.store) if self.fusion.store else self.run_dir / "fusion.zarr"
+
+    @property
     def cache_path(self) -> Path:
         return Path(self.supervision.cache) if self.supervision.cache else self.run_dir / "supervision.zarr"
 
@@ -146,8 +155,9 @@ class Recipe:
 STAGE_READS: dict[str, tuple[str, ...]] = {
     "data": ("data.dataroot", "data.version", "data.synth", "network.grid"),
     "supervise": ("data.dataroot", "data.version", "data.synth", "data.sweeps", "supervision", "network.image_size"),
-    "train": ("data", "supervision", "network", "render", "loss", "train", "dts"),
-    "label": ("data", "supervision", "network", "dts"),
+    "fuse": ("data", "supervision", "network.grid", "fusion"),
+    "train": ("data", "supervision", "network", "render", "loss", "train", "dts", "fusion"),
+    "label": ("data", "supervision", "network", "dts", "fusion"),
     "evaluate": ("data", "network", "render", "dts", "rounds.export_drop_quantile"),
     "export": ("rounds.export_drop_quantile",),
     "select": ("data", "supervision", "network", "render", "dts", "selection"),

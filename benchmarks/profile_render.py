@@ -1,7 +1,7 @@
 """Where the CUDA render op's time goes: Python-side checks vs kernels, per-kernel times.
 
     python benchmarks/profile_render.py [--mode voxel] [--scene structured]
-Prints one table: the op through `render_rays` (with its input checks), the autograd Function alone,
+Prints one table: the op through `render_rays` (with its input checks and the torch.library dispatch),
 the raw extension calls, and the profiler's per-kernel CUDA times for one forward + backward.
 """
 from __future__ import annotations

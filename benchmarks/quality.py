@@ -17,12 +17,20 @@ Variants:
   fusion            no network: the pool's labels from evidence fusion (autolabel.fusion: LiDAR of +-3
                     keyframes, each point named by a vote of the default-level 2D labels of every view)
   fusion_exact / fusion_hard   the same from the exact / the hard 2D labels
+  render_all        render_noisy with semantic rays at every labelled pixel (render.semantic_rays: all)
+  render_fused      render_noisy + 3D targets from evidence fusion (loss.fused_3d)
+  render_hard_all / render_hard_fused   the same at the hard noise level
   noisy_dts         render_noisy + the DTS teacher's pseudo-labels
   dts_active_5pct   noisy_dts + one round with oracle 3D labels on 5% of the pool by active selection
   dts_random_5pct   the same with random selection
   dts_control       the same round 1 (same steps) with no new labels: what the extra steps alone are worth
   dts_points_5pct   dts_active_5pct's selection annotated as LiDAR point labels + boxes (the simulated point
                     annotator, voxelized by autolabel.annotation; issue 24) instead of exact dense voxels
+  fusion_dts        all the evidence: render_fused + the DTS teacher, its pseudo-labels filtered by the frame's
+                    LiDAR and the fused labels (dts.evidence: fusion)
+  hard_dts / fusion_dts_hard   noisy_dts / fusion_dts at the hard noise level
+Fused labels are made once per 2D-label level (RUN/fusion_<labels>.zarr, the pool's frames) and shared by
+the fusion variants and every variant that trains on them.
 A variant may carry a training seed, NAME@SEED (e.g. 3d_supervised@1); the table gives mean and spread
 over seeds. Ablations: --ablation NEW=BASE:key=value;key=value (recipe keys, YAML values).
 
@@ -61,8 +69,8 @@ from autolabel.active.select import select_frames  # noqa: E402
 from autolabel.config_io import apply_overrides  # noqa: E402
 from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
-from autolabel.fusion.config import FusionConfig  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
+from autolabel.fusion.store import open_fused  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
 from autolabel.store.rounds import evaluate_round  # noqa: E402
@@ -72,15 +80,21 @@ from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
 from autolabel.training.rounds import checkpoint_path, open_cache, train_round  # noqa: E402
 
 VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "render_hard", "render_noisy_v1", "noisy_dts",
-            "dts_active_5pct", "dts_random_5pct", "dts_control", "fusion", "fusion_exact", "fusion_hard", "dts_points_5pct")
+            "dts_active_5pct", "dts_random_5pct", "dts_control", "fusion", "fusion_exact", "fusion_hard", "render_all",
+            "render_fused", "render_hard_all", "render_hard_fused", "fusion_dts", "hard_dts", "fusion_dts_hard",
+            "dts_points_5pct")
 FUSION = ("fusion", "fusion_exact", "fusion_hard")  # pseudo-labels without a network
 CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct", "dts_control", "dts_points_5pct")
 ROUND1 = CHAIN[1:]  # round 1 starts from noisy_dts's network: these wait for it
+DTS = (*CHAIN, "fusion_dts", "hard_dts", "fusion_dts_hard")  # trained with the EMA teacher
+FUSED_TARGETS = ("render_fused", "render_hard_fused", "fusion_dts", "fusion_dts_hard")  # loss.fused_3d
+ALL_RAYS = ("render_all", "render_hard_all")  # render.semantic_rays: all
 # variant 3 with one change each, to find what rendering-only lacks
 DIAGNOSTICS = ("render_noisy_aux", "render_noisy_no_los", "render_noisy_lidar_target")
 # 2D labels by variant; the rest use the default level
 LABELS = {"render_exact": "exact", "render_hard": "hard", "render_noisy_v1": "v1", "fusion_exact": "exact",
-          "fusion_hard": "hard"}
+          "fusion_hard": "hard", "render_hard_all": "hard", "render_hard_fused": "hard", "hard_dts": "hard",
+          "fusion_dts_hard": "hard"}
 DEFAULT = ("3d_supervised,3d_supervised@1,render_noisy,render_noisy@1,render_exact,render_hard,render_noisy_v1,"
            + ",".join(CHAIN))
 WAIT_SECONDS = 5.0  # how often a round-1 variant looks for noisy_dts's network
@@ -98,7 +112,8 @@ def parse_ablations(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
     for spec in specs:
         name, _, rest = spec.partition("=")
         base, _, sets = rest.partition(":")
-        bases = (*VARIANTS[:6], *DIAGNOSTICS)  # single trainings (an ablation of noisy_dts has no round 1)
+        # single trainings (an ablation of noisy_dts has no round 1) and the fusion variants
+        bases = tuple(v for v in VARIANTS if v not in ROUND1) + DIAGNOSTICS
         if not name or base not in bases:
             raise SystemExit(f"--ablation {spec!r}: want NEW=BASE:key=value;... with BASE one of {bases}")
         out[name] = (base, [s for s in sets.split(";") if s])
@@ -120,9 +135,16 @@ def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
     labels = LABELS.get(kind, "noisy")
     r["supervision"]["precomputed"]["variant"] = labels
     r["supervision"]["cache"] = str(run / f"cache_{labels}.zarr")
-    dts = kind in CHAIN
+    dts = kind in DTS
     r["dts"]["enabled"] = dts
     r["loss"]["pseudo_3d"] = 1.0 if dts else 0.0
+    r["fusion"] = {"enabled": kind in FUSED_TARGETS or kind in FUSION, "store": str(run / f"fusion_{labels}.zarr")}
+    if kind in FUSED_TARGETS:
+        r["loss"]["fused_3d"] = 1.0
+    if kind in ("fusion_dts", "fusion_dts_hard"):
+        r["dts"]["evidence"] = "fusion"
+    if kind in ALL_RAYS:
+        r["render"]["semantic_rays"] = "all"
     if kind == "3d_supervised":  # 3D labels only; LiDAR depth bins cost it 6 mIoU on the development world
         r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, line_of_sight=0.0, labels_3d=1.0)
     if kind in ("render_noisy_no_los", "render_noisy_lidar_target"):  # without the line-of-sight loss
@@ -132,24 +154,34 @@ def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
     if kind == "render_noisy_aux":  # RenderOcc's auxiliary-frame rays: the neighbouring keyframes' views
         r["data"]["aux_frames"] = 1
         r["render"]["aux_rays_per_frame"] = r["render"]["rays_per_frame"] // 2
-    return apply_overrides(r, overrides)
+    r = apply_overrides(r, overrides)
+    settings = {k: v for k, v in r["fusion"].items() if k not in ("enabled", "store")}
+    if settings:  # an ablation of the fusion settings: its own fused labels
+        tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        r["fusion"]["store"] = str(run / f"fusion_{labels}_{tag}.zarr")
+    return r
 
 
-def prepared_variant(run: Path, base: dict, name: str, ablations: dict):
+def prepared_variant(run: Path, base: dict, name: str, ablations: dict, fuse: bool = True):
     """The variant's recipe written to RUN/<name>.yaml and loaded, its 2D supervision cache written
-    (shared by the variants with the same labels; `supervise` skips frames already done)."""
+    (shared by the variants with the same labels; `supervise` skips frames already done), and where it
+    uses them (and `fuse`) the pool's fused labels (shared likewise; `fuse_round` skips frames already done)."""
     recipe = load_recipe(write_recipe(run, name.replace("@", "_s"), variant_recipe(run, base, name, ablations)))
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     supervise(frames, build_provider(recipe.supervision, frames.dataroot), recipe.cache_path, recipe.network.image_size,
               progress=False)
+    if recipe.fusion.enabled and fuse:
+        pool = open_frames(recipe, "train", load_images=False, load_gt=False)
+        fuse_round(pool, open_cache(recipe), LabelStore(recipe.fusion_path, recipe.network.grid, create=True), 0,
+                   recipe.network.grid, recipe.fusion, resolve_device(recipe.device), progress=False)
     return recipe
 
 
-def pool_scores(recipe, k: int, world: Path, t0: float) -> dict:
-    """Round k of the variant's store against the world's exact ground truth within mask_camera: all labels,
-    and at the export threshold the kept share and its scores; label_seconds counted from t0."""
+def pool_scores(recipe, k: int, world: Path, t0: float, store: Path | None = None) -> dict:
+    """Round k of the variant's store (or `store`) against the world's exact ground truth within mask_camera:
+    all labels, and at the export threshold the kept share and its scores; label_seconds counted from t0."""
     q = recipe.rounds.export_drop_quantile
-    e = evaluate_round(LabelStore.open(recipe.store_path), k, world, (q,), progress=False)
+    e = evaluate_round(LabelStore.open(store or recipe.store_path), k, world, (q,), progress=False)
     p, kept = e["scores"].as_dict(), e["curve"][0]
     return {"miou": p["miou"], "geometric_iou": p["geometric_iou"], "per_class": p["per_class_iou"], "drop_quantile": q,
             "kept_share": kept["coverage"], "kept_miou": kept["miou"], "kept_geometric_iou": kept["geometric_iou"],
@@ -196,9 +228,10 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         log(f"{name}: test mIoU {s['miou']}; labelling the pool")
         t0 = time.perf_counter()
         frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+        fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
         label_round(frames, open_cache(recipe), LabelStore(recipe.store_path, recipe.network.grid, create=True), k,
                     recipe.network, recipe.dts, checkpoint_path(recipe, k), resolve_device(recipe.device), recipe,
-                    progress=False)
+                    progress=False, fused=fused)
         r["pseudo_labels"] = p = pool_scores(recipe, k, world, t0)
         results[name] = r
         log(f"{name}: test mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step, {seconds:.0f} s); pool "
@@ -259,14 +292,12 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         save()
 
     def fused(name: str) -> None:
-        """The pool labelled by evidence fusion alone, scored like a network's pseudo-labels."""
+        """The pool labelled by evidence fusion alone, scored like a network's pseudo-labels (label_seconds: the
+        fusion of the pool, 0 where it was made before, for a variant that trains on it)."""
         log(f"{name}: fusing the pool's evidence")
-        recipe = prepared_variant(run, base, name, ablations)
         t0 = time.perf_counter()
-        frames = open_frames(recipe, "train", load_images=False, load_gt=False)
-        fuse_round(frames, open_cache(recipe), LabelStore(recipe.store_path, recipe.network.grid, create=True), 0,
-                   recipe.network.grid, FusionConfig(), resolve_device(recipe.device), progress=False)
-        p = pool_scores(recipe, 0, world, t0)
+        recipe = prepared_variant(run, base, name, ablations)  # fuses the pool
+        p = pool_scores(recipe, 0, world, t0, recipe.fusion_path)
         results[name] = {"miou": None, "geometric_iou": None, "pseudo_labels": p}
         log(f"{name}: pool labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * p['kept_share']:.1f}% "
             f"({p['label_seconds']:.0f} s)")
@@ -438,12 +469,20 @@ def main() -> None:
     for f in run.glob("*.failed"):  # from an earlier attempt: those variants are tried again now
         f.unlink()
     t0 = time.perf_counter()
-    # the caches the variants read, written once before the processes start (in DataLoader workers)
-    for labels in sorted({LABELS.get(kind_of(v, ablations), "noisy") for v in wanted}) if groups else ():
-        kind = next(k for k in VARIANTS if LABELS.get(k, "noisy") == labels)
+    # the caches and the fused labels the trainings read, written once before the processes start (in
+    # DataLoader workers; fusion on the GPU); a fusion variant's own labels are made in its process
+    prepared: set[tuple[str, str | None]] = set()
+    for v in wanted if groups else ():
+        r = variant_recipe(run, base, v, ablations)
+        trains_on_fused = r["fusion"]["enabled"] and kind_of(v, ablations) not in FUSION
+        key = (r["supervision"]["cache"], r["fusion"]["store"] if trains_on_fused else None)
+        if key in prepared:
+            continue
+        prepared.add(key)
         t1 = time.perf_counter()
-        prepared_variant(run, base, kind, {})
-        print(f"supervision cache of the {labels} 2D labels in {time.perf_counter() - t1:.0f} s", flush=True)
+        prepared_variant(run, base, v, ablations, fuse=trains_on_fused)
+        print(f"supervision cache {Path(key[0]).name}" + (f" and fused labels {Path(key[1]).name}" if key[1] else "")
+              + f" in {time.perf_counter() - t1:.0f} s", flush=True)
     if len(groups) == 1:
         run_group(run, base, world, groups[0], args, "0", ablations)
     elif groups:

@@ -19,6 +19,7 @@ CSRC = Path(__file__).parent / "csrc"
 
 
 BACKENDS = ("reference", "cpu", "cuda")
+NAMESPACE = "autolabel_kernels"  # the package's torch.library namespace: render_rays_fwd / _bwd, ray_voxels
 
 
 class BackendUnavailable(RuntimeError):

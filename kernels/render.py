@@ -10,15 +10,20 @@ Segments are used while T_i >= t_threshold.
 Backends: "reference" (PyTorch, any device), "cpu" (C++, at::parallel_for over rays), "cuda" (CUDA C++,
 a group of threads per ray, fused; backward recomputes along the ray). The fastest available for the
 inputs' device is used; ``AUTOLABEL_KERNELS=reference|cpu|cuda`` or the ``backend`` argument forces one.
+
+The op is registered with torch.library as ``autolabel_kernels::render_rays_fwd`` (fake function, autograd)
+and ``autolabel_kernels::render_rays_bwd`` (its backward), so torch.compile and the dispatcher see it as
+one op whichever backend runs; docs/ARCHITECTURE.md, "Registered ops".
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
-from ._build import load_backend, pick_backend
+from ._build import NAMESPACE, load_backend, pick_backend
 from .grid import GridSpec
 from .reference import render_rays_reference
 
@@ -119,39 +124,134 @@ def _validate_values(density, origins, directions, batch_index, near, far) -> No
         _raise_bad_input(flags)
 
 
-def _pick_backend(requested: Optional[str], device: torch.device) -> str:
-    return pick_backend("render_rays", requested, device, _warned, load_backend)
+# ---- the registered ops ---------------------------------------------------------------------------
+# torch.compile, the dispatcher and opcheck see the op as autolabel_kernels::render_rays_fwd, with a
+# shape function (register_fake) and a backward (register_autograd) that is itself the op
+# autolabel_kernels::render_rays_bwd. Both have one implementation for every device type (the dispatcher's
+# CompositeExplicitAutograd key) that picks the backend when it runs: the compiled CPU / CUDA kernels where
+# they build, else the PyTorch reference. Inside them nothing is traced: the value checks' host sync and
+# the reference's data-dependent sizes stay out of compiled graphs. In eager mode `render_rays` runs the
+# reference backend without the op (see there).
 
 
-class _RenderFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, density, features, origins, directions, batch_index, near, far, backend, geom, mode_id, step, thr,
-                check_values):
-        mod = load_backend(backend)
-        lo, vs, hi = geom
-        depth, opacity, feats, trans, flags = mod.forward(density, features, origins, directions, batch_index, near,
-                                                          far, lo, vs, hi, mode_id, step, thr)
+def _resolve(backend: str, density: torch.Tensor, features: torch.Tensor) -> str:
+    """The backend that runs: `backend` when not "" (an error if it cannot run here), else the fastest."""
+    chosen = pick_backend("render_rays", backend or None, density.device, _warned, load_backend)
+    if chosen == "cpu" and features.dtype != density.dtype:
+        _fail("the cpu backend takes features in the density's dtype")
+    return chosen
+
+
+def _reference(density, features, origins, directions, batch_index, near, far, grid_min, grid_max, voxel_size, mode,
+               step_size, t_threshold):
+    """The PyTorch reference on the op's arguments; features are composited in the density's dtype."""
+    grid = GridSpec(range_min=grid_min, range_max=grid_max, voxel_size=voxel_size)
+    return render_rays_reference(density, features.to(density.dtype), origins, directions, batch_index, near, far, grid,
+                                 mode, step_size, t_threshold)
+
+
+@contextlib.contextmanager
+def _autograd_inside_kernel():
+    """Autograd back on inside an op's kernel, for the reference's backward (autograd of its forward).
+
+    The dispatcher runs a custom op's kernel below the autograd keys (they are in the thread's exclude set),
+    so torch.enable_grad alone records nothing there. This lifts that exclusion and nothing else. It uses
+    torch._C's dispatch-key guards (torch's own higher-order ops do the same); torch.func.vjp would avoid
+    them but fails under any TorchDispatchMode ("Cannot access storage of TensorWrapper")."""
+    keys = torch._C.DispatchKey
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (keys.AutogradCPU, keys.AutogradOther, keys.AutogradNestedTensor):  # AutogradCPU: every backend's
+        exclude = exclude.remove(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
+        yield
+
+
+@torch.library.custom_op(f"{NAMESPACE}::render_rays_fwd", mutates_args=())
+def render_rays_fwd(
+    density: torch.Tensor, features: torch.Tensor, origins: torch.Tensor, directions: torch.Tensor,
+    batch_index: torch.Tensor, near: torch.Tensor, far: torch.Tensor, grid_min: Sequence[float],
+    grid_max: Sequence[float], voxel_size: Sequence[float], mode: str, step_size: float, t_threshold: float,
+    backend: str, check_values: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward of `render_rays` on validated structure: (depth, opacity, features, transmittance), the
+    features in the density's dtype (the accumulation dtype; `render_rays` casts them back)."""
+    chosen = _resolve(backend, density, features)
+    if chosen == "reference":
         if check_values:
-            bits = int(flags.item())  # the op's one host sync: bad input fails here, clearly
-            if bits:
-                _raise_bad_input(bits)
-        ctx.save_for_backward(density, features, origins, directions, batch_index, near, far, depth, opacity, feats, trans)
-        ctx.args = (backend, geom, mode_id, step, thr)
-        return depth, opacity, feats, trans
+            _validate_values(density, origins, directions, batch_index, near, far)
+        out = _reference(density, features, origins, directions, batch_index, near, far, grid_min, grid_max,
+                         voxel_size, mode, step_size, t_threshold)
+        return tuple(t.contiguous() for t in out)
+    mod = load_backend(chosen)
+    depth, opacity, feats, trans, flags = mod.forward(
+        density.contiguous(), features.contiguous(), origins.contiguous(), directions.contiguous(),
+        batch_index.contiguous(), near.contiguous(), far.contiguous(), list(grid_min), list(voxel_size),
+        list(grid_max), _MODE_IDS[mode], step_size, t_threshold)
+    if check_values:
+        bits = int(flags.item())  # the op's one host sync: bad input fails here, clearly
+        if bits:
+            _raise_bad_input(bits)
+    return depth, opacity, feats, trans
 
-    @staticmethod
-    def backward(ctx, g_depth, g_opacity, g_feats, g_trans):
-        density, features, origins, directions, batch_index, near, far, depth, opacity, feats, trans = ctx.saved_tensors
-        backend, (lo, vs, hi), mode_id, step, thr = ctx.args
-        mod = load_backend(backend)
 
-        def grad(g, like):
-            return torch.zeros_like(like) if g is None else g.contiguous()
+@render_rays_fwd.register_fake
+def _render_rays_fwd_fake(density, features, origins, directions, batch_index, near, far, grid_min, grid_max,
+                          voxel_size, mode, step_size, t_threshold, backend, check_values):
+    n, c = origins.shape[0], features.shape[-1]
+    return density.new_empty(n), density.new_empty(n), density.new_empty((n, c)), density.new_empty(n)
 
-        gd, gf = mod.backward(density, features, origins, directions, batch_index, near, far, lo, vs, hi, mode_id, step, thr,
-                              depth, opacity, feats, trans, grad(g_depth, depth), grad(g_opacity, opacity),
-                              grad(g_feats, feats), grad(g_trans, trans))
-        return gd, gf, None, None, None, None, None, None, None, None, None, None, None
+
+@torch.library.custom_op(f"{NAMESPACE}::render_rays_bwd", mutates_args=())
+def render_rays_bwd(
+    density: torch.Tensor, features: torch.Tensor, origins: torch.Tensor, directions: torch.Tensor,
+    batch_index: torch.Tensor, near: torch.Tensor, far: torch.Tensor, grid_min: Sequence[float],
+    grid_max: Sequence[float], voxel_size: Sequence[float], mode: str, step_size: float, t_threshold: float,
+    backend: str, depth: torch.Tensor, opacity: torch.Tensor, feats: torch.Tensor, trans: torch.Tensor,
+    g_depth: torch.Tensor, g_opacity: torch.Tensor, g_feats: torch.Tensor, g_trans: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of density and features (in their dtypes) from the forward's inputs, outputs and output
+    gradients; the kernels walk each ray again, the reference differentiates its forward, recomputed."""
+    chosen = _resolve(backend, density, features)
+    grads = [g.contiguous() for g in (g_depth, g_opacity, g_feats, g_trans)]
+    if chosen == "reference":
+        with _autograd_inside_kernel():
+            d, f = density.detach().requires_grad_(), features.detach().requires_grad_()
+            out = _reference(d, f, origins, directions, batch_index, near, far, grid_min, grid_max, voxel_size, mode,
+                             step_size, t_threshold)
+            used = [(o, g) for o, g in zip(out, grads) if o.requires_grad]  # all of them, unless nothing is read
+            grad_density, grad_features = (torch.autograd.grad([o for o, _ in used], (d, f), [g for _, g in used],
+                                                               allow_unused=True) if used else (None, None))
+        return (torch.zeros_like(density) if grad_density is None else grad_density.contiguous(),
+                torch.zeros_like(features) if grad_features is None else grad_features.contiguous())
+    mod = load_backend(chosen)
+    c = [t.contiguous() for t in (density, features, origins, directions, batch_index, near, far, depth, opacity, feats,
+                                  trans)]
+    grad_density, grad_features = mod.backward(*c[:7], list(grid_min), list(voxel_size), list(grid_max), _MODE_IDS[mode],
+                                               step_size, t_threshold, *c[7:], *grads)
+    return grad_density, grad_features
+
+
+@render_rays_bwd.register_fake
+def _render_rays_bwd_fake(density, features, *rest):
+    return density.new_empty(density.shape), features.new_empty(features.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    density, features, origins, directions, batch_index, near, far = inputs[:7]
+    ctx.save_for_backward(density, features, origins, directions, batch_index, near, far, *output)
+    ctx.args = tuple(inputs[7:14])  # grid_min, grid_max, voxel_size, mode, step_size, t_threshold, backend
+
+
+def _backward(ctx, g_depth, g_opacity, g_feats, g_trans):
+    saved = ctx.saved_tensors
+    inputs, outputs = saved[:7], saved[7:]
+    grads = [torch.zeros_like(o) if g is None else g for g, o in zip((g_depth, g_opacity, g_feats, g_trans), outputs)]
+    grad_density, grad_features = render_rays_bwd(*inputs, *ctx.args, *outputs, *grads)
+    # no gradients for the rays and the settings (documented: gradients flow to density and features only)
+    return (grad_density, grad_features) + (None,) * 13
+
+
+torch.library.register_autograd(f"{NAMESPACE}::render_rays_fwd", _backward, setup_context=_setup_context)
 
 
 def render_rays(
@@ -194,20 +294,19 @@ def render_rays(
         Gradients flow to density and features, not to the rays.
     """
     _validate_structure(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
-    chosen = _pick_backend(backend, density.device)
-    if chosen == "reference":
-        if check_values:
-            _validate_values(density, origins, directions, batch_index, near, far)
-        depth, opacity, feats, trans = render_rays_reference(
-            density, features.to(density.dtype) if features.dtype != density.dtype else features,
-            origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
-        return RenderOutput(depth, opacity, feats.to(features.dtype), trans)
-    if chosen == "cpu" and features.dtype != density.dtype:
-        _fail("the cpu backend takes features in the density's dtype")
-    geom = (list(grid.range_min), list(grid.voxel_size), list(grid.range_max))
-    rays = [t.detach().contiguous() for t in (origins, directions, batch_index, near, far)]
-    depth, opacity, feats, trans = _RenderFunction.apply(
-        density.contiguous(), features.contiguous(), *rays, chosen, geom, _MODE_IDS[mode], float(step_size),
-        float(t_threshold), bool(check_values))
-    # CUDA accumulates half / bfloat16 features in float32 and returns them so; the cast is differentiable
+    if not torch.compiler.is_compiling():
+        backend = _resolve(backend or "", density, features)
+        if backend == "reference":
+            # Eager: plain PyTorch that autograd differentiates as it runs. Through the op, the backward would
+            # have to run the reference's forward again (1.6-1.8x the time, measured on the CPU).
+            if check_values:
+                _validate_values(density, origins, directions, batch_index, near, far)
+            rays = [t.detach() for t in (origins, directions, batch_index, near, far)]  # as the op: no ray gradients
+            depth, opacity, feats, trans = render_rays_reference(
+                density, features.to(density.dtype), *rays, grid, mode, step_size, t_threshold)
+            return RenderOutput(depth, opacity, feats.to(features.dtype), trans)
+    depth, opacity, feats, trans = render_rays_fwd(
+        density, features, origins, directions, batch_index, near, far, grid.range_min, grid.range_max,
+        grid.voxel_size, mode, float(step_size), float(t_threshold), backend or "", bool(check_values))
+    # CUDA and the reference composite half / bfloat16 features in float32; the cast is differentiable
     return RenderOutput(depth, opacity, feats.to(features.dtype), trans)

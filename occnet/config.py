@@ -111,6 +111,9 @@ class LossConfig:
     line_of_sight: float = 1.0
     labels_3d: float = 0.0  # cross-entropy on voxels of frames with 3D labels (mask_camera)
     pseudo_3d: float = 0.0  # confidence-weighted cross-entropy on pseudo-labels
+    # confidence-weighted cross-entropy on labels fused from the scene's evidence (batch fused_semantics /
+    # fused_confidence: LiDAR over time named by voted 2D labels), on frames without 3D labels
+    fused_3d: float = 0.0
     # 3D cross-entropies weigh an occupied voxel by (its class's share of the batch's occupied voxels) **
     # -class_balance_3d, free voxels unchanged (occnet.losses.voxel_ce; 0 = off). 0.5: +2.0 mIoU for the
     # 3D-supervised network on the development world, one seed (BENCHMARKS.md, benchmark v2)
@@ -118,14 +121,14 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for name in ("depth", "semantics_2d", "depth_distribution", "opacity_entropy", "line_of_sight", "labels_3d",
-                     "pseudo_3d"):
+                     "pseudo_3d", "fused_3d"):
             _check(getattr(self, name) >= 0, f"LossConfig.{name} must be >= 0")
         _check(0 <= self.silog_lambda <= 1, "LossConfig.silog_lambda must lie in [0, 1]")
         _check(0 <= self.class_balance_3d <= 1, "LossConfig.class_balance_3d must lie in [0, 1]")
 
     @property
     def rendering_only(self) -> bool:
-        return self.labels_3d == 0 and self.pseudo_3d == 0
+        return self.labels_3d == 0 and self.pseudo_3d == 0 and self.fused_3d == 0
 
 
 @dataclass

@@ -96,7 +96,8 @@ class Trainer:
     Batch keys: images (B, N, 3, H, W), intrinsics (B, N, 3, 3), cam2ego (B, N, 4, 4), depth (B, N, H, W),
     semantics (B, N, H, W) uint8 (255 none), confidence (B, N, H, W); optional gt_semantics /
     gt_mask / has_gt (3D labels), gt_annotated (B, X, Y, Z: voxels an annotator labelled, region-level labels)
-    and pseudo_semantics / pseudo_confidence / has_pseudo.
+    and pseudo_semantics / pseudo_confidence / has_pseudo; fused_semantics (B, X, Y, Z) uint8 (255 unobserved)
+    / fused_confidence (B, X, Y, Z) float for loss.fused_3d.
     """
 
     def __init__(self, model: OccupancyNetwork, render_cfg: RenderConfig, loss_cfg: LossConfig, train_cfg: TrainConfig,
@@ -247,6 +248,16 @@ class Trainer:
                 w = b["pseudo_confidence"].float() * b["has_pseudo"].float()[:, None, None, None]
             terms["pseudo3d"] = lc.pseudo_3d * voxel_ce(out.density, out.logits, b["pseudo_semantics"], w, voxel,
                                                           lc.class_balance_3d)
+        if lc.fused_3d > 0 and "fused_semantics" in b:
+            # labels fused from the scene's evidence (255 where it saw nothing): like pseudo-labels, on the
+            # voxels no annotator labelled
+            w = b["fused_confidence"].float()
+            if annotated is not None:
+                w = w * (1 - annotated)
+            elif "has_gt" in b:
+                w = w * (~b["has_gt"].bool()).float()[:, None, None, None]
+            terms["fused3d"] = lc.fused_3d * voxel_ce(out.density, out.logits, b["fused_semantics"], w, voxel,
+                                                        lc.class_balance_3d)
         if not terms:
             raise ValueError("Trainer: every loss is off or has no targets in the batch; turn one on in LossConfig")
         return terms

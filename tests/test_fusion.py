@@ -105,6 +105,24 @@ def test_a_moving_car_is_kept_only_at_the_frame_s_own_time():
     assert f.semantics[14, 8, 2] == 255  # the later car's voxel: neither its class nor free (unobserved)
 
 
+def test_a_keyframe_s_sweeps_may_come_as_separate_sweeps():
+    """fuse takes several Sweep objects of one window keyframe (its keyframe sweep and earlier sweeps apart)
+    and gives what their concatenation gives: free space is cast from each object's own keyframe points
+    (it used to index the classes of every point of the keyframe with one object's mask and fail)."""
+    zero = torch.zeros(3, dtype=torch.float64)
+    key = torch.tensor([[2.1, 0.0, 0.1], [2.1, 1.0, 0.1]], dtype=torch.float64)
+    early = torch.tensor([[3.1, -1.0, 0.1]], dtype=torch.float64)
+    parts = [Sweep(key, zero, torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.float64), 0),
+             Sweep(early, zero, torch.zeros(1, dtype=torch.bool), torch.full((1,), -0.05, dtype=torch.float64), 0)]
+    whole = [Sweep(torch.cat([key, early]), zero, torch.tensor([True, True, False]),
+                   torch.tensor([0.0, 0.0, -0.05], dtype=torch.float64), 0)]
+    views = [_view(np.full((20, 20), WALL), 0)]
+    cfg = FusionConfig(zbuffer_pool=1)
+    a, b = fuse(parts, views, GRID, cfg), fuse(whole, views, GRID, cfg)
+    assert np.array_equal(a.semantics, b.semantics) and np.array_equal(a.confidence, b.confidence)
+    assert (a.semantics == FREE_ID).any() and (a.semantics == WALL).sum() == 3
+
+
 def test_a_fused_round_is_stored_scored_and_exported_as_occ3d(world, tmp_path):
     """fuse_round writes every frame (resumable: a second call does nothing); unobserved voxels (255 in the
     store) are scored as free and exported as free outside every mask, so the files hold ids 0..17 only."""
@@ -134,3 +152,64 @@ def test_a_fused_round_is_stored_scored_and_exported_as_occ3d(world, tmp_path):
     unobserved = sem == 255
     assert out.semantics.max() <= FREE_ID and (out.semantics[unobserved] == FREE_ID).all()
     assert not out.mask_camera[unobserved].any() and not out.mask_lidar[unobserved].any()
+
+
+def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_source():
+    """dts.evidence: fusion (dts.pseudo.apply_fusion), on five voxels of a 5x1x1 grid."""
+    from autolabel.dts.pseudo import apply_fusion
+
+    car, road = class_id("car"), class_id("driveable_surface")
+    shape = (5, 1, 1)
+    sem = torch.full(shape, FREE_ID, dtype=torch.uint8)  # the teacher read out free everywhere
+    conf = torch.full(shape, 0.6)
+    cls = torch.full(shape, road, dtype=torch.long)
+    pcls = torch.tensor([0.9, 0.2, 0.5, 0.5, 0.5]).view(shape)
+    free = torch.tensor([False, False, False, True, False]).view(shape)  # the frame's own LiDAR
+    hit = torch.tensor([False, False, True, False, False]).view(shape)
+    fused = torch.tensor([car, car, 255, 255, FREE_ID], dtype=torch.uint8).view(shape)
+    fconf = torch.tensor([0.8, 0.8, 0.0, 0.0, 0.7]).view(shape)
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf)
+    # 0: fusion's car (0.8) loses to the teacher's road (0.9); 1: it wins over 0.2; 2: the frame's return that
+    # fusion did not name keeps the teacher's class; 3: the frame's ray frees it (confidence 1); 4: fusion frees it
+    assert s.view(-1).tolist() == [road, car, road, FREE_ID, FREE_ID]
+    assert torch.allclose(c.view(-1), torch.tensor([0.9, 0.8, 0.5, 1.0, 0.7]))
+    # where neither source observed anything the teacher's read-out stands
+    none = torch.full(shape, 255, dtype=torch.uint8)
+    s, c = apply_fusion(sem, conf, cls, pcls, torch.zeros_like(free), torch.zeros_like(hit), none, torch.zeros(shape))
+    assert (s == FREE_ID).all() and torch.allclose(c, conf)
+
+
+def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world, tmp_path, capsys):
+    """fusion.enabled: the `fuse` stage writes the training frames' fused labels once; the student learns
+    from them (loss.fused_3d) and the teacher filters by them (dts.evidence: fusion)."""
+    import json
+
+    import yaml
+    from tiny_models import write_recipe
+
+    from autolabel.cli import main
+    from autolabel.store.labels import LabelStore
+
+    path = write_recipe(tmp_path, pool_world, fusion={"enabled": True, "window": 1})
+    r = yaml.safe_load(path.read_text())
+    r["loss"]["fused_3d"] = 1.0
+    r["dts"]["evidence"] = "fusion"
+    r["train"].update(steps=2, checkpoint_every=2)
+    path.write_text(yaml.safe_dump(r))
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "run"
+    stages = json.loads((run / "stages.json").read_text())
+    assert list(stages)[:3] == ["data", "supervise", "fuse"]
+    fused = LabelStore.open(run / "fusion.zarr").round(0)
+    assert fused.done().all() and fused.attrs["fusion"]["window"] == 1
+    rows = [json.loads(x) for x in (run / "round_0" / "train" / "history.jsonl").read_text().splitlines()]
+    assert all(row["fused3d"] > 0 for row in rows)
+    assert LabelStore.open(run / "labels.zarr").round(0).attrs["fusion"] == fused.attrs["fusion"]
+    capsys.readouterr()
+    assert main(["fuse", str(path)]) == 0 and "0 of 6 frames fused" in capsys.readouterr().out  # done: resumed, nothing left
+    r["fusion"]["enabled"] = False  # the fused labels are read: a recipe without them is refused
+    path.write_text(yaml.safe_dump(r))
+    from autolabel.recipe import load_recipe
+
+    with pytest.raises(DataError, match="fusion.enabled"):
+        load_recipe(path)

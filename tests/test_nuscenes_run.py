@@ -93,6 +93,7 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     assert str(deliver) in (run / "round_0" / "select" / "index.html").read_text()
     stages = json.loads((run / "stages.json").read_text())
     assert stages["supervise"]["coverage"] > 0  # the tiny SAM + CLIP labelled pixels of the real images
+    assert stages["fuse"]["labelled"] == 1  # the recipe fuses the evidence (issue 20): one real frame, no neighbours
 
     # the annotators' delivery, written as the official Occ3D-nuScenes files are (plain np.savez_compressed)
     labels = hand_made_labels(GRID)

@@ -6,7 +6,7 @@ import torch
 
 from kernels._build import BackendUnavailable, load_backend
 from kernels.grid import GridSpec
-from kernels.walk import ray_voxels, ray_voxels_reference
+from kernels.walk import ray_voxels, ray_voxels_op, ray_voxels_reference
 
 GRID = GridSpec(range_min=(-6.4, -6.4, -1.0), range_max=(6.4, 6.4, 2.2), voxel_size=(0.4, 0.4, 0.4))
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -69,3 +69,38 @@ def test_bad_input_is_named():
         ray_voxels(o, d, GRID, frame=torch.full((10,), 2), frames=2)
     with pytest.raises(ValueError, match="backend must be"):
         ray_voxels(o, d, GRID, backend="gpu")
+
+
+@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)])
+@pytest.mark.parametrize("batched", [False, True])
+def test_opcheck_walk_op(backend, device, batched):
+    """autolabel_kernels::ray_voxels: schema, fake function, AOT dispatch with dynamic shapes (no autograd)."""
+    o, d, t, occ = _rays(40, seed=5, device=device)
+    frame = torch.arange(40, device=device) % 2 if batched else None
+    occupied = torch.stack([occ, ~occ]) if batched else occ[None]
+    g = GRID
+    torch.library.opcheck(ray_voxels_op, (o, d, occupied, t, frame, 2 if batched else 1, g.range_min, g.range_max,
+                                          g.voxel_size, backend))
+
+
+@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)])
+def test_torch_compile_of_the_walk_matches_eager(backend, device):
+    """The walk compiles without a graph break (its value checks run inside the op) and marks the same voxels."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    def fn(o, d, t, occ, frame):
+        both = ray_voxels(o, d, GRID, occupied=occ, t_max=t * 0.5, frame=frame, frames=2, backend=backend)
+        one = ray_voxels(o[0], d, GRID, occupied=occ[0], backend=backend)
+        return both.sum(0) + one
+
+    torch.compiler.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(fn, backend=counter, fullgraph=True)
+    for n in (300, 410):
+        o, d, t, occ = _rays(n, seed=n, device=device)
+        args = (o, d, t, torch.stack([occ, occ.flip(0)]), torch.arange(n, device=device) % 2)
+        want = fn(*args)
+        assert torch.equal(compiled(*args), want) and want.sum() > 100
+    assert counter.frame_count >= 1
+    ops = [str(node.target) for g in counter.graphs for node in g.graph.nodes]
+    assert "autolabel_kernels.ray_voxels.default" in ops

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..dataset import open_frames
 from ..dts.label import label_round, labelling_store
 from ..errors import DataError
+from ..fusion.store import open_fused
 from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
 from ..supervision.providers import resolve_device
 from ..training.rounds import checkpoint_path, open_cache
@@ -18,7 +19,8 @@ def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
         raise DataError(f"round {k}: the trained network {checkpoint} is missing; run `autolabel train --round {k}` first")
     store = labelling_store(recipe.store_path, recipe.network.grid)
     save_recipe(recipe, recipe.round_dir(k) / "label" / RESOLVED_RECIPE)
-    s = label_round(frames, cache, store, k, recipe.network, recipe.dts, checkpoint, device, recipe)
+    fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
+    s = label_round(frames, cache, store, k, recipe.network, recipe.dts, checkpoint, device, recipe, fused=fused)
     per = s["seconds"] / max(s["labelled"], 1)
     print(f"round {k}: {s['labelled']} frames labelled ({s['skipped']} already done) by the {s['weights']} at step "
           f"{s['teacher_step']}, {per:.2f} s per frame; store {recipe.store_path}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+EVIDENCE = ("lidar", "fusion")
+
 
 @dataclass
 class DTSConfig:
@@ -13,6 +15,9 @@ class DTSConfig:
     start_step: int = 200  # the student learns from pseudo-labels (loss.pseudo_3d) from this step on
     depth_aware: bool = True  # the teacher's view transform uses the LiDAR depth prior
     lidar_filter: bool = True  # voxels LiDAR rays cross are free, return voxels occupied
+    # the evidence the teacher's pseudo-labels are filtered by: the frame's own LiDAR ("lidar"), or in
+    # addition the fused labels of its scene window ("fusion", needs fusion.enabled; dts.pseudo.apply_fusion)
+    evidence: str = "lidar"
     drop_quantile: float = 0.3  # per class, the least confident share of voxels left 255
     occupied_threshold: float = 0.5  # occupancy probability above which a voxel is occupied
     # after training, replace occupied_threshold for labelling and evaluation by the threshold calibrated
@@ -33,6 +38,10 @@ class DTSConfig:
             raise ValueError("dts.drop_quantile must lie in [0, 1)")
         if not 0 < self.occupied_threshold < 1:
             raise ValueError("dts.occupied_threshold must lie in (0, 1)")
+        if self.evidence not in EVIDENCE:
+            raise ValueError(f"dts.evidence must be one of {EVIDENCE}, got {self.evidence!r}")
+        if self.evidence == "fusion" and not self.lidar_filter:
+            raise ValueError("dts.evidence: fusion filters by LiDAR and fusion together; it needs dts.lidar_filter: true")
         if self.batch_size < 1:
             raise ValueError("dts.batch_size must be >= 1")
 

@@ -24,12 +24,12 @@ from occnet.visibility import camera_rays, ray_voxels
 from ..config_io import to_dict
 from ..data.nuscenes import NuScenesFrames
 from ..errors import DataError
-from ..store.frame_arrays import ShardWriter, pending_frames
+from ..store.frame_arrays import FrameArrays, ShardWriter, pending_frames
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache, _version
 from ..training.data import FrameDataset
 from .config import DTSConfig, readout
-from .teacher import frame_lidar, pseudo_labels, teacher_probabilities
+from .teacher import frame_fused, frame_lidar, pseudo_labels, teacher_probabilities
 
 
 def file_sha256(path: Path) -> str:
@@ -85,9 +85,12 @@ def _as_list(items: list) -> list:
 
 def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStore, k: int, network_cfg,
                 dts: DTSConfig, checkpoint: Path, device: torch.device, recipe=None, workers: int | None = None,
-                progress: bool = True, use_teacher: bool = True) -> dict:
+                progress: bool = True, use_teacher: bool = True, fused: FrameArrays | None = None) -> dict:
     """Write round k's pseudo-labels for every frame of `frames` not yet done. Returns a summary.
-    use_teacher=False labels with the student's weights (for measuring what the teacher adds)."""
+    use_teacher=False labels with the student's weights (for measuring what the teacher adds); `fused` the
+    fused labels (autolabel.fusion) that dts.evidence: fusion filters by."""
+    if dts.evidence == "fusion" and fused is None:
+        raise ValueError("label_round: dts.evidence is fusion, pass the fused labels (fused=)")
     model, step, is_teacher = load_teacher(network_cfg, checkpoint, device, prefer_teacher=use_teacher)
     dts = readout(dts, checkpoint)  # the calibrated occupancy threshold, when training saved one
     provenance = {
@@ -98,6 +101,8 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
         "dts": to_dict(dts), "supervision_provider": cache.arrays.attrs.get("provider"),
         "supervision_settings": cache.arrays.attrs.get("provider_settings"),
         "package_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # the fusion settings behind the teacher's evidence (a resumed round must have used the same)
+        "fusion": fused.attrs.get("fusion") if dts.evidence == "fusion" else None,
     }
     scenes = [frames.scene_of(t) for t in frames.tokens]
     # under torchrun: rank 0 creates the round, then every rank labels its own frames (i % world == rank);
@@ -110,20 +115,23 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
     pending = pending_frames(arrays, rank(), world_size())
     writer = ShardWriter(arrays, pending)  # a shard's frames are written together once all are labelled
     grid = network_cfg.grid
+    fused = fused if dts.evidence == "fusion" else None
     dataset = FrameDataset(frames, network_cfg.image_size, labels="cache", cache=cache, indices=pending, grid=grid,
-                           lidar=True)
+                           lidar=True, fused=fused)
     loader = DataLoader(dataset, batch_size=dts.batch_size, num_workers=default_workers() if workers is None else workers,
                         collate_fn=_as_list)  # frames are written one by one
     t0 = time.perf_counter()
     bar = tqdm(total=len(pending), desc=f"label round {k}", disable=not progress or not is_main())
     for items in loader:
         # the 2D labels tell which LiDAR returns lie on ground (their free space stops at the ground layer)
-        batch = {key: torch.stack([it[key] for it in items]).to(device)
-                 for key in ("images", "intrinsics", "cam2ego", "depth", "semantics")}
+        keys = ("images", "intrinsics", "cam2ego", "depth", "semantics") + (("fused_semantics", "fused_confidence")
+                                                                           if fused is not None else ())
+        batch = {key: torch.stack([it[key] for it in items]).to(device) for key in keys}
         occ, cls, pcls = teacher_probabilities(model, batch, dts.depth_aware)
         for i, item in enumerate(items):
             lidar = frame_lidar(batch, i, grid) if dts.lidar_filter else None
-            sem, levels = pseudo_labels(occ[i], cls[i], pcls[i], lidar, dts.occupied_threshold)
+            sem, levels = pseudo_labels(occ[i], cls[i], pcls[i], lidar, dts.occupied_threshold,
+                                        frame_fused(batch, i) if fused is not None else None)
             cam_mask, lidar_mask = visibility_masks(sem, batch["intrinsics"][i], batch["cam2ego"][i],
                                                     tuple(network_cfg.image_size), item["lidar_origin"].to(device),
                                                     item["lidar_points"].to(device), grid)

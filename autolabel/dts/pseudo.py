@@ -101,6 +101,31 @@ def apply_lidar(semantics: torch.Tensor, confidence: torch.Tensor, cls: torch.Te
     return semantics, confidence
 
 
+def apply_fusion(semantics: torch.Tensor, confidence: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor,
+                 free: torch.Tensor, hit: torch.Tensor, fused: torch.Tensor, fused_conf: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """LiDAR filtering with the fused labels of the frame's scene window as well (dts.evidence: fusion).
+
+    All (X, Y, Z): the teacher's read-out semantics / confidence, its best class cls and that class's
+    probability pcls, the frame's own LiDAR free / hit voxels (`lidar_free_and_hits`), the fused labels
+    (uint8: free = 17, unobserved = 255) and their confidence in [0, 1]. Free: what the frame's LiDAR or
+    fusion saw through, unless a return of the frame lies there (confidence 1 for the frame's own rays,
+    fusion's otherwise). Occupied: the frame's returns and fusion's occupied voxels, named by the more
+    confident of fusion's vote and the teacher's best class (a voxel that fusion did not name, a return
+    no camera saw, keeps the teacher's class). Elsewhere the teacher's read-out stands."""
+    fused = fused.long()
+    f_free, f_occ = fused == FREE_ID, fused < FREE_ID
+    occupied = hit | f_occ
+    free_conf = torch.where(free, torch.ones_like(confidence), fused_conf.to(confidence.dtype))
+    free = (free | f_free) & ~occupied
+    semantics = torch.where(free, torch.full_like(semantics, FREE_ID), semantics)
+    confidence = torch.where(free, free_conf, confidence)
+    use_fused = f_occ & (fused_conf.to(pcls.dtype) >= pcls)
+    name = torch.where(use_fused, fused, cls.long()).to(semantics.dtype)
+    name_conf = torch.where(use_fused, fused_conf.to(pcls.dtype), pcls).to(confidence.dtype)
+    return torch.where(occupied, name, semantics), torch.where(occupied, name_conf, confidence)
+
+
 def to_levels(confidence: torch.Tensor) -> torch.Tensor:
     """Float confidence in [0, 1] -> uint8 levels (what the store keeps)."""
     return (confidence.float().clamp(0, 1) * (LEVELS - 1)).round().to(torch.uint8)

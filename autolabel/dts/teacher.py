@@ -12,8 +12,8 @@ from occnet.inference import voxel_labels, voxel_probabilities
 from occnet.network import OccupancyNetwork
 
 from .config import DTSConfig
-from .pseudo import (apply_lidar, best_threshold, class_thresholds, confidence_histogram, lidar_free_and_hits,
-                     lidar_iou_counts, threshold, to_levels)
+from .pseudo import (apply_fusion, apply_lidar, best_threshold, class_thresholds, confidence_histogram,
+                     lidar_free_and_hits, lidar_iou_counts, threshold, to_levels)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -83,7 +83,8 @@ class EMATeacher:
         occupied = self.online_threshold(occ, lidar)
         sems, levels = [], []
         for i in range(occ.shape[0]):
-            s, lv = pseudo_labels(occ[i], cls[i], pcls[i], lidar[i] if self.cfg.lidar_filter else None, occupied)
+            s, lv = pseudo_labels(occ[i], cls[i], pcls[i], lidar[i] if self.cfg.lidar_filter else None, occupied,
+                                  frame_fused(batch, i) if self.cfg.evidence == "fusion" else None)
             sems.append(s)
             levels.append(lv)
         sem, lev = torch.stack(sems), torch.stack(levels)
@@ -127,11 +128,21 @@ def frame_lidar(batch: dict, i: int, grid) -> tuple[torch.Tensor, torch.Tensor]:
     return lidar_free_and_hits(batch["depth"][i], batch["intrinsics"][i], batch["cam2ego"][i], grid, batch["semantics"][i])
 
 
+def frame_fused(batch: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame i's fused labels (X, Y, Z) and their confidence, from the batch (FrameDataset(fused=...))."""
+    if "fused_semantics" not in batch:
+        raise ValueError("dts.evidence: fusion, but the batch has no fused labels (FrameDataset(fused=...))")
+    return batch["fused_semantics"][i], batch["fused_confidence"][i]
+
+
 def pseudo_labels(occ: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor, lidar: tuple | None,
-                  occupied_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  occupied_threshold: float, fused: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame's labels before thresholding: semantics (X, Y, Z) uint8 (free = 17) and uint8 confidence
-    levels; `lidar` = (free, hit) from `frame_lidar` to apply LiDAR filtering, or None."""
+    levels; `lidar` = (free, hit) from `frame_lidar` to apply LiDAR filtering, or None; `fused` = (labels,
+    confidence) from `frame_fused` to filter by the fused evidence as well (needs `lidar`)."""
     sem, conf = voxel_labels(occ, cls, pcls, occupied_threshold)
-    if lidar is not None:
+    if fused is not None:
+        sem, conf = apply_fusion(sem, conf, cls, pcls, *lidar, *fused)
+    elif lidar is not None:
         sem, conf = apply_lidar(sem, conf, cls, pcls, *lidar)
     return sem, to_levels(conf)

@@ -1,7 +1,8 @@
 """The evidence-fusion labeller's settings."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -11,8 +12,14 @@ def _check(ok: bool, msg: str) -> None:
 
 @dataclass
 class FusionConfig:
-    """How LiDAR is accumulated and 2D labels voted (autolabel.fusion)."""
+    """How LiDAR is accumulated and 2D labels voted (autolabel.fusion); the recipe's ``fusion`` section.
 
+    With `enabled`, `autolabel run` fuses every training frame once, after the 2D supervision (stage
+    ``fuse``, into ``<run>/fusion.zarr``), for the uses that read it: `loss.fused_3d` (3D targets for the
+    student) and `dts.evidence: fusion` (the teacher's evidence beside the frame's own LiDAR)."""
+
+    enabled: bool = False
+    store: Optional[str] = None  # where the fused labels go; None: <run>/fusion.zarr (runs may share one)
     window: int = 3  # keyframes of the scene on each side of the labelled one (+-window)
     # dynamic classes (vehicles, people, cyclists) are kept only from points at most this many seconds
     # from the labelled keyframe's LiDAR (0: its own sweep): they moved in between
@@ -32,3 +39,7 @@ class FusionConfig:
                "fusion.depth_tolerance_abs / depth_tolerance_rel must be >= 0")
         _check(self.zbuffer_pool >= 1 and self.zbuffer_pool % 2 == 1, "fusion.zbuffer_pool must be an odd number >= 1")
         _check(self.full_hits >= 1, "fusion.full_hits must be >= 1")
+
+    def settings(self) -> dict:
+        """What the fused labels depend on (provenance; a resumed round must match): all but `enabled` and `store`."""
+        return {k: v for k, v in asdict(self).items() if k not in ("enabled", "store")}

@@ -145,8 +145,11 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
     occ_conf = torch.where(total > 0, agree * (hits.float() / cfg.full_hits).clamp(max=1.0), torch.zeros_like(agree))
 
     free = torch.zeros(grid.shape, dtype=torch.bool, device=dev)
+    start = 0
     for s in sweeps:  # LiDAR free space from each keyframe sweep's rays, stopped at the ground layer
         m = s.keyframe
+        own = slice(start, start + len(s.points))  # this sweep's points in the concatenation
+        start += len(s.points)
         if not bool(m.any()):
             continue
         vec = s.points[m] - s.origin
@@ -154,7 +157,7 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
         good = dist > 1e-3
         dirs = vec[good] / dist[good, None]
         d = dist[good]
-        c = cls[source == s.source][m][good]
+        c = cls[own][m][good]
         entry = layer_entry(s.origin, dirs, d, is_flat(c), grid)
         t_free = torch.where(entry < d, entry - 1e-4, d)  # a hair before the layer's top plane
         free |= ray_voxels(s.origin, dirs, grid, t_max=t_free)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 import torch
 from tqdm import tqdm
@@ -25,7 +24,7 @@ def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStor
     """Write round k's labels from fusion for every frame not yet done (resumable by the store's done flags;
     under torchrun each rank fuses whole shards of frames, written together as labelling does). Unobserved voxels are 255 with confidence 0:
     evaluation counts them as unlabelled. Masks as Occ3D's, against the fused occupancy."""
-    provenance = {"labeller": "fusion", "fusion": asdict(cfg), "supervision_provider": cache.arrays.attrs.get("provider"),
+    provenance = {"labeller": "fusion", "fusion": cfg.settings(), "supervision_provider": cache.arrays.attrs.get("provider"),
                   "supervision_settings": cache.arrays.attrs.get("provider_settings"),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     scenes = [frames.scene_of(t) for t in frames.tokens]
@@ -53,4 +52,3 @@ def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStor
                    mask_lidar=lidar_mask.cpu().numpy())
     barrier()
     return {"frames": len(frames), "labelled": len(pending), "seconds": time.perf_counter() - t0}
-

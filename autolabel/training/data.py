@@ -30,6 +30,7 @@ from ..data.nuscenes import NuScenesFrames
 from ..data.occ3d import Occ3DLabels
 from ..data.transforms import ResizeCrop
 from ..errors import DataError
+from ..store.frame_arrays import FrameArrays
 from ..supervision.cache import SupervisionCache
 from ..supervision.config import PRECOMPUTED_VARIANTS
 from ..supervision.lidar_depth import lidar_depth_maps
@@ -48,12 +49,15 @@ class FrameDataset(Dataset):
         indices: the subset of frames to use (None = all).
         lidar: also return the keyframe sweep's own points (lidar_points (P, 3) ego frame, float32) and the
             sensor origin (lidar_origin (3,)); points differ in number, so batch such items as lists.
+        fused: the round of fused labels (autolabel.fusion) to return as fused_semantics (X, Y, Z) uint8
+            (255 where fusion observed nothing, and for frames it did not fuse) and fused_confidence
+            (X, Y, Z) float32 in [0, 1].
     """
 
     def __init__(self, frames: NuScenesFrames, image_size: tuple[int, int], labels: str = "noisy",
                  indices: Sequence[int] | None = None, grid: GridSpec | None = None, aux_frames: int = 0,
                  cache: SupervisionCache | None = None, manual: Mapping[str, Occ3DLabels] | None = None,
-                 lidar: bool = False):
+                 lidar: bool = False, fused: FrameArrays | None = None):
         if labels not in (*PRECOMPUTED_VARIANTS, "none", "cache"):
             raise ValueError(f"FrameDataset.labels must be one of {', '.join(PRECOMPUTED_VARIANTS)}, 'none' or 'cache', "
                              f"got {labels!r}")
@@ -74,6 +78,7 @@ class FrameDataset(Dataset):
             raise ValueError(f"FrameDataset.aux_frames must be >= 0, got {aux_frames}")
         self.aux_frames = aux_frames
         self.lidar = lidar
+        self.fused = fused
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -166,6 +171,13 @@ class FrameDataset(Dataset):
                 item["gt_mask"] = item["gt_mask"] * item["gt_annotated"]
             else:
                 item["gt_annotated"] = torch.full(shape, int(gt is not None), dtype=torch.uint8)
+        if self.fused is not None:
+            has = self.fused.has(frame.token) and self.fused.is_done(self.fused.index(frame.token))
+            i = self.fused.index(frame.token) if has else -1
+            item["fused_semantics"] = torch.from_numpy(self.fused.read(i, "semantics") if has
+                                                       else np.full(shape, 255, np.uint8))
+            item["fused_confidence"] = torch.from_numpy(self.fused.read(i, "confidence").astype(np.float32) / 255 if has
+                                                        else np.zeros(shape, np.float32))
         if self.aux_frames:
             aux = [self._supervision(nb, key_pose)[1:] if nb is not None else None for nb in self._neighbours(frame)]
             blank = (K, cam2key, np.zeros_like(depth), np.full_like(sem, 255), np.zeros_like(conf))

@@ -17,6 +17,7 @@ from ..data.occ3d import Occ3DLabels
 from ..dataset import open_frames
 from ..dts.teacher import EMATeacher
 from ..errors import DataError
+from ..fusion.store import open_fused
 from ..recipe import Recipe
 from ..store.labels import LabelStore, read_frame
 from ..supervision.cache import SupervisionCache
@@ -100,8 +101,11 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     cache = open_cache(recipe)
     manual = manual_labels(recipe.store_path, recipe.network.grid, selected_from(recipe, k))
+    # the fused labels, for the student's 3D targets (loss.fused_3d) and the teacher's evidence
+    uses_fused = recipe.loss.fused_3d > 0 or (recipe.dts.enabled and recipe.dts.evidence == "fusion")
+    fused = open_fused(recipe.fusion_path, recipe.network.grid) if uses_fused else None
     dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=cache, grid=recipe.network.grid,
-                           aux_frames=recipe.data.aux_frames, manual=manual)
+                           aux_frames=recipe.data.aux_frames, manual=manual, fused=fused)
     torch.manual_seed(recipe.train.seed)
     out_dir = recipe.round_dir(k) / "train"
     prev = checkpoint_path(recipe, k - 1) if k > 0 else None

@@ -24,6 +24,8 @@ Variants:
   dts_active_5pct   noisy_dts + one round with oracle 3D labels on 5% of the pool by active selection
   dts_random_5pct   the same with random selection
   dts_control       the same round 1 (same steps) with no new labels: what the extra steps alone are worth
+  dts_points_5pct   dts_active_5pct's selection annotated as LiDAR point labels + boxes (the simulated point
+                    annotator, voxelized by autolabel.annotation; issue 24) instead of exact dense voxels
   fusion_dts        all the evidence: render_fused + the DTS teacher, its pseudo-labels filtered by the frame's
                     LiDAR and the fused labels (dts.evidence: fusion)
   hard_dts / fusion_dts_hard   noisy_dts / fusion_dts at the hard noise level
@@ -79,9 +81,10 @@ from autolabel.training.rounds import checkpoint_path, open_cache, train_round  
 
 VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "render_hard", "render_noisy_v1", "noisy_dts",
             "dts_active_5pct", "dts_random_5pct", "dts_control", "fusion", "fusion_exact", "fusion_hard", "render_all",
-            "render_fused", "render_hard_all", "render_hard_fused", "fusion_dts", "hard_dts", "fusion_dts_hard")
+            "render_fused", "render_hard_all", "render_hard_fused", "fusion_dts", "hard_dts", "fusion_dts_hard",
+            "dts_points_5pct")
 FUSION = ("fusion", "fusion_exact", "fusion_hard")  # pseudo-labels without a network
-CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct", "dts_control")
+CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct", "dts_control", "dts_points_5pct")
 ROUND1 = CHAIN[1:]  # round 1 starts from noisy_dts's network: these wait for it
 DTS = (*CHAIN, "fusion_dts", "hard_dts", "fusion_dts_hard")  # trained with the EMA teacher
 FUSED_TARGETS = ("render_fused", "render_hard_fused", "fusion_dts", "fusion_dts_hard")  # loss.fused_3d
@@ -269,12 +272,17 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         if not control:
             scores = score_pool(dts, 0, progress=False)
             budget = max(1, round(0.05 * len(scores.tokens)))
-            strategy = "auto" if kind == "dts_active_5pct" else "random"
+            strategy = "random" if kind == "dts_random_5pct" else "auto"
             picks, used = select_frames(scores.candidates, scores.features, scores.features[:0],
                                         SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1), 0,
                                         len(scores.tokens))
-            oracle_labels(recipe, scores.tokens, scores.scenes, [(p.candidate.scene, p.candidate.token) for p in picks],
-                          world)
+            picked = [(p.candidate.scene, p.candidate.token) for p in picks]
+            if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized
+                from autolabel.annotation.deliver import oracle_point_labels
+
+                oracle_point_labels(recipe, scores.tokens, scores.scenes, picked, folder / "point_annotations")
+            else:
+                oracle_labels(recipe, scores.tokens, scores.scenes, picked, world)
         log(f"{name}: round 1 ({args.round1_steps} steps, {len(picks)} labelled frames by {used})")
         t0 = time.perf_counter()
         train_round(recipe, 1, progress=False)

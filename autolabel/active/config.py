@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 STRATEGIES = ("auto", "random", "stratified", "entropy", "coreset", "kmeans", "hybrid")
 UNITS = ("frame", "region")
+ANNOTATIONS = ("voxels", "points")
 
 
 @dataclass
@@ -25,6 +26,12 @@ class SelectionConfig:
     unit: str = "frame"
     region_size: int = 25  # BEV cells per tile side (25 -> 8 x 8 tiles on the 200 x 200 Occ3D grid)
     max_tiles_per_frame: int = 16  # region: at most this many tiles of one frame per round
+    # issue 24: what annotators deliver. "voxels": dense Occ3D labels.npz; "points": nuScenes-lidarseg labels of
+    # the keyframe sweep's points + 3D boxes (sample_annotation form), voxelized at ingest
+    # (autolabel.annotation). With points, the manifest states the points and boxes of every frame (and tile)
+    # and cost_model prices a frame in points: its sweep's points + box_points x its boxes
+    annotation: str = "voxels"
+    box_points: float = 500.0  # points: one box counts as this many labelled points (cost_model, budgets)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -43,6 +50,10 @@ class SelectionConfig:
             raise ValueError(f"selection.region_size must be >= 1 BEV cells, got {self.region_size}")
         if self.max_tiles_per_frame < 1:
             raise ValueError(f"selection.max_tiles_per_frame must be >= 1, got {self.max_tiles_per_frame}")
+        if self.annotation not in ANNOTATIONS:
+            raise ValueError(f"selection.annotation must be one of {ANNOTATIONS}, got {self.annotation!r}")
+        if self.box_points < 0:
+            raise ValueError(f"selection.box_points must be >= 0, got {self.box_points}")
         if self.unit == "region" and self.cost_model:
             raise ValueError("selection.cost_model prices whole frames; with selection.unit: region the budget "
                              "counts labelled voxels, so set cost_model: false")
@@ -50,6 +61,10 @@ class SelectionConfig:
     @property
     def region(self) -> bool:
         return self.unit == "region"
+
+    @property
+    def points(self) -> bool:
+        return self.annotation == "points"
 
 
 def check_region_budget(cfg: SelectionConfig, shape: tuple[int, int, int]) -> None:

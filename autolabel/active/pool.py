@@ -128,7 +128,24 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
         raise RuntimeError(f"score_pool: {len(frames) - len(scored)} frames were scored by no rank")
     pool = _finish(frames, _labelled(store, frames.tokens), [scored[i] for i in range(len(frames))], regions)
     pool.scored_by = tuple(counts)
+    if recipe.selection.points:
+        _point_costs(pool, frames, recipe, arrays)
     return pool
+
+
+def _point_costs(pool: PoolScores, frames, recipe: Recipe, arrays) -> None:
+    """selection.annotation points (issue 24): every candidate's points and boxes to label (per tile too with
+    regions); with cost_model its cost in points (points + box_points x boxes)."""
+    from ..annotation.costs import frame_cost
+
+    sel = recipe.selection
+    cells = pool.regions.cell_tiles() if pool.regions is not None else None
+    for c in pool.candidates:
+        i = arrays.index(c.token)
+        c.point_cost = frame_cost(frames, c.token, recipe.network.grid, cells,
+                                  lambda i=i: (arrays.read(i, "semantics"), arrays.read(i, "mask_camera")))
+        if sel.cost_model:
+            c.cost = c.point_cost.cost(sel.box_points)
 
 
 def _labelled(store: LabelStore, tokens: list[str]) -> np.ndarray:

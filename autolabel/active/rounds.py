@@ -5,7 +5,11 @@ reason), manifest.csv (the same picks, one row each), index.html with PNGs of ea
 cameras and the model's current prediction (bird's-eye view of the round's pseudo-labels).
 Ingesting reads ``labels.npz`` files for manifest tokens from a folder (``<DIR>/gts/<scene>/<token>/``,
 ``<DIR>/<scene>/<token>/`` or ``<DIR>/<token>/``), validates them and stores them in the store's
-``manual`` group; the next round's training adds 3D losses on those frames.
+``manual`` group; the next round's training adds 3D losses on those frames. Since issue 24 a frame may
+instead be delivered as point labels and boxes (``<DIR>/<scene>/<token>/lidarseg.bin`` + ``boxes.json``,
+autolabel.annotation.deliver), voxelized at ingest with the scene's LiDAR; the voxels they cover are the
+frame's annotated mask (confidence 255), as for region labels. ``selection.annotation: points`` asks for
+them in the manifest (points and boxes per frame and tile) and makes the simulated annotator deliver them.
 
 With ``selection.unit: region`` (issue 21) each manifest row lists the frame's tiles (index and voxel
 bounds) and their voxels; a delivery may be partial (only the tiles' voxels labelled: semantics 255, or an
@@ -34,6 +38,7 @@ from ..dataset import open_frames
 from ..errors import DataError
 from ..recipe import Recipe
 from ..store.labels import LabelStore, read_frame
+from ..annotation.deliver import BOXES_FILE, POINTS_FILE, delivered_tokens, find_points, manual_arrays, read_delivery
 from .regions import RegionGrid, bounds_mask
 from .select import Pick
 
@@ -99,14 +104,26 @@ def write_manifest(recipe: Recipe, k: int, picks: list[Pick], strategy: str, poo
         spent = sum(p.voxels for p in picks)
     else:
         spent = round(sum(p.candidate.cost if sel.cost_model else 1.0 for p in picks), 4)
-    manifest = {"round": k, "strategy": strategy, "unit": sel.unit, "budget": sel.budget,
-                "budget_unit": "voxels" if regions is not None else ("cost" if sel.cost_model else "frames"),
-                "cost_model": sel.cost_model, "per_scene_cap": sel.per_scene_cap, "pool_size": pool_size,
-                "already_labelled": n_labelled, "spent": spent}
+    if sel.points:  # issue 24: what the annotators label, in their units
+        _point_rows(rows, picks, regions is not None)
+    budget_unit = "voxels" if regions is not None else ("cost" if sel.cost_model else "frames")
+    if sel.points and sel.cost_model and regions is None:
+        budget_unit = "points"
+    manifest = {"round": k, "strategy": strategy, "unit": sel.unit, "annotation": sel.annotation, "budget": sel.budget,
+                "budget_unit": budget_unit, "cost_model": sel.cost_model, "per_scene_cap": sel.per_scene_cap,
+                "pool_size": pool_size, "already_labelled": n_labelled, "spent": spent}
     if regions is not None:
         manifest |= {"region_size": regions.size, "grid_shape": list(regions.shape), "tiles_per_side": list(regions.per_side),
                      "max_tiles_per_frame": sel.max_tiles_per_frame, "tiles_total": sum(len(p.tiles) for p in picks),
                      "voxels_total": spent}
+    if sel.points:
+        manifest |= {"box_points": sel.box_points, "points_total": sum(r["points"] for r in rows),
+                     "boxes_total": sum(r["boxes"] for r in rows),
+                     "deliver": f"<scene>/<token>/{POINTS_FILE} (one uint8 nuScenes-lidarseg class index per point of the "
+                                f"keyframe LIDAR_TOP sweep, in its order; 0 = no class) and <scene>/<token>/{BOXES_FILE} "
+                                f"(a JSON list of sample_annotation-form boxes: translation, size, rotation, "
+                                f"category_name; global frame)" + ("; region rows: the points and boxes in the tiles"
+                                                                   if regions is not None else "")}
     manifest |= {"recipe_digest": recipe.digest(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selected": rows}
     if recipe.rounds.annotator == "folder":  # where `autolabel run` waits for the delivery (the oracle writes its own)
         manifest["deliver_to"] = str(recipe.delivery_dir(k))
@@ -121,6 +138,22 @@ def write_manifest(recipe: Recipe, k: int, picks: list[Pick], strategy: str, poo
     atomic_write(folder / "manifest.csv", lambda fh: fh.write(out.getvalue().encode()))
     _write_page(recipe, k, folder, manifest, store)
     return folder / "manifest.json"
+
+
+def _point_rows(rows: list[dict], picks: list[Pick], regions: bool) -> None:
+    """selection.annotation points: each row's points and boxes to label (its tiles' with regions)."""
+    for row, p in zip(rows, picks):
+        pc = p.candidate.point_cost
+        if pc is None:
+            raise ValueError(f"write_manifest: candidate {p.candidate.token} has no point costs (score the pool with "
+                             f"selection.annotation points)")
+        if regions:
+            for tile in row["tiles"]:
+                tile["points"], tile["boxes"] = pc.tiles_cost([tile["index"]])
+            row["points"], row["boxes"] = pc.tiles_cost(sorted(p.tiles))
+        else:
+            row["points"], row["boxes"] = pc.points, pc.boxes
+        row["boxes_from"] = pc.boxes_from
 
 
 def _write_page(recipe: Recipe, k: int, folder: Path, manifest: dict, store: LabelStore | None) -> None:
@@ -142,7 +175,8 @@ def _write_page(recipe: Recipe, k: int, folder: Path, manifest: dict, store: Lab
                 img = _outline(img, [t["bounds"] for t in row["tiles"]])
             _png(folder / f"{r:03d}_bev.png", np.kron(img, np.ones((2, 2, 1), np.uint8)))
             bev = f'<img src="{r:03d}_bev.png" alt="predicted occupancy, bird\'s-eye view">'
-        scores = ", ".join(f"{key} {row[key]}" for key in ("uncertainty", "disagreement", "residual", "cost") if key in row)
+        scores = ", ".join(f"{key} {row[key]}" for key in ("uncertainty", "disagreement", "residual", "cost", "points", "boxes")
+                           if key in row)
         if "tiles" in row:
             scores += "; tiles to label (voxel index ranges x, y, z; half-open): " + "; ".join(
                 f"{t['index']}: {t['bounds']}" for t in row["tiles"])
@@ -153,7 +187,9 @@ def _write_page(recipe: Recipe, k: int, folder: Path, manifest: dict, store: Lab
             f"<h1>Round {k}: {len(manifest['selected'])} frames to annotate</h1>"
             f"<p>strategy {manifest['strategy']}, budget {manifest['budget']} "
             f"({manifest['budget_unit']}), spent {manifest['spent']}, at most "
-            f"{manifest['per_scene_cap']} per scene. Deliver Occ3D labels.npz files as gts/&lt;scene&gt;/&lt;token&gt;/labels.npz "
+            f"{manifest['per_scene_cap']} per scene. Deliver "
+            + (f"point labels and boxes: {html.escape(manifest['deliver'])} " if "deliver" in manifest else
+               "Occ3D labels.npz files as gts/&lt;scene&gt;/&lt;token&gt;/labels.npz ")
             + (f"in <code>{html.escape(manifest['deliver_to'])}</code> and rerun <code>autolabel run RECIPE</code> (or "
                f"<code>autolabel ingest RECIPE --round {k} DIR</code> for another folder).</p>" if "deliver_to" in manifest else
                f"and run <code>autolabel ingest RECIPE --round {k} DIR</code>.</p>") + "\n".join(blocks))
@@ -221,6 +257,8 @@ def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
     for p in folder.rglob("labels.npz"):
         if p.parent.name not in rows:
             raise DataError(f"{p}: token {p.parent.name} is not in the round {k} manifest {mpath}")
+    for token in sorted(delivered_tokens(folder) - set(rows)):
+        raise DataError(f"{folder}: point labels for token {token}, which is not in the round {k} manifest {mpath}")
     grid = recipe.network.grid
     frames = open_frames(recipe, "train", load_images=False, load_gt=False)
     store = LabelStore(recipe.store_path, grid, create=True)
@@ -229,6 +267,18 @@ def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
     arrays_of = {}
     for token, row in rows.items():
         path = _find(folder, row["scene"], token)
+        points = find_points(folder, row["scene"], token)
+        if path is not None and points is not None:
+            raise DataError(f"frame {token}: delivered twice, as Occ3D voxels ({path}) and as point labels ({points}); "
+                            f"keep one")
+        if points is not None:  # issue 24: point labels + boxes, voxelized with the scene's LiDAR
+            raw, boxes = read_delivery(frames, points, token)
+            keep = bounds_mask(grid.shape, [t["bounds"] for t in row["tiles"]]) if "tiles" in row else None
+            arrays_of[token] = manual_arrays(frames, token, raw, boxes, grid, recipe.network.image_size, keep=keep)
+            if not arrays_of[token]["mask_camera"].any():
+                raise DataError(f"{points}: the point labels and boxes cover no voxel the cameras see"
+                                + (" within the requested tiles" if keep is not None else ""))
+            continue
         if path is None:
             missing.append(token)
             continue
@@ -264,14 +314,25 @@ def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
 
 
 def oracle_annotate(recipe: Recipe, k: int, gts_root: str | Path, out: str | Path) -> int:
-    """Simulated annotator (synthetic worlds only: it copies ground truth): delivers the ground truth of the
-    manifest's tokens from ``<gts_root>/gts/`` into ``<out>/gts/`` (what a labelling vendor would deliver).
-    For a region manifest it delivers only the requested tiles: semantics 255 and masks 0 elsewhere, with
-    ``mask_annotated`` marking the tiles. Returns the number of files delivered."""
+    """Simulated annotator (synthetic worlds only: it copies ground truth), delivering what the manifest asks
+    for. A points manifest (selection.annotation points, issue 24): each frame's exact lidarseg point labels
+    and sample_annotation boxes from the world (`<out>/<scene>/<token>/lidarseg.bin, boxes.json`; the tiles'
+    points and boxes for region rows). A voxels manifest (the voxel oracle): the ground truth of the
+    manifest's tokens from ``<gts_root>/gts/`` into ``<out>/gts/`` (what a labelling vendor would deliver);
+    for a region manifest only the requested tiles: semantics 255 and masks 0 elsewhere, with
+    ``mask_annotated`` marking the tiles. Returns the number of frames delivered."""
     import shutil
 
     manifest = read_manifest(manifest_path(recipe, k))
     grid = recipe.network.grid
+    if manifest.get("annotation") == "points":
+        from ..annotation.deliver import simulate_delivery
+
+        frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+        for row in manifest["selected"]:
+            simulate_delivery(frames, row["token"], Path(out) / row["scene"] / row["token"], grid,
+                              [t["bounds"] for t in row["tiles"]] if "tiles" in row else None)
+        return len(manifest["selected"])
     n = 0
     for row in manifest["selected"]:
         src = Path(gts_root) / "gts" / row["scene"] / row["token"] / "labels.npz"

@@ -29,6 +29,8 @@ class Candidate:
     # selection.unit region (issue 21): per BEV tile, its score and its visible voxels (0: nothing to label)
     tile_scores: np.ndarray | None = None
     tile_visible: np.ndarray | None = None
+    # selection.annotation points (issue 24): points and boxes to label (autolabel.annotation.costs.PointCost)
+    point_cost: object | None = None
 
 
 @dataclass

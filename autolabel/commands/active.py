@@ -29,6 +29,11 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
     path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
                           LabelStore.open(recipe.store_path, recipe.network.grid), pool.regions)
     region = f", {sum(len(p.tiles) for p in picks)} tiles, {sum(p.voxels for p in picks)} voxels" if pool.regions else ""
+    if recipe.selection.points:  # issue 24: what the annotators label, in their units (the manifest has them per frame)
+        import json
+
+        rows = json.loads(path.read_text())["selected"]
+        region += f"; {sum(r['points'] for r in rows)} LiDAR points and {sum(r['boxes'] for r in rows)} boxes to label"
     print(f"round {k}: {len(picks)} frames{region} selected by {strategy} from {len(pool.candidates)} unlabelled "
           f"({int(lab.sum())} already annotated); pool scored by {len(pool.scored_by)} process(es) "
           f"({', '.join(map(str, pool.scored_by))} frames)")

@@ -93,9 +93,9 @@ def lidar_directions() -> np.ndarray:
 
 
 def render_lidar(world: World, lidar2ego: np.ndarray, ego2world: np.ndarray, t: float, rng: np.random.Generator,
-                 dropout: float = 0.08, range_noise: float = 0.015) -> tuple[np.ndarray, Hits, np.ndarray]:
+                 dropout: float = 0.08, range_noise: float = 0.015) -> tuple[np.ndarray, Hits, np.ndarray, np.ndarray]:
     """One sweep: points (N, 5) float32 in the sensor frame (x, y, z, intensity, ring), the exact hits of
-    every beam, and the beams' sensor-frame directions."""
+    every beam, the beams' sensor-frame directions, and the exact Occ3D class of every point (N,) uint8."""
     sensor2world = ego2world @ lidar2ego
     prims = world.primitives_at(t)
     d_sensor = lidar_directions()
@@ -112,4 +112,4 @@ def render_lidar(world: World, lidar2ego: np.ndarray, ego2world: np.ndarray, t: 
     intensity = lut[hits.cls[keep]] * rng.uniform(0.8, 1.2, keep.sum())
     intensity[hits.paint[keep]] = 80
     points = np.concatenate([xyz, intensity[:, None], ring[keep, None]], 1).astype(np.float32)
-    return points, hits, d_sensor
+    return points, hits, d_sensor, hits.cls[keep].astype(np.uint8)

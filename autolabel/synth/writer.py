@@ -27,6 +27,7 @@ from occnet.visibility import camera_rays
 from ..data.frame import CAMERA_NAMES, LIDAR_NAME
 from ..data.geometry import matrix_to_quaternion
 from ..data.npz import save_npz
+from ..annotation.lidarseg import lidarseg_categories, occ3d_to_lidarseg
 from ..data.occ3d import Occ3DLabels, labels_path, write_labels
 from ..errors import DataError
 from ..supervision.precomputed import LABELS_2D_DIR
@@ -70,6 +71,9 @@ def token(*parts) -> str:
     return hashlib.md5("/".join(map(str, parts)).encode()).hexdigest()
 
 
+LIDARSEG_INDEX = occ3d_to_lidarseg(lidarseg_categories(token))  # Occ3D id -> lidarseg category index
+
+
 def _pose_record(tok: str, T: np.ndarray, ts: int) -> dict:
     return {"token": tok, "timestamp": ts, "rotation": matrix_to_quaternion(T[:3, :3]).tolist(),
             "translation": T[:3, 3].tolist()}
@@ -88,7 +92,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 class _Tables:
     def __init__(self) -> None:
         self.t: dict[str, list[dict]] = {k: [] for k in (
-            "attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map", "sample",
+            "attribute", "calibrated_sensor", "category", "ego_pose", "instance", "lidarseg", "log", "map", "sample",
             "sample_annotation", "sample_data", "scene", "sensor", "visibility")}
 
     def add(self, table: str, record: dict) -> dict:
@@ -155,11 +159,15 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
             t = t_key - j * SWEEP_DT
             ts = ts_key - int(round(j * SWEEP_DT * 1e6))
             ego2world = world.ego_pose(t)
-            points, hits, d_sensor = render_lidar(world, lidar2ego, ego2world, t, rng)
+            points, hits, d_sensor, point_cls = render_lidar(world, lidar2ego, ego2world, t, rng)
             sub = "samples" if j == 0 else "sweeps"
             fname = f"{sub}/{LIDAR_NAME}/{scene_name}__{LIDAR_NAME}__{ts}.pcd.bin"
             _write_bytes(out / fname, points.astype(np.float32).tobytes())
             sd_tok = token(seed, scene_name, LIDAR_NAME, ts)
+            if j == 0:  # nuScenes-lidarseg point labels of the keyframe sweep: the exact class of every return
+                seg = f"lidarseg/{cfg.version}/{sd_tok}_lidarseg.bin"
+                _write_bytes(out / seg, LIDARSEG_INDEX[point_cls].tobytes())
+                tables.add("lidarseg", {"token": sd_tok, "sample_data_token": sd_tok, "filename": seg})
             tables.add("ego_pose", _pose_record(sd_tok, ego2world, ts))
             by_channel[LIDAR_NAME].append(tables.add("sample_data", {
                 "token": sd_tok, "sample_token": sample_tok, "ego_pose_token": sd_tok,
@@ -261,8 +269,8 @@ def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | Non
     for name in (*CAMERA_NAMES, LIDAR_NAME):
         sensor_tok[name] = tables.add("sensor", {"token": token(seed, "sensor", name), "channel": name,
                                                   "modality": "lidar" if name == LIDAR_NAME else "camera"})["token"]
-    for cat in sorted(set(CATEGORY.values())):
-        tables.add("category", {"token": token("category", cat), "name": cat, "description": f"synthetic {cat}"})
+    for cat in lidarseg_categories(token):  # nuScenes-lidarseg's category table, with its indices
+        tables.add("category", cat)
     for tok, level in VISIBILITY:
         tables.add("visibility", {"token": tok, "level": level, "description": f"visibility {level}"})
     jobs = [(out, cfg, grid, si, sensor_tok) for si in range(cfg.scenes)]

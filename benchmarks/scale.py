@@ -62,6 +62,7 @@ from autolabel.training.rounds import open_cache, train_round  # noqa: E402
 from occnet.network import OccupancyNetwork  # noqa: E402
 from occnet.trainer import Trainer, default_workers  # noqa: E402
 
+STAGES = ("supervise", "train", "label", "export")
 TRAINVAL = 34_149  # nuScenes v1.0-trainval keyframes
 EPOCHS = 12
 RECIPE = ROOT / "recipes" / "nuscenes_label_free.yaml"
@@ -416,6 +417,10 @@ def hours(h: float) -> str:
     return f"{h:,.2f} h" if h < 100 else f"{h:,.0f} h"
 
 
+def workers(n: int) -> str:
+    return f"{n} DataLoader worker{'' if n == 1 else 's'}"
+
+
 def verdict(ok: bool, meaningful: bool) -> str:
     return ("met" if ok else "missed") + ("" if meaningful else " (indicative)")
 
@@ -434,14 +439,14 @@ def table(r: dict) -> str:
     lines += ["", "| stage | measured | per frame | at 34,149 keyframes | target | |", "|---|---|---:|---:|---|---|"]
     s = r.get("supervise")
     if s:
-        lines.append(f"| supervision cache write (precomputed 2D labels, LiDAR depth from the sweeps; {s['workers']} "
-                     f"workers) | {s['frames']} frames in {s['seconds']:.1f} s, the first scene's {s['first_scene_frames']} in "
+        lines.append(f"| supervision cache write (precomputed 2D labels, LiDAR depth from the sweeps; "
+                     f"{workers(s['workers'])}) | {s['frames']} frames in {s['seconds']:.1f} s, the first scene's {s['first_scene_frames']} in "
                      f"{s['first_scene_seconds']:.1f} s | {s['s_per_frame']:.3f} s | "
                      f"{hours(s['s_per_frame'] * TRAINVAL / 3600)} | - | |")
     t = r.get("train")
     if t:
         pf = t["batch"]
-        lines.append(f"| training step, real data (cache, {t['workers']} DataLoader workers), batch {pf} | rendering "
+        lines.append(f"| training step, real data (cache, {workers(t['workers'])}), batch {pf} | rendering "
                      f"{1e3 * t['real_render_median_s']:.0f} ms, DTS {1e3 * t['real_dts_median_s']:.0f} ms | "
                      f"{1e3 * t['real_step_s'] / pf:.1f} ms | {t['steps_full']:,} steps ({EPOCHS} epochs, "
                      f"{100 * t['dts_share']:.0f}% DTS): {hours(t['hours_full'])} | - | |")
@@ -452,7 +457,7 @@ def table(r: dict) -> str:
                      f"{t['ratio']:.3f} | | <= {TARGET_RATIO:.2f} | {verdict(t['ratio'] <= TARGET_RATIO, cuda)} |")
     lab = r.get("label")
     if lab:
-        lines.append(f"| labelling (fresh network, batch {lab['batch']}) | {lab['frames']} frames in {lab['seconds']:.1f} s, the first "
+        lines.append(f"| labelling (fresh network, batch {lab['batch']}, {workers(lab['workers'])}) | {lab['frames']} frames in {lab['seconds']:.1f} s, the first "
                      f"scene's {lab['first_scene_frames']} in {lab['first_scene_seconds']:.1f} s | "
                      f"{lab['frames_per_s']:.2f} frames/s | {hours(lab['hours_full'])} | >= {TARGET_LABEL_FPS:.0f} frames/s | "
                      f"{verdict(lab['frames_per_s'] >= TARGET_LABEL_FPS, cuda)} |")
@@ -510,6 +515,8 @@ def main() -> int:
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
     ap.add_argument("--out", default=None, help="results folder (default RUN)")
+    ap.add_argument("--stages", default=",".join(STAGES), help="stages to run (default all); a later stage alone "
+                    "reuses the stores in RUN/stores and keeps the other stages' results in OUT/scale_results.json")
     ap.add_argument("--micro", action="store_true", help="CI size: tiny world, grid and network, one step per phase")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup_steps < 1:
@@ -522,8 +529,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     world = Path(args.world).absolute() if args.world else run / "world"
     w = make_world(world, args)
-    stores = run / "stores"  # remade on every run: each stage times work from scratch
-    shutil.rmtree(stores, ignore_errors=True)
+    stores = run / "stores"
+    stages = args.stages.split(",")
+    if unknown := set(stages) - set(STAGES):
+        ap.error(f"--stages: unknown {sorted(unknown)}; choose from {','.join(STAGES)}")
+    if "supervise" in stages:  # every stage times work from scratch
+        shutil.rmtree(stores, ignore_errors=True)
+    elif not (stores / "supervision.zarr").is_dir() or ("export" in stages and "label" not in stages
+                                                        and not (stores / "labels.zarr").is_dir()):
+        ap.error(f"--stages {args.stages}: the earlier stages' stores are not in {stores}; run them first")
     recipe = recipe_for(stores, world, args)
     device = resolve_device(recipe.device)
     results = {"meta": {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -532,23 +546,33 @@ def main() -> int:
                         "overrides": args.set, "micro": args.micro, "image_size": list(recipe.network.image_size),
                         "rays_per_frame": recipe.render.rays_per_frame, "data_sweeps": recipe.data.sweeps,
                         "train_batch": recipe.train.batch_size, "trainval_keyframes": TRAINVAL, "epochs": EPOCHS}}
+    path = out / "scale_results.json"
+    if set(stages) != set(STAGES) and path.is_file():  # the stages not rerun keep their earlier results
+        results = {**json.loads(path.read_text()), "meta": results["meta"]}
 
-    clock = [time.perf_counter()]
-
-    def save(stage: str, value: dict) -> None:
+    def save(stage: str, fn) -> None:
+        t0, load = time.perf_counter(), os.getloadavg()
+        value = fn()
+        # when and how each stage ran, and how busy the machine was (load average over 1, 5, 15 minutes)
+        value["run"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": results["meta"]["command"],
+                        "code_version": results["meta"]["code_version"], "load_average_start": load,
+                        "load_average_end": os.getloadavg(), "seconds": round(time.perf_counter() - t0, 1)}
         results[stage] = value
-        (out / "scale_results.json").write_text(json.dumps(results, indent=1))
-        print(f"{stage}: done in {time.perf_counter() - clock[0]:.1f} s", flush=True)
-        clock[0] = time.perf_counter()
+        path.write_text(json.dumps(results, indent=1))
+        print(f"{stage}: done in {value['run']['seconds']} s", flush=True)
 
     print(f"world {w['path']}: {w['keyframes']} keyframes in {w['scenes']} scenes at {w['image_size'][1]}x"
           f"{w['image_size'][0]}" + (f" (generated in {w['generated_seconds']} s)" if w["generated_seconds"] else ""),
           flush=True)
-    save("supervise", stage_supervise(stores, recipe, device))
-    save("train", stage_train(stores, world, args, device))
-    save("label", stage_label(stores, recipe, device))
-    save("export", stage_export(stores, recipe, device, args.export_repeats))
-    save("store", stage_store(recipe))
+    run_stage = {"supervise": lambda: stage_supervise(stores, recipe, device),
+                 "train": lambda: stage_train(stores, world, args, device),
+                 "label": lambda: stage_label(stores, recipe, device),
+                 "export": lambda: stage_export(stores, recipe, device, args.export_repeats)}
+    for stage in STAGES:
+        if stage in stages:
+            save(stage, run_stage[stage])
+    if (recipe.store_path / "round_0").is_dir():
+        save("store", lambda: stage_store(recipe))
     text = table(results)
     (out / "scale_table.md").write_text(text + "\n")
     print("\n" + text)

@@ -80,9 +80,8 @@ MICRO_SET = [f"network.grid={json.dumps(MICRO_GRID)}", "network.image_size=[32, 
 
 
 # ---- memory ---------------------------------------------------------------------------------------
-def _tree_bytes(root_pid: int) -> int:
-    """Resident memory of `root_pid` and its descendants (DataLoader workers): the sum of their PSS (shared
-    pages divided among the sharers) where the kernel reports it, else RSS."""
+def _process_tree(root_pid: int) -> set[int]:
+    """`root_pid` and its descendants (DataLoader workers)."""
     parent: dict[int, int] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -98,8 +97,13 @@ def _tree_bytes(root_pid: int) -> int:
             if pp == p and child not in tree:
                 tree.add(child)
                 todo.append(child)
+    return tree
+
+
+def _resident_bytes(pids: set[int]) -> int:
+    """The processes' PSS summed (shared pages divided among the sharers) where the kernel reports it, else RSS."""
     total = 0
-    for p in tree:
+    for p in pids:
         try:
             with open(f"/proc/{p}/smaps_rollup") as fh:
                 total += next(int(line.split()[1]) for line in fh if line.startswith("Pss:")) * 1024
@@ -113,23 +117,30 @@ def _tree_bytes(root_pid: int) -> int:
 
 
 class MemorySampler:
-    """Peak host memory of this process tree while a stage runs (sampled every `period` seconds), and the
-    peak GPU memory allocated by torch in this process."""
+    """Peak host memory of this process tree while a stage runs (PSS sampled every `period` seconds, the
+    tree looked up again every `rescan` samples: light enough not to slow the stage), and the peak GPU memory
+    allocated by torch in this process."""
 
-    def __init__(self, device: torch.device, period: float = 0.25):
-        self.device, self.period = device, period
+    def __init__(self, device: torch.device, period: float = 0.5, rescan: int = 4):
+        self.device, self.period, self.rescan = device, period, rescan
         self.peak, self._stop, self._thread = 0, threading.Event(), None
 
+    def _sample(self, i: int) -> None:
+        if i % self.rescan == 0:
+            self._pids = _process_tree(os.getpid())
+        self.peak = max(self.peak, _resident_bytes(self._pids))
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_bytes(os.getpid()))
-            self._stop.wait(self.period)
+        i = 1
+        while not self._stop.wait(self.period):
+            self._sample(i)
+            i += 1
 
     def __enter__(self) -> "MemorySampler":
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.peak = _tree_bytes(os.getpid())
+        self._sample(0)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -137,7 +148,7 @@ class MemorySampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _tree_bytes(os.getpid()))
+        self._sample(0)
 
     def result(self) -> dict:
         gpu = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None

@@ -1,4 +1,5 @@
 """autolabel: dense 3D semantic occupancy labels from cameras, LiDAR and 2D foundation-model labels."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

@@ -4,6 +4,7 @@ Each sub-command lives in its own module and registers an argparse sub-parser he
 errors (`DataError`) and I/O failures print as one line without a traceback and exit with status 2;
 waiting for annotators exits 3, Ctrl-C 130 (autolabel.errors).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,14 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .errors import (EXIT_AWAITING_ANNOTATIONS, EXIT_DATA_ERROR, EXIT_INTERRUPTED, AwaitingAnnotations,
-                     DataError, one_line)
+from .errors import (
+    EXIT_AWAITING_ANNOTATIONS,
+    EXIT_DATA_ERROR,
+    EXIT_INTERRUPTED,
+    AwaitingAnnotations,
+    DataError,
+    one_line,
+)
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -27,29 +34,62 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     from .commands import synth
 
-    p = sub.add_parser("synth", help="generate the synthetic driving world in nuScenes layout with exact 3D ground truth")
+    p = sub.add_parser(
+        "synth", help="generate the synthetic driving world in nuScenes layout with exact 3D ground truth"
+    )
     p.add_argument("out", help="output folder (the dataset root)")
     p.add_argument("--scenes", type=int, default=2)
     p.add_argument("--frames-per-scene", type=int, default=4, help="keyframes per scene (2 Hz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", default="450x800", help="HEIGHTxWIDTH of the camera images (default 450x800)")
     p.add_argument("--sweeps", type=int, default=0, help="lidar sweeps (20 Hz) written before each keyframe")
-    p.add_argument("--label-noise", type=float, default=0.3,
-                   help="noise level 0..1 of the foundation-model-like 2D labels (the hard maps: 1.6x, at most 1)")
-    p.add_argument("--noise-profile", default="v2", help="noise model of the 2D labels: v2 (default) or v1 (the first release's)")
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.3,
+        help="noise level 0..1 of the foundation-model-like 2D labels (the hard maps: 1.6x, at most 1)",
+    )
+    p.add_argument(
+        "--noise-profile", default="v2", help="noise model of the 2D labels: v2 (default) or v1 (the first release's)"
+    )
     p.add_argument("--version", default="v1.0-synth", help="table folder name (default v1.0-synth)")
-    p.add_argument("--preview", action="store_true", help="also write preview.png: cameras, label maps, BEV of the ground truth")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="processes generating scenes in parallel (default: all cores); the files do not depend on it")
-    p.set_defaults(func=lambda a: synth.run(a.out, a.scenes, a.frames_per_scene, a.seed, a.image_size, a.sweeps,
-                                            a.label_noise, a.version, a.preview, a.workers, a.noise_profile))
+    p.add_argument(
+        "--preview", action="store_true", help="also write preview.png: cameras, label maps, BEV of the ground truth"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes generating scenes in parallel (default: all cores); the files do not depend on it",
+    )
+    p.set_defaults(
+        func=lambda a: synth.run(
+            a.out,
+            a.scenes,
+            a.frames_per_scene,
+            a.seed,
+            a.image_size,
+            a.sweeps,
+            a.label_noise,
+            a.version,
+            a.preview,
+            a.workers,
+            a.noise_profile,
+        )
+    )
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (see recipes/)")
     p.add_argument("--out", default=None, help="run folder (default: the recipe's out, else runs/<name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.steps=200 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set train.steps=200 (repeatable)",
+    )
 
 
 def _add_supervise(sub: argparse._SubParsersAction) -> None:
@@ -63,8 +103,11 @@ def _add_supervise(sub: argparse._SubParsersAction) -> None:
 def _add_fuse(sub: argparse._SubParsersAction) -> None:
     from .commands import fuse
 
-    p = sub.add_parser("fuse", help="fuse the training frames' evidence (LiDAR over time, 2D labels of every view) "
-                                    "into labels, once (fusion.enabled)")
+    p = sub.add_parser(
+        "fuse",
+        help="fuse the training frames' evidence (LiDAR over time, 2D labels of every view) "
+        "into labels, once (fusion.enabled)",
+    )
     _recipe_args(p)
     p.set_defaults(func=lambda a: fuse.run(a.recipe, a.overrides, a.out))
 
@@ -74,12 +117,20 @@ def _add_eval2d(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval-2d", help="score the cached 2D labels against 2D ground truth")
     _recipe_args(p)
-    p.add_argument("--truth", default="exact", metavar="exact|lidarseg|DIR",
-                   help="exact: the synthetic world's exact maps; lidarseg: projected nuScenes-lidarseg points; DIR: a "
-                        "folder of label maps, one .png/.npy per camera image named by its sample_data token or file "
-                        "stem, Occ3D ids 0-16, 255 = unlabelled")
-    p.add_argument("--table", metavar="FILE", help="also append a row (recipe, provider, truth, scores) to this Markdown "
-                                                   "table, to compare providers in one table")
+    p.add_argument(
+        "--truth",
+        default="exact",
+        metavar="exact|lidarseg|DIR",
+        help="exact: the synthetic world's exact maps; lidarseg: projected nuScenes-lidarseg points; DIR: a "
+        "folder of label maps, one .png/.npy per camera image named by its sample_data token or file "
+        "stem, Occ3D ids 0-16, 255 = unlabelled",
+    )
+    p.add_argument(
+        "--table",
+        metavar="FILE",
+        help="also append a row (recipe, provider, truth, scores) to this Markdown "
+        "table, to compare providers in one table",
+    )
     p.set_defaults(func=lambda a: eval2d.run(a.recipe, a.overrides, a.out, a.truth, table=a.table))
 
 
@@ -109,9 +160,13 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output folder; files go to OUT/gts/<scene>/<token>/labels.npz")
     p.add_argument("--round", dest="k", type=int, required=True)
     p.add_argument("--format", default="occ3d", choices=("occ3d",))
-    p.add_argument("--drop-quantile", type=float, default=0.3,
-                   help="per class, leave this share of least confident voxels out of mask_camera / mask_lidar; they keep "
-                        "their class, mask_confident marks the kept voxels (default 0.3; --keep-all keeps every voxel)")
+    p.add_argument(
+        "--drop-quantile",
+        type=float,
+        default=0.3,
+        help="per class, leave this share of least confident voxels out of mask_camera / mask_lidar; they keep "
+        "their class, mask_confident marks the kept voxels (default 0.3; --keep-all keeps every voxel)",
+    )
     p.add_argument("--keep-all", action="store_true", help="export every voxel's label, no thresholds")
     p.set_defaults(func=lambda a: store.export(a.store, a.k, a.format, a.out, None if a.keep_all else a.drop_quantile))
     p = sub.add_parser("inspect", help="rounds, frames, class histogram, confidence and provenance of a store")
@@ -144,22 +199,39 @@ def _add_active(sub: argparse._SubParsersAction) -> None:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     from .commands import run
 
-    p = sub.add_parser("run", help="the whole loop: data, 2D supervision, training, pseudo-labels, evaluation, "
-                                   "export, report, selection and annotation rounds (resumable)")
+    p = sub.add_parser(
+        "run",
+        help="the whole loop: data, 2D supervision, training, pseudo-labels, evaluation, "
+        "export, report, selection and annotation rounds (resumable)",
+    )
     _recipe_args(p)
     p.set_defaults(func=lambda a: run.run(a.recipe, a.overrides, a.out))
 
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_run, _add_info, _add_synth, _add_supervise, _add_fuse, _add_eval2d, _add_train, _add_label,
-                                                              _add_store_commands, _add_active)
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_run,
+    _add_info,
+    _add_synth,
+    _add_supervise,
+    _add_fuse,
+    _add_eval2d,
+    _add_train,
+    _add_label,
+    _add_store_commands,
+    _add_active,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="autolabel", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
-                        help="print the installed package version and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__}",
+        help="print the installed package version and exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)

@@ -5,6 +5,7 @@ checking every key and type, and re-raising each dataclass's own `__post_init__`
 key path in front, so that a recipe error reads ``supervision.sam.model_type: must be one of ...``.
 `to_dict` is the inverse (plain data that `yaml.safe_dump` writes).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                 return _convert(arg, value, key)
             except DataError as exc:
                 errors.append(str(exc))
-        raise DataError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {[_type_name(a) for a in args]}")
+        raise DataError(
+            errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {[_type_name(a) for a in args]}"
+        )
     if tp is GridSpec:
         if isinstance(value, GridSpec):
             return value
@@ -98,7 +101,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise DataError(f"unknown key {where}{unknown[0]}; allowed keys{' under ' + prefix if prefix else ''}: {', '.join(fields)}")
+        raise DataError(
+            f"unknown key {where}{unknown[0]}; allowed keys{' under ' + prefix if prefix else ''}: {', '.join(fields)}"
+        )
     data = dict(data)
     for name, value in data.items():
         # a partial section overrides the parent's default of that section, not the section class's defaults
@@ -106,8 +111,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         if isinstance(value, Mapping) and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
             if dataclasses.is_dataclass(default):
-                data[name] = {**{g.name: getattr(default, g.name) for g in dataclasses.fields(default) if g.init}, **value}
-    kwargs = {name: _convert(hints[name], value, f"{prefix}.{name}" if prefix else name) for name, value in data.items()}
+                data[name] = {
+                    **{g.name: getattr(default, g.name) for g in dataclasses.fields(default) if g.init},
+                    **value,
+                }
+    kwargs = {
+        name: _convert(hints[name], value, f"{prefix}.{name}" if prefix else name) for name, value in data.items()
+    }
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:

@@ -1,5 +1,6 @@
 """The recipe's frames: the dataset opened through nuscenes-devkit, generated first when the recipe
 asks for the synthetic world and none exists yet."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,10 @@ from .data.nuscenes import NuScenesFrames, check_version_folder
 from .errors import DataError
 from .recipe import Recipe
 
-NUSCENES_DOWNLOAD = ("download nuScenes (v1.0-trainval or v1.0-mini: the metadata tables, samples/ and sweeps/) from "
-                     "https://www.nuscenes.org/download and unpack it there, or point data.dataroot at your copy")
+NUSCENES_DOWNLOAD = (
+    "download nuScenes (v1.0-trainval or v1.0-mini: the metadata tables, samples/ and sweeps/) from "
+    "https://www.nuscenes.org/download and unpack it there, or point data.dataroot at your copy"
+)
 
 
 def check_dataroot(recipe: Recipe) -> None:
@@ -46,9 +49,11 @@ def check_annotator(recipe: Recipe) -> None:
     if rounds.annotator != "oracle" or rounds.count < 2 or rounds.oracle_on_real_data or recipe.data.dataroot is None:
         return
     if not is_synthetic_world(Path(recipe.data.dataroot), recipe.version):
-        raise DataError(f"rounds.annotator oracle copies {recipe.data.dataroot}/gts as manual labels, but that folder is "
-                        f"not a synthetic world; use rounds.annotator folder for real annotations, or set "
-                        f"rounds.oracle_on_real_data: true for a simulation study on this dataset's ground truth")
+        raise DataError(
+            f"rounds.annotator oracle copies {recipe.data.dataroot}/gts as manual labels, but that folder is "
+            f"not a synthetic world; use rounds.annotator folder for real annotations, or set "
+            f"rounds.oracle_on_real_data: true for a simulation study on this dataset's ground truth"
+        )
 
 
 def ensure_dataset(recipe: Recipe, progress: bool = True) -> Path:
@@ -77,5 +82,13 @@ def open_frames(recipe: Recipe, split: str = "all", load_images: bool = True, lo
         scenes = recipe.data.val_scenes
     elif split == "train":
         scenes, exclude = recipe.data.train_scenes, recipe.data.val_scenes
-    return NuScenesFrames(root, recipe.version, sweeps=recipe.data.sweeps, load_images=load_images, load_gt=load_gt,
-                          grid=recipe.network.grid, scenes=scenes, exclude_scenes=exclude)
+    return NuScenesFrames(
+        root,
+        recipe.version,
+        sweeps=recipe.data.sweeps,
+        load_images=load_images,
+        load_gt=load_gt,
+        grid=recipe.network.grid,
+        scenes=scenes,
+        exclude_scenes=exclude,
+    )

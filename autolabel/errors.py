@@ -4,6 +4,7 @@ Exit statuses of the CLI (README, Commands): 0 done, 2 bad input (`DataError`), 
 annotators (`AwaitingAnnotations`: nothing is wrong, the run resumes once the labels are delivered),
 130 interrupted (Ctrl-C; rerun to resume).
 """
+
 import re
 
 EXIT_DATA_ERROR = 2

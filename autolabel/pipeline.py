@@ -9,8 +9,10 @@ the last checkpoint or frame.
 
 Under torchrun (several processes) the 2D supervision, training and labelling stages run on every rank
 (sharded frames, DDP), and so does the pool scoring of selection (rank 0 then selects); the others (world,
-evaluation, export, ingest, report) run on rank 0 while the rest wait at a barrier. Only rank 0 writes ``stages.json``; the other ranks read it back.
+evaluation, export, ingest, report) run on rank 0 while the rest wait at a barrier. Only rank 0 writes
+``stages.json``; the other ranks read it back.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +38,10 @@ class Stages:
 
     def _record_stop(self, name: str, status: str, message: str) -> None:
         if is_main():
-            text = json.dumps({"stage": name, "status": status, "message": message,
-                               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
+            text = json.dumps(
+                {"stage": name, "status": status, "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                indent=1,
+            )
             atomic_write(self.stopped, lambda fh: fh.write(text.encode()))
 
     def run(self, name: str, fn: Callable[[], dict | None], every_rank: bool = False) -> dict:
@@ -77,8 +81,10 @@ def read_stages(run_dir: Path) -> dict[str, dict]:
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); it is written atomically, so it was changed by hand or by "
-                        f"another program — restore it or delete the run folder") from None
+        raise DataError(
+            f"{path}: not valid JSON ({exc}); it is written atomically, so it was changed by hand or by "
+            f"another program — restore it or delete the run folder"
+        ) from None
 
 
 def check_run_folder(recipe: Recipe) -> None:
@@ -93,18 +99,24 @@ def check_run_folder(recipe: Recipe) -> None:
     try:
         old = load_recipe(saved)
     except DataError as exc:
-        raise DataError(f"{recipe.run_dir} holds a run whose saved recipe cannot be read ({exc}); choose another --out") from None
+        raise DataError(
+            f"{recipe.run_dir} holds a run whose saved recipe cannot be read ({exc}); choose another --out"
+        ) from None
     changes = forbidding_changes(old, recipe, read_stages(recipe.run_dir))
     if changes:
-        raise DataError(f"{recipe.run_dir} holds a run of another recipe ({saved}): {', '.join(changes)} changed, and "
-                        f"finished stages used the old value; resume it with the same values, or choose another --out")
+        raise DataError(
+            f"{recipe.run_dir} holds a run of another recipe ({saved}): {', '.join(changes)} changed, and "
+            f"finished stages used the old value; resume it with the same values, or choose another --out"
+        )
 
 
 # torchvision's ImageNet weights of each backbone (IMAGENET1K_V1 for resnet18 / resnet34, V2 for resnet50 / resnet101)
-BACKBONE_DOWNLOADS = {"resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-                      "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
-                      "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
-                      "resnet101": "https://download.pytorch.org/models/resnet101-cd907fc2.pth"}
+BACKBONE_DOWNLOADS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-cd907fc2.pth",
+}
 
 
 def check_backbone(recipe: Recipe) -> None:
@@ -118,8 +130,14 @@ def check_backbone(recipe: Recipe) -> None:
     try:
         backbone_state(net.backbone, net.backbone_weights)
     except ValueError as exc:
-        hint = (f": put a torchvision {net.backbone} state dict there (e.g. {BACKBONE_DOWNLOADS[net.backbone]}) or "
-                f"unset the key for random initialisation") if not Path(net.backbone_weights).exists() else ""
+        hint = (
+            (
+                f": put a torchvision {net.backbone} state dict there (e.g. {BACKBONE_DOWNLOADS[net.backbone]}) or "
+                f"unset the key for random initialisation"
+            )
+            if not Path(net.backbone_weights).exists()
+            else ""
+        )
         raise DataError(f"network.backbone_weights {net.backbone_weights}: {exc}{hint}") from None
 
 
@@ -156,8 +174,16 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
 
         frames = open_frames(recipe, "all", load_images=False, load_gt=False)
         provider = build_provider(recipe.supervision, frames.dataroot, frames.nusc)
-        return supervise(frames, provider, recipe.cache_path, recipe.network.image_size, recipe.supervision.lidar_min_depth,
-                         recipe.supervision.lidar_max_depth, progress, extra_attrs={"recipe": recipe.digest()})
+        return supervise(
+            frames,
+            provider,
+            recipe.cache_path,
+            recipe.network.image_size,
+            recipe.supervision.lidar_min_depth,
+            recipe.supervision.lidar_max_depth,
+            progress,
+            extra_attrs={"recipe": recipe.digest()},
+        )
 
     stages.run("supervise", supervise_all, every_rank=True)
     if recipe.fusion.enabled:
@@ -179,8 +205,16 @@ def fuse_stage(recipe: Recipe, progress: bool) -> dict:
 
     frames = open_frames(recipe, "train", load_images=False, load_gt=False)
     store = labelling_store(recipe.fusion_path, recipe.network.grid)
-    return fuse_round(frames, open_cache(recipe), store, 0, recipe.network.grid, recipe.fusion,
-                      resolve_device(recipe.device), progress)
+    return fuse_round(
+        frames,
+        open_cache(recipe),
+        store,
+        0,
+        recipe.network.grid,
+        recipe.fusion,
+        resolve_device(recipe.device),
+        progress,
+    )
 
 
 def _has_gts(recipe: Recipe) -> bool:
@@ -198,15 +232,29 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     from .training.rounds import checkpoint_path, labelled_voxels, manual_labels, open_cache, selected_from, train_round
 
     p = f"round_{k}"
-    stages.run(f"{p}/train", lambda: {key: v for key, v in train_round(recipe, k, progress).items() if key != "last"},
-               every_rank=True)
+    stages.run(
+        f"{p}/train",
+        lambda: {key: v for key, v in train_round(recipe, k, progress).items() if key != "last"},
+        every_rank=True,
+    )
 
     def label() -> dict:
         frames = open_frames(recipe, "train", load_images=True, load_gt=False)
         store = labelling_store(recipe.store_path, recipe.network.grid)
         fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
-        return label_round(frames, open_cache(recipe), store, k, recipe.network, recipe.dts, checkpoint_path(recipe, k),
-                           resolve_device(recipe.device), recipe, progress=progress, fused=fused)
+        return label_round(
+            frames,
+            open_cache(recipe),
+            store,
+            k,
+            recipe.network,
+            recipe.dts,
+            checkpoint_path(recipe, k),
+            resolve_device(recipe.device),
+            recipe,
+            progress=progress,
+            fused=fused,
+        )
 
     stages.run(f"{p}/label", label, every_rank=True)
 
@@ -217,20 +265,40 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
             return out
         if recipe.data.val_scenes:
             out["val"] = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), "val", progress=progress).as_dict()
-        r = evaluate_round(LabelStore.open(recipe.store_path), k, recipe.dataroot, (recipe.rounds.export_drop_quantile,),
-                           progress=progress)
+        r = evaluate_round(
+            LabelStore.open(recipe.store_path),
+            k,
+            recipe.dataroot,
+            (recipe.rounds.export_drop_quantile,),
+            progress=progress,
+        )
         out["pseudo"] = r["scores"].as_dict()
         out["pseudo_thresholded"] = r["curve"][0]
         return out
 
     metrics = stages.run(f"{p}/evaluate", evaluate)
     export_dir = recipe.run_dir / "export" / p
-    exported = stages.run(f"{p}/export", lambda: {key: v for key, v in export_occ3d(
-        LabelStore.open(recipe.store_path), k, export_dir, recipe.rounds.export_drop_quantile, progress).items()
-        if key in ("frames", "frames_pseudo", "kept_in_mask_camera")} | {"folder": str(export_dir)})
-    entry = {"round": k, "labelled": metrics.get("labelled", 0), "labelled_voxels": metrics.get("labelled_voxels"),
-             "val_miou": (metrics.get("val") or {}).get("miou"), "pseudo_miou": (metrics.get("pseudo") or {}).get("miou"),
-             "export": str(export_dir)}
+    exported = stages.run(
+        f"{p}/export",
+        lambda: (
+            {
+                key: v
+                for key, v in export_occ3d(
+                    LabelStore.open(recipe.store_path), k, export_dir, recipe.rounds.export_drop_quantile, progress
+                ).items()
+                if key in ("frames", "frames_pseudo", "kept_in_mask_camera")
+            }
+            | {"folder": str(export_dir)}
+        ),
+    )
+    entry = {
+        "round": k,
+        "labelled": metrics.get("labelled", 0),
+        "labelled_voxels": metrics.get("labelled_voxels"),
+        "val_miou": (metrics.get("val") or {}).get("miou"),
+        "pseudo_miou": (metrics.get("pseudo") or {}).get("miou"),
+        "export": str(export_dir),
+    }
     last = k == recipe.rounds.count - 1
     if not last:
         stages.run(f"{p}/select", lambda: _select(recipe, k), every_rank=True)  # scoring is sharded
@@ -256,8 +324,16 @@ def _select(recipe: Recipe, k: int) -> dict:
         return {}
     lab = pool.labelled
     picks, strategy = select_pool(pool, recipe.selection, distance_device(recipe.device))
-    path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
-                          LabelStore.open(recipe.store_path, recipe.network.grid), pool.regions)
+    path = write_manifest(
+        recipe,
+        k,
+        picks,
+        strategy,
+        len(pool.tokens),
+        int(lab.sum()),
+        LabelStore.open(recipe.store_path, recipe.network.grid),
+        pool.regions,
+    )
     out = {"strategy": strategy, "selected": len(picks), "manifest": str(path)}
     if pool.regions is not None:
         out |= {"tiles": sum(len(p.tiles) for p in picks), "voxels": sum(p.voxels for p in picks)}
@@ -276,12 +352,18 @@ def _ingest(recipe: Recipe, k: int) -> dict:
             done = _ingested_by_hand(recipe, k)
             if done is not None:
                 return done
-            raise AwaitingAnnotations(f"round {k}: waiting for annotations in {folder} (the frames are listed in "
-                                      f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
-                                      f"`autolabel run`")
+            raise AwaitingAnnotations(
+                f"round {k}: waiting for annotations in {folder} (the frames are listed in "
+                f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
+                f"`autolabel run`"
+            )
     s = ingest(recipe, k, folder)
-    return {"added": len(s["added"]), "manual_total": s["manual_total"], "voxels_added": s["voxels_added"],
-            "manual_voxels": s["manual_voxels"]}
+    return {
+        "added": len(s["added"]),
+        "manual_total": s["manual_total"],
+        "voxels_added": s["voxels_added"],
+        "manual_voxels": s["manual_voxels"],
+    }
 
 
 def _ingested_by_hand(recipe: Recipe, k: int) -> dict | None:
@@ -306,10 +388,14 @@ def summary_text(recipe: Recipe, result: dict) -> str:
     lines = [f"run {recipe.name} finished: {result['run_dir']}"]
     for r in result["rounds"]:
         val = f"val mIoU {r['val_miou']:.2f}" if r.get("val_miou") is not None else "val mIoU -"
-        pseudo = f"pseudo-label mIoU {r['pseudo_miou']:.2f}" if r.get("pseudo_miou") is not None else "pseudo-label mIoU -"
+        pseudo = (
+            f"pseudo-label mIoU {r['pseudo_miou']:.2f}" if r.get("pseudo_miou") is not None else "pseudo-label mIoU -"
+        )
         voxels = f" ({r['labelled_voxels']:,} labelled voxels)" if r.get("labelled_voxels") is not None else ""
         lines.append(f"  round {r['round']}: {r['labelled']} frames with manual 3D labels{voxels}; {val}; {pseudo}")
         lines.append(f"    Occ3D export {r['export']}/gts   report {r['report']}")
     lines.append(f"  pseudo-label store {recipe.store_path}   2D supervision cache {recipe.cache_path}")
-    lines.append(f"  stages and timings {recipe.run_dir / STAGES_FILE}; rerunning resumes at the first unfinished stage")
+    lines.append(
+        f"  stages and timings {recipe.run_dir / STAGES_FILE}; rerunning resumes at the first unfinished stage"
+    )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ A recipe has one section per stage; every key is optional (the defaults are the 
 and unknown keys or bad values are errors naming the key. `load_recipe` also applies ``--set`` overrides
 and resolves the run folder; `save_recipe` writes the resolved recipe beside the run's outputs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,9 @@ class DataConfig:
         if self.sweeps < 0 or self.aux_frames < 0:
             raise ValueError("sweeps and aux_frames must be >= 0")
         if self.train_scenes is not None and set(self.train_scenes) & set(self.val_scenes):
-            raise ValueError(f"train_scenes and val_scenes overlap: {sorted(set(self.train_scenes) & set(self.val_scenes))}")
+            raise ValueError(
+                f"train_scenes and val_scenes overlap: {sorted(set(self.train_scenes) & set(self.val_scenes))}"
+            )
 
 
 ANNOTATORS = ("oracle", "folder")
@@ -58,9 +61,15 @@ class RoundsConfig:
     """The recipe's ``rounds`` section."""
 
     count: int = 1  # labelling rounds; every round but the last selects frames for annotation
-    annotator: str = "folder"  # folder: real annotations in annotations_dir; oracle (named only): copies gts/ (simulation)
-    annotations_dir: Optional[str] = None  # folder: <dir>/round_<K>/ holds the annotators' gts/ tree; None: <run>/annotations
-    oracle_on_real_data: bool = False  # allow the oracle on a dataset that is not a synthetic world (a simulation study)
+    annotator: str = (
+        "folder"  # folder: real annotations in annotations_dir; oracle (named only): copies gts/ (simulation)
+    )
+    annotations_dir: Optional[str] = (
+        None  # folder: <dir>/round_<K>/ holds the annotators' gts/ tree; None: <run>/annotations
+    )
+    oracle_on_real_data: bool = (
+        False  # allow the oracle on a dataset that is not a synthetic world (a simulation study)
+    )
     export_drop_quantile: float = 0.3
 
     def __post_init__(self) -> None:
@@ -70,7 +79,6 @@ class RoundsConfig:
             raise ValueError("rounds.count must be >= 1")
         if self.annotator not in ANNOTATORS:
             raise ValueError(f"rounds.annotator must be one of {ANNOTATORS}, got {self.annotator!r}")
-
 
 
 @dataclass
@@ -99,7 +107,9 @@ class Recipe:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         check_region_budget(self.selection, self.network.grid.shape)  # region budgets count the grid's voxels
         if not self.fusion.enabled and (self.loss.fused_3d > 0 or self.dts.evidence == "fusion"):
-            raise ValueError("loss.fused_3d > 0 and dts.evidence: fusion read the fused labels: set fusion.enabled: true")
+            raise ValueError(
+                "loss.fused_3d > 0 and dts.evidence: fusion read the fused labels: set fusion.enabled: true"
+            )
 
     @property
     def run_dir(self) -> Path:

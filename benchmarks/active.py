@@ -13,6 +13,7 @@ Round 0 and the selections run once (plan.json); the round-1 runs are dealt over
 (--gpus, default every visible one), each appending its results as they come, so a run cut short
 keeps what finished and a rerun does only the rest.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,13 @@ def make_world(world: Path, synth: str, micro: bool, seed: int = 31) -> Path:
 
         n_scenes, n_frames = (int(v) for v in synth.split("x"))
         size = (112, 200) if micro else (225, 400)
-        write_dataset(world, SynthConfig(scenes=n_scenes, frames_per_scene=n_frames, seed=seed, image_size=size),
-                      GridSpec.from_dict(MICRO_GRID) if micro else GridSpec(), progress=False,
-                      workers=1 if micro else min(n_scenes, os.cpu_count() or 1))
+        write_dataset(
+            world,
+            SynthConfig(scenes=n_scenes, frames_per_scene=n_frames, seed=seed, image_size=size),
+            GridSpec.from_dict(MICRO_GRID) if micro else GridSpec(),
+            progress=False,
+            workers=1 if micro else min(n_scenes, os.cpu_count() or 1),
+        )
     return world
 
 
@@ -69,8 +74,12 @@ def run_per_gpu(cmds: list[list[str]], devices: list[str], logs: list[Path] | No
     with contextlib.ExitStack() as stack:
         procs = []
         for i, cmd in enumerate(cmds):
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[i % len(devices)], "AUTOLABEL_WORKERS": workers,
-                   "OMP_NUM_THREADS": threads}
+            env = {
+                **os.environ,
+                "CUDA_VISIBLE_DEVICES": devices[i % len(devices)],
+                "AUTOLABEL_WORKERS": workers,
+                "OMP_NUM_THREADS": threads,
+            }
             out = stack.enter_context(open(logs[i], "w")) if logs else None
             procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
         return [i for i, p in enumerate(procs) if p.wait()]
@@ -82,8 +91,13 @@ def oracle_labels(recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]]
     manual = store.manual(pool_tokens, pool_scenes, create=True)
     for scene, token in picks:
         gt = read_labels(labels_path(world, scene, token), recipe.network.grid)
-        manual.write(manual.index(token), semantics=gt.semantics, mask_lidar=gt.mask_lidar, mask_camera=gt.mask_camera,
-                     confidence=np.full(gt.semantics.shape, 255, np.uint8))
+        manual.write(
+            manual.index(token),
+            semantics=gt.semantics,
+            mask_lidar=gt.mask_lidar,
+            mask_camera=gt.mask_camera,
+            confidence=np.full(gt.semantics.shape, 255, np.uint8),
+        )
 
 
 def write_recipe(run: Path, name: str, recipe: dict) -> Path:
@@ -94,16 +108,31 @@ def write_recipe(run: Path, name: str, recipe: dict) -> Path:
 
 
 def base_recipe(run: Path, world: Path, val_scene: str, steps0: int, micro: bool) -> dict:
-    r = {"name": "active", "out": str(run / "base"), "device": "auto",
-         "data": {"dataroot": str(world), "version": "v1.0-synth", "val_scenes": [val_scene]},
-         "supervision": {"provider": "precomputed", "precomputed": {"variant": "noisy"}, "cache": str(run / "supervision.zarr")},
-         "network": {"image_size": [224, 400]}, "render": {"rays_per_frame": 16384},
-         "loss": {"silog_lambda": 0.0, "pseudo_3d": 1.0, "labels_3d": 1.0},
-         "train": {"steps": steps0, "warmup_steps": 100, "checkpoint_every": 500, "batch_size": 2, "lr": 5e-4},
-         "dts": {"start_step": steps0 // 2, "batch_size": 4}}
+    r = {
+        "name": "active",
+        "out": str(run / "base"),
+        "device": "auto",
+        "data": {"dataroot": str(world), "version": "v1.0-synth", "val_scenes": [val_scene]},
+        "supervision": {
+            "provider": "precomputed",
+            "precomputed": {"variant": "noisy"},
+            "cache": str(run / "supervision.zarr"),
+        },
+        "network": {"image_size": [224, 400]},
+        "render": {"rays_per_frame": 16384},
+        "loss": {"silog_lambda": 0.0, "pseudo_3d": 1.0, "labels_3d": 1.0},
+        "train": {"steps": steps0, "warmup_steps": 100, "checkpoint_every": 500, "batch_size": 2, "lr": 5e-4},
+        "dts": {"start_step": steps0 // 2, "batch_size": 4},
+    }
     if micro:
-        r["network"] = {"grid": MICRO_GRID, "image_size": [64, 112], "depth_bins": 16, "depth_max": 25.0,
-                        "context_channels": 8, "voxel_channels": 8}
+        r["network"] = {
+            "grid": MICRO_GRID,
+            "image_size": [64, 112],
+            "depth_bins": 16,
+            "depth_max": 25.0,
+            "context_channels": 8,
+            "voxel_channels": 8,
+        }
         r["render"] = {"rays_per_frame": 256}
         r["train"] = {"steps": steps0, "warmup_steps": 1, "checkpoint_every": steps0, "batch_size": 1}
         r["dts"] = {"start_step": 1, "batch_size": 1}
@@ -119,17 +148,36 @@ def prepare(run: Path, world: Path, args) -> dict:
     base = load_recipe(run / "base.yaml")
     t0 = time.perf_counter()
     frames = open_frames(base, "all", load_images=False, load_gt=False)
-    supervise(frames, build_provider(base.supervision, frames.dataroot), base.cache_path, base.network.image_size, progress=False)
+    supervise(
+        frames,
+        build_provider(base.supervision, frames.dataroot),
+        base.cache_path,
+        base.network.image_size,
+        progress=False,
+    )
     train_round(base, 0, progress=False)
     t_train = time.perf_counter() - t0
     pool_frames = open_frames(base, "train", load_images=True, load_gt=False)
-    label_round(pool_frames, open_cache(base), LabelStore(base.store_path, base.network.grid, create=True), 0, base.network,
-                base.dts, checkpoint_path(base, 0), resolve_device(base.device), base, progress=False)
+    label_round(
+        pool_frames,
+        open_cache(base),
+        LabelStore(base.store_path, base.network.grid, create=True),
+        0,
+        base.network,
+        base.dts,
+        checkpoint_path(base, 0),
+        resolve_device(base.device),
+        base,
+        progress=False,
+    )
     pool = score_pool(base, 0, progress=False)
     n_pool = len(pool.tokens)
     base_score = evaluate_checkpoint(base, checkpoint_path(base, 0), progress=False)
-    print(f"round 0 (label-free, {args.steps0} steps, {t_train:.0f} s): val mIoU {100 * base_score.miou:.2f} geo "
-          f"{100 * base_score.geometric_iou:.2f}; pool {n_pool} frames; {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"round 0 (label-free, {args.steps0} steps, {t_train:.0f} s): val mIoU {100 * base_score.miou:.2f} geo "
+        f"{100 * base_score.geometric_iou:.2f}; pool {n_pool} frames; {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     experiments = []
     for strategy in args.strategies.split(","):
         for seed in range(args.seeds):
@@ -137,10 +185,20 @@ def prepare(run: Path, world: Path, args) -> dict:
                 n = max(1, round(frac * n_pool))
                 cfg = SelectionConfig(strategy=strategy, budget=n, per_scene_cap=max(1, n), seed=seed)
                 picks, _ = select_frames(pool.candidates, pool.features, pool.features[:0], cfg, 0, n_pool)
-                experiments.append({"strategy": strategy, "seed": seed, "frac": frac,
-                                    "picks": [[p.candidate.scene, p.candidate.token] for p in picks]})
-    plan = {"round0_miou": 100 * base_score.miou, "pool_tokens": pool.tokens, "pool_scenes": pool.scenes,
-            "experiments": experiments}
+                experiments.append(
+                    {
+                        "strategy": strategy,
+                        "seed": seed,
+                        "frac": frac,
+                        "picks": [[p.candidate.scene, p.candidate.token] for p in picks],
+                    }
+                )
+    plan = {
+        "round0_miou": 100 * base_score.miou,
+        "pool_tokens": pool.tokens,
+        "pool_scenes": pool.scenes,
+        "experiments": experiments,
+    }
     plan_path.write_text(json.dumps(plan, indent=1))
     return plan
 
@@ -150,7 +208,11 @@ def run_experiments(run: Path, world: Path, plan: dict, args, part: int, parts: 
     Each result is appended to results.<part>.jsonl as soon as it exists."""
     base = load_recipe(run / "base.yaml")
     out = run / f"results.{part}.jsonl"
-    done = {(r["strategy"], r["seed"], r["frac"]) for r in map(json.loads, out.read_text().splitlines())} if out.is_file() else set()
+    done = (
+        {(r["strategy"], r["seed"], r["frac"]) for r in map(json.loads, out.read_text().splitlines())}
+        if out.is_file()
+        else set()
+    )
     for e in plan["experiments"][part::parts]:
         if (e["strategy"], e["seed"], e["frac"]) in done:
             continue
@@ -159,17 +221,33 @@ def run_experiments(run: Path, world: Path, plan: dict, args, part: int, parts: 
         (exp / "round_0" / "train").mkdir(parents=True)
         shutil.copyfile(checkpoint_path(base, 0), exp / "round_0" / "train" / "checkpoint.pt")
         # the seed also seeds round 1's training: deterministic strategies still show the training's spread
-        recipe = replace(base, out=str(exp), train=replace(base.train, steps=args.steps, seed=base.train.seed + e["seed"],
-                                                           warmup_steps=min(base.train.warmup_steps, max(1, args.steps // 10))))
+        recipe = replace(
+            base,
+            out=str(exp),
+            train=replace(
+                base.train,
+                steps=args.steps,
+                seed=base.train.seed + e["seed"],
+                warmup_steps=min(base.train.warmup_steps, max(1, args.steps // 10)),
+            ),
+        )
         oracle_labels(recipe, plan["pool_tokens"], plan["pool_scenes"], [tuple(p) for p in e["picks"]], world)
         train_round(recipe, 1, progress=False)
         score = evaluate_checkpoint(recipe, checkpoint_path(recipe, 1), progress=False)
-        row = {"strategy": e["strategy"], "seed": e["seed"], "frac": e["frac"], "frames": len(e["picks"]),
-               "miou": 100 * score.miou}
+        row = {
+            "strategy": e["strategy"],
+            "seed": e["seed"],
+            "frac": e["frac"],
+            "frames": len(e["picks"]),
+            "miou": 100 * score.miou,
+        }
         with open(out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(f"{e['strategy']} seed {e['seed']} budget {e['frac']:.0%} ({len(e['picks'])} frames): val mIoU "
-              f"{row['miou']:.2f}", flush=True)
+        print(
+            f"{e['strategy']} seed {e['seed']} budget {e['frac']:.0%} ({len(e['picks'])} frames): val mIoU "
+            f"{row['miou']:.2f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -182,7 +260,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps0", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--gpus", type=int, default=None, help="round-1 processes, one per GPU (default: every visible GPU)")
+    ap.add_argument(
+        "--gpus", type=int, default=None, help="round-1 processes, one per GPU (default: every visible GPU)"
+    )
     ap.add_argument("--devices", default=None, help="GPU ids for the round-1 processes, e.g. 1,0 (default 0..gpus-1)")
     ap.add_argument("--report", action="store_true", help="only merge the results so far into the table and curve")
     ap.add_argument("--part", type=int, default=None, help=argparse.SUPPRESS)  # internal: a child's share
@@ -203,14 +283,31 @@ def main() -> None:
     else:
         (run / "base.yaml").write_text(yaml.safe_dump(base_recipe(run, world, scenes[-1], args.steps0, args.micro)))
         plan = prepare(run, world, args)
-    devices = args.devices.split(",") if args.devices else [str(i % max(1, torch.cuda.device_count())) for i in range(gpus)]
+    devices = (
+        args.devices.split(",") if args.devices else [str(i % max(1, torch.cuda.device_count())) for i in range(gpus)]
+    )
     if args.report:
         pass
     elif gpus == 1:
         run_experiments(run, world, plan, args, 0, 1)
     else:
-        cmds = [[sys.executable, __file__, str(run), "--world", str(world), "--steps", str(args.steps), "--gpus", str(gpus),
-                 "--part", str(i), *(["--micro"] if args.micro else [])] for i in range(gpus)]
+        cmds = [
+            [
+                sys.executable,
+                __file__,
+                str(run),
+                "--world",
+                str(world),
+                "--steps",
+                str(args.steps),
+                "--gpus",
+                str(gpus),
+                "--part",
+                str(i),
+                *(["--micro"] if args.micro else []),
+            ]
+            for i in range(gpus)
+        ]
         if run_per_gpu(cmds, devices):
             print("a round-1 process failed; the table holds what finished", flush=True)
     rows = [json.loads(x) for f in sorted(run.glob("results.*.jsonl")) for x in f.read_text().splitlines()]
@@ -220,17 +317,30 @@ def main() -> None:
     results: dict[str, dict[float, list[float]]] = {}
     for r in rows:
         results.setdefault(r["strategy"], {}).setdefault(r["frac"], []).append(r["miou"])
-    (run / "active_results.json").write_text(json.dumps({"round0_miou": plan["round0_miou"], "pool": n_pool,
-                                                         "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()}},
-                                                        indent=1))
+    (run / "active_results.json").write_text(
+        json.dumps(
+            {
+                "round0_miou": plan["round0_miou"],
+                "pool": n_pool,
+                "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()},
+            },
+            indent=1,
+        )
+    )
     from autolabel.report.figures import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for strategy, r in results.items():
         fr = [f for f in budgets if f in r]
-        ax.errorbar([max(1, round(f * n_pool)) for f in fr], [np.mean(r[f]) for f in fr], yerr=[np.std(r[f]) for f in fr],
-                    marker="o", capsize=3, label=strategy)
+        ax.errorbar(
+            [max(1, round(f * n_pool)) for f in fr],
+            [np.mean(r[f]) for f in fr],
+            yerr=[np.std(r[f]) for f in fr],
+            marker="o",
+            capsize=3,
+            label=strategy,
+        )
     ax.axhline(plan["round0_miou"], color="gray", ls=":", label="round 0 (no 3D labels)")
     ax.set_xlabel("frames with manual 3D labels")
     ax.set_ylabel("validation mIoU (%)")
@@ -241,8 +351,10 @@ def main() -> None:
     print(f"\npool {n_pool} frames; val mIoU (mean +- std over seeds); round 0: {plan['round0_miou']:.2f}")
     print(f"{'strategy':<12}" + "".join(f"{f'{f:.0%} ({max(1, round(f * n_pool))})':>16}" for f in budgets))
     for strategy, r in results.items():
-        print(f"{strategy:<12}" + "".join(f"{np.mean(r[f]):>9.2f} +-{np.std(r[f]):>4.1f}" if f in r else f"{'-':>16}"
-                                          for f in budgets))
+        print(
+            f"{strategy:<12}"
+            + "".join(f"{np.mean(r[f]):>9.2f} +-{np.std(r[f]):>4.1f}" if f in r else f"{'-':>16}" for f in budgets)
+        )
 
 
 if __name__ == "__main__":

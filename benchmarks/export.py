@@ -6,6 +6,7 @@ confidences are smooth; white noise would not compress and would overstate the s
 
     python benchmarks/export.py [--frames 40] [--world .cache/bench_world]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,10 @@ def main() -> None:
         npz = sum(p.stat().st_size for p in (Path(tmp) / "export" / "gts").rglob("labels.npz"))
     n = len(data)
     raw = 4 * grid.num_voxels
-    print(f"\nCPU ({torch.get_num_threads()} threads) | {n} frames at {grid.shape}, content from "
-          f"{'the synthetic world' if world else 'a flat scene'}")
+    print(
+        f"\nCPU ({torch.get_num_threads()} threads) | {n} frames at {grid.shape}, content from "
+        f"{'the synthetic world' if world else 'a flat scene'}"
+    )
     print(f"{'operation':<36}{'frames/s':>10}{'bytes/frame':>14}")
     print(f"{'write round (4 arrays + done)':<36}{n / t_write:>10.1f}{size / n:>14.0f}")
     print(f"{'read round (4 arrays)':<36}{n / t_read:>10.1f}{'':>14}")

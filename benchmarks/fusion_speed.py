@@ -10,6 +10,7 @@ Cases: the views at the nuScenes recipe's network resolution (256x704, what the 
 and `fuse_round` votes with) and at the cameras' full 1600x900. Medians over --reps after a warm-up,
 synchronised on CUDA; the table also gives the share of the time in the vote and in the free-space walk.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def shift(dx: float) -> np.ndarray:
     return m
 
 
-def window(frame, window: int, sweeps: int, hw: tuple[int, int], device: torch.device,
-           seed: int = 0) -> tuple[list[Sweep], list[View]]:
+def window(
+    frame, window: int, sweeps: int, hw: tuple[int, int], device: torch.device, seed: int = 0
+) -> tuple[list[Sweep], list[View]]:
     """Sweeps and views of a (2 window + 1)-keyframe window replayed from one real frame (module docstring)."""
     g = np.random.default_rng(seed)
     pts = frame.lidar.points[frame.lidar.time_lag == 0, :3].astype(np.float64)
@@ -56,19 +58,29 @@ def window(frame, window: int, sweeps: int, hw: tuple[int, int], device: torch.d
             t = key * KEYFRAME_DT - s * SWEEP_DT  # sweeps precede their keyframe
             pose = shift(SPEED * t)
             xyz = pts @ pose[:3, :3].T + pose[:3, 3]
-            out_sweeps.append(Sweep(points=torch.from_numpy(xyz).to(device),
-                                    origin=torch.from_numpy(pose[:3, :3] @ origin + pose[:3, 3]).to(device),
-                                    keyframe=torch.full((len(xyz),), s == 0, device=device),
-                                    seconds=torch.full((len(xyz),), t, dtype=torch.float64, device=device), source=j))
+            out_sweeps.append(
+                Sweep(
+                    points=torch.from_numpy(xyz).to(device),
+                    origin=torch.from_numpy(pose[:3, :3] @ origin + pose[:3, 3]).to(device),
+                    keyframe=torch.full((len(xyz),), s == 0, device=device),
+                    seconds=torch.full((len(xyz),), t, dtype=torch.float64, device=device),
+                    source=j,
+                )
+            )
         for cam in frame.cameras:
             rc = ResizeCrop.fit(cam.image_size, hw)
             target2cam = np.linalg.inv(shift(SPEED * key * KEYFRAME_DT) @ cam.cam2ego)
             blocks = g.integers(0, NUM_SEMANTIC_CLASSES, size=(hw[0] // 16 + 1, hw[1] // 16 + 1))
             sem = np.kron(blocks, np.ones((16, 16), np.int64))[: hw[0], : hw[1]]
-            views.append(View(target2cam=torch.from_numpy(target2cam).to(device),
-                              K=torch.from_numpy(rc.matrix @ cam.K).to(device),
-                              semantics=torch.from_numpy(sem).to(device),
-                              confidence=torch.full(hw, 0.8, dtype=torch.float32, device=device), source=j))
+            views.append(
+                View(
+                    target2cam=torch.from_numpy(target2cam).to(device),
+                    K=torch.from_numpy(rc.matrix @ cam.K).to(device),
+                    semantics=torch.from_numpy(sem).to(device),
+                    confidence=torch.full(hw, 0.8, dtype=torch.float32, device=device),
+                    source=j,
+                )
+            )
     return out_sweeps, views
 
 
@@ -102,8 +114,10 @@ def main() -> None:
     frame = frames.frame(frames.tokens[0], images=False)
     grid, cfg = GridSpec(), FusionConfig(window=args.window)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"fusion of one keyframe on {name}: +-{args.window} keyframes x {args.sweeps} sweeps of "
-          f"{int((frame.lidar.time_lag == 0).sum())} points, 6 cameras per keyframe, grid {grid.shape}")
+    print(
+        f"fusion of one keyframe on {name}: +-{args.window} keyframes x {args.sweeps} sweeps of "
+        f"{int((frame.lidar.time_lag == 0).sum())} points, 6 cameras per keyframe, grid {grid.shape}"
+    )
     print(f"{'views':>10}{'points':>11}{'views':>7}{'s/frame':>10}{'vote s':>9}{'walk+rest s':>13}")
     for size in args.sizes.split(","):
         hw = tuple(int(v) for v in size.split("x"))

@@ -15,6 +15,7 @@ A "points only" row leaves the boxes out (at the default window), to show what t
 The quality benchmark's test world is seed 131, 40x4; on a CPU a smaller world of the same seed (6x4) is
 the default. Results go to RUN/point_labels_<world>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,10 +50,13 @@ def make_world(world: Path, synth: str, micro: bool, seed: int, sweeps: int) -> 
 
         n_scenes, n_frames = (int(v) for v in synth.split("x"))
         size = (112, 200) if micro else (225, 400)
-        write_dataset(world, SynthConfig(scenes=n_scenes, frames_per_scene=n_frames, seed=seed, image_size=size,
-                                         sweeps=sweeps),
-                      GridSpec.from_dict(MICRO_GRID) if micro else GridSpec(), progress=False,
-                      workers=1 if micro else min(n_scenes, os.cpu_count() or 1))
+        write_dataset(
+            world,
+            SynthConfig(scenes=n_scenes, frames_per_scene=n_frames, seed=seed, image_size=size, sweeps=sweeps),
+            GridSpec.from_dict(MICRO_GRID) if micro else GridSpec(),
+            progress=False,
+            workers=1 if micro else min(n_scenes, os.cpu_count() or 1),
+        )
     return world
 
 
@@ -76,10 +80,18 @@ def evaluate(frames: NuScenesFrames, grid: GridSpec, cfg: PointLabelConfig, boxe
         covered += int((obs & mc).sum())
         cam += int(mc.sum())
     c, a = cam_metric.compute().as_dict(), all_metric.compute().as_dict()
-    return {"window": cfg.window, "boxes": boxes, "frames": len(frames.tokens), "miou": c["miou"],
-            "geometric_iou": c["geometric_iou"], "per_class": c["per_class_iou"], "miou_covered": a["miou"],
-            "geometric_iou_covered": a["geometric_iou"], "mask_camera_covered": round(100 * covered / max(cam, 1), 2),
-            "seconds_per_frame": round(float(np.mean(seconds)), 2)}
+    return {
+        "window": cfg.window,
+        "boxes": boxes,
+        "frames": len(frames.tokens),
+        "miou": c["miou"],
+        "geometric_iou": c["geometric_iou"],
+        "per_class": c["per_class_iou"],
+        "miou_covered": a["miou"],
+        "geometric_iou_covered": a["geometric_iou"],
+        "mask_camera_covered": round(100 * covered / max(cam, 1), 2),
+        "seconds_per_frame": round(float(np.mean(seconds)), 2),
+    }
 
 
 def main() -> None:
@@ -87,7 +99,9 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--synth", default="6x4", help="SCENESxFRAMES of the world")
     ap.add_argument("--seed", type=int, default=131, help="world seed (131: the quality benchmark's test world)")
-    ap.add_argument("--sweeps", type=int, default=0, help="LiDAR sweeps between keyframes in the world (0 as quality.py's)")
+    ap.add_argument(
+        "--sweeps", type=int, default=0, help="LiDAR sweeps between keyframes in the world (0 as quality.py's)"
+    )
     ap.add_argument("--windows", default="0,1,2,3", help="keyframes accumulated on each side of the annotated one")
     ap.add_argument("--micro", action="store_true")
     args = ap.parse_args()
@@ -95,24 +109,39 @@ def main() -> None:
         args.synth, args.windows = "2x2", "0,1"
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
-    world = make_world(run / f"world_{args.seed}_{args.synth}_s{args.sweeps}", args.synth, args.micro, args.seed, args.sweeps)
+    world = make_world(
+        run / f"world_{args.seed}_{args.synth}_s{args.sweeps}", args.synth, args.micro, args.seed, args.sweeps
+    )
     grid = GridSpec.from_dict(MICRO_GRID) if args.micro else GridSpec()
     frames = NuScenesFrames(world, "v1.0-synth", load_images=False, grid=grid)
     windows = [int(w) for w in args.windows.split(",")]
     rows = [evaluate(frames, grid, PointLabelConfig(window=w)) for w in windows]
     rows.append(evaluate(frames, grid, PointLabelConfig(window=PointLabelConfig().window), boxes=False))
-    meta = {"world_seed": args.seed, "synth": args.synth, "sweeps": args.sweeps, "grid": grid.to_dict(),
-            "config": PointLabelConfig().to_dict(), "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d")}
+    meta = {
+        "world_seed": args.seed,
+        "synth": args.synth,
+        "sweeps": args.sweeps,
+        "grid": grid.to_dict(),
+        "config": PointLabelConfig().to_dict(),
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     (run / f"point_labels_{world.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"\nworld seed {args.seed}, {args.synth} scenes x keyframes, {args.sweeps} sweeps between keyframes; "
-          f"{len(frames.tokens)} annotated keyframes")
+    print(
+        f"\nworld seed {args.seed}, {args.synth} scenes x keyframes, {args.sweeps} sweeps between keyframes; "
+        f"{len(frames.tokens)} annotated keyframes"
+    )
     print(f"{'labels':<22}{'mIoU':>7}{'geo IoU':>9}{'mIoU all':>10}{'geo all':>9}{'mask_camera %':>15}{'s/frame':>9}")
     for r in rows:
         name = f"window +-{r['window']}" + ("" if r["boxes"] else ", no boxes")
-        print(f"{name:<22}{r['miou']:>7.2f}{r['geometric_iou']:>9.2f}{r['miou_covered']:>10.2f}"
-              f"{r['geometric_iou_covered']:>9.2f}{r['mask_camera_covered']:>15.2f}{r['seconds_per_frame']:>9.2f}")
-    print("mIoU / geo IoU: on the covered voxels within mask_camera; 'all': on every covered voxel; mask_camera %: "
-          "share of the true mask_camera the labels cover")
+        print(
+            f"{name:<22}{r['miou']:>7.2f}{r['geometric_iou']:>9.2f}{r['miou_covered']:>10.2f}"
+            f"{r['geometric_iou_covered']:>9.2f}{r['mask_camera_covered']:>15.2f}{r['seconds_per_frame']:>9.2f}"
+        )
+    print(
+        "mIoU / geo IoU: on the covered voxels within mask_camera; 'all': on every covered voxel; mask_camera %: "
+        "share of the true mask_camera the labels cover"
+    )
     worst = sorted((v, k) for k, v in rows[0]["per_class"].items() if v is not None and k != "free")[:4]
     print("lowest classes (first row): " + ", ".join(f"{k} {v:.1f}" for v, k in worst))
     print("per class (first row): " + ", ".join(f"{n} {rows[0]['per_class'].get(n)}" for n in OCC3D_CLASS_NAMES))

@@ -4,6 +4,7 @@
 Prints one table: the op through `render_rays` (with its input checks and the torch.library dispatch),
 the raw extension calls, and the profiler's per-kernel CUDA times for one forward + backward.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,9 @@ def main() -> int:
     dev = torch.device("cuda")
     grid = GridSpec()
     rays = rig_rays(38_400, 2, dev, seed=0)
-    density = (structured_scene(grid, 2, seed=2) if args.scene == "structured" else random_scene(grid, 2, seed=3)).to(dev)
+    density = (structured_scene(grid, 2, seed=2) if args.scene == "structured" else random_scene(grid, 2, seed=3)).to(
+        dev
+    )
     features = torch.randn((2, *grid.shape, 17), device=dev)
     mod = load_backend("cuda")
     geom = (list(grid.range_min), list(grid.voxel_size), list(grid.range_max))
@@ -54,9 +57,13 @@ def main() -> int:
         out = render_rays(d, f, *rays, grid=grid, mode=args.mode, check_values=check)
         return torch.autograd.grad(out.depth.sum() + out.features.sum(), [d, f])
 
-    rows = [("render_rays forward", timed(op, dev, 30)), ("raw forward kernel call", timed(raw_fwd, dev, 30)),
-            ("raw backward kernel call", timed(raw_bwd, dev, 30)), ("render_rays fwd+bwd", timed(op_fb, dev, 30)),
-            ("  same, check_values=False", timed(lambda: op_fb(False), dev, 30))]
+    rows = [
+        ("render_rays forward", timed(op, dev, 30)),
+        ("raw forward kernel call", timed(raw_fwd, dev, 30)),
+        ("raw backward kernel call", timed(raw_bwd, dev, 30)),
+        ("render_rays fwd+bwd", timed(op_fb, dev, 30)),
+        ("  same, check_values=False", timed(lambda: op_fb(False), dev, 30)),
+    ]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
             op_fb()

@@ -22,6 +22,7 @@ sharded by rank with no communication, so 8 GPUs take 1/8 of the time, assumed, 
     python benchmarks/providers_speed.py [--providers all] [--masks 50,200] [--frames 3] [--bf16] [--compile]
     python benchmarks/providers_speed.py --smoke      # tiny models, small images, on the CPU (CI)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from autolabel.data.transforms import ResizeCrop  # noqa: E402
-from autolabel.supervision.config import (SAM_PRESETS, ClipConfig, DetectorConfig, Sam2Config, Sam3Config,  # noqa: E402
-                                          SamConfig, SupervisionConfig, VlmConfig)
+from autolabel.supervision.config import (
+    SAM_PRESETS,
+    ClipConfig,
+    DetectorConfig,
+    Sam2Config,
+    Sam3Config,  # noqa: E402
+    SamConfig,
+    SupervisionConfig,
+    VlmConfig,
+)
 
 PROVIDERS = ("sam_clip", "sam2_clip", "sam3", "sam_vlm", "grounded_sam-owl", "grounded_sam-gdino")
 KEYFRAMES = 34149  # nuScenes trainval keyframes
@@ -62,6 +71,7 @@ class Phases:
             out = fn(*a, **k)
             self.masks.append(len(out.masks) if hasattr(out, "masks") else len(out[0]))
             return out
+
         return counted
 
     def wrap(self, phase: str, fn):
@@ -77,6 +87,7 @@ class Phases:
                 sync()
                 self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
                 self.active = True
+
         return timed
 
 
@@ -106,10 +117,14 @@ def save_models(folder: Path, smoke: bool) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     tiny = smoke
     makers = {
-        "sam": lambda p: _save_sam(p, tiny), "clip": lambda p: _save_clip(p, tiny),
-        "sam2": lambda p: tm.save_sam2(p, tiny), "sam3": lambda p: tm.save_sam3(p, tiny),
-        "florence2": lambda p: tm.save_florence2(p, tiny), "gdino": lambda p: tm.save_grounding_dino(p, tiny),
-        "owl": lambda p: _save_owl(p, tiny)}
+        "sam": lambda p: _save_sam(p, tiny),
+        "clip": lambda p: _save_clip(p, tiny),
+        "sam2": lambda p: tm.save_sam2(p, tiny),
+        "sam3": lambda p: tm.save_sam3(p, tiny),
+        "florence2": lambda p: tm.save_florence2(p, tiny),
+        "gdino": lambda p: tm.save_grounding_dino(p, tiny),
+        "owl": lambda p: _save_owl(p, tiny),
+    }
     out = {}
     for name, make in makers.items():
         path = folder / (name + (".pth" if name == "sam" else ""))
@@ -138,9 +153,19 @@ def _save_clip(path: Path, tiny: bool) -> None:
     if tiny:
         tm.save_tiny_clip(path)
     else:  # ViT-B/16
-        tm.save_clip(path, text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
-                     vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                                 image_size=224, patch_size=16), projection_dim=512)
+        tm.save_clip(
+            path,
+            text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+            vision=dict(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                image_size=224,
+                patch_size=16,
+            ),
+            projection_dim=512,
+        )
 
 
 def _save_owl(path: Path, tiny: bool) -> None:
@@ -153,8 +178,11 @@ def _save_owl(path: Path, tiny: bool) -> None:
 
     path.mkdir(parents=True, exist_ok=True)
     n_vocab = tm._save_tokenizer(path)
-    cfg = Owlv2Config(text_config=dict(vocab_size=max(n_vocab, 49408), eos_token_id=n_vocab - 1, bos_token_id=n_vocab - 2,
-                                       pad_token_id=n_vocab - 1))  # OWLv2 base-patch16 (960x960)
+    cfg = Owlv2Config(
+        text_config=dict(
+            vocab_size=max(n_vocab, 49408), eos_token_id=n_vocab - 1, bos_token_id=n_vocab - 2, pad_token_id=n_vocab - 1
+        )
+    )  # OWLv2 base-patch16 (960x960)
     Owlv2ForObjectDetection(cfg).save_pretrained(path)
     Owlv2ImageProcessor().save_pretrained(path)
 
@@ -162,17 +190,32 @@ def _save_owl(path: Path, tiny: bool) -> None:
 # ---- one provider -----------------------------------------------------------------------------------
 def provider_config(case: str, models: dict, k: int, bf16: bool, device: str, smoke: bool) -> SupervisionConfig:
     provider = case.split("-")[0]
-    sam = SamConfig(checkpoint=models["sam"], pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
-                    min_mask_area=0, max_masks=k, points_per_side=4 if smoke else 32)
+    sam = SamConfig(
+        checkpoint=models["sam"],
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        min_mask_area=0,
+        max_masks=k,
+        points_per_side=4 if smoke else 32,
+    )
     if smoke:
         from tiny_models import TINY_SAM
 
         sam.arch = TINY_SAM
     det = DetectorConfig(model=models["gdino" if case.endswith("gdino") else "owl"], box_threshold=0.0)
-    return SupervisionConfig(provider=provider, device=device, bf16=bf16, min_confidence=0.0, sam=sam,
-                             clip=ClipConfig(model=models["clip"]), sam2=Sam2Config(model=models["sam2"]),
-                             sam3=Sam3Config(model=models["sam3"], score_threshold=0.0, max_masks=k),
-                             vlm=VlmConfig(model=models["florence2"]), detector=det)
+    return SupervisionConfig(
+        provider=provider,
+        device=device,
+        bf16=bf16,
+        min_confidence=0.0,
+        sam=sam,
+        clip=ClipConfig(model=models["clip"]),
+        sam2=Sam2Config(model=models["sam2"]),
+        sam3=Sam3Config(model=models["sam3"], score_threshold=0.0, max_masks=k),
+        vlm=VlmConfig(model=models["florence2"]),
+        detector=det,
+    )
 
 
 def instrument(p, phases: Phases) -> None:
@@ -214,7 +257,9 @@ def compile_models(p) -> None:
     scorer = getattr(stuff, "scorer", None)
     if scorer is not None and hasattr(scorer.model, "vision_model"):  # CLIP
         scorer.model.vision_model = torch.compile(scorer.model.vision_model)
-    if scorer is not None and hasattr(scorer.model, "model") and hasattr(scorer.model.model, "vision_tower"):  # Florence-2
+    if (
+        scorer is not None and hasattr(scorer.model, "model") and hasattr(scorer.model.model, "vision_tower")
+    ):  # Florence-2
         scorer.model.model.vision_tower = torch.compile(scorer.model.model.vision_tower)
     seg = getattr(p, "segmenter", None)
     if seg is not None:
@@ -257,7 +302,14 @@ def time_provider(case: str, models: dict, k: int, frames: np.ndarray, label_hw,
         per["naming"] = float("nan")  # SAM 3's masks come with their phrase: naming is inside "masks"
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and device != "cpu" else float("nan")
     del p
-    return {"name": f"{case} (forced {k})", "k": int(round(np.mean(phases.masks))) if phases.masks else 0, "frame_s": frame_s, "per": per, "peak_gib": peak, "labelled": float(np.mean(kept))}
+    return {
+        "name": f"{case} (forced {k})",
+        "k": int(round(np.mean(phases.masks))) if phases.masks else 0,
+        "frame_s": frame_s,
+        "per": per,
+        "peak_gib": peak,
+        "labelled": float(np.mean(kept)),
+    }
 
 
 # ---- baselines (SAM only) ---------------------------------------------------------------------------
@@ -282,9 +334,14 @@ def time_amg(models: dict, frames: np.ndarray, n_images: int, args) -> dict:
     n = [len(gen.generate(imgs[1 + i])) for i in range(n_images)]
     sync()
     s = (time.perf_counter() - t0) / n_images
-    return {"name": "SamAutomaticMaskGenerator (SAM only)", "k": int(np.mean(n)), "frame_s": CAMS * s,
-            "per": {"masks": s, "naming": float("nan"), "paint": float("nan"), "other": float("nan")},
-            "peak_gib": float("nan"), "labelled": float("nan")}
+    return {
+        "name": "SamAutomaticMaskGenerator (SAM only)",
+        "k": int(np.mean(n)),
+        "frame_s": CAMS * s,
+        "per": {"masks": s, "naming": float("nan"), "paint": float("nan"), "other": float("nan")},
+        "peak_gib": float("nan"),
+        "labelled": float("nan"),
+    }
 
 
 def time_pipeline(models: dict, frames: np.ndarray, n_images: int, args) -> dict:
@@ -305,9 +362,14 @@ def time_pipeline(models: dict, frames: np.ndarray, n_images: int, args) -> dict
     n = [len(gen(Image.fromarray(imgs[1 + i]), **kw)["masks"]) for i in range(n_images)]
     sync()
     s = (time.perf_counter() - t0) / n_images
-    return {"name": "transformers mask-generation, SAM 2 (SAM only)", "k": int(np.mean(n)), "frame_s": CAMS * s,
-            "per": {"masks": s, "naming": float("nan"), "paint": float("nan"), "other": float("nan")},
-            "peak_gib": float("nan"), "labelled": float("nan")}
+    return {
+        "name": "transformers mask-generation, SAM 2 (SAM only)",
+        "k": int(np.mean(n)),
+        "frame_s": CAMS * s,
+        "per": {"masks": s, "naming": float("nan"), "paint": float("nan"), "other": float("nan")},
+        "peak_gib": float("nan"),
+        "labelled": float("nan"),
+    }
 
 
 # ---- the table --------------------------------------------------------------------------------------
@@ -315,18 +377,23 @@ def table(rows: list[dict], header: str) -> str:
     def f(v, fmt):
         return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
 
-    lines = [header, "masks/img: kept automatic masks (SAM 3: instances) per image, measured; grounded_sam adds its "
-                     "detections. sam3: naming is part of masks. other: upload, stacking, crop padding.",
-             f"| {'provider':<48} | {'masks/img':>9} | {'masks s/img':>11} | {'naming s/img':>12} | {'paint s/img':>11} | "
-             f"{'other s/img':>11} | {'s/img':>7} | {'s/frame':>8} | {'peak GiB':>8} | {'34,149 frames, 1 GPU':>20} | "
-             f"{'8 GPUs':>8} |",
-             "|" + "|".join("-" * (w + 2) for w in (48, 9, 11, 12, 11, 11, 7, 8, 8, 20, 8)) + "|"]
+    lines = [
+        header,
+        "masks/img: kept automatic masks (SAM 3: instances) per image, measured; grounded_sam adds its "
+        "detections. sam3: naming is part of masks. other: upload, stacking, crop padding.",
+        f"| {'provider':<48} | {'masks/img':>9} | {'masks s/img':>11} | {'naming s/img':>12} | {'paint s/img':>11} | "
+        f"{'other s/img':>11} | {'s/img':>7} | {'s/frame':>8} | {'peak GiB':>8} | {'34,149 frames, 1 GPU':>20} | "
+        f"{'8 GPUs':>8} |",
+        "|" + "|".join("-" * (w + 2) for w in (48, 9, 11, 12, 11, 11, 7, 8, 8, 20, 8)) + "|",
+    ]
     for r in rows:
         hours = r["frame_s"] * KEYFRAMES / 3600
         p = r["per"]
-        lines.append(f"| {r['name']:<48} | {r['k']:>9} | {f(p['masks'], '.3f'):>11} | {f(p['naming'], '.3f'):>12} | "
-                     f"{f(p['paint'], '.4f'):>11} | {f(p['other'], '.3f'):>11} | {r['frame_s'] / CAMS:>7.3f} | "
-                     f"{r['frame_s']:>8.2f} | {f(r['peak_gib'], '.1f'):>8} | {hours:>18.1f} h | {hours / 8:>6.1f} h |")
+        lines.append(
+            f"| {r['name']:<48} | {r['k']:>9} | {f(p['masks'], '.3f'):>11} | {f(p['naming'], '.3f'):>12} | "
+            f"{f(p['paint'], '.4f'):>11} | {f(p['other'], '.3f'):>11} | {r['frame_s'] / CAMS:>7.3f} | "
+            f"{r['frame_s']:>8.2f} | {f(r['peak_gib'], '.1f'):>8} | {hours:>18.1f} h | {hours / 8:>6.1f} h |"
+        )
     return "\n".join(lines)
 
 
@@ -340,8 +407,12 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--bf16", action="store_true", help="models in bfloat16 autocast (CUDA)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the image encoders")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--models-dir", default=None, help="where the random models are saved / reused (default: a temp dir)")
-    ap.add_argument("--smoke", action="store_true", help="tiny models, 90x160 images, 2 masks, CPU: checks that it runs")
+    ap.add_argument(
+        "--models-dir", default=None, help="where the random models are saved / reused (default: a temp dir)"
+    )
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny models, 90x160 images, 2 masks, CPU: checks that it runs"
+    )
     args = ap.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("benchmarks/providers_speed.py needs a CUDA GPU (or --smoke)")
@@ -365,9 +436,11 @@ def main(argv: list[str] | None = None) -> str:
             rows.append(time_amg(models, frames, n, args))
             rows.append(time_pipeline(models, frames, n, args))
     device = "CPU (smoke: tiny models, not a speed figure)" if args.smoke else torch.cuda.get_device_name()
-    header = (f"{device} | {CAMS} cameras {hw[1]}x{hw[0]}, labels {label_hw[1]}x{label_hw[0]} | "
-              f"{'bf16' if args.bf16 else 'fp32'}{', torch.compile' if args.compile else ''} | random weights of the real "
-              f"architectures | mean of {max(len(frames) - 1, 1)} frame(s) after a warm-up")
+    header = (
+        f"{device} | {CAMS} cameras {hw[1]}x{hw[0]}, labels {label_hw[1]}x{label_hw[0]} | "
+        f"{'bf16' if args.bf16 else 'fp32'}{', torch.compile' if args.compile else ''} | random weights of the real "
+        f"architectures | mean of {max(len(frames) - 1, 1)} frame(s) after a warm-up"
+    )
     out = table(rows, header)
     print(out)
     return out

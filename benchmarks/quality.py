@@ -44,6 +44,7 @@ reports what finished (--report prints the table of what is there, from RUN/meta
 results.json records the world seeds and a digest of the world's files, the split, the code version and
 the command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,10 +80,28 @@ from autolabel.supervision.providers import build_provider, resolve_device  # no
 from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
 from autolabel.training.rounds import checkpoint_path, open_cache, train_round  # noqa: E402
 
-VARIANTS = ("3d_supervised", "render_exact", "render_noisy", "render_hard", "render_noisy_v1", "noisy_dts",
-            "dts_active_5pct", "dts_random_5pct", "dts_control", "fusion", "fusion_exact", "fusion_hard", "render_all",
-            "render_fused", "render_hard_all", "render_hard_fused", "fusion_dts", "hard_dts", "fusion_dts_hard",
-            "dts_points_5pct")
+VARIANTS = (
+    "3d_supervised",
+    "render_exact",
+    "render_noisy",
+    "render_hard",
+    "render_noisy_v1",
+    "noisy_dts",
+    "dts_active_5pct",
+    "dts_random_5pct",
+    "dts_control",
+    "fusion",
+    "fusion_exact",
+    "fusion_hard",
+    "render_all",
+    "render_fused",
+    "render_hard_all",
+    "render_hard_fused",
+    "fusion_dts",
+    "hard_dts",
+    "fusion_dts_hard",
+    "dts_points_5pct",
+)
 FUSION = ("fusion", "fusion_exact", "fusion_hard")  # pseudo-labels without a network
 CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct", "dts_control", "dts_points_5pct")
 ROUND1 = CHAIN[1:]  # round 1 starts from noisy_dts's network: these wait for it
@@ -92,11 +111,21 @@ ALL_RAYS = ("render_all", "render_hard_all")  # render.semantic_rays: all
 # variant 3 with one change each, to find what rendering-only lacks
 DIAGNOSTICS = ("render_noisy_aux", "render_noisy_no_los", "render_noisy_lidar_target")
 # 2D labels by variant; the rest use the default level
-LABELS = {"render_exact": "exact", "render_hard": "hard", "render_noisy_v1": "v1", "fusion_exact": "exact",
-          "fusion_hard": "hard", "render_hard_all": "hard", "render_hard_fused": "hard", "hard_dts": "hard",
-          "fusion_dts_hard": "hard"}
-DEFAULT = ("3d_supervised,3d_supervised@1,render_noisy,render_noisy@1,render_exact,render_hard,render_noisy_v1,"
-           + ",".join(CHAIN))
+LABELS = {
+    "render_exact": "exact",
+    "render_hard": "hard",
+    "render_noisy_v1": "v1",
+    "fusion_exact": "exact",
+    "fusion_hard": "hard",
+    "render_hard_all": "hard",
+    "render_hard_fused": "hard",
+    "hard_dts": "hard",
+    "fusion_dts_hard": "hard",
+}
+DEFAULT = (
+    "3d_supervised,3d_supervised@1,render_noisy,render_noisy@1,render_exact,render_hard,render_noisy_v1,"
+    + ",".join(CHAIN)
+)
 WAIT_SECONDS = 5.0  # how often a round-1 variant looks for noisy_dts's network
 
 
@@ -168,12 +197,25 @@ def prepared_variant(run: Path, base: dict, name: str, ablations: dict, fuse: bo
     uses them (and `fuse`) the pool's fused labels (shared likewise; `fuse_round` skips frames already done)."""
     recipe = load_recipe(write_recipe(run, name.replace("@", "_s"), variant_recipe(run, base, name, ablations)))
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
-    supervise(frames, build_provider(recipe.supervision, frames.dataroot), recipe.cache_path, recipe.network.image_size,
-              progress=False)
+    supervise(
+        frames,
+        build_provider(recipe.supervision, frames.dataroot),
+        recipe.cache_path,
+        recipe.network.image_size,
+        progress=False,
+    )
     if recipe.fusion.enabled and fuse:
         pool = open_frames(recipe, "train", load_images=False, load_gt=False)
-        fuse_round(pool, open_cache(recipe), LabelStore(recipe.fusion_path, recipe.network.grid, create=True), 0,
-                   recipe.network.grid, recipe.fusion, resolve_device(recipe.device), progress=False)
+        fuse_round(
+            pool,
+            open_cache(recipe),
+            LabelStore(recipe.fusion_path, recipe.network.grid, create=True),
+            0,
+            recipe.network.grid,
+            recipe.fusion,
+            resolve_device(recipe.device),
+            progress=False,
+        )
     return recipe
 
 
@@ -183,9 +225,16 @@ def pool_scores(recipe, k: int, world: Path, t0: float, store: Path | None = Non
     q = recipe.rounds.export_drop_quantile
     e = evaluate_round(LabelStore.open(store or recipe.store_path), k, world, (q,), progress=False)
     p, kept = e["scores"].as_dict(), e["curve"][0]
-    return {"miou": p["miou"], "geometric_iou": p["geometric_iou"], "per_class": p["per_class_iou"], "drop_quantile": q,
-            "kept_share": kept["coverage"], "kept_miou": kept["miou"], "kept_geometric_iou": kept["geometric_iou"],
-            "label_seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "miou": p["miou"],
+        "geometric_iou": p["geometric_iou"],
+        "per_class": p["per_class_iou"],
+        "drop_quantile": q,
+        "kept_share": kept["coverage"],
+        "kept_miou": kept["miou"],
+        "kept_geometric_iou": kept["geometric_iou"],
+        "label_seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def variant_groups(wanted: list[str], procs: int) -> list[list[str]]:
@@ -219,8 +268,14 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         hist = recipe.round_dir(k) / "train" / "history.jsonl"
         rows = [json.loads(x) for x in hist.read_text().splitlines()]
         ms = 1e3 * (rows[-1]["seconds"] - rows[0]["seconds"]) / max(1, rows[-1]["step"] - rows[0]["step"])
-        r = {"miou": s["miou"], "geometric_iou": s["geometric_iou"], "per_class": s["per_class_iou"],
-             "history": str(hist), "ms_per_step": round(ms, 1), "train_seconds": round(seconds, 1)}
+        r = {
+            "miou": s["miou"],
+            "geometric_iou": s["geometric_iou"],
+            "per_class": s["per_class_iou"],
+            "history": str(hist),
+            "ms_per_step": round(ms, 1),
+            "train_seconds": round(seconds, 1),
+        }
         if args.skip_pseudo:
             results[name] = r
             log(f"{name}: test mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step, {seconds:.0f} s)")
@@ -229,13 +284,25 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         t0 = time.perf_counter()
         frames = open_frames(recipe, "train", load_images=True, load_gt=False)
         fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
-        label_round(frames, open_cache(recipe), LabelStore(recipe.store_path, recipe.network.grid, create=True), k,
-                    recipe.network, recipe.dts, checkpoint_path(recipe, k), resolve_device(recipe.device), recipe,
-                    progress=False, fused=fused)
+        label_round(
+            frames,
+            open_cache(recipe),
+            LabelStore(recipe.store_path, recipe.network.grid, create=True),
+            k,
+            recipe.network,
+            recipe.dts,
+            checkpoint_path(recipe, k),
+            resolve_device(recipe.device),
+            recipe,
+            progress=False,
+            fused=fused,
+        )
         r["pseudo_labels"] = p = pool_scores(recipe, k, world, t0)
         results[name] = r
-        log(f"{name}: test mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step, {seconds:.0f} s); pool "
-            f"pseudo-labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * p['kept_share']:.1f}%")
+        log(
+            f"{name}: test mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step, {seconds:.0f} s); pool "
+            f"pseudo-labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * p['kept_share']:.1f}%"
+        )
         save()
 
     def train(name: str):
@@ -243,8 +310,13 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         recipe = prepared_variant(run, base, name, ablations)
         if kind_of(name, ablations) == "3d_supervised":
             pool = open_frames(recipe, "train", load_images=False, load_gt=False)
-            oracle_labels(recipe, pool.tokens, [pool.scene_of(t) for t in pool.tokens],
-                          [(pool.scene_of(t), t) for t in pool.tokens], world)
+            oracle_labels(
+                recipe,
+                pool.tokens,
+                [pool.scene_of(t) for t in pool.tokens],
+                [(pool.scene_of(t), t) for t in pool.tokens],
+                world,
+            )
         t0 = time.perf_counter()
         train_round(recipe, 0, progress=False)
         return recipe, time.perf_counter() - t0
@@ -266,16 +338,27 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "round_0" / "train").mkdir(parents=True)
         shutil.copyfile(checkpoint_path(dts, 0), folder / "round_0" / "train" / "checkpoint.pt")
-        recipe = replace(dts, name=name, out=str(folder),
-                         train=replace(dts.train, steps=args.round1_steps, warmup_steps=min(dts.train.warmup_steps, args.round1_steps)))
+        recipe = replace(
+            dts,
+            name=name,
+            out=str(folder),
+            train=replace(
+                dts.train, steps=args.round1_steps, warmup_steps=min(dts.train.warmup_steps, args.round1_steps)
+            ),
+        )
         picks, used = [], "none"
         if not control:
             scores = score_pool(dts, 0, progress=False)
             budget = max(1, round(0.05 * len(scores.tokens)))
             strategy = "random" if kind == "dts_random_5pct" else "auto"
-            picks, used = select_frames(scores.candidates, scores.features, scores.features[:0],
-                                        SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1), 0,
-                                        len(scores.tokens))
+            picks, used = select_frames(
+                scores.candidates,
+                scores.features,
+                scores.features[:0],
+                SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1),
+                0,
+                len(scores.tokens),
+            )
             picked = [(p.candidate.scene, p.candidate.token) for p in picks]
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized
                 from autolabel.annotation.deliver import oracle_point_labels
@@ -299,8 +382,10 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         recipe = prepared_variant(run, base, name, ablations)  # fuses the pool
         p = pool_scores(recipe, 0, world, t0, recipe.fusion_path)
         results[name] = {"miou": None, "geometric_iou": None, "pseudo_labels": p}
-        log(f"{name}: pool labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * p['kept_share']:.1f}% "
-            f"({p['label_seconds']:.0f} s)")
+        log(
+            f"{name}: pool labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * p['kept_share']:.1f}% "
+            f"({p['label_seconds']:.0f} s)"
+        )
         save()
 
     for name in wanted:  # variant_groups puts the round-1 variants last
@@ -328,10 +413,12 @@ def code_version() -> str:
     """The git commit of the code that ran (+ '-dirty' with uncommitted changes), or 'unknown'."""
     root = Path(__file__).resolve().parents[1]
     try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -341,8 +428,15 @@ def code_digest() -> str:
     """SHA-256 over the sources that ran (paths and bytes of the Python, C++ and CUDA files): unlike the
     commit, it holds where the checkout's git metadata lags its files (a copy sent to a GPU machine)."""
     root = Path(__file__).resolve().parents[1]
-    return files_digest(root, (p for d in ("autolabel", "occnet", "kernels", "benchmarks") for p in (root / d).rglob("*")
-                               if p.suffix in (".py", ".cpp", ".cu", ".h", ".cuh") and "__pycache__" not in p.parts))
+    return files_digest(
+        root,
+        (
+            p
+            for d in ("autolabel", "occnet", "kernels", "benchmarks")
+            for p in (root / d).rglob("*")
+            if p.suffix in (".py", ".cpp", ".cu", ".h", ".cuh") and "__pycache__" not in p.parts
+        ),
+    )
 
 
 def files_digest(root: Path, paths) -> str:
@@ -356,8 +450,13 @@ def files_digest(root: Path, paths) -> str:
 
 def summarise(results: dict) -> dict[str, dict]:
     """Per variant (seeds pooled): mean and spread (max - min) of every headline number."""
-    keys = {"miou": ("miou",), "geo": ("geometric_iou",), "pl_miou": ("pseudo_labels", "miou"),
-            "pl_geo": ("pseudo_labels", "geometric_iou"), "kept": ("pseudo_labels", "kept_share")}
+    keys = {
+        "miou": ("miou",),
+        "geo": ("geometric_iou",),
+        "pl_miou": ("pseudo_labels", "miou"),
+        "pl_geo": ("pseudo_labels", "geometric_iou"),
+        "kept": ("pseudo_labels", "kept_share"),
+    }
     by: dict[str, list[dict]] = {}
     for name, r in results.items():
         if isinstance(r, dict) and "miou" in r:
@@ -381,9 +480,13 @@ def _get(d: dict, path: tuple[str, ...]):
 def print_table(meta: dict, results: dict) -> None:
     s = summarise(results)
     bound = (s.get("3d_supervised") or {}).get("miou", (None,))[0]
-    print(f"\n{meta['world']} world (seed {meta['world_seed']}), held-out scenes {meta['split']['held_out']}; "
-          f"{meta['steps']} steps per variant (+{meta['round1_steps']} for round 1); code {meta['code_version']}")
-    print(f"{'variant':<24}{'seeds':>6}{'mIoU':>14}{'geo IoU':>14}{'vs 3D':>7}{'PL mIoU':>14}{'PL geo':>14}{'kept %':>8}")
+    print(
+        f"\n{meta['world']} world (seed {meta['world_seed']}), held-out scenes {meta['split']['held_out']}; "
+        f"{meta['steps']} steps per variant (+{meta['round1_steps']} for round 1); code {meta['code_version']}"
+    )
+    print(
+        f"{'variant':<24}{'seeds':>6}{'mIoU':>14}{'geo IoU':>14}{'vs 3D':>7}{'PL mIoU':>14}{'PL geo':>14}{'kept %':>8}"
+    )
 
     def cell(v):
         m, spread = v
@@ -396,10 +499,14 @@ def print_table(meta: dict, results: dict) -> None:
         r = s[kind]
         ratio = f"{r['miou'][0] / bound:.2f}" if bound and r["miou"][0] is not None else "-"
         kept = f"{100 * r['kept'][0]:>8.1f}" if r["kept"][0] is not None else f"{'-':>8}"
-        print(f"{kind:<24}{r['seeds']:>6}{cell(r['miou'])}{cell(r['geo'])}{ratio:>7}{cell(r['pl_miou'])}"
-              f"{cell(r['pl_geo'])}{kept}")
-    print("mIoU / geo IoU: the network on the held-out scenes; PL: the pool's pseudo-labels against exact ground truth "
-          "within mask_camera; kept: share of mask_camera kept at the export threshold; +- half the spread over seeds")
+        print(
+            f"{kind:<24}{r['seeds']:>6}{cell(r['miou'])}{cell(r['geo'])}{ratio:>7}{cell(r['pl_miou'])}"
+            f"{cell(r['pl_geo'])}{kept}"
+        )
+    print(
+        "mIoU / geo IoU: the network on the held-out scenes; PL: the pool's pseudo-labels against exact ground truth "
+        "within mask_camera; kept: share of mask_camera kept at the export threshold; +- half the spread over seeds"
+    )
 
 
 def main() -> None:
@@ -446,7 +553,7 @@ def main() -> None:
     seed = args.test_world_seed if args.test else args.world_seed
     world = make_world(run / f"world_{seed}", args.synth, args.micro, seed=seed)
     scenes = sorted(p.name for p in (world / "gts").iterdir())
-    held_out = scenes[-args.test_scenes:]
+    held_out = scenes[-args.test_scenes :]
     base = base_recipe(run, world, held_out[-1], args.steps, args.micro)
     base["data"]["val_scenes"] = held_out
     if not args.micro:  # image features at 1/8 of the input: +2.2 mIoU for the bound on the development world
@@ -454,13 +561,23 @@ def main() -> None:
     if args.group is not None:  # a child process
         run_group(run, base, world, wanted, args, args.group, ablations)
         return
-    meta = {"world": "test" if args.test else "development", "world_seed": seed, "dev_world_seed": args.world_seed,
-            "test_world_seed": args.test_world_seed, "synth": args.synth, "world_digest": world_digest(world),
-            "split": {"pool": [s for s in scenes if s not in held_out], "held_out": held_out},
-            "steps": args.steps, "round1_steps": args.round1_steps, "code_version": code_version(),
-            "code_digest": code_digest(),
-            "command": " ".join(sys.argv), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-            "date": time.strftime("%Y-%m-%d"), "ablations": {k: [b, s] for k, (b, s) in ablations.items()}}
+    meta = {
+        "world": "test" if args.test else "development",
+        "world_seed": seed,
+        "dev_world_seed": args.world_seed,
+        "test_world_seed": args.test_world_seed,
+        "synth": args.synth,
+        "world_digest": world_digest(world),
+        "split": {"pool": [s for s in scenes if s not in held_out], "held_out": held_out},
+        "steps": args.steps,
+        "round1_steps": args.round1_steps,
+        "code_version": code_version(),
+        "code_digest": code_digest(),
+        "command": " ".join(sys.argv),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "ablations": {k: [b, s] for k, (b, s) in ablations.items()},
+    }
     if not args.report:
         (run / "meta.json").write_text(json.dumps(meta, indent=1))
     procs = args.procs or args.gpus or max(1, torch.cuda.device_count())
@@ -481,17 +598,43 @@ def main() -> None:
         prepared.add(key)
         t1 = time.perf_counter()
         prepared_variant(run, base, v, ablations, fuse=trains_on_fused)
-        print(f"supervision cache {Path(key[0]).name}" + (f" and fused labels {Path(key[1]).name}" if key[1] else "")
-              + f" in {time.perf_counter() - t1:.0f} s", flush=True)
+        print(
+            f"supervision cache {Path(key[0]).name}"
+            + (f" and fused labels {Path(key[1]).name}" if key[1] else "")
+            + f" in {time.perf_counter() - t1:.0f} s",
+            flush=True,
+        )
     if len(groups) == 1:
         run_group(run, base, world, groups[0], args, "0", ablations)
     elif groups:
-        cmds = [[sys.executable, __file__, str(run), "--steps", str(args.steps), "--round1-steps", str(args.round1_steps),
-                 "--synth", args.synth, "--test-scenes", str(args.test_scenes), "--world-seed", str(args.world_seed),
-                 "--test-world-seed", str(args.test_world_seed), *(["--test"] if args.test else []),
-                 *sum((["--ablation", a] for a in args.ablation), []), *(["--skip-pseudo"] if args.skip_pseudo else []),
-                 "--variants", ",".join(group), "--group", str(i), *(["--micro"] if args.micro else [])]
-                for i, group in enumerate(groups)]
+        cmds = [
+            [
+                sys.executable,
+                __file__,
+                str(run),
+                "--steps",
+                str(args.steps),
+                "--round1-steps",
+                str(args.round1_steps),
+                "--synth",
+                args.synth,
+                "--test-scenes",
+                str(args.test_scenes),
+                "--world-seed",
+                str(args.world_seed),
+                "--test-world-seed",
+                str(args.test_world_seed),
+                *(["--test"] if args.test else []),
+                *sum((["--ablation", a] for a in args.ablation), []),
+                *(["--skip-pseudo"] if args.skip_pseudo else []),
+                "--variants",
+                ",".join(group),
+                "--group",
+                str(i),
+                *(["--micro"] if args.micro else []),
+            ]
+            for i, group in enumerate(groups)
+        ]
         failed += run_per_gpu(cmds, [str(i) for i in range(max(1, torch.cuda.device_count()))])
         if failed:
             print(f"groups {failed} failed; the table holds what finished", flush=True)
@@ -506,8 +649,9 @@ def report(run: Path, meta: dict, failed: list[int]) -> None:
     results: dict[str, dict] = {}
     for f in sorted(run.glob("results.*.json")):
         results.update(json.loads(f.read_text()))
-    (run / "results.json").write_text(json.dumps({"meta": meta, "summary": summarise(results), "variants": results},
-                                                 indent=1))
+    (run / "results.json").write_text(
+        json.dumps({"meta": meta, "summary": summarise(results), "variants": results}, indent=1)
+    )
     _curves(results, run / "training_curves.png")
     print_table(meta, results)
     if failed:
@@ -517,8 +661,9 @@ def report(run: Path, meta: dict, failed: list[int]) -> None:
 def world_digest(world: Path) -> str:
     """SHA-256 over the world's tables, Occ3D ground truth and 2D label maps (paths and bytes): results of
     two runs may be merged only when their worlds have the same digest."""
-    return files_digest(world, (p for d in ("v1.0-synth", "gts", "labels2d") for p in (world / d).rglob("*")
-                                if p.is_file()))
+    return files_digest(
+        world, (p for d in ("v1.0-synth", "gts", "labels2d") for p in (world / d).rglob("*") if p.is_file())
+    )
 
 
 def _curves(results: dict, path: Path, window: int = 50) -> None:
@@ -544,8 +689,13 @@ def _curves(results: dict, path: Path, window: int = 50) -> None:
         w = max(1, min(window, len(loss)))
         smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
         kind, seed = split_name(name)
-        ax.plot(steps[w - 1:], smooth, color=colours[kind], linestyle=("-", "--", ":", "-.")[seed % 4],
-                label=kind if seed == min(split_name(n)[1] for n in results if split_name(n)[0] == kind) else None)
+        ax.plot(
+            steps[w - 1 :],
+            smooth,
+            color=colours[kind],
+            linestyle=("-", "--", ":", "-.")[seed % 4],
+            label=kind if seed == min(split_name(n)[1] for n in results if split_name(n)[0] == kind) else None,
+        )
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss (mean of {window} steps)")
     ax.set_yscale("log")
@@ -553,6 +703,7 @@ def _curves(results: dict, path: Path, window: int = 50) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
+
 
 if __name__ == "__main__":
     main()

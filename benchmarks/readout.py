@@ -15,6 +15,7 @@ out at 0.5 and at the threshold `autolabel.training.calibrate` finds from LiDAR 
 
     python benchmarks/readout.py RUN [--steps 300] [--variants 3d_supervised,render_noisy,...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,27 +77,48 @@ def main() -> None:
         if not (run / "world" / "gts").is_dir():
             from autolabel.synth.writer import SynthConfig, write_dataset
 
-            write_dataset(run / "world", SynthConfig(scenes=4, frames_per_scene=4, seed=7, image_size=(112, 200)),
-                          recipe.network.grid, progress=False)
+            write_dataset(
+                run / "world",
+                SynthConfig(scenes=4, frames_per_scene=4, seed=7, image_size=(112, 200)),
+                recipe.network.grid,
+                progress=False,
+            )
         frames = open_frames(recipe, "all", load_images=False, load_gt=False)
-        supervise(frames, build_provider(recipe.supervision, frames.dataroot), recipe.cache_path,
-                  recipe.network.image_size, progress=False)
+        supervise(
+            frames,
+            build_provider(recipe.supervision, frames.dataroot),
+            recipe.cache_path,
+            recipe.network.image_size,
+            progress=False,
+        )
         if name == "3d_supervised":
             pool = open_frames(recipe, "train", load_images=False, load_gt=False)
-            oracle_labels(recipe, pool.tokens, [pool.scene_of(t) for t in pool.tokens],
-                          [(pool.scene_of(t), t) for t in pool.tokens], recipe.dataroot)
+            oracle_labels(
+                recipe,
+                pool.tokens,
+                [pool.scene_of(t) for t in pool.tokens],
+                [(pool.scene_of(t), t) for t in pool.tokens],
+                recipe.dataroot,
+            )
         train_round(recipe, 0, progress=False)  # saves the calibrated threshold beside the checkpoint
         ckpt = checkpoint_path(recipe, 0)
-        fixed = evaluate_checkpoint(replace(recipe, dts=replace(recipe.dts, calibrate_threshold=False)), ckpt, progress=False)
+        fixed = evaluate_checkpoint(
+            replace(recipe, dts=replace(recipe.dts, calibrate_threshold=False)), ckpt, progress=False
+        )
         calibrated = evaluate_checkpoint(recipe, ckpt, progress=False)
         rows.append((name, fixed, load_threshold(ckpt, 0.5), calibrated))
-        print(f"{name}: 0.5 -> {100 * fixed.miou:.2f} / {100 * fixed.geometric_iou:.2f}; calibrated "
-              f"{rows[-1][2]} -> {100 * calibrated.miou:.2f} / {100 * calibrated.geometric_iou:.2f}", flush=True)
+        print(
+            f"{name}: 0.5 -> {100 * fixed.miou:.2f} / {100 * fixed.geometric_iou:.2f}; calibrated "
+            f"{rows[-1][2]} -> {100 * calibrated.miou:.2f} / {100 * calibrated.geometric_iou:.2f}",
+            flush=True,
+        )
     print(f"\n{args.steps} steps per variant; validation scene synth-7-0003; mIoU / geometric IoU within mask_camera")
     print(f"{'variant':<28}{'read-out 0.5':>16}{'threshold':>11}{'calibrated':>16}")
     for name, fixed, th, cal in rows:
-        print(f"{name:<28}{100 * fixed.miou:>8.2f} /{100 * fixed.geometric_iou:>6.2f}{th:>11.2f}"
-              f"{100 * cal.miou:>8.2f} /{100 * cal.geometric_iou:>6.2f}")
+        print(
+            f"{name:<28}{100 * fixed.miou:>8.2f} /{100 * fixed.geometric_iou:>6.2f}{th:>11.2f}"
+            f"{100 * cal.miou:>8.2f} /{100 * cal.geometric_iou:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ CPU (--device cpu): the small scale of the CPU target: 2,048 rays, grid 50x50x8.
     python benchmarks/render.py                # on a GPU machine
     python benchmarks/render.py --device cpu
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,21 +39,34 @@ def rig_rays(rays_per_sample: int, batch: int, device, seed: int):
     """Rays through uniformly random pixels of the six cameras: origins, dirs, batch index, near, far."""
     gen = torch.Generator().manual_seed(seed)
     rig = load_rig(SAMPLE)
-    counts = [rays_per_sample // len(rig.cameras) + (i < rays_per_sample % len(rig.cameras)) for i in range(len(rig.cameras))]
+    counts = [
+        rays_per_sample // len(rig.cameras) + (i < rays_per_sample % len(rig.cameras)) for i in range(len(rig.cameras))
+    ]
     origins, dirs = [], []
     for _ in range(batch):
         for cam, per_cam in zip(rig.cameras, counts):
             h, w = cam.image_size
-            uv1 = torch.stack([torch.rand(per_cam, generator=gen, dtype=torch.float64) * w,
-                               torch.rand(per_cam, generator=gen, dtype=torch.float64) * h,
-                               torch.ones(per_cam, dtype=torch.float64)], 1)
+            uv1 = torch.stack(
+                [
+                    torch.rand(per_cam, generator=gen, dtype=torch.float64) * w,
+                    torch.rand(per_cam, generator=gen, dtype=torch.float64) * h,
+                    torch.ones(per_cam, dtype=torch.float64),
+                ],
+                1,
+            )
             d_cam = uv1 @ torch.linalg.inv(torch.from_numpy(cam.K)).T
             R = torch.from_numpy(cam.cam2ego[:3, :3])
             dirs.append(torch.nn.functional.normalize(d_cam @ R.T, dim=1))
             origins.append(torch.from_numpy(cam.cam2ego[:3, 3]).expand(per_cam, 3))
     b = torch.arange(batch).repeat_interleave(rays_per_sample)
     o, d = torch.cat(origins).float(), torch.cat(dirs).float()
-    return o.to(device), d.to(device), b.to(device), torch.zeros(len(b), device=device), torch.full((len(b),), 100.0, device=device)
+    return (
+        o.to(device),
+        d.to(device),
+        b.to(device),
+        torch.zeros(len(b), device=device),
+        torch.full((len(b),), 100.0, device=device),
+    )
 
 
 def structured_scene(grid: GridSpec, batch: int, seed: int, n_boxes: int = 300) -> torch.Tensor:
@@ -61,11 +75,16 @@ def structured_scene(grid: GridSpec, batch: int, seed: int, n_boxes: int = 300) 
     X, Y, Z = grid.shape
     density = torch.zeros(batch, X, Y, Z)
     density[..., :2] = 5.0
-    centres = grid.index_to_world(torch.stack(torch.meshgrid(*[torch.arange(n) for n in grid.shape], indexing="ij"), -1))
+    centres = grid.index_to_world(
+        torch.stack(torch.meshgrid(*[torch.arange(n) for n in grid.shape], indexing="ij"), -1)
+    )
     top_of_ground = grid.range_min[2] + 2 * grid.voxel_size[2]
     for b in range(batch):
         for _ in range(n_boxes):
-            cx, cy = [(torch.rand(1, generator=gen).item() - 0.5) * (hi - lo) for lo, hi in zip(grid.range_min[:2], grid.range_max[:2])]
+            cx, cy = [
+                (torch.rand(1, generator=gen).item() - 0.5) * (hi - lo)
+                for lo, hi in zip(grid.range_min[:2], grid.range_max[:2])
+            ]
             wx, wy = 1.2 + 3.6 * torch.rand(2, generator=gen)
             height = 1.2 + 4.4 * torch.rand(1, generator=gen).item()
             inside = ((centres[..., 0] - cx).abs() < wx / 2) & ((centres[..., 1] - cy).abs() < wy / 2)
@@ -161,12 +180,19 @@ def main(argv=None) -> int:
     n_rays = len(rays[0])
     gen = torch.Generator().manual_seed(1)
     features = torch.randn((batch, *grid.shape, args.channels), generator=gen).to(device)
-    upstream = (torch.randn(n_rays, generator=gen).to(device), torch.randn(n_rays, args.channels, generator=gen).to(device))
-    scenes = {"structured": lambda: structured_scene(grid, batch, seed=2, n_boxes=300 if gpu else 30),
-              "random": lambda: random_scene(grid, batch, seed=3)}
-    info = f"device {torch.cuda.get_device_name(device) if gpu else 'cpu, %d threads' % torch.get_num_threads()}; " \
-           f"grid {grid.shape}, B={batch}, C={args.channels}, {n_rays} rays, torch {torch.__version__}, " \
-           f"check_values={not args.no_check}"
+    upstream = (
+        torch.randn(n_rays, generator=gen).to(device),
+        torch.randn(n_rays, args.channels, generator=gen).to(device),
+    )
+    scenes = {
+        "structured": lambda: structured_scene(grid, batch, seed=2, n_boxes=300 if gpu else 30),
+        "random": lambda: random_scene(grid, batch, seed=3),
+    }
+    info = (
+        f"device {torch.cuda.get_device_name(device) if gpu else 'cpu, %d threads' % torch.get_num_threads()}; "
+        f"grid {grid.shape}, B={batch}, C={args.channels}, {n_rays} rays, torch {torch.__version__}, "
+        f"check_values={not args.no_check}"
+    )
     print(info, flush=True)
     bandwidth = copy_bandwidth(device) if gpu else float("nan")
     if gpu:
@@ -179,8 +205,19 @@ def main(argv=None) -> int:
             ref = None
             for backend in backends:
                 try:
-                    fwd, fb, mem, out, grads = bench_case(backend, density, features, rays, grid, mode, args.step, reps, device, upstream,
-                                                           check=not args.no_check)
+                    fwd, fb, mem, out, grads = bench_case(
+                        backend,
+                        density,
+                        features,
+                        rays,
+                        grid,
+                        mode,
+                        args.step,
+                        reps,
+                        device,
+                        upstream,
+                        check=not args.no_check,
+                    )
                 except torch.OutOfMemoryError:
                     rows.append(dict(scene=scene_name, mode=mode, backend=backend, error="out of memory"))
                     print(f"{scene_name:<10} {mode:<9} {backend:<9} out of memory", flush=True)
@@ -195,18 +232,34 @@ def main(argv=None) -> int:
                     def rel(a, b):  # max abs difference over the reference's largest magnitude
                         return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
-                    err = max(rel(out.depth, r_out.depth), rel(out.features, r_out.features),
-                              rel(grads[0], r_grads[0]), rel(grads[1], r_grads[1]))
+                    err = max(
+                        rel(out.depth, r_out.depth),
+                        rel(out.features, r_out.features),
+                        rel(grads[0], r_grads[0]),
+                        rel(grads[1], r_grads[1]),
+                    )
                 else:
                     err = float("nan")
                 # voxel bytes touched: density per sample, features where the weight is non-zero (forward)
                 fwd_bytes = used * 4 + weighted * 4 * args.channels
-                row = dict(scene=scene_name, mode=mode, backend=backend, fwd_ms=fwd, fwd_bwd_ms=fb, peak_extra_mb=mem,
-                           samples=used, samples_per_s=used / (fb * 1e-3), max_err=err,
-                           fwd_gb_per_s=fwd_bytes / (fwd * 1e-3) / 1e9)
+                row = dict(
+                    scene=scene_name,
+                    mode=mode,
+                    backend=backend,
+                    fwd_ms=fwd,
+                    fwd_bwd_ms=fb,
+                    peak_extra_mb=mem,
+                    samples=used,
+                    samples_per_s=used / (fb * 1e-3),
+                    max_err=err,
+                    fwd_gb_per_s=fwd_bytes / (fwd * 1e-3) / 1e9,
+                )
                 rows.append(row)
-                print(f"{scene_name:<10} {mode:<9} {backend:<9} fwd {fwd:9.3f} ms  fwd+bwd {fb:9.3f} ms  "
-                      f"mem {mem:8.1f} MB  err {err:.1e}", flush=True)
+                print(
+                    f"{scene_name:<10} {mode:<9} {backend:<9} fwd {fwd:9.3f} ms  fwd+bwd {fb:9.3f} ms  "
+                    f"mem {mem:8.1f} MB  err {err:.1e}",
+                    flush=True,
+                )
                 del out, grads
                 if gpu:
                     torch.cuda.empty_cache()
@@ -214,17 +267,33 @@ def main(argv=None) -> int:
     print(info)
     if gpu:
         print(f"copy bandwidth {bandwidth:.0f} GB/s")
-    head = f"{'scene':<11}{'mode':<10}{'backend':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}{'Msamples/s':>12}{'peak MB':>9}{'rel err':>9}{'speed-up':>9}{'mem ratio':>10}"
+    head = (
+        f"{'scene':<11}{'mode':<10}{'backend':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}{'Msamples/s':>12}{'peak MB':>9}"
+        f"{'rel err':>9}{'speed-up':>9}{'mem ratio':>10}"
+    )
     print(head)
     for row in rows:
         if "error" in row:
             print(f"{row['scene']:<11}{row['mode']:<10}{row['backend']:<10}{row['error']:>9}")
             continue
-        ref = next((r for r in rows if r["scene"] == row["scene"] and r["mode"] == row["mode"] and r["backend"] == "reference" and "error" not in r), None)
+        ref = next(
+            (
+                r
+                for r in rows
+                if r["scene"] == row["scene"]
+                and r["mode"] == row["mode"]
+                and r["backend"] == "reference"
+                and "error" not in r
+            ),
+            None,
+        )
         speed = ref["fwd_bwd_ms"] / row["fwd_bwd_ms"] if ref else float("nan")
         mem_ratio = row["peak_extra_mb"] / ref["peak_extra_mb"] if ref and gpu else float("nan")
-        print(f"{row['scene']:<11}{row['mode']:<10}{row['backend']:<10}{row['fwd_ms']:>9.3f}{row['fwd_bwd_ms']:>12.3f}"
-              f"{row['samples_per_s'] / 1e6:>12.1f}{row['peak_extra_mb']:>9.1f}{row['max_err']:>9.1e}{speed:>9.1f}{mem_ratio:>10.4f}")
+        print(
+            f"{row['scene']:<11}{row['mode']:<10}{row['backend']:<10}{row['fwd_ms']:>9.3f}{row['fwd_bwd_ms']:>12.3f}"
+            f"{row['samples_per_s'] / 1e6:>12.1f}{row['peak_extra_mb']:>9.1f}{row['max_err']:>9.1e}{speed:>9.1f}"
+            f"{mem_ratio:>10.4f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(dict(info=info, copy_gb_per_s=bandwidth, rows=rows), indent=1))
     return 0

@@ -5,7 +5,8 @@ torch.library ops) next to the working tree's, both over the working tree's kern
 reference), and times forward + backward of each on the same inputs, alternating old / new in rounds so a
 change of machine load hits both. A round's time is the fastest of --reps calls (the work is deterministic:
 slower calls are interference from other processes); printed: the fastest round of each and the new / old
-ratio (median over rounds of the rounds' ratios), and whether both give the same outputs and gradients. The ref's render.py must not register the
+ratio (median over rounds of the rounds' ratios), and whether both give the same outputs and gradients. The ref's
+render.py must not register the
 same torch.library ops (a ref of this branch would), or loading it fails.
 
 Cases: benchmarks/render.py's CPU scale (structured scene, grid 50x50x8, C = 17, 2,048 rig rays) and 64
@@ -14,6 +15,7 @@ device's compiled one and the reference.
 
     python benchmarks/render_op_overhead.py [--ref main] [--device cpu] [--threads N] [--rounds 7] [--reps 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +40,9 @@ from kernels import render as new_render  # noqa: E402
 
 def load_ref_render(ref: str):
     """kernels/render.py at `ref`, as module kernels._render_at_ref (its relative imports use this tree's)."""
-    source = subprocess.run(["git", "show", f"{ref}:kernels/render.py"], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{ref}:kernels/render.py"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     name = "kernels._render_at_ref"
     spec = importlib.util.spec_from_loader(name, loader=None)
     module = importlib.util.module_from_spec(spec)
@@ -86,9 +89,12 @@ def main(argv=None) -> int:
     all_rays = rig_rays(2048, 1, device, seed=0)
     upstream = (torch.randn(2048, generator=gen).to(device), torch.randn(2048, channels, generator=gen).to(device))
     backends = (args.backends or f"{'cuda' if device.type == 'cuda' else 'cpu'},reference").split(",")
-    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, grid {grid.shape}, "
-          f"C={channels}; old = kernels/render.py at {args.ref}, new = working tree; {args.rounds} rounds x "
-          f"{args.reps} calls, alternating", flush=True)
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, grid {grid.shape}, "
+        f"C={channels}; old = kernels/render.py at {args.ref}, new = working tree; {args.rounds} rounds x "
+        f"{args.reps} calls, alternating",
+        flush=True,
+    )
     print(f"{'rays':>6} {'mode':<10}{'backend':<10}{'old ms':>9}{'new ms':>9}{'new/old':>9}  same results")
     for n_rays in (2048, 64):
         rays = [t[:n_rays] for t in all_rays]
@@ -111,8 +117,11 @@ def main(argv=None) -> int:
                     old_ms.append(fastest(lambda: fwd_bwd(old_render), device, args.reps))
                     new_ms.append(fastest(lambda: fwd_bwd(new_render), device, args.reps))
                 ratio = statistics.median(n / o for n, o in zip(new_ms, old_ms))
-                print(f"{n_rays:>6} {mode:<10}{backend:<10}{min(old_ms):9.3f}{min(new_ms):9.3f}"
-                      f"{ratio:9.3f}  {'identical' if same else 'close' if close else 'DIFFERENT'}", flush=True)
+                print(
+                    f"{n_rays:>6} {mode:<10}{backend:<10}{min(old_ms):9.3f}{min(new_ms):9.3f}"
+                    f"{ratio:9.3f}  {'identical' if same else 'close' if close else 'DIFFERENT'}",
+                    flush=True,
+                )
     return 0
 
 

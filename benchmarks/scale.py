@@ -26,6 +26,7 @@ Results: OUT/scale_results.json (written after every stage) and OUT/scale_table.
     python benchmarks/scale.py RUN --micro     # the CI-sized version: checks that the harness runs
 RUN holds the world (RUN/world unless --world) and the stores; --out (default RUN) the results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,9 +75,17 @@ TARGET_EXPORT_FPS = 100.0  # on the 2-core machine
 TARGET_ROUND_HOURS = 4.0  # training (12 epochs-equivalent) + labelling
 TARGET_ROUND_FILES = 1000
 MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4}
-MICRO_SET = [f"network.grid={json.dumps(MICRO_GRID)}", "network.image_size=[32, 64]", "network.depth_bins=8",
-             "network.depth_max=25.0", "network.context_channels=8", "network.voxel_channels=8",
-             "render.rays_per_frame=256", "train.batch_size=1", "dts.batch_size=1"]
+MICRO_SET = [
+    f"network.grid={json.dumps(MICRO_GRID)}",
+    "network.image_size=[32, 64]",
+    "network.depth_bins=8",
+    "network.depth_max=25.0",
+    "network.context_channels=8",
+    "network.voxel_channels=8",
+    "render.rays_per_frame=256",
+    "train.batch_size=1",
+    "dts.batch_size=1",
+]
 
 
 # ---- memory ---------------------------------------------------------------------------------------
@@ -152,8 +161,11 @@ class MemorySampler:
 
     def result(self) -> dict:
         gpu = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return {"host_peak_bytes": self.peak, "gpu_peak_bytes": gpu,
-                "main_rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        return {
+            "host_peak_bytes": self.peak,
+            "gpu_peak_bytes": gpu,
+            "main_rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
 
 
 # ---- files on disk --------------------------------------------------------------------------------
@@ -181,10 +193,17 @@ def group_at_scale(group_dir: Path, frames_now: int, frames_full: int) -> dict:
     meta_files = len(list(group_dir.rglob("zarr.json")))
     data_full = len(per_frame) * math.ceil(frames_full / s_full) + 1  # + the tokens chunk
     shards_now = {n: m["chunk_grid"]["configuration"]["chunk_shape"][0] for n, m in per_frame.items()}
-    return {"files": files, "bytes": size, "frames": frames_now, "bytes_per_frame": size / frames_now,
-            "frames_per_shard_now": max(shards_now.values()) if shards_now else None,
-            "frames_per_shard_full": s_full, "arrays_per_frame": len(per_frame),
-            "files_full": data_full + meta_files, "bytes_full": size / frames_now * frames_full}
+    return {
+        "files": files,
+        "bytes": size,
+        "frames": frames_now,
+        "bytes_per_frame": size / frames_now,
+        "frames_per_shard_now": max(shards_now.values()) if shards_now else None,
+        "frames_per_shard_full": s_full,
+        "arrays_per_frame": len(per_frame),
+        "files_full": data_full + meta_files,
+        "bytes_full": size / frames_now * frames_full,
+    }
 
 
 # ---- the stages -----------------------------------------------------------------------------------
@@ -196,35 +215,63 @@ def make_world(world: Path, args) -> dict:
         from autolabel.synth.writer import SynthConfig, write_dataset
         from kernels.grid import GridSpec
 
-        cfg = SynthConfig(scenes=args.scenes, frames_per_scene=args.frames, seed=args.seed,
-                          image_size=(112, 200) if args.micro else (900, 1600), sweeps=args.sweeps)
+        cfg = SynthConfig(
+            scenes=args.scenes,
+            frames_per_scene=args.frames,
+            seed=args.seed,
+            image_size=(112, 200) if args.micro else (900, 1600),
+            sweeps=args.sweeps,
+        )
         grid = GridSpec.from_dict(MICRO_GRID) if args.micro else GridSpec()
         tmp = world.with_name(world.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        write_dataset(tmp, cfg, grid, progress=False, workers=1 if args.micro else min(args.scenes, os.cpu_count() or 1))
+        write_dataset(
+            tmp, cfg, grid, progress=False, workers=1 if args.micro else min(args.scenes, os.cpu_count() or 1)
+        )
         tmp.rename(world)
         generated = True
-    tables = {name: json.loads((world / VERSION / f"{name}.json").read_text()) for name in ("scene", "sample", "sample_data")}
+    tables = {
+        name: json.loads((world / VERSION / f"{name}.json").read_text()) for name in ("scene", "sample", "sample_data")
+    }
     cams = [r for r in tables["sample_data"] if r["fileformat"] == "jpg" and r["is_key_frame"]]
     lidar = [r for r in tables["sample_data"] if r["fileformat"] != "jpg"]
-    return {"path": str(world), "scenes": len(tables["scene"]), "keyframes": len(tables["sample"]),
-            "image_size": [cams[0]["height"], cams[0]["width"]],
-            "lidar_sweeps_per_keyframe": len(lidar) / max(len(tables["sample"]), 1),
-            "generated_seconds": round(time.perf_counter() - t0, 1) if generated else None}
+    return {
+        "path": str(world),
+        "scenes": len(tables["scene"]),
+        "keyframes": len(tables["sample"]),
+        "image_size": [cams[0]["height"], cams[0]["width"]],
+        "lidar_sweeps_per_keyframe": len(lidar) / max(len(tables["sample"]), 1),
+        "generated_seconds": round(time.perf_counter() - t0, 1) if generated else None,
+    }
 
 
 def recipe_for(run: Path, world: Path, args, extra: list[str] = ()):
     """The nuScenes recipe on the synthetic world: precomputed (noisy) 2D labels instead of SAM + CLIP,
     the world's sweeps; everything else as the recipe says (plus --set and, with --micro, a tiny network)."""
-    sets = [f"data.dataroot={world}", f"data.version={VERSION}", f"data.sweeps={args.sweeps}",
-            "supervision.provider=precomputed", "supervision.precomputed.variant=noisy", f"device={args.device}",
-            *(MICRO_SET if args.micro else []), *args.set, *extra]
+    sets = [
+        f"data.dataroot={world}",
+        f"data.version={VERSION}",
+        f"data.sweeps={args.sweeps}",
+        "supervision.provider=precomputed",
+        "supervision.precomputed.variant=noisy",
+        f"device={args.device}",
+        *(MICRO_SET if args.micro else []),
+        *args.set,
+        *extra,
+    ]
     return load_recipe(RECIPE, sets, out=str(run))
 
 
 def first_scene(frames: NuScenesFrames, recipe, load_images: bool) -> NuScenesFrames:
-    return NuScenesFrames(frames.dataroot, frames.version, sweeps=recipe.data.sweeps, load_images=load_images,
-                          load_gt=False, grid=recipe.network.grid, scenes=[frames.scene_names[0]])
+    return NuScenesFrames(
+        frames.dataroot,
+        frames.version,
+        sweeps=recipe.data.sweeps,
+        load_images=load_images,
+        load_gt=False,
+        grid=recipe.network.grid,
+        scenes=[frames.scene_names[0]],
+    )
 
 
 def steady(small: tuple[int, float], full: tuple[int, float]) -> float:
@@ -243,17 +290,25 @@ def stage_supervise(run: Path, recipe, device) -> dict:
     sup = recipe.supervision
 
     def call(f, path: Path) -> dict:
-        return supervise(f, provider, path, recipe.network.image_size, sup.lidar_min_depth, sup.lidar_max_depth,
-                         progress=False)
+        return supervise(
+            f, provider, path, recipe.network.image_size, sup.lidar_min_depth, sup.lidar_max_depth, progress=False
+        )
 
     call(first_scene(frames, recipe, False), run / "warmup" / "supervision.zarr")
     a = call(first_scene(frames, recipe, False), run / "first_scene" / "supervision.zarr")
     with MemorySampler(device) as mem:
         b = call(frames, recipe.cache_path)
     per = steady((a["computed"], a["seconds"]), (b["computed"], b["seconds"]))
-    return {"frames": b["computed"], "seconds": b["seconds"], "first_scene_frames": a["computed"],
-            "first_scene_seconds": a["seconds"], "workers": default_workers(), "s_per_frame": per,
-            "s_per_frame_whole_call": b["seconds"] / b["computed"], **mem.result()}
+    return {
+        "frames": b["computed"],
+        "seconds": b["seconds"],
+        "first_scene_frames": a["computed"],
+        "first_scene_seconds": a["seconds"],
+        "workers": default_workers(),
+        "s_per_frame": per,
+        "s_per_frame_whole_call": b["seconds"] / b["computed"],
+        **mem.result(),
+    }
 
 
 def step_times(history: Path, warmup: int, start_step: int, total: int) -> tuple[list[float], list[float]]:
@@ -299,8 +354,9 @@ def stage_train(run: Path, world: Path, args, device) -> dict:
     w, n = args.warmup_steps, args.steps
     start, total = w + n, 2 * (w + n)
     # train.steps one past the run: the after-training threshold calibration (once per round) stays out
-    recipe = recipe_for(run, world, args, [f"train.steps={total + 1}", f"dts.start_step={start}",
-                                           f"train.checkpoint_every={10 ** 9}"])
+    recipe = recipe_for(
+        run, world, args, [f"train.steps={total + 1}", f"dts.start_step={start}", f"train.checkpoint_every={10**9}"]
+    )
     shutil.rmtree(recipe.round_dir(0) / "train", ignore_errors=True)
     with MemorySampler(device) as mem:
         train_round(recipe, 0, progress=False, until=total)
@@ -312,16 +368,25 @@ def stage_train(run: Path, world: Path, args, device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
-    dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe),
-                           grid=recipe.network.grid, manual={})
+    dataset = FrameDataset(
+        frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe), grid=recipe.network.grid, manual={}
+    )
     b = recipe.train.batch_size * recipe.train.accumulate
     real = torch.utils.data.default_collate([dataset[i % len(dataset)] for i in range(b)])
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in random_like(real).items()}
     torch.manual_seed(recipe.train.seed)
     model = OccupancyNetwork(recipe.network, pretrained=False)
     teacher = EMATeacher(model, recipe.dts)
-    trainer = Trainer(model, recipe.render, recipe.loss, recipe.train, run / "random_input", device, hooks=[teacher],
-                      annotate=teacher.annotate)
+    trainer = Trainer(
+        model,
+        recipe.render,
+        recipe.loss,
+        recipe.train,
+        run / "random_input",
+        device,
+        hooks=[teacher],
+        annotate=teacher.annotate,
+    )
     rnd_render, rnd_dts = [], []
     with MemorySampler(device) as mem:
         for _ in range(total):
@@ -342,14 +407,30 @@ def stage_train(run: Path, world: Path, args, device) -> dict:
     real_step = (1 - share) * med(render) + share * med(dts)
     rand_step = (1 - share) * med(rnd_render) + share * med(rnd_dts)
     steps_full = math.ceil(EPOCHS * TRAINVAL / b)
-    return {"batch": b, "workers": default_workers(), "warmup_steps": w, "timed_steps_per_phase": n,
-            "real_render_s": render, "real_dts_s": dts, "random_render_s": rnd_render, "random_dts_s": rnd_dts,
-            "real_render_median_s": med(render), "real_dts_median_s": med(dts),
-            "random_render_median_s": med(rnd_render), "random_dts_median_s": med(rnd_dts),
-            "dts_share": share, "real_step_s": real_step, "random_step_s": rand_step, "ratio": real_step / rand_step,
-            "ratio_render": med(render) / med(rnd_render), "ratio_dts": med(dts) / med(rnd_dts),
-            "steps_full": steps_full, "hours_full": steps_full * real_step / 3600,
-            "real": real_mem, "random": rand_mem}
+    return {
+        "batch": b,
+        "workers": default_workers(),
+        "warmup_steps": w,
+        "timed_steps_per_phase": n,
+        "real_render_s": render,
+        "real_dts_s": dts,
+        "random_render_s": rnd_render,
+        "random_dts_s": rnd_dts,
+        "real_render_median_s": med(render),
+        "real_dts_median_s": med(dts),
+        "random_render_median_s": med(rnd_render),
+        "random_dts_median_s": med(rnd_dts),
+        "dts_share": share,
+        "real_step_s": real_step,
+        "random_step_s": rand_step,
+        "ratio": real_step / rand_step,
+        "ratio_render": med(render) / med(rnd_render),
+        "ratio_dts": med(dts) / med(rnd_dts),
+        "steps_full": steps_full,
+        "hours_full": steps_full * real_step / 3600,
+        "real": real_mem,
+        "random": rand_mem,
+    }
 
 
 def dts_share(recipe) -> float:
@@ -383,10 +464,18 @@ def stage_label(run: Path, recipe, device) -> dict:
     with MemorySampler(device) as mem:
         b = call(frames, recipe.store_path)
     per = steady((a["labelled"], a["seconds"]), (b["labelled"], b["seconds"]))
-    return {"frames": b["labelled"], "seconds": b["seconds"], "first_scene_frames": a["labelled"],
-            "first_scene_seconds": a["seconds"], "batch": recipe.dts.batch_size, "workers": default_workers(),
-            "frames_per_s": 1 / per, "frames_per_s_whole_call": b["labelled"] / b["seconds"],
-            "hours_full": TRAINVAL * per / 3600, **mem.result()}
+    return {
+        "frames": b["labelled"],
+        "seconds": b["seconds"],
+        "first_scene_frames": a["labelled"],
+        "first_scene_seconds": a["seconds"],
+        "batch": recipe.dts.batch_size,
+        "workers": default_workers(),
+        "frames_per_s": 1 / per,
+        "frames_per_s_whole_call": b["labelled"] / b["seconds"],
+        "hours_full": TRAINVAL * per / 3600,
+        **mem.result(),
+    }
 
 
 def stage_export(run: Path, recipe, device, repeats: int) -> dict:
@@ -402,15 +491,26 @@ def stage_export(run: Path, recipe, device, repeats: int) -> dict:
             times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
     files, size = tree_size(run / "export")
-    return {"frames": s["frames"], "seconds": times, "median_seconds": sec, "frames_per_s": s["frames"] / sec,
-            "hours_full": TRAINVAL / (s["frames"] / sec) / 3600, "files": files, "bytes": size,
-            "files_full": TRAINVAL + 1, "bytes_full": size / s["frames"] * TRAINVAL, **mem.result()}
+    return {
+        "frames": s["frames"],
+        "seconds": times,
+        "median_seconds": sec,
+        "frames_per_s": s["frames"] / sec,
+        "hours_full": TRAINVAL / (s["frames"] / sec) / 3600,
+        "files": files,
+        "bytes": size,
+        "files_full": TRAINVAL + 1,
+        "bytes_full": size / s["frames"] * TRAINVAL,
+        **mem.result(),
+    }
 
 
 def stage_store(recipe) -> dict:
     frames = len(json.loads((recipe.dataroot / VERSION / "sample.json").read_text()))
-    return {"round": group_at_scale(recipe.store_path / "round_0", frames, TRAINVAL),
-            "cache": group_at_scale(recipe.cache_path / "supervision", frames, TRAINVAL)}
+    return {
+        "round": group_at_scale(recipe.store_path / "round_0", frames, TRAINVAL),
+        "cache": group_at_scale(recipe.cache_path / "supervision", frames, TRAINVAL),
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -439,86 +539,133 @@ def verdict(ok: bool, meaningful: bool) -> str:
 def table(r: dict) -> str:
     meta, cuda = r["meta"], r["meta"]["device"].startswith("cuda")
     w = meta["world"]
-    lines = [f"device: {meta['device_name']}; world {w['scenes']} scenes x {w['keyframes'] // max(w['scenes'], 1)} "
-             f"keyframes = {w['keyframes']} frames, cameras {w['image_size'][1]}x{w['image_size'][0]}, "
-             f"{w['lidar_sweeps_per_keyframe']:.0f} LiDAR sweeps per keyframe; recipe {meta['recipe']} "
-             f"(network input {meta['image_size'][1]}x{meta['image_size'][0]}, {meta['rays_per_frame']:,} rays/frame, "
-             f"data.sweeps {meta['data_sweeps']}); extrapolated to {TRAINVAL:,} keyframes"]
+    lines = [
+        f"device: {meta['device_name']}; world {w['scenes']} scenes x {w['keyframes'] // max(w['scenes'], 1)} "
+        f"keyframes = {w['keyframes']} frames, cameras {w['image_size'][1]}x{w['image_size'][0]}, "
+        f"{w['lidar_sweeps_per_keyframe']:.0f} LiDAR sweeps per keyframe; recipe {meta['recipe']} "
+        f"(network input {meta['image_size'][1]}x{meta['image_size'][0]}, {meta['rays_per_frame']:,} rays/frame, "
+        f"data.sweeps {meta['data_sweeps']}); extrapolated to {TRAINVAL:,} keyframes"
+    ]
     if not cuda:
-        lines.append("CPU run: export rates and store sizes / file counts are meaningful here; training and labelling "
-                     "times are indicative only (the targets are for one H200)")
+        lines.append(
+            "CPU run: export rates and store sizes / file counts are meaningful here; training and labelling "
+            "times are indicative only (the targets are for one H200)"
+        )
     lines += ["", "| stage | measured | per frame | at 34,149 keyframes | target | |", "|---|---|---:|---:|---|---|"]
     s = r.get("supervise")
     if s:
-        lines.append(f"| supervision cache write (precomputed 2D labels, LiDAR depth from the sweeps; "
-                     f"{workers(s['workers'])}) | {s['frames']} frames in {s['seconds']:.1f} s, the first scene's {s['first_scene_frames']} in "
-                     f"{s['first_scene_seconds']:.1f} s | {s['s_per_frame']:.3f} s | "
-                     f"{hours(s['s_per_frame'] * TRAINVAL / 3600)} | - | |")
+        lines.append(
+            f"| supervision cache write (precomputed 2D labels, LiDAR depth from the sweeps; "
+            f"{workers(s['workers'])}) | {s['frames']} frames in {s['seconds']:.1f} s, the first scene's "
+            f"{s['first_scene_frames']} in "
+            f"{s['first_scene_seconds']:.1f} s | {s['s_per_frame']:.3f} s | "
+            f"{hours(s['s_per_frame'] * TRAINVAL / 3600)} | - | |"
+        )
     t = r.get("train")
     if t:
         pf = t["batch"]
-        lines.append(f"| training step, real data (cache, {workers(t['workers'])}), batch {pf} | rendering "
-                     f"{1e3 * t['real_render_median_s']:.0f} ms, DTS {1e3 * t['real_dts_median_s']:.0f} ms | "
-                     f"{1e3 * t['real_step_s'] / pf:.1f} ms | {t['steps_full']:,} steps ({EPOCHS} epochs, "
-                     f"{100 * t['dts_share']:.0f}% DTS): {hours(t['hours_full'])} | - | |")
-        lines.append(f"| training step, random in-memory input, same shapes | rendering "
-                     f"{1e3 * t['random_render_median_s']:.0f} ms, DTS {1e3 * t['random_dts_median_s']:.0f} ms | "
-                     f"{1e3 * t['random_step_s'] / pf:.1f} ms | {hours(t['steps_full'] * t['random_step_s'] / 3600)} | - | |")
-        lines.append(f"| real / random step time | rendering {t['ratio_render']:.3f}, DTS {t['ratio_dts']:.3f} | "
-                     f"{t['ratio']:.3f} | | <= {TARGET_RATIO:.2f} | {verdict(t['ratio'] <= TARGET_RATIO, cuda)} |")
+        lines.append(
+            f"| training step, real data (cache, {workers(t['workers'])}), batch {pf} | rendering "
+            f"{1e3 * t['real_render_median_s']:.0f} ms, DTS {1e3 * t['real_dts_median_s']:.0f} ms | "
+            f"{1e3 * t['real_step_s'] / pf:.1f} ms | {t['steps_full']:,} steps ({EPOCHS} epochs, "
+            f"{100 * t['dts_share']:.0f}% DTS): {hours(t['hours_full'])} | - | |"
+        )
+        lines.append(
+            f"| training step, random in-memory input, same shapes | rendering "
+            f"{1e3 * t['random_render_median_s']:.0f} ms, DTS {1e3 * t['random_dts_median_s']:.0f} ms | "
+            f"{1e3 * t['random_step_s'] / pf:.1f} ms | {hours(t['steps_full'] * t['random_step_s'] / 3600)} | - | |"
+        )
+        lines.append(
+            f"| real / random step time | rendering {t['ratio_render']:.3f}, DTS {t['ratio_dts']:.3f} | "
+            f"{t['ratio']:.3f} | | <= {TARGET_RATIO:.2f} | {verdict(t['ratio'] <= TARGET_RATIO, cuda)} |"
+        )
     lab = r.get("label")
     if lab:
-        lines.append(f"| labelling (fresh network, batch {lab['batch']}, {workers(lab['workers'])}) | {lab['frames']} frames in {lab['seconds']:.1f} s, the first "
-                     f"scene's {lab['first_scene_frames']} in {lab['first_scene_seconds']:.1f} s | "
-                     f"{lab['frames_per_s']:.2f} frames/s | {hours(lab['hours_full'])} | >= {TARGET_LABEL_FPS:.0f} frames/s | "
-                     f"{verdict(lab['frames_per_s'] >= TARGET_LABEL_FPS, cuda)} |")
+        lines.append(
+            f"| labelling (fresh network, batch {lab['batch']}, {workers(lab['workers'])}) | {lab['frames']} frames "
+            f"in {lab['seconds']:.1f} s, the first "
+            f"scene's {lab['first_scene_frames']} in {lab['first_scene_seconds']:.1f} s | "
+            f"{lab['frames_per_s']:.2f} frames/s | {hours(lab['hours_full'])} | >= {TARGET_LABEL_FPS:.0f} frames/s | "
+            f"{verdict(lab['frames_per_s'] >= TARGET_LABEL_FPS, cuda)} |"
+        )
     if t and lab:
         total = t["hours_full"] + lab["hours_full"]
-        lines.append(f"| label-free round: training + labelling | | | {hours(total)} | <= {TARGET_ROUND_HOURS:.0f} H200-h | "
-                     f"{verdict(total <= TARGET_ROUND_HOURS, cuda)} |")
+        lines.append(
+            f"| label-free round: training + labelling | | | {hours(total)} | <= {TARGET_ROUND_HOURS:.0f} H200-h | "
+            f"{verdict(total <= TARGET_ROUND_HOURS, cuda)} |"
+        )
     e = r.get("export")
     if e:
-        lines.append(f"| export to Occ3D labels.npz | {e['frames']} frames in {e['median_seconds']:.2f} s "
-                     f"(median of {len(e['seconds'])}) | {e['frames_per_s']:.1f} frames/s | {hours(e['hours_full'])} | "
-                     f">= {TARGET_EXPORT_FPS:.0f} frames/s (2 cores) | "
-                     f"{verdict(e['frames_per_s'] >= TARGET_EXPORT_FPS, True)} |")
+        lines.append(
+            f"| export to Occ3D labels.npz | {e['frames']} frames in {e['median_seconds']:.2f} s "
+            f"(median of {len(e['seconds'])}) | {e['frames_per_s']:.1f} frames/s | {hours(e['hours_full'])} | "
+            f">= {TARGET_EXPORT_FPS:.0f} frames/s (2 cores) | "
+            f"{verdict(e['frames_per_s'] >= TARGET_EXPORT_FPS, True)} |"
+        )
     st = r.get("store")
     if st:
         g = st["round"]
-        lines.append(f"| store: the round's group (labels.zarr/round_0) | {g['files']} files, {g['bytes'] / 1e6:.1f} MB "
-                     f"| {g['bytes_per_frame'] / 1e3:.0f} kB | {g['files_full']:,} files ({g['arrays_per_frame']} arrays x "
-                     f"{math.ceil(TRAINVAL / g['frames_per_shard_full'])} shards of {g['frames_per_shard_full']} frames), "
-                     f"{g['bytes_full'] / 1e9:.1f} GB | <= {TARGET_ROUND_FILES:,} files | "
-                     f"{verdict(g['files_full'] <= TARGET_ROUND_FILES, True)} |")
+        lines.append(
+            f"| store: the round's group (labels.zarr/round_0) | {g['files']} files, {g['bytes'] / 1e6:.1f} MB "
+            f"| {g['bytes_per_frame'] / 1e3:.0f} kB | {g['files_full']:,} files ({g['arrays_per_frame']} arrays x "
+            f"{math.ceil(TRAINVAL / g['frames_per_shard_full'])} shards of {g['frames_per_shard_full']} frames), "
+            f"{g['bytes_full'] / 1e9:.1f} GB | <= {TARGET_ROUND_FILES:,} files | "
+            f"{verdict(g['files_full'] <= TARGET_ROUND_FILES, True)} |"
+        )
         c = st["cache"]
-        lines.append(f"| supervision cache (supervision.zarr) | {c['files']} files, {c['bytes'] / 1e6:.1f} MB | "
-                     f"{c['bytes_per_frame'] / 1e6:.2f} MB | {c['files_full']:,} files ({c['arrays_per_frame']} arrays x "
-                     f"{math.ceil(TRAINVAL / c['frames_per_shard_full'])} shards of {c['frames_per_shard_full']} frames), "
-                     f"{c['bytes_full'] / 1e9:.0f} GB | - | |")
+        lines.append(
+            f"| supervision cache (supervision.zarr) | {c['files']} files, {c['bytes'] / 1e6:.1f} MB | "
+            f"{c['bytes_per_frame'] / 1e6:.2f} MB | {c['files_full']:,} files ({c['arrays_per_frame']} arrays x "
+            f"{math.ceil(TRAINVAL / c['frames_per_shard_full'])} shards of {c['frames_per_shard_full']} frames), "
+            f"{c['bytes_full'] / 1e9:.0f} GB | - | |"
+        )
     if e:
-        lines.append(f"| Occ3D export (one labels.npz per frame + export.json) | {e['files']} files, {e['bytes'] / 1e6:.1f} MB "
-                     f"| {e['bytes'] / e['frames'] / 1e3:.0f} kB | {e['files_full']:,} files, {e['bytes_full'] / 1e9:.1f} GB | - | |")
-    mems = [(name, r[key] if sub is None else r[key][sub]) for name, key, sub in
-            (("supervision", "supervise", None), ("training, real data", "train", "real"),
-             ("training, random input", "train", "random"), ("labelling", "label", None), ("export", "export", None))
-            if key in r]
+        lines.append(
+            f"| Occ3D export (one labels.npz per frame + export.json) | {e['files']} files, {e['bytes'] / 1e6:.1f} MB "
+            f"| {e['bytes'] / e['frames'] / 1e3:.0f} kB | {e['files_full']:,} files, {e['bytes_full'] / 1e9:.1f} GB | "
+            "- | |"
+        )
+    mems = [
+        (name, r[key] if sub is None else r[key][sub])
+        for name, key, sub in (
+            ("supervision", "supervise", None),
+            ("training, real data", "train", "real"),
+            ("training, random input", "train", "random"),
+            ("labelling", "label", None),
+            ("export", "export", None),
+        )
+        if key in r
+    ]
     if mems:
-        lines.append("| peak host memory (process tree: main + workers, PSS) | "
-                     + ", ".join(f"{n} {gib(m['host_peak_bytes'])}" for n, m in mems) + " | | | - | |")
+        lines.append(
+            "| peak host memory (process tree: main + workers, PSS) | "
+            + ", ".join(f"{n} {gib(m['host_peak_bytes'])}" for n, m in mems)
+            + " | | | - | |"
+        )
         if cuda:
-            lines.append("| peak GPU memory (torch, allocated) | "
-                         + ", ".join(f"{n} {gib(m['gpu_peak_bytes'])}" for n, m in mems) + " | | | - | |")
+            lines.append(
+                "| peak GPU memory (torch, allocated) | "
+                + ", ".join(f"{n} {gib(m['gpu_peak_bytes'])}" for n, m in mems)
+                + " | | | - | |"
+            )
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="working folder: the world (unless --world) and the stores")
-    ap.add_argument("--world", default=None, help="an existing world (autolabel synth ... --image-size 900x1600 --sweeps 9)")
+    ap.add_argument(
+        "--world", default=None, help="an existing world (autolabel synth ... --image-size 900x1600 --sweeps 9)"
+    )
     ap.add_argument("--scenes", type=int, default=2, help="world to generate: scenes (default 2)")
     ap.add_argument("--frames", type=int, default=4, help="world to generate: keyframes per scene (default 4)")
-    ap.add_argument("--sweeps", type=int, default=9, help="earlier LiDAR sweeps per keyframe, in the world and in the "
-                    "depth maps (data.sweeps); 9 = nuScenes' 10 sweeps with the keyframe's (default 9)")
+    ap.add_argument(
+        "--sweeps",
+        type=int,
+        default=9,
+        help="earlier LiDAR sweeps per keyframe, in the world and in the "
+        "depth maps (data.sweeps); 9 = nuScenes' 10 sweeps with the keyframe's (default 9)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=3, help="timed training steps per phase (rendering, DTS)")
     ap.add_argument("--warmup-steps", type=int, default=2, help="training steps per phase left out of the timing")
@@ -526,8 +673,12 @@ def main() -> int:
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
     ap.add_argument("--out", default=None, help="results folder (default RUN)")
-    ap.add_argument("--stages", default=",".join(STAGES), help="stages to run (default all); a later stage alone "
-                    "reuses the stores in RUN/stores and keeps the other stages' results in OUT/scale_results.json")
+    ap.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="stages to run (default all); a later stage alone "
+        "reuses the stores in RUN/stores and keeps the other stages' results in OUT/scale_results.json",
+    )
     ap.add_argument("--micro", action="store_true", help="CI size: tiny world, grid and network, one step per phase")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup_steps < 1:
@@ -546,17 +697,32 @@ def main() -> int:
         ap.error(f"--stages: unknown {sorted(unknown)}; choose from {','.join(STAGES)}")
     if "supervise" in stages:  # every stage times work from scratch
         shutil.rmtree(stores, ignore_errors=True)
-    elif not (stores / "supervision.zarr").is_dir() or ("export" in stages and "label" not in stages
-                                                        and not (stores / "labels.zarr").is_dir()):
+    elif not (stores / "supervision.zarr").is_dir() or (
+        "export" in stages and "label" not in stages and not (stores / "labels.zarr").is_dir()
+    ):
         ap.error(f"--stages {args.stages}: the earlier stages' stores are not in {stores}; run them first")
     recipe = recipe_for(stores, world, args)
     device = resolve_device(recipe.device)
-    results = {"meta": {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                        "code_version": _git_version(), "device": str(device), "device_name": device_name(device),
-                        "cpu_cores": os.cpu_count(), "world": w, "recipe": str(RECIPE.relative_to(ROOT)),
-                        "overrides": args.set, "micro": args.micro, "image_size": list(recipe.network.image_size),
-                        "rays_per_frame": recipe.render.rays_per_frame, "data_sweeps": recipe.data.sweeps,
-                        "train_batch": recipe.train.batch_size, "trainval_keyframes": TRAINVAL, "epochs": EPOCHS}}
+    results = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "code_version": _git_version(),
+            "device": str(device),
+            "device_name": device_name(device),
+            "cpu_cores": os.cpu_count(),
+            "world": w,
+            "recipe": str(RECIPE.relative_to(ROOT)),
+            "overrides": args.set,
+            "micro": args.micro,
+            "image_size": list(recipe.network.image_size),
+            "rays_per_frame": recipe.render.rays_per_frame,
+            "data_sweeps": recipe.data.sweeps,
+            "train_batch": recipe.train.batch_size,
+            "trainval_keyframes": TRAINVAL,
+            "epochs": EPOCHS,
+        }
+    }
     path = out / "scale_results.json"
     if set(stages) != set(STAGES) and path.is_file():  # the stages not rerun keep their earlier results
         results = {**json.loads(path.read_text()), "meta": results["meta"]}
@@ -565,20 +731,29 @@ def main() -> int:
         t0, load = time.perf_counter(), os.getloadavg()
         value = fn()
         # when and how each stage ran, and how busy the machine was (load average over 1, 5, 15 minutes)
-        value["run"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": results["meta"]["command"],
-                        "code_version": results["meta"]["code_version"], "load_average_start": load,
-                        "load_average_end": os.getloadavg(), "seconds": round(time.perf_counter() - t0, 1)}
+        value["run"] = {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "command": results["meta"]["command"],
+            "code_version": results["meta"]["code_version"],
+            "load_average_start": load,
+            "load_average_end": os.getloadavg(),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         results[stage] = value
         path.write_text(json.dumps(results, indent=1))
         print(f"{stage}: done in {value['run']['seconds']} s", flush=True)
 
-    print(f"world {w['path']}: {w['keyframes']} keyframes in {w['scenes']} scenes at {w['image_size'][1]}x"
-          f"{w['image_size'][0]}" + (f" (generated in {w['generated_seconds']} s)" if w["generated_seconds"] else ""),
-          flush=True)
-    run_stage = {"supervise": lambda: stage_supervise(stores, recipe, device),
-                 "train": lambda: stage_train(stores, world, args, device),
-                 "label": lambda: stage_label(stores, recipe, device),
-                 "export": lambda: stage_export(stores, recipe, device, args.export_repeats)}
+    print(
+        f"world {w['path']}: {w['keyframes']} keyframes in {w['scenes']} scenes at {w['image_size'][1]}x"
+        f"{w['image_size'][0]}" + (f" (generated in {w['generated_seconds']} s)" if w["generated_seconds"] else ""),
+        flush=True,
+    )
+    run_stage = {
+        "supervise": lambda: stage_supervise(stores, recipe, device),
+        "train": lambda: stage_train(stores, world, args, device),
+        "label": lambda: stage_label(stores, recipe, device),
+        "export": lambda: stage_export(stores, recipe, device, args.export_repeats),
+    }
     for stage in STAGES:
         if stage in stages:
             save(stage, run_stage[stage])
@@ -592,8 +767,12 @@ def main() -> int:
 
 def _git_version() -> str:
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -9,6 +9,7 @@ speed is also read from history.jsonl (steps after the first 20, so start-up and
 count). Frames per GPU per step stay fixed (`--batch`), so N GPUs train N x batch frames per step;
 scaling efficiency = frames/s on N GPUs / (N x frames/s on one). Labelling shards frames by rank.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,17 @@ from active import base_recipe, make_world, run_per_gpu, write_recipe  # noqa: E
 def cli(args: list[str], gpus: int, log: Path | None = None) -> float:
     """Run `autolabel ARGS` (under torchrun when gpus > 1); returns wall seconds."""
     if gpus > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus),
-               "-m", "autolabel.cli", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(gpus),
+            "-m",
+            "autolabel.cli",
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", "autolabel.cli", *args]
     t0 = time.perf_counter()
@@ -97,11 +107,18 @@ def main() -> None:
         if run_per_gpu(cmds, ["0"], [run / f"share{j}.log" for j in range(args.concurrent)]):
             raise SystemExit("a concurrent training failed; see share*.log")
         wall = time.perf_counter() - t0
-        steps = [steady_step_s(run / f"share{j}" / "round_0" / "train" / "history.jsonl") for j in range(args.concurrent)]
+        steps = [
+            steady_step_s(run / f"share{j}" / "round_0" / "train" / "history.jsonl") for j in range(args.concurrent)
+        ]
         fps = sum(args.batch / s for s in steps)
-        rows.append((f"train x{args.concurrent} on GPU 0", 1, args.concurrent, wall, fps, sum(steps) / len(steps) * 1e3))
+        rows.append(
+            (f"train x{args.concurrent} on GPU 0", 1, args.concurrent, wall, fps, sum(steps) / len(steps) * 1e3)
+        )
     base_fps = {kind: fps for kind, g, _, _, fps, _ in rows if g == 1 and kind in ("train", "label")}
-    print(f"\n{torch.cuda.get_device_name()} x {n_gpu}; world {args.synth}, {args.steps} steps, batch {args.batch} per GPU")
+    print(
+        f"\n{torch.cuda.get_device_name()} x {n_gpu}; world {args.synth}, {args.steps} steps, batch {args.batch} per "
+        "GPU"
+    )
     print(f"{'job':<20}{'GPUs':>5}{'wall s':>8}{'frames/s':>10}{'ms/step':>9}{'efficiency':>11}")
     for kind, g, k, wall, fps, ms in rows:
         ref = base_fps.get(kind.split(" ")[0] if k == 1 else "train")

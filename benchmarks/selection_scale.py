@@ -10,6 +10,7 @@ the pool: 275 MB of candidate features at full size).
 
     python benchmarks/selection_scale.py [--smoke] [--device cuda] [--strategies coreset,hybrid]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,18 +44,25 @@ def synthetic_pool(size: dict, seed: int = 0):
     centres = rng.standard_normal((scenes.max() + 1, dim), dtype=np.float32)
     labelled = np.zeros(n, bool)
     labelled[rng.choice(n, size["labelled"], replace=False)] = True
-    out = {True: np.empty((int(labelled.sum()), dim), np.float32), False: np.empty((n - int(labelled.sum()), dim), np.float32)}
+    out = {
+        True: np.empty((int(labelled.sum()), dim), np.float32),
+        False: np.empty((n - int(labelled.sum()), dim), np.float32),
+    }
     filled = {True: 0, False: 0}
     for a in range(0, n, 4096):  # in chunks, so that building the pool does not set the memory peak
-        f = centres[scenes[a:a + 4096]] + 0.6 * rng.standard_normal((len(scenes[a:a + 4096]), dim), dtype=np.float32)
+        f = centres[scenes[a : a + 4096]] + 0.6 * rng.standard_normal(
+            (len(scenes[a : a + 4096]), dim), dtype=np.float32
+        )
         f /= np.linalg.norm(f, axis=1, keepdims=True)
         for flag in (True, False):
-            rows = f[labelled[a:a + 4096] == flag]
-            out[flag][filled[flag]:filled[flag] + len(rows)] = rows
+            rows = f[labelled[a : a + 4096] == flag]
+            out[flag][filled[flag] : filled[flag] + len(rows)] = rows
             filled[flag] += len(rows)
     unc = rng.random(n)
-    cands = [Candidate(f"frame{i:06d}", f"scene{scenes[i]:04d}", {"uncertainty": float(unc[i])})
-             for i in np.flatnonzero(~labelled)]
+    cands = [
+        Candidate(f"frame{i:06d}", f"scene{scenes[i]:04d}", {"uncertainty": float(unc[i])})
+        for i in np.flatnonzero(~labelled)
+    ]
     return cands, out[False], out[True]
 
 
@@ -67,11 +75,17 @@ def run_one(strategy: str, size: dict, device: str | None) -> dict:
     before = rss_mb()
     cfg = SelectionConfig(strategy=strategy, budget=size["budget"], per_scene_cap=2)
     t0 = time.perf_counter()
-    picks, used = select_frames(cands, feats, lab, cfg, n_labelled=len(lab), pool_size=len(cands) + len(lab),
-                                device=device)
+    picks, used = select_frames(
+        cands, feats, lab, cfg, n_labelled=len(lab), pool_size=len(cands) + len(lab), device=device
+    )
     seconds = time.perf_counter() - t0
-    return {"strategy": used, "seconds": round(seconds, 2), "picked": len(picks), "pool_mb": round(before),
-            "peak_mb": round(rss_mb())}
+    return {
+        "strategy": used,
+        "seconds": round(seconds, 2),
+        "picked": len(picks),
+        "pool_mb": round(before),
+        "peak_mb": round(rss_mb()),
+    }
 
 
 def main() -> int:
@@ -86,13 +100,18 @@ def main() -> int:
         print(json.dumps(run_one(args.one, size, args.device)))
         return 0
     n, m, dim = size["frames"] - size["labelled"], size["labelled"], size["dim"]
-    print(f"pool {size['frames']:,} frames x {dim:,} features, {m:,} labelled, {n:,} candidates, budget "
-          f"{size['budget']} frames, <= 2 per scene; device {args.device or 'cpu'}")
+    print(
+        f"pool {size['frames']:,} frames x {dim:,} features, {m:,} labelled, {n:,} candidates, budget "
+        f"{size['budget']} frames, <= 2 per scene; device {args.device or 'cpu'}"
+    )
     print(f"(the pre-issue-21 core-set distance array would be {n * m * dim * 8 / 1e9:,.1f} GB)")
     print("| strategy | seconds | frames picked | pool MB | peak MB |\n|---|---:|---:|---:|---:|")
     for s in args.strategies.split(","):
-        cmd = [sys.executable, __file__, "--one", s] + (["--smoke"] if args.smoke else []) + \
-              (["--device", args.device] if args.device else [])
+        cmd = (
+            [sys.executable, __file__, "--one", s]
+            + (["--smoke"] if args.smoke else [])
+            + (["--device", args.device] if args.device else [])
+        )
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             print(out.stderr[-2000:], file=sys.stderr)

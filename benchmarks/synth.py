@@ -4,6 +4,7 @@
 Rows: seconds per frame (6 cameras + lidar + ground truth + 2D maps, written to disk) at 450x800, and
 the wall time of the quickstart-sized world (2 scenes x 4 frames at 112x200), world generation included.
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ time, frames/s, peak GPU memory, and host RSS growth over the timed steps. Under
 trains its own batch (DDP, SyncBN); frames/s counts all ranks, so scaling efficiency is
 frames/s(N GPUs) / (N x frames/s(1 GPU)) from two runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,14 @@ def main() -> int:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = OccupancyNetwork(cfg)
-        trainer = Trainer(model, RenderConfig(rays_per_frame=38_400), LossConfig(),
-                          TrainConfig(steps=args.steps + args.warmup, warmup_steps=10), f"/tmp/train_step_bench{device.index}", device)
+        trainer = Trainer(
+            model,
+            RenderConfig(rays_per_frame=38_400),
+            LossConfig(),
+            TrainConfig(steps=args.steps + args.warmup, warmup_steps=10),
+            f"/tmp/train_step_bench{device.index}",
+            device,
+        )
         data = random_batch(batch, cfg, device)
         times, rss = [], []
         for i in range(args.steps + args.warmup):
@@ -89,15 +96,20 @@ def main() -> int:
                 times.append(time.perf_counter() - t)
                 rss.append(rss_mb())
         step = statistics.median(times)  # every rank waits for the gradient all-reduce: the same step time
-        rows.append((batch, step * 1e3, batch * world / step, torch.cuda.max_memory_allocated() / 2**30, rss[-1] - rss[0]))
+        rows.append(
+            (batch, step * 1e3, batch * world / step, torch.cuda.max_memory_allocated() / 2**30, rss[-1] - rss[0])
+        )
         if is_main():
             print(f"batch {batch} per GPU x {world}: {step * 1e3:.1f} ms/step", flush=True)
         del trainer, model, data
         barrier()
     if not is_main():
         return 0
-    print(f"\n{torch.cuda.get_device_name()} x {world}, torch {torch.__version__}; 6 x {cfg.image_size[0]}x{cfg.image_size[1]}, "
-          f"grid {cfg.grid.shape}, 38,400 rays/frame, {cfg.backbone}, bf16, {args.steps} timed steps")
+    print(
+        f"\n{torch.cuda.get_device_name()} x {world}, torch {torch.__version__}; 6 x "
+        f"{cfg.image_size[0]}x{cfg.image_size[1]}, "
+        f"grid {cfg.grid.shape}, 38,400 rays/frame, {cfg.backbone}, bf16, {args.steps} timed steps"
+    )
     print(f"{'GPUs':>5}{'batch/GPU':>10}{'ms/step':>10}{'frames/s':>10}{'peak GPU GiB':>14}{'RSS growth MB':>15}")
     for b, ms, fps, mem, growth in rows:
         print(f"{world:>5}{b:>10}{ms:>10.1f}{fps:>10.2f}{mem:>14.2f}{growth:>15.1f}")

@@ -9,6 +9,7 @@ frame), ``mask_camera`` (a ray per 8 mrad from every camera, stopping at the fir
 street-like occupancy), and ``mask_camera`` for 4 frames in one batched call. Medians after a warm-up;
 every backend's output is checked equal to the reference's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ def street(grid: GridSpec, seed: int) -> torch.Tensor:
     occ[:, 140:, :] = True
     for _ in range(200):
         x, y = (int(v) for v in torch.randint(0, 190, (2,), generator=g))
-        occ[x:x + 8, y:y + 5, 2:6] = True
+        occ[x : x + 8, y : y + 5, 2:6] = True
     return occ
 
 
@@ -77,8 +78,9 @@ def main() -> None:
     cases = {
         f"LiDAR free space ({len(dist):,} rays)": lambda b: ray_voxels(origin, dirs, grid, t_max=dist, backend=b),
         f"mask_camera ({len(cd):,} rays)": lambda b: ray_voxels(co, cd, grid, occupied=occ, backend=b),
-        "mask_camera x4 frames, one call": lambda b: ray_voxels(co.repeat(4, 1), cd.repeat(4, 1), grid, occupied=occ4,
-                                                                frame=frame, frames=4, backend=b),
+        "mask_camera x4 frames, one call": lambda b: ray_voxels(
+            co.repeat(4, 1), cd.repeat(4, 1), grid, occupied=occ4, frame=frame, frames=4, backend=b
+        ),
     }
     backends = ["reference", "cuda" if dev.type == "cuda" else "cpu"]
     rows = []

@@ -1,4 +1,5 @@
 """Differentiable volume rendering of voxel grids along rays (reference, C++ CPU and CUDA backends)."""
+
 from ._build import BACKENDS
 from .grid import GridSpec
 from .reference import render_rays_reference

@@ -4,6 +4,7 @@ Nothing compiles at import: the first call that needs a backend builds it (about
 later processes reuse the build in TORCH_EXTENSIONS_DIR (default: torch's cache folder).
 A failed build is remembered for the process, so it is tried once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,15 +34,25 @@ def _load(name: str) -> ModuleType | BaseException:
     try:
         if name == "walk_cpu":
             # -ffp-contract=off: the walk repeats the reference's float64 arithmetic operation by operation
-            return load(name="autolabel_walk_cpu", sources=[str(CSRC / "walk_cpu.cpp")],
-                        extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
-                        extra_include_paths=[str(CSRC)], verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")))
+            return load(
+                name="autolabel_walk_cpu",
+                sources=[str(CSRC / "walk_cpu.cpp")],
+                extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],
+                extra_ldflags=["-fopenmp"],
+                extra_include_paths=[str(CSRC)],
+                verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")),
+            )
         if name == "walk_cuda":
             if not torch.cuda.is_available():
                 return BackendUnavailable("no CUDA device is visible")
-            return load(name="autolabel_walk_cuda", sources=[str(CSRC / "walk_cuda.cu")], extra_cflags=["-O3"],
-                        extra_cuda_cflags=["-O3", "--fmad=false"], extra_include_paths=[str(CSRC)],
-                        verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")))
+            return load(
+                name="autolabel_walk_cuda",
+                sources=[str(CSRC / "walk_cuda.cu")],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3", "--fmad=false"],
+                extra_include_paths=[str(CSRC)],
+                verbose=bool(os.environ.get("AUTOLABEL_KERNELS_VERBOSE")),
+            )
         if name == "cpu":
             return load(
                 name="autolabel_render_cpu",
@@ -82,8 +93,14 @@ def load_backend(name: str) -> ModuleType:
     return mod
 
 
-def pick_backend(op: str, requested: str | None, device: torch.device, warned: set[str],
-                 load: Callable[[str], ModuleType], prefix: str = "") -> str:
+def pick_backend(
+    op: str,
+    requested: str | None,
+    device: torch.device,
+    warned: set[str],
+    load: Callable[[str], ModuleType],
+    prefix: str = "",
+) -> str:
     """The backend of op `op` for inputs on `device`: `requested` or AUTOLABEL_KERNELS when set (an error if it
     cannot run there), else the compiled one for the device (module `prefix + name`), falling back to
     "reference" with one warning per backend (remembered in `warned`)."""

@@ -4,6 +4,7 @@ Occ3D-nuScenes is ``GridSpec()`` (range [-40, -40, -1, 40, 40, 5.4], 0.4 m voxel
 (200, 200, 16) indexed [x, y, z] in the ego frame: x forward, y left, z up, metres).
 Nothing else in the project hard-codes 200, 16 or 0.4.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,8 +83,10 @@ class GridSpec:
     def _consts(self, like: Any) -> tuple[Any, Any]:
         if isinstance(like, torch.Tensor):
             dt = like.dtype if like.is_floating_point() else torch.float32
-            return (torch.tensor(self.range_min, dtype=dt, device=like.device),
-                    torch.tensor(self.voxel_size, dtype=dt, device=like.device))
+            return (
+                torch.tensor(self.range_min, dtype=dt, device=like.device),
+                torch.tensor(self.voxel_size, dtype=dt, device=like.device),
+            )
         return np.asarray(self.range_min, dtype=np.float64), np.asarray(self.voxel_size, dtype=np.float64)
 
     def world_to_grid(self, points: Any) -> Any:

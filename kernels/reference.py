@@ -19,6 +19,7 @@ The depth term is the exact expected distance of the first hit within a segment 
 while T_i >= t_threshold (early ray termination); ``transmittance`` is exp(-sum of the used s_i).
 The reference builds padded (n_rays, n_segments) tensors and lets autograd differentiate them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,9 @@ def depth_moment(x: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, closed)
 
 
-def ray_box_interval(origins: torch.Tensor, directions: torch.Tensor, grid: GridSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def ray_box_interval(
+    origins: torch.Tensor, directions: torch.Tensor, grid: GridSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Entry and exit distances (n_rays,) of rays against the grid box (exit < entry: miss)."""
     lo = torch.tensor(grid.range_min, dtype=origins.dtype, device=origins.device)
     hi = torch.tensor(grid.range_max, dtype=origins.dtype, device=origins.device)
@@ -110,7 +113,9 @@ def _gather_trilinear(density, features, batch_index, pos, grid):
     return sigma, feats
 
 
-def _composite_terms(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold):
+def _composite_terms(
+    density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold
+):
     """Padded per-segment terms: t0, delta, sigma, f, T (before), alpha, active (all (n_rays, S) but f)."""
     t_in, t_out = ray_box_interval(origins, directions, grid)
     hit = t_in <= t_out
@@ -150,7 +155,8 @@ def render_rays_reference(
     Returns depth (n_rays,), opacity (n_rays,), features (n_rays, C), transmittance (n_rays,).
     """
     t0, delta, s, f, T, alpha, active = _composite_terms(
-        density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
+        density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold
+    )
     w = active * T * alpha
     depth = (active * T * (alpha * t0 + delta * depth_moment(s))).sum(1)
     opacity = w.sum(1)
@@ -160,11 +166,13 @@ def render_rays_reference(
 
 
 @torch.no_grad()
-def count_samples(density, origins, directions, batch_index, near, far, grid, mode="voxel", step_size=0.2,
-                  t_threshold=1e-4) -> tuple[int, int]:
+def count_samples(
+    density, origins, directions, batch_index, near, far, grid, mode="voxel", step_size=0.2, t_threshold=1e-4
+) -> tuple[int, int]:
     """(segments used, segments with non-zero weight) over all rays: the work a backend does."""
     no_features = density.new_zeros(density.shape + (1,))
     _, delta, _, _, _, alpha, active = _composite_terms(
-        density, no_features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
+        density, no_features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold
+    )
     used = (active > 0) & (delta > 0)
     return int(used.sum()), int((used & (alpha > 0)).sum())

@@ -15,6 +15,7 @@ The op is registered with torch.library as ``autolabel_kernels::render_rays_fwd`
 and ``autolabel_kernels::render_rays_bwd`` (its backward), so torch.compile and the dispatcher see it as
 one op whichever backend runs; docs/ARCHITECTURE.md, "Registered ops".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +53,9 @@ def _fail(msg: str) -> None:
     raise ValueError(f"render_rays: {msg}")
 
 
-def _validate_structure(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold):
+def _validate_structure(
+    density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold
+):
     if mode not in MODES:
         _fail(f"mode must be one of {MODES}, got {mode!r}")
     if not isinstance(grid, GridSpec):
@@ -73,7 +76,9 @@ def _validate_structure(density, features, origins, directions, batch_index, nea
         _fail(f"the CUDA backend takes at most 256 feature channels, got {features.shape[-1]}")
     n = origins.shape[0] if origins.dim() == 2 else -1
     if origins.dim() != 2 or origins.shape[1] != 3 or directions.shape != origins.shape:
-        _fail(f"origins and directions must both be (n_rays, 3), got {tuple(origins.shape)} and {tuple(directions.shape)}")
+        _fail(
+            f"origins and directions must both be (n_rays, 3), got {tuple(origins.shape)} and {tuple(directions.shape)}"
+        )
     for name, t in (("batch_index", batch_index), ("near", near), ("far", far)):
         if t.shape != (n,):
             _fail(f"{name} must be (n_rays,) = ({n},), got {tuple(t.shape)}")
@@ -82,8 +87,15 @@ def _validate_structure(density, features, origins, directions, batch_index, nea
             _fail(f"{name} must have the density's dtype {density.dtype}, got {t.dtype}")
     if batch_index.dtype != torch.int64:
         _fail(f"batch_index must be int64, got {batch_index.dtype}")
-    tensors = dict(density=density, features=features, origins=origins, directions=directions,
-                   batch_index=batch_index, near=near, far=far)
+    tensors = dict(
+        density=density,
+        features=features,
+        origins=origins,
+        directions=directions,
+        batch_index=batch_index,
+        near=near,
+        far=far,
+    )
     devices = {k: t.device for k, t in tensors.items()}
     if len(set(devices.values())) != 1:
         _fail(f"all inputs must be on one device, got {devices}")
@@ -113,9 +125,11 @@ def _validate_values(density, origins, directions, batch_index, near, far) -> No
     if origins.shape[0] == 0:
         return
     bits = [
-        ~torch.isfinite(origins).all(), ~torch.isfinite(directions).all(),
+        ~torch.isfinite(origins).all(),
+        ~torch.isfinite(directions).all(),
         ((directions.norm(dim=1) - 1).abs() > 1e-3).any(),
-        ~torch.isfinite(near).all() | torch.isnan(far).any(), (far < near).any(),
+        ~torch.isfinite(near).all() | torch.isnan(far).any(),
+        (far < near).any(),
         (batch_index < 0).any() | (batch_index >= density.shape[0]).any(),
         (density < 0).any() | torch.isnan(density).any(),
     ]
@@ -142,12 +156,36 @@ def _resolve(backend: str, density: torch.Tensor, features: torch.Tensor) -> str
     return chosen
 
 
-def _reference(density, features, origins, directions, batch_index, near, far, grid_min, grid_max, voxel_size, mode,
-               step_size, t_threshold):
+def _reference(
+    density,
+    features,
+    origins,
+    directions,
+    batch_index,
+    near,
+    far,
+    grid_min,
+    grid_max,
+    voxel_size,
+    mode,
+    step_size,
+    t_threshold,
+):
     """The PyTorch reference on the op's arguments; features are composited in the density's dtype."""
     grid = GridSpec(range_min=grid_min, range_max=grid_max, voxel_size=voxel_size)
-    return render_rays_reference(density, features.to(density.dtype), origins, directions, batch_index, near, far, grid,
-                                 mode, step_size, t_threshold)
+    return render_rays_reference(
+        density,
+        features.to(density.dtype),
+        origins,
+        directions,
+        batch_index,
+        near,
+        far,
+        grid,
+        mode,
+        step_size,
+        t_threshold,
+    )
 
 
 @contextlib.contextmanager
@@ -168,10 +206,21 @@ def _autograd_inside_kernel():
 
 @torch.library.custom_op(f"{NAMESPACE}::render_rays_fwd", mutates_args=())
 def render_rays_fwd(
-    density: torch.Tensor, features: torch.Tensor, origins: torch.Tensor, directions: torch.Tensor,
-    batch_index: torch.Tensor, near: torch.Tensor, far: torch.Tensor, grid_min: Sequence[float],
-    grid_max: Sequence[float], voxel_size: Sequence[float], mode: str, step_size: float, t_threshold: float,
-    backend: str, check_values: bool,
+    density: torch.Tensor,
+    features: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    batch_index: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    grid_min: Sequence[float],
+    grid_max: Sequence[float],
+    voxel_size: Sequence[float],
+    mode: str,
+    step_size: float,
+    t_threshold: float,
+    backend: str,
+    check_values: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward of `render_rays` on validated structure: (depth, opacity, features, transmittance), the
     features in the density's dtype (the accumulation dtype; `render_rays` casts them back)."""
@@ -179,14 +228,38 @@ def render_rays_fwd(
     if chosen == "reference":
         if check_values:
             _validate_values(density, origins, directions, batch_index, near, far)
-        out = _reference(density, features, origins, directions, batch_index, near, far, grid_min, grid_max,
-                         voxel_size, mode, step_size, t_threshold)
+        out = _reference(
+            density,
+            features,
+            origins,
+            directions,
+            batch_index,
+            near,
+            far,
+            grid_min,
+            grid_max,
+            voxel_size,
+            mode,
+            step_size,
+            t_threshold,
+        )
         return tuple(t.contiguous() for t in out)
     mod = load_backend(chosen)
     depth, opacity, feats, trans, flags = mod.forward(
-        density.contiguous(), features.contiguous(), origins.contiguous(), directions.contiguous(),
-        batch_index.contiguous(), near.contiguous(), far.contiguous(), list(grid_min), list(voxel_size),
-        list(grid_max), _MODE_IDS[mode], step_size, t_threshold)
+        density.contiguous(),
+        features.contiguous(),
+        origins.contiguous(),
+        directions.contiguous(),
+        batch_index.contiguous(),
+        near.contiguous(),
+        far.contiguous(),
+        list(grid_min),
+        list(voxel_size),
+        list(grid_max),
+        _MODE_IDS[mode],
+        step_size,
+        t_threshold,
+    )
     if check_values:
         bits = int(flags.item())  # the op's one host sync: bad input fails here, clearly
         if bits:
@@ -195,19 +268,51 @@ def render_rays_fwd(
 
 
 @render_rays_fwd.register_fake
-def _render_rays_fwd_fake(density, features, origins, directions, batch_index, near, far, grid_min, grid_max,
-                          voxel_size, mode, step_size, t_threshold, backend, check_values):
+def _render_rays_fwd_fake(
+    density,
+    features,
+    origins,
+    directions,
+    batch_index,
+    near,
+    far,
+    grid_min,
+    grid_max,
+    voxel_size,
+    mode,
+    step_size,
+    t_threshold,
+    backend,
+    check_values,
+):
     n, c = origins.shape[0], features.shape[-1]
     return density.new_empty(n), density.new_empty(n), density.new_empty((n, c)), density.new_empty(n)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::render_rays_bwd", mutates_args=())
 def render_rays_bwd(
-    density: torch.Tensor, features: torch.Tensor, origins: torch.Tensor, directions: torch.Tensor,
-    batch_index: torch.Tensor, near: torch.Tensor, far: torch.Tensor, grid_min: Sequence[float],
-    grid_max: Sequence[float], voxel_size: Sequence[float], mode: str, step_size: float, t_threshold: float,
-    backend: str, depth: torch.Tensor, opacity: torch.Tensor, feats: torch.Tensor, trans: torch.Tensor,
-    g_depth: torch.Tensor, g_opacity: torch.Tensor, g_feats: torch.Tensor, g_trans: torch.Tensor,
+    density: torch.Tensor,
+    features: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    batch_index: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    grid_min: Sequence[float],
+    grid_max: Sequence[float],
+    voxel_size: Sequence[float],
+    mode: str,
+    step_size: float,
+    t_threshold: float,
+    backend: str,
+    depth: torch.Tensor,
+    opacity: torch.Tensor,
+    feats: torch.Tensor,
+    trans: torch.Tensor,
+    g_depth: torch.Tensor,
+    g_opacity: torch.Tensor,
+    g_feats: torch.Tensor,
+    g_trans: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of density and features (in their dtypes) from the forward's inputs, outputs and output
     gradients; the kernels walk each ray again, the reference differentiates its forward, recomputed."""
@@ -216,18 +321,47 @@ def render_rays_bwd(
     if chosen == "reference":
         with _autograd_inside_kernel():
             d, f = density.detach().requires_grad_(), features.detach().requires_grad_()
-            out = _reference(d, f, origins, directions, batch_index, near, far, grid_min, grid_max, voxel_size, mode,
-                             step_size, t_threshold)
+            out = _reference(
+                d,
+                f,
+                origins,
+                directions,
+                batch_index,
+                near,
+                far,
+                grid_min,
+                grid_max,
+                voxel_size,
+                mode,
+                step_size,
+                t_threshold,
+            )
             used = [(o, g) for o, g in zip(out, grads) if o.requires_grad]  # all of them, unless nothing is read
-            grad_density, grad_features = (torch.autograd.grad([o for o, _ in used], (d, f), [g for _, g in used],
-                                                               allow_unused=True) if used else (None, None))
-        return (torch.zeros_like(density) if grad_density is None else grad_density.contiguous(),
-                torch.zeros_like(features) if grad_features is None else grad_features.contiguous())
+            grad_density, grad_features = (
+                torch.autograd.grad([o for o, _ in used], (d, f), [g for _, g in used], allow_unused=True)
+                if used
+                else (None, None)
+            )
+        return (
+            torch.zeros_like(density) if grad_density is None else grad_density.contiguous(),
+            torch.zeros_like(features) if grad_features is None else grad_features.contiguous(),
+        )
     mod = load_backend(chosen)
-    c = [t.contiguous() for t in (density, features, origins, directions, batch_index, near, far, depth, opacity, feats,
-                                  trans)]
-    grad_density, grad_features = mod.backward(*c[:7], list(grid_min), list(voxel_size), list(grid_max), _MODE_IDS[mode],
-                                               step_size, t_threshold, *c[7:], *grads)
+    c = [
+        t.contiguous()
+        for t in (density, features, origins, directions, batch_index, near, far, depth, opacity, feats, trans)
+    ]
+    grad_density, grad_features = mod.backward(
+        *c[:7],
+        list(grid_min),
+        list(voxel_size),
+        list(grid_max),
+        _MODE_IDS[mode],
+        step_size,
+        t_threshold,
+        *c[7:],
+        *grads,
+    )
     return grad_density, grad_features
 
 
@@ -293,7 +427,9 @@ def render_rays(
         RenderOutput with depth, opacity, transmittance (n_rays,) and features (n_rays, C).
         Gradients flow to density and features, not to the rays.
     """
-    _validate_structure(density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold)
+    _validate_structure(
+        density, features, origins, directions, batch_index, near, far, grid, mode, step_size, t_threshold
+    )
     if not torch.compiler.is_compiling():
         backend = _resolve(backend or "", density, features)
         if backend == "reference":
@@ -303,10 +439,25 @@ def render_rays(
                 _validate_values(density, origins, directions, batch_index, near, far)
             rays = [t.detach() for t in (origins, directions, batch_index, near, far)]  # as the op: no ray gradients
             depth, opacity, feats, trans = render_rays_reference(
-                density, features.to(density.dtype), *rays, grid, mode, step_size, t_threshold)
+                density, features.to(density.dtype), *rays, grid, mode, step_size, t_threshold
+            )
             return RenderOutput(depth, opacity, feats.to(features.dtype), trans)
     depth, opacity, feats, trans = render_rays_fwd(
-        density, features, origins, directions, batch_index, near, far, grid.range_min, grid.range_max,
-        grid.voxel_size, mode, float(step_size), float(t_threshold), backend or "", bool(check_values))
+        density,
+        features,
+        origins,
+        directions,
+        batch_index,
+        near,
+        far,
+        grid.range_min,
+        grid.range_max,
+        grid.voxel_size,
+        mode,
+        float(step_size),
+        float(t_threshold),
+        backend or "",
+        bool(check_values),
+    )
     # CUDA and the reference composite half / bfloat16 features in float32; the cast is differentiable
     return RenderOutput(depth, opacity, feats.to(features.dtype), trans)

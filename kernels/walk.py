@@ -12,6 +12,7 @@ The fastest available for the inputs' device is used; ``AUTOLABEL_KERNELS=refere
 (B, X, Y, Z) `occupied`. The walk is the torch.library op ``autolabel_kernels::ray_voxels`` (with a fake
 function, without autograd: its output is a bool mask), so torch.compile sees it as one op.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -24,8 +25,13 @@ from .grid import GridSpec
 _warned: set[str] = set()
 
 
-def ray_voxels_reference(origins: torch.Tensor, dirs: torch.Tensor, grid: GridSpec, occupied: torch.Tensor | None = None,
-                         t_max: torch.Tensor | None = None) -> torch.Tensor:
+def ray_voxels_reference(
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    grid: GridSpec,
+    occupied: torch.Tensor | None = None,
+    t_max: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One frame's walk in PyTorch (the definition). Arguments as `ray_voxels` without `frame`; (X, Y, Z) bool."""
     dev = dirs.device
     f = torch.float64
@@ -75,16 +81,27 @@ def ray_voxels_reference(origins: torch.Tensor, dirs: torch.Tensor, grid: GridSp
 
 
 @torch.library.custom_op(f"{NAMESPACE}::ray_voxels", mutates_args=())
-def ray_voxels_op(origins: torch.Tensor, dirs: torch.Tensor, occupied: Optional[torch.Tensor],
-                  t_max: Optional[torch.Tensor], frame: Optional[torch.Tensor], frames: int, grid_min: Sequence[float],
-                  grid_max: Sequence[float], voxel_size: Sequence[float], backend: str) -> torch.Tensor:
+def ray_voxels_op(
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    occupied: Optional[torch.Tensor],
+    t_max: Optional[torch.Tensor],
+    frame: Optional[torch.Tensor],
+    frames: int,
+    grid_min: Sequence[float],
+    grid_max: Sequence[float],
+    voxel_size: Sequence[float],
+    backend: str,
+) -> torch.Tensor:
     """The registered op behind `ray_voxels` (no autograd: its output is a bool mask): origins (R, 3), dirs
     (R, 3), occupied (B, X, Y, Z) or None, t_max (R,) or None, frame (R,) or None (then B = frames = 1);
     returns (B, X, Y, Z) bool. One implementation for every device type picks the backend when it runs."""
     grid = GridSpec(range_min=grid_min, range_max=grid_max, voxel_size=voxel_size)
     R, dev = dirs.shape[0], dirs.device
     if frame is not None and R and (int(frame.min()) < 0 or int(frame.max()) >= frames):
-        raise ValueError(f"ray_voxels: frame indices must lie in [0, {frames}), got {int(frame.min())}..{int(frame.max())}")
+        raise ValueError(
+            f"ray_voxels: frame indices must lie in [0, {frames}), got {int(frame.min())}..{int(frame.max())}"
+        )
     chosen = pick_backend("ray_voxels", backend or None, dev, _warned, load_backend, prefix="walk_")
     if chosen == "reference":
         if frame is None:
@@ -92,18 +109,37 @@ def ray_voxels_op(origins: torch.Tensor, dirs: torch.Tensor, occupied: Optional[
         out = []
         for b in range(frames):
             sel = frame == b
-            out.append(ray_voxels_reference(origins[sel], dirs[sel], grid, None if occupied is None else occupied[b],
-                                            None if t_max is None else t_max[sel]))
+            out.append(
+                ray_voxels_reference(
+                    origins[sel],
+                    dirs[sel],
+                    grid,
+                    None if occupied is None else occupied[b],
+                    None if t_max is None else t_max[sel],
+                )
+            )
         return torch.stack(out)
     f64 = torch.float64
     t = torch.full((R,), float("inf"), dtype=f64, device=dev) if t_max is None else t_max.to(f64).contiguous()
     fr = frame.long().contiguous() if frame is not None else torch.zeros(R, dtype=torch.long, device=dev)
-    occ = (occupied.reshape(frames, -1).to(torch.uint8).contiguous() if occupied is not None
-           else torch.empty(0, dtype=torch.uint8, device=dev))
+    occ = (
+        occupied.reshape(frames, -1).to(torch.uint8).contiguous()
+        if occupied is not None
+        else torch.empty(0, dtype=torch.uint8, device=dev)
+    )
     visited = torch.zeros(frames, grid.num_voxels, dtype=torch.uint8, device=dev)
-    load_backend(f"walk_{chosen}").walk(origins.to(f64).contiguous(), dirs.to(f64).contiguous(), t, fr, occ, visited,
-                                        list(grid.range_min), list(grid.range_max), list(grid.voxel_size),
-                                        list(grid.shape))
+    load_backend(f"walk_{chosen}").walk(
+        origins.to(f64).contiguous(),
+        dirs.to(f64).contiguous(),
+        t,
+        fr,
+        occ,
+        visited,
+        list(grid.range_min),
+        list(grid.range_max),
+        list(grid.voxel_size),
+        list(grid.shape),
+    )
     return visited.bool().view(frames, *grid.shape)
 
 
@@ -113,9 +149,16 @@ def _ray_voxels_fake(origins, dirs, occupied, t_max, frame, frames, grid_min, gr
     return dirs.new_empty((frames, *shape), dtype=torch.bool)
 
 
-def ray_voxels(origins: torch.Tensor, dirs: torch.Tensor, grid: GridSpec, occupied: torch.Tensor | None = None,
-               t_max: torch.Tensor | None = None, frame: torch.Tensor | None = None, frames: int | None = None,
-               backend: str | None = None) -> torch.Tensor:
+def ray_voxels(
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    grid: GridSpec,
+    occupied: torch.Tensor | None = None,
+    t_max: torch.Tensor | None = None,
+    frame: torch.Tensor | None = None,
+    frames: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Voxels entered by rays.
 
     Args:
@@ -136,8 +179,20 @@ def ray_voxels(origins: torch.Tensor, dirs: torch.Tensor, grid: GridSpec, occupi
         raise ValueError("ray_voxels: pass frame (R,) together with frames = B")
     B = frames if batched else 1
     if occupied is not None and tuple(occupied.shape) != ((B, *grid.shape) if batched else grid.shape):
-        raise ValueError(f"ray_voxels: occupied must be {'(B, ' if batched else '('}{', '.join(map(str, grid.shape))}), "
-                         f"got {tuple(occupied.shape)}")
-    visited = ray_voxels_op(origins.expand(R, 3), dirs, occupied if batched or occupied is None else occupied[None],
-                            t_max, frame, B, grid.range_min, grid.range_max, grid.voxel_size, backend or "")
+        raise ValueError(
+            f"ray_voxels: occupied must be {'(B, ' if batched else '('}{', '.join(map(str, grid.shape))}), "
+            f"got {tuple(occupied.shape)}"
+        )
+    visited = ray_voxels_op(
+        origins.expand(R, 3),
+        dirs,
+        occupied if batched or occupied is None else occupied[None],
+        t_max,
+        frame,
+        B,
+        grid.range_min,
+        grid.range_max,
+        grid.voxel_size,
+        backend or "",
+    )
     return visited if batched else visited[0]

@@ -1,5 +1,6 @@
 """Atomic file writes: a temp file in the same folder, fsync, rename. A crash leaves either the old file
 or the new one under the final name, never a half-written one."""
+
 from __future__ import annotations
 
 import os

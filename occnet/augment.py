@@ -17,6 +17,7 @@ Two exact geometric augmentations (BEVDet's "BDA" and "IDA" in their simplest, l
 Both are functions of a generator seeded by (seed, step, position in the global batch), like the rays,
 so a resumed or distributed run draws the same augmentations.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ class BevTransform:
         m = torch.eye(4, dtype=torch.float64)
         if self.swap:
             m[:2, :2] = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
-        f = torch.diag(torch.tensor([-1.0 if self.flip_x else 1.0, -1.0 if self.flip_y else 1.0, 1.0, 1.0],
-                                    dtype=torch.float64))
+        f = torch.diag(
+            torch.tensor([-1.0 if self.flip_x else 1.0, -1.0 if self.flip_y else 1.0, 1.0, 1.0], dtype=torch.float64)
+        )
         return f @ m
 
     def unmap(self, t: torch.Tensor, x_dim: int) -> torch.Tensor:
@@ -60,8 +62,10 @@ def check_bev_grid(grid: GridSpec) -> bool:
     Raises ValueError when x or y is not symmetric about the ego."""
     for axis in (0, 1):
         if abs(grid.range_min[axis] + grid.range_max[axis]) > 1e-6:
-            raise ValueError(f"train.bev_augment needs a grid symmetric about the ego in x and y; axis {'xy'[axis]} spans "
-                             f"[{grid.range_min[axis]}, {grid.range_max[axis]}]")
+            raise ValueError(
+                f"train.bev_augment needs a grid symmetric about the ego in x and y; axis {'xy'[axis]} spans "
+                f"[{grid.range_min[axis]}, {grid.range_max[axis]}]"
+            )
     return grid.shape[0] == grid.shape[1] and abs(grid.voxel_size[0] - grid.voxel_size[1]) < 1e-9
 
 

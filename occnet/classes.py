@@ -3,14 +3,30 @@
 Ids 0..16 are semantic classes, 17 is free space, 255 means ignore / unknown.
 mIoU averages classes 0..16; "free" enters the confusion matrix but not the mean.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 OCC3D_CLASS_NAMES: tuple[str, ...] = (
-    "others", "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle",
-    "pedestrian", "traffic_cone", "trailer", "truck", "driveable_surface", "other_flat",
-    "sidewalk", "terrain", "manmade", "vegetation", "free",
+    "others",
+    "barrier",
+    "bicycle",
+    "bus",
+    "car",
+    "construction_vehicle",
+    "motorcycle",
+    "pedestrian",
+    "traffic_cone",
+    "trailer",
+    "truck",
+    "driveable_surface",
+    "other_flat",
+    "sidewalk",
+    "terrain",
+    "manmade",
+    "vegetation",
+    "free",
 )
 NUM_CLASSES = len(OCC3D_CLASS_NAMES)  # 18, free included
 FREE_ID = OCC3D_CLASS_NAMES.index("free")  # 17
@@ -20,23 +36,23 @@ IGNORE_ID = 255
 # Colours (RGB) as the Occ3D / nuScenes-lidarseg visualisations use them.
 OCC3D_COLORS = np.array(
     [
-        [0, 0, 0],        # others
-        [255, 120, 50],   # barrier
+        [0, 0, 0],  # others
+        [255, 120, 50],  # barrier
         [255, 192, 203],  # bicycle
-        [255, 255, 0],    # bus
-        [0, 150, 245],    # car
-        [0, 255, 255],    # construction_vehicle
-        [200, 180, 0],    # motorcycle
-        [255, 0, 0],      # pedestrian
+        [255, 255, 0],  # bus
+        [0, 150, 245],  # car
+        [0, 255, 255],  # construction_vehicle
+        [200, 180, 0],  # motorcycle
+        [255, 0, 0],  # pedestrian
         [255, 240, 150],  # traffic_cone
-        [135, 60, 0],     # trailer
-        [160, 32, 240],   # truck
-        [255, 0, 255],    # driveable_surface
+        [135, 60, 0],  # trailer
+        [160, 32, 240],  # truck
+        [255, 0, 255],  # driveable_surface
         [139, 137, 137],  # other_flat
-        [75, 0, 75],      # sidewalk
-        [150, 240, 80],   # terrain
+        [75, 0, 75],  # sidewalk
+        [150, 240, 80],  # terrain
         [230, 230, 250],  # manmade
-        [0, 175, 0],      # vegetation
+        [0, 175, 0],  # vegetation
         [255, 255, 255],  # free
     ],
     dtype=np.uint8,

@@ -3,6 +3,7 @@
 Every dataclass validates itself in `__post_init__` with errors that name the field and say what to
 change; derived values are properties.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,14 +42,21 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         _check(self.backbone in BACKBONES, f"NetworkConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         h, w = self.image_size
-        _check(h % self.feature_stride == 0 and w % self.feature_stride == 0,
-               f"NetworkConfig.image_size {self.image_size} must be divisible by feature_stride {self.feature_stride}")
-        _check(self.feature_stride in (8, 16, 32), f"NetworkConfig.feature_stride must be 8, 16 or 32, got {self.feature_stride}")
+        _check(
+            h % self.feature_stride == 0 and w % self.feature_stride == 0,
+            f"NetworkConfig.image_size {self.image_size} must be divisible by feature_stride {self.feature_stride}",
+        )
+        _check(
+            self.feature_stride in (8, 16, 32),
+            f"NetworkConfig.feature_stride must be 8, 16 or 32, got {self.feature_stride}",
+        )
         _check(0 < self.depth_min < self.depth_max, "NetworkConfig.depth_min must be > 0 and < depth_max")
         _check(self.depth_bins >= 2, "NetworkConfig.depth_bins must be >= 2")
         for axis, n in zip("xyz", self.grid.shape):
-            _check(n % self.voxel_downsample == 0,
-                   f"NetworkConfig.voxel_downsample {self.voxel_downsample} must divide the grid's {axis} size {n}")
+            _check(
+                n % self.voxel_downsample == 0,
+                f"NetworkConfig.voxel_downsample {self.voxel_downsample} must divide the grid's {axis} size {n}",
+            )
         _check(self.num_classes >= 1, "NetworkConfig.num_classes must be >= 1")
 
     @property
@@ -84,16 +92,22 @@ class RenderConfig:
 
     def __post_init__(self) -> None:
         _check(self.rays_per_frame > 0, "RenderConfig.rays_per_frame must be > 0")
-        _check(self.semantic_rays in ("lidar", "all"),
-               f"RenderConfig.semantic_rays must be 'lidar' or 'all', got {self.semantic_rays!r}")
+        _check(
+            self.semantic_rays in ("lidar", "all"),
+            f"RenderConfig.semantic_rays must be 'lidar' or 'all', got {self.semantic_rays!r}",
+        )
         _check(0 <= self.semantic_share < 1, "RenderConfig.semantic_share must lie in [0, 1)")
-        _check(self.mode in ("voxel", "trilinear"), f"RenderConfig.mode must be 'voxel' or 'trilinear', got {self.mode!r}")
+        _check(
+            self.mode in ("voxel", "trilinear"), f"RenderConfig.mode must be 'voxel' or 'trilinear', got {self.mode!r}"
+        )
         _check(self.step_size > 0, "RenderConfig.step_size must be > 0")
         _check(0 <= self.class_balance <= 1, "RenderConfig.class_balance must lie in [0, 1]")
         _check(self.aux_rays_per_frame >= 0, "RenderConfig.aux_rays_per_frame must be >= 0")
         _check(0 < self.aux_weight <= 1, "RenderConfig.aux_weight must lie in (0, 1]")
-        _check(self.depth_target in ("occupancy", "lidar"),
-               f"RenderConfig.depth_target must be 'occupancy' or 'lidar', got {self.depth_target!r}")
+        _check(
+            self.depth_target in ("occupancy", "lidar"),
+            f"RenderConfig.depth_target must be 'occupancy' or 'lidar', got {self.depth_target!r}",
+        )
 
 
 @dataclass
@@ -120,8 +134,16 @@ class LossConfig:
     class_balance_3d: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("depth", "semantics_2d", "depth_distribution", "opacity_entropy", "line_of_sight", "labels_3d",
-                     "pseudo_3d", "fused_3d"):
+        for name in (
+            "depth",
+            "semantics_2d",
+            "depth_distribution",
+            "opacity_entropy",
+            "line_of_sight",
+            "labels_3d",
+            "pseudo_3d",
+            "fused_3d",
+        ):
             _check(getattr(self, name) >= 0, f"LossConfig.{name} must be >= 0")
         _check(0 <= self.silog_lambda <= 1, "LossConfig.silog_lambda must lie in [0, 1]")
         _check(0 <= self.class_balance_3d <= 1, "LossConfig.class_balance_3d must lie in [0, 1]")

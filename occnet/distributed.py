@@ -3,6 +3,7 @@
 Processes are started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT in the environment,
 one or several nodes); `init_from_env` joins the process group (NCCL on GPUs, gloo on CPUs).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Per-voxel predictions: Occ3D semantics (free = 17) and confidence."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,14 @@ from .network import OccupancyNetwork
 
 
 @torch.no_grad()
-def predict(model: OccupancyNetwork, images: torch.Tensor, intrinsics: torch.Tensor, cam2ego: torch.Tensor,
-            depth_maps: torch.Tensor | None = None, occupied_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: OccupancyNetwork,
+    images: torch.Tensor,
+    intrinsics: torch.Tensor,
+    cam2ego: torch.Tensor,
+    depth_maps: torch.Tensor | None = None,
+    occupied_threshold: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched inference.
 
     Returns semantics (B, X, Y, Z) uint8 — the most likely class where the occupancy probability
@@ -35,8 +42,9 @@ def voxel_probabilities(out, voxel_size: float) -> tuple[torch.Tensor, torch.Ten
     return occ, cls, pcls
 
 
-def voxel_labels(occ: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor,
-                 occupied_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def voxel_labels(
+    occ: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor, occupied_threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Semantics (uint8, free = 17 where o < threshold) and confidence (pcls * o, or 1 - o for free)."""
     occupied = occ >= occupied_threshold
     semantics = torch.where(occupied, cls, torch.full_like(cls, FREE_ID)).to(torch.uint8)

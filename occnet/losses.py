@@ -1,5 +1,6 @@
 """Losses: SILog on rendered depth, weighted cross-entropy on rendered semantics, opacity entropy,
 and 3D cross-entropies on voxels (labels over mask_camera; confidence-weighted pseudo-labels)."""
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,9 @@ def silog(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, lam: f
     return torch.sqrt(((w * g * g).sum() - lam * mean * mean).clamp_min(1e-8))
 
 
-def rendered_semantics_ce(rendered: Rendered, rays: RayBatch, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def rendered_semantics_ce(
+    rendered: Rendered, rays: RayBatch, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cross-entropy of the rendered class distribution (normalised by opacity) where a 2D label exists,
     weighted by the label's confidence, the ray's weight and the class weight. A labelled ray without a
     depth target (no LiDAR return: occnet.rays, semantic_rays "all") may end beyond the grid, a far
@@ -54,8 +57,14 @@ def voxel_log_probs(density: torch.Tensor, logits: torch.Tensor, voxel_size: flo
     return torch.cat([log_occ[..., None] + logits.float().log_softmax(-1), log_free[..., None]], -1)
 
 
-def voxel_ce(density: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-             voxel_size: float, class_balance: float = 0.0) -> torch.Tensor:
+def voxel_ce(
+    density: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    voxel_size: float,
+    class_balance: float = 0.0,
+) -> torch.Tensor:
     """Weighted cross-entropy over voxels; target (B, X, Y, Z) ids in 0..K (K = free), 255 ignored;
     weight (B, X, Y, Z) (mask_camera for labels, confidence for pseudo-labels).
 
@@ -84,7 +93,9 @@ def voxel_ce(density: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, 
     return (w * nll).sum() / w.sum()
 
 
-def depth_distribution_ce(depth_prob: torch.Tensor, prior: torch.Tensor, depth_min: float, depth_step: float) -> torch.Tensor:
+def depth_distribution_ce(
+    depth_prob: torch.Tensor, prior: torch.Tensor, depth_min: float, depth_step: float
+) -> torch.Tensor:
     """Cross-entropy of the view transform's depth distribution (B, N, D, h, w) against the bin of the
     nearest LiDAR depth per feature cell (B, N, h, w; 0 = none), for depths inside the bin range."""
     d = depth_prob.shape[2]

@@ -7,6 +7,7 @@ absent from both has an undefined IoU (NaN) and is skipped, as Occ3D's ``nanmean
 (17) takes part in the matrix, so false free / false occupied predictions lower the class IoUs,
 but it is not averaged. Geometric IoU treats every class 0..16 as "occupied" against free.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -89,9 +90,13 @@ class OccupancyMetric:
         p = pred_np[keep].astype(np.int64)
         g = gt_np[keep].astype(np.int64)
         if p.size and (p.min() < 0 or p.max() >= NUM_CLASSES):
-            raise ValueError(f"OccupancyMetric.update: prediction ids must lie in 0..{NUM_CLASSES - 1}, got {p.min()}..{p.max()}")
+            raise ValueError(
+                f"OccupancyMetric.update: prediction ids must lie in 0..{NUM_CLASSES - 1}, got {p.min()}..{p.max()}"
+            )
         if g.size and (g.min() < 0 or g.max() >= NUM_CLASSES):
-            raise ValueError(f"OccupancyMetric.update: ground-truth ids must lie in 0..{NUM_CLASSES - 1} or {IGNORE_ID}")
+            raise ValueError(
+                f"OccupancyMetric.update: ground-truth ids must lie in 0..{NUM_CLASSES - 1} or {IGNORE_ID}"
+            )
         self.confusion += np.bincount(g * NUM_CLASSES + p, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
 
     def merge(self, other: "OccupancyMetric") -> None:

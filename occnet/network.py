@@ -5,6 +5,7 @@ categorical depth x context features, pooled into a coarse voxel grid with one s
 convolutions at the coarse resolution, upsampled to the GridSpec -> heads: density sigma >= 0 (softplus)
 and class logits (17 semantic classes; "free" is low density, as in RenderOcc).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,24 +56,34 @@ def backbone_state(name: str, path: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"not a PyTorch state-dict file ({type(exc).__name__}: {first[:160]})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         what = f"a dict with keys {sorted(map(str, state))[:4]}" if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"holds {what}, not a state dict of tensors (save one with torch.save(model.state_dict(), path))")
+        raise ValueError(
+            f"holds {what}, not a state dict of tensors (save one with torch.save(model.state_dict(), path))"
+        )
 
     def mismatch(arch: str) -> tuple[list[str], list[str], list[str]]:
         want = _resnet_shapes(arch)
         missing = [k for k in want if k not in state and not _optional(k)]
         unexpected = [k for k in state if k not in want]
-        shapes = [f"{k} {_shape(state[k])} in the file, {'x'.join(map(str, want[k]))} in {arch}" for k in want
-                  if k in state and tuple(state[k].shape) != want[k] and k not in CLASSIFIER_KEYS]
+        shapes = [
+            f"{k} {_shape(state[k])} in the file, {'x'.join(map(str, want[k]))} in {arch}"
+            for k in want
+            if k in state and tuple(state[k].shape) != want[k] and k not in CLASSIFIER_KEYS
+        ]
         return missing, unexpected, shapes
 
     missing, unexpected, shapes = mismatch(name)
     if missing or unexpected or shapes:
-        parts = [f"{len(missing)} keys missing (e.g. {', '.join(missing[:2])})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})" if unexpected else "",
-                 f"{len(shapes)} shapes differ (e.g. {shapes[0]})" if shapes else ""]
+        parts = [
+            f"{len(missing)} keys missing (e.g. {', '.join(missing[:2])})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})" if unexpected else "",
+            f"{len(shapes)} shapes differ (e.g. {shapes[0]})" if shapes else "",
+        ]
         fits = [a for a in BACKBONES if a != name and not any(mismatch(a))]
-        hint = (f"; it is a {fits[0]} state dict: set network.backbone: {fits[0]} or use {name} weights" if fits else
-                f"; expected a torchvision {name} state dict")
+        hint = (
+            f"; it is a {fits[0]} state dict: set network.backbone: {fits[0]} or use {name} weights"
+            if fits
+            else f"; expected a torchvision {name} state dict"
+        )
         raise ValueError(f"not a {name} state dict: {'; '.join(x for x in parts if x)}{hint}")
     return state
 
@@ -106,8 +117,11 @@ class ImageEncoder(nn.Module):
         deeper = min(level + 1, 3)
         self.lateral = nn.Conv2d(widths[level], out_channels, 1)
         self.top = nn.Conv2d(widths[deeper], out_channels, 1) if deeper != level else None
-        self.fuse = nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -117,7 +131,9 @@ class ImageEncoder(nn.Module):
             feats.append(x)
         out = self.lateral(feats[self.level])
         if self.top is not None:
-            out = out + F.interpolate(self.top(feats[self.level + 1]), size=out.shape[-2:], mode="bilinear", align_corners=False)
+            out = out + F.interpolate(
+                self.top(feats[self.level + 1]), size=out.shape[-2:], mode="bilinear", align_corners=False
+            )
         return self.fuse(out)
 
 
@@ -155,14 +171,20 @@ class ViewTransform(nn.Module):
         R, t = cam2ego[..., :3, :3], cam2ego[..., :3, 3]
         return torch.einsum("bnij,bndhwj->bndhwi", R, pts) + t[:, :, None, None, None]
 
-    def forward(self, feats: torch.Tensor, intrinsics: torch.Tensor, cam2ego: torch.Tensor,
-                depth_maps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (B*N, C, h, w) -> coarse voxel features (B, Cc + 2, Xc, Yc, Zc) and depth probabilities (B, N, D, h, w)."""
+    def forward(
+        self,
+        feats: torch.Tensor,
+        intrinsics: torch.Tensor,
+        cam2ego: torch.Tensor,
+        depth_maps: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (B*N, C, h, w) -> coarse voxel features (B, Cc + 2, Xc, Yc, Zc) and depth probabilities (B, N, D,
+        h, w)."""
         cfg = self.cfg
         b, n = intrinsics.shape[:2]
         out = self.head(feats)
         logits = out[:, : cfg.depth_bins].reshape(b, n, cfg.depth_bins, *out.shape[-2:])
-        context = out[:, cfg.depth_bins:].reshape(b, n, cfg.context_channels, *out.shape[-2:])
+        context = out[:, cfg.depth_bins :].reshape(b, n, cfg.context_channels, *out.shape[-2:])
         prob = logits.float().softmax(2)
         if depth_maps is not None:  # the depth-aware teacher: sharpen around the LiDAR depth where there is one
             prior = self.depth_prior(depth_maps)
@@ -179,8 +201,10 @@ class ViewTransform(nn.Module):
         vs = torch.tensor(grid.voxel_size, device=pts.device) * cfg.voxel_downsample
         idx = torch.floor((pts - lo) / vs).long()  # (B, N, D, h, w, 3)
         inside = ((idx >= 0) & (idx < torch.tensor(coarse, device=idx.device))).all(-1)
-        flat = ((torch.arange(b, device=idx.device)[:, None, None, None, None] * coarse[0] + idx[..., 0]) * coarse[1]
-                + idx[..., 1]) * coarse[2] + idx[..., 2]
+        flat = (
+            (torch.arange(b, device=idx.device)[:, None, None, None, None] * coarse[0] + idx[..., 0]) * coarse[1]
+            + idx[..., 1]
+        ) * coarse[2] + idx[..., 2]
         # Lifted features: depth probability x context, for the cells that land in the grid, plus the
         # probability itself and a count. A voxel gets the probability-weighted mean of the context and
         # the mean depth probability of the cells it holds: sums would grow with the number of frustum
@@ -216,7 +240,9 @@ class VoxelEncoder(nn.Module):
         self.up = _block(c, c)
         self.density = nn.Conv3d(c, 1, 1)
         self.semantic = nn.Conv3d(c, cfg.num_classes, 1)
-        nn.init.constant_(self.density.bias, -5.0)  # start nearly empty: softplus(-5) = 0.007 / m, 25% opacity over 40 m
+        nn.init.constant_(
+            self.density.bias, -5.0
+        )  # start nearly empty: softplus(-5) = 0.007 / m, 25% opacity over 40 m
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.down(x)
@@ -249,11 +275,18 @@ class OccupancyNetwork(nn.Module):
         self.view = ViewTransform(cfg, 256)
         self.voxels = VoxelEncoder(cfg)
 
-    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam2ego: torch.Tensor,
-                depth_maps: torch.Tensor | None = None) -> NetworkOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        intrinsics: torch.Tensor,
+        cam2ego: torch.Tensor,
+        depth_maps: torch.Tensor | None = None,
+    ) -> NetworkOutput:
         b, n = images.shape[:2]
         if tuple(images.shape[-2:]) != tuple(self.cfg.image_size):
-            raise ValueError(f"OccupancyNetwork: images are {tuple(images.shape[-2:])}, the config expects {self.cfg.image_size}")
+            raise ValueError(
+                f"OccupancyNetwork: images are {tuple(images.shape[-2:])}, the config expects {self.cfg.image_size}"
+            )
         feats = self.encoder(images.flatten(0, 1))
         coarse, prob = self.view(feats, intrinsics, cam2ego, depth_maps)
         density, logits = self.voxels(coarse)

@@ -6,6 +6,7 @@ scheme): w = (1 / frequency) ** class_balance, and the mean labelled weight for 
 With semantic_rays "all" a share of the rays goes to labelled pixels that have no LiDAR return (the
 tops of objects, thin and far things that LiDAR misses), drawn the same way among those pixels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,10 +35,14 @@ class RayBatch:
     weight: torch.Tensor  # (R,) loss weight of the ray (auxiliary-frame rays weigh less)
 
 
-def _points_inside(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Tensor, grid: GridSpec) -> torch.Tensor:
+def _points_inside(
+    intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Tensor, grid: GridSpec
+) -> torch.Tensor:
     """(N, H, W) bool: the pixel has a depth and its back-projected point lies inside the grid box."""
     n, h, w = depth.shape
-    v, u = torch.meshgrid(torch.arange(h, device=depth.device) + 0.5, torch.arange(w, device=depth.device) + 0.5, indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(h, device=depth.device) + 0.5, torch.arange(w, device=depth.device) + 0.5, indexing="ij"
+    )
     pix = torch.stack([u, v, torch.ones_like(u)], -1)  # (H, W, 3)
     cam = torch.einsum("nij,hwj->nhwi", torch.linalg.inv(intrinsics.float()), pix) * depth[..., None]
     ego = torch.einsum("nij,nhwj->nhwi", cam2ego[:, :3, :3].float(), cam) + cam2ego[:, None, None, :3, 3].float()
@@ -46,11 +51,23 @@ def _points_inside(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch
     return (depth > 0) & ((ego >= lo) & (ego < hi)).all(-1)
 
 
-def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Tensor, semantics: torch.Tensor,
-                confidence: torch.Tensor, n_rays: int, class_balance: float, generator: torch.Generator,
-                batch: int = 0, weight: float = 1.0, drop_classes: tuple[int, ...] = (),
-                grid: GridSpec | None = None, depth_target: str = "occupancy", semantic_rays: str = "lidar",
-                semantic_share: float = 0.5) -> RayBatch:
+def sample_rays(
+    intrinsics: torch.Tensor,
+    cam2ego: torch.Tensor,
+    depth: torch.Tensor,
+    semantics: torch.Tensor,
+    confidence: torch.Tensor,
+    n_rays: int,
+    class_balance: float,
+    generator: torch.Generator,
+    batch: int = 0,
+    weight: float = 1.0,
+    drop_classes: tuple[int, ...] = (),
+    grid: GridSpec | None = None,
+    depth_target: str = "occupancy",
+    semantic_rays: str = "lidar",
+    semantic_share: float = 0.5,
+) -> RayBatch:
     """Draw n_rays pixels of one frame (on the maps' device, with `generator` of that device).
 
     intrinsics (N, 3, 3) and cam2ego (N, 4, 4) per camera; depth (N, H, W) metres (0 none), semantics
@@ -103,14 +120,26 @@ def sample_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, depth: torch.Te
     target, ray_sem = depth[cam, v, u].float(), sem[cam, v, u]
     if depth_target == "occupancy":
         target = layer_entry(origins, dirs, target / z_per_metre, is_flat(ray_sem), grid) * z_per_metre
-    return RayBatch(origins=origins, directions=dirs,
-                    batch_index=torch.full((n_rays,), batch, dtype=torch.long, device=depth.device),
-                    z_per_metre=z_per_metre, depth=target, semantics=ray_sem,
-                    confidence=confidence[cam, v, u].float(), weight=torch.full((n_rays,), weight, device=depth.device))
+    return RayBatch(
+        origins=origins,
+        directions=dirs,
+        batch_index=torch.full((n_rays,), batch, dtype=torch.long, device=depth.device),
+        z_per_metre=z_per_metre,
+        depth=target,
+        semantics=ray_sem,
+        confidence=confidence[cam, v, u].float(),
+        weight=torch.full((n_rays,), weight, device=depth.device),
+    )
 
 
-def _draw(sem: torch.Tensor, labelled: torch.Tensor, supervised: torch.Tensor, n: int, class_balance: float,
-          generator: torch.Generator) -> torch.Tensor:
+def _draw(
+    sem: torch.Tensor,
+    labelled: torch.Tensor,
+    supervised: torch.Tensor,
+    n: int,
+    class_balance: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """(n,) flat pixel indices drawn with replacement among `supervised` (N, H, W) pixels: a labelled one
     weighs (1 / its class's frequency among the labelled) ** class_balance, a depth-only one the mean
     labelled weight."""
@@ -127,8 +156,9 @@ def _draw(sem: torch.Tensor, labelled: torch.Tensor, supervised: torch.Tensor, n
     return torch.multinomial(w_pix, n, replacement=True, generator=generator)
 
 
-def _pixel_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, cam: torch.Tensor, v: torch.Tensor,
-                u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pixel_rays(
+    intrinsics: torch.Tensor, cam2ego: torch.Tensor, cam: torch.Tensor, v: torch.Tensor, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rays through pixel centres (cam, v, u): origins (R, 3), unit directions (R, 3), z-depth per metre (R,)."""
     pix = torch.stack([u.float() + 0.5, v.float() + 0.5, torch.ones_like(u, dtype=torch.float32)], 1)
     d_cam = torch.einsum("rij,rj->ri", torch.linalg.inv(intrinsics.float())[cam], pix)
@@ -143,15 +173,23 @@ def image_rays(intrinsics: torch.Tensor, cam2ego: torch.Tensor, hw: tuple[int, i
     """One ray per pixel of every camera (N cameras x H x W, row-major), for rendering whole images."""
     n, (h, w) = intrinsics.shape[0], hw
     dev = intrinsics.device
-    cam, v, u = torch.meshgrid(torch.arange(n, device=dev), torch.arange(h, device=dev), torch.arange(w, device=dev),
-                               indexing="ij")
+    cam, v, u = torch.meshgrid(
+        torch.arange(n, device=dev), torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij"
+    )
     cam, v, u = cam.reshape(-1), v.reshape(-1), u.reshape(-1)
     origins, dirs, zpm = _pixel_rays(intrinsics, cam2ego, cam, v, u)
     r = len(cam)
     zeros = torch.zeros(r, device=dev)
-    return RayBatch(origins=origins, directions=dirs, batch_index=torch.full((r,), batch, dtype=torch.long, device=dev),
-                    z_per_metre=zpm, depth=zeros, semantics=torch.full((r,), IGNORE, dtype=torch.long, device=dev),
-                    confidence=zeros, weight=torch.ones(r, device=dev))
+    return RayBatch(
+        origins=origins,
+        directions=dirs,
+        batch_index=torch.full((r,), batch, dtype=torch.long, device=dev),
+        z_per_metre=zpm,
+        depth=zeros,
+        semantics=torch.full((r,), IGNORE, dtype=torch.long, device=dev),
+        confidence=zeros,
+        weight=torch.ones(r, device=dev),
+    )
 
 
 def concat_rays(batches: list[RayBatch]) -> RayBatch:
@@ -165,24 +203,58 @@ class Rendered:
     probs: torch.Tensor  # (R, K) composited class probabilities (sum to the opacity)
 
 
-def render(density: torch.Tensor, logits: torch.Tensor, rays: RayBatch, grid: GridSpec, cfg: RenderConfig,
-           far: float = 100.0, check_values: bool = True) -> Rendered:
+def render(
+    density: torch.Tensor,
+    logits: torch.Tensor,
+    rays: RayBatch,
+    grid: GridSpec,
+    cfg: RenderConfig,
+    far: float = 100.0,
+    check_values: bool = True,
+) -> Rendered:
     """Composite softmax class probabilities and distance along the rays; distance -> z-depth."""
     probs = logits.float().softmax(-1)
     n = len(rays.origins)
     near = torch.zeros(n, device=density.device)
     far_t = torch.full((n,), far, device=density.device)
-    out = render_rays(density.float(), probs, rays.origins, rays.directions, rays.batch_index, near, far_t, grid,
-                      mode=cfg.mode, step_size=cfg.step_size, check_values=check_values)
+    out = render_rays(
+        density.float(),
+        probs,
+        rays.origins,
+        rays.directions,
+        rays.batch_index,
+        near,
+        far_t,
+        grid,
+        mode=cfg.mode,
+        step_size=cfg.step_size,
+        check_values=check_values,
+    )
     return Rendered(depth=out.depth * rays.z_per_metre, opacity=out.opacity, probs=out.features)
 
 
-def transmittance_to(density: torch.Tensor, rays: RayBatch, far: torch.Tensor, grid: GridSpec, cfg: RenderConfig,
-                     check_values: bool = True) -> torch.Tensor:
+def transmittance_to(
+    density: torch.Tensor,
+    rays: RayBatch,
+    far: torch.Tensor,
+    grid: GridSpec,
+    cfg: RenderConfig,
+    check_values: bool = True,
+) -> torch.Tensor:
     """(R,) light left after travelling from each ray's origin to distance `far` (R,) metres along it."""
     n = len(rays.origins)
     ones = torch.ones((*density.shape, 1), device=density.device)  # the op needs features; one cheap channel
-    out = render_rays(density.float(), ones, rays.origins, rays.directions, rays.batch_index,
-                      torch.zeros(n, device=density.device), far.float(), grid, mode=cfg.mode, step_size=cfg.step_size,
-                      check_values=check_values)
+    out = render_rays(
+        density.float(),
+        ones,
+        rays.origins,
+        rays.directions,
+        rays.batch_index,
+        torch.zeros(n, device=density.device),
+        far.float(),
+        grid,
+        mode=cfg.mode,
+        step_size=cfg.step_size,
+        check_values=check_values,
+    )
     return out.transmittance

@@ -7,6 +7,7 @@ mid-layer, and the ray enters the layer 2.5 m earlier. The occupancy grid theref
 layer's top, not at the return. Rendering targets and LiDAR free-space carving that use the return instead
 teach the network a half-transparent ground and call occupied ground voxels free (measured in issue 10).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,9 @@ def is_flat(semantics: torch.Tensor) -> torch.Tensor:
     return flat
 
 
-def layer_entry(origins: torch.Tensor, dirs: torch.Tensor, dist: torch.Tensor, flat: torch.Tensor,
-                grid: GridSpec) -> torch.Tensor:
+def layer_entry(
+    origins: torch.Tensor, dirs: torch.Tensor, dist: torch.Tensor, flat: torch.Tensor, grid: GridSpec
+) -> torch.Tensor:
     """(R,) distance along each ray at which it enters the horizontal voxel layer holding its return.
 
     origins (R, 3) or (3,), unit dirs (R, 3), dist (R,) distance to the return, flat (R,) bool (the return

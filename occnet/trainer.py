@@ -1,6 +1,7 @@
 """Training by rendering: AdamW + warm-up + cosine, bf16 autocast on GPU, gradient clipping, EMA hooks,
 atomic checkpoints that resume exactly (step, optimiser, scheduler, hooks; batches and rays are a
 function of the step, so a resumed run continues the same curve)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,18 @@ class StepBatches(Sampler[list[int]]):
     permutations in the first max(1, round(share x global batch)) positions of every step; with a global
     batch of one frame, every round(1 / share)-th step is a labelled frame instead."""
 
-    def __init__(self, n: int, batch_size: int, start: int, stop: int, seed: int, rank: int = 0, world: int = 1,
-                 priority: list[int] | None = None, share: float = 0.0):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        start: int,
+        stop: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        priority: list[int] | None = None,
+        share: float = 0.0,
+    ):
         self.n, self.batch_size, self.start, self.stop, self.seed = n, batch_size, start, stop, seed
         self.rank, self.world = rank, world
         self.priority = list(priority or [])
@@ -100,10 +111,18 @@ class Trainer:
     / fused_confidence (B, X, Y, Z) float for loss.fused_3d.
     """
 
-    def __init__(self, model: OccupancyNetwork, render_cfg: RenderConfig, loss_cfg: LossConfig, train_cfg: TrainConfig,
-                 out_dir: str | os.PathLike, device: str | torch.device = "cpu", hooks: Iterable[StepHook] = (),
-                 class_weights: torch.Tensor | None = None,
-                 annotate: Callable[[dict, int], dict] | None = None):
+    def __init__(
+        self,
+        model: OccupancyNetwork,
+        render_cfg: RenderConfig,
+        loss_cfg: LossConfig,
+        train_cfg: TrainConfig,
+        out_dir: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        hooks: Iterable[StepHook] = (),
+        class_weights: torch.Tensor | None = None,
+        annotate: Callable[[dict, int], dict] | None = None,
+    ):
         self.device = torch.device(device)
         self.rank, self.world = rank(), world_size()
         if self.world > 1 and self.device.type == "cuda":
@@ -114,8 +133,11 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                                         find_unused_parameters=True)
+            self.forward_model = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         self.render_cfg, self.loss_cfg, self.cfg = render_cfg, loss_cfg, train_cfg
         self.out_dir = Path(out_dir)
         self.hooks = list(hooks)
@@ -135,10 +157,14 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step,
-                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
-                "config": {"render": asdict(self.render_cfg), "loss": asdict(self.loss_cfg), "train": asdict(self.cfg)}}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
+            "config": {"render": asdict(self.render_cfg), "loss": asdict(self.loss_cfg), "train": asdict(self.cfg)},
+        }
 
     def save(self, path: Path | None = None) -> Path:
         """Rank 0 writes (every rank holds the same weights)."""
@@ -174,8 +200,14 @@ class Trainer:
         if self.annotate is not None and lc.pseudo_3d > 0:
             b.update(self.annotate(b, step))  # the teacher sees the frames as they are, before augmentation
         # augmentations drawn per frame from (seed, step, position), like the rays: same on resume and any rank layout
-        aug = [torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + step * 4099 + offset + i)
-               for i in range(b["images"].shape[0])] if self.cfg.image_flip or self.cfg.bev_augment else []
+        aug = (
+            [
+                torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + step * 4099 + offset + i)
+                for i in range(b["images"].shape[0])
+            ]
+            if self.cfg.image_flip or self.cfg.bev_augment
+            else []
+        )
         if self.cfg.image_flip:
             b = flip_cameras(b, torch.stack([torch.rand(b["images"].shape[1], generator=g) < 0.5 for g in aug]))
         bev = [draw_bev(g, self._bev_swap) for g in aug] if self.cfg.bev_augment else []
@@ -186,37 +218,66 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.bf16):
             out = self.forward_model(b["images"], b["intrinsics"], cam2ego)
         if bev:  # the output grids back into each frame's own ego frame, where every target lives
-            out = NetworkOutput(density=torch.stack([t.unmap(d, 0) for t, d in zip(bev, out.density)]),
-                                logits=torch.stack([t.unmap(x, 0) for t, x in zip(bev, out.logits)]),
-                                depth_prob=out.depth_prob)
+            out = NetworkOutput(
+                density=torch.stack([t.unmap(d, 0) for t, d in zip(bev, out.density)]),
+                logits=torch.stack([t.unmap(x, 0) for t, x in zip(bev, out.logits)]),
+                depth_prob=out.depth_prob,
+            )
         terms: dict[str, torch.Tensor] = {}
         rendering = lc.depth > 0 or lc.semantics_2d > 0 or lc.opacity_entropy > 0 or lc.line_of_sight > 0
         parts = []
         if lc.depth_distribution > 0:
             net = self.model.cfg
             prior = self.model.view.depth_prior(b["depth"])
-            terms["depthbins"] = lc.depth_distribution * depth_distribution_ce(out.depth_prob, prior, net.depth_min, net.depth_step)
+            terms["depthbins"] = lc.depth_distribution * depth_distribution_ce(
+                out.depth_prob, prior, net.depth_min, net.depth_step
+            )
         if rendering:
             grid = self.model.cfg.grid
             for i in range(b["images"].shape[0]):
                 gen = torch.Generator(device=dev).manual_seed(self.cfg.seed * 1_000_003 + step * 4099 + offset + i)
                 # a frame with no LiDAR point in the grid (and no label) has nothing to render: skip it
                 try:
-                    parts.append(sample_rays(b["intrinsics"][i], b["cam2ego"][i], b["depth"][i], b["semantics"][i],
-                                             b["confidence"][i], cfg.rays_per_frame, cfg.class_balance, gen, batch=i,
-                                             grid=grid, depth_target=cfg.depth_target,
-                                             semantic_rays=cfg.semantic_rays, semantic_share=cfg.semantic_share))
+                    parts.append(
+                        sample_rays(
+                            b["intrinsics"][i],
+                            b["cam2ego"][i],
+                            b["depth"][i],
+                            b["semantics"][i],
+                            b["confidence"][i],
+                            cfg.rays_per_frame,
+                            cfg.class_balance,
+                            gen,
+                            batch=i,
+                            grid=grid,
+                            depth_target=cfg.depth_target,
+                            semantic_rays=cfg.semantic_rays,
+                            semantic_share=cfg.semantic_share,
+                        )
+                    )
                 except ValueError:
                     pass
                 if cfg.aux_rays_per_frame and "aux_depth" in b:
                     # rays from neighbouring keyframes, already in this frame's ego frame; moving classes dropped
                     for a in torch.nonzero(b["aux_valid"][i]).flatten().tolist():
                         try:
-                            parts.append(sample_rays(b["aux_intrinsics"][i, a], b["aux_cam2ego"][i, a], b["aux_depth"][i, a],
-                                                     b["aux_semantics"][i, a], b["aux_confidence"][i, a],
-                                                     cfg.aux_rays_per_frame, cfg.class_balance, gen, batch=i,
-                                                     weight=cfg.aux_weight, drop_classes=DYNAMIC_CLASS_IDS, grid=grid,
-                                                     depth_target=cfg.depth_target))
+                            parts.append(
+                                sample_rays(
+                                    b["aux_intrinsics"][i, a],
+                                    b["aux_cam2ego"][i, a],
+                                    b["aux_depth"][i, a],
+                                    b["aux_semantics"][i, a],
+                                    b["aux_confidence"][i, a],
+                                    cfg.aux_rays_per_frame,
+                                    cfg.class_balance,
+                                    gen,
+                                    batch=i,
+                                    weight=cfg.aux_weight,
+                                    drop_classes=DYNAMIC_CLASS_IDS,
+                                    grid=grid,
+                                    depth_target=cfg.depth_target,
+                                )
+                            )
                         except ValueError:  # nothing of that neighbour falls in this frame's grid
                             pass
         if rendering and parts:
@@ -239,15 +300,17 @@ class Trainer:
             w = b["gt_mask"].float() * b["has_gt"].float()[:, None, None, None]
             if annotated is not None:
                 w = w * annotated
-            terms["labels3d"] = lc.labels_3d * voxel_ce(out.density, out.logits, b["gt_semantics"], w, voxel,
-                                                          lc.class_balance_3d)
+            terms["labels3d"] = lc.labels_3d * voxel_ce(
+                out.density, out.logits, b["gt_semantics"], w, voxel, lc.class_balance_3d
+            )
         if lc.pseudo_3d > 0 and "pseudo_semantics" in b:
             if annotated is not None:
                 w = b["pseudo_confidence"].float() * (1 - annotated)
             else:
                 w = b["pseudo_confidence"].float() * b["has_pseudo"].float()[:, None, None, None]
-            terms["pseudo3d"] = lc.pseudo_3d * voxel_ce(out.density, out.logits, b["pseudo_semantics"], w, voxel,
-                                                          lc.class_balance_3d)
+            terms["pseudo3d"] = lc.pseudo_3d * voxel_ce(
+                out.density, out.logits, b["pseudo_semantics"], w, voxel, lc.class_balance_3d
+            )
         if lc.fused_3d > 0 and "fused_semantics" in b:
             # labels fused from the scene's evidence (255 where it saw nothing): like pseudo-labels, on the
             # voxels no annotator labelled
@@ -256,8 +319,9 @@ class Trainer:
                 w = w * (1 - annotated)
             elif "has_gt" in b:
                 w = w * (~b["has_gt"].bool()).float()[:, None, None, None]
-            terms["fused3d"] = lc.fused_3d * voxel_ce(out.density, out.logits, b["fused_semantics"], w, voxel,
-                                                        lc.class_balance_3d)
+            terms["fused3d"] = lc.fused_3d * voxel_ce(
+                out.density, out.logits, b["fused_semantics"], w, voxel, lc.class_balance_3d
+            )
         if not terms:
             raise ValueError("Trainer: every loss is off or has no targets in the batch; turn one on in LossConfig")
         return terms
@@ -273,7 +337,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for m in range(acc):
-            part = {k: (v[m * size:(m + 1) * size] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
+            part = {
+                k: (v[m * size : (m + 1) * size] if torch.is_tensor(v) or isinstance(v, list) else v)
+                for k, v in batch.items()
+            }
             sync = m == acc - 1 or self.world == 1
             ctx = contextlib.nullcontext() if sync else self.forward_model.no_sync()
             with ctx:
@@ -291,20 +358,42 @@ class Trainer:
             hook(self.model, self.step)
         return sums
 
-    def fit(self, dataset: Dataset, batch_size: int = 1, workers: int | None = None,
-            on_log: Callable[[int, dict], None] | None = None, progress: bool = True, until: int | None = None,
-            labelled: list[int] | None = None, resume: bool = True) -> list[dict]:
+    def fit(
+        self,
+        dataset: Dataset,
+        batch_size: int = 1,
+        workers: int | None = None,
+        on_log: Callable[[int, dict], None] | None = None,
+        progress: bool = True,
+        until: int | None = None,
+        labelled: list[int] | None = None,
+        resume: bool = True,
+    ) -> list[dict]:
         """Train up to cfg.steps (or `until`, to stop early), resuming from the checkpoint in out_dir
         (resume=False: the caller has loaded it already). labelled: dataset positions of frames with 3D
         labels (sampled at cfg.labelled_share of each step)."""
         if resume:
             self.load()
         stop = self.cfg.steps if until is None else min(until, self.cfg.steps)
-        sampler = StepBatches(len(dataset), batch_size * self.cfg.accumulate, self.step, stop, self.cfg.seed,
-                              self.rank, self.world, priority=labelled, share=self.cfg.labelled_share)
+        sampler = StepBatches(
+            len(dataset),
+            batch_size * self.cfg.accumulate,
+            self.step,
+            stop,
+            self.cfg.seed,
+            self.rank,
+            self.world,
+            priority=labelled,
+            share=self.cfg.labelled_share,
+        )
         workers = default_workers() if workers is None else workers
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
         history = []
         start = time.perf_counter()
         # a resumed run counts on from its checkpoint: 50/250, not 0/200

@@ -1,4 +1,5 @@
 """Shared fixtures: the real nuScenes sample and writable copies of it."""
+
 from __future__ import annotations
 
 import shutil
@@ -44,12 +45,26 @@ def tiny_world(tmp_path_factory) -> Path:
 def tiny_models(tmp_path_factory) -> dict:
     """Paths of tiny randomly initialised SAM (checkpoint), CLIP, OWLv2, SAM 2, SAM 3, Grounding DINO and
     Florence-2 (model folders)."""
-    from tiny_models import save_florence2, save_grounding_dino, save_sam2, save_sam3, save_tiny_clip, save_tiny_owlv2, save_tiny_sam
+    from tiny_models import (
+        save_florence2,
+        save_grounding_dino,
+        save_sam2,
+        save_sam3,
+        save_tiny_clip,
+        save_tiny_owlv2,
+        save_tiny_sam,
+    )
 
     d = tmp_path_factory.mktemp("models")
-    return {"sam": str(save_tiny_sam(d / "sam.pth")), "clip": str(save_tiny_clip(d / "clip")),
-            "owl": str(save_tiny_owlv2(d / "owl")), "sam2": str(save_sam2(d / "sam2")), "sam3": str(save_sam3(d / "sam3")),
-            "gdino": str(save_grounding_dino(d / "gdino")), "florence2": str(save_florence2(d / "florence2"))}
+    return {
+        "sam": str(save_tiny_sam(d / "sam.pth")),
+        "clip": str(save_tiny_clip(d / "clip")),
+        "owl": str(save_tiny_owlv2(d / "owl")),
+        "sam2": str(save_sam2(d / "sam2")),
+        "sam3": str(save_sam3(d / "sam3")),
+        "gdino": str(save_grounding_dino(d / "gdino")),
+        "florence2": str(save_florence2(d / "florence2")),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -72,5 +87,3 @@ def trained(pool_world, tmp_path_factory) -> Path:
     for cmd in (["supervise"], ["train", "--round", "0"], ["label", "--round", "0"]):
         assert main([cmd[0], str(recipe), *cmd[1:]]) == 0
     return folder
-
-

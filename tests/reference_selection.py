@@ -1,5 +1,6 @@
 """The selection code before issue 21 (N x M x D distance arrays, whole orders), kept as the reference the
 chunked code must reproduce pick for pick on small pools."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -12,8 +13,9 @@ from autolabel.active.config import SelectionConfig
 from autolabel.active.select import Candidate, Pick, resolve_strategy
 
 
-def k_center_greedy(features: np.ndarray, k: int, selected: Sequence[int] = (),
-                    candidates: Sequence[int] | None = None) -> list[int]:
+def k_center_greedy(
+    features: np.ndarray, k: int, selected: Sequence[int] = (), candidates: Sequence[int] | None = None
+) -> list[int]:
     """Pick k candidates, each the farthest (Euclidean) from everything selected so far (the core-set
     greedy of Sener & Savarese, a 2-approximation of the k-center optimum). With nothing selected yet,
     the first pick is the candidate farthest from the candidates' mean. Returns indices in pick order."""
@@ -52,8 +54,9 @@ def kmeans_pp(features: np.ndarray, k: int, seed: int, candidates: Sequence[int]
     return [int(cand[i]) for i in idx]
 
 
-def _order(strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: np.ndarray, n_frames: int,
-           cfg: SelectionConfig) -> tuple[list[int], list[str]]:
+def _order(
+    strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: np.ndarray, n_frames: int, cfg: SelectionConfig
+) -> tuple[list[int], list[str]]:
     rng = np.random.default_rng(cfg.seed)
     n = len(cands)
     unc = np.array([c.scores.get("uncertainty", 0.0) for c in cands])
@@ -79,7 +82,9 @@ def _order(strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: n
     labelled_idx = list(range(n, n + len(labelled)))
     if strategy == "coreset":
         order = k_center_greedy(all_feats, n, selected=labelled_idx, candidates=list(range(n)))
-        return order, [f"core-set pick {r + 1} (farthest from the labelled and picked frames)" for r in range(len(order))]
+        return order, [
+            f"core-set pick {r + 1} (farthest from the labelled and picked frames)" for r in range(len(order))
+        ]
     if strategy == "kmeans":
         first = kmeans_pp(feats, n_frames, cfg.seed)
         rest = [i for i in rng.permutation(n).tolist() if i not in set(first)]
@@ -90,13 +95,24 @@ def _order(strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: n
         diverse = k_center_greedy(all_feats, k1, selected=labelled_idx, candidates=top)
         rank = {i: r + 1 for r, i in enumerate(top)}
         rest = [i for i in np.argsort(-unc, kind="stable").tolist() if i not in set(diverse)]
-        return diverse + rest, ([f"hybrid: uncertainty rank {rank[i]} of the top {k1}, core-set pick {r + 1}"
-                                 for r, i in enumerate(diverse)] + ["hybrid: uncertainty fill"] * len(rest))
+        return diverse + rest, (
+            [
+                f"hybrid: uncertainty rank {rank[i]} of the top {k1}, core-set pick {r + 1}"
+                for r, i in enumerate(diverse)
+            ]
+            + ["hybrid: uncertainty fill"] * len(rest)
+        )
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
-def select_frames(cands: list[Candidate], features: np.ndarray, labelled_features: np.ndarray, cfg: SelectionConfig,
-                  n_labelled: int = 0, pool_size: int | None = None) -> tuple[list[Pick], str]:
+def select_frames(
+    cands: list[Candidate],
+    features: np.ndarray,
+    labelled_features: np.ndarray,
+    cfg: SelectionConfig,
+    n_labelled: int = 0,
+    pool_size: int | None = None,
+) -> tuple[list[Pick], str]:
     """Choose frames from `cands` (features (N, D), labelled_features (M, D) of frames already annotated).
     Returns the picks in order and the strategy used."""
     strategy = resolve_strategy(cfg, n_labelled, pool_size if pool_size is not None else len(cands) + n_labelled)

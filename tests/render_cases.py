@@ -1,4 +1,5 @@
 """Random scenes and rays for the render-op tests (fresh inputs every call)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,10 @@ def random_scene(grid: GridSpec, batch: int, channels: int, dtype, device, seed:
     shape = (batch, *grid.shape)
     density = torch.rand(shape, generator=gen) * 4.0 * (torch.rand(shape, generator=gen) < occupancy)
     features = torch.randn(shape + (channels,), generator=gen)
-    return (density.to(device=device, dtype=dtype).requires_grad_(),
-            features.to(device=device, dtype=dtype).requires_grad_())
+    return (
+        density.to(device=device, dtype=dtype).requires_grad_(),
+        features.to(device=device, dtype=dtype).requires_grad_(),
+    )
 
 
 def random_rays(grid: GridSpec, n: int, batch: int, dtype, device, seed: int):

@@ -1,4 +1,5 @@
 """Active selection: scores, diversity, budgets and caps, the select / ingest round protocol."""
+
 from __future__ import annotations
 
 import itertools
@@ -99,8 +100,9 @@ def test_chunked_k_center_matches_the_original_formula(chunk_bytes, monkeypatch)
 
     monkeypatch.setattr(distances, "CHUNK_BYTES", chunk_bytes)
     for x, cand, sel in _random_pools(np.random.default_rng(0), 120):
-        assert k_center_greedy(x, len(cand), selected=sel, candidates=cand) == \
-            ref.k_center_greedy(x, len(cand), selected=sel, candidates=cand)
+        assert k_center_greedy(x, len(cand), selected=sel, candidates=cand) == ref.k_center_greedy(
+            x, len(cand), selected=sel, candidates=cand
+        )
         if sel and x.dtype == np.float64:
             assert k_center_radius(x, sel, cand) == ref.k_center_radius(x, sel, cand)
 
@@ -111,17 +113,32 @@ def test_selection_matches_the_original_code_pick_for_pick():
 
     rng = np.random.default_rng(1)
     for trial in range(25):
-        n_scenes, per, dim, m = int(rng.integers(1, 6)), int(rng.integers(1, 8)), int(rng.integers(2, 16)), int(rng.integers(0, 4))
-        cands = [Candidate(f"t{s}_{i}", f"s{s}", {"uncertainty": float(rng.random())}, cost=1 + float(rng.random()) * 3)
-                 for s in range(n_scenes) for i in range(per)]
+        n_scenes, per, dim, m = (
+            int(rng.integers(1, 6)),
+            int(rng.integers(1, 8)),
+            int(rng.integers(2, 16)),
+            int(rng.integers(0, 4)),
+        )
+        cands = [
+            Candidate(f"t{s}_{i}", f"s{s}", {"uncertainty": float(rng.random())}, cost=1 + float(rng.random()) * 3)
+            for s in range(n_scenes)
+            for i in range(per)
+        ]
         feats, lab = rng.normal(size=(len(cands), dim)), rng.normal(size=(m, dim))
         for strategy in ("random", "stratified", "entropy", "coreset", "kmeans", "hybrid", "auto"):
             for cost_model in (False, True):
-                cfg = SelectionConfig(strategy=strategy, budget=float(rng.integers(1, 12)), per_scene_cap=int(rng.integers(1, 4)),
-                                      cost_model=cost_model, seed=trial)
+                cfg = SelectionConfig(
+                    strategy=strategy,
+                    budget=float(rng.integers(1, 12)),
+                    per_scene_cap=int(rng.integers(1, 4)),
+                    cost_model=cost_model,
+                    seed=trial,
+                )
                 a, sa = ref.select_frames(cands, feats, lab, cfg, n_labelled=m, pool_size=len(cands) + m)
                 b, sb = select_frames(cands, feats, lab, cfg, n_labelled=m, pool_size=len(cands) + m)
-                assert sa == sb and [(p.candidate.token, p.reason) for p in a] == [(p.candidate.token, p.reason) for p in b]
+                assert sa == sb and [(p.candidate.token, p.reason) for p in a] == [
+                    (p.candidate.token, p.reason) for p in b
+                ]
 
 
 def test_distances_never_build_a_points_x_centers_x_dims_array():
@@ -141,8 +158,11 @@ def test_distances_never_build_a_points_x_centers_x_dims_array():
 # ---- budgets and caps ----------------------------------------------------------------------------------------
 def _pool(n_scenes=4, per_scene=5, seed=0):
     rng = np.random.default_rng(seed)
-    cands = [Candidate(f"t{s}{i}", f"scene{s}", {"uncertainty": float(rng.random())}, cost=1.0 + float(rng.random()) * 3)
-             for s in range(n_scenes) for i in range(per_scene)]
+    cands = [
+        Candidate(f"t{s}{i}", f"scene{s}", {"uncertainty": float(rng.random())}, cost=1.0 + float(rng.random()) * 3)
+        for s in range(n_scenes)
+        for i in range(per_scene)
+    ]
     return cands, rng.normal(size=(len(cands), 8))
 
 
@@ -162,10 +182,14 @@ def test_budget_and_per_scene_cap_hold_exactly(strategy):
 
 def test_strategies_pick_what_they_promise():
     cands, feats = _pool()
-    picks, _ = select_frames(cands, feats, np.zeros((0, 8)), SelectionConfig(strategy="entropy", budget=3, per_scene_cap=5))
+    picks, _ = select_frames(
+        cands, feats, np.zeros((0, 8)), SelectionConfig(strategy="entropy", budget=3, per_scene_cap=5)
+    )
     top = sorted(cands, key=lambda c: -c.scores["uncertainty"])[:3]
     assert [p.candidate.token for p in picks] == [c.token for c in top]
-    picks, _ = select_frames(cands, feats, np.zeros((0, 8)), SelectionConfig(strategy="stratified", budget=4, per_scene_cap=5))
+    picks, _ = select_frames(
+        cands, feats, np.zeros((0, 8)), SelectionConfig(strategy="stratified", budget=4, per_scene_cap=5)
+    )
     assert len({p.candidate.scene for p in picks}) == 4  # one per scene before any scene gets a second
     # auto: diversity (core-set) while few frames are labelled, the hybrid afterwards
     assert select_frames(cands, feats, np.zeros((0, 8)), SelectionConfig(budget=2))[1] == "coreset"
@@ -198,7 +222,10 @@ def test_select_then_ingest_round_trip_and_idempotence(run_copy, pool_world, tmp
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["strategy"] == "coreset" and len(manifest["selected"]) == 2
     assert len({r["scene"] for r in manifest["selected"]}) == 2  # per-scene cap 1
-    assert all({"token", "scene", "uncertainty", "disagreement", "residual", "cost", "reason"} <= set(r) for r in manifest["selected"])
+    assert all(
+        {"token", "scene", "uncertainty", "disagreement", "residual", "cost", "reason"} <= set(r)
+        for r in manifest["selected"]
+    )
     assert (folder / "manifest.csv").read_text().count("\n") == 3
     page = (folder / "index.html").read_text()
     assert "000_cameras.png" in page and "000_bev.png" in page and (folder / "001_bev.png").is_file()
@@ -295,7 +322,9 @@ def test_exported_pseudo_labels_ingest_with_dropped_voxels_left_out(run_copy, tm
         assert sem.max() <= FREE_ID
         np.testing.assert_array_equal(sem, pseudo.read(pseudo.index(r["token"]), "semantics"))
         np.testing.assert_array_equal(cam, exported.mask_camera)
-        dropped = pseudo.read(pseudo.index(r["token"]), "mask_camera").astype(bool) & ~exported.mask_confident.astype(bool)
+        dropped = pseudo.read(pseudo.index(r["token"]), "mask_camera").astype(bool) & ~exported.mask_confident.astype(
+            bool
+        )
         assert dropped.any() and not cam[dropped].any()
 
 
@@ -316,10 +345,16 @@ def test_selection_scale_benchmark_smoke():
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "benchmarks" / "selection_scale.py"), "--smoke"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "selection_scale.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "strategy" not in line]
+    rows = [
+        line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "strategy" not in line
+    ]
     assert [r[0].strip() for r in rows] == ["random", "stratified", "entropy", "coreset", "kmeans", "hybrid"]
     assert all(int(r[2]) == 20 and float(r[1]) < 60 for r in rows)
 

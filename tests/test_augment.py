@@ -1,6 +1,7 @@
 """Training augmentation (occnet.augment) is exact: a BEV symmetry applied to the cameras and undone on the
 output grid, or a mirrored camera with mirrored intrinsics, describes the same world; and the class-balanced
 3D cross-entropy."""
+
 from __future__ import annotations
 
 import itertools
@@ -78,9 +79,14 @@ def test_grids_that_do_not_allow_bev_augmentation():
 def test_a_mirrored_camera_with_mirrored_intrinsics_casts_the_same_rays():
     K, cam2ego = _rig()
     h, w = SIZE
-    batch = {"images": torch.randn(1, 6, 3, h, w), "intrinsics": K, "cam2ego": cam2ego,
-             "depth": torch.rand(1, 6, h, w), "semantics": torch.randint(0, 17, (1, 6, h, w), dtype=torch.uint8),
-             "confidence": torch.rand(1, 6, h, w)}
+    batch = {
+        "images": torch.randn(1, 6, 3, h, w),
+        "intrinsics": K,
+        "cam2ego": cam2ego,
+        "depth": torch.rand(1, 6, h, w),
+        "semantics": torch.randint(0, 17, (1, 6, h, w), dtype=torch.uint8),
+        "confidence": torch.rand(1, 6, h, w),
+    }
     flip = torch.tensor([[True, False, True, False, False, True]])
     out = flip_cameras(batch, flip)
     cam = torch.arange(6).repeat_interleave(50)
@@ -125,9 +131,13 @@ def test_class_balanced_voxel_ce_lifts_rare_classes_and_keeps_the_total():
 def test_augmented_training_is_a_function_of_the_step(tiny_dataset, tmp_path):  # noqa: F811
     def run(folder):
         torch.manual_seed(0)
-        t = Trainer(OccupancyNetwork(tiny_config()), RenderConfig(rays_per_frame=256),
-                    LossConfig(silog_lambda=0.0, labels_3d=1.0, class_balance_3d=0.5),
-                    TrainConfig(steps=4, warmup_steps=1, bev_augment=True, image_flip=True), folder)
+        t = Trainer(
+            OccupancyNetwork(tiny_config()),
+            RenderConfig(rays_per_frame=256),
+            LossConfig(silog_lambda=0.0, labels_3d=1.0, class_balance_3d=0.5),
+            TrainConfig(steps=4, warmup_steps=1, bev_augment=True, image_flip=True),
+            folder,
+        )
         return [h["loss"] for h in t.fit(tiny_dataset, workers=0, progress=False)]
 
     a, b = run(tmp_path / "a"), run(tmp_path / "b")

@@ -1,6 +1,7 @@
 """Issue 23: pretrained image backbones. `network.backbone_weights` takes a torchvision ResNet state dict
 (R18 / R34 / R50 / R101), loaded into the image encoder; a file that does not fit is refused before work
 starts with one line naming the recipe key and the file (exit status 2, no run folder)."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,9 @@ from occnet.network import backbone_state
 def _tiny(**kw) -> NetworkConfig:
     from tiny_models import TINY_GRID
 
-    return NetworkConfig(grid=TINY_GRID, image_size=(64, 112), depth_bins=8, depth_max=25.0, context_channels=8,
-                         voxel_channels=8, **kw)
+    return NetworkConfig(
+        grid=TINY_GRID, image_size=(64, 112), depth_bins=8, depth_max=25.0, context_channels=8, voxel_channels=8, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def _encoder_as_resnet(model: OccupancyNetwork) -> dict[str, torch.Tensor]:
     for key, value in model.encoder.state_dict().items():
         for a, b in rename.items():
             if key.startswith(a):
-                out[b + key[len(a):]] = value
+                out[b + key[len(a) :]] = value
     return out
 
 
@@ -55,7 +57,9 @@ def test_backbone_weights_equal_the_files_after_building(weights):
 
 def test_files_without_classifier_or_step_counters_load(weights, tmp_path):
     """torchvision's own ImageNet files predate BatchNorm's num_batches_tracked; a backbone file may drop fc."""
-    state = {k: v for k, v in weights["state"].items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    state = {
+        k: v for k, v in weights["state"].items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
     torch.save(state, tmp_path / "old.pth")
     model = OccupancyNetwork(_tiny(backbone_weights=str(tmp_path / "old.pth")))
     torch.testing.assert_close(_encoder_as_resnet(model)["layer4.1.bn2.running_var"], state["layer4.1.bn2.running_var"])

@@ -1,5 +1,6 @@
 """Issue 23, fast input at scale: training items come from the supervision cache (network-size images,
 depth, 2D labels), not from the full-resolution JPEGs and the LiDAR sweeps."""
+
 from __future__ import annotations
 
 import shutil
@@ -23,7 +24,9 @@ HW = (64, 112)
 def supervised(tiny_world, tmp_path_factory) -> dict:
     """tiny_world supervised at HW (exact labels), the cache's path and the recipe."""
     folder = tmp_path_factory.mktemp("cache_input")
-    recipe = write_recipe(folder, tiny_world, supervision={"provider": "precomputed", "precomputed": {"variant": "noisy"}})
+    recipe = write_recipe(
+        folder, tiny_world, supervision={"provider": "precomputed", "precomputed": {"variant": "noisy"}}
+    )
     assert main(["supervise", str(recipe)]) == 0
     return {"recipe": recipe, "cache": folder / "run" / "supervision.zarr", "folder": folder}
 
@@ -42,8 +45,18 @@ def test_a_cached_item_equals_the_item_built_from_the_raw_files(supervised, tiny
     assert cache.has_images
     for direct, cached in _items(frames, cache, aux_frames=1):
         assert float((cached["images"] - direct["images"]).abs().max()) == 0.0
-        for key in ("images", "depth", "semantics", "intrinsics", "cam2ego", "aux_depth", "aux_semantics",
-                    "aux_intrinsics", "aux_cam2ego", "aux_valid"):
+        for key in (
+            "images",
+            "depth",
+            "semantics",
+            "intrinsics",
+            "cam2ego",
+            "aux_depth",
+            "aux_semantics",
+            "aux_intrinsics",
+            "aux_cam2ego",
+            "aux_valid",
+        ):
             torch.testing.assert_close(cached[key], direct[key], rtol=0, atol=0, msg=key)
         torch.testing.assert_close(cached["confidence"], direct["confidence"], atol=1 / 255, rtol=0)
 
@@ -95,8 +108,12 @@ def test_training_runs_with_the_raw_jpegs_and_lidar_removed_after_supervise(supe
     world = tmp_path / "world"
     shutil.copytree(tiny_world, world)
     folder = tmp_path / "t"
-    recipe = write_recipe(folder, world, supervision={"provider": "precomputed", "precomputed": {"variant": "noisy"}},
-                          train={"steps": 2, "warmup_steps": 1, "checkpoint_every": 2})
+    recipe = write_recipe(
+        folder,
+        world,
+        supervision={"provider": "precomputed", "precomputed": {"variant": "noisy"}},
+        train={"steps": 2, "warmup_steps": 1, "checkpoint_every": 2},
+    )
     (folder / "run").mkdir(parents=True)
     shutil.copytree(supervised["cache"], folder / "run" / "supervision.zarr")
     removed = [p for p in (world / "samples").rglob("*") if p.suffix in (".jpg", ".bin")]

@@ -1,4 +1,5 @@
 """The LiDAR-calibrated occupancy threshold (autolabel.training.calibrate) and where it is used."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,13 @@ def _item():
     manmade."""
     K = torch.tensor([[8.0, 0, 8], [0, 8.0, 8], [0, 0, 1]])
     cam2ego = torch.tensor([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
-    return {"images": torch.zeros(1, 3, 16, 16), "intrinsics": K[None], "cam2ego": cam2ego[None],
-            "depth": torch.full((1, 16, 16), 4.0), "semantics": torch.full((1, 16, 16), 15, dtype=torch.uint8)}
+    return {
+        "images": torch.zeros(1, 3, 16, 16),
+        "intrinsics": K[None],
+        "cam2ego": cam2ego[None],
+        "depth": torch.full((1, 16, 16), 4.0),
+        "semantics": torch.full((1, 16, 16), 15, dtype=torch.uint8),
+    }
 
 
 def test_threshold_separates_the_half_transparent_surface_from_fog():

@@ -1,5 +1,6 @@
 """Several processes (torchrun, gloo on the CPU): training equals one process, sharded supervision and
 labelling give the same cache and store."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,20 @@ def _port() -> int:
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_port()), "-m", "autolabel.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_port()),
+        "-m",
+        "autolabel.cli",
+        *args,
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
@@ -80,7 +93,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(single, pool_wo
     # design (each rank normalises its own frames; DDP keeps rank 0's).
     tol = 3 * load_recipe(recipe).train.lr
     for name in names:
-        for got, want in ((sb["model"][name], sa["model"][name]), (sb["hooks"][0]["model"][name], sa["hooks"][0]["model"][name])):
+        for got, want in (
+            (sb["model"][name], sa["model"][name]),
+            (sb["hooks"][0]["model"][name], sa["hooks"][0]["model"][name]),
+        ):
             torch.testing.assert_close(got, want, rtol=0, atol=tol, msg=name)
 
 
@@ -90,7 +106,9 @@ def test_two_processes_label_the_same_store(single, pool_world, tmp_path):
     r["supervision"] = {"cache": str(single / "run" / "supervision.zarr")}
     recipe.write_text(yaml.safe_dump(r))
     (tmp_path / "run" / "round_0" / "train").mkdir(parents=True)
-    shutil.copyfile(single / "run" / "round_0" / "train" / "checkpoint.pt", tmp_path / "run" / "round_0" / "train" / "checkpoint.pt")
+    shutil.copyfile(
+        single / "run" / "round_0" / "train" / "checkpoint.pt", tmp_path / "run" / "round_0" / "train" / "checkpoint.pt"
+    )
     torchrun("label", str(recipe))
     a = LabelStore.open(single / "run" / "labels.zarr").round(0)
     b = LabelStore.open(tmp_path / "run" / "labels.zarr").round(0)
@@ -107,9 +125,9 @@ def test_the_whole_loop_under_torchrun(pool_world, tmp_path):
     torchrun("run", str(recipe))
     run = tmp_path / "run"
     stages = json.loads((run / "stages.json").read_text())
-    assert list(stages) == ["data", "supervise"] + [f"round_0/{s}" for s in (
-        "train", "label", "evaluate", "export", "select", "ingest", "report")] + [
-        f"round_1/{s}" for s in ("train", "label", "evaluate", "export", "report")]
+    assert list(stages) == ["data", "supervise"] + [
+        f"round_0/{s}" for s in ("train", "label", "evaluate", "export", "select", "ingest", "report")
+    ] + [f"round_1/{s}" for s in ("train", "label", "evaluate", "export", "report")]
     store = LabelStore.open(run / "labels.zarr")
     assert store.rounds() == [0, 1] and store.round(1).done().all() and int(store.manual().done().sum()) == 1
     assert len(list((run / "export" / "round_1" / "gts").rglob("labels.npz"))) == 3

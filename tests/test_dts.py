@@ -1,4 +1,5 @@
 """DTS teacher, LiDAR filtering, thresholds, the pseudo-label store and its commands."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,13 @@ from kernels.grid import GridSpec
 from occnet.config import NetworkConfig
 from occnet.network import OccupancyNetwork
 
+
 def tiny_net() -> OccupancyNetwork:
-    return OccupancyNetwork(NetworkConfig(grid=TINY_GRID, image_size=(64, 112), depth_bins=16, depth_max=25.0,
-                                          context_channels=8, voxel_channels=8))
+    return OccupancyNetwork(
+        NetworkConfig(
+            grid=TINY_GRID, image_size=(64, 112), depth_bins=16, depth_max=25.0, context_channels=8, voxel_channels=8
+        )
+    )
 
 
 # ---- the teacher ---------------------------------------------------------------------------------
@@ -56,10 +61,14 @@ def test_ema_momentum_ramp_and_update():
 def test_annotate_waits_for_start_step_and_skips_frames_with_3d_labels():
     torch.manual_seed(0)
     teacher = EMATeacher(tiny_net(), DTSConfig(start_step=3, lidar_filter=True))
-    batch = {"images": torch.randn(2, 6, 3, 64, 112), "intrinsics": torch.tensor([[60.0, 0, 56], [0, 60, 32], [0, 0, 1]]).expand(2, 6, 3, 3),
-             "cam2ego": torch.eye(4).expand(2, 6, 4, 4).clone(), "depth": torch.zeros(2, 6, 64, 112),
-             "semantics": torch.full((2, 6, 64, 112), 255, dtype=torch.uint8),
-             "has_gt": torch.tensor([True, False])}
+    batch = {
+        "images": torch.randn(2, 6, 3, 64, 112),
+        "intrinsics": torch.tensor([[60.0, 0, 56], [0, 60, 32], [0, 0, 1]]).expand(2, 6, 3, 3),
+        "cam2ego": torch.eye(4).expand(2, 6, 4, 4).clone(),
+        "depth": torch.zeros(2, 6, 64, 112),
+        "semantics": torch.full((2, 6, 64, 112), 255, dtype=torch.uint8),
+        "has_gt": torch.tensor([True, False]),
+    }
     assert teacher.annotate(batch, 2) == {}
     out = teacher.annotate(batch, 3)
     assert out["pseudo_semantics"].shape == (2, *TINY_GRID.shape)
@@ -133,8 +142,18 @@ def test_store_layout_and_provenance(trained):
         a = arrays.group[name]
         assert a.shape == (6, *TINY_GRID.shape) and a.dtype == np.uint8 and a.chunks == (1, *TINY_GRID.shape)
     attrs = arrays.attrs
-    for key in ("recipe", "checkpoint_sha256", "teacher_step", "grid", "class_names", "supervision_provider",
-                "supervision_settings", "package_version", "created", "dts"):
+    for key in (
+        "recipe",
+        "checkpoint_sha256",
+        "teacher_step",
+        "grid",
+        "class_names",
+        "supervision_provider",
+        "supervision_settings",
+        "package_version",
+        "created",
+        "dts",
+    ):
         assert attrs.get(key) is not None, key
     assert attrs["teacher_step"] == 4 and attrs["weights"] == "ema_teacher"
     sem = arrays.read(0, "semantics")
@@ -155,7 +174,12 @@ def test_export_inspect_and_eval(trained, pool_world, capsys):
     thr = torch.tensor(summary["thresholds"])
     for i, token in enumerate(frames.tokens):
         lab = read_labels(labels_path(out, scenes[token], token), TINY_GRID)  # loadable Occ3D files
-        kept = threshold(torch.from_numpy(frames.read(i, "semantics")), torch.from_numpy(frames.read(i, "confidence")), thr).numpy() != 255
+        kept = (
+            threshold(
+                torch.from_numpy(frames.read(i, "semantics")), torch.from_numpy(frames.read(i, "confidence")), thr
+            ).numpy()
+            != 255
+        )
         np.testing.assert_array_equal(lab.semantics, frames.read(i, "semantics"))  # dropped voxels keep their class
         np.testing.assert_array_equal(lab.mask_confident, kept)
         np.testing.assert_array_equal(lab.mask_camera, frames.read(i, "mask_camera") & kept)
@@ -184,10 +208,12 @@ def test_export_keeps_classes_and_leaves_dropped_voxels_out_through_the_masks(tm
     arrays = store.create_round(0, ["t0", "t1"], ["scene-a", "scene-b"], {"checkpoint_sha256": "0" * 64})
     frames = []
     for i in range(2):
-        f = {"semantics": rng.integers(0, 18, TINY_GRID.shape).astype(np.uint8),
-             "confidence": rng.integers(0, 256, TINY_GRID.shape).astype(np.uint8),
-             "mask_camera": (rng.random(TINY_GRID.shape) < 0.6).astype(np.uint8),
-             "mask_lidar": (rng.random(TINY_GRID.shape) < 0.3).astype(np.uint8)}
+        f = {
+            "semantics": rng.integers(0, 18, TINY_GRID.shape).astype(np.uint8),
+            "confidence": rng.integers(0, 256, TINY_GRID.shape).astype(np.uint8),
+            "mask_camera": (rng.random(TINY_GRID.shape) < 0.6).astype(np.uint8),
+            "mask_lidar": (rng.random(TINY_GRID.shape) < 0.3).astype(np.uint8),
+        }
         arrays.write(i, **f)
         frames.append(f)
     summary = export_occ3d(store, 0, tmp_path / "out", 0.3, progress=False)
@@ -234,8 +260,9 @@ def test_bad_store_input_gives_clear_errors(trained, tmp_path, pool_world):
         evaluate_round(LabelStore.open(store), 0, tmp_path)
     # a round made for other frames (the store's tokens are not this dataset's) is refused
     with pytest.raises(DataError, match="holds 6 other frames than the 2"):
-        LabelStore(store, TINY_GRID, create=True).create_round(0, ["a", "b"], ["s", "s"],
-                                                              {"checkpoint_sha256": LabelStore.open(store).round(0).attrs["checkpoint_sha256"]})
+        LabelStore(store, TINY_GRID, create=True).create_round(
+            0, ["a", "b"], ["s", "s"], {"checkpoint_sha256": LabelStore.open(store).round(0).attrs["checkpoint_sha256"]}
+        )
     with pytest.raises(DataError, match="sample token 'nope' is not in it"):
         LabelStore.open(store).round(0).index("nope")
 
@@ -291,8 +318,11 @@ def test_teacher_follows_the_student_to_its_device():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_dts_training_on_cuda(trained, tmp_path):
-    recipe = write_recipe(tmp_path, Path(LabelStore.open(trained / "run" / "labels.zarr").round(0).attrs["recipe"]["data"]["dataroot"]),
-                          device="cuda")
+    recipe = write_recipe(
+        tmp_path,
+        Path(LabelStore.open(trained / "run" / "labels.zarr").round(0).attrs["recipe"]["data"]["dataroot"]),
+        device="cuda",
+    )
     import shutil
 
     shutil.copytree(trained / "run" / "supervision.zarr", tmp_path / "run" / "supervision.zarr")

@@ -1,4 +1,5 @@
 """The installed packages satisfy pyproject's requirements, and the requirements hold what the code needs."""
+
 from __future__ import annotations
 
 import tomllib

@@ -4,6 +4,7 @@ status 2, and leave everything already written as it was.
 
 The run is a copy of the session's `trained` run (2D supervision, round 0 trained and labelled) over a copy
 of its world, so that the damage stays in this test's folder."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,14 +38,18 @@ def run(trained, pool_world, tmp_path) -> dict:
 
 
 def snapshot(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*")) if p.is_file()
+    }
 
 
 def unchanged(before: dict[str, str], after: dict[str, str], damaged: Path | None = None) -> None:
     """Every file of `before` is still there with the same bytes, but the damaged one and the commands'
     records of the recipe they were called with (``recipe.yaml``: this copy's recipe names the copied world,
     so those records legitimately change to it)."""
-    before = {k: v for k, v in before.items() if (damaged is None or k != str(damaged)) and not k.endswith("/recipe.yaml")}
+    before = {
+        k: v for k, v in before.items() if (damaged is None or k != str(damaged)) and not k.endswith("/recipe.yaml")
+    }
     assert {k: after.get(k) for k in before} == before
 
 
@@ -122,8 +127,21 @@ def test_a_truncated_ground_truth_file_is_named(run, capsys, tmp_path):
     npz = first(run["world"] / "gts", "labels.npz")
     npz.write_bytes(npz.read_bytes()[:64])
     before = snapshot(run["dir"])
-    assert main(["eval", str(run["dir"] / "labels.zarr"), "--round", "0", "--gts", str(run["world"]),
-                 "--out", str(tmp_path / "eval")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                str(run["dir"] / "labels.zarr"),
+                "--round",
+                "0",
+                "--gts",
+                str(run["world"]),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 2
+    )
     assert str(npz) in error_line(capsys, "eval")
     unchanged(before, snapshot(run["dir"]))
 
@@ -151,7 +169,7 @@ def _tokens(store: Path, group: str) -> list[str]:
 def shard_tokens(store: Path, group: str, i: int) -> list[str]:
     """The frames that share frame i's shard file: damage to it names one of them (the first one read)."""
     s = frames_per_shard(store, group)
-    return _tokens(store, group)[i // s * s:(i // s + 1) * s]
+    return _tokens(store, group)[i // s * s : (i // s + 1) * s]
 
 
 @pytest.mark.parametrize("array", ["semantics", "mask_camera"])

@@ -1,5 +1,6 @@
 """Evidence fusion (issue 20): LiDAR of a scene window, each point named by the 2D labels of every view that
 sees it, against the synthetic world's exact Occ3D ground truth."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -85,8 +86,9 @@ def _view(cls_map: np.ndarray, source: int) -> View:
 
 def test_a_point_hidden_behind_a_nearer_surface_gets_no_vote():
     pts = torch.tensor([[2.0, 0.0, 0.0], [3.5, 0.0, 0.0]], dtype=torch.float64)  # the second behind the first
-    votes, own = vote(pts, torch.zeros(2, dtype=torch.long), [_view(np.full((20, 20), WALL), 0)],
-                      FusionConfig(zbuffer_pool=1))
+    votes, own = vote(
+        pts, torch.zeros(2, dtype=torch.long), [_view(np.full((20, 20), WALL), 0)], FusionConfig(zbuffer_pool=1)
+    )
     assert votes[0, WALL] == 1 and votes[1].sum() == 0 and torch.equal(own, votes)
 
 
@@ -95,8 +97,22 @@ def test_a_moving_car_is_kept_only_at_the_frame_s_own_time():
     own view while the view of now shows what is there now: the car of 0.5 s later leaves no ghost."""
     now = torch.tensor([[2.1, 0.0, 0.1]], dtype=torch.float64)
     later = torch.tensor([[3.1, 0.0, 0.1]], dtype=torch.float64)
-    sweeps = [Sweep(now, torch.zeros(3, dtype=torch.float64), torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.float64), 0),
-              Sweep(later, torch.zeros(3, dtype=torch.float64), torch.ones(1, dtype=torch.bool), torch.full((1,), 0.5, dtype=torch.float64), 1)]
+    sweeps = [
+        Sweep(
+            now,
+            torch.zeros(3, dtype=torch.float64),
+            torch.ones(1, dtype=torch.bool),
+            torch.zeros(1, dtype=torch.float64),
+            0,
+        ),
+        Sweep(
+            later,
+            torch.zeros(3, dtype=torch.float64),
+            torch.ones(1, dtype=torch.bool),
+            torch.full((1,), 0.5, dtype=torch.float64),
+            1,
+        ),
+    ]
     views = [_view(np.full((20, 20), CAR), 0), _view(np.full((20, 20), CAR), 1)]
     f = fuse(sweeps, views, GRID, FusionConfig(zbuffer_pool=1))
     car = np.argwhere(f.semantics == CAR)
@@ -112,10 +128,19 @@ def test_a_keyframe_s_sweeps_may_come_as_separate_sweeps():
     zero = torch.zeros(3, dtype=torch.float64)
     key = torch.tensor([[2.1, 0.0, 0.1], [2.1, 1.0, 0.1]], dtype=torch.float64)
     early = torch.tensor([[3.1, -1.0, 0.1]], dtype=torch.float64)
-    parts = [Sweep(key, zero, torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.float64), 0),
-             Sweep(early, zero, torch.zeros(1, dtype=torch.bool), torch.full((1,), -0.05, dtype=torch.float64), 0)]
-    whole = [Sweep(torch.cat([key, early]), zero, torch.tensor([True, True, False]),
-                   torch.tensor([0.0, 0.0, -0.05], dtype=torch.float64), 0)]
+    parts = [
+        Sweep(key, zero, torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.float64), 0),
+        Sweep(early, zero, torch.zeros(1, dtype=torch.bool), torch.full((1,), -0.05, dtype=torch.float64), 0),
+    ]
+    whole = [
+        Sweep(
+            torch.cat([key, early]),
+            zero,
+            torch.tensor([True, True, False]),
+            torch.tensor([0.0, 0.0, -0.05], dtype=torch.float64),
+            0,
+        )
+    ]
     views = [_view(np.full((20, 20), WALL), 0)]
     cfg = FusionConfig(zbuffer_pool=1)
     a, b = fuse(parts, views, GRID, cfg), fuse(whole, views, GRID, cfg)
@@ -140,8 +165,9 @@ def test_a_fused_round_is_stored_scored_and_exported_as_occ3d(world, tmp_path):
     arrays = store.round(0)
     assert arrays.attrs["labeller"] == "fusion"
     with pytest.raises(DataError, match="fusion"):  # the round was fused with other settings: not resumed
-        fuse_round(frames, caches["noisy"], store, 0, TINY_GRID, FusionConfig(window=2), torch.device("cpu"),
-                   progress=False)
+        fuse_round(
+            frames, caches["noisy"], store, 0, TINY_GRID, FusionConfig(window=2), torch.device("cpu"), progress=False
+        )
     sem = arrays.read(0, "semantics")
     assert (sem == 255).any() and (sem == FREE_ID).any() and (sem < FREE_ID).any()
     scores = evaluate_round(store, 0, frames.dataroot, (0.3,), progress=False)
@@ -206,7 +232,9 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
     assert all(row["fused3d"] > 0 for row in rows)
     assert LabelStore.open(run / "labels.zarr").round(0).attrs["fusion"] == fused.attrs["fusion"]
     capsys.readouterr()
-    assert main(["fuse", str(path)]) == 0 and "0 of 6 frames fused" in capsys.readouterr().out  # done: resumed, nothing left
+    assert (
+        main(["fuse", str(path)]) == 0 and "0 of 6 frames fused" in capsys.readouterr().out
+    )  # done: resumed, nothing left
     r["fusion"]["enabled"] = False  # the fused labels are read: a recipe without them is refused
     path.write_text(yaml.safe_dump(r))
     from autolabel.recipe import load_recipe

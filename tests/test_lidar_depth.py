@@ -1,4 +1,5 @@
 """LiDAR depth maps agree with nuscenes-devkit's own projection on the real sample."""
+
 import numpy as np
 import pytest
 

@@ -1,5 +1,6 @@
 """Accumulated LiDAR sweeps without the ghosts of moving things (issue 23): sweep points inside the boxes of
 vehicles, people and animals at the sweep's time are dropped; the keyframe sweep is never filtered."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,12 @@ SWEEPS = 5
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweeps")
-    write_dataset(root, SynthConfig(scenes=1, frames_per_scene=2, seed=7, image_size=(112, 200), sweeps=SWEEPS),
-                  grid=TINY_GRID, progress=False)
+    write_dataset(
+        root,
+        SynthConfig(scenes=1, frames_per_scene=2, seed=7, image_size=(112, 200), sweeps=SWEEPS),
+        grid=TINY_GRID,
+        progress=False,
+    )
     return root
 
 
@@ -74,5 +79,7 @@ def test_boxes_move_between_keyframes(world):
 
 def test_moving_categories():
     assert all(is_moving_category(c) for c in ("vehicle.car", "vehicle.bus.rigid", "human.pedestrian.adult", "animal"))
-    assert not any(is_moving_category(c) for c in ("movable_object.barrier", "static_object.bicycle_rack",
-                                                   "movable_object.trafficcone"))
+    assert not any(
+        is_moving_category(c)
+        for c in ("movable_object.barrier", "static_object.bicycle_rack", "movable_object.trafficcone")
+    )

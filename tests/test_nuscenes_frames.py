@@ -32,7 +32,9 @@ def test_real_sample_frame(sample_frame, sample_root):
     assert np.all(f.lidar.time_lag == 0)
     # raw sensor points moved into the ego frame by the lidar mount (z up by ~1.84 m)
     raw = np.fromfile(next((sample_root / "samples" / "LIDAR_TOP").iterdir()), np.float32).reshape(-1, 5)
-    np.testing.assert_allclose(f.lidar.points[:, :3], raw[:, :3] @ f.lidar.lidar2ego[:3, :3].T + f.lidar.lidar2ego[:3, 3], atol=1e-4)
+    np.testing.assert_allclose(
+        f.lidar.points[:, :3], raw[:, :3] @ f.lidar.lidar2ego[:3, :3].T + f.lidar.lidar2ego[:3, 3], atol=1e-4
+    )
     np.testing.assert_array_equal(f.lidar.points[:, 3:], raw[:, 3:])
 
 
@@ -59,10 +61,27 @@ def test_sweeps_are_motion_compensated(sample_copy):
     (sample_copy / "sweeps" / "LIDAR_TOP").mkdir(parents=True)
     shutil.copy(sample_copy / key["filename"], sample_copy / sweep_file)
     offset = np.array([2.0, -1.0, 0.0])
-    poses.append(dict(key_pose, token="sweeppose", timestamp=key["timestamp"] - 50000,
-                      translation=(np.array(key_pose["translation"]) + offset).tolist()))
-    sd.append(dict(key, token="sweep0", ego_pose_token="sweeppose", timestamp=key["timestamp"] - 50000,
-                   is_key_frame=False, filename=sweep_file, sample_token=key["sample_token"], prev="", next=key["token"]))
+    poses.append(
+        dict(
+            key_pose,
+            token="sweeppose",
+            timestamp=key["timestamp"] - 50000,
+            translation=(np.array(key_pose["translation"]) + offset).tolist(),
+        )
+    )
+    sd.append(
+        dict(
+            key,
+            token="sweep0",
+            ego_pose_token="sweeppose",
+            timestamp=key["timestamp"] - 50000,
+            is_key_frame=False,
+            filename=sweep_file,
+            sample_token=key["sample_token"],
+            prev="",
+            next=key["token"],
+        )
+    )
     key["prev"] = "sweep0"
     (v / "sample_data.json").write_text(json.dumps(sd))
     (v / "ego_pose.json").write_text(json.dumps(poses))
@@ -107,7 +126,9 @@ def test_unknown_token(sample_root):
 def test_missing_image(sample_copy):
     jpg = next((sample_copy / "samples" / "CAM_FRONT").iterdir())
     jpg.unlink()
-    with pytest.raises(DataError, match=f"sample {SAMPLE_TOKEN} CAM_FRONT: image file .*{re.escape(jpg.name)} not found"):
+    with pytest.raises(
+        DataError, match=f"sample {SAMPLE_TOKEN} CAM_FRONT: image file .*{re.escape(jpg.name)} not found"
+    ):
         NuScenesFrames(sample_copy)[0]
 
 
@@ -140,7 +161,9 @@ def test_non_finite_calibration(sample_copy):
     rec = next(r for r in records if r["token"] == cam_front["calibrated_sensor_token"])
     rec["camera_intrinsic"][0][0] = float("nan")
     path.write_text(json.dumps(records))  # json writes NaN, the devkit reads it back
-    with pytest.raises(DataError, match=f"CAM_FRONT calibrated_sensor {rec['token']}: field 'camera_intrinsic' holds non-finite"):
+    with pytest.raises(
+        DataError, match=f"CAM_FRONT calibrated_sensor {rec['token']}: field 'camera_intrinsic' holds non-finite"
+    ):
         NuScenesFrames(sample_copy, load_images=False)[0]
 
 

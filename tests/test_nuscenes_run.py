@@ -2,6 +2,7 @@
 tests/data/nuscenes-sample (tiny random SAM / CLIP of the real architectures, a few steps, small images):
 supervise, train, label, export, select, a hand-made delivery where the manifest says, ingest, round 1,
 report; then `autolabel eval` against an Occ3D-nuScenes gts/ tree laid out as the official release."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,17 +36,31 @@ def tiny_overrides(models: Path, sample_root: Path) -> list[str]:
     arch = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(TINY_SAM).items()}
     sets = {
         "device": "cpu",
-        "data.dataroot": str(sample_root), "data.version": "v1.0-mini",
-        "supervision.sam.checkpoint": str(models / "sam.pth"), "supervision.sam.arch": _flow(arch),
-        "supervision.sam.points_per_side": 4, "supervision.sam.pred_iou_thresh": 0, "supervision.sam.stability_score_thresh": 0,
-        "supervision.sam.min_mask_area": 4, "supervision.min_confidence": 0,
+        "data.dataroot": str(sample_root),
+        "data.version": "v1.0-mini",
+        "supervision.sam.checkpoint": str(models / "sam.pth"),
+        "supervision.sam.arch": _flow(arch),
+        "supervision.sam.points_per_side": 4,
+        "supervision.sam.pred_iou_thresh": 0,
+        "supervision.sam.stability_score_thresh": 0,
+        "supervision.sam.min_mask_area": 4,
+        "supervision.min_confidence": 0,
         "supervision.clip.model": str(models / "clip"),
-        "network.grid": _flow(GRID.to_dict()), "network.image_size": "[64, 112]", "network.depth_bins": 16,
-        "network.depth_max": 30.0, "network.context_channels": 8, "network.voxel_channels": 8,
+        "network.grid": _flow(GRID.to_dict()),
+        "network.image_size": "[64, 112]",
+        "network.depth_bins": 16,
+        "network.depth_max": 30.0,
+        "network.context_channels": 8,
+        "network.voxel_channels": 8,
         "render.rays_per_frame": 128,
-        "train.steps": 1, "train.warmup_steps": 0, "train.checkpoint_every": 1, "train.batch_size": 1,
-        "dts.start_step": 1, "dts.batch_size": 1,
-        "selection.budget": 1, "rounds.count": 2,
+        "train.steps": 1,
+        "train.warmup_steps": 0,
+        "train.checkpoint_every": 1,
+        "train.batch_size": 1,
+        "dts.start_step": 1,
+        "dts.batch_size": 1,
+        "selection.budget": 1,
+        "rounds.count": 2,
     }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
@@ -55,8 +70,8 @@ def hand_made_labels(grid: GridSpec) -> dict[str, np.ndarray]:
     X, Y, Z = grid.shape
     sem = np.full(grid.shape, 17, np.uint8)  # free
     ground = int((0.0 - grid.range_min[2]) / grid.voxel_size[2])  # the layer holding z = 0 (ego frame: ground ~ 0)
-    sem[:, :, :ground + 1] = 11  # driveable_surface
-    sem[X // 2 + 10:X // 2 + 20, Y // 2 - 3:Y // 2 + 3, ground + 1:ground + 8] = 10  # truck ahead
+    sem[:, :, : ground + 1] = 11  # driveable_surface
+    sem[X // 2 + 10 : X // 2 + 20, Y // 2 - 3 : Y // 2 + 3, ground + 1 : ground + 8] = 10  # truck ahead
     ix, iy = np.meshgrid(np.arange(X) - X / 2, np.arange(Y) - Y / 2, indexing="ij")
     near = (np.hypot(ix, iy) * grid.voxel_size[0] < 20)[:, :, None] & np.ones(Z, bool)
     return {"semantics": sem, "mask_lidar": near.astype(np.uint8), "mask_camera": near.astype(np.uint8)}
@@ -78,8 +93,15 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     backbone = models / "resnet18.pth"  # stands in for torchvision's ImageNet file (no downloads in tests)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), backbone)
     run = tmp_path / "run"
-    argv = ("run", str(NUSCENES_RECIPE), "--out", str(run), *tiny_overrides(models, sample_root),
-            "--set", f"network.backbone_weights={backbone}")
+    argv = (
+        "run",
+        str(NUSCENES_RECIPE),
+        "--out",
+        str(run),
+        *tiny_overrides(models, sample_root),
+        "--set",
+        f"network.backbone_weights={backbone}",
+    )
 
     # round 0 stops after selection: the folder annotator (the recipe's) waits for a delivery
     code, _ = _run(*argv)
@@ -127,7 +149,9 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     scores = json.loads((run / "round_1" / "eval" / "pseudo_labels.json").read_text())
     assert scores["frames"] == 1 and scores["all"]["geometric_iou"] is not None and "mIoU" in out
     # and `autolabel export` of round 0 with other thresholds: the frame's manual label, ingested since (issue 21)
-    code, out = _run("export", str(run / "labels.zarr"), str(tmp_path / "labels_out"), "--round", "0", "--drop-quantile", "0.2")
+    code, out = _run(
+        "export", str(run / "labels.zarr"), str(tmp_path / "labels_out"), "--round", "0", "--drop-quantile", "0.2"
+    )
     assert code == 0, capsys.readouterr().err
     with np.load(tmp_path / "labels_out" / "gts" / SAMPLE_SCENE / SAMPLE_TOKEN / "labels.npz") as f:
         assert str(f["label_source"][0]) == "manual" and f["semantics"].shape == GRID.shape
@@ -142,15 +166,21 @@ def test_report_without_ground_truth_or_pseudo_labelled_exports(tmp_path):
     from autolabel.report.page import summary_table
     from autolabel.report.round_report import budget_figure
 
-    history = [{"round": 0, "labelled": 0, "val_miou": None, "pseudo_miou": None},
-               {"round": 1, "labelled": 1, "val_miou": None, "pseudo_miou": None}]
+    history = [
+        {"round": 0, "labelled": 0, "val_miou": None, "pseudo_miou": None},
+        {"round": 1, "labelled": 1, "val_miou": None, "pseudo_miou": None},
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         budget_figure(history, tmp_path / "budget.png")
     assert (tmp_path / "budget.png").stat().st_size > 1000
-    facts = summary_table({"labelled": 1}, {"frames": 1, "frames_pseudo": 0, "kept_in_mask_camera": 0.0}, 0.3, 1, 0.5, None)
+    facts = summary_table(
+        {"labelled": 1}, {"frames": 1, "frames_pseudo": 0, "kept_in_mask_camera": 0.0}, 0.3, 1, 0.5, None
+    )
     assert "mask_camera (%)</td><td class='v'>-</td>" in facts
-    facts = summary_table({"labelled": 0}, {"frames": 2, "frames_pseudo": 2, "kept_in_mask_camera": 0.7}, 0.3, 0, 0.5, 1)
+    facts = summary_table(
+        {"labelled": 0}, {"frames": 2, "frames_pseudo": 2, "kept_in_mask_camera": 0.7}, 0.3, 0, 0.5, 1
+    )
     assert "mask_camera (%)</td><td class='v'>70.0</td>" in facts
 
 
@@ -171,7 +201,9 @@ def test_a_delivery_ingested_by_hand_lets_the_run_go_on(tmp_path, sample_root, c
     recipe = load_recipe(path)
     select = recipe.round_dir(0) / "select"
     select.mkdir(parents=True)
-    (select / "manifest.json").write_text(json.dumps({"round": 0, "selected": [{"token": SAMPLE_TOKEN, "scene": SAMPLE_SCENE}]}))
+    (select / "manifest.json").write_text(
+        json.dumps({"round": 0, "selected": [{"token": SAMPLE_TOKEN, "scene": SAMPLE_SCENE}]})
+    )
     with pytest.raises(AwaitingAnnotations, match=str(recipe.delivery_dir(0))):
         _ingest(recipe, 0)
     vendor = tmp_path / "vendor" / "gts" / SAMPLE_SCENE / SAMPLE_TOKEN / "labels.npz"

@@ -1,4 +1,5 @@
 """occnet: shapes, the view transform's geometry, losses, rays, training, checkpoints, memory."""
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,9 @@ def tiny_dataset(tmp_path_factory):
     from autolabel.training.data import FrameDataset
 
     root = tmp_path_factory.mktemp("occ")
-    write_dataset(root, SynthConfig(scenes=1, frames_per_scene=2, seed=5, image_size=(112, 200)), grid=GRID, progress=False)
+    write_dataset(
+        root, SynthConfig(scenes=1, frames_per_scene=2, seed=5, image_size=(112, 200)), grid=GRID, progress=False
+    )
     return FrameDataset(NuScenesFrames(root, "v1.0-synth", grid=GRID), SIZE, labels="exact")
 
 
@@ -84,7 +87,9 @@ def test_view_transform_puts_a_feature_into_its_voxel():
     with torch.no_grad():
         voxels, prob = vt(feats, K[None, None], cam2ego[None, None])
     ctx = voxels[0, 0]
-    expected = torch.floor((p_ego - torch.tensor(GRID.range_min)) / (torch.tensor(GRID.voxel_size) * cfg.voxel_downsample)).long()
+    expected = torch.floor(
+        (p_ego - torch.tensor(GRID.range_min)) / (torch.tensor(GRID.voxel_size) * cfg.voxel_downsample)
+    ).long()
     assert grid_contains(expected, cfg.coarse_shape)
     assert tuple(torch.nonzero(ctx > 1e-6).flatten().tolist()) == tuple(expected.tolist())
     assert float(ctx[tuple(expected)]) > 0.5 and float(prob[0, 0, k, row, col]) > 0.99
@@ -127,9 +132,16 @@ def test_line_of_sight_wants_free_space_then_a_stop_at_the_lidar_return():
     from occnet.rays import RayBatch
 
     n = 8
-    rays = RayBatch(origins=torch.zeros(n, 3), directions=torch.tensor([[1.0, 0, 0]]).repeat(n, 1),
-                    batch_index=torch.zeros(n, dtype=torch.long), z_per_metre=torch.ones(n), depth=torch.full((n,), 6.1),
-                    semantics=torch.zeros(n, dtype=torch.long), confidence=torch.ones(n), weight=torch.ones(n))
+    rays = RayBatch(
+        origins=torch.zeros(n, 3),
+        directions=torch.tensor([[1.0, 0, 0]]).repeat(n, 1),
+        batch_index=torch.zeros(n, dtype=torch.long),
+        z_per_metre=torch.ones(n),
+        depth=torch.full((n,), 6.1),
+        semantics=torch.zeros(n, dtype=torch.long),
+        confidence=torch.ones(n),
+        weight=torch.ones(n),
+    )
     cfg = RenderConfig()
     x = torch.arange(GRID.shape[0]) * 0.4 - 12.8 + 0.2  # voxel centres along x
     wall = torch.zeros(1, *GRID.shape)
@@ -164,8 +176,13 @@ def test_ray_sampling_balances_classes_and_keeps_rays_in_the_grid():
 def _trainer(tmp_path, steps=20, loss=None, **kw):
     torch.manual_seed(0)
     model = OccupancyNetwork(tiny_config())
-    return Trainer(model, RenderConfig(rays_per_frame=1024), loss or LossConfig(),
-                   TrainConfig(steps=steps, warmup_steps=2, lr=2e-3, checkpoint_every=5, **kw), tmp_path)
+    return Trainer(
+        model,
+        RenderConfig(rays_per_frame=1024),
+        loss or LossConfig(),
+        TrainConfig(steps=steps, warmup_steps=2, lr=2e-3, checkpoint_every=5, **kw),
+        tmp_path,
+    )
 
 
 def test_training_draws_semantic_rays_where_the_recipe_says(tiny_dataset, tmp_path, monkeypatch):
@@ -181,9 +198,13 @@ def test_training_draws_semantic_rays_where_the_recipe_says(tiny_dataset, tmp_pa
 
     monkeypatch.setattr(trainer_module, "sample_rays", spy)
     torch.manual_seed(0)
-    trainer = Trainer(OccupancyNetwork(tiny_config()), RenderConfig(rays_per_frame=256, semantic_rays="all",
-                                                                    semantic_share=0.25),
-                      LossConfig(), TrainConfig(steps=1, warmup_steps=1, checkpoint_every=5), tmp_path)
+    trainer = Trainer(
+        OccupancyNetwork(tiny_config()),
+        RenderConfig(rays_per_frame=256, semantic_rays="all", semantic_share=0.25),
+        LossConfig(),
+        TrainConfig(steps=1, warmup_steps=1, checkpoint_every=5),
+        tmp_path,
+    )
     hist = trainer.fit(tiny_dataset, workers=0, progress=False)
     assert drawn and all(mode == ("all", 0.25) for mode, _ in drawn)
     assert any(n == 64 for _, n in drawn)  # a quarter of the rays at labelled pixels without a return
@@ -191,7 +212,9 @@ def test_training_draws_semantic_rays_where_the_recipe_says(tiny_dataset, tmp_pa
 
 
 def test_training_reduces_each_loss(tiny_dataset, tmp_path):
-    hist = _trainer(tmp_path / "a", steps=24, loss=LossConfig(labels_3d=1.0)).fit(tiny_dataset, workers=0, progress=False)
+    hist = _trainer(tmp_path / "a", steps=24, loss=LossConfig(labels_3d=1.0)).fit(
+        tiny_dataset, workers=0, progress=False
+    )
     for term in ("depth", "sem2d", "labels3d"):
         first = np.mean([h[term] for h in hist[:4]])
         last = np.mean([h[term] for h in hist[-4:]])
@@ -275,17 +298,26 @@ def test_rendering_only_training_learns_the_scene(tiny_dataset, tmp_path):
         return predict(model, item["images"][None], item["intrinsics"][None], item["cam2ego"][None])[0][0]
 
     untrained = scores(model_fn)
-    counts = sum(np.bincount(tiny_dataset[i]["gt_semantics"].numpy()[tiny_dataset[i]["gt_mask"].numpy() > 0], minlength=18)
-                 for i in range(len(tiny_dataset)))
+    counts = sum(
+        np.bincount(tiny_dataset[i]["gt_semantics"].numpy()[tiny_dataset[i]["gt_mask"].numpy() > 0], minlength=18)
+        for i in range(len(tiny_dataset))
+    )
     constant_cls = int(np.argmax(counts[:17]))
     constant = scores(lambda item: torch.full(GRID.shape, constant_cls, dtype=torch.uint8))
-    trainer = Trainer(model, RenderConfig(rays_per_frame=4096), LossConfig(silog_lambda=0.0),
-                      TrainConfig(steps=450, warmup_steps=10, lr=4e-3, checkpoint_every=1000), tmp_path)
+    trainer = Trainer(
+        model,
+        RenderConfig(rays_per_frame=4096),
+        LossConfig(silog_lambda=0.0),
+        TrainConfig(steps=450, warmup_steps=10, lr=4e-3, checkpoint_every=1000),
+        tmp_path,
+    )
     trainer.fit(tiny_dataset, workers=0, progress=False)
     trained = scores(model_fn)
-    print(f"untrained mIoU {untrained.miou:.3f} geo {untrained.geometric_iou:.3f}; constant ({constant_cls}) "
-          f"mIoU {constant.miou:.3f} geo {constant.geometric_iou:.3f}; trained mIoU {trained.miou:.3f} "
-          f"geo {trained.geometric_iou:.3f}")
+    print(
+        f"untrained mIoU {untrained.miou:.3f} geo {untrained.geometric_iou:.3f}; constant ({constant_cls}) "
+        f"mIoU {constant.miou:.3f} geo {constant.geometric_iou:.3f}; trained mIoU {trained.miou:.3f} "
+        f"geo {trained.geometric_iou:.3f}"
+    )
     assert trained.miou > max(untrained.miou, constant.miou) + 0.08
     assert trained.geometric_iou > max(untrained.geometric_iou, constant.geometric_iou) + 0.1
 
@@ -299,9 +331,16 @@ def test_auxiliary_keyframes_are_moved_into_the_current_ego_frame(tiny_dataset, 
     # the next keyframe's cameras sit where the ego will be 0.5 s later: ahead along the ego's x axis
     ahead = first["aux_cam2ego"][1, :, :3, 3] - first["cam2ego"][:, :3, 3]
     assert (ahead[:, 0] > 2.0).all() and ahead[:, 1:].abs().max() < 0.3
-    torch.testing.assert_close(second["aux_cam2ego"][0, :, :3, 3] - second["cam2ego"][:, :3, 3], -ahead, atol=0.05, rtol=0)
-    trainer = Trainer(OccupancyNetwork(tiny_config()), RenderConfig(rays_per_frame=256, aux_rays_per_frame=128),
-                      LossConfig(), TrainConfig(steps=2, warmup_steps=1), tmp_path)
+    torch.testing.assert_close(
+        second["aux_cam2ego"][0, :, :3, 3] - second["cam2ego"][:, :3, 3], -ahead, atol=0.05, rtol=0
+    )
+    trainer = Trainer(
+        OccupancyNetwork(tiny_config()),
+        RenderConfig(rays_per_frame=256, aux_rays_per_frame=128),
+        LossConfig(),
+        TrainConfig(steps=2, warmup_steps=1),
+        tmp_path,
+    )
     batch = {k: (v[None] if torch.is_tensor(v) else v) for k, v in first.items()}
     logs = trainer.train_step(batch)
     assert np.isfinite(logs["loss"])
@@ -335,11 +374,22 @@ def test_training_and_inference_on_cuda(tmp_path):
         Rz = torch.tensor([[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0], [0, 0, 1]])
         T[0, c, :3, :3] = Rz @ R
         T[0, c, :3, 3] = torch.tensor([0.0, 0.0, 1.5])
-    batch = {"images": torch.randn(1, n, 3, h, w), "intrinsics": K, "cam2ego": T,
-             "depth": torch.where(torch.rand(1, n, h, w) < 0.2, torch.rand(1, n, h, w) * 8 + 2, torch.zeros(1, n, h, w)),
-             "semantics": torch.randint(0, 17, (1, n, h, w), dtype=torch.uint8), "confidence": torch.ones(1, n, h, w)}
-    trainer = Trainer(OccupancyNetwork(cfg), RenderConfig(rays_per_frame=2048), LossConfig(),
-                      TrainConfig(steps=3, warmup_steps=1), tmp_path, device="cuda")
+    batch = {
+        "images": torch.randn(1, n, 3, h, w),
+        "intrinsics": K,
+        "cam2ego": T,
+        "depth": torch.where(torch.rand(1, n, h, w) < 0.2, torch.rand(1, n, h, w) * 8 + 2, torch.zeros(1, n, h, w)),
+        "semantics": torch.randint(0, 17, (1, n, h, w), dtype=torch.uint8),
+        "confidence": torch.ones(1, n, h, w),
+    }
+    trainer = Trainer(
+        OccupancyNetwork(cfg),
+        RenderConfig(rays_per_frame=2048),
+        LossConfig(),
+        TrainConfig(steps=3, warmup_steps=1),
+        tmp_path,
+        device="cuda",
+    )
     logs = [trainer.train_step(batch) for _ in range(3)]
     assert all(np.isfinite(v) for log in logs for v in log.values())
     trainer.save()
@@ -354,10 +404,20 @@ def test_a_frame_with_nothing_in_the_grid_is_skipped_not_fatal(tmp_path):
     K = torch.tensor([[60.0, 0, w / 2], [0, 60.0, h / 2], [0, 0, 1]]).expand(1, n, 3, 3).contiguous()
     T = torch.eye(4).expand(1, n, 4, 4).clone()
     T[..., :3, :3] = torch.tensor([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])
-    batch = {"images": torch.randn(1, n, 3, h, w), "intrinsics": K, "cam2ego": T,
-             "depth": torch.full((1, n, h, w), 20.0),  # 20 m ahead: outside the 12.8 m grid
-             "semantics": torch.full((1, n, h, w), 255, dtype=torch.uint8), "confidence": torch.zeros(1, n, h, w)}
-    trainer = Trainer(OccupancyNetwork(tiny_config()), RenderConfig(rays_per_frame=64), LossConfig(),
-                      TrainConfig(steps=2, warmup_steps=1), tmp_path)
+    batch = {
+        "images": torch.randn(1, n, 3, h, w),
+        "intrinsics": K,
+        "cam2ego": T,
+        "depth": torch.full((1, n, h, w), 20.0),  # 20 m ahead: outside the 12.8 m grid
+        "semantics": torch.full((1, n, h, w), 255, dtype=torch.uint8),
+        "confidence": torch.zeros(1, n, h, w),
+    }
+    trainer = Trainer(
+        OccupancyNetwork(tiny_config()),
+        RenderConfig(rays_per_frame=64),
+        LossConfig(),
+        TrainConfig(steps=2, warmup_steps=1),
+        tmp_path,
+    )
     logs = trainer.train_step(batch)
     assert set(logs) == {"loss", "depthbins"} and np.isfinite(logs["loss"])

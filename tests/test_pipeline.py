@@ -1,4 +1,5 @@
 """`autolabel run`: the micro loop end to end (two rounds), and resuming after a kill."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,14 +51,19 @@ def test_micro_loop_two_rounds(micro_run):
     recipe, run, out = micro_run
     assert "round 0: 0 frames with manual 3D labels" in out and "round 1: 1 frames with manual 3D labels" in out
     stages = json.loads((run / "stages.json").read_text())
-    expected = ["data", "supervise"] + [f"round_0/{s}" for s in ("train", "label", "evaluate", "export", "select", "ingest",
-                                                                 "report")] + [f"round_1/{s}" for s in ("train", "label",
-                                                                                                         "evaluate", "export", "report")]
+    expected = (
+        ["data", "supervise"]
+        + [f"round_0/{s}" for s in ("train", "label", "evaluate", "export", "select", "ingest", "report")]
+        + [f"round_1/{s}" for s in ("train", "label", "evaluate", "export", "report")]
+    )
     assert list(stages) == expected
     store = LabelStore.open(run / "labels.zarr")
     assert store.rounds() == [0, 1] and int(store.manual().done().sum()) == 1
     assert len(list((run / "export" / "round_1" / "gts").rglob("labels.npz"))) == 3
-    assert stages["round_1/evaluate"]["val"]["miou"] is not None and stages["round_1/evaluate"]["pseudo"]["miou"] is not None
+    assert (
+        stages["round_1/evaluate"]["val"]["miou"] is not None
+        and stages["round_1/evaluate"]["pseudo"]["miou"] is not None
+    )
     for k in (0, 1):
         page = (run / "report" / f"round_{k}" / "index.html").read_text()
         for png in ("frame0_cameras.png", "frame0_occupancy.png", "budget.png"):
@@ -96,13 +102,18 @@ def test_report_page_reads_without_the_images(micro_run):
         page = (folder / "index.html").read_text()
         ev = stages[f"round_{k}/evaluate"]
         assert "<pre>" not in page and '"seconds"' not in page
-        summary = page[page.index("id='summary'"):page.index("</table>", page.index("id='summary'"))]
-        for v in (ev["val"]["miou"], ev["val"]["geometric_iou"], ev["pseudo"]["miou"], ev["pseudo_thresholded"]["miou"]):
+        summary = page[page.index("id='summary'") : page.index("</table>", page.index("id='summary'"))]
+        for v in (
+            ev["val"]["miou"],
+            ev["val"]["geometric_iou"],
+            ev["pseudo"]["miou"],
+            ev["pseudo_thresholded"]["miou"],
+        ):
             assert f"<td class='v'>{v:.1f}</td>" in summary
         kept = 100 * stages[f"round_{k}/export"]["kept_in_mask_camera"]
         assert f"kept share of the exported mask_camera (%)</td><td class='v'>{kept:.1f}<" in page
         assert f"frames with manual 3D labels</td><td class='v'>{ev['labelled']}<" in page
-        per_class = page[page.index("id='per-class'"):]
+        per_class = page[page.index("id='per-class'") :]
         car = ev["val"]["per_class_iou"]["car"]
         assert "background:rgb(0,150,245)'></span>car</td><td>" + ("-" if car is None else f"{car:.1f}") in per_class
         assert page.count("<span class='sw'") >= 17 + 18  # the legend and the per-class table
@@ -111,7 +122,7 @@ def test_report_page_reads_without_the_images(micro_run):
         assert any(s.startswith("frame0_occupancy") for s in _img_sources(page))
     manifest = json.loads((run / "round_0" / "select" / "manifest.json").read_text())
     page0 = (run / "report" / "round_0" / "index.html").read_text()
-    selected = page0[page0.index("id='selected'"):]
+    selected = page0[page0.index("id='selected'") :]
     for row in manifest["selected"]:
         assert row["token"] in selected and html.escape(row["reason"]) in selected
         assert f"<td>{row['uncertainty']:.3f}</td>" in selected
@@ -124,15 +135,30 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 def screenshot(page: Path, png: Path, profile: Path, size: tuple[int, int] = (1400, 2400)) -> None:
     """Chromium, headless, renders the page and writes a screenshot of its top `size` pixels."""
-    args = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", page.as_uri()]
+    args = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--screenshot={png}",
+        f"--window-size={size[0]},{size[1]}",
+        page.as_uri(),
+    ]
     r = subprocess.run(args, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0 and png.is_file(), r.stderr[-3000:]
 
 
-@pytest.mark.skipif(not CHROMIUM.is_file(), reason="Chromium is not installed (/usr/bin/chromium; Debian: apt-get install "
-                                                    "chromium): the report page is checked in a real browser")
+@pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason="Chromium is not installed (/usr/bin/chromium; Debian: apt-get install "
+    "chromium): the report page is checked in a real browser",
+)
 def test_report_page_in_a_headless_browser(micro_run, tmp_path):
     """A real browser renders the page: the class colours of the legend and per-class table show, and the
     figures load (a broken <img> leaves a few grey pixels, a loaded occupancy figure thousands of
@@ -157,8 +183,12 @@ def test_killed_run_resumes_to_the_same_outputs(pool_world, tmp_path):
     assert main(["run", str(reference)]) == 0
     recipe = micro_recipe(tmp_path / "b", pool_world)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "autolabel.cli", "run", str(recipe)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autolabel.cli", "run", str(recipe)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = tmp_path / "b" / "run" / "round_1" / "train" / "checkpoint.pt"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not ckpt.exists():
@@ -174,14 +204,24 @@ def test_killed_run_resumes_to_the_same_outputs(pool_world, tmp_path):
     for k in (0, 1):
         for name in ("semantics", "confidence", "mask_camera", "mask_lidar"):
             np.testing.assert_array_equal(np.asarray(a.round(k).group[name][:]), np.asarray(b.round(k).group[name][:]))
-    files = sorted(p.relative_to(tmp_path / "a" / "run" / "export") for p in (tmp_path / "a" / "run" / "export").rglob("labels.npz"))
-    assert files and all((tmp_path / "a" / "run" / "export" / f).read_bytes() == (tmp_path / "b" / "run" / "export" / f).read_bytes()
-                         for f in files)
+    files = sorted(
+        p.relative_to(tmp_path / "a" / "run" / "export")
+        for p in (tmp_path / "a" / "run" / "export").rglob("labels.npz")
+    )
+    assert files and all(
+        (tmp_path / "a" / "run" / "export" / f).read_bytes() == (tmp_path / "b" / "run" / "export" / f).read_bytes()
+        for f in files
+    )
 
 
-@pytest.mark.parametrize("bad, match", [({"rounds": {"count": 0}}, "rounds.count must be >= 1"),
-                                        ({"selection": {"strategy": "best"}}, "selection.strategy must be one of"),
-                                        ({"rounds": {"annotator": "vendor"}}, "rounds.annotator must be one of")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"rounds": {"count": 0}}, "rounds.count must be >= 1"),
+        ({"selection": {"strategy": "best"}}, "selection.strategy must be one of"),
+        ({"rounds": {"annotator": "vendor"}}, "rounds.annotator must be one of"),
+    ],
+)
 def test_recipe_errors_name_the_key(tmp_path, pool_world, bad, match):
     path = write_recipe(tmp_path, pool_world)
     r = yaml.safe_load(path.read_text())
@@ -220,4 +260,6 @@ def test_the_oracle_on_a_dataset_that_is_not_synthetic_is_refused(tmp_path, pool
     assert main(["run", str(real)]) == 2
     assert "not a synthetic world" in capsys.readouterr().err and not (tmp_path / "real" / "run").exists()
     check_annotator(load_recipe(real, ["rounds.oracle_on_real_data=true"]))  # asked for by name
-    check_annotator(load_recipe(write_recipe(tmp_path / "synth", pool_world, rounds={"count": 2, "annotator": "oracle"})))
+    check_annotator(
+        load_recipe(write_recipe(tmp_path / "synth", pool_world, rounds={"count": 2, "annotator": "oracle"}))
+    )

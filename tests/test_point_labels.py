@@ -1,5 +1,6 @@
 """Manual labels as annotators deliver them (issue 24): lidarseg point labels and boxes of a keyframe, their
 validation at ingest, their voxelization with the scene's LiDAR, the simulated annotator, the manifest's costs."""
+
 from __future__ import annotations
 
 import json
@@ -90,13 +91,22 @@ def test_voxelization_rules_on_a_hand_made_scene():
     origin = np.array([0.0, 0.0, 1.8])
     road = np.stack(np.meshgrid(np.arange(-7.9, 7.9, 0.2), np.arange(-7.9, 7.9, 0.2), indexing="ij"), -1).reshape(-1, 2)
     road = np.concatenate([road, np.full((len(road), 1), 0.01)], 1)
-    wall = np.stack(np.meshgrid([6.1], np.arange(-3, 3, 0.1), np.arange(0.25, 2.0, 0.1), indexing="ij"), -1).reshape(-1, 3)
+    wall = np.stack(np.meshgrid([6.1], np.arange(-3, 3, 0.1), np.arange(0.25, 2.0, 0.1), indexing="ij"), -1).reshape(
+        -1, 3
+    )
     # the keyframe does not see the road behind the wall (x > 6), nor under and behind the car (x < -1.5, y > 2.5)
     seen = (road[:, 0] < 6.0) & ~((road[:, 0] < -1.5) & (road[:, 1] > 2.5))
-    roof = np.stack(np.meshgrid(np.arange(-5.8, -2.2, 0.2), np.arange(3.2, 4.8, 0.2), [1.55], indexing="ij"), -1).reshape(-1, 3)
+    roof = np.stack(
+        np.meshgrid(np.arange(-5.8, -2.2, 0.2), np.arange(3.2, 4.8, 0.2), [1.55], indexing="ij"), -1
+    ).reshape(-1, 3)
     own_pts = np.concatenate([road[seen], wall, roof])
-    labels = np.concatenate([np.full(seen.sum(), class_id("driveable_surface")),
-                             np.full(len(wall), class_id("manmade")), np.full(len(roof), class_id("car"))]).astype(np.uint8)
+    labels = np.concatenate(
+        [
+            np.full(seen.sum(), class_id("driveable_surface")),
+            np.full(len(wall), class_id("manmade")),
+            np.full(len(roof), class_id("car")),
+        ]
+    ).astype(np.uint8)
     own = SweepCloud(own_pts, origin, 0.0, "k", True, "k")
     car = Box3D(np.array([-4.0, 4.0, 1.1]), np.array([1.8, 4.0, 2.2]), np.eye(3), class_id("car"), "vehicle.car")
     # another sweep: a ghost (points 1 m above the road where the keyframe sees the road) and a point by the wall
@@ -160,7 +170,11 @@ def test_point_delivery_ingests_as_labels_that_training_trusts_where_they_cover(
         assert 0.3 < (conf == 255).mean() < 1  # partial: training trusts only these voxels
         assert not manual.read(i, "mask_camera")[conf == 0].any()
         np.testing.assert_array_equal(labels[r["token"]].mask_annotated.astype(bool), conf == 255)
-        gt = NuScenesFrames(tiny_world, "v1.0-synth", load_images=False, grid=TINY_GRID).frame(r["token"], lidar="none").gt
+        gt = (
+            NuScenesFrames(tiny_world, "v1.0-synth", load_images=False, grid=TINY_GRID)
+            .frame(r["token"], lidar="none")
+            .gt
+        )
         cov = (conf == 255) & gt.mask_camera.astype(bool)
         assert (sem[cov] == gt.semantics[cov]).mean() > 0.95
     assert ingest(recipe, 0, ann)["unchanged"] == [r["token"] for r in rows]  # idempotent
@@ -225,8 +239,21 @@ def _break(kind: str, ann: Path, row: dict, frames: NuScenesFrames) -> str:
     raise AssertionError(kind)
 
 
-RULES = ("count", "unknown_id", "json", "not_list", "missing_field", "bad_vector", "size", "quaternion", "category",
-         "sample_token", "boxes_only", "twice", "unknown_token")
+RULES = (
+    "count",
+    "unknown_id",
+    "json",
+    "not_list",
+    "missing_field",
+    "bad_vector",
+    "size",
+    "quaternion",
+    "category",
+    "sample_token",
+    "boxes_only",
+    "twice",
+    "unknown_token",
+)
 
 
 @pytest.mark.parametrize("kind", RULES)
@@ -302,7 +329,9 @@ def test_costs_count_the_sweep_points_and_the_boxes_in_the_grid(frames):
     for token in frames.tokens:
         c = frame_cost(frames, token, TINY_GRID, regions.cell_tiles())
         assert c.points == sweep_points(frames, token) == len(dataset_lidarseg(frames, token))
-        assert c.boxes_from == "dataset" and 0 < c.boxes < len(dataset_boxes(frames, token))  # 60 m of boxes, 12.8 m grid
+        assert c.boxes_from == "dataset" and 0 < c.boxes < len(
+            dataset_boxes(frames, token)
+        )  # 60 m of boxes, 12.8 m grid
         assert c.tile_boxes.sum() == c.boxes and 0 < c.tile_points.sum() < c.points
         assert c.cost(500.0) == c.points + 500 * c.boxes
     # without dataset boxes: an estimate from pseudo-labels (one 3 x 3 x 2 car and one cone here)
@@ -336,16 +365,28 @@ def test_a_points_round_states_points_and_boxes_and_its_oracle_delivers_them(tra
     path = tmp_path / "t" / "recipe.yaml"
     r = yaml.safe_load(path.read_text())
     r["out"] = str(tmp_path / "t" / "run")
-    r["selection"] = {"annotation": "points", "cost_model": True, "budget": 50000, "box_points": 500,
-                      "per_scene_cap": 1, "strategy": "entropy"}
+    r["selection"] = {
+        "annotation": "points",
+        "cost_model": True,
+        "budget": 50000,
+        "box_points": 500,
+        "per_scene_cap": 1,
+        "strategy": "entropy",
+    }
     path.write_text(yaml.safe_dump(r))
     assert main(["select", str(path), "--round", "0"]) == 0
     assert "LiDAR points and" in capsys.readouterr().out
     run = tmp_path / "t" / "run"
     manifest = json.loads((run / "round_0" / "select" / "manifest.json").read_text())
-    assert manifest["annotation"] == "points" and manifest["budget_unit"] == "points" and "lidarseg.bin" in manifest["deliver"]
+    assert (
+        manifest["annotation"] == "points"
+        and manifest["budget_unit"] == "points"
+        and "lidarseg.bin" in manifest["deliver"]
+    )
     rows = manifest["selected"]
-    assert rows and all(row["cost"] == row["points"] + 500 * row["boxes"] and row["boxes_from"] == "dataset" for row in rows)
+    assert rows and all(
+        row["cost"] == row["points"] + 500 * row["boxes"] and row["boxes_from"] == "dataset" for row in rows
+    )
     assert manifest["spent"] == sum(row["cost"] for row in rows) <= 50000
     assert manifest["points_total"] == sum(row["points"] for row in rows)
     assert "point labels and boxes" in (run / "round_0" / "select" / "index.html").read_text()

@@ -2,6 +2,7 @@
 Grounding DINO) end to end through `autolabel supervise` on the real nuScenes sample with tiny random models
 of the real architectures; naming crops from the full-resolution image; SAM 3 / Florence-2 / Grounding DINO
 details; configuration and model-folder errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,36 +21,65 @@ from tiny_models import TINY_SAM
 
 LABEL_HW = (64, 176)
 # a few phrases per class keep the tiny models' runs to seconds (SAM 3 decodes every phrase)
-VOCAB = {"car": ["car", "sedan"], "truck": ["truck"], "driveable_surface": ["road"], "vegetation": ["tree"],
-         "manmade": ["building"], "ignore": ["sky"]}
+VOCAB = {
+    "car": ["car", "sedan"],
+    "truck": ["truck"],
+    "driveable_surface": ["road"],
+    "vegetation": ["tree"],
+    "manmade": ["building"],
+    "ignore": ["sky"],
+}
 DETECTED = ["car", "truck"]
 
 
 def _supervision(tiny_models, provider: str, **over) -> dict:
-    sup = {"provider": provider, "device": "cpu", "min_confidence": 0.0, "vocabulary": VOCAB,
-           "sam": {"checkpoint": tiny_models["sam"], "arch": {k: (list(v) if isinstance(v, tuple) else v)
-                                                              for k, v in TINY_SAM.__dict__.items()},
-                   "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "min_mask_area": 4,
-                   "max_masks": 6},
-           "clip": {"model": tiny_models["clip"]}, "sam2": {"model": tiny_models["sam2"]},
-           "sam3": {"model": tiny_models["sam3"], "score_threshold": 0.0, "max_masks": 6, "prompts_per_batch": 8},
-           "vlm": {"model": tiny_models["florence2"]},
-           "detector": {"model": tiny_models["owl"], "box_threshold": 0.0, "classes": DETECTED, "max_boxes": 3}}
+    sup = {
+        "provider": provider,
+        "device": "cpu",
+        "min_confidence": 0.0,
+        "vocabulary": VOCAB,
+        "sam": {
+            "checkpoint": tiny_models["sam"],
+            "arch": {k: (list(v) if isinstance(v, tuple) else v) for k, v in TINY_SAM.__dict__.items()},
+            "points_per_side": 4,
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
+            "min_mask_area": 4,
+            "max_masks": 6,
+        },
+        "clip": {"model": tiny_models["clip"]},
+        "sam2": {"model": tiny_models["sam2"]},
+        "sam3": {"model": tiny_models["sam3"], "score_threshold": 0.0, "max_masks": 6, "prompts_per_batch": 8},
+        "vlm": {"model": tiny_models["florence2"]},
+        "detector": {"model": tiny_models["owl"], "box_threshold": 0.0, "classes": DETECTED, "max_boxes": 3},
+    }
     for k, v in over.items():
         sup[k] = {**sup[k], **v} if isinstance(v, dict) else v
     return sup
 
 
 def _recipe(tmp_path: Path, sample_root: Path, sup: dict) -> Path:
-    r = {"name": "t", "out": str(tmp_path / "run"), "data": {"dataroot": str(sample_root), "version": "v1.0-mini"},
-         "network": {"image_size": list(LABEL_HW)}, "supervision": sup}
+    r = {
+        "name": "t",
+        "out": str(tmp_path / "run"),
+        "data": {"dataroot": str(sample_root), "version": "v1.0-mini"},
+        "network": {"image_size": list(LABEL_HW)},
+        "supervision": sup,
+    }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(r))
     return path
 
 
-CASES = {"sam_clip": {}, "sam2_clip": {}, "sam3": {}, "sam_vlm": {}, "sam_vlm-sam2": {"vlm": {"masks": "sam2"}},
-         "grounded_sam-owl": {}, "grounded_sam-gdino": {"detector": {"model": "gdino"}}}
+CASES = {
+    "sam_clip": {},
+    "sam2_clip": {},
+    "sam3": {},
+    "sam_vlm": {},
+    "sam_vlm-sam2": {"vlm": {"masks": "sam2"}},
+    "grounded_sam-owl": {},
+    "grounded_sam-gdino": {"detector": {"model": "gdino"}},
+}
 
 
 def _spy_on_naming_images(monkeypatch) -> list:
@@ -73,8 +103,9 @@ def _spy_on_naming_images(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_every_model_provider_runs_through_autolabel_supervise_on_the_real_sample(tiny_models, sample_root, tmp_path,
-                                                                                  case, capsys, monkeypatch):
+def test_every_model_provider_runs_through_autolabel_supervise_on_the_real_sample(
+    tiny_models, sample_root, tmp_path, case, capsys, monkeypatch
+):
     from autolabel.supervision.cache import SupervisionCache
 
     over = {k: {kk: (tiny_models[vv] if kk == "model" else vv) for kk, vv in v.items()} for k, v in CASES[case].items()}
@@ -125,8 +156,9 @@ def test_sam3_masks_classes_and_scores_come_straight_from_the_model(tiny_models,
     from autolabel.supervision.naming import Vocabulary
     from autolabel.supervision.sam3 import Sam3Segmenter
 
-    sup = SupervisionConfig(**{k: v for k, v in _supervision(tiny_models, "sam3").items()
-                               if k in ("provider", "device", "vocabulary")})
+    sup = SupervisionConfig(
+        **{k: v for k, v in _supervision(tiny_models, "sam3").items() if k in ("provider", "device", "vocabulary")}
+    )
     sup.sam3.model, sup.sam3.score_threshold = tiny_models["sam3"], 0.0
     seg = Sam3Segmenter(sup.sam3, Vocabulary.from_mapping(VOCAB), torch.device("cpu"), bf16=False)
     image = sample_frame.cameras[1].image
@@ -137,9 +169,17 @@ def test_sam3_masks_classes_and_scores_come_straight_from_the_model(tiny_models,
     assert len(masks) == n_queries * len(seg.ids)  # threshold 0: every query of every phrase
     assert set(labels.tolist()) == {class_id(c) if c != "ignore" else 255 for c in VOCAB}
     # the score is the model's own: sigmoid(query logit) x sigmoid(presence) of the phrase's forward pass
-    out = seg.model(pixel_values=torch.nn.functional.interpolate(
-        (torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() - seg.mean) / seg.std, seg.size, mode="bilinear",
-        antialias=True, align_corners=False), input_ids=seg.ids[:1], attention_mask=seg.att[:1])
+    out = seg.model(
+        pixel_values=torch.nn.functional.interpolate(
+            (torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() - seg.mean) / seg.std,
+            seg.size,
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        ),
+        input_ids=seg.ids[:1],
+        attention_mask=seg.att[:1],
+    )
     expected = out.pred_logits.sigmoid()[0] * out.presence_logits.sigmoid()[0]
     torch.testing.assert_close(scores[:n_queries], expected, atol=2e-3, rtol=0)
     from autolabel.supervision.naming import paint
@@ -159,8 +199,12 @@ def test_florence_scores_are_the_phrase_log_likelihoods(tiny_models, sample_fram
     from autolabel.supervision.florence import FlorenceNamer
     from autolabel.supervision.naming import Vocabulary
 
-    namer = FlorenceNamer(VlmConfig(model=tiny_models["florence2"], batch_size=5), Vocabulary.from_mapping(VOCAB),
-                          torch.device("cpu"), bf16=False)
+    namer = FlorenceNamer(
+        VlmConfig(model=tiny_models["florence2"], batch_size=5),
+        Vocabulary.from_mapping(VOCAB),
+        torch.device("cpu"),
+        bf16=False,
+    )
     image = torch.from_numpy(sample_frame.cameras[1].image.copy()).permute(2, 0, 1).float() / 255
     rc = ResizeCrop.fit(tuple(image.shape[1:]), LABEL_HW)
     masks = torch.zeros(2, *LABEL_HW, dtype=torch.bool)
@@ -175,12 +219,18 @@ def test_florence_scores_are_the_phrase_log_likelihoods(tiny_models, sample_fram
     feats = namer.image_features(image)
     x = torch.cat([feats, namer.model.get_input_embeddings()(ids)], 1)
     att = torch.cat([torch.ones(1, feats.shape[1], dtype=att.dtype), att], 1)
-    enc = BaseModelOutput(namer.model.model.language_model.encoder(inputs_embeds=x, attention_mask=att).last_hidden_state)
+    enc = BaseModelOutput(
+        namer.model.model.language_model.encoder(inputs_embeds=x, attention_mask=att).last_hidden_state
+    )
     phrase = namer.tok("car", add_special_tokens=False)["input_ids"]
     seq = [namer.model.config.text_config.decoder_start_token_id, namer.tok.bos_token_id]
     total = 0.0
     for t in [*phrase, None]:
-        logp = namer.model(encoder_outputs=enc, attention_mask=att, decoder_input_ids=torch.tensor([seq])).logits[0, -1].log_softmax(-1)
+        logp = (
+            namer.model(encoder_outputs=enc, attention_mask=att, decoder_input_ids=torch.tensor([seq]))
+            .logits[0, -1]
+            .log_softmax(-1)
+        )
         if t is None:
             total += logp[namer.ends].logsumexp(0).item()
         else:
@@ -195,8 +245,12 @@ def test_grounding_dino_scores_phrases_through_their_tokens(tiny_models, sample_
     from autolabel.supervision.naming import Vocabulary
 
     vocab = Vocabulary.from_mapping({c: VOCAB[c] for c in DETECTED})
-    det = build_detector(DetectorConfig(model=tiny_models["gdino"], box_threshold=0.0, classes=tuple(DETECTED)), vocab,
-                         torch.device("cpu"), bf16=False)
+    det = build_detector(
+        DetectorConfig(model=tiny_models["gdino"], box_threshold=0.0, classes=tuple(DETECTED)),
+        vocab,
+        torch.device("cpu"),
+        bf16=False,
+    )
     assert isinstance(det, GroundingDinoDetector)
     # each prompt's row of the positive map spreads 1 over exactly its own tokens
     from transformers import AutoTokenizer
@@ -217,22 +271,30 @@ def test_grounding_dino_scores_phrases_through_their_tokens(tiny_models, sample_
 def test_provider_settings_are_validated_with_clear_errors(tmp_path):
     from autolabel.recipe import load_recipe
 
-    for sup, msg in [({"provider": "sam4"}, "provider must be one of"),
-                     ({"sam3": {"score_threshold": 2}}, "sam3.score_threshold must lie in"),
-                     ({"vlm": {"masks": "sam3"}}, "vlm.masks must be one of sam, sam2"),
-                     ({"sam": {"max_masks": 0}}, "sam.max_masks must be >= 1"),
-                     ({"sam2": {"model": ""}}, "sam2.model must be the path of a local model folder")]:
+    for sup, msg in [
+        ({"provider": "sam4"}, "provider must be one of"),
+        ({"sam3": {"score_threshold": 2}}, "sam3.score_threshold must lie in"),
+        ({"vlm": {"masks": "sam3"}}, "vlm.masks must be one of sam, sam2"),
+        ({"sam": {"max_masks": 0}}, "sam.max_masks must be >= 1"),
+        ({"sam2": {"model": ""}}, "sam2.model must be the path of a local model folder"),
+    ]:
         recipe = tmp_path / "r.yaml"
         recipe.write_text(yaml.safe_dump({"data": {"dataroot": "."}, "supervision": sup}))
         with pytest.raises(DataError, match=msg):
             load_recipe(recipe)
 
 
-@pytest.mark.parametrize("provider,field,what", [
-    ("sam2_clip", "sam2.model", "SAM 2 model"), ("sam3", "sam3.model", "SAM 3 model"),
-    ("sam_vlm", "vlm.model", "Florence-2 model")])
-def test_missing_model_folders_say_what_to_download_before_any_work(tiny_models, sample_root, tmp_path, capsys,
-                                                                      provider, field, what):
+@pytest.mark.parametrize(
+    "provider,field,what",
+    [
+        ("sam2_clip", "sam2.model", "SAM 2 model"),
+        ("sam3", "sam3.model", "SAM 3 model"),
+        ("sam_vlm", "vlm.model", "Florence-2 model"),
+    ],
+)
+def test_missing_model_folders_say_what_to_download_before_any_work(
+    tiny_models, sample_root, tmp_path, capsys, provider, field, what
+):
     from tiny_models import error_line
 
     key = field.split(".")[0]
@@ -255,8 +317,8 @@ def _sample_maps(folder: Path, frame, name_by) -> dict:
     for k, cam in enumerate(frame.cameras):
         h, w = cam.image_size
         sem = np.full((h, w), 255, np.uint8)
-        sem[h // 2:] = class_id("driveable_surface")
-        sem[h // 3: h // 2, : w // 2] = class_id("car") if k % 2 else class_id("manmade")
+        sem[h // 2 :] = class_id("driveable_surface")
+        sem[h // 3 : h // 2, : w // 2] = class_id("car") if k % 2 else class_id("manmade")
         maps[cam.name] = sem
         name_by(folder, cam, sem, k)
     return maps
@@ -295,9 +357,13 @@ def test_eval_2d_ranks_caches_against_a_folder_of_2d_label_maps(sample_copy, tmp
         Image.fromarray(bad).save(wrong / f"{name}.png")
     table = tmp_path / "providers.md"
     for name, folder in (("same", "labels2d"), ("other", "wrong")):
-        r = {"name": name, "out": str(tmp_path / name), "data": {"dataroot": str(sample_copy), "version": "v1.0-mini"},
-             "network": {"image_size": list(LABEL_HW)}, "supervision": {"provider": "precomputed",
-                                                                         "precomputed": {"folder": folder}}}
+        r = {
+            "name": name,
+            "out": str(tmp_path / name),
+            "data": {"dataroot": str(sample_copy), "version": "v1.0-mini"},
+            "network": {"image_size": list(LABEL_HW)},
+            "supervision": {"provider": "precomputed", "precomputed": {"folder": folder}},
+        }
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(r))
         assert main(["supervise", str(tmp_path / f"{name}.yaml")]) == 0
         assert main(["eval-2d", str(tmp_path / f"{name}.yaml"), "--truth", str(truth), "--table", str(table)]) == 0
@@ -341,7 +407,9 @@ def test_providers_speed_benchmark_runs_at_smoke_size(capsys):
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     names = [line.split("|")[1].strip() for line in lines[1:]]
     assert names == [f"{p} (forced 2)" for p in bench.PROVIDERS] + [
-        "SamAutomaticMaskGenerator (SAM only)", "transformers mask-generation, SAM 2 (SAM only)"]
+        "SamAutomaticMaskGenerator (SAM only)",
+        "transformers mask-generation, SAM 2 (SAM only)",
+    ]
     for line in lines[1:7]:
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert cells[1] == "2" and float(cells[6]) > 0 and cells[9].endswith(" h")  # forced count kept, timed

@@ -1,5 +1,6 @@
 """benchmarks/quality.py --micro: every variant trains and is scored twice (the network on the held-out scenes, its
 pseudo-labels of the pool), seeds and the hard noise level included, and the table is printed."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,10 @@ import shutil
 
 from tiny_models import run_micro_benchmark
 
-VARIANTS = ("3d_supervised,render_noisy@1,render_hard,render_noisy_v1,noisy_dts,dts_active_5pct,dts_random_5pct,"
-            "dts_control,fusion")
+VARIANTS = (
+    "3d_supervised,render_noisy@1,render_hard,render_noisy_v1,noisy_dts,dts_active_5pct,dts_random_5pct,"
+    "dts_control,fusion"
+)
 
 
 def test_quality_harness_runs_micro(tmp_path):
@@ -30,23 +33,31 @@ def test_quality_harness_runs_micro(tmp_path):
     # the control round: the same round-1 steps with no labelled frame
     assert variants["dts_control"]["selected"] == [] and variants["dts_control"]["strategy"] == "none"
     control = (tmp_path / "q" / "dts_control" / "round_1" / "train" / "history.jsonl").read_text().splitlines()
-    assert len(control) == len((tmp_path / "q" / "dts_random_5pct" / "round_1" / "train" / "history.jsonl")
-                               .read_text().splitlines())
-    first = json.loads((tmp_path / "q" / "3d_supervised" / "round_0" / "train" / "history.jsonl").read_text().splitlines()[0])
+    assert len(control) == len(
+        (tmp_path / "q" / "dts_random_5pct" / "round_1" / "train" / "history.jsonl").read_text().splitlines()
+    )
+    first = json.loads(
+        (tmp_path / "q" / "3d_supervised" / "round_0" / "train" / "history.jsonl").read_text().splitlines()[0]
+    )
     assert first["labels3d"] > 0 and "sem2d" not in first  # the upper bound trains on 3D labels only
     seeded = (tmp_path / "q" / "render_noisy_s1.yaml").read_text()
     assert "seed: 1" in seeded and "variant: noisy" in seeded
     assert "variant: hard" in (tmp_path / "q" / "render_hard.yaml").read_text()
     assert "variant: v1" in (tmp_path / "q" / "render_noisy_v1.yaml").read_text()
-    assert {f.name for f in (tmp_path / "q").glob("results.*.json")} == {"results.0.json", "results.1.json",
-                                                                          "results.2.json"}
+    assert {f.name for f in (tmp_path / "q").glob("results.*.json")} == {
+        "results.0.json",
+        "results.1.json",
+        "results.2.json",
+    }
     assert len(meta["world_digest"]) == 16 and len(meta["code_digest"]) == 16 and meta["seconds"] > 0
     assert "3d_supervised" in out.stdout and (tmp_path / "q" / "training_curves.png").stat().st_size > 1000
     # the table again from meta.json and the results, without the world (merging runs of another machine)
     shutil.rmtree(tmp_path / "q" / "world_31")
     again = run_micro_benchmark("quality.py", tmp_path / "q", "--report")
+
     def table(text: str) -> str:
-        return text[text.index("development world (seed 31)"):]
+        return text[text.index("development world (seed 31)") :]
+
     assert table(again.stdout) == table(out.stdout)
 
 

@@ -1,5 +1,6 @@
 """The README's Commands table matches the code: every dotted API name it gives imports, every
 `autolabel ...` command and flag it shows exists, and `autolabel --version` prints the version."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ def table_cells() -> list[str]:
     """The cells of the README's `## Commands` table (header row left out)."""
     lines = README.read_text().splitlines()
     rows = []
-    for line in lines[lines.index("## Commands") + 1:]:
+    for line in lines[lines.index("## Commands") + 1 :]:
         if line.startswith("## "):
             break
         if line.startswith("|") and not set(line) <= set("|- "):
@@ -63,8 +64,15 @@ def resolve(name: str):
 
 def test_readme_lists_the_names_it_should():
     names = api_names()
-    for expected in ("autolabel.data.NuScenesFrames", "occnet.OccupancyNetwork", "occnet.Trainer", "occnet.predict",
-                     "autolabel.training.FrameDataset", "kernels.render_rays", "occnet.metrics.OccupancyMetric"):
+    for expected in (
+        "autolabel.data.NuScenesFrames",
+        "occnet.OccupancyNetwork",
+        "occnet.Trainer",
+        "occnet.predict",
+        "autolabel.training.FrameDataset",
+        "kernels.render_rays",
+        "occnet.metrics.OccupancyMetric",
+    ):
         assert expected in names  # the parser reads the table as intended
 
 
@@ -102,11 +110,14 @@ def test_version_prints_the_package_version(capsys):
 
 def test_imports_flow_kernels_occnet_autolabel():
     """kernels imports neither occnet nor autolabel, occnet never imports autolabel (fresh interpreter)."""
-    code = ("import sys\n"
-            "def loaded(p): return sorted(m for m in sys.modules if m.split('.')[0] == p)\n"
-            "import kernels\nassert not loaded('occnet') and not loaded('autolabel'), loaded('occnet') + loaded('autolabel')\n"
-            "import occnet\nassert not loaded('autolabel'), loaded('autolabel')\n"
-            "import autolabel.training, autolabel.data\n")
+    code = (
+        "import sys\n"
+        "def loaded(p): return sorted(m for m in sys.modules if m.split('.')[0] == p)\n"
+        "import kernels\nassert not loaded('occnet') and not loaded('autolabel'), loaded('occnet') + "
+        "loaded('autolabel')\n"
+        "import occnet\nassert not loaded('autolabel'), loaded('autolabel')\n"
+        "import autolabel.training, autolabel.data\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
 
@@ -115,7 +126,7 @@ def section(title: str) -> str:
     text = README.read_text()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 def test_nuscenes_walkthrough_names_are_true():

@@ -1,5 +1,6 @@
 """Region-level annotation (issue 21): BEV tiles, their scores and selection under a voxel budget, tile
 manifests, partial deliveries at ingest, the 3D loss trusting only annotated voxels, the oracle's tiles."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,11 @@ def test_region_config_is_validated_with_clear_errors():
     with pytest.raises(ValueError, match="region_size must be >= 1"):
         SelectionConfig(unit="region", region_size=0)
     cfg = SelectionConfig(unit="region", budget=10)  # a frame count left in place
-    with pytest.raises(ValueError, match=r"in labelled voxels .* 25 x 25 x 16 = 10000 voxels; a budget of N frames "
-                                         r"is N x 640000 voxels"):
+    with pytest.raises(
+        ValueError,
+        match=r"in labelled voxels .* 25 x 25 x 16 = 10000 voxels; a budget of N frames "
+        r"is N x 640000 voxels",
+    ):
         check_region_budget(cfg, (200, 200, 16))
     check_region_budget(SelectionConfig(unit="region", budget=10_000), (200, 200, 16))
     check_region_budget(SelectionConfig(budget=10), (200, 200, 16))  # frames: nothing to check
@@ -82,8 +86,15 @@ def _region_pool(n_scenes=3, per_scene=4, tiles=16, seed=0):
         for i in range(per_scene):
             visible = rng.integers(0, 50, tiles).astype(float)
             visible[rng.random(tiles) < 0.25] = 0
-            cands.append(Candidate(f"t{s}{i}", f"scene{s}", {"uncertainty": float(rng.random())},
-                                   tile_scores=rng.random(tiles) * (visible > 0), tile_visible=visible))
+            cands.append(
+                Candidate(
+                    f"t{s}{i}",
+                    f"scene{s}",
+                    {"uncertainty": float(rng.random())},
+                    tile_scores=rng.random(tiles) * (visible > 0),
+                    tile_visible=visible,
+                )
+            )
     return cands, rng.normal(size=(len(cands), 8))
 
 
@@ -91,7 +102,9 @@ def _region_pool(n_scenes=3, per_scene=4, tiles=16, seed=0):
 def test_region_selection_holds_budget_caps_and_is_deterministic(strategy):
     cands, feats = _region_pool()
     regions = RegionGrid((64, 64, 8), 16)  # 4 x 4 tiles of 2,048 voxels
-    cfg = SelectionConfig(strategy=strategy, unit="region", budget=2048 * 11 + 100, per_scene_cap=2, max_tiles_per_frame=3)
+    cfg = SelectionConfig(
+        strategy=strategy, unit="region", budget=2048 * 11 + 100, per_scene_cap=2, max_tiles_per_frame=3
+    )
     picks, used = select_regions(cands, feats, np.zeros((0, 8)), cfg, regions)
     again, _ = select_regions(cands, feats, np.zeros((0, 8)), cfg, regions)
     assert [(p.candidate.token, p.tiles) for p in picks] == [(p.candidate.token, p.tiles) for p in again]
@@ -109,7 +122,9 @@ def test_region_entropy_takes_the_most_uncertain_tiles_of_the_pool():
     regions = RegionGrid((64, 64, 8), 16)
     cfg = SelectionConfig(strategy="entropy", unit="region", budget=2048 * 5, per_scene_cap=10, max_tiles_per_frame=16)
     picks, _ = select_regions(cands, feats, np.zeros((0, 8)), cfg, regions)
-    pairs = sorted(((c.tile_scores[t], c.token, t) for c in cands for t in range(16) if c.tile_visible[t] > 0), reverse=True)
+    pairs = sorted(
+        ((c.tile_scores[t], c.token, t) for c in cands for t in range(16) if c.tile_visible[t] > 0), reverse=True
+    )
     assert {(p.candidate.token, t) for p in picks for t in p.tiles} == {(tok, t) for _, tok, t in pairs[:5]}
     with pytest.raises(ValueError, match="does not buy one tile"):
         select_regions(cands, feats, np.zeros((0, 8)), SelectionConfig(unit="region", budget=10), regions)
@@ -150,12 +165,21 @@ def test_labels_outside_the_annotated_tiles_never_reach_the_loss(pool_world):
     torch.manual_seed(0)
     model = OccupancyNetwork(NetworkConfig(**{**NET, "grid": TINY_GRID})).eval()
     off = dict(depth=0, semantics_2d=0, depth_distribution=0, line_of_sight=0)
-    trainer = Trainer(model, RenderConfig(rays_per_frame=64), LossConfig(labels_3d=1, pseudo_3d=1, **off),
-                      TrainConfig(steps=1), Path("/nonexistent"), torch.device("cpu"), annotate=annotate)
+    trainer = Trainer(
+        model,
+        RenderConfig(rays_per_frame=64),
+        LossConfig(labels_3d=1, pseudo_3d=1, **off),
+        TrainConfig(steps=1),
+        Path("/nonexistent"),
+        torch.device("cpu"),
+        annotate=annotate,
+    )
     with torch.no_grad():
         a, b = trainer.losses(right, 0), trainer.losses(bad, 0)
         torch.testing.assert_close(a["labels3d"], b["labels3d"])
-        whole = dict(bad, gt_annotated=torch.ones_like(bad["gt_annotated"]), gt_mask=torch.from_numpy(gt.mask_camera)[None])
+        whole = dict(
+            bad, gt_annotated=torch.ones_like(bad["gt_annotated"]), gt_mask=torch.from_numpy(gt.mask_camera)[None]
+        )
         assert not torch.allclose(trainer.losses(whole, 0)["labels3d"], a["labels3d"])  # wrong labels would count
         # pseudo-labels: changed inside the tiles -> no effect; changed outside -> the loss moves
         flip = torch.where(pseudo == FREE_ID, 4, FREE_ID)
@@ -173,8 +197,14 @@ def region_run(trained, tmp_path) -> Path:
     recipe = tmp_path / "t" / "recipe.yaml"
     r = yaml.safe_load(recipe.read_text())
     r["out"] = str(tmp_path / "t" / "run")
-    r["selection"] = {"unit": "region", "region_size": 16, "budget": 2048 * 5, "per_scene_cap": 1,
-                      "max_tiles_per_frame": 3, "strategy": "entropy"}
+    r["selection"] = {
+        "unit": "region",
+        "region_size": 16,
+        "budget": 2048 * 5,
+        "per_scene_cap": 1,
+        "max_tiles_per_frame": 3,
+        "strategy": "entropy",
+    }
     recipe.write_text(yaml.safe_dump(r))
     return recipe
 
@@ -215,7 +245,9 @@ def test_region_round_select_oracle_ingest_export(region_run, pool_world, tmp_pa
     (x0, _), (y0, _), _ = r0["tiles"][0]["bounds"]
     holed = good.semantics.copy()
     holed[x0, y0, 0] = IGNORE_ID
-    write_labels(path, Occ3DLabels(holed, good.mask_lidar, good.mask_camera, mask_annotated=good.mask_annotated), TINY_GRID)
+    write_labels(
+        path, Occ3DLabels(holed, good.mask_lidar, good.mask_camera, mask_annotated=good.mask_annotated), TINY_GRID
+    )
     with pytest.raises(DataError, match=f"frame {r0['token']} tile {r0['tiles'][0]['index']} .* 1 of 2048 voxels"):
         ingest(recipe, 0, ann)
     # a full-frame delivery with wrong classes outside the tiles: accepted, only the tiles are stored

@@ -1,4 +1,5 @@
 """The render op: every backend against the PyTorch reference, analytic cases, edge cases, bad input."""
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,9 @@ def _compare(backend, device, dtype, mode, n_rays=400, channels=5, seed=0, tol=N
     out, grads = _run(backend, density, features, rays, mode, seed + 2, **kw)
     tol = tol or TOL[dtype]
     for name in ("depth", "opacity", "transmittance"):
-        torch.testing.assert_close(getattr(out, name), getattr(ref_out, name), **tol, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            getattr(out, name), getattr(ref_out, name), **tol, msg=lambda m, name=name: f"{name}: {m}"
+        )
     torch.testing.assert_close(out.features.to(dtype), ref_out.features, **tol)
     torch.testing.assert_close(grads[0], ref_grads[0], **tol, msg=lambda m: f"grad density: {m}")
     torch.testing.assert_close(grads[1].to(dtype), ref_grads[1], **tol, msg=lambda m: f"grad features: {m}")
@@ -69,8 +72,7 @@ def test_cuda_matches_reference(mode, dtype, channels):
 @pytest.mark.parametrize("feat_dtype", [torch.float16, torch.bfloat16])
 def test_cuda_half_features_accumulate_in_float32(mode, feat_dtype):
     # Only the features' storage is rounded (bf16: 8 mantissa bits, relative 4e-3); sums are float32.
-    _compare("cuda", "cuda", torch.float32, mode, channels=17, feat_dtype=feat_dtype,
-             tol=dict(rtol=2e-2, atol=2e-2))
+    _compare("cuda", "cuda", torch.float32, mode, channels=17, feat_dtype=feat_dtype, tol=dict(rtol=2e-2, atol=2e-2))
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -93,7 +95,13 @@ def _rays(origins, directions, near=0.0, far=100.0, dtype=torch.float64):
     o = torch.tensor(origins, dtype=dtype).reshape(-1, 3)
     d = torch.nn.functional.normalize(torch.tensor(directions, dtype=dtype).reshape(-1, 3), dim=1)
     n = len(o)
-    return o, d, torch.zeros(n, dtype=torch.long), torch.full((n,), near, dtype=dtype), torch.full((n,), far, dtype=dtype)
+    return (
+        o,
+        d,
+        torch.zeros(n, dtype=torch.long),
+        torch.full((n,), near, dtype=dtype),
+        torch.full((n,), far, dtype=dtype),
+    )
 
 
 BACKENDS_HERE = ["reference", "cpu"] + (["cuda"] if CUDA else [])
@@ -160,7 +168,9 @@ def test_edge_case_rays(backend, mode):
     o, d, b, near, far = rays
     far[2] = near[2]  # zero-length range
     out = render_rays(*_to(device, density, features, o, d, b, near, far), grid=SMALL_GRID, mode=mode, backend=backend)
-    ref = render_rays(density, features, *_to(device, o, d, b, near, far), grid=SMALL_GRID, mode=mode, backend="reference")
+    ref = render_rays(
+        density, features, *_to(device, o, d, b, near, far), grid=SMALL_GRID, mode=mode, backend="reference"
+    )
     # ray 0 misses (passes beside the grid), ray 2 has an empty range: nothing rendered
     for r in (0, 2):
         assert out.opacity[r].item() == 0 and out.depth[r].item() == 0 and out.transmittance[r].item() == 1
@@ -199,8 +209,16 @@ def test_non_contiguous_inputs(backend):
 # ---- bad input --------------------------------------------------------------------------------
 def _good():
     density, features = random_scene(SMALL_GRID, 1, 2, torch.float32, "cpu", seed=0)
-    return dict(density=density.detach(), features=features.detach(), **dict(zip(
-        ("origins", "directions", "batch_index", "near", "far"), random_rays(SMALL_GRID, 8, 1, torch.float32, "cpu", 1))))
+    return dict(
+        density=density.detach(),
+        features=features.detach(),
+        **dict(
+            zip(
+                ("origins", "directions", "batch_index", "near", "far"),
+                random_rays(SMALL_GRID, 8, 1, torch.float32, "cpu", 1),
+            )
+        ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -299,8 +317,11 @@ def test_unchecked_bad_rays_render_nothing_and_do_not_fail(backend):
     out = render_rays(**args, grid=SMALL_GRID, backend=backend, check_values=False)
     for r in (3, 5):
         assert out.opacity[r].item() == 0 and out.transmittance[r].item() == 1 and torch.all(out.features[r] == 0)
-    good = render_rays(**{k: v[torch.tensor([0, 1, 2, 4, 6, 7])] if k not in ("density", "features") else v
-                          for k, v in args.items()}, grid=SMALL_GRID, backend=backend)
+    good = render_rays(
+        **{k: v[torch.tensor([0, 1, 2, 4, 6, 7])] if k not in ("density", "features") else v for k, v in args.items()},
+        grid=SMALL_GRID,
+        backend=backend,
+    )
     torch.testing.assert_close(out.depth[torch.tensor([0, 1, 2, 4, 6, 7])], good.depth)
 
 
@@ -314,10 +335,12 @@ def test_cpu_backward_with_shared_gradient_buffers(threads):
     try:
         density, features = random_scene(grid, 1, channels, torch.float64, "cpu", seed=9)
         rays = random_rays(grid, 64, 1, torch.float64, "cpu", seed=10)
-        ref = torch.autograd.grad(weighted_loss(render_rays(density, features, *rays, grid=grid, backend="reference"), 1),
-                                  [density, features])
-        got = torch.autograd.grad(weighted_loss(render_rays(density, features, *rays, grid=grid, backend="cpu"), 1),
-                                  [density, features])
+        ref = torch.autograd.grad(
+            weighted_loss(render_rays(density, features, *rays, grid=grid, backend="reference"), 1), [density, features]
+        )
+        got = torch.autograd.grad(
+            weighted_loss(render_rays(density, features, *rays, grid=grid, backend="cpu"), 1), [density, features]
+        )
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(got[0], ref[0], **TOL[torch.float64])
@@ -364,8 +387,10 @@ def test_opcheck_render_ops_cuda_half_features(feat_dtype):
     torch.library.opcheck(render_module.render_rays_fwd, _fwd_args(density, features, rays, "trilinear", "cuda"))
 
 
-@pytest.mark.parametrize("backend,device", [(b, "cuda" if b == "cuda" else "cpu") for b in BACKENDS_HERE]
-                         + ([("reference", "cuda")] if CUDA else []))
+@pytest.mark.parametrize(
+    "backend,device",
+    [(b, "cuda" if b == "cuda" else "cpu") for b in BACKENDS_HERE] + ([("reference", "cuda")] if CUDA else []),
+)
 @pytest.mark.parametrize("mode", MODES)
 def test_op_gradients_equal_plain_autograd_of_the_reference(backend, device, mode):
     """The op's autograd wiring (setup_context, backward, the backward op), called directly (eager render_rays
@@ -376,8 +401,11 @@ def test_op_gradients_equal_plain_autograd_of_the_reference(backend, device, mod
     ref = render_rays_reference(density, features, *rays, grid=TINY_GRID, mode=mode, step_size=0.15)
     got = torch.autograd.grad(weighted_loss(out, 3), [density, features])
     want = torch.autograd.grad(weighted_loss(RenderOutput(*ref), 3), [density, features])
-    for name, a, b in zip(("depth", "opacity", "features", "transmittance"), (out.depth, out.opacity, out.features,
-                                                                             out.transmittance), ref):
+    for name, a, b in zip(
+        ("depth", "opacity", "features", "transmittance"),
+        (out.depth, out.opacity, out.features, out.transmittance),
+        ref,
+    ):
         torch.testing.assert_close(a, b, **TOL[torch.float64], msg=lambda m, name=name: f"{name}: {m}")
     torch.testing.assert_close(got[0], want[0], **TOL[torch.float64], msg=lambda m: f"grad density: {m}")
     torch.testing.assert_close(got[1], want[1], **TOL[torch.float64], msg=lambda m: f"grad features: {m}")
@@ -386,10 +414,23 @@ def test_op_gradients_equal_plain_autograd_of_the_reference(backend, device, mod
 
 def _small_loss_fn(mode, backend):
     """A small function around render_rays (ops before and after it), returning the tensors to compare."""
+
     def fn(log_density, features, origins, directions, batch_index, near, far):
-        out = render_rays(log_density.exp() - 1, features * 2, origins, directions, batch_index, near, far,
-                          grid=TINY_GRID, mode=mode, step_size=0.15, backend=backend)
+        out = render_rays(
+            log_density.exp() - 1,
+            features * 2,
+            origins,
+            directions,
+            batch_index,
+            near,
+            far,
+            grid=TINY_GRID,
+            mode=mode,
+            step_size=0.15,
+            backend=backend,
+        )
         return out.depth * 2 + out.opacity, out.features.square(), out.transmittance
+
     return fn
 
 
@@ -451,11 +492,15 @@ def test_compiled_graphs_hold_the_forward_and_backward_ops():
         def compiler(gm, example_inputs):
             graphs[name] = [str(node.target) for node in gm.graph.nodes if node.op == "call_function"]
             return make_boxed_func(gm.forward)
+
         return compiler
 
     torch.compiler.reset()
-    fn = torch.compile(_small_loss_fn("voxel", "cpu"), backend=aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw")),
-                       fullgraph=True)
+    fn = torch.compile(
+        _small_loss_fn("voxel", "cpu"),
+        backend=aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw")),
+        fullgraph=True,
+    )
     density, features, rays = _tiny("cpu", "voxel")
     outs = fn(torch.log1p(density.detach()).requires_grad_(), features, *rays)
     torch.autograd.grad(sum(o.sum() for o in outs), [features])

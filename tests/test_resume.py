@@ -1,6 +1,7 @@
 """Issue 19, resume and reuse: a rerun of an unchanged recipe resumes, a corrected recipe continues a run
 when only keys of unfinished stages changed, a finished run takes more rounds, the run folder records why
 it stopped, and nothing is written before the recipe's paths and values are checked."""
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,13 @@ def test_digest_survives_save_and_load(path, tmp_path):
 def test_only_keys_of_finished_stages_forbid_a_change(tmp_path):
     path = RECIPES[0].parent / "quickstart.yaml"
     old = load_recipe(path)
-    new = load_recipe(path, ["train.steps=9", "rounds.count=3", "selection.budget=2", "device=auto"], out=str(tmp_path / "x"))
+    new = load_recipe(
+        path, ["train.steps=9", "rounds.count=3", "selection.budget=2", "device=auto"], out=str(tmp_path / "x")
+    )
     assert forbidding_changes(old, new, ["data", "supervise"]) == []
-    assert forbidding_changes(old, new, ["data", "supervise", "round_0/train"]) == ["train.steps (read by round_0/train)"]
+    assert forbidding_changes(old, new, ["data", "supervise", "round_0/train"]) == [
+        "train.steps (read by round_0/train)"
+    ]
     assert forbidding_changes(old, new, ["round_0/select"]) == ["selection.budget (read by round_0/select)"]
 
 
@@ -54,8 +59,25 @@ def test_preflight_writes_nothing_and_names_every_problem(tmp_path, sample_root,
     assert "www.nuscenes.org" in err and "samples/" in err
     assert not out.exists()
     # a dataset that is there, but neither SAM nor CLIP: both named, nothing loaded, nothing written
-    assert main(["run", str(recipe), "--out", str(out), "--set", f"data.dataroot={sample_root}",
-                 "--set", "data.version=v1.0-mini", "--set", "device=cpu", "--set", "supervision.device=cpu"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(recipe),
+                "--out",
+                str(out),
+                "--set",
+                f"data.dataroot={sample_root}",
+                "--set",
+                "data.version=v1.0-mini",
+                "--set",
+                "device=cpu",
+                "--set",
+                "supervision.device=cpu",
+            ]
+        )
+        == 2
+    )
     err = error_line(capsys, "run")
     assert "supervision.sam.checkpoint" in err and "supervision.clip.model" in err and "huggingface-cli download" in err
     assert not out.exists()
@@ -110,9 +132,14 @@ def test_a_run_stops_fails_resumes_and_takes_more_rounds(tmp_path, pool_world, c
     victim.write_bytes(good[:100])
     scenes = sorted(p.name for p in (world / "gts").iterdir())
     # one scene of 3 frames is the pool (the other is supervised and scored, not trained on): a quick loop
-    path = write_recipe(tmp_path, world, train={"steps": 2, "warmup_steps": 1, "checkpoint_every": 1},
-                        selection={"budget": 1}, dts={"start_step": 1, "batch_size": 1, "calibrate_threshold": False},
-                        data={"dataroot": str(world), "version": "v1.0-synth", "train_scenes": scenes[:1]})
+    path = write_recipe(
+        tmp_path,
+        world,
+        train={"steps": 2, "warmup_steps": 1, "checkpoint_every": 1},
+        selection={"budget": 1},
+        dts={"start_step": 1, "batch_size": 1, "calibrate_threshold": False},
+        data={"dataroot": str(world), "version": "v1.0-synth", "train_scenes": scenes[:1]},
+    )
     r = yaml.safe_load(path.read_text())
     del r["out"]  # the default folder, runs/<name>, relative to the working directory
     path.write_text(yaml.safe_dump(r))
@@ -137,8 +164,16 @@ def test_a_run_stops_fails_resumes_and_takes_more_rounds(tmp_path, pool_world, c
         assert json.loads((run / "stages.json").read_text()) == stages
         # one more round, annotated by people: waits (exit 3) until their labels are there
         annotations = tmp_path / "annotations"
-        more = ["--set", "train.steps=3", "--set", "rounds.count=2", "--set", "rounds.annotator=folder",
-                "--set", f"rounds.annotations_dir={annotations}"]
+        more = [
+            "--set",
+            "train.steps=3",
+            "--set",
+            "rounds.count=2",
+            "--set",
+            "rounds.annotator=folder",
+            "--set",
+            f"rounds.annotations_dir={annotations}",
+        ]
         assert main(["run", str(path), *more]) == EXIT_AWAITING_ANNOTATIONS
         err = _capture(capsys)[1]
         assert "waiting for annotations" in err and str(annotations / "round_0") in err
@@ -153,7 +188,8 @@ def test_a_run_stops_fails_resumes_and_takes_more_rounds(tmp_path, pool_world, c
         out = _capture(capsys)[0]
         assert "round 0: 0 frames with manual 3D labels" in out and "round 1: 1 frames with manual 3D labels" in out
         assert {"round_0/select", "round_0/ingest", "round_1/train", "round_1/report"} <= set(
-            json.loads((run / "stages.json").read_text()))
+            json.loads((run / "stages.json").read_text())
+        )
         assert not (run / "stopped.json").exists()
         # round 0 trained on no manual labels; retraining it on the finished run says so
         assert main(["train", str(path), "--round", "0", *more]) == 0
@@ -183,11 +219,21 @@ def test_resumed_training_counts_on_from_its_checkpoint(tmp_path, trained, capsy
 def test_ctrl_c_is_one_line_exit_130_and_recorded(tmp_path, trained):
     path = copy_trained(trained, tmp_path, steps=100000, checkpoint_every=1000)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "autolabel.cli", "run", str(path)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autolabel.cli", "run", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+    )
     stages = tmp_path / "trained" / "run" / "stages.json"
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and "supervise" not in (stages.read_text() if stages.is_file() else ""):
+    while (
+        time.time() < deadline
+        and proc.poll() is None
+        and "supervise" not in (stages.read_text() if stages.is_file() else "")
+    ):
         time.sleep(0.05)
     time.sleep(2.0)  # inside round 0's training
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group

@@ -1,5 +1,6 @@
 """benchmarks/scale.py --micro: every stage of the scale benchmark runs through the real code paths (cache
 write, training on real and on random input, labelling, export, store counts) and the table is printed."""
+
 from __future__ import annotations
 
 import json

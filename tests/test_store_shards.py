@@ -1,4 +1,5 @@
 """Issue 23, stores at fleet size: S frames per shard file, writes that stay atomic and resumable."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,9 @@ SPECS = [ArraySpec("a", (3, 4), "uint8", 255), ArraySpec("b", (5,), "float32", 0
 
 def _group(path: Path, n: int, shard_frames: int | None) -> FrameArrays:
     tokens = [f"tok{i}" for i in range(n)]
-    return FrameArrays.create_or_open(open_root(path, "a"), "g", SPECS, tokens, {}, (), f"store {path}",
-                                      shard_frames=shard_frames)
+    return FrameArrays.create_or_open(
+        open_root(path, "a"), "g", SPECS, tokens, {}, (), f"store {path}", shard_frames=shard_frames
+    )
 
 
 class Crash(Exception):
@@ -37,7 +39,11 @@ def _fill(arrays: FrameArrays, fail_at: int | None = None) -> None:
 
 
 def _files(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("n", [10, 100])

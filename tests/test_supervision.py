@@ -1,4 +1,5 @@
 """2D supervision: naming / painting logic, every provider end to end, the Zarr cache, eval-2d, errors."""
+
 from __future__ import annotations
 
 import json
@@ -72,7 +73,9 @@ def test_vocabulary_naming_an_unknown_class_is_an_error(tmp_path):
     with pytest.raises(DataError, match="supervision: vocabulary names an unknown class 'lamp'"):
         load_recipe(recipe)
     recipe.write_text(yaml.safe_dump({"data": {"dataroot": "."}, "supervision": {"sam": {"model_typ": "vit_b"}}}))
-    with pytest.raises(DataError, match="unknown key supervision.sam.model_typ; allowed keys under supervision.sam: checkpoint"):
+    with pytest.raises(
+        DataError, match="unknown key supervision.sam.model_typ; allowed keys under supervision.sam: checkpoint"
+    ):
         load_recipe(recipe)
 
 
@@ -91,8 +94,12 @@ def test_sam_masks_at_label_resolution_match_sams_own_postprocessing(tiny_models
     emb = runner.embed(image[None])
     points = torch.tensor([[300.0, 200.0], [700.0, 400.0]])
     low, _ = runner._decode(emb, points, None, multimask=True)
-    ours = torch.nn.functional.grid_sample(low[:, None], runner._label_grid(hw, rc).expand(len(low), -1, -1, -1),
-                                           align_corners=False, padding_mode="border")[:, 0]
+    ours = torch.nn.functional.grid_sample(
+        low[:, None],
+        runner._label_grid(hw, rc).expand(len(low), -1, -1, -1),
+        align_corners=False,
+        padding_mode="border",
+    )[:, 0]
     # SAM's path: upsample to the padded input, crop, resize to the camera image; then our ResizeCrop
     input_hw = ResizeLongestSide(TINY_SAM.image_size).get_preprocess_shape(*hw, TINY_SAM.image_size)
     assert tuple(input_hw) == runner.input_hw(hw)
@@ -107,10 +114,20 @@ def _model_cfg(tiny_models, provider: str) -> SupervisionConfig:
     from tiny_models import TINY_SAM
 
     return SupervisionConfig(
-        provider=provider, device="cpu", min_confidence=0.0,
-        sam=SamConfig(checkpoint=tiny_models["sam"], arch=TINY_SAM, points_per_side=8, pred_iou_thresh=0.0,
-                      stability_score_thresh=0.0, min_mask_area=4),
-        clip=ClipConfig(model=tiny_models["clip"]), detector=DetectorConfig(model=tiny_models["owl"], box_threshold=0.0))
+        provider=provider,
+        device="cpu",
+        min_confidence=0.0,
+        sam=SamConfig(
+            checkpoint=tiny_models["sam"],
+            arch=TINY_SAM,
+            points_per_side=8,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.0,
+            min_mask_area=4,
+        ),
+        clip=ClipConfig(model=tiny_models["clip"]),
+        detector=DetectorConfig(model=tiny_models["owl"], box_threshold=0.0),
+    )
 
 
 def _check_maps(sem: np.ndarray, conf: np.ndarray) -> None:
@@ -174,7 +191,8 @@ def test_an_image_of_the_wrong_size_is_an_error(tiny_models, sample_frame):
 
 
 def _add_lidarseg(root: Path, frames: NuScenesFrames) -> np.ndarray:
-    """Give the sample's lidar points lidarseg labels (ego frame, origin on the ground: below 0.3 m = driveable, above = car in front, manmade behind)."""
+    """Give the sample's lidar points lidarseg labels (ego frame, origin on the ground: below 0.3 m = driveable,
+    above = car in front, manmade behind)."""
     version = root / "v1.0-mini"
     cats = json.loads((version / "category.json").read_text())
     names = ["noise", "flat.driveable_surface", "vehicle.car", "static.manmade"]
@@ -188,13 +206,16 @@ def _add_lidarseg(root: Path, frames: NuScenesFrames) -> np.ndarray:
     frame = frames[0]
     z = frame.lidar.points[:, 2]
     x = frame.lidar.points[:, 0]
-    raw = np.where(z < 0.3, index["flat.driveable_surface"], np.where(x > 0, index["vehicle.car"], index["static.manmade"]))
+    raw = np.where(
+        z < 0.3, index["flat.driveable_surface"], np.where(x > 0, index["vehicle.car"], index["static.manmade"])
+    )
     raw[:10] = index["noise"]
     sd = frame.lidar.token
     (root / "lidarseg" / "v1.0-mini").mkdir(parents=True)
     raw.astype(np.uint8).tofile(root / "lidarseg" / "v1.0-mini" / f"{sd}_lidarseg.bin")
-    (version / "lidarseg.json").write_text(json.dumps([{"token": sd, "sample_data_token": sd,
-                                                         "filename": f"lidarseg/v1.0-mini/{sd}_lidarseg.bin"}]))
+    (version / "lidarseg.json").write_text(
+        json.dumps([{"token": sd, "sample_data_token": sd, "filename": f"lidarseg/v1.0-mini/{sd}_lidarseg.bin"}])
+    )
     return raw
 
 
@@ -256,10 +277,16 @@ def test_precomputed_maps_png_and_npz_and_their_errors(tiny_world, tmp_path):
 
 # ---- the cache, the supervise command and eval-2d ---------------------------------------------------
 def _recipe(tmp_path: Path, world: Path, **supervision) -> Path:
-    r = {"name": "t", "out": str(tmp_path / "run"), "data": {"dataroot": str(world), "version": "v1.0-synth"},
-         "network": {"grid": {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4},
-                     "image_size": [64, 112]},
-         "supervision": {"provider": "precomputed", **supervision}}
+    r = {
+        "name": "t",
+        "out": str(tmp_path / "run"),
+        "data": {"dataroot": str(world), "version": "v1.0-synth"},
+        "network": {
+            "grid": {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4},
+            "image_size": [64, 112],
+        },
+        "supervision": {"provider": "precomputed", **supervision},
+    }
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(r))
@@ -404,11 +431,20 @@ def test_store_disk_full_keeps_finished_frames(tmp_path, monkeypatch):
     again = FrameArrays.open(open_root(tmp_path / "s.zarr", "r"), "g", [], "store s")
     assert again.done().tolist() == [True, False] and again.read(0, "x").tolist() == [0, 1, 2, 3]
     with pytest.raises(DataError, match="was written with k = 1, this run has 2"):
-        FrameArrays.create_or_open(open_root(tmp_path / "s.zarr", "a"), "g", [ArraySpec("x", (4,), "uint8")], ["a", "b"],
-                                   {"k": 2}, ["k"], "store s")
+        FrameArrays.create_or_open(
+            open_root(tmp_path / "s.zarr", "a"),
+            "g",
+            [ArraySpec("x", (4,), "uint8")],
+            ["a", "b"],
+            {"k": 2},
+            ["k"],
+            "store s",
+        )
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_recipe_is_valid(path):
     from autolabel.recipe import load_recipe
 
@@ -437,7 +473,7 @@ def test_precomputed_maps_on_the_real_sample(sample_copy):
     for k, cam in enumerate(frame.cameras):
         h, w = cam.image_size
         sem = np.full((h, w), 255, np.uint8)
-        sem[h // 2:] = 11  # road in the lower half
+        sem[h // 2 :] = 11  # road in the lower half
         sem[: h // 4, : w // 2] = k  # a per-camera id in the upper-left block
         Image.fromarray(sem).save(folder / f"{cam.name}.png")
         Image.fromarray(np.full((h, w), 128, np.uint8)).save(folder / f"{cam.name}_confidence.png")

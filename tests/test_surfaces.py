@@ -1,4 +1,5 @@
 """Rays meeting flat ground: depth targets and LiDAR free space agree with what the Occ3D grid holds."""
+
 from __future__ import annotations
 
 import torch
@@ -63,8 +64,18 @@ def test_occupancy_depth_targets_are_what_the_occ3d_grid_renders():
     density[..., 2] = 1e4  # the layer [-0.2, 0.2) holding the ground is occupied, everything else free
     feats = torch.ones(1, *GRID.shape, 1)
     n = len(occ.origins)
-    out = render_rays(density, feats, occ.origins, occ.directions, occ.batch_index, torch.zeros(n), torch.full((n,), 100.0),
-                      GRID, mode="voxel", step_size=0.2)
+    out = render_rays(
+        density,
+        feats,
+        occ.origins,
+        occ.directions,
+        occ.batch_index,
+        torch.zeros(n),
+        torch.full((n,), 100.0),
+        GRID,
+        mode="voxel",
+        step_size=0.2,
+    )
     rendered = out.depth * occ.z_per_metre
     assert (out.opacity > 0.999).all()
     err_occ = (rendered / occ.depth - 1).abs()
@@ -88,8 +99,9 @@ def test_line_of_sight_is_met_by_the_occ3d_ground_only_with_occupancy_targets():
     density[..., 2] = 1e4
     losses = {}
     for target in ("occupancy", "lidar"):
-        rays = sample_rays(K, T, depth, sem, conf, 1000, 0.0, torch.Generator().manual_seed(0), grid=GRID,
-                           depth_target=target)
+        rays = sample_rays(
+            K, T, depth, sem, conf, 1000, 0.0, torch.Generator().manual_seed(0), grid=GRID, depth_target=target
+        )
         losses[target] = line_of_sight(density, rays, GRID, RenderConfig(), margin=0.4).item()
     assert losses["occupancy"] < 1e-3 < 1.0 < losses["lidar"]
 
@@ -100,7 +112,9 @@ def test_occupancy_target_leaves_other_classes_alone():
     sem = torch.full(depth.shape, CAR, dtype=torch.uint8)
     conf = torch.ones_like(depth)
     occ = sample_rays(K, T, depth, sem, conf, 500, 0.0, torch.Generator().manual_seed(0), grid=GRID)
-    lidar = sample_rays(K, T, depth, sem, conf, 500, 0.0, torch.Generator().manual_seed(0), grid=GRID, depth_target="lidar")
+    lidar = sample_rays(
+        K, T, depth, sem, conf, 500, 0.0, torch.Generator().manual_seed(0), grid=GRID, depth_target="lidar"
+    )
     torch.testing.assert_close(occ.depth, lidar.depth)
 
 
@@ -155,8 +169,19 @@ def test_semantic_rays_all_add_labelled_pixels_that_lidar_missed():
 def test_semantic_rays_all_leave_labels_whose_return_lies_beyond_the_grid_unused():
     K, T, depth, sem, conf = _sparse_lidar_frame()
     depth = torch.where(depth > 0, torch.full_like(depth, 80.0), depth)  # every return beyond the grid
-    rays = sample_rays(K, T, depth, sem, conf, 400, 0.0, torch.Generator().manual_seed(0), grid=GRID,
-                       semantic_rays="all", semantic_share=0.5)
+    rays = sample_rays(
+        K,
+        T,
+        depth,
+        sem,
+        conf,
+        400,
+        0.0,
+        torch.Generator().manual_seed(0),
+        grid=GRID,
+        semantic_rays="all",
+        semantic_share=0.5,
+    )
     assert (rays.depth == 0).all()  # no depth target in the grid: only the pixels without any return
     pix = torch.stack([rays.directions @ T[0, :3, :3][:, i] for i in range(3)], 1)
     v = (K[0, 1, 1] * pix[:, 1] / pix[:, 2] + K[0, 1, 2] - 0.5).round().long()
@@ -171,9 +196,16 @@ def test_a_ray_without_depth_asks_for_semantics_in_proportion_to_its_opacity():
 
     def batch(depth, opacity):
         n = len(depth)
-        rays = RayBatch(origins=torch.zeros(n, 3), directions=torch.zeros(n, 3), batch_index=torch.zeros(n, dtype=torch.long),
-                        z_per_metre=torch.ones(n), depth=torch.tensor(depth), semantics=torch.full((n,), ROAD),
-                        confidence=torch.ones(n), weight=torch.ones(n))
+        rays = RayBatch(
+            origins=torch.zeros(n, 3),
+            directions=torch.zeros(n, 3),
+            batch_index=torch.zeros(n, dtype=torch.long),
+            z_per_metre=torch.ones(n),
+            depth=torch.tensor(depth),
+            semantics=torch.full((n,), ROAD),
+            confidence=torch.ones(n),
+            weight=torch.ones(n),
+        )
         probs = torch.full((n, 17), 0.01)
         probs[0, ROAD] = 0.9  # ray 0 rendered right, ray 1 wrong
         probs[1:, CAR] = 0.9

@@ -1,4 +1,5 @@
 """The synthetic world: loadable nuScenes layout, geometry that agrees with itself, exact ground truth."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,11 @@ def synth_root(tmp_path_factory) -> Path:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_devkit_and_frame_loader_read_it(synth_root):
@@ -89,10 +94,18 @@ def test_voxels_agree_with_primitives():
         # the voxel holding the primitive's centre is occupied (by it or by a solid that fills more of it)
         assert sem[tuple(idx)] != FREE_ID
         # a voxel whose every sample lies inside this primitive alone takes its class
-        pts = grid.index_to_world(idx) + (np.stack(np.meshgrid(*[[-0.13, 0, 0.13]] * 3, indexing="ij"), -1).reshape(-1, 3))
+        pts = grid.index_to_world(idx) + (
+            np.stack(np.meshgrid(*[[-0.13, 0, 0.13]] * 3, indexing="ij"), -1).reshape(-1, 3)
+        )
         world_pts = pts @ pose[:3, :3].T + pose[:3, 3]
-        others = [j for j in range(len(prims)) if j != i and contains(int(prims.kind[j]), prims.params[j], world_pts).any()]
-        if contains(int(prims.kind[i]), prims.params[i], world_pts).all() and not others and world_pts[:, 2].min() > 0.01:
+        others = [
+            j for j in range(len(prims)) if j != i and contains(int(prims.kind[j]), prims.params[j], world_pts).any()
+        ]
+        if (
+            contains(int(prims.kind[i]), prims.params[i], world_pts).all()
+            and not others
+            and world_pts[:, 2].min() > 0.01
+        ):
             assert sem[tuple(idx)] == prims.cls[i]
             checked += 1
     assert checked > 20
@@ -197,7 +210,10 @@ def test_v1_maps_of_a_v2_world_are_the_v1_profile_s_default_maps(tmp_path):
 
 def test_cli_synth_with_preview(tmp_path, capsys):
     out = tmp_path / "w"
-    assert main(["synth", str(out), "--scenes", "1", "--frames-per-scene", "1", "--image-size", "64x112", "--preview"]) == 0
+    assert (
+        main(["synth", str(out), "--scenes", "1", "--frames-per-scene", "1", "--image-size", "64x112", "--preview"])
+        == 0
+    )
     assert "wrote 1 frames" in capsys.readouterr().out
     from PIL import Image
 
@@ -229,28 +245,34 @@ def test_noise_regions_stay_bounded_for_ground_at_the_horizon(profile):
 
 
 # ---- noise model v2 ----------------------------------------------------------------------------------
-def _toy_view(seed: int = 0, h: int = 120, w: int = 200, objects: int = 40, size: tuple[int, int] = (8, 12),
-              depth_of_objects: float | None = None):
+def _toy_view(
+    seed: int = 0,
+    h: int = 120,
+    w: int = 200,
+    objects: int = 40,
+    size: tuple[int, int] = (8, 12),
+    depth_of_objects: float | None = None,
+):
     """A camera-like map: sky on top, a manmade wall band, then ground (road, a sidewalk strip, terrain)
     whose depth and world xy fall towards the bottom rows, and `objects` car boxes of `size` pixels;
     returns semantics, instance, depth, world xy as the renderer gives them."""
     r = np.random.default_rng(seed)
     sem = np.full((h, w), C["driveable_surface"], np.uint8)
     sem[:, : w // 5] = C["sidewalk"]
-    sem[:, -w // 6:] = C["terrain"]
+    sem[:, -w // 6 :] = C["terrain"]
     sem[: h // 6] = 255
-    sem[h // 6: h // 3] = C["manmade"]
+    sem[h // 6 : h // 3] = C["manmade"]
     inst = np.zeros((h, w), np.int32)
-    inst[h // 6: h // 3] = 1
+    inst[h // 6 : h // 3] = 1
     rows = np.linspace(80.0, 3.0, h)
     depth = np.tile(rows[:, None], (1, w)).astype(np.float32)
     xy = np.stack(np.meshgrid(np.linspace(-20, 20, w), rows), -1).astype(np.float32)
     for i in range(objects):
         y, x = r.integers(h // 3, h - size[0]), r.integers(0, w - size[1])
-        sem[y:y + size[0], x:x + size[1]] = C["car"]
-        inst[y:y + size[0], x:x + size[1]] = 2 + i
+        sem[y : y + size[0], x : x + size[1]] = C["car"]
+        inst[y : y + size[0], x : x + size[1]] = 2 + i
         if depth_of_objects is not None:
-            depth[y:y + size[0], x:x + size[1]] = depth_of_objects
+            depth[y : y + size[0], x : x + size[1]] = depth_of_objects
     depth[: h // 6] = 0
     xy[: h // 6] = np.nan
     return sem, inst, depth, xy
@@ -279,8 +301,8 @@ def test_v1_profile_reproduces_the_first_release_byte_for_byte():
     inst[15:25] = 1
     for i in range(6):
         y, x = r.integers(20, 55), r.integers(0, 90)
-        sem[y:y + 5, x:x + 8] = 4
-        inst[y:y + 5, x:x + 8] = 2 + i
+        sem[y : y + 5, x : x + 8] = 4
+        inst[y : y + 5, x : x + 8] = 2 + i
     depth = np.tile(np.linspace(80, 3, h)[:, None], (1, w)).astype(np.float32)
     xy = np.stack(np.meshgrid(np.linspace(-20, 20, w), np.linspace(80, 3, h)), -1).astype(np.float32)
     xy[:15] = np.nan

@@ -1,4 +1,5 @@
 """The voxel walk's compiled backends mark exactly the voxels of the PyTorch reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,12 +19,12 @@ def _rays(n: int, seed: int, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     o = (torch.rand(n, 3, generator=g, dtype=torch.float64) - 0.5) * torch.tensor([16.0, 16.0, 5.0])
     o[: n // 4] = torch.tensor([0.1, -0.3, 0.6], dtype=torch.float64)  # a sensor inside
-    o[n // 4: n // 4 + 8, 0] = 6.4  # on the boundary plane
-    o[n // 4 + 8: n // 4 + 16, 1] = 0.8  # on an inner voxel plane
+    o[n // 4 : n // 4 + 8, 0] = 6.4  # on the boundary plane
+    o[n // 4 + 8 : n // 4 + 16, 1] = 0.8  # on an inner voxel plane
     d = torch.randn(n, 3, generator=g, dtype=torch.float64)
     d[: n // 8, 2] = 0  # horizontal
-    d[n // 8: n // 8 + 16, :2] = 0  # vertical
-    d[n // 4 + 8: n // 4 + 16, 1] = 0  # along the inner plane
+    d[n // 8 : n // 8 + 16, :2] = 0  # vertical
+    d[n // 4 + 8 : n // 4 + 16, 1] = 0  # along the inner plane
     d = d / d.norm(dim=1, keepdim=True)
     t = torch.rand(n, generator=g, dtype=torch.float64) * 12
     occ = torch.rand(GRID.shape, generator=g) < 0.03
@@ -46,7 +47,9 @@ def test_compiled_walk_equals_the_reference(backend, device, case):
     assert torch.equal(got, want), f"{int((got != want).sum())} voxels differ"
 
 
-@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)])
+@pytest.mark.parametrize(
+    "backend,device", [("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)]
+)
 def test_several_frames_in_one_call_equal_one_call_per_frame(backend, device):
     rays = [_rays(500, seed=s, device=device) for s in (1, 2, 3)]
     o = torch.cat([r[0] for r in rays])
@@ -71,7 +74,9 @@ def test_bad_input_is_named():
         ray_voxels(o, d, GRID, backend="gpu")
 
 
-@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)])
+@pytest.mark.parametrize(
+    "backend,device", [("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)]
+)
 @pytest.mark.parametrize("batched", [False, True])
 def test_opcheck_walk_op(backend, device, batched):
     """autolabel_kernels::ray_voxels: schema, fake function, AOT dispatch with dynamic shapes (no autograd)."""
@@ -79,11 +84,14 @@ def test_opcheck_walk_op(backend, device, batched):
     frame = torch.arange(40, device=device) % 2 if batched else None
     occupied = torch.stack([occ, ~occ]) if batched else occ[None]
     g = GRID
-    torch.library.opcheck(ray_voxels_op, (o, d, occupied, t, frame, 2 if batched else 1, g.range_min, g.range_max,
-                                          g.voxel_size, backend))
+    torch.library.opcheck(
+        ray_voxels_op, (o, d, occupied, t, frame, 2 if batched else 1, g.range_min, g.range_max, g.voxel_size, backend)
+    )
 
 
-@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)])
+@pytest.mark.parametrize(
+    "backend,device", [("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=CUDA)]
+)
 def test_torch_compile_of_the_walk_matches_eager(backend, device):
     """The walk compiles without a graph break (its value checks run inside the op) and marks the same voxels."""
     from torch._dynamo.testing import CompileCounterWithBackend

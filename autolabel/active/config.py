@@ -1,4 +1,5 @@
 """The recipe's ``selection`` section."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ class SelectionConfig:
         if self.box_points < 0:
             raise ValueError(f"selection.box_points must be >= 0, got {self.box_points}")
         if self.unit == "region" and self.cost_model:
-            raise ValueError("selection.cost_model prices whole frames; with selection.unit: region the budget "
-                             "counts labelled voxels, so set cost_model: false")
+            raise ValueError(
+                "selection.cost_model prices whole frames; with selection.unit: region the budget "
+                "counts labelled voxels, so set cost_model: false"
+            )
 
     @property
     def region(self) -> bool:
@@ -77,8 +80,8 @@ def check_region_budget(cfg: SelectionConfig, shape: tuple[int, int, int]) -> No
         raise ValueError(f"selection.region_size {cfg.region_size} is larger than the grid's BEV extent {x} x {y}")
     tile = min(cfg.region_size, x) * min(cfg.region_size, y) * z
     if cfg.budget < tile:
-        raise ValueError(f"selection.budget is in labelled voxels when selection.unit is region: {cfg.budget:g} does "
-                         f"not buy one tile of {cfg.region_size} x {cfg.region_size} x {z} = {tile} voxels; a budget "
-                         f"of N frames is N x {x * y * z} voxels on this {x} x {y} x {z} grid")
-
-
+        raise ValueError(
+            f"selection.budget is in labelled voxels when selection.unit is region: {cfg.budget:g} does "
+            f"not buy one tile of {cfg.region_size} x {cfg.region_size} x {z} = {tile} voxels; a budget "
+            f"of N frames is N x {x * y * z} voxels on this {x} x {y} x {z} grid"
+        )

@@ -11,6 +11,7 @@ k-center greedy makes the same picks as the original code, in far less time and 
 - greedy update with a new center: one matrix-vector product; only rows whose distance may shrink (the
   approximate squared distance, less the bound, below the current squared distance) are measured exactly.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,9 @@ class PointDistances:
         self.device = _device(device)
         self.dtype = torch.float64 if self.device.type == "cuda" else torch.float32
         self.xa = torch.as_tensor(self.x).to(self.device, self.dtype).contiguous()  # no copy for float32 on the CPU
-        self.xn = (self.xa.double() ** 2).sum(1) if self.device.type == "cuda" else torch.from_numpy(self._sqnorm(self.x))
+        self.xn = (
+            (self.xa.double() ** 2).sum(1) if self.device.type == "cuda" else torch.from_numpy(self._sqnorm(self.x))
+        )
         self.xn = self.xn.to(self.device, self.dtype)
         # |fl(d2) - d2| <= bound * (|x|^2 + |c|^2): gamma_D for each of the dot product and the two norms, a
         # few roundings for the sums and the cast of float64 inputs to the approximate dtype (generous, rigorous)
@@ -54,16 +57,16 @@ class PointDistances:
         c = np.asarray(center, dtype=np.float64)
         out = np.empty(len(rows))
         for a in range(0, len(rows), self.rows):
-            r = rows[a:a + self.rows]
-            out[a:a + len(r)] = np.linalg.norm(self.x[r].astype(np.float64) - c, axis=1)
+            r = rows[a : a + self.rows]
+            out[a : a + len(r)] = np.linalg.norm(self.x[r].astype(np.float64) - c, axis=1)
         return out
 
     def exact_pairs(self, rows: np.ndarray, centers: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """float64 ``norm(x[rows[i]] - centers[cols[i]])`` for each pair i, chunked."""
         out = np.empty(len(rows))
         for a in range(0, len(rows), self.rows):
-            r, c = rows[a:a + self.rows], cols[a:a + self.rows]
-            out[a:a + len(r)] = np.linalg.norm(self.x[r].astype(np.float64) - centers[c].astype(np.float64), axis=1)
+            r, c = rows[a : a + self.rows], cols[a : a + self.rows]
+            out[a : a + len(r)] = np.linalg.norm(self.x[r].astype(np.float64) - centers[c].astype(np.float64), axis=1)
         return out
 
     def to_mean(self) -> np.ndarray:

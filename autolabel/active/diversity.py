@@ -3,6 +3,7 @@
 Distances go through `distances.PointDistances` (chunked, exact float64 values, never an N x M x D
 array), so a nuScenes-size pool (35,000 frames x 2,048 numbers, 1,500 labelled) fits in a few GB.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Sequence
@@ -13,8 +14,12 @@ import torch
 from .distances import PointDistances
 
 
-def k_center_order(features: np.ndarray, selected: Sequence[int] = (), candidates: Sequence[int] | None = None,
-                   device: str | torch.device | None = None) -> Iterator[int]:
+def k_center_order(
+    features: np.ndarray,
+    selected: Sequence[int] = (),
+    candidates: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+) -> Iterator[int]:
     """Candidates in k-center greedy order (the core-set greedy of Sener & Savarese, a 2-approximation of
     the k-center optimum), lazily: each is the farthest (Euclidean) from everything selected and picked
     so far. With nothing selected, the first pick is the candidate farthest from the candidates' mean.
@@ -25,8 +30,9 @@ def k_center_order(features: np.ndarray, selected: Sequence[int] = (), candidate
     yield from (int(cand[i]) for i in greedy_order(points, centres, device))
 
 
-def greedy_order(points: np.ndarray, centres: np.ndarray | None = None,
-                 device: str | torch.device | None = None) -> Iterator[int]:
+def greedy_order(
+    points: np.ndarray, centres: np.ndarray | None = None, device: str | torch.device | None = None
+) -> Iterator[int]:
     """`k_center_order` over `points` (N, D) with `centres` (M, D) already selected (None: none), as row
     indices of `points`; the arrays are used as they are (no copy of a float32 pool on the CPU)."""
     if len(points) == 0:
@@ -40,8 +46,13 @@ def greedy_order(points: np.ndarray, centres: np.ndarray | None = None,
         d[i] = -np.inf
 
 
-def k_center_greedy(features: np.ndarray, k: int, selected: Sequence[int] = (),
-                    candidates: Sequence[int] | None = None, device: str | torch.device | None = None) -> list[int]:
+def k_center_greedy(
+    features: np.ndarray,
+    k: int,
+    selected: Sequence[int] = (),
+    candidates: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+) -> list[int]:
     """The first k candidates of `k_center_order` (indices into `features`, in pick order)."""
     order = k_center_order(features, selected, candidates, device)
     return [i for _, i in zip(range(max(k, 0)), order)]

@@ -6,6 +6,7 @@ need the whole pool's histogram, so uncertainty is finished after the pass), tea
 disagreement, the student's rendering residual on the frame's own supervision, the annotation cost, and
 pooled BEV features of the teacher's voxel encoder for diversity.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,14 @@ from ..store.labels import LabelStore
 from ..supervision.providers import resolve_device
 from ..training.data import FrameDataset
 from ..training.rounds import checkpoint_path, open_cache
-from .scores import (class_weights, disagreement, entropy_by_class, occupied_voxels, voxel_distribution,
-                     weighted_uncertainty)
+from .scores import (
+    class_weights,
+    disagreement,
+    entropy_by_class,
+    occupied_voxels,
+    voxel_distribution,
+    weighted_uncertainty,
+)
 from .regions import RegionGrid, tile_entropy_by_class, tile_scores
 from .select import Candidate, Pick, select_frames, select_regions
 
@@ -53,16 +60,27 @@ def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, 
     dev = density.device
     gen = torch.Generator(device=dev).manual_seed(seed)
     try:
-        rays = sample_rays(item["intrinsics"].to(dev), item["cam2ego"].to(dev), item["depth"].to(dev),
-                           item["semantics"].to(dev), item["confidence"].to(dev),
-                           max(256, recipe.render.rays_per_frame // 4), 0.0, gen, grid=recipe.network.grid,
-                           depth_target=recipe.render.depth_target, semantic_rays=recipe.render.semantic_rays,
-                           semantic_share=recipe.render.semantic_share)
+        rays = sample_rays(
+            item["intrinsics"].to(dev),
+            item["cam2ego"].to(dev),
+            item["depth"].to(dev),
+            item["semantics"].to(dev),
+            item["confidence"].to(dev),
+            max(256, recipe.render.rays_per_frame // 4),
+            0.0,
+            gen,
+            grid=recipe.network.grid,
+            depth_target=recipe.render.depth_target,
+            semantic_rays=recipe.render.semantic_rays,
+            semantic_share=recipe.render.semantic_share,
+        )
     except ValueError:  # nothing of the frame falls in the grid
         return 0.0
     r = render(density[None], logits[None], rays, recipe.network.grid, recipe.render)
     has = rays.depth > 0
-    depth_err = (torch.log(r.depth[has].clamp_min(1e-3)) - torch.log(rays.depth[has])).abs().mean() if has.any() else 0.0
+    depth_err = (
+        (torch.log(r.depth[has].clamp_min(1e-3)) - torch.log(rays.depth[has])).abs().mean() if has.any() else 0.0
+    )
     return float(depth_err + rendered_semantics_ce(r, rays))
 
 
@@ -82,8 +100,10 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
     arrays = store.round(k)
     done = arrays.done()
     if arrays.tokens != frames.tokens or not done.all():
-        raise DataError(f"{store.path} round {k}: labels are missing for {int((~done).sum())} frames; "
-                        f"run `autolabel label --round {k}` first")
+        raise DataError(
+            f"{store.path} round {k}: labels are missing for {int((~done).sum())} frames; "
+            f"run `autolabel label --round {k}` first"
+        )
     ckpt = checkpoint_path(recipe, k)
     teacher, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=True)
     student, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=False)
@@ -92,10 +112,17 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
     voxel = float(min(recipe.network.grid.voxel_size))
     regions = RegionGrid(recipe.network.grid.shape, recipe.selection.region_size) if recipe.selection.region else None
     mine = [i for i in range(len(frames)) if i % world_size() == rank()]
-    dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe),
-                           grid=recipe.network.grid, indices=mine)
-    loader = DataLoader(dataset, batch_size=1, num_workers=default_workers() if workers is None else workers,
-                        collate_fn=_first)
+    dataset = FrameDataset(
+        frames,
+        recipe.network.image_size,
+        labels="cache",
+        cache=open_cache(recipe),
+        grid=recipe.network.grid,
+        indices=mine,
+    )
+    loader = DataLoader(
+        dataset, batch_size=1, num_workers=default_workers() if workers is None else workers, collate_fn=_first
+    )
     # pool index -> (entropy sums, counts, disagreement, residual, cost, feature, per-tile sums and counts or None)
     scored: dict[int, tuple] = {}
     try:
@@ -113,9 +140,15 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
             sums, n = entropy_by_class(pt, mask)
             cost = recipe.selection.frame_cost + recipe.selection.voxel_cost * occupied_voxels(pt, mask)
             bev = F.adaptive_avg_pool2d(feats["bev"], BEV_POOL).flatten(1)[0]
-            scored[i] = (sums.cpu().numpy(), n.cpu().numpy(), disagreement(pt.argmax(-1), ps.argmax(-1), mask), res,
-                         cost, F.normalize(bev, dim=0).cpu().numpy(),
-                         tile_entropy_by_class(pt, mask, regions) if regions is not None else None)
+            scored[i] = (
+                sums.cpu().numpy(),
+                n.cpu().numpy(),
+                disagreement(pt.argmax(-1), ps.argmax(-1), mask),
+                res,
+                cost,
+                F.normalize(bev, dim=0).cpu().numpy(),
+                tile_entropy_by_class(pt, mask, regions) if regions is not None else None,
+            )
     finally:
         hook.remove()
     parts = gather_to_main(scored)
@@ -142,8 +175,13 @@ def _point_costs(pool: PoolScores, frames, recipe: Recipe, arrays) -> None:
     cells = pool.regions.cell_tiles() if pool.regions is not None else None
     for c in pool.candidates:
         i = arrays.index(c.token)
-        c.point_cost = frame_cost(frames, c.token, recipe.network.grid, cells,
-                                  lambda i=i: (arrays.read(i, "semantics"), arrays.read(i, "mask_camera")))
+        c.point_cost = frame_cost(
+            frames,
+            c.token,
+            recipe.network.grid,
+            cells,
+            lambda i=i: (arrays.read(i, "semantics"), arrays.read(i, "mask_camera")),
+        )
         if sel.cost_model:
             c.cost = c.point_cost.cost(sel.box_points)
 
@@ -164,17 +202,30 @@ def _finish(frames, labelled: np.ndarray, rows: list[tuple], regions: RegionGrid
     counts = np.stack([r[1] for r in rows]).astype(np.float64)
     w = class_weights(torch.from_numpy(counts.sum(0)))
     unc = weighted_uncertainty(torch.from_numpy(ent_sum).float(), torch.from_numpy(counts).float(), w).numpy()
-    cands = [Candidate(t, frames.scene_of(t), {"uncertainty": float(unc[i]), "disagreement": rows[i][2],
-                                                "residual": rows[i][3]}, rows[i][4])
-             for i, t in enumerate(frames.tokens) if not labelled[i]]
+    cands = [
+        Candidate(
+            t,
+            frames.scene_of(t),
+            {"uncertainty": float(unc[i]), "disagreement": rows[i][2], "residual": rows[i][3]},
+            rows[i][4],
+        )
+        for i, t in enumerate(frames.tokens)
+        if not labelled[i]
+    ]
     if regions is not None:
         voxels = regions.voxels()
         by_token = {t: rows[i][6] for i, t in enumerate(frames.tokens)}
         for c in cands:
             sums, n = by_token[c.token]
             c.tile_scores, c.tile_visible = tile_scores(sums, w.numpy(), voxels), n.sum(-1)
-    return PoolScores(list(frames.tokens), [frames.scene_of(t) for t in frames.tokens], labelled,
-                      np.stack([r[5] for r in rows]), cands, regions=regions)
+    return PoolScores(
+        list(frames.tokens),
+        [frames.scene_of(t) for t in frames.tokens],
+        labelled,
+        np.stack([r[5] for r in rows]),
+        cands,
+        regions=regions,
+    )
 
 
 def select_pool(pool: PoolScores, cfg, device: str | torch.device | None = None) -> tuple[list[Pick], str]:

@@ -11,6 +11,7 @@ class weights a tile's score is its class-weighted entropy mass per labelled vox
 visible voxels of weight x entropy, divided by the tile's voxel count), so a tile with few visible voxels,
 which costs as much to label, ranks lower than a tile full of uncertain ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,7 +69,9 @@ def bounds_mask(shape: tuple[int, int, int], bounds: list[list[list[int]]]) -> n
     return m
 
 
-def tile_entropy_by_class(probs: torch.Tensor, mask: torch.Tensor, regions: RegionGrid) -> tuple[np.ndarray, np.ndarray]:
+def tile_entropy_by_class(
+    probs: torch.Tensor, mask: torch.Tensor, regions: RegionGrid
+) -> tuple[np.ndarray, np.ndarray]:
     """probs (X, Y, Z, 18), mask (X, Y, Z) -> per tile and predicted class: entropy sums and voxel counts
     within the mask, each (T, 18) float64 (what `entropy_by_class` computes for the frame, per tile)."""
     m = mask.bool()

@@ -18,6 +18,7 @@ label and stores only the tiles: semantics 255 and masks 0 outside them, and the
 ``confidence`` array as the annotated mask (255 = labelled by an annotator, 0 = not; whole-frame labels are
 255 everywhere, as before).
 """
+
 from __future__ import annotations
 
 import csv
@@ -57,8 +58,10 @@ def read_manifest(path: Path) -> dict:
         for row in manifest["selected"]:
             str(row["token"]), str(row["scene"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"selection manifest {path} is damaged ({type(exc).__name__}: {exc}); restore it or delete "
-                        f"it and rerun the round's selection") from None
+        raise DataError(
+            f"selection manifest {path} is damaged ({type(exc).__name__}: {exc}); restore it or delete "
+            f"it and rerun the round's selection"
+        ) from None
     return manifest
 
 
@@ -83,20 +86,43 @@ def _tiles(p: Pick, regions: RegionGrid) -> list[dict]:
     """The manifest's tiles of a pick, by index: index, voxel bounds (half-open), voxels, score."""
     voxels = regions.voxels()
     c = p.candidate
-    return [{"index": t, "bounds": regions.bounds(t), "voxels": int(voxels[t]),
-             "uncertainty": round(float(c.tile_scores[t]), 6), "visible_voxels": int(c.tile_visible[t])}
-            for t in sorted(p.tiles)]
+    return [
+        {
+            "index": t,
+            "bounds": regions.bounds(t),
+            "voxels": int(voxels[t]),
+            "uncertainty": round(float(c.tile_scores[t]), 6),
+            "visible_voxels": int(c.tile_visible[t]),
+        }
+        for t in sorted(p.tiles)
+    ]
 
 
-def write_manifest(recipe: Recipe, k: int, picks: list[Pick], strategy: str, pool_size: int, n_labelled: int,
-                   store: LabelStore | None = None, regions: RegionGrid | None = None) -> Path:
+def write_manifest(
+    recipe: Recipe,
+    k: int,
+    picks: list[Pick],
+    strategy: str,
+    pool_size: int,
+    n_labelled: int,
+    store: LabelStore | None = None,
+    regions: RegionGrid | None = None,
+) -> Path:
     """With `regions` (selection.unit region) every row lists its tiles and voxels, and the budget, the
     cost and `spent` count labelled voxels."""
     folder = recipe.round_dir(k) / SELECT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     sel = recipe.selection
-    rows = [{"token": p.candidate.token, "scene": p.candidate.scene, **{key: round(v, 6) for key, v in p.candidate.scores.items()},
-             "cost": p.voxels if regions is not None else round(p.candidate.cost, 4), "reason": p.reason} for p in picks]
+    rows = [
+        {
+            "token": p.candidate.token,
+            "scene": p.candidate.scene,
+            **{key: round(v, 6) for key, v in p.candidate.scores.items()},
+            "cost": p.voxels if regions is not None else round(p.candidate.cost, 4),
+            "reason": p.reason,
+        }
+        for p in picks
+    ]
     if regions is not None:
         for row, p in zip(rows, picks):
             row["voxels"] = p.voxels
@@ -109,21 +135,39 @@ def write_manifest(recipe: Recipe, k: int, picks: list[Pick], strategy: str, poo
     budget_unit = "voxels" if regions is not None else ("cost" if sel.cost_model else "frames")
     if sel.points and sel.cost_model and regions is None:
         budget_unit = "points"
-    manifest = {"round": k, "strategy": strategy, "unit": sel.unit, "annotation": sel.annotation, "budget": sel.budget,
-                "budget_unit": budget_unit, "cost_model": sel.cost_model, "per_scene_cap": sel.per_scene_cap,
-                "pool_size": pool_size, "already_labelled": n_labelled, "spent": spent}
+    manifest = {
+        "round": k,
+        "strategy": strategy,
+        "unit": sel.unit,
+        "annotation": sel.annotation,
+        "budget": sel.budget,
+        "budget_unit": budget_unit,
+        "cost_model": sel.cost_model,
+        "per_scene_cap": sel.per_scene_cap,
+        "pool_size": pool_size,
+        "already_labelled": n_labelled,
+        "spent": spent,
+    }
     if regions is not None:
-        manifest |= {"region_size": regions.size, "grid_shape": list(regions.shape), "tiles_per_side": list(regions.per_side),
-                     "max_tiles_per_frame": sel.max_tiles_per_frame, "tiles_total": sum(len(p.tiles) for p in picks),
-                     "voxels_total": spent}
+        manifest |= {
+            "region_size": regions.size,
+            "grid_shape": list(regions.shape),
+            "tiles_per_side": list(regions.per_side),
+            "max_tiles_per_frame": sel.max_tiles_per_frame,
+            "tiles_total": sum(len(p.tiles) for p in picks),
+            "voxels_total": spent,
+        }
     if sel.points:
-        manifest |= {"box_points": sel.box_points, "points_total": sum(r["points"] for r in rows),
-                     "boxes_total": sum(r["boxes"] for r in rows),
-                     "deliver": f"<scene>/<token>/{POINTS_FILE} (one uint8 nuScenes-lidarseg class index per point of the "
-                                f"keyframe LIDAR_TOP sweep, in its order; 0 = no class) and <scene>/<token>/{BOXES_FILE} "
-                                f"(a JSON list of sample_annotation-form boxes: translation, size, rotation, "
-                                f"category_name; global frame)" + ("; region rows: the points and boxes in the tiles"
-                                                                   if regions is not None else "")}
+        manifest |= {
+            "box_points": sel.box_points,
+            "points_total": sum(r["points"] for r in rows),
+            "boxes_total": sum(r["boxes"] for r in rows),
+            "deliver": f"<scene>/<token>/{POINTS_FILE} (one uint8 nuScenes-lidarseg class index per point of the "
+            f"keyframe LIDAR_TOP sweep, in its order; 0 = no class) and <scene>/<token>/{BOXES_FILE} "
+            f"(a JSON list of sample_annotation-form boxes: translation, size, rotation, "
+            f"category_name; global frame)"
+            + ("; region rows: the points and boxes in the tiles" if regions is not None else ""),
+        }
     manifest |= {"recipe_digest": recipe.digest(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selected": rows}
     if recipe.rounds.annotator == "folder":  # where `autolabel run` waits for the delivery (the oracle writes its own)
         manifest["deliver_to"] = str(recipe.delivery_dir(k))
@@ -145,8 +189,10 @@ def _point_rows(rows: list[dict], picks: list[Pick], regions: bool) -> None:
     for row, p in zip(rows, picks):
         pc = p.candidate.point_cost
         if pc is None:
-            raise ValueError(f"write_manifest: candidate {p.candidate.token} has no point costs (score the pool with "
-                             f"selection.annotation points)")
+            raise ValueError(
+                f"write_manifest: candidate {p.candidate.token} has no point costs (score the pool with "
+                f"selection.annotation points)"
+            )
         if regions:
             for tile in row["tiles"]:
                 tile["points"], tile["boxes"] = pc.tiles_cost([tile["index"]])
@@ -163,8 +209,10 @@ def _write_page(recipe: Recipe, k: int, folder: Path, manifest: dict, store: Lab
     blocks = []
     for r, row in enumerate(manifest["selected"]):
         frame = frames.frame(row["token"])
-        thumbs = [np.asarray(Image.fromarray(c.image).resize((240, round(240 * c.image.shape[0] / c.image.shape[1]))))
-                  for c in frame.cameras]
+        thumbs = [
+            np.asarray(Image.fromarray(c.image).resize((240, round(240 * c.image.shape[0] / c.image.shape[1]))))
+            for c in frame.cameras
+        ]
         strip = np.concatenate([np.concatenate(thumbs[:3], 1), np.concatenate(thumbs[3:], 1)], 0)
         _png(folder / f"{r:03d}_cameras.png", strip)
         bev = ""
@@ -175,24 +223,39 @@ def _write_page(recipe: Recipe, k: int, folder: Path, manifest: dict, store: Lab
                 img = _outline(img, [t["bounds"] for t in row["tiles"]])
             _png(folder / f"{r:03d}_bev.png", np.kron(img, np.ones((2, 2, 1), np.uint8)))
             bev = f'<img src="{r:03d}_bev.png" alt="predicted occupancy, bird\'s-eye view">'
-        scores = ", ".join(f"{key} {row[key]}" for key in ("uncertainty", "disagreement", "residual", "cost", "points", "boxes")
-                           if key in row)
+        scores = ", ".join(
+            f"{key} {row[key]}"
+            for key in ("uncertainty", "disagreement", "residual", "cost", "points", "boxes")
+            if key in row
+        )
         if "tiles" in row:
             scores += "; tiles to label (voxel index ranges x, y, z; half-open): " + "; ".join(
-                f"{t['index']}: {t['bounds']}" for t in row["tiles"])
-        blocks.append(f"<h3>{r + 1}. {html.escape(row['scene'])} / {row['token']}</h3><p>{html.escape(row['reason'])}; "
-                      f"{scores}</p><img src=\"{r:03d}_cameras.png\" alt=\"six cameras\"> {bev}")
-    page = (f"<!doctype html><meta charset='utf-8'><title>round {k}: frames to annotate</title>"
-            f"<style>body{{font-family:sans-serif;margin:2em}}img{{vertical-align:top;margin:4px}}</style>"
-            f"<h1>Round {k}: {len(manifest['selected'])} frames to annotate</h1>"
-            f"<p>strategy {manifest['strategy']}, budget {manifest['budget']} "
-            f"({manifest['budget_unit']}), spent {manifest['spent']}, at most "
-            f"{manifest['per_scene_cap']} per scene. Deliver "
-            + (f"point labels and boxes: {html.escape(manifest['deliver'])} " if "deliver" in manifest else
-               "Occ3D labels.npz files as gts/&lt;scene&gt;/&lt;token&gt;/labels.npz ")
-            + (f"in <code>{html.escape(manifest['deliver_to'])}</code> and rerun <code>autolabel run RECIPE</code> (or "
-               f"<code>autolabel ingest RECIPE --round {k} DIR</code> for another folder).</p>" if "deliver_to" in manifest else
-               f"and run <code>autolabel ingest RECIPE --round {k} DIR</code>.</p>") + "\n".join(blocks))
+                f"{t['index']}: {t['bounds']}" for t in row["tiles"]
+            )
+        blocks.append(
+            f"<h3>{r + 1}. {html.escape(row['scene'])} / {row['token']}</h3><p>{html.escape(row['reason'])}; "
+            f'{scores}</p><img src="{r:03d}_cameras.png" alt="six cameras"> {bev}'
+        )
+    page = (
+        f"<!doctype html><meta charset='utf-8'><title>round {k}: frames to annotate</title>"
+        f"<style>body{{font-family:sans-serif;margin:2em}}img{{vertical-align:top;margin:4px}}</style>"
+        f"<h1>Round {k}: {len(manifest['selected'])} frames to annotate</h1>"
+        f"<p>strategy {manifest['strategy']}, budget {manifest['budget']} "
+        f"({manifest['budget_unit']}), spent {manifest['spent']}, at most "
+        f"{manifest['per_scene_cap']} per scene. Deliver "
+        + (
+            f"point labels and boxes: {html.escape(manifest['deliver'])} "
+            if "deliver" in manifest
+            else "Occ3D labels.npz files as gts/&lt;scene&gt;/&lt;token&gt;/labels.npz "
+        )
+        + (
+            f"in <code>{html.escape(manifest['deliver_to'])}</code> and rerun <code>autolabel run RECIPE</code> (or "
+            f"<code>autolabel ingest RECIPE --round {k} DIR</code> for another folder).</p>"
+            if "deliver_to" in manifest
+            else f"and run <code>autolabel ingest RECIPE --round {k} DIR</code>.</p>"
+        )
+        + "\n".join(blocks)
+    )
     atomic_write(folder / "index.html", lambda fh: fh.write(page.encode()))
 
 
@@ -202,14 +265,17 @@ def _outline(img: np.ndarray, boxes: list) -> np.ndarray:
     xs, ys = img.shape[0], img.shape[1]
     for (x0, x1), (y0, y1), _ in boxes:
         r0, r1, c0, c1 = xs - x1, xs - 1 - x0, ys - y1, ys - 1 - y0
-        img[r0:r1 + 1, [c0, c1]] = 255
-        img[[r0, r1], c0:c1 + 1] = 255
+        img[r0 : r1 + 1, [c0, c1]] = 255
+        img[[r0, r1], c0 : c1 + 1] = 255
     return img
 
 
 def _find(folder: Path, scene: str, token: str) -> Path | None:
-    for p in (folder / "gts" / scene / token / "labels.npz", folder / scene / token / "labels.npz",
-              folder / token / "labels.npz"):
+    for p in (
+        folder / "gts" / scene / token / "labels.npz",
+        folder / scene / token / "labels.npz",
+        folder / token / "labels.npz",
+    ):
         if p.is_file():
             return p
     return None
@@ -226,14 +292,18 @@ def _tile_labels(labels: Occ3DLabels, row: dict, path: Path, shape: tuple) -> di
         (x0, x1), (y0, y1), (z0, z1) = tile["bounds"]
         box = labelled[x0:x1, y0:y1, z0:z1]
         if not box.all():
-            raise DataError(f"{path}: frame {row['token']} tile {tile['index']} (voxels x {x0}:{x1}, y {y0}:{y1}, "
-                            f"z {z0}:{z1}) is not fully labelled: {int(box.size - box.sum())} of {box.size} voxels have "
-                            f"no label (semantics 255 or mask_annotated 0); deliver every voxel of the requested tiles")
+            raise DataError(
+                f"{path}: frame {row['token']} tile {tile['index']} (voxels x {x0}:{x1}, y {y0}:{y1}, "
+                f"z {z0}:{z1}) is not fully labelled: {int(box.size - box.sum())} of {box.size} voxels have "
+                f"no label (semantics 255 or mask_annotated 0); deliver every voxel of the requested tiles"
+            )
     keep = bounds_mask(shape, [tile["bounds"] for tile in row["tiles"]])
-    return {"semantics": np.where(keep, labels.semantics, IGNORE_ID).astype(np.uint8),
-            "confidence": (keep * 255).astype(np.uint8),
-            "mask_camera": (labels.mask_camera.astype(bool) & keep).astype(np.uint8),
-            "mask_lidar": (labels.mask_lidar.astype(bool) & keep).astype(np.uint8)}
+    return {
+        "semantics": np.where(keep, labels.semantics, IGNORE_ID).astype(np.uint8),
+        "confidence": (keep * 255).astype(np.uint8),
+        "mask_camera": (labels.mask_camera.astype(bool) & keep).astype(np.uint8),
+        "mask_lidar": (labels.mask_lidar.astype(bool) & keep).astype(np.uint8),
+    }
 
 
 def annotated_voxels(arrays, i: int) -> int:
@@ -269,15 +339,18 @@ def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
         path = _find(folder, row["scene"], token)
         points = find_points(folder, row["scene"], token)
         if path is not None and points is not None:
-            raise DataError(f"frame {token}: delivered twice, as Occ3D voxels ({path}) and as point labels ({points}); "
-                            f"keep one")
+            raise DataError(
+                f"frame {token}: delivered twice, as Occ3D voxels ({path}) and as point labels ({points}); keep one"
+            )
         if points is not None:  # issue 24: point labels + boxes, voxelized with the scene's LiDAR
             raw, boxes = read_delivery(frames, points, token)
             keep = bounds_mask(grid.shape, [t["bounds"] for t in row["tiles"]]) if "tiles" in row else None
             arrays_of[token] = manual_arrays(frames, token, raw, boxes, grid, recipe.network.image_size, keep=keep)
             if not arrays_of[token]["mask_camera"].any():
-                raise DataError(f"{points}: the point labels and boxes cover no voxel the cameras see"
-                                + (" within the requested tiles" if keep is not None else ""))
+                raise DataError(
+                    f"{points}: the point labels and boxes cover no voxel the cameras see"
+                    + (" within the requested tiles" if keep is not None else "")
+                )
             continue
         if path is None:
             missing.append(token)
@@ -286,31 +359,47 @@ def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
         if "tiles" in row:
             arrays_of[token] = _tile_labels(lab, row, path, grid.shape)
             if not arrays_of[token]["mask_camera"].any():
-                raise DataError(f"{path}: mask_camera is empty within the requested tiles; the annotation must mark "
-                                f"the voxels it covers")
+                raise DataError(
+                    f"{path}: mask_camera is empty within the requested tiles; the annotation must mark "
+                    f"the voxels it covers"
+                )
             continue
         if not lab.mask_camera.any():
             raise DataError(f"{path}: mask_camera is empty; the annotation must mark the voxels it covers")
-        arrays_of[token] = {"semantics": lab.semantics, "confidence": np.full(grid.shape, 255, np.uint8),
-                            "mask_camera": lab.mask_camera, "mask_lidar": lab.mask_lidar}
+        arrays_of[token] = {
+            "semantics": lab.semantics,
+            "confidence": np.full(grid.shape, 255, np.uint8),
+            "mask_camera": lab.mask_camera,
+            "mask_lidar": lab.mask_lidar,
+        }
     done = manual.done()
     voxels_added = 0
     for token, arrays in arrays_of.items():
         i = manual.index(token)
         if done[i]:
             old = read_frame(manual, i)
-            if all(np.array_equal(old[key], arrays[key]) for key in ("semantics", "confidence", "mask_camera", "mask_lidar")):
+            if all(
+                np.array_equal(old[key], arrays[key])
+                for key in ("semantics", "confidence", "mask_camera", "mask_lidar")
+            ):
                 unchanged.append(token)
                 continue
-            raise DataError(f"frame {token} was already ingested with different labels; a manual label is not "
-                            f"overwritten (delete it from {store.path}/manual to replace it)")
+            raise DataError(
+                f"frame {token} was already ingested with different labels; a manual label is not "
+                f"overwritten (delete it from {store.path}/manual to replace it)"
+            )
         manual.write(i, **arrays)
         added.append(token)
         voxels_added += int((arrays["confidence"] == 255).sum())
     done = manual.done()
-    return {"added": added, "unchanged": unchanged, "missing": missing, "manual_total": int(done.sum()),
-            "voxels_added": voxels_added,
-            "manual_voxels": sum(annotated_voxels(manual, int(i)) for i in np.flatnonzero(done))}
+    return {
+        "added": added,
+        "unchanged": unchanged,
+        "missing": missing,
+        "manual_total": int(done.sum()),
+        "voxels_added": voxels_added,
+        "manual_voxels": sum(annotated_voxels(manual, int(i)) for i in np.flatnonzero(done)),
+    }
 
 
 def oracle_annotate(recipe: Recipe, k: int, gts_root: str | Path, out: str | Path) -> int:
@@ -330,8 +419,13 @@ def oracle_annotate(recipe: Recipe, k: int, gts_root: str | Path, out: str | Pat
 
         frames = open_frames(recipe, "train", load_images=False, load_gt=False)
         for row in manifest["selected"]:
-            simulate_delivery(frames, row["token"], Path(out) / row["scene"] / row["token"], grid,
-                              [t["bounds"] for t in row["tiles"]] if "tiles" in row else None)
+            simulate_delivery(
+                frames,
+                row["token"],
+                Path(out) / row["scene"] / row["token"],
+                grid,
+                [t["bounds"] for t in row["tiles"]] if "tiles" in row else None,
+            )
         return len(manifest["selected"])
     n = 0
     for row in manifest["selected"]:
@@ -343,10 +437,16 @@ def oracle_annotate(recipe: Recipe, k: int, gts_root: str | Path, out: str | Pat
         if "tiles" in row:
             gt = read_labels(src, grid)
             keep = bounds_mask(grid.shape, [t["bounds"] for t in row["tiles"]])
-            write_labels(dst, Occ3DLabels(np.where(keep, gt.semantics, IGNORE_ID).astype(np.uint8),
-                                          (gt.mask_lidar.astype(bool) & keep).astype(np.uint8),
-                                          (gt.mask_camera.astype(bool) & keep).astype(np.uint8),
-                                          mask_annotated=keep.astype(np.uint8)), grid)
+            write_labels(
+                dst,
+                Occ3DLabels(
+                    np.where(keep, gt.semantics, IGNORE_ID).astype(np.uint8),
+                    (gt.mask_lidar.astype(bool) & keep).astype(np.uint8),
+                    (gt.mask_camera.astype(bool) & keep).astype(np.uint8),
+                    mask_annotated=keep.astype(np.uint8),
+                ),
+                grid,
+            )
         else:
             shutil.copyfile(src, dst)
         n += 1

@@ -7,6 +7,7 @@
 - rendering residual: how badly the current model renders the frame's own LiDAR depth (mean absolute
   log error) and 2D labels (cross-entropy) -- needs no 3D labels and works before any teacher exists.
 """
+
 from __future__ import annotations
 
 import torch

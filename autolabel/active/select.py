@@ -4,6 +4,7 @@ Every strategy produces an order of the candidates and a reason per candidate; o
 walks that order, skipping a frame whose scene already has `per_scene_cap` picks or whose cost no longer
 fits, until the budget is spent. So the budget and the cap hold exactly for every strategy.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,15 @@ def resolve_strategy(cfg: SelectionConfig, n_labelled: int, pool_size: int) -> s
     return "coreset" if n_labelled < cfg.auto_diversity_share * max(pool_size, 1) else "hybrid"
 
 
-def _order(strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: np.ndarray, n_frames: int,
-           cfg: SelectionConfig, device: str | torch.device | None = None) -> Iterator[tuple[int, str]]:
+def _order(
+    strategy: str,
+    cands: list[Candidate],
+    feats: np.ndarray,
+    labelled: np.ndarray,
+    n_frames: int,
+    cfg: SelectionConfig,
+    device: str | torch.device | None = None,
+) -> Iterator[tuple[int, str]]:
     """The strategy's order of the candidates with a reason each, lazily (the budget pass stops early, so a
     core-set order over 35,000 frames costs only as many greedy steps as it is read)."""
     rng = np.random.default_rng(cfg.seed)
@@ -87,7 +95,9 @@ def _order(strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: n
         raise ValueError(f"unknown strategy {strategy!r}")
     if strategy == "coreset":
         order = greedy_order(feats, labelled, device)
-        yield from ((i, f"core-set pick {r + 1} (farthest from the labelled and picked frames)") for r, i in enumerate(order))
+        yield from (
+            (i, f"core-set pick {r + 1} (farthest from the labelled and picked frames)") for r, i in enumerate(order)
+        )
         return
     if strategy == "kmeans":
         first = kmeans_pp(feats, n_frames, cfg.seed)
@@ -107,9 +117,15 @@ def _order(strategy: str, cands: list[Candidate], feats: np.ndarray, labelled: n
     yield from ((i, "hybrid: uncertainty fill") for i in by_unc if i not in taken)
 
 
-def select_frames(cands: list[Candidate], features: np.ndarray, labelled_features: np.ndarray, cfg: SelectionConfig,
-                  n_labelled: int = 0, pool_size: int | None = None,
-                  device: str | torch.device | None = None) -> tuple[list[Pick], str]:
+def select_frames(
+    cands: list[Candidate],
+    features: np.ndarray,
+    labelled_features: np.ndarray,
+    cfg: SelectionConfig,
+    n_labelled: int = 0,
+    pool_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[list[Pick], str]:
     """Choose frames from `cands` (features (N, D), labelled_features (M, D) of frames already annotated).
     Returns the picks in order and the strategy used. `device`: where the diversity strategies' distance
     products run (a CUDA device when given; the CPU otherwise)."""
@@ -141,9 +157,16 @@ def select_frames(cands: list[Candidate], features: np.ndarray, labelled_feature
     return picks, strategy
 
 
-def _region_order(strategy: str, cands: list[Candidate], tiles_of: list[list[int]], feats: np.ndarray,
-                  labelled: np.ndarray, n_frames: int, cfg: SelectionConfig,
-                  device: str | torch.device | None) -> Iterator[tuple[int, int, str]]:
+def _region_order(
+    strategy: str,
+    cands: list[Candidate],
+    tiles_of: list[list[int]],
+    feats: np.ndarray,
+    labelled: np.ndarray,
+    n_frames: int,
+    cfg: SelectionConfig,
+    device: str | torch.device | None,
+) -> Iterator[tuple[int, int, str]]:
     """(frame, tile, reason) in the strategy's order. entropy: every (frame, tile) pair by tile score; random
     and stratified: pairs at random (stratified: scenes in turn); the diversity strategies (core-set, k-means,
     hybrid) order the frames as for frame selection and each frame brings its tiles, most uncertain first."""
@@ -175,9 +198,16 @@ def _region_order(strategy: str, cands: list[Candidate], tiles_of: list[list[int
             yield i, t, f"{why}; its tile uncertainty rank {r + 1}"
 
 
-def select_regions(cands: list[Candidate], features: np.ndarray, labelled_features: np.ndarray, cfg: SelectionConfig,
-                   regions: RegionGrid, n_labelled: int = 0, pool_size: int | None = None,
-                   device: str | torch.device | None = None) -> tuple[list[Pick], str]:
+def select_regions(
+    cands: list[Candidate],
+    features: np.ndarray,
+    labelled_features: np.ndarray,
+    cfg: SelectionConfig,
+    regions: RegionGrid,
+    n_labelled: int = 0,
+    pool_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[list[Pick], str]:
     """Choose (frame, tile) pairs under a budget of labelled voxels (selection.unit region). Only tiles with
     visible voxels are candidates. The per-scene cap counts frames (a frame with any tile counts once), a
     frame gives at most `max_tiles_per_frame` tiles, and a tile is taken only while its voxels fit the budget
@@ -189,8 +219,10 @@ def select_regions(cands: list[Candidate], features: np.ndarray, labelled_featur
     tiles_of = []
     for c in cands:
         if c.tile_scores is None or c.tile_visible is None or len(c.tile_scores) != regions.count:
-            raise ValueError(f"select_regions: candidate {c.token} has no scores for the {regions.count} tiles "
-                             f"(score the pool with selection.unit region)")
+            raise ValueError(
+                f"select_regions: candidate {c.token} has no scores for the {regions.count} tiles "
+                f"(score the pool with selection.unit region)"
+            )
         order = np.argsort(-np.asarray(c.tile_scores), kind="stable")
         tiles_of.append([int(t) for t in order if c.tile_visible[t] > 0])
     usable = [t for ts in tiles_of for t in ts]

@@ -9,6 +9,7 @@ its sensor origin, so that its rays can be cast (`free_space`), and nothing is f
 keep is the caller's decision (autolabel.annotation.voxelize). Sweeps are never shared between two
 keyframes: a keyframe's earlier sweeps stop at the previous keyframe's sweep.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ def window_samples(frames: NuScenesFrames, token: str, window: int) -> list[str]
     scene = frames.scene_of(token)
     same = [t for t in frames.tokens if frames.scene_of(t) == scene]
     i = same.index(token)
-    return same[max(0, i - window): i + window + 1]
+    return same[max(0, i - window) : i + window + 1]
 
 
 def _sensor2global(nusc, sd: dict) -> np.ndarray:
@@ -111,17 +112,25 @@ def missing_beams(raw: np.ndarray, neighbours: int = 2) -> tuple[np.ndarray, np.
     return dirs, free[miss_r, miss_c]
 
 
-def read_sweep(frames: NuScenesFrames, sd: dict, global2target: np.ndarray, t0: int, sample: str,
-               beams: bool = True) -> SweepCloud:
+def read_sweep(
+    frames: NuScenesFrames, sd: dict, global2target: np.ndarray, t0: int, sample: str, beams: bool = True
+) -> SweepCloud:
     """One sweep in the target frame (global2target), with its beams that returned nothing (`missing_beams`)."""
     where = f"sample {sample} {LIDAR_NAME} sweep {sd['token']}"
     raw = load_lidar_file(frames.dataroot / sd["filename"], where)
     to_target = global2target @ _sensor2global(frames.nusc, sd)
     xyz = raw[:, :3].astype(np.float64) @ to_target[:3, :3].T + to_target[:3, 3]
     dirs, free = missing_beams(raw) if beams else (None, None)
-    return SweepCloud(points=xyz, origin=to_target[:3, 3].copy(), seconds=(int(sd["timestamp"]) - t0) * 1e-6,
-                      sample=sample, key=bool(sd["is_key_frame"]), token=sd["token"],
-                      beams=None if dirs is None else dirs @ to_target[:3, :3].T, beam_free=free)
+    return SweepCloud(
+        points=xyz,
+        origin=to_target[:3, 3].copy(),
+        seconds=(int(sd["timestamp"]) - t0) * 1e-6,
+        sample=sample,
+        key=bool(sd["is_key_frame"]),
+        token=sd["token"],
+        beams=None if dirs is None else dirs @ to_target[:3, :3].T,
+        beam_free=free,
+    )
 
 
 def beam_free_space(clouds: list[SweepCloud], grid: GridSpec, before: float, reach: float = 1e3) -> torch.Tensor:
@@ -131,7 +140,9 @@ def beam_free_space(clouds: list[SweepCloud], grid: GridSpec, before: float, rea
     for c in clouds:
         if c.beams is None:
             continue
-        up = c.beams[:, 2] >= 0  # a descending beam without a return is a dropout on the ground: its neighbours cover it
+        up = (
+            c.beams[:, 2] >= 0
+        )  # a descending beam without a return is a dropout on the ground: its neighbours cover it
         parts.append((np.broadcast_to(c.origin, c.beams[up].shape), c.beams[up], c.beam_free[up]))
     parts = [p for p in parts if len(p[1])]
     if not parts:
@@ -166,7 +177,9 @@ def window_clouds(frames: NuScenesFrames, token: str, window: int, sweeps: int) 
     return own + others
 
 
-def free_space(origins: np.ndarray, points: np.ndarray, flat: np.ndarray, grid: GridSpec, before: float = 0.0) -> torch.Tensor:
+def free_space(
+    origins: np.ndarray, points: np.ndarray, flat: np.ndarray, grid: GridSpec, before: float = 0.0
+) -> torch.Tensor:
     """(X, Y, Z) bool: voxels the rays from `origins` ((R, 3) or (3,)) to `points` (R, 3) enter before their
     return. A ray whose return is flat ground (`flat` (R,)) stops where it enters the return's voxel layer
     (occnet.surfaces: flat ground fills its whole layer); any other ray stops `before` metres short of its

@@ -7,6 +7,7 @@ axis is its length) and ``category_name`` (a nuScenes category with an Occ3D cla
 provider's table); ``token``, ``instance_token``, ``sample_token`` and anything else a sample_annotation
 record holds may come along (a ``sample_token`` must then be the frame's).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,33 +49,46 @@ class Box3D:
     def contains(self, points: np.ndarray, above_bottom: float = 0.0) -> np.ndarray:
         """(P,) bool: inside the box, leaving out its lowest `above_bottom` metres (the ground it stands on)."""
         q = self.local(points)
-        w, l, h = self.wlh
-        return (np.abs(q[:, 0]) <= l / 2) & (np.abs(q[:, 1]) <= w / 2) & (q[:, 2] <= h / 2) & (q[:, 2] >= -h / 2 + above_bottom)
+        width, length, height = self.wlh
+        return (
+            (np.abs(q[:, 0]) <= length / 2)
+            & (np.abs(q[:, 1]) <= width / 2)
+            & (q[:, 2] <= height / 2)
+            & (q[:, 2] >= -height / 2 + above_bottom)
+        )
 
     def corners(self) -> np.ndarray:
-        w, l, h = self.wlh
+        width, length, height = self.wlh
         s = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], np.float64) / 2
-        return (s * [l, w, h]) @ self.rotation.T + self.center
+        return (s * [length, width, height]) @ self.rotation.T + self.center
 
 
 def parse_box(record, i: int, sample_token: str | None = None) -> Box3D:
     """A validated Box3D (global frame) from one sample_annotation-form record; BoxError naming box i."""
     where = f"box {i}"
     if not isinstance(record, dict):
-        raise BoxError(f"{where} is a {type(record).__name__}, not an object with translation, size, rotation, category_name")
+        raise BoxError(
+            f"{where} is a {type(record).__name__}, not an object with translation, size, rotation, category_name"
+        )
     for key, n in (("translation", 3), ("size", 3), ("rotation", 4)):
         v = record.get(key)
         if v is None:
             raise BoxError(f"{where}: field '{key}' is missing")
-        if (not isinstance(v, list) or len(v) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-                or not all(math.isfinite(x) for x in v)):
+        if (
+            not isinstance(v, list)
+            or len(v) != n
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            or not all(math.isfinite(x) for x in v)
+        ):
             raise BoxError(f"{where}: field '{key}' must be a list of {n} finite numbers, got {v!r}")
     if min(record["size"]) <= 0:
         raise BoxError(f"{where}: field 'size' (w, l, h) must be > 0, got {record['size']}")
     norm = math.sqrt(sum(x * x for x in record["rotation"]))
     if abs(norm - 1) > QUATERNION_TOLERANCE:
-        raise BoxError(f"{where}: field 'rotation' must be a unit quaternion [w, x, y, z], got {record['rotation']} "
-                       f"(norm {norm:.4f})")
+        raise BoxError(
+            f"{where}: field 'rotation' must be a unit quaternion [w, x, y, z], got {record['rotation']} "
+            f"(norm {norm:.4f})"
+        )
     name = record.get("category_name")
     if not isinstance(name, str):
         raise BoxError(f"{where}: field 'category_name' is missing (a nuScenes category such as vehicle.car)")
@@ -85,8 +99,13 @@ def parse_box(record, i: int, sample_token: str | None = None) -> Box3D:
     if sample_token is not None and "sample_token" in record and record["sample_token"] != sample_token:
         raise BoxError(f"{where}: sample_token {record['sample_token']!r} is not this frame's ({sample_token})")
     q = Quaternion(np.asarray(record["rotation"], np.float64) / norm)
-    return Box3D(np.asarray(record["translation"], np.float64), np.asarray(record["size"], np.float64),
-                 q.rotation_matrix, int(cls), name)
+    return Box3D(
+        np.asarray(record["translation"], np.float64),
+        np.asarray(record["size"], np.float64),
+        q.rotation_matrix,
+        int(cls),
+        name,
+    )
 
 
 def box_voxels(boxes: list[Box3D], grid: GridSpec, above_bottom: float) -> tuple[np.ndarray, np.ndarray]:

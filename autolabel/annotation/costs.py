@@ -11,6 +11,7 @@ draw, per frame and per BEV tile.
 A frame's cost in points is points + box_points x boxes (`selection.box_points`: one box counts as that many
 points of labelling effort).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,22 @@ from ..data.nuscenes import NuScenesFrames
 from .accumulate import key_lidar, read_sweep, target_frame
 from .deliver import bev_cells
 
-OBJECT_CLASS_IDS = tuple(class_id(n) for n in ("others", "barrier", "bicycle", "bus", "car", "construction_vehicle",
-                                               "motorcycle", "pedestrian", "traffic_cone", "trailer", "truck"))
+OBJECT_CLASS_IDS = tuple(
+    class_id(n)
+    for n in (
+        "others",
+        "barrier",
+        "bicycle",
+        "bus",
+        "car",
+        "construction_vehicle",
+        "motorcycle",
+        "pedestrian",
+        "traffic_cone",
+        "trailer",
+        "truck",
+    )
+)
 
 
 @dataclass
@@ -56,8 +71,13 @@ def estimated_objects(semantics: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.center_of_mass(obj, lab, range(1, n + 1)), np.float64).reshape(-1, 3)
 
 
-def frame_cost(frames: NuScenesFrames, token: str, grid: GridSpec, cell_tiles: np.ndarray | None = None,
-               labels: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None) -> PointCost:
+def frame_cost(
+    frames: NuScenesFrames,
+    token: str,
+    grid: GridSpec,
+    cell_tiles: np.ndarray | None = None,
+    labels: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> PointCost:
     """Points and boxes of keyframe `token` (module docstring). cell_tiles (X, Y): the tile of every BEV cell
     (region selection) for per-tile counts; labels: returns the round's pseudo-labels (semantics, mask_camera)
     of the frame, read only for the box estimate where the dataset has no boxes."""
@@ -65,7 +85,9 @@ def frame_cost(frames: NuScenesFrames, token: str, grid: GridSpec, cell_tiles: n
     own = read_sweep(frames, key_lidar(frames, token), global2target, t0, token, beams=False)
     anns = frames.nusc.get("sample", token)["anns"]
     if anns or labels is None:
-        centres = np.array([frames.nusc.get("sample_annotation", a)["translation"] for a in anns], np.float64).reshape(-1, 3)
+        centres = np.array([frames.nusc.get("sample_annotation", a)["translation"] for a in anns], np.float64).reshape(
+            -1, 3
+        )
         cells, inside = bev_cells(centres @ global2target[:3, :3].T + global2target[:3, 3], grid)
         source = "dataset"
     else:

@@ -9,6 +9,7 @@ A frame's delivery is a folder ``<DIR>/<scene>/<token>/`` or ``<DIR>/<token>/`` 
   (autolabel.annotation.boxes), global frame.
 Every check fails with one line naming the file (`DataError`), before anything is stored.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,12 +59,16 @@ def read_lidarseg(path: Path, token: str, n_points: int, known: np.ndarray) -> n
     """(n_points,) uint8 lidarseg indices from a delivered file; DataError for a wrong count or unknown ids."""
     raw = np.fromfile(path, np.uint8)
     if len(raw) != n_points:
-        raise DataError(f"{path}: {len(raw)} point labels for the {n_points} points of sample {token}'s keyframe "
-                        f"LIDAR_TOP sweep; deliver one uint8 class index per point, in the sweep file's order")
+        raise DataError(
+            f"{path}: {len(raw)} point labels for the {n_points} points of sample {token}'s keyframe "
+            f"LIDAR_TOP sweep; deliver one uint8 class index per point, in the sweep file's order"
+        )
     bad = np.unique(raw[~known[raw]])
     if len(bad):
-        raise DataError(f"{path}: class indices {bad[:8].tolist()} are not categories of the dataset's lidarseg table "
-                        f"(indices {int(np.flatnonzero(known).min())}..{int(np.flatnonzero(known).max())})")
+        raise DataError(
+            f"{path}: class indices {bad[:8].tolist()} are not categories of the dataset's lidarseg table "
+            f"(indices {int(np.flatnonzero(known).min())}..{int(np.flatnonzero(known).max())})"
+        )
     return raw
 
 
@@ -74,7 +79,9 @@ def read_boxes(path: Path, token: str) -> list[Box3D]:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: not a readable JSON file ({type(exc).__name__}: {exc})") from None
     if not isinstance(records, list):
-        raise DataError(f"{path}: must hold a JSON list of boxes (sample_annotation records), got a {type(records).__name__}")
+        raise DataError(
+            f"{path}: must hold a JSON list of boxes (sample_annotation records), got a {type(records).__name__}"
+        )
     try:
         return [parse_box(r, i, token) for i, r in enumerate(records)]
     except BoxError as exc:
@@ -85,15 +92,18 @@ def read_delivery(frames: NuScenesFrames, folder: Path, token: str) -> tuple[np.
     """A frame's validated point labels (raw lidarseg indices) and boxes from its delivery folder."""
     seg, box = folder / POINTS_FILE, folder / BOXES_FILE
     if not seg.is_file():
-        raise DataError(f"{folder}: {BOXES_FILE} without {POINTS_FILE}; a point-label delivery needs the keyframe "
-                        f"sweep's point labels (boxes alone are optional extras)")
+        raise DataError(
+            f"{folder}: {BOXES_FILE} without {POINTS_FILE}; a point-label delivery needs the keyframe "
+            f"sweep's point labels (boxes alone are optional extras)"
+        )
     _, known = occ3d_table(frames.nusc.category)
     raw = read_lidarseg(seg, token, sweep_points(frames, token), known)
     return raw, read_boxes(box, token) if box.is_file() else []
 
 
-def visibility(frames: NuScenesFrames, token: str, semantics: np.ndarray, grid: GridSpec,
-               image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def visibility(
+    frames: NuScenesFrames, token: str, semantics: np.ndarray, grid: GridSpec, image_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Occ3D mask_camera and mask_lidar (X, Y, Z) bool of the keyframe against the labels' occupancy, with
     camera rays at `image_size` (the network input's fit of each camera)."""
     from ..dts.label import visibility_masks
@@ -104,16 +114,28 @@ def visibility(frames: NuScenesFrames, token: str, semantics: np.ndarray, grid: 
     for cam in f.cameras:
         K.append(ResizeCrop.fit(cam.image_size, tuple(image_size)).matrix @ cam.K)
         cam2key.append(world2key @ cam.ego2global @ cam.cam2ego)
-    cam, lid = visibility_masks(torch.from_numpy(semantics.astype(np.int64)), torch.from_numpy(np.stack(K)).float(),
-                                torch.from_numpy(np.stack(cam2key)).float(), tuple(image_size),
-                                torch.from_numpy(f.lidar.lidar2ego[:3, 3].astype(np.float64)),
-                                torch.from_numpy(f.lidar.points[:, :3].astype(np.float64)), grid)
+    cam, lid = visibility_masks(
+        torch.from_numpy(semantics.astype(np.int64)),
+        torch.from_numpy(np.stack(K)).float(),
+        torch.from_numpy(np.stack(cam2key)).float(),
+        tuple(image_size),
+        torch.from_numpy(f.lidar.lidar2ego[:3, 3].astype(np.float64)),
+        torch.from_numpy(f.lidar.points[:, :3].astype(np.float64)),
+        grid,
+    )
     return cam.numpy().astype(bool), lid.numpy().astype(bool)
 
 
-def manual_arrays(frames: NuScenesFrames, token: str, raw: np.ndarray, boxes: list[Box3D], grid: GridSpec,
-                  image_size: tuple[int, int], cfg: PointLabelConfig | None = None,
-                  keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def manual_arrays(
+    frames: NuScenesFrames,
+    token: str,
+    raw: np.ndarray,
+    boxes: list[Box3D],
+    grid: GridSpec,
+    image_size: tuple[int, int],
+    cfg: PointLabelConfig | None = None,
+    keep: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """The manual group's arrays of a point-label delivery: semantics (255 where the annotation covers
     nothing), confidence 255 on the covered voxels (the annotated mask training trusts), mask_camera and
     mask_lidar against the labels' occupancy, within the covered voxels. `keep` restricts everything to a
@@ -122,8 +144,12 @@ def manual_arrays(frames: NuScenesFrames, token: str, raw: np.ndarray, boxes: li
     covered = lab.observed if keep is None else lab.observed & keep
     sem = np.where(covered, lab.semantics, 255).astype(np.uint8)
     cam, lid = visibility(frames, token, sem, grid, image_size)
-    return {"semantics": sem, "confidence": (covered * 255).astype(np.uint8),
-            "mask_camera": (cam & covered).astype(np.uint8), "mask_lidar": (lid & covered).astype(np.uint8)}
+    return {
+        "semantics": sem,
+        "confidence": (covered * 255).astype(np.uint8),
+        "mask_camera": (cam & covered).astype(np.uint8),
+        "mask_lidar": (lid & covered).astype(np.uint8),
+    }
 
 
 def bev_cells(points: np.ndarray, grid: GridSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -169,8 +195,9 @@ def simulate_delivery(frames: NuScenesFrames, token: str, out: Path, grid: GridS
     return out
 
 
-def oracle_point_labels(recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]], folder: Path,
-                        cfg: PointLabelConfig | None = None) -> int:
+def oracle_point_labels(
+    recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]], folder: Path, cfg: PointLabelConfig | None = None
+) -> int:
     """The simulated point annotator of a benchmark (synthetic worlds): each picked (scene, token) frame's exact
     lidarseg labels and boxes are delivered into `folder`, read back with the ingest's validation and voxelized
     into the store's manual group (the pool's tokens). Returns the voxels the labels cover."""

@@ -5,6 +5,7 @@ the dataset's ``category.json`` (nuScenes-lidarseg ships indices 0..31, `LIDARSE
 Occ3D ids through the table of the ``lidarseg`` supervision provider (`LIDARSEG_TO_OCC3D`): noise and the
 ego vehicle get no label (255), the lidarseg challenge's ignore group is Occ3D "others" (0).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,22 +16,59 @@ from ..supervision.providers import LIDARSEG_TO_OCC3D
 
 # nuScenes-lidarseg's category indices (category.json "index"; the devkit's colormap order)
 LIDARSEG_NAMES: tuple[str, ...] = (
-    "noise", "animal", "human.pedestrian.adult", "human.pedestrian.child", "human.pedestrian.construction_worker",
-    "human.pedestrian.personal_mobility", "human.pedestrian.police_officer", "human.pedestrian.stroller",
-    "human.pedestrian.wheelchair", "movable_object.barrier", "movable_object.debris",
-    "movable_object.pushable_pullable", "movable_object.trafficcone", "static_object.bicycle_rack",
-    "vehicle.bicycle", "vehicle.bus.bendy", "vehicle.bus.rigid", "vehicle.car", "vehicle.construction",
-    "vehicle.emergency.ambulance", "vehicle.emergency.police", "vehicle.motorcycle", "vehicle.trailer",
-    "vehicle.truck", "flat.driveable_surface", "flat.other", "flat.sidewalk", "flat.terrain", "static.manmade",
-    "static.other", "static.vegetation", "vehicle.ego",
+    "noise",
+    "animal",
+    "human.pedestrian.adult",
+    "human.pedestrian.child",
+    "human.pedestrian.construction_worker",
+    "human.pedestrian.personal_mobility",
+    "human.pedestrian.police_officer",
+    "human.pedestrian.stroller",
+    "human.pedestrian.wheelchair",
+    "movable_object.barrier",
+    "movable_object.debris",
+    "movable_object.pushable_pullable",
+    "movable_object.trafficcone",
+    "static_object.bicycle_rack",
+    "vehicle.bicycle",
+    "vehicle.bus.bendy",
+    "vehicle.bus.rigid",
+    "vehicle.car",
+    "vehicle.construction",
+    "vehicle.emergency.ambulance",
+    "vehicle.emergency.police",
+    "vehicle.motorcycle",
+    "vehicle.trailer",
+    "vehicle.truck",
+    "flat.driveable_surface",
+    "flat.other",
+    "flat.sidewalk",
+    "flat.terrain",
+    "static.manmade",
+    "static.other",
+    "static.vegetation",
+    "vehicle.ego",
 )
 # the synthetic world's classes as lidarseg categories (its objects' sample_annotation categories, and the
 # stuff classes' one-to-one names): every Occ3D id 0..16 has one
 OCC3D_TO_LIDARSEG_NAME: dict[int, str] = {
-    0: "movable_object.pushable_pullable", 1: "movable_object.barrier", 2: "vehicle.bicycle", 3: "vehicle.bus.rigid",
-    4: "vehicle.car", 5: "vehicle.construction", 6: "vehicle.motorcycle", 7: "human.pedestrian.adult",
-    8: "movable_object.trafficcone", 9: "vehicle.trailer", 10: "vehicle.truck", 11: "flat.driveable_surface",
-    12: "flat.other", 13: "flat.sidewalk", 14: "flat.terrain", 15: "static.manmade", 16: "static.vegetation",
+    0: "movable_object.pushable_pullable",
+    1: "movable_object.barrier",
+    2: "vehicle.bicycle",
+    3: "vehicle.bus.rigid",
+    4: "vehicle.car",
+    5: "vehicle.construction",
+    6: "vehicle.motorcycle",
+    7: "human.pedestrian.adult",
+    8: "movable_object.trafficcone",
+    9: "vehicle.trailer",
+    10: "vehicle.truck",
+    11: "flat.driveable_surface",
+    12: "flat.other",
+    13: "flat.sidewalk",
+    14: "flat.terrain",
+    15: "static.manmade",
+    16: "static.vegetation",
 }
 
 
@@ -65,8 +103,10 @@ def occ3d_to_lidarseg(categories: list[dict]) -> np.ndarray:
 
 def lidarseg_categories(token) -> list[dict]:
     """The nuScenes-lidarseg category table (name, index, token from `token(name)`), for the synthetic world."""
-    return [{"token": token("category", name), "name": name, "description": f"synthetic {name}", "index": i}
-            for i, name in enumerate(LIDARSEG_NAMES)]
+    return [
+        {"token": token("category", name), "name": name, "description": f"synthetic {name}", "index": i}
+        for i, name in enumerate(LIDARSEG_NAMES)
+    ]
 
 
 assert all(LIDARSEG_TO_OCC3D[n] == c for c, n in OCC3D_TO_LIDARSEG_NAME.items() if c < NUM_SEMANTIC_CLASSES)

@@ -46,6 +46,7 @@ Everything else is unobserved (255). The observed mask (semantics != 255) is wha
 training trusts only those voxels (the manual group's confidence 255). `PointBoxLabels.source` says what
 labelled each voxel (`SOURCES`).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -105,8 +106,16 @@ class PointLabelConfig:
         return asdict(self)
 
 
-SOURCES = ("none", "annotated rays", "other rays", "gap between rays", "propagated points", "box", "annotated points",
-           "ground fill")
+SOURCES = (
+    "none",
+    "annotated rays",
+    "other rays",
+    "gap between rays",
+    "propagated points",
+    "box",
+    "annotated points",
+    "ground fill",
+)
 
 
 @dataclass
@@ -164,7 +173,9 @@ def on_ground(points: np.ndarray, layers: np.ndarray, grid: GridSpec) -> np.ndar
     """(P,) bool: the point lies in (or under) the ground layer of its BEV cell (`ground_layers`)."""
     ijk = np.floor((points - np.asarray(grid.range_min)) / np.asarray(grid.voxel_size)).astype(np.int64)
     inside = (ijk[:, :2] >= 0).all(1) & (ijk[:, 0] < grid.shape[0]) & (ijk[:, 1] < grid.shape[1])
-    layer = np.where(inside, layers[np.clip(ijk[:, 0], 0, grid.shape[0] - 1), np.clip(ijk[:, 1], 0, grid.shape[1] - 1)], -1)
+    layer = np.where(
+        inside, layers[np.clip(ijk[:, 0], 0, grid.shape[0] - 1), np.clip(ijk[:, 1], 0, grid.shape[1] - 1)], -1
+    )
     return inside & (layer >= 0) & (ijk[:, 2] <= layer)
 
 
@@ -198,8 +209,8 @@ def ground_boundaries(sem: np.ndarray, ground: np.ndarray, grid: GridSpec) -> np
     other = np.zeros((X, Y), bool)
     for dx in (-1, 0, 1):
         for dy in (-1, 0, 1):
-            nb = pad[1 + dx:1 + dx + X, 1 + dy:1 + dy + Y]
-            same_layer = padg[1 + dx:1 + dx + X, 1 + dy:1 + dy + Y] == g
+            nb = pad[1 + dx : 1 + dx + X, 1 + dy : 1 + dy + Y]
+            same_layer = padg[1 + dx : 1 + dx + X, 1 + dy : 1 + dy + Y] == g
             other |= (nb >= 0) & same_layer & (nb != layer)
     out = np.zeros((X, Y, Z), bool)
     ix, iy = np.nonzero(flat & other)
@@ -217,27 +228,39 @@ def fill_gaps(sem: np.ndarray, grid: GridSpec, gap: int) -> int:
     Z = grid.shape[2]
     for n in range(1, gap + 1):
         for z0 in range(1, Z - n):  # run z0 .. z0 + n - 1, bounded by z0 - 1 and z0 + n
-            run = free[:, :, z0 - 1] & free[:, :, z0 + n] & unknown[:, :, z0:z0 + n].all(2)
-            fill[:, :, z0:z0 + n] |= run[:, :, None]
+            run = free[:, :, z0 - 1] & free[:, :, z0 + n] & unknown[:, :, z0 : z0 + n].all(2)
+            fill[:, :, z0 : z0 + n] |= run[:, :, None]
     vol[fill] = FREE_ID
     return int(fill.sum())
 
 
-def fill_ground(sem: np.ndarray, ground: np.ndarray, points: np.ndarray, cls: np.ndarray, grid: GridSpec,
-                radius: float, unanimous: bool = False, k: int = 8) -> int:
+def fill_ground(
+    sem: np.ndarray,
+    ground: np.ndarray,
+    points: np.ndarray,
+    cls: np.ndarray,
+    grid: GridSpec,
+    radius: float,
+    unanimous: bool = False,
+    k: int = 8,
+) -> int:
     """In place on flat (X*Y*Z,) semantics: unobserved voxels of each cell's ground layer whose voxel above is
     free take the class of the nearest flat-ground point (BEV distance <= radius). Returns how many."""
     X, Y, Z = grid.shape
     vol = sem.reshape(X, Y, Z)
     ix, iy = np.nonzero(ground >= 0)
     g = ground[ix, iy]
-    ok = (g + 1 < Z)
+    ok = g + 1 < Z
     ix, iy, g = ix[ok], iy[ok], g[ok]
     want = (vol[ix, iy, g] == IGNORE_ID) & (vol[ix, iy, g + 1] == FREE_ID)
     ix, iy, g = ix[want], iy[want], g[want]
     if not len(ix) or not len(points):
         return 0
-    centres = np.stack([ix, iy], 1) * np.asarray(grid.voxel_size[:2]) + np.asarray(grid.range_min[:2]) + np.asarray(grid.voxel_size[:2]) / 2
+    centres = (
+        np.stack([ix, iy], 1) * np.asarray(grid.voxel_size[:2])
+        + np.asarray(grid.range_min[:2])
+        + np.asarray(grid.voxel_size[:2]) / 2
+    )
     if not unanimous:
         d, j = cKDTree(points[:, :2]).query(centres, distance_upper_bound=radius)
         found = np.isfinite(d)
@@ -252,8 +275,14 @@ def fill_ground(sem: np.ndarray, ground: np.ndarray, points: np.ndarray, cls: np
     return int(found.sum())
 
 
-def voxelize(own: SweepCloud, labels: np.ndarray, boxes: list[Box3D], others: list[SweepCloud], grid: GridSpec,
-             cfg: PointLabelConfig) -> PointBoxLabels:
+def voxelize(
+    own: SweepCloud,
+    labels: np.ndarray,
+    boxes: list[Box3D],
+    others: list[SweepCloud],
+    grid: GridSpec,
+    cfg: PointLabelConfig,
+) -> PointBoxLabels:
     """The annotated keyframe's labels. own: its sweep; labels (P,) uint8 Occ3D ids of its points (255: no
     label); boxes in the keyframe's ego frame; others: the window's unlabelled sweeps."""
     K = NUM_SEMANTIC_CLASSES
@@ -316,8 +345,14 @@ def voxelize(own: SweepCloud, labels: np.ndarray, boxes: list[Box3D], others: li
         if cfg.empty_beams:
             free_other |= beam_free_space(others, grid, cfg.beam_margin)
         free_other = free_other.numpy().reshape(-1)
-        stats |= {"other_points": int(len(pts)), "other_in_grid": int(inside.sum()), "dropped_in_boxes": int((inside & boxed).sum()),
-                  "dropped_ghosts": int(ghost.sum()), "propagated": int(named.sum()), "unnamed": int((use & ~named).sum())}
+        stats |= {
+            "other_points": int(len(pts)),
+            "other_in_grid": int(inside.sum()),
+            "dropped_in_boxes": int((inside & boxed).sum()),
+            "dropped_ghosts": int(ghost.sum()),
+            "propagated": int(named.sum()),
+            "unnamed": int((use & ~named).sum()),
+        }
     returns = own_return | other_return
     in_box = box_cls != IGNORE_ID
     free = (free_own | (free_other & ~guard)) & ~returns
@@ -357,16 +392,21 @@ def voxelize(own: SweepCloud, labels: np.ndarray, boxes: list[Box3D], others: li
             flat_pts.append(pts[f])
             flat_cls.append(cls[f])
         before = sem == IGNORE_ID
-        stats["voxels_ground_filled"] = fill_ground(sem, ground, np.concatenate(flat_pts), np.concatenate(flat_cls), grid,
-                                                    cfg.ground_fill, cfg.ground_unanimous)
+        stats["voxels_ground_filled"] = fill_ground(
+            sem, ground, np.concatenate(flat_pts), np.concatenate(flat_cls), grid, cfg.ground_fill, cfg.ground_unanimous
+        )
         source[before & (sem != IGNORE_ID)] = 7
     if cfg.ground_boundary:
         drop = ground_boundaries(sem, ground, grid)
         sem[drop] = IGNORE_ID
         source[drop] = 0
         stats["voxels_ground_boundary"] = int(drop.sum())
-    stats |= {"voxels_annotated_points": int(len(ann_vox)), "voxels_boxes": int(boxed_vox.sum()),
-              "voxels_free": int((sem == FREE_ID).sum()), "voxels_observed": int((sem != IGNORE_ID).sum())}
+    stats |= {
+        "voxels_annotated_points": int(len(ann_vox)),
+        "voxels_boxes": int(boxed_vox.sum()),
+        "voxels_free": int((sem == FREE_ID).sum()),
+        "voxels_observed": int((sem != IGNORE_ID).sum()),
+    }
     return PointBoxLabels(sem.reshape(grid.shape), stats, source.reshape(grid.shape))
 
 

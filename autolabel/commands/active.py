@@ -1,4 +1,5 @@
 """``autolabel select RECIPE --round K --budget N`` and ``autolabel ingest RECIPE --round K DIR``."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -26,17 +27,29 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
         return 0
     lab = pool.labelled
     picks, strategy = select_pool(pool, recipe.selection, distance_device(recipe.device))
-    path = write_manifest(recipe, k, picks, strategy, len(pool.tokens), int(lab.sum()),
-                          LabelStore.open(recipe.store_path, recipe.network.grid), pool.regions)
-    region = f", {sum(len(p.tiles) for p in picks)} tiles, {sum(p.voxels for p in picks)} voxels" if pool.regions else ""
+    path = write_manifest(
+        recipe,
+        k,
+        picks,
+        strategy,
+        len(pool.tokens),
+        int(lab.sum()),
+        LabelStore.open(recipe.store_path, recipe.network.grid),
+        pool.regions,
+    )
+    region = (
+        f", {sum(len(p.tiles) for p in picks)} tiles, {sum(p.voxels for p in picks)} voxels" if pool.regions else ""
+    )
     if recipe.selection.points:  # issue 24: what the annotators label, in their units (the manifest has them per frame)
         import json
 
         rows = json.loads(path.read_text())["selected"]
         region += f"; {sum(r['points'] for r in rows)} LiDAR points and {sum(r['boxes'] for r in rows)} boxes to label"
-    print(f"round {k}: {len(picks)} frames{region} selected by {strategy} from {len(pool.candidates)} unlabelled "
-          f"({int(lab.sum())} already annotated); pool scored by {len(pool.scored_by)} process(es) "
-          f"({', '.join(map(str, pool.scored_by))} frames)")
+    print(
+        f"round {k}: {len(picks)} frames{region} selected by {strategy} from {len(pool.candidates)} unlabelled "
+        f"({int(lab.sum())} already annotated); pool scored by {len(pool.scored_by)} process(es) "
+        f"({', '.join(map(str, pool.scored_by))} frames)"
+    )
     for p in picks:
         tiles = f"  tiles {sorted(p.tiles)} ({p.voxels} voxels)" if pool.regions else ""
         print(f"  {p.candidate.scene} {p.candidate.token}  {p.reason}{tiles}")
@@ -47,7 +60,9 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
 def ingest(recipe_path: str, overrides: list[str], out: str | None, k: int, folder: str) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
     s = ingest_labels(recipe, k, folder)
-    print(f"round {k}: {len(s['added'])} frames ingested, {len(s['unchanged'])} already there unchanged, "
-          f"{len(s['missing'])} of the manifest not delivered; {s['voxels_added']} labelled voxels added; "
-          f"{s['manual_total']} frames with manual 3D labels ({s['manual_voxels']} labelled voxels)")
+    print(
+        f"round {k}: {len(s['added'])} frames ingested, {len(s['unchanged'])} already there unchanged, "
+        f"{len(s['missing'])} of the manifest not delivered; {s['voxels_added']} labelled voxels added; "
+        f"{s['manual_total']} frames with manual 3D labels ({s['manual_voxels']} labelled voxels)"
+    )
     return 0

@@ -1,6 +1,7 @@
 """``autolabel eval-2d RECIPE [--truth exact|lidarseg|DIR]``: pixel mIoU, accuracy, coverage, confidence AUROC
 and a confusion matrix of the cached 2D labels, against the synthetic world's exact maps, projected
 nuScenes-lidarseg points, or a folder of 2D label maps (`autolabel.supervision.truth2d`)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ from ..supervision.providers import LidarsegLabels, PrecomputedLabels
 from ..supervision.truth2d import FolderTruth
 
 
-def run(recipe_path: str, overrides: list[str], out: str | None, truth: str, progress: bool = True,
-        table: str | None = None) -> int:
+def run(
+    recipe_path: str, overrides: list[str], out: str | None, truth: str, progress: bool = True, table: str | None = None
+) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     cache = SupervisionCache.open(recipe.cache_path)
@@ -32,18 +34,36 @@ def run(recipe_path: str, overrides: list[str], out: str | None, truth: str, pro
     scores = evaluate_cache(cache, frames, gt, progress)
     if isinstance(gt, FolderTruth):
         if not gt.images_with_truth:
-            raise DataError(f"--truth: no map under {truth} matches a camera image of the cached frames; name each map "
-                            f"by the image's sample_data token or file stem (e.g. {next(iter(gt.files))}.png is not one)")
+            raise DataError(
+                f"--truth: no map under {truth} matches a camera image of the cached frames; name each map "
+                f"by the image's sample_data token or file stem (e.g. {next(iter(gt.files))}.png is not one)"
+            )
         unused = gt.unused()
-        print(f"truth maps for {gt.images_with_truth} camera images" +
-              (f"; {len(unused)} maps match no cached camera image (e.g. {unused[0]})" if unused else ""))
+        print(
+            f"truth maps for {gt.images_with_truth} camera images"
+            + (f"; {len(unused)} maps match no cached camera image (e.g. {unused[0]})" if unused else "")
+        )
     folder = recipe.run_dir / "eval2d"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scores.json").write_text(json.dumps({"truth": truth, "cache": str(cache.arrays.where),
-                                                    "provider": cache.arrays.attrs.get("provider"), **scores.as_dict()}, indent=1))
+    (folder / "scores.json").write_text(
+        json.dumps(
+            {
+                "truth": truth,
+                "cache": str(cache.arrays.where),
+                "provider": cache.arrays.attrs.get("provider"),
+                **scores.as_dict(),
+            },
+            indent=1,
+        )
+    )
     names = list(OCC3D_CLASS_NAMES[:FREE_ID])
-    png = confusion_png(scores.confusion, names, names + ["unlabelled"], folder / "confusion.png",
-                        f"2D labels ({cache.arrays.attrs.get('provider')}) vs {Path(truth).name} truth: mIoU {100 * scores.miou:.1f}")
+    png = confusion_png(
+        scores.confusion,
+        names,
+        names + ["unlabelled"],
+        folder / "confusion.png",
+        f"2D labels ({cache.arrays.attrs.get('provider')}) vs {Path(truth).name} truth: mIoU {100 * scores.miou:.1f}",
+    )
     print(scores.table())
     print(f"wrote {Path(folder) / 'scores.json'} and {png}")
     if table:
@@ -52,8 +72,10 @@ def run(recipe_path: str, overrides: list[str], out: str | None, truth: str, pro
     return 0
 
 
-TABLE_HEADER = ("| recipe | provider | truth | mIoU | accuracy | coverage | coverage (truth px) | confidence AUROC | truth px |\n"
-                "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+TABLE_HEADER = (
+    "| recipe | provider | truth | mIoU | accuracy | coverage | coverage (truth px) | confidence AUROC | truth px |\n"
+    "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+)
 
 
 def append_row(path: Path, recipe: str, provider: str, truth: str, scores) -> str:
@@ -62,9 +84,12 @@ def append_row(path: Path, recipe: str, provider: str, truth: str, scores) -> st
     import math
 
     auroc = scores.confidence_auroc
-    row = (f"| {recipe} | {provider} | {truth} | {100 * scores.miou:.1f} | {100 * scores.accuracy:.1f} | "
-           f"{100 * scores.coverage:.1f} | {100 * scores.coverage_gt:.1f} | {'-' if math.isnan(auroc) else f'{auroc:.3f}'} | "
-           f"{scores.pixels} |")
+    row = (
+        f"| {recipe} | {provider} | {truth} | {100 * scores.miou:.1f} | {100 * scores.accuracy:.1f} | "
+        f"{100 * scores.coverage:.1f} | {100 * scores.coverage_gt:.1f} | "
+        f"{'-' if math.isnan(auroc) else f'{auroc:.3f}'} | "
+        f"{scores.pixels} |"
+    )
     new = not path.is_file()
     with path.open("a") as f:
         f.write((TABLE_HEADER if new else "") + row + "\n")

@@ -1,4 +1,5 @@
 """``autolabel fuse RECIPE``: the training frames' labels from evidence fusion, once (fusion.enabled)."""
+
 from __future__ import annotations
 
 from ..errors import DataError

@@ -1,4 +1,5 @@
 """``autolabel info DATAROOT``: a one-screen summary of a nuScenes-layout dataset."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -25,16 +26,20 @@ def _check_image_header(path: Path, sd: dict, where: str) -> None:
     except OSError as exc:
         raise DataError(f"{where}: image file {path} cannot be decoded ({exc})") from None
     if size != (sd["width"], sd["height"]):
-        raise DataError(f"{where}: image file {path} is {size[0]}x{size[1]}, its sample_data row says "
-                        f"{sd['width']}x{sd['height']}")
+        raise DataError(
+            f"{where}: image file {path} is {size[0]}x{size[1]}, its sample_data row says {sd['width']}x{sd['height']}"
+        )
 
 
 def summarize(dataroot: str, version: str) -> str:
     """The summary text (also used by tests)."""
     ds = NuScenesFrames(dataroot, version, load_images=False, load_gt=False)
     nusc = ds.nusc
-    lines = [f"dataset   {Path(dataroot).resolve()}  (version {version})",
-             f"scenes    {len(ds.scene_names)}", f"samples   {len(ds)}"]
+    lines = [
+        f"dataset   {Path(dataroot).resolve()}  (version {version})",
+        f"scenes    {len(ds.scene_names)}",
+        f"samples   {len(ds)}",
+    ]
     sizes: dict[str, Counter] = {name: Counter() for name in CAMERA_NAMES}
     lidar_counts: list[int] = []
     for token in ds.tokens:
@@ -50,8 +55,10 @@ def summarize(dataroot: str, version: str) -> str:
             if path.is_file():
                 size = path.stat().st_size
                 if size % (4 * LIDAR_POINT_DIMS):  # a count from a cut file would be a wrong number, not a report
-                    raise DataError(f"sample {token}: lidar file {path} has {size} bytes, not a multiple of "
-                                    f"{4 * LIDAR_POINT_DIMS} ({LIDAR_POINT_DIMS} float32 per point): truncated or not a .pcd.bin")
+                    raise DataError(
+                        f"sample {token}: lidar file {path} has {size} bytes, not a multiple of "
+                        f"{4 * LIDAR_POINT_DIMS} ({LIDAR_POINT_DIMS} float32 per point): truncated or not a .pcd.bin"
+                    )
                 lidar_counts.append(size // (4 * LIDAR_POINT_DIMS))
     lines.append("cameras")
     for name in CAMERA_NAMES:
@@ -60,8 +67,10 @@ def summarize(dataroot: str, version: str) -> str:
     n_sweeps = sum(1 for sd in nusc.sample_data if not sd["is_key_frame"] and sd["filename"].find(LIDAR_NAME) >= 0)
     if lidar_counts:
         c = np.asarray(lidar_counts)
-        lines.append(f"lidar     {LIDAR_NAME}: {c.mean():.0f} points per keyframe sweep (min {c.min()}, max {c.max()}); "
-                     f"{n_sweeps} non-key sweeps")
+        lines.append(
+            f"lidar     {LIDAR_NAME}: {c.mean():.0f} points per keyframe sweep (min {c.min()}, max {c.max()}); "
+            f"{n_sweeps} non-key sweeps"
+        )
     else:
         lines.append(f"lidar     {LIDAR_NAME}: no files found")
     n_gt = sum(labels_path(dataroot, ds.scene_of(t), t).is_file() for t in ds.tokens)

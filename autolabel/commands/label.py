@@ -1,4 +1,5 @@
 """``autolabel label RECIPE --round K``: the teacher labels the unlabeled pool into the store."""
+
 from __future__ import annotations
 
 from ..dataset import open_frames
@@ -16,12 +17,16 @@ def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     cache, checkpoint = open_cache(recipe), checkpoint_path(recipe, k)
     if not checkpoint.is_file():  # checked before the store or the round's folder is written
-        raise DataError(f"round {k}: the trained network {checkpoint} is missing; run `autolabel train --round {k}` first")
+        raise DataError(
+            f"round {k}: the trained network {checkpoint} is missing; run `autolabel train --round {k}` first"
+        )
     store = labelling_store(recipe.store_path, recipe.network.grid)
     save_recipe(recipe, recipe.round_dir(k) / "label" / RESOLVED_RECIPE)
     fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
     s = label_round(frames, cache, store, k, recipe.network, recipe.dts, checkpoint, device, recipe, fused=fused)
     per = s["seconds"] / max(s["labelled"], 1)
-    print(f"round {k}: {s['labelled']} frames labelled ({s['skipped']} already done) by the {s['weights']} at step "
-          f"{s['teacher_step']}, {per:.2f} s per frame; store {recipe.store_path}")
+    print(
+        f"round {k}: {s['labelled']} frames labelled ({s['skipped']} already done) by the {s['weights']} at step "
+        f"{s['teacher_step']}, {per:.2f} s per frame; store {recipe.store_path}"
+    )
     return 0

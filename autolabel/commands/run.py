@@ -1,5 +1,6 @@
 """``autolabel run RECIPE``: the whole loop, resumable stage by stage, ending with a one-screen summary.
 Also under ``torchrun --nproc-per-node N -m autolabel.cli run RECIPE`` (see autolabel.pipeline)."""
+
 from __future__ import annotations
 
 from occnet.distributed import is_main

@@ -1,4 +1,5 @@
 """``autolabel export | inspect | eval STORE``: the pseudo-label store as Occ3D files, a summary, scores."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,10 @@ def export(store_path: str, k: int, fmt: str, out: str, drop_quantile: float | N
         raise ValueError(f"unknown export format {fmt!r}")
     s = export_occ3d(LabelStore.open(store_path), k, out, drop_quantile)
     kept = f", {100 * s['kept_in_mask_camera']:.1f}% of mask_camera voxels kept" if drop_quantile is not None else ""
-    print(f"exported round {k}: {s['frames']} frames to {Path(out) / 'gts'}{kept}; provenance in {Path(out) / 'export.json'}")
+    print(
+        f"exported round {k}: {s['frames']} frames to {Path(out) / 'gts'}{kept}; provenance in "
+        f"{Path(out) / 'export.json'}"
+    )
     return 0
 
 
@@ -37,8 +41,14 @@ def evaluate(store_path: str, k: int, gts: str, drop_quantile: float, out: str |
         print(f"{c['drop_quantile']:>14.1f}{100 * c['coverage']:>12.1f}{miou:>11.2f}{geo:>14.2f}")
     folder = Path(out) if out else Path(store_path).parent / f"round_{k}" / "eval"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pseudo_labels.json").write_text(json.dumps({"round": k, "gts": str(gts), "frames": r["frames"],
-                                                           "all": r["scores"].as_dict(), "curve": r["curve"]}, indent=1))
-    png = coverage_curve_png(r["curve"], folder / "coverage_curve.png", f"round {k} pseudo-labels: precision vs coverage")
+    (folder / "pseudo_labels.json").write_text(
+        json.dumps(
+            {"round": k, "gts": str(gts), "frames": r["frames"], "all": r["scores"].as_dict(), "curve": r["curve"]},
+            indent=1,
+        )
+    )
+    png = coverage_curve_png(
+        r["curve"], folder / "coverage_curve.png", f"round {k} pseudo-labels: precision vs coverage"
+    )
     print(f"wrote {folder / 'pseudo_labels.json'} and {png}")
     return 0

@@ -1,4 +1,5 @@
 """``autolabel supervise RECIPE``: compute the 2D supervision of every frame into the cache, once."""
+
 from __future__ import annotations
 
 from ..dataset import open_frames
@@ -14,11 +15,21 @@ def run(recipe_path: str, overrides: list[str], out: str | None, progress: bool 
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     provider = build_provider(sup, frames.dataroot, frames.nusc)  # checks model paths before any work
     save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)
-    s = supervise(frames, provider, recipe.cache_path, recipe.network.image_size, sup.lidar_min_depth,
-                  sup.lidar_max_depth, progress, extra_attrs={"recipe": recipe.digest()})
+    s = supervise(
+        frames,
+        provider,
+        recipe.cache_path,
+        recipe.network.image_size,
+        sup.lidar_min_depth,
+        sup.lidar_max_depth,
+        progress,
+        extra_attrs={"recipe": recipe.digest()},
+    )
     per = s["seconds"] / max(s["computed"], 1)
-    print(f"supervision cache {recipe.cache_path}: {s['frames']} frames ({s['computed']} computed, {s['skipped']} "
-          f"already there) with provider {sup.provider} at {recipe.network.image_size[1]}x{recipe.network.image_size[0]}")
+    print(
+        f"supervision cache {recipe.cache_path}: {s['frames']} frames ({s['computed']} computed, {s['skipped']} "
+        f"already there) with provider {sup.provider} at {recipe.network.image_size[1]}x{recipe.network.image_size[0]}"
+    )
     if s["computed"]:
         print(f"  {s['seconds']:.1f} s ({per:.2f} s per frame), {100 * s['coverage']:.1f}% of pixels labelled")
     return 0

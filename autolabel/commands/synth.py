@@ -1,4 +1,5 @@
 """``autolabel synth OUT``: generate the synthetic world as a nuScenes-layout dataset."""
+
 from __future__ import annotations
 
 import time
@@ -17,19 +18,42 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def run(out: str, scenes: int, frames: int, seed: int, image_size: str, sweeps: int, label_noise: float,
-        version: str, preview: bool, workers: int = 1, noise_profile: str = "v2") -> int:
+def run(
+    out: str,
+    scenes: int,
+    frames: int,
+    seed: int,
+    image_size: str,
+    sweeps: int,
+    label_noise: float,
+    version: str,
+    preview: bool,
+    workers: int = 1,
+    noise_profile: str = "v2",
+) -> int:
     try:
-        cfg = SynthConfig(scenes=scenes, frames_per_scene=frames, seed=seed, image_size=parse_size(image_size),
-                          sweeps=sweeps, label_noise=label_noise, version=version, noise_profile=noise_profile)
+        cfg = SynthConfig(
+            scenes=scenes,
+            frames_per_scene=frames,
+            seed=seed,
+            image_size=parse_size(image_size),
+            sweeps=sweeps,
+            label_noise=label_noise,
+            version=version,
+            noise_profile=noise_profile,
+        )
     except ValueError as exc:
         raise DataError(str(exc)) from exc
     start = time.perf_counter()
     summary = write_dataset(out, cfg, workers=workers)
     elapsed = time.perf_counter() - start
-    print(f"wrote {summary['frames']} frames in {summary['scenes']} scenes to {Path(out).resolve()} "
-          f"(version {cfg.version}) in {elapsed:.1f} s ({elapsed / summary['frames']:.2f} s per frame)")
-    print(f"  tables {cfg.version}/, images and lidar samples/ sweeps/, Occ3D gts/, 2D maps labels2d/ (docs/SYNTHETIC.md)")
+    print(
+        f"wrote {summary['frames']} frames in {summary['scenes']} scenes to {Path(out).resolve()} "
+        f"(version {cfg.version}) in {elapsed:.1f} s ({elapsed / summary['frames']:.2f} s per frame)"
+    )
+    print(
+        f"  tables {cfg.version}/, images and lidar samples/ sweeps/, Occ3D gts/, 2D maps labels2d/ (docs/SYNTHETIC.md)"
+    )
     if preview:
         from ..synth.preview import contact_sheet
 

@@ -1,4 +1,5 @@
 """``autolabel train RECIPE --round K``: rendering-supervised training (+ DTS, + manual 3D labels)."""
+
 from __future__ import annotations
 
 from ..dataset import check_dataroot
@@ -18,8 +19,10 @@ def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
     save_recipe(recipe, recipe.round_dir(k) / "train" / RESOLVED_RECIPE)
     s = train_round(recipe, k)
     last = s["last"] or {}
-    print(f"round {k}: {s['steps']} steps on {s['frames']} frames ({s['manual_frames']} with manual 3D labels); "
-          f"checkpoint {s['checkpoint']}")
+    print(
+        f"round {k}: {s['steps']} steps on {s['frames']} frames ({s['manual_frames']} with manual 3D labels); "
+        f"checkpoint {s['checkpoint']}"
+    )
     if last:
         print("  last step: " + ", ".join(f"{key} {v:.4f}" for key, v in last.items()))
     return 0

@@ -5,6 +5,7 @@ map points from the named source frame into the target frame: ``cam2ego`` maps c
 (x right, y down, z forward) into the ego frame at the camera's own timestamp; ``ego2global`` maps
 that ego frame into the global frame.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -16,7 +17,12 @@ from .occ3d import Occ3DLabels
 
 # Camera order used everywhere (tensors of six cameras follow it).
 CAMERA_NAMES: tuple[str, ...] = (
-    "CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT",
+    "CAM_FRONT_LEFT",
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_RIGHT",
 )
 LIDAR_NAME = "LIDAR_TOP"
 

@@ -1,4 +1,5 @@
 """Rigid transforms from nuScenes records (translation + quaternion w, x, y, z)."""
+
 from __future__ import annotations
 
 from typing import Sequence

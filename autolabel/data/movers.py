@@ -8,6 +8,7 @@ interpolating its box between the previous keyframe and this one (centre linearl
 and a sweep point inside it (with a small margin) is a mover. The keyframe sweep itself is never filtered.
 Datasets without annotations (a test split) have no boxes: nothing is dropped there.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Byte-reproducible .npz files: numpy's own writer stamps the current time into the zip entries."""
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,12 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: b
     """
 
     def write(fh) -> None:
-        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
-                             compresslevel=level if compress else None) as zf:
+        with zipfile.ZipFile(
+            fh,
+            "w",
+            compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
+            compresslevel=level if compress else None,
+        ) as zf:
             for name in sorted(arrays):
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)

@@ -4,6 +4,7 @@
 Every file it reads is checked, and bad input raises `DataError` naming the sample token, the
 file or the field, and what is wrong.
 """
+
 from __future__ import annotations
 
 import json
@@ -172,7 +173,11 @@ class NuScenesFrames(Sequence[Frame]):
         pose = self.nusc.get("ego_pose", sd["ego_pose_token"])
         _finite_pose(cs, ("translation", "rotation", "camera_intrinsic"), f"{where} calibrated_sensor {cs['token']}")
         _finite_pose(pose, ("translation", "rotation"), f"{where} ego_pose {pose['token']}")
-        return cs, transform_matrix(cs["translation"], cs["rotation"]), transform_matrix(pose["translation"], pose["rotation"])
+        return (
+            cs,
+            transform_matrix(cs["translation"], cs["rotation"]),
+            transform_matrix(pose["translation"], pose["rotation"]),
+        )
 
     def _camera(self, sample: dict, name: str, files: bool = True) -> Camera:
         where = f"sample {sample['token']} {name}"
@@ -182,19 +187,31 @@ class NuScenesFrames(Sequence[Frame]):
         cs, cam2ego, ego2global = self._poses(sd, where)
         K = np.asarray(cs["camera_intrinsic"], dtype=np.float64)
         if K.shape != (3, 3):
-            raise DataError(f"{where} calibrated_sensor {cs['token']}: field 'camera_intrinsic' must be 3x3, got {K.shape}")
+            raise DataError(
+                f"{where} calibrated_sensor {cs['token']}: field 'camera_intrinsic' must be 3x3, got {K.shape}"
+            )
         path = self.dataroot / sd["filename"]
         size = (int(sd["height"]), int(sd["width"]))
         if self.load_images:
             image = load_image(path, where)
             if image.shape[:2] != size:
-                raise DataError(f"{where}: image {path} is {image.shape[1]}x{image.shape[0]}, the table says {size[1]}x{size[0]}")
+                raise DataError(
+                    f"{where}: image {path} is {image.shape[1]}x{image.shape[0]}, the table says {size[1]}x{size[0]}"
+                )
         else:
             if files and not path.is_file():
                 raise DataError(f"{where}: image file {path} not found")
             image = np.zeros((0, 0, 3), dtype=np.uint8)
-        return Camera(name=name, image=image, K=K, cam2ego=cam2ego, ego2global=ego2global,
-                      timestamp=int(sd["timestamp"]), token=sd["token"], image_size=size)
+        return Camera(
+            name=name,
+            image=image,
+            K=K,
+            cam2ego=cam2ego,
+            ego2global=ego2global,
+            timestamp=int(sd["timestamp"]),
+            token=sd["token"],
+            image_size=size,
+        )
 
     def _lidar(self, sample: dict, sweeps: int | None = None) -> Lidar:
         """The keyframe's LiDAR with `sweeps` earlier sweeps (None: the dataset's; -1: poses only, no file read).
@@ -206,8 +223,14 @@ class NuScenesFrames(Sequence[Frame]):
         _, lidar2ego, ego2global = self._poses(key_sd, where)
         sweeps = self.sweeps if sweeps is None else sweeps
         if sweeps < 0:
-            return Lidar(points=np.zeros((0, LIDAR_POINT_DIMS), np.float32), time_lag=np.zeros(0, np.float32),
-                         ego2global=ego2global, lidar2ego=lidar2ego, timestamp=int(key_sd["timestamp"]), token=key_sd["token"])
+            return Lidar(
+                points=np.zeros((0, LIDAR_POINT_DIMS), np.float32),
+                time_lag=np.zeros(0, np.float32),
+                ego2global=ego2global,
+                lidar2ego=lidar2ego,
+                timestamp=int(key_sd["timestamp"]),
+                token=key_sd["token"],
+            )
         points = load_lidar_file(self.dataroot / key_sd["filename"], where)
         xyz = points[:, :3].astype(np.float64) @ lidar2ego[:3, :3].T + lidar2ego[:3, 3]
         clouds, lags = [np.concatenate([xyz, points[:, 3:]], axis=1)], [np.zeros(len(points))]
@@ -227,8 +250,14 @@ class NuScenesFrames(Sequence[Frame]):
             s_xyz = g_xyz[keep] @ global2key[:3, :3].T + global2key[:3, 3]
             clouds.append(np.concatenate([s_xyz, sweep[keep, 3:]], axis=1))
             lags.append(np.full(len(s_xyz), (key_sd["timestamp"] - sd["timestamp"]) * 1e-6))
-        return Lidar(points=np.concatenate(clouds).astype(np.float32), time_lag=np.concatenate(lags).astype(np.float32),
-                     ego2global=ego2global, lidar2ego=lidar2ego, timestamp=int(key_sd["timestamp"]), token=key_sd["token"])
+        return Lidar(
+            points=np.concatenate(clouds).astype(np.float32),
+            time_lag=np.concatenate(lags).astype(np.float32),
+            ego2global=ego2global,
+            lidar2ego=lidar2ego,
+            timestamp=int(key_sd["timestamp"]),
+            token=key_sd["token"],
+        )
 
     def frame(self, token: str, images: bool | None = None, lidar: str = "sweeps", check_files: bool = True) -> Frame:
         """Load the keyframe with this sample token (`images=False` skips decoding its JPEGs).

@@ -5,9 +5,11 @@ Each file holds ``semantics`` (uint8, X x Y x Z, ids 0..17, 255 unknown), ``mask
 the voxel's confidence clears its class threshold) and ``label_source`` (a string: "manual" for a frame
 whose labels an annotator delivered, "pseudo" for the teacher's; issue 21); Occ3D readers that load only
 the three standard arrays skip both. A region-level delivery or export (issue 21) may add ``mask_annotated``
-(uint8 0/1: the voxels an annotator labelled). Written atomically (temp file + rename) so that a crash never leaves a half-written
+(uint8 0/1: the voxels an annotator labelled). Written atomically (temp file + rename) so that a crash never leaves
+a half-written
 file under the final name, and byte-reproducibly.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,8 +75,11 @@ def validate_labels(labels: Occ3DLabels, grid: GridSpec, where: str) -> None:
 
 
 def _keys(labels: Occ3DLabels) -> tuple[str, ...]:
-    return (LABEL_KEYS + ((CONFIDENT_KEY,) if labels.mask_confident is not None else ())
-            + ((ANNOTATED_KEY,) if labels.mask_annotated is not None else ()))
+    return (
+        LABEL_KEYS
+        + ((CONFIDENT_KEY,) if labels.mask_confident is not None else ())
+        + ((ANNOTATED_KEY,) if labels.mask_annotated is not None else ())
+    )
 
 
 def _source(arr: np.ndarray) -> str:
@@ -92,11 +97,16 @@ def read_labels(path: str | os.PathLike, grid: GridSpec | None = None) -> Occ3DL
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in LABEL_KEYS if k not in data.files]
             if missing:
-                raise DataError(f"{path}: missing key(s) {missing}; an Occ3D labels.npz holds {list(LABEL_KEYS)}, found {data.files}")
-            labels = Occ3DLabels(**{k: data[k] for k in LABEL_KEYS},
-                                 mask_confident=data[CONFIDENT_KEY] if CONFIDENT_KEY in data.files else None,
-                                 source=_source(data[SOURCE_KEY]) if SOURCE_KEY in data.files else None,
-                                 mask_annotated=data[ANNOTATED_KEY] if ANNOTATED_KEY in data.files else None)
+                raise DataError(
+                    f"{path}: missing key(s) {missing}; an Occ3D labels.npz holds {list(LABEL_KEYS)}, found "
+                    f"{data.files}"
+                )
+            labels = Occ3DLabels(
+                **{k: data[k] for k in LABEL_KEYS},
+                mask_confident=data[CONFIDENT_KEY] if CONFIDENT_KEY in data.files else None,
+                source=_source(data[SOURCE_KEY]) if SOURCE_KEY in data.files else None,
+                mask_annotated=data[ANNOTATED_KEY] if ANNOTATED_KEY in data.files else None,
+            )
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise

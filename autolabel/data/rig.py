@@ -4,6 +4,7 @@ Used where nuscenes-devkit is not needed or not installed (benchmarks on a bare 
 synthetic world's sensors): it reads ``sample``, ``sample_data``, ``calibrated_sensor`` and ``sensor``
 of one keyframe as JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,13 @@ def load_rig(dataroot: str | Path, version: str = "v1.0-mini", sample_token: str
     cams = []
     for name in CAMERA_NAMES:
         sd, cs = by_channel[name]
-        cams.append(RigCamera(name, np.asarray(cs["camera_intrinsic"], dtype=np.float64),
-                              transform_matrix(cs["translation"], cs["rotation"]), (int(sd["height"]), int(sd["width"]))))
+        cams.append(
+            RigCamera(
+                name,
+                np.asarray(cs["camera_intrinsic"], dtype=np.float64),
+                transform_matrix(cs["translation"], cs["rotation"]),
+                (int(sd["height"]), int(sd["width"])),
+            )
+        )
     _, lidar_cs = by_channel[LIDAR_NAME]
     return Rig(tuple(cams), transform_matrix(lidar_cs["translation"], lidar_cs["rotation"]))

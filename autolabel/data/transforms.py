@@ -7,6 +7,7 @@ corners onto each other, so this holds exactly. Hence K' = A @ K with
 A = [[sx, 0, -left], [0, sy, -top], [0, 0, 1]]; `A` is also the image-augmentation matrix that
 the network's view transform undoes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

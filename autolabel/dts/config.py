@@ -1,4 +1,5 @@
 """The recipe's ``dts`` section."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -41,7 +42,9 @@ class DTSConfig:
         if self.evidence not in EVIDENCE:
             raise ValueError(f"dts.evidence must be one of {EVIDENCE}, got {self.evidence!r}")
         if self.evidence == "fusion" and not self.lidar_filter:
-            raise ValueError("dts.evidence: fusion filters by LiDAR and fusion together; it needs dts.lidar_filter: true")
+            raise ValueError(
+                "dts.evidence: fusion filters by LiDAR and fusion together; it needs dts.lidar_filter: true"
+            )
         if self.batch_size < 1:
             raise ValueError("dts.batch_size must be >= 1")
 

@@ -5,6 +5,7 @@ Per batch of frames (GPU when there is one): the teacher's depth-aware forward p
 occupancy: ``mask_camera`` from every camera (a ray per 8 mrad), ``mask_lidar`` from the lidar sensor
 towards each of the keyframe's own points. A frame is marked done only after all four arrays are written.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_teacher(network_cfg, checkpoint: Path, device: torch.device, prefer_teacher: bool = True) -> tuple[OccupancyNetwork, int, bool]:
+def load_teacher(
+    network_cfg, checkpoint: Path, device: torch.device, prefer_teacher: bool = True
+) -> tuple[OccupancyNetwork, int, bool]:
     """The network of a training checkpoint: the EMA teacher's weights when the checkpoint has them.
     Returns (model, step, is_teacher)."""
     from ..training.checkpoint import read_checkpoint
@@ -52,12 +55,21 @@ def load_teacher(network_cfg, checkpoint: Path, device: torch.device, prefer_tea
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise DataError(f"checkpoint {checkpoint} does not fit the recipe's network: {str(exc).splitlines()[0]}") from None
+        raise DataError(
+            f"checkpoint {checkpoint} does not fit the recipe's network: {str(exc).splitlines()[0]}"
+        ) from None
     return model.to(device).eval(), int(state["step"]), prefer_teacher and teacher is not None
 
 
-def visibility_masks(semantics: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor, hw: tuple[int, int],
-                     lidar_origin: torch.Tensor, lidar_points: torch.Tensor, grid) -> tuple[torch.Tensor, torch.Tensor]:
+def visibility_masks(
+    semantics: torch.Tensor,
+    K: torch.Tensor,
+    cam2ego: torch.Tensor,
+    hw: tuple[int, int],
+    lidar_origin: torch.Tensor,
+    lidar_points: torch.Tensor,
+    grid,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Occ3D masks of one frame: (X, Y, Z) uint8 mask_camera, mask_lidar."""
     occupied = semantics < FREE_ID
     rays = [camera_rays(K[k], cam2ego[k], hw) for k in range(K.shape[0])]
@@ -83,9 +95,21 @@ def _as_list(items: list) -> list:
     return items
 
 
-def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStore, k: int, network_cfg,
-                dts: DTSConfig, checkpoint: Path, device: torch.device, recipe=None, workers: int | None = None,
-                progress: bool = True, use_teacher: bool = True, fused: FrameArrays | None = None) -> dict:
+def label_round(
+    frames: NuScenesFrames,
+    cache: SupervisionCache,
+    store: LabelStore,
+    k: int,
+    network_cfg,
+    dts: DTSConfig,
+    checkpoint: Path,
+    device: torch.device,
+    recipe=None,
+    workers: int | None = None,
+    progress: bool = True,
+    use_teacher: bool = True,
+    fused: FrameArrays | None = None,
+) -> dict:
     """Write round k's pseudo-labels for every frame of `frames` not yet done. Returns a summary.
     use_teacher=False labels with the student's weights (for measuring what the teacher adds); `fused` the
     fused labels (autolabel.fusion) that dts.evidence: fusion filters by."""
@@ -96,11 +120,15 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
     provenance = {
         "recipe": to_dict(recipe) if recipe is not None else None,
         "recipe_digest": recipe.digest() if recipe is not None else None,
-        "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
-        "teacher_step": step, "weights": "ema_teacher" if is_teacher else "student",
-        "dts": to_dict(dts), "supervision_provider": cache.arrays.attrs.get("provider"),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "teacher_step": step,
+        "weights": "ema_teacher" if is_teacher else "student",
+        "dts": to_dict(dts),
+        "supervision_provider": cache.arrays.attrs.get("provider"),
         "supervision_settings": cache.arrays.attrs.get("provider_settings"),
-        "package_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "package_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         # the fusion settings behind the teacher's evidence (a resumed round must have used the same)
         "fusion": fused.attrs.get("fusion") if dts.evidence == "fusion" else None,
     }
@@ -116,29 +144,58 @@ def label_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelSto
     writer = ShardWriter(arrays, pending)  # a shard's frames are written together once all are labelled
     grid = network_cfg.grid
     fused = fused if dts.evidence == "fusion" else None
-    dataset = FrameDataset(frames, network_cfg.image_size, labels="cache", cache=cache, indices=pending, grid=grid,
-                           lidar=True, fused=fused)
-    loader = DataLoader(dataset, batch_size=dts.batch_size, num_workers=default_workers() if workers is None else workers,
-                        collate_fn=_as_list)  # frames are written one by one
+    dataset = FrameDataset(
+        frames, network_cfg.image_size, labels="cache", cache=cache, indices=pending, grid=grid, lidar=True, fused=fused
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=dts.batch_size,
+        num_workers=default_workers() if workers is None else workers,
+        collate_fn=_as_list,
+    )  # frames are written one by one
     t0 = time.perf_counter()
     bar = tqdm(total=len(pending), desc=f"label round {k}", disable=not progress or not is_main())
     for items in loader:
         # the 2D labels tell which LiDAR returns lie on ground (their free space stops at the ground layer)
-        keys = ("images", "intrinsics", "cam2ego", "depth", "semantics") + (("fused_semantics", "fused_confidence")
-                                                                           if fused is not None else ())
+        keys = ("images", "intrinsics", "cam2ego", "depth", "semantics") + (
+            ("fused_semantics", "fused_confidence") if fused is not None else ()
+        )
         batch = {key: torch.stack([it[key] for it in items]).to(device) for key in keys}
         occ, cls, pcls = teacher_probabilities(model, batch, dts.depth_aware)
         for i, item in enumerate(items):
             lidar = frame_lidar(batch, i, grid) if dts.lidar_filter else None
-            sem, levels = pseudo_labels(occ[i], cls[i], pcls[i], lidar, dts.occupied_threshold,
-                                        frame_fused(batch, i) if fused is not None else None)
-            cam_mask, lidar_mask = visibility_masks(sem, batch["intrinsics"][i], batch["cam2ego"][i],
-                                                    tuple(network_cfg.image_size), item["lidar_origin"].to(device),
-                                                    item["lidar_points"].to(device), grid)
-            writer.add(frames.index(item["token"]), semantics=sem.cpu().numpy(), confidence=levels.cpu().numpy(),
-                         mask_camera=cam_mask.cpu().numpy(), mask_lidar=lidar_mask.cpu().numpy())
+            sem, levels = pseudo_labels(
+                occ[i],
+                cls[i],
+                pcls[i],
+                lidar,
+                dts.occupied_threshold,
+                frame_fused(batch, i) if fused is not None else None,
+            )
+            cam_mask, lidar_mask = visibility_masks(
+                sem,
+                batch["intrinsics"][i],
+                batch["cam2ego"][i],
+                tuple(network_cfg.image_size),
+                item["lidar_origin"].to(device),
+                item["lidar_points"].to(device),
+                grid,
+            )
+            writer.add(
+                frames.index(item["token"]),
+                semantics=sem.cpu().numpy(),
+                confidence=levels.cpu().numpy(),
+                mask_camera=cam_mask.cpu().numpy(),
+                mask_lidar=lidar_mask.cpu().numpy(),
+            )
             bar.update(1)
     bar.close()
     barrier()  # the round is complete when every rank is done
-    return {"frames": len(frames), "labelled": len(pending), "skipped": len(frames) - len(pending),
-            "seconds": time.perf_counter() - t0, "teacher_step": step, "weights": provenance["weights"]}
+    return {
+        "frames": len(frames),
+        "labelled": len(pending),
+        "skipped": len(frames) - len(pending),
+        "seconds": time.perf_counter() - t0,
+        "teacher_step": step,
+        "weights": provenance["weights"],
+    }

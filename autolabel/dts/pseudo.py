@@ -11,6 +11,7 @@ loses the same share of its least confident voxels and rare classes are not wipe
 threshold. In the teacher's training batches dropped voxels become 255 (the 3D loss ignores them);
 the Occ3D export keeps their class and clears them from the masks instead (store/rounds.py).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,9 @@ LEVELS = 256  # confidence is stored as uint8
 THRESHOLD_CANDIDATES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def depth_rays(depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def depth_rays(
+    depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rays of the pixels with a LiDAR depth. depth (N, H, W) z-depth, K (N, 3, 3), cam2ego (N, 4, 4).
 
     Returns origins (R, 3), unit directions (R, 3) and distances to the return (R,) in the ego frame.
@@ -42,8 +45,9 @@ def depth_rays(depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor) -> t
     return origin, vec / dist[:, None], dist
 
 
-def lidar_free_and_hits(depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor, grid: GridSpec,
-                        semantics: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def lidar_free_and_hits(
+    depth: torch.Tensor, K: torch.Tensor, cam2ego: torch.Tensor, grid: GridSpec, semantics: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(X, Y, Z) bool grids: voxels LiDAR rays cross before their return (free) and return voxels (hit).
 
     depth (N, H, W) z-depth (0 none), K (N, 3, 3), cam2ego (N, 4, 4). With the 2D labels `semantics`
@@ -91,8 +95,14 @@ def best_threshold(inter: torch.Tensor, union: torch.Tensor) -> tuple[float, lis
     return THRESHOLD_CANDIDATES[max(range(len(iou)), key=lambda j: iou[j])], iou
 
 
-def apply_lidar(semantics: torch.Tensor, confidence: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor,
-                free: torch.Tensor, hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_lidar(
+    semantics: torch.Tensor,
+    confidence: torch.Tensor,
+    cls: torch.Tensor,
+    pcls: torch.Tensor,
+    free: torch.Tensor,
+    hit: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All (X, Y, Z): LiDAR-free voxels -> free with confidence 1; return voxels -> teacher class, pcls."""
     semantics = torch.where(free, torch.full_like(semantics, FREE_ID), semantics)
     confidence = torch.where(free, torch.ones_like(confidence), confidence)
@@ -101,9 +111,16 @@ def apply_lidar(semantics: torch.Tensor, confidence: torch.Tensor, cls: torch.Te
     return semantics, confidence
 
 
-def apply_fusion(semantics: torch.Tensor, confidence: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor,
-                 free: torch.Tensor, hit: torch.Tensor, fused: torch.Tensor, fused_conf: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_fusion(
+    semantics: torch.Tensor,
+    confidence: torch.Tensor,
+    cls: torch.Tensor,
+    pcls: torch.Tensor,
+    free: torch.Tensor,
+    hit: torch.Tensor,
+    fused: torch.Tensor,
+    fused_conf: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LiDAR filtering with the fused labels of the frame's scene window as well (dts.evidence: fusion).
 
     All (X, Y, Z): the teacher's read-out semantics / confidence, its best class cls and that class's

@@ -1,5 +1,6 @@
 """The EMA teacher: a Trainer step hook that follows the student, and annotates batches with
 pseudo-labels for the student's confidence-weighted 3D cross-entropy."""
+
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,17 @@ from occnet.inference import voxel_labels, voxel_probabilities
 from occnet.network import OccupancyNetwork
 
 from .config import DTSConfig
-from .pseudo import (apply_fusion, apply_lidar, best_threshold, class_thresholds, confidence_histogram,
-                     lidar_free_and_hits, lidar_iou_counts, threshold, to_levels)
+from .pseudo import (
+    apply_fusion,
+    apply_lidar,
+    best_threshold,
+    class_thresholds,
+    confidence_histogram,
+    lidar_free_and_hits,
+    lidar_iou_counts,
+    threshold,
+    to_levels,
+)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -78,13 +88,21 @@ class EMATeacher:
         self.to(batch["images"].device)
         occ, cls, pcls = self.probabilities(batch)
         grid = self.model.cfg.grid
-        lidar = [frame_lidar(batch, i, grid) if self.cfg.lidar_filter or self.cfg.online_calibration else None
-                 for i in range(occ.shape[0])]
+        lidar = [
+            frame_lidar(batch, i, grid) if self.cfg.lidar_filter or self.cfg.online_calibration else None
+            for i in range(occ.shape[0])
+        ]
         occupied = self.online_threshold(occ, lidar)
         sems, levels = [], []
         for i in range(occ.shape[0]):
-            s, lv = pseudo_labels(occ[i], cls[i], pcls[i], lidar[i] if self.cfg.lidar_filter else None, occupied,
-                                  frame_fused(batch, i) if self.cfg.evidence == "fusion" else None)
+            s, lv = pseudo_labels(
+                occ[i],
+                cls[i],
+                pcls[i],
+                lidar[i] if self.cfg.lidar_filter else None,
+                occupied,
+                frame_fused(batch, i) if self.cfg.evidence == "fusion" else None,
+            )
             sems.append(s)
             levels.append(lv)
         sem, lev = torch.stack(sems), torch.stack(levels)
@@ -125,7 +143,9 @@ def teacher_probabilities(model: OccupancyNetwork, batch: dict, depth_aware: boo
 
 def frame_lidar(batch: dict, i: int, grid) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame i's LiDAR free and hit voxels (X, Y, Z) from the batch's depth maps and 2D labels."""
-    return lidar_free_and_hits(batch["depth"][i], batch["intrinsics"][i], batch["cam2ego"][i], grid, batch["semantics"][i])
+    return lidar_free_and_hits(
+        batch["depth"][i], batch["intrinsics"][i], batch["cam2ego"][i], grid, batch["semantics"][i]
+    )
 
 
 def frame_fused(batch: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,8 +155,14 @@ def frame_fused(batch: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
     return batch["fused_semantics"][i], batch["fused_confidence"][i]
 
 
-def pseudo_labels(occ: torch.Tensor, cls: torch.Tensor, pcls: torch.Tensor, lidar: tuple | None,
-                  occupied_threshold: float, fused: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_labels(
+    occ: torch.Tensor,
+    cls: torch.Tensor,
+    pcls: torch.Tensor,
+    lidar: tuple | None,
+    occupied_threshold: float,
+    fused: tuple | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame's labels before thresholding: semantics (X, Y, Z) uint8 (free = 17) and uint8 confidence
     levels; `lidar` = (free, hit) from `frame_lidar` to apply LiDAR filtering, or None; `fused` = (labels,
     confidence) from `frame_fused` to filter by the fused evidence as well (needs `lidar`)."""

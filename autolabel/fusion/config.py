@@ -1,4 +1,5 @@
 """The evidence-fusion labeller's settings."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -35,8 +36,10 @@ class FusionConfig:
     def __post_init__(self) -> None:
         _check(self.window >= 0, "fusion.window must be >= 0")
         _check(self.dynamic_seconds >= 0, "fusion.dynamic_seconds must be >= 0")
-        _check(self.depth_tolerance_abs >= 0 and self.depth_tolerance_rel >= 0,
-               "fusion.depth_tolerance_abs / depth_tolerance_rel must be >= 0")
+        _check(
+            self.depth_tolerance_abs >= 0 and self.depth_tolerance_rel >= 0,
+            "fusion.depth_tolerance_abs / depth_tolerance_rel must be >= 0",
+        )
         _check(self.zbuffer_pool >= 1 and self.zbuffer_pool % 2 == 1, "fusion.zbuffer_pool must be an odd number >= 1")
         _check(self.full_hits >= 1, "fusion.full_hits must be >= 1")
 

@@ -1,4 +1,5 @@
 """The evidence of a keyframe's scene window: LiDAR sweeps and 2D-labelled views in its ego frame."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -29,7 +30,7 @@ def window_tokens(frames: NuScenesFrames, token: str, window: int) -> list[str]:
     scene = frames.scene_of(token)
     same = [t for t in frames.tokens if frames.scene_of(t) == scene]
     i = same.index(token)
-    return same[max(0, i - window): i + window + 1]
+    return same[max(0, i - window) : i + window + 1]
 
 
 class WindowReader:
@@ -50,8 +51,14 @@ class WindowReader:
         return self.held[token]
 
 
-def frame_evidence(frames: NuScenesFrames, cache: SupervisionCache, token: str, cfg: FusionConfig,
-                   device: torch.device, read: WindowReader | None = None) -> Evidence:
+def frame_evidence(
+    frames: NuScenesFrames,
+    cache: SupervisionCache,
+    token: str,
+    cfg: FusionConfig,
+    device: torch.device,
+    read: WindowReader | None = None,
+) -> Evidence:
     """Sweeps and views of `token`'s window (2D labels from the supervision cache, at its resolution);
     `read` a WindowReader shared across the frames of a scene (None: read everything afresh)."""
     read = read or WindowReader(frames, cache, 2 * cfg.window + 1)
@@ -65,14 +72,25 @@ def frame_evidence(frames: NuScenesFrames, cache: SupervisionCache, token: str, 
         xyz = f.lidar.points[:, :3].astype(np.float64) @ to_target[:3, :3].T + to_target[:3, 3]
         origin = to_target[:3, :3] @ f.lidar.lidar2ego[:3, 3] + to_target[:3, 3]
         seconds = (f.lidar.timestamp - target.lidar.timestamp) * 1e-6 - f.lidar.time_lag.astype(np.float64)
-        sweeps.append(Sweep(points=torch.from_numpy(xyz).to(device), origin=torch.from_numpy(origin).to(device),
-                            keyframe=torch.from_numpy(f.lidar.time_lag == 0).to(device),
-                            seconds=torch.from_numpy(seconds).to(device), source=j))
+        sweeps.append(
+            Sweep(
+                points=torch.from_numpy(xyz).to(device),
+                origin=torch.from_numpy(origin).to(device),
+                keyframe=torch.from_numpy(f.lidar.time_lag == 0).to(device),
+                seconds=torch.from_numpy(seconds).to(device),
+                source=j,
+            )
+        )
         for c, cam in enumerate(f.cameras):
             rc = ResizeCrop.fit(cam.image_size, cache.image_size)
             target2cam = np.linalg.inv(cam.cam2ego) @ np.linalg.inv(cam.ego2global) @ target.lidar.ego2global
-            views.append(View(target2cam=torch.from_numpy(target2cam).to(device),
-                              K=torch.from_numpy(rc.matrix @ cam.K).to(device),
-                              semantics=torch.from_numpy(sem[c].astype(np.int64)).to(device),
-                              confidence=torch.from_numpy(conf[c]).to(device), source=j))
+            views.append(
+                View(
+                    target2cam=torch.from_numpy(target2cam).to(device),
+                    K=torch.from_numpy(rc.matrix @ cam.K).to(device),
+                    semantics=torch.from_numpy(sem[c].astype(np.int64)).to(device),
+                    confidence=torch.from_numpy(conf[c]).to(device),
+                    source=j,
+                )
+            )
     return Evidence(sweeps, views, window.index(token))

@@ -23,6 +23,7 @@ Evidence, all in the labelled keyframe's ego frame at its LiDAR timestamp (the O
    its voxels unobserved); everything else is unobserved (255, confidence 0).
 Rays are cast only from keyframe sweeps, whose sensor origin is exact; sweep points add occupancy only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,8 +72,9 @@ class Fused:
     points: np.ndarray
 
 
-def vote(points: torch.Tensor, source: torch.Tensor, views: list[View], cfg: FusionConfig
-         ) -> tuple[torch.Tensor, torch.Tensor]:
+def vote(
+    points: torch.Tensor, source: torch.Tensor, views: list[View], cfg: FusionConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Class votes of every point. points (P, 3), source (P,) window keyframe of each point.
 
     Returns (all, own), each (P, 17) float32: the confidence-weighted votes of every view that sees the
@@ -171,6 +173,8 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
     confidence = torch.zeros(nvox, device=dev)
     confidence[free] = 1.0
     confidence[occupied] = occ_conf[occupied]
-    return Fused(semantics=semantics.view(grid.shape).to(torch.uint8).cpu().numpy(),
-                 confidence=(confidence * 255).round().view(grid.shape).to(torch.uint8).cpu().numpy(),
-                 points=hits.view(grid.shape).to(torch.int32).cpu().numpy())
+    return Fused(
+        semantics=semantics.view(grid.shape).to(torch.uint8).cpu().numpy(),
+        confidence=(confidence * 255).round().view(grid.shape).to(torch.uint8).cpu().numpy(),
+        points=hits.view(grid.shape).to(torch.int32).cpu().numpy(),
+    )

@@ -1,4 +1,5 @@
 """A labelling round made by evidence fusion alone (no network): every frame's fused labels into the store."""
+
 from __future__ import annotations
 
 import time
@@ -19,14 +20,27 @@ from .evidence import WindowReader, frame_evidence
 from .fuse import fuse
 
 
-def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStore, k: int, grid: GridSpec,
-               cfg: FusionConfig, device: torch.device, progress: bool = True) -> dict:
+def fuse_round(
+    frames: NuScenesFrames,
+    cache: SupervisionCache,
+    store: LabelStore,
+    k: int,
+    grid: GridSpec,
+    cfg: FusionConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> dict:
     """Write round k's labels from fusion for every frame not yet done (resumable by the store's done flags;
-    under torchrun each rank fuses whole shards of frames, written together as labelling does). Unobserved voxels are 255 with confidence 0:
+    under torchrun each rank fuses whole shards of frames, written together as labelling does). Unobserved voxels
+    are 255 with confidence 0:
     evaluation counts them as unlabelled. Masks as Occ3D's, against the fused occupancy."""
-    provenance = {"labeller": "fusion", "fusion": cfg.settings(), "supervision_provider": cache.arrays.attrs.get("provider"),
-                  "supervision_settings": cache.arrays.attrs.get("provider_settings"),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    provenance = {
+        "labeller": "fusion",
+        "fusion": cfg.settings(),
+        "supervision_provider": cache.arrays.attrs.get("provider"),
+        "supervision_settings": cache.arrays.attrs.get("provider_settings"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     scenes = [frames.scene_of(t) for t in frames.tokens]
     if is_main():  # rank 0 creates the round before the others open it
         arrays = store.create_round(k, frames.tokens, scenes, provenance)
@@ -46,9 +60,15 @@ def fuse_round(frames: NuScenesFrames, cache: SupervisionCache, store: LabelStor
         K = torch.stack([v.K for v in cams]).float()
         cam2ego = torch.stack([torch.linalg.inv(v.target2cam) for v in cams]).float()
         semantics = torch.from_numpy(fused.semantics).to(device)
-        cam_mask, lidar_mask = visibility_masks(semantics, K, cam2ego, tuple(cache.image_size), own.origin,
-                                                own.points[own.keyframe], grid)
-        writer.add(i, semantics=fused.semantics, confidence=fused.confidence, mask_camera=cam_mask.cpu().numpy(),
-                   mask_lidar=lidar_mask.cpu().numpy())
+        cam_mask, lidar_mask = visibility_masks(
+            semantics, K, cam2ego, tuple(cache.image_size), own.origin, own.points[own.keyframe], grid
+        )
+        writer.add(
+            i,
+            semantics=fused.semantics,
+            confidence=fused.confidence,
+            mask_camera=cam_mask.cpu().numpy(),
+            mask_lidar=lidar_mask.cpu().numpy(),
+        )
     barrier()
     return {"frames": len(frames), "labelled": len(pending), "seconds": time.perf_counter() - t0}

@@ -1,4 +1,5 @@
 """Where the fused labels of a run live: a label store whose round 0 `fuse_round` wrote."""
+
 from __future__ import annotations
 
 from pathlib import Path

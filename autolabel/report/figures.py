@@ -1,4 +1,5 @@
 """PNG figures (matplotlib, Agg backend: no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,9 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-def confusion_png(confusion: np.ndarray, rows_names: Sequence[str], col_names: Sequence[str], path: str | Path,
-                  title: str) -> Path:
+def confusion_png(
+    confusion: np.ndarray, rows_names: Sequence[str], col_names: Sequence[str], path: str | Path, title: str
+) -> Path:
     """Row-normalised confusion matrix (rows: ground truth, columns: prediction), shares in percent."""
     plt = pyplot()
     rows = confusion.sum(1, keepdims=True)
@@ -42,8 +44,15 @@ def confusion_png(confusion: np.ndarray, rows_names: Sequence[str], col_names: S
     for i in range(n):
         for j in range(m):
             if share[i, j] >= 0.01:
-                ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * share[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     fig.tight_layout()
     return save_figure(fig, path)
 

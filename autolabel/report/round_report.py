@@ -7,6 +7,7 @@ cameras beside the rendered depth, the rendered semantics and the 2D supervision
 for annotation with their scores and reasons; the budget curve across rounds. Every figure is a PNG
 next to ``index.html``.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,7 +65,12 @@ def frame_figure(model, item: dict, recipe: Recipe, device, path: Path) -> str:
     fig, axes = plt.subplots(n, 4, figsize=(12, 1.9 * n * hw[0] / hw[1] * 4 / 3 + 0.6))
     for c in range(n):
         img = (item["images"][c].permute(1, 2, 0).numpy() * std + mean).clip(0, 1)
-        panels = [img, _depth_rgb(depth[c], vmax), colorize(sem[c].astype(np.uint8)), colorize(item["semantics"][c].numpy())]
+        panels = [
+            img,
+            _depth_rgb(depth[c], vmax),
+            colorize(sem[c].astype(np.uint8)),
+            colorize(item["semantics"][c].numpy()),
+        ]
         for a, p, title in zip(axes[c], panels, ("camera", "rendered depth", "rendered semantics", "2D supervision")):
             a.imshow(p)
             a.set_xticks([])
@@ -125,8 +131,15 @@ def budget_figure(history: list[dict], path: Path) -> str:
     if drawn:
         ax.legend(fontsize=8)
     else:  # real data without gts/: nothing to score (an empty legend would only warn)
-        ax.text(0.5, 0.5, "no ground truth (gts/): no mIoU\nscore an export with `autolabel eval`", ha="center",
-                va="center", transform=ax.transAxes, fontsize=9)
+        ax.text(
+            0.5,
+            0.5,
+            "no ground truth (gts/): no mIoU\nscore an export with `autolabel eval`",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=9,
+        )
     fig.tight_layout()
     return _save(fig, path)
 
@@ -148,8 +161,9 @@ def _selection_thumbs(recipe: Recipe, k: int, folder: Path, manifest: dict) -> l
     return out
 
 
-def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict], export: dict | None = None,
-                       n_frames: int = 2) -> Path:
+def write_round_report(
+    recipe: Recipe, k: int, metrics: dict, history: list[dict], export: dict | None = None, n_frames: int = 2
+) -> Path:
     """Write ``<run>/report/round_<K>/index.html`` and its PNGs; returns the page's path.
 
     metrics: the evaluate stage's result (labelled, val, pseudo, pseudo_thresholded); export: the export
@@ -162,8 +176,14 @@ def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict
     threshold = readout(recipe.dts, checkpoint_path(recipe, k)).occupied_threshold
     split = "val" if recipe.data.val_scenes else "train"
     frames = open_frames(recipe, split, load_images=True, load_gt=True)
-    dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe), grid=recipe.network.grid,
-                           manual=None)
+    dataset = FrameDataset(
+        frames,
+        recipe.network.image_size,
+        labels="cache",
+        cache=open_cache(recipe),
+        grid=recipe.network.grid,
+        manual=None,
+    )
     last = k == recipe.rounds.count - 1
     mpath = manifest_path(recipe, k)
     manifest = read_manifest(mpath) if mpath.is_file() else None
@@ -173,8 +193,13 @@ def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict
     for j, i in enumerate(picks):
         item = dataset[int(i)]
         cams = frame_figure(model, item, recipe, device, folder / f"frame{j}_cameras.png")
-        sem, _ = predict(model, item["images"][None].to(device), item["intrinsics"][None].to(device),
-                         item["cam2ego"][None].to(device), occupied_threshold=threshold)
+        sem, _ = predict(
+            model,
+            item["images"][None].to(device),
+            item["intrinsics"][None].to(device),
+            item["cam2ego"][None].to(device),
+            occupied_threshold=threshold,
+        )
         pred = sem[0].cpu().numpy()
         gt = item["gt_semantics"].numpy() if bool(item["has_gt"]) else None
         scores = None
@@ -189,9 +214,18 @@ def write_round_report(recipe: Recipe, k: int, metrics: dict, history: list[dict
     sel_link = os.path.relpath(sel_page, folder) if sel_page.is_file() else None
     budget = budget_figure(history, folder / "budget.png") if history else None
     n_selected = None if manifest is None else len(manifest["selected"])
-    summary = P.summary_table(metrics, export, recipe.rounds.export_drop_quantile, metrics.get("labelled", 0), threshold,
-                              n_selected, metrics.get("labelled_voxels"))
-    curve = P.history_table(history) + (f"<br><img src='{budget}' alt='mIoU against labelled frames'>" if budget else "")
+    summary = P.summary_table(
+        metrics,
+        export,
+        recipe.rounds.export_drop_quantile,
+        metrics.get("labelled", 0),
+        threshold,
+        n_selected,
+        metrics.get("labelled_voxels"),
+    )
+    curve = P.history_table(history) + (
+        f"<br><img src='{budget}' alt='mIoU against labelled frames'>" if budget else ""
+    )
     sections = [
         ("Summary", f"<div class='row'><div>{summary}</div><div>{P.per_class_table(metrics)}</div></div>"),
         ("Frames selected for annotation", P.selection_section(manifest, thumbs, sel_link, last)),

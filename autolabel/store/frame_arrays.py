@@ -19,6 +19,7 @@ computed and writes them in one write per array (not S read-modify-writes of a g
 ranks split the work by shard (`pending_frames`), so two processes never rewrite the same shard file.
 Groups written before sharding (one file per chunk) are read and written as before (S = 1).
 """
+
 from __future__ import annotations
 
 import errno
@@ -81,15 +82,25 @@ class FrameArrays:
         try:
             self.tokens: tuple[str, ...] = tuple(str(t) for t in group["tokens"][:])
         except Exception as exc:  # zarr / numcodecs raise many types for a damaged chunk
-            raise DataError(f"{where}: array 'tokens' of group {group.path!r} cannot be read ({exc}); delete the group "
-                            f"to recompute it, or restore it") from None
+            raise DataError(
+                f"{where}: array 'tokens' of group {group.path!r} cannot be read ({exc}); delete the group "
+                f"to recompute it, or restore it"
+            ) from None
         self._index = {t: i for i, t in enumerate(self.tokens)}
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
-    def create_or_open(cls, root, path: str, specs: Sequence[ArraySpec], tokens: Sequence[str],
-                       attrs: Mapping[str, Any], must_match: Iterable[str], where: str,
-                       shard_frames: int | None = None) -> "FrameArrays":
+    def create_or_open(
+        cls,
+        root,
+        path: str,
+        specs: Sequence[ArraySpec],
+        tokens: Sequence[str],
+        attrs: Mapping[str, Any],
+        must_match: Iterable[str],
+        where: str,
+        shard_frames: int | None = None,
+    ) -> "FrameArrays":
         """Open group `path` under zarr group `root`, creating it when absent.
 
         An existing group must hold the same tokens and the same values of the `must_match` attributes
@@ -103,24 +114,36 @@ class FrameArrays:
             group = root[path]
             arr = cls(group, specs, where)
             if arr.tokens != tuple(tokens):
-                raise DataError(f"{where}: holds {len(arr.tokens)} other frames than the {len(tokens)} of this dataset; "
-                                f"use another store / cache path or delete the old one")
+                raise DataError(
+                    f"{where}: holds {len(arr.tokens)} other frames than the {len(tokens)} of this dataset; "
+                    f"use another store / cache path or delete the old one"
+                )
             found = dict(group.attrs)
             for key in must_match:
                 if found.get(key) != attrs.get(key):
-                    raise DataError(f"{where}: was written with {key} = {found.get(key)!r}, this run has {attrs.get(key)!r}; "
-                                    f"use another store / cache path or delete the old one")
+                    raise DataError(
+                        f"{where}: was written with {key} = {found.get(key)!r}, this run has {attrs.get(key)!r}; "
+                        f"use another store / cache path or delete the old one"
+                    )
             for s in specs:
                 if s.name not in group or tuple(group[s.name].shape) != (len(tokens), *s.shape):
-                    raise DataError(f"{where}: array {s.name!r} is missing or has the wrong shape; delete the group and rerun")
+                    raise DataError(
+                        f"{where}: array {s.name!r} is missing or has the wrong shape; delete the group and rerun"
+                    )
             return arr
         group = root.create_group(path)
         n = len(tokens)
         S = max(1, min(shard_frames, max(n, 1))) if shard_frames else frames_per_shard(specs, n)
         # Arrays first, attributes and tokens last: a group without `tokens` is treated as unfinished below.
         for s in specs:
-            group.create_array(s.name, shape=(n, *s.shape), dtype=s.dtype, chunks=(1, *s.shape),
-                               shards=(S, *s.shape), fill_value=s.fill)
+            group.create_array(
+                s.name,
+                shape=(n, *s.shape),
+                dtype=s.dtype,
+                chunks=(1, *s.shape),
+                shards=(S, *s.shape),
+                fill_value=s.fill,
+            )
         group.create_array("done", shape=(n,), dtype=bool, chunks=(1,), shards=(S,), fill_value=False)
         group.attrs.update(attrs)
         tok = group.create_array("tokens", shape=(n,), dtype=str, chunks=(max(n, 1),))
@@ -157,9 +180,11 @@ class FrameArrays:
         except Exception as exc:  # zarr / numcodecs raise many types for a damaged chunk or metadata
             frame = f"frame {self.tokens[i]}" if isinstance(i, int) else "one of its frames"
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"{self.where}: array {name!r} of group {self.group.path!r}, {frame}: chunk cannot be read "
-                            f"({detail}); it was damaged outside this program — delete the group to recompute it, "
-                            f"or restore it") from None
+            raise DataError(
+                f"{self.where}: array {name!r} of group {self.group.path!r}, {frame}: chunk cannot be read "
+                f"({detail}); it was damaged outside this program — delete the group to recompute it, "
+                f"or restore it"
+            ) from None
 
     @property
     def shard_frames(self) -> int:
@@ -219,14 +244,18 @@ class FrameArrays:
                     spec = self.specs[name]
                     value = np.asarray(value)
                     if value.shape != (len(idx), *spec.shape):
-                        raise ValueError(f"{self.where}: frame {self.tokens[int(idx[0])]} array {name} has shape "
-                                         f"{value.shape[1:]}, expected {spec.shape}")
+                        raise ValueError(
+                            f"{self.where}: frame {self.tokens[int(idx[0])]} array {name} has shape "
+                            f"{value.shape[1:]}, expected {spec.shape}"
+                        )
                     self._put(name, idx, value.astype(spec.dtype, copy=False))
             self._put("done", idx, np.ones(len(idx), bool))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DataError(f"{self.where}: disk full while writing frame {self.tokens[int(idx[0])]}; "
-                                f"{int(self.done().sum())} frames are safely stored — free space and rerun to continue") from exc
+                raise DataError(
+                    f"{self.where}: disk full while writing frame {self.tokens[int(idx[0])]}; "
+                    f"{int(self.done().sum())} frames are safely stored — free space and rerun to continue"
+                ) from exc
             raise
 
     def _put(self, name: str, idx: np.ndarray, value: np.ndarray) -> None:
@@ -234,7 +263,7 @@ class FrameArrays:
         if len(idx) == 1:
             arr[int(idx[0])] = value[0]
         elif (np.diff(idx) == 1).all():
-            arr[int(idx[0]):int(idx[-1]) + 1] = value  # whole shards are written without reading them
+            arr[int(idx[0]) : int(idx[-1]) + 1] = value  # whole shards are written without reading them
         else:
             arr.oindex[idx] = value
 
@@ -248,16 +277,20 @@ class FrameArrays:
                     continue
                 seen.add((name, self.shard_of(i)))
                 if not self._chunk_exists(name, int(i)):
-                    raise DataError(f"{self.where}: array {name!r} of group {self.group.path!r}, frame {self.tokens[i]} "
-                                    f"is marked done but its chunk is missing; delete the group to recompute it, or "
-                                    f"restore the chunk")
+                    raise DataError(
+                        f"{self.where}: array {name!r} of group {self.group.path!r}, frame {self.tokens[i]} "
+                        f"is marked done but its chunk is missing; delete the group to recompute it, or "
+                        f"restore the chunk"
+                    )
 
     def read(self, i: int, name: str) -> np.ndarray:
         # Zarr answers a missing chunk with the fill value: a deleted chunk of a finished frame would be
         # read as an all-255 (or all-0) frame without a word, so it is checked for
         if not self._chunk_exists(name, i) and self.is_done(i):
-            raise DataError(f"{self.where}: array {name!r} of group {self.group.path!r}, frame {self.tokens[i]} is marked "
-                            f"done but its chunk is missing; delete the group to recompute it, or restore the chunk")
+            raise DataError(
+                f"{self.where}: array {name!r} of group {self.group.path!r}, frame {self.tokens[i]} is marked "
+                f"done but its chunk is missing; delete the group to recompute it, or restore the chunk"
+            )
         return self._get(name, i)
 
     @property

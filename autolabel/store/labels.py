@@ -13,6 +13,7 @@ Confidence thresholds are not baked into the store: per-class thresholds (a quan
 confidences over the whole round) are applied when labels are exported or evaluated, so one store
 serves any precision / coverage trade-off.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,12 @@ MANUAL = "manual"
 
 
 def label_specs(grid: GridSpec) -> list[ArraySpec]:
-    return [ArraySpec("semantics", grid.shape, "uint8", 255), ArraySpec("confidence", grid.shape, "uint8", 0),
-            ArraySpec("mask_camera", grid.shape, "uint8", 0), ArraySpec("mask_lidar", grid.shape, "uint8", 0)]
+    return [
+        ArraySpec("semantics", grid.shape, "uint8", 255),
+        ArraySpec("confidence", grid.shape, "uint8", 0),
+        ArraySpec("mask_camera", grid.shape, "uint8", 0),
+        ArraySpec("mask_lidar", grid.shape, "uint8", 0),
+    ]
 
 
 def round_name(k: int) -> str:
@@ -59,7 +64,9 @@ class LabelStore:
             self.root = open_root(self.path, "r")
             found = dict(self.root.attrs)
             if found.get("format") != FORMAT:
-                raise DataError(f"{self.path}: not a pseudo-label store (format {found.get('format')!r}, expected {FORMAT!r})")
+                raise DataError(
+                    f"{self.path}: not a pseudo-label store (format {found.get('format')!r}, expected {FORMAT!r})"
+                )
             if grid is not None:
                 self._check(found, jsonable({"grid": grid.to_dict(), "class_names": list(OCC3D_CLASS_NAMES)}))
         self.grid = GridSpec.from_dict(dict(self.root.attrs)["grid"])
@@ -71,8 +78,10 @@ class LabelStore:
     def _check(self, found: dict, expected: dict) -> None:
         for key in ("grid", "class_names"):
             if key in expected and found.get(key) != expected[key]:
-                raise DataError(f"{self.path}: store was written with {key} = {found.get(key)!r}, this run has "
-                                f"{expected[key]!r}; use another store path")
+                raise DataError(
+                    f"{self.path}: store was written with {key} = {found.get(key)!r}, this run has "
+                    f"{expected[key]!r}; use another store path"
+                )
         if found.get("format") not in (None, FORMAT):
             raise DataError(f"{self.path}: not a pseudo-label store (format {found.get('format')!r})")
 
@@ -84,25 +93,44 @@ class LabelStore:
     def create_round(self, k: int, tokens: Sequence[str], scenes: Sequence[str], provenance: dict) -> FrameArrays:
         """Open round k for writing (created if new; an existing one must come from the same checkpoint, or
         the same fusion settings, and frames, else DataError)."""
-        attrs = {**provenance, "scenes": list(scenes), "grid": self.grid.to_dict(), "class_names": list(OCC3D_CLASS_NAMES)}
-        return FrameArrays.create_or_open(self.root, round_name(k), label_specs(self.grid), tokens, attrs,
-                                          ("checkpoint_sha256", "labeller", "fusion", "grid", "class_names"),
-                                          where=f"{self.path} round {k}")
+        attrs = {
+            **provenance,
+            "scenes": list(scenes),
+            "grid": self.grid.to_dict(),
+            "class_names": list(OCC3D_CLASS_NAMES),
+        }
+        return FrameArrays.create_or_open(
+            self.root,
+            round_name(k),
+            label_specs(self.grid),
+            tokens,
+            attrs,
+            ("checkpoint_sha256", "labeller", "fusion", "grid", "class_names"),
+            where=f"{self.path} round {k}",
+        )
 
     def round(self, k: int) -> FrameArrays:
         if k not in self.rounds():
             raise DataError(f"{self.path}: round {k} does not exist (rounds: {self.rounds() or 'none'})")
         return FrameArrays.open(self.root, round_name(k), label_specs(self.grid), where=f"{self.path} round {k}")
 
-    def manual(self, tokens: Sequence[str] = (), scenes: Sequence[str] = (), create: bool = False) -> FrameArrays | None:
+    def manual(
+        self, tokens: Sequence[str] = (), scenes: Sequence[str] = (), create: bool = False
+    ) -> FrameArrays | None:
         """The manual-label group (None if absent and not created)."""
         if MANUAL in self.root:
             return FrameArrays.open(self.root, MANUAL, label_specs(self.grid), where=f"{self.path} manual labels")
         if not create:
             return None
-        return FrameArrays.create_or_open(self.root, MANUAL, label_specs(self.grid), tokens,
-                                          {"scenes": list(scenes), "grid": self.grid.to_dict()},
-                                          ("grid",), where=f"{self.path} manual labels")
+        return FrameArrays.create_or_open(
+            self.root,
+            MANUAL,
+            label_specs(self.grid),
+            tokens,
+            {"scenes": list(scenes), "grid": self.grid.to_dict()},
+            ("grid",),
+            where=f"{self.path} manual labels",
+        )
 
     def scene_of(self, arrays: FrameArrays) -> dict[str, str]:
         return dict(zip(arrays.tokens, arrays.attrs["scenes"]))

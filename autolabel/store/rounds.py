@@ -1,4 +1,5 @@
 """Reading a round of the pseudo-label store: thresholds, Occ3D export, inspection, evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ def round_histogram(arrays: FrameArrays, progress: bool = False) -> np.ndarray:
     hist = torch.zeros(NUM_CLASSES, LEVELS, dtype=torch.int64)
     done = arrays.done()
     for i in tqdm(np.flatnonzero(done), desc="confidence histogram", disable=not progress):
-        hist += confidence_histogram(torch.from_numpy(arrays.read(i, "semantics")), torch.from_numpy(arrays.read(i, "confidence")))
+        hist += confidence_histogram(
+            torch.from_numpy(arrays.read(i, "semantics")), torch.from_numpy(arrays.read(i, "confidence"))
+        )
     return hist.numpy()
 
 
@@ -34,7 +37,9 @@ def check_drop_quantile(q: float) -> None:
     """The share of each class's voxels to drop: 1 or more would drop everything (and exit 0 with an
     empty export), a negative share means nothing."""
     if not 0 <= q < 1:
-        raise DataError(f"drop quantile must be in [0, 1) (the share of each class's least confident voxels left out), got {q}")
+        raise DataError(
+            f"drop quantile must be in [0, 1) (the share of each class's least confident voxels left out), got {q}"
+        )
 
 
 def thresholds_for(arrays: FrameArrays, drop_quantile: float) -> np.ndarray:
@@ -53,23 +58,28 @@ def thresholded(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
     """A frame's semantics with voxels under their class threshold set to 255 (None: all kept)."""
     if thresholds is None:
         return frame["semantics"]
-    return threshold(torch.from_numpy(frame["semantics"]), torch.from_numpy(frame["confidence"]),
-                     torch.from_numpy(thresholds)).numpy()
+    return threshold(
+        torch.from_numpy(frame["semantics"]), torch.from_numpy(frame["confidence"]), torch.from_numpy(thresholds)
+    ).numpy()
 
 
 # How an export represents the voxels the confidence thresholds drop (issue 19), also written into export.json.
-DROPPED_VOXELS = ("semantics keep the predicted class (ids 0..17, as in Occ3D-nuScenes, whose training code indexes "
-                  "by class); a voxel under its class threshold is left out through the masks: mask_camera and "
-                  "mask_lidar are 0 there, and mask_confident (1 = kept) marks the kept voxels over the whole grid")
+DROPPED_VOXELS = (
+    "semantics keep the predicted class (ids 0..17, as in Occ3D-nuScenes, whose training code indexes "
+    "by class); a voxel under its class threshold is left out through the masks: mask_camera and "
+    "mask_lidar are 0 there, and mask_confident (1 = kept) marks the kept voxels over the whole grid"
+)
 
 
 # Which frames hold what (issue 21), also written into export.json.
-LABEL_SOURCE = ("frames with ingested manual labels (manual_tokens) hold the annotators' labels as ingested "
-                "(label_source 'manual' in their labels.npz, mask_confident all 1); every other frame holds the "
-                "round's pseudo-labels (label_source 'pseudo'); a frame with region-level manual labels (region_tokens, "
-                "label_source 'region') holds the annotators' labels in its annotated tiles (mask_annotated 1, "
-                "mask_confident 1 there) and the round's pseudo-labels elsewhere; kept_in_mask_camera counts the "
-                "pseudo-labelled frames")
+LABEL_SOURCE = (
+    "frames with ingested manual labels (manual_tokens) hold the annotators' labels as ingested "
+    "(label_source 'manual' in their labels.npz, mask_confident all 1); every other frame holds the "
+    "round's pseudo-labels (label_source 'pseudo'); a frame with region-level manual labels (region_tokens, "
+    "label_source 'region') holds the annotators' labels in its annotated tiles (mask_annotated 1, "
+    "mask_confident 1 there) and the round's pseudo-labels elsewhere; kept_in_mask_camera counts the "
+    "pseudo-labelled frames"
+)
 
 
 def confident_mask(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
@@ -80,8 +90,9 @@ def confident_mask(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
     return thresholded(frame, thresholds) != IGNORE_ID
 
 
-def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: float | None,
-                 progress: bool = True) -> dict:
+def export_occ3d(
+    store: LabelStore, k: int, out: str | Path, drop_quantile: float | None, progress: bool = True
+) -> dict:
     """Write round k as ``OUT/gts/<scene>/<token>/labels.npz``; returns the export summary (also OUT/export.json).
 
     A frame with ingested manual labels (the store's ``manual`` group) is written from those: the
@@ -109,35 +120,56 @@ def export_occ3d(store: LabelStore, k: int, out: str | Path, drop_quantile: floa
         j = manual.index(token) if manual is not None and manual.has(token) else None
         m = read_frame(manual, j) if j is not None and manual_done[j] else None
         if m is not None and (m["confidence"] == 255).all():
-            labels = Occ3DLabels(m["semantics"], m["mask_lidar"], m["mask_camera"], np.ones(store.grid.shape, np.uint8),
-                                 source="manual")
+            labels = Occ3DLabels(
+                m["semantics"], m["mask_lidar"], m["mask_camera"], np.ones(store.grid.shape, np.uint8), source="manual"
+            )
             manual_tokens.append(token)
         elif m is not None:  # region-level labels (issue 21): the annotated tiles over the pseudo-labels
             f = read_frame(arrays, int(i))
             ann = m["confidence"] == 255
             conf = confident_mask(f, thr) | ann
             pick = {key: np.where(ann, m[key], f[key]) for key in ("semantics", "mask_camera", "mask_lidar")}
-            labels = Occ3DLabels(pick["semantics"], (pick["mask_lidar"].astype(bool) & conf).astype(np.uint8),
-                                 (pick["mask_camera"].astype(bool) & conf).astype(np.uint8), conf.astype(np.uint8),
-                                 source="region", mask_annotated=ann.astype(np.uint8))
+            labels = Occ3DLabels(
+                pick["semantics"],
+                (pick["mask_lidar"].astype(bool) & conf).astype(np.uint8),
+                (pick["mask_camera"].astype(bool) & conf).astype(np.uint8),
+                conf.astype(np.uint8),
+                source="region",
+                mask_annotated=ann.astype(np.uint8),
+            )
             region_tokens.append(token)
         else:
             f = read_frame(arrays, int(i))
             conf = confident_mask(f, thr)
             cam = f["mask_camera"].astype(bool)
-            labels = Occ3DLabels(as_occ3d(f["semantics"]), (f["mask_lidar"].astype(bool) & conf).astype(np.uint8),
-                                 (cam & conf).astype(np.uint8), conf.astype(np.uint8), source="pseudo")
+            labels = Occ3DLabels(
+                as_occ3d(f["semantics"]),
+                (f["mask_lidar"].astype(bool) & conf).astype(np.uint8),
+                (cam & conf).astype(np.uint8),
+                conf.astype(np.uint8),
+                source="pseudo",
+            )
             kept += int((cam & conf).sum())
             total += int(cam.sum())
         write_labels(labels_path(out, scenes[token], token), labels, store.grid)
-    summary = {"store": str(store.path), "round": k, "frames": int(done.sum()), "frames_in_round": len(arrays),
-               "frames_manual": len(manual_tokens), "frames_region": len(region_tokens),
-               "frames_pseudo": int(done.sum()) - len(manual_tokens) - len(region_tokens),
-               "manual_tokens": manual_tokens, "region_tokens": region_tokens, "label_source": LABEL_SOURCE,
-               "drop_quantile": drop_quantile, "thresholds": None if thr is None else thr.tolist(),
-               "kept_in_mask_camera": kept / max(total, 1), "dropped_voxels": DROPPED_VOXELS,
-               "provenance": {key: v for key, v in arrays.attrs.items() if key not in ("scenes", "recipe")},
-               "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    summary = {
+        "store": str(store.path),
+        "round": k,
+        "frames": int(done.sum()),
+        "frames_in_round": len(arrays),
+        "frames_manual": len(manual_tokens),
+        "frames_region": len(region_tokens),
+        "frames_pseudo": int(done.sum()) - len(manual_tokens) - len(region_tokens),
+        "manual_tokens": manual_tokens,
+        "region_tokens": region_tokens,
+        "label_source": LABEL_SOURCE,
+        "drop_quantile": drop_quantile,
+        "thresholds": None if thr is None else thr.tolist(),
+        "kept_in_mask_camera": kept / max(total, 1),
+        "dropped_voxels": DROPPED_VOXELS,
+        "provenance": {key: v for key, v in arrays.attrs.items() if key not in ("scenes", "recipe")},
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     Path(out).mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=1)
     atomic_write(Path(out) / "export.json", lambda fh: fh.write(text.encode()))
@@ -153,9 +185,11 @@ def inspect_store(store: LabelStore) -> str:
         arrays = store.round(k)
         done = arrays.done()
         a = arrays.attrs
-        lines.append(f"\nround {k}: {int(done.sum())}/{len(arrays)} frames done; weights {a.get('weights')} "
-                     f"at step {a.get('teacher_step')}; checkpoint {str(a.get('checkpoint_sha256'))[:12]}; "
-                     f"2D labels {a.get('supervision_provider')}; created {a.get('created')}")
+        lines.append(
+            f"\nround {k}: {int(done.sum())}/{len(arrays)} frames done; weights {a.get('weights')} "
+            f"at step {a.get('teacher_step')}; checkpoint {str(a.get('checkpoint_sha256'))[:12]}; "
+            f"2D labels {a.get('supervision_provider')}; created {a.get('created')}"
+        )
         counts = np.zeros(NUM_CLASSES + 1, np.int64)
         conf_sum = 0.0
         n = 0
@@ -168,8 +202,12 @@ def inspect_store(store: LabelStore) -> str:
             n += int(cam.sum())
         if n:
             occupied = counts[:FREE_ID].sum()
-            lines.append(f"  voxels in mask_camera: {n}, occupied {100 * occupied / n:.1f}%, mean confidence {conf_sum / n:.3f}")
-            share = [f"{OCC3D_CLASS_NAMES[c]} {100 * counts[c] / max(occupied, 1):.1f}%" for c in range(FREE_ID) if counts[c]]
+            lines.append(
+                f"  voxels in mask_camera: {n}, occupied {100 * occupied / n:.1f}%, mean confidence {conf_sum / n:.3f}"
+            )
+            share = [
+                f"{OCC3D_CLASS_NAMES[c]} {100 * counts[c] / max(occupied, 1):.1f}%" for c in range(FREE_ID) if counts[c]
+            ]
             lines.append("  occupied voxels by class: " + ", ".join(share))
     manual = store.manual()
     if manual is not None:
@@ -177,8 +215,9 @@ def inspect_store(store: LabelStore) -> str:
     return "\n".join(lines)
 
 
-def evaluate_round(store: LabelStore, k: int, gts_root: str | Path, quantiles: Sequence[float] = (),
-                   progress: bool = True) -> dict:
+def evaluate_round(
+    store: LabelStore, k: int, gts_root: str | Path, quantiles: Sequence[float] = (), progress: bool = True
+) -> dict:
     """Occ3D metric of round k against ``<gts_root>/gts/<scene>/<token>/labels.npz`` within the ground
     truth's mask_camera: of all labels, and for each drop quantile the mIoU of the voxels the per-class
     thresholds keep with their coverage (kept share of mask_camera): the precision / coverage trade-off."""
@@ -213,6 +252,12 @@ def evaluate_round(store: LabelStore, k: int, gts_root: str | Path, quantiles: S
     curve = []
     for q, m, n in zip(quantiles, kept_metrics, kept):
         sc = m.compute()
-        curve.append({"drop_quantile": q, "coverage": float(n / max(total, 1)), "miou": sc.as_dict()["miou"],
-                      "geometric_iou": sc.as_dict()["geometric_iou"]})
+        curve.append(
+            {
+                "drop_quantile": q,
+                "coverage": float(n / max(total, 1)),
+                "miou": sc.as_dict()["miou"],
+                "geometric_iou": sc.as_dict()["geometric_iou"],
+            }
+        )
     return {"round": k, "frames": frames, "scores": full.compute(), "curve": curve}

@@ -16,6 +16,7 @@ before issue 23 have no ``images``: training then decodes the JPEGs as before. T
 attributes record the image size, cameras, provider and its settings; a cache made with other values
 is refused rather than mixed.
 """
+
 from __future__ import annotations
 
 import time
@@ -41,8 +42,12 @@ MATCH = ("image_size", "cameras", "provider", "provider_settings", "lidar_depth"
 
 
 def cache_specs(n_cams: int, hw: tuple[int, int]) -> list[ArraySpec]:
-    return [ArraySpec("images", (n_cams, *hw, 3), "uint8", 0), ArraySpec("semantics", (n_cams, *hw), "uint8", 255), ArraySpec("confidence", (n_cams, *hw), "uint8", 0),
-            ArraySpec("depth", (n_cams, *hw), "float32", 0.0)]
+    return [
+        ArraySpec("images", (n_cams, *hw, 3), "uint8", 0),
+        ArraySpec("semantics", (n_cams, *hw), "uint8", 255),
+        ArraySpec("confidence", (n_cams, *hw), "uint8", 0),
+        ArraySpec("depth", (n_cams, *hw), "float32", 0.0),
+    ]
 
 
 def _version() -> str:
@@ -64,19 +69,44 @@ class SupervisionCache:
         self.has_images = "images" in arrays.group
 
     @classmethod
-    def create_or_open(cls, path: str | Path, tokens: Sequence[str], image_size: tuple[int, int], provider: LabelProvider,
-                       lidar_depth: dict, extra: dict | None = None, shard_frames: int | None = None) -> "SupervisionCache":
-        attrs = {"image_size": list(image_size), "cameras": list(CAMERA_NAMES), "provider": provider.name,
-                 "provider_settings": provider.provenance(), "lidar_depth": lidar_depth,
-                 "package_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+    def create_or_open(
+        cls,
+        path: str | Path,
+        tokens: Sequence[str],
+        image_size: tuple[int, int],
+        provider: LabelProvider,
+        lidar_depth: dict,
+        extra: dict | None = None,
+        shard_frames: int | None = None,
+    ) -> "SupervisionCache":
+        attrs = {
+            "image_size": list(image_size),
+            "cameras": list(CAMERA_NAMES),
+            "provider": provider.name,
+            "provider_settings": provider.provenance(),
+            "lidar_depth": lidar_depth,
+            "package_version": _version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(extra or {}),
+        }
         from ..errors import DataError
 
         root = open_root(path, "a")
         if GROUP in root and "tokens" in root[GROUP] and "images" not in root[GROUP]:
-            raise DataError(f"supervision cache {path}: made before images were cached (issue 23); delete it and rerun "
-                            f"`autolabel supervise`, or use another cache path")
-        arrays = FrameArrays.create_or_open(root, GROUP, cache_specs(len(CAMERA_NAMES), image_size), tokens, attrs,
-                                            MATCH, where=f"supervision cache {path}", shard_frames=shard_frames)
+            raise DataError(
+                f"supervision cache {path}: made before images were cached (issue 23); delete it and rerun "
+                f"`autolabel supervise`, or use another cache path"
+            )
+        arrays = FrameArrays.create_or_open(
+            root,
+            GROUP,
+            cache_specs(len(CAMERA_NAMES), image_size),
+            tokens,
+            attrs,
+            MATCH,
+            where=f"supervision cache {path}",
+            shard_frames=shard_frames,
+        )
         return cls(arrays)
 
     @classmethod
@@ -85,13 +115,14 @@ class SupervisionCache:
         # the specs' shapes come from the stored arrays; reading needs only the names
         return cls(FrameArrays.open(root, GROUP, [], where=f"supervision cache {path}"))
 
-
     def _done_index(self, token: str) -> int:
         from ..errors import DataError
 
         i = self.arrays.index(token)
         if not self.arrays.is_done(i):  # per item in training: never read the whole done array
-            raise DataError(f"{self.arrays.where}: frame {token} has not been computed; run `autolabel supervise` first")
+            raise DataError(
+                f"{self.arrays.where}: frame {token} has not been computed; run `autolabel supervise` first"
+            )
         return i
 
     def read_images(self, token: str) -> np.ndarray:
@@ -112,8 +143,15 @@ class _FrameSupervision(Dataset):
     `provider` is given (model-free providers label in the worker), else the `Frame` itself, which the
     main process labels with its network."""
 
-    def __init__(self, frames: NuScenesFrames, provider: LabelProvider | None, pending: np.ndarray,
-                 image_size: tuple[int, int], min_depth: float, max_depth: float | None):
+    def __init__(
+        self,
+        frames: NuScenesFrames,
+        provider: LabelProvider | None,
+        pending: np.ndarray,
+        image_size: tuple[int, int],
+        min_depth: float,
+        max_depth: float | None,
+    ):
         self.frames, self.provider, self.pending = frames, provider, pending
         self.image_size, self.min_depth, self.max_depth = image_size, min_depth, max_depth
 
@@ -137,14 +175,29 @@ def _as_is(item):
     return item
 
 
-def supervise(frames: NuScenesFrames, provider: LabelProvider, cache_path: str | Path, image_size: tuple[int, int],
-              min_depth: float = 1.0, max_depth: float | None = None, progress: bool = True,
-              extra_attrs: dict | None = None, workers: int | None = None) -> dict:
+def supervise(
+    frames: NuScenesFrames,
+    provider: LabelProvider,
+    cache_path: str | Path,
+    image_size: tuple[int, int],
+    min_depth: float = 1.0,
+    max_depth: float | None = None,
+    progress: bool = True,
+    extra_attrs: dict | None = None,
+    workers: int | None = None,
+) -> dict:
     """Compute the 2D supervision of every frame not yet in the cache (workers: DataLoader workers that
     read frames, default sized to the machine). Returns a summary."""
+
     def open_cache() -> SupervisionCache:
-        return SupervisionCache.create_or_open(cache_path, frames.tokens, tuple(image_size), provider,
-                                               {"min_depth": min_depth, "max_depth": max_depth}, extra_attrs)
+        return SupervisionCache.create_or_open(
+            cache_path,
+            frames.tokens,
+            tuple(image_size),
+            provider,
+            {"min_depth": min_depth, "max_depth": max_depth},
+            extra_attrs,
+        )
 
     # under torchrun: rank 0 creates the cache, every rank computes its own shards of frames
     cache = open_cache() if is_main() else None
@@ -157,20 +210,30 @@ def supervise(frames: NuScenesFrames, provider: LabelProvider, cache_path: str |
     # frames are read (JPEGs decoded, LiDAR depth projected) in DataLoader workers; model-free providers
     # (label maps read from disk, LiDAR labels projected) label there too, a provider that runs a network
     # on the GPU labels in this process
-    items = _FrameSupervision(frames, provider if provider.model_free else None, pending, tuple(image_size),
-                              min_depth, max_depth)
+    items = _FrameSupervision(
+        frames, provider if provider.model_free else None, pending, tuple(image_size), min_depth, max_depth
+    )
     n_workers = default_workers() if workers is None else workers
     loader = DataLoader(items, batch_size=None, num_workers=min(n_workers, len(pending)), collate_fn=_as_is)
     writer = ShardWriter(arrays, pending)
-    for i, images, depth, labels in tqdm(loader, total=len(pending), desc=f"supervise ({provider.name})",
-                                         disable=not progress or not is_main()):
+    for i, images, depth, labels in tqdm(
+        loader, total=len(pending), desc=f"supervise ({provider.name})", disable=not progress or not is_main()
+    ):
         # labels: (semantics, confidence) from a worker, or the Frame for this process's network
-        sem, conf = labels if provider.model_free else provider.label(labels, ResizeCrop.fit(labels.cameras[0].image_size,
-                                                                                             tuple(image_size)))
+        sem, conf = (
+            labels
+            if provider.model_free
+            else provider.label(labels, ResizeCrop.fit(labels.cameras[0].image_size, tuple(image_size)))
+        )
         conf = np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8)
         writer.add(i, images=images, semantics=sem, confidence=conf, depth=depth)
         labelled += float((sem != 255).mean())
     barrier()
     elapsed = time.perf_counter() - t0
-    return {"frames": len(frames), "computed": len(pending), "skipped": len(frames) - len(pending),
-            "seconds": elapsed, "coverage": labelled / max(len(pending), 1)}
+    return {
+        "frames": len(frames),
+        "computed": len(pending),
+        "skipped": len(frames) - len(pending),
+        "seconds": elapsed,
+        "coverage": labelled / max(len(pending), 1),
+    }

@@ -5,6 +5,7 @@ Each mask becomes one CLIP input: its box (plus a margin) cut from the full-reso
 their boxes are mapped back through the resize/crop), pixels outside the mask replaced by the model's
 mean colour so that CLIP sees the object and not its surroundings.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,12 +20,16 @@ from .naming import Vocabulary
 
 def check_model_folder(path: str | None, field: str, what: str) -> Path:
     if path is None:
-        raise DataError(f"{field} is not set: give the local folder of a {what} (config.json, weights, tokenizer and "
-                        f"preprocessor files, e.g. saved with save_pretrained); nothing is downloaded at run time")
+        raise DataError(
+            f"{field} is not set: give the local folder of a {what} (config.json, weights, tokenizer and "
+            f"preprocessor files, e.g. saved with save_pretrained); nothing is downloaded at run time"
+        )
     p = Path(path)
     if not (p / "config.json").is_file():
-        raise DataError(f"{field}: {p} is not a transformers model folder (no config.json); download a {what} "
-                        f"into it (for example with huggingface-cli download) and point the recipe there")
+        raise DataError(
+            f"{field}: {p} is not a transformers model folder (no config.json); download a {what} "
+            f"into it (for example with huggingface-cli download) and point the recipe there"
+        )
     return p
 
 
@@ -60,8 +65,9 @@ class ClipScorer:
     def __init__(self, cfg: ClipConfig, vocab: Vocabulary, device: torch.device, bf16: bool = True):
         from transformers import CLIPModel
 
-        self.model, tokenizer, self.mean, self.std = load_model_folder(CLIPModel, cfg.model, "supervision.clip.model",
-                                                                       "CLIP model", device)
+        self.model, tokenizer, self.mean, self.std = load_model_folder(
+            CLIPModel, cfg.model, "supervision.clip.model", "CLIP model", device
+        )
         self.cfg, self.vocab, self.device = cfg, vocab, device
         self.dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
         self.size = int(self.model.config.vision_config.image_size)
@@ -82,12 +88,16 @@ class ClipScorer:
         return self._features(self.model.get_text_features(**tok)).float()
 
     @torch.no_grad()
-    def prompt_logits(self, image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, rc: ResizeCrop) -> torch.Tensor:
+    def prompt_logits(
+        self, image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, rc: ResizeCrop
+    ) -> torch.Tensor:
         """image (3, H, W) float in [0, 1], the full-resolution camera image; masks (M, h, w) bool and boxes
         (M, 4) xyxy at the label resolution rc.out_hw -> (M, P) scaled similarities."""
         if len(masks) == 0:
             return torch.zeros(0, len(self.vocab.prompts), device=self.device)
-        x = mask_crops(image, masks, boxes, rc, self.size, self.cfg.crop_margin, self.mean, self.std, self.cfg.batch_size)
+        x = mask_crops(
+            image, masks, boxes, rc, self.size, self.cfg.crop_margin, self.mean, self.std, self.cfg.batch_size
+        )
         out = []
         for crop in x:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -104,8 +114,17 @@ def crop_rois(boxes: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.cat([centre - side[:, None] / 2, centre + side[:, None] / 2], 1)
 
 
-def mask_crops(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, rc: ResizeCrop, size: int, margin: float,
-               mean: torch.Tensor, std: torch.Tensor, batch_size: int):
+def mask_crops(
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    boxes: torch.Tensor,
+    rc: ResizeCrop,
+    size: int,
+    margin: float,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int,
+):
     """Normalised (n, 3, size, size) crops, in batches of `batch_size`, one per mask: the mask's square
     region is cut from the full-resolution camera image `image` (3, H, W) (its label-resolution box mapped
     back through the resize/crop, `roi_align` averaging over the pixels each output pixel covers), and the
@@ -117,9 +136,13 @@ def mask_crops(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, rc
     rois = crop_rois(boxes.float(), margin)
     cam_rois = label_to_camera(rois, rc)
     for s in range(0, len(masks), batch_size):
-        n = len(rois[s:s + batch_size])
+        n = len(rois[s : s + batch_size])
         idx = torch.arange(n, device=masks.device, dtype=torch.float32)[:, None]
-        crop = roi_align(image[None], torch.cat([torch.zeros_like(idx), cam_rois[s:s + n]], 1), (size, size), aligned=True)
-        inside = roi_align(masks[s:s + n, None].float(), torch.cat([idx, rois[s:s + n]], 1), (size, size), aligned=True)
+        crop = roi_align(
+            image[None], torch.cat([torch.zeros_like(idx), cam_rois[s : s + n]], 1), (size, size), aligned=True
+        )
+        inside = roi_align(
+            masks[s : s + n, None].float(), torch.cat([idx, rois[s : s + n]], 1), (size, size), aligned=True
+        )
         crop = crop * inside + mean * (1 - inside)
         yield (crop - mean) / std

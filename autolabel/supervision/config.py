@@ -1,4 +1,5 @@
 """Typed configuration of the 2D supervision providers (the recipe's ``supervision`` section)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,8 +47,10 @@ def check_vocabulary(vocab: dict[str, list[str]]) -> None:
     allowed = (*LABEL_CLASSES, IGNORE_KEY)
     for name, prompts in vocab.items():
         _check(name in allowed, f"vocabulary names an unknown class {name!r}; allowed: {', '.join(allowed)}")
-        _check(len(prompts) > 0 and all(isinstance(p, str) and p.strip() for p in prompts),
-               f"vocabulary.{name} must be a non-empty list of prompts")
+        _check(
+            len(prompts) > 0 and all(isinstance(p, str) and p.strip() for p in prompts),
+            f"vocabulary.{name} must be a non-empty list of prompts",
+        )
     _check(any(k != IGNORE_KEY for k in vocab), "vocabulary must name at least one class")
 
 
@@ -69,8 +72,10 @@ class SamArch:
 
     def __post_init__(self) -> None:
         _check(self.image_size % self.patch_size == 0, "sam.arch.image_size must be a multiple of patch_size")
-        _check(all(0 <= i < self.encoder_depth for i in self.encoder_global_attn_indexes),
-               "sam.arch.encoder_global_attn_indexes must lie in 0..encoder_depth-1")
+        _check(
+            all(0 <= i < self.encoder_depth for i in self.encoder_global_attn_indexes),
+            "sam.arch.encoder_global_attn_indexes must lie in 0..encoder_depth-1",
+        )
 
 
 SAM_PRESETS = {
@@ -97,8 +102,14 @@ class SamConfig:
     max_masks: Optional[int] = None  # keep at most this many masks per image (highest quality first); None: all
 
     def __post_init__(self) -> None:
-        _check(self.model_type in SAM_MODEL_TYPES, f"sam.model_type must be one of {SAM_MODEL_TYPES}, got {self.model_type!r}")
-        _check(self.points_per_side >= 1 and self.points_per_batch >= 1, "sam.points_per_side and points_per_batch must be >= 1")
+        _check(
+            self.model_type in SAM_MODEL_TYPES,
+            f"sam.model_type must be one of {SAM_MODEL_TYPES}, got {self.model_type!r}",
+        )
+        _check(
+            self.points_per_side >= 1 and self.points_per_batch >= 1,
+            "sam.points_per_side and points_per_batch must be >= 1",
+        )
         _check(self.min_mask_area >= 0, "sam.min_mask_area must be >= 0")
         _check(self.max_masks is None or self.max_masks >= 1, "sam.max_masks must be >= 1 (or null for all)")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
@@ -119,8 +130,10 @@ class ClipConfig:
     crop_margin: float = 0.1  # context around each mask's box, as a fraction of the box size
 
     def __post_init__(self) -> None:
-        _check(len(self.templates) > 0 and all("{}" in t for t in self.templates),
-               "clip.templates must be a non-empty list of strings holding '{}' where the prompt goes")
+        _check(
+            len(self.templates) > 0 and all("{}" in t for t in self.templates),
+            "clip.templates must be a non-empty list of strings holding '{}' where the prompt goes",
+        )
         _check(self.batch_size >= 1, "clip.batch_size must be >= 1")
         _check(0 <= self.crop_margin <= 1, "clip.crop_margin must lie in [0, 1]")
 
@@ -134,20 +147,34 @@ class DetectorConfig:
     box_threshold: float = 0.15
     nms_threshold: float = 0.5
     max_boxes: int = 100  # per image
-    classes: tuple[str, ...] = ("barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle", "pedestrian",
-                                "traffic_cone", "trailer", "truck")  # detected; all others come from mask naming
+    classes: tuple[str, ...] = (
+        "barrier",
+        "bicycle",
+        "bus",
+        "car",
+        "construction_vehicle",
+        "motorcycle",
+        "pedestrian",
+        "traffic_cone",
+        "trailer",
+        "truck",
+    )  # detected; all others come from mask naming
 
     def __post_init__(self) -> None:
-        _check(0 <= self.box_threshold <= 1 and 0 <= self.nms_threshold <= 1,
-               "detector.box_threshold and nms_threshold must lie in [0, 1]")
+        _check(
+            0 <= self.box_threshold <= 1 and 0 <= self.nms_threshold <= 1,
+            "detector.box_threshold and nms_threshold must lie in [0, 1]",
+        )
         bad = [c for c in self.classes if c not in LABEL_CLASSES]
         _check(not bad, f"detector.classes names unknown class(es) {bad}; allowed: {', '.join(LABEL_CLASSES)}")
         _check(self.max_boxes >= 1, "detector.max_boxes must be >= 1")
 
 
 def _check_model(model: Optional[str], field: str) -> None:
-    _check(model is None or (isinstance(model, str) and model.strip() != ""),
-           f"{field} must be the path of a local model folder (or null)")
+    _check(
+        model is None or (isinstance(model, str) and model.strip() != ""),
+        f"{field} must be the path of a local model folder (or null)",
+    )
 
 
 @dataclass
@@ -166,7 +193,9 @@ class Sam3Config:
     """SAM 3 (transformers Sam3Model, local folder, e.g. facebook/sam3) prompted with the vocabulary's phrases."""
 
     model: Optional[str] = None
-    score_threshold: float = 0.3  # instance score = sigmoid(query logit) x sigmoid(presence logit); the processor's default
+    score_threshold: float = (
+        0.3  # instance score = sigmoid(query logit) x sigmoid(presence logit); the processor's default
+    )
     mask_threshold: float = 0.5  # on the mask probability
     prompts_per_batch: int = 8  # phrases decoded together against one image's features
     max_masks: Optional[int] = None  # per image, highest scores first; None: all above score_threshold
@@ -205,15 +234,19 @@ class PrecomputedConfig:
     variant: str = "noisy"
 
     def __post_init__(self) -> None:
-        _check(self.variant in PRECOMPUTED_VARIANTS,
-               f"precomputed.variant must be one of {', '.join(PRECOMPUTED_VARIANTS)}, got {self.variant!r}")
+        _check(
+            self.variant in PRECOMPUTED_VARIANTS,
+            f"precomputed.variant must be one of {', '.join(PRECOMPUTED_VARIANTS)}, got {self.variant!r}",
+        )
 
 
 @dataclass
 class SupervisionConfig:
     provider: str = "precomputed"
     cache: Optional[str] = None  # Zarr store; None: <run folder>/supervision.zarr
-    vocabulary: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_VOCABULARY.items()})
+    vocabulary: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_VOCABULARY.items()}
+    )
     min_confidence: float = 0.2  # pixels named with less confidence stay 255
     lidar_min_depth: float = 1.0
     lidar_max_depth: Optional[float] = None
@@ -232,5 +265,7 @@ class SupervisionConfig:
         check_vocabulary(self.vocabulary)
         _check(0 <= self.min_confidence <= 1, "min_confidence must lie in [0, 1]")
         _check(self.lidar_min_depth >= 0, "lidar_min_depth must be >= 0")
-        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-               f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )

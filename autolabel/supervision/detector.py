@@ -5,6 +5,7 @@ square first, as its processor does; Grounding DINO: shortest edge to its proces
 and normalised on the GPU. Boxes come back in camera pixels with the vocabulary's class ids, after
 per-class NMS. `build_detector` picks the class from the folder's config.json.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,10 @@ def build_detector(cfg: DetectorConfig, vocab: Vocabulary, device: torch.device,
         return GroundingDinoDetector(cfg, vocab, device, bf16)
     if kind in OWL_TYPES:
         return OwlDetector(cfg, vocab, device, bf16)
-    raise DataError(f"supervision.detector.model: {path} holds a {kind!r} model; the grounded_sam provider takes one of "
-                    f"{DETECTOR_TYPES}")
+    raise DataError(
+        f"supervision.detector.model: {path} holds a {kind!r} model; the grounded_sam provider takes one of "
+        f"{DETECTOR_TYPES}"
+    )
 
 
 def _select(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, cfg: DetectorConfig) -> Detections:
@@ -79,7 +82,8 @@ class GroundingDinoDetector:
         from transformers import GroundingDinoForObjectDetection
 
         self.model, tok, proc, _ = load_model_parts(
-            GroundingDinoForObjectDetection, cfg.model, "supervision.detector.model", "Grounding DINO detector", device)
+            GroundingDinoForObjectDetection, cfg.model, "supervision.detector.model", "Grounding DINO detector", device
+        )
         self.mean = torch.tensor(proc.image_mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(proc.image_std, device=device).view(1, 3, 1, 1)
         size = proc.size
@@ -95,8 +99,10 @@ class GroundingDinoDetector:
         enc = tok(caption.strip(), return_offsets_mapping=True, return_tensors="pt")
         n_max = self.model.config.max_text_len
         if enc["input_ids"].shape[1] > n_max:
-            raise DataError(f"supervision.detector: the detected classes' prompts make {enc['input_ids'].shape[1]} tokens, "
-                            f"more than the detector's {n_max}; give fewer prompts")
+            raise DataError(
+                f"supervision.detector: the detected classes' prompts make {enc['input_ids'].shape[1]} tokens, "
+                f"more than the detector's {n_max}; give fewer prompts"
+            )
         offsets = enc.pop("offset_mapping")[0].tolist()
         self.tokens = {k: v.to(device) for k, v in enc.items()}
         positive = torch.zeros(len(vocab.prompts), n_max)
@@ -121,7 +127,9 @@ class GroundingDinoDetector:
             out = self.model(pixel_values=x, **tokens)
         probs = out.logits.float().sigmoid()  # (N, queries, max_text_len); positions past the caption are -inf
         best = (probs @ self.positive.T).max(-1)  # (N, queries): best prompt
-        boxes = _to_xyxy(out.pred_boxes.float(), torch.tensor([w, h, w, h], device=self.device, dtype=torch.float32), w, h)
+        boxes = _to_xyxy(
+            out.pred_boxes.float(), torch.tensor([w, h, w, h], device=self.device, dtype=torch.float32), w, h
+        )
         return [_select(boxes[i], best.values[i], self.prompt_ids[best.indices[i]], self.cfg) for i in range(n)]
 
 
@@ -132,23 +140,31 @@ class OwlDetector:
         path = check_model_folder(cfg.model, "supervision.detector.model", "OWL-ViT / OWLv2 detector")
         config = AutoConfig.from_pretrained(path)
         if config.model_type not in OWL_TYPES:
-            raise DataError(f"supervision.detector.model: {path} holds a {config.model_type!r} model; "
-                            f"the grounded_sam provider takes one of {OWL_TYPES}")
+            raise DataError(
+                f"supervision.detector.model: {path} holds a {config.model_type!r} model; "
+                f"the grounded_sam provider takes one of {OWL_TYPES}"
+            )
         self.model, tokenizer, self.mean, self.std = load_model_folder(
-            AutoModelForZeroShotObjectDetection, cfg.model, "supervision.detector.model", "OWL-ViT / OWLv2 detector", device)
+            AutoModelForZeroShotObjectDetection,
+            cfg.model,
+            "supervision.detector.model",
+            "OWL-ViT / OWLv2 detector",
+            device,
+        )
         self.cfg, self.vocab, self.device = cfg, vocab, device
         self.pad_square = config.model_type == "owlv2"
         self.dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
         self.size = int(config.vision_config.image_size)
-        self.tokens = tokenizer(list(vocab.prompts), padding="max_length", max_length=16, truncation=True,
-                                return_tensors="pt").to(device)
+        self.tokens = tokenizer(
+            list(vocab.prompts), padding="max_length", max_length=16, truncation=True, return_tensors="pt"
+        ).to(device)
         self.prompt_ids = torch.tensor([vocab.slot_ids[s] for s in vocab.prompt_slot], device=device)
 
     @torch.no_grad()
     def detect(self, images: np.ndarray) -> list[Detections]:
         """(N, H, W, 3) uint8 -> per image Detections."""
         n, h, w, _ = images.shape
-        x = torch.from_numpy(np.require(images, requirements='W')).to(self.device).permute(0, 3, 1, 2).float() / 255
+        x = torch.from_numpy(np.require(images, requirements="W")).to(self.device).permute(0, 3, 1, 2).float() / 255
         if self.pad_square:  # OWLv2 pads bottom/right to a square with grey, boxes are relative to the square
             side = max(h, w)
             x = F.pad(x, (0, side - w, 0, side - h), value=0.5)

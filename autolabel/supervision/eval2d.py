@@ -1,7 +1,8 @@
 """Pixel-level quality of cached 2D labels against exact 2D ground truth.
 
 Ground truth is the synthetic world's exact maps (``labels2d/.../<CAM>.npz`` ``semantics``), the projected
-nuScenes-lidarseg points, or a folder of 2D label maps (`truth2d.FolderTruth`), brought to the cache's resolution. One confusion matrix over all
+nuScenes-lidarseg points, or a folder of 2D label maps (`truth2d.FolderTruth`), brought to the cache's resolution.
+One confusion matrix over all
 pixels that have ground truth (rows: truth 0..16, columns: prediction 0..16 and 255 = unlabelled);
 IoU per class = TP / (TP + FP + FN) over the pixels the labels name (a pixel left 255 is ignored by
 training, so it is no error; coverage reports how many there are), mIoU = mean over classes present in
@@ -10,6 +11,7 @@ Confidence AUROC: how well the labels' confidence separates their right pixels f
 (labelled pixels with ground truth; 0.5 = no better than chance, 1 = every right pixel above every
 wrong one), computed exactly from a (2, 256) histogram of the uint8 confidences (ties count one half).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -62,10 +64,16 @@ class Scores2D:
 
     def as_dict(self) -> dict:
         auroc = self.confidence_auroc
-        return {"miou": self.miou, "accuracy": self.accuracy, "coverage": self.coverage, "coverage_gt": self.coverage_gt,
-                "confidence_auroc": None if np.isnan(auroc) else auroc,
-                "pixels": self.pixels, "iou": {CLASS_NAMES[k]: (None if np.isnan(v) else float(v)) for k, v in enumerate(self.iou)},
-                "confusion": self.confusion.tolist()}
+        return {
+            "miou": self.miou,
+            "accuracy": self.accuracy,
+            "coverage": self.coverage,
+            "coverage_gt": self.coverage_gt,
+            "confidence_auroc": None if np.isnan(auroc) else auroc,
+            "pixels": self.pixels,
+            "iou": {CLASS_NAMES[k]: (None if np.isnan(v) else float(v)) for k, v in enumerate(self.iou)},
+            "confusion": self.confusion.tolist(),
+        }
 
     def table(self) -> str:
         lines = [f"{'class':<22}{'IoU':>8}{'truth px':>12}"]
@@ -88,7 +96,9 @@ def accumulate(confusion: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> No
     t = truth[has].astype(np.int64)
     p = pred[has].astype(np.int64)
     p[p == IGNORE_ID] = N_CLASSES
-    confusion += np.bincount(t * (N_CLASSES + 1) + p, minlength=N_CLASSES * (N_CLASSES + 1)).reshape(N_CLASSES, N_CLASSES + 1)
+    confusion += np.bincount(t * (N_CLASSES + 1) + p, minlength=N_CLASSES * (N_CLASSES + 1)).reshape(
+        N_CLASSES, N_CLASSES + 1
+    )
 
 
 def accumulate_confidence(hist: np.ndarray, pred: np.ndarray, confidence: np.ndarray, truth: np.ndarray) -> None:
@@ -129,4 +139,6 @@ def evaluate_cache(cache: SupervisionCache, frames: NuScenesFrames, truth, progr
         labelled += int((pred != IGNORE_ID).sum())
         total += pred.size
     n_gt = int(confusion.sum())
-    return Scores2D(confusion, labelled / max(total, 1), float(confusion[:, :N_CLASSES].sum() / max(n_gt, 1)), n_gt, hist)
+    return Scores2D(
+        confusion, labelled / max(total, 1), float(confusion[:, :N_CLASSES].sum() / max(n_gt, 1)), n_gt, hist
+    )

@@ -5,6 +5,7 @@ frame at the camera's own timestamp and then into the camera, exactly as nuscene
 ``map_pointcloud_to_image`` does, so that motion between the two timestamps is compensated.
 Each pixel keeps its nearest point; pixels with no point are 0.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ becomes a class logit by log-sum-exp over that class's prompts (the best-matchin
 and adding synonyms does not split a class's probability); a softmax over classes gives p. The label
 is the arg-max class (``ignore`` -> 255), its confidence the margin p1 - p2 times the mask's quality.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,12 @@ def class_probabilities(prompt_logits: torch.Tensor, vocab: Vocabulary) -> torch
     """(M, P) scaled prompt similarities -> (M, S) class-slot probabilities."""
     slot = torch.tensor(vocab.prompt_slot, device=prompt_logits.device)
     n_slots = len(vocab.slot_ids)
-    per_slot = torch.full((prompt_logits.shape[0], n_slots, prompt_logits.shape[1]), float("-inf"),
-                          device=prompt_logits.device, dtype=prompt_logits.dtype)
+    per_slot = torch.full(
+        (prompt_logits.shape[0], n_slots, prompt_logits.shape[1]),
+        float("-inf"),
+        device=prompt_logits.device,
+        dtype=prompt_logits.dtype,
+    )
     per_slot[:, slot, torch.arange(prompt_logits.shape[1], device=prompt_logits.device)] = prompt_logits
     return per_slot.logsumexp(-1).softmax(-1)
 
@@ -66,8 +71,13 @@ def name_masks(probs: torch.Tensor, quality: torch.Tensor, vocab: Vocabulary) ->
     return ids[best], margin * quality
 
 
-def paint(masks: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, min_score: float,
-          base: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def paint(
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    min_score: float,
+    base: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Paint masks into a label map; where masks overlap the higher score wins.
 
     masks (M, h, w) bool, labels (M,) ids (255 = ignore), scores (M,) in [0, 1]. Masks scoring below

@@ -12,6 +12,7 @@ camera images, `ResizeCrop`). Providers are picked by the recipe's ``supervision
 - ``grounded_sam``: OWL / Grounding DINO detector boxes -> SAM masks for objects, SAM + CLIP naming for stuff;
 - ``lidarseg``: nuScenes-lidarseg point labels at the projected lidar pixels (RenderOcc's protocol).
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -65,8 +66,10 @@ def _check_images(frame: Frame) -> None:
         if cam.image.size == 0:
             raise ValueError(f"frame {frame.token}: images were not loaded")
         if tuple(cam.image.shape[:2]) != tuple(cam.image_size):
-            raise DataError(f"sample {frame.token} {cam.name}: image is {cam.image.shape[1]}x{cam.image.shape[0]}, "
-                            f"its calibration is for {cam.image_size[1]}x{cam.image_size[0]}")
+            raise DataError(
+                f"sample {frame.token} {cam.name}: image is {cam.image.shape[1]}x{cam.image.shape[0]}, "
+                f"its calibration is for {cam.image_size[1]}x{cam.image_size[0]}"
+            )
 
 
 def resize_labels(sem: np.ndarray, conf: np.ndarray, rc: ResizeCrop) -> LabelMaps:
@@ -89,8 +92,12 @@ class PrecomputedLabels:
     name = "precomputed"
     model_free = True
     needs_images = False
-    KEYS = {"exact": ("semantics", "confidence"), "noisy": ("noisy_semantics", "noisy_confidence"),
-            "hard": ("hard_semantics", "hard_confidence"), "v1": ("v1_semantics", "v1_confidence")}
+    KEYS = {
+        "exact": ("semantics", "confidence"),
+        "noisy": ("noisy_semantics", "noisy_confidence"),
+        "hard": ("hard_semantics", "hard_confidence"),
+        "v1": ("v1_semantics", "v1_confidence"),
+    }
 
     def __init__(self, root: str | Path, folder: str = LABELS_2D_DIR, variant: str = "noisy"):
         if variant not in self.KEYS:
@@ -119,8 +126,11 @@ class PrecomputedLabels:
             sem_key, conf_key = self.KEYS[self.variant]
             with np.load(path) as z:
                 if sem_key not in z.files:
-                    hint = f" (older worlds have no {self.variant} maps: run autolabel synth again)" \
-                        if self.variant in ("hard", "v1") else ""
+                    hint = (
+                        f" (older worlds have no {self.variant} maps: run autolabel synth again)"
+                        if self.variant in ("hard", "v1")
+                        else ""
+                    )
                     raise DataError(f"{path}: no '{sem_key}' map (found {z.files}){hint}")
                 sem = z[sem_key]
                 conf = z[conf_key] if conf_key in z.files else None
@@ -160,19 +170,38 @@ class PrecomputedLabels:
 # debris, pushable objects, bicycle racks, emergency vehicles, personal mobility, strollers,
 # wheelchairs, static.other) is what Occ3D calls "others" (0); noise and the ego vehicle get no label.
 LIDARSEG_TO_OCC3D: dict[str, int] = {
-    "noise": IGNORE_ID, "vehicle.ego": IGNORE_ID,
-    "animal": 0, "human.pedestrian.personal_mobility": 0, "human.pedestrian.stroller": 0,
-    "human.pedestrian.wheelchair": 0, "movable_object.debris": 0, "movable_object.pushable_pullable": 0,
-    "static_object.bicycle_rack": 0, "vehicle.emergency.ambulance": 0, "vehicle.emergency.police": 0, "static.other": 0,
-    "movable_object.barrier": class_id("barrier"), "vehicle.bicycle": class_id("bicycle"),
-    "vehicle.bus.bendy": class_id("bus"), "vehicle.bus.rigid": class_id("bus"), "vehicle.car": class_id("car"),
-    "vehicle.construction": class_id("construction_vehicle"), "vehicle.motorcycle": class_id("motorcycle"),
-    "human.pedestrian.adult": class_id("pedestrian"), "human.pedestrian.child": class_id("pedestrian"),
-    "human.pedestrian.construction_worker": class_id("pedestrian"), "human.pedestrian.police_officer": class_id("pedestrian"),
-    "movable_object.trafficcone": class_id("traffic_cone"), "vehicle.trailer": class_id("trailer"),
-    "vehicle.truck": class_id("truck"), "flat.driveable_surface": class_id("driveable_surface"),
-    "flat.other": class_id("other_flat"), "flat.sidewalk": class_id("sidewalk"), "flat.terrain": class_id("terrain"),
-    "static.manmade": class_id("manmade"), "static.vegetation": class_id("vegetation"),
+    "noise": IGNORE_ID,
+    "vehicle.ego": IGNORE_ID,
+    "animal": 0,
+    "human.pedestrian.personal_mobility": 0,
+    "human.pedestrian.stroller": 0,
+    "human.pedestrian.wheelchair": 0,
+    "movable_object.debris": 0,
+    "movable_object.pushable_pullable": 0,
+    "static_object.bicycle_rack": 0,
+    "vehicle.emergency.ambulance": 0,
+    "vehicle.emergency.police": 0,
+    "static.other": 0,
+    "movable_object.barrier": class_id("barrier"),
+    "vehicle.bicycle": class_id("bicycle"),
+    "vehicle.bus.bendy": class_id("bus"),
+    "vehicle.bus.rigid": class_id("bus"),
+    "vehicle.car": class_id("car"),
+    "vehicle.construction": class_id("construction_vehicle"),
+    "vehicle.motorcycle": class_id("motorcycle"),
+    "human.pedestrian.adult": class_id("pedestrian"),
+    "human.pedestrian.child": class_id("pedestrian"),
+    "human.pedestrian.construction_worker": class_id("pedestrian"),
+    "human.pedestrian.police_officer": class_id("pedestrian"),
+    "movable_object.trafficcone": class_id("traffic_cone"),
+    "vehicle.trailer": class_id("trailer"),
+    "vehicle.truck": class_id("truck"),
+    "flat.driveable_surface": class_id("driveable_surface"),
+    "flat.other": class_id("other_flat"),
+    "flat.sidewalk": class_id("sidewalk"),
+    "flat.terrain": class_id("terrain"),
+    "static.manmade": class_id("manmade"),
+    "static.vegetation": class_id("vegetation"),
 }
 
 
@@ -185,8 +214,10 @@ class LidarsegLabels:
 
     def __init__(self, nusc, min_depth: float = 1.0):
         if not getattr(nusc, "lidarseg", None):
-            raise DataError(f"{Path(nusc.dataroot) / nusc.version}: no nuScenes-lidarseg labels (lidarseg.json and "
-                            f"lidarseg/{nusc.version}/); download nuScenes-lidarseg or choose another provider")
+            raise DataError(
+                f"{Path(nusc.dataroot) / nusc.version}: no nuScenes-lidarseg labels (lidarseg.json and "
+                f"lidarseg/{nusc.version}/); download nuScenes-lidarseg or choose another provider"
+            )
         self.nusc, self.min_depth = nusc, min_depth
         table = np.full(256, IGNORE_ID, np.uint8)
         for cat in nusc.category:
@@ -215,8 +246,9 @@ class LidarsegLabels:
     def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
         labels = self.point_labels(frame)
         key = np.flatnonzero(frame.lidar.time_lag == 0)
-        lidar = type(frame.lidar)(**{**frame.lidar.__dict__, "points": frame.lidar.points[key],
-                                     "time_lag": frame.lidar.time_lag[key]})
+        lidar = type(frame.lidar)(
+            **{**frame.lidar.__dict__, "points": frame.lidar.points[key], "time_lag": frame.lidar.time_lag[key]}
+        )
         small = rc.apply_frame(frame)
         h, w = rc.out_hw
         sems, confs = [], []
@@ -233,7 +265,9 @@ class LidarsegLabels:
 
 
 # ---- automatic masks named by a model: sam_clip, sam2_clip, sam_vlm -----------------------------------
-def build_masker(cfg: SupervisionConfig, use_sam2: bool, device: torch.device, sam_model: torch.nn.Module | None = None):
+def build_masker(
+    cfg: SupervisionConfig, use_sam2: bool, device: torch.device, sam_model: torch.nn.Module | None = None
+):
     """SAM (segment-anything checkpoint; `sam_model` an already built one) or SAM 2 (transformers folder)."""
     if use_sam2:
         from .sam2 import Sam2Masks, load_sam2
@@ -254,8 +288,14 @@ class MaskNamingLabels:
     model_free = False
     needs_images = True
 
-    def __init__(self, cfg: SupervisionConfig, device: torch.device, classes: tuple[str, ...] | None = None,
-                 sam_model: torch.nn.Module | None = None, provider: str | None = None):
+    def __init__(
+        self,
+        cfg: SupervisionConfig,
+        device: torch.device,
+        classes: tuple[str, ...] | None = None,
+        sam_model: torch.nn.Module | None = None,
+        provider: str | None = None,
+    ):
         """`sam_model`: an already built SAM (benchmarks pass randomly initialised ones); else the checkpoint.
         `provider`: sam_clip, sam2_clip or sam_vlm (default: the recipe's)."""
         from .naming import Vocabulary
@@ -275,11 +315,20 @@ class MaskNamingLabels:
         self.sam = build_masker(cfg, self.use_sam2, device, sam_model)
 
     def provenance(self) -> dict:
-        masks = {"sam2_model": self.cfg.sam2.model} if self.use_sam2 else \
-            {"sam_checkpoint": self.cfg.sam.checkpoint, "sam_model_type": self.cfg.sam.model_type}
+        masks = (
+            {"sam2_model": self.cfg.sam2.model}
+            if self.use_sam2
+            else {"sam_checkpoint": self.cfg.sam.checkpoint, "sam_model_type": self.cfg.sam.model_type}
+        )
         namer = {"vlm_model": self.cfg.vlm.model} if self.name == "sam_vlm" else {"clip_model": self.cfg.clip.model}
-        return {**masks, **namer, "vocabulary": self.cfg.vocabulary, "min_confidence": self.cfg.min_confidence,
-                "max_masks": self.cfg.sam.max_masks, "crops": "full-resolution"}
+        return {
+            **masks,
+            **namer,
+            "vocabulary": self.cfg.vocabulary,
+            "min_confidence": self.cfg.min_confidence,
+            "max_masks": self.cfg.sam.max_masks,
+            "crops": "full-resolution",
+        }
 
     def masks(self, emb, image: np.ndarray, rc: ResizeCrop):
         return self.sam.automatic(emb, image.shape[:2], rc)
@@ -308,7 +357,7 @@ class MaskNamingLabels:
         _check_images(frame)
         images = np.stack([c.image for c in frame.cameras])
         emb = self.sam.embed(images)
-        out = [self.label_image(emb[i:i + 1], images[i], self.full_image(images[i]), rc) for i in range(len(images))]
+        out = [self.label_image(emb[i : i + 1], images[i], self.full_image(images[i]), rc) for i in range(len(images))]
         return _stack(out, rc)
 
 
@@ -332,8 +381,14 @@ class Sam3Labels:
 
     def provenance(self) -> dict:
         c = self.cfg.sam3
-        return {"sam3_model": c.model, "vocabulary": self.cfg.vocabulary, "score_threshold": c.score_threshold,
-                "mask_threshold": c.mask_threshold, "max_masks": c.max_masks, "min_confidence": self.cfg.min_confidence}
+        return {
+            "sam3_model": c.model,
+            "vocabulary": self.cfg.vocabulary,
+            "score_threshold": c.score_threshold,
+            "mask_threshold": c.mask_threshold,
+            "max_masks": c.max_masks,
+            "min_confidence": self.cfg.min_confidence,
+        }
 
     @torch.no_grad()
     def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
@@ -374,8 +429,11 @@ class GroundedSamLabels:
         self.cfg, self.device = cfg, device
 
     def provenance(self) -> dict:
-        return {**self.stuff.provenance(), "detector_model": self.cfg.detector.model,
-                "detector_classes": list(self.cfg.detector.classes)}
+        return {
+            **self.stuff.provenance(),
+            "detector_model": self.cfg.detector.model,
+            "detector_classes": list(self.cfg.detector.classes),
+        }
 
     @torch.no_grad()
     def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
@@ -387,11 +445,12 @@ class GroundedSamLabels:
         detections = self.detector.detect(images)
         out = []
         for i, det in enumerate(detections):
-            base = self.stuff.label_image(emb[i:i + 1], images[i], self.stuff.full_image(images[i]), rc)
-            masks = self.stuff.sam.from_boxes(emb[i:i + 1], images.shape[1:3], rc, det.boxes)
+            base = self.stuff.label_image(emb[i : i + 1], images[i], self.stuff.full_image(images[i]), rc)
+            masks = self.stuff.sam.from_boxes(emb[i : i + 1], images.shape[1:3], rc, det.boxes)
             score = det.scores * masks.iou.clamp(0, 1).sqrt()
-            out.append(paint(masks.masks, det.labels, score, self.cfg.min_confidence, base=base)
-                       if len(masks.masks) else base)
+            out.append(
+                paint(masks.masks, det.labels, score, self.cfg.min_confidence, base=base) if len(masks.masks) else base
+            )
         return _stack(out, rc)
 
 
@@ -419,8 +478,11 @@ def model_checks(cfg: SupervisionConfig) -> list:
 
             p = check_model_folder(path, field, what)
             if types and model_type(p) not in types:
-                raise DataError(f"{field}: {p} holds a {model_type(p)!r} model, not a {what}; download one into a folder "
-                                f"and point the recipe there")
+                raise DataError(
+                    f"{field}: {p} holds a {model_type(p)!r} model, not a {what}; download one into a folder "
+                    f"and point the recipe there"
+                )
+
         return check
 
     clip = folder(cfg.clip.model, "supervision.clip.model", "CLIP model (e.g. openai/clip-vit-base-patch16)", ())
@@ -434,15 +496,26 @@ def model_checks(cfg: SupervisionConfig) -> list:
     if p == "sam3":
         return [folder(cfg.sam3.model, "supervision.sam3.model", "SAM 3 model (e.g. facebook/sam3)", ("sam3",))]
     if p == "sam_vlm":
-        vlm = folder(cfg.vlm.model, "supervision.vlm.model", "Florence-2 model (e.g. florence-community/Florence-2-large)",
-                     ("florence2",))
+        vlm = folder(
+            cfg.vlm.model,
+            "supervision.vlm.model",
+            "Florence-2 model (e.g. florence-community/Florence-2-large)",
+            ("florence2",),
+        )
         return [sam2 if cfg.vlm.masks == "sam2" else sam, vlm]
     if p == "grounded_sam":
         from .detector import DETECTOR_TYPES
 
-        return [sam, clip, folder(cfg.detector.model, "supervision.detector.model",
-                                  "OWL-ViT / OWLv2 / Grounding DINO detector (e.g. IDEA-Research/grounding-dino-base)",
-                                  DETECTOR_TYPES)]
+        return [
+            sam,
+            clip,
+            folder(
+                cfg.detector.model,
+                "supervision.detector.model",
+                "OWL-ViT / OWLv2 / Grounding DINO detector (e.g. IDEA-Research/grounding-dino-base)",
+                DETECTOR_TYPES,
+            ),
+        ]
     return []
 
 

@@ -7,6 +7,7 @@ stability filters, box NMS) but are evaluated by sampling the decoder's 256x256 
 at the label pixels' positions: the label image is a resize/crop of the camera image (`ResizeCrop`), so
 each label pixel centre maps to one point of SAM's padded 1024x1024 input.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,12 +29,16 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 def check_sam_checkpoint(checkpoint: str | Path | None) -> Path:
     """The recipe's SAM checkpoint path; a DataError saying what to download when it is unset or missing."""
     if checkpoint is None:
-        raise DataError("supervision.sam.checkpoint is not set: download a SAM checkpoint (e.g. sam_vit_h_4b8939.pth "
-                        "from the segment-anything repository) and give its local path")
+        raise DataError(
+            "supervision.sam.checkpoint is not set: download a SAM checkpoint (e.g. sam_vit_h_4b8939.pth "
+            "from the segment-anything repository) and give its local path"
+        )
     path = Path(checkpoint)
     if not path.is_file():
-        raise DataError(f"supervision.sam.checkpoint: {path} not found; download the SAM checkpoint of your "
-                        f"model type (e.g. sam_vit_h_4b8939.pth from the segment-anything repository) and give its path")
+        raise DataError(
+            f"supervision.sam.checkpoint: {path} not found; download the SAM checkpoint of your "
+            f"model type (e.g. sam_vit_h_4b8939.pth from the segment-anything repository) and give its path"
+        )
     return path
 
 
@@ -45,27 +50,50 @@ def build_sam(arch: SamArch, checkpoint: str | Path | None):
     emb = arch.image_size // arch.patch_size
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=arch.encoder_depth, embed_dim=arch.encoder_embed_dim, img_size=arch.image_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=arch.encoder_num_heads,
-            patch_size=arch.patch_size, qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=list(arch.encoder_global_attn_indexes), window_size=arch.window_size,
-            out_chans=arch.prompt_embed_dim),
-        prompt_encoder=PromptEncoder(embed_dim=arch.prompt_embed_dim, image_embedding_size=(emb, emb),
-                                     input_image_size=(arch.image_size, arch.image_size), mask_in_chans=16),
+            depth=arch.encoder_depth,
+            embed_dim=arch.encoder_embed_dim,
+            img_size=arch.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.encoder_num_heads,
+            patch_size=arch.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=list(arch.encoder_global_attn_indexes),
+            window_size=arch.window_size,
+            out_chans=arch.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(emb, emb),
+            input_image_size=(arch.image_size, arch.image_size),
+            mask_in_chans=16,
+        ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=arch.decoder_depth, embedding_dim=arch.prompt_embed_dim,
-                                          mlp_dim=arch.decoder_mlp_dim, num_heads=arch.decoder_num_heads),
-            transformer_dim=arch.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=arch.prompt_embed_dim),
-        pixel_mean=list(PIXEL_MEAN), pixel_std=list(PIXEL_STD))
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth,
+                embedding_dim=arch.prompt_embed_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=arch.decoder_num_heads,
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=arch.prompt_embed_dim,
+        ),
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
     if checkpoint is not None:
         path = check_sam_checkpoint(checkpoint)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             sam.load_state_dict(state)
         except (RuntimeError, KeyError, EOFError, ValueError) as exc:
-            raise DataError(f"supervision.sam.checkpoint: {path} does not hold a SAM of this architecture "
-                            f"(model_type / arch): {str(exc).splitlines()[0]}") from None
+            raise DataError(
+                f"supervision.sam.checkpoint: {path} does not hold a SAM of this architecture "
+                f"(model_type / arch): {str(exc).splitlines()[0]}"
+            ) from None
     return sam.eval()
 
 
@@ -134,7 +162,7 @@ class SamMasks:
     def embed(self, images: np.ndarray) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, C, 64, 64) image embeddings."""
         n, h, w, _ = images.shape
-        x = torch.from_numpy(np.require(images, requirements='W')).to(self.device).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.require(images, requirements="W")).to(self.device).permute(0, 3, 1, 2).float()
         x = F.interpolate(x, self.input_hw((h, w)), mode="bilinear", antialias=True, align_corners=False)
         x = (x - self.mean) / self.std
         x = F.pad(x, (0, self.size - x.shape[-1], 0, self.size - x.shape[-2]))
@@ -157,17 +185,28 @@ class SamMasks:
     def _decode(self, emb: torch.Tensor, points: torch.Tensor | None, boxes: torch.Tensor | None, multimask: bool):
         """One image embedding (1, C, h, w), prompts in SAM input coordinates -> low-res logits, iou."""
         pe = self.sam.prompt_encoder
-        pts = None if points is None else (points[:, None, :], torch.ones(len(points), 1, device=self.device, dtype=torch.int))
+        pts = (
+            None
+            if points is None
+            else (points[:, None, :], torch.ones(len(points), 1, device=self.device, dtype=torch.int))
+        )
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             sparse, dense = pe(points=pts, boxes=boxes, masks=None)
-            low, iou = self.sam.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(),
-                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                             multimask_output=multimask)
+            low, iou = self.sam.mask_decoder(
+                image_embeddings=emb,
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
         return low.float().flatten(0, 1), iou.float().flatten()
 
-    def _finish(self, low: torch.Tensor, iou: torch.Tensor, grid: torch.Tensor, filter_quality: bool, min_area: int) -> Masks:
-        logits = F.grid_sample(low[:, None], grid.expand(len(low), -1, -1, -1), mode="bilinear",
-                               padding_mode="border", align_corners=False)[:, 0]
+    def _finish(
+        self, low: torch.Tensor, iou: torch.Tensor, grid: torch.Tensor, filter_quality: bool, min_area: int
+    ) -> Masks:
+        logits = F.grid_sample(
+            low[:, None], grid.expand(len(low), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
+        )[:, 0]
         off = self.cfg.stability_score_offset
         hi = (logits > off).flatten(1).sum(1)
         lo = (logits > -off).flatten(1).sum(1)
@@ -195,7 +234,7 @@ class SamMasks:
         label_grid = self._label_grid(hw, rc)
         parts = []
         for start in range(0, len(grid_pts), self.cfg.points_per_batch):
-            low, iou = self._decode(emb, grid_pts[start:start + self.cfg.points_per_batch], None, multimask=True)
+            low, iou = self._decode(emb, grid_pts[start : start + self.cfg.points_per_batch], None, multimask=True)
             keep = iou >= self.cfg.pred_iou_thresh
             if keep.any():
                 parts.append(self._finish(low[keep], iou[keep], label_grid, True, self.cfg.min_mask_area))

@@ -5,6 +5,7 @@ point), predicted-IoU and stability filters, box NMS; unlike it, logits are samp
 pixels (never upsampled to 1600x900) and every camera of a frame goes through the image encoder at once.
 SAM 2's processor stretches the image to a square (no padding), so camera x maps to input x * size / W.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ import torch.nn.functional as F
 from .clip import check_model_folder
 from .config import SamConfig
 from .sam import SamMasks
-
 
 
 @dataclass
@@ -43,7 +43,9 @@ def load_sam2(path: str | None, device: torch.device):
         model = Sam2Model.from_pretrained(folder).to(device).eval()
         proc = AutoImageProcessor.from_pretrained(folder)
     except (OSError, ValueError) as exc:
-        raise DataError(f"supervision.sam2.model: cannot load a SAM 2 model from {folder}: {str(exc).splitlines()[0]}") from None
+        raise DataError(
+            f"supervision.sam2.model: cannot load a SAM 2 model from {folder}: {str(exc).splitlines()[0]}"
+        ) from None
     return model, proc.image_mean, proc.image_std
 
 

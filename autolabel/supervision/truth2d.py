@@ -11,6 +11,7 @@ A map is a 2D array of the camera image's size (H x W, e.g. 900 x 1600) holding 
 Camera images without a map have no truth (they count nothing); cameras of the cached frames that have
 maps are scored at the cache's resolution (nearest-neighbour resize/crop, as every provider's maps are).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,7 +65,10 @@ class FolderTruth:
             else:
                 with Image.open(path) as im:
                     if im.mode not in ("L", "P"):
-                        raise DataError(f"{path}: a label map PNG must be 8-bit greyscale or palette (class ids), got mode {im.mode}")
+                        raise DataError(
+                            f"{path}: a label map PNG must be 8-bit greyscale or palette (class ids), got mode "
+                            f"{im.mode}"
+                        )
                     sem = np.asarray(im)
         except (OSError, ValueError) as exc:
             if isinstance(exc, DataError):
@@ -76,8 +80,10 @@ class FolderTruth:
             raise DataError(f"{path}: label map is {sem.shape[1]}x{sem.shape[0]}, the camera image is {hw[1]}x{hw[0]}")
         bad = ((sem < 0) | (sem >= FREE_ID)) & (sem != IGNORE_ID)
         if bad.any():
-            raise DataError(f"{path}: class ids must be Occ3D 0..{FREE_ID - 1} or 255 (unlabelled), found "
-                            f"{sorted(np.unique(sem[bad]).tolist())[:5]}")
+            raise DataError(
+                f"{path}: class ids must be Occ3D 0..{FREE_ID - 1} or 255 (unlabelled), found "
+                f"{sorted(np.unique(sem[bad]).tolist())[:5]}"
+            )
         return sem.astype(np.uint8)
 
     def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:

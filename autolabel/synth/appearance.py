@@ -1,5 +1,6 @@
 """Camera appearance: per-class / per-instance colours, procedural texture, Lambertian shading from a
 sun, a sky gradient, distance haze and sensor noise — cues enough to learn depth and classes from."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,7 +45,13 @@ def shade(hits: Hits, origin: np.ndarray, dirs: np.ndarray, rng: np.random.Gener
     # windows on building facades
     facade = (cls == C["manmade"]) & (np.abs(normal[:, 2]) < 0.5) & (p[:, 2] > 1.0)
     along = np.where(np.abs(normal[:, 0]) > np.abs(normal[:, 1]), p[:, 1], p[:, 0])
-    window = facade & (np.mod(p[:, 2], 3.2) > 1.0) & (np.mod(p[:, 2], 3.2) < 2.3) & (np.mod(along, 2.6) > 0.7) & (np.mod(along, 2.6) < 1.9)
+    window = (
+        facade
+        & (np.mod(p[:, 2], 3.2) > 1.0)
+        & (np.mod(p[:, 2], 3.2) < 2.3)
+        & (np.mod(along, 2.6) > 0.7)
+        & (np.mod(along, 2.6) < 1.9)
+    )
     base[window] = (0.18, 0.24, 0.32)
     # grass is streaky, vegetation blotchy
     tex = np.where(cls == C["terrain"], tex * (0.85 + 0.3 * _hash(*(np.floor(p * [8, 8, 1]).astype(np.int64).T))), tex)

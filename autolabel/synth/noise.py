@@ -17,7 +17,8 @@ Two profiles (docs/SYNTHETIC.md, "Noise model of the 2D labels"); `make_noisy_la
   shares, mixed for merged masks), B = I + look-alike similarities (``lookalike``, cross-group pairs
   included: terrain / sidewalk / driveable surface, vegetation / manmade / terrain, poles and signs
   (manmade) / others / barrier, truck / bus / construction vehicle / trailer / car, pedestrian /
-  bicycle with its rider / motorcycle, barrier / traffic cone / others), s = ``signal`` / (1 + depth / ``signal_distance``) * sqrt(a / (a +
+  bicycle with its rider / motorcycle, barrier / traffic cone / others), s = ``signal`` / (1 + depth /
+  ``signal_distance``) * sqrt(a / (a +
   ``signal_area``)) for a mask of mean depth `depth` (m) and image share a. The name is argmax z, so
   the confusion matrix is the classifier's: renaming rises with distance, falls with size, and goes
   mostly to look-alikes (P(t -> c) grows with B[t, c]).
@@ -60,6 +61,7 @@ Confidence (0..255) is high for segments that kept their class (U[0.7, 1]) and l
 ones (U[0.35, 0.8]) — it is drawn from correctness, which flatters a method that uses it — and
 scaled by 0.6 on the pixels that boundary noise touched.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -69,8 +71,11 @@ import numpy as np
 from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES, class_id
 
 GROUPS = [
-    ["car", "truck", "bus", "trailer", "construction_vehicle"], ["bicycle", "motorcycle"],
-    ["driveable_surface", "sidewalk", "other_flat"], ["terrain", "vegetation"], ["traffic_cone", "barrier"],
+    ["car", "truck", "bus", "trailer", "construction_vehicle"],
+    ["bicycle", "motorcycle"],
+    ["driveable_surface", "sidewalk", "other_flat"],
+    ["terrain", "vegetation"],
+    ["traffic_cone", "barrier"],
 ]
 STUFF_CELL = 6.0  # metres: the size of a stuff region on the ground
 FIRST_STUFF = class_id("driveable_surface")  # ids below it are things (objects with boxes)
@@ -92,12 +97,20 @@ def _shift(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
     """a moved by (dy, dx) pixels: out[y, x] = a[y - dy, x - dx], `fill` where that lies outside."""
     out = np.full_like(a, fill)
     h, w = a.shape
-    out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = a[max(-dy, 0): h + min(-dy, 0), max(-dx, 0): w + min(-dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = a[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
-def noisy_labels_v1(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarray, world_xy: np.ndarray, level: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def noisy_labels_v1(
+    semantics: np.ndarray,
+    instance: np.ndarray,
+    depth: np.ndarray,
+    world_xy: np.ndarray,
+    level: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Noise model v1. Exact (H, W) maps and the (H, W, 2) world xy of every pixel's surface -> noisy
     semantics (uint8, 255 unknown) and confidence (uint8, 0..255)."""
     if not 0 <= level <= 1:
@@ -111,8 +124,9 @@ def noisy_labels_v1(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarr
     cell = np.floor(xy / STUFF_CELL).astype(np.int64)
     cell -= cell.reshape(-1, 2).min(0)
     region_of_ground = cell[..., 0] * (int(cell[..., 1].max()) + 1) + cell[..., 1]
-    key = np.where(instance > 0, instance.astype(np.int64),
-                   -(1 + region_of_ground * NUM_CLASSES + semantics))  # stuff regions: negative keys
+    key = np.where(
+        instance > 0, instance.astype(np.int64), -(1 + region_of_ground * NUM_CLASSES + semantics)
+    )  # stuff regions: negative keys
     key = np.where(valid, key, 0)
     # keys span a small range (instances, ground cells x classes): index by offset instead of sorting
     lo = int(key.min())
@@ -188,26 +202,52 @@ N_LABELS = FREE_ID  # 17 classes a 2D label can name
 # what a VLM confuses on driving scenes beyond same-family vehicles.
 LOOKALIKE: tuple[tuple[str, str, float], ...] = (
     # flat ground
-    ("driveable_surface", "sidewalk", 0.55), ("driveable_surface", "other_flat", 0.6), ("sidewalk", "other_flat", 0.6),
-    ("terrain", "sidewalk", 0.4), ("terrain", "driveable_surface", 0.3), ("terrain", "other_flat", 0.45),
+    ("driveable_surface", "sidewalk", 0.55),
+    ("driveable_surface", "other_flat", 0.6),
+    ("sidewalk", "other_flat", 0.6),
+    ("terrain", "sidewalk", 0.4),
+    ("terrain", "driveable_surface", 0.3),
+    ("terrain", "other_flat", 0.45),
     # vegetation / manmade / terrain
-    ("vegetation", "terrain", 0.5), ("vegetation", "manmade", 0.45), ("manmade", "terrain", 0.2),
+    ("vegetation", "terrain", 0.5),
+    ("vegetation", "manmade", 0.45),
+    ("manmade", "terrain", 0.2),
     # poles, signs and walls (manmade) against small objects
-    ("manmade", "others", 0.4), ("manmade", "barrier", 0.4), ("manmade", "traffic_cone", 0.2),
+    ("manmade", "others", 0.4),
+    ("manmade", "barrier", 0.4),
+    ("manmade", "traffic_cone", 0.2),
     # vehicles
-    ("truck", "bus", 0.6), ("truck", "construction_vehicle", 0.6), ("truck", "trailer", 0.65),
-    ("bus", "trailer", 0.45), ("construction_vehicle", "trailer", 0.4), ("car", "truck", 0.55),
-    ("car", "bus", 0.3), ("car", "construction_vehicle", 0.3), ("car", "trailer", 0.3),
+    ("truck", "bus", 0.6),
+    ("truck", "construction_vehicle", 0.6),
+    ("truck", "trailer", 0.65),
+    ("bus", "trailer", 0.45),
+    ("construction_vehicle", "trailer", 0.4),
+    ("car", "truck", 0.55),
+    ("car", "bus", 0.3),
+    ("car", "construction_vehicle", 0.3),
+    ("car", "trailer", 0.3),
     # two-wheelers and people (a bicycle carries its rider)
-    ("bicycle", "motorcycle", 0.7), ("pedestrian", "bicycle", 0.5), ("pedestrian", "motorcycle", 0.35),
+    ("bicycle", "motorcycle", 0.7),
+    ("pedestrian", "bicycle", 0.5),
+    ("pedestrian", "motorcycle", 0.35),
     # barriers, cones, others
-    ("barrier", "traffic_cone", 0.5), ("barrier", "others", 0.5), ("traffic_cone", "others", 0.45),
+    ("barrier", "traffic_cone", 0.5),
+    ("barrier", "others", 0.5),
+    ("traffic_cone", "others", 0.45),
 )
 # A classifier's prior: a mask it can barely see is named after a frequent class more often than a rare
 # one. Logit offsets (units of the logit noise at the default level) of the rare classes.
 CLASS_BIAS: tuple[tuple[str, float], ...] = (
-    ("others", -1.0), ("barrier", -1.5), ("bicycle", -1.5), ("construction_vehicle", -2.0), ("motorcycle", -1.5),
-    ("traffic_cone", -1.5), ("trailer", -1.0), ("bus", -0.5), ("pedestrian", -0.5), ("truck", -0.5),
+    ("others", -1.0),
+    ("barrier", -1.5),
+    ("bicycle", -1.5),
+    ("construction_vehicle", -2.0),
+    ("motorcycle", -1.5),
+    ("traffic_cone", -1.5),
+    ("trailer", -1.0),
+    ("bus", -0.5),
+    ("pedestrian", -0.5),
+    ("truck", -0.5),
     ("other_flat", -0.5),
 )
 # Confidence = sigmoid(CONF_OFFSET + CONF_SLOPE * (score - SCORE_REF) / SCORE_SCALE), the score being
@@ -260,7 +300,9 @@ class NoiseRates:
                 raise ValueError(f"NoiseRates.{f.name} must be a finite number >= 0, got {v!r}")
         for name in ("merge", "spill", "boundary", "miss_small", "miss_thin", "miss_far", "miss_max"):
             if getattr(self, name) > 1:
-                raise ValueError(f"NoiseRates.{name} is a probability and must lie in [0, 1], got {getattr(self, name)}")
+                raise ValueError(
+                    f"NoiseRates.{name} is a probability and must lie in [0, 1], got {getattr(self, name)}"
+                )
         if not 0.5 <= self.confidence_auroc <= 1:
             raise ValueError(f"NoiseRates.confidence_auroc must lie in [0.5, 1], got {self.confidence_auroc}")
         for name in ("signal_distance", "stuff_cell", "split_cell", "far_span", "signal_area", "small_area"):
@@ -371,7 +413,9 @@ def _merge(seg: np.ndarray, n: int, area: np.ndarray, p_merge: float, rng: np.ra
     best = np.full(n, -1, np.int64)
     best[src[order][last]] = dst[order][last]
     draw = rng.random(n) < p_merge
-    larger = (best >= 0) & ((area[np.maximum(best, 0)] > area) | ((area[np.maximum(best, 0)] == area) & (best > np.arange(n))))
+    larger = (best >= 0) & (
+        (area[np.maximum(best, 0)] > area) | ((area[np.maximum(best, 0)] == area) & (best > np.arange(n)))
+    )
     parent = np.where(draw & larger, best, np.arange(n))
     while True:  # pointer jumping; parents are strictly larger (area, index), so there are no cycles
         nxt = parent[parent]
@@ -380,8 +424,15 @@ def _merge(seg: np.ndarray, n: int, area: np.ndarray, p_merge: float, rng: np.ra
         parent = nxt
 
 
-def noisy_labels_v2(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarray, world_xy: np.ndarray,
-                    level: float, rng: np.random.Generator, rates: NoiseRates = NoiseRates()) -> tuple[np.ndarray, np.ndarray]:
+def noisy_labels_v2(
+    semantics: np.ndarray,
+    instance: np.ndarray,
+    depth: np.ndarray,
+    world_xy: np.ndarray,
+    level: float,
+    rng: np.random.Generator,
+    rates: NoiseRates = NoiseRates(),
+) -> tuple[np.ndarray, np.ndarray]:
     """Noise model v2 (module docstring). Exact semantics (H, W) uint8 (255 sky), instance (H, W) int32
     (0 = ground / sky), depth (H, W) float32 metres and the (H, W, 2) world xy of every pixel's surface
     (NaN for sky) -> noisy semantics (H, W) uint8 (255 unknown) and confidence (H, W) uint8 (0..255,
@@ -407,7 +458,9 @@ def noisy_labels_v2(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarr
     m_area = np.bincount(mv, minlength=m).astype(np.float64)
     share = m_area / (h * w)
     m_depth = np.bincount(mv, depth[valid], m) / m_area
-    content = np.bincount(mv * N_LABELS + semantics[valid], minlength=m * N_LABELS).reshape(m, N_LABELS) / m_area[:, None]
+    content = (
+        np.bincount(mv * N_LABELS + semantics[valid], minlength=m * N_LABELS).reshape(m, N_LABELS) / m_area[:, None]
+    )
     objish = np.bincount(mv, instance[valid] > 0, m) / m_area  # share of instance pixels
     things = content[:, :FIRST_STUFF].sum(1)
     var_x = np.bincount(mv, xs.astype(np.float64) ** 2, m) / m_area - (np.bincount(mv, xs, m) / m_area) ** 2
@@ -421,7 +474,7 @@ def noisy_labels_v2(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarr
     # the classifier's own belief in its answer: the posterior of the named class given its logits, under
     # its noise model (a pure mask of class t has logits s * B[t] + bias + noise) and a flat prior
     resid = logits[:, None, :] - (s[:, None, None] * bump[None] + bias)  # (m, true class t, class c)
-    loglik = -(resid ** 2).sum(-1) / (2 * max(f, 1e-6) ** 2)
+    loglik = -(resid**2).sum(-1) / (2 * max(f, 1e-6) ** 2)
     loglik -= loglik.max(1, keepdims=True)
     post = np.exp(loglik)
     p_named = post[np.arange(m), name] / post.sum(1)
@@ -431,11 +484,18 @@ def noisy_labels_v2(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarr
     small = np.maximum(things, objish > 0.5)
     thin = (width_px < rates.thin_width * w) & (objish > 0.5)
     far = np.clip((m_depth - rates.far_start) / rates.far_span, 0, 1)
-    p_miss = np.minimum(f * (rates.miss_small * small * np.exp(-share / rates.small_area) + rates.miss_thin * thin
-                             + rates.miss_far * far), rates.miss_max)
+    p_miss = np.minimum(
+        f
+        * (
+            rates.miss_small * small * np.exp(-share / rates.small_area) + rates.miss_thin * thin + rates.miss_far * far
+        ),
+        rates.miss_max,
+    )
     missed = rng.random(m) < p_miss
     # boundaries (every mask's edge may move outwards) and spills (objects' masks over their neighbours)
-    k_edge = np.minimum(f * w * (rates.boundary_width + rates.boundary_growth * m_depth / 10), f * w * rates.boundary_max)
+    k_edge = np.minimum(
+        f * w * (rates.boundary_width + rates.boundary_growth * m_depth / 10), f * w * rates.boundary_max
+    )
     k_edge = np.where(rng.random(m) < min(1.0, rates.boundary * f), np.round(k_edge), 0)
     spills = (rng.random(m) < min(1.0, rates.spill * f)) & (objish > 0.5)
     k_spill = np.round(np.minimum(rates.spill_size * np.sqrt(m_area), f * w * rates.spill_max))
@@ -451,7 +511,7 @@ def noisy_labels_v2(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarr
         rows, cols = np.flatnonzero(grow[mask].any(1)), np.flatnonzero(grow[mask].any(0))
         if len(rows) == 0:
             break
-        win = np.s_[max(rows[0] - 1, 0): rows[-1] + 2, max(cols[0] - 1, 0): cols[-1] + 2]
+        win = np.s_[max(rows[0] - 1, 0) : rows[-1] + 2, max(cols[0] - 1, 0) : cols[-1] + 2]
         sub, v = mask[win], valid[win]
         for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
             nb = _shift(sub, dy, dx, m)
@@ -466,8 +526,13 @@ def noisy_labels_v2(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarr
     edge[1:] |= labels[1:] != labels[:-1]
     edge[:-1] |= labels[1:] != labels[:-1]
     for _ in range(max(int(round(rates.band_width * w)) - 1, 0)):
-        edge = (edge | _shift(edge, 0, 1, False) | _shift(edge, 0, -1, False) | _shift(edge, 1, 0, False)
-                | _shift(edge, -1, 0, False))
+        edge = (
+            edge
+            | _shift(edge, 0, 1, False)
+            | _shift(edge, 0, -1, False)
+            | _shift(edge, 1, 0, False)
+            | _shift(edge, -1, 0, False)
+        )
     unit = mask * 2 + edge
     q = (np.repeat(np.r_[belief, 0.0], 2) - rates.band_penalty * np.tile([0.0, 1.0], m + 1) - SCORE_REF) / SCORE_SCALE
     eta = rng.standard_normal(2 * (m + 1))
@@ -476,7 +541,7 @@ def noisy_labels_v2(semantics: np.ndarray, instance: np.ndarray, depth: np.ndarr
     right = np.bincount(unit[judged], labels[judged] == semantics[judged], 2 * (m + 1))
     wrong = np.bincount(unit[judged], labels[judged] != semantics[judged], 2 * (m + 1))
     tau = _solve_tau(q, eta, right, wrong, rates.confidence_auroc)
-    score = (q + tau * eta) / np.sqrt(1 + tau ** 2)
+    score = (q + tau * eta) / np.sqrt(1 + tau**2)
     conf_u = 1 / (1 + np.exp(-(CONF_OFFSET + CONF_SLOPE * score)))
     confidence = np.where(named, np.round(conf_u[unit] * 255), 0).astype(np.uint8)
     return labels, confidence
@@ -504,8 +569,15 @@ def _solve_tau(q: np.ndarray, eta: np.ndarray, right: np.ndarray, wrong: np.ndar
     return float(np.tan(0.5 * (lo + hi)))
 
 
-def make_noisy_labels(profile: str, semantics: np.ndarray, instance: np.ndarray, depth: np.ndarray,
-                      world_xy: np.ndarray, level: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def make_noisy_labels(
+    profile: str,
+    semantics: np.ndarray,
+    instance: np.ndarray,
+    depth: np.ndarray,
+    world_xy: np.ndarray,
+    level: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """The noisy (semantics, confidence) maps of `profile` ("v2" or "v1") at `level`."""
     if profile == "v2":
         return noisy_labels_v2(semantics, instance, depth, world_xy, level, rng)

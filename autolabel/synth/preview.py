@@ -1,5 +1,6 @@
 """Contact sheet of one frame of a dataset in nuScenes layout: the six cameras, their label maps,
 and a bird's-eye view of the Occ3D ground truth."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,6 +6,7 @@ Three kinds, all in world coordinates (x east, y north, z up, metres):
 * ellipsoids: axis-aligned, centre (3,), radii (3,).
 Every primitive has an Occ3D class, an instance id (> 0) and a base colour.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,7 +33,9 @@ class Primitives:
 
     @staticmethod
     def concat(parts: list["Primitives"]) -> "Primitives":
-        return Primitives(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("kind", "params", "cls", "instance", "color")))
+        return Primitives(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("kind", "params", "cls", "instance", "color"))
+        )
 
     def aabb(self) -> tuple[np.ndarray, np.ndarray]:
         """World axis-aligned bounds (P, 3) lo and hi."""

@@ -4,6 +4,7 @@ Rays are culled per primitive by the region of the sensor's ray image its boundi
 (pixel rectangle for a pinhole camera, ring x azimuth window for the spinning lidar), so a frame
 costs about the projected area of the scene, not rays x primitives.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,14 @@ def _corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 _EDGES = np.array([(a, a | (1 << k)) for a in range(8) for k in range(3) if not a & (1 << k)])  # (12, 2)
 
 
-def pinhole_candidates(prims: Primitives, world2cam: np.ndarray, K: np.ndarray, hw: tuple[int, int], max_range: float,
-                       order_by_distance: bool = True):
+def pinhole_candidates(
+    prims: Primitives,
+    world2cam: np.ndarray,
+    K: np.ndarray,
+    hw: tuple[int, int],
+    max_range: float,
+    order_by_distance: bool = True,
+):
     """(primitive index, flat pixel indices) for primitives that may cover pixels, nearest first.
 
     The pixel rectangle bounds the projection of the part of the primitive's box in front of the
@@ -91,7 +98,9 @@ def spin_candidates(prims: Primitives, world2sensor: np.ndarray, elevations: np.
     rel = np.angle(np.exp(1j * (az - az_c[:, None])))
     half = np.abs(rel).max(1)
     # a footprint around the sensor (or touching it) is seen at every azimuth
-    inside = (pts[..., 0].min(1) <= 0) & (pts[..., 0].max(1) >= 0) & (pts[..., 1].min(1) <= 0) & (pts[..., 1].max(1) >= 0)
+    inside = (
+        (pts[..., 0].min(1) <= 0) & (pts[..., 0].max(1) >= 0) & (pts[..., 1].min(1) <= 0) & (pts[..., 1].max(1) >= 0)
+    )
     d_min = np.where(inside, 0.0, rho.min(1) * np.cos(np.minimum(half, np.pi / 2)))  # lower bound of the distance
     zlo, zhi = pts[..., 2].min(1), pts[..., 2].max(1)
     with np.errstate(divide="ignore"):

@@ -1,5 +1,6 @@
 """The synthetic sensors: the real nuScenes sample's rig (cameras scaled to the image size) and a
 32-beam spinning lidar (HDL-32E elevations), rendered by ray casting at their own timestamps."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,17 +15,38 @@ from .world import C, World
 
 RIG_SOURCE = Path(__file__).resolve().parents[2] / "tests" / "data" / "nuscenes-sample"
 # Camera timestamps relative to the keyframe lidar sweep (seconds), as in the real sample.
-CAMERA_OFFSETS = {"CAM_FRONT": -0.0355, "CAM_FRONT_RIGHT": -0.0276, "CAM_FRONT_LEFT": -0.0431,
-                  "CAM_BACK": -0.0104, "CAM_BACK_LEFT": -0.0005, "CAM_BACK_RIGHT": -0.0201}
+CAMERA_OFFSETS = {
+    "CAM_FRONT": -0.0355,
+    "CAM_FRONT_RIGHT": -0.0276,
+    "CAM_FRONT_LEFT": -0.0431,
+    "CAM_BACK": -0.0104,
+    "CAM_BACK_LEFT": -0.0005,
+    "CAM_BACK_RIGHT": -0.0201,
+}
 # HDL-32E: 32 beams from -30.67 to +10.67 degrees
 LIDAR_ELEVATIONS = np.deg2rad(np.linspace(-30.67, 10.67, 32))
 LIDAR_AZIMUTHS = 1084  # 0.33 degree steps at 20 Hz
 LIDAR_MAX_RANGE = 70.0
 CAMERA_MAX_RANGE = 250.0
-INTENSITY = {C["driveable_surface"]: 8, C["other_flat"]: 12, C["sidewalk"]: 20, C["terrain"]: 30, C["manmade"]: 40,
-             C["vegetation"]: 25, C["car"]: 35, C["truck"]: 35, C["bus"]: 40, C["trailer"]: 35,
-             C["construction_vehicle"]: 45, C["motorcycle"]: 30, C["bicycle"]: 25, C["pedestrian"]: 15,
-             C["traffic_cone"]: 90, C["barrier"]: 70, C["others"]: 30}
+INTENSITY = {
+    C["driveable_surface"]: 8,
+    C["other_flat"]: 12,
+    C["sidewalk"]: 20,
+    C["terrain"]: 30,
+    C["manmade"]: 40,
+    C["vegetation"]: 25,
+    C["car"]: 35,
+    C["truck"]: 35,
+    C["bus"]: 40,
+    C["trailer"]: 35,
+    C["construction_vehicle"]: 45,
+    C["motorcycle"]: 30,
+    C["bicycle"]: 25,
+    C["pedestrian"]: 15,
+    C["traffic_cone"]: 90,
+    C["barrier"]: 70,
+    C["others"]: 30,
+}
 
 
 @dataclass(frozen=True)
@@ -69,7 +91,9 @@ def camera_rays(cam: SynthCamera, cam2world: np.ndarray) -> tuple[np.ndarray, np
     return cam2world[:3, 3].copy(), dirs, d_cam[:, 2]
 
 
-def render_camera(world: World, cam: SynthCamera, ego2world: np.ndarray, t: float, rng: np.random.Generator) -> CameraRender:
+def render_camera(
+    world: World, cam: SynthCamera, ego2world: np.ndarray, t: float, rng: np.random.Generator
+) -> CameraRender:
     cam2world = ego2world @ cam.cam2ego
     prims = world.primitives_at(t)
     origin, dirs, z_per_m = camera_rays(cam, cam2world)
@@ -80,20 +104,38 @@ def render_camera(world: World, cam: SynthCamera, ego2world: np.ndarray, t: floa
     finite = np.isfinite(hits.t)
     depth = np.where(finite, hits.t * z_per_m, 0).astype(np.float32)
     xy = np.where(finite[:, None], origin[:2] + np.where(finite, hits.t, 0)[:, None] * dirs[:, :2], np.nan)
-    return CameraRender(image=image, semantics=hits.cls.reshape(h, w), depth=depth.reshape(h, w),
-                        instance=hits.instance.reshape(h, w), world_xy=xy.reshape(h, w, 2).astype(np.float32))
+    return CameraRender(
+        image=image,
+        semantics=hits.cls.reshape(h, w),
+        depth=depth.reshape(h, w),
+        instance=hits.instance.reshape(h, w),
+        world_xy=xy.reshape(h, w, 2).astype(np.float32),
+    )
 
 
 def lidar_directions() -> np.ndarray:
     """(32 * LIDAR_AZIMUTHS, 3) unit directions in the sensor frame, ring-major."""
     az = np.arange(LIDAR_AZIMUTHS) * (2 * np.pi / LIDAR_AZIMUTHS)
     el = LIDAR_ELEVATIONS
-    return np.stack([np.cos(el)[:, None] * np.cos(az)[None], np.cos(el)[:, None] * np.sin(az)[None],
-                     np.repeat(np.sin(el)[:, None], len(az), 1)], -1).reshape(-1, 3)
+    return np.stack(
+        [
+            np.cos(el)[:, None] * np.cos(az)[None],
+            np.cos(el)[:, None] * np.sin(az)[None],
+            np.repeat(np.sin(el)[:, None], len(az), 1),
+        ],
+        -1,
+    ).reshape(-1, 3)
 
 
-def render_lidar(world: World, lidar2ego: np.ndarray, ego2world: np.ndarray, t: float, rng: np.random.Generator,
-                 dropout: float = 0.08, range_noise: float = 0.015) -> tuple[np.ndarray, Hits, np.ndarray, np.ndarray]:
+def render_lidar(
+    world: World,
+    lidar2ego: np.ndarray,
+    ego2world: np.ndarray,
+    t: float,
+    rng: np.random.Generator,
+    dropout: float = 0.08,
+    range_noise: float = 0.015,
+) -> tuple[np.ndarray, Hits, np.ndarray, np.ndarray]:
     """One sweep: points (N, 5) float32 in the sensor frame (x, y, z, intensity, ring), the exact hits of
     every beam, the beams' sensor-frame directions, and the exact Occ3D class of every point (N,) uint8."""
     sensor2world = ego2world @ lidar2ego

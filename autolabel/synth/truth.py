@@ -7,6 +7,7 @@
 * `visible_voxels`: voxels that rays traverse before the first occupied voxel, plus that voxel (Occ3D's
   rule for mask_lidar and mask_camera), by an exact voxel walk of all rays at once.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,7 +71,7 @@ def voxelize(world: World, prims: Primitives, ego2world: np.ndarray, grid: GridS
             continue
         n = b - a
         per_voxel = inside.reshape(n[0], s, n[1], s, n[2], s).sum((1, 3, 5))
-        fill[prims.cls[p], a[0]:b[0], a[1]:b[1], a[2]:b[2]] += per_voxel / s**3
+        fill[prims.cls[p], a[0] : b[0], a[1] : b[1], a[2] : b[2]] += per_voxel / s**3
     total = fill.sum(0)
     return np.where(total > 0, fill.argmax(0), FREE_ID).astype(np.uint8)
 

@@ -5,6 +5,7 @@ parking strips and medians) with sidewalks, blocks of buildings / parks / parkin
 furniture and trees, parked and moving objects of every Occ3D class, and an ego route along one road.
 The ground is a 2D class raster (plus a lane-paint mask); everything above it is `Primitives`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,26 +16,55 @@ from occnet.classes import class_id
 
 from .primitives import BOX, CYLINDER, ELLIPSOID, Primitives
 
-C = {n: class_id(n) for n in (
-    "others", "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle", "pedestrian",
-    "traffic_cone", "trailer", "truck", "driveable_surface", "other_flat", "sidewalk", "terrain", "manmade",
-    "vegetation")}
+C = {
+    n: class_id(n)
+    for n in (
+        "others",
+        "barrier",
+        "bicycle",
+        "bus",
+        "car",
+        "construction_vehicle",
+        "motorcycle",
+        "pedestrian",
+        "traffic_cone",
+        "trailer",
+        "truck",
+        "driveable_surface",
+        "other_flat",
+        "sidewalk",
+        "terrain",
+        "manmade",
+        "vegetation",
+    )
+}
 
 # nuScenes category of each object class (for instance / sample_annotation tables)
 CATEGORY = {
-    C["car"]: "vehicle.car", C["truck"]: "vehicle.truck", C["bus"]: "vehicle.bus.rigid",
-    C["trailer"]: "vehicle.trailer", C["construction_vehicle"]: "vehicle.construction",
-    C["motorcycle"]: "vehicle.motorcycle", C["bicycle"]: "vehicle.bicycle",
-    C["pedestrian"]: "human.pedestrian.adult", C["traffic_cone"]: "movable_object.trafficcone",
-    C["barrier"]: "movable_object.barrier", C["others"]: "movable_object.pushable_pullable",
+    C["car"]: "vehicle.car",
+    C["truck"]: "vehicle.truck",
+    C["bus"]: "vehicle.bus.rigid",
+    C["trailer"]: "vehicle.trailer",
+    C["construction_vehicle"]: "vehicle.construction",
+    C["motorcycle"]: "vehicle.motorcycle",
+    C["bicycle"]: "vehicle.bicycle",
+    C["pedestrian"]: "human.pedestrian.adult",
+    C["traffic_cone"]: "movable_object.trafficcone",
+    C["barrier"]: "movable_object.barrier",
+    C["others"]: "movable_object.pushable_pullable",
 }
 # (length, width, height) ranges in metres
 SIZES = {
-    C["car"]: ((3.9, 5.0), (1.7, 2.0), (1.4, 1.8)), C["truck"]: ((6.0, 9.0), (2.3, 2.6), (2.8, 3.6)),
-    C["bus"]: ((10.0, 12.5), (2.5, 2.7), (3.0, 3.5)), C["trailer"]: ((6.0, 12.0), (2.4, 2.6), (3.0, 3.8)),
-    C["construction_vehicle"]: ((5.0, 7.5), (2.4, 3.0), (2.8, 3.6)), C["motorcycle"]: ((1.9, 2.3), (0.7, 0.9), (1.1, 1.4)),
-    C["bicycle"]: ((1.6, 1.9), (0.5, 0.7), (1.0, 1.2)), C["pedestrian"]: ((0.5, 0.8), (0.5, 0.7), (1.55, 1.95)),
-    C["traffic_cone"]: ((0.35, 0.45), (0.35, 0.45), (0.6, 0.9)), C["barrier"]: ((1.8, 2.4), (0.4, 0.6), (0.9, 1.1)),
+    C["car"]: ((3.9, 5.0), (1.7, 2.0), (1.4, 1.8)),
+    C["truck"]: ((6.0, 9.0), (2.3, 2.6), (2.8, 3.6)),
+    C["bus"]: ((10.0, 12.5), (2.5, 2.7), (3.0, 3.5)),
+    C["trailer"]: ((6.0, 12.0), (2.4, 2.6), (3.0, 3.8)),
+    C["construction_vehicle"]: ((5.0, 7.5), (2.4, 3.0), (2.8, 3.6)),
+    C["motorcycle"]: ((1.9, 2.3), (0.7, 0.9), (1.1, 1.4)),
+    C["bicycle"]: ((1.6, 1.9), (0.5, 0.7), (1.0, 1.2)),
+    C["pedestrian"]: ((0.5, 0.8), (0.5, 0.7), (1.55, 1.95)),
+    C["traffic_cone"]: ((0.35, 0.45), (0.35, 0.45), (0.6, 0.9)),
+    C["barrier"]: ((1.8, 2.4), (0.4, 0.6), (0.9, 1.1)),
     C["others"]: ((0.5, 1.2), (0.5, 1.0), (0.8, 1.4)),
 }
 LANE = 3.5
@@ -121,12 +151,17 @@ class World:
         if "parts" not in self._cache:  # the objects' parts stacked once, placed per call
             obs = self.objects
             owner = np.concatenate([np.full(len(o.parts), i) for i, o in enumerate(obs)])
-            self._cache["parts"] = (np.concatenate([o.parts for o in obs]), owner,
-                                    np.array([o.p0 for o in obs]), np.array([o.yaw for o in obs]),
-                                    np.array([o.speed for o in obs]), np.array([o.size[2] / 2 for o in obs]),
-                                    np.array([o.cls for o in obs], np.uint8)[owner],
-                                    np.array([o.instance for o in obs], np.int32)[owner],
-                                    np.array([o.color for o in obs], np.float32)[owner])
+            self._cache["parts"] = (
+                np.concatenate([o.parts for o in obs]),
+                owner,
+                np.array([o.p0 for o in obs]),
+                np.array([o.yaw for o in obs]),
+                np.array([o.speed for o in obs]),
+                np.array([o.size[2] / 2 for o in obs]),
+                np.array([o.cls for o in obs], np.uint8)[owner],
+                np.array([o.instance for o in obs], np.int32)[owner],
+                np.array([o.color for o in obs], np.float32)[owner],
+            )
         parts, owner, p0, yaw, speed, zc, cls, inst, color = self._cache["parts"]
         c, s = np.cos(yaw)[owner], np.sin(yaw)[owner]
         centre = p0 + (speed * t)[:, None] * np.stack([np.cos(yaw), np.sin(yaw)], 1)
@@ -140,12 +175,23 @@ class World:
 
 
 BASE_COLORS = {  # RGB in [0, 1]
-    C["others"]: (0.45, 0.35, 0.25), C["barrier"]: (0.85, 0.45, 0.15), C["bicycle"]: (0.15, 0.5, 0.75),
-    C["bus"]: (0.85, 0.7, 0.15), C["car"]: (0.5, 0.5, 0.55), C["construction_vehicle"]: (0.95, 0.65, 0.05),
-    C["motorcycle"]: (0.6, 0.1, 0.1), C["pedestrian"]: (0.55, 0.3, 0.35), C["traffic_cone"]: (1.0, 0.4, 0.0),
-    C["trailer"]: (0.7, 0.7, 0.65), C["truck"]: (0.3, 0.35, 0.6), C["driveable_surface"]: (0.23, 0.23, 0.25),
-    C["other_flat"]: (0.45, 0.42, 0.38), C["sidewalk"]: (0.62, 0.6, 0.56), C["terrain"]: (0.35, 0.5, 0.2),
-    C["manmade"]: (0.6, 0.52, 0.45), C["vegetation"]: (0.15, 0.4, 0.12),
+    C["others"]: (0.45, 0.35, 0.25),
+    C["barrier"]: (0.85, 0.45, 0.15),
+    C["bicycle"]: (0.15, 0.5, 0.75),
+    C["bus"]: (0.85, 0.7, 0.15),
+    C["car"]: (0.5, 0.5, 0.55),
+    C["construction_vehicle"]: (0.95, 0.65, 0.05),
+    C["motorcycle"]: (0.6, 0.1, 0.1),
+    C["pedestrian"]: (0.55, 0.3, 0.35),
+    C["traffic_cone"]: (1.0, 0.4, 0.0),
+    C["trailer"]: (0.7, 0.7, 0.65),
+    C["truck"]: (0.3, 0.35, 0.6),
+    C["driveable_surface"]: (0.23, 0.23, 0.25),
+    C["other_flat"]: (0.45, 0.42, 0.38),
+    C["sidewalk"]: (0.62, 0.6, 0.56),
+    C["terrain"]: (0.35, 0.5, 0.2),
+    C["manmade"]: (0.6, 0.52, 0.45),
+    C["vegetation"]: (0.15, 0.4, 0.12),
 }
 
 
@@ -183,18 +229,32 @@ class _Builder:
         r = self.rng
         inst = self.new_instance()
         trunk_h, crown = r.uniform(1.8, 3.2), r.uniform(1.4, 2.8)
-        self.add(CYLINDER, (x, y, 0.0, trunk_h + 0.5 * crown, r.uniform(0.12, 0.25), 0, 0), C["vegetation"], inst,
-                 np.array([0.35, 0.25, 0.15]))
-        self.add(ELLIPSOID, (x, y, trunk_h + crown * 0.9, crown, crown, crown * r.uniform(0.8, 1.2), 0),
-                 C["vegetation"], inst)
+        self.add(
+            CYLINDER,
+            (x, y, 0.0, trunk_h + 0.5 * crown, r.uniform(0.12, 0.25), 0, 0),
+            C["vegetation"],
+            inst,
+            np.array([0.35, 0.25, 0.15]),
+        )
+        self.add(
+            ELLIPSOID,
+            (x, y, trunk_h + crown * 0.9, crown, crown, crown * r.uniform(0.8, 1.2), 0),
+            C["vegetation"],
+            inst,
+        )
 
     def pole(self, x: float, y: float, sign: bool) -> None:
         inst = self.new_instance()
         h = self.rng.uniform(6.0, 9.0)
         self.add(CYLINDER, (x, y, 0.0, h, 0.12, 0, 0), C["manmade"], inst, np.array([0.4, 0.4, 0.42]))
         if sign:
-            self.add(BOX, (x, y, h * 0.45, 0.05, 0.4, 0.3, self.rng.uniform(0, np.pi)), C["manmade"], inst,
-                     np.array([0.1, 0.3, 0.7]))
+            self.add(
+                BOX,
+                (x, y, h * 0.45, 0.05, 0.4, 0.3, self.rng.uniform(0, np.pi)),
+                C["manmade"],
+                inst,
+                np.array([0.1, 0.3, 0.7]),
+            )
 
     def thing(self, cls: int, x: float, y: float, yaw: float, speed: float = 0.0, rider: bool = False) -> SceneObject:
         """An object with an annotation box; vehicles get a cabin, two-wheelers an optional rider."""
@@ -204,11 +264,22 @@ class _Builder:
         parts = []
         if cls in (C["car"], C["truck"], C["construction_vehicle"]):
             body_h = height * (0.55 if cls == C["car"] else 0.5)
-            parts.append((0, 0, -height / 2 + 0.15 + (body_h - 0.15) / 2, length / 2, width / 2, (body_h - 0.15) / 2, 0))
+            parts.append(
+                (0, 0, -height / 2 + 0.15 + (body_h - 0.15) / 2, length / 2, width / 2, (body_h - 0.15) / 2, 0)
+            )
             cab_l = length * (0.5 if cls == C["car"] else 0.3)
             cab_x = -0.05 * length if cls == C["car"] else length / 2 - cab_l / 2
-            parts.append((cab_x, 0, -height / 2 + body_h + (height - body_h) / 2, cab_l / 2, width / 2 * 0.92,
-                          (height - body_h) / 2, 0))
+            parts.append(
+                (
+                    cab_x,
+                    0,
+                    -height / 2 + body_h + (height - body_h) / 2,
+                    cab_l / 2,
+                    width / 2 * 0.92,
+                    (height - body_h) / 2,
+                    0,
+                )
+            )
             if cls == C["truck"]:  # cargo box behind the cab
                 parts.append((-0.15 * length, 0, 0.1, 0.35 * length, width / 2, height / 2 - 0.1, 0))
         elif cls in (C["bicycle"], C["motorcycle"]):
@@ -217,27 +288,61 @@ class _Builder:
                 height = wheel_h + r.uniform(0.9, 1.1)
             parts.append((0, 0, -height / 2 + wheel_h / 2, length / 2, width / 4, wheel_h / 2, 0))
             if rider:
-                parts.append((-0.1 * length, 0, -height / 2 + wheel_h + (height - wheel_h) / 2, 0.22, 0.22,
-                              (height - wheel_h) / 2, 0))
+                parts.append(
+                    (
+                        -0.1 * length,
+                        0,
+                        -height / 2 + wheel_h + (height - wheel_h) / 2,
+                        0.22,
+                        0.22,
+                        (height - wheel_h) / 2,
+                        0,
+                    )
+                )
         elif cls == C["pedestrian"]:
             parts.append((0, 0, -0.1, length / 2 * 0.7, width / 2 * 0.8, height / 2 - 0.12, 0))
             parts.append((0, 0, height / 2 - 0.12, 0.11, 0.11, 0.12, 0))
         else:
             parts.append((0, 0, 0, length / 2, width / 2, height / 2, 0))
-        ob = SceneObject(cls=cls, instance=self.new_instance(), size=(length, width, height), p0=np.array([x, y]),
-                         yaw=float(yaw), speed=float(speed), parts=np.asarray(parts, dtype=np.float64),
-                         color=self.color(cls, 0.35 if cls == C["car"] else 0.15))
+        ob = SceneObject(
+            cls=cls,
+            instance=self.new_instance(),
+            size=(length, width, height),
+            p0=np.array([x, y]),
+            yaw=float(yaw),
+            speed=float(speed),
+            parts=np.asarray(parts, dtype=np.float64),
+            color=self.color(cls, 0.35 if cls == C["car"] else 0.15),
+        )
         if cls == C["car"]:  # cars come in many colours
-            ob.color = np.clip(r.choice([np.array(c) for c in ((0.8, 0.8, 0.82), (0.1, 0.1, 0.12), (0.6, 0.1, 0.1),
-                                                               (0.15, 0.25, 0.55), (0.5, 0.5, 0.52))]) *
-                               (1 + r.uniform(-0.1, 0.1, 3)), 0, 1)
+            ob.color = np.clip(
+                r.choice(
+                    [
+                        np.array(c)
+                        for c in (
+                            (0.8, 0.8, 0.82),
+                            (0.1, 0.1, 0.12),
+                            (0.6, 0.1, 0.1),
+                            (0.15, 0.25, 0.55),
+                            (0.5, 0.5, 0.52),
+                        )
+                    ]
+                )
+                * (1 + r.uniform(-0.1, 0.1, 3)),
+                0,
+                1,
+            )
         self.objects.append(ob)
         return ob
 
     def primitives(self) -> Primitives:
-        return Primitives(np.asarray(self.kind, np.int8), np.asarray(self.params).reshape(-1, 7),
-                          np.asarray(self.cls, np.uint8), np.asarray(self.inst, np.int32),
-                          np.asarray(self.col, np.float32).reshape(-1, 3))
+        return Primitives(
+            np.asarray(self.kind, np.int8),
+            np.asarray(self.params).reshape(-1, 7),
+            np.asarray(self.cls, np.uint8),
+            np.asarray(self.inst, np.int32),
+            np.asarray(self.col, np.float32).reshape(-1, 3),
+        )
 
 
 def _road_positions(rng: np.random.Generator, extent: float) -> list[float]:
@@ -253,8 +358,16 @@ def _lay_roads(rng: np.random.Generator, extent: float) -> list[Road]:
     for axis in (0, 1):
         for p in _road_positions(rng, extent):
             lanes = int(rng.choice([1, 2], p=[0.55, 0.45]))
-            roads.append(Road(axis, p, lanes, parking=bool(rng.random() < 0.6), median=lanes == 2 and rng.random() < 0.5,
-                              sidewalk=float(rng.uniform(2.5, 4.5))))
+            roads.append(
+                Road(
+                    axis,
+                    p,
+                    lanes,
+                    parking=bool(rng.random() < 0.6),
+                    median=lanes == 2 and rng.random() < 0.5,
+                    sidewalk=float(rng.uniform(2.5, 4.5)),
+                )
+            )
     return roads
 
 
@@ -275,8 +388,10 @@ class _Layout:
         return self.ys if r.axis == 1 else self.xs
 
     def near_crossing(self, r: Road, s: float, margin: float) -> bool:
-        return any(abs(s - p) < self.road_of[(1 - r.axis, p)].half_width + self.road_of[(1 - r.axis, p)].sidewalk + margin
-                   for p in self.crossing_pos(r))
+        return any(
+            abs(s - p) < self.road_of[(1 - r.axis, p)].half_width + self.road_of[(1 - r.axis, p)].sidewalk + margin
+            for p in self.crossing_pos(r)
+        )
 
     @staticmethod
     def place(r: Road, s: float, off: float) -> tuple[float, float]:
@@ -285,8 +400,24 @@ class _Layout:
 
     def block_span(self, axis: int, lo: float, hi: float) -> tuple[float, float]:
         """The usable span between two road positions (or the scene edge), sidewalks excluded."""
-        a = lo + (self.road_of[(axis, lo)].half_width + self.road_of[(axis, lo)].sidewalk if (axis, lo) in self.road_of else 0) + 0.5
-        z = hi - (self.road_of[(axis, hi)].half_width + self.road_of[(axis, hi)].sidewalk if (axis, hi) in self.road_of else 0) - 0.5
+        a = (
+            lo
+            + (
+                self.road_of[(axis, lo)].half_width + self.road_of[(axis, lo)].sidewalk
+                if (axis, lo) in self.road_of
+                else 0
+            )
+            + 0.5
+        )
+        z = (
+            hi
+            - (
+                self.road_of[(axis, hi)].half_width + self.road_of[(axis, hi)].sidewalk
+                if (axis, hi) in self.road_of
+                else 0
+            )
+            - 0.5
+        )
         return a, z
 
 
@@ -356,7 +487,9 @@ def _fill_blocks(b: _Builder, lay: _Layout, ground: np.ndarray) -> None:
                             xx = x0 + 0.6 if edge == 2 else x1 - 0.6
                             b.add(BOX, (xx, (y0 + y1) / 2, h / 2, 0.5, (y1 - y0) / 2 - 1, h / 2, 0), C["vegetation"])
                 if rng.random() < 0.5:
-                    b.thing(C["others"], rng.uniform(x0 + 2, x1 - 2), rng.uniform(y0 + 2, y1 - 2), rng.uniform(0, np.pi))
+                    b.thing(
+                        C["others"], rng.uniform(x0 + 2, x1 - 2), rng.uniform(y0 + 2, y1 - 2), rng.uniform(0, np.pi)
+                    )
                 continue
             # buildings along the four edges, a wall on some
             for edge in range(4):
@@ -405,7 +538,12 @@ def _furnish_roads(b: _Builder, lay: _Layout) -> None:
             for side in (-1, 1):
                 cx, cy = lay.place(r, (a + z) / 2, side * (r.half_width + 0.15))
                 hx, hy = ((z - a) / 2, 0.15) if r.axis == 0 else (0.15, (z - a) / 2)
-                b.add(BOX, (cx, cy, 0.075, hx, hy, 0.075, 0.0), C["sidewalk"], color=np.array(BASE_COLORS[C["sidewalk"]]) * 0.9)
+                b.add(
+                    BOX,
+                    (cx, cy, 0.075, hx, hy, 0.075, 0.0),
+                    C["sidewalk"],
+                    color=np.array(BASE_COLORS[C["sidewalk"]]) * 0.9,
+                )
         for s in np.arange(rng.uniform(5, 20), lay.extent - 5, rng.uniform(22, 34)):
             if lay.near_crossing(r, s, 2.0):
                 continue
@@ -422,8 +560,12 @@ def _furnish_roads(b: _Builder, lay: _Layout) -> None:
                     cls = rng.choice([C["car"], C["truck"], C["trailer"], C["bicycle"]], p=[0.86, 0.05, 0.04, 0.05])
                     if not lay.near_crossing(r, s, 6.0) and rng.random() < 0.6:
                         off = side * (r.carriage_half + PARKING / 2)
-                        b.thing(int(cls), *lay.place(r, s, off), heading + (0 if side < 0 else np.pi) + rng.normal(0, 0.03),
-                                rider=False)
+                        b.thing(
+                            int(cls),
+                            *lay.place(r, s, off),
+                            heading + (0 if side < 0 else np.pi) + rng.normal(0, 0.03),
+                            rider=False,
+                        )
                     s += rng.uniform(5.5, 9)
         # a construction zone on two roads of every scene (cones, barriers, a construction vehicle)
         if ri in construction_roads:
@@ -435,19 +577,32 @@ def _furnish_roads(b: _Builder, lay: _Layout) -> None:
                     b.thing(C["traffic_cone"], *lay.place(r, s0 + 2.2 * k, off + side * 0.2 * (k % 2)), 0.0)
                 for k in range(3):
                     b.thing(C["barrier"], *lay.place(r, s0 + 3 + 5 * k, off - side * 1.1), heading)
-                b.thing(C["construction_vehicle"], *lay.place(r, s0 + 8, off + side * 1.5), heading + rng.normal(0, 0.2))
+                b.thing(
+                    C["construction_vehicle"], *lay.place(r, s0 + 8, off + side * 1.5), heading + rng.normal(0, 0.2)
+                )
         # moving traffic in the driving lanes
         for direction in (1, -1):
             for lane in range(r.lanes):
                 off = -direction * ((1.0 if r.median else 0.0) + LANE * (lane + 0.5))  # drive on the right
                 s = rng.uniform(0, 30)
                 while s < lay.extent:
-                    cls = int(rng.choice([C["car"], C["truck"], C["bus"], C["motorcycle"], C["bicycle"]],
-                                         p=[0.72, 0.1, 0.06, 0.06, 0.06]))
+                    cls = int(
+                        rng.choice(
+                            [C["car"], C["truck"], C["bus"], C["motorcycle"], C["bicycle"]],
+                            p=[0.72, 0.1, 0.06, 0.06, 0.06],
+                        )
+                    )
                     speed = rng.uniform(6, 11) if cls not in (C["bicycle"],) else rng.uniform(3, 5)
-                    lateral = off + (direction * 1.0 if cls in (C["bicycle"], C["motorcycle"]) and lane == r.lanes - 1 else 0)
-                    b.thing(cls, *lay.place(r, s, lateral), heading + (0 if direction > 0 else np.pi), speed,
-                            rider=cls in (C["bicycle"], C["motorcycle"]))
+                    lateral = off + (
+                        direction * 1.0 if cls in (C["bicycle"], C["motorcycle"]) and lane == r.lanes - 1 else 0
+                    )
+                    b.thing(
+                        cls,
+                        *lay.place(r, s, lateral),
+                        heading + (0 if direction > 0 else np.pi),
+                        speed,
+                        rider=cls in (C["bicycle"], C["motorcycle"]),
+                    )
                     s += rng.uniform(18, 45)
         # pedestrians and bins on the sidewalks
         for side in (-1, 1):
@@ -455,8 +610,12 @@ def _furnish_roads(b: _Builder, lay: _Layout) -> None:
                 off = side * (r.half_width + rng.uniform(0.5, r.sidewalk - 0.5))
                 if rng.random() < 0.85:
                     walking = rng.random() < 0.6
-                    b.thing(C["pedestrian"], *lay.place(r, s, off), heading + rng.choice([0, np.pi]),
-                            rng.uniform(1.0, 1.6) if walking else 0.0)
+                    b.thing(
+                        C["pedestrian"],
+                        *lay.place(r, s, off),
+                        heading + rng.choice([0, np.pi]),
+                        rng.uniform(1.0, 1.6) if walking else 0.0,
+                    )
                 else:
                     b.thing(C["others"], *lay.place(r, s, off), heading)
 
@@ -468,7 +627,9 @@ def _ego_route(b: _Builder, lay: _Layout, route_length: float) -> tuple[np.ndarr
     road = lay.roads[int(rng.integers(len(lay.roads)))]
     direction = int(rng.choice([1, -1]))
     speed = float(rng.uniform(5.0, 8.0))
-    lane_off = -direction * ((1.0 if road.median else 0.0) + LANE * 0.5 + (LANE if road.lanes == 2 and rng.random() < 0.5 else 0))
+    lane_off = -direction * (
+        (1.0 if road.median else 0.0) + LANE * 0.5 + (LANE if road.lanes == 2 and rng.random() < 0.5 else 0)
+    )
     s0 = rng.uniform(60, lay.extent - 60 - route_length)
     if direction < 0:
         s0 = s0 + route_length
@@ -499,7 +660,17 @@ def generate_world(seed: int, extent: float = 360.0, route_length: float = 30.0)
     _fill_blocks(b, lay, ground)  # may pave parking lots into the ground raster
     _furnish_roads(b, lay)
     start, yaw, speed = _ego_route(b, lay, route_length)
-    world = World(extent=extent, roads=lay.roads, ground=ground, paint=paint, static=b.primitives(), objects=b.objects,
-                  ego_start=start, ego_yaw=yaw, ego_speed=speed, seed=seed)
+    world = World(
+        extent=extent,
+        roads=lay.roads,
+        ground=ground,
+        paint=paint,
+        static=b.primitives(),
+        objects=b.objects,
+        ego_start=start,
+        ego_yaw=yaw,
+        ego_speed=speed,
+        seed=seed,
+    )
     world.stats = {"roads": len(lay.roads), "static primitives": len(world.static), "objects": len(world.objects)}
     return world

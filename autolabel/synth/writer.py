@@ -3,6 +3,7 @@ and per-camera 2D label maps. Layout and conventions: docs/SYNTHETIC.md.
 
 Everything is a pure function of (seed, sizes): the same arguments give byte-identical files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,8 +76,12 @@ LIDARSEG_INDEX = occ3d_to_lidarseg(lidarseg_categories(token))  # Occ3D id -> li
 
 
 def _pose_record(tok: str, T: np.ndarray, ts: int) -> dict:
-    return {"token": tok, "timestamp": ts, "rotation": matrix_to_quaternion(T[:3, :3]).tolist(),
-            "translation": T[:3, 3].tolist()}
+    return {
+        "token": tok,
+        "timestamp": ts,
+        "rotation": matrix_to_quaternion(T[:3, :3]).tolist(),
+        "translation": T[:3, 3].tolist(),
+    }
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -91,9 +96,25 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 class _Tables:
     def __init__(self) -> None:
-        self.t: dict[str, list[dict]] = {k: [] for k in (
-            "attribute", "calibrated_sensor", "category", "ego_pose", "instance", "lidarseg", "log", "map", "sample",
-            "sample_annotation", "sample_data", "scene", "sensor", "visibility")}
+        self.t: dict[str, list[dict]] = {
+            k: []
+            for k in (
+                "attribute",
+                "calibrated_sensor",
+                "category",
+                "ego_pose",
+                "instance",
+                "lidarseg",
+                "log",
+                "map",
+                "sample",
+                "sample_annotation",
+                "sample_data",
+                "scene",
+                "sensor",
+                "visibility",
+            )
+        }
 
     def add(self, table: str, record: dict) -> dict:
         self.t[table].append(record)
@@ -128,32 +149,64 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
     world = generate_world(seed * 1000 + si, route_length=8.0 * KEYFRAME_DT * cfg.frames_per_scene + 5)
     rng = np.random.default_rng([seed, si, 1])
     log_tok = token(seed, scene_name, "log")
-    tables.add("log", {"token": log_tok, "logfile": scene_name, "vehicle": "synthetic", "date_captured": "2026-11-25",
-                       "location": f"synthetic-{seed}"})
+    tables.add(
+        "log",
+        {
+            "token": log_tok,
+            "logfile": scene_name,
+            "vehicle": "synthetic",
+            "date_captured": "2026-11-25",
+            "location": f"synthetic-{seed}",
+        },
+    )
     map_tok = token(seed, scene_name, "map")
     road = ((world.ground == 11) * 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(road.T[::-1]).save(buf, format="PNG")
     _write_bytes(out / "maps" / f"{map_tok}.png", buf.getvalue())
-    tables.add("map", {"token": map_tok, "log_tokens": [log_tok], "category": "semantic_prior",
-                       "filename": f"maps/{map_tok}.png"})
+    tables.add(
+        "map",
+        {"token": map_tok, "log_tokens": [log_tok], "category": "semantic_prior", "filename": f"maps/{map_tok}.png"},
+    )
     calib = {}
     for cam in cams:
-        calib[cam.name] = tables.add("calibrated_sensor", {
-            "token": token(seed, scene_name, "calib", cam.name), "sensor_token": sensor_tok[cam.name],
-            "translation": cam.cam2ego[:3, 3].tolist(), "rotation": matrix_to_quaternion(cam.cam2ego[:3, :3]).tolist(),
-            "camera_intrinsic": cam.K.tolist()})["token"]
-    calib[LIDAR_NAME] = tables.add("calibrated_sensor", {
-        "token": token(seed, scene_name, "calib", LIDAR_NAME), "sensor_token": sensor_tok[LIDAR_NAME],
-        "translation": lidar2ego[:3, 3].tolist(), "rotation": matrix_to_quaternion(lidar2ego[:3, :3]).tolist(),
-        "camera_intrinsic": []})["token"]
+        calib[cam.name] = tables.add(
+            "calibrated_sensor",
+            {
+                "token": token(seed, scene_name, "calib", cam.name),
+                "sensor_token": sensor_tok[cam.name],
+                "translation": cam.cam2ego[:3, 3].tolist(),
+                "rotation": matrix_to_quaternion(cam.cam2ego[:3, :3]).tolist(),
+                "camera_intrinsic": cam.K.tolist(),
+            },
+        )["token"]
+    calib[LIDAR_NAME] = tables.add(
+        "calibrated_sensor",
+        {
+            "token": token(seed, scene_name, "calib", LIDAR_NAME),
+            "sensor_token": sensor_tok[LIDAR_NAME],
+            "translation": lidar2ego[:3, 3].tolist(),
+            "rotation": matrix_to_quaternion(lidar2ego[:3, :3]).tolist(),
+            "camera_intrinsic": [],
+        },
+    )["token"]
     samples, by_channel, ann_by_instance = [], {n: [] for n in (*CAMERA_NAMES, LIDAR_NAME)}, {}
     for k in range(cfg.frames_per_scene):
         t_key = k * KEYFRAME_DT
         ts_key = T0_US + si * 10**9 + int(round(t_key * 1e6))
         sample_tok = token(seed, scene_name, "sample", k)
-        samples.append(tables.add("sample", {"token": sample_tok, "timestamp": ts_key, "scene_token": token(seed, scene_name),
-                                             "prev": "", "next": ""}))
+        samples.append(
+            tables.add(
+                "sample",
+                {
+                    "token": sample_tok,
+                    "timestamp": ts_key,
+                    "scene_token": token(seed, scene_name),
+                    "prev": "",
+                    "next": "",
+                },
+            )
+        )
         # lidar sweeps before the keyframe, then the keyframe sweep
         for j in range(cfg.sweeps, -1, -1):
             t = t_key - j * SWEEP_DT
@@ -169,10 +222,25 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
                 _write_bytes(out / seg, LIDARSEG_INDEX[point_cls].tobytes())
                 tables.add("lidarseg", {"token": sd_tok, "sample_data_token": sd_tok, "filename": seg})
             tables.add("ego_pose", _pose_record(sd_tok, ego2world, ts))
-            by_channel[LIDAR_NAME].append(tables.add("sample_data", {
-                "token": sd_tok, "sample_token": sample_tok, "ego_pose_token": sd_tok,
-                "calibrated_sensor_token": calib[LIDAR_NAME], "timestamp": ts, "fileformat": "pcd",
-                "is_key_frame": j == 0, "height": 0, "width": 0, "filename": fname, "prev": "", "next": ""}))
+            by_channel[LIDAR_NAME].append(
+                tables.add(
+                    "sample_data",
+                    {
+                        "token": sd_tok,
+                        "sample_token": sample_tok,
+                        "ego_pose_token": sd_tok,
+                        "calibrated_sensor_token": calib[LIDAR_NAME],
+                        "timestamp": ts,
+                        "fileformat": "pcd",
+                        "is_key_frame": j == 0,
+                        "height": 0,
+                        "width": 0,
+                        "filename": fname,
+                        "prev": "",
+                        "next": "",
+                    },
+                )
+            )
         key_pose = world.ego_pose(t_key)
         key_hits, key_dirs = hits, d_sensor
         # cameras at their own timestamps
@@ -187,26 +255,52 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
             _write_bytes(out / fname, _jpeg(r.image))
             sd_tok = token(seed, scene_name, cam.name, ts)
             tables.add("ego_pose", _pose_record(sd_tok, ego2world, ts))
-            by_channel[cam.name].append(tables.add("sample_data", {
-                "token": sd_tok, "sample_token": sample_tok, "ego_pose_token": sd_tok,
-                "calibrated_sensor_token": calib[cam.name], "timestamp": ts, "fileformat": "jpg",
-                "is_key_frame": True, "height": cfg.image_size[0], "width": cfg.image_size[1], "filename": fname,
-                "prev": "", "next": ""}))
+            by_channel[cam.name].append(
+                tables.add(
+                    "sample_data",
+                    {
+                        "token": sd_tok,
+                        "sample_token": sample_tok,
+                        "ego_pose_token": sd_tok,
+                        "calibrated_sensor_token": calib[cam.name],
+                        "timestamp": ts,
+                        "fileformat": "jpg",
+                        "is_key_frame": True,
+                        "height": cfg.image_size[0],
+                        "width": cfg.image_size[1],
+                        "filename": fname,
+                        "prev": "",
+                        "next": "",
+                    },
+                )
+            )
             maps = (r.semantics, r.instance, r.depth, r.world_xy)
             # v1 draws from the sensors' generator, as in the first release; it runs in every profile so
             # that the images and lidar are the same whatever the profile (and as before v2 existed)
             v1, v1_conf = noisy_labels_v1(*maps, cfg.label_noise, rng)
             noisy, conf = v1, v1_conf
             if cfg.noise_profile != "v1":  # other profiles have their own generator per camera
-                noisy, conf = make_noisy_labels(cfg.noise_profile, *maps, cfg.label_noise,
-                                                np.random.default_rng([seed, si, 2, k, ci]))
-            hard, hard_conf = make_noisy_labels(cfg.noise_profile, *maps, hard_level(cfg.label_noise),
-                                                np.random.default_rng([seed, si, 3, k, ci]))
+                noisy, conf = make_noisy_labels(
+                    cfg.noise_profile, *maps, cfg.label_noise, np.random.default_rng([seed, si, 2, k, ci])
+                )
+            hard, hard_conf = make_noisy_labels(
+                cfg.noise_profile, *maps, hard_level(cfg.label_noise), np.random.default_rng([seed, si, 3, k, ci])
+            )
             # the v1 maps are kept beside the profile's (precomputed variant "v1"): v1 against v2 on one world
-            save_npz(out / LABELS_2D_DIR / scene_name / sample_tok / f"{cam.name}.npz", {
-                "semantics": r.semantics, "depth": r.depth, "instance": r.instance,
-                "noisy_semantics": noisy, "noisy_confidence": conf, "hard_semantics": hard, "hard_confidence": hard_conf,
-                "v1_semantics": v1, "v1_confidence": v1_conf})
+            save_npz(
+                out / LABELS_2D_DIR / scene_name / sample_tok / f"{cam.name}.npz",
+                {
+                    "semantics": r.semantics,
+                    "depth": r.depth,
+                    "instance": r.instance,
+                    "noisy_semantics": noisy,
+                    "noisy_confidence": conf,
+                    "hard_semantics": hard,
+                    "hard_confidence": hard_conf,
+                    "v1_semantics": v1,
+                    "v1_confidence": v1_conf,
+                },
+            )
         # Occ3D ground truth in the keyframe lidar's ego frame
         prims = world.primitives_at(t_key)
         semantics = voxelize(world, prims, key_pose, grid)
@@ -215,11 +309,15 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
         mask_camera = np.zeros_like(mask_lidar)
         world2key = np.linalg.inv(key_pose)
         for cam, _, ego2world in renders:
-            o, d = camera_rays(torch.from_numpy(cam.K), torch.from_numpy(world2key @ ego2world @ cam.cam2ego),
-                               cam.image_size)
+            o, d = camera_rays(
+                torch.from_numpy(cam.K), torch.from_numpy(world2key @ ego2world @ cam.cam2ego), cam.image_size
+            )
             mask_camera |= visible_voxels(occupied, o.numpy(), d.numpy(), grid)
-        write_labels(labels_path(out, scene_name, sample_tok),
-                     Occ3DLabels(semantics, mask_lidar.astype(np.uint8), mask_camera.astype(np.uint8)), grid)
+        write_labels(
+            labels_path(out, scene_name, sample_tok),
+            Occ3DLabels(semantics, mask_lidar.astype(np.uint8), mask_camera.astype(np.uint8)),
+            grid,
+        )
         # box annotations of the objects near the ego
         for ob in world.objects:
             c = ob.center_at(t_key)
@@ -228,29 +326,57 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
             ann_tok = token(seed, scene_name, "ann", ob.instance, k)
             yaw_T = np.eye(4)
             yaw_T[:2, :2] = [[np.cos(ob.yaw), -np.sin(ob.yaw)], [np.sin(ob.yaw), np.cos(ob.yaw)]]
-            ann = tables.add("sample_annotation", {
-                "token": ann_tok, "sample_token": sample_tok, "instance_token": token(seed, scene_name, "inst", ob.instance),
-                "visibility_token": "4", "attribute_tokens": [], "translation": c.tolist(),
-                "size": [ob.size[1], ob.size[0], ob.size[2]], "rotation": matrix_to_quaternion(yaw_T[:3, :3]).tolist(),
-                "prev": "", "next": "", "num_lidar_pts": int((key_hits.instance == ob.instance).sum()),
-                "num_radar_pts": 0})
+            ann = tables.add(
+                "sample_annotation",
+                {
+                    "token": ann_tok,
+                    "sample_token": sample_tok,
+                    "instance_token": token(seed, scene_name, "inst", ob.instance),
+                    "visibility_token": "4",
+                    "attribute_tokens": [],
+                    "translation": c.tolist(),
+                    "size": [ob.size[1], ob.size[0], ob.size[2]],
+                    "rotation": matrix_to_quaternion(yaw_T[:3, :3]).tolist(),
+                    "prev": "",
+                    "next": "",
+                    "num_lidar_pts": int((key_hits.instance == ob.instance).sum()),
+                    "num_radar_pts": 0,
+                },
+            )
             ann_by_instance.setdefault(ob.instance, (ob, []))[1].append(ann)
     _link(samples)
     for records in by_channel.values():
         _link(records)
     for inst, (ob, anns) in sorted(ann_by_instance.items()):
         _link(anns)
-        tables.add("instance", {"token": token(seed, scene_name, "inst", inst), "category_token": category_tok[ob.cls],
-                                "nbr_annotations": len(anns), "first_annotation_token": anns[0]["token"],
-                                "last_annotation_token": anns[-1]["token"]})
-    tables.add("scene", {"token": token(seed, scene_name), "log_token": log_tok, "nbr_samples": len(samples),
-                         "first_sample_token": samples[0]["token"], "last_sample_token": samples[-1]["token"],
-                         "name": scene_name, "description": f"synthetic scene {si} of seed {seed}"})
+        tables.add(
+            "instance",
+            {
+                "token": token(seed, scene_name, "inst", inst),
+                "category_token": category_tok[ob.cls],
+                "nbr_annotations": len(anns),
+                "first_annotation_token": anns[0]["token"],
+                "last_annotation_token": anns[-1]["token"],
+            },
+        )
+    tables.add(
+        "scene",
+        {
+            "token": token(seed, scene_name),
+            "log_token": log_tok,
+            "nbr_samples": len(samples),
+            "first_sample_token": samples[0]["token"],
+            "last_sample_token": samples[-1]["token"],
+            "name": scene_name,
+            "description": f"synthetic scene {si} of seed {seed}",
+        },
+    )
     return tables
 
 
-def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | None = None, progress: bool = True,
-                  workers: int = 1) -> dict:
+def write_dataset(
+    out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | None = None, progress: bool = True, workers: int = 1
+) -> dict:
     """Generate and write the dataset; returns a summary (counts, timings).
 
     workers > 1 generates scenes in that many processes (scenes are independent: each has its own seeds);
@@ -267,8 +393,14 @@ def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | Non
     seed = cfg.seed
     sensor_tok = {}
     for name in (*CAMERA_NAMES, LIDAR_NAME):
-        sensor_tok[name] = tables.add("sensor", {"token": token(seed, "sensor", name), "channel": name,
-                                                  "modality": "lidar" if name == LIDAR_NAME else "camera"})["token"]
+        sensor_tok[name] = tables.add(
+            "sensor",
+            {
+                "token": token(seed, "sensor", name),
+                "channel": name,
+                "modality": "lidar" if name == LIDAR_NAME else "camera",
+            },
+        )["token"]
     for cat in lidarseg_categories(token):  # nuScenes-lidarseg's category table, with its indices
         tables.add("category", cat)
     for tok, level in VISIBILITY:
@@ -281,7 +413,9 @@ def write_dataset(out: str | os.PathLike, cfg: SynthConfig, grid: GridSpec | Non
         else:
             # spawn, not fork: the parent may hold torch / zarr thread pools that fork would copy half-initialised
             ctx = multiprocessing.get_context("spawn")
-            parts = stack.enter_context(ctx.Pool(min(workers, cfg.scenes), initializer=_one_thread)).imap(_write_scene_job, jobs)
+            parts = stack.enter_context(ctx.Pool(min(workers, cfg.scenes), initializer=_one_thread)).imap(
+                _write_scene_job, jobs
+            )
         for part in parts:
             for name, records in part.t.items():
                 tables.t[name].extend(records)

@@ -2,6 +2,7 @@
 
 ``autolabel.training.FrameDataset`` (the README's name) is re-exported from ``.data``.
 """
+
 from .data import FrameDataset
 
 __all__ = ["FrameDataset"]

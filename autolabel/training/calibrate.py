@@ -8,6 +8,7 @@ calls the ground free. The threshold that separates occupied from free voxels is
 density field, so it is measured on it: over training frames, the threshold whose occupied voxels best
 match the voxels holding LiDAR returns, among the voxels LiDAR observed (crossed or hit).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,14 +39,19 @@ def calibrate_threshold(model, dataset, device: torch.device, frames: int = 16) 
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = model(batch["images"], batch["intrinsics"], batch["cam2ego"])
         occ = voxel_probabilities(out, float(min(grid.voxel_size)))[0][0]
-        free, hit = lidar_free_and_hits(batch["depth"][0], batch["intrinsics"][0], batch["cam2ego"][0], grid,
-                                        item["semantics"].to(device))
+        free, hit = lidar_free_and_hits(
+            batch["depth"][0], batch["intrinsics"][0], batch["cam2ego"][0], grid, item["semantics"].to(device)
+        )
         i_, u_ = lidar_iou_counts(occ, free, hit)
         inter += i_.cpu()
         union += u_.cpu()
     best, iou = best_threshold(inter, union)
-    return {"threshold": best, "lidar_iou": max(iou), "frames": len(picks),
-            "candidates": dict(zip(map(str, THRESHOLD_CANDIDATES), iou))}
+    return {
+        "threshold": best,
+        "lidar_iou": max(iou),
+        "frames": len(picks),
+        "candidates": dict(zip(map(str, THRESHOLD_CANDIDATES), iou)),
+    }
 
 
 def save_threshold(folder: Path, result: dict) -> None:

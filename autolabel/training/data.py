@@ -5,7 +5,8 @@ images (N, 3, H, W) float32 normalised; intrinsics (N, 3, 3) of those images; ca
 each camera into the keyframe's ego frame (the LiDAR timestamp's, where the Occ3D grid lives: the ego
 moves between the cameras' exposures); depth (N, H, W) LiDAR z-depth (0 = none); semantics (N, H, W)
 uint8 (255 = none); confidence (N, H, W); gt_semantics / gt_mask (X, Y, Z) uint8 and has_gt when Occ3D
-labels exist (the frame's gts/, or only the `manual` labels when a mapping is given); token (str). With aux_frames = K, the supervision of up to K keyframes before and after
+labels exist (the frame's gts/, or only the `manual` labels when a mapping is given); token (str). With aux_frames =
+K, the supervision of up to K keyframes before and after
 (same scene) comes too, its cameras expressed in this keyframe's ego frame through the global poses:
 aux_intrinsics (2K, N, 3, 3), aux_cam2ego (2K, N, 4, 4), aux_depth / aux_semantics / aux_confidence
 (2K, N, H, W) and aux_valid (2K,) (False where the scene has no such neighbour).
@@ -15,6 +16,7 @@ an item reads no camera JPEG and no LiDAR sweep: images, depth and 2D labels com
 intrinsics from the tables (`NuScenesFrames.meta`); `lidar=True` reads the keyframe sweep alone. An
 older cache without images falls back to decoding the JPEGs (slower, same item).
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -42,30 +44,43 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 class FrameDataset(Dataset):
     """Args:
-        frames: the dataset of keyframes.
-        image_size: network input (H, W); images are resized / cropped with K updated.
-        labels: "exact" / "noisy" / "hard" / "v1" precomputed 2D labels from ``labels2d/``, "none", or "cache": 2D labels
-            and depth maps read from `cache` (what `autolabel supervise` computed; training never runs SAM).
-        indices: the subset of frames to use (None = all).
-        lidar: also return the keyframe sweep's own points (lidar_points (P, 3) ego frame, float32) and the
-            sensor origin (lidar_origin (3,)); points differ in number, so batch such items as lists.
-        fused: the round of fused labels (autolabel.fusion) to return as fused_semantics (X, Y, Z) uint8
-            (255 where fusion observed nothing, and for frames it did not fuse) and fused_confidence
-            (X, Y, Z) float32 in [0, 1].
+    frames: the dataset of keyframes.
+    image_size: network input (H, W); images are resized / cropped with K updated.
+    labels: "exact" / "noisy" / "hard" / "v1" precomputed 2D labels from ``labels2d/``, "none", or "cache": 2D labels
+        and depth maps read from `cache` (what `autolabel supervise` computed; training never runs SAM).
+    indices: the subset of frames to use (None = all).
+    lidar: also return the keyframe sweep's own points (lidar_points (P, 3) ego frame, float32) and the
+        sensor origin (lidar_origin (3,)); points differ in number, so batch such items as lists.
+    fused: the round of fused labels (autolabel.fusion) to return as fused_semantics (X, Y, Z) uint8
+        (255 where fusion observed nothing, and for frames it did not fuse) and fused_confidence
+        (X, Y, Z) float32 in [0, 1].
     """
 
-    def __init__(self, frames: NuScenesFrames, image_size: tuple[int, int], labels: str = "noisy",
-                 indices: Sequence[int] | None = None, grid: GridSpec | None = None, aux_frames: int = 0,
-                 cache: SupervisionCache | None = None, manual: Mapping[str, Occ3DLabels] | None = None,
-                 lidar: bool = False, fused: FrameArrays | None = None):
+    def __init__(
+        self,
+        frames: NuScenesFrames,
+        image_size: tuple[int, int],
+        labels: str = "noisy",
+        indices: Sequence[int] | None = None,
+        grid: GridSpec | None = None,
+        aux_frames: int = 0,
+        cache: SupervisionCache | None = None,
+        manual: Mapping[str, Occ3DLabels] | None = None,
+        lidar: bool = False,
+        fused: FrameArrays | None = None,
+    ):
         if labels not in (*PRECOMPUTED_VARIANTS, "none", "cache"):
-            raise ValueError(f"FrameDataset.labels must be one of {', '.join(PRECOMPUTED_VARIANTS)}, 'none' or 'cache', "
-                             f"got {labels!r}")
+            raise ValueError(
+                f"FrameDataset.labels must be one of {', '.join(PRECOMPUTED_VARIANTS)}, 'none' or 'cache', "
+                f"got {labels!r}"
+            )
         if (labels == "cache") != (cache is not None):
             raise ValueError("FrameDataset: pass cache= exactly when labels='cache'")
         if cache is not None and tuple(cache.image_size) != tuple(image_size):
-            raise DataError(f"{cache.arrays.where}: computed at {tuple(cache.image_size)}, the network takes "
-                            f"{tuple(image_size)}; rerun `autolabel supervise` with this recipe's network.image_size")
+            raise DataError(
+                f"{cache.arrays.where}: computed at {tuple(cache.image_size)}, the network takes "
+                f"{tuple(image_size)}; rerun `autolabel supervise` with this recipe's network.image_size"
+            )
         self.cache = cache
         # manual: the only 3D labels training may see (annotated frames); None = the frames' own gts/
         self.manual = manual
@@ -174,16 +189,23 @@ class FrameDataset(Dataset):
         if self.fused is not None:
             has = self.fused.has(frame.token) and self.fused.is_done(self.fused.index(frame.token))
             i = self.fused.index(frame.token) if has else -1
-            item["fused_semantics"] = torch.from_numpy(self.fused.read(i, "semantics") if has
-                                                       else np.full(shape, 255, np.uint8))
-            item["fused_confidence"] = torch.from_numpy(self.fused.read(i, "confidence").astype(np.float32) / 255 if has
-                                                        else np.zeros(shape, np.float32))
+            item["fused_semantics"] = torch.from_numpy(
+                self.fused.read(i, "semantics") if has else np.full(shape, 255, np.uint8)
+            )
+            item["fused_confidence"] = torch.from_numpy(
+                self.fused.read(i, "confidence").astype(np.float32) / 255 if has else np.zeros(shape, np.float32)
+            )
         if self.aux_frames:
             aux = [self._supervision(nb, key_pose)[1:] if nb is not None else None for nb in self._neighbours(frame)]
             blank = (K, cam2key, np.zeros_like(depth), np.full_like(sem, 255), np.zeros_like(conf))
             parts = [a if a is not None else blank for a in aux]
-            for name, j in (("aux_intrinsics", 0), ("aux_cam2ego", 1), ("aux_depth", 2), ("aux_semantics", 3),
-                            ("aux_confidence", 4)):
+            for name, j in (
+                ("aux_intrinsics", 0),
+                ("aux_cam2ego", 1),
+                ("aux_depth", 2),
+                ("aux_semantics", 3),
+                ("aux_confidence", 4),
+            ):
                 item[name] = torch.from_numpy(np.stack([p[j] for p in parts]))
             item["aux_valid"] = torch.tensor([a is not None for a in aux])
         return item

@@ -1,4 +1,5 @@
 """Occ3D evaluation of a trained network on frames with ground truth (the recipe's validation scenes)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,9 @@ from ..supervision.providers import resolve_device
 from .data import FrameDataset
 
 
-def evaluate_checkpoint(recipe: Recipe, checkpoint: Path, split: str = "val", use_teacher: bool = False,
-                        progress: bool = True) -> OccupancyScores:
+def evaluate_checkpoint(
+    recipe: Recipe, checkpoint: Path, split: str = "val", use_teacher: bool = False, progress: bool = True
+) -> OccupancyScores:
     """mIoU / geometric IoU of the student (or the teacher, depth-aware as configured) within mask_camera."""
     device = resolve_device(recipe.device)
     frames = open_frames(recipe, split, load_images=True, load_gt=True)
@@ -33,8 +35,14 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Path, split: str = "val", us
         if not bool(item["has_gt"]):
             continue
         depth = item["depth"][None].to(device) if (use_teacher and recipe.dts.depth_aware) else None
-        sem, _ = predict(model, item["images"][None].to(device), item["intrinsics"][None].to(device),
-                         item["cam2ego"][None].to(device), depth, occupied_threshold=threshold)
+        sem, _ = predict(
+            model,
+            item["images"][None].to(device),
+            item["intrinsics"][None].to(device),
+            item["cam2ego"][None].to(device),
+            depth,
+            occupied_threshold=threshold,
+        )
         metric.update(sem[0].cpu(), item["gt_semantics"], item["gt_mask"])
     if metric.confusion.sum() == 0:
         raise DataError(f"recipe {recipe.name}: no {split} frame has Occ3D ground truth (gts/)")

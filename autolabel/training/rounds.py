@@ -1,5 +1,6 @@
 """Training of one round: rendering losses on the cached 2D supervision, the DTS teacher, and 3D losses
 on the frames annotated so far (the store's manual labels)."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,12 @@ def manual_labels(store_path: Path, grid, exclude: set[str] = frozenset()) -> di
         if done[i] and token not in exclude:
             f = read_frame(manual, i)
             annotated = f["confidence"] == 255
-            out[token] = Occ3DLabels(f["semantics"], f["mask_lidar"], f["mask_camera"],
-                                     mask_annotated=None if annotated.all() else annotated.astype(np.uint8))
+            out[token] = Occ3DLabels(
+                f["semantics"],
+                f["mask_lidar"],
+                f["mask_camera"],
+                mask_annotated=None if annotated.all() else annotated.astype(np.uint8),
+            )
     return out
 
 
@@ -70,7 +75,9 @@ def selected_from(recipe: Recipe, k: int) -> set[str]:
 
 def open_cache(recipe: Recipe) -> SupervisionCache:
     if not (recipe.cache_path / "zarr.json").is_file():
-        raise DataError(f"no 2D supervision cache at {recipe.cache_path}; run `autolabel supervise` with this recipe first")
+        raise DataError(
+            f"no 2D supervision cache at {recipe.cache_path}; run `autolabel supervise` with this recipe first"
+        )
     return SupervisionCache.open(recipe.cache_path)
 
 
@@ -83,6 +90,7 @@ def _trim_history(log: Path, step: int) -> None:
     redoes steps 51-54, which must then appear once, not twice."""
     if not log.is_file():
         return
+
     def kept(line: str) -> bool:
         try:
             return json.loads(line)["step"] <= step
@@ -104,8 +112,16 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
     # the fused labels, for the student's 3D targets (loss.fused_3d) and the teacher's evidence
     uses_fused = recipe.loss.fused_3d > 0 or (recipe.dts.enabled and recipe.dts.evidence == "fusion")
     fused = open_fused(recipe.fusion_path, recipe.network.grid) if uses_fused else None
-    dataset = FrameDataset(frames, recipe.network.image_size, labels="cache", cache=cache, grid=recipe.network.grid,
-                           aux_frames=recipe.data.aux_frames, manual=manual, fused=fused)
+    dataset = FrameDataset(
+        frames,
+        recipe.network.image_size,
+        labels="cache",
+        cache=cache,
+        grid=recipe.network.grid,
+        aux_frames=recipe.data.aux_frames,
+        manual=manual,
+        fused=fused,
+    )
     torch.manual_seed(recipe.train.seed)
     out_dir = recipe.round_dir(k) / "train"
     prev = checkpoint_path(recipe, k - 1) if k > 0 else None
@@ -120,8 +136,16 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
         hooks = [h for h in state.get("hooks", []) if isinstance(h, dict) and "model" in h]
         if hooks:
             teacher.load_state_dict(hooks[0])
-    trainer = Trainer(model, recipe.render, recipe.loss, recipe.train, out_dir, device,
-                      hooks=[teacher] if teacher else [], annotate=teacher.annotate if teacher else None)
+    trainer = Trainer(
+        model,
+        recipe.render,
+        recipe.loss,
+        recipe.train,
+        out_dir,
+        device,
+        hooks=[teacher] if teacher else [],
+        annotate=teacher.annotate if teacher else None,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "history.jsonl"  # one line per step
     if (out_dir / CHECKPOINT).exists():
@@ -134,13 +158,26 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
             fh.write(json.dumps({"step": step, **row}) + "\n")
 
     labelled = [i for i, idx in enumerate(dataset.indices) if frames.tokens[idx] in manual]
-    history = trainer.fit(dataset, batch_size=recipe.train.batch_size, progress=progress, until=until, on_log=on_log,
-                          labelled=labelled, resume=False)
+    history = trainer.fit(
+        dataset,
+        batch_size=recipe.train.batch_size,
+        progress=progress,
+        until=until,
+        on_log=on_log,
+        labelled=labelled,
+        resume=False,
+    )
     if recipe.dts.calibrate_threshold and trainer.step >= recipe.train.steps and is_main():
         from .calibrate import calibrate_threshold, save_threshold
 
         save_threshold(out_dir, calibrate_threshold(model, dataset, device))
     barrier()
-    return {"round": k, "steps": trainer.step, "frames": len(dataset), "manual_frames": len(manual),
-            "manual_voxels": labelled_voxels(manual, recipe.network.grid.shape),
-            "checkpoint": str(out_dir / CHECKPOINT), "last": history[-1] if history else None}
+    return {
+        "round": k,
+        "steps": trainer.step,
+        "frames": len(dataset),
+        "manual_frames": len(manual),
+        "manual_voxels": labelled_voxels(manual, recipe.network.grid.shape),
+        "checkpoint": str(out_dir / CHECKPOINT),
+        "last": history[-1] if history else None,
+    }

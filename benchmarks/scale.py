@@ -5,6 +5,8 @@ sweep and 9 earlier ones) goes through the stages of a label-free round as `auto
 the nuScenes recipe (recipes/nuscenes_label_free.yaml: network input, batch sizes, rays, losses, DTS), the
 2D labels from the precomputed provider (the foundation-model cost is excluded; providers_speed.py times it):
   1 supervision cache write    `supervise`: JPEG decoding, resizing, LiDAR depth maps from the sweeps, writes
+  1b fusion                    `fuse_round` (the recipe's fusion stage): LiDAR of +-3 keyframes and their
+                               sweeps, named by the cached 2D labels of every view; training and labelling read it
   2 training                   `train_round`: steps with the real DataLoader over the cache (the trainer's
                                workers), rendering-only steps and steps with the DTS teacher; beside them the
                                same Trainer on random in-memory input of the same shapes, same steps
@@ -51,6 +53,8 @@ sys.path.insert(0, str(ROOT))
 from autolabel.data.nuscenes import NuScenesFrames  # noqa: E402
 from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
+from autolabel.fusion.label import fuse_round  # noqa: E402
+from autolabel.fusion.store import open_fused  # noqa: E402
 from autolabel.dts.teacher import EMATeacher  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.frame_arrays import ArraySpec, frames_per_shard  # noqa: E402
@@ -63,7 +67,7 @@ from autolabel.training.rounds import open_cache, train_round  # noqa: E402
 from occnet.network import OccupancyNetwork  # noqa: E402
 from occnet.trainer import Trainer, default_workers  # noqa: E402
 
-STAGES = ("supervise", "train", "label", "export")
+STAGES = ("supervise", "fuse", "train", "label", "export")
 TRAINVAL = 34_149  # nuScenes v1.0-trainval keyframes
 EPOCHS = 12
 RECIPE = ROOT / "recipes" / "nuscenes_label_free.yaml"
@@ -311,6 +315,34 @@ def stage_supervise(run: Path, recipe, device) -> dict:
     }
 
 
+def stage_fuse(run: Path, recipe, device) -> dict:
+    """The recipe's fusion stage (fusion.enabled): warm-up on the first scene (left out), then timed: the first
+    scene again, the whole world, into the store training and labelling read."""
+    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+    cache = open_cache(recipe)
+
+    def call(f, path: Path) -> dict:
+        shutil.rmtree(path, ignore_errors=True)
+        store = LabelStore(path, recipe.network.grid, create=True)
+        return fuse_round(f, cache, store, 0, recipe.network.grid, recipe.fusion, device, progress=False)
+
+    call(first_scene(frames, recipe, False), run / "warmup" / "fusion.zarr")
+    a = call(first_scene(frames, recipe, False), run / "first_scene" / "fusion.zarr")
+    with MemorySampler(device) as mem:
+        b = call(frames, recipe.fusion_path)
+    per = steady((a["labelled"], a["seconds"]), (b["labelled"], b["seconds"]))
+    return {
+        "frames": b["labelled"],
+        "seconds": b["seconds"],
+        "first_scene_frames": a["labelled"],
+        "first_scene_seconds": a["seconds"],
+        "window": recipe.fusion.window,
+        "s_per_frame": per,
+        "hours_full": TRAINVAL * per / 3600,
+        **mem.result(),
+    }
+
+
 def step_times(history: Path, warmup: int, start_step: int, total: int) -> tuple[list[float], list[float]]:
     """Per-step wall times of a `train_round` run from its history.jsonl (seconds since fit() began, logged
     after every step: the difference of two rows is one step including the wait for its batch), split into
@@ -368,8 +400,16 @@ def stage_train(run: Path, world: Path, args, device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+    # the fused labels too where the recipe trains on them: the random batch keeps the real one's 3D targets
+    uses_fused = recipe.loss.fused_3d > 0 or recipe.dts.evidence == "fusion"
     dataset = FrameDataset(
-        frames, recipe.network.image_size, labels="cache", cache=open_cache(recipe), grid=recipe.network.grid, manual={}
+        frames,
+        recipe.network.image_size,
+        labels="cache",
+        cache=open_cache(recipe),
+        grid=recipe.network.grid,
+        manual={},
+        fused=open_fused(recipe.fusion_path, recipe.network.grid) if uses_fused else None,
     )
     b = recipe.train.batch_size * recipe.train.accumulate
     real = torch.utils.data.default_collate([dataset[i % len(dataset)] for i in range(b)])
@@ -453,11 +493,14 @@ def stage_label(run: Path, recipe, device) -> dict:
     ckpt = fresh_checkpoint(recipe, run / "fresh" / "checkpoint.pt")
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     cache = open_cache(recipe)
+    fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
 
     def call(f, path: Path) -> dict:
         shutil.rmtree(path, ignore_errors=True)
         store = LabelStore(path, recipe.network.grid, create=True)
-        return label_round(f, cache, store, 0, recipe.network, recipe.dts, ckpt, device, recipe, progress=False)
+        return label_round(
+            f, cache, store, 0, recipe.network, recipe.dts, ckpt, device, recipe, progress=False, fused=fused
+        )
 
     call(first_scene(frames, recipe, True), run / "warmup" / "labels.zarr")
     a = call(first_scene(frames, recipe, True), run / "first_scene" / "labels.zarr")
@@ -560,6 +603,14 @@ def table(r: dict) -> str:
             f"{s['first_scene_frames']} in "
             f"{s['first_scene_seconds']:.1f} s | {s['s_per_frame']:.3f} s | "
             f"{hours(s['s_per_frame'] * TRAINVAL / 3600)} | - | |"
+        )
+    fu = r.get("fuse")
+    if fu and "s_per_frame" in fu:
+        lines.append(
+            f"| evidence fusion (+-{fu['window']} keyframes) | {fu['frames']} frames in {fu['seconds']:.1f} s, "
+            f"the first scene's {fu['first_scene_frames']} in {fu['first_scene_seconds']:.1f} s | "
+            f"{fu['s_per_frame']:.3f} s | "
+            f"{hours(fu['hours_full'])} | <= 0.5 s per frame | {verdict(fu['s_per_frame'] <= 0.5, cuda)} |"
         )
     t = r.get("train")
     if t:
@@ -750,6 +801,7 @@ def main() -> int:
     )
     run_stage = {
         "supervise": lambda: stage_supervise(stores, recipe, device),
+        "fuse": lambda: stage_fuse(stores, recipe, device) if recipe.fusion.enabled else {"skipped": "fusion off"},
         "train": lambda: stage_train(stores, world, args, device),
         "label": lambda: stage_label(stores, recipe, device),
         "export": lambda: stage_export(stores, recipe, device, args.export_repeats),

@@ -18,6 +18,7 @@ def test_scale_benchmark_runs_micro(tmp_path):
     assert meta["world"]["keyframes"] == 2 and meta["world"]["lidar_sweeps_per_keyframe"] == 3
     assert meta["data_sweeps"] == 2 and meta["recipe"] == "recipes/nuscenes_label_free.yaml"
     assert r["supervise"]["frames"] == 2 and r["supervise"]["s_per_frame"] > 0
+    assert r["fuse"]["frames"] == 2 and r["fuse"]["s_per_frame"] > 0  # the recipe fuses the evidence (issue 20)
     t = r["train"]
     # one timed step per phase after one warm-up step, on real data and on random input alike
     for key in ("real_render_s", "real_dts_s", "random_render_s", "random_dts_s"):

@@ -224,12 +224,19 @@ def _has_gts(recipe: Recipe) -> bool:
 def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress: bool) -> dict:
     from .dataset import open_frames
     from .dts.label import label_round, labelling_store
-    from .fusion.store import open_fused
     from .store.labels import LabelStore
     from .store.rounds import evaluate_round, export_occ3d
     from .supervision.providers import resolve_device
     from .training.evaluate import evaluate_checkpoint
-    from .training.rounds import checkpoint_path, labelled_voxels, manual_labels, open_cache, selected_from, train_round
+    from .training.rounds import (
+        checkpoint_path,
+        fused_labels,
+        labelled_voxels,
+        manual_labels,
+        open_cache,
+        selected_from,
+        train_round,
+    )
 
     p = f"round_{k}"
     stages.run(
@@ -241,7 +248,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
     def label() -> dict:
         frames = open_frames(recipe, "train", load_images=True, load_gt=False)
         store = labelling_store(recipe.store_path, recipe.network.grid)
-        fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
+        fused = fused_labels(recipe, training=False)
         return label_round(
             frames,
             open_cache(recipe),

@@ -71,14 +71,13 @@ from autolabel.config_io import apply_overrides  # noqa: E402
 from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
-from autolabel.fusion.store import open_fused  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
 from autolabel.store.rounds import evaluate_round  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
 from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
-from autolabel.training.rounds import checkpoint_path, open_cache, train_round  # noqa: E402
+from autolabel.training.rounds import checkpoint_path, fused_labels, open_cache, train_round  # noqa: E402
 
 VARIANTS = (
     "3d_supervised",
@@ -283,7 +282,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         log(f"{name}: test mIoU {s['miou']}; labelling the pool")
         t0 = time.perf_counter()
         frames = open_frames(recipe, "train", load_images=True, load_gt=False)
-        fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
+        fused = fused_labels(recipe, training=False)
         label_round(
             frames,
             open_cache(recipe),

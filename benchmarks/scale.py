@@ -54,7 +54,6 @@ from autolabel.data.nuscenes import NuScenesFrames  # noqa: E402
 from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
-from autolabel.fusion.store import open_fused  # noqa: E402
 from autolabel.dts.teacher import EMATeacher  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.frame_arrays import ArraySpec, frames_per_shard  # noqa: E402
@@ -63,7 +62,7 @@ from autolabel.store.rounds import export_occ3d  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
 from autolabel.training.data import FrameDataset  # noqa: E402
-from autolabel.training.rounds import open_cache, train_round  # noqa: E402
+from autolabel.training.rounds import fused_labels, open_cache, train_round  # noqa: E402
 from occnet.network import OccupancyNetwork  # noqa: E402
 from occnet.trainer import Trainer, default_workers  # noqa: E402
 
@@ -287,6 +286,25 @@ def steady(small: tuple[int, float], full: tuple[int, float]) -> float:
     return (t_b - t_a) / (n_b - n_a) if n_b > n_a and t_b > t_a else t_b / n_b
 
 
+def warm_then_timed(call, first, whole, run: Path, name: str, final: Path, count: str, device) -> dict:
+    """One stage's calls: an untimed warm-up on the first scene (RUN/warmup/NAME), then timed, the first scene
+    again (RUN/first_scene/NAME) and the whole world into `final` with memory sampled. `count` names the frames
+    a call did in its result. Returns the whole call's frames and seconds, the first scene's, the steady
+    seconds per frame (`steady`) and the memory peaks."""
+    call(first, run / "warmup" / name)
+    a = call(first, run / "first_scene" / name)
+    with MemorySampler(device) as mem:
+        b = call(whole, final)
+    return {
+        "frames": b[count],
+        "seconds": b["seconds"],
+        "first_scene_frames": a[count],
+        "first_scene_seconds": a["seconds"],
+        "s_per_frame": steady((a[count], a["seconds"]), (b[count], b["seconds"])),
+        **mem.result(),
+    }
+
+
 def stage_supervise(run: Path, recipe, device) -> dict:
     """Warm-up on the first scene (left out), then timed: the first scene again, the whole world."""
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
@@ -298,21 +316,10 @@ def stage_supervise(run: Path, recipe, device) -> dict:
             f, provider, path, recipe.network.image_size, sup.lidar_min_depth, sup.lidar_max_depth, progress=False
         )
 
-    call(first_scene(frames, recipe, False), run / "warmup" / "supervision.zarr")
-    a = call(first_scene(frames, recipe, False), run / "first_scene" / "supervision.zarr")
-    with MemorySampler(device) as mem:
-        b = call(frames, recipe.cache_path)
-    per = steady((a["computed"], a["seconds"]), (b["computed"], b["seconds"]))
-    return {
-        "frames": b["computed"],
-        "seconds": b["seconds"],
-        "first_scene_frames": a["computed"],
-        "first_scene_seconds": a["seconds"],
-        "workers": default_workers(),
-        "s_per_frame": per,
-        "s_per_frame_whole_call": b["seconds"] / b["computed"],
-        **mem.result(),
-    }
+    r = warm_then_timed(
+        call, first_scene(frames, recipe, False), frames, run, "supervision.zarr", recipe.cache_path, "computed", device
+    )
+    return {**r, "workers": default_workers(), "s_per_frame_whole_call": r["seconds"] / r["frames"]}
 
 
 def stage_fuse(run: Path, recipe, device) -> dict:
@@ -326,21 +333,10 @@ def stage_fuse(run: Path, recipe, device) -> dict:
         store = LabelStore(path, recipe.network.grid, create=True)
         return fuse_round(f, cache, store, 0, recipe.network.grid, recipe.fusion, device, progress=False)
 
-    call(first_scene(frames, recipe, False), run / "warmup" / "fusion.zarr")
-    a = call(first_scene(frames, recipe, False), run / "first_scene" / "fusion.zarr")
-    with MemorySampler(device) as mem:
-        b = call(frames, recipe.fusion_path)
-    per = steady((a["labelled"], a["seconds"]), (b["labelled"], b["seconds"]))
-    return {
-        "frames": b["labelled"],
-        "seconds": b["seconds"],
-        "first_scene_frames": a["labelled"],
-        "first_scene_seconds": a["seconds"],
-        "window": recipe.fusion.window,
-        "s_per_frame": per,
-        "hours_full": TRAINVAL * per / 3600,
-        **mem.result(),
-    }
+    r = warm_then_timed(
+        call, first_scene(frames, recipe, False), frames, run, "fusion.zarr", recipe.fusion_path, "labelled", device
+    )
+    return {**r, "window": recipe.fusion.window, "hours_full": TRAINVAL * r["s_per_frame"] / 3600}
 
 
 def step_times(history: Path, warmup: int, start_step: int, total: int) -> tuple[list[float], list[float]]:
@@ -401,7 +397,6 @@ def stage_train(run: Path, world: Path, args, device) -> dict:
         torch.cuda.empty_cache()
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     # the fused labels too where the recipe trains on them: the random batch keeps the real one's 3D targets
-    uses_fused = recipe.loss.fused_3d > 0 or recipe.dts.evidence == "fusion"
     dataset = FrameDataset(
         frames,
         recipe.network.image_size,
@@ -409,7 +404,7 @@ def stage_train(run: Path, world: Path, args, device) -> dict:
         cache=open_cache(recipe),
         grid=recipe.network.grid,
         manual={},
-        fused=open_fused(recipe.fusion_path, recipe.network.grid) if uses_fused else None,
+        fused=fused_labels(recipe, training=True),
     )
     b = recipe.train.batch_size * recipe.train.accumulate
     real = torch.utils.data.default_collate([dataset[i % len(dataset)] for i in range(b)])
@@ -493,7 +488,7 @@ def stage_label(run: Path, recipe, device) -> dict:
     ckpt = fresh_checkpoint(recipe, run / "fresh" / "checkpoint.pt")
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     cache = open_cache(recipe)
-    fused = open_fused(recipe.fusion_path, recipe.network.grid) if recipe.dts.evidence == "fusion" else None
+    fused = fused_labels(recipe, training=False)
 
     def call(f, path: Path) -> dict:
         shutil.rmtree(path, ignore_errors=True)
@@ -502,22 +497,17 @@ def stage_label(run: Path, recipe, device) -> dict:
             f, cache, store, 0, recipe.network, recipe.dts, ckpt, device, recipe, progress=False, fused=fused
         )
 
-    call(first_scene(frames, recipe, True), run / "warmup" / "labels.zarr")
-    a = call(first_scene(frames, recipe, True), run / "first_scene" / "labels.zarr")
-    with MemorySampler(device) as mem:
-        b = call(frames, recipe.store_path)
-    per = steady((a["labelled"], a["seconds"]), (b["labelled"], b["seconds"]))
+    r = warm_then_timed(
+        call, first_scene(frames, recipe, True), frames, run, "labels.zarr", recipe.store_path, "labelled", device
+    )
+    per = r.pop("s_per_frame")  # labelling is reported as a rate
     return {
-        "frames": b["labelled"],
-        "seconds": b["seconds"],
-        "first_scene_frames": a["labelled"],
-        "first_scene_seconds": a["seconds"],
+        **r,
         "batch": recipe.dts.batch_size,
         "workers": default_workers(),
         "frames_per_s": 1 / per,
-        "frames_per_s_whole_call": b["labelled"] / b["seconds"],
+        "frames_per_s_whole_call": r["frames"] / r["seconds"],
         "hours_full": TRAINVAL * per / 3600,
-        **mem.result(),
     }
 
 

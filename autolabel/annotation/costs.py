@@ -26,22 +26,8 @@ from ..data.nuscenes import NuScenesFrames
 from .accumulate import key_lidar, read_sweep, target_frame
 from .deliver import bev_cells
 
-OBJECT_CLASS_IDS = tuple(
-    class_id(n)
-    for n in (
-        "others",
-        "barrier",
-        "bicycle",
-        "bus",
-        "car",
-        "construction_vehicle",
-        "motorcycle",
-        "pedestrian",
-        "traffic_cone",
-        "trailer",
-        "truck",
-    )
-)
+# Occ3D orders the object classes first: ids 0 (others) to 10 (truck), the ones annotators draw boxes for
+OBJECT_CLASS_IDS = tuple(range(class_id("truck") + 1))
 
 
 @dataclass

@@ -20,6 +20,7 @@ from ..dts.teacher import EMATeacher
 from ..errors import DataError
 from ..fusion.store import open_fused
 from ..recipe import Recipe
+from ..store.frame_arrays import FrameArrays
 from ..store.labels import LabelStore, read_frame
 from ..supervision.cache import SupervisionCache
 from ..supervision.providers import resolve_device
@@ -81,6 +82,15 @@ def open_cache(recipe: Recipe) -> SupervisionCache:
     return SupervisionCache.open(recipe.cache_path)
 
 
+def fused_labels(recipe: Recipe, training: bool) -> FrameArrays | None:
+    """The run's fused labels (autolabel.fusion) where a round reads them, else None: training reads them for
+    loss.fused_3d and for a teacher with dts.evidence: fusion, labelling for dts.evidence: fusion."""
+    teacher = recipe.dts.evidence == "fusion" and (recipe.dts.enabled or not training)
+    if not (teacher or (training and recipe.loss.fused_3d > 0)):
+        return None
+    return open_fused(recipe.fusion_path, recipe.network.grid)
+
+
 def checkpoint_path(recipe: Recipe, k: int) -> Path:
     return recipe.round_dir(k) / "train" / CHECKPOINT
 
@@ -110,8 +120,7 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
     cache = open_cache(recipe)
     manual = manual_labels(recipe.store_path, recipe.network.grid, selected_from(recipe, k))
     # the fused labels, for the student's 3D targets (loss.fused_3d) and the teacher's evidence
-    uses_fused = recipe.loss.fused_3d > 0 or (recipe.dts.enabled and recipe.dts.evidence == "fusion")
-    fused = open_fused(recipe.fusion_path, recipe.network.grid) if uses_fused else None
+    fused = fused_labels(recipe, training=True)
     dataset = FrameDataset(
         frames,
         recipe.network.image_size,

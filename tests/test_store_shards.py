@@ -73,8 +73,10 @@ def test_default_shard_size_follows_the_frame_bytes(monkeypatch):
     n = 34_149  # nuScenes trainval keyframes
     s_labels = frame_arrays.frames_per_shard(label_specs(GridSpec()), n)
     s_cache = frame_arrays.frames_per_shard(cache_specs(6, (256, 704)), n)
-    assert 50 <= s_labels <= 200 and 16 <= s_cache <= 64
-    # files per array: hundreds to about a thousand, not tens of thousands
+    assert s_labels == 209 and s_cache == 55  # frames of 2.56 MB and 9.7 MB raw: SHARD_BYTES = 512 MiB
+    # a trainval round: 4 label arrays and done per shard, tokens and 7 zarr.json: within 1,000 files (issue 23)
+    assert 5 * -(-n // s_labels) + 1 + 7 == 828
+    # files per array: hundreds, not tens of thousands
     assert -(-n // s_labels) < 500 and -(-n // s_cache) < 1500
     monkeypatch.setenv("AUTOLABEL_SHARD_FRAMES", "3")
     assert frame_arrays.frames_per_shard(SPECS, 10) == 3 and frame_arrays.frames_per_shard(SPECS, 2) == 2
@@ -181,6 +183,27 @@ def test_frames_with_gaps_are_written_into_a_shard(tmp_path):
         want = _frame(i) if i in idx else {"a": np.full((3, 4), 255, np.uint8), "b": np.zeros(5, np.float32)}
         np.testing.assert_array_equal(arrays.read(i, "a"), want["a"])
         np.testing.assert_array_equal(arrays.read(i, "b"), want["b"])
+
+
+def test_a_writer_holds_one_copy_of_a_shard(tmp_path):
+    """ShardWriter copies each frame into its shard's block on arrival: the caller may reuse its arrays,
+    and a writer holds the raw bytes of its started shards once (no stacked second copy at the write)."""
+    arrays = _group(tmp_path / "s.zarr", 10, shard_frames=4)
+    pending = pending_frames(arrays)
+    writer = ShardWriter(arrays, pending)
+    reused = {"a": np.zeros((3, 4), np.uint8), "b": np.zeros(5, np.float32)}
+    for i in pending:
+        reused["a"][:] = _frame(i)["a"]
+        reused["b"][:] = _frame(i)["b"]
+        writer.add(i, **reused)
+        # frame bytes: 12 (a) + 20 (b); a started shard's block holds its 4 frames (the last one 2)
+        assert writer.buffered_bytes == (0 if i in (3, 7, 9) else (4 if i < 8 else 2) * 32)
+    assert writer.buffered == 0 and arrays.done().all()
+    for i in range(10):
+        np.testing.assert_array_equal(arrays.read(i, "a"), _frame(i)["a"])
+        np.testing.assert_array_equal(arrays.read(i, "b"), _frame(i)["b"])
+    with pytest.raises(ValueError, match="array a has shape"):
+        ShardWriter(_group(tmp_path / "t.zarr", 4, shard_frames=4), range(4)).add(0, a=np.zeros(3), b=np.zeros(5))
 
 
 # ---- block reads (export at speed) -----------------------------------------------------------------

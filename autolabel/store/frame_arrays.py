@@ -43,9 +43,16 @@ class ArraySpec:
     fill: Any = 0
 
 
-# Raw bytes of one shard's frames (per array group): what a writer holds in memory before a shard write.
-SHARD_BYTES = 256 << 20
+# Raw bytes of one shard's frames (all arrays of a group): what a writer (`ShardWriter`) holds in memory
+# before a shard write. 512 MiB: a nuScenes trainval round (200x200x16, 4 uint8 arrays) is 209 frames per
+# shard, 164 shards, 828 files (issue 23's target: <= 1,000); 8 ranks of an 8-GPU node hold 4 GiB in all.
+SHARD_BYTES = 512 << 20
 MAX_FRAMES_PER_SHARD = 1024
+
+
+def frame_bytes(specs: Sequence[ArraySpec]) -> int:
+    """Raw bytes of one frame of the specs' arrays."""
+    return sum(int(np.prod(sp.shape)) * np.dtype(sp.dtype).itemsize for sp in specs)
 
 
 def frames_per_shard(specs: Sequence[ArraySpec], n: int) -> int:
@@ -54,8 +61,7 @@ def frames_per_shard(specs: Sequence[ArraySpec], n: int) -> int:
     if os.environ.get("AUTOLABEL_SHARD_FRAMES"):
         s = int(os.environ["AUTOLABEL_SHARD_FRAMES"])
     else:
-        frame_bytes = sum(int(np.prod(sp.shape)) * np.dtype(sp.dtype).itemsize for sp in specs)
-        s = min(MAX_FRAMES_PER_SHARD, SHARD_BYTES // max(frame_bytes, 1))
+        s = min(MAX_FRAMES_PER_SHARD, SHARD_BYTES // max(frame_bytes(specs), 1))
     return max(1, min(s, max(n, 1)))
 
 
@@ -366,32 +372,59 @@ def pending_frames(arrays: FrameArrays, rank: int = 0, world: int = 1) -> list[i
 class ShardWriter:
     """Collects frames computed in any order and writes each shard's frames together once every one of
     them (among `pending`) has arrived. Frames still buffered when the run stops are not done, so a
-    rerun computes them again; nothing already written is touched."""
+    rerun computes them again; nothing already written is touched.
+
+    Memory: a shard's frames are copied on arrival into one preallocated block per array (its pending
+    frames, at most S), which is written as it is: a writer holds at most the raw bytes of the shards it
+    has started (one at a time when frames arrive in order), about SHARD_BYTES, and no second copy when it
+    writes them (it used to keep the frames' own arrays and stack them for the write: twice that)."""
 
     def __init__(self, arrays: FrameArrays, pending: Sequence[int]):
         self.arrays = arrays
-        self.expected: dict[int, set[int]] = {}
-        for i in pending:
-            self.expected.setdefault(arrays.shard_of(i), set()).add(int(i))
-        self.buffer: dict[int, dict[int, dict[str, np.ndarray]]] = {}
+        self.expected: dict[int, list[int]] = {}
+        for i in sorted({int(i) for i in pending}):
+            self.expected.setdefault(arrays.shard_of(i), []).append(i)
+        # shard -> (its pending frames' rows in the blocks, {name: (frames, *shape) block}, frames arrived)
+        self.buffer: dict[int, tuple[dict[int, int], dict[str, np.ndarray], set[int]]] = {}
 
     def add(self, i: int, **arrays: np.ndarray) -> None:
         s = self.arrays.shard_of(i)
         if int(i) not in self.expected.get(s, ()):
             raise ValueError(f"{self.arrays.where}: frame {i} is not pending here")
-        self.buffer.setdefault(s, {})[int(i)] = arrays
-        if len(self.buffer[s]) == len(self.expected[s]):
+        specs = self.arrays.specs
+        if set(arrays) != set(specs):
+            raise ValueError(f"{self.arrays.where}: write needs exactly {sorted(specs)}, got {sorted(arrays)}")
+        for name, value in arrays.items():
+            if np.shape(value) != specs[name].shape:
+                raise ValueError(
+                    f"{self.arrays.where}: frame {self.arrays.tokens[int(i)]} array {name} has shape "
+                    f"{np.shape(value)}, expected {specs[name].shape}"
+                )
+        if s not in self.buffer:
+            frames = self.expected[s]
+            blocks = {name: np.empty((len(frames), *sp.shape), sp.dtype) for name, sp in specs.items()}
+            self.buffer[s] = ({f: r for r, f in enumerate(frames)}, blocks, set())
+        rows, blocks, arrived = self.buffer[s]
+        for name, value in arrays.items():
+            blocks[name][rows[int(i)]] = value  # a copy: the caller may reuse its arrays
+        arrived.add(int(i))
+        if len(arrived) == len(rows):
             self._flush(s)
 
     def _flush(self, s: int) -> None:
-        frames = self.buffer.pop(s)
-        idx = sorted(frames)
-        self.arrays.write_frames(idx, **{name: np.stack([frames[i][name] for i in idx]) for name in self.arrays.specs})
+        rows, blocks, _ = self.buffer.pop(s)
+        self.arrays.write_frames(list(rows), **blocks)
         del self.expected[s]
 
     @property
     def buffered(self) -> int:
-        return sum(len(b) for b in self.buffer.values())
+        """Frames computed and not yet written."""
+        return sum(len(arrived) for _, _, arrived in self.buffer.values())
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the blocks held for shards not yet written."""
+        return sum(b.nbytes for _, blocks, _ in self.buffer.values() for b in blocks.values())
 
 
 def open_root(path: str | Path, mode: str):

@@ -87,7 +87,7 @@ def thresholds_for(arrays: FrameArrays, drop_quantile: float, workers: int | Non
 def as_occ3d(semantics: np.ndarray) -> np.ndarray:
     """A store's semantics as Occ3D files hold them: a voxel the labeller left unlabelled (255: fusion's
     unobserved voxels) is free there, and never confident (confident_mask), so it is masked out."""
-    return np.where(semantics == IGNORE_ID, FREE_ID, semantics).astype(np.uint8)
+    return np.where(semantics == IGNORE_ID, FREE_ID, semantics).astype(np.uint8, copy=False)
 
 
 def level_lut(thresholds: np.ndarray) -> np.ndarray:
@@ -102,7 +102,7 @@ def level_lut(thresholds: np.ndarray) -> np.ndarray:
 
 def kept_mask(semantics: np.ndarray, confidence: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """bool: voxels whose confidence clears their class's threshold (unlabelled voxels never do)."""
-    return confidence >= level_lut(thresholds)[semantics]
+    return confidence >= np.take(level_lut(thresholds), semantics)  # take: twice as fast as lut[semantics]
 
 
 def thresholded(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:

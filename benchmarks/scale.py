@@ -56,7 +56,7 @@ from autolabel.dts.label import label_round  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
 from autolabel.dts.teacher import EMATeacher  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
-from autolabel.store.frame_arrays import ArraySpec, frames_per_shard  # noqa: E402
+from autolabel.store.frame_arrays import ArraySpec, frame_bytes, frames_per_shard  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
 from autolabel.store.rounds import export_occ3d  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
@@ -206,6 +206,8 @@ def group_at_scale(group_dir: Path, frames_now: int, frames_full: int) -> dict:
         "arrays_per_frame": len(per_frame),
         "files_full": data_full + meta_files,
         "bytes_full": size / frames_now * frames_full,
+        # what a writer process (ShardWriter) holds at full size: one shard's frames, raw
+        "writer_bytes_full": s_full * frame_bytes(specs),
     }
 
 
@@ -649,7 +651,8 @@ def table(r: dict) -> str:
         lines.append(
             f"| store: the round's group (labels.zarr/round_0) | {g['files']} files, {g['bytes'] / 1e6:.1f} MB "
             f"| {g['bytes_per_frame'] / 1e3:.0f} kB | {g['files_full']:,} files ({g['arrays_per_frame']} arrays x "
-            f"{math.ceil(TRAINVAL / g['frames_per_shard_full'])} shards of {g['frames_per_shard_full']} frames), "
+            f"{math.ceil(TRAINVAL / g['frames_per_shard_full'])} shards of {g['frames_per_shard_full']} frames; "
+            f"a writer holds {g['writer_bytes_full'] / 2**20:.0f} MiB), "
             f"{g['bytes_full'] / 1e9:.1f} GB | <= {TARGET_ROUND_FILES:,} files | "
             f"{verdict(g['files_full'] <= TARGET_ROUND_FILES, True)} |"
         )
@@ -657,7 +660,8 @@ def table(r: dict) -> str:
         lines.append(
             f"| supervision cache (supervision.zarr) | {c['files']} files, {c['bytes'] / 1e6:.1f} MB | "
             f"{c['bytes_per_frame'] / 1e6:.2f} MB | {c['files_full']:,} files ({c['arrays_per_frame']} arrays x "
-            f"{math.ceil(TRAINVAL / c['frames_per_shard_full'])} shards of {c['frames_per_shard_full']} frames), "
+            f"{math.ceil(TRAINVAL / c['frames_per_shard_full'])} shards of {c['frames_per_shard_full']} frames; "
+            f"a writer holds {c['writer_bytes_full'] / 2**20:.0f} MiB), "
             f"{c['bytes_full'] / 1e9:.0f} GB | - | |"
         )
     if e:

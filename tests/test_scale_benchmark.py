@@ -31,6 +31,8 @@ def test_scale_benchmark_runs_micro(tmp_path):
     # four label arrays and done, one shard each at this size; at full size the shards hold S frames each
     assert rnd["arrays_per_frame"] == 5 and rnd["frames_per_shard_now"] == 2
     assert rnd["files_full"] == 5 * math.ceil(34_149 / rnd["frames_per_shard_full"]) + 1 + (rnd["files"] - 5 - 1)
+    # a writer holds one shard of raw frames, at most SHARD_BYTES (512 MiB)
+    assert 0 < rnd["writer_bytes_full"] <= 512 * 2**20 and 0 < cache["writer_bytes_full"] <= 512 * 2**20
     assert cache["arrays_per_frame"] == 5 and cache["bytes_per_frame"] > rnd["bytes_per_frame"]
     for stage in ("supervise", "label", "export"):
         assert r[stage]["host_peak_bytes"] > 0 and r[stage]["gpu_peak_bytes"] is None

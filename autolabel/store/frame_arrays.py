@@ -43,9 +43,16 @@ class ArraySpec:
     fill: Any = 0
 
 
-# Raw bytes of one shard's frames (per array group): what a writer holds in memory before a shard write.
-SHARD_BYTES = 256 << 20
+# Raw bytes of one shard's frames (all arrays of a group): what a writer (`ShardWriter`) holds in memory
+# before a shard write. 512 MiB: a nuScenes trainval round (200x200x16, 4 uint8 arrays) is 209 frames per
+# shard, 164 shards, 828 files (issue 23's target: <= 1,000); 8 ranks of an 8-GPU node hold 4 GiB in all.
+SHARD_BYTES = 512 << 20
 MAX_FRAMES_PER_SHARD = 1024
+
+
+def frame_bytes(specs: Sequence[ArraySpec]) -> int:
+    """Raw bytes of one frame of the specs' arrays."""
+    return sum(int(np.prod(sp.shape)) * np.dtype(sp.dtype).itemsize for sp in specs)
 
 
 def frames_per_shard(specs: Sequence[ArraySpec], n: int) -> int:
@@ -54,8 +61,7 @@ def frames_per_shard(specs: Sequence[ArraySpec], n: int) -> int:
     if os.environ.get("AUTOLABEL_SHARD_FRAMES"):
         s = int(os.environ["AUTOLABEL_SHARD_FRAMES"])
     else:
-        frame_bytes = sum(int(np.prod(sp.shape)) * np.dtype(sp.dtype).itemsize for sp in specs)
-        s = min(MAX_FRAMES_PER_SHARD, SHARD_BYTES // max(frame_bytes, 1))
+        s = min(MAX_FRAMES_PER_SHARD, SHARD_BYTES // max(frame_bytes(specs), 1))
     return max(1, min(s, max(n, 1)))
 
 
@@ -87,6 +93,7 @@ class FrameArrays:
                 f"to recompute it, or restore it"
             ) from None
         self._index = {t: i for i, t in enumerate(self.tokens)}
+        self._arrays: dict[str, Any] = {}  # opened zarr arrays: their metadata is fixed once the group exists
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -173,10 +180,17 @@ class FrameArrays:
         except KeyError:
             raise DataError(f"{self.where}: sample token {token!r} is not in it") from None
 
+    def _array(self, name: str):
+        """The zarr array `name`, opened once (opening reads its zarr.json from the store every time)."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self.group[name]
+        return arr
+
     def _get(self, name: str, i: int | slice) -> np.ndarray:
         """arrays[name][i]; a chunk that cannot be decoded is a DataError naming the array, group and frame."""
         try:
-            return np.asarray(self.group[name][i])
+            return np.asarray(self._array(name)[i])
         except Exception as exc:  # zarr / numcodecs raise many types for a damaged chunk or metadata
             frame = f"frame {self.tokens[i]}" if isinstance(i, int) else "one of its frames"
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -189,7 +203,7 @@ class FrameArrays:
     @property
     def shard_frames(self) -> int:
         """S: frames per shard file (1 for groups written before sharding: one file per frame)."""
-        shards = self.group["done"].shards
+        shards = self._array("done").shards
         return int(shards[0]) if shards else 1
 
     def shard_of(self, i: int) -> int:
@@ -199,7 +213,7 @@ class FrameArrays:
         """Frame i's file (its shard's, or its chunk's in an unsharded group) exists."""
         from zarr.core.sync import sync
 
-        arr = self.group[name]
+        arr = self._array(name)
         key = arr.metadata.encode_chunk_key((self.shard_of(i),) + (0,) * (arr.ndim - 1))
         return bool(sync((arr.store_path / key).exists()))
 
@@ -259,13 +273,15 @@ class FrameArrays:
             raise
 
     def _put(self, name: str, idx: np.ndarray, value: np.ndarray) -> None:
-        arr = self.group[name]
+        arr = self._array(name)
         if len(idx) == 1:
             arr[int(idx[0])] = value[0]
-        elif (np.diff(idx) == 1).all():
-            arr[int(idx[0]) : int(idx[-1]) + 1] = value  # whole shards are written without reading them
         else:
-            arr.oindex[idx] = value
+            # one write per run of consecutive frames (whole shards are written without reading them); zarr's
+            # orthogonal writes (arr.oindex[idx]) fail for sharded arrays of more than one dimension
+            cuts = np.flatnonzero(np.diff(idx) != 1) + 1
+            for run, rows in zip(np.split(idx, cuts), np.split(np.arange(len(idx)), cuts)):
+                arr[int(run[0]) : int(run[-1]) + 1] = value[rows[0] : rows[-1] + 1]
 
     def check_complete(self) -> None:
         """Every done frame has a chunk in every array: a command that writes one file per frame (export)
@@ -293,6 +309,54 @@ class FrameArrays:
             )
         return self._get(name, i)
 
+    def read_frames(self, start: int, stop: int, names: Sequence[str], done: np.ndarray | None = None) -> dict:
+        """{name: frames start..stop-1 of array name}, one read per array: the frames of a shard decode together
+        instead of one read (and one shard-file check) per frame and array. Like `read`, a done frame whose file
+        is missing is a DataError (checked once per shard file and call, never cached: the files may change
+        between calls), and a chunk that cannot be decoded names its frame. `done`: the group's `done()`, if the
+        caller has it."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start < stop <= len(self):
+            raise ValueError(f"{self.where}: frames {start}..{stop - 1} outside 0..{len(self) - 1}")
+        done = self.done() if done is None else done
+        S = self.shard_frames
+        out = {}
+        for name in names:
+            for s in range(start // S, (stop - 1) // S + 1):
+                lo, hi = max(start, s * S), min(stop, (s + 1) * S)
+                if done[lo:hi].any() and not self._chunk_exists(name, lo):
+                    i = lo + int(np.argmax(done[lo:hi]))
+                    raise DataError(
+                        f"{self.where}: array {name!r} of group {self.group.path!r}, frame {self.tokens[i]} is "
+                        f"marked done but its chunk is missing; delete the group to recompute it, or restore the chunk"
+                    )
+            try:
+                out[name] = self._get(name, slice(start, stop))
+            except DataError:
+                for i in range(start, stop):  # name the frame whose chunk cannot be decoded
+                    self._get(name, i)
+                raise
+        return out
+
+    def iter_frames(
+        self, indices: Sequence[int], names: Sequence[str], block: int = 32, done: np.ndarray | None = None
+    ):
+        """Yield (i, {name: frame i of array name}) for `indices` in increasing order, read `block` frames at a
+        time (within a shard) with `read_frames`: memory is `block` frames of the arrays, whatever S is."""
+        idx = np.unique(np.asarray(indices, dtype=np.int64))
+        done = self.done() if done is None else done
+        S = self.shard_frames
+        k = 0
+        while k < len(idx):
+            start = int(idx[k])
+            end = min((start // S + 1) * S, start + block)  # never beyond this shard nor `block` frames
+            j = k + int(np.searchsorted(idx[k:], end))
+            stop = int(idx[j - 1]) + 1
+            frames = self.read_frames(start, stop, names, done)
+            for i in idx[k:j]:
+                yield int(i), {name: frames[name][int(i) - start] for name in names}
+            k = j
+
     @property
     def attrs(self) -> dict:
         return dict(self.group.attrs)
@@ -308,32 +372,59 @@ def pending_frames(arrays: FrameArrays, rank: int = 0, world: int = 1) -> list[i
 class ShardWriter:
     """Collects frames computed in any order and writes each shard's frames together once every one of
     them (among `pending`) has arrived. Frames still buffered when the run stops are not done, so a
-    rerun computes them again; nothing already written is touched."""
+    rerun computes them again; nothing already written is touched.
+
+    Memory: a shard's frames are copied on arrival into one preallocated block per array (its pending
+    frames, at most S), which is written as it is: a writer holds at most the raw bytes of the shards it
+    has started (one at a time when frames arrive in order), about SHARD_BYTES, and no second copy when it
+    writes them (it used to keep the frames' own arrays and stack them for the write: twice that)."""
 
     def __init__(self, arrays: FrameArrays, pending: Sequence[int]):
         self.arrays = arrays
-        self.expected: dict[int, set[int]] = {}
-        for i in pending:
-            self.expected.setdefault(arrays.shard_of(i), set()).add(int(i))
-        self.buffer: dict[int, dict[int, dict[str, np.ndarray]]] = {}
+        self.expected: dict[int, list[int]] = {}
+        for i in sorted({int(i) for i in pending}):
+            self.expected.setdefault(arrays.shard_of(i), []).append(i)
+        # shard -> (its pending frames' rows in the blocks, {name: (frames, *shape) block}, frames arrived)
+        self.buffer: dict[int, tuple[dict[int, int], dict[str, np.ndarray], set[int]]] = {}
 
     def add(self, i: int, **arrays: np.ndarray) -> None:
         s = self.arrays.shard_of(i)
         if int(i) not in self.expected.get(s, ()):
             raise ValueError(f"{self.arrays.where}: frame {i} is not pending here")
-        self.buffer.setdefault(s, {})[int(i)] = arrays
-        if len(self.buffer[s]) == len(self.expected[s]):
+        specs = self.arrays.specs
+        if set(arrays) != set(specs):
+            raise ValueError(f"{self.arrays.where}: write needs exactly {sorted(specs)}, got {sorted(arrays)}")
+        for name, value in arrays.items():
+            if np.shape(value) != specs[name].shape:
+                raise ValueError(
+                    f"{self.arrays.where}: frame {self.arrays.tokens[int(i)]} array {name} has shape "
+                    f"{np.shape(value)}, expected {specs[name].shape}"
+                )
+        if s not in self.buffer:
+            frames = self.expected[s]
+            blocks = {name: np.empty((len(frames), *sp.shape), sp.dtype) for name, sp in specs.items()}
+            self.buffer[s] = ({f: r for r, f in enumerate(frames)}, blocks, set())
+        rows, blocks, arrived = self.buffer[s]
+        for name, value in arrays.items():
+            blocks[name][rows[int(i)]] = value  # a copy: the caller may reuse its arrays
+        arrived.add(int(i))
+        if len(arrived) == len(rows):
             self._flush(s)
 
     def _flush(self, s: int) -> None:
-        frames = self.buffer.pop(s)
-        idx = sorted(frames)
-        self.arrays.write_frames(idx, **{name: np.stack([frames[i][name] for i in idx]) for name in self.arrays.specs})
+        rows, blocks, _ = self.buffer.pop(s)
+        self.arrays.write_frames(list(rows), **blocks)
         del self.expected[s]
 
     @property
     def buffered(self) -> int:
-        return sum(len(b) for b in self.buffer.values())
+        """Frames computed and not yet written."""
+        return sum(len(arrived) for _, _, arrived in self.buffer.values())
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the blocks held for shards not yet written."""
+        return sum(b.nbytes for _, blocks, _ in self.buffer.values() for b in blocks.values())
 
 
 def open_root(path: str | Path, mode: str):

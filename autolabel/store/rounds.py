@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,21 +19,54 @@ from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES, OCC3D_CLASS_NAMES
 from occnet.metrics import OccupancyMetric
 
 from ..data.occ3d import Occ3DLabels, labels_path, read_labels, write_labels
-from ..dts.pseudo import LEVELS, class_thresholds, confidence_histogram, threshold
+from ..dts.pseudo import LEVELS, class_thresholds
 from ..errors import DataError
 from .frame_arrays import FrameArrays
-from .labels import LabelStore, read_frame
+from .labels import ARRAYS, LabelStore, read_frame
 
 
-def round_histogram(arrays: FrameArrays, progress: bool = False) -> np.ndarray:
-    """(NUM_CLASSES, 256) confidence-level counts per class over the round's finished frames."""
-    hist = torch.zeros(NUM_CLASSES, LEVELS, dtype=torch.int64)
+def level_histogram(semantics: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """(NUM_CLASSES, 256) int64 counts of confidence levels per class (voxels labelled 255 skipped): what
+    `dts.pseudo.confidence_histogram` counts, on uint8 arrays of any shape (a block of frames at once)."""
+    key = semantics.astype(np.uint16) << 8 | confidence  # class * 256 + level; 255 * 256 + level: unlabelled
+    counts = np.bincount(key.reshape(-1), minlength=1 << 16)
+    return counts[: NUM_CLASSES * LEVELS].reshape(NUM_CLASSES, LEVELS).astype(np.int64)
+
+
+def export_workers() -> int:
+    """Threads that compute histograms and build and write the labels.npz files: zlib, file writes, bincount
+    and numpy's element-wise operations release the GIL, so they overlap each other and the reading of the
+    next frames (zarr decodes in its own threads)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def threaded(fn: Callable, items: Iterable[tuple], workers: int | None = None) -> Iterator:
+    """fn(*item) for each item, in order, computed by `workers` threads (default `export_workers()`) at most
+    2 x workers items ahead of the caller (bounded memory). On an error, items not yet started are dropped."""
+    workers = workers or export_workers()
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="autolabel-store")
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, *item))
+            while len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def round_histogram(arrays: FrameArrays, progress: bool = False, workers: int | None = None) -> np.ndarray:
+    """(NUM_CLASSES, 256) confidence-level counts per class over the round's finished frames (read a block of
+    frames at a time, counted by `workers` threads)."""
+    hist = np.zeros((NUM_CLASSES, LEVELS), np.int64)
     done = arrays.done()
-    for i in tqdm(np.flatnonzero(done), desc="confidence histogram", disable=not progress):
-        hist += confidence_histogram(
-            torch.from_numpy(arrays.read(i, "semantics")), torch.from_numpy(arrays.read(i, "confidence"))
-        )
-    return hist.numpy()
+    frames = arrays.iter_frames(np.flatnonzero(done), ("semantics", "confidence"), done=done)
+    counts = threaded(level_histogram, ((f["semantics"], f["confidence"]) for _, f in frames), workers)
+    for h in tqdm(counts, total=int(done.sum()), desc="confidence histogram", disable=not progress):
+        hist += h
+    return hist
 
 
 def check_drop_quantile(q: float) -> None:
@@ -42,25 +78,39 @@ def check_drop_quantile(q: float) -> None:
         )
 
 
-def thresholds_for(arrays: FrameArrays, drop_quantile: float) -> np.ndarray:
+def thresholds_for(arrays: FrameArrays, drop_quantile: float, workers: int | None = None) -> np.ndarray:
     """(NUM_CLASSES,) per-class confidence-level thresholds over the whole round."""
     check_drop_quantile(drop_quantile)
-    return class_thresholds(torch.from_numpy(round_histogram(arrays)), drop_quantile).numpy()
+    return class_thresholds(torch.from_numpy(round_histogram(arrays, workers=workers)), drop_quantile).numpy()
 
 
 def as_occ3d(semantics: np.ndarray) -> np.ndarray:
     """A store's semantics as Occ3D files hold them: a voxel the labeller left unlabelled (255: fusion's
     unobserved voxels) is free there, and never confident (confident_mask), so it is masked out."""
-    return np.where(semantics == IGNORE_ID, FREE_ID, semantics).astype(np.uint8)
+    return np.where(semantics == IGNORE_ID, FREE_ID, semantics).astype(np.uint8, copy=False)
+
+
+def level_lut(thresholds: np.ndarray) -> np.ndarray:
+    """(256,) uint16: the lowest kept confidence level for each semantics value, as `dts.pseudo.threshold`
+    applies the thresholds (ids past the table clamp to its last class; 255, unlabelled, is never kept)."""
+    thresholds = np.asarray(thresholds).astype(np.uint16)
+    lut = np.full(256, thresholds[NUM_CLASSES - 1], np.uint16)
+    lut[:NUM_CLASSES] = thresholds
+    lut[IGNORE_ID] = LEVELS
+    return lut
+
+
+def kept_mask(semantics: np.ndarray, confidence: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """bool: voxels whose confidence clears their class's threshold (unlabelled voxels never do)."""
+    return confidence >= np.take(level_lut(thresholds), semantics)  # take: twice as fast as lut[semantics]
 
 
 def thresholded(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
     """A frame's semantics with voxels under their class threshold set to 255 (None: all kept)."""
     if thresholds is None:
         return frame["semantics"]
-    return threshold(
-        torch.from_numpy(frame["semantics"]), torch.from_numpy(frame["confidence"]), torch.from_numpy(thresholds)
-    ).numpy()
+    sem = frame["semantics"]
+    return np.where(kept_mask(sem, frame["confidence"], thresholds), sem, np.uint8(IGNORE_ID))
 
 
 # How an export represents the voxels the confidence thresholds drop (issue 19), also written into export.json.
@@ -87,11 +137,55 @@ def confident_mask(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
     sem = frame["semantics"]
     if thresholds is None:
         return sem != IGNORE_ID
-    return thresholded(frame, thresholds) != IGNORE_ID
+    return kept_mask(sem, frame["confidence"], thresholds)
+
+
+def _export_frame(
+    f: dict, m: dict | None, thr: np.ndarray | None, grid, path: Path, token: str
+) -> tuple[str, str, int, int]:
+    """Write one frame's labels.npz from its round arrays `f` and its manual labels `m` (None: pseudo-labels
+    only); returns (label source, token, kept and total voxels of mask_camera)."""
+    if m is not None and (m["confidence"] == 255).all():
+        labels = Occ3DLabels(
+            m["semantics"], m["mask_lidar"], m["mask_camera"], np.ones(grid.shape, np.uint8), source="manual"
+        )
+        write_labels(path, labels, grid)
+        return "manual", token, 0, 0
+    if m is not None:  # region-level labels (issue 21): the annotated tiles over the pseudo-labels
+        ann = m["confidence"] == 255
+        conf = confident_mask(f, thr) | ann
+        pick = {key: np.where(ann, m[key], f[key]) for key in ("semantics", "mask_camera", "mask_lidar")}
+        labels = Occ3DLabels(
+            pick["semantics"],
+            (pick["mask_lidar"].astype(bool) & conf).astype(np.uint8),
+            (pick["mask_camera"].astype(bool) & conf).astype(np.uint8),
+            conf.astype(np.uint8),
+            source="region",
+            mask_annotated=ann.astype(np.uint8),
+        )
+        write_labels(path, labels, grid)
+        return "region", token, 0, 0
+    conf = confident_mask(f, thr)
+    cam = f["mask_camera"].astype(bool)
+    cam_kept = cam & conf
+    labels = Occ3DLabels(
+        as_occ3d(f["semantics"]),
+        (f["mask_lidar"].astype(bool) & conf).view(np.uint8),
+        cam_kept.view(np.uint8),
+        conf.view(np.uint8),
+        source="pseudo",
+    )
+    write_labels(path, labels, grid)
+    return "pseudo", token, int(np.count_nonzero(cam_kept)), int(np.count_nonzero(cam))
 
 
 def export_occ3d(
-    store: LabelStore, k: int, out: str | Path, drop_quantile: float | None, progress: bool = True
+    store: LabelStore,
+    k: int,
+    out: str | Path,
+    drop_quantile: float | None,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> dict:
     """Write round k as ``OUT/gts/<scene>/<token>/labels.npz``; returns the export summary (also OUT/export.json).
 
@@ -103,6 +197,9 @@ def export_occ3d(
     code, which loads ``semantics`` and a mask and indexes by class, leaves dropped voxels out without
     knowing about thresholds. With ``drop_quantile=None`` nothing is dropped (mask_confident is all 1).
     export.json lists the manual frames; ``kept_in_mask_camera`` is over the pseudo-labelled frames.
+
+    The round is read a block of frames at a time (`FrameArrays.iter_frames`), and `workers` threads
+    (`threaded`) build and write the files a bounded number of frames behind the reading.
     """
     arrays = store.round(k)
     arrays.check_complete()  # a missing chunk stops the export before its first file, not halfway
@@ -111,47 +208,27 @@ def export_occ3d(
     if manual is not None:
         manual.check_complete()
     scenes = store.scene_of(arrays)
-    thr = thresholds_for(arrays, drop_quantile) if drop_quantile is not None else None
+    thr = thresholds_for(arrays, drop_quantile, workers) if drop_quantile is not None else None
     done = arrays.done()
     kept = total = 0
     manual_tokens, region_tokens = [], []
-    for i in tqdm(np.flatnonzero(done), desc=f"export round {k}", disable=not progress):
-        token = arrays.tokens[i]
-        j = manual.index(token) if manual is not None and manual.has(token) else None
-        m = read_frame(manual, j) if j is not None and manual_done[j] else None
-        if m is not None and (m["confidence"] == 255).all():
-            labels = Occ3DLabels(
-                m["semantics"], m["mask_lidar"], m["mask_camera"], np.ones(store.grid.shape, np.uint8), source="manual"
-            )
+
+    def jobs():
+        for i, f in arrays.iter_frames(np.flatnonzero(done), ARRAYS, done=done):
+            token = arrays.tokens[i]
+            j = manual.index(token) if manual is not None and manual.has(token) else None
+            m = read_frame(manual, j) if j is not None and manual_done[j] else None
+            yield f, m, thr, store.grid, labels_path(out, scenes[token], token), token
+
+    written = threaded(_export_frame, jobs(), workers)
+    for source, token, n_kept, n_total in tqdm(
+        written, total=int(done.sum()), desc=f"export round {k}", disable=not progress
+    ):
+        kept, total = kept + n_kept, total + n_total
+        if source == "manual":
             manual_tokens.append(token)
-        elif m is not None:  # region-level labels (issue 21): the annotated tiles over the pseudo-labels
-            f = read_frame(arrays, int(i))
-            ann = m["confidence"] == 255
-            conf = confident_mask(f, thr) | ann
-            pick = {key: np.where(ann, m[key], f[key]) for key in ("semantics", "mask_camera", "mask_lidar")}
-            labels = Occ3DLabels(
-                pick["semantics"],
-                (pick["mask_lidar"].astype(bool) & conf).astype(np.uint8),
-                (pick["mask_camera"].astype(bool) & conf).astype(np.uint8),
-                conf.astype(np.uint8),
-                source="region",
-                mask_annotated=ann.astype(np.uint8),
-            )
+        elif source == "region":
             region_tokens.append(token)
-        else:
-            f = read_frame(arrays, int(i))
-            conf = confident_mask(f, thr)
-            cam = f["mask_camera"].astype(bool)
-            labels = Occ3DLabels(
-                as_occ3d(f["semantics"]),
-                (f["mask_lidar"].astype(bool) & conf).astype(np.uint8),
-                (cam & conf).astype(np.uint8),
-                conf.astype(np.uint8),
-                source="pseudo",
-            )
-            kept += int((cam & conf).sum())
-            total += int(cam.sum())
-        write_labels(labels_path(out, scenes[token], token), labels, store.grid)
     summary = {
         "store": str(store.path),
         "round": k,

@@ -1,6 +1,6 @@
 """Evidence-fusion speed at nuScenes scale (issue 20): seconds per labelled keyframe for `autolabel.fusion.fuse`.
 
-    python benchmarks/fusion_speed.py [--device cuda|cpu] [--window 3] [--sweeps 10] [--reps 5]
+    python benchmarks/fusion_speed.py [--device cuda|cpu] [--window 3] [--sweeps 10] [--reps 5] [--voxels rules,hits]
 
 The window is built from the real nuScenes sample (tests/data/nuscenes-sample): its LiDAR sweep (about 34,700
 points) and its six cameras' calibration, replayed at the poses of an ego driving straight at 10 m/s, so that
@@ -8,7 +8,8 @@ each of the 2 x window + 1 keyframes carries `--sweeps` sweeps (20 Hz) and six c
 are blocks of 16 x 16 pixels of one class each (the vote's cost does not depend on what the classes are).
 Cases: the views at the nuScenes recipe's network resolution (256x704, what the supervision cache holds
 and `fuse_round` votes with) and at the cameras' full 1600x900. Medians over --reps after a warm-up,
-synchronised on CUDA; the table also gives the share of the time in the vote and in the free-space walk.
+synchronised on CUDA; the table also gives the time in the vote and in making voxels (free-space walk and, for
+`--voxels rules`, the point-label rules on the CPU), for each `fusion.voxels` mode.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from autolabel.annotation.accumulate import missing_beams  # noqa: E402
 from autolabel.data.nuscenes import NuScenesFrames  # noqa: E402
 from autolabel.data.transforms import ResizeCrop  # noqa: E402
 from autolabel.fusion import fuse as fuse_module  # noqa: E402
@@ -50,8 +52,12 @@ def window(
 ) -> tuple[list[Sweep], list[View]]:
     """Sweeps and views of a (2 window + 1)-keyframe window replayed from one real frame (module docstring)."""
     g = np.random.default_rng(seed)
-    pts = frame.lidar.points[frame.lidar.time_lag == 0, :3].astype(np.float64)
+    key_pts = frame.lidar.points[frame.lidar.time_lag == 0]
+    pts = key_pts[:, :3].astype(np.float64)
     origin = frame.lidar.lidar2ego[:3, 3]
+    ego2lidar = np.linalg.inv(frame.lidar.lidar2ego)  # the beams without a return, from the sensor-frame points
+    beams, free = missing_beams(np.concatenate([pts @ ego2lidar[:3, :3].T + ego2lidar[:3, 3], key_pts[:, 3:]], 1))
+    beams = beams @ frame.lidar.lidar2ego[:3, :3].T
     out_sweeps, views = [], []
     for j, key in enumerate(range(-window, window + 1)):
         for s in range(sweeps):
@@ -65,6 +71,8 @@ def window(
                     keyframe=torch.full((len(xyz),), s == 0, device=device),
                     seconds=torch.full((len(xyz),), t, dtype=torch.float64, device=device),
                     source=j,
+                    beams=beams @ pose[:3, :3].T if s == 0 else None,
+                    beam_free=free if s == 0 else None,
                 )
             )
         for cam in frame.cameras:
@@ -108,25 +116,28 @@ def main() -> None:
     ap.add_argument("--sweeps", type=int, default=10)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sizes", default="256x704,900x1600", help="view resolutions HxW, comma-separated")
+    ap.add_argument("--voxels", default="rules,hits", help="fusion.voxels modes to time, comma-separated")
     args = ap.parse_args()
     device = torch.device(args.device)
     frames = NuScenesFrames(SAMPLE, "v1.0-mini", load_images=False)
     frame = frames.frame(frames.tokens[0], images=False)
-    grid, cfg = GridSpec(), FusionConfig(window=args.window)
+    grid = GridSpec()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"fusion of one keyframe on {name}: +-{args.window} keyframes x {args.sweeps} sweeps of "
         f"{int((frame.lidar.time_lag == 0).sum())} points, 6 cameras per keyframe, grid {grid.shape}"
     )
-    print(f"{'views':>10}{'points':>11}{'views':>7}{'s/frame':>10}{'vote s':>9}{'walk+rest s':>13}")
-    for size in args.sizes.split(","):
-        hw = tuple(int(v) for v in size.split("x"))
-        sweeps, views = window(frame, args.window, args.sweeps, hw, device)
-        total = timed(lambda: fuse(sweeps, views, grid, cfg), device, args.reps)
-        pts = torch.cat([s.points for s in sweeps])
-        src = torch.cat([torch.full((len(s.points),), s.source, device=device) for s in sweeps])
-        vote = timed(lambda: fuse_module.vote(pts, src, views, cfg), device, args.reps)
-        print(f"{size:>10}{len(pts):>11}{len(views):>7}{total:>10.3f}{vote:>9.3f}{total - vote:>13.3f}")
+    print(f"{'voxels':>7}{'views':>10}{'points':>11}{'views':>7}{'s/frame':>10}{'vote s':>9}{'voxels s':>10}")
+    for mode in args.voxels.split(","):
+        cfg = FusionConfig(window=args.window, voxels=mode)
+        for size in args.sizes.split(","):
+            hw = tuple(int(v) for v in size.split("x"))
+            sweeps, views = window(frame, args.window, args.sweeps, hw, device)
+            total = timed(lambda: fuse(sweeps, views, grid, cfg, args.window), device, args.reps)
+            pts = torch.cat([s.points for s in sweeps])
+            src = torch.cat([torch.full((len(s.points),), s.source, device=device) for s in sweeps])
+            vote = timed(lambda: fuse_module.vote(pts, src, views, cfg), device, args.reps)
+            print(f"{mode:>7}{size:>10}{len(pts):>11}{len(views):>7}{total:>10.3f}{vote:>9.3f}{total - vote:>10.3f}")
 
 
 if __name__ == "__main__":

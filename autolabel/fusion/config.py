@@ -32,6 +32,15 @@ class FusionConfig:
     depth_tolerance_rel: float = 0.02
     zbuffer_pool: int = 3
     full_hits: int = 3  # LiDAR points in a voxel at which its occupancy is fully trusted
+    # how named points become voxels: "rules" (the point-label voxelizer's rules: surfaces, ghosts, empty beams,
+    # gaps, ground fill; fusion/rules.py) or "hits" (the first version: a voxel holding points takes their votes,
+    # rays free the rest; 24.1 / 51.1 against rules' 38.5 / 72.1 on the development world, docs/ARCHITECTURE.md)
+    voxels: str = "rules"
+    # the rules' settings that differ from the point labels' (PointLabelConfig), tuned on the development world:
+    # voted classes are noisier than annotated ones, so the ground is filled from further away and kerbs are kept
+    ground_fill: float = 3.0  # metres: an unobserved ground voxel under free space takes the agreeing ground class
+    ground_boundary: bool = False  # leave ground voxels between two ground classes unobserved
+    free_margin: int = 0  # voxels: free voxels this close to a thing are left unobserved
 
     def __post_init__(self) -> None:
         _check(self.window >= 0, "fusion.window must be >= 0")
@@ -42,6 +51,8 @@ class FusionConfig:
         )
         _check(self.zbuffer_pool >= 1 and self.zbuffer_pool % 2 == 1, "fusion.zbuffer_pool must be an odd number >= 1")
         _check(self.full_hits >= 1, "fusion.full_hits must be >= 1")
+        _check(self.voxels in ("hits", "rules"), f"fusion.voxels must be hits or rules, got {self.voxels!r}")
+        _check(self.ground_fill >= 0 and self.free_margin >= 0, "fusion.ground_fill / free_margin must be >= 0")
 
     def settings(self) -> dict:
         """What the fused labels depend on (provenance; a resumed round must match): all but `enabled` and `store`."""

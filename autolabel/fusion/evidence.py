@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..annotation.accumulate import missing_beams
 from ..data.nuscenes import NuScenesFrames
 from ..data.transforms import ResizeCrop
 from ..supervision.cache import SupervisionCache
@@ -72,6 +73,13 @@ def frame_evidence(
         xyz = f.lidar.points[:, :3].astype(np.float64) @ to_target[:3, :3].T + to_target[:3, 3]
         origin = to_target[:3, :3] @ f.lidar.lidar2ego[:3, 3] + to_target[:3, 3]
         seconds = (f.lidar.timestamp - target.lidar.timestamp) * 1e-6 - f.lidar.time_lag.astype(np.float64)
+        beams = free = None
+        if cfg.voxels == "rules":  # the keyframe sweep's beams without a return, from its points in the sensor frame
+            key = f.lidar.points[f.lidar.time_lag == 0]
+            ego2lidar = np.linalg.inv(f.lidar.lidar2ego)
+            raw = np.concatenate([key[:, :3] @ ego2lidar[:3, :3].T + ego2lidar[:3, 3], key[:, 3:]], 1)
+            dirs, free = missing_beams(raw)
+            beams = dirs @ (to_target[:3, :3] @ f.lidar.lidar2ego[:3, :3]).T
         sweeps.append(
             Sweep(
                 points=torch.from_numpy(xyz).to(device),
@@ -79,6 +87,8 @@ def frame_evidence(
                 keyframe=torch.from_numpy(f.lidar.time_lag == 0).to(device),
                 seconds=torch.from_numpy(seconds).to(device),
                 source=j,
+                beams=beams,
+                beam_free=free,
             )
         )
         for c, cam in enumerate(f.cameras):

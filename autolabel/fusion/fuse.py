@@ -37,7 +37,9 @@ from kernels.walk import ray_voxels
 from occnet.classes import DYNAMIC_CLASS_IDS, FREE_ID, IGNORE_ID, NUM_SEMANTIC_CLASSES
 from occnet.surfaces import is_flat, layer_entry
 
+from ..annotation.voxelize import PointLabelConfig
 from .config import FusionConfig
+from .rules import voxelize_votes
 
 
 @dataclass
@@ -49,6 +51,10 @@ class Sweep:
     keyframe: torch.Tensor  # (P,) bool: from the keyframe sweep itself (rays are cast from these)
     seconds: torch.Tensor  # (P,) float64 time of the point's sweep minus the labelled frame's LiDAR time
     source: int  # index of the window keyframe
+    # the keyframe sweep's beams that returned nothing (annotation.accumulate.missing_beams), for
+    # `fusion.voxels: rules`: unit directions (M, 3) in the labelled frame's ego frame and how far each is free
+    beams: np.ndarray | None = None
+    beam_free: np.ndarray | None = None
 
 
 @dataclass
@@ -114,8 +120,10 @@ def vote(
     return votes, own
 
 
-def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig) -> Fused:
-    """Occupancy labels of the labelled keyframe from its window's sweeps and views (module docstring)."""
+def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int) -> Fused:
+    """Occupancy labels of the labelled keyframe from its window's sweeps and views (module docstring; with
+    `fusion.voxels: rules` step 3 is fusion/rules.py's). target: the `source` of the labelled keyframe's sweep
+    (needed by the rules: its rays tell the ghosts of moved things)."""
     dev = sweeps[0].points.device
     points = torch.cat([s.points for s in sweeps])
     source = torch.cat([torch.full((len(s.points),), s.source, dtype=torch.long, device=dev) for s in sweeps])
@@ -128,6 +136,8 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
     cls = torch.where(seen, votes.argmax(1), torch.full_like(source, IGNORE_ID))
     now = seconds.abs() <= cfg.dynamic_seconds + 1e-6
     keep = now | (seen & ~torch.isin(cls, dynamic))
+    if cfg.voxels == "rules":
+        return _fuse_by_rules(sweeps, points, source, votes, keep, grid, cfg, target)
 
     shape = torch.tensor(grid.shape, device=dev)
     lo = torch.tensor(grid.range_min, dtype=torch.float64, device=dev)
@@ -177,4 +187,36 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
         semantics=semantics.view(grid.shape).to(torch.uint8).cpu().numpy(),
         confidence=(confidence * 255).round().view(grid.shape).to(torch.uint8).cpu().numpy(),
         points=hits.view(grid.shape).to(torch.int32).cpu().numpy(),
+    )
+
+
+def _fuse_by_rules(
+    sweeps: list[Sweep],
+    points: torch.Tensor,
+    source: torch.Tensor,
+    votes: torch.Tensor,
+    keep: torch.Tensor,
+    grid: GridSpec,
+    cfg: FusionConfig,
+    target: int,
+) -> Fused:
+    """Step 3 by the point-label voxelizer's rules (fusion/rules.py), on the CPU."""
+    origins = torch.cat([s.origin.expand(len(s.points), 3) for s in sweeps])
+    beams = [(s.origin.cpu().numpy(), s.beams, s.beam_free) for s in sweeps if s.beams is not None]
+    sem, conf, hits = voxelize_votes(
+        points.cpu().numpy(),
+        origins.cpu().numpy(),
+        torch.cat([s.keyframe for s in sweeps]).cpu().numpy(),
+        (source == target).cpu().numpy(),
+        keep.cpu().numpy(),
+        votes.cpu().numpy(),
+        beams,
+        grid,
+        cfg.full_hits,
+        PointLabelConfig(ground_fill=cfg.ground_fill, ground_boundary=cfg.ground_boundary, free_margin=cfg.free_margin),
+    )
+    return Fused(
+        semantics=sem.reshape(grid.shape),
+        confidence=np.round(conf * 255).astype(np.uint8).reshape(grid.shape),
+        points=hits.astype(np.int32).reshape(grid.shape),
     )

@@ -54,7 +54,7 @@ def fuse_round(
     for i in tqdm(pending, desc=f"fuse round {k}", disable=not progress or not is_main()):
         token = frames.tokens[i]
         ev = frame_evidence(frames, cache, token, cfg, device, read)
-        fused = fuse(ev.sweeps, ev.views, grid, cfg)
+        fused = fuse(ev.sweeps, ev.views, grid, cfg, ev.target)
         own = ev.sweeps[ev.target]
         cams = [v for v in ev.views if v.source == ev.target]
         K = torch.stack([v.K for v in cams]).float()

@@ -25,7 +25,6 @@ import csv
 import html
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from occnet.classes import FREE_ID, IGNORE_ID, colorize
 from ..data.occ3d import Occ3DLabels, read_labels, write_labels
 from ..dataset import open_frames
 from ..errors import DataError
+from ..provenance import timestamp
 from ..recipe import Recipe
 from ..store.labels import LabelStore, read_frame
 from ..annotation.deliver import BOXES_FILE, POINTS_FILE, delivered_tokens, find_points, manual_arrays, read_delivery
@@ -168,7 +168,7 @@ def write_manifest(
             f"category_name; global frame)"
             + ("; region rows: the points and boxes in the tiles" if regions is not None else ""),
         }
-    manifest |= {"recipe_digest": recipe.digest(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selected": rows}
+    manifest |= {"recipe_digest": recipe.digest(), "created": timestamp(), "selected": rows}
     if recipe.rounds.annotator == "folder":  # where `autolabel run` waits for the delivery (the oracle writes its own)
         manifest["deliver_to"] = str(recipe.delivery_dir(k))
     text = json.dumps(manifest, indent=1)

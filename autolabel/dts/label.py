@@ -8,7 +8,6 @@ towards each of the keyframe's own points. A frame is marked done only after all
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -25,20 +24,13 @@ from occnet.visibility import camera_rays, ray_voxels
 from ..config_io import to_dict
 from ..data.nuscenes import NuScenesFrames
 from ..errors import DataError
+from ..provenance import file_sha256, package_version, recipe_record, supervision_source, timestamp
 from ..store.frame_arrays import FrameArrays, ShardWriter, pending_frames
 from ..store.labels import LabelStore
-from ..supervision.cache import SupervisionCache, _version
+from ..supervision.cache import SupervisionCache
 from ..training.data import FrameDataset
 from .config import DTSConfig, readout
 from .teacher import frame_fused, frame_lidar, pseudo_labels, teacher_probabilities
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_teacher(
@@ -118,17 +110,15 @@ def label_round(
     model, step, is_teacher = load_teacher(network_cfg, checkpoint, device, prefer_teacher=use_teacher)
     dts = readout(dts, checkpoint)  # the calibrated occupancy threshold, when training saved one
     provenance = {
-        "recipe": to_dict(recipe) if recipe is not None else None,
-        "recipe_digest": recipe.digest() if recipe is not None else None,
+        **recipe_record(recipe),
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "teacher_step": step,
         "weights": "ema_teacher" if is_teacher else "student",
         "dts": to_dict(dts),
-        "supervision_provider": cache.arrays.attrs.get("provider"),
-        "supervision_settings": cache.arrays.attrs.get("provider_settings"),
-        "package_version": _version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **supervision_source(cache.arrays.attrs),
+        "package_version": package_version(),
+        "created": timestamp(),
         # the fusion settings behind the teacher's evidence (a resumed round must have used the same)
         "fusion": fused.attrs.get("fusion") if dts.evidence == "fusion" else None,
     }

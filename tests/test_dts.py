@@ -18,7 +18,8 @@ from tiny_models import TINY_GRID, write_recipe
 from autolabel.cli import main
 from autolabel.data.occ3d import labels_path, read_labels
 from autolabel.dts.config import DTSConfig
-from autolabel.dts.pseudo import class_thresholds, confidence_histogram, lidar_free_and_hits, threshold
+from autolabel.dts.pseudo import lidar_free_and_hits
+from autolabel.store.confidence import class_thresholds, confidence_histogram, threshold
 from autolabel.dts.teacher import EMATeacher
 from autolabel.errors import DataError
 from autolabel.store.labels import LabelStore

@@ -16,8 +16,8 @@ from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES, OCC3D_CLASS_NAMES
 from occnet.metrics import OccupancyMetric
 
 from ..data.occ3d import Occ3DLabels, labels_path, read_labels, write_labels
-from ..dts.pseudo import LEVELS, class_thresholds, confidence_histogram, threshold
 from ..errors import DataError
+from .confidence import LEVELS, class_thresholds, confidence_histogram, threshold
 from .frame_arrays import FrameArrays
 from .labels import LabelStore, read_frame
 

@@ -24,6 +24,7 @@ from occnet.atomic import atomic_write
 from occnet.distributed import barrier, is_main
 
 from .errors import AwaitingAnnotations, DataError, one_line
+from .provenance import recipe_record
 from .recipe import RESOLVED_RECIPE, Recipe, save_recipe
 
 STAGES_FILE = "stages.json"
@@ -258,7 +259,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
             recipe.dts,
             checkpoint_path(recipe, k),
             resolve_device(recipe.device),
-            recipe,
+            recipe_record(recipe),
             progress=progress,
             fused=fused,
         )

@@ -37,6 +37,7 @@ from autolabel.active.select import select_frames
 from autolabel.data.occ3d import labels_path, read_labels
 from autolabel.dataset import open_frames
 from autolabel.dts.label import label_round
+from autolabel.provenance import recipe_record
 from autolabel.recipe import load_recipe
 from autolabel.store.labels import LabelStore
 from autolabel.supervision.cache import supervise
@@ -167,7 +168,7 @@ def prepare(run: Path, world: Path, args) -> dict:
         base.dts,
         checkpoint_path(base, 0),
         resolve_device(base.device),
-        base,
+        recipe_record(base),
         progress=False,
     )
     pool = score_pool(base, 0, progress=False)

@@ -22,6 +22,7 @@ import yaml
 
 from autolabel.dataset import open_frames
 from autolabel.dts.label import label_round
+from autolabel.provenance import recipe_record
 from autolabel.recipe import load_recipe
 from autolabel.report.figures import coverage_curve_png
 from autolabel.store.labels import LabelStore
@@ -93,10 +94,10 @@ def main() -> None:
             dts,
             checkpoint_path(recipe, 0),
             device,
-            recipe,
+            recipe_record(recipe),
             workers=4,
             progress=False,
-            use_teacher=use_teacher,
+            weights="teacher" if use_teacher else "student",
         )
         r = evaluate_round(store, k, recipe.dataroot, QUANTILES, progress=False)
         sc = r["scores"].as_dict()

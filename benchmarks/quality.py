@@ -70,6 +70,7 @@ from autolabel.active.select import select_frames  # noqa: E402
 from autolabel.config_io import apply_overrides  # noqa: E402
 from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
+from autolabel.provenance import recipe_record  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
@@ -292,7 +293,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             recipe.dts,
             checkpoint_path(recipe, k),
             resolve_device(recipe.device),
-            recipe,
+            recipe_record(recipe),
             progress=False,
             fused=fused,
         )

@@ -33,7 +33,7 @@ from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider  # noqa: E402
-from autolabel.training.calibrate import load_threshold  # noqa: E402
+from autolabel.checkpoint import load_threshold  # noqa: E402
 from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
 from autolabel.training.rounds import checkpoint_path, train_round  # noqa: E402
 

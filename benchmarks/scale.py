@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from autolabel.data.nuscenes import NuScenesFrames  # noqa: E402
 from autolabel.dataset import open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
+from autolabel.provenance import recipe_record  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
 from autolabel.dts.teacher import EMATeacher  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
@@ -494,7 +495,17 @@ def stage_label(run: Path, recipe, device) -> dict:
         shutil.rmtree(path, ignore_errors=True)
         store = LabelStore(path, recipe.network.grid, create=True)
         return label_round(
-            f, cache, store, 0, recipe.network, recipe.dts, ckpt, device, recipe, progress=False, fused=fused
+            f,
+            cache,
+            store,
+            0,
+            recipe.network,
+            recipe.dts,
+            ckpt,
+            device,
+            recipe_record(recipe),
+            progress=False,
+            fused=fused,
         )
 
     r = warm_then_timed(

@@ -22,8 +22,8 @@ from occnet.distributed import gather_to_main, is_main, rank, world_size
 from occnet.rays import render, sample_rays
 from occnet.trainer import default_workers
 
+from ..checkpoint import load_network
 from ..dataset import open_frames
-from ..dts.label import load_teacher
 from ..errors import DataError
 from ..recipe import Recipe
 from ..store.labels import LabelStore
@@ -105,8 +105,8 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
             f"run `autolabel label --round {k}` first"
         )
     ckpt = checkpoint_path(recipe, k)
-    teacher, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=True)
-    student, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=False)
+    teacher = load_network(recipe.network, ckpt, device, "teacher").model
+    student = load_network(recipe.network, ckpt, device, "student").model
     feats: dict[str, torch.Tensor] = {}
     hook = teacher.voxels.up.register_forward_hook(lambda m, i, o: feats.__setitem__("bev", o.float().mean(-1)))
     voxel = float(min(recipe.network.grid.voxel_size))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..dataset import open_frames
 from ..dts.label import label_round, labelling_store
 from ..errors import DataError
+from ..provenance import recipe_record
 from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
 from ..supervision.providers import resolve_device
 from ..training.rounds import checkpoint_path, fused_labels, open_cache
@@ -22,7 +23,9 @@ def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
     store = labelling_store(recipe.store_path, recipe.network.grid)
     save_recipe(recipe, recipe.round_dir(k) / "label" / RESOLVED_RECIPE)
     fused = fused_labels(recipe, training=False)
-    s = label_round(frames, cache, store, k, recipe.network, recipe.dts, checkpoint, device, recipe, fused=fused)
+    s = label_round(
+        frames, cache, store, k, recipe.network, recipe.dts, checkpoint, device, recipe_record(recipe), fused=fused
+    )
     per = s["seconds"] / max(s["labelled"], 1)
     print(
         f"round {k}: {s['labelled']} frames labelled ({s['skipped']} already done) by the {s['weights']} at step "

@@ -17,40 +17,19 @@ from tqdm import tqdm
 
 from occnet.classes import FREE_ID
 from occnet.distributed import barrier, is_main, rank, world_size
-from occnet.network import OccupancyNetwork
 from occnet.trainer import default_workers
 from occnet.visibility import camera_rays, ray_voxels
 
+from ..checkpoint import load_network, readout
 from ..config_io import to_dict
 from ..data.nuscenes import NuScenesFrames
-from ..errors import DataError
 from ..provenance import file_sha256, package_version, recipe_record, supervision_source, timestamp
 from ..store.frame_arrays import FrameArrays, ShardWriter, pending_frames
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache
 from ..training.data import FrameDataset
-from .config import DTSConfig, readout
+from .config import DTSConfig
 from .teacher import frame_fused, frame_lidar, pseudo_labels, teacher_probabilities
-
-
-def load_teacher(
-    network_cfg, checkpoint: Path, device: torch.device, prefer_teacher: bool = True
-) -> tuple[OccupancyNetwork, int, bool]:
-    """The network of a training checkpoint: the EMA teacher's weights when the checkpoint has them.
-    Returns (model, step, is_teacher)."""
-    from ..training.checkpoint import read_checkpoint
-
-    state = read_checkpoint(checkpoint)
-    model = OccupancyNetwork(network_cfg, pretrained=False)  # the checkpoint holds every weight
-    teacher = next((h for h in state.get("hooks", []) if isinstance(h, dict) and "model" in h), None)
-    weights = teacher["model"] if (prefer_teacher and teacher is not None) else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise DataError(
-            f"checkpoint {checkpoint} does not fit the recipe's network: {str(exc).splitlines()[0]}"
-        ) from None
-    return model.to(device).eval(), int(state["step"]), prefer_teacher and teacher is not None
 
 
 def visibility_masks(
@@ -96,25 +75,27 @@ def label_round(
     dts: DTSConfig,
     checkpoint: Path,
     device: torch.device,
-    recipe=None,
+    recipe: dict | None = None,
     workers: int | None = None,
     progress: bool = True,
-    use_teacher: bool = True,
+    weights: str = "teacher",
     fused: FrameArrays | None = None,
 ) -> dict:
     """Write round k's pseudo-labels for every frame of `frames` not yet done. Returns a summary.
-    use_teacher=False labels with the student's weights (for measuring what the teacher adds); `fused` the
-    fused labels (autolabel.fusion) that dts.evidence: fusion filters by."""
+    `recipe`: the run's recipe as provenance records it (`autolabel.provenance.recipe_record`); weights="student"
+    labels with the student's weights (for measuring what the teacher adds); `fused` the fused labels
+    (autolabel.fusion) that dts.evidence: fusion filters by."""
     if dts.evidence == "fusion" and fused is None:
         raise ValueError("label_round: dts.evidence is fusion, pass the fused labels (fused=)")
-    model, step, is_teacher = load_teacher(network_cfg, checkpoint, device, prefer_teacher=use_teacher)
+    net = load_network(network_cfg, checkpoint, device, weights)
+    model, step = net.model, net.step
     dts = readout(dts, checkpoint)  # the calibrated occupancy threshold, when training saved one
     provenance = {
-        **recipe_record(recipe),
+        **(recipe or recipe_record(None)),
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "teacher_step": step,
-        "weights": "ema_teacher" if is_teacher else "student",
+        "weights": net.weights,
         "dts": to_dict(dts),
         **supervision_source(cache.arrays.attrs),
         "package_version": package_version(),

@@ -24,9 +24,8 @@ from occnet.metrics import OccupancyMetric
 from occnet.rays import image_rays, render
 
 from ..active.rounds import bev_image, manifest_path, read_manifest
+from ..checkpoint import load_network, readout
 from ..dataset import open_frames
-from ..dts.config import readout
-from ..dts.label import load_teacher
 from ..recipe import Recipe
 from ..supervision.providers import resolve_device
 from ..training.data import FrameDataset
@@ -172,7 +171,7 @@ def write_round_report(
     folder = recipe.run_dir / "report" / f"round_{k}"
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(recipe.device)
-    model, _, _ = load_teacher(recipe.network, checkpoint_path(recipe, k), device, prefer_teacher=False)
+    model = load_network(recipe.network, checkpoint_path(recipe, k), device, "student").model
     threshold = readout(recipe.dts, checkpoint_path(recipe, k)).occupied_threshold
     split = "val" if recipe.data.val_scenes else "train"
     frames = open_frames(recipe, split, load_images=True, load_gt=True)

@@ -9,9 +9,8 @@ from tqdm import tqdm
 from occnet.inference import predict
 from occnet.metrics import OccupancyMetric, OccupancyScores
 
+from ..checkpoint import load_network, readout
 from ..dataset import open_frames
-from ..dts.config import readout
-from ..dts.label import load_teacher
 from ..errors import DataError
 from ..recipe import Recipe
 from ..supervision.providers import resolve_device
@@ -26,7 +25,7 @@ def evaluate_checkpoint(
     frames = open_frames(recipe, split, load_images=True, load_gt=True)
     if len(frames) == 0:
         raise DataError(f"recipe {recipe.name}: the {split} split has no frames (set data.val_scenes)")
-    model, _, _ = load_teacher(recipe.network, checkpoint, device, prefer_teacher=use_teacher)
+    model = load_network(recipe.network, checkpoint, device, "teacher" if use_teacher else "student").model
     threshold = readout(recipe.dts, checkpoint).occupied_threshold
     dataset = FrameDataset(frames, recipe.network.image_size, labels="none", grid=recipe.network.grid)
     metric = OccupancyMetric()

@@ -14,6 +14,7 @@ from occnet.distributed import barrier, is_main
 from occnet.network import OccupancyNetwork
 from occnet.trainer import CHECKPOINT, Trainer
 
+from ..checkpoint import read_checkpoint, save_threshold, teacher_state
 from ..data.occ3d import Occ3DLabels
 from ..dataset import open_frames
 from ..dts.teacher import EMATeacher
@@ -24,7 +25,7 @@ from ..store.frame_arrays import FrameArrays
 from ..store.labels import LabelStore, read_frame
 from ..supervision.cache import SupervisionCache
 from ..supervision.providers import resolve_device
-from .checkpoint import read_checkpoint
+from .calibrate import calibrate_threshold
 from .data import FrameDataset
 
 
@@ -142,9 +143,9 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
         model.load_state_dict(state["model"])  # fine-tune from the last round; optimiser and schedule start afresh
     teacher = EMATeacher(model, recipe.dts) if recipe.dts.enabled else None
     if teacher is not None and not (out_dir / CHECKPOINT).exists() and prev is not None and prev.exists():
-        hooks = [h for h in state.get("hooks", []) if isinstance(h, dict) and "model" in h]
-        if hooks:
-            teacher.load_state_dict(hooks[0])
+        saved = teacher_state(state)
+        if saved is not None:
+            teacher.load_state_dict(saved)
     trainer = Trainer(
         model,
         recipe.render,
@@ -177,8 +178,6 @@ def train_round(recipe: Recipe, k: int, progress: bool = True, until: int | None
         resume=False,
     )
     if recipe.dts.calibrate_threshold and trainer.step >= recipe.train.steps and is_main():
-        from .calibrate import calibrate_threshold, save_threshold
-
         save_threshold(out_dir, calibrate_threshold(model, dataset, device))
     barrier()
     return {

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from kernels.grid import GridSpec
+from occnet.visibility import visibility_masks
 
 from ..data.nuscenes import NuScenesFrames
 from ..data.transforms import ResizeCrop
@@ -106,8 +107,6 @@ def visibility(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Occ3D mask_camera and mask_lidar (X, Y, Z) bool of the keyframe against the labels' occupancy, with
     camera rays at `image_size` (the network input's fit of each camera)."""
-    from ..dts.label import visibility_masks
-
     f = frames.frame(token, images=False, lidar="key")
     world2key = np.linalg.inv(f.lidar.ego2global)
     K, cam2key = [], []

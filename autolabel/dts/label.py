@@ -15,10 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from occnet.classes import FREE_ID
 from occnet.distributed import barrier, is_main, rank, world_size
 from occnet.trainer import default_workers
-from occnet.visibility import camera_rays, ray_voxels
+from occnet.visibility import visibility_masks
 
 from ..checkpoint import load_network, readout
 from ..config_io import to_dict
@@ -30,28 +29,6 @@ from ..supervision.cache import SupervisionCache
 from ..training.data import FrameDataset
 from .config import DTSConfig
 from .teacher import frame_fused, frame_lidar, pseudo_labels, teacher_probabilities
-
-
-def visibility_masks(
-    semantics: torch.Tensor,
-    K: torch.Tensor,
-    cam2ego: torch.Tensor,
-    hw: tuple[int, int],
-    lidar_origin: torch.Tensor,
-    lidar_points: torch.Tensor,
-    grid,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Occ3D masks of one frame: (X, Y, Z) uint8 mask_camera, mask_lidar."""
-    occupied = semantics < FREE_ID
-    rays = [camera_rays(K[k], cam2ego[k], hw) for k in range(K.shape[0])]
-    # all cameras' rays in one walk (the walk's cost is its number of steps, not of rays)
-    origins = torch.cat([o.expand_as(d) for o, d in rays])
-    cam = ray_voxels(origins, torch.cat([d for _, d in rays]), grid, occupied)
-    vec = lidar_points.double() - lidar_origin.double()
-    norm = vec.norm(dim=1, keepdim=True)
-    dirs = vec[norm[:, 0] > 1e-6] / norm[norm[:, 0] > 1e-6]
-    lid = ray_voxels(lidar_origin, dirs, grid, occupied)
-    return cam.to(torch.uint8), lid.to(torch.uint8)
 
 
 def labelling_store(path: Path, grid) -> LabelStore:

@@ -9,9 +9,9 @@ from tqdm import tqdm
 
 from kernels.grid import GridSpec
 from occnet.distributed import barrier, is_main, rank, world_size
+from occnet.visibility import visibility_masks
 
 from ..data.nuscenes import NuScenesFrames
-from ..dts.label import visibility_masks
 from ..provenance import supervision_source, timestamp
 from ..store.frame_arrays import ShardWriter, pending_frames
 from ..store.labels import LabelStore

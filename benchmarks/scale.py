@@ -62,7 +62,7 @@ from autolabel.store.labels import LabelStore  # noqa: E402
 from autolabel.store.rounds import export_occ3d  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
-from autolabel.training.data import FrameDataset  # noqa: E402
+from autolabel.network_input import FrameDataset  # noqa: E402
 from autolabel.training.rounds import fused_labels, open_cache, train_round  # noqa: E402
 from occnet.network import OccupancyNetwork  # noqa: E402
 from occnet.trainer import Trainer, default_workers  # noqa: E402

@@ -69,7 +69,7 @@ def test_readme_lists_the_names_it_should():
         "occnet.OccupancyNetwork",
         "occnet.Trainer",
         "occnet.predict",
-        "autolabel.training.FrameDataset",
+        "autolabel.network_input.FrameDataset",
         "kernels.render_rays",
         "occnet.metrics.OccupancyMetric",
     ):
@@ -116,7 +116,7 @@ def test_imports_flow_kernels_occnet_autolabel():
         "import kernels\nassert not loaded('occnet') and not loaded('autolabel'), loaded('occnet') + "
         "loaded('autolabel')\n"
         "import occnet\nassert not loaded('autolabel'), loaded('autolabel')\n"
-        "import autolabel.training, autolabel.data\n"
+        "import autolabel.network_input, autolabel.training, autolabel.data\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -140,7 +140,7 @@ def test_labels_outside_the_annotated_tiles_never_reach_the_loss(pool_world):
     from tiny_models import NET, TINY_GRID
 
     from autolabel.data.nuscenes import NuScenesFrames
-    from autolabel.training.data import FrameDataset
+    from autolabel.network_input import FrameDataset
     from occnet.config import NetworkConfig
 
     frames = NuScenesFrames(pool_world, "v1.0-synth", grid=TINY_GRID)

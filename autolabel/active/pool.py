@@ -28,7 +28,7 @@ from ..errors import DataError
 from ..recipe import Recipe
 from ..store.labels import LabelStore
 from ..supervision.providers import resolve_device
-from ..training.data import FrameDataset
+from ..network_input import FrameDataset
 from ..training.rounds import checkpoint_path, open_cache
 from .scores import (
     class_weights,

@@ -26,7 +26,7 @@ from ..provenance import file_sha256, package_version, recipe_record, supervisio
 from ..store.frame_arrays import FrameArrays, ShardWriter, pending_frames
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache
-from ..training.data import FrameDataset
+from ..network_input import FrameDataset
 from .config import DTSConfig
 from .teacher import frame_fused, frame_lidar, pseudo_labels, teacher_probabilities
 

@@ -28,7 +28,7 @@ from ..checkpoint import load_network, readout
 from ..dataset import open_frames
 from ..recipe import Recipe
 from ..supervision.providers import resolve_device
-from ..training.data import FrameDataset
+from ..network_input import FrameDataset
 from ..training.rounds import checkpoint_path, open_cache
 from . import page as P
 from .figures import pyplot, save_figure

@@ -12,9 +12,9 @@ from occnet.metrics import OccupancyMetric, OccupancyScores
 from ..checkpoint import load_network, readout
 from ..dataset import open_frames
 from ..errors import DataError
+from ..network_input import FrameDataset
 from ..recipe import Recipe
 from ..supervision.providers import resolve_device
-from .data import FrameDataset
 
 
 def evaluate_checkpoint(

@@ -20,13 +20,13 @@ from ..dataset import open_frames
 from ..dts.teacher import EMATeacher
 from ..errors import DataError
 from ..fusion.store import open_fused
+from ..network_input import FrameDataset
 from ..recipe import Recipe
 from ..store.frame_arrays import FrameArrays
 from ..store.labels import LabelStore, read_frame
 from ..supervision.cache import SupervisionCache
 from ..supervision.providers import resolve_device
 from .calibrate import calibrate_threshold
-from .data import FrameDataset
 
 
 def manual_labels(store_path: Path, grid, exclude: set[str] = frozenset()) -> dict[str, Occ3DLabels]:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from autolabel.dataset import open_frames
+from autolabel.stages import train as train_round
+from autolabel.stages.inputs import checkpoint_path, open_cache, open_frames
 from autolabel.dts.label import label_round
 from autolabel.provenance import recipe_record
 from autolabel.recipe import load_recipe
@@ -29,7 +30,6 @@ from autolabel.store.labels import LabelStore
 from autolabel.store.rounds import evaluate_round
 from autolabel.supervision.cache import supervise
 from autolabel.supervision.providers import build_provider, resolve_device
-from autolabel.training.rounds import checkpoint_path, open_cache, train_round
 
 QUANTILES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

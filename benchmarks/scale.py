@@ -51,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autolabel.data.nuscenes import NuScenesFrames  # noqa: E402
-from autolabel.dataset import open_frames  # noqa: E402
+from autolabel.stages import train as train_round  # noqa: E402
+from autolabel.stages.inputs import fused_labels, open_cache, open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
 from autolabel.provenance import recipe_record  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
@@ -63,7 +64,6 @@ from autolabel.store.rounds import export_occ3d  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
 from autolabel.network_input import FrameDataset  # noqa: E402
-from autolabel.training.rounds import fused_labels, open_cache, train_round  # noqa: E402
 from occnet.network import OccupancyNetwork  # noqa: E402
 from occnet.trainer import Trainer, default_workers  # noqa: E402
 

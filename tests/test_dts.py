@@ -299,7 +299,7 @@ def test_label_killed_mid_export_resumes_to_the_same_store(trained, tmp_path):
 
 def test_ground_truth_never_reaches_training(trained):
     """Training frames are opened without gts/: no frame has 3D labels until some are ingested."""
-    from autolabel.training.rounds import manual_labels
+    from autolabel.store.manual import manual_labels
 
     assert manual_labels(trained / "run" / "labels.zarr", TINY_GRID) == {}
     lines = [json.loads(x) for x in (trained / "run" / "round_0" / "train" / "history.jsonl").read_text().splitlines()]

@@ -132,7 +132,7 @@ def section(title: str) -> str:
 def test_nuscenes_walkthrough_names_are_true():
     """Issue 23: "Labelling your nuScenes copy": every command and flag it shows exists, every recipe it
     names exists with the paths, keys and backbone files it says."""
-    from autolabel.pipeline import BACKBONE_DOWNLOADS
+    from autolabel.stages.checks import BACKBONE_DOWNLOADS
     from autolabel.recipe import load_recipe
 
     text = section("Labelling your nuScenes copy")

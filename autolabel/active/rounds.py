@@ -25,29 +25,37 @@ import csv
 import html
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from kernels.grid import GridSpec
 from occnet.atomic import atomic_write
 from occnet.classes import FREE_ID, IGNORE_ID, colorize
 
 from ..data.occ3d import Occ3DLabels, read_labels, write_labels
-from ..dataset import open_frames
+from ..data.nuscenes import NuScenesFrames
 from ..errors import DataError
 from ..provenance import timestamp
-from ..recipe import Recipe
 from ..store.labels import LabelStore, read_frame
-from ..annotation.deliver import BOXES_FILE, POINTS_FILE, delivered_tokens, find_points, manual_arrays, read_delivery
+from ..store.manual import annotated_voxels
+from .config import SelectionConfig
+from ..annotation.deliver import (
+    BOXES_FILE,
+    POINTS_FILE,
+    delivered_tokens,
+    find_points,
+    manual_arrays,
+    read_delivery,
+    simulate_delivery,
+)
 from .regions import RegionGrid, bounds_mask
 from .select import Pick
 
-SELECT_DIR = "select"
-
-
-def manifest_path(recipe: Recipe, k: int) -> Path:
-    return recipe.round_dir(k) / SELECT_DIR / "manifest.json"
+SELECT_DIR = "select"  # <run>/round_<K>/select/ holds the manifest and the page
+MANIFEST = "manifest.json"
 
 
 def read_manifest(path: Path) -> dict:
@@ -99,20 +107,24 @@ def _tiles(p: Pick, regions: RegionGrid) -> list[dict]:
 
 
 def write_manifest(
-    recipe: Recipe,
+    folder: Path,
     k: int,
     picks: list[Pick],
     strategy: str,
     pool_size: int,
     n_labelled: int,
+    sel: SelectionConfig,
+    frames: NuScenesFrames,
+    recipe_digest: str,
+    deliver_to: Path | None = None,
     store: LabelStore | None = None,
     regions: RegionGrid | None = None,
 ) -> Path:
-    """With `regions` (selection.unit region) every row lists its tiles and voxels, and the budget, the
-    cost and `spent` count labelled voxels."""
-    folder = recipe.round_dir(k) / SELECT_DIR
+    """Round k's manifest.json, manifest.csv and index.html (the picks' cameras from `frames`, their
+    bird's-eye view from the store's round k) in `folder`. With `regions` (selection.unit region) every
+    row lists its tiles and voxels, and the budget, the cost and `spent` count labelled voxels;
+    `deliver_to`: where the folder annotator's delivery goes (None for the oracle, which writes its own)."""
     folder.mkdir(parents=True, exist_ok=True)
-    sel = recipe.selection
     rows = [
         {
             "token": p.candidate.token,
@@ -168,11 +180,11 @@ def write_manifest(
             f"category_name; global frame)"
             + ("; region rows: the points and boxes in the tiles" if regions is not None else ""),
         }
-    manifest |= {"recipe_digest": recipe.digest(), "created": timestamp(), "selected": rows}
-    if recipe.rounds.annotator == "folder":  # where `autolabel run` waits for the delivery (the oracle writes its own)
-        manifest["deliver_to"] = str(recipe.delivery_dir(k))
+    manifest |= {"recipe_digest": recipe_digest, "created": timestamp(), "selected": rows}
+    if deliver_to is not None:  # where `autolabel run` waits for the delivery (the oracle writes its own)
+        manifest["deliver_to"] = str(deliver_to)
     text = json.dumps(manifest, indent=1)
-    atomic_write(folder / "manifest.json", lambda fh: fh.write(text.encode()))
+    atomic_write(folder / MANIFEST, lambda fh: fh.write(text.encode()))
     out = io.StringIO()
     if rows:
         flat = [{**r, "tiles": ";".join(str(t["index"]) for t in r["tiles"])} if "tiles" in r else r for r in rows]
@@ -180,8 +192,8 @@ def write_manifest(
         w.writeheader()
         w.writerows(flat)
     atomic_write(folder / "manifest.csv", lambda fh: fh.write(out.getvalue().encode()))
-    _write_page(recipe, k, folder, manifest, store)
-    return folder / "manifest.json"
+    _write_page(frames, k, folder, manifest, store)
+    return folder / MANIFEST
 
 
 def _point_rows(rows: list[dict], picks: list[Pick], regions: bool) -> None:
@@ -202,9 +214,8 @@ def _point_rows(rows: list[dict], picks: list[Pick], regions: bool) -> None:
         row["boxes_from"] = pc.boxes_from
 
 
-def _write_page(recipe: Recipe, k: int, folder: Path, manifest: dict, store: LabelStore | None) -> None:
+def _write_page(frames: NuScenesFrames, k: int, folder: Path, manifest: dict, store: LabelStore | None) -> None:
     """index.html: per pick, the six cameras and the current prediction's bird's-eye view."""
-    frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     arrays = store.round(k) if store is not None and k in store.rounds() else None
     blocks = []
     for r, row in enumerate(manifest["selected"]):
@@ -306,18 +317,21 @@ def _tile_labels(labels: Occ3DLabels, row: dict, path: Path, shape: tuple) -> di
     }
 
 
-def annotated_voxels(arrays, i: int) -> int:
-    """Voxels of manual frame i labelled by an annotator (its confidence 255: the whole grid for a
-    whole-frame label)."""
-    return int((arrays.read(i, "confidence") == 255).sum())
-
-
-def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
-    """Store the manifest's annotated frames in the manual group. Returns the tokens added, unchanged and
-    missing, the voxels added (labelled voxels: the tiles of region rows, the whole grid for a frame) and the
-    manual group's totals (frames, labelled voxels)."""
+def ingest(
+    mpath: Path,
+    k: int,
+    folder: str | Path,
+    frames: NuScenesFrames,
+    store_path: Path,
+    grid: GridSpec,
+    image_size: tuple[int, int],
+) -> dict:
+    """Store the annotated frames of round k's manifest (at `mpath`), delivered in `folder`, in the manual group
+    of the store at `store_path` (covering the pool `frames`; point labels are voxelized with their LiDAR, with
+    camera masks at the network input size `image_size`). Returns the tokens added, unchanged and missing, the
+    voxels added (labelled voxels: the tiles of region rows, the whole grid for a frame) and the manual group's
+    totals (frames, labelled voxels)."""
     folder = Path(folder)
-    mpath = manifest_path(recipe, k)
     if not mpath.is_file():
         raise DataError(f"no selection manifest {mpath}; run `autolabel select --round {k}` first")
     manifest = read_manifest(mpath)
@@ -329,9 +343,7 @@ def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
             raise DataError(f"{p}: token {p.parent.name} is not in the round {k} manifest {mpath}")
     for token in sorted(delivered_tokens(folder) - set(rows)):
         raise DataError(f"{folder}: point labels for token {token}, which is not in the round {k} manifest {mpath}")
-    grid = recipe.network.grid
-    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
-    store = LabelStore(recipe.store_path, grid, create=True)
+    store = LabelStore(store_path, grid, create=True)
     manual = store.manual(frames.tokens, [frames.scene_of(t) for t in frames.tokens], create=True)
     added, unchanged, missing = [], [], []
     arrays_of = {}
@@ -345,7 +357,7 @@ def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
         if points is not None:  # issue 24: point labels + boxes, voxelized with the scene's LiDAR
             raw, boxes = read_delivery(frames, points, token)
             keep = bounds_mask(grid.shape, [t["bounds"] for t in row["tiles"]]) if "tiles" in row else None
-            arrays_of[token] = manual_arrays(frames, token, raw, boxes, grid, recipe.network.image_size, keep=keep)
+            arrays_of[token] = manual_arrays(frames, token, raw, boxes, grid, image_size, keep=keep)
             if not arrays_of[token]["mask_camera"].any():
                 raise DataError(
                     f"{points}: the point labels and boxes cover no voxel the cameras see"
@@ -402,22 +414,17 @@ def ingest(recipe: Recipe, k: int, folder: str | Path) -> dict:
     }
 
 
-def oracle_annotate(recipe: Recipe, k: int, gts_root: str | Path, out: str | Path) -> int:
+def oracle_annotate(mpath: Path, gts_root: str | Path, out: str | Path, grid: GridSpec, frames: NuScenesFrames) -> int:
     """Simulated annotator (synthetic worlds only: it copies ground truth), delivering what the manifest asks
     for. A points manifest (selection.annotation points, issue 24): each frame's exact lidarseg point labels
     and sample_annotation boxes from the world (`<out>/<scene>/<token>/lidarseg.bin, boxes.json`; the tiles'
     points and boxes for region rows). A voxels manifest (the voxel oracle): the ground truth of the
     manifest's tokens from ``<gts_root>/gts/`` into ``<out>/gts/`` (what a labelling vendor would deliver);
     for a region manifest only the requested tiles: semantics 255 and masks 0 elsewhere, with
-    ``mask_annotated`` marking the tiles. Returns the number of frames delivered."""
-    import shutil
-
-    manifest = read_manifest(manifest_path(recipe, k))
-    grid = recipe.network.grid
+    ``mask_annotated`` marking the tiles; `frames`: the pool (the points oracle reads its LiDAR and boxes).
+    Returns the number of frames delivered."""
+    manifest = read_manifest(mpath)
     if manifest.get("annotation") == "points":
-        from ..annotation.deliver import simulate_delivery
-
-        frames = open_frames(recipe, "train", load_images=False, load_gt=False)
         for row in manifest["selected"]:
             simulate_delivery(
                 frames,

@@ -126,6 +126,13 @@ class SupervisionCache:
         return sem, conf, self.arrays.read(i, "depth")
 
 
+def open_cache(path: Path) -> SupervisionCache:
+    """The supervision cache at `path`, which must exist (a DataError saying to run `autolabel supervise`)."""
+    if not (path / "zarr.json").is_file():
+        raise DataError(f"no 2D supervision cache at {path}; run `autolabel supervise` with this recipe first")
+    return SupervisionCache.open(path)
+
+
 class _FrameSupervision(Dataset):
     """Item j: (frame index, images (n_cams, h, w, 3) uint8, depth float32, labels) of the j-th pending frame,
     read and resized in a DataLoader worker. labels is (semantics uint8, confidence uint8 0..255) when

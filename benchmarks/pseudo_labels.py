@@ -27,7 +27,7 @@ from autolabel.provenance import recipe_record
 from autolabel.recipe import load_recipe
 from autolabel.report.figures import coverage_curve_png
 from autolabel.store.labels import LabelStore
-from autolabel.store.rounds import evaluate_round
+from autolabel.store.export import evaluate_round
 from autolabel.supervision.cache import supervise
 from autolabel.supervision.providers import build_provider, resolve_device
 

@@ -75,7 +75,7 @@ from autolabel.provenance import recipe_record  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
-from autolabel.store.rounds import evaluate_round  # noqa: E402
+from autolabel.store.export import evaluate_round  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
 

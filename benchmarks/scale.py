@@ -60,7 +60,7 @@ from autolabel.dts.teacher import EMATeacher  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.frame_arrays import ArraySpec, frames_per_shard  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
-from autolabel.store.rounds import export_occ3d  # noqa: E402
+from autolabel.store.export import export_occ3d  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
 from autolabel.network_input import FrameDataset  # noqa: E402

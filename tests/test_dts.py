@@ -202,7 +202,7 @@ def test_export_inspect_and_eval(trained, pool_world, capsys):
 def test_export_keeps_classes_and_leaves_dropped_voxels_out_through_the_masks(tmp_path):
     """Occ3D files hold classes 0..17 only: a voxel the thresholds drop keeps its class and is cleared from
     mask_camera / mask_lidar; mask_confident marks the kept ones; the kept share is of mask_camera."""
-    from autolabel.store.rounds import export_occ3d
+    from autolabel.store.export import export_occ3d
 
     rng = np.random.default_rng(0)
     store = LabelStore(tmp_path / "labels.zarr", TINY_GRID, create=True)
@@ -256,7 +256,7 @@ def test_bad_store_input_gives_clear_errors(trained, tmp_path, pool_world):
     with pytest.raises(DataError, match="not a Zarr store"):
         LabelStore.open(tmp_path)
     with pytest.raises(DataError, match="no gts/<scene>/<token>/labels.npz for any frame"):
-        from autolabel.store.rounds import evaluate_round
+        from autolabel.store.export import evaluate_round
 
         evaluate_round(LabelStore.open(store), 0, tmp_path)
     # a round made for other frames (the store's tokens are not this dataset's) is refused

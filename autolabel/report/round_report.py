@@ -26,7 +26,7 @@ from occnet.rays import image_rays, render
 from kernels.grid import GridSpec
 from occnet.config import RenderConfig
 
-from ..active.rounds import bev_image
+from ..active.manifest import bev_image
 from ..network_input import FrameDataset
 from . import page as P
 from .figures import pyplot, save_figure

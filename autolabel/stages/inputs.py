@@ -12,7 +12,7 @@ from pathlib import Path
 
 from occnet.trainer import CHECKPOINT
 
-from ..active.rounds import MANIFEST, SELECT_DIR, read_manifest
+from ..active.manifest import MANIFEST, SELECT_DIR, read_manifest
 from ..data.nuscenes import NuScenesFrames
 from ..data.occ3d import Occ3DLabels
 from ..errors import DataError

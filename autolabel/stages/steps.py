@@ -19,8 +19,9 @@ from pathlib import Path
 from occnet.metrics import OccupancyScores
 
 from ..active.pool import PoolScores, score_pool, select_pool
-from ..active.rounds import ingest as ingest_delivery
-from ..active.rounds import oracle_annotate, read_manifest, write_manifest
+from ..active.ingest import ingest as ingest_delivery
+from ..active.ingest import oracle_annotate
+from ..active.manifest import read_manifest, write_manifest
 from ..active.select import Pick, distance_device
 from ..checkpoint import load_network, readout
 from ..dts.label import label_round, labelling_store
@@ -30,13 +31,13 @@ from ..network_input import FrameDataset
 from ..provenance import recipe_record
 from ..recipe import Recipe
 from ..report.round_report import write_round_report
-from ..store.rounds import evaluate_round, export_occ3d
+from ..store.export import evaluate_round, export_occ3d
 from ..store.labels import LabelStore
 from ..store.manual import labelled_voxels
 from ..supervision.cache import supervise as supervise_frames
 from ..supervision.providers import build_provider, resolve_device
 from ..training.evaluate import evaluate_network
-from ..training.rounds import train_round
+from ..training.round_training import train_round
 from .inputs import (
     check_checkpoint,
     checkpoint_path,

@@ -16,7 +16,7 @@ from ..active.manifest import MANIFEST, SELECT_DIR, read_manifest
 from ..data.nuscenes import NuScenesFrames
 from ..data.occ3d import Occ3DLabels
 from ..errors import DataError
-from ..fusion.store import open_fused
+from ..fusion.fused_labels import open_fused
 from ..recipe import Recipe
 from ..store.frame_arrays import FrameArrays
 from ..store.manual import manual_labels

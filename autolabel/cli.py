@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from . import __version__
+from .commands import active, eval2d, fuse, info, label, run, store, supervise, synth, train
 from .errors import (
     EXIT_AWAITING_ANNOTATIONS,
     EXIT_DATA_ERROR,
@@ -23,8 +25,6 @@ from .errors import (
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    from .commands import info
-
     p = sub.add_parser("info", help="one-screen summary of a dataset in nuScenes layout")
     p.add_argument("dataroot", help="folder holding <version>/, samples/, sweeps/ and optionally gts/")
     p.add_argument("--version", default="v1.0-mini", help="table folder name (default: v1.0-mini)")
@@ -32,8 +32,6 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from .commands import synth
-
     p = sub.add_parser(
         "synth", help="generate the synthetic driving world in nuScenes layout with exact 3D ground truth"
     )
@@ -93,16 +91,12 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_supervise(sub: argparse._SubParsersAction) -> None:
-    from .commands import supervise
-
     p = sub.add_parser("supervise", help="compute 2D supervision (labels + LiDAR depth) of every frame into the cache")
     _recipe_args(p)
     p.set_defaults(func=lambda a: supervise.run(a.recipe, a.overrides, a.out))
 
 
 def _add_fuse(sub: argparse._SubParsersAction) -> None:
-    from .commands import fuse
-
     p = sub.add_parser(
         "fuse",
         help="fuse the training frames' evidence (LiDAR over time, 2D labels of every view) "
@@ -113,8 +107,6 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval2d(sub: argparse._SubParsersAction) -> None:
-    from .commands import eval2d
-
     p = sub.add_parser("eval-2d", help="score the cached 2D labels against 2D ground truth")
     _recipe_args(p)
     p.add_argument(
@@ -135,8 +127,6 @@ def _add_eval2d(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .commands import train
-
     p = sub.add_parser("train", help="train a round's network by rendering (+ DTS teacher, + manual 3D labels)")
     _recipe_args(p)
     p.add_argument("--round", dest="k", type=int, default=0)
@@ -144,8 +134,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_label(sub: argparse._SubParsersAction) -> None:
-    from .commands import label
-
     p = sub.add_parser("label", help="teacher inference over the unlabeled pool into the pseudo-label store")
     _recipe_args(p)
     p.add_argument("--round", dest="k", type=int, default=0)
@@ -153,8 +141,6 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_store_commands(sub: argparse._SubParsersAction) -> None:
-    from .commands import store
-
     p = sub.add_parser("export", help="write a round of the store as Occ3D labels.npz files (OUT/gts/...)")
     p.add_argument("store", help="pseudo-label store (labels.zarr)")
     p.add_argument("out", help="output folder; files go to OUT/gts/<scene>/<token>/labels.npz")
@@ -182,8 +168,6 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_active(sub: argparse._SubParsersAction) -> None:
-    from .commands import active
-
     p = sub.add_parser("select", help="choose the frames most worth a manual 3D label under a budget")
     _recipe_args(p)
     p.add_argument("--round", dest="k", type=int, default=0)
@@ -197,8 +181,6 @@ def _add_active(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    from .commands import run
-
     p = sub.add_parser(
         "run",
         help="the whole loop: data, 2D supervision, training, pseudo-labels, evaluation, "
@@ -223,8 +205,6 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="autolabel", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--version",

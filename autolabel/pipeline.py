@@ -1,4 +1,4 @@
-"""``autolabel run``: the whole loop as resumable stages.
+"""``autolabel run``: the whole loop as resumable stages (the stages themselves are in autolabel.stages).
 
 data -> 2D supervision (cached) -> per round: train -> label (pseudo-labels into the store) -> evaluate
 (where ground truth exists) -> export (Occ3D) -> report -> select -> ingest (simulated oracle or a
@@ -23,8 +23,12 @@ from typing import Callable
 from occnet.atomic import atomic_write
 from occnet.distributed import barrier, is_main
 
+from . import stages as steps
 from .errors import AwaitingAnnotations, DataError, one_line
-from .recipe import RESOLVED_RECIPE, Recipe, save_recipe
+from .recipe import RESOLVED_RECIPE, Recipe, forbidding_changes, load_recipe, save_recipe
+from .stages.checks import check_annotator, check_backbone, check_dataroot
+from .stages.inputs import export_dir
+from .supervision.providers import check_models, resolve_device
 
 STAGES_FILE = "stages.json"
 STOPPED_FILE = "stopped.json"  # the stage that last stopped the run, and why (removed when a stage finishes)
@@ -94,8 +98,6 @@ def check_run_folder(recipe: Recipe) -> None:
     saved = recipe.run_dir / RESOLVED_RECIPE
     if not saved.is_file():
         return
-    from .recipe import forbidding_changes, load_recipe
-
     try:
         old = load_recipe(saved)
     except DataError as exc:
@@ -110,43 +112,9 @@ def check_run_folder(recipe: Recipe) -> None:
         )
 
 
-# torchvision's ImageNet weights of each backbone (IMAGENET1K_V1 for resnet18 / resnet34, V2 for resnet50 / resnet101)
-BACKBONE_DOWNLOADS = {
-    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
-    "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
-    "resnet101": "https://download.pytorch.org/models/resnet101-cd907fc2.pth",
-}
-
-
-def check_backbone(recipe: Recipe) -> None:
-    """network.backbone_weights, when set, must be a torchvision state dict of network.backbone (keys and
-    shapes): a DataError naming the key and the file otherwise, before any work."""
-    from occnet.network import backbone_state
-
-    net = recipe.network
-    if net.backbone_weights is None:
-        return
-    try:
-        backbone_state(net.backbone, net.backbone_weights)
-    except ValueError as exc:
-        hint = (
-            (
-                f": put a torchvision {net.backbone} state dict there (e.g. {BACKBONE_DOWNLOADS[net.backbone]}) or "
-                f"unset the key for random initialisation"
-            )
-            if not Path(net.backbone_weights).exists()
-            else ""
-        )
-        raise DataError(f"network.backbone_weights {net.backbone_weights}: {exc}{hint}") from None
-
-
 def preflight(recipe: Recipe) -> None:
     """Every check of paths, models and recipe values that needs no work, before the run folder is
     written: a failing first run leaves nothing behind, and a resumed one nothing changed."""
-    from .dataset import check_annotator, check_dataroot
-    from .supervision.providers import check_models, resolve_device
-
     resolve_device(recipe.device)  # also joins the process group under torchrun before the first barrier
     check_dataroot(recipe)
     check_annotator(recipe)
@@ -157,8 +125,6 @@ def preflight(recipe: Recipe) -> None:
 
 
 def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
-    from .dataset import ensure_dataset, open_frames
-
     preflight(recipe)
     progress = progress and is_main()
     if is_main():
@@ -166,229 +132,47 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
         save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)  # the values the stages run from here on read
     barrier()
     stages = Stages(recipe.run_dir)
-    stages.run("data", lambda: {"dataroot": str(ensure_dataset(recipe, progress))})
-
-    def supervise_all() -> dict:
-        from .supervision.cache import supervise
-        from .supervision.providers import build_provider
-
-        frames = open_frames(recipe, "all", load_images=False, load_gt=False)
-        provider = build_provider(recipe.supervision, frames.dataroot, frames.nusc)
-        return supervise(
-            frames,
-            provider,
-            recipe.cache_path,
-            recipe.network.image_size,
-            recipe.supervision.lidar_min_depth,
-            recipe.supervision.lidar_max_depth,
-            progress,
-            extra_attrs={"recipe": recipe.digest()},
-        )
-
-    stages.run("supervise", supervise_all, every_rank=True)
+    stages.run("data", lambda: steps.prepare_data(recipe, progress))
+    stages.run("supervise", lambda: steps.supervise(recipe, progress), every_rank=True)
     if recipe.fusion.enabled:
-        stages.run("fuse", lambda: fuse_stage(recipe, progress), every_rank=True)  # sharded over ranks like labelling
+        stages.run("fuse", lambda: steps.fuse(recipe, progress), every_rank=True)  # sharded over ranks like labelling
     history = []
     for k in range(recipe.rounds.count):
         history.append(_round(recipe, k, stages, history, progress))
     return {"run_dir": str(recipe.run_dir), "rounds": history, "stages": stages.done}
 
 
-def fuse_stage(recipe: Recipe, progress: bool) -> dict:
-    """The training frames' labels from evidence fusion (autolabel.fusion) into recipe.fusion_path (the stage
-    `fuse` of `autolabel run`, and `autolabel fuse`)."""
-    from .dataset import open_frames
-    from .dts.label import labelling_store
-    from .fusion.label import fuse_round
-    from .supervision.providers import resolve_device
-    from .training.rounds import open_cache
-
-    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
-    store = labelling_store(recipe.fusion_path, recipe.network.grid)
-    return fuse_round(
-        frames,
-        open_cache(recipe),
-        store,
-        0,
-        recipe.network.grid,
-        recipe.fusion,
-        resolve_device(recipe.device),
-        progress,
-    )
-
-
-def _has_gts(recipe: Recipe) -> bool:
-    return (recipe.dataroot / "gts").is_dir()
-
-
 def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress: bool) -> dict:
-    from .dataset import open_frames
-    from .dts.label import label_round, labelling_store
-    from .store.labels import LabelStore
-    from .store.rounds import evaluate_round, export_occ3d
-    from .supervision.providers import resolve_device
-    from .training.evaluate import evaluate_checkpoint
-    from .training.rounds import (
-        checkpoint_path,
-        fused_labels,
-        labelled_voxels,
-        manual_labels,
-        open_cache,
-        selected_from,
-        train_round,
-    )
-
     p = f"round_{k}"
     stages.run(
         f"{p}/train",
-        lambda: {key: v for key, v in train_round(recipe, k, progress).items() if key != "last"},
+        lambda: {key: v for key, v in steps.train(recipe, k, progress).items() if key != "last"},
         every_rank=True,
     )
-
-    def label() -> dict:
-        frames = open_frames(recipe, "train", load_images=True, load_gt=False)
-        store = labelling_store(recipe.store_path, recipe.network.grid)
-        fused = fused_labels(recipe, training=False)
-        return label_round(
-            frames,
-            open_cache(recipe),
-            store,
-            k,
-            recipe.network,
-            recipe.dts,
-            checkpoint_path(recipe, k),
-            resolve_device(recipe.device),
-            recipe,
-            progress=progress,
-            fused=fused,
-        )
-
-    stages.run(f"{p}/label", label, every_rank=True)
-
-    def evaluate() -> dict:
-        manual = manual_labels(recipe.store_path, recipe.network.grid, selected_from(recipe, k))
-        out: dict = {"labelled": len(manual), "labelled_voxels": labelled_voxels(manual, recipe.network.grid.shape)}
-        if not _has_gts(recipe):
-            return out
-        if recipe.data.val_scenes:
-            out["val"] = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), "val", progress=progress).as_dict()
-        r = evaluate_round(
-            LabelStore.open(recipe.store_path),
-            k,
-            recipe.dataroot,
-            (recipe.rounds.export_drop_quantile,),
-            progress=progress,
-        )
-        out["pseudo"] = r["scores"].as_dict()
-        out["pseudo_thresholded"] = r["curve"][0]
-        return out
-
-    metrics = stages.run(f"{p}/evaluate", evaluate)
-    export_dir = recipe.run_dir / "export" / p
-    exported = stages.run(
-        f"{p}/export",
-        lambda: (
-            {
-                key: v
-                for key, v in export_occ3d(
-                    LabelStore.open(recipe.store_path), k, export_dir, recipe.rounds.export_drop_quantile, progress
-                ).items()
-                if key in ("frames", "frames_pseudo", "kept_in_mask_camera")
-            }
-            | {"folder": str(export_dir)}
-        ),
-    )
+    stages.run(f"{p}/label", lambda: steps.label(recipe, k, progress), every_rank=True)
+    metrics = stages.run(f"{p}/evaluate", lambda: steps.evaluate(recipe, k, progress))
+    exported = stages.run(f"{p}/export", lambda: steps.export(recipe, k, progress))
     entry = {
         "round": k,
         "labelled": metrics.get("labelled", 0),
         "labelled_voxels": metrics.get("labelled_voxels"),
         "val_miou": (metrics.get("val") or {}).get("miou"),
         "pseudo_miou": (metrics.get("pseudo") or {}).get("miou"),
-        "export": str(export_dir),
+        "export": str(export_dir(recipe, k)),
     }
     last = k == recipe.rounds.count - 1
     if not last:
-        stages.run(f"{p}/select", lambda: _select(recipe, k), every_rank=True)  # scoring is sharded
-        stages.run(f"{p}/ingest", lambda: _ingest(recipe, k))
-
-    def report() -> dict:
-        from .report.round_report import write_round_report
-
-        return {"page": str(write_round_report(recipe, k, metrics, history + [entry], exported))}
-
-    entry["report"] = stages.run(f"{p}/report", report)["page"]
+        stages.run(f"{p}/select", lambda: _selected(steps.select(recipe, k, progress=False)), every_rank=True)
+        stages.run(f"{p}/ingest", lambda: steps.ingest(recipe, k))
+    entry["report"] = stages.run(f"{p}/report", lambda: steps.report(recipe, k, metrics, history + [entry], exported))[
+        "page"
+    ]
     return entry
 
 
-def _select(recipe: Recipe, k: int) -> dict:
-    from .active.pool import score_pool, select_pool
-    from .active.rounds import write_manifest
-    from .active.select import distance_device
-    from .store.labels import LabelStore
-
-    pool = score_pool(recipe, k, progress=False)  # every rank scores its share; rank 0 gets the pool
-    if pool is None:
-        return {}
-    lab = pool.labelled
-    picks, strategy = select_pool(pool, recipe.selection, distance_device(recipe.device))
-    path = write_manifest(
-        recipe,
-        k,
-        picks,
-        strategy,
-        len(pool.tokens),
-        int(lab.sum()),
-        LabelStore.open(recipe.store_path, recipe.network.grid),
-        pool.regions,
-    )
-    out = {"strategy": strategy, "selected": len(picks), "manifest": str(path)}
-    if pool.regions is not None:
-        out |= {"tiles": sum(len(p.tiles) for p in picks), "voxels": sum(p.voxels for p in picks)}
-    return out
-
-
-def _ingest(recipe: Recipe, k: int) -> dict:
-    from .active.rounds import ingest, oracle_annotate
-
-    if recipe.rounds.annotator == "oracle":
-        folder = recipe.round_dir(k) / "oracle_annotations"
-        oracle_annotate(recipe, k, recipe.dataroot, folder)
-    else:
-        folder = recipe.delivery_dir(k)
-        if not folder.is_dir():
-            done = _ingested_by_hand(recipe, k)
-            if done is not None:
-                return done
-            raise AwaitingAnnotations(
-                f"round {k}: waiting for annotations in {folder} (the frames are listed in "
-                f"{recipe.round_dir(k) / 'select' / 'index.html'}); deliver them and rerun "
-                f"`autolabel run`"
-            )
-    s = ingest(recipe, k, folder)
-    return {
-        "added": len(s["added"]),
-        "manual_total": s["manual_total"],
-        "voxels_added": s["voxels_added"],
-        "manual_voxels": s["manual_voxels"],
-    }
-
-
-def _ingested_by_hand(recipe: Recipe, k: int) -> dict | None:
-    """The ingest stage's result when every frame of round k's manifest already has a manual label (delivered
-    elsewhere and stored with `autolabel ingest RECIPE --round K DIR`, as the selection page offers), else None."""
-    from .active.rounds import manifest_path, read_manifest
-    from .store.labels import LabelStore
-
-    if not (recipe.store_path / "zarr.json").is_file() or not manifest_path(recipe, k).is_file():
-        return None
-    manual = LabelStore.open(recipe.store_path, recipe.network.grid).manual()
-    if manual is None:
-        return None
-    done = {t for t, d in zip(manual.tokens, manual.done()) if d}
-    wanted = {row["token"] for row in read_manifest(manifest_path(recipe, k))["selected"]}
-    if not wanted or not wanted <= done:
-        return None
-    return {"added": 0, "manual_total": len(done), "ingested_by_hand": len(wanted)}
+def _selected(selection: steps.Selection | None) -> dict:
+    """The select stage's record (the other ranks, which only scored their share of the pool, record nothing)."""
+    return selection.record() if selection is not None else {}
 
 
 def summary_text(recipe: Recipe, result: dict) -> str:

@@ -32,17 +32,17 @@ import torch
 import yaml
 
 from autolabel.active.config import SelectionConfig
-from autolabel.active.pool import score_pool
 from autolabel.active.select import select_frames
 from autolabel.data.occ3d import labels_path, read_labels
-from autolabel.dataset import open_frames
+from autolabel.stages import evaluate_checkpoint, score_round
+from autolabel.stages import train as train_round
+from autolabel.stages.inputs import checkpoint_path, open_cache, open_frames
 from autolabel.dts.label import label_round
+from autolabel.provenance import recipe_record
 from autolabel.recipe import load_recipe
 from autolabel.store.labels import LabelStore
 from autolabel.supervision.cache import supervise
 from autolabel.supervision.providers import build_provider, resolve_device
-from autolabel.training.evaluate import evaluate_checkpoint
-from autolabel.training.rounds import checkpoint_path, open_cache, train_round
 
 MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4}
 
@@ -167,10 +167,10 @@ def prepare(run: Path, world: Path, args) -> dict:
         base.dts,
         checkpoint_path(base, 0),
         resolve_device(base.device),
-        base,
+        recipe_record(base),
         progress=False,
     )
-    pool = score_pool(base, 0, progress=False)
+    pool = score_round(base, 0, progress=False)
     n_pool = len(pool.tokens)
     base_score = evaluate_checkpoint(base, checkpoint_path(base, 0), progress=False)
     print(

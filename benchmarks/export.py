@@ -19,7 +19,7 @@ import torch
 
 from autolabel.data.occ3d import read_labels
 from autolabel.store.labels import LabelStore, read_frame
-from autolabel.store.rounds import export_occ3d
+from autolabel.store.export import export_occ3d
 from kernels.grid import GridSpec
 
 

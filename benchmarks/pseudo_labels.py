@@ -20,15 +20,16 @@ from pathlib import Path
 
 import yaml
 
-from autolabel.dataset import open_frames
+from autolabel.stages import train as train_round
+from autolabel.stages.inputs import checkpoint_path, open_cache, open_frames
 from autolabel.dts.label import label_round
+from autolabel.provenance import recipe_record
 from autolabel.recipe import load_recipe
 from autolabel.report.figures import coverage_curve_png
 from autolabel.store.labels import LabelStore
-from autolabel.store.rounds import evaluate_round
+from autolabel.store.export import evaluate_round
 from autolabel.supervision.cache import supervise
 from autolabel.supervision.providers import build_provider, resolve_device
-from autolabel.training.rounds import checkpoint_path, open_cache, train_round
 
 QUANTILES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -93,10 +94,10 @@ def main() -> None:
             dts,
             checkpoint_path(recipe, 0),
             device,
-            recipe,
+            recipe_record(recipe),
             workers=4,
             progress=False,
-            use_teacher=use_teacher,
+            weights="teacher" if use_teacher else "student",
         )
         r = evaluate_round(store, k, recipe.dataroot, QUANTILES, progress=False)
         sc = r["scores"].as_dict()

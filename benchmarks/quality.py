@@ -65,19 +65,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from active import base_recipe, make_world, oracle_labels, run_per_gpu, write_recipe  # noqa: E402
 
 from autolabel.active.config import SelectionConfig  # noqa: E402
-from autolabel.active.pool import score_pool  # noqa: E402
 from autolabel.active.select import select_frames  # noqa: E402
 from autolabel.config_io import apply_overrides  # noqa: E402
-from autolabel.dataset import open_frames  # noqa: E402
+from autolabel.stages import evaluate_checkpoint, score_round  # noqa: E402
+from autolabel.stages import train as train_round  # noqa: E402
+from autolabel.stages.inputs import checkpoint_path, fused_labels, open_cache, open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
+from autolabel.provenance import recipe_record  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
-from autolabel.store.rounds import evaluate_round  # noqa: E402
+from autolabel.store.export import evaluate_round  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
-from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
-from autolabel.training.rounds import checkpoint_path, fused_labels, open_cache, train_round  # noqa: E402
 
 VARIANTS = (
     "3d_supervised",
@@ -292,7 +292,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             recipe.dts,
             checkpoint_path(recipe, k),
             resolve_device(recipe.device),
-            recipe,
+            recipe_record(recipe),
             progress=False,
             fused=fused,
         )
@@ -347,7 +347,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         )
         picks, used = [], "none"
         if not control:
-            scores = score_pool(dts, 0, progress=False)
+            scores = score_round(dts, 0, progress=False)
             budget = max(1, round(0.05 * len(scores.tokens)))
             strategy = "random" if kind == "dts_random_5pct" else "auto"
             picks, used = select_frames(
@@ -362,7 +362,16 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized
                 from autolabel.annotation.deliver import oracle_point_labels
 
-                oracle_point_labels(recipe, scores.tokens, scores.scenes, picked, folder / "point_annotations")
+                oracle_point_labels(
+                    open_frames(recipe, "train", load_images=False, load_gt=False),
+                    recipe.store_path,
+                    recipe.network.grid,
+                    recipe.network.image_size,
+                    scores.tokens,
+                    scores.scenes,
+                    picked,
+                    folder / "point_annotations",
+                )
             else:
                 oracle_labels(recipe, scores.tokens, scores.scenes, picked, world)
         log(f"{name}: round 1 ({args.round1_steps} steps, {len(picks)} labelled frames by {used})")

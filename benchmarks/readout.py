@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from active import oracle_labels, write_recipe  # noqa: E402
 
-from autolabel.dataset import open_frames  # noqa: E402
+from autolabel.stages import evaluate_checkpoint  # noqa: E402
+from autolabel.stages import train as train_round  # noqa: E402
+from autolabel.stages.inputs import checkpoint_path, open_frames  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider  # noqa: E402
-from autolabel.training.calibrate import load_threshold  # noqa: E402
-from autolabel.training.evaluate import evaluate_checkpoint  # noqa: E402
-from autolabel.training.rounds import checkpoint_path, train_round  # noqa: E402
+from autolabel.checkpoint import load_threshold  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("3d_supervised", "render_noisy", "render_noisy_no_los", "render_noisy_lidar_target")

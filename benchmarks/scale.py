@@ -51,18 +51,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autolabel.data.nuscenes import NuScenesFrames  # noqa: E402
-from autolabel.dataset import open_frames  # noqa: E402
+from autolabel.stages import train as train_round  # noqa: E402
+from autolabel.stages.inputs import fused_labels, open_cache, open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
+from autolabel.provenance import recipe_record  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
 from autolabel.dts.teacher import EMATeacher  # noqa: E402
 from autolabel.recipe import load_recipe  # noqa: E402
 from autolabel.store.frame_arrays import ArraySpec, frame_bytes, frames_per_shard  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
-from autolabel.store.rounds import export_occ3d  # noqa: E402
+from autolabel.store.export import export_occ3d  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
-from autolabel.training.data import FrameDataset  # noqa: E402
-from autolabel.training.rounds import fused_labels, open_cache, train_round  # noqa: E402
+from autolabel.network_input import FrameDataset  # noqa: E402
 from occnet.network import OccupancyNetwork  # noqa: E402
 from occnet.trainer import Trainer, default_workers  # noqa: E402
 
@@ -496,7 +497,17 @@ def stage_label(run: Path, recipe, device) -> dict:
         shutil.rmtree(path, ignore_errors=True)
         store = LabelStore(path, recipe.network.grid, create=True)
         return label_round(
-            f, cache, store, 0, recipe.network, recipe.dts, ckpt, device, recipe, progress=False, fused=fused
+            f,
+            cache,
+            store,
+            0,
+            recipe.network,
+            recipe.dts,
+            ckpt,
+            device,
+            recipe_record(recipe),
+            progress=False,
+            fused=fused,
         )
 
     r = warm_then_timed(

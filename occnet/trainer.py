@@ -102,7 +102,7 @@ class StepBatches(Sampler[list[int]]):
 
 
 class Trainer:
-    """Trains an OccupancyNetwork on batches (dicts of tensors, see autolabel.training.data).
+    """Trains an OccupancyNetwork on batches (dicts of tensors, see autolabel.network_input).
 
     Batch keys: images (B, N, 3, H, W), intrinsics (B, N, 3, 3), cam2ego (B, N, 4, 4), depth (B, N, H, W),
     semantics (B, N, H, W) uint8 (255 none), confidence (B, N, H, W); optional gt_semantics /

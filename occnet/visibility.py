@@ -1,11 +1,13 @@
-"""Visibility rays: camera rays for ``mask_camera``; the voxel walk itself is `kernels.walk.ray_voxels`
-(re-exported here: C++ / CUDA backends, PyTorch reference)."""
+"""Occ3D visibility: camera rays for ``mask_camera`` and both masks of a labelled frame; the voxel walk itself
+is `kernels.walk.ray_voxels` (re-exported here: C++ / CUDA backends, PyTorch reference)."""
 
 from __future__ import annotations
 
 import torch
 
-from kernels.walk import ray_voxels  # noqa: F401  (re-exported)
+from kernels.walk import ray_voxels
+
+from .classes import FREE_ID
 
 
 def camera_rays(
@@ -29,3 +31,25 @@ def camera_rays(
     d = pix @ torch.linalg.inv(K).T
     d = d / d.norm(dim=1, keepdim=True)
     return T[:3, 3], d @ T[:3, :3].T
+
+
+def visibility_masks(
+    semantics: torch.Tensor,
+    K: torch.Tensor,
+    cam2ego: torch.Tensor,
+    hw: tuple[int, int],
+    lidar_origin: torch.Tensor,
+    lidar_points: torch.Tensor,
+    grid,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Occ3D masks of one frame: (X, Y, Z) uint8 mask_camera, mask_lidar."""
+    occupied = semantics < FREE_ID
+    rays = [camera_rays(K[k], cam2ego[k], hw) for k in range(K.shape[0])]
+    # all cameras' rays in one walk (the walk's cost is its number of steps, not of rays)
+    origins = torch.cat([o.expand_as(d) for o, d in rays])
+    cam = ray_voxels(origins, torch.cat([d for _, d in rays]), grid, occupied)
+    vec = lidar_points.double() - lidar_origin.double()
+    norm = vec.norm(dim=1, keepdim=True)
+    dirs = vec[norm[:, 0] > 1e-6] / norm[norm[:, 0] > 1e-6]
+    lid = ray_voxels(lidar_origin, dirs, grid, occupied)
+    return cam.to(torch.uint8), lid.to(torch.uint8)

@@ -209,10 +209,10 @@ def run_copy(trained, tmp_path) -> Path:
 
 
 def _deliver(recipe: Path, pool_world: Path, out: Path) -> list[dict]:
-    from autolabel.active.rounds import oracle_annotate
+    from autolabel.stages import oracle_delivery
     from autolabel.recipe import load_recipe
 
-    assert oracle_annotate(load_recipe(recipe), 0, pool_world, out) == 2
+    assert oracle_delivery(load_recipe(recipe), 0, pool_world, out) == 2
     return json.loads((recipe.parent / "run" / "round_0" / "select" / "manifest.json").read_text())["selected"]
 
 
@@ -241,7 +241,7 @@ def test_select_then_ingest_round_trip_and_idempotence(run_copy, pool_world, tmp
     assert main(["ingest", str(run_copy), "--round", "0", str(tmp_path / "ann")]) == 0  # again: a no-op
     assert "0 frames ingested, 2 already there unchanged" in capsys.readouterr().out
     # the next round trains with 3D labels on those frames, and selection skips them
-    from autolabel.training.rounds import manual_labels
+    from autolabel.store.manual import manual_labels
 
     assert set(manual_labels(run_copy.parent / "run" / "labels.zarr", TINY_GRID)) == {r["token"] for r in rows}
 
@@ -258,7 +258,7 @@ def test_every_ingest_validation_error(run_copy, pool_world, tmp_path):
     def attempt(match: str, **arrays) -> None:
         np.savez(path, **{"semantics": sem, "mask_camera": cam, "mask_lidar": lid, **arrays})
         with pytest.raises(DataError, match=match):
-            from autolabel.active.rounds import ingest
+            from autolabel.stages import ingest_folder as ingest
             from autolabel.recipe import load_recipe
 
             ingest(load_recipe(run_copy), 0, tmp_path / "ann")
@@ -269,7 +269,7 @@ def test_every_ingest_validation_error(run_copy, pool_world, tmp_path):
     attempt("mask_camera is empty", mask_camera=np.zeros_like(cam))
     np.savez(path, semantics=sem, mask_lidar=lid)
     with pytest.raises(DataError, match=r"missing key\(s\) \['mask_camera'\]"):
-        from autolabel.active.rounds import ingest
+        from autolabel.stages import ingest_folder as ingest
         from autolabel.recipe import load_recipe
 
         ingest(load_recipe(run_copy), 0, tmp_path / "ann")
@@ -283,7 +283,7 @@ def test_every_ingest_validation_error(run_copy, pool_world, tmp_path):
     changed[0, 0, 0] = 4 if sem[0, 0, 0] != 4 else 5
     write_labels(path, Occ3DLabels(changed, lid, cam), TINY_GRID)
     with pytest.raises(DataError, match="already ingested with different labels"):
-        from autolabel.active.rounds import ingest
+        from autolabel.stages import ingest_folder as ingest
         from autolabel.recipe import load_recipe
 
         ingest(load_recipe(run_copy), 0, tmp_path / "ann")

@@ -115,7 +115,7 @@ def test_the_nuscenes_recipes_say_where_the_backbone_file_goes(name):
     from pathlib import Path
 
     from autolabel.recipe import load_recipe
-    from autolabel.pipeline import BACKBONE_DOWNLOADS
+    from autolabel.stages.checks import BACKBONE_DOWNLOADS
 
     path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml"
     text = path.read_text()

@@ -15,7 +15,7 @@ from autolabel.cli import main
 from autolabel.data import nuscenes as nus
 from autolabel.data.nuscenes import NuScenesFrames
 from autolabel.supervision.cache import SupervisionCache
-from autolabel.training.data import FrameDataset
+from autolabel.network_input import FrameDataset
 
 HW = (64, 112)
 

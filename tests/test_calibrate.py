@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from autolabel.dts.config import DTSConfig, readout
-from autolabel.training.calibrate import THRESHOLD_FILE, calibrate_threshold, load_threshold
+from autolabel.checkpoint import THRESHOLD_FILE, load_threshold, readout
+from autolabel.dts.config import DTSConfig
+from autolabel.training.calibrate import calibrate_threshold
 from kernels.grid import GridSpec
 
 GRID = GridSpec(range_min=(-6.4, -6.4, -1.0), range_max=(6.4, 6.4, 2.2), voxel_size=0.4)

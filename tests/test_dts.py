@@ -18,7 +18,8 @@ from tiny_models import TINY_GRID, write_recipe
 from autolabel.cli import main
 from autolabel.data.occ3d import labels_path, read_labels
 from autolabel.dts.config import DTSConfig
-from autolabel.dts.pseudo import class_thresholds, confidence_histogram, lidar_free_and_hits, threshold
+from autolabel.dts.pseudo import lidar_free_and_hits
+from autolabel.store.confidence import class_thresholds, confidence_histogram, threshold
 from autolabel.dts.teacher import EMATeacher
 from autolabel.errors import DataError
 from autolabel.store.labels import LabelStore
@@ -201,7 +202,7 @@ def test_export_inspect_and_eval(trained, pool_world, capsys):
 def test_export_keeps_classes_and_leaves_dropped_voxels_out_through_the_masks(tmp_path):
     """Occ3D files hold classes 0..17 only: a voxel the thresholds drop keeps its class and is cleared from
     mask_camera / mask_lidar; mask_confident marks the kept ones; the kept share is of mask_camera."""
-    from autolabel.store.rounds import export_occ3d
+    from autolabel.store.export import export_occ3d
 
     rng = np.random.default_rng(0)
     store = LabelStore(tmp_path / "labels.zarr", TINY_GRID, create=True)
@@ -255,7 +256,7 @@ def test_bad_store_input_gives_clear_errors(trained, tmp_path, pool_world):
     with pytest.raises(DataError, match="not a Zarr store"):
         LabelStore.open(tmp_path)
     with pytest.raises(DataError, match="no gts/<scene>/<token>/labels.npz for any frame"):
-        from autolabel.store.rounds import evaluate_round
+        from autolabel.store.export import evaluate_round
 
         evaluate_round(LabelStore.open(store), 0, tmp_path)
     # a round made for other frames (the store's tokens are not this dataset's) is refused
@@ -298,7 +299,7 @@ def test_label_killed_mid_export_resumes_to_the_same_store(trained, tmp_path):
 
 def test_ground_truth_never_reaches_training(trained):
     """Training frames are opened without gts/: no frame has 3D labels until some are ingested."""
-    from autolabel.training.rounds import manual_labels
+    from autolabel.store.manual import manual_labels
 
     assert manual_labels(trained / "run" / "labels.zarr", TINY_GRID) == {}
     lines = [json.loads(x) for x in (trained / "run" / "round_0" / "train" / "history.jsonl").read_text().splitlines()]

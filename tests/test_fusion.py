@@ -169,7 +169,7 @@ def test_a_fused_round_is_stored_scored_and_exported_as_occ3d(world, tmp_path):
     from autolabel.data.occ3d import labels_path, read_labels
     from autolabel.fusion.label import fuse_round
     from autolabel.store.labels import LabelStore
-    from autolabel.store.rounds import evaluate_round, export_occ3d
+    from autolabel.store.export import evaluate_round, export_occ3d
 
     frames, caches = world
     store = LabelStore(tmp_path / "labels.zarr", TINY_GRID, create=True)

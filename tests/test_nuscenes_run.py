@@ -191,7 +191,7 @@ def test_a_delivery_ingested_by_hand_lets_the_run_go_on(tmp_path, sample_root, c
     from tiny_models import TINY_GRID, write_recipe
 
     from autolabel.errors import AwaitingAnnotations
-    from autolabel.pipeline import _ingest
+    from autolabel.stages import ingest as _ingest
     from autolabel.recipe import load_recipe
 
     path = write_recipe(tmp_path, sample_root, rounds={"count": 2})

@@ -30,7 +30,7 @@ def tiny_config(**kw) -> NetworkConfig:
 def tiny_dataset(tmp_path_factory):
     from autolabel.data.nuscenes import NuScenesFrames
     from autolabel.synth.writer import SynthConfig, write_dataset
-    from autolabel.training.data import FrameDataset
+    from autolabel.network_input import FrameDataset
 
     root = tmp_path_factory.mktemp("occ")
     write_dataset(
@@ -323,7 +323,7 @@ def test_rendering_only_training_learns_the_scene(tiny_dataset, tmp_path):
 
 
 def test_auxiliary_keyframes_are_moved_into_the_current_ego_frame(tiny_dataset, tmp_path):
-    from autolabel.training.data import FrameDataset
+    from autolabel.network_input import FrameDataset
 
     ds = FrameDataset(tiny_dataset.frames, SIZE, labels="exact", aux_frames=1)
     first, second = ds[0], ds[1]

@@ -238,7 +238,7 @@ def test_real_annotations_are_the_default_and_wait_in_the_run_folder(tmp_path, p
     """Issue 21: a recipe that names no annotator waits for real annotations (<run>/annotations/round_K)
     instead of copying the dataset's gts/ as manual labels."""
     from autolabel.errors import AwaitingAnnotations
-    from autolabel.pipeline import _ingest
+    from autolabel.stages import ingest as _ingest
     from autolabel.recipe import RoundsConfig, load_recipe
 
     assert RoundsConfig().annotator == "folder"
@@ -250,7 +250,7 @@ def test_real_annotations_are_the_default_and_wait_in_the_run_folder(tmp_path, p
 def test_the_oracle_on_a_dataset_that_is_not_synthetic_is_refused(tmp_path, pool_world, sample_root, capsys):
     """The oracle copies gts/; on real data that passes the ground truth off as manual labels: refused before
     the run folder is written, unless the recipe asks for a simulation study by name."""
-    from autolabel.dataset import check_annotator
+    from autolabel.stages.checks import check_annotator
     from autolabel.recipe import load_recipe
 
     real = write_recipe(tmp_path / "real", sample_root, rounds={"count": 2, "annotator": "oracle"})

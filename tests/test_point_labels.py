@@ -135,7 +135,8 @@ def test_voxelization_rules_on_a_hand_made_scene():
 def delivered(tiny_world, tmp_path):
     """A recipe asking for point labels, a round-0 manifest of the tiny world's two frames, and the simulated
     annotator's delivery of them."""
-    from autolabel.active.rounds import manifest_path, oracle_annotate
+    from autolabel.stages import oracle_delivery
+    from autolabel.stages.inputs import manifest_path
     from autolabel.recipe import load_recipe
 
     recipe = load_recipe(write_recipe(tmp_path, tiny_world, selection={"annotation": "points"}))
@@ -145,14 +146,14 @@ def delivered(tiny_world, tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"round": 0, "annotation": "points", "selected": rows}))
     ann = tmp_path / "ann"
-    assert oracle_annotate(recipe, 0, tiny_world, ann) == 2
+    assert oracle_delivery(recipe, 0, tiny_world, ann) == 2
     return recipe, ann, rows
 
 
 def test_point_delivery_ingests_as_labels_that_training_trusts_where_they_cover(delivered, tiny_world):
-    from autolabel.active.rounds import ingest
+    from autolabel.stages import ingest_folder as ingest
     from autolabel.store.labels import LabelStore
-    from autolabel.training.rounds import manual_labels
+    from autolabel.store.manual import manual_labels
 
     recipe, ann, rows = delivered
     for r in rows:
@@ -258,7 +259,7 @@ RULES = (
 
 @pytest.mark.parametrize("kind", RULES)
 def test_a_bad_delivery_is_refused_in_one_line_and_nothing_is_stored(kind, delivered, frames):
-    from autolabel.active.rounds import ingest
+    from autolabel.stages import ingest_folder as ingest
     from autolabel.store.labels import LabelStore
 
     recipe, ann, rows = delivered
@@ -284,7 +285,9 @@ def test_the_cli_prints_a_bad_delivery_in_one_line(delivered, frames, capsys):
 
 def test_region_rows_deliver_and_store_only_the_tiles(delivered, frames):
     from autolabel.active.regions import RegionGrid, bounds_mask
-    from autolabel.active.rounds import ingest, manifest_path, oracle_annotate
+    from autolabel.stages import ingest_folder as ingest
+    from autolabel.stages import oracle_delivery
+    from autolabel.stages.inputs import manifest_path
     from autolabel.annotation.deliver import in_tiles
     from autolabel.annotation.accumulate import key_lidar, read_sweep, target_frame
     from autolabel.store.labels import LabelStore
@@ -296,7 +299,7 @@ def test_region_rows_deliver_and_store_only_the_tiles(delivered, frames):
     region_rows = [{**rows[0], "tiles": [{"index": t, "bounds": b} for t, b in zip(tiles, bounds)]}]
     manifest_path(recipe, 0).write_text(json.dumps({"round": 0, "annotation": "points", "selected": region_rows}))
     ann = Path(recipe.run_dir) / "region_ann"
-    oracle_annotate(recipe, 0, frames.dataroot, ann)
+    oracle_delivery(recipe, 0, frames.dataroot, ann)
     token = rows[0]["token"]
     raw = np.fromfile(ann / rows[0]["scene"] / token / "lidarseg.bin", np.uint8)
     g2t, t0 = target_frame(frames, token)
@@ -357,7 +360,8 @@ def test_a_points_round_states_points_and_boxes_and_its_oracle_delivers_them(tra
     frame's points and boxes, spends at most the budget, and the simulated annotator's points + boxes ingest."""
     import yaml
 
-    from autolabel.active.rounds import ingest, oracle_annotate
+    from autolabel.stages import ingest_folder as ingest
+    from autolabel.stages import oracle_delivery
     from autolabel.cli import main
     from autolabel.recipe import load_recipe
 
@@ -391,7 +395,7 @@ def test_a_points_round_states_points_and_boxes_and_its_oracle_delivers_them(tra
     assert manifest["points_total"] == sum(row["points"] for row in rows)
     assert "point labels and boxes" in (run / "round_0" / "select" / "index.html").read_text()
     recipe = load_recipe(path)
-    assert oracle_annotate(recipe, 0, recipe.dataroot, tmp_path / "ann") == len(rows)
+    assert oracle_delivery(recipe, 0, recipe.dataroot, tmp_path / "ann") == len(rows)
     for row in rows:  # the simulated annotator draws the boxes the manifest asked for
         folder = tmp_path / "ann" / row["scene"] / row["token"]
         assert len(json.loads((folder / "boxes.json").read_text())) == row["boxes"] > 0

@@ -69,7 +69,7 @@ def test_readme_lists_the_names_it_should():
         "occnet.OccupancyNetwork",
         "occnet.Trainer",
         "occnet.predict",
-        "autolabel.training.FrameDataset",
+        "autolabel.network_input.FrameDataset",
         "kernels.render_rays",
         "occnet.metrics.OccupancyMetric",
     ):
@@ -116,7 +116,7 @@ def test_imports_flow_kernels_occnet_autolabel():
         "import kernels\nassert not loaded('occnet') and not loaded('autolabel'), loaded('occnet') + "
         "loaded('autolabel')\n"
         "import occnet\nassert not loaded('autolabel'), loaded('autolabel')\n"
-        "import autolabel.training, autolabel.data\n"
+        "import autolabel.network_input, autolabel.training, autolabel.data\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -132,7 +132,7 @@ def section(title: str) -> str:
 def test_nuscenes_walkthrough_names_are_true():
     """Issue 23: "Labelling your nuScenes copy": every command and flag it shows exists, every recipe it
     names exists with the paths, keys and backbone files it says."""
-    from autolabel.pipeline import BACKBONE_DOWNLOADS
+    from autolabel.stages.checks import BACKBONE_DOWNLOADS
     from autolabel.recipe import load_recipe
 
     text = section("Labelling your nuScenes copy")

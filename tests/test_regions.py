@@ -140,7 +140,7 @@ def test_labels_outside_the_annotated_tiles_never_reach_the_loss(pool_world):
     from tiny_models import NET, TINY_GRID
 
     from autolabel.data.nuscenes import NuScenesFrames
-    from autolabel.training.data import FrameDataset
+    from autolabel.network_input import FrameDataset
     from occnet.config import NetworkConfig
 
     frames = NuScenesFrames(pool_world, "v1.0-synth", grid=TINY_GRID)
@@ -210,9 +210,10 @@ def region_run(trained, tmp_path) -> Path:
 
 
 def test_region_round_select_oracle_ingest_export(region_run, pool_world, tmp_path, capsys):
-    from autolabel.active.rounds import ingest, oracle_annotate
+    from autolabel.stages import ingest_folder as ingest
+    from autolabel.stages import oracle_delivery
     from autolabel.recipe import load_recipe
-    from autolabel.training.rounds import labelled_voxels, manual_labels
+    from autolabel.store.manual import labelled_voxels, manual_labels
     from tiny_models import TINY_GRID
 
     run = region_run.parent / "run"
@@ -231,7 +232,7 @@ def test_region_round_select_oracle_ingest_export(region_run, pool_world, tmp_pa
 
     recipe = load_recipe(region_run)
     ann = tmp_path / "ann"
-    assert oracle_annotate(recipe, 0, pool_world, ann) == 2
+    assert oracle_delivery(recipe, 0, pool_world, ann) == 2
     for r in rows:  # the oracle delivers the requested tiles only
         got = read_labels(labels_path(ann, r["scene"], r["token"]), TINY_GRID)
         want = bounds_mask(TINY_GRID.shape, [t["bounds"] for t in r["tiles"]])

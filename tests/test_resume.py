@@ -201,7 +201,7 @@ def test_a_run_stops_fails_resumes_and_takes_more_rounds(tmp_path, pool_world, c
 def test_resumed_training_counts_on_from_its_checkpoint(tmp_path, trained, capsys):
     """A run killed at step 6 with its checkpoint at step 4 (history.jsonl holds steps 1-6, the last line
     cut mid-write): the resumed bar starts at 4/8 and the log holds each step once."""
-    from autolabel.training.rounds import train_round
+    from autolabel.stages import train as train_round
 
     recipe = load_recipe(copy_trained(trained, tmp_path, steps=8))
     log = recipe.round_dir(0) / "train" / "history.jsonl"

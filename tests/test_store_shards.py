@@ -273,11 +273,11 @@ def test_a_corrupt_shard_in_a_block_read_names_its_frame(tmp_path):
 
 
 def test_numpy_histogram_and_thresholds_match_the_torch_ones():
-    """The export's numpy versions count and threshold exactly as dts.pseudo does (the training loop's)."""
+    """The export's numpy versions count and threshold exactly as store.confidence does (the training loop's)."""
     import torch
 
-    from autolabel.dts.pseudo import class_thresholds, confidence_histogram, threshold
-    from autolabel.store.rounds import confident_mask, kept_mask, level_histogram, thresholded
+    from autolabel.store.confidence import class_thresholds, confidence_histogram, threshold
+    from autolabel.store.export import confident_mask, kept_mask, level_histogram, thresholded
 
     rng = np.random.default_rng(0)
     sem = rng.integers(0, 18, (3, 20, 20, 8)).astype(np.uint8)
@@ -298,7 +298,7 @@ def test_numpy_histogram_and_thresholds_match_the_torch_ones():
 
 def test_export_threads_write_the_same_files_and_pass_errors_on(tmp_path):
     from autolabel.store.labels import LabelStore
-    from autolabel.store.rounds import export_occ3d
+    from autolabel.store.export import export_occ3d
     from kernels.grid import GridSpec
 
     grid = GridSpec(range_min=(0, 0, 0), range_max=(2.0, 1.6, 0.8), voxel_size=0.4)  # 5 x 4 x 2

@@ -328,7 +328,7 @@ def test_supervise_caches_every_frame_once_and_resumes_after_an_interruption(tin
         for a, b in zip(cache.read(token), other.read(token)):
             np.testing.assert_array_equal(a, b)
     # what training reads: the same depth and labels FrameDataset computes without the cache
-    from autolabel.training.data import FrameDataset
+    from autolabel.network_input import FrameDataset
 
     frames = NuScenesFrames(tiny_world, "v1.0-synth", grid=TINY_GRID)
     direct = FrameDataset(frames, (64, 112), labels="noisy")[1]

@@ -17,19 +17,23 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from kernels.grid import GridSpec
+from occnet.config import NetworkConfig, RenderConfig
 from occnet.losses import rendered_semantics_ce
 from occnet.distributed import gather_to_main, is_main, rank, world_size
 from occnet.rays import render, sample_rays
 from occnet.trainer import default_workers
 
-from ..dataset import open_frames
-from ..dts.label import load_teacher
+from ..annotation.costs import frame_cost
+from ..checkpoint import load_network
+from ..data.nuscenes import NuScenesFrames
+from ..dts.config import DTSConfig
 from ..errors import DataError
-from ..recipe import Recipe
+from ..network_input import FrameDataset
 from ..store.labels import LabelStore
-from ..supervision.providers import resolve_device
-from ..training.data import FrameDataset
-from ..training.rounds import checkpoint_path, open_cache
+from ..store.manual import labelled_frames
+from ..supervision.cache import SupervisionCache
+from .config import SelectionConfig
 from .scores import (
     class_weights,
     disagreement,
@@ -55,7 +59,9 @@ class PoolScores:
     regions: RegionGrid | None = None  # selection.unit region: the tiles (candidates then carry tile scores)
 
 
-def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, recipe: Recipe, seed: int) -> float:
+def rendering_residual(
+    density: torch.Tensor, logits: torch.Tensor, item: dict, grid: GridSpec, render_cfg: RenderConfig, seed: int
+) -> float:
     """Mean |log rendered depth - log LiDAR depth| + rendered 2D cross-entropy on a fixed ray sample."""
     dev = density.device
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -66,17 +72,17 @@ def rendering_residual(density: torch.Tensor, logits: torch.Tensor, item: dict, 
             item["depth"].to(dev),
             item["semantics"].to(dev),
             item["confidence"].to(dev),
-            max(256, recipe.render.rays_per_frame // 4),
+            max(256, render_cfg.rays_per_frame // 4),
             0.0,
             gen,
-            grid=recipe.network.grid,
-            depth_target=recipe.render.depth_target,
-            semantic_rays=recipe.render.semantic_rays,
-            semantic_share=recipe.render.semantic_share,
+            grid=grid,
+            depth_target=render_cfg.depth_target,
+            semantic_rays=render_cfg.semantic_rays,
+            semantic_share=render_cfg.semantic_share,
         )
     except ValueError:  # nothing of the frame falls in the grid
         return 0.0
-    r = render(density[None], logits[None], rays, recipe.network.grid, recipe.render)
+    r = render(density[None], logits[None], rays, grid, render_cfg)
     has = rays.depth > 0
     depth_err = (
         (torch.log(r.depth[has].clamp_min(1e-3)) - torch.log(rays.depth[has])).abs().mean() if has.any() else 0.0
@@ -88,15 +94,26 @@ def _first(items: list) -> dict:
     return items[0]
 
 
-def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | None = None) -> PoolScores | None:
-    """Score every training frame. Under torchrun each rank scores frames ``i % world == rank`` (DataLoader
+def score_pool(
+    frames: NuScenesFrames,
+    cache: SupervisionCache,
+    store: LabelStore,
+    k: int,
+    checkpoint,
+    network: NetworkConfig,
+    render_cfg: RenderConfig,
+    dts: DTSConfig,
+    selection: SelectionConfig,
+    device: torch.device,
+    progress: bool = True,
+    workers: int | None = None,
+) -> PoolScores | None:
+    """Score every training frame (`frames`, labelled in round k of `store`) with the round's `checkpoint`
+    (its teacher and student). Under torchrun each rank scores frames ``i % world == rank`` (DataLoader
     workers read them: `default_workers()` unless given) and rank 0 gathers the per-frame results and
     returns the pool; the other ranks return None. The scores do not depend on the number of processes
     (a frame's residual rays are seeded by its index in the pool; class weights need the whole pool, so
     they are computed after the gather)."""
-    device = resolve_device(recipe.device)  # joins the process group under torchrun
-    frames = open_frames(recipe, "train", load_images=True, load_gt=False)
-    store = LabelStore.open(recipe.store_path, recipe.network.grid)
     arrays = store.round(k)
     done = arrays.done()
     if arrays.tokens != frames.tokens or not done.all():
@@ -104,20 +121,19 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
             f"{store.path} round {k}: labels are missing for {int((~done).sum())} frames; "
             f"run `autolabel label --round {k}` first"
         )
-    ckpt = checkpoint_path(recipe, k)
-    teacher, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=True)
-    student, _, _ = load_teacher(recipe.network, ckpt, device, prefer_teacher=False)
+    teacher = load_network(network, checkpoint, device, "teacher").model
+    student = load_network(network, checkpoint, device, "student").model
     feats: dict[str, torch.Tensor] = {}
     hook = teacher.voxels.up.register_forward_hook(lambda m, i, o: feats.__setitem__("bev", o.float().mean(-1)))
-    voxel = float(min(recipe.network.grid.voxel_size))
-    regions = RegionGrid(recipe.network.grid.shape, recipe.selection.region_size) if recipe.selection.region else None
+    voxel = float(min(network.grid.voxel_size))
+    regions = RegionGrid(network.grid.shape, selection.region_size) if selection.region else None
     mine = [i for i in range(len(frames)) if i % world_size() == rank()]
     dataset = FrameDataset(
         frames,
-        recipe.network.image_size,
+        network.image_size,
         labels="cache",
-        cache=open_cache(recipe),
-        grid=recipe.network.grid,
+        cache=cache,
+        grid=network.grid,
         indices=mine,
     )
     loader = DataLoader(
@@ -131,14 +147,16 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
             i = frames.index(item["token"])
             b = {key: item[key][None].to(device) for key in ("images", "intrinsics", "cam2ego", "depth")}
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                t = teacher(b["images"], b["intrinsics"], b["cam2ego"], b["depth"] if recipe.dts.depth_aware else None)
+                t = teacher(b["images"], b["intrinsics"], b["cam2ego"], b["depth"] if dts.depth_aware else None)
                 s = student(b["images"], b["intrinsics"], b["cam2ego"])
-                res = rendering_residual(s.density[0].float(), s.logits[0].float(), item, recipe, seed=i)
+                res = rendering_residual(
+                    s.density[0].float(), s.logits[0].float(), item, network.grid, render_cfg, seed=i
+                )
             pt = voxel_distribution(t.density[0], t.logits[0], voxel)
             ps = voxel_distribution(s.density[0], s.logits[0], voxel)
             mask = torch.from_numpy(arrays.read(i, "mask_camera")).to(device).bool()
             sums, n = entropy_by_class(pt, mask)
-            cost = recipe.selection.frame_cost + recipe.selection.voxel_cost * occupied_voxels(pt, mask)
+            cost = selection.frame_cost + selection.voxel_cost * occupied_voxels(pt, mask)
             bev = F.adaptive_avg_pool2d(feats["bev"], BEV_POOL).flatten(1)[0]
             scored[i] = (
                 sums.cpu().numpy(),
@@ -159,40 +177,28 @@ def score_pool(recipe: Recipe, k: int, progress: bool = True, workers: int | Non
         scored.update(part)
     if sorted(scored) != list(range(len(frames))):
         raise RuntimeError(f"score_pool: {len(frames) - len(scored)} frames were scored by no rank")
-    pool = _finish(frames, _labelled(store, frames.tokens), [scored[i] for i in range(len(frames))], regions)
+    pool = _finish(frames, labelled_frames(store, frames.tokens), [scored[i] for i in range(len(frames))], regions)
     pool.scored_by = tuple(counts)
-    if recipe.selection.points:
-        _point_costs(pool, frames, recipe, arrays)
+    if selection.points:
+        _point_costs(pool, frames, network.grid, selection, arrays)
     return pool
 
 
-def _point_costs(pool: PoolScores, frames, recipe: Recipe, arrays) -> None:
+def _point_costs(pool: PoolScores, frames, grid: GridSpec, sel: SelectionConfig, arrays) -> None:
     """selection.annotation points (issue 24): every candidate's points and boxes to label (per tile too with
     regions); with cost_model its cost in points (points + box_points x boxes)."""
-    from ..annotation.costs import frame_cost
-
-    sel = recipe.selection
     cells = pool.regions.cell_tiles() if pool.regions is not None else None
     for c in pool.candidates:
         i = arrays.index(c.token)
         c.point_cost = frame_cost(
             frames,
             c.token,
-            recipe.network.grid,
+            grid,
             cells,
             lambda i=i: (arrays.read(i, "semantics"), arrays.read(i, "mask_camera")),
         )
         if sel.cost_model:
             c.cost = c.point_cost.cost(sel.box_points)
-
-
-def _labelled(store: LabelStore, tokens: list[str]) -> np.ndarray:
-    """(N,) bool: frames with ingested manual 3D labels."""
-    manual = store.manual()
-    if manual is None:
-        return np.zeros(len(tokens), bool)
-    done = manual.done()
-    return np.array([bool(done[manual.index(t)]) if manual.has(t) else False for t in tokens])
 
 
 def _finish(frames, labelled: np.ndarray, rows: list[tuple], regions: RegionGrid | None = None) -> PoolScores:

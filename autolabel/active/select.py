@@ -42,12 +42,9 @@ class Pick:
     voxels: int = 0  # region unit: their voxels (the cost)
 
 
-def distance_device(device: str) -> torch.device | None:
-    """Where the diversity distances run: the recipe's device when it is a GPU, else the CPU (None)."""
-    from ..supervision.providers import resolve_device
-
-    d = resolve_device(device)
-    return d if d.type == "cuda" else None
+def distance_device(device: torch.device) -> torch.device | None:
+    """Where the diversity distances run: the recipe's (resolved) device when it is a GPU, else the CPU (None)."""
+    return device if device.type == "cuda" else None
 
 
 def resolve_strategy(cfg: SelectionConfig, n_labelled: int, pool_size: int) -> str:

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from kernels.grid import GridSpec
+from occnet.visibility import visibility_masks
 
 from ..data.nuscenes import NuScenesFrames
 from ..data.transforms import ResizeCrop
 from ..errors import DataError
+from ..store.labels import LabelStore
 from .accumulate import key_lidar, target_frame
 from .boxes import Box3D, BoxError, parse_box
 from .lidarseg import category_indices, occ3d_table
@@ -106,8 +108,6 @@ def visibility(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Occ3D mask_camera and mask_lidar (X, Y, Z) bool of the keyframe against the labels' occupancy, with
     camera rays at `image_size` (the network input's fit of each camera)."""
-    from ..dts.label import visibility_masks
-
     f = frames.frame(token, images=False, lidar="key")
     world2key = np.linalg.inv(f.lidar.ego2global)
     K, cam2key = [], []
@@ -196,22 +196,26 @@ def simulate_delivery(frames: NuScenesFrames, token: str, out: Path, grid: GridS
 
 
 def oracle_point_labels(
-    recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]], folder: Path, cfg: PointLabelConfig | None = None
+    frames: NuScenesFrames,
+    store_path: Path,
+    grid: GridSpec,
+    image_size: tuple[int, int],
+    pool_tokens,
+    pool_scenes,
+    picks: list[tuple[str, str]],
+    folder: Path,
+    cfg: PointLabelConfig | None = None,
 ) -> int:
     """The simulated point annotator of a benchmark (synthetic worlds): each picked (scene, token) frame's exact
     lidarseg labels and boxes are delivered into `folder`, read back with the ingest's validation and voxelized
-    into the store's manual group (the pool's tokens). Returns the voxels the labels cover."""
-    from ..dataset import open_frames
-    from ..store.labels import LabelStore
-
-    grid = recipe.network.grid
-    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
-    manual = LabelStore(recipe.store_path, grid, create=True).manual(pool_tokens, pool_scenes, create=True)
+    into the manual group (the pool's tokens) of the store at `store_path`, with camera masks at the network
+    input size `image_size`. Returns the voxels the labels cover."""
+    manual = LabelStore(store_path, grid, create=True).manual(pool_tokens, pool_scenes, create=True)
     covered = 0
     for scene, token in picks:
         d = simulate_delivery(frames, token, Path(folder) / scene / token, grid)
         raw, boxes = read_delivery(frames, d, token)
-        arrays = manual_arrays(frames, token, raw, boxes, grid, recipe.network.image_size, cfg)
+        arrays = manual_arrays(frames, token, raw, boxes, grid, image_size, cfg)
         manual.write(manual.index(token), **arrays)
         covered += int((arrays["confidence"] == 255).sum())
     return covered

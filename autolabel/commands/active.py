@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
+from .. import stages
 from ..active.config import check_region_budget
-from ..active.pool import score_pool, select_pool
-from ..active.rounds import ingest as ingest_labels
-from ..active.rounds import write_manifest
-from ..active.select import distance_device
 from ..errors import DataError
 from ..recipe import load_recipe
-from ..store.labels import LabelStore
 
 
 def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budget: float | None) -> int:
@@ -22,27 +19,15 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
             check_region_budget(recipe.selection, recipe.network.grid.shape)
         except ValueError as exc:
             raise DataError(f"--budget: {exc}") from None
-    pool = score_pool(recipe, k)  # under torchrun: every rank scores its share, rank 0 selects
-    if pool is None:
+    selection = stages.select(recipe, k)  # under torchrun: every rank scores its share, rank 0 selects
+    if selection is None:
         return 0
+    pool, picks, strategy, path = selection.pool, selection.picks, selection.strategy, selection.manifest
     lab = pool.labelled
-    picks, strategy = select_pool(pool, recipe.selection, distance_device(recipe.device))
-    path = write_manifest(
-        recipe,
-        k,
-        picks,
-        strategy,
-        len(pool.tokens),
-        int(lab.sum()),
-        LabelStore.open(recipe.store_path, recipe.network.grid),
-        pool.regions,
-    )
     region = (
         f", {sum(len(p.tiles) for p in picks)} tiles, {sum(p.voxels for p in picks)} voxels" if pool.regions else ""
     )
     if recipe.selection.points:  # issue 24: what the annotators label, in their units (the manifest has them per frame)
-        import json
-
         rows = json.loads(path.read_text())["selected"]
         region += f"; {sum(r['points'] for r in rows)} LiDAR points and {sum(r['boxes'] for r in rows)} boxes to label"
     print(
@@ -59,7 +44,7 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
 
 def ingest(recipe_path: str, overrides: list[str], out: str | None, k: int, folder: str) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
-    s = ingest_labels(recipe, k, folder)
+    s = stages.ingest_folder(recipe, k, folder)
     print(
         f"round {k}: {len(s['added'])} frames ingested, {len(s['unchanged'])} already there unchanged, "
         f"{len(s['missing'])} of the manifest not delivered; {s['voxels_added']} labelled voxels added; "

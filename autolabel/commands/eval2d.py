@@ -9,7 +9,7 @@ from pathlib import Path
 
 from occnet.classes import FREE_ID, OCC3D_CLASS_NAMES
 
-from ..dataset import open_frames
+from ..stages.inputs import open_frames
 from ..recipe import load_recipe
 from ..report.figures import confusion_png
 from ..supervision.cache import SupervisionCache

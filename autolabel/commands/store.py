@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..report.figures import coverage_curve_png
 from ..store.labels import LabelStore
-from ..store.rounds import evaluate_round, export_occ3d, inspect_store
+from ..store.export import evaluate_round, export_occ3d, inspect_store
 
 CURVE_QUANTILES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

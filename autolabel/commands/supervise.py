@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from ..dataset import open_frames
+from .. import stages
 from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
-from ..supervision.cache import supervise
-from ..supervision.providers import build_provider, resolve_device
+from ..stages.checks import check_dataroot
+from ..supervision.providers import check_models, resolve_device
 
 
 def run(recipe_path: str, overrides: list[str], out: str | None, progress: bool = True) -> int:
     recipe = load_recipe(recipe_path, overrides, out)
     sup = recipe.supervision
     resolve_device(sup.device)  # under torchrun: join the process group before any rank touches the cache
-    frames = open_frames(recipe, "all", load_images=False, load_gt=False)
-    provider = build_provider(sup, frames.dataroot, frames.nusc)  # checks model paths before any work
+    check_dataroot(recipe)
+    check_models(sup)  # model paths, before any work
     save_recipe(recipe, recipe.run_dir / RESOLVED_RECIPE)
-    s = supervise(
-        frames,
-        provider,
-        recipe.cache_path,
-        recipe.network.image_size,
-        sup.lidar_min_depth,
-        sup.lidar_max_depth,
-        progress,
-        extra_attrs={"recipe": recipe.digest()},
-    )
+    s = stages.supervise(recipe, progress)
     per = s["seconds"] / max(s["computed"], 1)
     print(
         f"supervision cache {recipe.cache_path}: {s['frames']} frames ({s['computed']} computed, {s['skipped']} "

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..errors import DataError
+from ..synth.preview import contact_sheet
 from ..synth.writer import SynthConfig, write_dataset
 
 
@@ -55,8 +56,6 @@ def run(
         f"  tables {cfg.version}/, images and lidar samples/ sweeps/, Occ3D gts/, 2D maps labels2d/ (docs/SYNTHETIC.md)"
     )
     if preview:
-        from ..synth.preview import contact_sheet
-
         path = Path(out) / "preview.png"
         contact_sheet(out, cfg.version).save(path)
         print(f"  preview {path}")

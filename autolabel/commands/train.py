@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..dataset import check_dataroot
-from ..pipeline import check_backbone
+from .. import stages
 from ..recipe import RESOLVED_RECIPE, load_recipe, save_recipe
+from ..stages.checks import check_backbone, check_dataroot
+from ..stages.inputs import open_cache
 from ..supervision.providers import resolve_device
-from ..training.rounds import open_cache, train_round
 
 
 def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
@@ -17,7 +17,7 @@ def run(recipe_path: str, overrides: list[str], out: str | None, k: int) -> int:
         check_backbone(recipe)
     open_cache(recipe)  # checked before the round's folder is written
     save_recipe(recipe, recipe.round_dir(k) / "train" / RESOLVED_RECIPE)
-    s = train_round(recipe, k)
+    s = stages.train(recipe, k)
     last = s["last"] or {}
     print(
         f"round {k}: {s['steps']} steps on {s['frames']} frames ({s['manual_frames']} with manual 3D labels); "

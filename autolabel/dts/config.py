@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 EVIDENCE = ("lidar", "fusion")
 
@@ -22,8 +21,8 @@ class DTSConfig:
     drop_quantile: float = 0.3  # per class, the least confident share of voxels left 255
     occupied_threshold: float = 0.5  # occupancy probability above which a voxel is occupied
     # after training, replace occupied_threshold for labelling and evaluation by the threshold calibrated
-    # against LiDAR on training frames (autolabel.training.calibrate: rendering-only networks keep grazing
-    # surfaces half transparent)
+    # against LiDAR on training frames (autolabel.training.calibrate; saved and read back by autolabel.checkpoint:
+    # rendering-only networks keep grazing surfaces half transparent)
     calibrate_threshold: bool = True
     # the teacher's pseudo-labels during training: read out at the threshold calibrated against the LiDAR
     # of the batches it labels (EMATeacher.online_threshold), not at occupied_threshold
@@ -47,12 +46,3 @@ class DTSConfig:
             )
         if self.batch_size < 1:
             raise ValueError("dts.batch_size must be >= 1")
-
-
-def readout(dts: DTSConfig, checkpoint: Path) -> DTSConfig:
-    """The DTS settings for reading out a trained checkpoint: the calibrated threshold when there is one."""
-    if not dts.calibrate_threshold:
-        return dts
-    from ..training.calibrate import load_threshold
-
-    return replace(dts, occupied_threshold=load_threshold(checkpoint, dts.occupied_threshold))

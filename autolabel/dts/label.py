@@ -8,7 +8,6 @@ towards each of the keyframe's own points. A frame is marked done only after all
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -16,71 +15,20 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from occnet.classes import FREE_ID
 from occnet.distributed import barrier, is_main, rank, world_size
-from occnet.network import OccupancyNetwork
 from occnet.trainer import default_workers
-from occnet.visibility import camera_rays, ray_voxels
+from occnet.visibility import visibility_masks
 
+from ..checkpoint import load_network, readout
 from ..config_io import to_dict
 from ..data.nuscenes import NuScenesFrames
-from ..errors import DataError
+from ..provenance import file_sha256, package_version, recipe_record, supervision_source, timestamp
 from ..store.frame_arrays import FrameArrays, ShardWriter, pending_frames
 from ..store.labels import LabelStore
-from ..supervision.cache import SupervisionCache, _version
-from ..training.data import FrameDataset
-from .config import DTSConfig, readout
+from ..supervision.cache import SupervisionCache
+from ..network_input import FrameDataset
+from .config import DTSConfig
 from .teacher import frame_fused, frame_lidar, pseudo_labels, teacher_probabilities
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_teacher(
-    network_cfg, checkpoint: Path, device: torch.device, prefer_teacher: bool = True
-) -> tuple[OccupancyNetwork, int, bool]:
-    """The network of a training checkpoint: the EMA teacher's weights when the checkpoint has them.
-    Returns (model, step, is_teacher)."""
-    from ..training.checkpoint import read_checkpoint
-
-    state = read_checkpoint(checkpoint)
-    model = OccupancyNetwork(network_cfg, pretrained=False)  # the checkpoint holds every weight
-    teacher = next((h for h in state.get("hooks", []) if isinstance(h, dict) and "model" in h), None)
-    weights = teacher["model"] if (prefer_teacher and teacher is not None) else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise DataError(
-            f"checkpoint {checkpoint} does not fit the recipe's network: {str(exc).splitlines()[0]}"
-        ) from None
-    return model.to(device).eval(), int(state["step"]), prefer_teacher and teacher is not None
-
-
-def visibility_masks(
-    semantics: torch.Tensor,
-    K: torch.Tensor,
-    cam2ego: torch.Tensor,
-    hw: tuple[int, int],
-    lidar_origin: torch.Tensor,
-    lidar_points: torch.Tensor,
-    grid,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Occ3D masks of one frame: (X, Y, Z) uint8 mask_camera, mask_lidar."""
-    occupied = semantics < FREE_ID
-    rays = [camera_rays(K[k], cam2ego[k], hw) for k in range(K.shape[0])]
-    # all cameras' rays in one walk (the walk's cost is its number of steps, not of rays)
-    origins = torch.cat([o.expand_as(d) for o, d in rays])
-    cam = ray_voxels(origins, torch.cat([d for _, d in rays]), grid, occupied)
-    vec = lidar_points.double() - lidar_origin.double()
-    norm = vec.norm(dim=1, keepdim=True)
-    dirs = vec[norm[:, 0] > 1e-6] / norm[norm[:, 0] > 1e-6]
-    lid = ray_voxels(lidar_origin, dirs, grid, occupied)
-    return cam.to(torch.uint8), lid.to(torch.uint8)
 
 
 def labelling_store(path: Path, grid) -> LabelStore:
@@ -104,31 +52,31 @@ def label_round(
     dts: DTSConfig,
     checkpoint: Path,
     device: torch.device,
-    recipe=None,
+    recipe: dict | None = None,
     workers: int | None = None,
     progress: bool = True,
-    use_teacher: bool = True,
+    weights: str = "teacher",
     fused: FrameArrays | None = None,
 ) -> dict:
     """Write round k's pseudo-labels for every frame of `frames` not yet done. Returns a summary.
-    use_teacher=False labels with the student's weights (for measuring what the teacher adds); `fused` the
-    fused labels (autolabel.fusion) that dts.evidence: fusion filters by."""
+    `recipe`: the run's recipe as provenance records it (`autolabel.provenance.recipe_record`); weights="student"
+    labels with the student's weights (for measuring what the teacher adds); `fused` the fused labels
+    (autolabel.fusion) that dts.evidence: fusion filters by."""
     if dts.evidence == "fusion" and fused is None:
         raise ValueError("label_round: dts.evidence is fusion, pass the fused labels (fused=)")
-    model, step, is_teacher = load_teacher(network_cfg, checkpoint, device, prefer_teacher=use_teacher)
+    net = load_network(network_cfg, checkpoint, device, weights)
+    model, step = net.model, net.step
     dts = readout(dts, checkpoint)  # the calibrated occupancy threshold, when training saved one
     provenance = {
-        "recipe": to_dict(recipe) if recipe is not None else None,
-        "recipe_digest": recipe.digest() if recipe is not None else None,
+        **(recipe or recipe_record(None)),
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "teacher_step": step,
-        "weights": "ema_teacher" if is_teacher else "student",
+        "weights": net.weights,
         "dts": to_dict(dts),
-        "supervision_provider": cache.arrays.attrs.get("provider"),
-        "supervision_settings": cache.arrays.attrs.get("provider_settings"),
-        "package_version": _version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **supervision_source(cache.arrays.attrs),
+        "package_version": package_version(),
+        "created": timestamp(),
         # the fusion settings behind the teacher's evidence (a resumed round must have used the same)
         "fusion": fused.attrs.get("fusion") if dts.evidence == "fusion" else None,
     }

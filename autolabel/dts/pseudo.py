@@ -1,15 +1,11 @@
-"""Pseudo-labels from teacher predictions: LiDAR filtering and per-class confidence thresholds.
+"""Pseudo-labels from teacher predictions: LiDAR filtering (and evidence fusion), and the LiDAR criterion
+that calibrates the occupancy read-out. Confidence levels and per-class thresholds are in
+`autolabel.store.confidence`.
 
 LiDAR filtering uses the LiDAR depth maps (the returns the cameras see, at the network's resolution):
 each pixel with a depth is a ray from the camera centre to its return. Voxels the ray crosses before the
 return are free (confidence 1: LiDAR saw through them); the return's voxel is occupied and takes the
 teacher's best class (with that class's probability as confidence), even where the teacher said free.
-
-Per-class thresholds: a confidence histogram (uint8 levels) per class over a set of frames; class c
-keeps the voxels at or above the `drop_quantile` quantile of its own confidences, so that every class
-loses the same share of its least confident voxels and rare classes are not wiped out by a global
-threshold. In the teacher's training batches dropped voxels become 255 (the 3D loss ignores them);
-the Occ3D export keeps their class and clears them from the masks instead (store/rounds.py).
 """
 
 from __future__ import annotations
@@ -17,11 +13,10 @@ from __future__ import annotations
 import torch
 
 from kernels.grid import GridSpec
-from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES
+from occnet.classes import FREE_ID
 from occnet.surfaces import is_flat, layer_entry
 from occnet.visibility import ray_voxels
 
-LEVELS = 256  # confidence is stored as uint8
 # occupancy thresholds tried when calibrating the read-out against LiDAR
 THRESHOLD_CANDIDATES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -141,34 +136,3 @@ def apply_fusion(
     name = torch.where(use_fused, fused, cls.long()).to(semantics.dtype)
     name_conf = torch.where(use_fused, fused_conf.to(pcls.dtype), pcls).to(confidence.dtype)
     return torch.where(occupied, name, semantics), torch.where(occupied, name_conf, confidence)
-
-
-def to_levels(confidence: torch.Tensor) -> torch.Tensor:
-    """Float confidence in [0, 1] -> uint8 levels (what the store keeps)."""
-    return (confidence.float().clamp(0, 1) * (LEVELS - 1)).round().to(torch.uint8)
-
-
-def confidence_histogram(semantics: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """(NUM_CLASSES, 256) int64 counts of confidence levels per class (voxels labelled 255 skipped)."""
-    s = semantics.reshape(-1).long()
-    keep = s != IGNORE_ID
-    flat = s[keep] * LEVELS + levels.reshape(-1)[keep].long()
-    return torch.bincount(flat, minlength=NUM_CLASSES * LEVELS).view(NUM_CLASSES, LEVELS)
-
-
-def class_thresholds(histogram: torch.Tensor, drop_quantile: float) -> torch.Tensor:
-    """(NUM_CLASSES,) uint8-level thresholds: the lowest level at which a class's cumulative count
-    exceeds drop_quantile of its voxels (0 for classes with none: nothing to drop)."""
-    cum = histogram.cumsum(1)
-    total = cum[:, -1:]
-    below = cum <= drop_quantile * total  # levels whose voxels all fall inside the dropped share
-    return torch.where(total[:, 0] > 0, below.sum(1), torch.zeros_like(total[:, 0]))
-
-
-def threshold(semantics: torch.Tensor, levels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """semantics with 255 where a voxel's level is below its class's threshold."""
-    s = semantics.long()
-    known = s != IGNORE_ID
-    t = thresholds.to(s.device)[s.clamp(max=NUM_CLASSES - 1)]
-    keep = known & (levels.long() >= t)
-    return torch.where(keep, semantics, torch.full_like(semantics, IGNORE_ID))

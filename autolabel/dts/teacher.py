@@ -12,18 +12,9 @@ from occnet.distributed import is_distributed
 from occnet.inference import voxel_labels, voxel_probabilities
 from occnet.network import OccupancyNetwork
 
+from ..store.confidence import class_thresholds, confidence_histogram, threshold, to_levels
 from .config import DTSConfig
-from .pseudo import (
-    apply_fusion,
-    apply_lidar,
-    best_threshold,
-    class_thresholds,
-    confidence_histogram,
-    lidar_free_and_hits,
-    lidar_iou_counts,
-    threshold,
-    to_levels,
-)
+from .pseudo import apply_fusion, apply_lidar, best_threshold, lidar_free_and_hits, lidar_iou_counts
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

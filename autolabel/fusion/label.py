@@ -9,9 +9,10 @@ from tqdm import tqdm
 
 from kernels.grid import GridSpec
 from occnet.distributed import barrier, is_main, rank, world_size
+from occnet.visibility import visibility_masks
 
 from ..data.nuscenes import NuScenesFrames
-from ..dts.label import visibility_masks
+from ..provenance import supervision_source, timestamp
 from ..store.frame_arrays import ShardWriter, pending_frames
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache
@@ -37,9 +38,8 @@ def fuse_round(
     provenance = {
         "labeller": "fusion",
         "fusion": cfg.settings(),
-        "supervision_provider": cache.arrays.attrs.get("provider"),
-        "supervision_settings": cache.arrays.attrs.get("provider_settings"),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **supervision_source(cache.arrays.attrs),
+        "created": timestamp(),
     }
     scenes = [frames.scene_of(t) for t in frames.tokens]
     if is_main():  # rank 0 creates the round before the others open it

@@ -23,14 +23,11 @@ from occnet.inference import predict
 from occnet.metrics import OccupancyMetric
 from occnet.rays import image_rays, render
 
-from ..active.rounds import bev_image, manifest_path, read_manifest
-from ..dataset import open_frames
-from ..dts.config import readout
-from ..dts.label import load_teacher
-from ..recipe import Recipe
-from ..supervision.providers import resolve_device
-from ..training.data import FrameDataset
-from ..training.rounds import checkpoint_path, open_cache
+from kernels.grid import GridSpec
+from occnet.config import RenderConfig
+
+from ..active.manifest import bev_image
+from ..network_input import FrameDataset
 from . import page as P
 from .figures import pyplot, save_figure
 
@@ -46,15 +43,17 @@ def _depth_rgb(depth: np.ndarray, vmax: float) -> np.ndarray:
     return (np.where(depth[..., None] > 0, rgb, 0) * 255).astype(np.uint8)
 
 
-def frame_figure(model, item: dict, recipe: Recipe, device, path: Path) -> str:
+def frame_figure(
+    model, item: dict, grid: GridSpec, image_size: tuple[int, int], render_cfg: RenderConfig, device, path: Path
+) -> str:
     """Rows per camera: image | rendered depth | rendered semantics | 2D supervision."""
     plt = pyplot()
-    grid, hw = recipe.network.grid, tuple(recipe.network.image_size)
+    hw = tuple(image_size)
     b = {k: item[k][None].to(device) for k in ("images", "intrinsics", "cam2ego")}
     with torch.no_grad():
         out = model(b["images"], b["intrinsics"], b["cam2ego"])
         rays = image_rays(b["intrinsics"][0], b["cam2ego"][0], hw)
-        r = render(out.density.float(), out.logits.float(), rays, grid, recipe.render)
+        r = render(out.density.float(), out.logits.float(), rays, grid, render_cfg)
     n = item["images"].shape[0]
     depth = r.depth.reshape(n, *hw).cpu().numpy()
     sem = r.probs.argmax(-1).reshape(n, *hw).cpu().numpy()
@@ -144,9 +143,8 @@ def budget_figure(history: list[dict], path: Path) -> str:
     return _save(fig, path)
 
 
-def _selection_thumbs(recipe: Recipe, k: int, folder: Path, manifest: dict) -> list[tuple[str | None, str | None]]:
-    """Copy the selection page's PNGs of each pick next to index.html (the page stays one folder)."""
-    src = recipe.round_dir(k) / "select"
+def _selection_thumbs(src: Path, folder: Path, manifest: dict) -> list[tuple[str | None, str | None]]:
+    """Copy the selection page's PNGs of each pick (in `src`) next to index.html (the page stays one folder)."""
     out = []
     for r in range(len(manifest["selected"])):
         names = []
@@ -162,37 +160,42 @@ def _selection_thumbs(recipe: Recipe, k: int, folder: Path, manifest: dict) -> l
 
 
 def write_round_report(
-    recipe: Recipe, k: int, metrics: dict, history: list[dict], export: dict | None = None, n_frames: int = 2
+    folder: Path,
+    k: int,
+    model,
+    threshold: float,
+    dataset: FrameDataset,
+    split: str,
+    device,
+    grid: GridSpec,
+    image_size: tuple[int, int],
+    render_cfg: RenderConfig,
+    select_dir: Path,
+    manifest: dict | None,
+    last: bool,
+    drop_quantile: float,
+    metrics: dict,
+    history: list[dict],
+    export: dict | None = None,
+    title: str = "",
+    run_dir: Path | None = None,
+    n_frames: int = 2,
 ) -> Path:
-    """Write ``<run>/report/round_<K>/index.html`` and its PNGs; returns the page's path.
+    """Write round k's ``index.html`` and its PNGs into `folder`; returns the page's path.
 
-    metrics: the evaluate stage's result (labelled, val, pseudo, pseudo_thresholded); export: the export
-    stage's (frames, kept_in_mask_camera); history: one entry per round so far (this one last).
+    model: the round's network (read out at `threshold`), shown on a few frames of `dataset` (the `split`
+    frames, with ground truth where there is some); select_dir / manifest: the round's selection (manifest
+    None when nothing was selected: the `last` round, or not yet); metrics: the evaluate stage's result
+    (labelled, val, pseudo, pseudo_thresholded); export: the export stage's (frames, kept_in_mask_camera);
+    history: one entry per round so far (this one last); title / run_dir: the page's heading.
     """
-    folder = recipe.run_dir / "report" / f"round_{k}"
     folder.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(recipe.device)
-    model, _, _ = load_teacher(recipe.network, checkpoint_path(recipe, k), device, prefer_teacher=False)
-    threshold = readout(recipe.dts, checkpoint_path(recipe, k)).occupied_threshold
-    split = "val" if recipe.data.val_scenes else "train"
-    frames = open_frames(recipe, split, load_images=True, load_gt=True)
-    dataset = FrameDataset(
-        frames,
-        recipe.network.image_size,
-        labels="cache",
-        cache=open_cache(recipe),
-        grid=recipe.network.grid,
-        manual=None,
-    )
-    last = k == recipe.rounds.count - 1
-    mpath = manifest_path(recipe, k)
-    manifest = read_manifest(mpath) if mpath.is_file() else None
 
     shown = []
     picks = np.linspace(0, len(dataset) - 1, min(n_frames, len(dataset))).round().astype(int) if len(dataset) else []
     for j, i in enumerate(picks):
         item = dataset[int(i)]
-        cams = frame_figure(model, item, recipe, device, folder / f"frame{j}_cameras.png")
+        cams = frame_figure(model, item, grid, image_size, render_cfg, device, folder / f"frame{j}_cameras.png")
         sem, _ = predict(
             model,
             item["images"][None].to(device),
@@ -209,15 +212,15 @@ def write_round_report(
             scores = m.compute().as_dict()
         occ = occupancy_figure(pred, gt, folder / f"frame{j}_occupancy.png")
         shown.append(P.frame_section(split, item["token"], scores, occ, cams))
-    thumbs = _selection_thumbs(recipe, k, folder, manifest) if manifest else []
-    sel_page = recipe.round_dir(k) / "select" / "index.html"
+    thumbs = _selection_thumbs(select_dir, folder, manifest) if manifest else []
+    sel_page = select_dir / "index.html"
     sel_link = os.path.relpath(sel_page, folder) if sel_page.is_file() else None
     budget = budget_figure(history, folder / "budget.png") if history else None
     n_selected = None if manifest is None else len(manifest["selected"])
     summary = P.summary_table(
         metrics,
         export,
-        recipe.rounds.export_drop_quantile,
+        drop_quantile,
         metrics.get("labelled", 0),
         threshold,
         n_selected,
@@ -232,6 +235,6 @@ def write_round_report(
         ("Predicted and true occupancy", P.legend() + "".join(shown)),
         ("Budget curve across rounds", curve),
     ]
-    text = P.page(f"{recipe.name}: round {k}", f"{split} frames shown; run folder {recipe.run_dir}", sections)
+    text = P.page(f"{title}: round {k}", f"{split} frames shown; run folder {run_dir}", sections)
     atomic_write(folder / "index.html", lambda fh: fh.write(text.encode()))
     return folder / "index.html"

@@ -33,6 +33,8 @@ from occnet.trainer import default_workers
 from ..data.frame import CAMERA_NAMES
 from ..data.nuscenes import NuScenesFrames
 from ..data.transforms import ResizeCrop
+from ..errors import DataError
+from ..provenance import package_version, timestamp
 from ..store.frame_arrays import ArraySpec, FrameArrays, ShardWriter, open_root, pending_frames
 from .lidar_depth import lidar_depth_maps
 from .providers import LabelProvider
@@ -48,15 +50,6 @@ def cache_specs(n_cams: int, hw: tuple[int, int]) -> list[ArraySpec]:
         ArraySpec("confidence", (n_cams, *hw), "uint8", 0),
         ArraySpec("depth", (n_cams, *hw), "float32", 0.0),
     ]
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("occ-autolabel")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class SupervisionCache:
@@ -85,12 +78,10 @@ class SupervisionCache:
             "provider": provider.name,
             "provider_settings": provider.provenance(),
             "lidar_depth": lidar_depth,
-            "package_version": _version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "package_version": package_version(),
+            "created": timestamp(),
             **(extra or {}),
         }
-        from ..errors import DataError
-
         root = open_root(path, "a")
         if GROUP in root and "tokens" in root[GROUP] and "images" not in root[GROUP]:
             raise DataError(
@@ -116,8 +107,6 @@ class SupervisionCache:
         return cls(FrameArrays.open(root, GROUP, [], where=f"supervision cache {path}"))
 
     def _done_index(self, token: str) -> int:
-        from ..errors import DataError
-
         i = self.arrays.index(token)
         if not self.arrays.is_done(i):  # per item in training: never read the whole done array
             raise DataError(
@@ -135,6 +124,13 @@ class SupervisionCache:
         sem = self.arrays.read(i, "semantics")
         conf = self.arrays.read(i, "confidence").astype(np.float32) / 255
         return sem, conf, self.arrays.read(i, "depth")
+
+
+def open_cache(path: Path) -> SupervisionCache:
+    """The supervision cache at `path`, which must exist (a DataError saying to run `autolabel supervise`)."""
+    if not (path / "zarr.json").is_file():
+        raise DataError(f"no 2D supervision cache at {path}; run `autolabel supervise` with this recipe first")
+    return SupervisionCache.open(path)
 
 
 class _FrameSupervision(Dataset):

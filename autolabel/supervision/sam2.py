@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import DataError
 from .clip import check_model_folder
 from .config import SamConfig
 from .sam import SamMasks
@@ -35,8 +36,6 @@ class Sam2Embedding:
 def load_sam2(path: str | None, device: torch.device):
     """(Sam2Model in eval mode, image mean, image std) from a local transformers folder."""
     from transformers import AutoImageProcessor, Sam2Model
-
-    from ..errors import DataError
 
     folder = check_model_folder(path, "supervision.sam2.model", "SAM 2 model (e.g. facebook/sam2.1-hiera-large)")
     try:

@@ -1,8 +1,2 @@
-"""Frames -> tensors for the occupancy network (images, calibration, LiDAR depth, 2D labels, 3D labels).
-
-``autolabel.training.FrameDataset`` (the README's name) is re-exported from ``.data``.
-"""
-
-from .data import FrameDataset
-
-__all__ = ["FrameDataset"]
+"""Training of a round's network: rendering losses, the DTS teacher, manual and fused 3D labels, the
+occupancy threshold calibrated against LiDAR. The network's input is `autolabel.network_input.FrameDataset`."""

@@ -6,21 +6,17 @@ metres before reaching it, so the rendered depth is only right if that layer sta
 (occupancy o = 1 - exp(-sigma * voxel) of about 0.1-0.2, measured). Read out at o >= 0.5, such a network
 calls the ground free. The threshold that separates occupied from free voxels is a property of the trained
 density field, so it is measured on it: over training frames, the threshold whose occupied voxels best
-match the voxels holding LiDAR returns, among the voxels LiDAR observed (crossed or hit).
+match the voxels holding LiDAR returns, among the voxels LiDAR observed (crossed or hit). The result is
+saved beside the checkpoint and read back by autolabel.checkpoint (`save_threshold`, `readout`).
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 
 from occnet.inference import voxel_probabilities
 
 from ..dts.pseudo import THRESHOLD_CANDIDATES, best_threshold, lidar_free_and_hits, lidar_iou_counts
-
-THRESHOLD_FILE = "occupancy_threshold.json"
 
 
 @torch.no_grad()
@@ -52,13 +48,3 @@ def calibrate_threshold(model, dataset, device: torch.device, frames: int = 16) 
         "frames": len(picks),
         "candidates": dict(zip(map(str, THRESHOLD_CANDIDATES), iou)),
     }
-
-
-def save_threshold(folder: Path, result: dict) -> None:
-    (folder / THRESHOLD_FILE).write_text(json.dumps(result, indent=1))
-
-
-def load_threshold(checkpoint: Path, default: float) -> float:
-    """The calibrated threshold saved beside a checkpoint, else `default`."""
-    path = Path(checkpoint).parent / THRESHOLD_FILE
-    return float(json.loads(path.read_text())["threshold"]) if path.is_file() else default

@@ -4,37 +4,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
+from occnet.config import NetworkConfig
 from occnet.inference import predict
 from occnet.metrics import OccupancyMetric, OccupancyScores
 
-from ..dataset import open_frames
-from ..dts.config import readout
-from ..dts.label import load_teacher
+from ..checkpoint import load_network, readout
+from ..data.nuscenes import NuScenesFrames
+from ..dts.config import DTSConfig
 from ..errors import DataError
-from ..recipe import Recipe
-from ..supervision.providers import resolve_device
-from .data import FrameDataset
+from ..network_input import FrameDataset
 
 
-def evaluate_checkpoint(
-    recipe: Recipe, checkpoint: Path, split: str = "val", use_teacher: bool = False, progress: bool = True
+def evaluate_network(
+    frames: NuScenesFrames,
+    checkpoint: Path,
+    network: NetworkConfig,
+    dts: DTSConfig,
+    device: torch.device,
+    split: str = "val",
+    weights: str = "student",
+    progress: bool = True,
+    where: str = "evaluate",
 ) -> OccupancyScores:
-    """mIoU / geometric IoU of the student (or the teacher, depth-aware as configured) within mask_camera."""
-    device = resolve_device(recipe.device)
-    frames = open_frames(recipe, split, load_images=True, load_gt=True)
+    """mIoU / geometric IoU of the student (or the teacher, depth-aware as configured) within mask_camera, over
+    `frames` (opened with their ground truth; `split` names them in messages, `where` says whose they are)."""
     if len(frames) == 0:
-        raise DataError(f"recipe {recipe.name}: the {split} split has no frames (set data.val_scenes)")
-    model, _, _ = load_teacher(recipe.network, checkpoint, device, prefer_teacher=use_teacher)
-    threshold = readout(recipe.dts, checkpoint).occupied_threshold
-    dataset = FrameDataset(frames, recipe.network.image_size, labels="none", grid=recipe.network.grid)
+        raise DataError(f"{where}: the {split} split has no frames (set data.val_scenes)")
+    net = load_network(network, checkpoint, device, weights)
+    model = net.model
+    threshold = readout(dts, checkpoint).occupied_threshold
+    dataset = FrameDataset(frames, network.image_size, labels="none", grid=network.grid)
     metric = OccupancyMetric()
     for i in tqdm(range(len(dataset)), desc=f"evaluate ({split})", disable=not progress):
         item = dataset[i]
         if not bool(item["has_gt"]):
             continue
-        depth = item["depth"][None].to(device) if (use_teacher and recipe.dts.depth_aware) else None
+        depth = item["depth"][None].to(device) if (weights == "teacher" and dts.depth_aware) else None
         sem, _ = predict(
             model,
             item["images"][None].to(device),
@@ -45,5 +53,5 @@ def evaluate_checkpoint(
         )
         metric.update(sem[0].cpu(), item["gt_semantics"], item["gt_mask"])
     if metric.confusion.sum() == 0:
-        raise DataError(f"recipe {recipe.name}: no {split} frame has Occ3D ground truth (gts/)")
+        raise DataError(f"{where}: no {split} frame has Occ3D ground truth (gts/)")
     return metric.compute()

@@ -1,4 +1,4 @@
-"""Where the fused labels of a run live: a label store whose round 0 `fuse_round` wrote."""
+"""Opening the fused labels of a run: a label store whose round 0 `fuse_round` wrote (``<run>/fusion.zarr``)."""
 
 from __future__ import annotations
 

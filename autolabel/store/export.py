@@ -19,15 +19,15 @@ from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES, OCC3D_CLASS_NAMES
 from occnet.metrics import OccupancyMetric
 
 from ..data.occ3d import Occ3DLabels, labels_path, read_labels, write_labels
-from ..dts.pseudo import LEVELS, class_thresholds
 from ..errors import DataError
+from .confidence import LEVELS, class_thresholds
 from .frame_arrays import FrameArrays
 from .labels import ARRAYS, LabelStore, read_frame
 
 
 def level_histogram(semantics: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     """(NUM_CLASSES, 256) int64 counts of confidence levels per class (voxels labelled 255 skipped): what
-    `dts.pseudo.confidence_histogram` counts, on uint8 arrays of any shape (a block of frames at once)."""
+    `store.confidence.confidence_histogram` counts, on uint8 arrays of any shape (a block of frames at once)."""
     key = semantics.astype(np.uint16) << 8 | confidence  # class * 256 + level; 255 * 256 + level: unlabelled
     counts = np.bincount(key.reshape(-1), minlength=1 << 16)
     return counts[: NUM_CLASSES * LEVELS].reshape(NUM_CLASSES, LEVELS).astype(np.int64)
@@ -91,7 +91,7 @@ def as_occ3d(semantics: np.ndarray) -> np.ndarray:
 
 
 def level_lut(thresholds: np.ndarray) -> np.ndarray:
-    """(256,) uint16: the lowest kept confidence level for each semantics value, as `dts.pseudo.threshold`
+    """(256,) uint16: the lowest kept confidence level for each semantics value, as `store.confidence.threshold`
     applies the thresholds (ids past the table clamp to its last class; 255, unlabelled, is never kept)."""
     thresholds = np.asarray(thresholds).astype(np.uint16)
     lut = np.full(256, thresholds[NUM_CLASSES - 1], np.uint16)

@@ -1,14 +1,16 @@
-"""The recipe's frames: the dataset opened through nuscenes-devkit, generated first when the recipe
-asks for the synthetic world and none exists yet."""
+"""Checks of a recipe that need no work, made before a stage writes anything: the dataset folder and its
+tables, the annotator, the backbone file (`autolabel.pipeline.preflight` runs them all before a run)."""
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
-from .data.nuscenes import NuScenesFrames, check_version_folder
-from .errors import DataError
-from .recipe import Recipe
+from occnet.network import backbone_state
+
+from ..data.nuscenes import check_version_folder
+from ..errors import DataError
+from ..recipe import Recipe
 
 NUSCENES_DOWNLOAD = (
     "download nuScenes (v1.0-trainval or v1.0-mini: the metadata tables, samples/ and sweeps/) from "
@@ -32,8 +34,6 @@ def check_dataroot(recipe: Recipe) -> None:
 def is_synthetic_world(root: Path, version: str) -> bool:
     """Whether a dataset folder holds a world written by `autolabel synth` (every log's vehicle is
     "synthetic"), whose gts/ is exact ground truth that a simulated annotator may copy."""
-    import json
-
     try:
         logs = json.loads((Path(root) / version / "log.json").read_text())
     except (OSError, ValueError):
@@ -56,39 +56,30 @@ def check_annotator(recipe: Recipe) -> None:
         )
 
 
-def ensure_dataset(recipe: Recipe, progress: bool = True) -> Path:
-    """The dataset root; a synthetic world is written to a temp folder and renamed into place when
-    complete, so that an interrupted generation is redone rather than used half-written."""
-    check_dataroot(recipe)  # so that the data stage is never recorded done for a folder that holds no dataset
-    root = recipe.dataroot
-    if recipe.data.dataroot is None and not (root / recipe.version).is_dir():
-        from .synth.writer import write_dataset
-
-        tmp = root.with_name(root.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_dataset(tmp, recipe.data.synth, recipe.network.grid, progress=progress)
-        tmp.rename(root)
-    return root
+# torchvision's ImageNet weights of each backbone (IMAGENET1K_V1 for resnet18 / resnet34, V2 for resnet50 / resnet101)
+BACKBONE_DOWNLOADS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-cd907fc2.pth",
+}
 
 
-def open_frames(recipe: Recipe, split: str = "all", load_images: bool = True, load_gt: bool = True) -> NuScenesFrames:
-    """Frames of the recipe's dataset: split = all | train | val. Training opens them with load_gt=False:
-    ground truth in gts/ never reaches training except through ingested manual labels."""
-    if split not in ("all", "train", "val"):
-        raise ValueError(f"split must be all, train or val, got {split!r}")
-    root = ensure_dataset(recipe)
-    scenes, exclude = None, ()
-    if split == "val":
-        scenes = recipe.data.val_scenes
-    elif split == "train":
-        scenes, exclude = recipe.data.train_scenes, recipe.data.val_scenes
-    return NuScenesFrames(
-        root,
-        recipe.version,
-        sweeps=recipe.data.sweeps,
-        load_images=load_images,
-        load_gt=load_gt,
-        grid=recipe.network.grid,
-        scenes=scenes,
-        exclude_scenes=exclude,
-    )
+def check_backbone(recipe: Recipe) -> None:
+    """network.backbone_weights, when set, must be a torchvision state dict of network.backbone (keys and
+    shapes): a DataError naming the key and the file otherwise, before any work."""
+    net = recipe.network
+    if net.backbone_weights is None:
+        return
+    try:
+        backbone_state(net.backbone, net.backbone_weights)
+    except ValueError as exc:
+        hint = (
+            (
+                f": put a torchvision {net.backbone} state dict there (e.g. {BACKBONE_DOWNLOADS[net.backbone]}) or "
+                f"unset the key for random initialisation"
+            )
+            if not Path(net.backbone_weights).exists()
+            else ""
+        )
+        raise DataError(f"network.backbone_weights {net.backbone_weights}: {exc}{hint}") from None

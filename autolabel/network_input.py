@@ -1,4 +1,5 @@
-"""A torch Dataset of training samples built from `Frame`s.
+"""The network's input: a torch Dataset (`FrameDataset`) of samples built from `Frame`s, read by training,
+labelling, evaluation, pool scoring and the report.
 
 Each item is a dict of tensors (N cameras at the network's input size):
 images (N, 3, H, W) float32 normalised; intrinsics (N, 3, 3) of those images; cam2ego (N, 4, 4) from
@@ -28,15 +29,15 @@ from torch.utils.data import Dataset
 from kernels.grid import GridSpec
 from occnet.classes import FREE_ID
 
-from ..data.nuscenes import NuScenesFrames
-from ..data.occ3d import Occ3DLabels
-from ..data.transforms import ResizeCrop
-from ..errors import DataError
-from ..store.frame_arrays import FrameArrays
-from ..supervision.cache import SupervisionCache
-from ..supervision.config import PRECOMPUTED_VARIANTS
-from ..supervision.lidar_depth import lidar_depth_maps
-from ..supervision.providers import PrecomputedLabels
+from .data.nuscenes import NuScenesFrames
+from .data.occ3d import Occ3DLabels
+from .data.transforms import ResizeCrop
+from .errors import DataError
+from .store.frame_arrays import FrameArrays
+from .supervision.cache import SupervisionCache
+from .supervision.config import PRECOMPUTED_VARIANTS
+from .supervision.lidar_depth import lidar_depth_maps
+from .supervision.providers import PrecomputedLabels
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

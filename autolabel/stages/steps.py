@@ -1,0 +1,350 @@
+"""The loop's stages: one function per step, each taking the recipe (and the round).
+
+    prepare_data -> supervise -> [fuse] -> per round k: train -> label -> evaluate -> export -> select ->
+    ingest -> report
+
+Each stage opens what it reads from the recipe (autolabel.stages.inputs), unpacks the recipe's sections
+into the library calls below it, and returns a small dict: `autolabel run` (autolabel.pipeline) records it
+in ``stages.json`` and the commands (autolabel.commands) print it. A stage resumes inside on its own
+(training from its checkpoint, labelling and supervision from their done flags); which stages are done is
+the pipeline's business, not theirs. Under torchrun supervise, fuse, train, label and select's pool
+scoring run on every rank (they shard their own work); the pipeline runs the rest on rank 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from occnet.metrics import OccupancyScores
+
+from ..active.pool import PoolScores, score_pool, select_pool
+from ..active.ingest import ingest as ingest_delivery
+from ..active.ingest import oracle_annotate
+from ..active.manifest import read_manifest, write_manifest
+from ..active.select import Pick, distance_device
+from ..checkpoint import load_network, readout
+from ..dts.label import label_round, labelling_store
+from ..errors import AwaitingAnnotations
+from ..fusion.label import fuse_round
+from ..network_input import FrameDataset
+from ..provenance import recipe_record
+from ..recipe import Recipe
+from ..report.round_report import write_round_report
+from ..store.export import evaluate_round, export_occ3d
+from ..store.labels import LabelStore
+from ..store.manual import labelled_voxels
+from ..supervision.cache import supervise as supervise_frames
+from ..supervision.providers import build_provider, resolve_device
+from ..training.evaluate import evaluate_network
+from ..training.round_training import train_round
+from .inputs import (
+    check_checkpoint,
+    checkpoint_path,
+    ensure_dataset,
+    export_dir,
+    fused_labels,
+    has_gts,
+    manifest_path,
+    open_cache,
+    open_frames,
+    round_manual_labels,
+    select_dir,
+)
+
+
+def prepare_data(recipe: Recipe, progress: bool = True) -> dict:
+    """The dataset: checked, or the synthetic world generated into the run folder."""
+    return {"dataroot": str(ensure_dataset(recipe, progress))}
+
+
+def supervise(recipe: Recipe, progress: bool = True) -> dict:
+    """The 2D supervision of every frame into the cache, once (resumes where it stopped)."""
+    sup = recipe.supervision
+    frames = open_frames(recipe, "all", load_images=False, load_gt=False)
+    provider = build_provider(sup, frames.dataroot, frames.nusc)
+    return supervise_frames(
+        frames,
+        provider,
+        recipe.cache_path,
+        recipe.network.image_size,
+        sup.lidar_min_depth,
+        sup.lidar_max_depth,
+        progress,
+        extra_attrs={"recipe": recipe.digest()},
+    )
+
+
+def fuse(recipe: Recipe, progress: bool = True) -> dict:
+    """The training frames' labels from evidence fusion (autolabel.fusion) into recipe.fusion_path (stage
+    `fuse` of `autolabel run` with fusion.enabled, and `autolabel fuse`)."""
+    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+    store = labelling_store(recipe.fusion_path, recipe.network.grid)
+    return fuse_round(
+        frames,
+        open_cache(recipe),
+        store,
+        0,
+        recipe.network.grid,
+        recipe.fusion,
+        resolve_device(recipe.device),
+        progress,
+    )
+
+
+def train(recipe: Recipe, k: int, progress: bool = True, until: int | None = None) -> dict:
+    """Train round k (resuming its checkpoint; a new round starts from round k-1's weights), on the cached 2D
+    supervision, the manual labels ingested before round k's selection and, where the recipe reads them, the
+    fused labels."""
+    device = resolve_device(recipe.device)
+    frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+    cache = open_cache(recipe)
+    manual = round_manual_labels(recipe, k)
+    # the fused labels, for the student's 3D targets (loss.fused_3d) and the teacher's evidence
+    fused = fused_labels(recipe, training=True)
+    result = train_round(
+        frames,
+        cache,
+        recipe.round_dir(k) / "train",
+        recipe.network,
+        recipe.render,
+        recipe.loss,
+        recipe.train,
+        recipe.dts,
+        device,
+        aux_frames=recipe.data.aux_frames,
+        manual=manual,
+        fused=fused,
+        previous=checkpoint_path(recipe, k - 1) if k > 0 else None,
+        progress=progress,
+        until=until,
+    )
+    return {"round": k, **result}
+
+
+def label(recipe: Recipe, k: int, progress: bool = True) -> dict:
+    """Round k's network labels the pool into the store (resumes after a crash)."""
+    device = resolve_device(recipe.device)  # under torchrun this also joins the process group, before any I/O
+    frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+    cache = open_cache(recipe)
+    checkpoint = check_checkpoint(recipe, k)  # before the store is written
+    store = labelling_store(recipe.store_path, recipe.network.grid)
+    fused = fused_labels(recipe, training=False)
+    return label_round(
+        frames,
+        cache,
+        store,
+        k,
+        recipe.network,
+        recipe.dts,
+        checkpoint,
+        device,
+        recipe_record(recipe),
+        progress=progress,
+        fused=fused,
+    )
+
+
+def evaluate_checkpoint(
+    recipe: Recipe, checkpoint: Path, split: str = "val", weights: str = "student", progress: bool = True
+) -> OccupancyScores:
+    """Occ3D scores of a trained network (the student, or the teacher depth-aware as configured) on the
+    recipe's `split` frames with ground truth."""
+    device = resolve_device(recipe.device)
+    frames = open_frames(recipe, split, load_images=True, load_gt=True)
+    return evaluate_network(
+        frames, checkpoint, recipe.network, recipe.dts, device, split, weights, progress, where=f"recipe {recipe.name}"
+    )
+
+
+def evaluate(recipe: Recipe, k: int, progress: bool = True) -> dict:
+    """Round k's manual labels counted; where the dataset has ground truth, the network on the validation
+    scenes and the pool's pseudo-labels (all, and at the export threshold)."""
+    manual = round_manual_labels(recipe, k)
+    out: dict = {"labelled": len(manual), "labelled_voxels": labelled_voxels(manual, recipe.network.grid.shape)}
+    if not has_gts(recipe):
+        return out
+    if recipe.data.val_scenes:
+        out["val"] = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), "val", progress=progress).as_dict()
+    r = evaluate_round(
+        LabelStore.open(recipe.store_path),
+        k,
+        recipe.dataroot,
+        (recipe.rounds.export_drop_quantile,),
+        progress=progress,
+    )
+    out["pseudo"] = r["scores"].as_dict()
+    out["pseudo_thresholded"] = r["curve"][0]
+    return out
+
+
+def export(recipe: Recipe, k: int, progress: bool = True) -> dict:
+    """Round k as Occ3D files in ``<run>/export/round_<K>/`` at the recipe's drop quantile."""
+    folder = export_dir(recipe, k)
+    s = export_occ3d(LabelStore.open(recipe.store_path), k, folder, recipe.rounds.export_drop_quantile, progress)
+    return {key: v for key, v in s.items() if key in ("frames", "frames_pseudo", "kept_in_mask_camera")} | {
+        "folder": str(folder)
+    }
+
+
+def score_round(recipe: Recipe, k: int, progress: bool = True, workers: int | None = None) -> PoolScores | None:
+    """Round k's pool scored by its teacher and student (every rank scores its share; rank 0 gets the pool,
+    the others None)."""
+    device = resolve_device(recipe.device)  # joins the process group under torchrun
+    frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+    store = LabelStore.open(recipe.store_path, recipe.network.grid)
+    return score_pool(
+        frames,
+        open_cache(recipe),
+        store,
+        k,
+        checkpoint_path(recipe, k),
+        recipe.network,
+        recipe.render,
+        recipe.dts,
+        recipe.selection,
+        device,
+        progress=progress,
+        workers=workers,
+    )
+
+
+@dataclass
+class Selection:
+    """What the select stage chose: the scored pool, the picks, the strategy and the manifest's path."""
+
+    pool: PoolScores
+    picks: list[Pick]
+    strategy: str
+    manifest: Path
+
+    def record(self) -> dict:
+        out = {"strategy": self.strategy, "selected": len(self.picks), "manifest": str(self.manifest)}
+        if self.pool.regions is not None:
+            out |= {"tiles": sum(len(p.tiles) for p in self.picks), "voxels": sum(p.voxels for p in self.picks)}
+        return out
+
+
+def select(recipe: Recipe, k: int, progress: bool = True) -> Selection | None:
+    """Active selection after round k: the pool scored (sharded over ranks), frames or tiles picked under
+    the recipe's budget, the manifest and the annotators' page written (rank 0; other ranks return None)."""
+    pool = score_round(recipe, k, progress=progress)
+    if pool is None:
+        return None
+    picks, strategy = select_pool(pool, recipe.selection, distance_device(resolve_device(recipe.device)))
+    path = write_manifest(
+        select_dir(recipe, k),
+        k,
+        picks,
+        strategy,
+        len(pool.tokens),
+        int(pool.labelled.sum()),
+        recipe.selection,
+        open_frames(recipe, "train", load_images=True, load_gt=False),
+        recipe.digest(),
+        recipe.delivery_dir(k) if recipe.rounds.annotator == "folder" else None,
+        LabelStore.open(recipe.store_path, recipe.network.grid),
+        pool.regions,
+    )
+    return Selection(pool, picks, strategy, path)
+
+
+def ingest_folder(recipe: Recipe, k: int, folder: str | Path) -> dict:
+    """Annotations of round k's manifest delivered in `folder` (Occ3D files, or point labels + boxes) into
+    the store's manual group; the full summary (tokens added, unchanged, missing; voxels)."""
+    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+    return ingest_delivery(
+        manifest_path(recipe, k), k, folder, frames, recipe.store_path, recipe.network.grid, recipe.network.image_size
+    )
+
+
+def oracle_delivery(recipe: Recipe, k: int, gts_root: str | Path, out: str | Path) -> int:
+    """The simulated annotator's delivery of round k's manifest into `out` (from the ground truth under
+    `gts_root`, or the world's point labels and boxes); the number of frames delivered."""
+    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+    return oracle_annotate(manifest_path(recipe, k), gts_root, out, recipe.network.grid, frames)
+
+
+def ingest(recipe: Recipe, k: int) -> dict:
+    """The ingest stage of `autolabel run`: the simulated annotator's delivery (rounds.annotator oracle), or
+    the annotators' folder ``rounds.annotations_dir/round_<K>``; AwaitingAnnotations until it exists, unless
+    every frame was already ingested by hand (`autolabel ingest`)."""
+    if recipe.rounds.annotator == "oracle":
+        folder = recipe.round_dir(k) / "oracle_annotations"
+        oracle_delivery(recipe, k, recipe.dataroot, folder)
+    else:
+        folder = recipe.delivery_dir(k)
+        if not folder.is_dir():
+            done = _ingested_by_hand(recipe, k)
+            if done is not None:
+                return done
+            raise AwaitingAnnotations(
+                f"round {k}: waiting for annotations in {folder} (the frames are listed in "
+                f"{select_dir(recipe, k) / 'index.html'}); deliver them and rerun "
+                f"`autolabel run`"
+            )
+    s = ingest_folder(recipe, k, folder)
+    return {
+        "added": len(s["added"]),
+        "manual_total": s["manual_total"],
+        "voxels_added": s["voxels_added"],
+        "manual_voxels": s["manual_voxels"],
+    }
+
+
+def _ingested_by_hand(recipe: Recipe, k: int) -> dict | None:
+    """The ingest stage's result when every frame of round k's manifest already has a manual label (delivered
+    elsewhere and stored with `autolabel ingest RECIPE --round K DIR`, as the selection page offers), else None."""
+    if not (recipe.store_path / "zarr.json").is_file() or not manifest_path(recipe, k).is_file():
+        return None
+    manual = LabelStore.open(recipe.store_path, recipe.network.grid).manual()
+    if manual is None:
+        return None
+    done = {t for t, d in zip(manual.tokens, manual.done()) if d}
+    wanted = {row["token"] for row in read_manifest(manifest_path(recipe, k))["selected"]}
+    if not wanted or not wanted <= done:
+        return None
+    return {"added": 0, "manual_total": len(done), "ingested_by_hand": len(wanted)}
+
+
+def report(recipe: Recipe, k: int, metrics: dict, history: list[dict], exported: dict | None = None) -> dict:
+    """Round k's HTML report in ``<run>/report/round_<K>/``: the student on a few validation (else pool)
+    frames, the scores, the selection, the budget curve over `history` (one entry per round so far)."""
+    device = resolve_device(recipe.device)
+    checkpoint = checkpoint_path(recipe, k)
+    model = load_network(recipe.network, checkpoint, device, "student").model
+    threshold = readout(recipe.dts, checkpoint).occupied_threshold
+    split = "val" if recipe.data.val_scenes else "train"
+    frames = open_frames(recipe, split, load_images=True, load_gt=True)
+    dataset = FrameDataset(
+        frames,
+        recipe.network.image_size,
+        labels="cache",
+        cache=open_cache(recipe),
+        grid=recipe.network.grid,
+        manual=None,
+    )
+    mpath = manifest_path(recipe, k)
+    manifest = read_manifest(mpath) if mpath.is_file() else None
+    page = write_round_report(
+        recipe.run_dir / "report" / f"round_{k}",
+        k,
+        model,
+        threshold,
+        dataset,
+        split,
+        device,
+        recipe.network.grid,
+        recipe.network.image_size,
+        recipe.render,
+        select_dir(recipe, k),
+        manifest,
+        k == recipe.rounds.count - 1,
+        recipe.rounds.export_drop_quantile,
+        metrics,
+        history,
+        exported,
+        title=recipe.name,
+        run_dir=recipe.run_dir,
+    )
+    return {"page": str(page)}

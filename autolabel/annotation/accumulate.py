@@ -136,14 +136,18 @@ def read_sweep(
 def beam_free_space(clouds: list[SweepCloud], grid: GridSpec, before: float, reach: float = 1e3) -> torch.Tensor:
     """(X, Y, Z) bool: voxels the sweeps' level or rising beams without a return cross, up to `before` metres
     short of the nearest return of their neighbours (`reach` where none returned: through the whole grid)."""
-    parts = []
-    for c in clouds:
-        if c.beams is None:
-            continue
-        up = (
-            c.beams[:, 2] >= 0
-        )  # a descending beam without a return is a dropout on the ground: its neighbours cover it
-        parts.append((np.broadcast_to(c.origin, c.beams[up].shape), c.beams[up], c.beam_free[up]))
+    return beams_free_space(
+        [(c.origin, c.beams, c.beam_free) for c in clouds if c.beams is not None], grid, before, reach
+    )
+
+
+def beams_free_space(
+    beams: list[tuple[np.ndarray, np.ndarray, np.ndarray]], grid: GridSpec, before: float, reach: float = 1e3
+) -> torch.Tensor:
+    """`beam_free_space` of beams given per sweep as (origin (3,), unit directions (M, 3), free distance (M,)), as
+    `missing_beams` gives them moved into the grid's frame."""
+    # a descending beam without a return is a dropout on the ground: its neighbours cover it
+    parts = [(np.broadcast_to(o, d[d[:, 2] >= 0].shape), d[d[:, 2] >= 0], f[d[:, 2] >= 0]) for o, d, f in beams]
     parts = [p for p in parts if len(p[1])]
     if not parts:
         return torch.zeros(grid.shape, dtype=torch.bool)

@@ -22,14 +22,12 @@ drop it before observed ground).
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.ndimage import binary_dilation
 
 from kernels.grid import GridSpec
-from kernels.walk import ray_voxels
 from occnet.classes import FLAT_CLASS_IDS, FREE_ID, IGNORE_ID, NUM_SEMANTIC_CLASSES
 
-from ..annotation.accumulate import free_space, voxel_index
+from ..annotation.accumulate import beams_free_space, free_space, voxel_index
 from ..annotation.voxelize import (
     PointLabelConfig,
     behind_surface,
@@ -41,20 +39,6 @@ from ..annotation.voxelize import (
 )
 
 FILLED_CONFIDENCE = 0.5  # a ground voxel no point fell in, filled from the ground points around it
-
-
-def beam_space(beams: list[tuple[np.ndarray, np.ndarray, np.ndarray]], grid: GridSpec, margin: float) -> np.ndarray:
-    """(X*Y*Z,) bool: voxels crossed by level or rising beams without a return. beams: per sweep (origin (3,),
-    unit directions (M, 3), free distance (M,), inf: through the grid), as accumulate.missing_beams gives."""
-    parts = [(np.broadcast_to(o, d[d[:, 2] >= 0].shape), d[d[:, 2] >= 0], f[d[:, 2] >= 0]) for o, d, f in beams]
-    parts = [p for p in parts if len(p[1])]
-    if not parts:
-        return np.zeros(grid.num_voxels, bool)
-    org = torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts]), np.float64))
-    dirs = torch.from_numpy(np.ascontiguousarray(np.concatenate([p[1] for p in parts]), np.float64))
-    t = np.concatenate([p[2] for p in parts])
-    t = torch.from_numpy(np.where(np.isfinite(t), t - margin, 1e3))
-    return ray_voxels(org, dirs, grid, t_max=t).numpy().reshape(-1)
 
 
 def voxelize_votes(
@@ -75,8 +59,8 @@ def voxelize_votes(
     bool: its origin is exact (a keyframe sweep's point: its ray is cast); own (P,) bool: from the labelled
     keyframe; keep (P,) bool: fusion keeps it (static classes from the whole window, the rest from its own
     time); votes (P, 17) float32 class votes (all zero: no view saw the point); beams: the keyframe sweeps'
-    beams without a return (`beam_space`). Returns semantics (X*Y*Z,) uint8 (17 free, 255 unobserved),
-    confidence (X*Y*Z,) float32 in [0, 1] and kept points per voxel (X*Y*Z,) int64."""
+    beams without a return (`annotation.accumulate.beams_free_space`). Returns semantics (X*Y*Z,) uint8 (17
+    free, 255 unobserved), confidence (X*Y*Z,) float32 in [0, 1] and kept points per voxel (X*Y*Z,) int64."""
     rules = rules or PointLabelConfig()
     K, nvox = NUM_SEMANTIC_CLASSES, grid.num_voxels
     seen = votes.sum(1) > 0
@@ -102,10 +86,10 @@ def voxelize_votes(
     total = sums.sum(1)
     named = total > 0
 
-    rays = cast & ~ghost
-    free = free_space(origins[rays], points[rays], stop[rays], grid, rules.stop_before).numpy().reshape(-1)
+    rays = cast & ~own & ~ghost  # the other keyframes' rays (the own ones are cast above)
+    free = free_own | free_space(origins[rays], points[rays], stop[rays], grid, rules.stop_before).numpy().reshape(-1)
     if rules.empty_beams:
-        free |= beam_space(beams, grid, rules.beam_margin)
+        free |= beams_free_space(beams, grid, rules.beam_margin).numpy().reshape(-1)
     # a voxel holding any return but a ghost is never free (a car that has since moved leaves its voxels
     # unobserved: its points are not kept, and it was there)
     free[v[inside & ~ghost]] = False

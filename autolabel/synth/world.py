@@ -12,32 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from occnet.classes import class_id
+from occnet.classes import OCC3D_CLASS_NAMES, class_id
 
 from .primitives import BOX, CYLINDER, ELLIPSOID, Primitives
 
-C = {
-    n: class_id(n)
-    for n in (
-        "others",
-        "barrier",
-        "bicycle",
-        "bus",
-        "car",
-        "construction_vehicle",
-        "motorcycle",
-        "pedestrian",
-        "traffic_cone",
-        "trailer",
-        "truck",
-        "driveable_surface",
-        "other_flat",
-        "sidewalk",
-        "terrain",
-        "manmade",
-        "vegetation",
-    )
-}
+C = {n: class_id(n) for n in OCC3D_CLASS_NAMES if n != "free"}
 
 # nuScenes category of each object class (for instance / sample_annotation tables)
 CATEGORY = {

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from occnet import interrupt
+
 from . import __version__
 from .commands import active, eval2d, fuse, info, label, run, store, supervise, synth, train
 from .errors import (
@@ -221,7 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with interrupt.remembered():
+            try:
+                return int(args.func(args) or 0)
+            except Exception:
+                if interrupt.pending():  # an error Ctrl-C caused (a DataLoader worker it stopped) is the interrupt
+                    raise KeyboardInterrupt from None
+                raise
     except DataError as exc:
         print(f"autolabel {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_DATA_ERROR
@@ -234,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"autolabel {args.command}: {one_line(exc)}", file=sys.stderr)
         return EXIT_AWAITING_ANNOTATIONS
     except KeyboardInterrupt:
+        interrupt.handled()
         # every stage resumes inside (checkpoints, done flags, atomic writes), so nothing needs saying but this
         print(f"autolabel {args.command}: interrupted; rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from occnet import interrupt
 from occnet.atomic import atomic_write
 from occnet.distributed import barrier, is_main
 
@@ -56,7 +57,9 @@ class Stages:
             return self.done[name]
         t0 = time.perf_counter()
         try:
+            interrupt.check()
             result = (fn() or {}) if every_rank or is_main() else None
+            interrupt.check()  # a Ctrl-C that the stage's code lost is still the stage's
         except AwaitingAnnotations as exc:
             self._record_stop(name, "waiting", one_line(exc))
             raise
@@ -64,6 +67,9 @@ class Stages:
             self._record_stop(name, "interrupted", "interrupted; rerun to resume")
             raise
         except Exception as exc:
+            if interrupt.pending():  # an error Ctrl-C caused (a DataLoader worker it stopped) is the interrupt
+                self._record_stop(name, "interrupted", "interrupted; rerun to resume")
+                raise KeyboardInterrupt from None
             self._record_stop(name, "failed", f"{type(exc).__name__}: {one_line(exc)}")
             raise
         barrier()  # a sharded stage is finished when every rank is; a rank-0 stage before anyone goes on

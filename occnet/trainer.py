@@ -14,6 +14,8 @@ from typing import Callable, Iterable, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import interrupt
 from tqdm import tqdm
 
 from .atomic import atomic_write
@@ -399,6 +401,7 @@ class Trainer:
         # a resumed run counts on from its checkpoint: 50/250, not 0/200
         bar = tqdm(loader, total=stop, initial=self.step, desc="train", disable=not progress or self.rank != 0)
         for batch in bar:
+            interrupt.check()  # a Ctrl-C that a finalizer swallowed stops training here (occnet.interrupt)
             logs = self.train_step(batch)
             history.append(logs)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from occnet import interrupt
 from occnet.distributed import barrier, is_main, rank, world_size
 from occnet.trainer import default_workers
 from occnet.visibility import visibility_masks
@@ -104,6 +105,7 @@ def label_round(
     t0 = time.perf_counter()
     bar = tqdm(total=len(pending), desc=f"label round {k}", disable=not progress or not is_main())
     for items in loader:
+        interrupt.check()
         # the 2D labels tell which LiDAR returns lie on ground (their free space stops at the ground layer)
         keys = ("images", "intrinsics", "cam2ego", "depth", "semantics") + (
             ("fused_semantics", "fused_confidence") if fused is not None else ()

@@ -8,6 +8,7 @@ import torch
 from tqdm import tqdm
 
 from kernels.grid import GridSpec
+from occnet import interrupt
 from occnet.distributed import barrier, is_main, rank, world_size
 from occnet.visibility import visibility_masks
 
@@ -52,6 +53,7 @@ def fuse_round(
     t0 = time.perf_counter()
     read = WindowReader(frames, cache, 2 * cfg.window + 1)  # pending frames come in scene order
     for i in tqdm(pending, desc=f"fuse round {k}", disable=not progress or not is_main()):
+        interrupt.check()
         token = frames.tokens[i]
         ev = frame_evidence(frames, cache, token, cfg, device, read)
         fused = fuse(ev.sweeps, ev.views, grid, cfg, ev.target)

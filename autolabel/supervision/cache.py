@@ -27,6 +27,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from occnet import interrupt
 from occnet.distributed import barrier, is_main, rank, world_size
 from occnet.trainer import default_workers
 
@@ -215,6 +216,7 @@ def supervise(
     for i, images, depth, labels in tqdm(
         loader, total=len(pending), desc=f"supervise ({provider.name})", disable=not progress or not is_main()
     ):
+        interrupt.check()
         # labels: (semantics, confidence) from a worker, or the Frame for this process's network
         sem, conf = (
             labels

@@ -11,7 +11,9 @@ from autolabel.data.nuscenes import NuScenesFrames
 from autolabel.errors import DataError
 from autolabel.fusion.config import FusionConfig
 from autolabel.fusion.evidence import frame_evidence, window_tokens
-from autolabel.fusion.fuse import Sweep, View, fuse, vote
+from autolabel.fusion.fuse import Sweep, View, fuse, point_rules, vote
+from autolabel.annotation.voxelize import fill_ground
+from autolabel.fusion.rules import voxelize_votes
 from autolabel.supervision.cache import SupervisionCache, supervise
 from autolabel.supervision.providers import PrecomputedLabels
 from kernels.grid import GridSpec
@@ -86,7 +88,8 @@ def test_window_stays_in_the_scene(world):
 
 
 GRID = GridSpec(range_min=(-4.0, -4.0, -1.0), range_max=(4.0, 4.0, 1.0), voxel_size=0.5)
-CAR, WALL = class_id("car"), class_id("manmade")
+CAR, TRUCK, WALL = class_id("car"), class_id("truck"), class_id("manmade")
+FUSION_RULES = point_rules(FusionConfig())
 
 
 def _view(cls_map: np.ndarray, source: int) -> View:
@@ -157,7 +160,7 @@ def test_a_keyframe_s_sweeps_may_come_as_separate_sweeps(voxels):
         )
     ]
     views = [_view(np.full((20, 20), WALL), 0)]
-    cfg = FusionConfig(zbuffer_pool=1, voxels=voxels)
+    cfg = FusionConfig(zbuffer_pool=1, voxels=voxels, close_surfaces=0)  # one voxel a point (no closing between)
     a, b = fuse(parts, views, GRID, cfg, 0), fuse(whole, views, GRID, cfg, 0)
     assert np.array_equal(a.semantics, b.semantics) and np.array_equal(a.confidence, b.confidence)
     assert (a.semantics == FREE_ID).any() and (a.semantics == WALL).sum() == 3
@@ -256,3 +259,91 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
 
     with pytest.raises(DataError, match="fusion.enabled"):
         load_recipe(path)
+
+
+def _named_points(xyz: list[tuple[float, float, float]], classes: list[int], own: list[bool] | None = None):
+    """Arguments of voxelize_votes for points seen by the sensor at the origin, each with one vote (class,
+    weight 1), all kept, rays cast; own: from the labelled keyframe (default all)."""
+    pts = np.asarray(xyz, np.float64)
+    votes = np.zeros((len(pts), 17), np.float32)
+    votes[np.arange(len(pts)), classes] = 1.0
+    n = len(pts)
+    own_ = np.ones(n, bool) if own is None else np.asarray(own)
+    return pts, np.zeros((n, 3)), np.ones(n, bool), own_, np.ones(n, bool), votes
+
+
+def test_closing_fills_a_thing_s_surface_between_two_lidar_rings():
+    """A wall at x = 2.1 sampled by two rings a voxel layer apart (z = -0.75 and 0.25): the layer between holds
+    no return; `close_surfaces` fills it with the wall's class, without it the wall has a hole."""
+    ys = np.arange(-1.75, 2.0, 0.5)
+    xyz = [(2.1, y, z) for y in ys for z in (-0.75, 0.25)]
+    args = _named_points(xyz, [WALL] * len(xyz))
+    closed = voxelize_votes(*args, [], GRID, 1, FUSION_RULES, close_surfaces=1)[0].reshape(GRID.shape)
+    holed = voxelize_votes(*args, [], GRID, 1, FUSION_RULES, close_surfaces=0)[0].reshape(GRID.shape)
+    rows = slice(5, 12)  # y = -1.5 .. 1.5: the wall's inside (its two ends are open to the closing)
+    assert (closed[12, rows, 0] == WALL).all() and (closed[12, rows, 2] == WALL).all()
+    assert (closed[12, rows, 1] == WALL).all()
+    assert not (holed[12, rows, 1] == WALL).any()
+    assert (closed[10, rows, 1] != WALL).all()  # nothing grows in front of it
+
+
+def test_a_thing_s_voxels_lean_towards_the_vote_of_the_whole_thing():
+    """Three touching voxels of one object: two named car, the third split 0.6 truck / 0.4 car. With
+    `cluster_vote` the split voxel takes the object's class; alone it is truck."""
+    xyz = [(2.1, 0.25, 0.1), (2.1, 0.75, 0.1), (2.1, 1.25, 0.1), (2.2, 1.3, 0.1)]
+    args = list(_named_points(xyz, [CAR, CAR, TRUCK, CAR]))
+    args[5][2, TRUCK], args[5][3, CAR] = 0.6, 0.4
+    with_thing = voxelize_votes(*args, [], GRID, 1, FUSION_RULES, cluster_vote=1.0)[0].reshape(GRID.shape)
+    alone = voxelize_votes(*args, [], GRID, 1, FUSION_RULES, cluster_vote=0.0)[0].reshape(GRID.shape)
+    assert alone[12, 10, 2] == TRUCK and with_thing[12, 10, 2] == CAR
+    assert (with_thing[12, 8:11, 2] == CAR).all()
+
+
+@pytest.mark.parametrize("radius, kept", [(1, True), (-1, False)])
+def test_a_parked_car_keeps_the_points_of_other_keyframes_next_to_its_own(radius, kept):
+    """The labelled keyframe saw a parked car's point at y = 0.25; a neighbouring keyframe saw the car's next
+    voxel (y = 0.75). Dynamic classes come from the frame's own time only, but a point of another time within
+    `parked_radius` voxels of the frame's own returns is of a thing still there, and is kept."""
+    zero = torch.zeros(3, dtype=torch.float64)
+    sweeps = [
+        Sweep(
+            torch.tensor([[2.1, 0.25, 0.1]], dtype=torch.float64),
+            zero,
+            torch.ones(1, dtype=torch.bool),
+            torch.zeros(1, dtype=torch.float64),
+            0,
+        ),
+        Sweep(
+            torch.tensor([[2.1, 0.75, 0.1]], dtype=torch.float64),
+            zero,
+            torch.ones(1, dtype=torch.bool),
+            torch.full((1,), 0.5, dtype=torch.float64),
+            1,
+        ),
+    ]
+    views = [_view(np.full((20, 20), CAR), 0), _view(np.full((20, 20), CAR), 1)]
+    f = fuse(sweeps, views, GRID, FusionConfig(zbuffer_pool=1, parked_radius=radius, close_surfaces=0), 0)
+    assert f.semantics[12, 8, 2] == CAR
+    assert (f.semantics[12, 9, 2] == CAR) == kept
+
+
+@pytest.mark.parametrize("above_free", [True, False])
+def test_ground_fill_reaches_ground_under_unobserved_space_but_not_under_things(above_free):
+    """fill_ground names an unobserved ground-layer voxel from the nearest ground point: under free space always,
+    under unobserved space only without `above_free` (fusion's `ground_fill_unobserved`), under a thing never."""
+    X, Y, Z = GRID.shape
+    sem = np.full(X * Y * Z, 255, np.uint8)
+    vol = sem.reshape(X, Y, Z)
+    vol[3, 3, 2], vol[7, 7, 2] = FREE_ID, WALL  # (5, 5, 2) stays unobserved
+    side = class_id("sidewalk")
+    n = fill_ground(
+        sem,
+        np.ones((X, Y), np.int64),
+        np.array([[-1.0, -1.0, -0.6]]),
+        np.array([side]),
+        GRID,
+        8.0,
+        above_free=above_free,
+    )
+    assert vol[3, 3, 1] == side and vol[7, 7, 1] == 255
+    assert (vol[5, 5, 1] == side) == (not above_free) and n > 0

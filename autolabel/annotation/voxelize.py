@@ -243,16 +243,20 @@ def fill_ground(
     radius: float,
     unanimous: bool = False,
     k: int = 8,
+    above_free: bool = True,
 ) -> int:
     """In place on flat (X*Y*Z,) semantics: unobserved voxels of each cell's ground layer whose voxel above is
-    free take the class of the nearest flat-ground point (BEV distance <= radius). Returns how many."""
+    free (or, without `above_free`, free or unobserved: not a thing) take the class of the nearest flat-ground
+    point (BEV distance <= radius; with `unanimous`, only where the k nearest within it agree). Returns how
+    many."""
     X, Y, Z = grid.shape
     vol = sem.reshape(X, Y, Z)
     ix, iy = np.nonzero(ground >= 0)
     g = ground[ix, iy]
     ok = g + 1 < Z
     ix, iy, g = ix[ok], iy[ok], g[ok]
-    want = (vol[ix, iy, g] == IGNORE_ID) & (vol[ix, iy, g + 1] == FREE_ID)
+    above = vol[ix, iy, g + 1]
+    want = (vol[ix, iy, g] == IGNORE_ID) & ((above == FREE_ID) if above_free else (above >= FREE_ID))
     ix, iy, g = ix[want], iy[want], g[want]
     if not len(ix) or not len(points):
         return 0

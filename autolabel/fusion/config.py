@@ -32,16 +32,29 @@ class FusionConfig:
     depth_tolerance_rel: float = 0.02
     zbuffer_pool: int = 3
     full_hits: int = 3  # LiDAR points in a voxel at which its occupancy is fully trusted
+    # voxels: points of the window's other keyframes are kept, whatever their class, within this many voxels of
+    # the labelled keyframe's own returns: there the thing is still there (a parked car, seen from other sides
+    # at other times); -1: dynamic classes only from their own time
+    parked_radius: int = 1
     # how named points become voxels: "rules" (the point-label voxelizer's rules: surfaces, ghosts, empty beams,
     # gaps, ground fill; fusion/rules.py) or "hits" (the first version: a voxel holding points takes their votes,
     # rays free the rest): pool pseudo-labels 30.7 mIoU / 53.5 geometric IoU at 55.5% kept against the rules'
     # 40.7 / 75.1 at 92.0% on the test world (BENCHMARKS.md, issue 20; the decision in docs/ARCHITECTURE.md)
     voxels: str = "rules"
     # the rules' settings that differ from the point labels' (PointLabelConfig), tuned on the development world:
-    # voted classes are noisier than annotated ones, so the ground is filled from further away and kerbs are kept
-    ground_fill: float = 3.0  # metres: an unobserved ground voxel under free space takes the agreeing ground class
+    # voted classes are noisier than annotated ones, and no box fills a thing, so the ground is filled from
+    # further away and under unobserved space too, kerbs are kept, and the surfaces of things are closed
+    ground_fill: float = 8.0  # metres: an unobserved ground voxel takes the class of the nearest ground point
+    ground_fill_unobserved: bool = True  # ... under unobserved space as well as under free space
+    ground_unanimous: bool = False  # ... only where the nearest ground points within reach agree
     ground_boundary: bool = False  # leave ground voxels between two ground classes unobserved
     free_margin: int = 0  # voxels: free voxels this close to a thing are left unobserved
+    # binary closings (3 x 3 x 3) of the voxels of things (not flat ground): the part of a surface between two
+    # LiDAR rings, which no return lies in, takes the class of the nearest thing voxel
+    close_surfaces: int = 1
+    # each voxel of a thing (a connected set of named voxels above the ground) adds this times the mean vote
+    # share of the whole thing to its own vote shares: one object, one name (a car is not in part a truck)
+    cluster_vote: float = 4.0
 
     def __post_init__(self) -> None:
         _check(self.window >= 0, "fusion.window must be >= 0")
@@ -54,6 +67,8 @@ class FusionConfig:
         _check(self.full_hits >= 1, "fusion.full_hits must be >= 1")
         _check(self.voxels in ("hits", "rules"), f"fusion.voxels must be hits or rules, got {self.voxels!r}")
         _check(self.ground_fill >= 0 and self.free_margin >= 0, "fusion.ground_fill / free_margin must be >= 0")
+        _check(self.parked_radius >= -1, "fusion.parked_radius must be >= -1 (-1: off)")
+        _check(self.close_surfaces >= 0 and self.cluster_vote >= 0, "fusion.close_surfaces / cluster_vote must be >= 0")
 
     def settings(self) -> dict:
         """What the fused labels depend on (provenance; a resumed round must match): all but `enabled` and `store`."""

@@ -120,6 +120,20 @@ def vote(
     return votes, own
 
 
+def near_returns(points: torch.Tensor, now: torch.Tensor, grid: GridSpec, radius: int) -> torch.Tensor:
+    """(P,) bool: the point lies in the grid within `radius` voxels (26-neighbourhood steps) of a voxel that holds
+    a point of `now` ((P,) bool)."""
+    ijk = torch.floor((points - points.new_tensor(grid.range_min)) / points.new_tensor(grid.voxel_size)).long()
+    inside = ((ijk >= 0) & (ijk < ijk.new_tensor(grid.shape))).all(1)
+    flat = (ijk[:, 0] * grid.shape[1] + ijk[:, 1]) * grid.shape[2] + ijk[:, 2]
+    held = torch.zeros(grid.num_voxels, dtype=torch.float32, device=points.device)
+    held[flat[now & inside]] = 1.0
+    if radius > 0:
+        k = 2 * radius + 1
+        held = F.max_pool3d(held.view(1, 1, *grid.shape), k, stride=1, padding=radius).view(-1)
+    return inside & (held[flat.clamp(0, grid.num_voxels - 1)] > 0)
+
+
 def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int) -> Fused:
     """Occupancy labels of the labelled keyframe from its window's sweeps and views (module docstring; with
     `fusion.voxels: rules` step 3 is fusion/rules.py's). target: the `source` of the labelled keyframe's sweep
@@ -136,6 +150,8 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
     cls = torch.where(seen, votes.argmax(1), torch.full_like(source, IGNORE_ID))
     now = seconds.abs() <= cfg.dynamic_seconds + 1e-6
     keep = now | (seen & ~torch.isin(cls, dynamic))
+    if cfg.parked_radius >= 0:  # a thing still there at the frame's own time keeps its other views' points
+        keep |= near_returns(points, now, grid, cfg.parked_radius)
     if cfg.voxels == "rules":
         return _fuse_by_rules(sweeps, points, source, votes, keep, grid, cfg, target)
 
@@ -190,6 +206,16 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
     )
 
 
+def point_rules(cfg: FusionConfig) -> PointLabelConfig:
+    """The point-label voxelizer's settings that fusion uses (its defaults but for the recipe's fusion keys)."""
+    return PointLabelConfig(
+        ground_fill=cfg.ground_fill,
+        ground_unanimous=cfg.ground_unanimous,
+        ground_boundary=cfg.ground_boundary,
+        free_margin=cfg.free_margin,
+    )
+
+
 def _fuse_by_rules(
     sweeps: list[Sweep],
     points: torch.Tensor,
@@ -213,7 +239,10 @@ def _fuse_by_rules(
         beams,
         grid,
         cfg.full_hits,
-        PointLabelConfig(ground_fill=cfg.ground_fill, ground_boundary=cfg.ground_boundary, free_margin=cfg.free_margin),
+        point_rules(cfg),
+        ground_fill_unobserved=cfg.ground_fill_unobserved,
+        close_surfaces=cfg.close_surfaces,
+        cluster_vote=cfg.cluster_vote,
     )
     return Fused(
         semantics=sem.reshape(grid.shape),

@@ -1,6 +1,7 @@
 """Evidence-fusion speed at nuScenes scale (issue 20): seconds per labelled keyframe for `autolabel.fusion.fuse`.
 
     python benchmarks/fusion_speed.py [--device cuda|cpu] [--window 3] [--sweeps 10] [--reps 5] [--voxels rules,hits]
+        [--compare "key=value;..."]
 
 The window is built from the real nuScenes sample (tests/data/nuscenes-sample): its LiDAR sweep (about 34,700
 points) and its six cameras' calibration, replayed at the poses of an ego driving straight at 10 m/s, so that
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -117,7 +119,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sizes", default="256x704,900x1600", help="view resolutions HxW, comma-separated")
     ap.add_argument("--voxels", default="rules,hits", help="fusion.voxels modes to time, comma-separated")
+    ap.add_argument(
+        "--compare",
+        default="",
+        help="FusionConfig settings 'key=value;...' (YAML values) timed beside each mode's defaults, in the same run",
+    )
     args = ap.parse_args()
+    compare = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.compare.split(";") if kv)}
     device = torch.device(args.device)
     frames = NuScenesFrames(SAMPLE, "v1.0-mini", load_images=False)
     frame = frames.frame(frames.tokens[0], images=False)
@@ -127,9 +135,15 @@ def main() -> None:
         f"fusion of one keyframe on {name}: +-{args.window} keyframes x {args.sweeps} sweeps of "
         f"{int((frame.lidar.time_lag == 0).sum())} points, 6 cameras per keyframe, grid {grid.shape}"
     )
+    if compare:
+        print(f"*: with {compare}")
     print(f"{'voxels':>7}{'views':>10}{'points':>11}{'views':>7}{'s/frame':>10}{'vote s':>9}{'voxels s':>10}")
-    for mode in args.voxels.split(","):
-        cfg = FusionConfig(window=args.window, voxels=mode)
+    variants = [(m, {}) for m in args.voxels.split(",")] + (
+        [(m, compare) for m in args.voxels.split(",")] if compare else []
+    )
+    for mode, settings in variants:
+        cfg = FusionConfig(window=args.window, voxels=mode, **settings)
+        label = mode + ("*" if settings else "")
         for size in args.sizes.split(","):
             hw = tuple(int(v) for v in size.split("x"))
             sweeps, views = window(frame, args.window, args.sweeps, hw, device)
@@ -137,7 +151,7 @@ def main() -> None:
             pts = torch.cat([s.points for s in sweeps])
             src = torch.cat([torch.full((len(s.points),), s.source, device=device) for s in sweeps])
             vote = timed(lambda: fuse_module.vote(pts, src, views, cfg), device, args.reps)
-            print(f"{mode:>7}{size:>10}{len(pts):>11}{len(views):>7}{total:>10.3f}{vote:>9.3f}{total - vote:>10.3f}")
+            print(f"{label:>7}{size:>10}{len(pts):>11}{len(views):>7}{total:>10.3f}{vote:>9.3f}{total - vote:>10.3f}")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ def _on_sigint(signum, frame) -> None:
 
 @contextmanager
 def remembered() -> Iterator[None]:
-    """SIGINTs within are remembered; the previous handler is back afterwards (only the main thread can set
-    one: elsewhere nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGINTs within are remembered; the previous handler is back afterwards. Nothing changes where SIGINT is
+    ignored (a job started in the background by a script, or under nohup-like launchers, must stay deaf to it)
+    or off the main thread (only the main thread can set a handler)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         yield
         return
     previous = signal.signal(signal.SIGINT, _on_sigint)

@@ -347,3 +347,12 @@ def test_ground_fill_reaches_ground_under_unobserved_space_but_not_under_things(
     )
     assert vol[3, 3, 1] == side and vol[7, 7, 1] == 255
     assert (vol[5, 5, 1] == side) == (not above_free) and n > 0
+
+
+def test_a_frame_without_things_fuses():
+    """Only flat ground named: no thing to lean on (np.bincount of nothing is an integer array, and the mean
+    vote of the things failed to divide into it; the real nuScenes sample fused that way)."""
+    xyz = [(2.1, y, -0.9) for y in (-1.0, 0.0, 1.0)]
+    args = _named_points(xyz, [class_id("driveable_surface")] * 3)
+    sem = voxelize_votes(*args, [], GRID, 1, FUSION_RULES, cluster_vote=4.0)[0]
+    assert (sem == class_id("driveable_surface")).any()

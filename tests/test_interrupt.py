@@ -19,8 +19,20 @@ def run(code: str, folder: Path) -> subprocess.CompletedProcess:
     (folder / "case.py").write_text(textwrap.dedent(code))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), *sys.path])}
     return subprocess.run(
-        [sys.executable, "-m", "case"], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "case"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    """The case's interpreter starts with SIGINT at its default, as in a terminal: a test run started in the
+    background by a script ignores SIGINT, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_a_ctrl_c_lost_in_a_finalizer_comes_back_at_the_next_check(tmp_path):
@@ -85,9 +97,28 @@ def test_check_raises_only_after_a_sigint_within_remembered(tmp_path):
             print(interrupt.pending())
             interrupt.handled()
             interrupt.check()
-        print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # Python's, put back
         """,
         tmp_path,
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["True", "True"]
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    """A command started with SIGINT ignored (in the background by a script) must not start answering it."""
+    p = run(
+        """
+        import os, signal
+        from occnet import interrupt
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with interrupt.remembered():
+            os.kill(os.getpid(), signal.SIGINT)
+            interrupt.check()
+            print(interrupt.pending(), signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+        """,
+        tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["False", "True"]

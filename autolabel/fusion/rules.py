@@ -156,6 +156,8 @@ def _lean_to_things(
     thing, n = connected(body.reshape(grid.shape), CUBE)
     thing = thing.reshape(-1)
     inb = thing > 0
+    if n == 0:  # nothing above the ground (a frame of only flat ground, or of points no view named)
+        return share
     mean = np.stack([np.bincount(thing[inb], weights=share[inb, c], minlength=n + 1) for c in range(sums.shape[1])], 1)
     mean /= np.maximum(mean.sum(1, keepdims=True), 1e-9)
     share[inb] += weight * mean[thing[inb]]

@@ -226,6 +226,9 @@ def test_ctrl_c_is_one_line_exit_130_and_recorded(tmp_path, trained):
         stderr=subprocess.PIPE,
         start_new_session=True,
         text=True,
+        # SIGINT at its default, as in a terminal: a test run started in the background by a script ignores
+        # SIGINT, its children inherit that, and a command started so stays deaf to it (occnet.interrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     stages = tmp_path / "trained" / "run" / "stages.json"
     deadline = time.time() + 300

@@ -39,7 +39,8 @@ class FusionConfig:
     # how named points become voxels: "rules" (the point-label voxelizer's rules: surfaces, ghosts, empty beams,
     # gaps, ground fill; fusion/rules.py) or "hits" (the first version: a voxel holding points takes their votes,
     # rays free the rest): pool pseudo-labels 30.7 mIoU / 53.5 geometric IoU at 55.5% kept against the rules'
-    # 40.7 / 75.1 at 92.0% on the test world (BENCHMARKS.md, issue 20; the decision in docs/ARCHITECTURE.md)
+    # 40.7 / 75.1 at 92.0% on the test world, 45.1 / 87.0 at 92.3% with the fusion rules below (BENCHMARKS.md,
+    # issue 20; the decisions in docs/ARCHITECTURE.md)
     voxels: str = "rules"
     # the rules' settings that differ from the point labels' (PointLabelConfig), tuned on the development world:
     # voted classes are noisier than annotated ones, and no box fills a thing, so the ground is filled from

@@ -13,13 +13,15 @@ tuned there against exact ground truth), where the class of a point is its vote 
 - unobserved voxels of the ground layer under free space take the class of the ground points around them
   when those agree (`ground_fill`), and ground voxels at a boundary between two ground classes are left
   unobserved (`ground_boundary`).
-Two rules are fusion's own, for what the annotation rules get from boxes (a box fills its object):
+Fusion's own rules stand in for what the annotation rules get from boxes (a box fills its object): the ground
+layer is filled under unobserved space too (`ground_fill_unobserved`), fuse.py keeps other keyframes' points
+next to the frame's own returns (`parked_radius`), and here:
 - `close_surfaces`: the voxels of things are closed (binary closing, 3 x 3 x 3): a surface between two LiDAR
   rings, which no return lies in (rings are 0.7 m apart at 30 m, two voxels), takes the class of the nearest
   thing voxel, even where a ray grazing the surface called it free;
 - `cluster_vote`: each voxel of a thing (a connected set of named voxels above the ground) adds the mean vote
   share of the whole thing to its own: one object, one name.
-The rules' settings are `PointLabelConfig`'s, five of them set by the recipe's `fusion` section.
+The rules' settings are `PointLabelConfig`'s, four of them set by the recipe's `fusion` section (`point_rules`).
 Confidence: an occupied voxel's is the share of its votes for the winning class (after `cluster_vote`) times
 min(1, points / `full_hits`); a free voxel's 1; a filled ground or closed surface voxel's `FILLED_CONFIDENCE`
 (the export's per-class thresholds drop it before observed ones).

@@ -14,10 +14,9 @@ from typing import Callable, Iterable, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-
-from . import interrupt
 from tqdm import tqdm
 
+from . import interrupt
 from .atomic import atomic_write
 from .augment import check_bev_grid, draw_bev, flip_cameras
 from .classes import DYNAMIC_CLASS_IDS

@@ -120,18 +120,25 @@ def vote(
     return votes, own
 
 
-def near_returns(points: torch.Tensor, now: torch.Tensor, grid: GridSpec, radius: int) -> torch.Tensor:
-    """(P,) bool: the point lies in the grid within `radius` voxels (26-neighbourhood steps) of a voxel that holds
-    a point of `now` ((P,) bool)."""
+def voxel_index(points: torch.Tensor, grid: GridSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat voxel index (P,) int64, -1 outside; inside (P,) bool) of points (P, 3) in the grid's frame (the torch
+    twin of annotation.accumulate.voxel_index, on the points' device)."""
     ijk = torch.floor((points - points.new_tensor(grid.range_min)) / points.new_tensor(grid.voxel_size)).long()
     inside = ((ijk >= 0) & (ijk < ijk.new_tensor(grid.shape))).all(1)
     flat = (ijk[:, 0] * grid.shape[1] + ijk[:, 1]) * grid.shape[2] + ijk[:, 2]
+    return torch.where(inside, flat, -1), inside
+
+
+def near_returns(points: torch.Tensor, now: torch.Tensor, grid: GridSpec, radius: int) -> torch.Tensor:
+    """(P,) bool: the point lies in the grid within `radius` voxels (26-neighbourhood steps) of a voxel that holds
+    a point of `now` ((P,) bool)."""
+    flat, inside = voxel_index(points, grid)
     held = torch.zeros(grid.num_voxels, dtype=torch.float32, device=points.device)
     held[flat[now & inside]] = 1.0
     if radius > 0:
         k = 2 * radius + 1
         held = F.max_pool3d(held.view(1, 1, *grid.shape), k, stride=1, padding=radius).view(-1)
-    return inside & (held[flat.clamp(0, grid.num_voxels - 1)] > 0)
+    return inside & (held[flat.clamp_min(0)] > 0)
 
 
 def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int) -> Fused:
@@ -155,13 +162,9 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
     if cfg.voxels == "rules":
         return _fuse_by_rules(sweeps, points, source, votes, keep, grid, cfg, target)
 
-    shape = torch.tensor(grid.shape, device=dev)
-    lo = torch.tensor(grid.range_min, dtype=torch.float64, device=dev)
-    vs = torch.tensor(grid.voxel_size, dtype=torch.float64, device=dev)
-    ijk = torch.floor((points - lo) / vs).long()
-    inside = ((ijk >= 0) & (ijk < shape)).all(1)
+    index, inside = voxel_index(points, grid)
     sel = keep & inside
-    flat = (ijk[sel, 0] * grid.shape[1] + ijk[sel, 1]) * grid.shape[2] + ijk[sel, 2]
+    flat = index[sel]
     nvox = grid.num_voxels
     hits = torch.bincount(flat, minlength=nvox)
     sums = torch.zeros(nvox, NUM_SEMANTIC_CLASSES, device=dev)
@@ -190,7 +193,7 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
         t_free = torch.where(entry < d, entry - 1e-4, d)  # a hair before the layer's top plane
         free |= ray_voxels(s.origin, dirs, grid, t_max=t_free)
     any_return = torch.zeros(nvox, dtype=torch.bool, device=dev)
-    any_return[(ijk[inside, 0] * grid.shape[1] + ijk[inside, 1]) * grid.shape[2] + ijk[inside, 2]] = True
+    any_return[index[inside]] = True
     free = free.view(-1) & ~any_return
 
     semantics = torch.full((nvox,), IGNORE_ID, dtype=torch.long, device=dev)

@@ -2,7 +2,7 @@
 labelling, evaluation, pool scoring and the report.
 
 Each item is a dict of tensors (N cameras at the network's input size):
-images (N, 3, H, W) float32 normalised; intrinsics (N, 3, 3) of those images; cam2ego (N, 4, 4) from
+images (N, 3, H, W) uint8 pixels (the network normalises them: `occnet.network.normalise_images`); intrinsics (N, 3, 3) of those images; cam2ego (N, 4, 4) from
 each camera into the keyframe's ego frame (the LiDAR timestamp's, where the Occ3D grid lives: the ego
 moves between the cameras' exposures); depth (N, H, W) LiDAR z-depth (0 = none); semantics (N, H, W)
 uint8 (255 = none); confidence (N, H, W); gt_semantics / gt_mask (X, Y, Z) uint8 and has_gt when Occ3D
@@ -38,10 +38,6 @@ from .supervision.cache import SupervisionCache
 from .supervision.config import PRECOMPUTED_VARIANTS
 from .supervision.lidar_depth import lidar_depth_maps
 from .supervision.providers import PrecomputedLabels
-
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-
 
 class FrameDataset(Dataset):
     """Args:
@@ -154,9 +150,8 @@ class FrameDataset(Dataset):
             pixels = self.cache.read_images(frame.token)  # (N, H, W, 3) uint8, already at the network size
         else:
             pixels = np.stack([c.image for c in small.cameras])
-        images = ((pixels.astype(np.float32) / 255 - MEAN) / STD).transpose(0, 3, 1, 2)
         item = {
-            "images": torch.from_numpy(np.ascontiguousarray(images)),
+            "images": torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))),
             "intrinsics": torch.from_numpy(K),
             "cam2ego": torch.from_numpy(cam2key),
             "depth": torch.from_numpy(depth),

@@ -359,12 +359,12 @@ def step_times(history: Path, warmup: int, start_step: int, total: int) -> tuple
 
 
 def random_like(batch: dict, seed: int = 0) -> dict:
-    """Random input of a real batch's shapes and dtypes (train_step.py's kind): images N(0, 1), LiDAR-like
+    """Random input of a real batch's shapes and dtypes (train_step.py's kind): uint8 images, LiDAR-like
     sparse depth with the real batch's share of pixels with a return, random classes and confidences; the
     calibration (intrinsics, poses) and the empty 3D targets stay the real ones."""
     g = torch.Generator().manual_seed(seed)
     out = dict(batch)
-    out["images"] = torch.randn(batch["images"].shape, generator=g)
+    out["images"] = torch.randint(0, 256, batch["images"].shape, generator=g, dtype=torch.uint8)
     d = batch["depth"]
     share = float((d > 0).float().mean())
     depth = torch.rand(d.shape, generator=g) * (float(d.max()) - 1.0) + 1.0

@@ -261,8 +261,25 @@ class NetworkOutput:
     depth_prob: torch.Tensor  # (B, N, D, h, w)
 
 
+IMAGE_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, which torchvision's pretrained ResNets expect
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+def normalise_images(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) uint8 pixels -> float32 (x / 255 - mean) / std; float input is taken as normalised
+    already and returned as it is. Loaders hand over uint8 so that a batch moves a quarter of the bytes through
+    pinned memory and onto the GPU; the arithmetic (float32, this order) matches the loaders' former NumPy
+    normalisation bit for bit."""
+    if images.dtype != torch.uint8:
+        return images
+    shape = (3, 1, 1)
+    mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32, device=images.device).view(shape)
+    std = torch.tensor(IMAGE_STD, dtype=torch.float32, device=images.device).view(shape)
+    return (images.float() / 255 - mean) / std
+
+
 class OccupancyNetwork(nn.Module):
-    """forward(images (B, N, 3, H, W) normalised, intrinsics (B, N, 3, 3) of those images,
+    """forward(images (B, N, 3, H, W) uint8 pixels or float normalised (`normalise_images`), intrinsics (B, N, 3, 3) of those images,
     cam2ego (B, N, 4, 4), depth_maps (B, N, H, W) optional LiDAR prior) -> NetworkOutput.
 
     pretrained=False leaves cfg.backbone_weights unread: for a network whose weights come from a checkpoint
@@ -287,7 +304,7 @@ class OccupancyNetwork(nn.Module):
             raise ValueError(
                 f"OccupancyNetwork: images are {tuple(images.shape[-2:])}, the config expects {self.cfg.image_size}"
             )
-        feats = self.encoder(images.flatten(0, 1))
+        feats = self.encoder(normalise_images(images).flatten(0, 1))
         coarse, prob = self.view(feats, intrinsics, cam2ego, depth_maps)
         density, logits = self.voxels(coarse)
         return NetworkOutput(density=density, logits=logits, depth_prob=prob)

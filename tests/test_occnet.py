@@ -12,7 +12,7 @@ from kernels.grid import GridSpec
 from occnet.config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
 from occnet.inference import predict
 from occnet.losses import silog, voxel_log_probs
-from occnet.network import OccupancyNetwork, ViewTransform
+from occnet.network import IMAGE_MEAN, IMAGE_STD, OccupancyNetwork, ViewTransform, normalise_images
 from occnet.rays import sample_rays
 from occnet.trainer import StepBatches, Trainer
 
@@ -61,6 +61,24 @@ def test_network_shapes_and_dtypes(tiny_dataset):
     sem, conf = predict(model, item["images"][None], item["intrinsics"][None], item["cam2ego"][None])
     assert sem.dtype == torch.uint8 and sem.shape == (1, *GRID.shape) and int(sem.max()) <= 17
     assert conf.dtype == torch.float32 and 0 <= float(conf.min()) and float(conf.max()) <= 1
+
+
+def test_uint8_images_are_normalised_by_the_network_as_the_loader_did(tiny_dataset):
+    """Items carry uint8 pixels (a quarter of float32's bytes through pinned memory and onto the GPU); the
+    network normalises them exactly as the loader's NumPy code did before, so its output is unchanged."""
+    item = tiny_dataset[0]
+    assert item["images"].dtype == torch.uint8
+    pixels = item["images"].numpy()
+    mean, std = (np.array(v, np.float32)[:, None, None] for v in (IMAGE_MEAN, IMAGE_STD))
+    before = torch.from_numpy((pixels.astype(np.float32) / 255 - mean) / std)  # the loader's former arithmetic
+    assert torch.equal(normalise_images(item["images"]), before)
+    assert normalise_images(before) is before  # float input is taken as normalised
+    torch.manual_seed(0)
+    model = OccupancyNetwork(tiny_config()).eval()
+    args = (item["intrinsics"][None], item["cam2ego"][None])
+    with torch.no_grad():
+        a, b = model(item["images"][None], *args), model(before[None], *args)
+    assert torch.equal(a.density, b.density) and torch.equal(a.logits, b.logits)
 
 
 def test_view_transform_puts_a_feature_into_its_voxel():

@@ -58,12 +58,10 @@ def frame_figure(
     depth = r.depth.reshape(n, *hw).cpu().numpy()
     sem = r.probs.argmax(-1).reshape(n, *hw).cpu().numpy()
     sem = np.where(r.opacity.reshape(n, *hw).cpu().numpy() > 0.5, sem, IGNORE_ID)
-    mean = np.array([0.485, 0.456, 0.406])
-    std = np.array([0.229, 0.224, 0.225])
     vmax = float(np.percentile(depth, 98)) or 1.0  # the frame's own depth range, so that structure shows
     fig, axes = plt.subplots(n, 4, figsize=(12, 1.9 * n * hw[0] / hw[1] * 4 / 3 + 0.6))
     for c in range(n):
-        img = (item["images"][c].permute(1, 2, 0).numpy() * std + mean).clip(0, 1)
+        img = item["images"][c].permute(1, 2, 0).numpy()  # uint8 pixels
         panels = [
             img,
             _depth_rgb(depth[c], vmax),

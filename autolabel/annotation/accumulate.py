@@ -142,19 +142,23 @@ def beam_free_space(clouds: list[SweepCloud], grid: GridSpec, before: float, rea
 
 
 def beams_free_space(
-    beams: list[tuple[np.ndarray, np.ndarray, np.ndarray]], grid: GridSpec, before: float, reach: float = 1e3
+    beams: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    grid: GridSpec,
+    before: float,
+    reach: float = 1e3,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """`beam_free_space` of beams given per sweep as (origin (3,), unit directions (M, 3), free distance (M,)), as
-    `missing_beams` gives them moved into the grid's frame."""
+    `missing_beams` gives them moved into the grid's frame; walked on `device` (the result's device)."""
     # a descending beam without a return is a dropout on the ground: its neighbours cover it
     parts = [(np.broadcast_to(o, d[d[:, 2] >= 0].shape), d[d[:, 2] >= 0], f[d[:, 2] >= 0]) for o, d, f in beams]
     parts = [p for p in parts if len(p[1])]
     if not parts:
-        return torch.zeros(grid.shape, dtype=torch.bool)
-    org = torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts]), np.float64))
-    dirs = torch.from_numpy(np.ascontiguousarray(np.concatenate([p[1] for p in parts]), np.float64))
+        return torch.zeros(grid.shape, dtype=torch.bool, device=device)
+    org = _float64(np.concatenate([p[0] for p in parts]), device)
+    dirs = _float64(np.concatenate([p[1] for p in parts]), device)
     t = np.concatenate([p[2] for p in parts])
-    t = torch.from_numpy(np.where(np.isfinite(t), t - before, reach))
+    t = _float64(np.where(np.isfinite(t), t - before, reach), device)
     return ray_voxels(org, dirs, grid, t_max=t)
 
 
@@ -181,24 +185,37 @@ def window_clouds(frames: NuScenesFrames, token: str, window: int, sweeps: int) 
     return own + others
 
 
+def _float64(x: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """x as a float64 tensor on `device` (a tensor's own device when None; NumPy arrays go to the CPU)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x, np.float64))
+    return x.to(device=device, dtype=torch.float64)
+
+
 def free_space(
-    origins: np.ndarray, points: np.ndarray, flat: np.ndarray, grid: GridSpec, before: float = 0.0
+    origins: np.ndarray | torch.Tensor,
+    points: np.ndarray | torch.Tensor,
+    flat: np.ndarray | torch.Tensor,
+    grid: GridSpec,
+    before: float = 0.0,
 ) -> torch.Tensor:
     """(X, Y, Z) bool: voxels the rays from `origins` ((R, 3) or (3,)) to `points` (R, 3) enter before their
     return. A ray whose return is flat ground (`flat` (R,)) stops where it enters the return's voxel layer
     (occnet.surfaces: flat ground fills its whole layer); any other ray stops `before` metres short of its
-    return. The return's own voxel may be entered too: callers clear the voxels that hold returns."""
-    pts = torch.from_numpy(np.ascontiguousarray(points, np.float64))
-    org = torch.from_numpy(np.ascontiguousarray(origins, np.float64))
+    return. The return's own voxel may be entered too: callers clear the voxels that hold returns. NumPy
+    arrays or tensors; the rays walk on `points`' device (the CPU for NumPy), where the result lies."""
+    pts = _float64(points)
+    org = _float64(origins, pts.device)
     org = org.expand_as(pts) if org.dim() == 1 else org
     vec = pts - org
     dist = vec.norm(dim=1)
     good = dist > 1e-3
     if not bool(good.any()):
-        return torch.zeros(grid.shape, dtype=torch.bool)
+        return torch.zeros(grid.shape, dtype=torch.bool, device=pts.device)
     org, dist = org[good].contiguous(), dist[good]
     dirs = (vec[good] / dist[:, None]).contiguous()
-    entry = layer_entry(org, dirs, dist, torch.from_numpy(np.asarray(flat, bool))[good], grid)
+    flat = flat if isinstance(flat, torch.Tensor) else torch.from_numpy(np.asarray(flat, bool))
+    entry = layer_entry(org, dirs, dist, flat.to(pts.device, torch.bool)[good], grid)
     t = torch.where(entry < dist, entry - 1e-4, dist - before)  # a hair before the layer's top plane
     return ray_voxels(org, dirs, grid, t_max=t)
 

@@ -39,7 +39,7 @@ from occnet.surfaces import is_flat, layer_entry
 
 from ..annotation.voxelize import PointLabelConfig
 from .config import FusionConfig
-from .rules import voxelize_votes
+from .rules import voxel_index, voxelize_votes
 
 
 @dataclass
@@ -118,15 +118,6 @@ def vote(
         mine = source[idx] == view.source
         own.index_put_((idx[mine], label[mine]), weight[mine], accumulate=True)
     return votes, own
-
-
-def voxel_index(points: torch.Tensor, grid: GridSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flat voxel index (P,) int64, -1 outside; inside (P,) bool) of points (P, 3) in the grid's frame (the torch
-    twin of annotation.accumulate.voxel_index, on the points' device)."""
-    ijk = torch.floor((points - points.new_tensor(grid.range_min)) / points.new_tensor(grid.voxel_size)).long()
-    inside = ((ijk >= 0) & (ijk < ijk.new_tensor(grid.shape))).all(1)
-    flat = (ijk[:, 0] * grid.shape[1] + ijk[:, 1]) * grid.shape[2] + ijk[:, 2]
-    return torch.where(inside, flat, -1), inside
 
 
 def near_returns(points: torch.Tensor, now: torch.Tensor, grid: GridSpec, radius: int) -> torch.Tensor:
@@ -229,16 +220,17 @@ def _fuse_by_rules(
     cfg: FusionConfig,
     target: int,
 ) -> Fused:
-    """Step 3 by the point-label voxelizer's rules (fusion/rules.py), on the CPU."""
+    """Step 3 by the point-label voxelizer's rules (fusion/rules.py): the per-point rules and the rays on the
+    points' device, the volume rules on the CPU."""
     origins = torch.cat([s.origin.expand(len(s.points), 3) for s in sweeps])
     beams = [(s.origin.cpu().numpy(), s.beams, s.beam_free) for s in sweeps if s.beams is not None]
     sem, conf, hits = voxelize_votes(
-        points.cpu().numpy(),
-        origins.cpu().numpy(),
-        torch.cat([s.keyframe for s in sweeps]).cpu().numpy(),
-        (source == target).cpu().numpy(),
-        keep.cpu().numpy(),
-        votes.cpu().numpy(),
+        points,
+        origins,
+        torch.cat([s.keyframe for s in sweeps]),
+        source == target,
+        keep,
+        votes,
         beams,
         grid,
         cfg.full_hits,

@@ -2,7 +2,8 @@
 labelling, evaluation, pool scoring and the report.
 
 Each item is a dict of tensors (N cameras at the network's input size):
-images (N, 3, H, W) uint8 pixels (the network normalises them: `occnet.network.normalise_images`); intrinsics (N, 3, 3) of those images; cam2ego (N, 4, 4) from
+images (N, 3, H, W) uint8 pixels (the network normalises them: `occnet.network.normalise_images`);
+intrinsics (N, 3, 3) of those images; cam2ego (N, 4, 4) from
 each camera into the keyframe's ego frame (the LiDAR timestamp's, where the Occ3D grid lives: the ego
 moves between the cameras' exposures); depth (N, H, W) LiDAR z-depth (0 = none); semantics (N, H, W)
 uint8 (255 = none); confidence (N, H, W); gt_semantics / gt_mask (X, Y, Z) uint8 and has_gt when Occ3D
@@ -38,6 +39,7 @@ from .supervision.cache import SupervisionCache
 from .supervision.config import PRECOMPUTED_VARIANTS
 from .supervision.lidar_depth import lidar_depth_maps
 from .supervision.providers import PrecomputedLabels
+
 
 class FrameDataset(Dataset):
     """Args:

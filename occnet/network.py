@@ -279,8 +279,9 @@ def normalise_images(images: torch.Tensor) -> torch.Tensor:
 
 
 class OccupancyNetwork(nn.Module):
-    """forward(images (B, N, 3, H, W) uint8 pixels or float normalised (`normalise_images`), intrinsics (B, N, 3, 3) of those images,
-    cam2ego (B, N, 4, 4), depth_maps (B, N, H, W) optional LiDAR prior) -> NetworkOutput.
+    """forward(images (B, N, 3, H, W) uint8 pixels or float normalised (`normalise_images`), intrinsics
+    (B, N, 3, 3) of those images, cam2ego (B, N, 4, 4), depth_maps (B, N, H, W) optional LiDAR prior)
+    -> NetworkOutput.
 
     pretrained=False leaves cfg.backbone_weights unread: for a network whose weights come from a checkpoint
     next (labelling, evaluation, a resumed or fine-tuned round), which then needs no backbone file."""

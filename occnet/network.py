@@ -8,6 +8,7 @@ and class logits (17 semantic classes; "free" is low density, as in RenderOcc).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,10 +273,15 @@ def normalise_images(images: torch.Tensor) -> torch.Tensor:
     normalisation bit for bit."""
     if images.dtype != torch.uint8:
         return images
-    shape = (3, 1, 1)
-    mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32, device=images.device).view(shape)
-    std = torch.tensor(IMAGE_STD, dtype=torch.float32, device=images.device).view(shape)
+    mean, std = _image_stats(images.device)
     return (images.float() / 255 - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _image_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, 1, 1) float32 mean and std on `device`, made once per device: a training step then copies nothing
+    from the host for them."""
+    return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(3, 1, 1) for v in (IMAGE_MEAN, IMAGE_STD))
 
 
 class OccupancyNetwork(nn.Module):

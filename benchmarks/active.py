@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from autolabel.active.config import SelectionConfig
+from autolabel.active.ingest import tile_arrays
 from autolabel.active.select import select_frames
 from autolabel.data.occ3d import labels_path, read_labels
 from autolabel.stages import evaluate_checkpoint, score_round
@@ -69,8 +70,9 @@ def run_per_gpu(cmds: list[list[str]], devices: list[str], logs: list[Path] | No
     """Run the commands at once, command i on GPU devices[i % len(devices)], the CPU cores shared out among
     their DataLoaders (AUTOLABEL_WORKERS) and torch's CPU threads (OMP_NUM_THREADS: each process would
     otherwise start one per core); output to logs[i] when given. Returns the indices that failed."""
-    workers = str(max(1, (os.cpu_count() or 2) // len(cmds) - 1))
-    threads = str(max(1, (os.cpu_count() or 2) // len(cmds)))
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use (taskset), not the machine's
+    workers = str(max(1, cores // len(cmds) - 1))
+    threads = str(max(1, cores // len(cmds)))
     with contextlib.ExitStack() as stack:
         procs = []
         for i, cmd in enumerate(cmds):
@@ -85,12 +87,18 @@ def run_per_gpu(cmds: list[list[str]], devices: list[str], logs: list[Path] | No
         return [i for i, p in enumerate(procs) if p.wait()]
 
 
-def oracle_labels(recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]], world: Path) -> None:
-    """The oracle annotator: exact ground truth of the picked (scene, token) frames into the manual group."""
+def oracle_labels(
+    recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]], world: Path, tiles: dict | None = None
+) -> None:
+    """The oracle annotator: exact ground truth of the picked (scene, token) frames into the manual group;
+    a frame in `tiles` (token -> its tiles' bounds, region-level annotation) gets its tiles' labels only."""
     store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
     manual = store.manual(pool_tokens, pool_scenes, create=True)
     for scene, token in picks:
         gt = read_labels(labels_path(world, scene, token), recipe.network.grid)
+        if tiles and token in tiles:
+            manual.write(manual.index(token), **tile_arrays(gt, tiles[token], recipe.network.grid.shape))
+            continue
         manual.write(
             manual.index(token),
             semantics=gt.semantics,

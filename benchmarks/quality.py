@@ -21,11 +21,17 @@ Variants:
   render_fused      render_noisy + 3D targets from evidence fusion (loss.fused_3d)
   render_hard_all / render_hard_fused   the same at the hard noise level
   noisy_dts         render_noisy + the DTS teacher's pseudo-labels
-  dts_active_5pct   noisy_dts + one round with oracle 3D labels on 5% of the pool by active selection
+  dts_active_5pct   noisy_dts + one round with oracle 3D labels on 5% of the pool by the default strategy (auto)
   dts_random_5pct   the same with random selection
   dts_control       the same round 1 (same steps) with no new labels: what the extra steps alone are worth
   dts_points_5pct   dts_active_5pct's selection annotated as LiDAR point labels + boxes (the simulated point
                     annotator, voxelized by autolabel.annotation; issue 24) instead of exact dense voxels
+  UNIT_STRATEGY_Npct  issue 21's budget curves: round 1 like dts_active_5pct with oracle labels on N% of the
+                    pool chosen by one selection strategy (random, entropy, coreset, hybrid, ...) per unit:
+                    `frame_hybrid_10pct` labels whole frames (at most 1 per scene); `region_entropy_5pct` labels
+                    BEV tiles under a budget of N% of the pool's frames counted in voxels (selection.unit region,
+                    at most 2 frames per scene, 16 tiles per frame). The pool is scored once per round-0 seed;
+                    the selection's seed (random draws, ties) is the training seed
   fusion_dts        all the evidence: render_fused + the DTS teacher, its pseudo-labels filtered by the frame's
                     LiDAR and the fused labels (dts.evidence: fusion)
   hard_dts / fusion_dts_hard   noisy_dts / fusion_dts at the hard noise level
@@ -50,6 +56,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -64,8 +73,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from active import base_recipe, make_world, oracle_labels, run_per_gpu, write_recipe  # noqa: E402
 
-from autolabel.active.config import SelectionConfig  # noqa: E402
-from autolabel.active.select import select_frames  # noqa: E402
+from autolabel.active.config import STRATEGIES, SelectionConfig  # noqa: E402
+from autolabel.active.select import select_frames, select_regions  # noqa: E402
 from autolabel.config_io import apply_overrides  # noqa: E402
 from autolabel.stages import evaluate_checkpoint, score_round  # noqa: E402
 from autolabel.stages import train as train_round  # noqa: E402
@@ -126,6 +135,23 @@ DEFAULT = (
     + ",".join(CHAIN)
 )
 WAIT_SECONDS = 5.0  # how often a round-1 variant looks for noisy_dts's network
+# issue 21's round-1 variants: unit, strategy, share of the pool in percent
+SELECTION = re.compile(rf"^(frame|region)_({'|'.join(STRATEGIES)})_(\d+)pct$")
+LEGACY_SELECTION = {"dts_active_5pct": ("frame", "auto", 5), "dts_random_5pct": ("frame", "random", 5)}
+REGION_SCENE_CAP = 2  # region unit: frames per scene (the recipes' default); whole frames keep 1 per scene
+
+
+def selection_of(kind: str) -> tuple[str, str, int] | None:
+    """A round-1 variant's (unit, strategy, percent of the pool), None for one that selects nothing."""
+    if kind == "dts_points_5pct":
+        return LEGACY_SELECTION["dts_active_5pct"]
+    m = SELECTION.match(kind)
+    return (m[1], m[2], int(m[3])) if m else LEGACY_SELECTION.get(kind)
+
+
+def is_round1(kind: str) -> bool:
+    """Starts from noisy_dts's network (and waits for it)."""
+    return kind in ROUND1 or SELECTION.match(kind) is not None
 
 
 def split_name(name: str) -> tuple[str, int]:
@@ -161,6 +187,8 @@ def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
     r["name"], r["out"] = name.replace("@", "_s"), str(run / name.replace("@", "_s"))
     r["train"]["seed"] = seed
     labels = LABELS.get(kind, "noisy")
+    if is_round1(kind):  # its recipe is noisy_dts's (round1 loads that one); the same cache
+        kind = "noisy_dts"
     r["supervision"]["precomputed"]["variant"] = labels
     r["supervision"]["cache"] = str(run / f"cache_{labels}.zarr")
     dts = kind in DTS
@@ -242,12 +270,37 @@ def variant_groups(wanted: list[str], procs: int) -> list[list[str]]:
     noisy_dts's network; no process waits for one that comes after it, so there is no deadlock."""
     groups: list[list[str]] = [[] for _ in range(max(1, procs))]
     load = [0.0] * len(groups)
-    round1 = [v for v in wanted if split_name(v)[0] in ROUND1]
+    round1 = [v for v in wanted if is_round1(split_name(v)[0])]
     for v in [v for v in wanted if v not in round1] + round1:
         i = load.index(min(load))
         groups[i].append(v)
         load[i] += 0.25 if v in round1 else 1.0
     return [g for g in groups if g]
+
+
+def shared_pool_scores(run: Path, dts_name: str, dts):
+    """The pool scored by round 0 of `dts_name` (its teacher and student, with per-tile scores so that frame
+    and region selections read the same scores), once per round-0 network: the first round-1 variant to ask
+    scores it (holding RUN/pool_<dts_name>.lock) and saves RUN/pool_<dts_name>.pkl; the others wait and load."""
+    path, lock = run / f"pool_{dts_name}.pkl", run / f"pool_{dts_name}.lock"
+    while not path.is_file():
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            time.sleep(WAIT_SECONDS)
+            continue
+        os.close(fd)
+        try:
+            # the budget is not used by scoring; region scoring needs one that buys a tile
+            budget = float(np.prod(dts.network.grid.shape))
+            scored = replace(dts, selection=replace(dts.selection, unit="region", budget=budget, cost_model=False))
+            pool = score_round(scored, 0, progress=False)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(pool))
+            tmp.replace(path)
+        finally:
+            lock.unlink()
+    return pickle.loads(path.read_bytes())
 
 
 def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: str, ablations: dict) -> dict:
@@ -321,8 +374,8 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         return recipe, time.perf_counter() - t0
 
     def round1(name: str) -> None:
-        """Round 1 from noisy_dts's network (of the same seed), with oracle 3D labels on 5% of the pool picked
-        by the default strategy (dts_active_5pct) or at random (dts_random_5pct), or none (dts_control)."""
+        """Round 1 from noisy_dts's network (of the same seed), with oracle 3D labels on a share of the pool
+        picked by a selection strategy (whole frames or BEV tiles: `selection_of`), or none (dts_control)."""
         kind, seed = split_name(name)
         dts_name = f"noisy_dts_s{seed}" if seed else "noisy_dts"
         marker = run / f"{dts_name}.done"
@@ -332,7 +385,6 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
                 raise RuntimeError(f"{name}: {dts_name} failed")
             time.sleep(WAIT_SECONDS)
         dts = load_recipe(run / f"{dts_name}.yaml")
-        control = kind == "dts_control"
         folder = run / name.replace("@", "_s")
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "round_0" / "train").mkdir(parents=True)
@@ -345,19 +397,32 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
                 dts.train, steps=args.round1_steps, warmup_steps=min(dts.train.warmup_steps, args.round1_steps)
             ),
         )
-        picks, used = [], "none"
-        if not control:
-            scores = score_round(dts, 0, progress=False)
-            budget = max(1, round(0.05 * len(scores.tokens)))
-            strategy = "random" if kind == "dts_random_5pct" else "auto"
-            picks, used = select_frames(
-                scores.candidates,
-                scores.features,
-                scores.features[:0],
-                SelectionConfig(strategy=strategy, budget=budget, per_scene_cap=1),
-                0,
-                len(scores.tokens),
-            )
+        picks, used, voxels = [], "none", 0
+        sel = selection_of(kind)
+        if sel is not None:
+            unit, strategy, percent = sel
+            scores = shared_pool_scores(run, dts_name, dts)
+            frames_worth = max(1, round(percent / 100 * len(scores.tokens)))
+            grid_voxels = int(np.prod(recipe.network.grid.shape))
+            if unit == "frame":
+                cfg = SelectionConfig(strategy=strategy, budget=frames_worth, per_scene_cap=1, seed=seed)
+                picks, used = select_frames(
+                    scores.candidates, scores.features, scores.features[:0], cfg, 0, len(scores.tokens)
+                )
+                voxels = len(picks) * grid_voxels
+            else:
+                cfg = SelectionConfig(
+                    strategy=strategy,
+                    budget=frames_worth * grid_voxels,
+                    per_scene_cap=REGION_SCENE_CAP,
+                    unit="region",
+                    region_size=scores.regions.size,
+                    seed=seed,
+                )
+                picks, used = select_regions(
+                    scores.candidates, scores.features, scores.features[:0], cfg, scores.regions, 0, len(scores.tokens)
+                )
+                voxels = sum(p.voxels for p in picks)
             picked = [(p.candidate.scene, p.candidate.token) for p in picks]
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized
                 from autolabel.annotation.deliver import oracle_point_labels
@@ -373,12 +438,15 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
                     folder / "point_annotations",
                 )
             else:
-                oracle_labels(recipe, scores.tokens, scores.scenes, picked, world)
-        log(f"{name}: round 1 ({args.round1_steps} steps, {len(picks)} labelled frames by {used})")
+                tiles = {p.candidate.token: [scores.regions.bounds(t) for t in p.tiles] for p in picks if p.tiles}
+                oracle_labels(recipe, scores.tokens, scores.scenes, picked, world, tiles)
+        log(f"{name}: round 1 ({args.round1_steps} steps, {len(picks)} labelled frames, {voxels} voxels, by {used})")
         t0 = time.perf_counter()
         train_round(recipe, 1, progress=False)
         score(name, recipe, 1, time.perf_counter() - t0)
         results[name]["selected"] = [p.candidate.token for p in picks]
+        results[name]["tiles"] = [len(p.tiles) for p in picks]
+        results[name]["labelled_voxels"] = voxels
         results[name]["strategy"] = used
         save()
 
@@ -399,7 +467,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
     for name in wanted:  # variant_groups puts the round-1 variants last
         if name in results:
             continue
-        if split_name(name)[0] in ROUND1:
+        if is_round1(split_name(name)[0]):
             round1(name)
             continue
         if kind_of(name, ablations) in FUSION:
@@ -533,6 +601,12 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --procs
     ap.add_argument("--skip-pseudo", action="store_true", help="score the networks only (tuning runs)")
     ap.add_argument("--report", action="store_true", help="only merge the results so far into the table and curves")
+    ap.add_argument(
+        "--tag",
+        default="",
+        help="a second invocation on the same RUN while another runs (e.g. round-1 variants after round 0): "
+        "its results.TAG<i>.json and meta.TAG.json do not overwrite the other's",
+    )
     ap.add_argument("--group", default=None, help=argparse.SUPPRESS)  # internal: this process runs one group
     ap.add_argument("--micro", action="store_true")
     args, rest = ap.parse_known_args()
@@ -543,15 +617,19 @@ def main() -> None:
     ablations = parse_ablations(args.ablation)
     wanted = args.variants.split(",")
     unknown = {split_name(v)[0] for v in wanted} - set(VARIANTS) - set(DIAGNOSTICS) - set(ablations)
+    unknown = {v for v in unknown if not SELECTION.match(v)}
     if unknown:
-        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS + DIAGNOSTICS} or an --ablation")
+        raise SystemExit(
+            f"unknown variants {sorted(unknown)}; choose from {VARIANTS + DIAGNOSTICS}, UNIT_STRATEGY_Npct "
+            f"(unit frame or region, strategy one of {STRATEGIES}) or an --ablation"
+        )
     run = Path(args.run)
     for v in wanted if args.group is None else ():  # a child process runs part of the parent's variants
         kind, seed = split_name(v)
         dts = f"noisy_dts@{seed}" if seed else "noisy_dts"
-        if kind in ROUND1 and dts not in wanted and not (run / f"{dts.replace('@', '_s')}.done").is_file():
+        if is_round1(kind) and dts not in wanted and not (run / f"{dts.replace('@', '_s')}.done").is_file():
             raise SystemExit(f"{v} starts from {dts}'s network: add {dts} to --variants")
-        if kind in ROUND1 and args.skip_pseudo:
+        if is_round1(kind) and args.skip_pseudo:
             raise SystemExit(f"{v} selects by the pool's pseudo-labels: leave out --skip-pseudo")
     if args.report and (run / "meta.json").is_file():  # the table of what is there; the world is not needed
         meta = json.loads((run / "meta.json").read_text())
@@ -586,13 +664,14 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "ablations": {k: [b, s] for k, (b, s) in ablations.items()},
     }
+    meta_path = run / (f"meta.{args.tag}.json" if args.tag else "meta.json")
     if not args.report:
-        (run / "meta.json").write_text(json.dumps(meta, indent=1))
+        meta_path.write_text(json.dumps(meta, indent=1))
     procs = args.procs or args.gpus or max(1, torch.cuda.device_count())
     groups = [] if args.report else variant_groups(wanted, procs)
     failed: list[int] = []
-    for f in run.glob("*.failed"):  # from an earlier attempt: those variants are tried again now
-        f.unlink()
+    for v in wanted:  # failed in an earlier attempt: tried again now (another invocation's markers stay)
+        (run / f"{v.replace('@', '_s')}.failed").unlink(missing_ok=True)
     t0 = time.perf_counter()
     # the caches and the fused labels the trainings read, written once before the processes start (in
     # DataLoader workers; fusion on the GPU); a fusion variant's own labels are made in its process
@@ -613,7 +692,7 @@ def main() -> None:
             flush=True,
         )
     if len(groups) == 1:
-        run_group(run, base, world, groups[0], args, "0", ablations)
+        run_group(run, base, world, groups[0], args, f"{args.tag}0", ablations)
     elif groups:
         cmds = [
             [
@@ -638,7 +717,7 @@ def main() -> None:
                 "--variants",
                 ",".join(group),
                 "--group",
-                str(i),
+                f"{args.tag}{i}",
                 *(["--micro"] if args.micro else []),
             ]
             for i, group in enumerate(groups)
@@ -648,7 +727,7 @@ def main() -> None:
             print(f"groups {failed} failed; the table holds what finished", flush=True)
     if groups:
         meta["seconds"] = round(time.perf_counter() - t0, 1)
-        (run / "meta.json").write_text(json.dumps(meta, indent=1))
+        meta_path.write_text(json.dumps(meta, indent=1))
     report(run, meta, failed)
 
 

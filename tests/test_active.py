@@ -191,8 +191,8 @@ def test_strategies_pick_what_they_promise():
         cands, feats, np.zeros((0, 8)), SelectionConfig(strategy="stratified", budget=4, per_scene_cap=5)
     )
     assert len({p.candidate.scene for p in picks}) == 4  # one per scene before any scene gets a second
-    # auto: diversity (core-set) while few frames are labelled, the hybrid afterwards
-    assert select_frames(cands, feats, np.zeros((0, 8)), SelectionConfig(budget=2))[1] == "coreset"
+    # auto: scene-stratified random while few frames are labelled (issue 21's measurement), the hybrid afterwards
+    assert select_frames(cands, feats, np.zeros((0, 8)), SelectionConfig(budget=2))[1] == "stratified"
     assert select_frames(cands, feats, feats[:5], SelectionConfig(budget=2), n_labelled=5, pool_size=25)[1] == "hybrid"
 
 
@@ -220,7 +220,7 @@ def test_select_then_ingest_round_trip_and_idempotence(run_copy, pool_world, tmp
     assert main(["select", str(run_copy), "--round", "0"]) == 0
     folder = run_copy.parent / "run" / "round_0" / "select"
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["strategy"] == "coreset" and len(manifest["selected"]) == 2
+    assert manifest["strategy"] == "stratified" and len(manifest["selected"]) == 2
     assert len({r["scene"] for r in manifest["selected"]}) == 2  # per-scene cap 1
     assert all(
         {"token", "scene", "uncertainty", "disagreement", "residual", "cost", "reason"} <= set(r)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from tiny_models import run_micro_benchmark
 
 VARIANTS = (
     "3d_supervised,render_noisy@1,render_hard,render_noisy_v1,noisy_dts,dts_active_5pct,dts_random_5pct,"
-    "dts_control,fusion"
+    "dts_control,fusion,region_hybrid_5pct"
 )
 
 
@@ -29,7 +32,7 @@ def test_quality_harness_runs_micro(tmp_path):
         pl = v["pseudo_labels"]
         assert pl["geometric_iou"] is not None and 0 < pl["kept_share"] <= 1 and pl["drop_quantile"] == 0.3
     assert r["summary"]["render_noisy"]["seeds"] == 1
-    assert len(variants["dts_active_5pct"]["selected"]) == 1 and variants["dts_active_5pct"]["strategy"] == "coreset"
+    assert len(variants["dts_active_5pct"]["selected"]) == 1 and variants["dts_active_5pct"]["strategy"] == "stratified"
     # the control round: the same round-1 steps with no labelled frame
     assert variants["dts_control"]["selected"] == [] and variants["dts_control"]["strategy"] == "none"
     control = (tmp_path / "q" / "dts_control" / "round_1" / "train" / "history.jsonl").read_text().splitlines()
@@ -59,6 +62,26 @@ def test_quality_harness_runs_micro(tmp_path):
         return text[text.index("development world (seed 31)") :]
 
     assert table(again.stdout) == table(out.stdout)
+
+    # issue 21's budget curves: a region variant labels tiles of several frames within one frame's voxels (5% of
+    # the 4-frame pool rounds up to one frame: 64 x 64 x 8); a second invocation (--tag) adds a budget to the same
+    # run without touching the first one's files, and budget_curves.py draws both
+    region = variants["region_hybrid_5pct"]
+    assert region["strategy"] == "hybrid" and 0 < region["labelled_voxels"] <= 64 * 64 * 8
+    assert all(n > 0 for n in region["tiles"]) and len(region["tiles"]) == len(region["selected"])
+    first = {f.name: f.read_bytes() for f in (tmp_path / "q").glob("results.*.json")}
+    run_micro_benchmark(
+        "quality.py", tmp_path / "q", "--tag", "b", "--variants", "frame_random_10pct,region_hybrid_10pct"
+    )
+    assert all((tmp_path / "q" / name).read_bytes() == data for name, data in first.items() if name != "results.json")
+    merged = json.loads((tmp_path / "q" / "results.json").read_text())["variants"]
+    assert {"frame_random_10pct", "region_hybrid_10pct"} <= set(merged) and set(variants) <= set(merged)
+    assert (tmp_path / "q" / "meta.b.json").is_file() and (tmp_path / "q" / "pool_noisy_dts.pkl").is_file()
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_curves.py"
+    curves = subprocess.run([sys.executable, str(script), str(tmp_path / "q")], capture_output=True, text=True)
+    assert curves.returncode == 0, curves.stderr[-2000:]
+    assert "| region_hybrid |" in curves.stdout and "| frame_random |" in curves.stdout
+    assert (tmp_path / "q" / "budget_curves.png").stat().st_size > 1000
 
 
 def test_test_world_is_another_seed(tmp_path):

@@ -108,7 +108,7 @@ def test_region_selection_holds_budget_caps_and_is_deterministic(strategy):
     picks, used = select_regions(cands, feats, np.zeros((0, 8)), cfg, regions)
     again, _ = select_regions(cands, feats, np.zeros((0, 8)), cfg, regions)
     assert [(p.candidate.token, p.tiles) for p in picks] == [(p.candidate.token, p.tiles) for p in again]
-    assert used == (strategy if strategy != "auto" else "coreset")
+    assert used == (strategy if strategy != "auto" else "stratified")
     total = sum(p.voxels for p in picks)
     assert total == 2048 * 11 == sum(len(p.tiles) for p in picks) * 2048  # the budget is spent in whole tiles
     assert all(len(p.tiles) <= 3 and len(set(p.tiles)) == len(p.tiles) for p in picks)

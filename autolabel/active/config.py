@@ -11,7 +11,9 @@ ANNOTATIONS = ("voxels", "points")
 
 @dataclass
 class SelectionConfig:
-    strategy: str = "auto"  # auto: diversity first (core-set) while little is labelled, then hybrid
+    # auto: scene-stratified random while little is labelled, then hybrid (issue 21: at 1-10% of the pool no
+    # strategy beat random on the synthetic benchmark, and core-set lost to it; BENCHMARKS.md)
+    strategy: str = "auto"
     # frames, or annotation cost units when cost_model is on; with unit: region, labelled voxels (a frame of
     # the grid counts X * Y * Z voxels: 640,000 on Occ3D's 200 x 200 x 16, so 10 frames = 6,400,000)
     budget: float = 10
@@ -20,7 +22,9 @@ class SelectionConfig:
     voxel_cost: float = 0.0001  # per occupied voxel in mask_camera (dense 3D labelling effort)
     per_scene_cap: int = 2  # neighbouring keyframes are near duplicates (frames per scene, whatever the unit)
     hybrid_factor: float = 4.0  # hybrid: top (factor x budget) by uncertainty, then diversity down to the budget
-    auto_diversity_share: float = 0.05  # auto: core-set while labelled frames are below this share of the pool
+    # auto: scene-stratified random (one frame per scene before any scene's second) while labelled frames are
+    # below this share of the pool
+    auto_diversity_share: float = 0.05
     seed: int = 0
     # issue 21: "frame" = annotators label whole frames; "region" = they label the most uncertain BEV tiles
     # of a frame (region_size x region_size BEV cells, the full height), and the budget counts voxels

@@ -61,7 +61,14 @@ def _tile_labels(labels: Occ3DLabels, row: dict, path: Path, shape: tuple) -> di
                 f"z {z0}:{z1}) is not fully labelled: {int(box.size - box.sum())} of {box.size} voxels have "
                 f"no label (semantics 255 or mask_annotated 0); deliver every voxel of the requested tiles"
             )
-    keep = bounds_mask(shape, [tile["bounds"] for tile in row["tiles"]])
+    return tile_arrays(labels, [tile["bounds"] for tile in row["tiles"]], shape)
+
+
+def tile_arrays(labels: Occ3DLabels, bounds: list[list[list[int]]], shape: tuple) -> dict[str, np.ndarray]:
+    """The manual-group arrays of a region-level label: `labels` (a frame's full Occ3D labels) kept only within
+    the tiles' `bounds` ([[x0, x1], [y0, y1], [z0, z1]] each): semantics 255 and masks 0 outside, confidence 255
+    marking the annotated voxels."""
+    keep = bounds_mask(shape, bounds)
     return {
         "semantics": np.where(keep, labels.semantics, IGNORE_ID).astype(np.uint8),
         "confidence": (keep * 255).astype(np.uint8),

@@ -48,11 +48,13 @@ def distance_device(device: torch.device) -> torch.device | None:
 
 
 def resolve_strategy(cfg: SelectionConfig, n_labelled: int, pool_size: int) -> str:
-    """`auto`: diversity first (core-set) while the labelled share is small -- uncertainty sampling is
-    known to lose to random and diversity at low budgets -- then the hybrid."""
+    """`auto`: scene-stratified random while the labelled share is small, then the hybrid. Measured on the
+    synthetic benchmark (issue 21, BENCHMARKS.md): with 1-10% of the pool labelled no strategy beat random
+    selection (uncertainty, hybrid and core-set on frames, uncertainty and hybrid on BEV tiles), and core-set
+    lost to it; stratified random is random with the scenes taken in turn, which needs no scores."""
     if cfg.strategy != "auto":
         return cfg.strategy
-    return "coreset" if n_labelled < cfg.auto_diversity_share * max(pool_size, 1) else "hybrid"
+    return "stratified" if n_labelled < cfg.auto_diversity_share * max(pool_size, 1) else "hybrid"
 
 
 def _order(

@@ -6,7 +6,9 @@ images (N, 3, H, W) uint8 pixels (the network normalises them: `occnet.network.n
 intrinsics (N, 3, 3) of those images; cam2ego (N, 4, 4) from
 each camera into the keyframe's ego frame (the LiDAR timestamp's, where the Occ3D grid lives: the ego
 moves between the cameras' exposures); depth (N, H, W) LiDAR z-depth (0 = none); semantics (N, H, W)
-uint8 (255 = none); confidence (N, H, W); gt_semantics / gt_mask (X, Y, Z) uint8 and has_gt when Occ3D
+uint8 (255 = none); confidence (N, H, W): uint8 levels 0..255 when read from a supervision cache (decoded to
+[0, 1] on the device by `occnet.fractions.batch_fractions`, as training, labelling and pool scoring do), float32
+in [0, 1] otherwise; gt_semantics / gt_mask (X, Y, Z) uint8 and has_gt when Occ3D
 labels exist (the frame's gts/, or only the `manual` labels when a mapping is given); token (str). With aux_frames =
 K, the supervision of up to K keyframes before and after
 (same scene) comes too, its cameras expressed in this keyframe's ego frame through the global poses:
@@ -52,7 +54,7 @@ class FrameDataset(Dataset):
         sensor origin (lidar_origin (3,)); points differ in number, so batch such items as lists.
     fused: the round of fused labels (autolabel.fusion) to return as fused_semantics (X, Y, Z) uint8
         (255 where fusion observed nothing, and for frames it did not fuse) and fused_confidence
-        (X, Y, Z) float32 in [0, 1].
+        (X, Y, Z) uint8 levels (0..255; decoded like confidence).
     """
 
     def __init__(
@@ -105,7 +107,7 @@ class FrameDataset(Dataset):
         cam2key = np.stack([to_key @ c.ego2global @ c.cam2ego for c in small.cameras]).astype(np.float32)
         K = np.stack([c.K for c in small.cameras]).astype(np.float32)
         if self.cache is not None:
-            sem, conf, depth = self.cache.read(frame.token)
+            sem, conf, depth = self.cache.read(frame.token, fractions=False)  # uint8 levels: decoded on the device
             return small, K, cam2key, depth, sem, conf
         depth = lidar_depth_maps(small)
         if self.labels == "none":
@@ -190,8 +192,8 @@ class FrameDataset(Dataset):
             item["fused_semantics"] = torch.from_numpy(
                 self.fused.read(i, "semantics") if has else np.full(shape, 255, np.uint8)
             )
-            item["fused_confidence"] = torch.from_numpy(
-                self.fused.read(i, "confidence").astype(np.float32) / 255 if has else np.zeros(shape, np.float32)
+            item["fused_confidence"] = torch.from_numpy(  # uint8 levels, decoded on the device (occnet.fractions)
+                self.fused.read(i, "confidence") if has else np.zeros(shape, np.uint8)
             )
         if self.aux_frames:
             aux = [self._supervision(nb, key_pose)[1:] if nb is not None else None for nb in self._neighbours(frame)]

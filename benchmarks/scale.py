@@ -370,7 +370,12 @@ def random_like(batch: dict, seed: int = 0) -> dict:
     depth = torch.rand(d.shape, generator=g) * (float(d.max()) - 1.0) + 1.0
     out["depth"] = torch.where(torch.rand(d.shape, generator=g) < share, depth, torch.zeros_like(depth))
     out["semantics"] = torch.randint(0, 17, batch["semantics"].shape, generator=g, dtype=torch.uint8)
-    out["confidence"] = torch.rand(batch["confidence"].shape, generator=g)
+    conf = batch["confidence"]  # uint8 levels from the cache (decoded on the device), or float fractions
+    out["confidence"] = (
+        torch.randint(0, 256, conf.shape, generator=g, dtype=torch.uint8)
+        if conf.dtype == torch.uint8
+        else torch.rand(conf.shape, generator=g)
+    )
     return out
 
 

@@ -21,6 +21,7 @@ from .atomic import atomic_write
 from .augment import check_bev_grid, draw_bev, flip_cameras
 from .classes import DYNAMIC_CLASS_IDS
 from .config import LossConfig, RenderConfig, TrainConfig
+from .fractions import batch_fractions
 from .distributed import barrier, rank, world_size
 from .losses import depth_distribution_ce, line_of_sight, opacity_entropy, rendered_semantics_ce, silog, voxel_ce
 from .network import NetworkOutput, OccupancyNetwork
@@ -106,10 +107,11 @@ class Trainer:
     """Trains an OccupancyNetwork on batches (dicts of tensors, see autolabel.network_input).
 
     Batch keys: images (B, N, 3, H, W), intrinsics (B, N, 3, 3), cam2ego (B, N, 4, 4), depth (B, N, H, W),
-    semantics (B, N, H, W) uint8 (255 none), confidence (B, N, H, W); optional gt_semantics /
+    semantics (B, N, H, W) uint8 (255 none), confidence (B, N, H, W) float in [0, 1] or uint8 levels
+    (`occnet.fractions`); optional gt_semantics /
     gt_mask / has_gt (3D labels), gt_annotated (B, X, Y, Z: voxels an annotator labelled, region-level labels)
     and pseudo_semantics / pseudo_confidence / has_pseudo; fused_semantics (B, X, Y, Z) uint8 (255 unobserved)
-    / fused_confidence (B, X, Y, Z) float for loss.fused_3d.
+    / fused_confidence (B, X, Y, Z) float or uint8 levels, for loss.fused_3d.
     """
 
     def __init__(
@@ -198,6 +200,7 @@ class Trainer:
         cfg, lc = self.render_cfg, self.loss_cfg
         dev = self.device
         b = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        b = batch_fractions(b)  # confidences arrive as uint8 levels from the cache and the fused labels
         if self.annotate is not None and lc.pseudo_3d > 0:
             b.update(self.annotate(b, step))  # the teacher sees the frames as they are, before augmentation
         # augmentations drawn per frame from (seed, step, position), like the rays: same on resume and any rank layout

@@ -16,6 +16,7 @@ from autolabel.data import nuscenes as nus
 from autolabel.data.nuscenes import NuScenesFrames
 from autolabel.supervision.cache import SupervisionCache
 from autolabel.network_input import FrameDataset
+from occnet.fractions import batch_fractions, to_fraction
 
 HW = (64, 112)
 
@@ -58,7 +59,26 @@ def test_a_cached_item_equals_the_item_built_from_the_raw_files(supervised, tiny
             "aux_valid",
         ):
             torch.testing.assert_close(cached[key], direct[key], rtol=0, atol=0, msg=key)
-        torch.testing.assert_close(cached["confidence"], direct["confidence"], atol=1 / 255, rtol=0)
+        for key in ("confidence", "aux_confidence"):  # uint8 levels from the cache, decoded on the device
+            assert cached[key].dtype == torch.uint8 and direct[key].dtype == torch.float32
+            torch.testing.assert_close(to_fraction(cached[key]), direct[key], atol=1 / 255, rtol=0, msg=key)
+
+
+def test_confidence_levels_decode_to_the_cache_readers_fractions_bit_for_bit(supervised, tiny_world):
+    """Items carry the cache's uint8 confidence levels (a quarter of float32's bytes through pinned memory and
+    onto the GPU); decoded by occnet.fractions they equal what the host decoding gave, for every level."""
+    levels = torch.arange(256, dtype=torch.uint8)
+    host = torch.from_numpy(np.arange(256, dtype=np.uint8).astype(np.float32) / 255)  # the loaders' former code
+    assert torch.equal(to_fraction(levels), host)
+    if torch.cuda.is_available():  # a CUDA division by 255 would multiply by its reciprocal: the table does not
+        assert torch.equal(to_fraction(levels.cuda()).cpu(), host)
+    frames = NuScenesFrames(tiny_world, "v1.0-synth", grid=TINY_GRID)
+    cache = SupervisionCache.open(supervised["cache"])
+    item = FrameDataset(frames, HW, labels="cache", cache=cache)[0]
+    assert torch.equal(to_fraction(item["confidence"]), torch.from_numpy(cache.read(item["token"])[1]))
+    batch = batch_fractions({"confidence": item["confidence"], "semantics": item["semantics"], "token": "t"})
+    assert batch["confidence"].dtype == torch.float32 and batch["semantics"] is item["semantics"]
+    assert batch_fractions(batch)["confidence"] is batch["confidence"]  # fractions are left as they are
 
 
 def test_a_cached_item_reads_no_image_and_no_lidar_file(supervised, tiny_world, monkeypatch):

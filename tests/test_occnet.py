@@ -12,6 +12,7 @@ from kernels.grid import GridSpec
 from occnet.config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
 from occnet.inference import predict
 from occnet.losses import silog, voxel_log_probs
+from occnet.fractions import to_fraction
 from occnet.network import IMAGE_MEAN, IMAGE_STD, OccupancyNetwork, ViewTransform, normalise_images
 from occnet.rays import sample_rays
 from occnet.trainer import StepBatches, Trainer
@@ -79,6 +80,25 @@ def test_uint8_images_are_normalised_by_the_network_as_the_loader_did(tiny_datas
     with torch.no_grad():
         a, b = model(item["images"][None], *args), model(before[None], *args)
     assert torch.equal(a.density, b.density) and torch.equal(a.logits, b.logits)
+
+
+def test_a_training_step_is_the_same_with_confidence_levels_or_fractions(tiny_dataset, tmp_path):
+    """The trainer decodes uint8 confidence levels (what the cache and fused labels hand over) on its device:
+    the step's losses equal those of the same batch given as float fractions."""
+    item = tiny_dataset[0]
+    levels = (item["confidence"] * 255).round().to(torch.uint8)
+    fused = torch.randint(0, 256, GRID.shape, generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    batch = {k: v[None] for k, v in item.items() if torch.is_tensor(v)}
+    batch["fused_semantics"] = torch.full((1, *GRID.shape), 3, dtype=torch.uint8)
+    as_levels = {**batch, "confidence": levels[None], "fused_confidence": fused[None]}
+    as_fractions = {**batch, "confidence": to_fraction(levels)[None], "fused_confidence": to_fraction(fused)[None]}
+    assert as_fractions["confidence"].dtype == torch.float32
+    losses = []
+    for b in (as_levels, as_fractions):
+        trainer = _trainer(tmp_path, loss=LossConfig(fused_3d=1.0))
+        with torch.no_grad():
+            losses.append({k: float(v) for k, v in trainer.losses(b, 0).items()})
+    assert losses[0] == losses[1] and "fused3d" in losses[0]
 
 
 def test_view_transform_puts_a_feature_into_its_voxel():

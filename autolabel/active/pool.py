@@ -21,6 +21,7 @@ from kernels.grid import GridSpec
 from occnet.config import NetworkConfig, RenderConfig
 from occnet.losses import rendered_semantics_ce
 from occnet.distributed import gather_to_main, is_main, rank, world_size
+from occnet.fractions import to_fraction
 from occnet.rays import render, sample_rays
 from occnet.trainer import default_workers
 
@@ -71,7 +72,7 @@ def rendering_residual(
             item["cam2ego"].to(dev),
             item["depth"].to(dev),
             item["semantics"].to(dev),
-            item["confidence"].to(dev),
+            to_fraction(item["confidence"].to(dev)),
             max(256, render_cfg.rays_per_frame // 4),
             0.0,
             gen,

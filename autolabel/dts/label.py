@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from occnet import interrupt
 from occnet.distributed import barrier, is_main, rank, world_size
+from occnet.fractions import batch_fractions
 from occnet.trainer import default_workers
 from occnet.visibility import visibility_masks
 
@@ -110,7 +111,7 @@ def label_round(
         keys = ("images", "intrinsics", "cam2ego", "depth", "semantics") + (
             ("fused_semantics", "fused_confidence") if fused is not None else ()
         )
-        batch = {key: torch.stack([it[key] for it in items]).to(device) for key in keys}
+        batch = batch_fractions({key: torch.stack([it[key] for it in items]).to(device) for key in keys})
         occ, cls, pcls = teacher_probabilities(model, batch, dts.depth_aware)
         for i, item in enumerate(items):
             lidar = frame_lidar(batch, i, grid) if dts.lidar_filter else None

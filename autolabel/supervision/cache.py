@@ -119,12 +119,14 @@ class SupervisionCache:
         """(n_cams, h, w, 3) uint8 RGB at the network input size."""
         return self.arrays.read(self._done_index(token), "images")
 
-    def read(self, token: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """semantics (n_cams, h, w) uint8, confidence (n_cams, h, w) float32, depth (n_cams, h, w) float32."""
+    def read(self, token: str, fractions: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """semantics (n_cams, h, w) uint8, confidence (n_cams, h, w) float32 in [0, 1] (with `fractions`;
+        else the stored uint8 levels, which `occnet.fractions` decodes to the same values), depth (n_cams, h, w)
+        float32."""
         i = self._done_index(token)
         sem = self.arrays.read(i, "semantics")
-        conf = self.arrays.read(i, "confidence").astype(np.float32) / 255
-        return sem, conf, self.arrays.read(i, "depth")
+        conf = self.arrays.read(i, "confidence")
+        return sem, conf.astype(np.float32) / 255 if fractions else conf, self.arrays.read(i, "depth")
 
 
 def open_cache(path: Path) -> SupervisionCache:

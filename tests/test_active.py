@@ -216,16 +216,31 @@ def _deliver(recipe: Path, pool_world: Path, out: Path) -> list[dict]:
     return json.loads((recipe.parent / "run" / "round_0" / "select" / "manifest.json").read_text())["selected"]
 
 
-def test_select_then_ingest_round_trip_and_idempotence(run_copy, pool_world, tmp_path, capsys):
+def test_a_strategy_that_reads_scores_scores_the_pool(run_copy, capsys):
+    assert main(["select", str(run_copy), "--round", "0", "--set", "selection.strategy=entropy"]) == 0
+    assert "pool scored by 1 process(es)" in capsys.readouterr().out
+    manifest = json.loads((run_copy.parent / "run" / "round_0" / "select" / "manifest.json").read_text())
+    assert manifest["strategy"] == "entropy" and all(
+        {"token", "scene", "uncertainty", "disagreement", "residual", "cost", "reason"} <= set(r)
+        for r in manifest["selected"]
+    )
+
+
+def test_select_then_ingest_round_trip_and_idempotence(run_copy, pool_world, tmp_path, capsys, monkeypatch):
+    import autolabel.stages.steps as steps
+
+    def no_scoring(*args, **kw):
+        raise AssertionError("the default selection (stratified at this budget) scored the pool")
+
+    monkeypatch.setattr(steps, "score_round", no_scoring)  # auto -> stratified reads no score: no network pass
     assert main(["select", str(run_copy), "--round", "0"]) == 0
+    assert "pool not scored (stratified reads no score)" in capsys.readouterr().out
+    monkeypatch.undo()
     folder = run_copy.parent / "run" / "round_0" / "select"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["strategy"] == "stratified" and len(manifest["selected"]) == 2
     assert len({r["scene"] for r in manifest["selected"]}) == 2  # per-scene cap 1
-    assert all(
-        {"token", "scene", "uncertainty", "disagreement", "residual", "cost", "reason"} <= set(r)
-        for r in manifest["selected"]
-    )
+    assert all(set(r) == {"token", "scene", "cost", "reason"} for r in manifest["selected"])
     assert (folder / "manifest.csv").read_text().count("\n") == 3
     page = (folder / "index.html").read_text()
     assert "000_cameras.png" in page and "000_bev.png" in page and (folder / "001_bev.png").is_file()

@@ -44,7 +44,7 @@ from .scores import (
     weighted_uncertainty,
 )
 from .regions import RegionGrid, tile_entropy_by_class, tile_scores
-from .select import Candidate, Pick, select_frames, select_regions
+from .select import Candidate, Pick, resolve_strategy, select_frames, select_regions
 
 BEV_POOL = 8  # pooled BEV feature map side
 
@@ -58,6 +58,19 @@ class PoolScores:
     candidates: list[Candidate]  # the unlabelled frames, in token order
     scored_by: tuple[int, ...] = ()  # frames scored by each process (rank order)
     regions: RegionGrid | None = None  # selection.unit region: the tiles (candidates then carry tile scores)
+
+
+def labelled_round(store: LabelStore, k: int, frames: NuScenesFrames):
+    """Round k's labels of the pool `frames` (scores are measured within its mask_camera, the manifest's page
+    shows its bird's-eye view): a DataError saying to run `label` when frames are missing."""
+    arrays = store.round(k)
+    done = arrays.done()
+    if arrays.tokens != frames.tokens or not done.all():
+        raise DataError(
+            f"{store.path} round {k}: labels are missing for {int((~done).sum())} frames; "
+            f"run `autolabel label --round {k}` first"
+        )
+    return arrays
 
 
 def rendering_residual(
@@ -115,13 +128,7 @@ def score_pool(
     returns the pool; the other ranks return None. The scores do not depend on the number of processes
     (a frame's residual rays are seeded by its index in the pool; class weights need the whole pool, so
     they are computed after the gather)."""
-    arrays = store.round(k)
-    done = arrays.done()
-    if arrays.tokens != frames.tokens or not done.all():
-        raise DataError(
-            f"{store.path} round {k}: labels are missing for {int((~done).sum())} frames; "
-            f"run `autolabel label --round {k}` first"
-        )
+    arrays = labelled_round(store, k, frames)
     teacher = load_network(network, checkpoint, device, "teacher").model
     student = load_network(network, checkpoint, device, "student").model
     feats: dict[str, torch.Tensor] = {}
@@ -182,6 +189,32 @@ def score_pool(
     pool.scored_by = tuple(counts)
     if selection.points:
         _point_costs(pool, frames, network.grid, selection, arrays)
+    return pool
+
+
+UNSCORED = ("random", "stratified")  # whole-frame strategies that read no score of the network
+
+
+def needs_scores(cfg: SelectionConfig, n_labelled: int, pool_size: int) -> bool:
+    """Whether the selection reads the network's pool scores. Random and stratified whole frames without the
+    cost model read none; tiles need their visible voxels, the cost model the visible occupied voxels and the
+    other strategies uncertainty or features. `auto` resolves to stratified while little is labelled, so the
+    default round skips a teacher-and-student pass over the whole pool."""
+    return cfg.region or cfg.cost_model or resolve_strategy(cfg, n_labelled, pool_size) not in UNSCORED
+
+
+def unscored_pool(frames: NuScenesFrames, store: LabelStore, k: int, grid: GridSpec, selection: SelectionConfig):
+    """The pool as `score_pool` returns it for a selection that reads no score: tokens, scenes, which frames are
+    labelled, candidates without scores (cost 1), features of width 0; with point annotation each candidate's
+    points and boxes, which come from the dataset and the store (round k), not from the network."""
+    arrays = labelled_round(store, k, frames)
+    tokens = list(frames.tokens)
+    labelled = labelled_frames(store, tokens)
+    scenes = [frames.scene_of(t) for t in tokens]
+    cands = [Candidate(t, s) for t, s, done in zip(tokens, scenes, labelled) if not done]
+    pool = PoolScores(tokens, scenes, labelled, np.zeros((len(tokens), 0), np.float32), cands)
+    if selection.points:
+        _point_costs(pool, frames, grid, selection, arrays)
     return pool
 
 

@@ -30,10 +30,14 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
     if recipe.selection.points:  # issue 24: what the annotators label, in their units (the manifest has them per frame)
         rows = json.loads(path.read_text())["selected"]
         region += f"; {sum(r['points'] for r in rows)} LiDAR points and {sum(r['boxes'] for r in rows)} boxes to label"
+    scored = (
+        f"pool scored by {len(pool.scored_by)} process(es) ({', '.join(map(str, pool.scored_by))} frames)"
+        if pool.scored_by
+        else f"pool not scored ({strategy} reads no score)"
+    )
     print(
         f"round {k}: {len(picks)} frames{region} selected by {strategy} from {len(pool.candidates)} unlabelled "
-        f"({int(lab.sum())} already annotated); pool scored by {len(pool.scored_by)} process(es) "
-        f"({', '.join(map(str, pool.scored_by))} frames)"
+        f"({int(lab.sum())} already annotated); {scored}"
     )
     for p in picks:
         tiles = f"  tiles {sorted(p.tiles)} ({p.voxels} voxels)" if pool.regions else ""

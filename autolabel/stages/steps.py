@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from occnet.distributed import is_main
 from occnet.metrics import OccupancyScores
 
-from ..active.pool import PoolScores, score_pool, select_pool
+from ..active.pool import PoolScores, needs_scores, score_pool, select_pool, unscored_pool
 from ..active.ingest import ingest as ingest_delivery
 from ..active.ingest import oracle_annotate
 from ..active.manifest import read_manifest, write_manifest
@@ -33,7 +34,7 @@ from ..recipe import Recipe
 from ..report.round_report import write_round_report
 from ..store.export import evaluate_round, export_occ3d
 from ..store.labels import LabelStore
-from ..store.manual import labelled_voxels
+from ..store.manual import labelled_frames, labelled_voxels
 from ..supervision.cache import supervise as supervise_frames
 from ..supervision.providers import build_provider, resolve_device
 from ..training.evaluate import evaluate_network
@@ -226,12 +227,20 @@ class Selection:
 
 
 def select(recipe: Recipe, k: int, progress: bool = True) -> Selection | None:
-    """Active selection after round k: the pool scored (sharded over ranks), frames or tiles picked under
-    the recipe's budget, the manifest and the annotators' page written (rank 0; other ranks return None)."""
-    pool = score_round(recipe, k, progress=progress)
+    """Active selection after round k: the pool scored (sharded over ranks) when the strategy reads scores
+    (`needs_scores`), frames or tiles picked under the recipe's budget, the manifest and the annotators' page
+    written (rank 0; other ranks return None)."""
+    device = resolve_device(recipe.device)  # joins the process group under torchrun
+    store = LabelStore.open(recipe.store_path, recipe.network.grid)
+    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+    n_labelled = int(labelled_frames(store, list(frames.tokens)).sum())
+    if needs_scores(recipe.selection, n_labelled, len(frames)):
+        pool = score_round(recipe, k, progress=progress)
+    else:
+        pool = unscored_pool(frames, store, k, recipe.network.grid, recipe.selection) if is_main() else None
     if pool is None:
         return None
-    picks, strategy = select_pool(pool, recipe.selection, distance_device(resolve_device(recipe.device)))
+    picks, strategy = select_pool(pool, recipe.selection, distance_device(device))
     path = write_manifest(
         select_dir(recipe, k),
         k,
@@ -243,7 +252,7 @@ def select(recipe: Recipe, k: int, progress: bool = True) -> Selection | None:
         open_frames(recipe, "train", load_images=True, load_gt=False),
         recipe.digest(),
         recipe.delivery_dir(k) if recipe.rounds.annotator == "folder" else None,
-        LabelStore.open(recipe.store_path, recipe.network.grid),
+        store,
         pool.regions,
     )
     return Selection(pool, picks, strategy, path)

@@ -28,9 +28,10 @@ def test_scale_benchmark_runs_micro(tmp_path):
     assert r["label"]["frames"] == 2 and r["label"]["frames_per_s"] > 0
     assert r["export"]["frames"] == 2 and r["export"]["files"] == 3  # two labels.npz and export.json
     rnd, cache = r["store"]["round"], r["store"]["cache"]
-    # four label arrays and done, one shard each at this size; at full size the shards hold S frames each
-    assert rnd["arrays_per_frame"] == 5 and rnd["frames_per_shard_now"] == 2
-    assert rnd["files_full"] == 5 * math.ceil(34_149 / rnd["frames_per_shard_full"]) + 1 + (rnd["files"] - 5 - 1)
+    # four label arrays, the confidence histogram and done, one shard each at this size; at full size the shards
+    # hold S frames each
+    assert rnd["arrays_per_frame"] == 6 and rnd["frames_per_shard_now"] == 2
+    assert rnd["files_full"] == 6 * math.ceil(34_149 / rnd["frames_per_shard_full"]) + 1 + (rnd["files"] - 6 - 1)
     # a writer holds one shard of raw frames, at most SHARD_BYTES (512 MiB)
     assert 0 < rnd["writer_bytes_full"] <= 512 * 2**20 and 0 < cache["writer_bytes_full"] <= 512 * 2**20
     assert cache["arrays_per_frame"] == 5 and cache["bytes_per_frame"] > rnd["bytes_per_frame"]

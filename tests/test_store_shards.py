@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -65,17 +66,18 @@ def test_file_count_is_n_over_shard_size(tmp_path, n):
 
 def test_default_shard_size_follows_the_frame_bytes(monkeypatch):
     from autolabel.store import frame_arrays
-    from autolabel.store.labels import label_specs
+    from autolabel.store.labels import HISTOGRAM, label_specs
     from autolabel.supervision.cache import cache_specs
     from kernels.grid import GridSpec
 
     monkeypatch.delenv("AUTOLABEL_SHARD_FRAMES", raising=False)
     n = 34_149  # nuScenes trainval keyframes
-    s_labels = frame_arrays.frames_per_shard(label_specs(GridSpec()), n)
+    s_labels = frame_arrays.frames_per_shard(label_specs(GridSpec()) + [HISTOGRAM], n)
     s_cache = frame_arrays.frames_per_shard(cache_specs(6, (256, 704)), n)
-    assert s_labels == 209 and s_cache == 55  # frames of 2.56 MB and 9.7 MB raw: SHARD_BYTES = 512 MiB
-    # a trainval round: 4 label arrays and done per shard, tokens and 7 zarr.json: within 1,000 files (issue 23)
-    assert 5 * -(-n // s_labels) + 1 + 7 == 828
+    assert s_labels == 208 and s_cache == 55  # frames of 2.58 MB and 9.7 MB raw: SHARD_BYTES = 512 MiB
+    # a trainval round: 4 label arrays, the histogram and done per shard, tokens and 8 zarr.json: within 1,000
+    # files (issue 23)
+    assert 6 * -(-n // s_labels) + 1 + 8 == 999
     # files per array: hundreds, not tens of thousands
     assert -(-n // s_labels) < 500 and -(-n // s_cache) < 1500
     monkeypatch.setenv("AUTOLABEL_SHARD_FRAMES", "3")
@@ -326,3 +328,62 @@ def test_export_threads_write_the_same_files_and_pass_errors_on(tmp_path):
     with pytest.raises(OSError):
         export_occ3d(store, 0, tmp_path / "bad", 0.3, progress=False, workers=2)
     assert not (tmp_path / "bad" / "export.json").exists()
+
+
+def _labels_round(path: Path, grid, n: int, monkeypatch, with_histogram: bool = True):
+    """A label store with round 0 of n frames of random labels (frame 4 not done); with_histogram False makes
+    the round as stores before 2026-11-30 had it (the four label arrays only)."""
+    from autolabel.store import labels
+
+    store = labels.LabelStore(path, grid, create=True)
+    tokens = [f"t{i}" for i in range(n)]
+    with monkeypatch.context() as m:
+        if not with_histogram:  # the group as the code before stored histograms created it
+            m.setattr(labels, "round_specs", lambda root, k, grid: labels.label_specs(grid))
+        arrays = store.create_round(0, tokens, [f"s{i % 2}" for i in range(n)], {"checkpoint_sha256": "x"})
+    rng = np.random.default_rng(1)
+    writer = ShardWriter(arrays, [i for i in range(n) if i != 4])
+    for i in range(n):
+        if i == 4:
+            continue
+        sem = rng.integers(0, 18, grid.shape).astype(np.uint8)
+        sem[rng.random(grid.shape) < 0.2] = 255
+        frame = {"semantics": sem, "confidence": rng.integers(0, 256, grid.shape).astype(np.uint8)}
+        frame.update({k: rng.integers(0, 2, grid.shape).astype(np.uint8) for k in ("mask_camera", "mask_lidar")})
+        writer.add(i, **frame)
+    return store
+
+
+def test_a_round_stores_each_frames_histogram_and_export_sums_them(tmp_path, monkeypatch):
+    """Writers hand over the four label arrays; the round derives each frame's (class, confidence level)
+    histogram on write, and the round's histogram is their sum: what counting the frames again gives, so the
+    export's thresholds and files are those of a round without stored histograms (an older store), byte for
+    byte."""
+    from autolabel.store import export as ex
+    from autolabel.store.confidence import level_histogram
+    from kernels.grid import GridSpec
+
+    monkeypatch.setenv("AUTOLABEL_SHARD_FRAMES", "3")  # several shards, the last one short
+    grid = GridSpec(range_min=(0, 0, 0), range_max=(2.0, 1.6, 0.8), voxel_size=0.4)  # 5 x 4 x 2
+    new = _labels_round(tmp_path / "new.zarr", grid, 10, monkeypatch)
+    old = _labels_round(tmp_path / "old.zarr", grid, 10, monkeypatch, with_histogram=False)
+    rn, ro = new.round(0), old.round(0)
+    assert "histogram" in rn.specs and "histogram" not in ro.specs and set(rn.inputs) == set(ro.specs)
+    assert rn.shard_frames == 3 and not rn.done()[4]
+    for i in np.flatnonzero(rn.done()):
+        np.testing.assert_array_equal(
+            rn.read(i, "histogram"), level_histogram(rn.read(i, "semantics"), rn.read(i, "confidence"))
+        )
+    counted = ex.round_histogram(ro)  # the older round: counted from its frames
+    np.testing.assert_array_equal(ex.round_histogram(rn), counted)
+    assert counted.sum() == sum(int((rn.read(i, "semantics") != 255).sum()) for i in np.flatnonzero(rn.done()))
+    for name, store in (("new", new), ("old", old)):
+        ex.export_occ3d(store, 0, tmp_path / f"out_{name}", 0.3, progress=False)
+    a, b = (json.loads((tmp_path / f"out_{n}" / "export.json").read_text()) for n in ("new", "old"))
+    assert a["thresholds"] == b["thresholds"] and a["kept_in_mask_camera"] == b["kept_in_mask_camera"]
+    files = [sorted((tmp_path / f"out_{n}" / "gts").rglob("labels.npz")) for n in ("new", "old")]
+    assert len(files[0]) == 9 and all(x.read_bytes() == y.read_bytes() for x, y in zip(*files))
+    # resuming an older round keeps its layout: no histogram array is added to it
+    tokens, scenes = [f"t{i}" for i in range(10)], [f"s{i % 2}" for i in range(10)]
+    again = old.create_round(0, tokens, scenes, {"checkpoint_sha256": "x"})
+    assert "histogram" not in again.specs and "histogram" not in old.root["round_0"]

@@ -10,6 +10,7 @@ export keeps their class and clears them from the masks instead (autolabel.store
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from occnet.classes import IGNORE_ID, NUM_CLASSES
@@ -28,6 +29,14 @@ def confidence_histogram(semantics: torch.Tensor, levels: torch.Tensor) -> torch
     keep = s != IGNORE_ID
     flat = s[keep] * LEVELS + levels.reshape(-1)[keep].long()
     return torch.bincount(flat, minlength=NUM_CLASSES * LEVELS).view(NUM_CLASSES, LEVELS)
+
+
+def level_histogram(semantics: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """(NUM_CLASSES, 256) int64 counts of confidence levels per class (voxels labelled 255 skipped): what
+    `confidence_histogram` counts, on uint8 arrays of any shape (a block of frames at once)."""
+    key = semantics.astype(np.uint16) << 8 | confidence  # class * 256 + level; 255 * 256 + level: unlabelled
+    counts = np.bincount(key.reshape(-1), minlength=1 << 16)
+    return counts[: NUM_CLASSES * LEVELS].reshape(NUM_CLASSES, LEVELS).astype(np.int64)
 
 
 def class_thresholds(histogram: torch.Tensor, drop_quantile: float) -> torch.Tensor:

@@ -20,17 +20,9 @@ from occnet.metrics import OccupancyMetric
 
 from ..data.occ3d import Occ3DLabels, labels_path, read_labels, write_labels
 from ..errors import DataError
-from .confidence import LEVELS, class_thresholds
+from .confidence import LEVELS, class_thresholds, level_histogram
 from .frame_arrays import FrameArrays
-from .labels import ARRAYS, LabelStore, read_frame
-
-
-def level_histogram(semantics: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """(NUM_CLASSES, 256) int64 counts of confidence levels per class (voxels labelled 255 skipped): what
-    `store.confidence.confidence_histogram` counts, on uint8 arrays of any shape (a block of frames at once)."""
-    key = semantics.astype(np.uint16) << 8 | confidence  # class * 256 + level; 255 * 256 + level: unlabelled
-    counts = np.bincount(key.reshape(-1), minlength=1 << 16)
-    return counts[: NUM_CLASSES * LEVELS].reshape(NUM_CLASSES, LEVELS).astype(np.int64)
+from .labels import ARRAYS, HISTOGRAM, LabelStore, read_frame
 
 
 def export_workers() -> int:
@@ -58,10 +50,19 @@ def threaded(fn: Callable, items: Iterable[tuple], workers: int | None = None) -
 
 
 def round_histogram(arrays: FrameArrays, progress: bool = False, workers: int | None = None) -> np.ndarray:
-    """(NUM_CLASSES, 256) confidence-level counts per class over the round's finished frames (read a block of
-    frames at a time, counted by `workers` threads)."""
+    """(NUM_CLASSES, 256) confidence-level counts per class over the round's finished frames: the sum of the
+    frames' stored histograms (`store.labels.HISTOGRAM`, a shard at a time), or, for a round written without
+    them, counted from its semantics and confidence (read a block of frames at a time, counted by `workers`
+    threads)."""
     hist = np.zeros((NUM_CLASSES, LEVELS), np.int64)
     done = arrays.done()
+    if HISTOGRAM.name in arrays.specs:
+        S = arrays.shard_frames
+        blocks = [(a, min(a + S, len(arrays))) for a in range(0, len(arrays), S) if done[a : a + S].any()]
+        for a, b in tqdm(blocks, desc="confidence histogram", disable=not progress):
+            stored = arrays.read_frames(a, b, (HISTOGRAM.name,), done)[HISTOGRAM.name]
+            hist += stored[done[a:b]].sum(0, dtype=np.int64)
+        return hist
     frames = arrays.iter_frames(np.flatnonzero(done), ("semantics", "confidence"), done=done)
     counts = threaded(level_histogram, ((f["semantics"], f["confidence"]) for _, f in frames), workers)
     for h in tqdm(counts, total=int(done.sum()), desc="confidence histogram", disable=not progress):

@@ -44,8 +44,9 @@ class ArraySpec:
 
 
 # Raw bytes of one shard's frames (all arrays of a group): what a writer (`ShardWriter`) holds in memory
-# before a shard write. 512 MiB: a nuScenes trainval round (200x200x16, 4 uint8 arrays) is 209 frames per
-# shard, 164 shards, 828 files (issue 23's target: <= 1,000); 8 ranks of an 8-GPU node hold 4 GiB in all.
+# before a shard write. 512 MiB: a nuScenes trainval round (200x200x16, 4 uint8 arrays and the per-frame
+# confidence histogram) is 208 frames per shard, 165 shards, 999 files (issue 23's target: <= 1,000); 8 ranks of
+# an 8-GPU node hold 4 GiB in all.
 SHARD_BYTES = 512 << 20
 MAX_FRAMES_PER_SHARD = 1024
 
@@ -168,6 +169,12 @@ class FrameArrays:
         return cls(group, specs, where)
 
     # ---- frames -------------------------------------------------------------------------------
+    @property
+    def inputs(self) -> dict[str, ArraySpec]:
+        """The arrays a writer hands over (`write`, `ShardWriter.add`): all of them here; a subclass may derive
+        some from the others when a frame is written (`store.labels.RoundArrays`)."""
+        return self.specs
+
     def __len__(self) -> int:
         return len(self.tokens)
 
@@ -391,7 +398,7 @@ class ShardWriter:
         s = self.arrays.shard_of(i)
         if int(i) not in self.expected.get(s, ()):
             raise ValueError(f"{self.arrays.where}: frame {i} is not pending here")
-        specs = self.arrays.specs
+        specs = self.arrays.inputs
         if set(arrays) != set(specs):
             raise ValueError(f"{self.arrays.where}: write needs exactly {sorted(specs)}, got {sorted(arrays)}")
         for name, value in arrays.items():

@@ -6,6 +6,8 @@
         confidence   (N, X, Y, Z) uint8  round(255 * confidence)
         mask_camera  (N, X, Y, Z) uint8  Occ3D visibility from the cameras, against the predicted occupancy
         mask_lidar   (N, X, Y, Z) uint8  Occ3D visibility from the lidar, against the predicted occupancy
+        histogram    (N, 18, 256) uint32 per class, the count of each confidence level (derived on write;
+                                         rounds written before 2026-11-30 have none)
         tokens (N,), done (N,)
       manual/                    manual 3D labels ingested by annotation rounds (same arrays)
 
@@ -22,9 +24,10 @@ from typing import Sequence
 import numpy as np
 
 from kernels.grid import GridSpec
-from occnet.classes import OCC3D_CLASS_NAMES
+from occnet.classes import NUM_CLASSES, OCC3D_CLASS_NAMES
 
 from ..errors import DataError
+from .confidence import LEVELS, level_histogram
 from .frame_arrays import ArraySpec, FrameArrays, jsonable, open_root
 
 FORMAT = "occ-autolabel-labels/1"
@@ -39,6 +42,35 @@ def label_specs(grid: GridSpec) -> list[ArraySpec]:
         ArraySpec("mask_camera", grid.shape, "uint8", 0),
         ArraySpec("mask_lidar", grid.shape, "uint8", 0),
     ]
+
+
+# per frame, the (class, confidence level) counts of its labelled voxels, derived from semantics and confidence when
+# the frame is written: export and evaluation sum these for the round's per-class thresholds instead of reading
+# every frame's semantics and confidence a second time (issue 23). Groups written before it have none.
+HISTOGRAM = ArraySpec("histogram", (NUM_CLASSES, LEVELS), "uint32", 0)
+
+
+class RoundArrays(FrameArrays):
+    """A round's group (pseudo-labels or fused labels): the four label arrays, and `histogram` when the group
+    has it (derived on write: writers hand over the four)."""
+
+    @property
+    def inputs(self) -> dict[str, ArraySpec]:
+        return {name: spec for name, spec in self.specs.items() if name != HISTOGRAM.name}
+
+    def write_frames(self, indices: Sequence[int], **arrays: np.ndarray) -> None:
+        if HISTOGRAM.name in self.specs and HISTOGRAM.name not in arrays and {"semantics", "confidence"} <= set(arrays):
+            sem, conf = np.asarray(arrays["semantics"]), np.asarray(arrays["confidence"])
+            arrays[HISTOGRAM.name] = np.stack([level_histogram(s, c) for s, c in zip(sem, conf)]).astype(np.uint32)
+        super().write_frames(indices, **arrays)
+
+
+def round_specs(root, k: int, grid: GridSpec) -> list[ArraySpec]:
+    """The arrays of round k's group: the label arrays, and the histogram unless the group was written without
+    one (a store made before it keeps working; its export reads the frames for the histogram)."""
+    group = root[round_name(k)] if round_name(k) in root else None
+    old = group is not None and "tokens" in group and HISTOGRAM.name not in group
+    return label_specs(grid) + ([] if old else [HISTOGRAM])
 
 
 def round_name(k: int) -> str:
@@ -99,10 +131,10 @@ class LabelStore:
             "grid": self.grid.to_dict(),
             "class_names": list(OCC3D_CLASS_NAMES),
         }
-        return FrameArrays.create_or_open(
+        return RoundArrays.create_or_open(
             self.root,
             round_name(k),
-            label_specs(self.grid),
+            round_specs(self.root, k, self.grid),
             tokens,
             attrs,
             ("checkpoint_sha256", "labeller", "fusion", "grid", "class_names"),
@@ -112,7 +144,9 @@ class LabelStore:
     def round(self, k: int) -> FrameArrays:
         if k not in self.rounds():
             raise DataError(f"{self.path}: round {k} does not exist (rounds: {self.rounds() or 'none'})")
-        return FrameArrays.open(self.root, round_name(k), label_specs(self.grid), where=f"{self.path} round {k}")
+        return RoundArrays.open(
+            self.root, round_name(k), round_specs(self.root, k, self.grid), where=f"{self.path} round {k}"
+        )
 
     def manual(
         self, tokens: Sequence[str] = (), scenes: Sequence[str] = (), create: bool = False

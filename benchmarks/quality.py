@@ -281,9 +281,17 @@ def variant_groups(wanted: list[str], procs: int) -> list[list[str]]:
 def shared_pool_scores(run: Path, dts_name: str, dts):
     """The pool scored by round 0 of `dts_name` (its teacher and student, with per-tile scores so that frame
     and region selections read the same scores), once per round-0 network: the first round-1 variant to ask
-    scores it (holding RUN/pool_<dts_name>.lock) and saves RUN/pool_<dts_name>.pkl; the others wait and load."""
+    scores it (holding RUN/pool_<dts_name>.lock) and saves RUN/pool_<dts_name>.pkl; the others wait and load.
+    The file names the checkpoint it scored (size and mtime): one left by an earlier network is scored again."""
     path, lock = run / f"pool_{dts_name}.pkl", run / f"pool_{dts_name}.lock"
-    while not path.is_file():
+    ckpt = checkpoint_path(dts, 0).stat()
+    key = (ckpt.st_size, ckpt.st_mtime_ns)
+    while True:
+        if path.is_file():
+            saved = pickle.loads(path.read_bytes())
+            if saved["checkpoint"] == key:
+                return saved["pool"]
+            path.unlink(missing_ok=True)  # scored by another round-0 network
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL)
         except FileExistsError:
@@ -296,11 +304,10 @@ def shared_pool_scores(run: Path, dts_name: str, dts):
             scored = replace(dts, selection=replace(dts.selection, unit="region", budget=budget, cost_model=False))
             pool = score_round(scored, 0, progress=False)
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(pickle.dumps(pool))
+            tmp.write_bytes(pickle.dumps({"checkpoint": key, "pool": pool}))
             tmp.replace(path)
         finally:
             lock.unlink()
-    return pickle.loads(path.read_bytes())
 
 
 def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: str, ablations: dict) -> dict:

@@ -90,3 +90,27 @@ def test_test_world_is_another_seed(tmp_path):
     assert r["meta"]["world"] == "test" and r["meta"]["world_seed"] == 131
     assert (tmp_path / "q" / "world_131").is_dir() and not (tmp_path / "q" / "world_31").exists()
     assert "pseudo_labels" not in r["variants"]["3d_supervised"] and "test world (seed 131)" in out.stdout
+
+
+def test_round1_variants_share_one_pool_scoring_per_round0_network(tmp_path, monkeypatch):
+    """The round-1 variants of a seed read one scoring of the pool; a round-0 network trained again (another
+    checkpoint file) is scored again instead of reusing the old network's scores."""
+    import os
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"network 1")
+    calls = []
+    monkeypatch.setattr(quality, "checkpoint_path", lambda recipe, k: ckpt)
+    monkeypatch.setattr(quality, "replace", lambda obj, **kw: obj)  # the recipe stand-in has no dataclass fields
+    monkeypatch.setattr(quality, "score_round", lambda recipe, k, progress: calls.append(k) or f"scores {len(calls)}")
+    dts = SimpleNamespace(network=SimpleNamespace(grid=SimpleNamespace(shape=(4, 4, 2))), selection=None)
+    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts) == "scores 1"
+    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts) == "scores 1" and calls == [0]
+    ckpt.write_bytes(b"network 2, retrained")
+    os.utime(ckpt, ns=(1, 1))
+    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts) == "scores 2" and len(calls) == 2
+    assert not (tmp_path / "pool_noisy_dts.lock").exists()

@@ -82,7 +82,7 @@ from autolabel.stages.inputs import checkpoint_path, fused_labels, open_cache, o
 from autolabel.dts.label import label_round  # noqa: E402
 from autolabel.provenance import recipe_record  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
-from autolabel.recipe import load_recipe  # noqa: E402
+from autolabel.recipe import load_recipe, save_recipe  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
 from autolabel.store.export import evaluate_round  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
@@ -166,10 +166,13 @@ def parse_ablations(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
     for spec in specs:
         name, _, rest = spec.partition("=")
         base, _, sets = rest.partition(":")
-        # single trainings (an ablation of noisy_dts has no round 1) and the fusion variants
-        bases = tuple(v for v in VARIANTS if v not in ROUND1) + DIAGNOSTICS
-        if not name or base not in bases:
-            raise SystemExit(f"--ablation {spec!r}: want NEW=BASE:key=value;... with BASE one of {bases}")
+        # single trainings (an ablation of noisy_dts has no round 1), the fusion variants, and round-1 variants
+        # (the overrides then change round 1's training, e.g. train.labelled_share, from noisy_dts's recipe)
+        bases = VARIANTS + DIAGNOSTICS
+        if not name or (base not in bases and not is_round1(base)):
+            raise SystemExit(
+                f"--ablation {spec!r}: want NEW=BASE:key=value;... with BASE one of {bases} or UNIT_STRATEGY_Npct"
+            )
         out[name] = (base, [s for s in sets.split(";") if s])
     return out
 
@@ -264,13 +267,13 @@ def pool_scores(recipe, k: int, world: Path, t0: float, store: Path | None = Non
     }
 
 
-def variant_groups(wanted: list[str], procs: int) -> list[list[str]]:
+def variant_groups(wanted: list[str], procs: int, ablations: dict | None = None) -> list[list[str]]:
     """Variants per process, each to the least loaded one: first the trainings from scratch (one unit each),
     then the round-1 variants (a quarter each), which come last in their process because they wait for
     noisy_dts's network; no process waits for one that comes after it, so there is no deadlock."""
     groups: list[list[str]] = [[] for _ in range(max(1, procs))]
     load = [0.0] * len(groups)
-    round1 = [v for v in wanted if is_round1(split_name(v)[0])]
+    round1 = [v for v in wanted if is_round1(kind_of(v, ablations or {}))]
     for v in [v for v in wanted if v not in round1] + round1:
         i = load.index(min(load))
         groups[i].append(v)
@@ -383,7 +386,8 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
     def round1(name: str) -> None:
         """Round 1 from noisy_dts's network (of the same seed), with oracle 3D labels on a share of the pool
         picked by a selection strategy (whole frames or BEV tiles: `selection_of`), or none (dts_control)."""
-        kind, seed = split_name(name)
+        kind, seed = kind_of(name, ablations), split_name(name)[1]
+        overrides = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
         dts_name = f"noisy_dts_s{seed}" if seed else "noisy_dts"
         marker = run / f"{dts_name}.done"
         log(f"{name}: waiting for {dts_name}'s network and pseudo-labels")
@@ -396,14 +400,15 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "round_0" / "train").mkdir(parents=True)
         shutil.copyfile(checkpoint_path(dts, 0), folder / "round_0" / "train" / "checkpoint.pt")
+        own = load_recipe(run / f"{dts_name}.yaml", overrides)  # an ablation's overrides change round 1 only
+        steps = own.train.steps if any(o.startswith("train.steps=") for o in overrides) else args.round1_steps
         recipe = replace(
-            dts,
+            own,
             name=name,
             out=str(folder),
-            train=replace(
-                dts.train, steps=args.round1_steps, warmup_steps=min(dts.train.warmup_steps, args.round1_steps)
-            ),
+            train=replace(own.train, steps=steps, warmup_steps=min(own.train.warmup_steps, steps)),
         )
+        save_recipe(recipe, folder / "recipe.yaml")  # what round 1 trained with
         picks, used, voxels = [], "none", 0
         sel = selection_of(kind)
         if sel is not None:
@@ -474,7 +479,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
     for name in wanted:  # variant_groups puts the round-1 variants last
         if name in results:
             continue
-        if is_round1(split_name(name)[0]):
+        if is_round1(kind_of(name, ablations)):
             round1(name)
             continue
         if kind_of(name, ablations) in FUSION:
@@ -632,7 +637,7 @@ def main() -> None:
         )
     run = Path(args.run)
     for v in wanted if args.group is None else ():  # a child process runs part of the parent's variants
-        kind, seed = split_name(v)
+        kind, seed = kind_of(v, ablations), split_name(v)[1]
         dts = f"noisy_dts@{seed}" if seed else "noisy_dts"
         if is_round1(kind) and dts not in wanted and not (run / f"{dts.replace('@', '_s')}.done").is_file():
             raise SystemExit(f"{v} starts from {dts}'s network: add {dts} to --variants")
@@ -675,7 +680,7 @@ def main() -> None:
     if not args.report:
         meta_path.write_text(json.dumps(meta, indent=1))
     procs = args.procs or args.gpus or max(1, torch.cuda.device_count())
-    groups = [] if args.report else variant_groups(wanted, procs)
+    groups = [] if args.report else variant_groups(wanted, procs, ablations)
     failed: list[int] = []
     for v in wanted:  # failed in an earlier attempt: tried again now (another invocation's markers stay)
         (run / f"{v.replace('@', '_s')}.failed").unlink(missing_ok=True)

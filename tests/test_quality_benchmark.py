@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from tiny_models import run_micro_benchmark
 
 VARIANTS = (
@@ -71,11 +73,26 @@ def test_quality_harness_runs_micro(tmp_path):
     assert all(n > 0 for n in region["tiles"]) and len(region["tiles"]) == len(region["selected"])
     first = {f.name: f.read_bytes() for f in (tmp_path / "q").glob("results.*.json")}
     run_micro_benchmark(
-        "quality.py", tmp_path / "q", "--tag", "b", "--variants", "frame_random_10pct,region_hybrid_10pct"
+        "quality.py",
+        tmp_path / "q",
+        "--tag",
+        "b",
+        "--variants",
+        "frame_random_10pct,region_hybrid_10pct,share50",
+        "--ablation",
+        "share50=frame_random_10pct:train.labelled_share=0.5",  # an ablation of round 1's training
     )
     assert all((tmp_path / "q" / name).read_bytes() == data for name, data in first.items() if name != "results.json")
     merged = json.loads((tmp_path / "q" / "results.json").read_text())["variants"]
-    assert {"frame_random_10pct", "region_hybrid_10pct"} <= set(merged) and set(variants) <= set(merged)
+    assert {"frame_random_10pct", "region_hybrid_10pct", "share50"} <= set(merged) and set(variants) <= set(merged)
+    trained = {
+        n: yaml.safe_load((tmp_path / "q" / n / "recipe.yaml").read_text())["train"]
+        for n in merged
+        if n in ("frame_random_10pct", "share50")
+    }
+    assert trained["share50"]["labelled_share"] == 0.5 and trained["frame_random_10pct"]["labelled_share"] == 0.25
+    assert trained["share50"]["steps"] == trained["frame_random_10pct"]["steps"] == 2  # --round1-steps (micro)
+    assert merged["share50"]["selected"] == merged["frame_random_10pct"]["selected"]  # the same picks
     assert (tmp_path / "q" / "meta.b.json").is_file() and (tmp_path / "q" / "pool_noisy_dts.pkl").is_file()
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_curves.py"
     curves = subprocess.run([sys.executable, str(script), str(tmp_path / "q")], capture_output=True, text=True)

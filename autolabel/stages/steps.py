@@ -232,7 +232,7 @@ def select(recipe: Recipe, k: int, progress: bool = True) -> Selection | None:
     written (rank 0; other ranks return None)."""
     device = resolve_device(recipe.device)  # joins the process group under torchrun
     store = LabelStore.open(recipe.store_path, recipe.network.grid)
-    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+    frames = open_frames(recipe, "train", load_images=True, load_gt=False)  # the manifest's page shows the cameras
     n_labelled = int(labelled_frames(store, list(frames.tokens)).sum())
     if needs_scores(recipe.selection, n_labelled, len(frames)):
         pool = score_round(recipe, k, progress=progress)
@@ -249,7 +249,7 @@ def select(recipe: Recipe, k: int, progress: bool = True) -> Selection | None:
         len(pool.tokens),
         int(pool.labelled.sum()),
         recipe.selection,
-        open_frames(recipe, "train", load_images=True, load_gt=False),
+        frames,
         recipe.digest(),
         recipe.delivery_dir(k) if recipe.rounds.annotator == "folder" else None,
         store,

@@ -15,10 +15,12 @@ the nuScenes recipe (recipes/nuscenes_label_free.yaml: network input, batch size
   5 store size and file count  the round's group of the label store, the cache, the export; extrapolated with
                                the shard layout the stores would have at full size (frames per shard file)
   6 memory                     peak host memory (the process tree, sampled) and peak GPU memory per stage
-Warm-up is left out: cache writes and labelling run once on the first scene untimed, then are timed on the
-first scene again and on the whole world, and the steady per-frame cost is the difference of the two calls
-over the difference of their frames (what a call pays once, such as the DataLoader start, cancels); each
-training phase drops its first --warmup-steps steps; export is timed after an untimed export. Per-frame
+Warm-up is left out: cache writes, fusion and labelling run once on the first scene and once on the whole
+world untimed (so that no timed call meets a batch shape first: cuDNN's autotuning, CUDA's lazy loading), then
+--repeats times the pair: the first scene again and the whole world; a pair's steady per-frame cost is the
+difference of its two calls over the difference of their frames (what a call pays once, such as the
+DataLoader start, cancels), and the stage's is the median over pairs; each training phase drops its first
+--warmup-steps steps; export is timed after an untimed export. Per-frame
 costs are extrapolated to nuScenes trainval (34,149 keyframes), training to 12 epochs-equivalent (12 x 34,149
 frames seen at the recipe's batch size, the recipe's share of DTS steps), and set against the issue's targets.
 Device: CUDA when available, else the CPU (then training and labelling times are only indicative).
@@ -225,7 +227,7 @@ def make_world(world: Path, args) -> dict:
             scenes=args.scenes,
             frames_per_scene=args.frames,
             seed=args.seed,
-            image_size=(112, 200) if args.micro else (900, 1600),
+            image_size=(112, 200) if args.micro else tuple(int(x) for x in args.image_size.split("x")),
             sweeps=args.sweeps,
         )
         grid = GridSpec.from_dict(MICRO_GRID) if args.micro else GridSpec()
@@ -289,26 +291,43 @@ def steady(small: tuple[int, float], full: tuple[int, float]) -> float:
     return (t_b - t_a) / (n_b - n_a) if n_b > n_a and t_b > t_a else t_b / n_b
 
 
-def warm_then_timed(call, first, whole, run: Path, name: str, final: Path, count: str, device) -> dict:
-    """One stage's calls: an untimed warm-up on the first scene (RUN/warmup/NAME), then timed, the first scene
-    again (RUN/first_scene/NAME) and the whole world into `final` with memory sampled. `count` names the frames
-    a call did in its result. Returns the whole call's frames and seconds, the first scene's, the steady
-    seconds per frame (`steady`) and the memory peaks."""
-    call(first, run / "warmup" / name)
-    a = call(first, run / "first_scene" / name)
-    with MemorySampler(device) as mem:
-        b = call(whole, final)
+def warm_then_timed(
+    call, first, whole, run: Path, name: str, final: Path, count: str, device, repeats: int = 1
+) -> dict:
+    """One stage's calls, each into an empty folder: untimed warm-ups on the first scene and on the whole
+    world (RUN/warmup/NAME: the shapes of both timed calls meet cuDNN's autotuning and CUDA's lazy loading
+    there, not in a timed call), then `repeats` timed pairs, the first scene (RUN/first_scene/NAME) and the
+    whole world (RUN/timed/NAME; the last pair into `final`, with memory sampled). `count` names the frames
+    a call did in its result. Returns the last pair's frames and seconds, the steady seconds per frame
+    (`steady`) of each pair and their median, and the memory peaks."""
+
+    def fresh(path: Path) -> Path:
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    call(first, fresh(run / "warmup" / name))
+    call(whole, fresh(run / "warmup" / name))
+    pairs = []
+    for r in range(repeats):
+        a = call(first, fresh(run / "first_scene" / name))
+        if r < repeats - 1:
+            b = call(whole, fresh(run / "timed" / name))
+        else:
+            with MemorySampler(device) as mem:
+                b = call(whole, fresh(final))
+        pairs.append(steady((a[count], a["seconds"]), (b[count], b["seconds"])))
     return {
         "frames": b[count],
         "seconds": b["seconds"],
         "first_scene_frames": a[count],
         "first_scene_seconds": a["seconds"],
-        "s_per_frame": steady((a[count], a["seconds"]), (b[count], b["seconds"])),
+        "s_per_frame": statistics.median(pairs),
+        "s_per_frame_pairs": pairs,
         **mem.result(),
     }
 
 
-def stage_supervise(run: Path, recipe, device) -> dict:
+def stage_supervise(run: Path, recipe, device, repeats: int) -> dict:
     """Warm-up on the first scene (left out), then timed: the first scene again, the whole world."""
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     provider = build_provider(recipe.supervision, frames.dataroot, frames.nusc)
@@ -320,24 +339,39 @@ def stage_supervise(run: Path, recipe, device) -> dict:
         )
 
     r = warm_then_timed(
-        call, first_scene(frames, recipe, False), frames, run, "supervision.zarr", recipe.cache_path, "computed", device
+        call,
+        first_scene(frames, recipe, False),
+        frames,
+        run,
+        "supervision.zarr",
+        recipe.cache_path,
+        "computed",
+        device,
+        repeats,
     )
     return {**r, "workers": default_workers(), "s_per_frame_whole_call": r["seconds"] / r["frames"]}
 
 
-def stage_fuse(run: Path, recipe, device) -> dict:
+def stage_fuse(run: Path, recipe, device, repeats: int) -> dict:
     """The recipe's fusion stage (fusion.enabled): warm-up on the first scene (left out), then timed: the first
     scene again, the whole world, into the store training and labelling read."""
     frames = open_frames(recipe, "train", load_images=False, load_gt=False)
     cache = open_cache(recipe)
 
     def call(f, path: Path) -> dict:
-        shutil.rmtree(path, ignore_errors=True)
         store = LabelStore(path, recipe.network.grid, create=True)
         return fuse_round(f, cache, store, 0, recipe.network.grid, recipe.fusion, device, progress=False)
 
     r = warm_then_timed(
-        call, first_scene(frames, recipe, False), frames, run, "fusion.zarr", recipe.fusion_path, "labelled", device
+        call,
+        first_scene(frames, recipe, False),
+        frames,
+        run,
+        "fusion.zarr",
+        recipe.fusion_path,
+        "labelled",
+        device,
+        repeats,
     )
     return {**r, "window": recipe.fusion.window, "hours_full": TRAINVAL * r["s_per_frame"] / 3600}
 
@@ -491,7 +525,7 @@ def fresh_checkpoint(recipe, path: Path) -> Path:
     return Trainer(model, recipe.render, recipe.loss, recipe.train, path.parent, "cpu", hooks=[teacher]).save(path)
 
 
-def stage_label(run: Path, recipe, device) -> dict:
+def stage_label(run: Path, recipe, device, repeats: int) -> dict:
     """Warm-up on the first scene (left out), then timed: the first scene again, the whole world."""
     ckpt = fresh_checkpoint(recipe, run / "fresh" / "checkpoint.pt")
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
@@ -499,7 +533,6 @@ def stage_label(run: Path, recipe, device) -> dict:
     fused = fused_labels(recipe, training=False)
 
     def call(f, path: Path) -> dict:
-        shutil.rmtree(path, ignore_errors=True)
         store = LabelStore(path, recipe.network.grid, create=True)
         return label_round(
             f,
@@ -516,7 +549,15 @@ def stage_label(run: Path, recipe, device) -> dict:
         )
 
     r = warm_then_timed(
-        call, first_scene(frames, recipe, True), frames, run, "labels.zarr", recipe.store_path, "labelled", device
+        call,
+        first_scene(frames, recipe, True),
+        frames,
+        run,
+        "labels.zarr",
+        recipe.store_path,
+        "labelled",
+        device,
+        repeats,
     )
     per = r.pop("s_per_frame")  # labelling is reported as a rate
     return {
@@ -583,6 +624,15 @@ def workers(n: int) -> str:
     return f"{n} DataLoader worker{'' if n == 1 else 's'}"
 
 
+def spread(stage: dict, rate: bool) -> str:
+    """The steady figure of each timed pair (frames/s when `rate`, else s per frame), when there were several."""
+    pairs = stage.get("s_per_frame_pairs", [])
+    if len(pairs) < 2:
+        return ""
+    values = ", ".join(f"{1 / p:.1f}" if rate else f"{p:.3f}" for p in pairs)
+    return f"; median of {len(pairs)} pairs ({values})"
+
+
 def verdict(ok: bool, meaningful: bool) -> str:
     return ("met" if ok else "missed") + ("" if meaningful else " (indicative)")
 
@@ -609,14 +659,14 @@ def table(r: dict) -> str:
             f"| supervision cache write (precomputed 2D labels, LiDAR depth from the sweeps; "
             f"{workers(s['workers'])}) | {s['frames']} frames in {s['seconds']:.1f} s, the first scene's "
             f"{s['first_scene_frames']} in "
-            f"{s['first_scene_seconds']:.1f} s | {s['s_per_frame']:.3f} s | "
+            f"{s['first_scene_seconds']:.1f} s{spread(s, False)} | {s['s_per_frame']:.3f} s | "
             f"{hours(s['s_per_frame'] * TRAINVAL / 3600)} | - | |"
         )
     fu = r.get("fuse")
     if fu and "s_per_frame" in fu:
         lines.append(
             f"| evidence fusion (+-{fu['window']} keyframes) | {fu['frames']} frames in {fu['seconds']:.1f} s, "
-            f"the first scene's {fu['first_scene_frames']} in {fu['first_scene_seconds']:.1f} s | "
+            f"the first scene's {fu['first_scene_frames']} in {fu['first_scene_seconds']:.1f} s{spread(fu, False)} | "
             f"{fu['s_per_frame']:.3f} s | "
             f"{hours(fu['hours_full'])} | <= 0.5 s per frame | {verdict(fu['s_per_frame'] <= 0.5, cuda)} |"
         )
@@ -643,7 +693,7 @@ def table(r: dict) -> str:
         lines.append(
             f"| labelling (fresh network, batch {lab['batch']}, {workers(lab['workers'])}) | {lab['frames']} frames "
             f"in {lab['seconds']:.1f} s, the first "
-            f"scene's {lab['first_scene_frames']} in {lab['first_scene_seconds']:.1f} s | "
+            f"scene's {lab['first_scene_frames']} in {lab['first_scene_seconds']:.1f} s{spread(lab, True)} | "
             f"{lab['frames_per_s']:.2f} frames/s | {hours(lab['hours_full'])} | >= {TARGET_LABEL_FPS:.0f} frames/s | "
             f"{verdict(lab['frames_per_s'] >= TARGET_LABEL_FPS, cuda)} |"
         )
@@ -731,6 +781,19 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed training steps per phase (rendering, DTS)")
     ap.add_argument("--warmup-steps", type=int, default=2, help="training steps per phase left out of the timing")
     ap.add_argument("--export-repeats", type=int, default=3)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed pairs (first scene, whole world) of the supervision, fusion and labelling stages; their "
+        "steady seconds per frame is the median over pairs (default 3)",
+    )
+    ap.add_argument(
+        "--image-size",
+        default="900x1600",
+        help="camera images of the world to generate, HxW (default nuScenes' 900x1600; training and labelling "
+        "read the cache at the network's input size whatever this is)",
+    )
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
     ap.add_argument("--out", default=None, help="results folder (default RUN)")
@@ -746,7 +809,7 @@ def main() -> int:
         ap.error("--steps and --warmup-steps must be >= 1 (a step's time is the difference of two logged steps)")
     if args.micro:
         args.scenes, args.frames, args.sweeps = 2, 1, min(args.sweeps, 2)
-        args.steps, args.warmup_steps, args.export_repeats = 1, 1, 1
+        args.steps, args.warmup_steps, args.export_repeats, args.repeats = 1, 1, 1, 1
     run = Path(args.run).absolute()
     out = Path(args.out).absolute() if args.out else run
     out.mkdir(parents=True, exist_ok=True)
@@ -810,10 +873,12 @@ def main() -> int:
         flush=True,
     )
     run_stage = {
-        "supervise": lambda: stage_supervise(stores, recipe, device),
-        "fuse": lambda: stage_fuse(stores, recipe, device) if recipe.fusion.enabled else {"skipped": "fusion off"},
+        "supervise": lambda: stage_supervise(stores, recipe, device, args.repeats),
+        "fuse": lambda: (
+            stage_fuse(stores, recipe, device, args.repeats) if recipe.fusion.enabled else {"skipped": "fusion off"}
+        ),
         "train": lambda: stage_train(stores, world, args, device),
-        "label": lambda: stage_label(stores, recipe, device),
+        "label": lambda: stage_label(stores, recipe, device, args.repeats),
         "export": lambda: stage_export(stores, recipe, device, args.export_repeats),
     }
     for stage in STAGES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,60 @@ def test_a_writer_holds_one_copy_of_a_shard(tmp_path):
         np.testing.assert_array_equal(arrays.read(i, "b"), _frame(i)["b"])
     with pytest.raises(ValueError, match="array a has shape"):
         ShardWriter(_group(tmp_path / "t.zarr", 4, shard_frames=4), range(4)).add(0, a=np.zeros(3), b=np.zeros(5))
+
+
+def test_a_background_writer_writes_what_a_plain_one_writes(tmp_path):
+    """background=True (labelling, fusion and the cache overlap their writes with the next frames): the same
+    files, byte for byte, as the writer that writes in the caller's thread."""
+    plain = _group(tmp_path / "plain.zarr", 21, shard_frames=4)
+    _fill(plain)
+    arrays = _group(tmp_path / "bg.zarr", 21, shard_frames=4)
+    with ShardWriter(arrays, pending_frames(arrays), background=True) as writer:
+        for i in range(21):
+            writer.add(i, **_frame(i))
+    assert arrays.done().all()
+    assert _files(tmp_path / "bg.zarr") == _files(tmp_path / "plain.zarr")
+
+
+def test_a_background_writer_finishes_its_write_when_the_run_dies(tmp_path, monkeypatch):
+    """The run dies while the write of a full shard is in flight: leaving the `with` waits for that write,
+    so its frames are done (and a rerun skips them), and the run's own error is the one raised. A shard not
+    yet full is not written."""
+    arrays = _group(tmp_path / "s.zarr", 10, shard_frames=4)
+    started, release = threading.Event(), threading.Event()
+    write = FrameArrays.write_frames
+
+    def slow_write(self, *a, **k):
+        started.set()
+        release.wait(5)  # the first shard's write is still running when the run dies
+        return write(self, *a, **k)
+
+    monkeypatch.setattr(FrameArrays, "write_frames", slow_write)
+    with pytest.raises(Crash):
+        with ShardWriter(arrays, pending_frames(arrays), background=True) as writer:
+            for i in range(6):
+                writer.add(i, **_frame(i))
+            assert started.wait(5) and not arrays.done()[:4].any()
+            release.set()
+            raise Crash
+    assert arrays.done().tolist() == [True] * 4 + [False] * 6
+    assert pending_frames(arrays) == list(range(4, 10))
+
+
+def test_a_background_writers_failed_write_is_raised(tmp_path, monkeypatch):
+    """A write that fails in the writer thread (a full disk) surfaces in the caller, at the next shard or
+    when the writer closes, not lost in the thread; its frames stay not done."""
+    arrays = _group(tmp_path / "s.zarr", 8, shard_frames=4)
+
+    def full_disk(self, *a, **k):
+        raise DataError("store: disk full")
+
+    monkeypatch.setattr(FrameArrays, "write_frames", full_disk)
+    with pytest.raises(DataError, match="disk full"):
+        with ShardWriter(arrays, pending_frames(arrays), background=True) as writer:
+            for i in range(4):
+                writer.add(i, **_frame(i))
+    assert not arrays.done().any()
 
 
 # ---- block reads (export at speed) -----------------------------------------------------------------

@@ -41,8 +41,17 @@ def labelling_store(path: Path, grid) -> LabelStore:
     return store if store is not None else LabelStore(path, grid, create=True)
 
 
-def _as_list(items: list) -> list:
-    return items
+# what the teacher and the LiDAR filter read, stacked into one batch; the 2D labels tell which LiDAR returns
+# lie on ground (their free space stops at the ground layer)
+BATCH_KEYS = ("images", "intrinsics", "cam2ego", "depth", "semantics", "fused_semantics", "fused_confidence")
+
+
+def _collate(items: list[dict]) -> tuple[dict, list[dict]]:
+    """FrameDataset items -> (the batch's stacked tensors, each frame's token and LiDAR points). Stacked in
+    the loader's worker, so that the pin-memory thread pins the batch and its copy to the GPU overlaps."""
+    keys = [key for key in BATCH_KEYS if key in items[0]]
+    frames = [{key: it[key] for key in ("token", "lidar_origin", "lidar_points")} for it in items]
+    return {key: torch.stack([it[key] for it in items]) for key in keys}, frames
 
 
 def label_round(
@@ -91,7 +100,6 @@ def label_round(
     if not is_main():
         arrays = store.create_round(k, frames.tokens, scenes, provenance)
     pending = pending_frames(arrays, rank(), world_size())
-    writer = ShardWriter(arrays, pending)  # a shard's frames are written together once all are labelled
     grid = network_cfg.grid
     fused = fused if dts.evidence == "fusion" else None
     dataset = FrameDataset(
@@ -101,45 +109,48 @@ def label_round(
         dataset,
         batch_size=dts.batch_size,
         num_workers=default_workers() if workers is None else workers,
-        collate_fn=_as_list,
-    )  # frames are written one by one
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
     t0 = time.perf_counter()
     bar = tqdm(total=len(pending), desc=f"label round {k}", disable=not progress or not is_main())
-    for items in loader:
-        interrupt.check()
-        # the 2D labels tell which LiDAR returns lie on ground (their free space stops at the ground layer)
-        keys = ("images", "intrinsics", "cam2ego", "depth", "semantics") + (
-            ("fused_semantics", "fused_confidence") if fused is not None else ()
-        )
-        batch = batch_fractions({key: torch.stack([it[key] for it in items]).to(device) for key in keys})
-        occ, cls, pcls = teacher_probabilities(model, batch, dts.depth_aware)
-        for i, item in enumerate(items):
-            lidar = frame_lidar(batch, i, grid) if dts.lidar_filter else None
-            sem, levels = pseudo_labels(
-                occ[i],
-                cls[i],
-                pcls[i],
-                lidar,
-                dts.occupied_threshold,
-                frame_fused(batch, i) if fused is not None else None,
-            )
-            cam_mask, lidar_mask = visibility_masks(
-                sem,
-                batch["intrinsics"][i],
-                batch["cam2ego"][i],
-                tuple(network_cfg.image_size),
-                item["lidar_origin"].to(device),
-                item["lidar_points"].to(device),
-                grid,
-            )
-            writer.add(
-                frames.index(item["token"]),
-                semantics=sem.cpu().numpy(),
-                confidence=levels.cpu().numpy(),
-                mask_camera=cam_mask.cpu().numpy(),
-                mask_lidar=lidar_mask.cpu().numpy(),
-            )
-            bar.update(1)
+    # a shard's frames are written together once all are labelled, by a thread while the GPU goes on
+    with ShardWriter(arrays, pending, background=True) as writer:
+        for stacked, items in loader:
+            interrupt.check()
+            batch = batch_fractions({key: v.to(device, non_blocking=True) for key, v in stacked.items()})
+            occ, cls, pcls = teacher_probabilities(model, batch, dts.depth_aware)
+            out = []
+            for i, item in enumerate(items):
+                lidar = frame_lidar(batch, i, grid) if dts.lidar_filter else None
+                sem, levels = pseudo_labels(
+                    occ[i],
+                    cls[i],
+                    pcls[i],
+                    lidar,
+                    dts.occupied_threshold,
+                    frame_fused(batch, i) if fused is not None else None,
+                )
+                cam_mask, lidar_mask = visibility_masks(
+                    sem,
+                    batch["intrinsics"][i],
+                    batch["cam2ego"][i],
+                    tuple(network_cfg.image_size),
+                    item["lidar_origin"].to(device),
+                    item["lidar_points"].to(device),
+                    grid,
+                )
+                out.append(torch.stack([sem, levels, cam_mask, lidar_mask]))  # all uint8 (X, Y, Z)
+            # one copy back per batch, not four per frame (each copy waits for the GPU)
+            for item, (sem, levels, cam_mask, lidar_mask) in zip(items, torch.stack(out).cpu().numpy()):
+                writer.add(
+                    frames.index(item["token"]),
+                    semantics=sem,
+                    confidence=levels,
+                    mask_camera=cam_mask,
+                    mask_lidar=lidar_mask,
+                )
+                bar.update(1)
     bar.close()
     barrier()  # the round is complete when every rank is done
     return {

@@ -49,28 +49,29 @@ def fuse_round(
     if not is_main():
         arrays = store.create_round(k, frames.tokens, scenes, provenance)
     pending = pending_frames(arrays, rank(), world_size())
-    writer = ShardWriter(arrays, pending)
     t0 = time.perf_counter()
     read = WindowReader(frames, cache, 2 * cfg.window + 1)  # pending frames come in scene order
-    for i in tqdm(pending, desc=f"fuse round {k}", disable=not progress or not is_main()):
-        interrupt.check()
-        token = frames.tokens[i]
-        ev = frame_evidence(frames, cache, token, cfg, device, read)
-        fused = fuse(ev.sweeps, ev.views, grid, cfg, ev.target)
-        own = ev.sweeps[ev.target]
-        cams = [v for v in ev.views if v.source == ev.target]
-        K = torch.stack([v.K for v in cams]).float()
-        cam2ego = torch.stack([torch.linalg.inv(v.target2cam) for v in cams]).float()
-        semantics = torch.from_numpy(fused.semantics).to(device)
-        cam_mask, lidar_mask = visibility_masks(
-            semantics, K, cam2ego, tuple(cache.image_size), own.origin, own.points[own.keyframe], grid
-        )
-        writer.add(
-            i,
-            semantics=fused.semantics,
-            confidence=fused.confidence,
-            mask_camera=cam_mask.cpu().numpy(),
-            mask_lidar=lidar_mask.cpu().numpy(),
-        )
+    # a shard's frames are written together once all are fused, by a thread while the next frames are fused
+    with ShardWriter(arrays, pending, background=True) as writer:
+        for i in tqdm(pending, desc=f"fuse round {k}", disable=not progress or not is_main()):
+            interrupt.check()
+            token = frames.tokens[i]
+            ev = frame_evidence(frames, cache, token, cfg, device, read)
+            fused = fuse(ev.sweeps, ev.views, grid, cfg, ev.target)
+            own = ev.sweeps[ev.target]
+            cams = [v for v in ev.views if v.source == ev.target]
+            K = torch.stack([v.K for v in cams]).float()
+            cam2ego = torch.stack([torch.linalg.inv(v.target2cam) for v in cams]).float()
+            semantics = torch.from_numpy(fused.semantics).to(device)
+            cam_mask, lidar_mask = visibility_masks(
+                semantics, K, cam2ego, tuple(cache.image_size), own.origin, own.points[own.keyframe], grid
+            )
+            writer.add(
+                i,
+                semantics=fused.semantics,
+                confidence=fused.confidence,
+                mask_camera=cam_mask.cpu().numpy(),
+                mask_lidar=lidar_mask.cpu().numpy(),
+            )
     barrier()
     return {"frames": len(frames), "labelled": len(pending), "seconds": time.perf_counter() - t0}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -384,15 +385,51 @@ class ShardWriter:
     Memory: a shard's frames are copied on arrival into one preallocated block per array (its pending
     frames, at most S), which is written as it is: a writer holds at most the raw bytes of the shards it
     has started (one at a time when frames arrive in order), about SHARD_BYTES, and no second copy when it
-    writes them (it used to keep the frames' own arrays and stack them for the write: twice that)."""
+    writes them (it used to keep the frames' own arrays and stack them for the write: twice that).
 
-    def __init__(self, arrays: FrameArrays, pending: Sequence[int]):
+    background=True overlaps the writes with the caller's work (labelling: the GPU labels the next shard's
+    frames while a thread compresses this one): then about twice SHARD_BYTES (the shard in flight and the
+    one filling). Use it as a context manager (or call `close`), so that the last write has finished, and
+    its frames are done, when the caller returns or fails."""
+
+    def __init__(self, arrays: FrameArrays, pending: Sequence[int], background: bool = False):
         self.arrays = arrays
         self.expected: dict[int, list[int]] = {}
         for i in sorted({int(i) for i in pending}):
             self.expected.setdefault(arrays.shard_of(i), []).append(i)
         # shard -> (its pending frames' rows in the blocks, {name: (frames, *shape) block}, frames arrived)
         self.buffer: dict[int, tuple[dict[int, int], dict[str, np.ndarray], set[int]]] = {}
+        # background=True: a full shard is compressed and written by one writer thread while the caller
+        # computes the next frames (the codecs release the GIL); one write in flight at a time
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer") if background else None
+        self._writing: Future | None = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self.close()
+        except Exception:
+            if exc is None:
+                raise
+            # the body's error is the one to report; the failed write's frames stay not done
+        return False
+
+    def close(self) -> None:
+        """Wait for the write in flight (background writers) and raise its error. Frames of shards still
+        buffered are not written (not done: a rerun computes them again)."""
+        try:
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _wait(self) -> None:
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
 
     def add(self, i: int, **arrays: np.ndarray) -> None:
         s = self.arrays.shard_of(i)
@@ -420,8 +457,12 @@ class ShardWriter:
 
     def _flush(self, s: int) -> None:
         rows, blocks, _ = self.buffer.pop(s)
-        self.arrays.write_frames(list(rows), **blocks)
         del self.expected[s]
+        if self._pool is None:
+            self.arrays.write_frames(list(rows), **blocks)
+            return
+        self._wait()  # at most one shard in flight: memory stays at two shards' blocks
+        self._writing = self._pool.submit(self.arrays.write_frames, list(rows), **blocks)
 
     @property
     def buffered(self) -> int:

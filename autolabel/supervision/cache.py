@@ -214,20 +214,21 @@ def supervise(
     )
     n_workers = default_workers() if workers is None else workers
     loader = DataLoader(items, batch_size=None, num_workers=min(n_workers, len(pending)), collate_fn=_as_is)
-    writer = ShardWriter(arrays, pending)
-    for i, images, depth, labels in tqdm(
-        loader, total=len(pending), desc=f"supervise ({provider.name})", disable=not progress or not is_main()
-    ):
-        interrupt.check()
-        # labels: (semantics, confidence) from a worker, or the Frame for this process's network
-        sem, conf = (
-            labels
-            if provider.model_free
-            else provider.label(labels, ResizeCrop.fit(labels.cameras[0].image_size, tuple(image_size)))
-        )
-        conf = np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8)
-        writer.add(i, images=images, semantics=sem, confidence=conf, depth=depth)
-        labelled += float((sem != 255).mean())
+    # a shard's frames are written together once all are computed, by a thread while the next frames are read
+    with ShardWriter(arrays, pending, background=True) as writer:
+        for i, images, depth, labels in tqdm(
+            loader, total=len(pending), desc=f"supervise ({provider.name})", disable=not progress or not is_main()
+        ):
+            interrupt.check()
+            # labels: (semantics, confidence) from a worker, or the Frame for this process's network
+            sem, conf = (
+                labels
+                if provider.model_free
+                else provider.label(labels, ResizeCrop.fit(labels.cameras[0].image_size, tuple(image_size)))
+            )
+            conf = np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8)
+            writer.add(i, images=images, semantics=sem, confidence=conf, depth=depth)
+            labelled += float((sem != 255).mean())
     barrier()
     elapsed = time.perf_counter() - t0
     return {

@@ -83,3 +83,36 @@ def test_moving_categories():
         is_moving_category(c)
         for c in ("movable_object.barrier", "static_object.bicycle_rack", "movable_object.trafficcone")
     )
+
+
+def test_mover_mask_is_the_devkits(world):
+    """The KD-tree path against the devkit's `points_in_box` over every point (`mover_mask_reference`): the same
+    mask for boxes of any orientation, points scattered around them and on their enlarged faces and corners, and
+    for the synthetic world's own sweeps and boxes."""
+    from nuscenes.utils.data_classes import Box
+    from pyquaternion import Quaternion
+
+    from autolabel.data.movers import MARGIN, MoverBoxes, mover_mask, mover_mask_reference
+
+    rng = np.random.default_rng(0)
+    boxes = [
+        Box(rng.uniform(-30, 30, 3), rng.uniform(0.5, 6, 3), Quaternion(rng.normal(size=4)).normalised)
+        for _ in range(40)
+    ]
+    points = [rng.uniform(-35, 35, (20000, 3))]
+    for box in boxes:  # the enlarged boxes' corners, a hair inside and outside, and points near their faces
+        corners = box.corners(wlh_factor=MARGIN).T
+        points += [corners, box.center + (corners - box.center) * 0.999999, box.center + (corners - box.center) * 1.01]
+        points.append(box.center + rng.uniform(-0.6, 0.6, (200, 3)) * box.wlh * MARGIN)
+    points = np.concatenate(points)
+    want = mover_mask_reference(points, boxes)
+    assert 1000 < want.sum() < len(points) - 1000
+    np.testing.assert_array_equal(mover_mask(points, boxes), want)
+    assert not mover_mask(points, []).any() and mover_mask(points[:0], boxes).shape == (0,)
+
+    ds = NuScenesFrames(world, "v1.0-synth", sweeps=SWEEPS, load_images=False, grid=TINY_GRID)
+    sample = ds.nusc.get("sample", ds.tokens[1])
+    movers = MoverBoxes(ds.nusc, sample).at(sample["timestamp"])
+    assert movers
+    pts = np.concatenate([b.center + rng.uniform(-4, 4, (500, 3)) for b in movers])
+    np.testing.assert_array_equal(mover_mask(pts, movers), mover_mask_reference(pts, movers))

@@ -15,6 +15,7 @@ import numpy as np
 from nuscenes.utils.data_classes import Box
 from nuscenes.utils.geometry_utils import points_in_box
 from pyquaternion import Quaternion
+from scipy.spatial import cKDTree
 
 MOVING_PREFIXES = ("vehicle.", "human.", "animal")
 MARGIN = 1.1  # box size factor: points on a moving surface's edge, annotation slack
@@ -66,7 +67,30 @@ def boxes_at(nusc, sample: dict, timestamp: int) -> list[Box]:
 
 
 def mover_mask(points_global: np.ndarray, boxes: list[Box]) -> np.ndarray:
-    """(P,) bool: the points (P, 3) global frame that lie inside any of `boxes` (enlarged by MARGIN)."""
+    """(P,) bool: the points (P, 3) global frame that lie inside any of `boxes` (enlarged by MARGIN).
+
+    The devkit's `points_in_box` on every point for every box took 22 ms for a sweep of 35k points and 70
+    moving objects (0.2 s of every keyframe read with 9 earlier sweeps, in the cache write, fusion and
+    labelling); a KD-tree of the sweep first finds the few points within each enlarged box's circumscribed
+    sphere, and `points_in_box` decides on those alone: 5 ms, and the devkit's mask bit for bit
+    (`mover_mask_reference`, tested)."""
+    inside = np.zeros(len(points_global), bool)
+    if not boxes or not len(points_global):
+        return inside
+    centres = np.array([box.center for box in boxes])
+    radii = np.array([np.linalg.norm(box.wlh) * MARGIN / 2 for box in boxes]) * (1 + 1e-6) + 1e-6
+    # a quick tree (unbalanced, big leaves): built once per sweep for a few dozen queries
+    tree = cKDTree(points_global, leafsize=64, balanced_tree=False, compact_nodes=False)
+    near = tree.query_ball_point(centres, radii)
+    for box, idx in zip(boxes, near):
+        if idx:
+            idx = np.asarray(idx)
+            inside[idx[points_in_box(box, points_global[idx].T, wlh_factor=MARGIN)]] = True
+    return inside
+
+
+def mover_mask_reference(points_global: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    """`mover_mask` as the devkit gives it: every point against every box."""
     inside = np.zeros(len(points_global), bool)
     for box in boxes:
         inside |= points_in_box(box, points_global.T, wlh_factor=MARGIN)

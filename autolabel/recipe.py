@@ -18,7 +18,7 @@ import yaml
 
 from occnet.config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
 
-from .active.config import SelectionConfig, check_region_budget
+from .active.config import PROPAGATE_MODES, SelectionConfig, check_region_budget
 from .dts.config import DTSConfig
 from .config_io import apply_overrides, from_dict, load_yaml, to_dict
 from .errors import DataError
@@ -71,8 +71,13 @@ class RoundsConfig:
         False  # allow the oracle on a dataset that is not a synthetic world (a simulation study)
     )
     export_drop_quantile: float = 0.3
+    # manual labels carried to the other keyframes of their scene for training (autolabel.active.propagate):
+    # none, static (static classes) or static_free (and free space)
+    propagate: str = "none"
 
     def __post_init__(self) -> None:
+        if self.propagate not in PROPAGATE_MODES:
+            raise ValueError(f"rounds.propagate must be one of {PROPAGATE_MODES}, got {self.propagate!r}")
         if not 0 <= self.export_drop_quantile < 1:
             raise ValueError(f"rounds.export_drop_quantile must be in [0, 1), got {self.export_drop_quantile}")
         if self.count < 1:
@@ -166,7 +171,7 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
     "data": ("data.dataroot", "data.version", "data.synth", "network.grid"),
     "supervise": ("data.dataroot", "data.version", "data.synth", "data.sweeps", "supervision", "network.image_size"),
     "fuse": ("data", "supervision", "network.grid", "fusion"),
-    "train": ("data", "supervision", "network", "render", "loss", "train", "dts", "fusion"),
+    "train": ("data", "supervision", "network", "render", "loss", "train", "dts", "fusion", "rounds.propagate"),
     "label": ("data", "supervision", "network", "dts", "fusion"),
     "evaluate": ("data", "network", "render", "dts", "rounds.export_drop_quantile"),
     "export": ("rounds.export_drop_quantile",),

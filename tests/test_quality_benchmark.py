@@ -78,9 +78,11 @@ def test_quality_harness_runs_micro(tmp_path):
         "--tag",
         "b",
         "--variants",
-        "frame_random_10pct,region_hybrid_10pct,share50",
+        "frame_random_10pct,region_hybrid_10pct,share50,carried",
         "--ablation",
         "share50=frame_random_10pct:train.labelled_share=0.5",  # an ablation of round 1's training
+        "--ablation",
+        "carried=frame_random_10pct:rounds.propagate=static_free",  # labels carried to the scene's keyframes
     )
     assert all((tmp_path / "q" / name).read_bytes() == data for name, data in first.items() if name != "results.json")
     merged = json.loads((tmp_path / "q" / "results.json").read_text())["variants"]
@@ -93,6 +95,8 @@ def test_quality_harness_runs_micro(tmp_path):
     assert trained["share50"]["labelled_share"] == 0.5 and trained["frame_random_10pct"]["labelled_share"] == 0.25
     assert trained["share50"]["steps"] == trained["frame_random_10pct"]["steps"] == 2  # --round1-steps (micro)
     assert merged["share50"]["selected"] == merged["frame_random_10pct"]["selected"]  # the same picks
+    carried = yaml.safe_load((tmp_path / "q" / "carried" / "recipe.yaml").read_text())["rounds"]
+    assert carried["propagate"] == "static_free" and merged["carried"]["miou"] is not None
     assert (tmp_path / "q" / "meta.b.json").is_file() and (tmp_path / "q" / "pool_noisy_dts.pkl").is_file()
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_curves.py"
     curves = subprocess.run([sys.executable, str(script), str(tmp_path / "q")], capture_output=True, text=True)

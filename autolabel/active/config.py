@@ -9,6 +9,11 @@ UNITS = ("frame", "region")
 ANNOTATIONS = ("voxels", "points")
 
 
+# how manual labels reach the other keyframes of their scene in training (rounds.propagate;
+# autolabel.active.propagate): not at all, static classes, static classes and free space
+PROPAGATE_MODES = ("none", "static", "static_free")
+
+
 @dataclass
 class SelectionConfig:
     # auto: scene-stratified random while little is labelled, then hybrid (issue 21: at 1-10% of the pool no

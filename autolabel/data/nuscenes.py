@@ -159,6 +159,10 @@ class NuScenesFrames(Sequence[Frame]):
         except KeyError:
             raise DataError(f"sample token {token!r} is not in {self.dataroot / self.version}") from None
 
+    def __contains__(self, token: object) -> bool:
+        """Whether this sample token is one of the frames (a lookup, not a scan loading every frame)."""
+        return token in self._index
+
     def scene_of(self, token: str) -> str:
         self.index(token)
         return self._scene_of[token]

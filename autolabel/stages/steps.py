@@ -20,6 +20,7 @@ from occnet.distributed import is_main
 from occnet.metrics import OccupancyScores
 
 from ..active.pool import PoolScores, needs_scores, score_pool, select_pool, unscored_pool
+from ..active.propagate import PropagatedLabels
 from ..active.ingest import ingest as ingest_delivery
 from ..active.ingest import oracle_annotate
 from ..active.manifest import read_manifest, write_manifest
@@ -101,6 +102,9 @@ def train(recipe: Recipe, k: int, progress: bool = True, until: int | None = Non
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     cache = open_cache(recipe)
     manual = round_manual_labels(recipe, k)
+    # the manual labels, and with rounds.propagate what they carry to the other keyframes of their scenes
+    mode = recipe.rounds.propagate
+    labels3d = PropagatedLabels(manual, frames, recipe.network.grid, mode) if mode != "none" and manual else None
     # the fused labels, for the student's 3D targets (loss.fused_3d) and the teacher's evidence
     fused = fused_labels(recipe, training=True)
     result = train_round(
@@ -115,6 +119,7 @@ def train(recipe: Recipe, k: int, progress: bool = True, until: int | None = Non
         device,
         aux_frames=recipe.data.aux_frames,
         manual=manual,
+        labels3d=labels3d,
         fused=fused,
         previous=checkpoint_path(recipe, k - 1) if k > 0 else None,
         progress=progress,

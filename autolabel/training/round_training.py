@@ -4,6 +4,7 @@ on the frames annotated so far (the store's manual labels) and on the fused labe
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -56,6 +57,7 @@ def train_round(
     device: torch.device,
     aux_frames: int = 0,
     manual: dict[str, Occ3DLabels] | None = None,
+    labels3d: Mapping[str, Occ3DLabels] | None = None,
     fused: FrameArrays | None = None,
     previous: Path | None = None,
     progress: bool = True,
@@ -63,7 +65,9 @@ def train_round(
 ) -> dict:
     """Train a round's network into `out_dir` (resuming its checkpoint there; a new round starts from the
     `previous` round's checkpoint when it exists). `manual`: token -> the annotators' 3D labels (only
-    frames of `frames` count); `fused`: the fused labels, for loss.fused_3d and a teacher with
+    frames of `frames` count); `labels3d`: the 3D labels training reads, where they are more than `manual`
+    (manual labels carried to other keyframes, `autolabel.active.propagate`; the labelled share of batches and
+    the counts stay those of `manual`); `fused`: the fused labels, for loss.fused_3d and a teacher with
     dts.evidence: fusion."""
     manual = manual if manual is not None else {}
     dataset = FrameDataset(
@@ -73,7 +77,7 @@ def train_round(
         cache=cache,
         grid=network.grid,
         aux_frames=aux_frames,
-        manual=manual,
+        manual=manual if labels3d is None else labels3d,
         fused=fused,
     )
     torch.manual_seed(train.seed)

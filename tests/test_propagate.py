@@ -1,0 +1,157 @@
+"""Manual labels carried to the other keyframes of their scene (rounds.propagate, issue 21)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autolabel.active.propagate import PropagatedLabels, carried_classes, carry, voxel_centres
+from autolabel.data.nuscenes import NuScenesFrames
+from autolabel.data.occ3d import Occ3DLabels
+from autolabel.recipe import RoundsConfig
+from autolabel.synth.writer import SynthConfig, write_dataset
+from kernels.grid import GridSpec
+from occnet.classes import DYNAMIC_CLASS_IDS, FREE_ID, class_id
+from tiny_models import TINY_GRID
+
+GRID = GridSpec(range_min=(-2, -2, -1), range_max=(2, 2, 0.6), voxel_size=0.4)  # 10 x 10 x 4
+
+
+def _source(rng) -> Occ3DLabels:
+    sem = rng.integers(0, 18, GRID.shape).astype(np.uint8)
+    cam = (rng.random(GRID.shape) < 0.8).astype(np.uint8)
+    return Occ3DLabels(sem, cam, cam)
+
+
+def test_carry_moves_static_labels_through_the_poses():
+    """Identity poses: exactly the source's observed static voxels (free too with static_free; never a mover
+    or `others`). The target one voxel further along x: the same labels one index lower."""
+    rng = np.random.default_rng(0)
+    src = _source(rng)
+    eye = np.eye(4)
+    for free in (False, True):
+        sem, mask = carry(src, eye, eye, GRID, carried_classes(free))
+        want = src.mask_camera.astype(bool) & ~np.isin(src.semantics, (*DYNAMIC_CLASS_IDS, class_id("others")))
+        if not free:
+            want &= src.semantics != FREE_ID
+        np.testing.assert_array_equal(mask, want)
+        np.testing.assert_array_equal(sem[mask], src.semantics[mask])
+    ahead = np.eye(4)
+    ahead[0, 3] = 0.4  # the target's ego stands one voxel further along x (global x = target x + 0.4)
+    sem, mask = carry(src, eye, ahead, GRID, carried_classes(True))
+    base_sem, base_mask = carry(src, eye, eye, GRID, carried_classes(True))
+    np.testing.assert_array_equal(mask[:-1], base_mask[1:])
+    np.testing.assert_array_equal(sem[:-1][mask[:-1]], base_sem[1:][mask[:-1]])
+    assert not mask[-1].any()  # the last x slice lies outside the source's grid
+
+
+def test_a_region_label_carries_only_its_annotated_voxels():
+    rng = np.random.default_rng(1)
+    src = _source(rng)
+    annotated = np.zeros(GRID.shape, np.uint8)
+    annotated[:5] = 1
+    region = Occ3DLabels(src.semantics, src.mask_lidar, src.mask_camera, mask_annotated=annotated)
+    _, mask = carry(region, np.eye(4), np.eye(4), GRID, carried_classes(True))
+    assert mask[:5].any() and not mask[5:].any()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("propagate")
+    cfg = SynthConfig(scenes=2, frames_per_scene=3, seed=3, image_size=(112, 200))
+    write_dataset(root, cfg, grid=TINY_GRID, progress=False)
+    return NuScenesFrames(root, "v1.0-synth", load_images=False, grid=TINY_GRID)
+
+
+def test_propagated_labels_are_right_where_they_reach(world):
+    """One annotated keyframe (its exact labels) in the first scene: the scene's other keyframes get partial
+    labels that agree with their own exact labels (within mask_camera) on almost every carried voxel; the other
+    scene gets none; the annotated keyframe its own labels; iteration and length count what was annotated."""
+    scene0 = [t for t in world.tokens if world.scene_of(t) == world.scene_names[0]]
+    other = [t for t in world.tokens if t not in scene0]
+    manual = {scene0[0]: world.meta(scene0[0]).gt}
+    labels = PropagatedLabels(manual, world, TINY_GRID, "static_free")
+    assert labels[scene0[0]] is manual[scene0[0]]
+    assert list(labels) == [scene0[0]] and len(labels) == 1
+    with pytest.raises(KeyError):
+        labels[other[0]]
+    assert labels.get(other[0]) is None
+    for token in scene0[1:]:
+        lab, gt = labels[token], world.meta(token).gt
+        got = lab.mask_annotated.astype(bool) & gt.mask_camera.astype(bool)
+        assert got.sum() > 0.3 * gt.mask_camera.sum()  # most of what the camera sees
+        assert (lab.semantics[got] == gt.semantics[got]).mean() > 0.97
+        np.testing.assert_array_equal(lab.mask_camera, lab.mask_annotated)
+    static = PropagatedLabels(manual, world, TINY_GRID, "static")[scene0[1]]
+    assert not (static.semantics[static.mask_annotated.astype(bool)] == FREE_ID).any()
+
+
+def test_the_recipe_names_the_modes():
+    assert RoundsConfig(propagate="static_free").propagate == "static_free"
+    with pytest.raises(ValueError, match="rounds.propagate must be one of"):
+        RoundsConfig(propagate="everything")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        PropagatedLabels({}, None, GRID, "none")
+
+
+def test_the_voxel_lookup_is_the_metric_one():
+    """carry's float32 affine in voxel coordinates finds, for every target voxel, the source voxel that holds
+    the target voxel's metric centre moved through the poses in float64 (`GridSpec` world <-> index)."""
+    from scipy.spatial.transform import Rotation
+
+    c = voxel_centres(GRID)
+    assert c.shape == (GRID.num_voxels, 3)
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        poses = []
+        for _ in range(2):
+            pose = np.eye(4)
+            pose[:3, :3] = Rotation.from_euler("z", rng.uniform(-3, 3)).as_matrix()
+            pose[:3, 3] = rng.uniform(-1.5, 1.5, 3) * [1, 1, 0.1]
+            poses.append(pose)
+        src = Occ3DLabels(
+            np.arange(GRID.num_voxels).reshape(GRID.shape).astype(np.uint8) % 17,
+            np.ones(GRID.shape, np.uint8),
+            np.ones(GRID.shape, np.uint8),
+        )
+        sem, mask = carry(src, poses[0], poses[1], GRID, carried_classes(True) | True)
+        metric = GRID.index_to_world(np.argwhere(np.ones(GRID.shape, bool)))
+        moved = metric @ (np.linalg.inv(poses[0]) @ poses[1])[:3, :3].T + (np.linalg.inv(poses[0]) @ poses[1])[:3, 3]
+        idx = GRID.world_to_index(moved)
+        inside = GRID.contains_index(idx)
+        np.testing.assert_array_equal(mask.reshape(-1), inside)
+        want = src.semantics[tuple(idx[inside].T)]
+        np.testing.assert_array_equal(sem.reshape(-1)[inside], want)
+
+
+def test_training_reads_the_carried_labels(tiny_world, tmp_path, monkeypatch):
+    """The train stage with rounds.propagate hands training the carried labels beside the manual ones (whose
+    frames alone set the labelled share of batches and the counts); a dataset item of a keyframe that only
+    carried labels reach is a partial label: its 3D loss counts the carried voxels, the teacher the rest."""
+    from tiny_models import write_recipe
+
+    from autolabel.network_input import FrameDataset
+    from autolabel.recipe import load_recipe
+    from autolabel.stages import steps
+
+    frames = NuScenesFrames(tiny_world, "v1.0-synth", grid=TINY_GRID)
+    first, second = frames.tokens
+    manual = {first: frames.meta(first).gt}
+    recipe = load_recipe(write_recipe(tmp_path, tiny_world), ["rounds.propagate=static_free"])
+    got: dict = {}
+    monkeypatch.setattr(steps, "round_manual_labels", lambda r, k: manual)
+    monkeypatch.setattr(steps, "open_cache", lambda r: None)
+    monkeypatch.setattr(steps, "fused_labels", lambda r, training: None)
+    monkeypatch.setattr(steps, "train_round", lambda *a, **kw: got.update(kw) or {})
+    steps.train(recipe, 1)
+    assert got["manual"] is manual and isinstance(got["labels3d"], PropagatedLabels)
+
+    item = FrameDataset(frames, (64, 112), labels="exact", indices=[1], manual=got["labels3d"])[0]
+    carried = got["labels3d"][second].mask_annotated
+    assert item["has_gt"] and 0 < int(item["gt_annotated"].sum()) == int(carried.sum()) < carried.size
+    assert not item["gt_mask"][~torch.from_numpy(carried.astype(bool))].any()
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny_world))  # the default: manual labels alone
+    steps.train(recipe, 1)
+    assert got["labels3d"] is None

@@ -328,7 +328,7 @@ def warm_then_timed(
 
 
 def stage_supervise(run: Path, recipe, device, repeats: int) -> dict:
-    """Warm-up on the first scene (left out), then timed: the first scene again, the whole world."""
+    """Untimed warm-ups, then `repeats` timed pairs of calls (`warm_then_timed`)."""
     frames = open_frames(recipe, "all", load_images=False, load_gt=False)
     provider = build_provider(recipe.supervision, frames.dataroot, frames.nusc)
     sup = recipe.supervision
@@ -353,8 +353,8 @@ def stage_supervise(run: Path, recipe, device, repeats: int) -> dict:
 
 
 def stage_fuse(run: Path, recipe, device, repeats: int) -> dict:
-    """The recipe's fusion stage (fusion.enabled): warm-up on the first scene (left out), then timed: the first
-    scene again, the whole world, into the store training and labelling read."""
+    """The recipe's fusion stage (fusion.enabled), timed as `warm_then_timed` does; the last whole-world call
+    writes the store training and labelling read."""
     frames = open_frames(recipe, "train", load_images=False, load_gt=False)
     cache = open_cache(recipe)
 
@@ -526,7 +526,7 @@ def fresh_checkpoint(recipe, path: Path) -> Path:
 
 
 def stage_label(run: Path, recipe, device, repeats: int) -> dict:
-    """Warm-up on the first scene (left out), then timed: the first scene again, the whole world."""
+    """Untimed warm-ups, then `repeats` timed pairs of calls (`warm_then_timed`)."""
     ckpt = fresh_checkpoint(recipe, run / "fresh" / "checkpoint.pt")
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     cache = open_cache(recipe)

@@ -51,9 +51,9 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: b
     entries = []
     for name in sorted(arrays):
         raw = _npy(arrays[name])
-        data = _deflate(raw, level) if compress else raw
         if len(raw) > _LIMIT:
             raise ValueError(f"save_npz: array {name} is {len(raw)} bytes, over what a zip without zip64 holds")
+        data = _deflate(raw, level) if compress else raw
         entries.append(((name + ".npy").encode(), isal_zlib.crc32(raw), len(raw), data))
 
     def write(fh) -> None:

@@ -50,24 +50,34 @@ def make_world(world: Path, synth: str, seed: int) -> None:
     )
 
 
+GAPS = (1.0, 2.0, 4.0, 8.0, float("inf"))  # seconds to the nearest annotated keyframe of the scene
+
+
 def measure(frames: NuScenesFrames, annotated: dict, mode: str, grid: GridSpec) -> dict:
     labels = PropagatedLabels(annotated, frames, grid, mode)
     metric = OccupancyMetric()
     seen = carried = right = dynamic = 0
+    by_gap = {gap: [0, 0, 0] for gap in GAPS}  # seen, carried, right per bucket of time to the annotated keyframe
+    times = {t: frames.meta(t).lidar.timestamp * 1e-6 for t in frames.tokens}
     targets = [t for t in frames.tokens if t not in annotated]
     t0 = time.perf_counter()
     for token in targets:
         gt = frames.meta(token).gt
         cam = gt.mask_camera.astype(bool)
+        scene = frames.scene_of(token)
+        gap = min((abs(times[a] - times[token]) for a in annotated if frames.scene_of(a) == scene), default=np.inf)
+        bucket = by_gap[next(g for g in GAPS if gap <= g)]
+        seen += int(cam.sum())
+        bucket[0] += int(cam.sum())
         try:
             lab = labels[token]
         except KeyError:
-            seen += int(cam.sum())
             continue
         got = lab.mask_annotated.astype(bool) & cam
-        seen += int(cam.sum())
         carried += int(got.sum())
         right += int((lab.semantics[got] == gt.semantics[got]).sum())
+        bucket[1] += int(got.sum())
+        bucket[2] += int((lab.semantics[got] == gt.semantics[got]).sum())
         dynamic += int(np.isin(gt.semantics[got], DYNAMIC_CLASS_IDS).sum())
         metric.update(lab.semantics, gt.semantics, got)
     ious = metric.compute().per_class_iou
@@ -82,6 +92,7 @@ def measure(frames: NuScenesFrames, annotated: dict, mode: str, grid: GridSpec) 
         "dynamic_share": dynamic / max(carried, 1),
         "free_iou": None if np.isnan(ious[FREE_ID]) else ious[FREE_ID],
         "s_per_frame": (time.perf_counter() - t0) / max(len(targets), 1),
+        "by_gap": {gap: (c / max(n, 1), r / max(c, 1)) for gap, (n, c, r) in by_gap.items() if n},
     }
 
 
@@ -117,6 +128,10 @@ def main() -> None:
         print("   per class IoU: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in r["per_class"].items()))
         if r["free_iou"] is not None:
             print(f"   free IoU {100 * r['free_iou']:.1f}")
+        print(
+            "   by time to the annotated keyframe (coverage / accuracy): "
+            + ", ".join(f"<= {gap:g} s {100 * c:.1f} / {100 * a:.1f}%" for gap, (c, a) in r["by_gap"].items())
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import scale  # noqa: E402
 import autolabel.dts.label as labelling  # noqa: E402
 from autolabel.fusion.label import fuse_round  # noqa: E402
-from autolabel.provenance import recipe_record  # noqa: E402
-from autolabel.stages.inputs import fused_labels, open_cache, open_frames  # noqa: E402
+from autolabel.stages.inputs import open_cache, open_frames  # noqa: E402
 from autolabel.store import frame_arrays  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
@@ -96,28 +95,15 @@ def main() -> None:
     recipe, device = prepare(run, args.scenes, tuple(int(v) for v in args.image_size.split("x")), args.device)
     ckpt = scale.fresh_checkpoint(recipe, run / "fresh" / "checkpoint.pt")
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
-    cache, fused = open_cache(recipe), fused_labels(recipe, training=False)
     first = scale.first_scene(frames, recipe, True)
+    label = scale.labeller(recipe, ckpt, device)
 
     def call(f, name: str) -> tuple[int, float]:
         path = run / "labels" / name
         shutil.rmtree(path, ignore_errors=True)
-        store = LabelStore(path, recipe.network.grid, create=True)
         sync(device)
         t0 = time.perf_counter()
-        r = labelling.label_round(
-            f,
-            cache,
-            store,
-            0,
-            recipe.network,
-            recipe.dts,
-            ckpt,
-            device,
-            recipe_record(recipe),
-            progress=False,
-            fused=fused,
-        )
+        r = label(f, path)
         sync(device)
         return r["labelled"], time.perf_counter() - t0
 

@@ -525,12 +525,10 @@ def fresh_checkpoint(recipe, path: Path) -> Path:
     return Trainer(model, recipe.render, recipe.loss, recipe.train, path.parent, "cpu", hooks=[teacher]).save(path)
 
 
-def stage_label(run: Path, recipe, device, repeats: int) -> dict:
-    """Untimed warm-ups, then `repeats` timed pairs of calls (`warm_then_timed`)."""
-    ckpt = fresh_checkpoint(recipe, run / "fresh" / "checkpoint.pt")
-    frames = open_frames(recipe, "train", load_images=True, load_gt=False)
-    cache = open_cache(recipe)
-    fused = fused_labels(recipe, training=False)
+def labeller(recipe, ckpt: Path, device):
+    """call(frames, path) -> `label_round`'s summary: the network at `ckpt` labels `frames` into a new store at
+    `path`, with the recipe's cache and (where the recipe fuses) fused labels."""
+    cache, fused = open_cache(recipe), fused_labels(recipe, training=False)
 
     def call(f, path: Path) -> dict:
         store = LabelStore(path, recipe.network.grid, create=True)
@@ -548,6 +546,14 @@ def stage_label(run: Path, recipe, device, repeats: int) -> dict:
             fused=fused,
         )
 
+    return call
+
+
+def stage_label(run: Path, recipe, device, repeats: int) -> dict:
+    """Untimed warm-ups, then `repeats` timed pairs of calls (`warm_then_timed`)."""
+    ckpt = fresh_checkpoint(recipe, run / "fresh" / "checkpoint.pt")
+    frames = open_frames(recipe, "train", load_images=True, load_gt=False)
+    call = labeller(recipe, ckpt, device)
     r = warm_then_timed(
         call,
         first_scene(frames, recipe, True),

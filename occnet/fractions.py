@@ -2,9 +2,9 @@
 
 The supervision cache and the fused-label store keep confidence as round(255 x c); the loaders used to divide
 on the host and move float32 (4 bytes a pixel or voxel, about a quarter of a training batch at nuScenes size).
-Now they hand over the stored bytes and `batch_fractions` decodes them on the device through a 256-entry table
-built by the stores' own NumPy decoding, so the values are bit-identical to the host's (a CUDA division by a
-scalar multiplies by its reciprocal, which can differ in the last bit).
+Now they hand over the stored bytes and `batch_fractions` decodes them on the device through the same 256-entry
+table the host's readers index (`SupervisionCache.read`), so the values are bit-identical to the host's (a CUDA
+division by a scalar multiplies by its reciprocal, which can differ in the last bit).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import functools
 import numpy as np
 import torch
 
-# level -> fraction, exactly as SupervisionCache.read and the fused labels' reader decode a uint8 confidence
+# level -> fraction: the one decoding of a stored uint8 confidence, on the host (SupervisionCache.read) and the device
 LEVEL_FRACTIONS = np.arange(256, dtype=np.uint8).astype(np.float32) / 255
 FRACTION_KEYS = ("confidence", "aux_confidence", "fused_confidence")  # batch entries that may arrive as levels
 

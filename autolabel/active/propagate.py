@@ -102,9 +102,11 @@ class PropagatedLabels(Mapping):
         self.manual, self.frames, self.grid = manual, frames, grid
         self.carried = carried_classes(free=mode == "static_free")
         self._by_scene: dict[str, list[str]] = {}
+        self._source_poses: dict[str, tuple[np.ndarray, int]] = {}  # read once, not per frame that reads them
         for token in manual:
             if token in frames:
                 self._by_scene.setdefault(frames.scene_of(token), []).append(token)
+                self._source_poses[token] = self._pose(token)
         self._centres: np.ndarray | None = None
 
     def _pose(self, token: str) -> tuple[np.ndarray, int]:
@@ -122,8 +124,9 @@ class PropagatedLabels(Mapping):
         pose, t = self._pose(token)
         sem = np.full(self.grid.shape, FREE_ID, np.uint8)
         got = np.zeros(self.grid.shape, bool)
-        for src in sorted(sources, key=lambda s: abs(self._pose(s)[1] - t)):
-            s_sem, s_mask = carry(self.manual[src], self._pose(src)[0], pose, self.grid, self.carried, self._centres)
+        for src in sorted(sources, key=lambda s: abs(self._source_poses[s][1] - t)):
+            src_pose = self._source_poses[src][0]
+            s_sem, s_mask = carry(self.manual[src], src_pose, pose, self.grid, self.carried, self._centres)
             new = s_mask & ~got
             sem[new] = s_sem[new]
             got |= new

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from occnet import interrupt
 from occnet.distributed import barrier, is_main, rank, world_size
+from occnet.fractions import LEVEL_FRACTIONS
 from occnet.trainer import default_workers
 
 from ..data.frame import CAMERA_NAMES
@@ -126,7 +127,7 @@ class SupervisionCache:
         i = self._done_index(token)
         sem = self.arrays.read(i, "semantics")
         conf = self.arrays.read(i, "confidence")
-        return sem, conf.astype(np.float32) / 255 if fractions else conf, self.arrays.read(i, "depth")
+        return sem, LEVEL_FRACTIONS[conf] if fractions else conf, self.arrays.read(i, "depth")
 
 
 def open_cache(path: Path) -> SupervisionCache:

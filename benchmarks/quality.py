@@ -20,6 +20,8 @@ Variants:
   render_all        render_noisy with semantic rays at every labelled pixel (render.semantic_rays: all)
   render_fused      render_noisy + 3D targets from evidence fusion (loss.fused_3d)
   render_hard_all / render_hard_fused   the same at the hard noise level
+  fused_3d          no rendering: 3D cross-entropy on the pool's fused labels only (the bound's recipe with
+                    fusion's labels, made without any 3D annotation, in place of the exact ones)
   noisy_dts         render_noisy + the DTS teacher's pseudo-labels
   dts_active_5pct   noisy_dts + one round with oracle 3D labels on 5% of the pool by the default strategy (auto)
   dts_random_5pct   the same with random selection
@@ -38,7 +40,9 @@ Variants:
 Fused labels are made once per 2D-label level (RUN/fusion_<labels>.zarr, the pool's frames) and shared by
 the fusion variants and every variant that trains on them.
 A variant may carry a training seed, NAME@SEED (e.g. 3d_supervised@1); the table gives mean and spread
-over seeds. Ablations: --ablation NEW=BASE:key=value;key=value (recipe keys, YAML values).
+over seeds. Ablations: --ablation NEW=BASE:key=value;key=value (recipe keys, YAML values); a round-1
+ablation may name the round-0 network it continues with `round0=VARIANT` (default noisy_dts, e.g.
+`--ablation f_random=frame_random_5pct:round0=fused_3d`).
 
     python benchmarks/quality.py RUN [--test] [--synth 40x4] [--steps 3000] [--variants ...] [--procs N]
     python benchmarks/quality.py RUN --micro     # the CI-sized version: checks that the harness runs
@@ -109,12 +113,13 @@ VARIANTS = (
     "hard_dts",
     "fusion_dts_hard",
     "dts_points_5pct",
+    "fused_3d",
 )
 FUSION = ("fusion", "fusion_exact", "fusion_hard")  # pseudo-labels without a network
 CHAIN = ("noisy_dts", "dts_active_5pct", "dts_random_5pct", "dts_control", "dts_points_5pct")
 ROUND1 = CHAIN[1:]  # round 1 starts from noisy_dts's network: these wait for it
 DTS = (*CHAIN, "fusion_dts", "hard_dts", "fusion_dts_hard")  # trained with the EMA teacher
-FUSED_TARGETS = ("render_fused", "render_hard_fused", "fusion_dts", "fusion_dts_hard")  # loss.fused_3d
+FUSED_TARGETS = ("render_fused", "render_hard_fused", "fusion_dts", "fusion_dts_hard", "fused_3d")  # loss.fused_3d
 ALL_RAYS = ("render_all", "render_hard_all")  # render.semantic_rays: all
 # variant 3 with one change each, to find what rendering-only lacks
 DIAGNOSTICS = ("render_noisy_aux", "render_noisy_no_los", "render_noisy_lidar_target")
@@ -174,7 +179,26 @@ def parse_ablations(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
                 f"--ablation {spec!r}: want NEW=BASE:key=value;... with BASE one of {bases} or UNIT_STRATEGY_Npct"
             )
         out[name] = (base, [s for s in sets.split(";") if s])
+        round0 = [s for s in out[name][1] if s.startswith("round0=")]
+        if round0 and not is_round1(base):
+            raise SystemExit(f"--ablation {spec!r}: round0= is for round-1 variants only")
+        if round0 and round0[-1].partition("=")[2] not in VARIANTS:
+            raise SystemExit(f"--ablation {spec!r}: round0 names one of {VARIANTS}")
     return out
+
+
+def recipe_overrides(name: str, ablations: dict) -> list[str]:
+    """An ablation's recipe overrides (key=value), without its round0= choice."""
+    sets = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
+    return [s for s in sets if not s.startswith("round0=")]
+
+
+def round0_of(name: str, ablations: dict) -> str:
+    """The round-0 network a round-1 variant continues with, of the same seed ('noisy_dts' or 'x@1')."""
+    sets = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
+    base = ([s.partition("=")[2] for s in sets if s.startswith("round0=")] or ["noisy_dts"])[-1]
+    seed = split_name(name)[1]
+    return f"{base}@{seed}" if seed else base
 
 
 def kind_of(name: str, ablations: dict) -> str:
@@ -185,13 +209,13 @@ def kind_of(name: str, ablations: dict) -> str:
 
 def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
     kind, seed = kind_of(name, ablations), split_name(name)[1]
-    overrides = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
+    overrides = recipe_overrides(name, ablations)
     r = json.loads(json.dumps(base))
     r["name"], r["out"] = name.replace("@", "_s"), str(run / name.replace("@", "_s"))
     r["train"]["seed"] = seed
     labels = LABELS.get(kind, "noisy")
-    if is_round1(kind):  # its recipe is noisy_dts's (round1 loads that one); the same cache
-        kind = "noisy_dts"
+    if is_round1(kind):  # its recipe is its round 0's (round1 loads that one); the same cache and fused labels
+        kind = split_name(round0_of(name, ablations))[0]
     r["supervision"]["precomputed"]["variant"] = labels
     r["supervision"]["cache"] = str(run / f"cache_{labels}.zarr")
     dts = kind in DTS
@@ -204,7 +228,7 @@ def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
         r["dts"]["evidence"] = "fusion"
     if kind in ALL_RAYS:
         r["render"]["semantic_rays"] = "all"
-    if kind == "3d_supervised":  # 3D labels only; LiDAR depth bins cost it 6 mIoU on the development world
+    if kind in ("3d_supervised", "fused_3d"):  # 3D labels only; LiDAR depth bins cost the bound 6 mIoU (dev world)
         r["loss"].update(depth=0.0, semantics_2d=0.0, depth_distribution=0.0, line_of_sight=0.0, labels_3d=1.0)
     if kind in ("render_noisy_no_los", "render_noisy_lidar_target"):  # without the line-of-sight loss
         r["loss"]["line_of_sight"] = 0.0
@@ -384,11 +408,12 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         return recipe, time.perf_counter() - t0
 
     def round1(name: str) -> None:
-        """Round 1 from noisy_dts's network (of the same seed), with oracle 3D labels on a share of the pool
-        picked by a selection strategy (whole frames or BEV tiles: `selection_of`), or none (dts_control)."""
+        """Round 1 from round 0's network (noisy_dts's or `round0_of`'s, of the same seed), with oracle 3D labels
+        on a share of the pool picked by a selection strategy (whole frames or BEV tiles: `selection_of`), or
+        none (dts_control)."""
         kind, seed = kind_of(name, ablations), split_name(name)[1]
-        overrides = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
-        dts_name = f"noisy_dts_s{seed}" if seed else "noisy_dts"
+        overrides = recipe_overrides(name, ablations)
+        dts_name = round0_of(name, ablations).replace("@", "_s")
         marker = run / f"{dts_name}.done"
         log(f"{name}: waiting for {dts_name}'s network and pseudo-labels")
         while not marker.is_file():
@@ -637,8 +662,8 @@ def main() -> None:
         )
     run = Path(args.run)
     for v in wanted if args.group is None else ():  # a child process runs part of the parent's variants
-        kind, seed = kind_of(v, ablations), split_name(v)[1]
-        dts = f"noisy_dts@{seed}" if seed else "noisy_dts"
+        kind = kind_of(v, ablations)
+        dts = round0_of(v, ablations)
         if is_round1(kind) and dts not in wanted and not (run / f"{dts.replace('@', '_s')}.done").is_file():
             raise SystemExit(f"{v} starts from {dts}'s network: add {dts} to --variants")
         if is_round1(kind) and args.skip_pseudo:

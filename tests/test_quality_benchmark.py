@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tiny_models import run_micro_benchmark
@@ -78,11 +79,13 @@ def test_quality_harness_runs_micro(tmp_path):
         "--tag",
         "b",
         "--variants",
-        "frame_random_10pct,region_hybrid_10pct,share50,carried",
+        "frame_random_10pct,region_hybrid_10pct,share50,carried,fused_3d,f_carried",
         "--ablation",
         "share50=frame_random_10pct:train.labelled_share=0.5",  # an ablation of round 1's training
         "--ablation",
         "carried=frame_random_10pct:rounds.propagate=static_free",  # labels carried to the scene's keyframes
+        "--ablation",  # round 1 from another round-0 network: fused_3d's, trained in this invocation
+        "f_carried=frame_random_10pct:round0=fused_3d;rounds.propagate=static_free",
     )
     assert all((tmp_path / "q" / name).read_bytes() == data for name, data in first.items() if name != "results.json")
     merged = json.loads((tmp_path / "q" / "results.json").read_text())["variants"]
@@ -98,11 +101,31 @@ def test_quality_harness_runs_micro(tmp_path):
     carried = yaml.safe_load((tmp_path / "q" / "carried" / "recipe.yaml").read_text())["rounds"]
     assert carried["propagate"] == "static_free" and merged["carried"]["miou"] is not None
     assert (tmp_path / "q" / "meta.b.json").is_file() and (tmp_path / "q" / "pool_noisy_dts.pkl").is_file()
+    # fused_3d: 3D cross-entropy on the fused labels, nothing rendered; f_carried continues its network
+    first = json.loads((tmp_path / "q" / "fused_3d" / "round_0" / "train" / "history.jsonl").read_text().split("\n")[0])
+    assert first["fused3d"] > 0 and "sem2d" not in first and "depth" not in first
+    own = yaml.safe_load((tmp_path / "q" / "f_carried" / "recipe.yaml").read_text())
+    assert own["loss"]["fused_3d"] == 1.0 and own["loss"]["semantics_2d"] == 0.0 and own["dts"]["enabled"] is False
+    assert own["rounds"]["propagate"] == "static_free" and (tmp_path / "q" / "pool_fused_3d.pkl").is_file()
+    assert merged["f_carried"]["selected"] == merged["frame_random_10pct"]["selected"]  # same seed, same picks
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_curves.py"
     curves = subprocess.run([sys.executable, str(script), str(tmp_path / "q")], capture_output=True, text=True)
     assert curves.returncode == 0, curves.stderr[-2000:]
     assert "| region_hybrid |" in curves.stdout and "| frame_random |" in curves.stdout
     assert (tmp_path / "q" / "budget_curves.png").stat().st_size > 1000
+
+
+def test_round0_choice_is_for_round1_variants(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    ab = quality.parse_ablations(["f=frame_random_5pct:round0=fused_3d;rounds.propagate=static"])
+    assert quality.round0_of("f@2", ab) == "fused_3d@2" and quality.round0_of("frame_random_5pct", ab) == "noisy_dts"
+    assert quality.recipe_overrides("f", ab) == ["rounds.propagate=static"]
+    with pytest.raises(SystemExit, match="round0"):
+        quality.parse_ablations(["x=render_noisy:round0=fused_3d"])  # only a round-1 variant has a round 0
+    with pytest.raises(SystemExit, match="round0"):
+        quality.parse_ablations(["x=frame_random_5pct:round0=nonsense"])
 
 
 def test_test_world_is_another_seed(tmp_path):

@@ -552,12 +552,22 @@ def code_digest() -> str:
     )
 
 
-def files_digest(root: Path, paths) -> str:
-    """The first 16 hex digits of SHA-256 over the files' paths (relative to root, sorted) and bytes."""
+def files_digest(root: Path, paths, decode_npz: bool = False) -> str:
+    """The first 16 hex digits of SHA-256 over the files' paths (relative to root, sorted) and bytes; with
+    `decode_npz`, over what an .npz file holds (each array's name, dtype, shape and values) instead of its
+    bytes, which change with the deflater (the ISA-L writer of 2026-11-30 changed every world's files, not
+    their arrays)."""
     h = hashlib.sha256()
     for path in sorted(paths):
         h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
+        if decode_npz and path.suffix == ".npz":
+            with np.load(path) as z:
+                for name in sorted(z.files):
+                    a = np.ascontiguousarray(z[name])
+                    h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+                    h.update(a.tobytes())
+        else:
+            h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -783,10 +793,13 @@ def report(run: Path, meta: dict, failed: list[int]) -> None:
 
 
 def world_digest(world: Path) -> str:
-    """SHA-256 over the world's tables, Occ3D ground truth and 2D label maps (paths and bytes): results of
-    two runs may be merged only when their worlds have the same digest."""
+    """SHA-256 over the world's tables, Occ3D ground truth and 2D label maps (paths and contents, an .npz
+    file's arrays rather than its bytes): results of two runs may be merged only when their worlds have the
+    same digest."""
     return files_digest(
-        world, (p for d in ("v1.0-synth", "gts", "labels2d") for p in (world / d).rglob("*") if p.is_file())
+        world,
+        (p for d in ("v1.0-synth", "gts", "labels2d") for p in (world / d).rglob("*") if p.is_file()),
+        decode_npz=True,
     )
 
 

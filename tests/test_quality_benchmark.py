@@ -158,3 +158,31 @@ def test_round1_variants_share_one_pool_scoring_per_round0_network(tmp_path, mon
     os.utime(ckpt, ns=(1, 1))
     assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts) == "scores 2" and len(calls) == 2
     assert not (tmp_path / "pool_noisy_dts.lock").exists()
+
+
+def test_world_digest_reads_what_npz_files_hold_not_their_bytes(tmp_path, monkeypatch):
+    """The same arrays deflated by another writer (np.savez_compressed, the ISA-L writer) give the same
+    world digest; another value gives another. Before, the digest hashed the files' bytes, so the ISA-L
+    writer changed every world's digest without changing a world."""
+    import numpy as np
+
+    from autolabel.data.npz import save_npz
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    labels = np.arange(600, dtype=np.uint8).reshape(20, 30) % 17
+    digests = []
+    writers = (lambda path, **a: np.savez_compressed(path, **a), lambda path, **a: save_npz(path, a))
+    for i, write in enumerate((*writers, writers[0])):
+        world = tmp_path / f"w{i}"
+        (world / "gts" / "scene" / "token").mkdir(parents=True)
+        (world / "v1.0-synth").mkdir()
+        (world / "v1.0-synth" / "scene.json").write_text("[]")
+        arrays = {"semantics": labels if i < 2 else labels[::-1].copy(), "mask_camera": labels > 3}
+        write(world / "gts" / "scene" / "token" / "labels.npz", **arrays)
+        digests.append(quality.world_digest(world))
+    assert (tmp_path / "w0" / "gts/scene/token/labels.npz").read_bytes() != (
+        tmp_path / "w1" / "gts/scene/token/labels.npz"
+    ).read_bytes()
+    assert digests[0] == digests[1] != digests[2]

@@ -74,10 +74,15 @@ class RoundsConfig:
     # manual labels carried to the other keyframes of their scene for training (autolabel.active.propagate):
     # none, static (static classes) or static_free (and free space)
     propagate: str = "none"
+    # the same for the exported dataset: carried classes over the pseudo-labels of the scene's other keyframes
+    # (carried free space never clears an occupied pseudo-label; +1.3 mIoU of the export at 5% annotated on the
+    # test world, BENCHMARKS.md 2026-11-30)
+    export_propagate: str = "static_free"
 
     def __post_init__(self) -> None:
-        if self.propagate not in PROPAGATE_MODES:
-            raise ValueError(f"rounds.propagate must be one of {PROPAGATE_MODES}, got {self.propagate!r}")
+        for key in ("propagate", "export_propagate"):
+            if getattr(self, key) not in PROPAGATE_MODES:
+                raise ValueError(f"rounds.{key} must be one of {PROPAGATE_MODES}, got {getattr(self, key)!r}")
         if not 0 <= self.export_drop_quantile < 1:
             raise ValueError(f"rounds.export_drop_quantile must be in [0, 1), got {self.export_drop_quantile}")
         if self.count < 1:
@@ -174,7 +179,7 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
     "train": ("data", "supervision", "network", "render", "loss", "train", "dts", "fusion", "rounds.propagate"),
     "label": ("data", "supervision", "network", "dts", "fusion"),
     "evaluate": ("data", "network", "render", "dts", "rounds.export_drop_quantile"),
-    "export": ("rounds.export_drop_quantile",),
+    "export": ("data", "network.grid", "rounds.export_drop_quantile", "rounds.export_propagate"),
     "select": ("data", "supervision", "network", "render", "dts", "selection"),
     "ingest": ("rounds.annotator", "rounds.annotations_dir", "rounds.oracle_on_real_data"),
     "report": ("data", "network", "render", "dts", "rounds.export_drop_quantile", "selection"),

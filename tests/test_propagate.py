@@ -155,3 +155,81 @@ def test_training_reads_the_carried_labels(tiny_world, tmp_path, monkeypatch):
     recipe = load_recipe(write_recipe(tmp_path, tiny_world))  # the default: manual labels alone
     steps.train(recipe, 1)
     assert got["labels3d"] is None
+
+
+def test_the_export_writes_carried_labels_over_the_pseudo_labels(world, tmp_path):
+    """A round's export with the carried labels: the annotated keyframe holds its manual labels, the other
+    keyframes of its scene the carried classes where they reach (label_source 'carried', mask_annotated the
+    carried voxels, confident there whatever the thresholds) and the pseudo-labels elsewhere; the other scene
+    keeps its pseudo-labels. Without `carried` nothing changes from before."""
+    from autolabel.data.occ3d import labels_path, read_labels
+    from autolabel.store.export import export_occ3d
+    from autolabel.store.labels import LabelStore
+    from autolabel.store.manual import manual_labels
+
+    tokens = list(world.tokens)
+    scenes = [world.scene_of(t) for t in tokens]
+    scene0 = [t for t in tokens if world.scene_of(t) == world.scene_names[0]]
+    store = LabelStore(tmp_path / "labels.zarr", TINY_GRID, create=True)
+    rnd = store.create_round(0, tokens, scenes, {"labeller": "test"})
+    # pseudo-labels: manmade, free in the upper half; confidence 1 or 100
+    pseudo = np.full(TINY_GRID.shape, class_id("manmade"), np.uint8)
+    pseudo[..., TINY_GRID.shape[2] // 2 :] = FREE_ID
+    conf = np.where(np.arange(TINY_GRID.num_voxels).reshape(TINY_GRID.shape) % 2 == 0, 1, 100).astype(np.uint8)
+    ones = np.ones(TINY_GRID.shape, np.uint8)
+    for i in range(len(tokens)):
+        rnd.write(i, semantics=pseudo, confidence=conf, mask_camera=ones, mask_lidar=ones)
+    gt = world.meta(scene0[0]).gt
+    man = store.manual(tokens, scenes, create=True)
+    full = np.full(TINY_GRID.shape, 255, np.uint8)
+    man.write(
+        tokens.index(scene0[0]),
+        semantics=gt.semantics,
+        mask_lidar=gt.mask_lidar,
+        mask_camera=gt.mask_camera,
+        confidence=full,
+    )
+    carried = PropagatedLabels(manual_labels(store.path, TINY_GRID), world, TINY_GRID, "static_free")
+
+    s = export_occ3d(store, 0, tmp_path / "out", 0.6, progress=False, carried=carried)
+    assert s["frames_manual"] == 1 and s["frames_carried"] == len(scene0) - 1 == len(s["carried_tokens"])
+    assert s["frames_pseudo"] == len(tokens) - len(scene0)
+    read = {t: read_labels(labels_path(tmp_path / "out", world.scene_of(t), t), TINY_GRID) for t in tokens}
+    assert read[scene0[0]].source == "manual"
+    for t in scene0[1:]:
+        lab, want = read[t], carried[t]
+        # carried classes replace the pseudo-labels; carried free never clears an occupied pseudo-label
+        on = want.mask_annotated.astype(bool) & ((want.semantics != FREE_ID) | (pseudo == FREE_ID))
+        assert lab.source == "carried" and 0 < on.sum() < want.mask_annotated.sum()
+        np.testing.assert_array_equal(lab.mask_annotated, on)
+        np.testing.assert_array_equal(lab.semantics[on], want.semantics[on])
+        np.testing.assert_array_equal(lab.semantics[~on], pseudo[~on])
+        assert lab.mask_confident[on].all()
+        assert not lab.mask_confident[~on].all()  # the thresholds still drop pseudo-labels
+    assert all(read[t].source == "pseudo" and read[t].mask_annotated is None for t in tokens if t not in scene0)
+
+    plain = export_occ3d(store, 0, tmp_path / "plain", 0.6, progress=False)
+    assert plain["frames_carried"] == 0 and plain["frames_pseudo"] == len(tokens) - 1
+
+
+def test_the_export_stage_carries_as_the_recipe_says(tiny_world, tmp_path, monkeypatch):
+    from tiny_models import write_recipe
+
+    from autolabel.recipe import load_recipe
+    from autolabel.stages import steps
+
+    frames = NuScenesFrames(tiny_world, "v1.0-synth", grid=TINY_GRID)
+    manual = {frames.tokens[0]: frames.meta(frames.tokens[0]).gt}
+    got: dict = {}
+    monkeypatch.setattr(steps, "manual_labels", lambda path, grid: manual)
+    monkeypatch.setattr(steps, "LabelStore", type("S", (), {"open": staticmethod(lambda path: None)}))
+    monkeypatch.setattr(steps, "export_occ3d", lambda *a, **kw: got.update(kw) or {"frames": 2})
+    steps.export(load_recipe(write_recipe(tmp_path, tiny_world)), 0)  # the default: static_free
+    assert isinstance(got["carried"], PropagatedLabels) and got["carried"].manual is manual
+    assert got["carried"].carried[FREE_ID]
+    steps.export(load_recipe(write_recipe(tmp_path, tiny_world), ["rounds.export_propagate=static"]), 0)
+    assert not got["carried"].carried[FREE_ID]
+    steps.export(load_recipe(write_recipe(tmp_path, tiny_world), ["rounds.export_propagate=none"]), 0)
+    assert got["carried"] is None
+    with pytest.raises(ValueError, match="rounds.export_propagate must be one of"):
+        RoundsConfig(export_propagate="everything")

@@ -186,3 +186,25 @@ def test_world_digest_reads_what_npz_files_hold_not_their_bytes(tmp_path, monkey
         tmp_path / "w1" / "gts/scene/token/labels.npz"
     ).read_bytes()
     assert digests[0] == digests[1] != digests[2]
+
+
+def test_carried_export_benchmark_runs_on_the_micro_world(tmp_path):
+    """benchmarks/carried_export.py on quality.py's micro world and fused labels: every way of using the
+    annotated keyframes is exported and scored; the manual keyframes make the export better than the fused
+    labels alone, and carrying never labels the annotated keyframes themselves."""
+    run_micro_benchmark("quality.py", tmp_path / "q", "--variants", "fusion")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "carried_export.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "q"), "--percent", "50", "--seeds", "0,1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads((tmp_path / "q" / "carried_export_31.json").read_text())
+    rows = {(row["way"], row["seed"]): row for row in r["rows"]}
+    assert set(rows) == {("none", None)} | {(w, s) for w in ("manual", "static", "static_free") for s in (0, 1)}
+    assert r["pool_frames"] == 4 and all(row["annotated"] == 2 for row in r["rows"] if row["way"] != "none")
+    assert all(rows[("manual", s)]["miou"] > rows[("none", None)]["miou"] for s in (0, 1))
+    assert all(rows[(w, s)]["frames_carried"] == 2 for w in ("static", "static_free") for s in (0, 1))
+    assert "static_free" in done.stdout and "mIoU others" in done.stdout

@@ -27,9 +27,11 @@ from .npz import save_npz
 
 LABEL_KEYS = ("semantics", "mask_lidar", "mask_camera")
 CONFIDENT_KEY = "mask_confident"  # optional: written by the pseudo-label export
-SOURCE_KEY = "label_source"  # optional: written by the export, "manual" or "pseudo"
+SOURCE_KEY = "label_source"  # optional: written by the export, one of SOURCES
 ANNOTATED_KEY = "mask_annotated"  # optional: region-level annotation (issue 21), 1 = labelled by an annotator
-SOURCES = ("manual", "pseudo", "region")  # region: annotated tiles (mask_annotated) + pseudo-labels elsewhere
+# region: annotated tiles (mask_annotated) + pseudo-labels elsewhere; carried: labels carried from the scene's
+# annotated keyframes (mask_annotated: the carried voxels, rounds.propagate) + pseudo-labels elsewhere
+SOURCES = ("manual", "pseudo", "region", "carried")
 
 
 @dataclass
@@ -40,8 +42,9 @@ class Occ3DLabels:
     mask_lidar: np.ndarray
     mask_camera: np.ndarray
     mask_confident: np.ndarray | None = None  # exports only (see export_occ3d)
-    source: str | None = None  # exports only: "manual" (annotated), "pseudo" (the teacher's) or "region"
-    mask_annotated: np.ndarray | None = None  # region-level labels: voxels an annotator labelled (None: all)
+    source: str | None = None  # exports only: one of SOURCES
+    # region-level labels: voxels an annotator labelled (None: all); a carried export: the carried voxels
+    mask_annotated: np.ndarray | None = None
 
 
 def labels_path(root: str | os.PathLike, scene_name: str, sample_token: str) -> Path:

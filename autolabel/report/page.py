@@ -94,10 +94,12 @@ def summary_table(
         ("frames with manual 3D labels", str(labelled)),
         ("voxels labelled by annotators", "-" if labelled_voxels is None else f"{labelled_voxels:,}"),
         ("frames exported (Occ3D)", "-" if export is None else str(export.get("frames", "-"))),
-        # over the pseudo-labelled frames: undefined (not 0) when every exported frame is a manual label
+        # over the pseudo-labelled (and carried) frames: undefined (not 0) when every exported frame is a manual label
         (
             "kept share of the exported mask_camera (%)",
-            "-" if export is None or export.get("frames_pseudo") == 0 else _pct(100 * export["kept_in_mask_camera"]),
+            "-"
+            if export is None or export.get("frames_pseudo", 0) + export.get("frames_carried", 0) == 0
+            else _pct(100 * export["kept_in_mask_camera"]),
         ),
         ("frames selected for annotation", "-" if n_selected is None else str(n_selected)),
         ("occupancy read-out threshold", f"{occupancy_threshold:g}"),

@@ -35,7 +35,7 @@ from ..recipe import Recipe
 from ..report.round_report import write_round_report
 from ..store.export import evaluate_round, export_occ3d
 from ..store.labels import LabelStore
-from ..store.manual import labelled_frames, labelled_voxels
+from ..store.manual import labelled_frames, labelled_voxels, manual_labels
 from ..supervision.cache import supervise as supervise_frames
 from ..supervision.providers import build_provider, resolve_device
 from ..training.evaluate import evaluate_network
@@ -185,12 +185,26 @@ def evaluate(recipe: Recipe, k: int, progress: bool = True) -> dict:
 
 
 def export(recipe: Recipe, k: int, progress: bool = True) -> dict:
-    """Round k as Occ3D files in ``<run>/export/round_<K>/`` at the recipe's drop quantile."""
+    """Round k as Occ3D files in ``<run>/export/round_<K>/`` at the recipe's drop quantile: the ingested manual
+    labels, with rounds.export_propagate what they carry to the other keyframes of their scenes, pseudo-labels
+    elsewhere."""
     folder = export_dir(recipe, k)
-    s = export_occ3d(LabelStore.open(recipe.store_path), k, folder, recipe.rounds.export_drop_quantile, progress)
-    return {key: v for key, v in s.items() if key in ("frames", "frames_pseudo", "kept_in_mask_camera")} | {
-        "folder": str(folder)
-    }
+    carried, mode = None, recipe.rounds.export_propagate
+    if mode != "none":
+        manual = manual_labels(recipe.store_path, recipe.network.grid)  # every ingested label, as export writes
+        if manual:
+            frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+            carried = PropagatedLabels(manual, frames, recipe.network.grid, mode)
+    s = export_occ3d(
+        LabelStore.open(recipe.store_path),
+        k,
+        folder,
+        recipe.rounds.export_drop_quantile,
+        progress,
+        carried=carried,
+    )
+    keys = ("frames", "frames_pseudo", "frames_carried", "kept_in_mask_camera")
+    return {key: v for key, v in s.items() if key in keys} | {"folder": str(folder)}
 
 
 def score_round(recipe: Recipe, k: int, progress: bool = True, workers: int | None = None) -> PoolScores | None:

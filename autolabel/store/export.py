@@ -8,7 +8,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -128,8 +128,11 @@ LABEL_SOURCE = (
     "(label_source 'manual' in their labels.npz, mask_confident all 1); every other frame holds the "
     "round's pseudo-labels (label_source 'pseudo'); a frame with region-level manual labels (region_tokens, "
     "label_source 'region') holds the annotators' labels in its annotated tiles (mask_annotated 1, "
-    "mask_confident 1 there) and the round's pseudo-labels elsewhere; kept_in_mask_camera counts the "
-    "pseudo-labelled frames"
+    "mask_confident 1 there) and the round's pseudo-labels elsewhere; where the run carries manual labels "
+    "(rounds.propagate), another keyframe of an annotated scene (carried_tokens, label_source 'carried') holds "
+    "the classes carried from the scene's annotated keyframes in the voxels they reach (mask_annotated 1, "
+    "mask_confident 1 there; the masks stay the frame's own) and the round's pseudo-labels elsewhere; "
+    "kept_in_mask_camera counts the pseudo-labelled and carried frames"
 )
 
 
@@ -142,10 +145,17 @@ def confident_mask(frame: dict, thresholds: np.ndarray | None) -> np.ndarray:
 
 
 def _export_frame(
-    f: dict, m: dict | None, thr: np.ndarray | None, grid, path: Path, token: str
+    f: dict,
+    m: dict | None,
+    thr: np.ndarray | None,
+    grid,
+    path: Path,
+    token: str,
+    carry: Callable[[str], Occ3DLabels | None] | None = None,
 ) -> tuple[str, str, int, int]:
     """Write one frame's labels.npz from its round arrays `f` and its manual labels `m` (None: pseudo-labels
-    only); returns (label source, token, kept and total voxels of mask_camera)."""
+    only) or, without those, what `carry(token)` carries to it (a partial label, or None; computed here, in
+    the export's worker threads); returns (label source, token, kept and total voxels of mask_camera)."""
     if m is not None and (m["confidence"] == 255).all():
         labels = Occ3DLabels(
             m["semantics"], m["mask_lidar"], m["mask_camera"], np.ones(grid.shape, np.uint8), source="manual"
@@ -167,17 +177,29 @@ def _export_frame(
         write_labels(path, labels, grid)
         return "region", token, 0, 0
     conf = confident_mask(f, thr)
+    sem = as_occ3d(f["semantics"])
+    c = carry(token) if carry is not None else None
+    carried = None if c is None else c.mask_annotated.astype(bool)
+    if carried is not None:
+        # a carried free voxel never clears what the pseudo-labels see now (a car has moved into what was free at
+        # the annotated keyframe's time: clearing such voxels cost 3 mIoU of the export on the development
+        # world); it only makes their free voxels confident. Carried classes replace the pseudo-labels' and are
+        # kept whatever the thresholds say (99.7% right: BENCHMARKS.md)
+        carried &= (c.semantics != FREE_ID) | (sem == FREE_ID)
+        sem = np.where(carried, c.semantics, sem)
+        conf = conf | carried
     cam = f["mask_camera"].astype(bool)
     cam_kept = cam & conf
     labels = Occ3DLabels(
-        as_occ3d(f["semantics"]),
+        sem,
         (f["mask_lidar"].astype(bool) & conf).view(np.uint8),
         cam_kept.view(np.uint8),
         conf.view(np.uint8),
-        source="pseudo",
+        source="pseudo" if carried is None else "carried",
+        mask_annotated=None if carried is None else carried.view(np.uint8),
     )
     write_labels(path, labels, grid)
-    return "pseudo", token, int(np.count_nonzero(cam_kept)), int(np.count_nonzero(cam))
+    return labels.source, token, int(np.count_nonzero(cam_kept)), int(np.count_nonzero(cam))
 
 
 def export_occ3d(
@@ -187,6 +209,7 @@ def export_occ3d(
     drop_quantile: float | None,
     progress: bool = True,
     workers: int | None = None,
+    carried: Mapping[str, Occ3DLabels] | None = None,
 ) -> dict:
     """Write round k as ``OUT/gts/<scene>/<token>/labels.npz``; returns the export summary (also OUT/export.json).
 
@@ -197,7 +220,11 @@ def export_occ3d(
     mask_confident``, ``mask_lidar & mask_confident``) and ``mask_confident`` itself, so that Occ3D training
     code, which loads ``semantics`` and a mask and indexes by class, leaves dropped voxels out without
     knowing about thresholds. With ``drop_quantile=None`` nothing is dropped (mask_confident is all 1).
-    export.json lists the manual frames; ``kept_in_mask_camera`` is over the pseudo-labelled frames.
+    `carried` (token -> partial labels, `autolabel.active.propagate.PropagatedLabels`, or None): a frame with
+    no manual labels of its own that it reaches holds the carried classes over its pseudo-labels (``label_source``
+    "carried", ``mask_annotated`` the carried voxels, which count as confident; the masks stay the frame's).
+    export.json lists the manual and carried frames; ``kept_in_mask_camera`` is over the pseudo-labelled and
+    carried frames.
 
     The round is read a block of frames at a time (`FrameArrays.iter_frames`), and `workers` threads
     (`threaded`) build and write the files a bounded number of frames behind the reading.
@@ -212,14 +239,21 @@ def export_occ3d(
     thr = thresholds_for(arrays, drop_quantile, workers) if drop_quantile is not None else None
     done = arrays.done()
     kept = total = 0
-    manual_tokens, region_tokens = [], []
+    manual_tokens, region_tokens, carried_tokens = [], [], []
+
+    def carried_to(token: str) -> Occ3DLabels | None:
+        try:
+            return carried[token]
+        except KeyError:  # nothing reaches it
+            return None
 
     def jobs():
         for i, f in arrays.iter_frames(np.flatnonzero(done), ARRAYS, done=done):
             token = arrays.tokens[i]
             j = manual.index(token) if manual is not None and manual.has(token) else None
             m = read_frame(manual, j) if j is not None and manual_done[j] else None
-            yield f, m, thr, store.grid, labels_path(out, scenes[token], token), token
+            carry = carried_to if carried is not None else None
+            yield f, m, thr, store.grid, labels_path(out, scenes[token], token), token, carry
 
     written = threaded(_export_frame, jobs(), workers)
     for source, token, n_kept, n_total in tqdm(
@@ -230,6 +264,8 @@ def export_occ3d(
             manual_tokens.append(token)
         elif source == "region":
             region_tokens.append(token)
+        elif source == "carried":
+            carried_tokens.append(token)
     summary = {
         "store": str(store.path),
         "round": k,
@@ -237,9 +273,11 @@ def export_occ3d(
         "frames_in_round": len(arrays),
         "frames_manual": len(manual_tokens),
         "frames_region": len(region_tokens),
-        "frames_pseudo": int(done.sum()) - len(manual_tokens) - len(region_tokens),
+        "frames_carried": len(carried_tokens),
+        "frames_pseudo": int(done.sum()) - len(manual_tokens) - len(region_tokens) - len(carried_tokens),
         "manual_tokens": manual_tokens,
         "region_tokens": region_tokens,
+        "carried_tokens": carried_tokens,
         "label_source": LABEL_SOURCE,
         "drop_quantile": drop_quantile,
         "thresholds": None if thr is None else thr.tolist(),

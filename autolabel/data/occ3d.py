@@ -30,7 +30,7 @@ CONFIDENT_KEY = "mask_confident"  # optional: written by the pseudo-label export
 SOURCE_KEY = "label_source"  # optional: written by the export, one of SOURCES
 ANNOTATED_KEY = "mask_annotated"  # optional: region-level annotation (issue 21), 1 = labelled by an annotator
 # region: annotated tiles (mask_annotated) + pseudo-labels elsewhere; carried: labels carried from the scene's
-# annotated keyframes (mask_annotated: the carried voxels, rounds.propagate) + pseudo-labels elsewhere
+# annotated keyframes (mask_annotated: the carried voxels, rounds.export_propagate) + pseudo-labels elsewhere
 SOURCES = ("manual", "pseudo", "region", "carried")
 
 

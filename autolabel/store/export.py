@@ -129,7 +129,7 @@ LABEL_SOURCE = (
     "round's pseudo-labels (label_source 'pseudo'); a frame with region-level manual labels (region_tokens, "
     "label_source 'region') holds the annotators' labels in its annotated tiles (mask_annotated 1, "
     "mask_confident 1 there) and the round's pseudo-labels elsewhere; where the run carries manual labels "
-    "(rounds.propagate), another keyframe of an annotated scene (carried_tokens, label_source 'carried') holds "
+    "(rounds.export_propagate), another keyframe of an annotated scene (carried_tokens, label_source 'carried') holds "
     "the classes carried from the scene's annotated keyframes in the voxels they reach (mask_annotated 1, "
     "mask_confident 1 there; the masks stay the frame's own) and the round's pseudo-labels elsewhere; "
     "kept_in_mask_camera counts the pseudo-labelled and carried frames"
@@ -247,12 +247,13 @@ def export_occ3d(
         except KeyError:  # nothing reaches it
             return None
 
+    carry = carried_to if carried is not None else None
+
     def jobs():
         for i, f in arrays.iter_frames(np.flatnonzero(done), ARRAYS, done=done):
             token = arrays.tokens[i]
             j = manual.index(token) if manual is not None and manual.has(token) else None
             m = read_frame(manual, j) if j is not None and manual_done[j] else None
-            carry = carried_to if carried is not None else None
             yield f, m, thr, store.grid, labels_path(out, scenes[token], token), token, carry
 
     written = threaded(_export_frame, jobs(), workers)

@@ -90,14 +90,28 @@ def run_per_gpu(cmds: list[list[str]], devices: list[str], logs: list[Path] | No
 def oracle_labels(
     recipe, pool_tokens, pool_scenes, picks: list[tuple[str, str]], world: Path, tiles: dict | None = None
 ) -> None:
-    """The oracle annotator: exact ground truth of the picked (scene, token) frames into the manual group;
-    a frame in `tiles` (token -> its tiles' bounds, region-level annotation) gets its tiles' labels only."""
-    store = LabelStore(recipe.store_path, recipe.network.grid, create=True)
+    """The oracle annotator: exact ground truth of the picked (scene, token) frames into the manual group of the
+    recipe's store; a frame in `tiles` (token -> its tiles' bounds, region-level annotation) gets its tiles'
+    labels only."""
+    oracle_into(recipe.store_path, recipe.network.grid, pool_tokens, pool_scenes, picks, world, tiles)
+
+
+def oracle_into(
+    store_path: Path,
+    grid,
+    pool_tokens,
+    pool_scenes,
+    picks: list[tuple[str, str]],
+    world: Path,
+    tiles: dict | None = None,
+) -> None:
+    """`oracle_labels` into the label store at `store_path` (created with `grid` if it is not there)."""
+    store = LabelStore(store_path, grid, create=True)
     manual = store.manual(pool_tokens, pool_scenes, create=True)
     for scene, token in picks:
-        gt = read_labels(labels_path(world, scene, token), recipe.network.grid)
+        gt = read_labels(labels_path(world, scene, token), grid)
         if tiles and token in tiles:
-            manual.write(manual.index(token), **tile_arrays(gt, tiles[token], recipe.network.grid.shape))
+            manual.write(manual.index(token), **tile_arrays(gt, tiles[token], grid.shape))
             continue
         manual.write(
             manual.index(token),

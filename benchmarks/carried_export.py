@@ -35,6 +35,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from active import oracle_into  # noqa: E402
+
 from autolabel.active.config import PROPAGATE_MODES  # noqa: E402
 from autolabel.active.propagate import PropagatedLabels  # noqa: E402
 from autolabel.data.nuscenes import NuScenesFrames  # noqa: E402
@@ -91,21 +95,11 @@ def run_one(fused: Path, world: Path, frames: NuScenesFrames, picks: list[str], 
     store_path = tmp / "labels.zarr"
     shutil.rmtree(store_path, ignore_errors=True)
     shutil.copytree(fused, store_path)
-    store = LabelStore(store_path, LabelStore.open(fused).grid, create=True)  # writable: the manual group
+    store = LabelStore.open(store_path)
     rnd = store.round(0)
     tokens, scenes = list(rnd.tokens), [store.scene_of(rnd)[t] for t in rnd.tokens]
     if way != "none":
-        manual = store.manual(tokens, scenes, create=True)
-        for token in picks:
-            gt = read_labels(labels_path(world, frames.scene_of(token), token), store.grid)
-            full = np.full(store.grid.shape, 255, np.uint8)
-            manual.write(
-                tokens.index(token),
-                semantics=gt.semantics,
-                mask_lidar=gt.mask_lidar,
-                mask_camera=gt.mask_camera,
-                confidence=full,
-            )
+        oracle_into(store_path, store.grid, tokens, scenes, [(frames.scene_of(t), t) for t in picks], world)
     carried = None
     if way in PROPAGATE_MODES[1:]:
         carried = PropagatedLabels(manual_labels(store_path, store.grid), frames, store.grid, way)

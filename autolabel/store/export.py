@@ -240,14 +240,7 @@ def export_occ3d(
     done = arrays.done()
     kept = total = 0
     manual_tokens, region_tokens, carried_tokens = [], [], []
-
-    def carried_to(token: str) -> Occ3DLabels | None:
-        try:
-            return carried[token]
-        except KeyError:  # nothing reaches it
-            return None
-
-    carry = carried_to if carried is not None else None
+    carry = carried.get if carried is not None else None  # None where nothing reaches a frame
 
     def jobs():
         for i, f in arrays.iter_frames(np.flatnonzero(done), ARRAYS, done=done):

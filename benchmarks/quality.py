@@ -793,12 +793,12 @@ def report(run: Path, meta: dict, failed: list[int]) -> None:
 
 
 def world_digest(world: Path) -> str:
-    """SHA-256 over the world's tables, Occ3D ground truth and 2D label maps (paths and contents, an .npz
-    file's arrays rather than its bytes): results of two runs may be merged only when their worlds have the
-    same digest."""
+    """SHA-256 over the world's tables, Occ3D ground truth, 2D label maps and semantic prior maps (paths and
+    contents, an .npz file's arrays rather than its bytes): results of two runs may be merged only when their
+    worlds have the same digest. (Before 2026-11-30 the maps were left out: `fusion.map_prior` reads them.)"""
     return files_digest(
         world,
-        (p for d in ("v1.0-synth", "gts", "labels2d") for p in (world / d).rglob("*") if p.is_file()),
+        (p for d in ("v1.0-synth", "gts", "labels2d", "maps") for p in (world / d).rglob("*") if p.is_file()),
         decode_npz=True,
     )
 

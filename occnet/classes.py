@@ -70,6 +70,10 @@ FLAT_CLASS_IDS: tuple[int, ...] = tuple(
     OCC3D_CLASS_NAMES.index(n) for n in ("driveable_surface", "other_flat", "sidewalk", "terrain")
 )
 
+# The ground classes nuScenes's semantic prior map (maps/*.png) covers: driveable area and pedestrian walkways
+# (autolabel.fusion.map_prior).
+MAP_PRIOR_CLASS_IDS: tuple[int, ...] = tuple(OCC3D_CLASS_NAMES.index(n) for n in ("driveable_surface", "sidewalk"))
+
 
 def class_id(name: str) -> int:
     """Occ3D id of a class name; raises ValueError listing the names if unknown."""

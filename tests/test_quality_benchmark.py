@@ -208,3 +208,19 @@ def test_carried_export_benchmark_runs_on_the_micro_world(tmp_path):
     assert all(rows[("manual", s)]["miou"] > rows[("none", None)]["miou"] for s in (0, 1))
     assert all(rows[(w, s)]["frames_carried"] == 2 for w in ("static", "static_free") for s in (0, 1))
     assert "static_free" in done.stdout and "mIoU others" in done.stdout
+
+
+def test_world_digest_covers_the_maps(tmp_path, monkeypatch):
+    """fusion.map_prior reads maps/*.png: two worlds that differ only there must not share a digest."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    digests = []
+    for i in range(2):
+        world = tmp_path / f"w{i}"
+        (world / "v1.0-synth").mkdir(parents=True)
+        (world / "v1.0-synth" / "scene.json").write_text("[]")
+        (world / "maps").mkdir()
+        (world / "maps" / "m.png").write_bytes(bytes([i]))
+        digests.append(quality.world_digest(world))
+    assert digests[0] != digests[1]

@@ -171,6 +171,15 @@ class NuScenesFrames(Sequence[Frame]):
     def scene_names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self._scene_of[t] for t in self.tokens))
 
+    def semantic_prior(self, token: str):
+        """The map of `token`'s scene: nuscenes-devkit's MapMask of the log's semantic prior (maps/*.png:
+        driveable area and walkways, in global x, y), which the devkit attaches to every map record."""
+        scene = self.nusc.get("scene", self.nusc.get("sample", token)["scene_token"])
+        log = self.nusc.get("log", scene["log_token"])
+        if "map_token" not in log:
+            raise DataError(f"{self.dataroot / self.version}: log {log['token']} of scene {scene['name']} has no map")
+        return self.nusc.get("map", log["map_token"])["mask"]
+
     # ---- records -> frames ----------------------------------------------------------------
     def _poses(self, sd: dict, where: str) -> tuple[dict, np.ndarray, np.ndarray]:
         cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])

@@ -56,6 +56,10 @@ class FusionConfig:
     # each voxel of a thing (a connected set of named voxels above the ground) adds this times the mean vote
     # share of the whole thing to its own vote shares: one object, one name (a car is not in part a truck)
     cluster_vote: float = 4.0
+    # the map as evidence for the ground classes (fusion/map_prior.py): a point on the log's semantic prior
+    # (driveable area and walkways) has its votes for terrain scaled by 1 - map_prior, one off it its votes for
+    # driveable surface and sidewalk; 0: the map is not read. Tuned on the development world (BENCHMARKS.md)
+    map_prior: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.window >= 0, "fusion.window must be >= 0")
@@ -69,6 +73,7 @@ class FusionConfig:
         _check(self.voxels in ("hits", "rules"), f"fusion.voxels must be hits or rules, got {self.voxels!r}")
         _check(self.ground_fill >= 0 and self.free_margin >= 0, "fusion.ground_fill / free_margin must be >= 0")
         _check(self.parked_radius >= -1, "fusion.parked_radius must be >= -1 (-1: off)")
+        _check(0 <= self.map_prior < 1, f"fusion.map_prior must lie in [0, 1), got {self.map_prior}")
         _check(self.close_surfaces >= 0 and self.cluster_vote >= 0, "fusion.close_surfaces / cluster_vote must be >= 0")
 
     def settings(self) -> dict:

@@ -14,6 +14,7 @@ from ..data.transforms import ResizeCrop
 from ..supervision.cache import SupervisionCache
 from .config import FusionConfig
 from .fuse import Sweep, View
+from .map_prior import map_side
 
 
 @dataclass
@@ -67,13 +68,18 @@ def frame_evidence(
     world2target = np.linalg.inv(target.lidar.ego2global)
     sweeps, views = [], []
     window = window_tokens(frames, token, cfg.window)
+    prior = frames.semantic_prior(token) if cfg.map_prior > 0 else None
     for j, t in enumerate(window):
         f, sem, conf = read(t)
         to_target = world2target @ f.lidar.ego2global
         xyz = f.lidar.points[:, :3].astype(np.float64) @ to_target[:3, :3].T + to_target[:3, 3]
         origin = to_target[:3, :3] @ f.lidar.lidar2ego[:3, 3] + to_target[:3, 3]
         seconds = (f.lidar.timestamp - target.lidar.timestamp) * 1e-6 - f.lidar.time_lag.astype(np.float64)
-        beams = free = None
+        beams = free = side = None
+        if prior is not None:  # the points' global x, y against the scene's map
+            to_global = f.lidar.ego2global
+            xy = f.lidar.points[:, :3].astype(np.float64) @ to_global[:2, :3].T + to_global[:2, 3]
+            side = torch.from_numpy(map_side(prior, xy)).to(device)
         if cfg.voxels == "rules":  # the keyframe sweep's beams without a return, from its points in the sensor frame
             key = f.lidar.points[f.lidar.time_lag == 0]
             ego2lidar = np.linalg.inv(f.lidar.lidar2ego)
@@ -89,6 +95,7 @@ def frame_evidence(
                 source=j,
                 beams=beams,
                 beam_free=free,
+                map_side=side,
             )
         )
         for c, cam in enumerate(f.cameras):

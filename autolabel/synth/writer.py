@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.ndimage import distance_transform_edt
 from tqdm import tqdm
 
 from kernels.grid import GridSpec
 from occnet.atomic import atomic_write
-from occnet.classes import FREE_ID
+from occnet.classes import FREE_ID, MAP_PRIOR_CLASS_IDS
 from occnet.visibility import camera_rays
 
 from ..data.frame import CAMERA_NAMES, LIDAR_NAME
@@ -35,7 +36,7 @@ from ..supervision.precomputed import LABELS_2D_DIR
 from .noise import PROFILES, hard_level, make_noisy_labels, noisy_labels_v1
 from .sensors import render_camera, render_lidar, synth_rig
 from .truth import visible_voxels, voxelize
-from .world import CATEGORY, generate_world
+from .world import CATEGORY, CELL, generate_world
 
 KEYFRAME_DT = 0.5  # 2 Hz keyframes
 SWEEP_DT = 0.05  # 20 Hz lidar
@@ -131,6 +132,23 @@ def _link(records: list[dict]) -> None:
         a["next"], b["prev"] = b["token"], a["token"]
 
 
+MAP_RESOLUTION = 0.1  # m per pixel of a map png: nuScenes's, which nuscenes-devkit's MapMask assumes
+# nuScenes's semantic prior (maps/*.png) is driveable area and pedestrian walkways together, "somewhat dilated"
+# (the devkit's authors; by how much is not published): the synthetic one is dilated by this much
+MAP_DILATION = 1.0  # m
+
+
+def semantic_prior(ground: np.ndarray, cell: float) -> np.ndarray:
+    """A scene's map png as nuScenes's: (H, W) uint8, 255 on driveable surface and sidewalk dilated by
+    MAP_DILATION, 0 elsewhere, MAP_RESOLUTION m per pixel, row 0 the largest y (the devkit's MapMask: pixel
+    (x / res, H - y / res)). ground (n, n) is the world's class raster, [x, y] cells of `cell` m from (0, 0)."""
+    up = round(cell / MAP_RESOLUTION)
+    prior = np.isin(ground, MAP_PRIOR_CLASS_IDS)
+    prior = prior.repeat(up, 0).repeat(up, 1)
+    prior = distance_transform_edt(~prior) * MAP_RESOLUTION <= MAP_DILATION
+    return (prior.T[::-1] * 255).astype(np.uint8)
+
+
 def _one_thread() -> None:
     torch.set_num_threads(1)  # one scene per process: threads inside a process would oversubscribe the cores
 
@@ -160,9 +178,8 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
         },
     )
     map_tok = token(seed, scene_name, "map")
-    road = ((world.ground == 11) * 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(road.T[::-1]).save(buf, format="PNG")
+    Image.fromarray(semantic_prior(world.ground, CELL)).save(buf, format="PNG")
     _write_bytes(out / "maps" / f"{map_tok}.png", buf.getvalue())
     tables.add(
         "map",

@@ -19,10 +19,10 @@ from autolabel.fusion.map_prior import OFF, ON, UNKNOWN, apply_map_prior, map_si
 from autolabel.supervision.cache import SupervisionCache, supervise
 from autolabel.supervision.providers import PrecomputedLabels
 from autolabel.synth.writer import MAP_DILATION, semantic_prior
-from occnet.classes import FLAT_CLASS_IDS, FREE_ID, class_id
+from occnet.classes import FLAT_CLASS_IDS, class_id
 from tiny_models import TINY_GRID
 
-ROAD, WALK, FLAT, TERRAIN, CAR = (class_id(n) for n in ("driveable_surface", "sidewalk", "other_flat", "terrain", "car"))
+ROAD, WALK, FLAT, TERRAIN = (class_id(n) for n in ("driveable_surface", "sidewalk", "other_flat", "terrain"))
 
 
 def test_the_semantic_prior_png_is_read_by_the_devkit_where_the_world_has_road_and_walkway(tmp_path):

@@ -94,3 +94,14 @@ def test_the_map_prior_names_the_ground_better(noisy):
 def test_map_prior_is_checked():
     with pytest.raises(ValueError, match="map_prior"):
         replace(FusionConfig(), map_prior=1.0)
+
+
+def test_sweeps_without_a_map_get_no_prior():
+    """A sweep built without map_side (a dataset without maps) fuses as with the prior off, beside one with."""
+    from autolabel.fusion.fuse import Sweep, _map_side
+
+    pts = torch.zeros(4, 3, dtype=torch.float64)
+    bare = Sweep(pts, torch.zeros(3, dtype=torch.float64), torch.ones(4, dtype=torch.bool), torch.zeros(4), 0)
+    assert (_map_side(bare) == UNKNOWN).all() and len(_map_side(bare)) == 4
+    votes = torch.rand(4, 17)
+    torch.testing.assert_close(apply_map_prior(votes, _map_side(bare), 0.5), votes)

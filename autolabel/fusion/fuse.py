@@ -39,7 +39,7 @@ from occnet.surfaces import is_flat, layer_entry
 
 from ..annotation.voxelize import PointLabelConfig
 from .config import FusionConfig
-from .map_prior import apply_map_prior
+from .map_prior import UNKNOWN, apply_map_prior
 from .rules import voxel_index, voxelize_votes
 
 
@@ -56,7 +56,8 @@ class Sweep:
     # `fusion.voxels: rules`: unit directions (M, 3) in the labelled frame's ego frame and how far each is free
     beams: np.ndarray | None = None
     beam_free: np.ndarray | None = None
-    # with `fusion.map_prior`: (P,) int8 where each point lies against the map (fusion.map_prior.map_side)
+    # with `fusion.map_prior`: (P,) int8 where each point lies against the map (fusion.map_prior.map_side); None:
+    # no map (no prior for these points)
     map_side: torch.Tensor | None = None
 
 
@@ -123,6 +124,13 @@ def vote(
     return votes, own
 
 
+def _map_side(sweep: Sweep) -> torch.Tensor:
+    """(P,) int8 where the sweep's points lie against the map; UNKNOWN (no prior) for a sweep without one."""
+    if sweep.map_side is not None:
+        return sweep.map_side
+    return torch.full((len(sweep.points),), UNKNOWN, dtype=torch.int8, device=sweep.points.device)
+
+
 def near_returns(points: torch.Tensor, now: torch.Tensor, grid: GridSpec, radius: int) -> torch.Tensor:
     """(P,) bool: the point lies in the grid within `radius` voxels (26-neighbourhood steps) of a voxel that holds
     a point of `now` ((P,) bool)."""
@@ -147,10 +155,8 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
     dynamic = torch.tensor(DYNAMIC_CLASS_IDS, device=dev)
     own_dynamic = (own.sum(1) > 0) & torch.isin(own.argmax(1), dynamic)
     votes = torch.where(own_dynamic[:, None], own, votes)
-    if cfg.map_prior > 0:
-        if any(s.map_side is None for s in sweeps):
-            raise ValueError("fusion.map_prior > 0 needs each sweep's map_side (frame_evidence with these settings)")
-        votes = apply_map_prior(votes, torch.cat([s.map_side for s in sweeps]), cfg.map_prior)
+    if cfg.map_prior > 0 and any(s.map_side is not None for s in sweeps):
+        votes = apply_map_prior(votes, torch.cat([_map_side(s) for s in sweeps]), cfg.map_prior)
     seen = votes.sum(1) > 0
     cls = torch.where(seen, votes.argmax(1), torch.full_like(source, IGNORE_ID))
     now = seconds.abs() <= cfg.dynamic_seconds + 1e-6

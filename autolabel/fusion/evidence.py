@@ -42,6 +42,7 @@ class WindowReader:
     def __init__(self, frames: NuScenesFrames, cache: SupervisionCache, keep: int):
         self.frames, self.cache, self.keep = frames, cache, keep
         self.held: OrderedDict[str, tuple] = OrderedDict()
+        self.sides: dict[str, np.ndarray] = {}  # map_side of the held frames' points, once per frame
 
     def __call__(self, token: str):
         """(Frame without images, 2D semantics (N, h, w), confidence (N, h, w)) of `token`."""
@@ -49,8 +50,17 @@ class WindowReader:
             sem, conf, _ = self.cache.read(token)
             self.held[token] = (self.frames.frame(token, images=False), sem, conf)
             while len(self.held) > self.keep:
-                self.held.popitem(last=False)
+                self.sides.pop(self.held.popitem(last=False)[0], None)
         return self.held[token]
+
+    def map_side(self, token: str, prior) -> np.ndarray:
+        """(P,) int8: where `token`'s LiDAR points lie against the map `prior` (fusion.map_prior.map_side), in the
+        global frame, so computed once for all the windows the frame is in."""
+        if token not in self.sides:
+            lidar = self(token)[0].lidar
+            xy = lidar.points[:, :3].astype(np.float64) @ lidar.ego2global[:2, :3].T + lidar.ego2global[:2, 3]
+            self.sides[token] = map_side(prior, xy)
+        return self.sides[token]
 
 
 def frame_evidence(
@@ -77,9 +87,7 @@ def frame_evidence(
         seconds = (f.lidar.timestamp - target.lidar.timestamp) * 1e-6 - f.lidar.time_lag.astype(np.float64)
         beams = free = side = None
         if prior is not None:  # the points' global x, y against the scene's map
-            to_global = f.lidar.ego2global
-            xy = f.lidar.points[:, :3].astype(np.float64) @ to_global[:2, :3].T + to_global[:2, 3]
-            side = torch.from_numpy(map_side(prior, xy)).to(device)
+            side = torch.from_numpy(read.map_side(t, prior)).to(device)
         if cfg.voxels == "rules":  # the keyframe sweep's beams without a return, from its points in the sensor frame
             key = f.lidar.points[f.lidar.time_lag == 0]
             ego2lidar = np.linalg.inv(f.lidar.lidar2ego)

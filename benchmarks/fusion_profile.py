@@ -1,0 +1,182 @@
+"""Where fusion's time goes in the loop: `fuse_round` on a synthetic world whose scenes are long enough for the
+nuScenes recipe's whole window (+-3 keyframes, 10 LiDAR sweeps each), timed whole and by section.
+
+The world (generated into RUN/world unless there: SCENES x FRAMES keyframes, cameras --image-size, 9 sweeps
+before each keyframe's) is supervised as the nuScenes recipe does (recipes/nuscenes_label_free.yaml,
+precomputed noisy 2D labels, the cache at the network's input size), then fused:
+
+  rate      after two warm-up calls (the first scene, the whole world), --repeats pairs of calls (the first
+            scene, the whole world); a pair's seconds per frame is the difference of seconds over the
+            difference of frames (what a call pays once cancels), and the table gives the median and each pair
+  sections  one more call with each part wrapped in device synchronisations: milliseconds per frame of
+            reading the window (files, transforms, uploads), the vote, the per-point rules and rays, the
+            volume rules, the visibility masks and the shard writes (the writer's thread: not on the
+            critical path unless it falls behind); slower than unsynchronised, it shows where the time is
+  functions cProfile over one call: the top functions by own time
+
+Scenes of FRAMES keyframes give windows of min(FRAMES, 7) keyframes in their middle and fewer at their ends
+(nuScenes scenes hold about 40 keyframes): the table prints the mean window.
+
+    python benchmarks/fusion_profile.py RUN [--scenes 4] [--frames 8] [--image-size 450x800] [--repeats 3]
+
+Run it twice against two checkouts (PYTHONPATH) on one RUN to compare code side by side: the world and the
+cache are made once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import shutil
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import scale  # noqa: E402
+import autolabel.fusion.fuse as fusing  # noqa: E402
+import autolabel.fusion.label as fusion_label  # noqa: E402
+import autolabel.fusion.rules as rules  # noqa: E402
+from autolabel.fusion.evidence import window_tokens  # noqa: E402
+from autolabel.stages.inputs import open_cache, open_frames  # noqa: E402
+from autolabel.store import frame_arrays  # noqa: E402
+from autolabel.store.labels import LabelStore  # noqa: E402
+from autolabel.supervision.cache import supervise  # noqa: E402
+from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
+from autolabel.synth.writer import SynthConfig, write_dataset  # noqa: E402
+from kernels.grid import GridSpec  # noqa: E402
+
+SWEEPS = 9
+# (module, attribute, section name): the parts of one frame's fusion in the order they run
+SECTIONS = (
+    (fusion_label, "frame_evidence", "read the window"),
+    (fusing, "vote", "vote"),
+    (rules, "_name_voxels", "per-point rules and rays"),
+    (rules, "_label_voxels", "volume rules"),
+    (fusion_label, "visibility_masks", "visibility masks"),
+)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prepare(run: Path, scenes: int, frames: int, image_size: tuple[int, int], device_name: str):
+    """The world and its supervision cache (made once), and the recipe that reads them."""
+    world = run / "world"
+    if not (world / scale.VERSION).is_dir():
+        tmp = run / "world.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cfg = SynthConfig(scenes=scenes, frames_per_scene=frames, seed=0, image_size=image_size, sweeps=SWEEPS)
+        write_dataset(tmp, cfg, GridSpec(), progress=False, workers=scenes)
+        tmp.rename(world)
+    args = types.SimpleNamespace(sweeps=SWEEPS, device=device_name, micro=False, set=[])
+    recipe = scale.recipe_for(run / "stores", world, args)
+    device = resolve_device(recipe.device)
+    done = run / "stores" / "prepared"
+    if not done.is_file():
+        f = open_frames(recipe, "all", load_images=False, load_gt=False)
+        provider = build_provider(recipe.supervision, f.dataroot, f.nusc)
+        sup = recipe.supervision
+        supervise(f, provider, recipe.cache_path, recipe.network.image_size, sup.lidar_min_depth, sup.lidar_max_depth)
+        done.write_text("cache written\n")
+    return recipe, device
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="working folder: the world, the cache, the fused stores")
+    ap.add_argument("--scenes", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=8, help="keyframes per scene (the window is +-3 of them)")
+    ap.add_argument("--image-size", default="450x800", help="camera images HxW (fusion reads the cache)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    run = Path(args.run).absolute()
+    run.mkdir(parents=True, exist_ok=True)
+    size = tuple(int(v) for v in args.image_size.split("x"))
+    recipe, device = prepare(run, args.scenes, args.frames, size, args.device)
+    frames = open_frames(recipe, "train", load_images=False, load_gt=False)
+    first = scale.first_scene(frames, recipe, False)
+    cache, grid, cfg = open_cache(recipe), recipe.network.grid, recipe.fusion
+
+    def call(f, name: str) -> tuple[int, float]:
+        path = run / "fused" / name
+        shutil.rmtree(path, ignore_errors=True)
+        store = LabelStore(path, grid, create=True)
+        sync(device)
+        t0 = time.perf_counter()
+        r = fusion_label.fuse_round(f, cache, store, 0, grid, cfg, device, progress=False)
+        sync(device)
+        return r["labelled"], time.perf_counter() - t0
+
+    call(first, "warmup")
+    call(frames, "warmup")
+    pairs = []
+    for _ in range(args.repeats):
+        (n_a, t_a), (n_b, t_b) = call(first, "first"), call(frames, "whole")
+        pairs.append(scale.steady((n_a, t_a), (n_b, t_b)))
+
+    spent: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        def wrapper(*a, **k):
+            sync(device)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync(device)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+            return out
+
+        return wrapper
+
+    saved = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in SECTIONS]
+    write = frame_arrays.FrameArrays.write_frames
+    try:
+        for (mod, attr, name), (_, _, fn) in zip(SECTIONS, saved):
+            setattr(mod, attr, timed(name, fn))
+        frame_arrays.FrameArrays.write_frames = timed("shard writes (writer thread)", write)
+        n, seconds = call(frames, "sections")
+    finally:
+        for mod, attr, fn in saved:
+            setattr(mod, attr, fn)
+        frame_arrays.FrameArrays.write_frames = write
+
+    prof = cProfile.Profile()
+    prof.enable()
+    call(frames, "profiled")
+    prof.disable()
+
+    windows = [len(window_tokens(frames, t, cfg.window)) for t in frames.tokens]
+    print(
+        f"\n{device} ({scale.device_name(device)}): {len(frames)} frames ({args.scenes} scenes x {args.frames}, "
+        f"{args.image_size} cameras, {SWEEPS + 1} sweeps a keyframe), window +-{cfg.window} keyframes: "
+        f"{statistics.mean(windows):.2f} on average, recipe {scale.RECIPE.relative_to(ROOT)} (cache at "
+        f"{recipe.network.image_size[1]}x{recipe.network.image_size[0]}, fusion.voxels {cfg.voxels}, "
+        f"map_prior {cfg.map_prior})"
+    )
+    print(
+        f"fusion in the loop: {statistics.median(pairs):.3f} s per frame, median of {len(pairs)} pairs "
+        f"({', '.join(f'{p:.3f}' for p in pairs)})"
+    )
+    print(f"| section (synchronised; the whole call {1e3 * seconds / n:.0f} ms per frame) | ms per frame |")
+    print("|---|---:|")
+    for name, s in spent.items():
+        print(f"| {name} | {1e3 * s / n:.1f} |")
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+    print(text.getvalue())
+
+
+if __name__ == "__main__":
+    main()

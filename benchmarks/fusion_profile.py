@@ -8,11 +8,12 @@ precomputed noisy 2D labels, the cache at the network's input size), then fused:
   rate      after two warm-up calls (the first scene, the whole world), --repeats pairs of calls (the first
             scene, the whole world); a pair's seconds per frame is the difference of seconds over the
             difference of frames (what a call pays once cancels), and the table gives the median and each pair
-  sections  one more call with each part wrapped in device synchronisations: milliseconds per frame of
+  sections  one more call, all in one process (workers=0), with each part wrapped in device
+            synchronisations: milliseconds per frame of
             reading the window (files, transforms, uploads), the vote, the per-point rules and rays, the
             volume rules, the visibility masks and the shard writes (the writer's thread: not on the
             critical path unless it falls behind); slower than unsynchronised, it shows where the time is
-  functions cProfile over one call: the top functions by own time
+  functions cProfile over one call in one process: the top functions by own time
 
 Scenes of FRAMES keyframes give windows of min(FRAMES, 7) keyframes in their middle and fewer at their ends
 (nuScenes scenes hold about 40 keyframes): the table prints the mean window.
@@ -54,6 +55,7 @@ from autolabel.supervision.cache import supervise  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
 from autolabel.synth.writer import SynthConfig, write_dataset  # noqa: E402
 from kernels.grid import GridSpec  # noqa: E402
+from occnet.trainer import default_workers  # noqa: E402
 
 SWEEPS = 9
 # (module, attribute, section name): the parts of one frame's fusion in the order they run
@@ -110,13 +112,13 @@ def main() -> None:
     first = scale.first_scene(frames, recipe, False)
     cache, grid, cfg = open_cache(recipe), recipe.network.grid, recipe.fusion
 
-    def call(f, name: str) -> tuple[int, float]:
+    def call(f, name: str, workers: int | None = None) -> tuple[int, float]:
         path = run / "fused" / name
         shutil.rmtree(path, ignore_errors=True)
         store = LabelStore(path, grid, create=True)
         sync(device)
         t0 = time.perf_counter()
-        r = fusion_label.fuse_round(f, cache, store, 0, grid, cfg, device, progress=False)
+        r = fusion_label.fuse_round(f, cache, store, 0, grid, cfg, device, progress=False, workers=workers)
         sync(device)
         return r["labelled"], time.perf_counter() - t0
 
@@ -146,7 +148,7 @@ def main() -> None:
         for (mod, attr, name), (_, _, fn) in zip(SECTIONS, saved):
             setattr(mod, attr, timed(name, fn))
         frame_arrays.FrameArrays.write_frames = timed("shard writes (writer thread)", write)
-        n, seconds = call(frames, "sections")
+        n, seconds = call(frames, "sections", workers=0)
     finally:
         for mod, attr, fn in saved:
             setattr(mod, attr, fn)
@@ -154,7 +156,7 @@ def main() -> None:
 
     prof = cProfile.Profile()
     prof.enable()
-    call(frames, "profiled")
+    call(frames, "profiled", workers=0)
     prof.disable()
 
     windows = [len(window_tokens(frames, t, cfg.window)) for t in frames.tokens]
@@ -166,7 +168,8 @@ def main() -> None:
         f"map_prior {cfg.map_prior})"
     )
     print(
-        f"fusion in the loop: {statistics.median(pairs):.3f} s per frame, median of {len(pairs)} pairs "
+        f"fusion in the loop ({default_workers()} workers): {statistics.median(pairs):.3f} s per frame, median of "
+        f"{len(pairs)} pairs "
         f"({', '.join(f'{p:.3f}' for p in pairs)})"
     )
     print(f"| section (synchronised; the whole call {1e3 * seconds / n:.0f} ms per frame) | ms per frame |")

@@ -198,6 +198,26 @@ def test_a_fused_round_is_stored_scored_and_exported_as_occ3d(world, tmp_path):
     assert not out.mask_camera[unobserved].any() and not out.mask_lidar[unobserved].any()
 
 
+def test_a_fused_round_over_worker_processes_equals_the_one_process_round(world, tmp_path):
+    """The pipeline (keyframes read ahead by DataLoader workers, the volume rules in a process pool) writes what
+    the one-process order writes, frame for frame: labels, confidence and both masks."""
+    from autolabel.fusion.label import fuse_round
+    from autolabel.store.labels import LabelStore
+
+    frames, caches = world
+    cfg = FusionConfig(window=1)
+    rounds = []
+    for workers in (0, 3):  # 3: two loader workers, one process for the volume rules
+        store = LabelStore(tmp_path / f"w{workers}.zarr", TINY_GRID, create=True)
+        fuse_round(frames, caches["noisy"], store, 0, TINY_GRID, cfg, torch.device("cpu"), False, workers)
+        rounds.append(store.round(0))
+    for i in range(len(frames)):
+        for name in ("semantics", "confidence", "mask_camera", "mask_lidar"):
+            a, b = (r.read(i, name) for r in rounds)
+            assert np.array_equal(a, b), (i, name)
+    assert (rounds[0].read(0, "semantics") < FREE_ID).any()
+
+
 def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_source():
     """dts.evidence: fusion (dts.pseudo.apply_fusion), on five voxels of a 5x1x1 grid."""
     from autolabel.dts.pseudo import apply_fusion

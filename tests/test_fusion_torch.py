@@ -16,7 +16,7 @@ import autolabel.fusion.fuse as fuse_module
 from autolabel.fusion.config import FusionConfig
 from autolabel.fusion.evidence import frame_evidence
 from autolabel.fusion.fuse import fuse
-from autolabel.fusion.rules import voxelize_votes, voxelize_votes_reference
+from autolabel.fusion.rules import label_voxels, name_voxels, voxelize_votes, voxelize_votes_reference
 from kernels.grid import GridSpec
 from occnet.classes import class_id
 from test_fusion import FUSION_RULES, GRID, TRUCK, WALL, _named_points, world  # noqa: F401 (the fixture)
@@ -45,17 +45,25 @@ def assert_as_reference(args: tuple, kwargs: dict, device: str) -> tuple[np.ndar
 
 
 def _recorded_args(run) -> tuple[tuple, dict]:
-    """The arguments `fuse` passes to voxelize_votes during `run()`."""
-    calls = []
+    """The arguments of voxelize_votes that `fuse` hands to its two halves (name_voxels, label_voxels) during
+    `run()`, as voxelize_votes takes them."""
+    named, labelled = [], []
 
-    def record(*a, **k):
-        calls.append((a, k))
-        return voxelize_votes(*a, **k)
+    def name(*a, **k):
+        named.append(a)
+        return name_voxels(*a, **k)
+
+    def label(*a, **k):
+        labelled.append((a, k))
+        return label_voxels(*a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fuse_module, "voxelize_votes", record)
+        mp.setattr(fuse_module, "name_voxels", name)
+        mp.setattr(fuse_module, "label_voxels", label)
         run()
-    return calls[-1]
+    *arrays, grid, rules = named[-1]
+    (_, _, full_hits, _), kwargs = labelled[-1]
+    return (*arrays, grid, full_hits, rules), kwargs
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from ..annotation.accumulate import missing_beams
+from ..data.frame import Frame
 from ..data.nuscenes import NuScenesFrames
 from ..data.transforms import ResizeCrop
 from ..supervision.cache import SupervisionCache
@@ -28,39 +31,95 @@ class Evidence:
 
 def window_tokens(frames: NuScenesFrames, token: str, window: int) -> list[str]:
     """The keyframes of `token`'s scene within +-window of it, in time order (frames lists each scene's
-    keyframes in time order)."""
-    scene = frames.scene_of(token)
-    same = [t for t in frames.tokens if frames.scene_of(t) == scene]
-    i = same.index(token)
-    return same[max(0, i - window) : i + window + 1]
+    keyframes together, in time order)."""
+    scene, i = frames.scene_of(token), frames.index(token)
+    return [t for t in frames.tokens[max(0, i - window) : i + window + 1] if frames.scene_of(t) == scene]
+
+
+@dataclass
+class Keyframe:
+    """What fusion reads of one keyframe, once for every window it is in: the frame (no images), its 2D labels
+    from the cache (N cameras, h x w at the cache's resolution), where its LiDAR points lie against the map
+    ((P,) int8, None without `fusion.map_prior`) and its keyframe sweep's beams without a return (unit
+    directions (M, 3) in the sensor frame and how far each is free; None unless `fusion.voxels: rules`)."""
+
+    frame: Frame
+    semantics: np.ndarray  # (N, h, w) uint8
+    confidence: np.ndarray  # (N, h, w) float32
+    map_side: np.ndarray | None = None
+    beams: np.ndarray | None = None
+    beam_free: np.ndarray | None = None
+
+
+def read_keyframe(frames: NuScenesFrames, cache: SupervisionCache, token: str, cfg: FusionConfig) -> Keyframe:
+    """Everything fusion needs of `token` that does not depend on the window's labelled frame."""
+    frame = frames.frame(token, images=False)
+    sem, conf, _ = cache.read(token)
+    lidar = frame.lidar
+    side = beams = free = None
+    if cfg.map_prior > 0:  # the points' global x, y against the scene's map
+        xy = lidar.points[:, :3].astype(np.float64) @ lidar.ego2global[:2, :3].T + lidar.ego2global[:2, 3]
+        side = map_side(frames.semantic_prior(token), xy)
+    if cfg.voxels == "rules":  # the keyframe sweep's beams without a return, from its points in the sensor frame
+        key = lidar.points[lidar.time_lag == 0]
+        ego2lidar = np.linalg.inv(lidar.lidar2ego)
+        raw = np.concatenate([key[:, :3] @ ego2lidar[:3, :3].T + ego2lidar[:3, 3], key[:, 3:]], 1)
+        beams, free = missing_beams(raw)
+    return Keyframe(frame, sem, conf, side, beams, free)
+
+
+class KeyframeData(Dataset):
+    """`read_keyframe` over tokens, for a DataLoader whose workers read the keyframes ahead of fusion."""
+
+    def __init__(self, frames: NuScenesFrames, cache: SupervisionCache, tokens: list[str], cfg: FusionConfig):
+        self.frames, self.cache, self.tokens, self.cfg = frames, cache, tokens, cfg
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> tuple[str, Keyframe]:
+        return self.tokens[i], read_keyframe(self.frames, self.cache, self.tokens[i], self.cfg)
+
+
+def reading_order(frames: NuScenesFrames, pending: list[str], window: int) -> list[str]:
+    """The keyframes the windows of `pending` (tokens in scene order) read, each once, in the order first needed."""
+    order: dict[str, None] = {}
+    for token in pending:
+        order.update(dict.fromkeys(window_tokens(frames, token, window)))
+    return list(order)
 
 
 class WindowReader:
-    """Frames (LiDAR, poses) and 2D labels by token, the last `keep` of them kept: consecutive keyframes of
-    a scene share most of their windows, so each file is read once per scene, not once per window."""
+    """Keyframes (`Keyframe`) by token, the last `keep` of them kept, with their 2D labels on `device`:
+    consecutive keyframes of a scene share most of their windows, so each keyframe is read and uploaded once
+    per scene, not once per window. With `source` (an iterator of (token, Keyframe) in the order the windows
+    first need them, e.g. a DataLoader over `KeyframeData` of `reading_order`) keyframes come from it, read
+    ahead by its workers; without, each is read when first asked for."""
 
-    def __init__(self, frames: NuScenesFrames, cache: SupervisionCache, keep: int):
-        self.frames, self.cache, self.keep = frames, cache, keep
-        self.held: OrderedDict[str, tuple] = OrderedDict()
-        self.sides: dict[str, np.ndarray] = {}  # map_side of the held frames' points, once per frame
+    def __init__(
+        self,
+        frames: NuScenesFrames,
+        cache: SupervisionCache,
+        cfg: FusionConfig,
+        device: torch.device,
+        source: Iterator[tuple[str, Keyframe]] | None = None,
+    ):
+        self.frames, self.cache, self.cfg, self.device, self.source = frames, cache, cfg, device, source
+        self.keep = 2 * cfg.window + 1
+        self.held: OrderedDict[str, tuple[Keyframe, torch.Tensor, torch.Tensor]] = OrderedDict()
 
-    def __call__(self, token: str):
-        """(Frame without images, 2D semantics (N, h, w), confidence (N, h, w)) of `token`."""
-        if token not in self.held:
-            sem, conf, _ = self.cache.read(token)
-            self.held[token] = (self.frames.frame(token, images=False), sem, conf)
+    def __call__(self, token: str) -> tuple[Keyframe, torch.Tensor, torch.Tensor]:
+        """(Keyframe, 2D semantics (N, h, w) int64 and confidence (N, h, w) float32 on the device) of `token`."""
+        while token not in self.held:
+            if self.source is None:
+                t, k = token, read_keyframe(self.frames, self.cache, token, self.cfg)
+            else:
+                t, k = next(self.source)  # StopIteration: a token outside the reading order (a bug)
+            sem = torch.from_numpy(k.semantics.astype(np.int64)).to(self.device)
+            self.held[t] = (k, sem, torch.from_numpy(k.confidence).to(self.device))
             while len(self.held) > self.keep:
-                self.sides.pop(self.held.popitem(last=False)[0], None)
+                self.held.popitem(last=False)
         return self.held[token]
-
-    def map_side(self, token: str, prior) -> np.ndarray:
-        """(P,) int8: where `token`'s LiDAR points lie against the map `prior` (fusion.map_prior.map_side), in the
-        global frame, so computed once for all the windows the frame is in."""
-        if token not in self.sides:
-            lidar = self(token)[0].lidar
-            xy = lidar.points[:, :3].astype(np.float64) @ lidar.ego2global[:2, :3].T + lidar.ego2global[:2, 3]
-            self.sides[token] = map_side(prior, xy)
-        return self.sides[token]
 
 
 def frame_evidence(
@@ -73,27 +132,21 @@ def frame_evidence(
 ) -> Evidence:
     """Sweeps and views of `token`'s window (2D labels from the supervision cache, at its resolution);
     `read` a WindowReader shared across the frames of a scene (None: read everything afresh)."""
-    read = read or WindowReader(frames, cache, 2 * cfg.window + 1)
-    target = read(token)[0]
+    read = read or WindowReader(frames, cache, cfg, device)
+    target = read(token)[0].frame
     world2target = np.linalg.inv(target.lidar.ego2global)
     sweeps, views = [], []
     window = window_tokens(frames, token, cfg.window)
-    prior = frames.semantic_prior(token) if cfg.map_prior > 0 else None
     for j, t in enumerate(window):
-        f, sem, conf = read(t)
+        k, sem, conf = read(t)
+        f = k.frame
         to_target = world2target @ f.lidar.ego2global
         xyz = f.lidar.points[:, :3].astype(np.float64) @ to_target[:3, :3].T + to_target[:3, 3]
         origin = to_target[:3, :3] @ f.lidar.lidar2ego[:3, 3] + to_target[:3, 3]
         seconds = (f.lidar.timestamp - target.lidar.timestamp) * 1e-6 - f.lidar.time_lag.astype(np.float64)
-        beams = free = side = None
-        if prior is not None:  # the points' global x, y against the scene's map
-            side = torch.from_numpy(read.map_side(t, prior)).to(device)
-        if cfg.voxels == "rules":  # the keyframe sweep's beams without a return, from its points in the sensor frame
-            key = f.lidar.points[f.lidar.time_lag == 0]
-            ego2lidar = np.linalg.inv(f.lidar.lidar2ego)
-            raw = np.concatenate([key[:, :3] @ ego2lidar[:3, :3].T + ego2lidar[:3, 3], key[:, 3:]], 1)
-            dirs, free = missing_beams(raw)
-            beams = dirs @ (to_target[:3, :3] @ f.lidar.lidar2ego[:3, :3]).T
+        beams = None
+        if k.beams is not None:  # the sensor frame's beams turned into the labelled frame's ego frame
+            beams = k.beams @ (to_target[:3, :3] @ f.lidar.lidar2ego[:3, :3]).T
         sweeps.append(
             Sweep(
                 points=torch.from_numpy(xyz).to(device),
@@ -102,8 +155,8 @@ def frame_evidence(
                 seconds=torch.from_numpy(seconds).to(device),
                 source=j,
                 beams=beams,
-                beam_free=free,
-                map_side=side,
+                beam_free=k.beam_free,
+                map_side=None if k.map_side is None else torch.from_numpy(k.map_side).to(device),
             )
         )
         for c, cam in enumerate(f.cameras):
@@ -113,8 +166,8 @@ def frame_evidence(
                 View(
                     target2cam=torch.from_numpy(target2cam).to(device),
                     K=torch.from_numpy(rc.matrix @ cam.K).to(device),
-                    semantics=torch.from_numpy(sem[c].astype(np.int64)).to(device),
-                    confidence=torch.from_numpy(conf[c]).to(device),
+                    semantics=sem[c],
+                    confidence=conf[c],
                     source=j,
                 )
             )

@@ -40,7 +40,7 @@ from occnet.surfaces import is_flat, layer_entry
 from ..annotation.voxelize import PointLabelConfig
 from .config import FusionConfig
 from .map_prior import UNKNOWN, apply_map_prior
-from .rules import voxel_index, voxelize_votes
+from .rules import NamedVoxels, label_voxels, name_voxels, voxel_index
 
 
 @dataclass
@@ -143,10 +143,11 @@ def near_returns(points: torch.Tensor, now: torch.Tensor, grid: GridSpec, radius
     return inside & (held[flat.clamp_min(0)] > 0)
 
 
-def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int) -> Fused:
-    """Occupancy labels of the labelled keyframe from its window's sweeps and views (module docstring; with
-    `fusion.voxels: rules` step 3 is fusion/rules.py's). target: the `source` of the labelled keyframe's sweep
-    (needed by the rules: its rays tell the ghosts of moved things)."""
+def _named_points(
+    sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1 and 2: the window's points (P, 3), the keyframe each came from (P,), their votes (P, 17) and
+    whether fusion keeps them (P,) bool."""
     dev = sweeps[0].points.device
     points = torch.cat([s.points for s in sweeps])
     source = torch.cat([torch.full((len(s.points),), s.source, dtype=torch.long, device=dev) for s in sweeps])
@@ -157,15 +158,29 @@ def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConf
     votes = torch.where(own_dynamic[:, None], own, votes)
     if cfg.map_prior > 0 and any(s.map_side is not None for s in sweeps):
         votes = apply_map_prior(votes, torch.cat([_map_side(s) for s in sweeps]), cfg.map_prior)
-    seen = votes.sum(1) > 0
-    cls = torch.where(seen, votes.argmax(1), torch.full_like(source, IGNORE_ID))
+    cls = _point_classes(votes)
     now = seconds.abs() <= cfg.dynamic_seconds + 1e-6
-    keep = now | (seen & ~torch.isin(cls, dynamic))
+    keep = now | ((cls != IGNORE_ID) & ~torch.isin(cls, dynamic))
     if cfg.parked_radius >= 0:  # a thing still there at the frame's own time keeps its other views' points
         keep |= near_returns(points, now, grid, cfg.parked_radius)
-    if cfg.voxels == "rules":
-        return _fuse_by_rules(sweeps, points, source, votes, keep, grid, cfg, target)
+    return points, source, votes, keep
 
+
+def _point_classes(votes: torch.Tensor) -> torch.Tensor:
+    """(P,) int64 class of each point's votes (P, 17), IGNORE_ID where no view saw it."""
+    seen = votes.sum(1) > 0
+    return torch.where(seen, votes.argmax(1), torch.full_like(seen, IGNORE_ID, dtype=torch.long))
+
+
+def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int) -> Fused:
+    """Occupancy labels of the labelled keyframe from its window's sweeps and views (module docstring; with
+    `fusion.voxels: rules` step 3 is fusion/rules.py's: `name_points` then `finish_rules`). target: the `source`
+    of the labelled keyframe's sweep (needed by the rules: its rays tell the ghosts of moved things)."""
+    if cfg.voxels == "rules":
+        return finish_rules(name_points(sweeps, views, grid, cfg, target), grid, cfg)
+    points, source, votes, keep = _named_points(sweeps, views, grid, cfg)
+    cls = _point_classes(votes)
+    dev = points.device
     index, inside = voxel_index(points, grid)
     sel = keep & inside
     flat = index[sel]
@@ -223,28 +238,20 @@ def point_rules(cfg: FusionConfig) -> PointLabelConfig:
     )
 
 
-def _fuse_by_rules(
-    sweeps: list[Sweep],
-    points: torch.Tensor,
-    source: torch.Tensor,
-    votes: torch.Tensor,
-    keep: torch.Tensor,
-    grid: GridSpec,
-    cfg: FusionConfig,
-    target: int,
-) -> Fused:
-    """Step 3 by the point-label voxelizer's rules (fusion/rules.py): the per-point rules and the rays on the
-    points' device, the volume rules on the CPU."""
+def name_points(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int) -> NamedVoxels:
+    """Steps 1 and 2 and the per-point rules of step 3 by fusion/rules.py (`fusion.voxels: rules`), on the sweeps'
+    device: what `finish_rules` turns into labels, on the CPU (in another process where fuse_round has workers)."""
+    points, source, votes, keep = _named_points(sweeps, views, grid, cfg)
     origins = torch.cat([s.origin.expand(len(s.points), 3) for s in sweeps])
     beams = [(s.origin.cpu().numpy(), s.beams, s.beam_free) for s in sweeps if s.beams is not None]
-    sem, conf, hits = voxelize_votes(
-        points,
-        origins,
-        torch.cat([s.keyframe for s in sweeps]),
-        source == target,
-        keep,
-        votes,
-        beams,
+    cast = torch.cat([s.keyframe for s in sweeps])
+    return name_voxels(points, origins, cast, source == target, keep, votes, beams, grid, point_rules(cfg))
+
+
+def finish_rules(named: NamedVoxels, grid: GridSpec, cfg: FusionConfig) -> Fused:
+    """The volume rules of fusion/rules.py on `name_points`' results (NumPy, scipy.ndimage)."""
+    sem, conf, hits = label_voxels(
+        named,
         grid,
         cfg.full_hits,
         point_rules(cfg),

@@ -68,8 +68,8 @@ class NamedVoxels:
     index (N,) int64 ascending flat indices of the voxels with votes; sums (N, 17) float64 their vote sums;
     hits (X*Y*Z,) int64 kept points per voxel; free (X*Y*Z,) bool free voxels (none holding a return);
     above (X*Y*Z,) bool voxels holding kept returns above the ground layer; ground (X, Y) int64 the cells'
-    ground layers (`ground_layers`); ground_points (F, 3) float64 and ground_cls (F,) int64 the kept points
-    of flat-ground classes."""
+    ground layers (`ground_layers`); ground_points (F, 2) float64 x, y and ground_cls (F,) int64 the kept
+    points of flat-ground classes (`fill_ground` looks them up in bird's-eye view)."""
 
     index: np.ndarray
     sums: np.ndarray
@@ -108,9 +108,39 @@ def voxelize_votes(
     255 unobserved), confidence (X*Y*Z,) float32 in [0, 1] and kept points per voxel (X*Y*Z,) int64, NumPy,
     equal to `voxelize_votes_reference`'s."""
     rules = rules or PointLabelConfig()
+    named = name_voxels(points, origins, cast, own, keep, votes, beams, grid, rules)
+    return label_voxels(named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote)
+
+
+def name_voxels(
+    points: torch.Tensor | np.ndarray,
+    origins: torch.Tensor | np.ndarray,
+    cast: torch.Tensor | np.ndarray,
+    own: torch.Tensor | np.ndarray,
+    keep: torch.Tensor | np.ndarray,
+    votes: torch.Tensor | np.ndarray,
+    beams: Beams,
+    grid: GridSpec,
+    rules: PointLabelConfig,
+) -> NamedVoxels:
+    """The per-point rules and the rays of `voxelize_votes` (its arguments), on the device of `points`: what
+    `label_voxels` turns into labels, in NumPy (so it can run in another process)."""
     t = [torch.as_tensor(x) for x in (points, origins, cast, own, keep, votes)]
     dev = t[0].device
-    named = _name_voxels(*(x.to(dev) for x in t), beams, grid, rules)
+    return _name_voxels(*(x.to(dev) for x in t), beams, grid, rules)
+
+
+def label_voxels(
+    named: NamedVoxels,
+    grid: GridSpec,
+    full_hits: int,
+    rules: PointLabelConfig,
+    ground_fill_unobserved: bool = False,
+    close_surfaces: int = 0,
+    cluster_vote: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The volume rules of `voxelize_votes` on `name_voxels`' results (NumPy and scipy.ndimage, on the CPU):
+    `voxelize_votes`' returns."""
     return _label_voxels(named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote)
 
 
@@ -181,7 +211,7 @@ def _name_voxels_reference(
     above = np.zeros(nvox, bool)
     above[v[use & ~low_shifted]] = True
     f = use & flat
-    return NamedVoxels(index, sums[index], hits, free, above, ground, points[f], cls[f])
+    return NamedVoxels(index, sums[index], hits, free, above, ground, points[f][:, :2], cls[f])
 
 
 def _name_voxels(
@@ -232,7 +262,7 @@ def _name_voxels(
     above = torch.zeros(nvox, dtype=torch.bool, device=dev)
     above[v[use & ~low_shifted]] = True
     f = use & flat
-    out = (index, sums[index], hits, free, above, ground, points[f], cls[f])
+    out = (index, sums[index], hits, free, above, ground, points[f][:, :2], cls[f])
     return NamedVoxels(*(x.cpu().numpy() for x in out))
 
 

@@ -6,7 +6,9 @@ the nuScenes recipe (recipes/nuscenes_label_free.yaml: network input, batch size
 2D labels from the precomputed provider (the foundation-model cost is excluded; providers_speed.py times it):
   1 supervision cache write    `supervise`: JPEG decoding, resizing, LiDAR depth maps from the sweeps, writes
   1b fusion                    `fuse_round` (the recipe's fusion stage): LiDAR of +-3 keyframes and their
-                               sweeps, named by the cached 2D labels of every view; training and labelling read it
+                               sweeps, named by the cached 2D labels of every view; training and labelling read it.
+                               Its cost grows with the window, which a scene of F keyframes cuts to at most F:
+                               benchmarks/fusion_profile.py times it on scenes long enough for the whole window
   2 training                   `train_round`: steps with the real DataLoader over the cache (the trainer's
                                workers), rendering-only steps and steps with the DTS teacher; beside them the
                                same Trainer on random in-memory input of the same shapes, same steps

@@ -114,6 +114,17 @@ def test_a_bad_image_in_a_dataloader_worker_is_one_line(run, capsys, monkeypatch
     unchanged(before, snapshot(run["dir"]))
 
 
+def test_a_truncated_lidar_file_read_ahead_by_fusion_is_one_line(run, capsys, monkeypatch):
+    """Fusion reads keyframes in DataLoader workers and runs its volume rules in a process pool: a bad LiDAR
+    file still stops it with one line naming the file (exit status 2)."""
+    monkeypatch.setenv("AUTOLABEL_WORKERS", "2")  # one reader, one process for the volume rules
+    pcd = sorted((run["world"] / "samples" / "LIDAR_TOP").glob("*.bin"))[-1]  # a keyframe of the last scene
+    pcd.write_bytes(pcd.read_bytes()[:7])
+    assert main(["fuse", str(run["recipe"]), "--set", "fusion.enabled=true"]) == 2
+    line = error_line(capsys, "fuse")
+    assert str(pcd) in line and "7 bytes" in line
+
+
 def test_a_bad_label_map_is_named_and_the_cache_kept(run, capsys, tmp_path):
     npz = first(run["world"] / "labels2d", "*.npz")
     npz.write_bytes(npz.read_bytes()[:100])

@@ -376,3 +376,25 @@ def test_a_frame_without_things_fuses():
     args = _named_points(xyz, [class_id("driveable_surface")] * 3)
     sem = voxelize_votes(*args, [], GRID, 1, FUSION_RULES, cluster_vote=4.0)[0]
     assert (sem == class_id("driveable_surface")).any()
+
+
+def test_ground_smoothing_outvotes_a_misnamed_patch_and_keeps_a_straight_boundary():
+    """The mode filter over the flat-ground classes (fusion.ground_smooth): a 2 x 2 patch of sidewalk inside the
+    road becomes road, the straight edge between road and terrain stays where it is, and things are left alone."""
+    from autolabel.fusion.rules import _smooth_ground
+
+    grid = GridSpec(range_min=(-6.0, -6.0, -1.0), range_max=(6.0, 6.0, 1.0), voxel_size=0.5)  # 24 x 24 x 4
+    road, walk, grass = class_id("driveable_surface"), class_id("sidewalk"), class_id("terrain")
+    vol = np.full(grid.shape, FREE_ID, np.uint8)
+    vol[:, :12, 0] = road
+    vol[:, 12:, 0] = grass  # a straight boundary at y = 12
+    vol[5:7, 5:7, 0] = walk  # a misnamed patch in the road
+    vol[16, 3, 1] = WALL  # a thing above the road
+    sem = vol.reshape(-1).copy()
+    changed = _smooth_ground(sem, grid, 2).reshape(grid.shape)
+    out = sem.reshape(grid.shape)
+    assert (out[:, :12, 0] == road).all() and (out[:, 12:, 0] == grass).all()
+    assert changed.sum() == 4 and changed[5:7, 5:7, 0].all()
+    assert out[16, 3, 1] == WALL and (out[:, :, 2:] == FREE_ID).all()
+    with pytest.raises(ValueError, match="ground_smooth"):
+        FusionConfig(ground_smooth=-1)

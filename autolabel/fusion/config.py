@@ -56,6 +56,10 @@ class FusionConfig:
     # each voxel of a thing (a connected set of named voxels above the ground) adds this times the mean vote
     # share of the whole thing to its own vote shares: one object, one name (a car is not in part a truck)
     cluster_vote: float = 4.0
+    # cells (0.4 m each): every flat-ground voxel takes the ground class most frequent among the flat-ground voxels
+    # within this many cells in x and y and one layer in z (a mode filter); 0: off. Development world, the pool's
+    # two halves: +0.33 / +0.49 mIoU at 2, +0.45 / +0.49 at 4, worse from 6 (BENCHMARKS.md, issue 20)
+    ground_smooth: int = 2
     # the map as evidence for the ground classes (fusion/map_prior.py): a point on the log's semantic prior
     # (driveable area and walkways) has its votes for terrain scaled by 1 - map_prior, one off it its votes for
     # driveable surface and sidewalk; 0: the map is not read. Tuned on the development world (BENCHMARKS.md)
@@ -74,6 +78,7 @@ class FusionConfig:
         _check(self.ground_fill >= 0 and self.free_margin >= 0, "fusion.ground_fill / free_margin must be >= 0")
         _check(self.parked_radius >= -1, "fusion.parked_radius must be >= -1 (-1: off)")
         _check(0 <= self.map_prior < 1, f"fusion.map_prior must lie in [0, 1), got {self.map_prior}")
+        _check(self.ground_smooth >= 0, "fusion.ground_smooth must be >= 0")
         _check(self.close_surfaces >= 0 and self.cluster_vote >= 0, "fusion.close_surfaces / cluster_vote must be >= 0")
 
     def settings(self) -> dict:

@@ -258,6 +258,7 @@ def finish_rules(named: NamedVoxels, grid: GridSpec, cfg: FusionConfig) -> Fused
         ground_fill_unobserved=cfg.ground_fill_unobserved,
         close_surfaces=cfg.close_surfaces,
         cluster_vote=cfg.cluster_vote,
+        ground_smooth=cfg.ground_smooth,
     )
     return Fused(
         semantics=sem.reshape(grid.shape),

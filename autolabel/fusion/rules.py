@@ -19,12 +19,15 @@ next to the frame's own returns (`parked_radius`), and here:
 - `close_surfaces`: the voxels of things are closed (binary closing, 3 x 3 x 3): a surface between two LiDAR
   rings, which no return lies in (rings are 0.7 m apart at 30 m, two voxels), takes the class of the nearest
   thing voxel, even where a ray grazing the surface called it free;
+- `ground_smooth`: each flat-ground voxel takes the ground class most of the flat-ground voxels around it hold
+  (a mode filter over a few cells in bird's-eye view): one view's misnamed patch of road is outvoted by the
+  road around it;
 - `cluster_vote`: each voxel of a thing (a connected set of named voxels above the ground) adds the mean vote
   share of the whole thing to its own: one object, one name.
 The rules' settings are `PointLabelConfig`'s, four of them set by the recipe's `fusion` section (`point_rules`).
 Confidence: an occupied voxel's is the share of its votes for the winning class (after `cluster_vote`) times
-min(1, points / `full_hits`); a free voxel's 1; a filled ground or closed surface voxel's `FILLED_CONFIDENCE`
-(the export's per-class thresholds drop it before observed ones).
+min(1, points / `full_hits`); a free voxel's 1; a filled ground, closed surface or smoothed-over ground voxel's
+`FILLED_CONFIDENCE` (the export's per-class thresholds drop it before observed ones).
 Where it runs: the per-point rules and the rays in torch on the device of the inputs (`_name_voxels`; CUDA when
 fusion runs there), the volume rules on their results in NumPy and scipy.ndimage (`_label_voxels`, on the
 CPU). `voxelize_votes_reference` has the per-point rules in NumPy: the definition the torch path equals
@@ -95,6 +98,7 @@ def voxelize_votes(
     ground_fill_unobserved: bool = False,
     close_surfaces: int = 0,
     cluster_vote: float = 0.0,
+    ground_smooth: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Occupancy labels from named points (module docstring).
 
@@ -109,7 +113,9 @@ def voxelize_votes(
     equal to `voxelize_votes_reference`'s."""
     rules = rules or PointLabelConfig()
     named = name_voxels(points, origins, cast, own, keep, votes, beams, grid, rules)
-    return label_voxels(named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote)
+    return label_voxels(
+        named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote, ground_smooth
+    )
 
 
 def name_voxels(
@@ -138,10 +144,13 @@ def label_voxels(
     ground_fill_unobserved: bool = False,
     close_surfaces: int = 0,
     cluster_vote: float = 0.0,
+    ground_smooth: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The volume rules of `voxelize_votes` on `name_voxels`' results (NumPy and scipy.ndimage, on the CPU):
     `voxelize_votes`' returns."""
-    return _label_voxels(named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote)
+    return _label_voxels(
+        named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote, ground_smooth
+    )
 
 
 def voxelize_votes_reference(
@@ -158,12 +167,15 @@ def voxelize_votes_reference(
     ground_fill_unobserved: bool = False,
     close_surfaces: int = 0,
     cluster_vote: float = 0.0,
+    ground_smooth: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`voxelize_votes` with the per-point rules in NumPy (the definition its torch path is tested against);
     NumPy arguments and results as there."""
     rules = rules or PointLabelConfig()
     named = _name_voxels_reference(points, origins, cast, own, keep, votes, beams, grid, rules)
-    return _label_voxels(named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote)
+    return _label_voxels(
+        named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote, ground_smooth
+    )
 
 
 def _name_voxels_reference(
@@ -317,6 +329,7 @@ def _label_voxels(
     ground_fill_unobserved: bool,
     close_surfaces: int,
     cluster_vote: float,
+    ground_smooth: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The volume rules (NumPy, scipy.ndimage) on the per-point rules' results: `voxelize_votes`' returns."""
     K, nvox = NUM_SEMANTIC_CLASSES, grid.num_voxels
@@ -351,6 +364,8 @@ def _label_voxels(
             above_free=not ground_fill_unobserved,
         )
         conf[before & (sem != IGNORE_ID)] = FILLED_CONFIDENCE
+    if ground_smooth > 0:
+        conf[_smooth_ground(sem, grid, ground_smooth)] = FILLED_CONFIDENCE
     if rules.ground_boundary:
         sem[ground_boundaries(sem, named.ground, grid)] = IGNORE_ID
     conf[sem == FREE_ID] = 1.0
@@ -375,6 +390,32 @@ def _lean_to_things(sums: np.ndarray, index: np.ndarray, grid: GridSpec, weight:
     mean /= np.maximum(mean.sum(1, keepdims=True), 1e-9)
     share[inb] += weight * mean[thing[inb]]
     return share
+
+
+def _smooth_ground(sem: np.ndarray, grid: GridSpec, radius: int) -> np.ndarray:
+    """In place on flat (X*Y*Z,) semantics: every flat-ground voxel takes the flat-ground class most frequent among
+    the voxels within `radius` cells in x and y and one layer in z (ties: the first of FLAT_CLASS_IDS). Returns the
+    (X*Y*Z,) mask of the voxels whose class changed."""
+    vol = sem.reshape(grid.shape)
+    counts = np.stack([_box_counts(vol == c, (radius, radius, 1)) for c in FLAT_CLASS_IDS])
+    flat = np.isin(vol, FLAT_CLASS_IDS)
+    best = np.asarray(FLAT_CLASS_IDS, np.uint8)[counts.argmax(0)]
+    changed = flat & (best != vol)
+    vol[changed] = best[changed]
+    return changed.reshape(-1)
+
+
+def _box_counts(mask: np.ndarray, radius: tuple[int, ...]) -> np.ndarray:
+    """(X, Y, Z) int32: how many voxels of `mask` (X, Y, Z) lie within `radius` voxels along each axis (exact
+    integer box sums, by cumulative sums; outside the grid counts as empty)."""
+    out = mask.astype(np.int32)
+    for axis, r in enumerate(radius):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (r + 1, r)
+        c = np.pad(out, pad).cumsum(axis, dtype=np.int32)
+        n = out.shape[axis]
+        out = np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis) - np.take(c, np.arange(n), axis)
+    return out
 
 
 def _close_things(sem: np.ndarray, grid: GridSpec, iterations: int) -> np.ndarray:

@@ -105,3 +105,31 @@ def test_sweeps_without_a_map_get_no_prior():
     assert (_map_side(bare) == UNKNOWN).all() and len(_map_side(bare)) == 4
     votes = torch.rand(4, 17)
     torch.testing.assert_close(apply_map_prior(votes, _map_side(bare), 0.5), votes)
+
+
+def test_ground_the_map_rules_out_is_renamed_from_its_neighbours():
+    """fusion.map_ground: off the prior, a sidewalk voxel among terrain becomes terrain; on it, terrain deep inside
+    becomes the road around it, terrain within the margin of the prior's edge stays (the prior is dilated), and a
+    ruled-out voxel with no allowed class near keeps its name."""
+    from autolabel.fusion.map_prior import OFF, ON, rename_ruled_out_ground
+    from kernels.grid import GridSpec
+    from occnet.classes import FREE_ID
+
+    grid = GridSpec(range_min=(-6.0, -6.0, -1.0), range_max=(6.0, 6.0, 1.0), voxel_size=0.5)  # 24 x 24 x 4
+    road, walk, grass = class_id("driveable_surface"), class_id("sidewalk"), class_id("terrain")
+    cells = np.full(grid.shape[:2], OFF, np.int8)
+    cells[:, :12] = ON  # the prior covers y < 12
+    vol = np.full(grid.shape, FREE_ID, np.uint8)
+    vol[:, :12, 0], vol[:, 12:, 0] = road, grass
+    vol[4, 4, 0] = grass  # deep inside the prior: not terrain
+    vol[4, 11, 0] = grass  # at the prior's edge: within the margin, kept
+    vol[4, 18, 0] = walk  # off the prior: not sidewalk
+    vol[16:24, 16:24, 0] = FREE_ID
+    vol[20, 20, 0] = road  # off the prior, but no terrain or other flat within reach
+    sem = vol.reshape(-1).copy()
+    changed = rename_ruled_out_ground(sem, cells, grid, radius=2, margin=2).reshape(grid.shape)
+    out = sem.reshape(grid.shape)
+    assert out[4, 4, 0] == road and out[4, 11, 0] == grass and out[4, 18, 0] == grass and out[20, 20, 0] == road
+    assert changed.sum() == 2 and changed[4, 4, 0] and changed[4, 18, 0]
+    with pytest.raises(ValueError, match="map_ground"):
+        FusionConfig(map_ground=-1)

@@ -64,6 +64,12 @@ class FusionConfig:
     # (driveable area and walkways) has its votes for terrain scaled by 1 - map_prior, one off it its votes for
     # driveable surface and sidewalk; 0: the map is not read. Tuned on the development world (BENCHMARKS.md)
     map_prior: float = 0.5
+    # with the map read (map_prior > 0): flat-ground voxels of a class the map rules out in their cell take the
+    # allowed ground class most frequent within map_ground cells around them (0: off); terrain is ruled out only
+    # map_margin metres inside the prior's edge (the prior is dilated by a margin nuScenes does not publish; the
+    # synthetic world's is 1 m). fusion/map_prior.py; tuned on the development world (BENCHMARKS.md)
+    map_ground: int = 4
+    map_margin: float = 1.2
 
     def __post_init__(self) -> None:
         _check(self.window >= 0, "fusion.window must be >= 0")
@@ -79,6 +85,7 @@ class FusionConfig:
         _check(self.parked_radius >= -1, "fusion.parked_radius must be >= -1 (-1: off)")
         _check(0 <= self.map_prior < 1, f"fusion.map_prior must lie in [0, 1), got {self.map_prior}")
         _check(self.ground_smooth >= 0, "fusion.ground_smooth must be >= 0")
+        _check(self.map_ground >= 0 and self.map_margin >= 0, "fusion.map_ground / map_margin must be >= 0")
         _check(self.close_surfaces >= 0 and self.cluster_vote >= 0, "fusion.close_surfaces / cluster_vote must be >= 0")
 
     def settings(self) -> dict:

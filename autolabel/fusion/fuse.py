@@ -26,6 +26,7 @@ Rays are cast only from keyframe sweeps, whose sensor origin is exact; sweep poi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +40,8 @@ from occnet.surfaces import is_flat, layer_entry
 
 from ..annotation.voxelize import PointLabelConfig
 from .config import FusionConfig
-from .map_prior import UNKNOWN, apply_map_prior
-from .rules import NamedVoxels, label_voxels, name_voxels, voxel_index
+from .map_prior import UNKNOWN, apply_map_prior, rename_ruled_out_ground
+from .rules import FILLED_CONFIDENCE, NamedVoxels, label_voxels, name_voxels, voxel_index
 
 
 @dataclass
@@ -172,12 +173,20 @@ def _point_classes(votes: torch.Tensor) -> torch.Tensor:
     return torch.where(seen, votes.argmax(1), torch.full_like(seen, IGNORE_ID, dtype=torch.long))
 
 
-def fuse(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int) -> Fused:
+def fuse(
+    sweeps: list[Sweep],
+    views: list[View],
+    grid: GridSpec,
+    cfg: FusionConfig,
+    target: int,
+    cells: np.ndarray | None = None,
+) -> Fused:
     """Occupancy labels of the labelled keyframe from its window's sweeps and views (module docstring; with
     `fusion.voxels: rules` step 3 is fusion/rules.py's: `name_points` then `finish_rules`). target: the `source`
-    of the labelled keyframe's sweep (needed by the rules: its rays tell the ghosts of moved things)."""
+    of the labelled keyframe's sweep (needed by the rules: its rays tell the ghosts of moved things); cells:
+    the grid's cells against the map (`map_prior.cell_sides`, for `fusion.map_ground`), None: no map."""
     if cfg.voxels == "rules":
-        return finish_rules(name_points(sweeps, views, grid, cfg, target), grid, cfg)
+        return finish_rules(name_points(sweeps, views, grid, cfg, target), grid, cfg, cells)
     points, source, votes, keep = _named_points(sweeps, views, grid, cfg)
     cls = _point_classes(votes)
     dev = points.device
@@ -248,8 +257,9 @@ def name_points(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: Fus
     return name_voxels(points, origins, cast, source == target, keep, votes, beams, grid, point_rules(cfg))
 
 
-def finish_rules(named: NamedVoxels, grid: GridSpec, cfg: FusionConfig) -> Fused:
-    """The volume rules of fusion/rules.py on `name_points`' results (NumPy, scipy.ndimage)."""
+def finish_rules(named: NamedVoxels, grid: GridSpec, cfg: FusionConfig, cells: np.ndarray | None = None) -> Fused:
+    """The volume rules of fusion/rules.py on `name_points`' results (NumPy, scipy.ndimage), then, with the map's
+    `cells` (X, Y) (`map_prior.cell_sides`) and `fusion.map_ground`, the ground classes it rules out renamed."""
     sem, conf, hits = label_voxels(
         named,
         grid,
@@ -260,6 +270,9 @@ def finish_rules(named: NamedVoxels, grid: GridSpec, cfg: FusionConfig) -> Fused
         cluster_vote=cfg.cluster_vote,
         ground_smooth=cfg.ground_smooth,
     )
+    if cells is not None and cfg.map_ground > 0:
+        margin = math.ceil(cfg.map_margin / grid.voxel_size[0] - 1e-9)
+        conf[rename_ruled_out_ground(sem, cells, grid, cfg.map_ground, margin)] = FILLED_CONFIDENCE
     return Fused(
         semantics=sem.reshape(grid.shape),
         confidence=np.round(conf * 255).astype(np.uint8).reshape(grid.shape),

@@ -25,6 +25,7 @@ from ..supervision.cache import SupervisionCache
 from .config import FusionConfig
 from .evidence import KeyframeData, WindowReader, frame_evidence, reading_order
 from .fuse import Fused, finish_rules, fuse, name_points
+from .map_prior import cell_sides
 
 
 def _as_read(item):
@@ -105,10 +106,15 @@ def fuse_round(
                 cams = [v for v in ev.views if v.source == ev.target]
                 K = torch.stack([v.K for v in cams]).float()
                 cam2ego = torch.stack([torch.linalg.inv(v.target2cam) for v in cams]).float()
+                cells = None
+                if cfg.map_prior > 0 and cfg.map_ground > 0:  # the grid's cells against the scene's map
+                    pose = read(frames.tokens[i])[0].frame.lidar.ego2global  # the grid's frame
+                    cells = cell_sides(frames.semantic_prior(frames.tokens[i]), pose, grid)
                 if pool is not None:
-                    job = pool.submit(finish_rules, name_points(ev.sweeps, ev.views, grid, cfg, ev.target), grid, cfg)
+                    named = name_points(ev.sweeps, ev.views, grid, cfg, ev.target)
+                    job = pool.submit(finish_rules, named, grid, cfg, cells)
                 else:
-                    job = fuse(ev.sweeps, ev.views, grid, cfg, ev.target)
+                    job = fuse(ev.sweeps, ev.views, grid, cfg, ev.target, cells)
                 in_flight.append((i, job, (own.origin, own.points[own.keyframe], K, cam2ego)))
                 while len(in_flight) > volume:  # as many frames in the pool as it has processes
                     finish(writer)

@@ -397,7 +397,7 @@ def _smooth_ground(sem: np.ndarray, grid: GridSpec, radius: int) -> np.ndarray:
     the voxels within `radius` cells in x and y and one layer in z (ties: the first of FLAT_CLASS_IDS). Returns the
     (X*Y*Z,) mask of the voxels whose class changed."""
     vol = sem.reshape(grid.shape)
-    counts = np.stack([_box_counts(vol == c, (radius, radius, 1)) for c in FLAT_CLASS_IDS])
+    counts = np.stack([box_counts(vol == c, (radius, radius, 1)) for c in FLAT_CLASS_IDS])
     flat = np.isin(vol, FLAT_CLASS_IDS)
     best = np.asarray(FLAT_CLASS_IDS, np.uint8)[counts.argmax(0)]
     changed = flat & (best != vol)
@@ -405,7 +405,7 @@ def _smooth_ground(sem: np.ndarray, grid: GridSpec, radius: int) -> np.ndarray:
     return changed.reshape(-1)
 
 
-def _box_counts(mask: np.ndarray, radius: tuple[int, ...]) -> np.ndarray:
+def box_counts(mask: np.ndarray, radius: tuple[int, ...]) -> np.ndarray:
     """(X, Y, Z) int32: how many voxels of `mask` (X, Y, Z) lie within `radius` voxels along each axis (exact
     integer box sums, by cumulative sums; outside the grid counts as empty)."""
     out = mask.astype(np.int32)

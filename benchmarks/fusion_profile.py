@@ -34,10 +34,7 @@ import shutil
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,10 +48,6 @@ from autolabel.fusion.evidence import window_tokens  # noqa: E402
 from autolabel.stages.inputs import open_cache, open_frames  # noqa: E402
 from autolabel.store import frame_arrays  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
-from autolabel.supervision.cache import supervise  # noqa: E402
-from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
-from autolabel.synth.writer import SynthConfig, write_dataset  # noqa: E402
-from kernels.grid import GridSpec  # noqa: E402
 from occnet.trainer import default_workers  # noqa: E402
 
 SWEEPS = 9
@@ -65,34 +58,8 @@ SECTIONS = (
     (rules, "_name_voxels", "per-point rules and rays"),
     (rules, "_label_voxels", "volume rules"),
     (fusion_label, "visibility_masks", "visibility masks"),
+    (frame_arrays.FrameArrays, "write_frames", "shard writes (writer thread)"),
 )
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def prepare(run: Path, scenes: int, frames: int, image_size: tuple[int, int], device_name: str):
-    """The world and its supervision cache (made once), and the recipe that reads them."""
-    world = run / "world"
-    if not (world / scale.VERSION).is_dir():
-        tmp = run / "world.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        cfg = SynthConfig(scenes=scenes, frames_per_scene=frames, seed=0, image_size=image_size, sweeps=SWEEPS)
-        write_dataset(tmp, cfg, GridSpec(), progress=False, workers=scenes)
-        tmp.rename(world)
-    args = types.SimpleNamespace(sweeps=SWEEPS, device=device_name, micro=False, set=[])
-    recipe = scale.recipe_for(run / "stores", world, args)
-    device = resolve_device(recipe.device)
-    done = run / "stores" / "prepared"
-    if not done.is_file():
-        f = open_frames(recipe, "all", load_images=False, load_gt=False)
-        provider = build_provider(recipe.supervision, f.dataroot, f.nusc)
-        sup = recipe.supervision
-        supervise(f, provider, recipe.cache_path, recipe.network.image_size, sup.lidar_min_depth, sup.lidar_max_depth)
-        done.write_text("cache written\n")
-    return recipe, device
 
 
 def main() -> None:
@@ -107,7 +74,7 @@ def main() -> None:
     run = Path(args.run).absolute()
     run.mkdir(parents=True, exist_ok=True)
     size = tuple(int(v) for v in args.image_size.split("x"))
-    recipe, device = prepare(run, args.scenes, args.frames, size, args.device)
+    recipe, device = scale.supervised_world(run, args.scenes, args.frames, size, SWEEPS, args.device)
     frames = open_frames(recipe, "train", load_images=False, load_gt=False)
     first = scale.first_scene(frames, recipe, False)
     cache, grid, cfg = open_cache(recipe), recipe.network.grid, recipe.fusion
@@ -116,10 +83,10 @@ def main() -> None:
         path = run / "fused" / name
         shutil.rmtree(path, ignore_errors=True)
         store = LabelStore(path, grid, create=True)
-        sync(device)
+        scale.sync(device)
         t0 = time.perf_counter()
         r = fusion_label.fuse_round(f, cache, store, 0, grid, cfg, device, progress=False, workers=workers)
-        sync(device)
+        scale.sync(device)
         return r["labelled"], time.perf_counter() - t0
 
     call(first, "warmup")
@@ -129,30 +96,8 @@ def main() -> None:
         (n_a, t_a), (n_b, t_b) = call(first, "first"), call(frames, "whole")
         pairs.append(scale.steady((n_a, t_a), (n_b, t_b)))
 
-    spent: dict[str, float] = {}
-
-    def timed(name: str, fn):
-        def wrapper(*a, **k):
-            sync(device)
-            t0 = time.perf_counter()
-            out = fn(*a, **k)
-            sync(device)
-            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
-            return out
-
-        return wrapper
-
-    saved = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in SECTIONS]
-    write = frame_arrays.FrameArrays.write_frames
-    try:
-        for (mod, attr, name), (_, _, fn) in zip(SECTIONS, saved):
-            setattr(mod, attr, timed(name, fn))
-        frame_arrays.FrameArrays.write_frames = timed("shard writes (writer thread)", write)
+    with scale.timed_sections(SECTIONS, device, {}) as spent:
         n, seconds = call(frames, "sections", workers=0)
-    finally:
-        for mod, attr, fn in saved:
-            setattr(mod, attr, fn)
-        frame_arrays.FrameArrays.write_frames = write
 
     prof = cProfile.Profile()
     prof.enable()

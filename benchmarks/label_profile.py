@@ -26,7 +26,6 @@ import shutil
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -41,40 +40,20 @@ from autolabel.fusion.label import fuse_round  # noqa: E402
 from autolabel.stages.inputs import open_cache, open_frames  # noqa: E402
 from autolabel.store import frame_arrays  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
-from autolabel.supervision.cache import supervise  # noqa: E402
-from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
-from autolabel.synth.writer import SynthConfig, write_dataset  # noqa: E402
-from kernels.grid import GridSpec  # noqa: E402
 
 SWEEPS = 9
-SECTIONS = ("teacher_probabilities", "frame_lidar", "pseudo_labels", "visibility_masks", "batch_fractions")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+SECTIONS = tuple(
+    (labelling, name, name)
+    for name in ("teacher_probabilities", "frame_lidar", "pseudo_labels", "visibility_masks", "batch_fractions")
+) + ((frame_arrays.FrameArrays, "write_frames", "shard writes (writer thread)"),)
 
 
 def prepare(run: Path, scenes: int, image_size: tuple[int, int], device_name: str):
-    """The world, its supervision cache and fused labels (made once), and the recipe that reads them."""
-    world = run / "world"
-    if not (world / scale.VERSION).is_dir():
-        tmp = run / "world.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        cfg = SynthConfig(scenes=scenes, frames_per_scene=2, seed=0, image_size=image_size, sweeps=SWEEPS)
-        write_dataset(tmp, cfg, GridSpec(), progress=False, workers=scenes)
-        tmp.rename(world)
-    args = types.SimpleNamespace(sweeps=SWEEPS, device=device_name, micro=False, set=[])
-    recipe = scale.recipe_for(run / "stores", world, args)
-    device = resolve_device(recipe.device)
+    """The world (SCENES x 2 keyframes), its supervision cache and fused labels (made once), and the recipe that
+    reads them."""
+    recipe, device = scale.supervised_world(run, scenes, 2, image_size, SWEEPS, device_name)
     done = run / "stores" / "prepared"
     if not done.is_file():
-        frames = open_frames(recipe, "all", load_images=False, load_gt=False)
-        provider = build_provider(recipe.supervision, frames.dataroot, frames.nusc)
-        sup = recipe.supervision
-        supervise(
-            frames, provider, recipe.cache_path, recipe.network.image_size, sup.lidar_min_depth, sup.lidar_max_depth
-        )
         frames = open_frames(recipe, "train", load_images=False, load_gt=False)
         store = LabelStore(recipe.fusion_path, recipe.network.grid, create=True)
         fuse_round(frames, open_cache(recipe), store, 0, recipe.network.grid, recipe.fusion, device)
@@ -101,10 +80,10 @@ def main() -> None:
     def call(f, name: str) -> tuple[int, float]:
         path = run / "labels" / name
         shutil.rmtree(path, ignore_errors=True)
-        sync(device)
+        scale.sync(device)
         t0 = time.perf_counter()
         r = label(f, path)
-        sync(device)
+        scale.sync(device)
         return r["labelled"], time.perf_counter() - t0
 
     call(first, "warmup")
@@ -114,30 +93,8 @@ def main() -> None:
         (n_a, t_a), (n_b, t_b) = call(first, "first"), call(frames, "whole")
         rates.append((n_b - n_a) / (t_b - t_a))
 
-    spent: dict[str, float] = {}
-
-    def timed(name: str, fn):
-        def wrapper(*a, **k):
-            sync(device)
-            t0 = time.perf_counter()
-            out = fn(*a, **k)
-            sync(device)
-            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
-            return out
-
-        return wrapper
-
-    saved = {name: getattr(labelling, name) for name in SECTIONS}
-    write = frame_arrays.FrameArrays.write_frames
-    try:
-        for name in SECTIONS:
-            setattr(labelling, name, timed(name, saved[name]))
-        frame_arrays.FrameArrays.write_frames = timed("shard writes (writer thread)", write)
+    with scale.timed_sections(SECTIONS, device, {}) as spent:
         n, _ = call(frames, "sections")
-    finally:
-        for name in SECTIONS:
-            setattr(labelling, name, saved[name])
-        frame_arrays.FrameArrays.write_frames = write
 
     with torch.profiler.profile() as prof:
         call(frames, "profiled")

@@ -36,6 +36,7 @@ RUN holds the world (RUN/world unless --world) and the stores; --out (default RU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -418,6 +420,57 @@ def random_like(batch: dict, seed: int = 0) -> dict:
 def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def timed_sections(sections, device, spent: dict[str, float]):
+    """Within the block, each (object, attribute, name) of `sections` is wrapped in device synchronisations and
+    the seconds its calls take add up in spent[name]; the originals are put back after (the profile scripts)."""
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in sections]
+
+    def timed(name: str, fn):
+        def wrapper(*a, **k):
+            sync(device)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync(device)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+            return out
+
+        return wrapper
+
+    try:
+        for (obj, attr, name), (_, _, fn) in zip(sections, saved):
+            setattr(obj, attr, timed(name, fn))
+        yield spent
+    finally:
+        for obj, attr, fn in saved:
+            setattr(obj, attr, fn)
+
+
+def supervised_world(run: Path, scenes: int, frames: int, image_size: tuple[int, int], sweeps: int, device_name: str):
+    """A world of SCENES x FRAMES keyframes at `image_size` with `sweeps` sweeps before each keyframe's in RUN/world
+    and its supervision cache in RUN/stores (each made once), and the recipe that reads them (`recipe_for`)."""
+    from autolabel.synth.writer import SynthConfig, write_dataset
+    from kernels.grid import GridSpec
+
+    world = run / "world"
+    if not (world / VERSION).is_dir():
+        tmp = run / "world.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cfg = SynthConfig(scenes=scenes, frames_per_scene=frames, seed=0, image_size=image_size, sweeps=sweeps)
+        write_dataset(tmp, cfg, GridSpec(), progress=False, workers=scenes)
+        tmp.rename(world)
+    args = types.SimpleNamespace(sweeps=sweeps, device=device_name, micro=False, set=[])
+    recipe = recipe_for(run / "stores", world, args)
+    done = run / "stores" / "supervised"
+    if not done.is_file():
+        f = open_frames(recipe, "all", load_images=False, load_gt=False)
+        sup = recipe.supervision
+        provider = build_provider(sup, f.dataroot, f.nusc)
+        supervise(f, provider, recipe.cache_path, recipe.network.image_size, sup.lidar_min_depth, sup.lidar_max_depth)
+        done.write_text("cache written\n")
+    return recipe, resolve_device(recipe.device)
 
 
 def stage_train(run: Path, world: Path, args, device) -> dict:

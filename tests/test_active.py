@@ -399,3 +399,33 @@ def test_export_holds_the_manual_labels_with_their_source(run_copy, pool_world, 
         else:
             assert got.source == "pseudo"
             np.testing.assert_array_equal(got.semantics, pseudo.read(pseudo.index(token), "semantics"))
+
+
+def test_manual_labels_are_read_from_the_store_when_asked_for(tmp_path, monkeypatch):
+    """`manual_labels` holds no frame's arrays (a round at nuScenes scale holds thousands): it reads a frame when
+    training asks for it, and gives what ingest wrote."""
+    import autolabel.store.manual as manual_module
+    from autolabel.store.labels import LabelStore
+    from autolabel.store.manual import labelled_voxels, manual_labels
+    from tiny_models import TINY_GRID
+
+    path = tmp_path / "labels.zarr"
+    store = LabelStore(path, TINY_GRID, create=True)
+    tokens = ["a", "b", "c"]
+    arrays = store.manual(tokens, ["s"] * 3, create=True)
+    sem = np.full(TINY_GRID.shape, 17, np.uint8)
+    sem[0, 0, 0] = 4
+    conf = np.full(TINY_GRID.shape, 255, np.uint8)
+    conf[1] = 0  # frame c: a region-level label
+    ones = np.ones(TINY_GRID.shape, np.uint8)
+    for i, c in ((0, np.full_like(conf, 255)), (2, conf)):
+        arrays.write_frames([i], semantics=sem[None], confidence=c[None], mask_camera=ones[None], mask_lidar=ones[None])
+    reads = []
+    monkeypatch.setattr(manual_module, "read_frame", lambda a, i: reads.append(i))
+    labels = manual_labels(path, TINY_GRID, exclude={"a"})
+    assert list(labels) == ["c"] and len(labels) == 1 and "b" not in labels and reads == []  # nothing read yet
+    monkeypatch.undo()
+    c = labels["c"]
+    assert c.semantics[0, 0, 0] == 4 and c.mask_annotated.sum() == conf.size - conf[1].size
+    assert labelled_voxels(labels, TINY_GRID.shape) == conf.size - conf[1].size
+    assert manual_labels(tmp_path / "absent.zarr", TINY_GRID) == {}

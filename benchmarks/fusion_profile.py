@@ -56,7 +56,7 @@ SECTIONS = (
     (fusion_label, "frame_evidence", "read the window"),
     (fusing, "vote", "vote"),
     (rules, "_name_voxels", "per-point rules and rays"),
-    (rules, "_label_voxels", "volume rules"),
+    (fusing, "label_voxels", "volume rules"),
     (fusion_label, "visibility_masks", "visibility masks"),
     (frame_arrays.FrameArrays, "write_frames", "shard writes (writer thread)"),
 )

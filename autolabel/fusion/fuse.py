@@ -146,9 +146,9 @@ def near_returns(points: torch.Tensor, now: torch.Tensor, grid: GridSpec, radius
 
 def _named_points(
     sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Steps 1 and 2: the window's points (P, 3), the keyframe each came from (P,), their votes (P, 17) and
-    whether fusion keeps them (P,) bool."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1 and 2: the window's points (P, 3), the keyframe each came from (P,), their votes (P, 17), the class
+    of their votes (P,) (IGNORE_ID: no view saw it) and whether fusion keeps them (P,) bool."""
     dev = sweeps[0].points.device
     points = torch.cat([s.points for s in sweeps])
     source = torch.cat([torch.full((len(s.points),), s.source, dtype=torch.long, device=dev) for s in sweeps])
@@ -159,18 +159,13 @@ def _named_points(
     votes = torch.where(own_dynamic[:, None], own, votes)
     if cfg.map_prior > 0 and any(s.map_side is not None for s in sweeps):
         votes = apply_map_prior(votes, torch.cat([_map_side(s) for s in sweeps]), cfg.map_prior)
-    cls = _point_classes(votes)
+    seen = votes.sum(1) > 0
+    cls = torch.where(seen, votes.argmax(1), torch.full_like(source, IGNORE_ID))
     now = seconds.abs() <= cfg.dynamic_seconds + 1e-6
-    keep = now | ((cls != IGNORE_ID) & ~torch.isin(cls, dynamic))
+    keep = now | (seen & ~torch.isin(cls, dynamic))
     if cfg.parked_radius >= 0:  # a thing still there at the frame's own time keeps its other views' points
         keep |= near_returns(points, now, grid, cfg.parked_radius)
-    return points, source, votes, keep
-
-
-def _point_classes(votes: torch.Tensor) -> torch.Tensor:
-    """(P,) int64 class of each point's votes (P, 17), IGNORE_ID where no view saw it."""
-    seen = votes.sum(1) > 0
-    return torch.where(seen, votes.argmax(1), torch.full_like(seen, IGNORE_ID, dtype=torch.long))
+    return points, source, votes, cls, keep
 
 
 def fuse(
@@ -187,8 +182,7 @@ def fuse(
     the grid's cells against the map (`map_prior.cell_sides`, for `fusion.map_ground`), None: no map."""
     if cfg.voxels == "rules":
         return finish_rules(name_points(sweeps, views, grid, cfg, target), grid, cfg, cells)
-    points, source, votes, keep = _named_points(sweeps, views, grid, cfg)
-    cls = _point_classes(votes)
+    points, _, votes, cls, keep = _named_points(sweeps, views, grid, cfg)
     dev = points.device
     index, inside = voxel_index(points, grid)
     sel = keep & inside
@@ -250,7 +244,7 @@ def point_rules(cfg: FusionConfig) -> PointLabelConfig:
 def name_points(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int) -> NamedVoxels:
     """Steps 1 and 2 and the per-point rules of step 3 by fusion/rules.py (`fusion.voxels: rules`), on the sweeps'
     device: what `finish_rules` turns into labels, on the CPU (in another process where fuse_round has workers)."""
-    points, source, votes, keep = _named_points(sweeps, views, grid, cfg)
+    points, source, votes, _, keep = _named_points(sweeps, views, grid, cfg)
     origins = torch.cat([s.origin.expand(len(s.points), 3) for s in sweeps])
     beams = [(s.origin.cpu().numpy(), s.beams, s.beam_free) for s in sweeps if s.beams is not None]
     cast = torch.cat([s.keyframe for s in sweeps])

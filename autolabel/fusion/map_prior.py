@@ -25,7 +25,7 @@ from scipy.ndimage import binary_erosion
 from kernels.grid import GridSpec
 from occnet.classes import FLAT_CLASS_IDS, MAP_PRIOR_CLASS_IDS, class_id
 
-from .rules import box_counts
+from .rules import most_frequent
 
 ON, OFF, UNKNOWN = 1, 0, -1
 RULED_OUT_ON = (class_id("terrain"),)  # the ground classes a point on the prior cannot be
@@ -78,10 +78,8 @@ def rename_ruled_out_ground(sem: np.ndarray, cells: np.ndarray, grid: GridSpec, 
         wrong = where[:, :, None] & np.isin(named, ruled_out)
         if not wrong.any():
             continue
-        allowed = [c for c in FLAT_CLASS_IDS if c not in ruled_out]
-        counts = np.stack([box_counts(named == c, (radius, radius, 1)) for c in allowed])
-        best = np.asarray(allowed, np.uint8)[counts.argmax(0)]
-        rename = wrong & (counts.max(0) > 0)
+        best, near = most_frequent(named, [c for c in FLAT_CLASS_IDS if c not in ruled_out], radius)
+        rename = wrong & near
         changed |= rename
         vol[rename] = best[rename]
     return changed.reshape(-1)

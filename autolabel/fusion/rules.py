@@ -29,7 +29,7 @@ Confidence: an occupied voxel's is the share of its votes for the winning class 
 min(1, points / `full_hits`); a free voxel's 1; a filled ground, closed surface or smoothed-over ground voxel's
 `FILLED_CONFIDENCE` (the export's per-class thresholds drop it before observed ones).
 Where it runs: the per-point rules and the rays in torch on the device of the inputs (`_name_voxels`; CUDA when
-fusion runs there), the volume rules on their results in NumPy and scipy.ndimage (`_label_voxels`, on the
+fusion runs there), the volume rules on their results in NumPy and scipy.ndimage (`label_voxels`, on the
 CPU). `voxelize_votes_reference` has the per-point rules in NumPy: the definition the torch path equals
 (semantics and points per voxel identical, confidence to float32 rounding; tests/test_fusion_torch.py).
 """
@@ -136,23 +136,6 @@ def name_voxels(
     return _name_voxels(*(x.to(dev) for x in t), beams, grid, rules)
 
 
-def label_voxels(
-    named: NamedVoxels,
-    grid: GridSpec,
-    full_hits: int,
-    rules: PointLabelConfig,
-    ground_fill_unobserved: bool = False,
-    close_surfaces: int = 0,
-    cluster_vote: float = 0.0,
-    ground_smooth: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The volume rules of `voxelize_votes` on `name_voxels`' results (NumPy and scipy.ndimage, on the CPU):
-    `voxelize_votes`' returns."""
-    return _label_voxels(
-        named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote, ground_smooth
-    )
-
-
 def voxelize_votes_reference(
     points: np.ndarray,
     origins: np.ndarray,
@@ -173,7 +156,7 @@ def voxelize_votes_reference(
     NumPy arguments and results as there."""
     rules = rules or PointLabelConfig()
     named = _name_voxels_reference(points, origins, cast, own, keep, votes, beams, grid, rules)
-    return _label_voxels(
+    return label_voxels(
         named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote, ground_smooth
     )
 
@@ -321,7 +304,7 @@ def _on_ground(points: torch.Tensor, layers: torch.Tensor, grid: GridSpec) -> to
     return inside & (layer >= 0) & (ijk[:, 2] <= layer)
 
 
-def _label_voxels(
+def label_voxels(
     named: NamedVoxels,
     grid: GridSpec,
     full_hits: int,
@@ -331,7 +314,8 @@ def _label_voxels(
     cluster_vote: float,
     ground_smooth: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The volume rules (NumPy, scipy.ndimage) on the per-point rules' results: `voxelize_votes`' returns."""
+    """The volume rules of `voxelize_votes` (NumPy, scipy.ndimage, on the CPU) on `name_voxels`' results (which may
+    come from another process): `voxelize_votes`' returns."""
     K, nvox = NUM_SEMANTIC_CLASSES, grid.num_voxels
     index, sums, hits = named.index, named.sums, named.hits
     if cluster_vote > 0:
@@ -397,12 +381,17 @@ def _smooth_ground(sem: np.ndarray, grid: GridSpec, radius: int) -> np.ndarray:
     the voxels within `radius` cells in x and y and one layer in z (ties: the first of FLAT_CLASS_IDS). Returns the
     (X*Y*Z,) mask of the voxels whose class changed."""
     vol = sem.reshape(grid.shape)
-    counts = np.stack([box_counts(vol == c, (radius, radius, 1)) for c in FLAT_CLASS_IDS])
-    flat = np.isin(vol, FLAT_CLASS_IDS)
-    best = np.asarray(FLAT_CLASS_IDS, np.uint8)[counts.argmax(0)]
-    changed = flat & (best != vol)
+    best, _ = most_frequent(vol, FLAT_CLASS_IDS, radius)
+    changed = np.isin(vol, FLAT_CLASS_IDS) & (best != vol)
     vol[changed] = best[changed]
     return changed.reshape(-1)
+
+
+def most_frequent(vol: np.ndarray, classes, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per voxel of `vol` (X, Y, Z) uint8: which of `classes` is most frequent within `radius` cells in x and y and
+    one layer in z ((X, Y, Z) uint8; ties: the first of `classes`), and whether any of them is there (bool)."""
+    counts = np.stack([box_counts(vol == c, (radius, radius, 1)) for c in classes])
+    return np.asarray(classes, np.uint8)[counts.argmax(0)], counts.max(0) > 0
 
 
 def box_counts(mask: np.ndarray, radius: tuple[int, ...]) -> np.ndarray:

@@ -132,6 +132,9 @@ class LossConfig:
     # -class_balance_3d, free voxels unchanged (occnet.losses.voxel_ce; 0 = off). 0.5: +2.0 mIoU for the
     # 3D-supervised network on the development world, one seed (BENCHMARKS.md, benchmark v2)
     class_balance_3d: float = 0.5
+    # label smoothing of the names (not the occupancy) of the 3D targets made without annotation: pseudo_3d
+    # and fused_3d (occnet.losses.voxel_ce); exact 3D labels are not smoothed
+    smoothing_3d: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -147,6 +150,7 @@ class LossConfig:
             _check(getattr(self, name) >= 0, f"LossConfig.{name} must be >= 0")
         _check(0 <= self.silog_lambda <= 1, "LossConfig.silog_lambda must lie in [0, 1]")
         _check(0 <= self.class_balance_3d <= 1, "LossConfig.class_balance_3d must lie in [0, 1]")
+        _check(0 <= self.smoothing_3d < 1, "LossConfig.smoothing_3d must lie in [0, 1)")
 
     @property
     def rendering_only(self) -> bool:

@@ -64,9 +64,15 @@ def voxel_ce(
     weight: torch.Tensor,
     voxel_size: float,
     class_balance: float = 0.0,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Weighted cross-entropy over voxels; target (B, X, Y, Z) ids in 0..K (K = free), 255 ignored;
     weight (B, X, Y, Z) (mask_camera for labels, confidence for pseudo-labels).
+
+    smoothing e > 0 softens an occupied voxel's class, not its occupancy: the target puts 1 - e on the
+    named class and e spread evenly over the K classes, so -log P(occupied) stays whole and only the name
+    is hedged. Labels made without annotation are named less reliably than they are placed (the fused
+    labels' geometry matches the 3D-supervised network's, their names do not).
 
     class_balance a > 0 multiplies an occupied voxel's weight by (share of its class among the batch's
     weighted occupied voxels) ** -a, rescaled so the occupied voxels' total weight is unchanged; free
@@ -79,7 +85,12 @@ def voxel_ce(
     if not valid.any():
         return logp.sum() * 0
     tgt = target[valid].long()
-    nll = -logp[valid].gather(1, tgt[:, None])[:, 0]
+    lp = logp[valid]
+    nll = -lp.gather(1, tgt[:, None])[:, 0]
+    if smoothing > 0:
+        k = lp.shape[-1] - 1
+        spread = -lp[:, :k].mean(1)  # -log o - mean_c log softmax_c: occupancy whole, names even
+        nll = torch.where(tgt < k, (1 - smoothing) * nll + smoothing * spread, nll)
     w = weight[valid].float()
     if class_balance > 0:
         mass = torch.bincount(tgt, weights=w, minlength=logp.shape[-1])

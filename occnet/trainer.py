@@ -313,7 +313,7 @@ class Trainer:
             else:
                 w = b["pseudo_confidence"].float() * b["has_pseudo"].float()[:, None, None, None]
             terms["pseudo3d"] = lc.pseudo_3d * voxel_ce(
-                out.density, out.logits, b["pseudo_semantics"], w, voxel, lc.class_balance_3d
+                out.density, out.logits, b["pseudo_semantics"], w, voxel, lc.class_balance_3d, lc.smoothing_3d
             )
         if lc.fused_3d > 0 and "fused_semantics" in b:
             # labels fused from the scene's evidence (255 where it saw nothing): like pseudo-labels, on the
@@ -324,7 +324,7 @@ class Trainer:
             elif "has_gt" in b:
                 w = w * (~b["has_gt"].bool()).float()[:, None, None, None]
             terms["fused3d"] = lc.fused_3d * voxel_ce(
-                out.density, out.logits, b["fused_semantics"], w, voxel, lc.class_balance_3d
+                out.density, out.logits, b["fused_semantics"], w, voxel, lc.class_balance_3d, lc.smoothing_3d
             )
         if not terms:
             raise ValueError("Trainer: every loss is off or has no targets in the batch; turn one on in LossConfig")

@@ -143,3 +143,32 @@ def test_augmented_training_is_a_function_of_the_step(tiny_dataset, tmp_path):  
     a, b = run(tmp_path / "a"), run(tmp_path / "b")
     assert a == pytest.approx(b, rel=1e-5)
     assert all(torch.isfinite(torch.tensor(a)))
+
+
+def test_smoothed_voxel_ce_hedges_the_name_not_the_occupancy():
+    torch.manual_seed(1)
+    dens = (torch.rand(1, 4, 4, 2) * 3).requires_grad_()
+    logits = torch.randn(1, 4, 4, 2, 17, requires_grad=True)
+    target = torch.full((1, 4, 4, 2), 17, dtype=torch.uint8)  # free
+    target[0, :2] = 11
+    target[0, 3, 3, 1] = 255  # ignored
+    w = torch.rand(1, 4, 4, 2)
+    eps = 0.2
+    got = voxel_ce(dens, logits, target, w, 0.4, smoothing=eps)
+    # the soft target written out: occupied voxels 1 - eps on their class + eps / 17 on each class, over
+    # P(c) = o softmax_c; free voxels one-hot on free
+    o = -torch.expm1(-dens * 0.4)
+    logp_cls = torch.log(o)[..., None] + logits.log_softmax(-1)
+    soft = torch.full_like(logits, eps / 17)
+    occ = (target < 17) & (target != 255)
+    soft[occ] += (1 - eps) * torch.nn.functional.one_hot(target[occ].long(), 17)
+    per = torch.where(occ, -(soft * logp_cls).sum(-1), dens * 0.4)  # -log P(free) = sigma * voxel_size
+    keep = target != 255
+    want = (w * per)[keep].sum() / w[keep].sum()
+    torch.testing.assert_close(got, want)
+    # occupancy untouched: the density gradient equals the unsmoothed loss's
+    g_s = torch.autograd.grad(got, dens)[0]
+    g_0 = torch.autograd.grad(voxel_ce(dens, logits, target, w, 0.4), dens)[0]
+    torch.testing.assert_close(g_s, g_0)
+    # off is the plain loss, bit for bit
+    assert torch.equal(voxel_ce(dens, logits, target, w, 0.4, smoothing=0.0), voxel_ce(dens, logits, target, w, 0.4))

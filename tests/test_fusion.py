@@ -11,7 +11,8 @@ from autolabel.data.nuscenes import NuScenesFrames
 from autolabel.errors import DataError
 from autolabel.fusion.config import FusionConfig
 from autolabel.fusion.evidence import frame_evidence, window_tokens
-from autolabel.fusion.fuse import Sweep, View, fuse, point_rules, vote
+from autolabel.fusion.fuse import Sweep, View, fuse, moved_with_tracks, point_rules, track_votes, vote
+from nuscenes.utils.geometry_utils import points_in_box
 from autolabel.annotation.voxelize import fill_ground
 from autolabel.fusion.rules import voxelize_votes
 from autolabel.supervision.cache import SupervisionCache, supervise
@@ -78,6 +79,30 @@ def test_voting_across_the_window_corrects_noisy_2d_labels(world):
     # measured on this world: class accuracy 84.9% alone, 87.5% with +-1 keyframe (85.4 -> 92.3 with four
     # keyframes a scene)
     assert fused[2] > alone[2] + 0.015
+
+
+def test_tracked_points_of_other_keyframes_move_into_their_object_s_box_of_now(world):
+    """The boxes' poses and the points' frames agree: an object's points seen at other keyframes, moved with its
+    track, lie in that object's box as the dataset annotates it at the labelled keyframe."""
+    frames, caches = world
+    cfg = FusionConfig(window=1)
+    token = frames.tokens[1]  # a keyframe with neighbours on both sides
+    ev = frame_evidence(frames, caches["exact"], token, cfg, torch.device("cpu"))
+    motion, moved = moved_with_tracks(ev.sweeps, ev.target)
+    assert int(moved.sum()) > 50
+    pts = torch.cat([s.points for s in ev.sweeps])[moved]
+    pts = (motion[moved, :3, :3] @ pts[..., None])[..., 0] + motion[moved, :3, 3]
+    ego2global = frames.frame(token, images=False).lidar.ego2global
+    xyz = pts.numpy() @ ego2global[:3, :3].T + ego2global[:3, 3]
+    instance = torch.cat([s.instance for s in ev.sweeps])[moved].numpy()
+    boxes = frames.moving_boxes(token)
+    ids = {}  # the window's ids in the order frame_evidence gave them, keyframe by keyframe
+    for t in window_tokens(frames, token, cfg.window):
+        for i in frames.moving_boxes(t):
+            ids.setdefault(i, len(ids))
+    names = {v: k for k, v in ids.items()}
+    inside = [points_in_box(boxes[names[i]], x[:, None], wlh_factor=1.001)[0] for i, x in zip(instance.tolist(), xyz)]
+    assert all(inside)
 
 
 def test_window_stays_in_the_scene(world):
@@ -345,6 +370,55 @@ def test_a_parked_car_keeps_the_points_of_other_keyframes_next_to_its_own(radius
     f = fuse(sweeps, views, GRID, FusionConfig(zbuffer_pool=1, parked_radius=radius, close_surfaces=0), 0)
     assert f.semantics[12, 8, 2] == CAR
     assert (f.semantics[12, 9, 2] == CAR) == kept
+
+
+def _box(x: float) -> np.ndarray:
+    """A tracked object's box -> labelled-frame pose: centre (x, 0.25, 0.3), unrotated."""
+    pose = np.eye(4)
+    pose[:3, 3] = (x, 0.25, 0.3)
+    return pose
+
+
+@pytest.mark.parametrize("tracks", [True, False])
+def test_a_tracked_car_is_named_by_all_its_keyframes_and_moved_to_where_it_is(tracks):
+    """One object (track 0) seen now at x = 2.1 by a view that calls it truck, and 0.5 s later 1 m further on by
+    views that call its two points car. With the tracks read, the object's votes over the window name its point
+    of now car, and the later points move with its box to now (x = 2.1, the y = 0.5 point into a voxel of its
+    own); without, the point of now stays truck and the later points are left behind as another time's car."""
+    zero = torch.zeros(3, dtype=torch.float64)
+    now = Sweep(
+        torch.tensor([[2.1, 0.0, 0.1]], dtype=torch.float64),
+        zero,
+        torch.ones(1, dtype=torch.bool),
+        torch.zeros(1, dtype=torch.float64),
+        0,
+        instance=torch.zeros(1, dtype=torch.long),
+        boxes={0: _box(2.5)},
+    )
+    later = Sweep(
+        torch.tensor([[3.1, 0.0, 0.1], [3.1, 0.5, 0.1]], dtype=torch.float64),
+        zero,
+        torch.ones(2, dtype=torch.bool),
+        torch.full((2,), 0.5, dtype=torch.float64),
+        1,
+        instance=torch.zeros(2, dtype=torch.long),
+        boxes={0: _box(3.5)},
+    )
+    views = [_view(np.full((20, 20), TRUCK), 0), _view(np.full((20, 20), CAR), 1)]
+    cfg = FusionConfig(zbuffer_pool=1, close_surfaces=0, cluster_vote=0, track_vote=float(tracks), track_move=tracks)
+    f = fuse([now, later], views, GRID, cfg, 0)
+    assert f.semantics[12, 8, 2] == (CAR if tracks else TRUCK)
+    assert (f.semantics[12, 9, 2] == CAR) == tracks  # the later point at y = 0.5, moved to x = 2.1
+    assert f.semantics[14, 8, 2] != CAR and f.semantics[14, 9, 2] != CAR  # where the car was later: no ghost
+
+
+def test_track_votes_share_an_object_s_votes_by_each_point_s_mass():
+    votes = torch.tensor([[2.0, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 5]])  # the third point: no view saw it
+    instance = torch.tensor([7, 7, 7, -1])
+    got = track_votes(votes, instance)
+    share = torch.tensor([2 / 3, 1 / 3, 0])
+    want = torch.stack([2 * share, 1 * share, 1.5 * share, torch.zeros(3)])  # unseen: the mean mass 1.5
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("above_free", [True, False])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import autolabel.data.nuscenes as nuscenes_module
-from autolabel.data.movers import boxes_at, is_moving_category
+from autolabel.data.movers import box_members, box_pose, boxes_at, is_moving_category
 from autolabel.data.nuscenes import NuScenesFrames
 from autolabel.supervision.lidar_depth import lidar_depth_maps
 from autolabel.synth.writer import SynthConfig, write_dataset
@@ -116,3 +116,26 @@ def test_mover_mask_is_the_devkits(world):
     assert movers
     pts = np.concatenate([b.center + rng.uniform(-4, 4, (500, 3)) for b in movers])
     np.testing.assert_array_equal(mover_mask(pts, movers), mover_mask_reference(pts, movers))
+
+
+def test_box_members_finds_each_point_s_box_above_its_floor():
+    from nuscenes.utils.data_classes import Box
+    from pyquaternion import Quaternion
+
+    # a 4 m long car (x along its length), turned 90 degrees: it spans y in [8, 12], x in [-1, 1], z in [0, 1.5]
+    car = Box([0.0, 10.0, 0.75], [2.0, 4.0, 1.5], Quaternion(axis=[0, 0, 1], angle=np.pi / 2))
+    other = Box([5.0, 0.0, 0.75], [2.0, 4.0, 1.5], Quaternion())
+    pts = np.array(
+        [
+            [0.0, 11.5, 1.0],  # in the car
+            [1.5, 10.0, 1.0],  # beside it: inside only were the box not turned
+            [0.0, 9.0, 0.1],  # the road under it (the lowest 0.2 m)
+            [5.5, 0.5, 0.5],  # in the other
+            [20.0, 0.0, 0.0],
+        ]
+    )
+    assert box_members(pts, [car, other], floor=0.2).tolist() == [0, -1, -1, 1, -1]
+    assert box_members(pts, [car, other], floor=0.0).tolist() == [0, -1, 0, 1, -1]
+    assert box_members(pts, []).tolist() == [-1] * 5
+    pose = box_pose(car)
+    np.testing.assert_allclose(pose[:3, :3] @ [2.0, 0, 0] + pose[:3, 3], [0.0, 12.0, 0.75], atol=1e-12)

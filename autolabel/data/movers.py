@@ -25,8 +25,8 @@ def is_moving_category(name: str) -> bool:
     return name.startswith(MOVING_PREFIXES)
 
 
-def _boxes(nusc, sample: dict) -> dict[str, Box]:
-    """instance token -> its box at `sample`, for the moving categories."""
+def moving_boxes(nusc, sample: dict) -> dict[str, Box]:
+    """instance token -> its box (global frame) at `sample`, for the moving categories."""
     out = {}
     for ann_token in sample["anns"]:
         ann = nusc.get("sample_annotation", ann_token)
@@ -42,7 +42,7 @@ class MoverBoxes:
 
     def __init__(self, nusc, sample: dict):
         prev = nusc.get("sample", sample["prev"]) if sample["prev"] else None
-        self.now, self.before = _boxes(nusc, sample), (_boxes(nusc, prev) if prev else {})
+        self.now, self.before = moving_boxes(nusc, sample), (moving_boxes(nusc, prev) if prev else {})
         self.t1 = sample["timestamp"]
         self.t0 = prev["timestamp"] if prev else self.t1
 
@@ -71,22 +71,40 @@ def mover_mask(points_global: np.ndarray, boxes: list[Box]) -> np.ndarray:
 
     The devkit's `points_in_box` on every point for every box took 22 ms for a sweep of 35k points and 70
     moving objects (0.2 s of every keyframe read with 9 earlier sweeps, in the cache write, fusion and
-    labelling); a KD-tree of the sweep first finds the few points within each enlarged box's circumscribed
-    sphere, and `points_in_box` decides on those alone: 5 ms, and the devkit's mask bit for bit
-    (`mover_mask_reference`, tested)."""
-    inside = np.zeros(len(points_global), bool)
+    labelling); `box_members` finds the few candidates of each box in a KD-tree first: 5 ms, and the devkit's
+    mask bit for bit (`mover_mask_reference`, tested)."""
+    return box_members(points_global, boxes, wlh_factor=MARGIN) >= 0
+
+
+def box_pose(box: Box) -> np.ndarray:
+    """(4, 4) float64: the box's frame (centre, rotation) -> the frame its box is given in."""
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = box.rotation_matrix, box.center
+    return pose
+
+
+def box_members(points_global: np.ndarray, boxes: list[Box], floor: float = 0.0, wlh_factor: float = 1.0) -> np.ndarray:
+    """(P,) int64: the index in `boxes` (scaled by `wlh_factor`) of the box each point (P, 3) global frame lies
+    in, -1 for none, the first where boxes overlap. Points in a box's lowest `floor` metres are left out: a box
+    stands on the ground, and the road's returns under a car are not the car's. The devkit's `points_in_box`
+    decides, on the points a KD-tree finds within each box's circumscribed sphere."""
+    member = np.full(len(points_global), -1, np.int64)
     if not boxes or not len(points_global):
-        return inside
+        return member
     centres = np.array([box.center for box in boxes])
-    radii = np.array([np.linalg.norm(box.wlh) * MARGIN / 2 for box in boxes]) * (1 + 1e-6) + 1e-6
+    radii = np.array([np.linalg.norm(box.wlh) * wlh_factor / 2 for box in boxes]) * (1 + 1e-6) + 1e-6
     # a quick tree (unbalanced, big leaves): built once per sweep for a few dozen queries
     tree = cKDTree(points_global, leafsize=64, balanced_tree=False, compact_nodes=False)
-    near = tree.query_ball_point(centres, radii)
-    for box, idx in zip(boxes, near):
-        if idx:
-            idx = np.asarray(idx)
-            inside[idx[points_in_box(box, points_global[idx].T, wlh_factor=MARGIN)]] = True
-    return inside
+    for b, (box, idx) in enumerate(zip(boxes, tree.query_ball_point(centres, radii))):
+        if not idx:
+            continue
+        idx = np.asarray(idx)
+        idx = idx[(member[idx] < 0) & points_in_box(box, points_global[idx].T, wlh_factor=wlh_factor)]
+        if floor > 0:
+            height = (points_global[idx] - box.center) @ box.rotation_matrix[:, 2]  # along the box's up axis
+            idx = idx[height >= floor - wlh_factor * box.wlh[2] / 2]
+        member[idx] = b
+    return member
 
 
 def mover_mask_reference(points_global: np.ndarray, boxes: list[Box]) -> np.ndarray:

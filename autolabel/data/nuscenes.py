@@ -21,7 +21,7 @@ from kernels.grid import GridSpec
 from ..errors import DataError
 from .frame import CAMERA_NAMES, LIDAR_NAME, Camera, Frame, Lidar
 from .geometry import transform_matrix
-from .movers import MoverBoxes, mover_mask
+from .movers import MoverBoxes, mover_mask, moving_boxes
 from .occ3d import labels_path, read_labels
 
 LIDAR_POINT_DIMS = 5  # x, y, z, intensity, ring
@@ -179,6 +179,11 @@ class NuScenesFrames(Sequence[Frame]):
         if "map_token" not in log:
             raise DataError(f"{self.dataroot / self.version}: log {log['token']} of scene {scene['name']} has no map")
         return self.nusc.get("map", log["map_token"])["mask"]
+
+    def moving_boxes(self, token: str) -> dict:
+        """instance token -> nuscenes-devkit Box (global frame) of each annotated object of a moving category
+        (vehicles, people, animals) at keyframe `token`; empty for a split without annotations."""
+        return moving_boxes(self.nusc, self.nusc.get("sample", token))
 
     # ---- records -> frames ----------------------------------------------------------------
     def _poses(self, sd: dict, where: str) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from ..annotation.accumulate import missing_beams
 from ..data.frame import Frame
+from ..data.movers import box_members, box_pose
 from ..data.nuscenes import NuScenesFrames
 from ..data.transforms import ResizeCrop
 from ..supervision.cache import SupervisionCache
@@ -40,8 +41,11 @@ def window_tokens(frames: NuScenesFrames, token: str, window: int) -> list[str]:
 class Keyframe:
     """What fusion reads of one keyframe, once for every window it is in: the frame (no images), its 2D labels
     from the cache (N cameras, h x w at the cache's resolution), where its LiDAR points lie against the map
-    ((P,) int8, None without `fusion.map_prior`) and its keyframe sweep's beams without a return (unit
-    directions (M, 3) in the sensor frame and how far each is free; None unless `fusion.voxels: rules`)."""
+    ((P,) int8, None without `fusion.map_prior`), its keyframe sweep's beams without a return (unit
+    directions (M, 3) in the sensor frame and how far each is free; None unless `fusion.voxels: rules`) and,
+    with the tracks read (`FusionConfig.tracks`), the boxes of its moving objects (`instances` tokens, `boxes`
+    (I, 4, 4) box -> global) and which box each LiDAR point lies in ((P,) int32 index, -1 none; points of the
+    keyframe sweep only, since the earlier sweeps' points in moving boxes were dropped as ghosts)."""
 
     frame: Frame
     semantics: np.ndarray  # (N, h, w) uint8
@@ -49,6 +53,9 @@ class Keyframe:
     map_side: np.ndarray | None = None
     beams: np.ndarray | None = None
     beam_free: np.ndarray | None = None
+    instances: tuple[str, ...] = ()
+    boxes: np.ndarray | None = None
+    member: np.ndarray | None = None
 
 
 def read_keyframe(frames: NuScenesFrames, cache: SupervisionCache, token: str, cfg: FusionConfig) -> Keyframe:
@@ -65,7 +72,16 @@ def read_keyframe(frames: NuScenesFrames, cache: SupervisionCache, token: str, c
         ego2lidar = np.linalg.inv(lidar.lidar2ego)
         raw = np.concatenate([key[:, :3] @ ego2lidar[:3, :3].T + ego2lidar[:3, 3], key[:, 3:]], 1)
         beams, free = missing_beams(raw)
-    return Keyframe(frame, sem, conf, side, beams, free)
+    k = Keyframe(frame, sem, conf, side, beams, free)
+    if cfg.tracks:
+        boxes = frames.moving_boxes(token)
+        k.instances = tuple(boxes)
+        k.boxes = np.stack([box_pose(b) for b in boxes.values()]) if boxes else np.zeros((0, 4, 4))
+        k.member = np.full(len(lidar.points), -1, np.int32)
+        key = lidar.time_lag == 0
+        xyz = lidar.points[key, :3].astype(np.float64) @ lidar.ego2global[:3, :3].T + lidar.ego2global[:3, 3]
+        k.member[key] = box_members(xyz, list(boxes.values()), cfg.track_floor)
+    return k
 
 
 class KeyframeData(Dataset):
@@ -137,6 +153,7 @@ def frame_evidence(
     world2target = np.linalg.inv(target.lidar.ego2global)
     sweeps, views = [], []
     window = window_tokens(frames, token, cfg.window)
+    track_id: dict[str, int] = {}  # instance token -> id within the window
     for j, t in enumerate(window):
         k, sem, conf = read(t)
         f = k.frame
@@ -144,6 +161,11 @@ def frame_evidence(
         xyz = f.lidar.points[:, :3].astype(np.float64) @ to_target[:3, :3].T + to_target[:3, 3]
         origin = to_target[:3, :3] @ f.lidar.lidar2ego[:3, 3] + to_target[:3, 3]
         seconds = (f.lidar.timestamp - target.lidar.timestamp) * 1e-6 - f.lidar.time_lag.astype(np.float64)
+        instance, boxes = None, None
+        if k.member is not None:  # the objects' ids within the window, their boxes in the labelled frame
+            ids = np.array([track_id.setdefault(i, len(track_id)) for i in k.instances] + [-1], np.int64)
+            instance = torch.from_numpy(ids[k.member]).to(device)  # member -1 -> the trailing -1
+            boxes = {int(i): world2target @ b for i, b in zip(ids, k.boxes)}
         beams = None
         if k.beams is not None:  # the sensor frame's beams turned into the labelled frame's ego frame
             beams = k.beams @ (to_target[:3, :3] @ f.lidar.lidar2ego[:3, :3]).T
@@ -157,6 +179,8 @@ def frame_evidence(
                 beams=beams,
                 beam_free=k.beam_free,
                 map_side=None if k.map_side is None else torch.from_numpy(k.map_side).to(device),
+                instance=instance,
+                boxes=boxes,
             )
         )
         for c, cam in enumerate(f.cameras):

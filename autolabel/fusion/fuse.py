@@ -60,6 +60,10 @@ class Sweep:
     # with `fusion.map_prior`: (P,) int8 where each point lies against the map (fusion.map_prior.map_side); None:
     # no map (no prior for these points)
     map_side: torch.Tensor | None = None
+    # with the tracks read (FusionConfig.tracks): (P,) int64 the window-wide id of the tracked object each point
+    # lies in (-1: none), and each object's box -> labelled-frame ego (4, 4) float64 at this keyframe
+    instance: torch.Tensor | None = None
+    boxes: dict[int, np.ndarray] | None = None
 
 
 @dataclass
@@ -144,19 +148,86 @@ def near_returns(points: torch.Tensor, now: torch.Tensor, grid: GridSpec, radius
     return inside & (held[flat.clamp_min(0)] > 0)
 
 
+def track_votes(votes: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
+    """(P, 17): for each point of a tracked object (instance (P,) >= 0), the vote shares summed over all the
+    object's points, times the point's own vote mass (a point no view saw: the mean mass of the object's seen
+    points); zero for the others. votes (P, 17)."""
+    out = torch.zeros_like(votes)
+    m = instance >= 0
+    if not bool(m.any()):
+        return out
+    _, obj = torch.unique(instance[m], return_inverse=True)
+    sums = torch.zeros(int(obj.max()) + 1, votes.shape[1], dtype=votes.dtype, device=votes.device)
+    sums.index_add_(0, obj, votes[m])
+    share = sums / sums.sum(1, keepdim=True).clamp_min(1e-9)
+    mass = votes[m].sum(1)
+    seen = torch.zeros(len(sums), dtype=votes.dtype, device=votes.device).index_add_(0, obj, (mass > 0).to(votes.dtype))
+    total = torch.zeros_like(seen).index_add_(0, obj, mass)
+    mass = torch.where(mass > 0, mass, (total / seen.clamp_min(1))[obj])
+    out[m] = share[obj] * mass[:, None]
+    return out
+
+
+def moved_with_tracks(sweeps: list[Sweep], target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, 4, 4) float64 per point of the window, and (P,) bool: the rigid motion that carries a tracked object's
+    point of another keyframe to where the object is at the labelled keyframe (its box there @ its box then ^ -1),
+    for the objects annotated at both; the identity and False elsewhere."""
+    dev = sweeps[0].points.device
+    moves, moved = [], []
+    now = sweeps[target].boxes or {}
+    for s in sweeps:
+        n = len(s.points)
+        motion = torch.eye(4, dtype=torch.float64, device=dev).expand(n, 4, 4).clone()
+        m = torch.zeros(n, dtype=torch.bool, device=dev)
+        if s.source != target and s.instance is not None and s.boxes:
+            for i, box in s.boxes.items():
+                if i not in now:
+                    continue
+                sel = s.instance == i
+                motion[sel] = torch.from_numpy(now[i] @ np.linalg.inv(box)).to(dev)
+                m |= sel
+        moves.append(motion)
+        moved.append(m)
+    return torch.cat(moves), torch.cat(moved)
+
+
+@dataclass
+class WindowPoints:
+    """The window's points after steps 1 and 2, in the labelled frame: points (P, 3) and the origins of their rays
+    (P, 3) float64 (moved with their object where `moved`), the window keyframe each came from (P,), their votes
+    (P, 17), the class of their votes (P,) (IGNORE_ID: no view saw it), whether fusion keeps them (P,) bool, and
+    whether they were moved with a tracked object (P,) bool: their rays no longer hold."""
+
+    points: torch.Tensor
+    origins: torch.Tensor
+    source: torch.Tensor
+    votes: torch.Tensor
+    cls: torch.Tensor
+    keep: torch.Tensor
+    moved: torch.Tensor
+
+
 def _named_points(
-    sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Steps 1 and 2: the window's points (P, 3), the keyframe each came from (P,), their votes (P, 17), the class
-    of their votes (P,) (IGNORE_ID: no view saw it) and whether fusion keeps them (P,) bool."""
+    sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int
+) -> WindowPoints:
+    """Steps 1 and 2, with the tracked objects' rules (`FusionConfig.track_vote`, `track_move`)."""
     dev = sweeps[0].points.device
     points = torch.cat([s.points for s in sweeps])
+    origins = torch.cat([s.origin.expand(len(s.points), 3) for s in sweeps])
     source = torch.cat([torch.full((len(s.points),), s.source, dtype=torch.long, device=dev) for s in sweeps])
     seconds = torch.cat([s.seconds for s in sweeps])
     votes, own = vote(points, source, views, cfg)
     dynamic = torch.tensor(DYNAMIC_CLASS_IDS, device=dev)
-    own_dynamic = (own.sum(1) > 0) & torch.isin(own.argmax(1), dynamic)
-    votes = torch.where(own_dynamic[:, None], own, votes)
+    own_time = (own.sum(1) > 0) & torch.isin(own.argmax(1), dynamic)
+    tracked = torch.zeros_like(own_time)
+    if cfg.tracks and all(s.instance is not None for s in sweeps):
+        instance = torch.cat([s.instance for s in sweeps])
+        tracked = instance >= 0
+        own_time |= tracked  # a tracked object moved: other times' views show what was behind it
+    votes = torch.where(own_time[:, None], own, votes)
+    if cfg.track_vote > 0 and bool(tracked.any()):  # one object, one name, from every keyframe that saw it
+        a = cfg.track_vote
+        votes = torch.where(tracked[:, None], (1 - a) * votes + a * track_votes(votes, instance), votes)
     if cfg.map_prior > 0 and any(s.map_side is not None for s in sweeps):
         votes = apply_map_prior(votes, torch.cat([_map_side(s) for s in sweeps]), cfg.map_prior)
     seen = votes.sum(1) > 0
@@ -165,7 +236,14 @@ def _named_points(
     keep = now | (seen & ~torch.isin(cls, dynamic))
     if cfg.parked_radius >= 0:  # a thing still there at the frame's own time keeps its other views' points
         keep |= near_returns(points, now, grid, cfg.parked_radius)
-    return points, source, votes, cls, keep
+    moved = torch.zeros_like(keep)
+    if cfg.track_move and bool(tracked.any()):  # voted where they were seen, then carried to where the object is
+        motion, moved = moved_with_tracks(sweeps, target)
+        rot, shift = motion[:, :3, :3], motion[:, :3, 3]
+        points = torch.where(moved[:, None], (rot @ points[..., None])[..., 0] + shift, points)
+        origins = torch.where(moved[:, None], (rot @ origins[..., None])[..., 0] + shift, origins)
+        keep |= moved
+    return WindowPoints(points, origins, source, votes, cls, keep, moved)
 
 
 def fuse(
@@ -182,7 +260,8 @@ def fuse(
     the grid's cells against the map (`map_prior.cell_sides`, for `fusion.map_ground`), None: no map."""
     if cfg.voxels == "rules":
         return finish_rules(name_points(sweeps, views, grid, cfg, target), grid, cfg, cells)
-    points, _, votes, cls, keep = _named_points(sweeps, views, grid, cfg)
+    w = _named_points(sweeps, views, grid, cfg, target)
+    points, votes, cls, keep = w.points, w.votes, w.cls, w.keep
     dev = points.device
     index, inside = voxel_index(points, grid)
     sel = keep & inside
@@ -244,11 +323,10 @@ def point_rules(cfg: FusionConfig) -> PointLabelConfig:
 def name_points(sweeps: list[Sweep], views: list[View], grid: GridSpec, cfg: FusionConfig, target: int) -> NamedVoxels:
     """Steps 1 and 2 and the per-point rules of step 3 by fusion/rules.py (`fusion.voxels: rules`), on the sweeps'
     device: what `finish_rules` turns into labels, on the CPU (in another process where fuse_round has workers)."""
-    points, source, votes, _, keep = _named_points(sweeps, views, grid, cfg)
-    origins = torch.cat([s.origin.expand(len(s.points), 3) for s in sweeps])
+    w = _named_points(sweeps, views, grid, cfg, target)
     beams = [(s.origin.cpu().numpy(), s.beams, s.beam_free) for s in sweeps if s.beams is not None]
-    cast = torch.cat([s.keyframe for s in sweeps])
-    return name_voxels(points, origins, cast, source == target, keep, votes, beams, grid, point_rules(cfg))
+    cast = torch.cat([s.keyframe for s in sweeps]) & ~w.moved  # a moved point's ray was cast from elsewhere
+    return name_voxels(w.points, w.origins, cast, w.source == target, w.keep, w.votes, beams, grid, point_rules(cfg))
 
 
 def finish_rules(named: NamedVoxels, grid: GridSpec, cfg: FusionConfig, cells: np.ndarray | None = None) -> Fused:

@@ -88,10 +88,10 @@ def test_tracked_points_of_other_keyframes_move_into_their_object_s_box_of_now(w
     cfg = FusionConfig(window=1)
     token = frames.tokens[1]  # a keyframe with neighbours on both sides
     ev = frame_evidence(frames, caches["exact"], token, cfg, torch.device("cpu"))
-    motion, moved = moved_with_tracks(ev.sweeps, ev.target)
-    assert int(moved.sum()) > 50
+    moved, motion = moved_with_tracks(ev.sweeps, ev.target)
+    assert len(moved) > 50
     pts = torch.cat([s.points for s in ev.sweeps])[moved]
-    pts = (motion[moved, :3, :3] @ pts[..., None])[..., 0] + motion[moved, :3, 3]
+    pts = (motion[:, :3, :3] @ pts[..., None])[..., 0] + motion[:, :3, 3]
     ego2global = frames.frame(token, images=False).lidar.ego2global
     xyz = pts.numpy() @ ego2global[:3, :3].T + ego2global[:3, 3]
     instance = torch.cat([s.instance for s in ev.sweeps])[moved].numpy()

@@ -169,26 +169,26 @@ def track_votes(votes: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
 
 
 def moved_with_tracks(sweeps: list[Sweep], target: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, 4, 4) float64 per point of the window, and (P,) bool: the rigid motion that carries a tracked object's
-    point of another keyframe to where the object is at the labelled keyframe (its box there @ its box then ^ -1),
-    for the objects annotated at both; the identity and False elsewhere."""
+    """The points of the window (indices (M,) into the sweeps' concatenation) that belong to a tracked object of
+    another keyframe annotated at the labelled keyframe too, and the rigid motion of each (M, 4, 4) float64 that
+    carries it to where its object is at the labelled keyframe (its box there @ its box then ^ -1)."""
     dev = sweeps[0].points.device
-    moves, moved = [], []
     now = sweeps[target].boxes or {}
+    index, motion, start = [], [], 0
     for s in sweeps:
-        n = len(s.points)
-        motion = torch.eye(4, dtype=torch.float64, device=dev).expand(n, 4, 4).clone()
-        m = torch.zeros(n, dtype=torch.bool, device=dev)
-        if s.source != target and s.instance is not None and s.boxes:
-            for i, box in s.boxes.items():
-                if i not in now:
-                    continue
-                sel = s.instance == i
-                motion[sel] = torch.from_numpy(now[i] @ np.linalg.inv(box)).to(dev)
-                m |= sel
-        moves.append(motion)
-        moved.append(m)
-    return torch.cat(moves), torch.cat(moved)
+        ids = [i for i in (s.boxes or {}) if i in now] if s.source != target and s.instance is not None else []
+        if ids:
+            table = np.stack([now[i] @ np.linalg.inv(s.boxes[i]) for i in ids])
+            row = torch.full((max(s.boxes) + 2,), -1, dtype=torch.long, device=dev)  # id -> row; -1 (none) -> -1
+            row[torch.tensor(ids, device=dev)] = torch.arange(len(ids), device=dev)
+            k = row[s.instance]
+            sel = torch.nonzero(k >= 0).squeeze(1)
+            index.append(sel + start)
+            motion.append(torch.from_numpy(table).to(dev)[k[sel]])
+        start += len(s.points)
+    if not index:
+        return torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, 4, 4, dtype=torch.float64, device=dev)
+    return torch.cat(index), torch.cat(motion)
 
 
 @dataclass
@@ -238,10 +238,12 @@ def _named_points(
         keep |= near_returns(points, now, grid, cfg.parked_radius)
     moved = torch.zeros_like(keep)
     if cfg.track_move and bool(tracked.any()):  # voted where they were seen, then carried to where the object is
-        motion, moved = moved_with_tracks(sweeps, target)
+        index, motion = moved_with_tracks(sweeps, target)
         rot, shift = motion[:, :3, :3], motion[:, :3, 3]
-        points = torch.where(moved[:, None], (rot @ points[..., None])[..., 0] + shift, points)
-        origins = torch.where(moved[:, None], (rot @ origins[..., None])[..., 0] + shift, origins)
+        points, origins = points.clone(), origins.clone()
+        points[index] = (rot @ points[index, :, None])[..., 0] + shift
+        origins[index] = (rot @ origins[index, :, None])[..., 0] + shift
+        moved[index] = True
         keep |= moved
     return WindowPoints(points, origins, source, votes, cls, keep, moved)
 

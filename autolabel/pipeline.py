@@ -26,6 +26,7 @@ from occnet.distributed import barrier, is_main
 
 from . import stages as steps
 from .errors import AwaitingAnnotations, DataError, one_line
+from .provenance import machine
 from .recipe import RESOLVED_RECIPE, Recipe, forbidding_changes, load_recipe, save_recipe
 from .stages.checks import check_annotator, check_backbone, check_dataroot
 from .stages.inputs import export_dir
@@ -74,7 +75,7 @@ class Stages:
             raise
         barrier()  # a sharded stage is finished when every rank is; a rank-0 stage before anyone goes on
         if is_main():
-            self.done[name] = {**result, "seconds": round(time.perf_counter() - t0, 2)}
+            self.done[name] = {**result, "seconds": round(time.perf_counter() - t0, 2), "machine": machine()}
             text = json.dumps(self.done, indent=1)
             atomic_write(self.path, lambda fh: fh.write(text.encode()))
             self.stopped.unlink(missing_ok=True)

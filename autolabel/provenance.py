@@ -1,7 +1,8 @@
 """Provenance: what a cache, a labelling round or a manifest records about how it was made.
 
 One home for the fields that several writers record: the package version, the creation time, a file's
-SHA-256 (a checkpoint's), the 2D supervision a round was labelled from, the recipe that ran. Writers put
+SHA-256 (a checkpoint's), the 2D supervision a round was labelled from, the recipe that ran, the machine a
+stage ran on. Writers put
 these into Zarr attributes or JSON files; readers (`autolabel inspect`, the export's ``export.json``)
 show them. Nothing here depends on the rest of autolabel but `config_io`.
 """
@@ -9,9 +10,14 @@ show them. Nothing here depends on the rest of autolabel but `config_io`.
 from __future__ import annotations
 
 import hashlib
+import os
+import platform
 import time
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import torch
 
 from .config_io import to_dict
 
@@ -29,6 +35,27 @@ def package_version() -> str:
 def timestamp() -> str:
     """Local time with its UTC offset, as every ``created`` / ``exported`` field holds it."""
     return time.strftime(TIME_FORMAT)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@cache
+def machine() -> dict:
+    """{cpu, cores, gpu (None without CUDA), torch} of this process, recorded beside each stage in stages.json: a
+    run's numbers repeat on one machine, not across machines (CPU kernels round differently and a few hundred
+    training steps carry it: BENCHMARKS.md, the quickstart), so comparing two runs starts with comparing these."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
 
 
 def file_sha256(path: Path) -> str:

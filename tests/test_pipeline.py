@@ -20,6 +20,7 @@ import yaml
 from tiny_models import write_recipe
 
 from autolabel.cli import main
+from autolabel.provenance import machine
 from autolabel.store.labels import LabelStore
 
 
@@ -57,6 +58,8 @@ def test_micro_loop_two_rounds(micro_run):
         + [f"round_1/{s}" for s in ("train", "label", "evaluate", "export", "report")]
     )
     assert list(stages) == expected
+    # each stage records the machine it ran on (the quickstart's numbers repeat on one machine only)
+    assert all(s["machine"] == machine() and s["machine"]["cpu"] and s["machine"]["cores"] for s in stages.values())
     store = LabelStore.open(run / "labels.zarr")
     assert store.rounds() == [0, 1] and int(store.manual().done().sum()) == 1
     assert len(list((run / "export" / "round_1" / "gts").rglob("labels.npz"))) == 3

@@ -63,12 +63,15 @@ def read_keyframe(frames: NuScenesFrames, cache: SupervisionCache, token: str, c
     frame = frames.frame(token, images=False)
     sem, conf, _ = cache.read(token)
     lidar = frame.lidar
+    own = lidar.time_lag == 0  # the keyframe sweep's points
+    world = None  # the points in the global frame, for the map and the boxes
+    if cfg.map_prior > 0 or cfg.tracks:
+        world = lidar.points[:, :3].astype(np.float64) @ lidar.ego2global[:3, :3].T + lidar.ego2global[:3, 3]
     side = beams = free = None
     if cfg.map_prior > 0:  # the points' global x, y against the scene's map
-        xy = lidar.points[:, :3].astype(np.float64) @ lidar.ego2global[:2, :3].T + lidar.ego2global[:2, 3]
-        side = map_side(frames.semantic_prior(token), xy)
+        side = map_side(frames.semantic_prior(token), world[:, :2])
     if cfg.voxels == "rules":  # the keyframe sweep's beams without a return, from its points in the sensor frame
-        key = lidar.points[lidar.time_lag == 0]
+        key = lidar.points[own]
         ego2lidar = np.linalg.inv(lidar.lidar2ego)
         raw = np.concatenate([key[:, :3] @ ego2lidar[:3, :3].T + ego2lidar[:3, 3], key[:, 3:]], 1)
         beams, free = missing_beams(raw)
@@ -78,9 +81,7 @@ def read_keyframe(frames: NuScenesFrames, cache: SupervisionCache, token: str, c
         k.instances = tuple(boxes)
         k.boxes = np.stack([box_pose(b) for b in boxes.values()]) if boxes else np.zeros((0, 4, 4))
         k.member = np.full(len(lidar.points), -1, np.int32)
-        key = lidar.time_lag == 0
-        xyz = lidar.points[key, :3].astype(np.float64) @ lidar.ego2global[:3, :3].T + lidar.ego2global[:3, 3]
-        k.member[key] = box_members(xyz, list(boxes.values()), cfg.track_floor)
+        k.member[own] = box_members(world[own], list(boxes.values()), cfg.track_floor)
     return k
 
 

@@ -11,14 +11,23 @@ from autolabel.data.nuscenes import NuScenesFrames
 from autolabel.errors import DataError
 from autolabel.fusion.config import FusionConfig
 from autolabel.fusion.evidence import frame_evidence, window_tokens
-from autolabel.fusion.fuse import Sweep, View, fuse, moved_with_tracks, point_rules, track_votes, vote
+from autolabel.fusion.fuse import (
+    Sweep,
+    View,
+    exclusive_scale,
+    fuse,
+    moved_with_tracks,
+    point_rules,
+    track_votes,
+    vote,
+)
 from nuscenes.utils.geometry_utils import points_in_box
 from autolabel.annotation.voxelize import fill_ground
 from autolabel.fusion.rules import voxelize_votes
 from autolabel.supervision.cache import SupervisionCache, supervise
 from autolabel.supervision.providers import PrecomputedLabels
 from kernels.grid import GridSpec
-from occnet.classes import FREE_ID, class_id
+from occnet.classes import DYNAMIC_CLASS_IDS, FREE_ID, NUM_SEMANTIC_CLASSES, class_id
 from tiny_models import TINY_GRID
 
 
@@ -410,6 +419,37 @@ def test_a_tracked_car_is_named_by_all_its_keyframes_and_moved_to_where_it_is(tr
     assert f.semantics[12, 8, 2] == (CAR if tracks else TRUCK)
     assert (f.semantics[12, 9, 2] == CAR) == tracks  # the later point at y = 0.5, moved to x = 2.1
     assert f.semantics[14, 8, 2] != CAR and f.semantics[14, 9, 2] != CAR  # where the car was later: no ghost
+
+
+@pytest.mark.parametrize("exclusive", [1.0, 0.0])
+def test_the_boxes_rule_out_an_object_s_name_outside_them_and_the_background_s_inside(exclusive):
+    """A car's mask bleeds over the wall beside it: one view calls both points car (confidence 1), another wall
+    (0.5). With `track_exclusive` the point in no box is the wall, the point in the car's box stays car; off, the
+    wall point is car."""
+    zero = torch.zeros(3, dtype=torch.float64)
+    sweep = Sweep(
+        torch.tensor([[2.1, 0.0, 0.1], [2.1, 1.0, 0.1]], dtype=torch.float64),
+        zero,
+        torch.ones(2, dtype=torch.bool),
+        torch.zeros(2, dtype=torch.float64),
+        0,
+        instance=torch.tensor([0, -1]),
+        boxes={0: _box(2.1)},
+    )
+    wall = _view(np.full((20, 20), WALL), 0)
+    wall.confidence = torch.full((20, 20), 0.5)
+    cfg = FusionConfig(zbuffer_pool=1, close_surfaces=0, cluster_vote=0, track_exclusive=exclusive)
+    f = fuse([sweep], [_view(np.full((20, 20), CAR), 0), wall], GRID, cfg, 0)
+    assert f.semantics[12, 8, 2] == CAR
+    assert f.semantics[12, 10, 2] == (WALL if exclusive else CAR)
+
+
+def test_exclusive_scale_rules_out_moving_classes_outside_boxes_and_the_rest_inside():
+    scale = exclusive_scale(torch.tensor([True, False]), 0.75)
+    moving = torch.zeros(NUM_SEMANTIC_CLASSES, dtype=torch.bool)
+    moving[list(DYNAMIC_CLASS_IDS)] = True
+    assert (scale[0, moving] == 1).all() and (scale[0, ~moving] == 0.25).all()
+    assert (scale[1, moving] == 0.25).all() and (scale[1, ~moving] == 1).all()
 
 
 def test_track_votes_share_an_object_s_votes_by_each_point_s_mass():

@@ -168,6 +168,16 @@ def track_votes(votes: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def exclusive_scale(tracked: torch.Tensor, weight: float) -> torch.Tensor:
+    """(P, 17) float32 vote factors of `fusion.track_exclusive`: 1 - weight for the moving classes
+    (DYNAMIC_CLASS_IDS) at points in no box and for the other classes at points in a box (tracked (P,) bool),
+    1 elsewhere."""
+    moving = torch.zeros(NUM_SEMANTIC_CLASSES, dtype=torch.bool, device=tracked.device)
+    moving[list(DYNAMIC_CLASS_IDS)] = True
+    ruled_out = tracked[:, None] != moving[None, :]
+    return torch.where(ruled_out, 1.0 - weight, 1.0).to(torch.float32)
+
+
 def moved_with_tracks(sweeps: list[Sweep], target: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The points of the window (indices (M,) into the sweeps' concatenation) that belong to a tracked object of
     another keyframe annotated at the labelled keyframe too, and the rigid motion of each (M, 4, 4) float64 that
@@ -218,12 +228,15 @@ def _named_points(
     seconds = torch.cat([s.seconds for s in sweeps])
     votes, own = vote(points, source, views, cfg)
     dynamic = torch.tensor(DYNAMIC_CLASS_IDS, device=dev)
-    own_time = (own.sum(1) > 0) & torch.isin(own.argmax(1), dynamic)
-    tracked = torch.zeros_like(own_time)
+    tracked = torch.zeros(len(points), dtype=torch.bool, device=dev)
     if cfg.tracks and all(s.instance is not None for s in sweeps):
         instance = torch.cat([s.instance for s in sweeps])
         tracked = instance >= 0
-        own_time |= tracked  # a tracked object moved: other times' views show what was behind it
+        if cfg.track_exclusive > 0:  # what the boxes rule out, before anything reads the votes
+            scale = exclusive_scale(tracked, cfg.track_exclusive)
+            votes, own = votes * scale, own * scale
+    own_time = ((own.sum(1) > 0) & torch.isin(own.argmax(1), dynamic)) | tracked
+    # (a tracked object moved: other times' views show what was behind it)
     votes = torch.where(own_time[:, None], own, votes)
     if cfg.track_vote > 0 and bool(tracked.any()):  # one object, one name, from every keyframe that saw it
         a = cfg.track_vote

@@ -483,6 +483,33 @@ def test_ground_fill_reaches_ground_under_unobserved_space_but_not_under_things(
     assert (vol[5, 5, 1] == side) == (not above_free) and n > 0
 
 
+@pytest.mark.parametrize("unanimous", [False, True])
+def test_fill_ground_takes_the_class_of_the_nearest_ground_point(unanimous):
+    """fill_ground against brute force: every unobserved ground-layer voxel under free space takes the class of the
+    nearest ground point within the radius in bird's-eye view (with `unanimous`, only where the k nearest within
+    it agree), on random points."""
+    rng = np.random.default_rng(3)
+    X, Y, Z = GRID.shape
+    points = np.c_[rng.uniform(-4, 0, 300), rng.uniform(-4, 4, 300), np.full(300, -0.6)]  # x > 1.2: out of reach
+    cls = rng.integers(11, 15, 300)  # flat-ground class ids
+    sem = np.full(X * Y * Z, 255, np.uint8)
+    sem.reshape(X, Y, Z)[:, :, 2] = FREE_ID
+    radius, k = 1.2, 3
+    fill_ground(sem, np.ones((X, Y), np.int64), points, cls, GRID, radius, unanimous=unanimous, k=k)
+    got = sem.reshape(X, Y, Z)[:, :, 1]
+    ij = np.stack(np.meshgrid(np.arange(X), np.arange(Y), indexing="ij"), -1).reshape(-1, 2)
+    centres = ij * 0.5 - 4.0 + 0.25
+    d = np.linalg.norm(centres[:, None] - points[None, :, :2], axis=2)
+    order = np.argsort(d, 1)[:, :k]
+    near = np.take_along_axis(d, order, 1) <= radius
+    first = cls[order[:, 0]]
+    want = np.where(near[:, 0], first, 255)
+    if unanimous:
+        agree = ((cls[order] == first[:, None]) | ~near).all(1)
+        want = np.where(agree, want, 255)
+    assert (got.reshape(-1) == want).all() and (want != 255).any() and (want == 255).any()
+
+
 def test_a_frame_without_things_fuses():
     """Only flat ground named: no thing to lean on (np.bincount of nothing is an integer array, and the mean
     vote of the things failed to divide into it; the real nuScenes sample fused that way)."""

@@ -265,12 +265,16 @@ def fill_ground(
         + np.asarray(grid.range_min[:2])
         + np.asarray(grid.voxel_size[:2]) / 2
     )
+    # an unbalanced tree without compacted nodes: the same nearest points, 2.3x faster to build and query over a
+    # window's ground points (1.1 million with nuScenes's sweeps: 348 -> 151 ms on a 2-core CPU; fill_ground took
+    # 0.33 s of a frame's fusion on the H200 machine, BENCHMARKS.md)
+    tree = cKDTree(points[:, :2], balanced_tree=False, compact_nodes=False)
     if not unanimous:
-        d, j = cKDTree(points[:, :2]).query(centres, distance_upper_bound=radius)
+        d, j = tree.query(centres, distance_upper_bound=radius)
         found = np.isfinite(d)
         vol[ix[found], iy[found], g[found]] = cls[j[found]]
         return int(found.sum())
-    d, j = cKDTree(points[:, :2]).query(centres, k=k, distance_upper_bound=radius)
+    d, j = tree.query(centres, k=k, distance_upper_bound=radius)
     hit = np.isfinite(d)
     c = np.where(hit, np.concatenate([cls, [IGNORE_ID]])[np.minimum(j, len(cls))], -1).astype(np.int64)
     first = c[:, 0]

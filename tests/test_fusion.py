@@ -27,7 +27,7 @@ from autolabel.fusion.rules import voxelize_votes
 from autolabel.supervision.cache import SupervisionCache, supervise
 from autolabel.supervision.providers import PrecomputedLabels
 from kernels.grid import GridSpec
-from occnet.classes import DYNAMIC_CLASS_IDS, FREE_ID, NUM_SEMANTIC_CLASSES, class_id
+from occnet.classes import DYNAMIC_CLASS_IDS, FLAT_CLASS_IDS, FREE_ID, NUM_SEMANTIC_CLASSES, class_id
 from tiny_models import TINY_GRID
 
 
@@ -491,7 +491,7 @@ def test_fill_ground_takes_the_class_of_the_nearest_ground_point(unanimous):
     rng = np.random.default_rng(3)
     X, Y, Z = GRID.shape
     points = np.c_[rng.uniform(-4, 0, 300), rng.uniform(-4, 4, 300), np.full(300, -0.6)]  # x > 1.2: out of reach
-    cls = rng.integers(11, 15, 300)  # flat-ground class ids
+    cls = rng.choice(FLAT_CLASS_IDS, 300)
     sem = np.full(X * Y * Z, 255, np.uint8)
     sem.reshape(X, Y, Z)[:, :, 2] = FREE_ID
     radius, k = 1.2, 3

@@ -235,8 +235,9 @@ def _named_points(
         if cfg.track_exclusive > 0:  # what the boxes rule out, before anything reads the votes
             scale = exclusive_scale(tracked, cfg.track_exclusive)
             votes, own = votes * scale, own * scale
+    # dynamic things and tracked objects take their own time's views only: they moved, and other times' views
+    # show what was behind them
     own_time = ((own.sum(1) > 0) & torch.isin(own.argmax(1), dynamic)) | tracked
-    # (a tracked object moved: other times' views show what was behind it)
     votes = torch.where(own_time[:, None], own, votes)
     if cfg.track_vote > 0 and bool(tracked.any()):  # one object, one name, from every keyframe that saw it
         a = cfg.track_vote

@@ -90,6 +90,22 @@ def test_voting_across_the_window_corrects_noisy_2d_labels(world):
     assert fused[2] > alone[2] + 0.015
 
 
+def test_a_split_without_boxes_fuses_as_with_the_tracks_off(world, monkeypatch):
+    """nuScenes's test split has no sample_annotation: no keyframe's boxes may then rule the moving classes out
+    (every point would lie in no box); fusion reads no tracks and fuses as with the track rules off."""
+    frames, caches = world
+    token = frames.tokens[1]
+    off = FusionConfig(window=1, track_vote=0.0, track_move=False, track_exclusive=0.0)
+    ev = frame_evidence(frames, caches["noisy"], token, off, torch.device("cpu"))
+    want = fuse(ev.sweeps, ev.views, TINY_GRID, off, ev.target).semantics
+    monkeypatch.setattr(NuScenesFrames, "has_boxes", property(lambda self: False))
+    cfg = FusionConfig(window=1)
+    ev = frame_evidence(frames, caches["noisy"], token, cfg, torch.device("cpu"))
+    assert all(s.instance is None for s in ev.sweeps)
+    got = fuse(ev.sweeps, ev.views, TINY_GRID, cfg, ev.target).semantics
+    assert np.isin(got, DYNAMIC_CLASS_IDS).any() and np.array_equal(got, want)
+
+
 def test_tracked_points_of_other_keyframes_move_into_their_object_s_box_of_now(world):
     """The boxes' poses and the points' frames agree: an object's points seen at other keyframes, moved with its
     track, lie in that object's box as the dataset annotates it at the labelled keyframe."""

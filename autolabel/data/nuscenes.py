@@ -180,6 +180,12 @@ class NuScenesFrames(Sequence[Frame]):
             raise DataError(f"{self.dataroot / self.version}: log {log['token']} of scene {scene['name']} has no map")
         return self.nusc.get("map", log["map_token"])["mask"]
 
+    @property
+    def has_boxes(self) -> bool:
+        """Whether the split carries 3D box annotations (`sample_annotation`; none in nuScenes's test split): where it
+        does not, a keyframe without boxes says nothing about where objects are."""
+        return bool(self.nusc.sample_annotation)
+
     def moving_boxes(self, token: str) -> dict:
         """instance token -> nuscenes-devkit Box (global frame) of each annotated object of a moving category
         (vehicles, people, animals) at keyframe `token`; empty for a split without annotations."""

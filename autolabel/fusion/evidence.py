@@ -76,7 +76,7 @@ def read_keyframe(frames: NuScenesFrames, cache: SupervisionCache, token: str, c
         raw = np.concatenate([key[:, :3] @ ego2lidar[:3, :3].T + ego2lidar[:3, 3], key[:, 3:]], 1)
         beams, free = missing_beams(raw)
     k = Keyframe(frame, sem, conf, side, beams, free)
-    if cfg.tracks:
+    if cfg.tracks and frames.has_boxes:  # a split without boxes (nuScenes test): no track, nothing ruled out
         boxes = frames.moving_boxes(token)
         k.instances = tuple(boxes)
         k.boxes = np.stack([box_pose(b) for b in boxes.values()]) if boxes else np.zeros((0, 4, 4))

@@ -461,10 +461,14 @@ def test_the_boxes_rule_out_an_object_s_name_outside_them_and_the_background_s_i
 
 
 def test_exclusive_scale_rules_out_moving_classes_outside_boxes_and_the_rest_inside():
+    """`others` stays possible in a moving box: lidarseg's ignore group (Occ3D others) holds animals, strollers
+    and emergency vehicles, which nuScenes boxes as moving categories."""
     scale = exclusive_scale(torch.tensor([True, False]), 0.75)
     moving = torch.zeros(NUM_SEMANTIC_CLASSES, dtype=torch.bool)
     moving[list(DYNAMIC_CLASS_IDS)] = True
-    assert (scale[0, moving] == 1).all() and (scale[0, ~moving] == 0.25).all()
+    others = class_id("others")
+    assert (scale[0, moving] == 1).all() and scale[0, others] == 1 and scale[0, WALL] == 0.25
+    assert (scale[0, ~moving] == 0.25).sum() == NUM_SEMANTIC_CLASSES - len(DYNAMIC_CLASS_IDS) - 1
     assert (scale[1, moving] == 0.25).all() and (scale[1, ~moving] == 1).all()
 
 

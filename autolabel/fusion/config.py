@@ -84,11 +84,11 @@ class FusionConfig:
     track_move: bool = True
     track_floor: float = 0.2
     # the boxes cover every object of the moving categories: a point in no box is not a vehicle, a person or a
-    # cyclist, and a point in a box is one. Votes for the classes the boxes rule out are scaled by 1 -
-    # track_exclusive (0: off): the background behind an object's mask edge, which the mask bleeds over, loses the
-    # object's name, and the object loses the wall's; a point no other class was voted for keeps its name (1 would
-    # leave it unnamed). Development world, the pool's fused labels: 52.41 mIoU without; 0.5 / 0.8 / 0.95 / 0.99 /
-    # 1: 54.61 / 54.86 / 54.95 / 54.88 / 53.59 (BENCHMARKS.md, issue 20)
+    # cyclist, and a point in a box is one (or Occ3D others: an animal, a stroller, an ambulance). Votes for the
+    # classes the boxes rule out are scaled by 1 - track_exclusive (0: off): the background behind an object's mask
+    # edge, which the mask bleeds over, loses the object's name, and the object loses the wall's; a point no other
+    # class was voted for keeps its name (1 would leave it unnamed). Development world, the pool's fused labels:
+    # 52.41 mIoU without; 0.5 / 0.8 / 0.95 / 0.99 / 1: 54.61 / 54.86 / 54.95 / 54.88 / 53.59 (BENCHMARKS.md, issue 20)
     track_exclusive: float = 0.95
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from kernels.grid import GridSpec
 from kernels.walk import ray_voxels
-from occnet.classes import DYNAMIC_CLASS_IDS, FREE_ID, IGNORE_ID, NUM_SEMANTIC_CLASSES
+from occnet.classes import DYNAMIC_CLASS_IDS, FREE_ID, IGNORE_ID, NUM_SEMANTIC_CLASSES, OCC3D_CLASS_NAMES
 from occnet.surfaces import is_flat, layer_entry
 
 from ..annotation.voxelize import PointLabelConfig
@@ -168,13 +168,19 @@ def track_votes(votes: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# Occ3D "others" is the lidarseg ignore group, which holds moving categories too (animals, strollers, wheelchairs,
+# emergency vehicles): a point in a moving box may be it, as may a point in none
+OTHERS_ID = OCC3D_CLASS_NAMES.index("others")
+
+
 def exclusive_scale(tracked: torch.Tensor, weight: float) -> torch.Tensor:
     """(P, 17) float32 vote factors of `fusion.track_exclusive`: 1 - weight for the moving classes
-    (DYNAMIC_CLASS_IDS) at points in no box and for the other classes at points in a box (tracked (P,) bool),
-    1 elsewhere."""
+    (DYNAMIC_CLASS_IDS) at points in no box and for the other classes but `others` at points in a box (tracked (P,)
+    bool), 1 elsewhere."""
     moving = torch.zeros(NUM_SEMANTIC_CLASSES, dtype=torch.bool, device=tracked.device)
     moving[list(DYNAMIC_CLASS_IDS)] = True
     ruled_out = tracked[:, None] != moving[None, :]
+    ruled_out[:, OTHERS_ID] = False
     return torch.where(ruled_out, 1.0 - weight, 1.0).to(torch.float32)
 
 

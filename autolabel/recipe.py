@@ -120,6 +120,8 @@ class Recipe:
             raise ValueError(
                 "loss.fused_3d > 0 and dts.evidence: fusion read the fused labels: set fusion.enabled: true"
             )
+        if not self.fusion.enabled and self.selection.strategy == "fusion":
+            raise ValueError("selection.strategy: fusion ranks by the fused labels: set fusion.enabled: true")
 
     @property
     def run_dir(self) -> Path:

@@ -87,11 +87,15 @@ def score_export(out: Path, world: Path, tokens: list[str], scenes: list[str], a
         "geometric_iou_not_annotated": o["geometric_iou"],
         "kept_share": kept / max(total, 1),
         "kept_miou": k["miou"],
+        "per_class_iou": a["per_class_iou"],
     }
 
 
-def run_one(fused: Path, world: Path, frames: NuScenesFrames, picks: list[str], way: str, tmp: Path) -> dict:
-    """Export the pool's fused labels with `picks` annotated (used as `way` says) and score the files."""
+def run_one(
+    fused: Path, world: Path, frames: NuScenesFrames, picks: list[str], way: str, tmp: Path, tiles: dict | None = None
+) -> dict:
+    """Export the pool's fused labels with `picks` annotated (used as `way` says; `tiles`: token -> the BEV tiles'
+    bounds annotated in that keyframe, whole keyframes otherwise) and score the files."""
     store_path = tmp / "labels.zarr"
     shutil.rmtree(store_path, ignore_errors=True)
     shutil.copytree(fused, store_path)
@@ -99,7 +103,7 @@ def run_one(fused: Path, world: Path, frames: NuScenesFrames, picks: list[str], 
     rnd = store.round(0)
     tokens, scenes = list(rnd.tokens), [store.scene_of(rnd)[t] for t in rnd.tokens]
     if way != "none":
-        oracle_into(store_path, store.grid, tokens, scenes, [(frames.scene_of(t), t) for t in picks], world)
+        oracle_into(store_path, store.grid, tokens, scenes, [(frames.scene_of(t), t) for t in picks], world, tiles)
     carried = None
     if way in PROPAGATE_MODES[1:]:
         carried = PropagatedLabels(manual_labels(store_path, store.grid), frames, store.grid, way)

@@ -33,7 +33,9 @@ Variants:
                     `frame_hybrid_10pct` labels whole frames (at most 1 per scene); `region_entropy_5pct` labels
                     BEV tiles under a budget of N% of the pool's frames counted in voxels (selection.unit region,
                     at most 2 frames per scene, 16 tiles per frame). The pool is scored once per round-0 seed;
-                    the selection's seed (random draws, ties) is the training seed
+                    the selection's seed (random draws, ties) is the training seed. Strategy `fusion`
+                    (`region_fusion_5pct`) ranks by the fused labels, no network: its round 0 must fuse
+                    (`round0=fused_3d`)
   fusion_dts        all the evidence: render_fused + the DTS teacher, its pseudo-labels filtered by the frame's
                     LiDAR and the fused labels (dts.evidence: fusion)
   hard_dts / fusion_dts_hard   noisy_dts / fusion_dts at the hard noise level
@@ -78,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from active import base_recipe, make_world, oracle_labels, run_per_gpu, write_recipe  # noqa: E402
 
 from autolabel.active.config import STRATEGIES, SelectionConfig  # noqa: E402
+from autolabel.active.pool import fusion_pool  # noqa: E402
 from autolabel.active.select import select_frames, select_regions  # noqa: E402
 from autolabel.config_io import apply_overrides  # noqa: E402
 from autolabel.stages import evaluate_checkpoint, score_round  # noqa: E402
@@ -438,7 +441,19 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         sel = selection_of(kind)
         if sel is not None:
             unit, strategy, percent = sel
-            scores = shared_pool_scores(run, dts_name, dts)
+            if strategy == "fusion":  # the fused labels' own uncertainty (round 0 fuses): no network pass
+                if not dts.fusion.enabled:
+                    raise SystemExit(f"{name}: strategy fusion needs a round 0 that fuses (round0=fused_3d)")
+                grid_voxels = float(np.prod(dts.network.grid.shape))
+                scores = fusion_pool(
+                    open_frames(dts, "train", load_images=False, load_gt=False),
+                    LabelStore.open(dts.store_path),
+                    0,
+                    LabelStore.open(dts.fusion_path),
+                    SelectionConfig(unit="region", budget=grid_voxels),
+                )
+            else:
+                scores = shared_pool_scores(run, dts_name, dts)
             frames_worth = max(1, round(percent / 100 * len(scores.tokens)))
             grid_voxels = int(np.prod(recipe.network.grid.shape))
             if unit == "frame":

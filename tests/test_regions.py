@@ -277,3 +277,36 @@ def test_region_round_select_oracle_ingest_export(region_run, pool_world, tmp_pa
     assert got.source == "region" and (got.semantics != IGNORE_ID).all()
     np.testing.assert_array_equal(got.semantics[want], truth.semantics[want])
     np.testing.assert_array_equal(got.semantics[~want], pseudo.read(pseudo.index(r0["token"]), "semantics")[~want])
+
+
+def test_a_region_frame_of_fused_labels_exports_valid_occ3d_ids(tmp_path):
+    """Fused labels leave unobserved voxels 255; outside the annotated tiles the export writes them as the
+    pseudo-label frames do (free, not confident), never as an id no Occ3D reader knows (bug: 255 was written)."""
+    from autolabel.store.export import _export_frame
+    from tiny_models import TINY_GRID
+
+    shape = TINY_GRID.shape
+    rng = np.random.default_rng(0)
+    sem = rng.integers(0, 18, shape).astype(np.uint8)
+    sem[: shape[0] // 2] = IGNORE_ID  # fusion saw nothing there
+    f = {
+        "semantics": sem,
+        "confidence": np.full(shape, 200, np.uint8),
+        "mask_camera": np.ones(shape, np.uint8),
+        "mask_lidar": np.ones(shape, np.uint8),
+    }
+    tile = bounds_mask(shape, [RegionGrid(shape, 8).bounds(0)])
+    truth = rng.integers(0, 18, shape).astype(np.uint8)
+    m = {
+        "semantics": np.where(tile, truth, IGNORE_ID).astype(np.uint8),
+        "confidence": (tile * 255).astype(np.uint8),
+        "mask_camera": tile.astype(np.uint8),
+        "mask_lidar": tile.astype(np.uint8),
+    }
+    path = tmp_path / "labels.npz"
+    assert _export_frame(f, m, None, TINY_GRID, path, "tok")[0] == "region"
+    got = read_labels(path, TINY_GRID)
+    assert got.semantics.max() <= FREE_ID
+    np.testing.assert_array_equal(got.semantics[tile], truth[tile])
+    unseen = (sem == IGNORE_ID) & ~tile
+    assert (got.semantics[unseen] == FREE_ID).all() and not got.mask_confident[unseen].any()

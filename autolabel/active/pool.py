@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kernels.grid import GridSpec
+from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES
 from occnet.config import NetworkConfig, RenderConfig
 from occnet.losses import rendered_semantics_ce
 from occnet.distributed import gather_to_main, is_main, rank, world_size
@@ -235,12 +236,66 @@ def _point_costs(pool: PoolScores, frames, grid: GridSpec, sel: SelectionConfig,
             c.cost = c.point_cost.cost(sel.box_points)
 
 
-def _finish(frames, labelled: np.ndarray, rows: list[tuple], regions: RegionGrid | None = None) -> PoolScores:
-    """The pool's scores from per-frame results in pool order (class weights over the whole pool; with
-    `regions`, each candidate's tile scores use the same weights)."""
+# fusion_pool's class weights: (1 / frequency) ** 1 of the fused classes. Development world, 5% of the pool's
+# voxels as BEV tiles, the exported labels' mIoU: power 0.25 / 0.5 / 1 / 1.5 gave 60.74 / 62.86 / 64.57 / 64.63
+# (random tiles 56.7; BENCHMARKS.md, issue 21)
+FUSION_CLASS_POWER = 1.0
+
+
+def fusion_pool(
+    frames: NuScenesFrames, store: LabelStore, k: int, fused: LabelStore, selection: SelectionConfig
+) -> PoolScores:
+    """The pool scored by its fused labels (`fused`, the store `fuse_round` wrote; no network): a voxel's
+    uncertainty is 1 - the confidence of its fused label, within the fused labels' mask_camera (unobserved voxels,
+    which have no class to weigh, count 0); frames and tiles score as for the network's entropy (`_finish`), the
+    classes weighted by (1 / their frequency among the pool's fused labels) ** FUSION_CLASS_POWER, so a tile of
+    unsure barriers outranks one of unsure road. Which frames are labelled comes from `store` (round k must be
+    labelled, as for `score_pool`)."""
+    labelled_round(store, k, frames)
+    arrays = fused.round(0)
+    missing = [t for t in frames.tokens if not arrays.has(t)]
+    done = arrays.done()
+    missing += [t for t in frames.tokens if arrays.has(t) and not done[arrays.index(t)]]
+    if missing:
+        raise DataError(
+            f"{fused.path}: no fused labels for {len(missing)} pool frames (first {missing[0]}); run the fuse stage"
+        )
+    regions = RegionGrid(store.grid.shape, selection.region_size) if selection.region else None
+    cells = regions.cell_tiles() if regions is not None else None
+    rows = []
+    for token in tqdm(frames.tokens, desc="score pool (fused labels)", disable=not is_main()):
+        i = arrays.index(token)
+        sem = arrays.read(i, "semantics").astype(np.int64)
+        mask = arrays.read(i, "mask_camera").astype(bool) & (sem != IGNORE_ID)
+        cls = sem[mask]
+        unc = 1.0 - arrays.read(i, "confidence")[mask].astype(np.float64) / 255.0
+        sums = np.bincount(cls, unc, NUM_CLASSES)
+        counts = np.bincount(cls, minlength=NUM_CLASSES).astype(np.float64)
+        tiles = None
+        if regions is not None:
+            code = cells[:, :, None].repeat(sem.shape[2], 2)[mask] * NUM_CLASSES + cls
+            size = regions.count * NUM_CLASSES
+            tiles = (
+                np.bincount(code, unc, size).reshape(regions.count, NUM_CLASSES),
+                np.bincount(code, minlength=size).reshape(regions.count, NUM_CLASSES).astype(np.float64),
+            )
+        cost = selection.frame_cost + selection.voxel_cost * int((cls != FREE_ID).sum())
+        rows.append((sums, counts, 0.0, 0.0, cost, np.zeros(0, np.float32), tiles))
+    pool = _finish(frames, labelled_frames(store, frames.tokens), rows, regions, FUSION_CLASS_POWER)
+    pool.scored_by = (len(rows),)
+    if selection.points:
+        _point_costs(pool, frames, store.grid, selection, store.round(k))
+    return pool
+
+
+def _finish(
+    frames, labelled: np.ndarray, rows: list[tuple], regions: RegionGrid | None = None, power: float = 0.5
+) -> PoolScores:
+    """The pool's scores from per-frame results in pool order (class weights over the whole pool, (1 / frequency)
+    ** power; with `regions`, each candidate's tile scores use the same weights)."""
     ent_sum = np.stack([r[0] for r in rows]).astype(np.float64)
     counts = np.stack([r[1] for r in rows]).astype(np.float64)
-    w = class_weights(torch.from_numpy(counts.sum(0)))
+    w = class_weights(torch.from_numpy(counts.sum(0)), power)
     unc = weighted_uncertainty(torch.from_numpy(ent_sum).float(), torch.from_numpy(counts).float(), w).numpy()
     cands = [
         Candidate(

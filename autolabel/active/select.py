@@ -8,7 +8,7 @@ fits, until the budget is spent. So the budget and the cap hold exactly for ever
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -45,6 +45,14 @@ class Pick:
 def distance_device(device: torch.device) -> torch.device | None:
     """Where the diversity distances run: the recipe's (resolved) device when it is a GPU, else the CPU (None)."""
     return device if device.type == "cuda" else None
+
+
+def fusion_default(cfg: SelectionConfig, fused: bool) -> SelectionConfig:
+    """`auto` for BEV tiles of a run whose training frames are fused (`fused`: fusion.enabled) is `fusion`; any
+    other selection is returned as it is."""
+    if cfg.strategy == "auto" and cfg.region and fused:
+        return replace(cfg, strategy="fusion")
+    return cfg
 
 
 def resolve_strategy(cfg: SelectionConfig, n_labelled: int, pool_size: int) -> str:
@@ -86,9 +94,10 @@ def _order(
                     i = by_scene[s].pop()
                     yield i, f"scene-stratified random ({cands[i].scene})"
         return
-    if strategy == "entropy":
+    if strategy in ("entropy", "fusion"):  # the same ranking; fusion's uncertainty comes from the fused labels
         order = np.argsort(-unc, kind="stable").tolist()
-        yield from ((i, f"uncertainty rank {r + 1}: {unc[i]:.4f}") for r, i in enumerate(order))
+        what = "uncertainty" if strategy == "entropy" else "fused-label uncertainty"
+        yield from ((i, f"{what} rank {r + 1}: {unc[i]:.4f}") for r, i in enumerate(order))
         return
     if strategy not in ("coreset", "kmeans", "hybrid"):
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -166,15 +175,16 @@ def _region_order(
     cfg: SelectionConfig,
     device: str | torch.device | None,
 ) -> Iterator[tuple[int, int, str]]:
-    """(frame, tile, reason) in the strategy's order. entropy: every (frame, tile) pair by tile score; random
+    """(frame, tile, reason) in the strategy's order. entropy, fusion: every (frame, tile) pair by tile score; random
     and stratified: pairs at random (stratified: scenes in turn); the diversity strategies (core-set, k-means,
     hybrid) order the frames as for frame selection and each frame brings its tiles, most uncertain first."""
     rng = np.random.default_rng(cfg.seed)
     pairs = [(i, t) for i, ts in enumerate(tiles_of) for t in ts]
-    if strategy == "entropy":
+    if strategy in ("entropy", "fusion"):
         score = np.array([cands[i].tile_scores[t] for i, t in pairs])
+        what = "tile uncertainty" if strategy == "entropy" else "tile fused-label uncertainty"
         for r, j in enumerate(np.argsort(-score, kind="stable").tolist()):
-            yield (*pairs[j], f"tile uncertainty rank {r + 1}: {score[j]:.4f}")
+            yield (*pairs[j], f"{what} rank {r + 1}: {score[j]:.4f}")
         return
     if strategy in ("random", "stratified"):
         perm = rng.permutation(len(pairs)).tolist()

@@ -19,12 +19,12 @@ from pathlib import Path
 from occnet.distributed import is_main
 from occnet.metrics import OccupancyScores
 
-from ..active.pool import PoolScores, needs_scores, score_pool, select_pool, unscored_pool
+from ..active.pool import PoolScores, fusion_pool, needs_scores, score_pool, select_pool, unscored_pool
 from ..active.propagate import PropagatedLabels
 from ..active.ingest import ingest as ingest_delivery
 from ..active.ingest import oracle_annotate
 from ..active.manifest import read_manifest, write_manifest
-from ..active.select import Pick, distance_device
+from ..active.select import Pick, distance_device, fusion_default
 from ..checkpoint import load_network, readout
 from ..dts.label import label_round, labelling_store
 from ..errors import AwaitingAnnotations
@@ -253,13 +253,18 @@ def select(recipe: Recipe, k: int, progress: bool = True) -> Selection | None:
     store = LabelStore.open(recipe.store_path, recipe.network.grid)
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)  # the manifest's page shows the cameras
     n_labelled = int(labelled_frames(store, list(frames.tokens)).sum())
-    if needs_scores(recipe.selection, n_labelled, len(frames)):
+    selection = fusion_default(recipe.selection, recipe.fusion.enabled)
+    if selection.strategy == "fusion":  # the fused labels' own uncertainty: no network pass (the recipe checks
+        # that fusion is enabled)
+        fused = LabelStore.open(recipe.fusion_path)
+        pool = fusion_pool(frames, store, k, fused, selection) if is_main() else None
+    elif needs_scores(selection, n_labelled, len(frames)):
         pool = score_round(recipe, k, progress=progress)
     else:
-        pool = unscored_pool(frames, store, k, recipe.network.grid, recipe.selection) if is_main() else None
+        pool = unscored_pool(frames, store, k, recipe.network.grid, selection) if is_main() else None
     if pool is None:
         return None
-    picks, strategy = select_pool(pool, recipe.selection, distance_device(device))
+    picks, strategy = select_pool(pool, selection, distance_device(device))
     path = write_manifest(
         select_dir(recipe, k),
         k,
@@ -267,7 +272,7 @@ def select(recipe: Recipe, k: int, progress: bool = True) -> Selection | None:
         strategy,
         len(pool.tokens),
         int(pool.labelled.sum()),
-        recipe.selection,
+        selection,
         frames,
         recipe.digest(),
         recipe.delivery_dir(k) if recipe.rounds.annotator == "folder" else None,

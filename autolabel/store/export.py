@@ -165,7 +165,10 @@ def _export_frame(
     if m is not None:  # region-level labels (issue 21): the annotated tiles over the pseudo-labels
         ann = m["confidence"] == 255
         conf = confident_mask(f, thr) | ann
-        pick = {key: np.where(ann, m[key], f[key]) for key in ("semantics", "mask_camera", "mask_lidar")}
+        # outside the tiles the pseudo-labels as Occ3D files hold them (fusion's unobserved 255 is free, never
+        # confident), as for a frame without manual labels
+        pick = {key: np.where(ann, m[key], f[key]) for key in ("mask_camera", "mask_lidar")}
+        pick["semantics"] = np.where(ann, m["semantics"], as_occ3d(f["semantics"]))
         labels = Occ3DLabels(
             pick["semantics"],
             (pick["mask_lidar"].astype(bool) & conf).astype(np.uint8),

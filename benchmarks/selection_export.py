@@ -93,8 +93,8 @@ def main() -> None:
     pool_frames = NuScenesFrames(
         world, "v1.0-synth", load_images=False, load_gt=False, grid=fused.grid, scenes=sorted(set(scene_of.values()))
     )
-    if list(pool_frames.tokens) != list(rnd.tokens):
-        pool_frames.tokens = list(rnd.tokens)  # the store's order: fusion_pool reads the pool in it
+    if pool_frames.tokens != rnd.tokens:
+        raise SystemExit(f"{fused_path}: its frames are not the pool's scenes' keyframes in the dataset's order")
     frames = NuScenesFrames(world, "v1.0-synth", load_images=False, grid=fused.grid)  # for carrying
     grid_voxels = int(np.prod(fused.grid.shape))
     sel = SelectionConfig(unit="region", budget=grid_voxels)

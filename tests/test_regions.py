@@ -310,3 +310,84 @@ def test_a_region_frame_of_fused_labels_exports_valid_occ3d_ids(tmp_path):
     np.testing.assert_array_equal(got.semantics[tile], truth[tile])
     unseen = (sem == IGNORE_ID) & ~tile
     assert (got.semantics[unseen] == FREE_ID).all() and not got.mask_confident[unseen].any()
+
+
+# ---- selection by the fused labels' own uncertainty (selection.strategy fusion) ----------------------------------
+class _Pool:
+    """What fusion_pool reads of a NuScenesFrames: the pool's tokens in order and each one's scene."""
+
+    def __init__(self, tokens, scenes):
+        self.tokens, self._scene = tuple(tokens), dict(zip(tokens, scenes))
+
+    def scene_of(self, token):
+        return self._scene[token]
+
+
+def _fused_store(path, frames: list[dict], tokens, scenes) -> LabelStore:
+    from tiny_models import TINY_GRID
+
+    store = LabelStore(path, TINY_GRID, create=True)
+    arrays = store.create_round(0, tokens, scenes, {"checkpoint_sha256": "0" * 64})
+    for i, f in enumerate(frames):
+        arrays.write(i, **f)
+    return store
+
+
+def test_fusion_pool_ranks_unsure_rare_classes_first_and_needs_every_frame(tmp_path):
+    """A voxel's uncertainty is 1 - its fused label's confidence, weighted by its class's rarity among the pool's
+    fused labels: a tile of unsure barriers outranks one of equally unsure road and one of sure barriers; a frame's
+    score is its weighted mean; unobserved voxels (255) count nothing; a pool frame without fused labels is refused."""
+    from autolabel.active.pool import fusion_pool
+    from tiny_models import TINY_GRID
+
+    shape = TINY_GRID.shape
+    regions = RegionGrid(shape, 16)
+    tile = [bounds_mask(shape, [regions.bounds(t)]) for t in range(regions.count)]
+    road, barrier = 11, 1
+
+    def frame(unsure_tile, cls):
+        sem = np.full(shape, FREE_ID, np.uint8)
+        sem[:, :, 0] = road  # a pool mostly of road
+        conf = np.full(shape, 255, np.uint8)
+        sem[tile[unsure_tile] & (np.arange(shape[2]) == 1)] = cls
+        conf[tile[unsure_tile] & (np.arange(shape[2]) <= 1)] = 100  # unsure there, road and barrier alike
+        sem[tile[3] & (np.arange(shape[2]) == 2)] = barrier  # sure barriers
+        sem[tile[2]] = np.where(sem[tile[2]] == FREE_ID, IGNORE_ID, sem[tile[2]])  # fusion saw nothing there
+        return {"semantics": sem, "confidence": conf, "mask_camera": np.ones(shape, np.uint8), "mask_lidar": sem * 0}
+
+    tokens, scenes = ["a", "b"], ["s0", "s1"]
+    frames = [frame(0, barrier), frame(1, road)]
+    store = _fused_store(tmp_path / "labels.zarr", frames, tokens, scenes)
+    cfg = SelectionConfig(unit="region", region_size=16, budget=regions.voxels()[0], per_scene_cap=1)
+    pool = fusion_pool(_Pool(tokens, scenes), store, 0, store, cfg)
+    a, b = pool.candidates
+    assert a.tile_scores.argmax() == 0 and b.tile_scores.argmax() == 1
+    assert a.tile_scores[0] > b.tile_scores[1] > 0  # unsure barriers before unsure road
+    assert a.tile_scores[3] == b.tile_scores[3] == 0  # sure barriers: nothing to gain
+    assert a.scores["uncertainty"] > b.scores["uncertainty"]
+    picks, strategy = select_regions(pool.candidates, pool.features, pool.features[:0], replace_strategy(cfg), regions)
+    assert strategy == "fusion" and [(p.candidate.token, p.tiles) for p in picks] == [("a", [0])]
+    assert "fused-label uncertainty" in picks[0].reason
+    # the fused store lacks a pool frame
+    with pytest.raises(DataError, match="no fused labels for 1 pool frames .*run the fuse stage"):
+        fusion_pool(_Pool(tokens + ["c"], scenes + ["s2"]), store, 0, store, cfg)
+
+
+def replace_strategy(cfg: SelectionConfig) -> SelectionConfig:
+    from dataclasses import replace
+
+    return replace(cfg, strategy="fusion")
+
+
+def test_auto_takes_fusion_for_tiles_of_a_run_that_fuses():
+    from autolabel.active.select import fusion_default
+    from autolabel.config_io import from_dict
+    from autolabel.recipe import Recipe
+
+    tiles = SelectionConfig(unit="region", budget=1e6)
+    assert fusion_default(tiles, True).strategy == "fusion"
+    assert fusion_default(tiles, False).strategy == "auto"  # resolves as before: stratified, then hybrid
+    assert fusion_default(SelectionConfig(), True).strategy == "auto"  # whole frames: stratified random
+    assert fusion_default(SelectionConfig(unit="region", budget=1e6, strategy="random"), True).strategy == "random"
+    with pytest.raises(DataError, match="selection.strategy: fusion ranks by the fused labels: set fusion.enabled"):
+        from_dict(Recipe, {"data": {"dataroot": "x"}, "selection": {"strategy": "fusion"}})

@@ -251,7 +251,6 @@ def fusion_pool(
     classes weighted by (1 / their frequency among the pool's fused labels) ** FUSION_CLASS_POWER, so a tile of
     unsure barriers outranks one of unsure road. Which frames are labelled comes from `store` (round k must be
     labelled, as for `score_pool`)."""
-    labelled_round(store, k, frames)
     arrays = fused.round(0)
     missing = [t for t in frames.tokens if not arrays.has(t)]
     done = arrays.done()
@@ -260,6 +259,7 @@ def fusion_pool(
         raise DataError(
             f"{fused.path}: no fused labels for {len(missing)} pool frames (first {missing[0]}); run the fuse stage"
         )
+    labelled_round(store, k, frames)
     regions = RegionGrid(store.grid.shape, selection.region_size) if selection.region else None
     cells = regions.cell_tiles() if regions is not None else None
     rows = []

@@ -59,7 +59,7 @@ def tiny_overrides(models: Path, sample_root: Path) -> list[str]:
         "train.batch_size": 1,
         "dts.start_step": 1,
         "dts.batch_size": 1,
-        "selection.budget": 1,
+        "selection.budget": int(np.prod(GRID.shape)),  # the recipe's tiles: one frame's worth of voxels
         "rounds.count": 2,
     }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
@@ -109,6 +109,8 @@ def test_nuscenes_recipe_runs_on_the_real_sample(tmp_path, sample_root, monkeypa
     assert code == 3, err
     manifest = json.loads((run / "round_0" / "select" / "manifest.json").read_text())
     assert [r["token"] for r in manifest["selected"]] == [SAMPLE_TOKEN]
+    # the recipe's BEV tiles, ranked by the fused labels (auto for tiles of a run that fuses: issue 21)
+    assert manifest["unit"] == "region" and manifest["strategy"] == "fusion" and manifest["selected"][0]["tiles"]
     deliver = Path(manifest["deliver_to"])
     assert deliver.is_absolute() and deliver == tmp_path / "annotations" / "round_0"
     assert str(deliver) in err  # the waiting message names the same folder

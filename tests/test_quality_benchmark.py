@@ -79,13 +79,15 @@ def test_quality_harness_runs_micro(tmp_path):
         "--tag",
         "b",
         "--variants",
-        "frame_random_10pct,region_hybrid_10pct,share50,carried,fused_3d,f_carried",
+        "frame_random_10pct,region_hybrid_10pct,share50,carried,fused_3d,f_carried,f_fusion",
         "--ablation",
         "share50=frame_random_10pct:train.labelled_share=0.5",  # an ablation of round 1's training
         "--ablation",
         "carried=frame_random_10pct:rounds.propagate=static_free",  # labels carried to the scene's keyframes
         "--ablation",  # round 1 from another round-0 network: fused_3d's, trained in this invocation
         "f_carried=frame_random_10pct:round0=fused_3d;rounds.propagate=static_free",
+        "--ablation",  # tiles ranked by the fused labels' own uncertainty: no network pass
+        "f_fusion=region_fusion_10pct:round0=fused_3d",
     )
     assert all((tmp_path / "q" / name).read_bytes() == data for name, data in first.items() if name != "results.json")
     merged = json.loads((tmp_path / "q" / "results.json").read_text())["variants"]
@@ -108,6 +110,7 @@ def test_quality_harness_runs_micro(tmp_path):
     assert own["loss"]["fused_3d"] == 1.0 and own["loss"]["semantics_2d"] == 0.0 and own["dts"]["enabled"] is False
     assert own["rounds"]["propagate"] == "static_free" and (tmp_path / "q" / "pool_fused_3d.pkl").is_file()
     assert merged["f_carried"]["selected"] == merged["frame_random_10pct"]["selected"]  # same seed, same picks
+    assert merged["f_fusion"]["strategy"] == "fusion" and all(n > 0 for n in merged["f_fusion"]["tiles"])
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_curves.py"
     curves = subprocess.run([sys.executable, str(script), str(tmp_path / "q")], capture_output=True, text=True)
     assert curves.returncode == 0, curves.stderr[-2000:]
@@ -224,3 +227,28 @@ def test_world_digest_covers_the_maps(tmp_path, monkeypatch):
         (world / "maps" / "m.png").write_bytes(bytes([i]))
         digests.append(quality.world_digest(world))
     assert digests[0] != digests[1]
+
+
+def test_selection_export_benchmark_runs_on_the_micro_world(tmp_path):
+    """benchmarks/selection_export.py on quality.py's micro world: every way of choosing spends the same voxels,
+    is annotated, exported and scored; the random ways once per draw, the fusion ways once."""
+    run_micro_benchmark("quality.py", tmp_path / "q", "--variants", "fusion")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "selection_export.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "q"), "--percent", "50", "--seeds", "0,1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads((tmp_path / "q" / "selection_export_31.json").read_text())
+    ways = [(row["way"], row["seed"]) for row in r["rows"]]
+    assert ways == [("none", None)] + [
+        (w, s)
+        for w in ("frames_stratified", "frames_fusion", "tiles_random", "tiles_fusion")
+        for s in ([0] if w.endswith("fusion") else [0, 1])
+    ]
+    spent = {row["voxels"] for row in r["rows"] if row["way"] != "none"}
+    assert all(0 < v <= 2 * 64 * 64 * 8 for v in spent)  # 50% of the 4-frame pool: two frames' voxels at most
+    assert all(row["miou"] >= r["rows"][0]["miou"] for row in r["rows"][1:])  # exact labels never hurt here
+    assert "tiles_fusion" in done.stdout

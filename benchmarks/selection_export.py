@@ -47,6 +47,12 @@ WAYS = ("frames_stratified", "frames_fusion", "tiles_random", "tiles_fusion")
 TILE_SCENE_CAP = 2  # keyframes per scene for tiles (the recipes' selection.per_scene_cap)
 
 
+def save(path: Path, results: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
+
+
 def choose(way: str, pool, frames_worth: int, grid_voxels: int, seed: int) -> tuple[list[str], dict, int]:
     """The annotated keyframes, their tiles' bounds (token -> bounds; empty for whole keyframes) and the voxels."""
     unit, how = way.split("_")
@@ -99,15 +105,31 @@ def main() -> None:
     grid_voxels = int(np.prod(fused.grid.shape))
     sel = SelectionConfig(unit="region", budget=grid_voxels)
     pool = fusion_pool(pool_frames, fused, 0, fused, sel)
-    results: dict = {"world": str(world), "world_seed": seed, "pool_frames": len(rnd.tokens), "rows": []}
+    out = run / f"selection_export_{seed}.json"
+    results: dict = {
+        "world": str(world),
+        "world_seed": seed,
+        "pool_frames": len(rnd.tokens),
+        "propagate": args.propagate,
+        "rows": [],
+    }
+    if out.is_file():  # another invocation's rows (other budgets): kept, and not computed again
+        before = json.loads(out.read_text())
+        if before.get("propagate", "static_free") != args.propagate:
+            raise SystemExit(f"{out} holds rows exported with --propagate {before.get('propagate')}; move it away")
+        results["rows"] = before["rows"]
+    done = {(r["percent"], r["way"], r["seed"]) for r in results["rows"]}
     with tempfile.TemporaryDirectory() as tmp:
-        base = run_one(fused_path, world, frames, [], "none", Path(tmp))
-        results["rows"].append({"percent": 0, "way": "none", "seed": None, **base})
-        print(f"none: mIoU {base['miou']}", flush=True)
+        if (0, "none", None) not in done:
+            base = run_one(fused_path, world, frames, [], "none", Path(tmp))
+            results["rows"].append({"percent": 0, "way": "none", "seed": None, **base})
+            print(f"none: mIoU {base['miou']}", flush=True)
         for pct in (float(p) for p in args.percent.split(",")):
             frames_worth = max(1, round(pct / 100 * len(rnd.tokens)))
             for way in ways:
                 for s in [0] if way.endswith("fusion") else [int(v) for v in args.seeds.split(",")]:
+                    if (pct, way, s) in done:
+                        continue
                     picks, tiles, voxels = choose(way, pool, frames_worth, grid_voxels, s)
                     r = run_one(fused_path, world, frames, picks, args.propagate, Path(tmp), tiles or None)
                     row = {"percent": pct, "way": way, "seed": s, "keyframes": len(picks), "voxels": voxels, **r}
@@ -117,9 +139,10 @@ def main() -> None:
                         f"({len(picks)} keyframes, {voxels} voxels)",
                         flush=True,
                     )
-    out = run / f"selection_export_{seed}.json"
-    out.write_text(json.dumps(results, indent=1))
+                    save(out, results)  # after every row: a rerun resumes
+    save(out, results)
     print_table(results)
+    figure(results, out.with_suffix(".png"))
 
 
 def print_table(results: dict) -> None:
@@ -143,6 +166,37 @@ def print_table(results: dict) -> None:
             f"{'none' if pct == 0 else f'{pct:g}%':<12}{way:<20}{kf:>10}{cell('miou'):>15}{cell('geometric_iou'):>15}"
             f"{cell('kept_share', 100):>15}"
         )
+
+
+def figure(results: dict, path: Path) -> None:
+    """The exported labels' mIoU against the share of the pool's voxels annotated, one line per way (error bars:
+    half the spread over draws), fusion alone as a line."""
+    from autolabel.report.figures import pyplot, save_figure
+
+    plt = pyplot()
+    rows = results["rows"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in rows:
+        if r["way"] == "none":
+            ax.axhline(r["miou"], color="grey", lw=1, label="fused labels alone (no annotation)")
+    for way in WAYS:
+        pcts = sorted({r["percent"] for r in rows if r["way"] == way})
+        if not pcts:
+            continue
+        vals = [[r["miou"] for r in rows if r["way"] == way and r["percent"] == p] for p in pcts]
+        half = [(max(v) - min(v)) / 2 for v in vals]
+        ax.errorbar(pcts, [np.mean(v) for v in vals], yerr=half, marker="o", capsize=3, label=way)
+    pcts = sorted({r["percent"] for r in rows if r["way"] != "none"})
+    ax.set_xscale("log")
+    ax.set_xticks(pcts)
+    ax.set_xticklabels([f"{p:g}%" for p in pcts])
+    ax.set_xlabel("share of the pool annotated (its keyframes' voxels)")
+    ax.set_ylabel("exported labels' mIoU (exact mask_camera)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{Path(results['world']).name}: {results['pool_frames']} pool keyframes", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

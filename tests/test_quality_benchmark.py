@@ -251,4 +251,16 @@ def test_selection_export_benchmark_runs_on_the_micro_world(tmp_path):
     spent = {row["voxels"] for row in r["rows"] if row["way"] != "none"}
     assert all(0 < v <= 2 * 64 * 64 * 8 for v in spent)  # 50% of the 4-frame pool: two frames' voxels at most
     assert all(row["miou"] >= r["rows"][0]["miou"] for row in r["rows"][1:])  # exact labels never hurt here
-    assert "tiles_fusion" in done.stdout
+    assert "tiles_fusion" in done.stdout and (tmp_path / "q" / "selection_export_31.png").stat().st_size > 1000
+    # another budget joins the same file; the rows already there are kept, not computed again
+    again = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "q"), "--percent", "25", "--ways", "tiles_fusion"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    merged = json.loads((tmp_path / "q" / "selection_export_31.json").read_text())["rows"]
+    assert merged[: len(r["rows"])] == r["rows"] and [(x["percent"], x["way"]) for x in merged[len(r["rows"]) :]] == [
+        (25.0, "tiles_fusion")
+    ]

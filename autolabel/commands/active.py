@@ -31,7 +31,9 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
         rows = json.loads(path.read_text())["selected"]
         region += f"; {sum(r['points'] for r in rows)} LiDAR points and {sum(r['boxes'] for r in rows)} boxes to label"
     scored = (
-        f"pool scored by {len(pool.scored_by)} process(es) ({', '.join(map(str, pool.scored_by))} frames)"
+        f"pool scored by its fused labels ({pool.scored_by[0]} frames, no network)"
+        if strategy == "fusion"
+        else f"pool scored by {len(pool.scored_by)} process(es) ({', '.join(map(str, pool.scored_by))} frames)"
         if pool.scored_by
         else f"pool not scored ({strategy} reads no score)"
     )

@@ -152,3 +152,26 @@ def test_two_processes_score_the_pool_like_one(trained, tmp_path):
     a, b = (json.loads((r.parent / "run" / "round_0" / "select" / "manifest.json").read_text()) for r in runs)
     assert len(a["selected"]) == 3 and a["selected"] == b["selected"]
     assert a["pool_size"] == b["pool_size"] == 6
+
+
+def test_two_processes_score_the_pool_by_its_fused_labels_like_one(trained, tmp_path):
+    """`selection.strategy: fusion` under torchrun: each rank reads its share of the fused labels (DataLoader
+    workers), rank 0 gathers and selects tiles; the manifest equals one process's."""
+    runs = []
+    for name in ("one", "two"):
+        shutil.copytree(trained, tmp_path / name)
+        recipe = tmp_path / name / "recipe.yaml"
+        r = yaml.safe_load(recipe.read_text())
+        r["out"] = str(tmp_path / name / "run")
+        r["fusion"] = {"enabled": True, "window": 1}
+        r["selection"] = {"unit": "region", "region_size": 16, "budget": 2048 * 4, "per_scene_cap": 1}  # auto
+        recipe.write_text(yaml.safe_dump(r))
+        runs.append(recipe)
+    assert main(["fuse", str(runs[0])]) == 0
+    shutil.copytree(tmp_path / "one" / "run" / "fusion.zarr", tmp_path / "two" / "run" / "fusion.zarr")
+    assert main(["select", str(runs[0]), "--round", "0"]) == 0
+    out = torchrun("select", str(runs[1]), "--round", "0")
+    assert "pool scored by its fused labels, no network, in 2 process(es) (3, 3 frames)" in out.stdout
+    a, b = (json.loads((r.parent / "run" / "round_0" / "select" / "manifest.json").read_text()) for r in runs)
+    assert a["strategy"] == b["strategy"] == "fusion" and a["unit"] == "region"
+    assert sum(len(row["tiles"]) for row in a["selected"]) == 4 and a["selected"] == b["selected"]

@@ -109,6 +109,11 @@ def _first(items: list) -> dict:
     return items[0]
 
 
+def _as_is(item):
+    """A DataLoader's sample unchanged (NumPy arrays stay NumPy arrays)."""
+    return item
+
+
 def score_pool(
     frames: NuScenesFrames,
     cache: SupervisionCache,
@@ -242,15 +247,58 @@ def _point_costs(pool: PoolScores, frames, grid: GridSpec, sel: SelectionConfig,
 FUSION_CLASS_POWER = 1.0
 
 
+class _FusedFrameScores(torch.utils.data.Dataset):
+    """Per pool index: one frame's fused-label uncertainty sums and counts by class (and by tile and class), and
+    its cost: `fusion_pool`'s per-frame work, read in DataLoader workers (each opens the store itself)."""
+
+    def __init__(self, path, grid, tokens, indices, regions, selection):
+        self.path, self.grid, self.tokens, self.indices = path, grid, tokens, indices
+        self.regions, self.selection = regions, selection
+        self.arrays = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> tuple:
+        if self.arrays is None:
+            self.arrays = LabelStore.open(self.path, self.grid).round(0)
+        i = self.indices[j]
+        f = self.arrays.index(self.tokens[i])
+        sem = self.arrays.read(f, "semantics").astype(np.int64)
+        mask = self.arrays.read(f, "mask_camera").astype(bool) & (sem != IGNORE_ID)
+        cls = sem[mask]
+        unc = 1.0 - self.arrays.read(f, "confidence")[mask].astype(np.float64) / 255.0
+        sums = np.bincount(cls, unc, NUM_CLASSES)
+        counts = np.bincount(cls, minlength=NUM_CLASSES).astype(np.float64)
+        tiles = None
+        if self.regions is not None:
+            cells = self.regions.cell_tiles()[:, :, None].repeat(sem.shape[2], 2)
+            code = cells[mask] * NUM_CLASSES + cls
+            size = self.regions.count * NUM_CLASSES
+            tiles = (
+                np.bincount(code, unc, size).reshape(self.regions.count, NUM_CLASSES).astype(np.float32),
+                np.bincount(code, minlength=size).reshape(self.regions.count, NUM_CLASSES).astype(np.float32),
+            )
+        cost = self.selection.frame_cost + self.selection.voxel_cost * int((cls != FREE_ID).sum())
+        return i, (sums, counts, 0.0, 0.0, cost, np.zeros(0, np.float32), tiles)
+
+
 def fusion_pool(
-    frames: NuScenesFrames, store: LabelStore, k: int, fused: LabelStore, selection: SelectionConfig
-) -> PoolScores:
+    frames: NuScenesFrames,
+    store: LabelStore,
+    k: int,
+    fused: LabelStore,
+    selection: SelectionConfig,
+    progress: bool = True,
+    workers: int | None = None,
+) -> PoolScores | None:
     """The pool scored by its fused labels (`fused`, the store `fuse_round` wrote; no network): a voxel's
     uncertainty is 1 - the confidence of its fused label, within the fused labels' mask_camera (unobserved voxels,
     which have no class to weigh, count 0); frames and tiles score as for the network's entropy (`_finish`), the
     classes weighted by (1 / their frequency among the pool's fused labels) ** FUSION_CLASS_POWER, so a tile of
     unsure barriers outranks one of unsure road. Which frames are labelled comes from `store` (round k must be
-    labelled, as for `score_pool`)."""
+    labelled, as for `score_pool`). Under torchrun each rank reads frames ``i % world == rank`` (in DataLoader
+    workers: `default_workers()` unless given) and rank 0 gathers them and returns the pool; the others None."""
     arrays = fused.round(0)
     missing = [t for t in frames.tokens if not arrays.has(t)]
     done = arrays.done()
@@ -261,28 +309,24 @@ def fusion_pool(
         )
     labelled_round(store, k, frames)
     regions = RegionGrid(store.grid.shape, selection.region_size) if selection.region else None
-    cells = regions.cell_tiles() if regions is not None else None
-    rows = []
-    for token in tqdm(frames.tokens, desc="score pool (fused labels)", disable=not is_main()):
-        i = arrays.index(token)
-        sem = arrays.read(i, "semantics").astype(np.int64)
-        mask = arrays.read(i, "mask_camera").astype(bool) & (sem != IGNORE_ID)
-        cls = sem[mask]
-        unc = 1.0 - arrays.read(i, "confidence")[mask].astype(np.float64) / 255.0
-        sums = np.bincount(cls, unc, NUM_CLASSES)
-        counts = np.bincount(cls, minlength=NUM_CLASSES).astype(np.float64)
-        tiles = None
-        if regions is not None:
-            code = cells[:, :, None].repeat(sem.shape[2], 2)[mask] * NUM_CLASSES + cls
-            size = regions.count * NUM_CLASSES
-            tiles = (
-                np.bincount(code, unc, size).reshape(regions.count, NUM_CLASSES),
-                np.bincount(code, minlength=size).reshape(regions.count, NUM_CLASSES).astype(np.float64),
-            )
-        cost = selection.frame_cost + selection.voxel_cost * int((cls != FREE_ID).sum())
-        rows.append((sums, counts, 0.0, 0.0, cost, np.zeros(0, np.float32), tiles))
-    pool = _finish(frames, labelled_frames(store, frames.tokens), rows, regions, FUSION_CLASS_POWER)
-    pool.scored_by = (len(rows),)
+    tokens = list(frames.tokens)
+    mine = [i for i in range(len(tokens)) if i % world_size() == rank()]
+    data = _FusedFrameScores(fused.path, fused.grid, tokens, mine, regions, selection)
+    loader = DataLoader(
+        data, batch_size=None, num_workers=default_workers() if workers is None else workers, collate_fn=_as_is
+    )
+    bar = tqdm(loader, total=len(mine), desc="score pool (fused labels)", disable=not progress or not is_main())
+    scored = dict(bar)
+    parts = gather_to_main(scored)
+    if not is_main():
+        return None
+    counts = [len(scored)] + [len(part) for part in parts]
+    for part in parts:
+        scored.update(part)
+    pool = _finish(
+        frames, labelled_frames(store, tokens), [scored[i] for i in range(len(tokens))], regions, FUSION_CLASS_POWER
+    )
+    pool.scored_by = tuple(counts)
     if selection.points:
         _point_costs(pool, frames, store.grid, selection, store.round(k))
     return pool

@@ -31,7 +31,8 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
         rows = json.loads(path.read_text())["selected"]
         region += f"; {sum(r['points'] for r in rows)} LiDAR points and {sum(r['boxes'] for r in rows)} boxes to label"
     scored = (
-        f"pool scored by its fused labels ({pool.scored_by[0]} frames, no network)"
+        f"pool scored by its fused labels, no network, in {len(pool.scored_by)} process(es) "
+        f"({', '.join(map(str, pool.scored_by))} frames)"
         if strategy == "fusion"
         else f"pool scored by {len(pool.scored_by)} process(es) ({', '.join(map(str, pool.scored_by))} frames)"
         if pool.scored_by

@@ -254,10 +254,9 @@ def select(recipe: Recipe, k: int, progress: bool = True) -> Selection | None:
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)  # the manifest's page shows the cameras
     n_labelled = int(labelled_frames(store, list(frames.tokens)).sum())
     selection = fusion_default(recipe.selection, recipe.fusion.enabled)
-    if selection.strategy == "fusion":  # the fused labels' own uncertainty: no network pass (the recipe checks
-        # that fusion is enabled)
-        fused = LabelStore.open(recipe.fusion_path)
-        pool = fusion_pool(frames, store, k, fused, selection) if is_main() else None
+    if selection.strategy == "fusion":  # the fused labels' own uncertainty, no network (the recipe checks that
+        # fusion is enabled); every rank reads its share, rank 0 gets the pool
+        pool = fusion_pool(frames, store, k, LabelStore.open(recipe.fusion_path), selection, progress)
     elif needs_scores(selection, n_labelled, len(frames)):
         pool = score_round(recipe, k, progress=progress)
     else:

@@ -276,8 +276,8 @@ class _FusedFrameScores(torch.utils.data.Dataset):
             code = cells[mask] * NUM_CLASSES + cls
             size = self.regions.count * NUM_CLASSES
             tiles = (
-                np.bincount(code, unc, size).reshape(self.regions.count, NUM_CLASSES).astype(np.float32),
-                np.bincount(code, minlength=size).reshape(self.regions.count, NUM_CLASSES).astype(np.float32),
+                np.bincount(code, unc, size).reshape(self.regions.count, NUM_CLASSES),
+                np.bincount(code, minlength=size).reshape(self.regions.count, NUM_CLASSES).astype(np.float64),
             )
         cost = self.selection.frame_cost + self.selection.voxel_cost * int((cls != FREE_ID).sum())
         return i, (sums, counts, 0.0, 0.0, cost, np.zeros(0, np.float32), tiles)

@@ -117,19 +117,31 @@ def run_one(
     return r | {"frames_carried": s["frames_carried"], "frames_manual": s["frames_manual"], "export_s": seconds}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments naming a quality.py run's world and fused labels (`fused_run` reads them)."""
     ap.add_argument("run", help="a benchmarks/quality.py run folder holding the world and fusion_noisy.zarr")
     ap.add_argument("--test", action="store_true", help="the test world (seed 131), only for the reported table")
     ap.add_argument("--world-seed", type=int, default=None, help="default 31, or 131 with --test")
-    ap.add_argument("--percent", default="5,10", help="shares of the pool annotated, comma-separated")
-    ap.add_argument("--seeds", default="0,1,2", help="draws of the annotated keyframes")
-    args = ap.parse_args()
+
+
+def fused_run(args: argparse.Namespace) -> tuple[Path, int, Path, Path]:
+    """(run folder, world seed, world, fused store) of `add_run_arguments`' arguments; SystemExit if either is
+    missing."""
     run = Path(args.run)
     seed = args.world_seed if args.world_seed is not None else (131 if args.test else 31)
     world, fused = run / f"world_{seed}", run / "fusion_noisy.zarr"
     if not (world / "v1.0-synth").is_dir() or not (fused / "zarr.json").is_file():
         raise SystemExit(f"{run}: want world_{seed}/ and fusion_noisy.zarr (quality.py RUN --variants fusion)")
+    return run, seed, world, fused
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(ap)
+    ap.add_argument("--percent", default="5,10", help="shares of the pool annotated, comma-separated")
+    ap.add_argument("--seeds", default="0,1,2", help="draws of the annotated keyframes")
+    args = ap.parse_args()
+    run, seed, world, fused = fused_run(args)
     store = LabelStore.open(fused)
     rnd = store.round(0)
     tokens = list(rnd.tokens)

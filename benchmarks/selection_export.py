@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from carried_export import run_one  # noqa: E402
+from carried_export import add_run_arguments, fused_run, run_one  # noqa: E402
 
 from autolabel.active.config import PROPAGATE_MODES, SelectionConfig  # noqa: E402
 from autolabel.active.pool import fusion_pool  # noqa: E402
@@ -77,9 +77,7 @@ def choose(way: str, pool, frames_worth: int, grid_voxels: int, seed: int) -> tu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", help="a benchmarks/quality.py run folder holding the world and fusion_noisy.zarr")
-    ap.add_argument("--test", action="store_true", help="the test world (seed 131), only for the reported table")
-    ap.add_argument("--world-seed", type=int, default=None, help="default 31, or 131 with --test")
+    add_run_arguments(ap)
     ap.add_argument("--percent", default="5", help="shares of the pool's voxels annotated, comma-separated")
     ap.add_argument("--seeds", default="0,1,2", help="draws of the random ways")
     ap.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated, of {WAYS}")
@@ -88,11 +86,7 @@ def main() -> None:
     ways = args.ways.split(",")
     if set(ways) - set(WAYS):
         raise SystemExit(f"unknown ways {sorted(set(ways) - set(WAYS))}; choose from {WAYS}")
-    run = Path(args.run)
-    seed = args.world_seed if args.world_seed is not None else (131 if args.test else 31)
-    world, fused_path = run / f"world_{seed}", run / "fusion_noisy.zarr"
-    if not (world / "v1.0-synth").is_dir() or not (fused_path / "zarr.json").is_file():
-        raise SystemExit(f"{run}: want world_{seed}/ and fusion_noisy.zarr (quality.py RUN --variants fusion)")
+    run, seed, world, fused_path = fused_run(args)
     fused = LabelStore.open(fused_path)
     rnd = fused.round(0)
     scene_of = fused.scene_of(rnd)

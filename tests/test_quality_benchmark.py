@@ -191,19 +191,20 @@ def test_world_digest_reads_what_npz_files_hold_not_their_bytes(tmp_path, monkey
     assert digests[0] == digests[1] != digests[2]
 
 
+def fused_benchmark(script: str, run: Path, *args: str) -> subprocess.CompletedProcess:
+    """benchmarks/<script> on a quality.py run's world and fused labels; its output (exit status 0 asserted)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), str(run), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_carried_export_benchmark_runs_on_the_micro_world(tmp_path):
     """benchmarks/carried_export.py on quality.py's micro world and fused labels: every way of using the
     annotated keyframes is exported and scored; the manual keyframes make the export better than the fused
     labels alone, and carrying never labels the annotated keyframes themselves."""
     run_micro_benchmark("quality.py", tmp_path / "q", "--variants", "fusion")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "carried_export.py"
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "q"), "--percent", "50", "--seeds", "0,1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = fused_benchmark("carried_export.py", tmp_path / "q", "--percent", "50", "--seeds", "0,1")
     r = json.loads((tmp_path / "q" / "carried_export_31.json").read_text())
     rows = {(row["way"], row["seed"]): row for row in r["rows"]}
     assert set(rows) == {("none", None)} | {(w, s) for w in ("manual", "static", "static_free") for s in (0, 1)}
@@ -233,14 +234,7 @@ def test_selection_export_benchmark_runs_on_the_micro_world(tmp_path):
     """benchmarks/selection_export.py on quality.py's micro world: every way of choosing spends the same voxels,
     is annotated, exported and scored; the random ways once per draw, the fusion ways once."""
     run_micro_benchmark("quality.py", tmp_path / "q", "--variants", "fusion")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "selection_export.py"
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "q"), "--percent", "50", "--seeds", "0,1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = fused_benchmark("selection_export.py", tmp_path / "q", "--percent", "50", "--seeds", "0,1")
     r = json.loads((tmp_path / "q" / "selection_export_31.json").read_text())
     ways = [(row["way"], row["seed"]) for row in r["rows"]]
     assert ways == [("none", None)] + [
@@ -253,13 +247,7 @@ def test_selection_export_benchmark_runs_on_the_micro_world(tmp_path):
     assert all(row["miou"] >= r["rows"][0]["miou"] for row in r["rows"][1:])  # exact labels never hurt here
     assert "tiles_fusion" in done.stdout and (tmp_path / "q" / "selection_export_31.png").stat().st_size > 1000
     # another budget joins the same file; the rows already there are kept, not computed again
-    again = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "q"), "--percent", "25", "--ways", "tiles_fusion"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert again.returncode == 0, again.stderr[-2000:]
+    fused_benchmark("selection_export.py", tmp_path / "q", "--percent", "25", "--ways", "tiles_fusion")
     merged = json.loads((tmp_path / "q" / "selection_export_31.json").read_text())["rows"]
     assert merged[: len(r["rows"])] == r["rows"] and [(x["percent"], x["way"]) for x in merged[len(r["rows"]) :]] == [
         (25.0, "tiles_fusion")

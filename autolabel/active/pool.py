@@ -183,19 +183,29 @@ def score_pool(
             )
     finally:
         hook.remove()
-    parts = gather_to_main(scored)
-    if not is_main():
+    gathered = _gathered(scored, len(frames.tokens), "score_pool")
+    if gathered is None:
         return None
-    counts = [len(scored)] + [len(part) for part in parts]
-    for part in parts:
-        scored.update(part)
-    if sorted(scored) != list(range(len(frames))):
-        raise RuntimeError(f"score_pool: {len(frames) - len(scored)} frames were scored by no rank")
-    pool = _finish(frames, labelled_frames(store, frames.tokens), [scored[i] for i in range(len(frames))], regions)
-    pool.scored_by = tuple(counts)
+    rows, counts = gathered
+    pool = _finish(frames, labelled_frames(store, frames.tokens), rows, regions)
+    pool.scored_by = counts
     if selection.points:
         _point_costs(pool, frames, network.grid, selection, arrays)
     return pool
+
+
+def _gathered(scored: dict[int, tuple], n: int, what: str) -> tuple[list[tuple], tuple[int, ...]] | None:
+    """Every rank's per-frame results (pool index -> row) on rank 0: the rows in pool order and how many frames each
+    rank scored; None on the other ranks. RuntimeError if a frame was scored by no rank."""
+    parts = gather_to_main(scored)
+    if not is_main():
+        return None
+    counts = (len(scored), *(len(part) for part in parts))
+    for part in parts:
+        scored.update(part)
+    if sorted(scored) != list(range(n)):
+        raise RuntimeError(f"{what}: {n - len(scored)} frames were scored by no rank")
+    return [scored[i] for i in range(n)], counts
 
 
 UNSCORED = ("random", "stratified")  # whole-frame strategies that read no score of the network
@@ -316,17 +326,12 @@ def fusion_pool(
         data, batch_size=None, num_workers=default_workers() if workers is None else workers, collate_fn=_as_is
     )
     bar = tqdm(loader, total=len(mine), desc="score pool (fused labels)", disable=not progress or not is_main())
-    scored = dict(bar)
-    parts = gather_to_main(scored)
-    if not is_main():
+    gathered = _gathered(dict(bar), len(tokens), "fusion_pool")
+    if gathered is None:
         return None
-    counts = [len(scored)] + [len(part) for part in parts]
-    for part in parts:
-        scored.update(part)
-    pool = _finish(
-        frames, labelled_frames(store, tokens), [scored[i] for i in range(len(tokens))], regions, FUSION_CLASS_POWER
-    )
-    pool.scored_by = tuple(counts)
+    rows, counts = gathered
+    pool = _finish(frames, labelled_frames(store, tokens), rows, regions, FUSION_CLASS_POWER)
+    pool.scored_by = counts
     if selection.points:
         _point_costs(pool, frames, store.grid, selection, store.round(k))
     return pool

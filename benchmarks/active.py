@@ -33,7 +33,7 @@ import yaml
 
 from autolabel.active.config import SelectionConfig
 from autolabel.active.ingest import tile_arrays
-from autolabel.active.select import select_frames
+from autolabel.active.select import select_frames, select_regions
 from autolabel.data.occ3d import labels_path, read_labels
 from autolabel.stages import evaluate_checkpoint, score_round
 from autolabel.stages import train as train_round
@@ -46,6 +46,31 @@ from autolabel.supervision.cache import supervise
 from autolabel.supervision.providers import build_provider, resolve_device
 
 MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4}
+
+
+REGION_SCENE_CAP = 2  # region unit: frames per scene (the recipes' default); whole frames keep 1 per scene
+
+
+def select_share(pool, unit: str, strategy: str, frames_worth: int, grid_voxels: int, seed: int) -> tuple:
+    """A benchmark round's selection from a scored pool (`score_pool` or `fusion_pool`, scored with tiles): whole
+    frames, `frames_worth` of them at most 1 per scene, or (unit region) BEV tiles for as many frames' voxels
+    (`grid_voxels` each), at most REGION_SCENE_CAP frames per scene. Returns the picks, the strategy used and the
+    voxels labelled."""
+    none = pool.features[:0]
+    if unit == "frame":
+        cfg = SelectionConfig(strategy=strategy, budget=frames_worth, per_scene_cap=1, seed=seed)
+        picks, used = select_frames(pool.candidates, pool.features, none, cfg, 0, len(pool.tokens))
+        return picks, used, len(picks) * grid_voxels
+    cfg = SelectionConfig(
+        strategy=strategy,
+        budget=frames_worth * grid_voxels,
+        per_scene_cap=REGION_SCENE_CAP,
+        unit="region",
+        region_size=pool.regions.size,
+        seed=seed,
+    )
+    picks, used = select_regions(pool.candidates, pool.features, none, cfg, pool.regions, 0, len(pool.tokens))
+    return picks, used, sum(p.voxels for p in picks)
 
 
 def make_world(world: Path, synth: str, micro: bool, seed: int = 31) -> Path:

@@ -77,11 +77,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from active import base_recipe, make_world, oracle_labels, run_per_gpu, write_recipe  # noqa: E402
+from active import base_recipe, make_world, oracle_labels, run_per_gpu, select_share, write_recipe  # noqa: E402
 
 from autolabel.active.config import STRATEGIES, SelectionConfig  # noqa: E402
 from autolabel.active.pool import fusion_pool  # noqa: E402
-from autolabel.active.select import select_frames, select_regions  # noqa: E402
 from autolabel.config_io import apply_overrides  # noqa: E402
 from autolabel.stages import evaluate_checkpoint, score_round  # noqa: E402
 from autolabel.stages import train as train_round  # noqa: E402
@@ -146,7 +145,6 @@ WAIT_SECONDS = 5.0  # how often a round-1 variant looks for noisy_dts's network
 # issue 21's round-1 variants: unit, strategy, share of the pool in percent
 SELECTION = re.compile(rf"^(frame|region)_({'|'.join(STRATEGIES)})_(\d+)pct$")
 LEGACY_SELECTION = {"dts_active_5pct": ("frame", "auto", 5), "dts_random_5pct": ("frame", "random", 5)}
-REGION_SCENE_CAP = 2  # region unit: frames per scene (the recipes' default); whole frames keep 1 per scene
 
 
 def selection_of(kind: str) -> tuple[str, str, int] | None:
@@ -444,37 +442,18 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             if strategy == "fusion":  # the fused labels' own uncertainty (round 0 fuses): no network pass
                 if not dts.fusion.enabled:
                     raise SystemExit(f"{name}: strategy fusion needs a round 0 that fuses (round0=fused_3d)")
-                grid_voxels = float(np.prod(dts.network.grid.shape))
                 scores = fusion_pool(
                     open_frames(dts, "train", load_images=False, load_gt=False),
                     LabelStore.open(dts.store_path),
                     0,
                     LabelStore.open(dts.fusion_path),
-                    SelectionConfig(unit="region", budget=grid_voxels),
+                    SelectionConfig(unit="region", budget=float(np.prod(dts.network.grid.shape))),
                 )
             else:
                 scores = shared_pool_scores(run, dts_name, dts)
             frames_worth = max(1, round(percent / 100 * len(scores.tokens)))
             grid_voxels = int(np.prod(recipe.network.grid.shape))
-            if unit == "frame":
-                cfg = SelectionConfig(strategy=strategy, budget=frames_worth, per_scene_cap=1, seed=seed)
-                picks, used = select_frames(
-                    scores.candidates, scores.features, scores.features[:0], cfg, 0, len(scores.tokens)
-                )
-                voxels = len(picks) * grid_voxels
-            else:
-                cfg = SelectionConfig(
-                    strategy=strategy,
-                    budget=frames_worth * grid_voxels,
-                    per_scene_cap=REGION_SCENE_CAP,
-                    unit="region",
-                    region_size=scores.regions.size,
-                    seed=seed,
-                )
-                picks, used = select_regions(
-                    scores.candidates, scores.features, scores.features[:0], cfg, scores.regions, 0, len(scores.tokens)
-                )
-                voxels = sum(p.voxels for p in picks)
+            picks, used, voxels = select_share(scores, unit, strategy, frames_worth, grid_voxels, seed)
             picked = [(p.candidate.scene, p.candidate.token) for p in picks]
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized
                 from autolabel.annotation.deliver import oracle_point_labels

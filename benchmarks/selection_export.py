@@ -35,16 +35,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from active import select_share  # noqa: E402
 from carried_export import add_run_arguments, fused_run, run_one  # noqa: E402
 
 from autolabel.active.config import PROPAGATE_MODES, SelectionConfig  # noqa: E402
 from autolabel.active.pool import fusion_pool  # noqa: E402
-from autolabel.active.select import select_frames, select_regions  # noqa: E402
 from autolabel.data.nuscenes import NuScenesFrames  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
 
 WAYS = ("frames_stratified", "frames_fusion", "tiles_random", "tiles_fusion")
-TILE_SCENE_CAP = 2  # keyframes per scene for tiles (the recipes' selection.per_scene_cap)
 
 
 def save(path: Path, results: dict) -> None:
@@ -55,24 +54,12 @@ def save(path: Path, results: dict) -> None:
 
 def choose(way: str, pool, frames_worth: int, grid_voxels: int, seed: int) -> tuple[list[str], dict, int]:
     """The annotated keyframes, their tiles' bounds (token -> bounds; empty for whole keyframes) and the voxels."""
-    unit, how = way.split("_")
-    strategy = {"stratified": "stratified", "random": "random", "fusion": "fusion"}[how]
-    none = pool.features[:0]
-    if unit == "frames":
-        cfg = SelectionConfig(strategy=strategy, budget=frames_worth, per_scene_cap=1, seed=seed)
-        picks, _ = select_frames(pool.candidates, pool.features, none, cfg, 0, len(pool.tokens))
-        return [p.candidate.token for p in picks], {}, len(picks) * grid_voxels
-    cfg = SelectionConfig(
-        strategy=strategy,
-        budget=frames_worth * grid_voxels,
-        per_scene_cap=TILE_SCENE_CAP,
-        unit="region",
-        region_size=pool.regions.size,
-        seed=seed,
+    unit, strategy = way.split("_")
+    picks, _, voxels = select_share(
+        pool, "frame" if unit == "frames" else "region", strategy, frames_worth, grid_voxels, seed
     )
-    picks, _ = select_regions(pool.candidates, pool.features, none, cfg, pool.regions, 0, len(pool.tokens))
-    tiles = {p.candidate.token: [pool.regions.bounds(t) for t in p.tiles] for p in picks}
-    return [p.candidate.token for p in picks], tiles, sum(p.voxels for p in picks)
+    tiles = {p.candidate.token: [pool.regions.bounds(t) for t in p.tiles] for p in picks if p.tiles}
+    return [p.candidate.token for p in picks], tiles, voxels
 
 
 def main() -> None:

@@ -134,22 +134,31 @@ def test_the_whole_loop_under_torchrun(pool_world, tmp_path):
     assert stages["round_1/evaluate"]["val"]["miou"] is not None
 
 
-def test_two_processes_score_the_pool_like_one(trained, tmp_path):
-    """Issue 21: `autolabel select` under torchrun: each rank scores its share of the frames (DataLoader
-    workers), rank 0 gathers them and selects; the manifest equals one process's, scores included."""
+def _one_and_two(trained: Path, tmp_path: Path, **sections) -> list[Path]:
+    """Two copies of the trained run ("one" for one process, "two" for torchrun), their recipes with `sections`
+    set; the recipes' paths."""
     runs = []
     for name in ("one", "two"):
         shutil.copytree(trained, tmp_path / name)
         recipe = tmp_path / name / "recipe.yaml"
-        r = yaml.safe_load(recipe.read_text())
-        r["out"] = str(tmp_path / name / "run")
-        r["selection"] = {"strategy": "hybrid", "budget": 3, "per_scene_cap": 2}
+        r = yaml.safe_load(recipe.read_text()) | {"out": str(tmp_path / name / "run")} | sections
         recipe.write_text(yaml.safe_dump(r))
         runs.append(recipe)
+    return runs
+
+
+def _manifest(recipe: Path) -> dict:
+    return json.loads((recipe.parent / "run" / "round_0" / "select" / "manifest.json").read_text())
+
+
+def test_two_processes_score_the_pool_like_one(trained, tmp_path):
+    """Issue 21: `autolabel select` under torchrun: each rank scores its share of the frames (DataLoader
+    workers), rank 0 gathers them and selects; the manifest equals one process's, scores included."""
+    runs = _one_and_two(trained, tmp_path, selection={"strategy": "hybrid", "budget": 3, "per_scene_cap": 2})
     assert main(["select", str(runs[0]), "--round", "0"]) == 0
     out = torchrun("select", str(runs[1]), "--round", "0")
     assert "pool scored by 2 process(es) (3, 3 frames)" in out.stdout  # each rank scored its share
-    a, b = (json.loads((r.parent / "run" / "round_0" / "select" / "manifest.json").read_text()) for r in runs)
+    a, b = (_manifest(r) for r in runs)
     assert len(a["selected"]) == 3 and a["selected"] == b["selected"]
     assert a["pool_size"] == b["pool_size"] == 6
 
@@ -157,21 +166,17 @@ def test_two_processes_score_the_pool_like_one(trained, tmp_path):
 def test_two_processes_score_the_pool_by_its_fused_labels_like_one(trained, tmp_path):
     """`selection.strategy: fusion` under torchrun: each rank reads its share of the fused labels (DataLoader
     workers), rank 0 gathers and selects tiles; the manifest equals one process's."""
-    runs = []
-    for name in ("one", "two"):
-        shutil.copytree(trained, tmp_path / name)
-        recipe = tmp_path / name / "recipe.yaml"
-        r = yaml.safe_load(recipe.read_text())
-        r["out"] = str(tmp_path / name / "run")
-        r["fusion"] = {"enabled": True, "window": 1}
-        r["selection"] = {"unit": "region", "region_size": 16, "budget": 2048 * 4, "per_scene_cap": 1}  # auto
-        recipe.write_text(yaml.safe_dump(r))
-        runs.append(recipe)
+    runs = _one_and_two(
+        trained,
+        tmp_path,
+        fusion={"enabled": True, "window": 1},
+        selection={"unit": "region", "region_size": 16, "budget": 2048 * 4, "per_scene_cap": 1},  # auto
+    )
     assert main(["fuse", str(runs[0])]) == 0
     shutil.copytree(tmp_path / "one" / "run" / "fusion.zarr", tmp_path / "two" / "run" / "fusion.zarr")
     assert main(["select", str(runs[0]), "--round", "0"]) == 0
     out = torchrun("select", str(runs[1]), "--round", "0")
     assert "pool scored by its fused labels, no network, in 2 process(es) (3, 3 frames)" in out.stdout
-    a, b = (json.loads((r.parent / "run" / "round_0" / "select" / "manifest.json").read_text()) for r in runs)
+    a, b = (_manifest(r) for r in runs)
     assert a["strategy"] == b["strategy"] == "fusion" and a["unit"] == "region"
     assert sum(len(row["tiles"]) for row in a["selected"]) == 4 and a["selected"] == b["selected"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -365,18 +366,14 @@ def test_fusion_pool_ranks_unsure_rare_classes_first_and_needs_every_frame(tmp_p
     assert a.tile_scores[0] > b.tile_scores[1] > 0  # unsure barriers before unsure road
     assert a.tile_scores[3] == b.tile_scores[3] == 0  # sure barriers: nothing to gain
     assert a.scores["uncertainty"] > b.scores["uncertainty"]
-    picks, strategy = select_regions(pool.candidates, pool.features, pool.features[:0], replace_strategy(cfg), regions)
+    picks, strategy = select_regions(
+        pool.candidates, pool.features, pool.features[:0], replace(cfg, strategy="fusion"), regions
+    )
     assert strategy == "fusion" and [(p.candidate.token, p.tiles) for p in picks] == [("a", [0])]
     assert "fused-label uncertainty" in picks[0].reason
     # the fused store lacks a pool frame
     with pytest.raises(DataError, match="no fused labels for 1 pool frames .*run the fuse stage"):
         fusion_pool(_Pool(tokens + ["c"], scenes + ["s2"]), store, 0, store, cfg)
-
-
-def replace_strategy(cfg: SelectionConfig) -> SelectionConfig:
-    from dataclasses import replace
-
-    return replace(cfg, strategy="fusion")
 
 
 def test_auto_takes_fusion_for_tiles_of_a_run_that_fuses():

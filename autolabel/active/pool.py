@@ -264,6 +264,8 @@ class _FusedFrameScores(torch.utils.data.Dataset):
     def __init__(self, path, grid, tokens, indices, regions, selection):
         self.path, self.grid, self.tokens, self.indices = path, grid, tokens, indices
         self.regions, self.selection = regions, selection
+        # (X, Y, Z) tile of every voxel, once (not per frame)
+        self.tile_of = None if regions is None else np.repeat(regions.cell_tiles()[:, :, None], grid.shape[2], 2)
         self.arrays = None
 
     def __len__(self) -> int:
@@ -282,8 +284,7 @@ class _FusedFrameScores(torch.utils.data.Dataset):
         counts = np.bincount(cls, minlength=NUM_CLASSES).astype(np.float64)
         tiles = None
         if self.regions is not None:
-            cells = self.regions.cell_tiles()[:, :, None].repeat(sem.shape[2], 2)
-            code = cells[mask] * NUM_CLASSES + cls
+            code = self.tile_of[mask] * NUM_CLASSES + cls
             size = self.regions.count * NUM_CLASSES
             tiles = (
                 np.bincount(code, unc, size).reshape(self.regions.count, NUM_CLASSES),

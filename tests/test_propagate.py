@@ -143,10 +143,13 @@ def test_training_reads_the_carried_labels(tiny_world, tmp_path, monkeypatch):
     got: dict = {}
     monkeypatch.setattr(steps, "round_manual_labels", lambda r, k: manual)
     monkeypatch.setattr(steps, "open_cache", lambda r: None)
-    monkeypatch.setattr(steps, "fused_labels", lambda r, training: None)
+    fused = object()  # the run's fused labels: carried free space never clears what they see occupied
+    monkeypatch.setattr(steps, "fused_labels", lambda r, training: fused)
     monkeypatch.setattr(steps, "train_round", lambda *a, **kw: got.update(kw) or {})
     steps.train(recipe, 1)
     assert got["manual"] is manual and isinstance(got["labels3d"], PropagatedLabels)
+    assert got["labels3d"].now is fused and got["fused"] is fused
+    got["labels3d"].now = None
 
     item = FrameDataset(frames, (64, 112), labels="exact", indices=[1], manual=got["labels3d"])[0]
     carried = got["labels3d"][second].mask_annotated
@@ -158,6 +161,90 @@ def test_training_reads_the_carried_labels(tiny_world, tmp_path, monkeypatch):
     assert got["labels3d"] is None
 
 
+def _pseudo_store(world, tmp_path):
+    """A label store whose round 0 holds the same pseudo-labels for every keyframe of `world` (manmade, free in
+    the upper half; confidence 1 or 100): (the store, the pseudo-labels)."""
+    from autolabel.store.labels import LabelStore
+
+    tokens = list(world.tokens)
+    store = LabelStore(tmp_path / "labels.zarr", TINY_GRID, create=True)
+    rnd = store.create_round(0, tokens, [world.scene_of(t) for t in tokens], {"labeller": "test"})
+    pseudo = np.full(TINY_GRID.shape, class_id("manmade"), np.uint8)
+    pseudo[..., TINY_GRID.shape[2] // 2 :] = FREE_ID
+    conf = np.where(np.arange(TINY_GRID.num_voxels).reshape(TINY_GRID.shape) % 2 == 0, 1, 100).astype(np.uint8)
+    ones = np.ones(TINY_GRID.shape, np.uint8)
+    for i in range(len(tokens)):
+        rnd.write(i, semantics=pseudo, confidence=conf, mask_camera=ones, mask_lidar=ones)
+    return store, pseudo
+
+
+def _annotate(store, world, token, tiles=None):
+    """Ingest `token`'s exact labels into the store's manual labels: the whole keyframe, or only `tiles` ((X,
+    Y, Z) bool, a region-level label)."""
+    tokens = list(world.tokens)
+    gt = world.meta(token).gt
+    man = store.manual(tokens, [world.scene_of(t) for t in tokens], create=True)
+    ann = np.ones(TINY_GRID.shape, bool) if tiles is None else tiles
+    man.write(
+        tokens.index(token),
+        semantics=gt.semantics,
+        mask_lidar=gt.mask_lidar,
+        mask_camera=gt.mask_camera,
+        confidence=np.where(ann, 255, 0).astype(np.uint8),
+    )
+
+
+def _half_tiles() -> np.ndarray:
+    tiles = np.zeros(TINY_GRID.shape, bool)
+    tiles[: TINY_GRID.shape[0] // 2] = True
+    return tiles
+
+
+def test_a_region_keyframe_takes_what_the_others_carry_outside_its_tiles(world):
+    """A keyframe with region-level labels keeps its tiles and takes what the scene's other annotated keyframe
+    carries everywhere else (it used to get its tiles alone); a keyframe annotated whole keeps its own labels."""
+    scene0 = [t for t in world.tokens if world.scene_of(t) == world.scene_names[0]]
+    tiles = _half_tiles()
+    gt1 = world.meta(scene0[1]).gt
+    region = Occ3DLabels(gt1.semantics, gt1.mask_lidar, gt1.mask_camera, mask_annotated=tiles.astype(np.uint8))
+    manual = {scene0[0]: world.meta(scene0[0]).gt, scene0[1]: region}
+    labels = PropagatedLabels(manual, world, TINY_GRID, "static_free")
+    assert labels[scene0[0]] is manual[scene0[0]]
+    lab = labels[scene0[1]]
+    alone = PropagatedLabels({scene0[0]: manual[scene0[0]]}, world, TINY_GRID, "static_free")[scene0[1]]
+    fill = alone.mask_annotated.astype(bool) & ~tiles
+    assert fill.any()
+    np.testing.assert_array_equal(lab.mask_annotated.astype(bool), tiles | fill)
+    np.testing.assert_array_equal(lab.semantics[tiles], gt1.semantics[tiles])
+    np.testing.assert_array_equal(lab.semantics[fill], alone.semantics[fill])
+    np.testing.assert_array_equal(lab.mask_camera[tiles], gt1.mask_camera[tiles])
+    assert lab.mask_camera[fill].all()
+    # alone in its scene, a region keyframe has its own labels
+    assert PropagatedLabels({scene0[1]: region}, world, TINY_GRID, "static_free")[scene0[1]] is region
+
+
+def test_carried_free_space_never_clears_what_the_fused_labels_see_occupied(world, tmp_path):
+    """With `now` (training passes the fused labels), a carried free voxel where those say occupied is not
+    carried; where they say free or saw nothing (255) it is, and carried classes always are."""
+    scene0 = [t for t in world.tokens if world.scene_of(t) == world.scene_names[0]]
+    store, pseudo = _pseudo_store(world, tmp_path)
+    now = store.round(0)
+    i = now.index(scene0[1])
+    fused = pseudo.copy()
+    fused[1::3] = 255  # unobserved slices
+    ones = np.ones(TINY_GRID.shape, np.uint8)
+    now.write(i, semantics=fused, confidence=now.read(i, "confidence"), mask_camera=ones, mask_lidar=ones)
+    manual = {scene0[0]: world.meta(scene0[0]).gt}
+    plain = PropagatedLabels(manual, world, TINY_GRID, "static_free")[scene0[1]]
+    kept = PropagatedLabels(manual, world, TINY_GRID, "static_free", now=now)[scene0[1]]
+    occupied = (fused != FREE_ID) & (fused != 255)
+    carried = plain.mask_annotated.astype(bool)
+    want = carried & ((plain.semantics != FREE_ID) | ~occupied)
+    assert (carried & ~want).any() and (want & (plain.semantics == FREE_ID)).any()
+    np.testing.assert_array_equal(kept.mask_annotated.astype(bool), want)
+    np.testing.assert_array_equal(kept.semantics[want], plain.semantics[want])
+
+
 def test_the_export_writes_carried_labels_over_the_pseudo_labels(world, tmp_path):
     """A round's export with the carried labels: the annotated keyframe holds its manual labels, the other
     keyframes of its scene the carried classes where they reach (label_source 'carried', mask_annotated the
@@ -165,31 +252,12 @@ def test_the_export_writes_carried_labels_over_the_pseudo_labels(world, tmp_path
     keeps its pseudo-labels. Without `carried` nothing changes from before."""
     from autolabel.data.occ3d import labels_path, read_labels
     from autolabel.store.export import export_occ3d
-    from autolabel.store.labels import LabelStore
     from autolabel.store.manual import manual_labels
 
     tokens = list(world.tokens)
-    scenes = [world.scene_of(t) for t in tokens]
     scene0 = [t for t in tokens if world.scene_of(t) == world.scene_names[0]]
-    store = LabelStore(tmp_path / "labels.zarr", TINY_GRID, create=True)
-    rnd = store.create_round(0, tokens, scenes, {"labeller": "test"})
-    # pseudo-labels: manmade, free in the upper half; confidence 1 or 100
-    pseudo = np.full(TINY_GRID.shape, class_id("manmade"), np.uint8)
-    pseudo[..., TINY_GRID.shape[2] // 2 :] = FREE_ID
-    conf = np.where(np.arange(TINY_GRID.num_voxels).reshape(TINY_GRID.shape) % 2 == 0, 1, 100).astype(np.uint8)
-    ones = np.ones(TINY_GRID.shape, np.uint8)
-    for i in range(len(tokens)):
-        rnd.write(i, semantics=pseudo, confidence=conf, mask_camera=ones, mask_lidar=ones)
-    gt = world.meta(scene0[0]).gt
-    man = store.manual(tokens, scenes, create=True)
-    full = np.full(TINY_GRID.shape, 255, np.uint8)
-    man.write(
-        tokens.index(scene0[0]),
-        semantics=gt.semantics,
-        mask_lidar=gt.mask_lidar,
-        mask_camera=gt.mask_camera,
-        confidence=full,
-    )
+    store, pseudo = _pseudo_store(world, tmp_path)
+    _annotate(store, world, scene0[0])
     carried = PropagatedLabels(manual_labels(store.path, TINY_GRID), world, TINY_GRID, "static_free")
 
     s = export_occ3d(store, 0, tmp_path / "out", 0.6, progress=False, carried=carried)
@@ -211,6 +279,37 @@ def test_the_export_writes_carried_labels_over_the_pseudo_labels(world, tmp_path
 
     plain = export_occ3d(store, 0, tmp_path / "plain", 0.6, progress=False)
     assert plain["frames_carried"] == 0 and plain["frames_pseudo"] == len(tokens) - 1
+
+
+def test_the_export_carries_into_a_region_keyframe_outside_its_tiles(world, tmp_path):
+    """A keyframe with region-level labels in a scene with another annotated keyframe: its tiles hold the
+    annotator's labels, the rest what the other carries there (by the export's free-space rule, confident,
+    in mask_annotated) and the pseudo-labels elsewhere; without `carried` its tiles alone (as before)."""
+    from autolabel.data.occ3d import labels_path, read_labels
+    from autolabel.store.export import export_occ3d
+    from autolabel.store.manual import manual_labels
+
+    scene0 = [t for t in world.tokens if world.scene_of(t) == world.scene_names[0]]
+    store, pseudo = _pseudo_store(world, tmp_path)
+    tiles = _half_tiles()
+    _annotate(store, world, scene0[0])
+    _annotate(store, world, scene0[1], tiles)
+    carried = PropagatedLabels(manual_labels(store.path, TINY_GRID), world, TINY_GRID, "static_free")
+    alone = PropagatedLabels({scene0[0]: world.meta(scene0[0]).gt}, world, TINY_GRID, "static_free")[scene0[1]]
+    fill = alone.mask_annotated.astype(bool) & ~tiles & ((alone.semantics != FREE_ID) | (pseudo == FREE_ID))
+    assert fill.any()
+    gt1 = world.meta(scene0[1]).gt
+    for out, want in (("with", fill), ("without", np.zeros_like(fill))):
+        s = export_occ3d(store, 0, tmp_path / out, 0.6, progress=False, carried=carried if out == "with" else None)
+        assert s["region_tokens"] == [scene0[1]]
+        lab = read_labels(labels_path(tmp_path / out, world.scene_of(scene0[1]), scene0[1]), TINY_GRID)
+        assert lab.source == "region"
+        np.testing.assert_array_equal(lab.mask_annotated.astype(bool), tiles | want)
+        np.testing.assert_array_equal(lab.semantics[tiles], gt1.semantics[tiles])
+        np.testing.assert_array_equal(lab.semantics[want], alone.semantics[want])
+        rest = ~tiles & ~want
+        np.testing.assert_array_equal(lab.semantics[rest], pseudo[rest])
+        assert lab.mask_confident[tiles | want].all()
 
 
 def test_the_export_stage_carries_as_the_recipe_says(tiny_world, tmp_path, monkeypatch):

@@ -6,7 +6,10 @@ stand where they are at every keyframe of the scene. Moved through the ego poses
 annotator labelled with a static class takes that class; `static_free` also carries A's free voxels. Things
 that move (vehicles, people, cyclists: `DYNAMIC_CLASS_IDS`) and `others` are never carried: where they
 stood at A says nothing about B. B gets a partial label (`mask_annotated`: the carried voxels), which
-training treats as a region-level label: the 3D loss trusts those voxels and the teacher teaches the rest.
+training treats as a region-level label: the 3D loss trusts those voxels and the teacher teaches the rest. A
+keyframe with region-level labels of its own takes what the others carry outside its tiles. Carried free space
+never clears what B's own labels (the fused labels, where training has them) see occupied
+(`autolabel.data.occ3d.carried_kept`, the export's rule).
 
 Several annotated keyframes in a scene: each voxel takes the nearest one in time that labels it.
 Nothing is stored: `PropagatedLabels` computes a keyframe's label when training reads it (a round of
@@ -24,7 +27,8 @@ from kernels.grid import GridSpec
 from occnet.classes import DYNAMIC_CLASS_IDS, FREE_ID, OCC3D_CLASS_NAMES
 
 from ..data.nuscenes import NuScenesFrames
-from ..data.occ3d import Occ3DLabels
+from ..data.occ3d import Occ3DLabels, carried_kept
+from ..store.frame_arrays import FrameArrays
 from .config import PROPAGATE_MODES
 
 # classes a voxel may carry to another keyframe: not the movers, not `others` (generic objects, often movable)
@@ -89,13 +93,22 @@ def carry(
 class PropagatedLabels(Mapping):
     """token -> 3D labels for training: a keyframe's own manual labels, or, for another keyframe of a scene
     with annotated keyframes, what they carry to it (`carry`, nearest annotated keyframe in time first; a
-    partial label). A keyframe that nothing reaches has none (KeyError). Iterating or counting gives the
-    annotated keyframes only: what was paid for."""
+    partial label), and for a keyframe with region-level labels both (its tiles, what the others carry
+    elsewhere). A keyframe that nothing reaches has none (KeyError). Iterating or counting gives the annotated
+    keyframes only: what was paid for. `now`: labels of the keyframes as they are (the fused labels) whose
+    occupied voxels carried free space never clears (`carried_kept`); None: carried free space clears anything."""
 
-    def __init__(self, manual: Mapping[str, Occ3DLabels], frames: NuScenesFrames, grid: GridSpec, mode: str):
+    def __init__(
+        self,
+        manual: Mapping[str, Occ3DLabels],
+        frames: NuScenesFrames,
+        grid: GridSpec,
+        mode: str,
+        now: FrameArrays | None = None,
+    ):
         if mode not in PROPAGATE_MODES[1:]:
             raise ValueError(f"PropagatedLabels: mode must be one of {PROPAGATE_MODES[1:]}, got {mode!r}")
-        self.manual, self.frames, self.grid = manual, frames, grid
+        self.manual, self.frames, self.grid, self.now = manual, frames, grid, now
         self.carried = carried_classes(free=mode == "static_free")
         self._by_scene: dict[str, list[str]] = {}
         self._source_poses: dict[str, tuple[np.ndarray, int]] = {}  # read once, not per frame that reads them
@@ -108,11 +121,21 @@ class PropagatedLabels(Mapping):
         lidar = self.frames.meta(token).lidar  # poses only, no file read
         return lidar.ego2global, lidar.timestamp
 
+    def _now(self, token: str) -> np.ndarray | None:
+        if self.now is None or not self.now.has(token):
+            return None
+        i = self.now.index(token)
+        return self.now.read(i, "semantics") if self.now.is_done(i) else None
+
     def __getitem__(self, token: str) -> Occ3DLabels:
-        if token in self.manual:
-            return self.manual[token]
-        sources = self._by_scene.get(self.frames.scene_of(token), []) if token in self.frames else []
+        own = self.manual.get(token)
+        if own is not None and own.mask_annotated is None:  # a whole keyframe annotated
+            return own
+        scene = self.frames.scene_of(token) if token in self.frames else None
+        sources = [s for s in self._by_scene.get(scene, []) if s != token]
         if not sources:
+            if own is not None:
+                return own
             raise KeyError(token)
         pose, t = self._pose(token)
         sem = np.full(self.grid.shape, FREE_ID, np.uint8)
@@ -123,10 +146,22 @@ class PropagatedLabels(Mapping):
             new = s_mask & ~got
             sem[new] = s_sem[new]
             got |= new
-        if not got.any():
-            raise KeyError(token)
-        mask = got.astype(np.uint8)
-        return Occ3DLabels(sem, mask, mask, mask_annotated=mask)
+        now = self._now(token)
+        if now is not None:
+            got = carried_kept(sem, got, now)
+        if own is None:
+            if not got.any():
+                raise KeyError(token)
+            mask = got.astype(np.uint8)
+            return Occ3DLabels(sem, mask, mask, mask_annotated=mask)
+        tiles = own.mask_annotated.astype(bool)
+        got &= ~tiles
+        return Occ3DLabels(
+            np.where(tiles, own.semantics, sem),
+            np.where(tiles, own.mask_lidar, got).astype(np.uint8),
+            np.where(tiles, own.mask_camera, got).astype(np.uint8),
+            mask_annotated=(tiles | got).astype(np.uint8),
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.manual)

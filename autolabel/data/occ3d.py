@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels.grid import GridSpec
-from occnet.classes import IGNORE_ID, NUM_CLASSES
+from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES
 
 from ..errors import DataError
 from .npz import save_npz
@@ -29,8 +29,9 @@ LABEL_KEYS = ("semantics", "mask_lidar", "mask_camera")
 CONFIDENT_KEY = "mask_confident"  # optional: written by the pseudo-label export
 SOURCE_KEY = "label_source"  # optional: written by the export, one of SOURCES
 ANNOTATED_KEY = "mask_annotated"  # optional: region-level annotation (issue 21), 1 = labelled by an annotator
-# region: annotated tiles (mask_annotated) + pseudo-labels elsewhere; carried: labels carried from the scene's
-# annotated keyframes (mask_annotated: the carried voxels, rounds.export_propagate) + pseudo-labels elsewhere
+# region: annotated tiles + pseudo-labels elsewhere (mask_annotated: the tiles, and with rounds.export_propagate
+# what the scene's other annotated keyframes carry to the rest of the frame); carried: labels carried from the
+# scene's annotated keyframes (mask_annotated: the carried voxels, rounds.export_propagate) + pseudo-labels elsewhere
 SOURCES = ("manual", "pseudo", "region", "carried")
 
 
@@ -45,6 +46,18 @@ class Occ3DLabels:
     source: str | None = None  # exports only: one of SOURCES
     # region-level labels: voxels an annotator labelled (None: all); a carried export: the carried voxels
     mask_annotated: np.ndarray | None = None
+
+
+def carried_kept(semantics: np.ndarray, carried: np.ndarray, now: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) bool: the carried voxels a keyframe takes over its own labels. semantics (X, Y, Z) uint8: the
+    classes carried from an annotated keyframe of the scene; carried (X, Y, Z) bool: where they reach; now (X, Y,
+    Z) uint8: the keyframe's own labels (pseudo- or fused labels: FREE_ID free, IGNORE_ID unobserved).
+
+    A carried free voxel never clears what the keyframe's own labels see occupied: a car may have moved into what
+    was free at the annotated keyframe's time (clearing such voxels cost 3 mIoU of the export on the development
+    world, BENCHMARKS.md). The export and training apply this one rule."""
+    occupied_now = (now != FREE_ID) & (now != IGNORE_ID)
+    return carried & ((semantics != FREE_ID) | ~occupied_now)
 
 
 def labels_path(root: str | os.PathLike, scene_name: str, sample_token: str) -> Path:

@@ -102,11 +102,12 @@ def train(recipe: Recipe, k: int, progress: bool = True, until: int | None = Non
     frames = open_frames(recipe, "train", load_images=True, load_gt=False)
     cache = open_cache(recipe)
     manual = round_manual_labels(recipe, k)
-    # the manual labels, and with rounds.propagate what they carry to the other keyframes of their scenes
-    mode = recipe.rounds.propagate
-    labels3d = PropagatedLabels(manual, frames, recipe.network.grid, mode) if mode != "none" and manual else None
     # the fused labels, for the student's 3D targets (loss.fused_3d) and the teacher's evidence
     fused = fused_labels(recipe, training=True)
+    # the manual labels, and with rounds.propagate what they carry to the other keyframes of their scenes (never
+    # clearing what the fused labels see occupied)
+    mode, grid = recipe.rounds.propagate, recipe.network.grid
+    labels3d = PropagatedLabels(manual, frames, grid, mode, now=fused) if mode != "none" and manual else None
     result = train_round(
         frames,
         cache,

@@ -18,7 +18,7 @@ from occnet.atomic import atomic_write
 from occnet.classes import FREE_ID, IGNORE_ID, NUM_CLASSES, OCC3D_CLASS_NAMES
 from occnet.metrics import OccupancyMetric
 
-from ..data.occ3d import Occ3DLabels, labels_path, read_labels, write_labels
+from ..data.occ3d import Occ3DLabels, carried_kept, labels_path, read_labels, write_labels
 from ..errors import DataError
 from .confidence import LEVELS, class_thresholds, level_histogram
 from .frame_arrays import FrameArrays
@@ -128,7 +128,9 @@ LABEL_SOURCE = (
     "(label_source 'manual' in their labels.npz, mask_confident all 1); every other frame holds the "
     "round's pseudo-labels (label_source 'pseudo'); a frame with region-level manual labels (region_tokens, "
     "label_source 'region') holds the annotators' labels in its annotated tiles (mask_annotated 1, "
-    "mask_confident 1 there) and the round's pseudo-labels elsewhere; where the run carries manual labels "
+    "mask_confident 1 there) and the round's pseudo-labels elsewhere, under what the scene's other annotated "
+    "keyframes carry to the rest of the frame where the run carries manual labels (mask_annotated 1 there too); "
+    "where the run carries manual labels "
     "(rounds.export_propagate), another keyframe of an annotated scene (carried_tokens, label_source 'carried') holds "
     "the classes carried from the scene's annotated keyframes in the voxels they reach (mask_annotated 1, "
     "mask_confident 1 there; the masks stay the frame's own) and the round's pseudo-labels elsewhere; "
@@ -153,42 +155,44 @@ def _export_frame(
     token: str,
     carry: Callable[[str], Occ3DLabels | None] | None = None,
 ) -> tuple[str, str, int, int]:
-    """Write one frame's labels.npz from its round arrays `f` and its manual labels `m` (None: pseudo-labels
-    only) or, without those, what `carry(token)` carries to it (a partial label, or None; computed here, in
-    the export's worker threads); returns (label source, token, kept and total voxels of mask_camera)."""
+    """Write one frame's labels.npz from its round arrays `f`, its manual labels `m` (None: pseudo-labels
+    only) and, where `m` is absent or region-level, what `carry(token)` carries to it (a partial label, or None;
+    computed here, in the export's worker threads); returns (label source, token, kept and total voxels of
+    mask_camera)."""
     if m is not None and (m["confidence"] == 255).all():
         labels = Occ3DLabels(
             m["semantics"], m["mask_lidar"], m["mask_camera"], np.ones(grid.shape, np.uint8), source="manual"
         )
         write_labels(path, labels, grid)
         return "manual", token, 0, 0
+    c = carry(token) if carry is not None else None  # computed here, in the export's worker threads
+    sem = as_occ3d(f["semantics"])  # the pseudo-labels as Occ3D files hold them (fusion's unobserved 255 is free)
     if m is not None:  # region-level labels (issue 21): the annotated tiles over the pseudo-labels
         ann = m["confidence"] == 255
         conf = confident_mask(f, thr) | ann
-        # outside the tiles the pseudo-labels as Occ3D files hold them (fusion's unobserved 255 is free, never
-        # confident), as for a frame without manual labels
+        # outside the tiles: what the scene's other annotated keyframes carry there, else the pseudo-labels
+        fill = np.zeros_like(ann)
+        if c is not None:
+            fill = carried_kept(c.semantics, c.mask_annotated.astype(bool) & ~ann, sem)
+            sem = np.where(fill, c.semantics, sem)
+        conf |= fill
         pick = {key: np.where(ann, m[key], f[key]) for key in ("mask_camera", "mask_lidar")}
-        pick["semantics"] = np.where(ann, m["semantics"], as_occ3d(f["semantics"]))
+        pick["semantics"] = np.where(ann, m["semantics"], sem)
         labels = Occ3DLabels(
             pick["semantics"],
             (pick["mask_lidar"].astype(bool) & conf).astype(np.uint8),
             (pick["mask_camera"].astype(bool) & conf).astype(np.uint8),
             conf.astype(np.uint8),
             source="region",
-            mask_annotated=ann.astype(np.uint8),
+            mask_annotated=(ann | fill).astype(np.uint8),
         )
         write_labels(path, labels, grid)
         return "region", token, 0, 0
     conf = confident_mask(f, thr)
-    sem = as_occ3d(f["semantics"])
-    c = carry(token) if carry is not None else None
-    carried = None if c is None else c.mask_annotated.astype(bool)
+    carried = None if c is None else carried_kept(c.semantics, c.mask_annotated.astype(bool), sem)
     if carried is not None:
-        # a carried free voxel never clears what the pseudo-labels see now (a car has moved into what was free at
-        # the annotated keyframe's time: clearing such voxels cost 3 mIoU of the export on the development
-        # world); it only makes their free voxels confident. Carried classes replace the pseudo-labels' and are
-        # kept whatever the thresholds say (99.7% right: BENCHMARKS.md)
-        carried &= (c.semantics != FREE_ID) | (sem == FREE_ID)
+        # carried free space only makes the pseudo-labels' free voxels confident (`carried_kept`). Carried classes
+        # replace the pseudo-labels' and are kept whatever the thresholds say (99.7% right: BENCHMARKS.md)
         sem = np.where(carried, c.semantics, sem)
         conf = conf | carried
     cam = f["mask_camera"].astype(bool)
@@ -225,7 +229,8 @@ def export_occ3d(
     knowing about thresholds. With ``drop_quantile=None`` nothing is dropped (mask_confident is all 1).
     `carried` (token -> partial labels, `autolabel.active.propagate.PropagatedLabels`, or None): a frame with
     no manual labels of its own that it reaches holds the carried classes over its pseudo-labels (``label_source``
-    "carried", ``mask_annotated`` the carried voxels, which count as confident; the masks stay the frame's).
+    "carried", ``mask_annotated`` the carried voxels, which count as confident; the masks stay the frame's); a
+    frame with region-level labels holds them outside its tiles (``mask_annotated`` the tiles and those voxels).
     export.json lists the manual and carried frames; ``kept_in_mask_camera`` is over the pseudo-labelled and
     carried frames.
 

@@ -91,6 +91,13 @@ def make_world(world: Path, synth: str, micro: bool, seed: int = 31) -> Path:
     return world
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (a parent's mask is kept: the children
+    of a run started with CUDA_VISIBLE_DEVICES=2,3 use GPUs 2 and 3, not 0 and 1); ["0"] without a GPU."""
+    mask = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return mask or [str(i) for i in range(max(1, torch.cuda.device_count()))]
+
+
 def run_per_gpu(cmds: list[list[str]], devices: list[str], logs: list[Path] | None = None) -> list[int]:
     """Run the commands at once, command i on GPU devices[i % len(devices)], the CPU cores shared out among
     their DataLoaders (AUTOLABEL_WORKERS) and torch's CPU threads (OMP_NUM_THREADS: each process would
@@ -331,7 +338,7 @@ def main() -> None:
         (run / "base.yaml").write_text(yaml.safe_dump(base_recipe(run, world, scenes[-1], args.steps0, args.micro)))
         plan = prepare(run, world, args)
     devices = (
-        args.devices.split(",") if args.devices else [str(i % max(1, torch.cuda.device_count())) for i in range(gpus)]
+        args.devices.split(",") if args.devices else [visible_gpus()[i % len(visible_gpus())] for i in range(gpus)]
     )
     if args.report:
         pass

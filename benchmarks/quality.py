@@ -77,7 +77,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from active import base_recipe, make_world, oracle_labels, run_per_gpu, select_share, write_recipe  # noqa: E402
+from active import (  # noqa: E402
+    base_recipe,
+    make_world,
+    oracle_labels,
+    run_per_gpu,
+    select_share,
+    visible_gpus,
+    write_recipe,
+)
 
 from autolabel.active.config import STRATEGIES, SelectionConfig  # noqa: E402
 from autolabel.active.pool import fusion_pool  # noqa: E402
@@ -763,7 +771,7 @@ def main() -> None:
             ]
             for i, group in enumerate(groups)
         ]
-        failed += run_per_gpu(cmds, [str(i) for i in range(max(1, torch.cuda.device_count()))])
+        failed += run_per_gpu(cmds, visible_gpus())
         if failed:
             print(f"groups {failed} failed; the table holds what finished", flush=True)
     if groups:

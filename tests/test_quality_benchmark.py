@@ -131,6 +131,19 @@ def test_round0_choice_is_for_round1_variants(monkeypatch):
         quality.parse_ablations(["x=frame_random_5pct:round0=nonsense"])
 
 
+def test_the_benchmarks_keep_the_callers_gpu_mask(monkeypatch):
+    """A benchmark started with CUDA_VISIBLE_DEVICES=2,3 spreads its processes over GPUs 2 and 3 (it used to
+    give them 0 and 1, the first of the machine's GPUs, whatever the mask said)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import active
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert active.visible_gpus() == ["2", "3"]
+    monkeypatch.setattr(active.torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert active.visible_gpus() == ["0"]
+
+
 def test_test_world_is_another_seed(tmp_path):
     out = run_micro_benchmark("quality.py", tmp_path / "q", "--test", "--variants", "3d_supervised", "--skip-pseudo")
     r = json.loads((tmp_path / "q" / "results.json").read_text())

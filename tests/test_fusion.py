@@ -369,6 +369,23 @@ def test_a_thing_s_voxels_lean_towards_the_vote_of_the_whole_thing():
     assert (with_thing[12, 8:11, 2] == CAR).all()
 
 
+def test_a_tall_thing_named_barrier_takes_its_other_views_name():
+    """A pole four layers (2 m) tall whose views call it a barrier or a cone, and a barrier two layers (1 m)
+    tall. With `low_height` 1.2 m the pole is manmade (what poles and signs are) and the barrier keeps its
+    name; without the rule the pole is a barrier too."""
+    BARRIER, CONE = class_id("barrier"), class_id("traffic_cone")
+    pole = [(2.1, 0.25, z) for z in (-0.75, -0.25, 0.25, 0.75)]
+    low = [(-2.1, 0.25, z) for z in (-0.75, -0.25)]
+    args = list(_named_points(pole + low, [BARRIER, BARRIER, CONE, BARRIER, BARRIER, BARRIER]))
+    for height, pole_cls in ((1.2, WALL), (0.0, BARRIER)):
+        sem = voxelize_votes(*args, [], GRID, 1, FUSION_RULES, cluster_vote=4.0, low_height=height)[0]
+        sem = sem.reshape(GRID.shape)
+        assert (sem[12, 8, 0:4] == pole_cls).all(), height
+        assert (sem[3, 8, 0:2] == BARRIER).all(), height
+    with pytest.raises(ValueError, match="fusion.low_height"):
+        FusionConfig(low_height=-1)
+
+
 @pytest.mark.parametrize("radius, kept", [(1, True), (-1, False)])
 def test_a_parked_car_keeps_the_points_of_other_keyframes_next_to_its_own(radius, kept):
     """The labelled keyframe saw a parked car's point at y = 0.25; a neighbouring keyframe saw the car's next

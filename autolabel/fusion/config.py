@@ -60,6 +60,10 @@ class FusionConfig:
     # within this many cells in x and y and one layer in z (a mode filter); 0: off. Development world, the pool's
     # two halves: +0.33 / +0.49 mIoU at 2, +0.45 / +0.49 at 4, worse from 6 (BENCHMARKS.md, issue 20)
     ground_smooth: int = 2
+    # metres: barriers and traffic cones stand lower than this (nuScenes's are about 1 m). Where a thing's voxels
+    # named one of them span more layers, they become manmade: poles, signs and fences that the classifier took
+    # for a barrier or a cone (their look-alikes). 0: off. BENCHMARKS.md, issue 20
+    low_height: float = 1.2
     # the map as evidence for the ground classes (fusion/map_prior.py): a point on the log's semantic prior
     # (driveable area and walkways) has its votes for terrain scaled by 1 - map_prior, one off it its votes for
     # driveable surface and sidewalk; 0: the map is not read. Tuned on the development world (BENCHMARKS.md)
@@ -105,6 +109,7 @@ class FusionConfig:
         _check(self.parked_radius >= -1, "fusion.parked_radius must be >= -1 (-1: off)")
         _check(0 <= self.map_prior < 1, f"fusion.map_prior must lie in [0, 1), got {self.map_prior}")
         _check(self.ground_smooth >= 0, "fusion.ground_smooth must be >= 0")
+        _check(self.low_height >= 0, f"fusion.low_height must be >= 0 (0: off), got {self.low_height}")
         _check(self.map_ground >= 0 and self.map_margin >= 0, "fusion.map_ground / map_margin must be >= 0")
         _check(0 <= self.track_vote <= 1, f"fusion.track_vote must lie in [0, 1], got {self.track_vote}")
         _check(self.track_floor >= 0, "fusion.track_floor must be >= 0")

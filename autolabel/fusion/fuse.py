@@ -363,6 +363,7 @@ def finish_rules(named: NamedVoxels, grid: GridSpec, cfg: FusionConfig, cells: n
         close_surfaces=cfg.close_surfaces,
         cluster_vote=cfg.cluster_vote,
         ground_smooth=cfg.ground_smooth,
+        low_height=cfg.low_height,
     )
     if cells is not None and cfg.map_ground > 0:
         margin = math.ceil(cfg.map_margin / grid.voxel_size[0] - 1e-9)

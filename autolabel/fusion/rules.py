@@ -23,7 +23,10 @@ next to the frame's own returns (`parked_radius`), and here:
   (a mode filter over a few cells in bird's-eye view): one view's misnamed patch of road is outvoted by the
   road around it;
 - `cluster_vote`: each voxel of a thing (a connected set of named voxels above the ground) adds the mean vote
-  share of the whole thing to its own: one object, one name.
+  share of the whole thing to its own: one object, one name;
+- `low_height`: barriers and traffic cones stand lower than this; where the voxels of a thing named one of them
+  span more layers (after the closing), they become manmade: a pole, a sign or a fence that the classifier took
+  for a barrier or a cone (its look-alikes; every view may make the same mistake, so no vote can fix it).
 The rules' settings are `PointLabelConfig`'s, four of them set by the recipe's `fusion` section (`point_rules`).
 Confidence: an occupied voxel's is the share of its votes for the winning class (after `cluster_vote`) times
 min(1, points / `full_hits`); a free voxel's 1; a filled ground, closed surface or smoothed-over ground voxel's
@@ -44,7 +47,7 @@ from scipy.ndimage import binary_closing, binary_dilation, distance_transform_ed
 from scipy.ndimage import label as connected
 
 from kernels.grid import GridSpec
-from occnet.classes import FLAT_CLASS_IDS, FREE_ID, IGNORE_ID, NUM_SEMANTIC_CLASSES
+from occnet.classes import FLAT_CLASS_IDS, FREE_ID, IGNORE_ID, NUM_SEMANTIC_CLASSES, OCC3D_CLASS_NAMES
 
 from ..annotation import accumulate
 from ..annotation.accumulate import beams_free_space, free_space
@@ -60,6 +63,9 @@ from ..annotation.voxelize import (
 
 FILLED_CONFIDENCE = 0.5  # a voxel no point fell in, filled from the ground points or the thing around it
 CUBE = np.ones((3, 3, 3), bool)  # 26-neighbourhood
+# things that stand lower than `FusionConfig.low_height` (Occ3D-nuScenes: traffic barriers and cones, about 1 m)
+LOW_CLASS_IDS = tuple(OCC3D_CLASS_NAMES.index(n) for n in ("barrier", "traffic_cone"))
+MANMADE = OCC3D_CLASS_NAMES.index("manmade")  # poles, signs, walls and fences: what a tall "barrier" is
 
 Beams = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -99,6 +105,7 @@ def voxelize_votes(
     close_surfaces: int = 0,
     cluster_vote: float = 0.0,
     ground_smooth: int = 0,
+    low_height: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Occupancy labels from named points (module docstring).
 
@@ -107,14 +114,14 @@ def voxelize_votes(
     keyframe; keep (P,) bool: fusion keeps it (static classes from the whole window, the rest from its own
     time); votes (P, 17) float32 class votes (all zero: no view saw the point); beams: the keyframe sweeps'
     beams without a return (`annotation.accumulate.beams_free_space`); ground_fill_unobserved, close_surfaces,
-    cluster_vote: fusion's rules (module docstring; `FusionConfig`). Tensors on one device (the per-point
-    rules and the rays run there; NumPy arrays run on the CPU). Returns semantics (X*Y*Z,) uint8 (17 free,
-    255 unobserved), confidence (X*Y*Z,) float32 in [0, 1] and kept points per voxel (X*Y*Z,) int64, NumPy,
-    equal to `voxelize_votes_reference`'s."""
+    cluster_vote, ground_smooth, low_height: fusion's rules (module docstring; `FusionConfig`). Tensors on one
+    device (the per-point rules and the rays run there; NumPy arrays run on the CPU). Returns semantics (X*Y*Z,)
+    uint8 (17 free, 255 unobserved), confidence (X*Y*Z,) float32 in [0, 1] and kept points per voxel (X*Y*Z,)
+    int64, NumPy, equal to `voxelize_votes_reference`'s."""
     rules = rules or PointLabelConfig()
     named = name_voxels(points, origins, cast, own, keep, votes, beams, grid, rules)
     return label_voxels(
-        named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote, ground_smooth
+        named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote, ground_smooth, low_height
     )
 
 
@@ -151,13 +158,14 @@ def voxelize_votes_reference(
     close_surfaces: int = 0,
     cluster_vote: float = 0.0,
     ground_smooth: int = 0,
+    low_height: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`voxelize_votes` with the per-point rules in NumPy (the definition its torch path is tested against);
     NumPy arguments and results as there."""
     rules = rules or PointLabelConfig()
     named = _name_voxels_reference(points, origins, cast, own, keep, votes, beams, grid, rules)
     return label_voxels(
-        named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote, ground_smooth
+        named, grid, full_hits, rules, ground_fill_unobserved, close_surfaces, cluster_vote, ground_smooth, low_height
     )
 
 
@@ -313,6 +321,7 @@ def label_voxels(
     close_surfaces: int,
     cluster_vote: float,
     ground_smooth: int = 0,
+    low_height: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The volume rules of `voxelize_votes` (NumPy, scipy.ndimage, on the CPU) on `name_voxels`' results (which may
     come from another process): `voxelize_votes`' returns."""
@@ -329,6 +338,8 @@ def label_voxels(
     conf[index] = agree * np.minimum(1.0, hits[index] / full_hits)
     if close_surfaces > 0:
         conf[_close_things(sem, grid, close_surfaces)] = FILLED_CONFIDENCE
+    if low_height > 0:  # after the closing, which joins a thin pole's returns into one column
+        conf[_rename_tall_low(sem, grid, low_height)] = FILLED_CONFIDENCE
     if rules.free_gap > 0:
         fill_gaps(sem, grid, rules.free_gap)
     if rules.free_margin > 0:  # around things, not above flat ground (which fills its layer exactly)
@@ -374,6 +385,31 @@ def _lean_to_things(sums: np.ndarray, index: np.ndarray, grid: GridSpec, weight:
     mean /= np.maximum(mean.sum(1, keepdims=True), 1e-9)
     share[inb] += weight * mean[thing[inb]]
     return share
+
+
+def _rename_tall_low(sem: np.ndarray, grid: GridSpec, height: float) -> np.ndarray:
+    """In place on flat (X*Y*Z,) semantics: voxels of the low classes (`LOW_CLASS_IDS`) become manmade where a
+    thing's voxels of that class (the thing: connected occupied voxels not of flat ground, 26-neighbourhood)
+    span more than `height` metres of layers. Returns the renamed voxels (X*Y*Z,) bool."""
+    top = int(np.floor(height / grid.voxel_size[2] + 1e-6))  # layers a low thing may span
+    K, Z = NUM_SEMANTIC_CLASSES, grid.shape[2]
+    thing = (sem < K) & ~np.isin(sem, FLAT_CLASS_IDS)
+    renamed = np.zeros(sem.shape, bool)
+    if not np.isin(sem, LOW_CLASS_IDS).any():
+        return renamed
+    labels, n = connected(thing.reshape(grid.shape), CUBE)
+    labels = labels.reshape(-1)
+    for c in LOW_CLASS_IDS:
+        at = np.flatnonzero(sem == c)
+        if len(at) == 0:
+            continue
+        comp, z = labels[at], at % Z
+        lo, hi = np.full(n + 1, Z), np.full(n + 1, -1)
+        np.minimum.at(lo, comp, z)
+        np.maximum.at(hi, comp, z)
+        renamed[at[(hi - lo + 1 > top)[comp]]] = True
+    sem[renamed] = MANMADE
+    return renamed
 
 
 def _smooth_ground(sem: np.ndarray, grid: GridSpec, radius: int) -> np.ndarray:

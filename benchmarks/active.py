@@ -337,9 +337,8 @@ def main() -> None:
     else:
         (run / "base.yaml").write_text(yaml.safe_dump(base_recipe(run, world, scenes[-1], args.steps0, args.micro)))
         plan = prepare(run, world, args)
-    devices = (
-        args.devices.split(",") if args.devices else [visible_gpus()[i % len(visible_gpus())] for i in range(gpus)]
-    )
+    visible = visible_gpus()
+    devices = args.devices.split(",") if args.devices else [visible[i % len(visible)] for i in range(gpus)]
     if args.report:
         pass
     elif gpus == 1:

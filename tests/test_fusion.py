@@ -369,7 +369,7 @@ def test_a_thing_s_voxels_lean_towards_the_vote_of_the_whole_thing():
     assert (with_thing[12, 8:11, 2] == CAR).all()
 
 
-def test_a_tall_thing_named_barrier_takes_its_other_views_name():
+def test_a_tall_thing_named_barrier_or_cone_is_manmade():
     """A pole four layers (2 m) tall whose views call it a barrier or a cone, and a barrier two layers (1 m)
     tall. With `low_height` 1.2 m the pole is manmade (what poles and signs are) and the barrier keeps its
     name; without the rule the pole is a barrier too."""

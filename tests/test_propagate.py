@@ -149,7 +149,7 @@ def test_training_reads_the_carried_labels(tiny_world, tmp_path, monkeypatch):
     steps.train(recipe, 1)
     assert got["manual"] is manual and isinstance(got["labels3d"], PropagatedLabels)
     assert got["labels3d"].now is fused and got["fused"] is fused
-    got["labels3d"].now = None
+    got["labels3d"].now = None  # the stand-in has nothing to read
 
     item = FrameDataset(frames, (64, 112), labels="exact", indices=[1], manual=got["labels3d"])[0]
     carried = got["labels3d"][second].mask_annotated

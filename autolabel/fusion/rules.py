@@ -29,8 +29,8 @@ next to the frame's own returns (`parked_radius`), and here:
   for a barrier or a cone (its look-alikes; every view may make the same mistake, so no vote can fix it).
 The rules' settings are `PointLabelConfig`'s, four of them set by the recipe's `fusion` section (`point_rules`).
 Confidence: an occupied voxel's is the share of its votes for the winning class (after `cluster_vote`) times
-min(1, points / `full_hits`); a free voxel's 1; a filled ground, closed surface or smoothed-over ground voxel's
-`FILLED_CONFIDENCE` (the export's per-class thresholds drop it before observed ones).
+min(1, points / `full_hits`); a free voxel's 1; a filled ground, closed surface, smoothed-over ground or renamed
+tall voxel's `FILLED_CONFIDENCE` (the export's per-class thresholds drop it before observed ones).
 Where it runs: the per-point rules and the rays in torch on the device of the inputs (`_name_voxels`; CUDA when
 fusion runs there), the volume rules on their results in NumPy and scipy.ndimage (`label_voxels`, on the
 CPU). `voxelize_votes_reference` has the per-point rules in NumPy: the definition the torch path equals

@@ -33,6 +33,7 @@ import yaml
 
 from autolabel.active.config import SelectionConfig
 from autolabel.active.ingest import tile_arrays
+from autolabel.active.pool import fusion_pool
 from autolabel.active.select import select_frames, select_regions
 from autolabel.data.occ3d import labels_path, read_labels
 from autolabel.stages import evaluate_checkpoint, score_round
@@ -71,6 +72,12 @@ def select_share(pool, unit: str, strategy: str, frames_worth: int, grid_voxels:
     )
     picks, used = select_regions(pool.candidates, pool.features, none, cfg, pool.regions, 0, len(pool.tokens))
     return picks, used, sum(p.voxels for p in picks)
+
+
+def fused_label_pool(frames, store: LabelStore, fused: LabelStore):
+    """The pool scored by its fused labels (`fusion_pool`, no network) with BEV tile scores, for `select_share`;
+    `store` says which frames are labelled (round 0)."""
+    return fusion_pool(frames, store, 0, fused, SelectionConfig(unit="region", budget=float(np.prod(fused.grid.shape))))
 
 
 def make_world(world: Path, synth: str, micro: bool, seed: int = 31) -> Path:

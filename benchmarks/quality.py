@@ -79,6 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from active import (  # noqa: E402
     base_recipe,
+    fused_label_pool,
     make_world,
     oracle_labels,
     run_per_gpu,
@@ -87,8 +88,7 @@ from active import (  # noqa: E402
     write_recipe,
 )
 
-from autolabel.active.config import STRATEGIES, SelectionConfig  # noqa: E402
-from autolabel.active.pool import fusion_pool  # noqa: E402
+from autolabel.active.config import STRATEGIES  # noqa: E402
 from autolabel.config_io import apply_overrides  # noqa: E402
 from autolabel.stages import evaluate_checkpoint, score_round  # noqa: E402
 from autolabel.stages import train as train_round  # noqa: E402
@@ -450,12 +450,10 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             if strategy == "fusion":  # the fused labels' own uncertainty (round 0 fuses): no network pass
                 if not dts.fusion.enabled:
                     raise SystemExit(f"{name}: strategy fusion needs a round 0 that fuses (round0=fused_3d)")
-                scores = fusion_pool(
+                scores = fused_label_pool(
                     open_frames(dts, "train", load_images=False, load_gt=False),
                     LabelStore.open(dts.store_path),
-                    0,
                     LabelStore.open(dts.fusion_path),
-                    SelectionConfig(unit="region", budget=float(np.prod(dts.network.grid.shape))),
                 )
             else:
                 scores = shared_pool_scores(run, dts_name, dts)

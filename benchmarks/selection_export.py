@@ -35,11 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from active import select_share  # noqa: E402
+from active import fused_label_pool, select_share  # noqa: E402
 from carried_export import add_run_arguments, fused_run, run_one  # noqa: E402
 
-from autolabel.active.config import PROPAGATE_MODES, SelectionConfig  # noqa: E402
-from autolabel.active.pool import fusion_pool  # noqa: E402
+from autolabel.active.config import PROPAGATE_MODES  # noqa: E402
 from autolabel.data.nuscenes import NuScenesFrames  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
 
@@ -84,8 +83,7 @@ def main() -> None:
         raise SystemExit(f"{fused_path}: its frames are not the pool's scenes' keyframes in the dataset's order")
     frames = NuScenesFrames(world, "v1.0-synth", load_images=False, grid=fused.grid)  # for carrying
     grid_voxels = int(np.prod(fused.grid.shape))
-    sel = SelectionConfig(unit="region", budget=grid_voxels)
-    pool = fusion_pool(pool_frames, fused, 0, fused, sel)
+    pool = fused_label_pool(pool_frames, fused, fused)
     out = run / f"selection_export_{seed}.json"
     results: dict = {
         "world": str(world),

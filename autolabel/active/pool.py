@@ -311,9 +311,8 @@ def fusion_pool(
     labelled, as for `score_pool`). Under torchrun each rank reads frames ``i % world == rank`` (in DataLoader
     workers: `default_workers()` unless given) and rank 0 gathers them and returns the pool; the others None."""
     arrays = fused.round(0)
-    missing = [t for t in frames.tokens if not arrays.has(t)]
     done = arrays.done()
-    missing += [t for t in frames.tokens if arrays.has(t) and not done[arrays.index(t)]]
+    missing = [t for t in frames.tokens if not arrays.has(t) or not done[arrays.index(t)]]
     if missing:
         raise DataError(
             f"{fused.path}: no fused labels for {len(missing)} pool frames (first {missing[0]}); run the fuse stage"

@@ -30,14 +30,12 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
     if recipe.selection.points:  # issue 24: what the annotators label, in their units (the manifest has them per frame)
         rows = json.loads(path.read_text())["selected"]
         region += f"; {sum(r['points'] for r in rows)} LiDAR points and {sum(r['boxes'] for r in rows)} boxes to label"
-    scored = (
-        f"pool scored by its fused labels, no network, in {len(pool.scored_by)} process(es) "
-        f"({', '.join(map(str, pool.scored_by))} frames)"
-        if strategy == "fusion"
-        else f"pool scored by {len(pool.scored_by)} process(es) ({', '.join(map(str, pool.scored_by))} frames)"
-        if pool.scored_by
-        else f"pool not scored ({strategy} reads no score)"
-    )
+    scored = f"pool not scored ({strategy} reads no score)"
+    if pool.scored_by:
+        by = f"{len(pool.scored_by)} process(es) ({', '.join(map(str, pool.scored_by))} frames)"
+        scored = (
+            f"pool scored by its fused labels, no network, in {by}" if strategy == "fusion" else f"pool scored by {by}"
+        )
     print(
         f"round {k}: {len(picks)} frames{region} selected by {strategy} from {len(pool.candidates)} unlabelled "
         f"({int(lab.sum())} already annotated); {scored}"

@@ -1,10 +1,12 @@
 """Annotation-budget curves from a quality-benchmark run (issue 21): one table and one figure.
 
-Reads RUN/results.json of `benchmarks/quality.py` with round-1 variants named UNIT_STRATEGY_Npct (and the
-control round `dts_control`, round 0 `noisy_dts`), and prints, per strategy and budget, the network's mIoU on
-the held-out scenes and the pool's pseudo-label mIoU as mean +- half the spread over training seeds (the
-quality table's convention), with each cell's gain over the control round. The figure (RUN/budget_curves.png,
-or --png) draws both against the budget with the control round as a band.
+Reads RUN/results.json of `benchmarks/quality.py` with round-1 variants of a UNIT_STRATEGY_Npct kind (named so,
+or ablations of one: `--ablation f5=region_fusion_5pct:round0=fused_3d`), the control round (`dts_control` or an
+ablation of it naming the same round-0 network) and round 0 (`noisy_dts`, or the network the ablations name), and
+prints, per strategy and budget, the network's mIoU on the held-out scenes and the pool's pseudo-label mIoU as
+mean +- half the spread over training seeds (the quality table's convention), with each cell's gain over the
+control round from the same round-0 network. An ablation with other overrides is a row of its own. The figure
+(RUN/budget_curves.png, or --png) draws both against the budget with the control round as a band.
 
     python benchmarks/budget_curves.py RUN [--png PATH]
 """
@@ -20,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import SELECTION, selection_of, split_name  # noqa: E402
+from quality import SELECTION, kind_of, recipe_overrides, round0_of, selection_of, split_name  # noqa: E402
 
 METRICS = (("network mIoU (held-out scenes)", ("miou",)), ("pseudo-label mIoU (pool)", ("pseudo_labels", "miou")))
 
@@ -31,25 +33,43 @@ def _value(result: dict, path: tuple[str, ...]) -> float | None:
     return result
 
 
-def curves(variants: dict) -> tuple[dict, dict]:
-    """results.json's variants -> ({(unit_strategy, percent): {metric: [per seed]}}, {reference: {metric: [...]}})
-    for the references dts_control and noisy_dts."""
+def curves(variants: dict, ablations: dict | None = None) -> tuple[dict, dict, dict]:
+    """results.json's variants (and meta's ablations: name -> [base, overrides]) -> ({(row, percent): {metric: [per
+    seed]}}, {round-0 network: {"control" | "round0": {metric: [...]}}}, {row: its round-0 network}).
+
+    A row is UNIT_STRATEGY, with " from X" where round 1 continues another network than noisy_dts and the
+    ablation's other overrides in brackets; its reference is the control round (`dts_control` without other
+    overrides) that continues the same network."""
+    ablations = ablations or {}
     points: dict[tuple[str, int], dict] = {}
     refs: dict[str, dict] = {}
+    origin: dict[str, str] = {}
     for name, r in variants.items():
-        kind, _ = split_name(name)
+        kind, extra = kind_of(name, ablations), recipe_overrides(name, ablations)
+        round0 = split_name(round0_of(name, ablations))[0]
         if SELECTION.match(kind):
             unit, strategy, percent = selection_of(kind)
-            slot = points.setdefault((f"{unit}_{strategy}", percent), {})
-        elif kind in ("dts_control", "noisy_dts"):
-            slot = refs.setdefault(kind, {})
+            row = f"{unit}_{strategy}" + (f" from {round0}" if round0 != "noisy_dts" else "")
+            row += f" [{'; '.join(extra)}]" if extra else ""
+            origin[row] = round0
+            slot = points.setdefault((row, percent), {})
+        elif kind == "dts_control" and not extra:
+            slot = refs.setdefault(round0, {}).setdefault("control", {})
         else:
             continue
-        for label, path in METRICS:
-            v = _value(r, path)
-            if v is not None:
-                slot.setdefault(label, []).append(float(v))
-    return points, refs
+        _add(slot, r)
+    for name, r in variants.items():  # the round-0 networks the rows continue
+        base = split_name(name)[0]
+        if base in origin.values():
+            _add(refs.setdefault(base, {}).setdefault("round0", {}), r)
+    return points, refs, origin
+
+
+def _add(slot: dict, result: dict) -> None:
+    for label, path in METRICS:
+        v = _value(result, path)
+        if v is not None:
+            slot.setdefault(label, []).append(float(v))
 
 
 def cell(xs: list[float] | None) -> str:
@@ -58,40 +78,46 @@ def cell(xs: list[float] | None) -> str:
     return f"{np.mean(xs):.2f} +- {(max(xs) - min(xs)) / 2:.1f}" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
-def table(points: dict, refs: dict) -> str:
-    """Markdown: one block per metric, strategies as rows, budgets as columns (seeds in brackets)."""
+def table(points: dict, refs: dict, origin: dict) -> str:
+    """Markdown: one block per metric, rows as rows, budgets as columns (gain over the row's control round in
+    parentheses, seeds in brackets)."""
     budgets = sorted({p for _, p in points})
-    strategies = sorted({s for s, _ in points})
+    rows = sorted({s for s, _ in points})
     out = []
     for label, _ in METRICS:
-        control = refs.get("dts_control", {}).get(label)
-        base = np.mean(control) if control else None
-        round0 = refs.get("noisy_dts", {}).get(label)
-        out.append(f"{label}; control round (no new labels): {cell(control)}; round 0: {cell(round0)}")
+        for round0 in sorted(set(origin.values())):
+            ref = refs.get(round0, {})
+            out.append(
+                f"{label}, from {round0}: control round (no new labels) {cell(ref.get('control', {}).get(label))}; "
+                f"round 0 {cell(ref.get('round0', {}).get(label))}"
+            )
         out.append("| strategy | " + " | ".join(f"{b}%" for b in budgets) + " |")
         out.append("|---|" + "---:|" * len(budgets))
-        for s in strategies:
+        for s in rows:
+            control = refs.get(origin[s], {}).get("control", {}).get(label)
             row = []
             for b in budgets:
                 xs = points.get((s, b), {}).get(label)
-                gain = f" ({np.mean(xs) - base:+.2f})" if xs and base is not None else ""
+                gain = f" ({np.mean(xs) - np.mean(control):+.2f})" if xs and control else ""
                 row.append(f"{cell(xs)}{gain} [{len(xs) if xs else 0}]")
             out.append(f"| {s} | " + " | ".join(row) + " |")
         out.append("")
     return "\n".join(out)
 
 
-def figure(points: dict, refs: dict, path: Path, title: str) -> None:
+def figure(points: dict, refs: dict, origin: dict, path: Path, title: str) -> None:
     from autolabel.report.figures import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4.2))
     strategies = sorted({s for s, _ in points})
     for ax, (label, _) in zip(axes, METRICS):
-        control = refs.get("dts_control", {}).get(label)
-        if control:
-            ax.axhspan(min(control), max(control), color="grey", alpha=0.25, label="control round (no labels)")
-            ax.axhline(np.mean(control), color="grey", lw=1)
+        for round0 in sorted(set(origin.values())):
+            control = refs.get(round0, {}).get("control", {}).get(label)
+            if control:
+                name = "control round (no labels)" + (f", from {round0}" if len(set(origin.values())) > 1 else "")
+                ax.axhspan(min(control), max(control), color="grey", alpha=0.25, label=name)
+                ax.axhline(np.mean(control), color="grey", lw=1)
         for s in strategies:
             bs = sorted(b for t, b in points if t == s and points[(t, b)].get(label))
             if not bs:
@@ -119,18 +145,18 @@ def main() -> None:
     args = ap.parse_args()
     path = args.run / "results.json" if args.run.is_dir() else args.run
     r = json.loads(path.read_text())
-    points, refs = curves(r["variants"])
-    if not points:
-        raise SystemExit(f"{path}: no round-1 variant named UNIT_STRATEGY_Npct")
     meta = r.get("meta", {})
+    points, refs, origin = curves(r["variants"], meta.get("ablations", {}))
+    if not points:
+        raise SystemExit(f"{path}: no round-1 variant of a UNIT_STRATEGY_Npct kind")
     title = (
         f"{meta.get('world', '?')} world (seed {meta.get('world_seed', '?')}), round 1 = "
         f"{meta.get('round1_steps', '?')} steps from round 0's network; mean +- half the spread over seeds"
     )
     print(title)
-    print(table(points, refs))
+    print(table(points, refs, origin))
     png = args.png or path.parent / "budget_curves.png"
-    figure(points, refs, png, title)
+    figure(points, refs, origin, png, title)
     print(f"figure: {png}")
 
 

@@ -477,7 +477,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             else:
                 tiles = {p.candidate.token: [scores.regions.bounds(t) for t in p.tiles] for p in picks if p.tiles}
                 oracle_labels(recipe, scores.tokens, scores.scenes, picked, world, tiles)
-        log(f"{name}: round 1 ({args.round1_steps} steps, {len(picks)} labelled frames, {voxels} voxels, by {used})")
+        log(f"{name}: round 1 ({steps} steps, {len(picks)} labelled frames, {voxels} voxels, by {used})")
         t0 = time.perf_counter()
         train_round(recipe, 1, progress=False)
         score(name, recipe, 1, time.perf_counter() - t0)

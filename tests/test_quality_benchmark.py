@@ -115,6 +115,9 @@ def test_quality_harness_runs_micro(tmp_path):
     curves = subprocess.run([sys.executable, str(script), str(tmp_path / "q")], capture_output=True, text=True)
     assert curves.returncode == 0, curves.stderr[-2000:]
     assert "| region_hybrid |" in curves.stdout and "| frame_random |" in curves.stdout
+    # ablations are rows of their own kind, named by the network they continue and their other overrides
+    assert "| region_fusion from fused_3d |" in curves.stdout
+    assert "| frame_random [train.labelled_share=0.5] |" in curves.stdout
     assert (tmp_path / "q" / "budget_curves.png").stat().st_size > 1000
 
 
@@ -129,6 +132,39 @@ def test_round0_choice_is_for_round1_variants(monkeypatch):
         quality.parse_ablations(["x=render_noisy:round0=fused_3d"])  # only a round-1 variant has a round 0
     with pytest.raises(SystemExit, match="round0"):
         quality.parse_ablations(["x=frame_random_5pct:round0=nonsense"])
+
+
+def test_budget_curves_read_ablations_and_pair_each_row_with_its_own_control(monkeypatch):
+    """Round-1 ablations (`f5=region_fusion_5pct:round0=fused_3d`) are curve points of their kind, and their gain is
+    over the control round from the same round-0 network (they used to be left out of the curves)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import budget_curves
+
+    net = budget_curves.METRICS[0][0]
+    variants = {
+        "noisy_dts": {"miou": 9.0},
+        "dts_control": {"miou": 10.0},
+        "frame_random_5pct": {"miou": 12.0},
+        "fused_3d": {"miou": 20.0},
+        "fc": {"miou": 21.0},
+        "f5": {"miou": 23.0},
+        "f5@1": {"miou": 25.0},
+        "w5": {"miou": 30.0},
+    }
+    ablations = {
+        "fc": ["dts_control", ["round0=fused_3d"]],
+        "f5": ["region_fusion_5pct", ["round0=fused_3d"]],
+        "w5": ["region_fusion_5pct", ["round0=fused_3d", "loss.labels_3d=3"]],
+    }
+    points, refs, origin = budget_curves.curves(variants, ablations)
+    assert points[("region_fusion from fused_3d", 5)][net] == [23.0, 25.0]
+    assert points[("region_fusion from fused_3d [loss.labels_3d=3]", 5)][net] == [30.0]
+    assert origin["frame_random"] == "noisy_dts" and origin["region_fusion from fused_3d"] == "fused_3d"
+    assert refs["fused_3d"]["control"][net] == [21.0] and refs["fused_3d"]["round0"][net] == [20.0]
+    assert refs["noisy_dts"]["control"][net] == [10.0] and refs["noisy_dts"]["round0"][net] == [9.0]
+    text = budget_curves.table(points, refs, origin)
+    assert "24.00 +- 1.0 (+3.00) [2]" in text  # over fc (21), not over dts_control (10)
+    assert "12.00 (+2.00) [1]" in text
 
 
 def test_the_benchmarks_keep_the_callers_gpu_mask(monkeypatch):

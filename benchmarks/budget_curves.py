@@ -111,11 +111,12 @@ def figure(points: dict, refs: dict, origin: dict, path: Path, title: str) -> No
     plt = pyplot()
     fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4.2))
     strategies = sorted({s for s, _ in points})
+    round0s = sorted(set(origin.values()))
     for ax, (label, _) in zip(axes, METRICS):
-        for round0 in sorted(set(origin.values())):
+        for round0 in round0s:
             control = refs.get(round0, {}).get("control", {}).get(label)
             if control:
-                name = "control round (no labels)" + (f", from {round0}" if len(set(origin.values())) > 1 else "")
+                name = "control round (no labels)" + (f", from {round0}" if len(round0s) > 1 else "")
                 ax.axhspan(min(control), max(control), color="grey", alpha=0.25, label=name)
                 ax.axhline(np.mean(control), color="grey", lw=1)
         for s in strategies:

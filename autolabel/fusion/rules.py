@@ -391,12 +391,12 @@ def _rename_tall_low(sem: np.ndarray, grid: GridSpec, height: float) -> np.ndarr
     """In place on flat (X*Y*Z,) semantics: voxels of the low classes (`LOW_CLASS_IDS`) become manmade where a
     thing's voxels of that class (the thing: connected occupied voxels not of flat ground, 26-neighbourhood)
     span more than `height` metres of layers. Returns the renamed voxels (X*Y*Z,) bool."""
+    renamed = np.zeros(sem.shape, bool)
+    if not np.isin(sem, LOW_CLASS_IDS).any():  # most frames: no connected components to label
+        return renamed
     top = int(np.floor(height / grid.voxel_size[2] + 1e-6))  # layers a low thing may span
     K, Z = NUM_SEMANTIC_CLASSES, grid.shape[2]
     thing = (sem < K) & ~np.isin(sem, FLAT_CLASS_IDS)
-    renamed = np.zeros(sem.shape, bool)
-    if not np.isin(sem, LOW_CLASS_IDS).any():
-        return renamed
     labels, n = connected(thing.reshape(grid.shape), CUBE)
     labels = labels.reshape(-1)
     for c in LOW_CLASS_IDS:

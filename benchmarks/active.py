@@ -74,10 +74,12 @@ def select_share(pool, unit: str, strategy: str, frames_worth: int, grid_voxels:
     return picks, used, sum(p.voxels for p in picks)
 
 
-def fused_label_pool(frames, store: LabelStore, fused: LabelStore):
+def fused_label_pool(frames, store: LabelStore, fused: LabelStore, class_power: float = 1.0):
     """The pool scored by its fused labels (`fusion_pool`, no network) with BEV tile scores, for `select_share`;
-    `store` says which frames are labelled (round 0)."""
-    return fusion_pool(frames, store, 0, fused, SelectionConfig(unit="region", budget=float(np.prod(fused.grid.shape))))
+    `store` says which frames are labelled (round 0); `class_power`: `selection.fusion_class_power`."""
+    budget = float(np.prod(fused.grid.shape))
+    cfg = SelectionConfig(unit="region", budget=budget, fusion_class_power=class_power)
+    return fusion_pool(frames, store, 0, fused, cfg)
 
 
 def make_world(world: Path, synth: str, micro: bool, seed: int = 31) -> Path:

@@ -454,6 +454,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
                     open_frames(dts, "train", load_images=False, load_gt=False),
                     LabelStore.open(dts.store_path),
                     LabelStore.open(dts.fusion_path),
+                    own.selection.fusion_class_power,  # an ablation may set it
                 )
             else:
                 scores = shared_pool_scores(run, dts_name, dts)

@@ -371,6 +371,12 @@ def test_fusion_pool_ranks_unsure_rare_classes_first_and_needs_every_frame(tmp_p
     )
     assert strategy == "fusion" and [(p.candidate.token, p.tiles) for p in picks] == [("a", [0])]
     assert "fused-label uncertainty" in picks[0].reason
+    # selection.fusion_class_power 0: every class weighs alike, so unsure road is worth unsure barriers
+    flat = fusion_pool(_Pool(tokens, scenes), store, 0, store, replace(cfg, fusion_class_power=0.0))
+    a0, b0 = flat.candidates
+    assert a0.tile_scores[0] == pytest.approx(b0.tile_scores[1]) and a0.tile_scores[0] > 0
+    with pytest.raises(ValueError, match="fusion_class_power must be in"):
+        replace(cfg, fusion_class_power=-1.0)
     # the fused store lacks a pool frame
     with pytest.raises(DataError, match="no fused labels for 1 pool frames .*run the fuse stage"):
         fusion_pool(_Pool(tokens + ["c"], scenes + ["s2"]), store, 0, store, cfg)

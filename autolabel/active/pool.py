@@ -251,12 +251,6 @@ def _point_costs(pool: PoolScores, frames, grid: GridSpec, sel: SelectionConfig,
             c.cost = c.point_cost.cost(sel.box_points)
 
 
-# fusion_pool's class weights: (1 / frequency) ** 1 of the fused classes. Development world, 5% of the pool's
-# voxels as BEV tiles, the exported labels' mIoU: power 0.25 / 0.5 / 1 / 1.5 gave 60.74 / 62.86 / 64.57 / 64.63
-# (random tiles 56.7; BENCHMARKS.md, issue 21)
-FUSION_CLASS_POWER = 1.0
-
-
 class _FusedFrameScores(torch.utils.data.Dataset):
     """Per pool index: one frame's fused-label uncertainty sums and counts by class (and by tile and class), and
     its cost: `fusion_pool`'s per-frame work, read in DataLoader workers (each opens the store itself)."""
@@ -306,8 +300,8 @@ def fusion_pool(
     """The pool scored by its fused labels (`fused`, the store `fuse_round` wrote; no network): a voxel's
     uncertainty is 1 - the confidence of its fused label, within the fused labels' mask_camera (unobserved voxels,
     which have no class to weigh, count 0); frames and tiles score as for the network's entropy (`_finish`), the
-    classes weighted by (1 / their frequency among the pool's fused labels) ** FUSION_CLASS_POWER, so a tile of
-    unsure barriers outranks one of unsure road. Which frames are labelled comes from `store` (round k must be
+    classes weighted by (1 / their frequency among the pool's fused labels) ** `selection.fusion_class_power`
+    (default 1: a tile of unsure barriers outranks one of unsure road). Which frames are labelled comes from `store` (round k must be
     labelled, as for `score_pool`). Under torchrun each rank reads frames ``i % world == rank`` (in DataLoader
     workers: `default_workers()` unless given) and rank 0 gathers them and returns the pool; the others None."""
     arrays = fused.round(0)
@@ -330,7 +324,7 @@ def fusion_pool(
     if gathered is None:
         return None
     rows, counts = gathered
-    pool = _finish(frames, labelled_frames(store, tokens), rows, regions, FUSION_CLASS_POWER)
+    pool = _finish(frames, labelled_frames(store, tokens), rows, regions, selection.fusion_class_power)
     pool.scored_by = counts
     if selection.points:
         _point_costs(pool, frames, store.grid, selection, store.round(k))

@@ -301,9 +301,10 @@ def fusion_pool(
     uncertainty is 1 - the confidence of its fused label, within the fused labels' mask_camera (unobserved voxels,
     which have no class to weigh, count 0); frames and tiles score as for the network's entropy (`_finish`), the
     classes weighted by (1 / their frequency among the pool's fused labels) ** `selection.fusion_class_power`
-    (default 1: a tile of unsure barriers outranks one of unsure road). Which frames are labelled comes from `store` (round k must be
-    labelled, as for `score_pool`). Under torchrun each rank reads frames ``i % world == rank`` (in DataLoader
-    workers: `default_workers()` unless given) and rank 0 gathers them and returns the pool; the others None."""
+    (default 1: a tile of unsure barriers outranks one of unsure road). Which frames are labelled comes from
+    `store` (round k must be labelled, as for `score_pool`). Under torchrun each rank reads frames
+    ``i % world == rank`` (in DataLoader workers: `default_workers()` unless given) and rank 0 gathers them and
+    returns the pool; the others None."""
     arrays = fused.round(0)
     done = arrays.done()
     missing = [t for t in frames.tokens if not arrays.has(t) or not done[arrays.index(t)]]

@@ -269,6 +269,30 @@ def test_region_round_select_oracle_ingest_export(region_run, pool_world, tmp_pa
     np.testing.assert_array_equal(labels[r0["token"]].mask_annotated.astype(bool), want)
     assert labelled_voxels(labels, TINY_GRID.shape) == 5 * 2048
 
+    # a later round asks for other tiles of the same frame: they merge into its label, the first tiles kept
+    first = [t["index"] for t in r0["tiles"]]
+    later = [t for t in range(regions.count) if t not in first][:2]
+    m1 = dict(manifest, selected=[dict(r0, tiles=[dict(index=t, bounds=regions.bounds(t)) for t in later])])
+    (run / "round_1" / "select").mkdir(parents=True)
+    (run / "round_1" / "select" / "manifest.json").write_text(json.dumps(m1))
+    ann1 = tmp_path / "ann1"
+    assert oracle_delivery(recipe, 1, pool_world, ann1) == 1
+    s = ingest(recipe, 1, ann1)
+    assert s["added"] == [r0["token"]] and s["voxels_added"] == 2 * 2048 and s["manual_voxels"] == 7 * 2048
+    both = want | bounds_mask(TINY_GRID.shape, [regions.bounds(t) for t in later])
+    np.testing.assert_array_equal(manual.read(i, "confidence") == 255, both)
+    np.testing.assert_array_equal(manual.read(i, "semantics"), np.where(both, truth.semantics, IGNORE_ID))
+    assert ingest(recipe, 1, ann1)["unchanged"] == [r0["token"]]  # idempotent
+    # a later delivery that disagrees with a voxel annotated before is refused, and nothing is changed
+    m1["selected"][0]["tiles"] = [dict(index=first[0], bounds=regions.bounds(first[0]))]
+    (run / "round_1" / "select" / "manifest.json").write_text(json.dumps(m1))
+    path1 = labels_path(ann1, r0["scene"], r0["token"])
+    write_labels(path1, Occ3DLabels(np.full_like(truth.semantics, 4), truth.mask_lidar, truth.mask_camera), TINY_GRID)
+    with pytest.raises(DataError, match=f"frame {r0['token']} was already ingested with different labels"):
+        ingest(recipe, 1, ann1)
+    np.testing.assert_array_equal(manual.read(i, "semantics"), np.where(both, truth.semantics, IGNORE_ID))
+    want = both
+
     # the export: annotated tiles over the round's pseudo-labels, label_source 'region'
     assert main(["export", str(run / "labels.zarr"), str(tmp_path / "export"), "--round", "0"]) == 0
     summary = json.loads((tmp_path / "export" / "export.json").read_text())
@@ -380,6 +404,46 @@ def test_fusion_pool_ranks_unsure_rare_classes_first_and_needs_every_frame(tmp_p
     # the fused store lacks a pool frame
     with pytest.raises(DataError, match="no fused labels for 1 pool frames .*run the fuse stage"):
         fusion_pool(_Pool(tokens + ["c"], scenes + ["s2"]), store, 0, store, cfg)
+
+
+def test_a_frame_labelled_by_tiles_offers_its_other_tiles_to_the_next_round(tmp_path, monkeypatch):
+    """A frame annotated by tiles stays a candidate of a region round, without the tiles it has; a frame labelled
+    whole leaves the pool; frame rounds leave out both. The candidates' diversity features are their own rows."""
+    from autolabel.active.ingest import tile_arrays
+    from autolabel.active.pool import fusion_pool, select_pool
+    from tiny_models import TINY_GRID
+
+    shape = TINY_GRID.shape
+    regions = RegionGrid(shape, 16)
+    sem = np.full(shape, FREE_ID, np.uint8)
+    sem[:, :, 0] = 11
+    f = {"semantics": sem, "confidence": np.full(shape, 100, np.uint8), "mask_camera": np.ones(shape, np.uint8)}
+    f["mask_lidar"] = f["mask_camera"]
+    tokens, scenes = ["a", "b", "c"], ["s0", "s1", "s2"]
+    store = _fused_store(tmp_path / "labels.zarr", [f, f, f], tokens, scenes)
+    manual = store.manual(tokens, scenes, create=True)
+    manual.write(0, **tile_arrays(Occ3DLabels(sem, f["mask_lidar"], f["mask_camera"]), [regions.bounds(0)], shape))
+    manual.write(1, semantics=sem, confidence=np.full(shape, 255, np.uint8), mask_camera=f["mask_camera"],
+                 mask_lidar=f["mask_lidar"])  # fmt: skip
+    budget = regions.voxels()[0] * 2 * regions.count  # room for every tile left
+    cfg = SelectionConfig(unit="region", region_size=16, budget=budget, strategy="fusion", max_tiles_per_frame=64)
+    pool = fusion_pool(_Pool(tokens, scenes), store, 0, store, cfg)
+    assert [c.token for c in pool.candidates] == ["a", "c"] and pool.labelled.tolist() == [True, True, False]
+    a = pool.candidates[0]
+    assert a.tile_visible[0] == 0 and (a.tile_visible[1:] > 0).all() and (pool.candidates[1].tile_visible > 0).all()
+    picks, _ = select_pool(pool, cfg)
+    got = {p.candidate.token: sorted(p.tiles) for p in picks}
+    assert got == {"a": list(range(1, regions.count)), "c": list(range(regions.count))}
+    pool.features = np.arange(3, dtype=np.float32)[:, None]  # rows a, b, c
+    cands = []
+    monkeypatch.setattr(
+        "autolabel.active.pool.select_regions", lambda c, feats, lab, *a, **k: cands.append((feats, lab)) or ([], "")
+    )
+    select_pool(pool, cfg)
+    np.testing.assert_array_equal(cands[0][0][:, 0], [0, 2])  # a and c, not a and b
+    np.testing.assert_array_equal(cands[0][1][:, 0], [0, 1])  # the annotated frames
+    frame = fusion_pool(_Pool(tokens, scenes), store, 0, store, SelectionConfig(strategy="fusion"))
+    assert [c.token for c in frame.candidates] == ["c"]
 
 
 def test_auto_takes_fusion_for_tiles_of_a_run_that_fuses():

@@ -11,7 +11,9 @@ With ``selection.unit: region`` (issue 21) a delivery may be partial (only the t
 semantics 255, or an optional ``mask_annotated`` 0, elsewhere). Ingest checks that every voxel of every
 requested tile carries a label and stores only the tiles: semantics 255 and masks 0 outside them, and the
 manual group's ``confidence`` array as the annotated mask (255 = labelled by an annotator, 0 = not;
-whole-frame labels are 255 everywhere, as before).
+whole-frame labels are 255 everywhere, as before). A later round's tiles of a frame annotated before are merged
+into its stored label (`merged`): the annotated voxels add up, and a delivery that disagrees with a voxel
+annotated before is refused.
 """
 
 from __future__ import annotations
@@ -75,6 +77,22 @@ def tile_arrays(labels: Occ3DLabels, bounds: list[list[list[int]]], shape: tuple
         "mask_camera": (labels.mask_camera.astype(bool) & keep).astype(np.uint8),
         "mask_lidar": (labels.mask_lidar.astype(bool) & keep).astype(np.uint8),
     }
+
+
+def merged(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """A frame's manual-group arrays with a later delivery `new` added to the stored `old` (each annotated where
+    its confidence is 255): the union of the annotated voxels, each keeping the labels of the delivery that
+    annotated it. None where both annotated a voxel and disagree on it (a manual label is never overwritten).
+    A second round's tiles of the same frame (selection.unit region) merge this way; a delivery repeated
+    unchanged merges into `old` itself."""
+    a, b = old["confidence"] == 255, new["confidence"] == 255
+    both = a & b
+    keys = ("semantics", "mask_camera", "mask_lidar")
+    if any(not np.array_equal(old[key][both], new[key][both]) for key in keys):
+        return None
+    out = {key: np.where(b, new[key], old[key]).astype(old[key].dtype) for key in keys}
+    out["confidence"] = np.where(a | b, 255, 0).astype(np.uint8)
+    return out
 
 
 def ingest(
@@ -148,21 +166,23 @@ def ingest(
     voxels_added = 0
     for token, arrays in arrays_of.items():
         i = manual.index(token)
-        if done[i]:
+        if done[i]:  # a later round's tiles of a frame labelled before: merged, never overwritten
             old = read_frame(manual, i)
-            if all(
-                np.array_equal(old[key], arrays[key])
-                for key in ("semantics", "confidence", "mask_camera", "mask_lidar")
-            ):
+            arrays = merged(old, arrays)
+            if arrays is None:
+                raise DataError(
+                    f"frame {token} was already ingested with different labels; a manual label is not "
+                    f"overwritten (delete it from {store.path}/manual to replace it)"
+                )
+            new = int((arrays["confidence"] == 255).sum() - (old["confidence"] == 255).sum())
+            if new == 0:
                 unchanged.append(token)
                 continue
-            raise DataError(
-                f"frame {token} was already ingested with different labels; a manual label is not "
-                f"overwritten (delete it from {store.path}/manual to replace it)"
-            )
+        else:
+            new = int((arrays["confidence"] == 255).sum())
         manual.write(i, **arrays)
         added.append(token)
-        voxels_added += int((arrays["confidence"] == 255).sum())
+        voxels_added += new
     done = manual.done()
     return {
         "added": added,

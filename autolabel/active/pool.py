@@ -56,7 +56,9 @@ class PoolScores:
     scenes: list[str]
     labelled: np.ndarray  # (N,) bool: already has manual 3D labels
     features: np.ndarray  # (N, D) L2-normalised pooled BEV features
-    candidates: list[Candidate]  # the unlabelled frames, in token order
+    # the unlabelled frames, in token order; with regions also the frames with tiles left to label (a frame
+    # annotated by tiles before offers its other tiles: `annotated_tiles`)
+    candidates: list[Candidate]
     scored_by: tuple[int, ...] = ()  # frames scored by each process (rank order)
     regions: RegionGrid | None = None  # selection.unit region: the tiles (candidates then carry tile scores)
 
@@ -187,7 +189,9 @@ def score_pool(
     if gathered is None:
         return None
     rows, counts = gathered
-    pool = _finish(frames, labelled_frames(store, frames.tokens), rows, regions)
+    labelled = labelled_frames(store, frames.tokens)
+    annotated = annotated_tiles(store, frames.tokens, labelled, regions) if regions is not None else None
+    pool = _finish(frames, labelled, rows, regions, annotated=annotated)
     pool.scored_by = counts
     if selection.points:
         _point_costs(pool, frames, network.grid, selection, arrays)
@@ -325,18 +329,40 @@ def fusion_pool(
     if gathered is None:
         return None
     rows, counts = gathered
-    pool = _finish(frames, labelled_frames(store, tokens), rows, regions, selection.fusion_class_power)
+    labelled = labelled_frames(store, tokens)
+    annotated = annotated_tiles(store, tokens, labelled, regions) if regions is not None else None
+    pool = _finish(frames, labelled, rows, regions, selection.fusion_class_power, annotated)
     pool.scored_by = counts
     if selection.points:
         _point_costs(pool, frames, store.grid, selection, store.round(k))
     return pool
 
 
+def annotated_tiles(store: LabelStore, tokens: list[str], labelled: np.ndarray, regions: RegionGrid) -> dict:
+    """Token -> (T,) bool, the tiles of `regions` holding a voxel an annotator labelled, for the `labelled` ones
+    of `tokens` (their manual group's confidence 255: every tile of a whole-frame label). Reads one array per
+    labelled frame."""
+    manual = store.manual()
+    cells = regions.cell_tiles().ravel()
+    out = {}
+    for t in np.asarray(tokens)[labelled]:
+        annotated = (manual.read(manual.index(t), "confidence") == 255).any(-1).ravel()
+        out[str(t)] = np.bincount(cells[annotated], minlength=regions.count) > 0
+    return out
+
+
 def _finish(
-    frames, labelled: np.ndarray, rows: list[tuple], regions: RegionGrid | None = None, power: float = 0.5
+    frames,
+    labelled: np.ndarray,
+    rows: list[tuple],
+    regions: RegionGrid | None = None,
+    power: float = 0.5,
+    annotated: dict | None = None,
 ) -> PoolScores:
     """The pool's scores from per-frame results in pool order (class weights over the whole pool, (1 / frequency)
-    ** power; with `regions`, each candidate's tile scores use the same weights)."""
+    ** power; with `regions`, each candidate's tile scores use the same weights). `annotated` (with regions,
+    `annotated_tiles`): a labelled frame with tiles left stays a candidate, its annotated tiles not visible."""
+    annotated = annotated or {}
     ent_sum = np.stack([r[0] for r in rows]).astype(np.float64)
     counts = np.stack([r[1] for r in rows]).astype(np.float64)
     w = class_weights(torch.from_numpy(counts.sum(0)), power)
@@ -349,7 +375,7 @@ def _finish(
             rows[i][4],
         )
         for i, t in enumerate(frames.tokens)
-        if not labelled[i]
+        if not labelled[i] or (t in annotated and not annotated[t].all())
     ]
     if regions is not None:
         voxels = regions.voxels()
@@ -357,6 +383,8 @@ def _finish(
         for c in cands:
             sums, n = by_token[c.token]
             c.tile_scores, c.tile_visible = tile_scores(sums, w.numpy(), voxels), n.sum(-1)
+            if c.token in annotated:  # labelled by tiles before: only its other tiles are offered
+                c.tile_visible = np.where(annotated[c.token], 0, c.tile_visible)
     return PoolScores(
         list(frames.tokens),
         [frames.scene_of(t) for t in frames.tokens],
@@ -371,7 +399,9 @@ def select_pool(pool: PoolScores, cfg, device: str | torch.device | None = None)
     """Run the selection on a scored pool: whole frames (`select_frames`) or, with ``selection.unit: region``,
     BEV tiles of frames under a voxel budget (`select_regions`)."""
     lab = pool.labelled
-    args = (pool.candidates, pool.features[~lab], pool.features[lab], cfg)
+    row = {t: i for i, t in enumerate(pool.tokens)}
+    rows = np.array([row[c.token] for c in pool.candidates], np.int64)  # a frame with tiles left is both
+    args = (pool.candidates, pool.features[rows], pool.features[lab], cfg)
     kw = {"n_labelled": int(lab.sum()), "pool_size": len(pool.tokens), "device": device}
     if cfg.region:
         if pool.regions is None or pool.regions.size != cfg.region_size:

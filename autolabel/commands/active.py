@@ -30,6 +30,9 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
     if recipe.selection.points:  # issue 24: what the annotators label, in their units (the manifest has them per frame)
         rows = json.loads(path.read_text())["selected"]
         region += f"; {sum(r['points'] for r in rows)} LiDAR points and {sum(r['boxes'] for r in rows)} boxes to label"
+    annotated = {t for t, done in zip(pool.tokens, lab) if done}
+    partial = sum(c.token in annotated for c in pool.candidates)  # annotated by tiles, offering the others
+    again = f", {partial} of them with tiles left to label" if partial else ""
     scored = f"pool not scored ({strategy} reads no score)"
     if pool.scored_by:
         by = f"{len(pool.scored_by)} process(es) ({', '.join(map(str, pool.scored_by))} frames)"
@@ -37,8 +40,8 @@ def select(recipe_path: str, overrides: list[str], out: str | None, k: int, budg
             f"pool scored by its fused labels, no network, in {by}" if strategy == "fusion" else f"pool scored by {by}"
         )
     print(
-        f"round {k}: {len(picks)} frames{region} selected by {strategy} from {len(pool.candidates)} unlabelled "
-        f"({int(lab.sum())} already annotated); {scored}"
+        f"round {k}: {len(picks)} frames{region} selected by {strategy} from {len(pool.candidates)} candidate "
+        f"frames ({int(lab.sum())} already annotated{again}); {scored}"
     )
     for p in picks:
         tiles = f"  tiles {sorted(p.tiles)} ({p.voxels} voxels)" if pool.regions else ""

@@ -226,7 +226,7 @@ def test_region_round_select_oracle_ingest_export(region_run, pool_world, tmp_pa
     rows = manifest["selected"]
     assert len(rows) == 2 and sum(len(r["tiles"]) for r in rows) == 5  # 2 scenes, cap 1: 3 + 2 tiles
     assert manifest["voxels_total"] == manifest["spent"] == sum(r["voxels"] for r in rows) == 5 * 2048
-    assert all(r["cost"] == r["voxels"] == 2048 * len(r["tiles"]) for r in rows)
+    assert all(r["cost"] == r["voxels"] == 2048 * len(r["tiles"]) and r["tiles_labelled_before"] == [] for r in rows)
     regions = RegionGrid(TINY_GRID.shape, 16)
     assert all(t["bounds"] == regions.bounds(t["index"]) for r in rows for t in r["tiles"])
     assert "tiles to label" in (run / "round_0" / "select" / "index.html").read_text()
@@ -431,6 +431,7 @@ def test_a_frame_labelled_by_tiles_offers_its_other_tiles_to_the_next_round(tmp_
     assert [c.token for c in pool.candidates] == ["a", "c"] and pool.labelled.tolist() == [True, True, False]
     a = pool.candidates[0]
     assert a.tile_visible[0] == 0 and (a.tile_visible[1:] > 0).all() and (pool.candidates[1].tile_visible > 0).all()
+    assert np.flatnonzero(a.tiles_before).tolist() == [0] and pool.candidates[1].tiles_before is None
     picks, _ = select_pool(pool, cfg)
     got = {p.candidate.token: sorted(p.tiles) for p in picks}
     assert got == {"a": list(range(1, regions.count)), "c": list(range(regions.count))}

@@ -116,6 +116,8 @@ def write_manifest(
         for row, p in zip(rows, picks):
             row["voxels"] = p.voxels
             row["tiles"] = _tiles(p, regions)
+            before = p.candidate.tiles_before  # a frame annotated by tiles in earlier rounds: which
+            row["tiles_labelled_before"] = [] if before is None else np.flatnonzero(before).tolist()
         spent = sum(p.voxels for p in picks)
     else:
         spent = round(sum(p.candidate.cost if sel.cost_model else 1.0 for p in picks), 4)
@@ -164,7 +166,16 @@ def write_manifest(
     atomic_write(folder / MANIFEST, lambda fh: fh.write(text.encode()))
     out = io.StringIO()
     if rows:
-        flat = [{**r, "tiles": ";".join(str(t["index"]) for t in r["tiles"])} if "tiles" in r else r for r in rows]
+        flat = [
+            {
+                **r,
+                "tiles": ";".join(str(t["index"]) for t in r["tiles"]),
+                "tiles_labelled_before": ";".join(map(str, r["tiles_labelled_before"])),
+            }
+            if "tiles" in r
+            else r
+            for r in rows
+        ]
         w = csv.DictWriter(out, fieldnames=list(flat[0]))
         w.writeheader()
         w.writerows(flat)
@@ -220,6 +231,8 @@ def _write_page(frames: NuScenesFrames, k: int, folder: Path, manifest: dict, st
             scores += "; tiles to label (voxel index ranges x, y, z; half-open): " + "; ".join(
                 f"{t['index']}: {t['bounds']}" for t in row["tiles"]
             )
+            if row["tiles_labelled_before"]:
+                scores += f"; tiles labelled in earlier rounds (not asked again): {row['tiles_labelled_before']}"
         blocks.append(
             f"<h3>{r + 1}. {html.escape(row['scene'])} / {row['token']}</h3><p>{html.escape(row['reason'])}; "
             f'{scores}</p><img src="{r:03d}_cameras.png" alt="six cameras"> {bev}'

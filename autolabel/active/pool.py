@@ -384,7 +384,8 @@ def _finish(
             sums, n = by_token[c.token]
             c.tile_scores, c.tile_visible = tile_scores(sums, w.numpy(), voxels), n.sum(-1)
             if c.token in annotated:  # labelled by tiles before: only its other tiles are offered
-                c.tile_visible = np.where(annotated[c.token], 0, c.tile_visible)
+                c.tiles_before = annotated[c.token]
+                c.tile_visible = np.where(c.tiles_before, 0, c.tile_visible)
     return PoolScores(
         list(frames.tokens),
         [frames.scene_of(t) for t in frames.tokens],

@@ -21,7 +21,7 @@ from .regions import RegionGrid
 
 @dataclass
 class Candidate:
-    """One unlabeled frame of the pool with its scores."""
+    """One frame of the pool with its scores: an unlabelled one, or (region unit) one with tiles left to label."""
 
     token: str
     scene: str
@@ -30,6 +30,8 @@ class Candidate:
     # selection.unit region (issue 21): per BEV tile, its score and its visible voxels (0: nothing to label)
     tile_scores: np.ndarray | None = None
     tile_visible: np.ndarray | None = None
+    # region unit: (T,) bool, the tiles annotators labelled in earlier rounds (None: the frame has no manual label)
+    tiles_before: np.ndarray | None = None
     # selection.annotation points (issue 24): points and boxes to label (autolabel.annotation.costs.PointCost)
     point_cost: object | None = None
 

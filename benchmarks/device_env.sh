@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sourced at the start of a device call (repo root): installs the carried wheels (.whl/, see
-# docs/ARCHITECTURE.md "Benchmarks on the device"), sets the extension cache, builds the CUDA backends
-# (render op, voxel walk) once.
+# Sourced at the start of a device call (repo root): installs the carried wheels, sets the extension cache,
+# builds the CUDA backends (render op, voxel walk) once. .whl/ (git-ignored, carried with the call) holds
+# the dependencies missing from the device image's pip list, cp312 manylinux wheels fetched here with
+# `pip download --no-deps`: zarr, numcodecs, donfig, google-crc32c, isal, nuscenes-devkit, pyquaternion,
+# descartes, cachetools, shapely (about 13 MB; never numpy: the image's packages are built against its own).
 [ -d /tmp/site/zarr ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
 export PYTHONPATH=/tmp/site:$PWD TORCH_EXTENSIONS_DIR=$PWD/.torch_extensions MAX_JOBS=16 PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"

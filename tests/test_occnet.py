@@ -318,7 +318,8 @@ def test_host_memory_does_not_grow_with_steps(tiny_dataset, tmp_path):
 def test_rendering_only_training_learns_the_scene(tiny_dataset, tmp_path):
     """Rendering losses alone (LiDAR depth + exact 2D labels, no 3D label) on a tiny synthetic scene
     reach an Occ3D mIoU and geometric IoU well above an untrained network and a constant-class guess.
-    Measured (seed 5 world, 2 frames, 450 steps): see docs/ARCHITECTURE.md, "Learning test"."""
+    Measured (seed 5 world, 2 frames, 200 steps: 47.7 / 74.9 against 0.9 / 14.3 for the constant class): see
+    docs/ARCHITECTURE.md, "Learning test"."""
     from occnet.metrics import OccupancyMetric
 
     torch.manual_seed(0)
@@ -346,7 +347,7 @@ def test_rendering_only_training_learns_the_scene(tiny_dataset, tmp_path):
         model,
         RenderConfig(rays_per_frame=4096),
         LossConfig(silog_lambda=0.0),
-        TrainConfig(steps=450, warmup_steps=10, lr=4e-3, checkpoint_every=1000),
+        TrainConfig(steps=200, warmup_steps=10, lr=4e-3, checkpoint_every=1000),
         tmp_path,
     )
     trainer.fit(tiny_dataset, workers=0, progress=False)
@@ -356,8 +357,9 @@ def test_rendering_only_training_learns_the_scene(tiny_dataset, tmp_path):
         f"mIoU {constant.miou:.3f} geo {constant.geometric_iou:.3f}; trained mIoU {trained.miou:.3f} "
         f"geo {trained.geometric_iou:.3f}"
     )
-    assert trained.miou > max(untrained.miou, constant.miou) + 0.08
-    assert trained.geometric_iou > max(untrained.geometric_iou, constant.geometric_iou) + 0.1
+    # margins a third of the measured gains: a loaded machine once gave 26 / 33 where an idle one gave 34 / 46
+    assert trained.miou > max(untrained.miou, constant.miou) + 0.15
+    assert trained.geometric_iou > max(untrained.geometric_iou, constant.geometric_iou) + 0.2
 
 
 def test_auxiliary_keyframes_are_moved_into_the_current_ego_frame(tiny_dataset, tmp_path):

@@ -189,8 +189,7 @@ def score_pool(
     if gathered is None:
         return None
     rows, counts = gathered
-    labelled = labelled_frames(store, frames.tokens)
-    annotated = annotated_tiles(store, frames.tokens, labelled, regions) if regions is not None else None
+    labelled, annotated = _labelled(store, frames.tokens, regions)
     pool = _finish(frames, labelled, rows, regions, annotated=annotated)
     pool.scored_by = counts
     if selection.points:
@@ -329,13 +328,19 @@ def fusion_pool(
     if gathered is None:
         return None
     rows, counts = gathered
-    labelled = labelled_frames(store, tokens)
-    annotated = annotated_tiles(store, tokens, labelled, regions) if regions is not None else None
+    labelled, annotated = _labelled(store, tokens, regions)
     pool = _finish(frames, labelled, rows, regions, selection.fusion_class_power, annotated)
     pool.scored_by = counts
     if selection.points:
         _point_costs(pool, frames, store.grid, selection, store.round(k))
     return pool
+
+
+def _labelled(store: LabelStore, tokens: list[str], regions: RegionGrid | None) -> tuple[np.ndarray, dict | None]:
+    """Which of `tokens` have manual labels (N,) bool and, with `regions`, their annotated tiles
+    (`annotated_tiles`; None without regions): what `_finish` needs of the store."""
+    labelled = labelled_frames(store, tokens)
+    return labelled, (annotated_tiles(store, tokens, labelled, regions) if regions is not None else None)
 
 
 def annotated_tiles(store: LabelStore, tokens: list[str], labelled: np.ndarray, regions: RegionGrid) -> dict:

@@ -319,6 +319,8 @@ class Trainer:
             # labels fused from the scene's evidence (255 where it saw nothing): like pseudo-labels, on the
             # voxels no annotator labelled
             w = b["fused_confidence"].float()
+            if lc.fused_confidence_power != 1:
+                w = torch.where(w > 0, w.pow(lc.fused_confidence_power), w)
             if annotated is not None:
                 w = w * (1 - annotated)
             elif "has_gt" in b:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,29 @@ import pytest
 
 SAMPLE_ROOT = Path(__file__).parent / "data" / "nuscenes-sample"
 SAMPLE_TOKEN = "ca9a282c9e77460f8360f564131a8af5"
+MAX_WORKERS = 4  # `-n auto` (pyproject.toml): at most this many test processes, each with its share of the cores
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(MAX_WORKERS, _cores()))
+
+
+def pytest_configure(config) -> None:
+    """In a pytest-xdist worker, torch's CPU threads (and those of the processes a test starts: CLI runs,
+    torchrun, benchmark harnesses) are the worker's share of the cores. Each worker would otherwise start one
+    thread per core: two workers on 2 cores ran the CPU-bound training tests 2-3 times slower than alone."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = str(max(1, _cores() // int(workers)))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,17 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """The tests marked slow(SECONDS) first, the longest first: the workers take a contiguous share of the list
+    each and steal from one another's end, so a minutes-long test left to the end of a share would run alone."""
+
+    def seconds(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return -mark.args[0] if mark else 0.0
+
+    items.sort(key=seconds)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def sample_root() -> Path:
     return SAMPLE_ROOT

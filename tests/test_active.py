@@ -343,6 +343,7 @@ def test_exported_pseudo_labels_ingest_with_dropped_voxels_left_out(run_copy, tm
         assert dropped.any() and not cam[dropped].any()
 
 
+@pytest.mark.slow(91)
 def test_budget_curve_harness_runs_micro(tmp_path):
     """benchmarks/active.py --micro: every strategy and budget trains a round and is scored."""
     from tiny_models import run_micro_benchmark

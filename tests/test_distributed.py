@@ -117,6 +117,7 @@ def test_two_processes_label_the_same_store(single, pool_world, tmp_path):
         np.testing.assert_array_equal(np.asarray(a.group[name][:]), np.asarray(b.group[name][:]))
 
 
+@pytest.mark.slow(48)
 def test_the_whole_loop_under_torchrun(pool_world, tmp_path):
     """`autolabel run` in two processes: every stage recorded once, the store and exports complete."""
     from test_pipeline import micro_recipe

@@ -335,6 +335,7 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * 4096 / 2**20
 
 
+@pytest.mark.slow(46)
 def test_host_memory_does_not_grow_with_steps(tiny_dataset, tmp_path):
     trainer = _trainer(tmp_path / "rss", steps=70)
     rss = []
@@ -345,6 +346,7 @@ def test_host_memory_does_not_grow_with_steps(tiny_dataset, tmp_path):
     assert growth < 40, f"RSS grew {growth:.1f} MB from step 20 to 70"
 
 
+@pytest.mark.slow(119)
 def test_rendering_only_training_learns_the_scene(tiny_dataset, tmp_path):
     """Rendering losses alone (LiDAR depth + exact 2D labels, no 3D label) on a tiny synthetic scene
     reach an Occ3D mIoU and geometric IoU well above an untrained network and a constant-class guess.

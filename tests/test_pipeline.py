@@ -182,6 +182,7 @@ def test_report_page_in_a_headless_browser(micro_run, tmp_path):
     assert saturated.sum() > 40000  # the figures' coloured voxels, not just the swatches (17 x 2 x 196 pixels)
 
 
+@pytest.mark.slow(56)
 def test_killed_run_resumes_to_the_same_outputs(pool_world, tmp_path):
     reference = micro_recipe(tmp_path / "a", pool_world)
     assert main(["run", str(reference)]) == 0

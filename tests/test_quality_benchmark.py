@@ -20,6 +20,7 @@ VARIANTS = (
 )
 
 
+@pytest.mark.slow(213)
 def test_quality_harness_runs_micro(tmp_path):
     # three processes (one per GPU on a GPU machine; all on the CPU here): the round-1 variants wait for
     # noisy_dts's network in whichever process they land

@@ -24,7 +24,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
 def pytest_configure(config) -> None:
     """In a pytest-xdist worker, torch's CPU threads (and those of the processes a test starts: CLI runs,
     torchrun, benchmark harnesses) are the worker's share of the cores. Each worker would otherwise start one
-    thread per core: two workers on 2 cores ran the CPU-bound training tests 2-3 times slower than alone."""
+    thread per core: two workers on 2 cores ran the learning test 3.2 times slower than alone (298 s against 92 s)."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         threads = str(max(1, _cores() // int(workers)))
@@ -39,11 +39,11 @@ def pytest_collection_modifyitems(config, items) -> None:
     """The tests marked slow(SECONDS) first, the longest first: the workers take a contiguous share of the list
     each and steal from one another's end, so a minutes-long test left to the end of a share would run alone."""
 
-    def seconds(item) -> float:
+    def longest_first(item) -> float:
         mark = item.get_closest_marker("slow")
         return -mark.args[0] if mark else 0.0
 
-    items.sort(key=seconds)  # stable: the rest keep their order
+    items.sort(key=longest_first)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

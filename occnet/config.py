@@ -140,6 +140,10 @@ class LossConfig:
     # mIoU on the test world's held-out scenes over 1, 3 seeds (BENCHMARKS.md, "Trusting the fused labels by
     # their confidence"); 2 and 8 lay between, 16 below 1
     fused_confidence_power: float = 4.0
+    # fused_3d weighs an occupied voxel's name (not its occupancy) by the network's own probability of that
+    # name ** this power, rescaled within each class (occnet.losses.voxel_ce; 0 = off): names every view
+    # got wrong alike carry full confidence, and the network trained on the rest of the pool disputes them
+    fused_agreement_power: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -157,6 +161,7 @@ class LossConfig:
         _check(0 <= self.class_balance_3d <= 1, "LossConfig.class_balance_3d must lie in [0, 1]")
         _check(0 <= self.smoothing_3d < 1, "LossConfig.smoothing_3d must lie in [0, 1)")
         _check(self.fused_confidence_power >= 0, "LossConfig.fused_confidence_power must be >= 0")
+        _check(self.fused_agreement_power >= 0, "LossConfig.fused_agreement_power must be >= 0")
 
     @property
     def rendering_only(self) -> bool:

@@ -65,6 +65,7 @@ def voxel_ce(
     voxel_size: float,
     class_balance: float = 0.0,
     smoothing: float = 0.0,
+    agreement_power: float = 0.0,
 ) -> torch.Tensor:
     """Weighted cross-entropy over voxels; target (B, X, Y, Z) ids in 0..K (K = free), 255 ignored;
     weight (B, X, Y, Z) (mask_camera for labels, confidence for pseudo-labels).
@@ -73,6 +74,13 @@ def voxel_ce(
     named class and e spread evenly over the K classes, so -log P(occupied) stays whole and only the name
     is hedged. Labels made without annotation are named less reliably than they are placed (the fused
     labels' geometry matches the 3D-supervised network's, their names do not).
+
+    agreement_power q > 0 weighs an occupied voxel's name term (-log softmax_c; its occupancy term
+    -log o stays whole) by p_c ** q, p_c the network's own probability (detached) of the named class given
+    occupancy, rescaled within each class so that the class keeps its total weight. Labels misnamed
+    consistently by every view (a far patch of other flat called driveable surface) cannot be told by
+    their confidence; a network that has learnt the class from the rest of the pool disagrees with them,
+    and they then pull less (the small-loss idea of learning from noisy labels: GCE, co-teaching).
 
     class_balance a > 0 multiplies an occupied voxel's weight by (share of its class among the batch's
     weighted occupied voxels) ** -a, rescaled so the occupied voxels' total weight is unchanged; free
@@ -92,6 +100,8 @@ def voxel_ce(
         spread = -lp[:, :k].mean(1)  # -log o - mean_c log softmax_c: occupancy whole, names even
         nll = torch.where(tgt < k, (1 - smoothing) * nll + smoothing * spread, nll)
     w = weight[valid].float()
+    if agreement_power > 0:
+        nll = _agreement_weighted(lp, tgt, nll, w, agreement_power)
     if class_balance > 0:
         mass = torch.bincount(tgt, weights=w, minlength=logp.shape[-1])
         mass[-1] = 0  # free keeps its weight
@@ -102,6 +112,28 @@ def voxel_ce(
             cw[-1] = 1.0
             w = w * cw[tgt]
     return (w * nll).sum() / w.sum()
+
+
+def _agreement_weighted(
+    lp: torch.Tensor, tgt: torch.Tensor, nll: torch.Tensor, w: torch.Tensor, q: float
+) -> torch.Tensor:
+    """voxel_ce's agreement weighting: nll (M,) with each occupied voxel's name part (nll + log o) scaled by
+    p_c ** q / (the same, w-weighted mean over its class); lp (M, K+1) log-probabilities, tgt (M,), w (M,)."""
+    k = lp.shape[-1] - 1
+    occ = tgt < k
+    if not occ.any():
+        return nll
+    log_o = torch.logsumexp(lp[occ, :k], 1)
+    c = tgt[occ]
+    p_name = (lp[occ].gather(1, c[:, None])[:, 0] - log_o).exp().detach()
+    a = p_name.clamp_min(1e-12) ** q
+    wo = w[occ]
+    mass = torch.bincount(c, weights=wo, minlength=k)
+    agreed = torch.bincount(c, weights=wo * a, minlength=k)
+    a = a * (mass / agreed.clamp_min(1e-30))[c]
+    out = nll.clone()
+    out[occ] = -log_o + a * (nll[occ] + log_o)
+    return out
 
 
 def depth_distribution_ce(

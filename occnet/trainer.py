@@ -326,7 +326,14 @@ class Trainer:
             elif "has_gt" in b:
                 w = w * (~b["has_gt"].bool()).float()[:, None, None, None]
             terms["fused3d"] = lc.fused_3d * voxel_ce(
-                out.density, out.logits, b["fused_semantics"], w, voxel, lc.class_balance_3d, lc.smoothing_3d
+                out.density,
+                out.logits,
+                b["fused_semantics"],
+                w,
+                voxel,
+                lc.class_balance_3d,
+                lc.smoothing_3d,
+                lc.fused_agreement_power,
             )
         if not terms:
             raise ValueError("Trainer: every loss is off or has no targets in the batch; turn one on in LossConfig")

@@ -172,3 +172,47 @@ def test_smoothed_voxel_ce_hedges_the_name_not_the_occupancy():
     torch.testing.assert_close(g_s, g_0)
     # off is the plain loss, bit for bit
     assert torch.equal(voxel_ce(dens, logits, target, w, 0.4, smoothing=0.0), voxel_ce(dens, logits, target, w, 0.4))
+
+
+def test_agreement_weighted_voxel_ce_scales_names_by_the_networks_own_probability_within_each_class():
+    torch.manual_seed(2)
+    dens = (torch.rand(1, 4, 4, 2) * 3).requires_grad_()
+    logits = torch.randn(1, 4, 4, 2, 17, requires_grad=True)
+    target = torch.full((1, 4, 4, 2), 17, dtype=torch.uint8)  # free
+    target[0, :2] = 11  # 16 driveable-surface voxels
+    target[0, 2, 0, 0] = 4  # one car voxel: alone in its class, its weight stays whatever the network says
+    target[0, 3, 3, 1] = 255  # ignored
+    w = torch.rand(1, 4, 4, 2)
+    q = 1.5
+    got = voxel_ce(dens, logits, target, w, 0.4, agreement_power=q)
+    # written out: -log o + a * (-log softmax_c) for occupied voxels, a = p_c ** q / (its class's w-weighted
+    # mean of p_c ** q); free voxels sigma * voxel_size
+    log_o = torch.log(-torch.expm1(-dens * 0.4))
+    ls = logits.log_softmax(-1)
+    occ = (target < 17) & (target != 255)
+    c = torch.where(occ, target.long(), torch.zeros_like(target.long()))
+    name = -ls.gather(-1, c[..., None])[..., 0]
+    p = torch.exp(-name).detach() ** q
+    a = torch.zeros_like(p)
+    for k in (4, 11):
+        m = target == k
+        a[m] = p[m] * w[m].sum() / (w[m] * p[m]).sum()
+    per = torch.where(occ, -log_o + a * name, dens * 0.4)
+    keep = target != 255
+    want = (w * per)[keep].sum() / w[keep].sum()
+    torch.testing.assert_close(got, want)
+    assert abs(a[target == 4].item() - 1) < 1e-6
+    # occupancy untouched: the density gradient equals the plain loss's
+    g_a = torch.autograd.grad(got, dens)[0]
+    g_0 = torch.autograd.grad(voxel_ce(dens, logits, target, w, 0.4), dens)[0]
+    torch.testing.assert_close(g_a, g_0)
+    # a voxel the network names otherwise pulls its logits less than one it agrees with
+    plain = torch.autograd.grad(voxel_ce(dens, logits, target, w, 0.4), logits)[0]
+    weighted = torch.autograd.grad(voxel_ce(dens, logits, target, w, 0.4, agreement_power=q), logits)[0]
+    drive = (target == 11)[0]
+    ratio = weighted[0][drive].norm(dim=-1) / plain[0][drive].norm(dim=-1)
+    order = p[0][drive].argsort()
+    assert ratio[order[0]] < ratio[order[-1]]
+    # off is the plain loss, bit for bit
+    off = voxel_ce(dens, logits, target, w, 0.4, agreement_power=0.0)
+    assert torch.equal(off, voxel_ce(dens, logits, target, w, 0.4))

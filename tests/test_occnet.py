@@ -104,13 +104,13 @@ def test_a_training_step_is_the_same_with_confidence_levels_or_fractions(tiny_da
 @pytest.mark.parametrize("power", [0.0, 1.0, 4.0])
 def test_fused_targets_weigh_a_voxel_by_its_confidence_to_the_power(tiny_dataset, tmp_path, monkeypatch, power):
     """loss.fused_confidence_power p: the fused term's voxel weights are confidence ** p, and a voxel of
-    confidence 0 stays out at every p (0 ** 0 would let it in)."""
+    confidence 0 stays out at every p (0 ** 0 would let it in); loss.fused_agreement_power reaches the loss."""
     import occnet.trainer as trainer_module
 
     seen, ce = [], trainer_module.voxel_ce
 
     def spy(density, logits, target, weight, *args):
-        seen.append((target.clone(), weight.clone()))
+        seen.append((target.clone(), weight.clone(), args))
         return ce(density, logits, target, weight, *args)
 
     item = tiny_dataset[0]
@@ -121,12 +121,14 @@ def test_fused_targets_weigh_a_voxel_by_its_confidence_to_the_power(tiny_dataset
     levels.view(-1)[::7] = 0
     batch["fused_semantics"] = torch.randint(0, 18, (1, *GRID.shape), generator=g, dtype=torch.uint8)
     batch["fused_confidence"] = levels[None]
-    trainer = _trainer(tmp_path, loss=LossConfig(fused_3d=1.0, fused_confidence_power=power))
+    loss = LossConfig(fused_3d=1.0, fused_confidence_power=power, fused_agreement_power=0.5)
+    trainer = _trainer(tmp_path, loss=loss)
     monkeypatch.setattr(trainer_module, "voxel_ce", spy)
     with torch.no_grad():
         trainer.losses(batch, 0)
-    (target, weight), conf = seen[-1], to_fraction(levels)[None]
+    (target, weight, args), conf = seen[-1], to_fraction(levels)[None]
     assert torch.equal(target, batch["fused_semantics"])
+    assert args[-1] == 0.5  # the agreement power
     assert torch.equal(weight == 0, conf == 0)
     torch.testing.assert_close(weight[conf > 0], conf[conf > 0] ** power)
 

@@ -142,7 +142,9 @@ class LossConfig:
     fused_confidence_power: float = 4.0
     # fused_3d weighs an occupied voxel's name (not its occupancy) by the network's own probability of that
     # name ** this power, rescaled within each class (occnet.losses.voxel_ce; 0 = off): names every view
-    # got wrong alike carry full confidence, and the network trained on the rest of the pool disputes them
+    # got wrong alike carry full confidence, and the network trained on the rest of the pool disputes them.
+    # q = 1: +0.45 mIoU on the development world, +0.17 +- 0.4 on the test world (BENCHMARKS.md, "The fused
+    # labels' names weighed by the network's agreement"): no result, so off
     fused_agreement_power: float = 0.0
 
     def __post_init__(self) -> None:

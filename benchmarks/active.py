@@ -82,6 +82,29 @@ def fused_label_pool(frames, store: LabelStore, fused: LabelStore, class_power: 
     return fusion_pool(frames, store, 0, fused, cfg)
 
 
+def error_ceiling_pool(frames, store: LabelStore, fused: LabelStore, world: Path, class_power: float = 1.0):
+    """A ceiling for selection, not a strategy (it reads the exact ground truth no annotation round has): the
+    fused-label pool of `fused_label_pool` with every tile scored by the fused labels' errors against the world's
+    exact labels instead of their uncertainty, so that `select_share(..., "fusion")` takes the tiles where the
+    labels round 1 would otherwise train on are most wrong. An error is a voxel of the exact mask_camera whose
+    fused class (or unobserved) differs from the exact one, weighed by (1 / its exact class's frequency among the
+    pool's mask_camera voxels) ** class_power, as the fused-label ranking weighs its uncertainty; a tile scores
+    its errors' weight per voxel (`tile_scores`'s normalisation)."""
+    pool = fused_label_pool(frames, store, fused, class_power)
+    grid, arrays = fused.grid, fused.round(0)
+    exact = {t: read_labels(labels_path(world, frames.scene_of(t), t), grid) for t in pool.tokens}
+    counts = sum(np.bincount(g.semantics[g.mask_camera.astype(bool)], minlength=18) for g in exact.values())
+    weight = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** class_power, 0.0)
+    tile_of = np.repeat(pool.regions.cell_tiles()[:, :, None], grid.shape[2], 2)
+    voxels = pool.regions.voxels()
+    for c in pool.candidates:
+        g = exact[c.token]
+        wrong = g.mask_camera.astype(bool) & (arrays.read(arrays.index(c.token), "semantics") != g.semantics)
+        errors = np.bincount(tile_of[wrong], weight[g.semantics[wrong].astype(np.int64)], pool.regions.count)
+        c.tile_scores = errors / np.maximum(voxels, 1)
+    return pool
+
+
 def make_world(world: Path, synth: str, micro: bool, seed: int = 31) -> Path:
     """The synthetic world SCENESxFRAMES of `seed` (generated once; the micro one on the small grid)."""
     if not (world / "v1.0-synth").is_dir():

@@ -35,7 +35,9 @@ Variants:
                     at most 2 frames per scene, 16 tiles per frame). The pool is scored once per round-0 seed;
                     the selection's seed (random draws, ties) is the training seed. Strategy `fusion`
                     (`region_fusion_5pct`) ranks by the fused labels, no network: its round 0 must fuse
-                    (`round0=fused_3d`)
+                    (`round0=fused_3d`). `region_oracle_5pct`, a ceiling and not a strategy: the tiles where the
+                    fused labels are most wrong against the exact ground truth (active.error_ceiling_pool), taken
+                    as `fusion` takes its tiles; its round 0 must fuse likewise
   fusion_dts        all the evidence: render_fused + the DTS teacher, its pseudo-labels filtered by the frame's
                     LiDAR and the fused labels (dts.evidence: fusion)
   hard_dts / fusion_dts_hard   noisy_dts / fusion_dts at the hard noise level
@@ -70,6 +72,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from active import (  # noqa: E402
     base_recipe,
+    error_ceiling_pool,
     fused_label_pool,
     make_world,
     oracle_labels,
@@ -151,7 +155,8 @@ DEFAULT = (
 )
 WAIT_SECONDS = 5.0  # how often a round-1 variant looks for noisy_dts's network
 # issue 21's round-1 variants: unit, strategy, share of the pool in percent
-SELECTION = re.compile(rf"^(frame|region)_({'|'.join(STRATEGIES)})_(\d+)pct$")
+# `oracle` (region only): the ceiling of selection by the fused labels' errors, read from the exact ground truth
+SELECTION = re.compile(rf"^(frame|region)_({'|'.join((*STRATEGIES, 'oracle'))})_(\d+)pct$")
 LEGACY_SELECTION = {"dts_active_5pct": ("frame", "auto", 5), "dts_random_5pct": ("frame", "random", 5)}
 
 
@@ -447,20 +452,24 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         sel = selection_of(kind)
         if sel is not None:
             unit, strategy, percent = sel
-            if strategy == "fusion":  # the fused labels' own uncertainty (round 0 fuses): no network pass
+            if strategy in ("fusion", "oracle"):  # the fused labels' own uncertainty (round 0 fuses): no network pass
                 if not dts.fusion.enabled:
-                    raise SystemExit(f"{name}: strategy fusion needs a round 0 that fuses (round0=fused_3d)")
-                scores = fused_label_pool(
+                    raise SystemExit(f"{name}: strategy {strategy} needs a round 0 that fuses (round0=fused_3d)")
+                pool_of = fused_label_pool if strategy == "fusion" else partial(error_ceiling_pool, world=world)
+                scores = pool_of(
                     open_frames(dts, "train", load_images=False, load_gt=False),
                     LabelStore.open(dts.store_path),
                     LabelStore.open(dts.fusion_path),
-                    own.selection.fusion_class_power,  # an ablation may set it
+                    class_power=own.selection.fusion_class_power,  # an ablation may set it
                 )
             else:
                 scores = shared_pool_scores(run, dts_name, dts)
             frames_worth = max(1, round(percent / 100 * len(scores.tokens)))
             grid_voxels = int(np.prod(recipe.network.grid.shape))
-            picks, used, voxels = select_share(scores, unit, strategy, frames_worth, grid_voxels, seed)
+            ranked_as = "fusion" if strategy == "oracle" else strategy  # the oracle's scores, fusion's order
+            picks, used, voxels = select_share(scores, unit, ranked_as, frames_worth, grid_voxels, seed)
+            if strategy == "oracle":
+                used = "oracle"
             picked = [(p.candidate.scene, p.candidate.token) for p in picks]
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized
                 from autolabel.annotation.deliver import oracle_point_labels
@@ -681,6 +690,8 @@ def main() -> None:
             raise SystemExit(f"{v} starts from {dts}'s network: add {dts} to --variants")
         if is_round1(kind) and args.skip_pseudo:
             raise SystemExit(f"{v} selects by the pool's pseudo-labels: leave out --skip-pseudo")
+        if (selection_of(kind) or ("", "", 0))[:2] == ("frame", "oracle"):
+            raise SystemExit(f"{v}: the oracle ceiling ranks BEV tiles only (region_oracle_Npct)")
     if args.report and (run / "meta.json").is_file():  # the table of what is there; the world is not needed
         meta = json.loads((run / "meta.json").read_text())
         report(run, meta, failed=[])

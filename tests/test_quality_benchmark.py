@@ -9,10 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from tiny_models import run_micro_benchmark
+
+from autolabel.data.occ3d import labels_path, read_labels
+from autolabel.recipe import load_recipe
+from autolabel.stages.inputs import open_frames
+from autolabel.store.labels import LabelStore
 
 VARIANTS = (
     "3d_supervised,render_noisy@1,render_hard,render_noisy_v1,noisy_dts,dts_active_5pct,dts_random_5pct,"
@@ -21,7 +27,7 @@ VARIANTS = (
 
 
 @pytest.mark.slow(213)
-def test_quality_harness_runs_micro(tmp_path):
+def test_quality_harness_runs_micro(tmp_path, monkeypatch):
     # three processes (one per GPU on a GPU machine; all on the CPU here): the round-1 variants wait for
     # noisy_dts's network in whichever process they land
     out = run_micro_benchmark("quality.py", tmp_path / "q", "--procs", "3", "--variants", VARIANTS)
@@ -80,7 +86,7 @@ def test_quality_harness_runs_micro(tmp_path):
         "--tag",
         "b",
         "--variants",
-        "frame_random_10pct,region_hybrid_10pct,share50,carried,fused_3d,f_carried,f_fusion",
+        "frame_random_10pct,region_hybrid_10pct,share50,carried,fused_3d,f_carried,f_fusion,f_oracle",
         "--ablation",
         "share50=frame_random_10pct:train.labelled_share=0.5",  # an ablation of round 1's training
         "--ablation",
@@ -89,6 +95,8 @@ def test_quality_harness_runs_micro(tmp_path):
         "f_carried=frame_random_10pct:round0=fused_3d;rounds.propagate=static_free",
         "--ablation",  # tiles ranked by the fused labels' own uncertainty: no network pass
         "f_fusion=region_fusion_10pct:round0=fused_3d",
+        "--ablation",  # the ceiling: tiles ranked by the fused labels' errors against the exact labels
+        "f_oracle=region_oracle_10pct:round0=fused_3d",
     )
     assert all((tmp_path / "q" / name).read_bytes() == data for name, data in first.items() if name != "results.json")
     merged = json.loads((tmp_path / "q" / "results.json").read_text())["variants"]
@@ -112,6 +120,24 @@ def test_quality_harness_runs_micro(tmp_path):
     assert own["rounds"]["propagate"] == "static_free" and (tmp_path / "q" / "pool_fused_3d.pkl").is_file()
     assert merged["f_carried"]["selected"] == merged["frame_random_10pct"]["selected"]  # same seed, same picks
     assert merged["f_fusion"]["strategy"] == "fusion" and all(n > 0 for n in merged["f_fusion"]["tiles"])
+    assert merged["f_oracle"]["strategy"] == "oracle" and all(n > 0 for n in merged["f_oracle"]["tiles"])
+    # the ceiling scores a tile above 0 exactly where it holds a voxel of the exact mask_camera that the fused
+    # labels name otherwise (counted here by the tiles' bounds, not the cell-to-tile map the pool uses)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from active import error_ceiling_pool
+
+    r0 = load_recipe(tmp_path / "q" / "fused_3d.yaml")
+    frames = open_frames(r0, "train", load_images=False, load_gt=False)
+    fused = LabelStore.open(r0.fusion_path)
+    ceiling = error_ceiling_pool(frames, LabelStore.open(r0.store_path), fused, tmp_path / "q" / "world_31")
+    arrays = fused.round(0)
+    for c in ceiling.candidates:
+        exact = read_labels(labels_path(tmp_path / "q" / "world_31", c.scene, c.token), fused.grid)
+        wrong = exact.mask_camera.astype(bool) & (arrays.read(arrays.index(c.token), "semantics") != exact.semantics)
+        boxes = [tuple(slice(a, b) for a, b in ceiling.regions.bounds(t)) for t in range(ceiling.regions.count)]
+        held = [wrong[box].any() for box in boxes]
+        assert list(np.asarray(c.tile_scores) > 0) == held
+    assert any(np.asarray(c.tile_scores).max() > 0 for c in ceiling.candidates)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_curves.py"
     curves = subprocess.run([sys.executable, str(script), str(tmp_path / "q")], capture_output=True, text=True)
     assert curves.returncode == 0, curves.stderr[-2000:]

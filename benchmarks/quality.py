@@ -452,7 +452,8 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         sel = selection_of(kind)
         if sel is not None:
             unit, strategy, percent = sel
-            if strategy in ("fusion", "oracle"):  # the fused labels' own uncertainty (round 0 fuses): no network pass
+            # by the fused labels (their own uncertainty; the oracle: their errors), so round 0 fuses: no network pass
+            if strategy in ("fusion", "oracle"):
                 if not dts.fusion.enabled:
                     raise SystemExit(f"{name}: strategy {strategy} needs a round 0 that fuses (round0=fused_3d)")
                 pool_of = fused_label_pool if strategy == "fusion" else partial(error_ceiling_pool, world=world)

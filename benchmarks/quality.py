@@ -617,6 +617,8 @@ def print_table(meta: dict, results: dict) -> None:
     print(
         f"\n{meta['world']} world (seed {meta['world_seed']}), held-out scenes {meta['split']['held_out']}; "
         f"{meta['steps']} steps per variant (+{meta['round1_steps']} for round 1); code {meta['code_version']}"
+        # the sources' digest: a checkout sent to a GPU machine may carry stale git metadata (its commit then lies)
+        + (f", sources {meta['code_digest']}" if meta.get("code_digest") else "")
     )
     print(
         f"{'variant':<24}{'seeds':>6}{'mIoU':>14}{'geo IoU':>14}{'vs 3D':>7}{'PL mIoU':>14}{'PL geo':>14}{'kept %':>8}"

@@ -63,6 +63,7 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
         "results.2.json",
     }
     assert len(meta["world_digest"]) == 16 and len(meta["code_digest"]) == 16 and meta["seconds"] > 0
+    assert f"sources {meta['code_digest']}" in out.stdout  # the table names the code that ran by its digest too
     assert "3d_supervised" in out.stdout and (tmp_path / "q" / "training_curves.png").stat().st_size > 1000
     # the table again from meta.json and the results, without the world (merging runs of another machine)
     shutil.rmtree(tmp_path / "q" / "world_31")

@@ -34,6 +34,7 @@ import yaml
 from autolabel.active.config import SelectionConfig
 from autolabel.active.ingest import tile_arrays
 from autolabel.active.pool import fusion_pool
+from autolabel.active.scores import class_weights
 from autolabel.active.select import select_frames, select_regions
 from autolabel.data.occ3d import labels_path, read_labels
 from autolabel.stages import evaluate_checkpoint, score_round
@@ -45,6 +46,7 @@ from autolabel.recipe import load_recipe
 from autolabel.store.labels import LabelStore
 from autolabel.supervision.cache import supervise
 from autolabel.supervision.providers import build_provider, resolve_device
+from occnet.classes import NUM_CLASSES
 
 MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4}
 
@@ -91,12 +93,11 @@ def error_ceiling_pool(frames, store: LabelStore, fused: LabelStore, world: Path
     pool's mask_camera voxels) ** class_power, as the fused-label ranking weighs its uncertainty; a tile scores
     its errors' weight per voxel (`tile_scores`'s normalisation)."""
     pool = fused_label_pool(frames, store, fused, class_power)
-    grid, arrays = fused.grid, fused.round(0)
-    exact = {t: read_labels(labels_path(world, frames.scene_of(t), t), grid) for t in pool.tokens}
-    counts = sum(np.bincount(g.semantics[g.mask_camera.astype(bool)], minlength=18) for g in exact.values())
-    weight = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** class_power, 0.0)
-    tile_of = np.repeat(pool.regions.cell_tiles()[:, :, None], grid.shape[2], 2)
-    voxels = pool.regions.voxels()
+    arrays = fused.round(0)
+    exact = {t: read_labels(labels_path(world, frames.scene_of(t), t), fused.grid) for t in pool.tokens}
+    counts = sum(np.bincount(g.semantics[g.mask_camera.astype(bool)], minlength=NUM_CLASSES) for g in exact.values())
+    weight = class_weights(torch.from_numpy(counts), class_power).double().numpy()
+    tile_of, voxels = pool.regions.voxel_tiles(), pool.regions.voxels()
     for c in pool.candidates:
         g = exact[c.token]
         wrong = g.mask_camera.astype(bool) & (arrays.read(arrays.index(c.token), "semantics") != g.semantics)

@@ -467,10 +467,11 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
                 scores = shared_pool_scores(run, dts_name, dts)
             frames_worth = max(1, round(percent / 100 * len(scores.tokens)))
             grid_voxels = int(np.prod(recipe.network.grid.shape))
-            ranked_as = "fusion" if strategy == "oracle" else strategy  # the oracle's scores, fusion's order
-            picks, used, voxels = select_share(scores, unit, ranked_as, frames_worth, grid_voxels, seed)
-            if strategy == "oracle":
+            if strategy == "oracle":  # the oracle's scores in fusion's order
+                picks, _, voxels = select_share(scores, unit, "fusion", frames_worth, grid_voxels, seed)
                 used = "oracle"
+            else:
+                picks, used, voxels = select_share(scores, unit, strategy, frames_worth, grid_voxels, seed)
             picked = [(p.candidate.scene, p.candidate.token) for p in picks]
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized
                 from autolabel.annotation.deliver import oracle_point_labels
@@ -693,7 +694,7 @@ def main() -> None:
             raise SystemExit(f"{v} starts from {dts}'s network: add {dts} to --variants")
         if is_round1(kind) and args.skip_pseudo:
             raise SystemExit(f"{v} selects by the pool's pseudo-labels: leave out --skip-pseudo")
-        if (selection_of(kind) or ("", "", 0))[:2] == ("frame", "oracle"):
+        if kind.startswith("frame_oracle_"):
             raise SystemExit(f"{v}: the oracle ceiling ranks BEV tiles only (region_oracle_Npct)")
     if args.report and (run / "meta.json").is_file():  # the table of what is there; the world is not needed
         meta = json.loads((run / "meta.json").read_text())

@@ -123,9 +123,9 @@ def _agreement_weighted(
     occ = tgt < k
     if not occ.any():
         return nll
-    log_o = torch.logsumexp(lp[occ, :k], 1)
-    c = tgt[occ]
-    p_name = (lp[occ].gather(1, c[:, None])[:, 0] - log_o).exp().detach()
+    lo, c = lp[occ], tgt[occ]
+    log_o = torch.logsumexp(lo[:, :k], 1)
+    p_name = (lo.gather(1, c[:, None])[:, 0] - log_o).exp().detach()
     a = p_name.clamp_min(1e-12) ** q
     wo = w[occ]
     mass = torch.bincount(c, weights=wo, minlength=k)

@@ -262,7 +262,7 @@ class _FusedFrameScores(torch.utils.data.Dataset):
         self.path, self.grid, self.tokens, self.indices = path, grid, tokens, indices
         self.regions, self.selection = regions, selection
         # (X, Y, Z) tile of every voxel, once (not per frame)
-        self.tile_of = None if regions is None else np.repeat(regions.cell_tiles()[:, :, None], grid.shape[2], 2)
+        self.tile_of = None if regions is None else regions.voxel_tiles()
         self.arrays = None
 
     def __len__(self) -> int:

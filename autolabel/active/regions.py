@@ -60,6 +60,10 @@ class RegionGrid:
         ix, iy = np.arange(x) // self.size, np.arange(y) // self.size
         return ix[:, None] * ny + iy[None, :]
 
+    def voxel_tiles(self) -> np.ndarray:
+        """(X, Y, Z) int64: the tile of every voxel (its column's)."""
+        return np.repeat(self.cell_tiles()[:, :, None], self.shape[2], 2)
+
 
 def bounds_mask(shape: tuple[int, int, int], bounds: list[list[list[int]]]) -> np.ndarray:
     """(X, Y, Z) bool: the union of boxes given as [[x0, x1], [y0, y1], [z0, z1]]."""

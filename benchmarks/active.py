@@ -54,11 +54,19 @@ MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2],
 REGION_SCENE_CAP = 2  # region unit: frames per scene (the recipes' default); whole frames keep 1 per scene
 
 
-def select_share(pool, unit: str, strategy: str, frames_worth: int, grid_voxels: int, seed: int) -> tuple:
+def select_share(
+    pool,
+    unit: str,
+    strategy: str,
+    frames_worth: int,
+    grid_voxels: int,
+    seed: int,
+    max_tiles_per_frame: int = SelectionConfig.max_tiles_per_frame,
+) -> tuple:
     """A benchmark round's selection from a scored pool (`score_pool` or `fusion_pool`, scored with tiles): whole
-    frames, `frames_worth` of them at most 1 per scene, or (unit region) BEV tiles for as many frames' voxels
-    (`grid_voxels` each), at most REGION_SCENE_CAP frames per scene. Returns the picks, the strategy used and the
-    voxels labelled."""
+    frames, `frames_worth` of them at most 1 per scene, or (unit region) BEV tiles of the pool's tile grid for as
+    many frames' voxels (`grid_voxels` each), at most REGION_SCENE_CAP frames per scene and `max_tiles_per_frame`
+    (selection.max_tiles_per_frame) tiles a frame. Returns the picks, the strategy used and the voxels labelled."""
     none = pool.features[:0]
     if unit == "frame":
         cfg = SelectionConfig(strategy=strategy, budget=frames_worth, per_scene_cap=1, seed=seed)
@@ -70,21 +78,36 @@ def select_share(pool, unit: str, strategy: str, frames_worth: int, grid_voxels:
         per_scene_cap=REGION_SCENE_CAP,
         unit="region",
         region_size=pool.regions.size,
+        max_tiles_per_frame=max_tiles_per_frame,
         seed=seed,
     )
     picks, used = select_regions(pool.candidates, pool.features, none, cfg, pool.regions, 0, len(pool.tokens))
     return picks, used, sum(p.voxels for p in picks)
 
 
-def fused_label_pool(frames, store: LabelStore, fused: LabelStore, class_power: float = 1.0):
-    """The pool scored by its fused labels (`fusion_pool`, no network) with BEV tile scores, for `select_share`;
-    `store` says which frames are labelled (round 0); `class_power`: `selection.fusion_class_power`."""
+def fused_label_pool(
+    frames,
+    store: LabelStore,
+    fused: LabelStore,
+    class_power: float = 1.0,
+    region_size: int = SelectionConfig.region_size,
+):
+    """The pool scored by its fused labels (`fusion_pool`, no network) with the scores of BEV tiles of
+    `region_size` cells a side, for `select_share`; `store` says which frames are labelled (round 0);
+    `class_power`: `selection.fusion_class_power`."""
     budget = float(np.prod(fused.grid.shape))
-    cfg = SelectionConfig(unit="region", budget=budget, fusion_class_power=class_power)
+    cfg = SelectionConfig(unit="region", budget=budget, fusion_class_power=class_power, region_size=region_size)
     return fusion_pool(frames, store, 0, fused, cfg)
 
 
-def error_ceiling_pool(frames, store: LabelStore, fused: LabelStore, world: Path, class_power: float = 1.0):
+def error_ceiling_pool(
+    frames,
+    store: LabelStore,
+    fused: LabelStore,
+    world: Path,
+    class_power: float = 1.0,
+    region_size: int = SelectionConfig.region_size,
+):
     """A ceiling for selection, not a strategy (it reads the exact ground truth no annotation round has): the
     fused-label pool of `fused_label_pool` with every tile scored by the fused labels' errors against the world's
     exact labels instead of their uncertainty, so that `select_share(..., "fusion")` takes the tiles where the
@@ -92,7 +115,7 @@ def error_ceiling_pool(frames, store: LabelStore, fused: LabelStore, world: Path
     fused class (or unobserved) differs from the exact one, weighed by (1 / its exact class's frequency among the
     pool's mask_camera voxels) ** class_power, as the fused-label ranking weighs its uncertainty; a tile scores
     its errors' weight per voxel (`tile_scores`'s normalisation)."""
-    pool = fused_label_pool(frames, store, fused, class_power)
+    pool = fused_label_pool(frames, store, fused, class_power, region_size)
     arrays = fused.round(0)
     exact = {t: read_labels(labels_path(world, frames.scene_of(t), t), fused.grid) for t in pool.tokens}
     counts = sum(np.bincount(g.semantics[g.mask_camera.astype(bool)], minlength=NUM_CLASSES) for g in exact.values())

@@ -319,12 +319,14 @@ def variant_groups(wanted: list[str], procs: int, ablations: dict | None = None)
     return [g for g in groups if g]
 
 
-def shared_pool_scores(run: Path, dts_name: str, dts):
-    """The pool scored by round 0 of `dts_name` (its teacher and student, with per-tile scores so that frame
-    and region selections read the same scores), once per round-0 network: the first round-1 variant to ask
-    scores it (holding RUN/pool_<dts_name>.lock) and saves RUN/pool_<dts_name>.pkl; the others wait and load.
-    The file names the checkpoint it scored (size and mtime): one left by an earlier network is scored again."""
-    path, lock = run / f"pool_{dts_name}.pkl", run / f"pool_{dts_name}.lock"
+def shared_pool_scores(run: Path, dts_name: str, dts, region_size: int):
+    """The pool scored by round 0 of `dts_name` (its teacher and student, with the scores of BEV tiles of
+    `region_size` cells so that frame and region selections read the same scores), once per round-0 network and
+    tile size: the first round-1 variant to ask scores it (holding RUN/pool_<dts_name>_r<size>.lock) and saves
+    RUN/pool_<dts_name>_r<size>.pkl; the others wait and load. The file names the checkpoint it scored (size and
+    mtime): one left by an earlier network is scored again."""
+    stem = f"pool_{dts_name}_r{region_size}"
+    path, lock = run / f"{stem}.pkl", run / f"{stem}.lock"
     ckpt = checkpoint_path(dts, 0).stat()
     key = (ckpt.st_size, ckpt.st_mtime_ns)
     while True:
@@ -342,7 +344,8 @@ def shared_pool_scores(run: Path, dts_name: str, dts):
         try:
             # the budget is not used by scoring; region scoring needs one that buys a tile
             budget = float(np.prod(dts.network.grid.shape))
-            scored = replace(dts, selection=replace(dts.selection, unit="region", budget=budget, cost_model=False))
+            region = dict(unit="region", region_size=region_size, budget=budget, cost_model=False)
+            scored = replace(dts, selection=replace(dts.selection, **region))
             pool = score_round(scored, 0, progress=False)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(pickle.dumps({"checkpoint": key, "pool": pool}))
@@ -452,6 +455,8 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
         sel = selection_of(kind)
         if sel is not None:
             unit, strategy, percent = sel
+            # the tile grid and the per-frame quota of the round's recipe (an ablation may set them)
+            size, quota = own.selection.region_size, own.selection.max_tiles_per_frame
             # by the fused labels (their own uncertainty; the oracle: their errors), so round 0 fuses: no network pass
             if strategy in ("fusion", "oracle"):
                 if not dts.fusion.enabled:
@@ -462,16 +467,17 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
                     LabelStore.open(dts.store_path),
                     LabelStore.open(dts.fusion_path),
                     class_power=own.selection.fusion_class_power,  # an ablation may set it
+                    region_size=size,
                 )
             else:
-                scores = shared_pool_scores(run, dts_name, dts)
+                scores = shared_pool_scores(run, dts_name, dts, size)
             frames_worth = max(1, round(percent / 100 * len(scores.tokens)))
             grid_voxels = int(np.prod(recipe.network.grid.shape))
             if strategy == "oracle":  # the oracle's scores in fusion's order
-                picks, _, voxels = select_share(scores, unit, "fusion", frames_worth, grid_voxels, seed)
+                picks, _, voxels = select_share(scores, unit, "fusion", frames_worth, grid_voxels, seed, quota)
                 used = "oracle"
             else:
-                picks, used, voxels = select_share(scores, unit, strategy, frames_worth, grid_voxels, seed)
+                picks, used, voxels = select_share(scores, unit, strategy, frames_worth, grid_voxels, seed, quota)
             picked = [(p.candidate.scene, p.candidate.token) for p in picks]
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized
                 from autolabel.annotation.deliver import oracle_point_labels

@@ -96,8 +96,9 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
         "f_carried=frame_random_10pct:round0=fused_3d;rounds.propagate=static_free",
         "--ablation",  # tiles ranked by the fused labels' own uncertainty: no network pass
         "f_fusion=region_fusion_10pct:round0=fused_3d",
-        "--ablation",  # the ceiling: tiles ranked by the fused labels' errors against the exact labels
-        "f_oracle=region_oracle_10pct:round0=fused_3d",
+        "--ablation",  # the ceiling: tiles ranked by the fused labels' errors against the exact labels, on a
+        # finer tile grid than the default's (16 cells: 4 x 4 tiles of 16 x 16 x 8 on the micro grid), 4 a frame
+        "f_oracle=region_oracle_10pct:round0=fused_3d;selection.region_size=16;selection.max_tiles_per_frame=4",
     )
     assert all((tmp_path / "q" / name).read_bytes() == data for name, data in first.items() if name != "results.json")
     merged = json.loads((tmp_path / "q" / "results.json").read_text())["variants"]
@@ -112,16 +113,18 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
     assert merged["share50"]["selected"] == merged["frame_random_10pct"]["selected"]  # the same picks
     carried = yaml.safe_load((tmp_path / "q" / "carried" / "recipe.yaml").read_text())["rounds"]
     assert carried["propagate"] == "static_free" and merged["carried"]["miou"] is not None
-    assert (tmp_path / "q" / "meta.b.json").is_file() and (tmp_path / "q" / "pool_noisy_dts.pkl").is_file()
+    assert (tmp_path / "q" / "meta.b.json").is_file() and (tmp_path / "q" / "pool_noisy_dts_r25.pkl").is_file()
     # fused_3d: 3D cross-entropy on the fused labels, nothing rendered; f_carried continues its network
     first = json.loads((tmp_path / "q" / "fused_3d" / "round_0" / "train" / "history.jsonl").read_text().split("\n")[0])
     assert first["fused3d"] > 0 and "sem2d" not in first and "depth" not in first
     own = yaml.safe_load((tmp_path / "q" / "f_carried" / "recipe.yaml").read_text())
     assert own["loss"]["fused_3d"] == 1.0 and own["loss"]["semantics_2d"] == 0.0 and own["dts"]["enabled"] is False
-    assert own["rounds"]["propagate"] == "static_free" and (tmp_path / "q" / "pool_fused_3d.pkl").is_file()
+    assert own["rounds"]["propagate"] == "static_free" and (tmp_path / "q" / "pool_fused_3d_r25.pkl").is_file()
     assert merged["f_carried"]["selected"] == merged["frame_random_10pct"]["selected"]  # same seed, same picks
     assert merged["f_fusion"]["strategy"] == "fusion" and all(n > 0 for n in merged["f_fusion"]["tiles"])
-    assert merged["f_oracle"]["strategy"] == "oracle" and all(n > 0 for n in merged["f_oracle"]["tiles"])
+    assert merged["f_oracle"]["strategy"] == "oracle" and all(0 < n <= 4 for n in merged["f_oracle"]["tiles"])
+    # the round's selection.region_size made the tiles: a whole number of 16 x 16 x 8 tiles, one frame's worth
+    assert merged["f_oracle"]["labelled_voxels"] == 16 * 16 * 8 * sum(merged["f_oracle"]["tiles"]) == 64 * 64 * 8
     # the ceiling scores a tile above 0 exactly where it holds a voxel of the exact mask_camera that the fused
     # labels name otherwise (counted here by the tiles' bounds, not the cell-to-tile map the pool uses)
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -217,8 +220,9 @@ def test_test_world_is_another_seed(tmp_path):
 
 
 def test_round1_variants_share_one_pool_scoring_per_round0_network(tmp_path, monkeypatch):
-    """The round-1 variants of a seed read one scoring of the pool; a round-0 network trained again (another
-    checkpoint file) is scored again instead of reusing the old network's scores."""
+    """The round-1 variants of a seed read one scoring of the pool per tile size; a round-0 network trained
+    again (another checkpoint file) is scored again instead of reusing the old network's scores, and so is
+    another tile grid (a round whose selection.region_size differs)."""
     import os
     from types import SimpleNamespace
 
@@ -229,15 +233,25 @@ def test_round1_variants_share_one_pool_scoring_per_round0_network(tmp_path, mon
     ckpt.write_bytes(b"network 1")
     calls = []
     monkeypatch.setattr(quality, "checkpoint_path", lambda recipe, k: ckpt)
-    monkeypatch.setattr(quality, "replace", lambda obj, **kw: obj)  # the recipe stand-in has no dataclass fields
-    monkeypatch.setattr(quality, "score_round", lambda recipe, k, progress: calls.append(k) or f"scores {len(calls)}")
+    # the recipe stand-ins have no dataclass fields: replace() copies their attributes
+    monkeypatch.setattr(
+        quality, "replace", lambda obj, **kw: SimpleNamespace(**{**vars(obj or SimpleNamespace()), **kw})
+    )
+
+    def scored(recipe, k, progress):
+        calls.append(recipe.selection.region_size)
+        return f"scores {len(calls)}"
+
+    monkeypatch.setattr(quality, "score_round", scored)
     dts = SimpleNamespace(network=SimpleNamespace(grid=SimpleNamespace(shape=(4, 4, 2))), selection=None)
-    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts) == "scores 1"
-    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts) == "scores 1" and calls == [0]
+    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts, 25) == "scores 1"
+    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts, 25) == "scores 1" and len(calls) == 1
     ckpt.write_bytes(b"network 2, retrained")
     os.utime(ckpt, ns=(1, 1))
-    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts) == "scores 2" and len(calls) == 2
-    assert not (tmp_path / "pool_noisy_dts.lock").exists()
+    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts, 25) == "scores 2" and len(calls) == 2
+    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts, 10) == "scores 3" and calls == [25, 25, 10]
+    assert quality.shared_pool_scores(tmp_path, "noisy_dts", dts, 25) == "scores 2"  # each size keeps its own
+    assert not list(tmp_path.glob("*.lock"))
 
 
 def test_world_digest_reads_what_npz_files_hold_not_their_bytes(tmp_path, monkeypatch):

@@ -100,7 +100,7 @@ def fused_label_pool(
     return fusion_pool(frames, store, 0, fused, cfg)
 
 
-def error_ceiling_pool(
+def error_oracle_pool(
     frames,
     store: LabelStore,
     fused: LabelStore,
@@ -108,7 +108,8 @@ def error_ceiling_pool(
     class_power: float = 1.0,
     region_size: int = SelectionConfig.region_size,
 ):
-    """A ceiling for selection, not a strategy (it reads the exact ground truth no annotation round has): the
+    """An oracle ranking, not a strategy (it reads the exact ground truth no annotation round has), and not a
+    ceiling either (on the test world its round 1 scored 0.6 mIoU below the default's, BENCHMARKS.md): the
     fused-label pool of `fused_label_pool` with every tile scored by the fused labels' errors against the world's
     exact labels instead of their uncertainty, so that `select_share(..., "fusion")` takes the tiles where the
     labels round 1 would otherwise train on are most wrong. An error is a voxel of the exact mask_camera whose

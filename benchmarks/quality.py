@@ -32,11 +32,13 @@ Variants:
                     pool chosen by one selection strategy (random, entropy, coreset, hybrid, ...) per unit:
                     `frame_hybrid_10pct` labels whole frames (at most 1 per scene); `region_entropy_5pct` labels
                     BEV tiles under a budget of N% of the pool's frames counted in voxels (selection.unit region,
-                    at most 2 frames per scene, 16 tiles per frame). The pool is scored once per round-0 seed;
-                    the selection's seed (random draws, ties) is the training seed. Strategy `fusion`
+                    at most 2 frames per scene, 16 tiles of 25 x 25 cells per frame; an ablation's
+                    `selection.region_size` / `max_tiles_per_frame` change both). The pool is scored once per
+                    round-0 seed and tile size; the selection's seed (random draws, ties) is the training seed.
+                    Strategy `fusion`
                     (`region_fusion_5pct`) ranks by the fused labels, no network: its round 0 must fuse
-                    (`round0=fused_3d`). `region_oracle_5pct`, a ceiling and not a strategy: the tiles where the
-                    fused labels are most wrong against the exact ground truth (active.error_ceiling_pool), taken
+                    (`round0=fused_3d`). `region_oracle_5pct`, an oracle and not a strategy: the tiles where
+                    the fused labels are most wrong against the exact ground truth (active.error_oracle_pool), taken
                     as `fusion` takes its tiles; its round 0 must fuse likewise
   fusion_dts        all the evidence: render_fused + the DTS teacher, its pseudo-labels filtered by the frame's
                     LiDAR and the fused labels (dts.evidence: fusion)
@@ -82,7 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from active import (  # noqa: E402
     base_recipe,
-    error_ceiling_pool,
+    error_oracle_pool,
     fused_label_pool,
     make_world,
     oracle_labels,
@@ -155,7 +157,7 @@ DEFAULT = (
 )
 WAIT_SECONDS = 5.0  # how often a round-1 variant looks for noisy_dts's network
 # issue 21's round-1 variants: unit, strategy, share of the pool in percent
-# `oracle` (region only): the ceiling of selection by the fused labels' errors, read from the exact ground truth
+# `oracle` (region only): tiles ranked by the fused labels' errors, read from the exact ground truth (not a strategy)
 SELECTION = re.compile(rf"^(frame|region)_({'|'.join((*STRATEGIES, 'oracle'))})_(\d+)pct$")
 LEGACY_SELECTION = {"dts_active_5pct": ("frame", "auto", 5), "dts_random_5pct": ("frame", "random", 5)}
 
@@ -461,7 +463,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             if strategy in ("fusion", "oracle"):
                 if not dts.fusion.enabled:
                     raise SystemExit(f"{name}: strategy {strategy} needs a round 0 that fuses (round0=fused_3d)")
-                pool_of = fused_label_pool if strategy == "fusion" else partial(error_ceiling_pool, world=world)
+                pool_of = fused_label_pool if strategy == "fusion" else partial(error_oracle_pool, world=world)
                 scores = pool_of(
                     open_frames(dts, "train", load_images=False, load_gt=False),
                     LabelStore.open(dts.store_path),
@@ -701,7 +703,7 @@ def main() -> None:
         if is_round1(kind) and args.skip_pseudo:
             raise SystemExit(f"{v} selects by the pool's pseudo-labels: leave out --skip-pseudo")
         if kind.startswith("frame_oracle_"):
-            raise SystemExit(f"{v}: the oracle ceiling ranks BEV tiles only (region_oracle_Npct)")
+            raise SystemExit(f"{v}: the error oracle ranks BEV tiles only (region_oracle_Npct)")
     if args.report and (run / "meta.json").is_file():  # the table of what is there; the world is not needed
         meta = json.loads((run / "meta.json").read_text())
         report(run, meta, failed=[])

@@ -96,7 +96,7 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
         "f_carried=frame_random_10pct:round0=fused_3d;rounds.propagate=static_free",
         "--ablation",  # tiles ranked by the fused labels' own uncertainty: no network pass
         "f_fusion=region_fusion_10pct:round0=fused_3d",
-        "--ablation",  # the ceiling: tiles ranked by the fused labels' errors against the exact labels, on a
+        "--ablation",  # the oracle: tiles ranked by the fused labels' errors against the exact labels, on a
         # finer tile grid than the default's (16 cells: 4 x 4 tiles of 16 x 16 x 8 on the micro grid), 4 a frame
         "f_oracle=region_oracle_10pct:round0=fused_3d;selection.region_size=16;selection.max_tiles_per_frame=4",
     )
@@ -125,23 +125,23 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
     assert merged["f_oracle"]["strategy"] == "oracle" and all(0 < n <= 4 for n in merged["f_oracle"]["tiles"])
     # the round's selection.region_size made the tiles: a whole number of 16 x 16 x 8 tiles, one frame's worth
     assert merged["f_oracle"]["labelled_voxels"] == 16 * 16 * 8 * sum(merged["f_oracle"]["tiles"]) == 64 * 64 * 8
-    # the ceiling scores a tile above 0 exactly where it holds a voxel of the exact mask_camera that the fused
+    # the oracle scores a tile above 0 exactly where it holds a voxel of the exact mask_camera that the fused
     # labels name otherwise (counted here by the tiles' bounds, not the cell-to-tile map the pool uses)
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from active import error_ceiling_pool
+    from active import error_oracle_pool
 
     r0 = load_recipe(tmp_path / "q" / "fused_3d.yaml")
     frames = open_frames(r0, "train", load_images=False, load_gt=False)
     fused = LabelStore.open(r0.fusion_path)
-    ceiling = error_ceiling_pool(frames, LabelStore.open(r0.store_path), fused, tmp_path / "q" / "world_31")
+    oracle = error_oracle_pool(frames, LabelStore.open(r0.store_path), fused, tmp_path / "q" / "world_31")
     arrays = fused.round(0)
-    for c in ceiling.candidates:
+    for c in oracle.candidates:
         exact = read_labels(labels_path(tmp_path / "q" / "world_31", c.scene, c.token), fused.grid)
         wrong = exact.mask_camera.astype(bool) & (arrays.read(arrays.index(c.token), "semantics") != exact.semantics)
-        boxes = [tuple(slice(a, b) for a, b in ceiling.regions.bounds(t)) for t in range(ceiling.regions.count)]
+        boxes = [tuple(slice(a, b) for a, b in oracle.regions.bounds(t)) for t in range(oracle.regions.count)]
         held = [wrong[box].any() for box in boxes]
         assert list(np.asarray(c.tile_scores) > 0) == held
-    assert any(np.asarray(c.tile_scores).max() > 0 for c in ceiling.candidates)
+    assert any(np.asarray(c.tile_scores).max() > 0 for c in oracle.candidates)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_curves.py"
     curves = subprocess.run([sys.executable, str(script), str(tmp_path / "q")], capture_output=True, text=True)
     assert curves.returncode == 0, curves.stderr[-2000:]

@@ -109,7 +109,10 @@ def test_version_prints_the_package_version(capsys):
 
 
 def test_imports_flow_kernels_occnet_autolabel():
-    """kernels imports neither occnet nor autolabel, occnet never imports autolabel (fresh interpreter)."""
+    """kernels imports neither occnet nor autolabel, occnet never imports autolabel (fresh interpreter). And
+    the command line's import leaves the nuScenes devkit out until a dataset or a box needs it: importing any
+    devkit module loads matplotlib and scikit-learn, 2.6 s of every process of the tool (and of the test
+    suite's subprocesses) on the 2-core CPU."""
     code = (
         "import sys\n"
         "def loaded(p): return sorted(m for m in sys.modules if m.split('.')[0] == p)\n"
@@ -117,6 +120,7 @@ def test_imports_flow_kernels_occnet_autolabel():
         "loaded('autolabel')\n"
         "import occnet\nassert not loaded('autolabel'), loaded('autolabel')\n"
         "import autolabel.network_input, autolabel.training, autolabel.data\n"
+        "import autolabel.cli\nassert not loaded('nuscenes'), loaded('nuscenes')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

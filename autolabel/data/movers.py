@@ -11,11 +11,18 @@ Datasets without annotations (a test split) have no boxes: nothing is dropped th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from nuscenes.utils.data_classes import Box
-from nuscenes.utils.geometry_utils import points_in_box
 from pyquaternion import Quaternion
 from scipy.spatial import cKDTree
+
+if TYPE_CHECKING:
+    from nuscenes.utils.data_classes import Box
+
+# The devkit is imported where a box is made or tested, not with this module: importing any of its modules runs
+# the package's __init__, which loads matplotlib and scikit-learn (2.6 of the 6.2 s `autolabel.cli` took to import
+# on the 2-core CPU), and every process of the tool imports this module through autolabel.data.
 
 MOVING_PREFIXES = ("vehicle.", "human.", "animal")
 MARGIN = 1.1  # box size factor: points on a moving surface's edge, annotation slack
@@ -27,6 +34,8 @@ def is_moving_category(name: str) -> bool:
 
 def moving_boxes(nusc, sample: dict) -> dict[str, Box]:
     """instance token -> its box (global frame) at `sample`, for the moving categories."""
+    from nuscenes.utils.data_classes import Box
+
     out = {}
     for ann_token in sample["anns"]:
         ann = nusc.get("sample_annotation", ann_token)
@@ -48,6 +57,8 @@ class MoverBoxes:
 
     def at(self, timestamp: int) -> list[Box]:
         """The moving objects' boxes (global frame) at `timestamp`."""
+        from nuscenes.utils.data_classes import Box
+
         span = self.t1 - self.t0
         a = 1.0 if span == 0 else float(np.clip((timestamp - self.t0) / span, 0.0, 1.0))
         out = []
@@ -88,6 +99,8 @@ def box_members(points_global: np.ndarray, boxes: list[Box], floor: float = 0.0,
     in, -1 for none, the first where boxes overlap. Points in a box's lowest `floor` metres are left out: a box
     stands on the ground, and the road's returns under a car are not the car's. The devkit's `points_in_box`
     decides, on the points a KD-tree finds within each box's circumscribed sphere."""
+    from nuscenes.utils.geometry_utils import points_in_box
+
     member = np.full(len(points_global), -1, np.int64)
     if not boxes or not len(points_global):
         return member
@@ -109,6 +122,8 @@ def box_members(points_global: np.ndarray, boxes: list[Box], floor: float = 0.0,
 
 def mover_mask_reference(points_global: np.ndarray, boxes: list[Box]) -> np.ndarray:
     """`mover_mask` as the devkit gives it: every point against every box."""
+    from nuscenes.utils.geometry_utils import points_in_box
+
     inside = np.zeros(len(points_global), bool)
     for box in boxes:
         inside |= points_in_box(box, points_global.T, wlh_factor=MARGIN)

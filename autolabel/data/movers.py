@@ -20,9 +20,9 @@ from scipy.spatial import cKDTree
 if TYPE_CHECKING:
     from nuscenes.utils.data_classes import Box
 
-# The devkit is imported where a box is made or tested, not with this module: importing any of its modules runs
-# the package's __init__, which loads matplotlib and scikit-learn (2.6 of the 6.2 s `autolabel.cli` took to import
-# on the 2-core CPU), and every process of the tool imports this module through autolabel.data.
+# The devkit is imported where a box is made or tested, as the frame loader imports it where it opens a dataset:
+# importing any devkit module runs the package's __init__, which loads matplotlib and scikit-learn (2.6 of the
+# 6.2 s `autolabel.cli` took to import on the 2-core CPU), and every process imports this module via autolabel.data.
 
 MOVING_PREFIXES = ("vehicle.", "human.", "animal")
 MARGIN = 1.1  # box size factor: points on a moving surface's edge, annotation slack

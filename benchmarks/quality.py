@@ -35,11 +35,10 @@ Variants:
                     at most 2 frames per scene, 16 tiles of 25 x 25 cells per frame; an ablation's
                     `selection.region_size` / `max_tiles_per_frame` change both). The pool is scored once per
                     round-0 seed and tile size; the selection's seed (random draws, ties) is the training seed.
-                    Strategy `fusion`
-                    (`region_fusion_5pct`) ranks by the fused labels, no network: its round 0 must fuse
-                    (`round0=fused_3d`). `region_oracle_5pct`, an oracle and not a strategy: the tiles where
-                    the fused labels are most wrong against the exact ground truth (active.error_oracle_pool), taken
-                    as `fusion` takes its tiles; its round 0 must fuse likewise
+                    Strategy `fusion` (`region_fusion_5pct`) ranks by the fused labels, no network: its round 0
+                    must fuse (`round0=fused_3d`). `region_oracle_5pct`, an oracle and not a strategy: the tiles
+                    where the fused labels are most wrong against the exact ground truth
+                    (active.error_oracle_pool), taken as `fusion` takes its tiles; its round 0 must fuse likewise
   fusion_dts        all the evidence: render_fused + the DTS teacher, its pseudo-labels filtered by the frame's
                     LiDAR and the fused labels (dts.evidence: fusion)
   hard_dts / fusion_dts_hard   noisy_dts / fusion_dts at the hard noise level

@@ -474,11 +474,9 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
                 scores = shared_pool_scores(run, dts_name, dts, size)
             frames_worth = max(1, round(percent / 100 * len(scores.tokens)))
             grid_voxels = int(np.prod(recipe.network.grid.shape))
-            if strategy == "oracle":  # the oracle's scores in fusion's order
-                picks, _, voxels = select_share(scores, unit, "fusion", frames_worth, grid_voxels, seed, quota)
-                used = "oracle"
-            else:
-                picks, used, voxels = select_share(scores, unit, strategy, frames_worth, grid_voxels, seed, quota)
+            ranking = "fusion" if strategy == "oracle" else strategy  # the oracle's scores, taken in fusion's order
+            picks, used, voxels = select_share(scores, unit, ranking, frames_worth, grid_voxels, seed, quota)
+            used = "oracle" if strategy == "oracle" else used
             picked = [(p.candidate.scene, p.candidate.token) for p in picks]
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized
                 from autolabel.annotation.deliver import oracle_point_labels

@@ -28,16 +28,12 @@ def tiny_config(**kw) -> NetworkConfig:
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
+def tiny_dataset(tiny_world):
+    """conftest's world (1 scene x 2 keyframes of seed 5 at 112x200 on GRID, a session fixture)."""
     from autolabel.data.nuscenes import NuScenesFrames
-    from autolabel.synth.writer import SynthConfig, write_dataset
     from autolabel.network_input import FrameDataset
 
-    root = tmp_path_factory.mktemp("occ")
-    write_dataset(
-        root, SynthConfig(scenes=1, frames_per_scene=2, seed=5, image_size=(112, 200)), grid=GRID, progress=False
-    )
-    return FrameDataset(NuScenesFrames(root, "v1.0-synth", grid=GRID), SIZE, labels="exact")
+    return FrameDataset(NuScenesFrames(tiny_world, "v1.0-synth", grid=GRID), SIZE, labels="exact")
 
 
 def test_config_errors_name_the_field():

@@ -183,9 +183,10 @@ def test_report_page_in_a_headless_browser(micro_run, tmp_path):
 
 
 @pytest.mark.slow(56)
-def test_killed_run_resumes_to_the_same_outputs(pool_world, tmp_path):
-    reference = micro_recipe(tmp_path / "a", pool_world)
-    assert main(["run", str(reference)]) == 0
+def test_killed_run_resumes_to_the_same_outputs(micro_run, pool_world, tmp_path):
+    """The micro loop killed in round 1's training and run again gives micro_run's labels and export (the same
+    recipe in another folder, run once without a kill)."""
+    reference = micro_run[1]
     recipe = micro_recipe(tmp_path / "b", pool_world)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -204,18 +205,14 @@ def test_killed_run_resumes_to_the_same_outputs(pool_world, tmp_path):
     stages = json.loads((tmp_path / "b" / "run" / "stages.json").read_text())
     assert "round_1/train" not in stages  # killed in the middle of round 1's training
     assert main(["run", str(recipe)]) == 0
-    a = LabelStore.open(tmp_path / "a" / "run" / "labels.zarr")
+    a = LabelStore.open(reference / "labels.zarr")
     b = LabelStore.open(tmp_path / "b" / "run" / "labels.zarr")
     for k in (0, 1):
         for name in ("semantics", "confidence", "mask_camera", "mask_lidar"):
             np.testing.assert_array_equal(np.asarray(a.round(k).group[name][:]), np.asarray(b.round(k).group[name][:]))
-    files = sorted(
-        p.relative_to(tmp_path / "a" / "run" / "export")
-        for p in (tmp_path / "a" / "run" / "export").rglob("labels.npz")
-    )
+    files = sorted(p.relative_to(reference / "export") for p in (reference / "export").rglob("labels.npz"))
     assert files and all(
-        (tmp_path / "a" / "run" / "export" / f).read_bytes() == (tmp_path / "b" / "run" / "export" / f).read_bytes()
-        for f in files
+        (reference / "export" / f).read_bytes() == (tmp_path / "b" / "run" / "export" / f).read_bytes() for f in files
     )
 
 

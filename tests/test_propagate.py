@@ -10,7 +10,6 @@ from autolabel.active.propagate import PropagatedLabels, carried_classes, carry
 from autolabel.data.nuscenes import NuScenesFrames
 from autolabel.data.occ3d import Occ3DLabels
 from autolabel.recipe import RoundsConfig
-from autolabel.synth.writer import SynthConfig, write_dataset
 from kernels.grid import GridSpec
 from occnet.classes import DYNAMIC_CLASS_IDS, FREE_ID, class_id
 from tiny_models import TINY_GRID
@@ -57,11 +56,9 @@ def test_a_region_label_carries_only_its_annotated_voxels():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("propagate")
-    cfg = SynthConfig(scenes=2, frames_per_scene=3, seed=3, image_size=(112, 200))
-    write_dataset(root, cfg, grid=TINY_GRID, progress=False)
-    return NuScenesFrames(root, "v1.0-synth", load_images=False, grid=TINY_GRID)
+def world(pool_world):
+    """conftest's 2 x 3 world (a session fixture most workers have built already)."""
+    return NuScenesFrames(pool_world, "v1.0-synth", load_images=False, grid=TINY_GRID)
 
 
 def test_propagated_labels_are_right_where_they_reach(world):

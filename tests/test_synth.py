@@ -435,3 +435,59 @@ def test_noise_profile_is_validated():
         NoiseRates(merge=2.0)
     with pytest.raises(ValueError, match="confidence_auroc must lie in"):
         NoiseRates(confidence_auroc=0.3)
+
+
+@pytest.mark.parametrize("r2", [0, 1, 2, 50, 100])
+def test_disc_dilation_is_the_distance_transform_threshold(r2):
+    """The map's dilation (rows dilated by a running maximum, shifted and ORed) marks the pixels whose squared
+    distance to a marked pixel's centre is at most r2: the Euclidean distance transform's nearest pixel, by its
+    exact integer offsets, is the reference (how the maps were made before)."""
+    from scipy.ndimage import distance_transform_edt
+
+    from autolabel.synth.writer import disc_dilation
+
+    rng = np.random.default_rng(r2)
+    mask = rng.random((97, 83)) < 0.004
+    mask[40:44, 10:70] = True  # a road-like band next to scattered pixels, and pixels on the edges
+    mask[0, 5] = mask[96, 80] = True
+    _, (i, j) = distance_transform_edt(~mask, return_indices=True)
+    rows, cols = np.indices(mask.shape)
+    want = (rows - i) ** 2 + (cols - j) ** 2 <= r2
+    np.testing.assert_array_equal(disc_dilation(mask, r2), want)
+
+
+def test_ground_raster_is_the_full_raster_tests():
+    """_paint_ground tests each cell by 1D profiles across and along the roads; the same tests on every cell of
+    the full (n, n) raster (its form before) give the same classes and paint, medians and crossings included."""
+    from autolabel.synth.world import LANE, _lay_roads, _paint_ground
+
+    extent = 120.0
+    for seed in range(12):
+        roads = _lay_roads(np.random.default_rng(seed), extent)
+        ground, paint = _paint_ground(roads, extent)
+        n = ground.shape[0]
+        X, Y = np.meshgrid((np.arange(n) + 0.5) * 0.2, (np.arange(n) + 0.5) * 0.2, indexing="ij")
+        want = np.full((n, n), C["terrain"], np.uint8)
+        lines = np.zeros((n, n), bool)
+        across = [(Y - r.pos) if r.axis == 0 else (X - r.pos) for r in roads]
+        for r, a in zip(roads, across):
+            want[np.abs(a) < r.half_width + r.sidewalk] = C["sidewalk"]
+        for r, a in zip(roads, across):
+            want[np.abs(a) < r.half_width] = C["driveable_surface"]
+        for i, (r, a) in enumerate(zip(roads, across)):
+            crossing = np.zeros((n, n), bool)
+            for j, (r2, a2) in enumerate(zip(roads, across)):
+                if j != i and r2.axis != r.axis:
+                    crossing |= np.abs(a2) < r2.half_width + r2.sidewalk
+            if r.median:
+                want[(np.abs(a) < 1.0) & ~crossing] = C["other_flat"]
+            dash = (np.mod(X if r.axis == 0 else Y, 9.0) < 4.5) & ~crossing
+            offsets = ([0.0] if not r.median else []) + (
+                [s * (LANE + (1.0 if r.median else 0.0)) for s in (-1, 1)] if r.lanes == 2 else []
+            )
+            for off in offsets:
+                lines |= (np.abs(a - off) < 0.08) & dash
+            for s in (-1, 1):
+                lines |= (np.abs(a - s * r.carriage_half) < 0.08) & ~crossing
+        np.testing.assert_array_equal(ground, want)
+        np.testing.assert_array_equal(paint, lines & (want == C["driveable_surface"]))

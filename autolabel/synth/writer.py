@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import maximum_filter1d
 from tqdm import tqdm
 
 from kernels.grid import GridSpec
@@ -145,8 +146,34 @@ def semantic_prior(ground: np.ndarray, cell: float) -> np.ndarray:
     up = round(cell / MAP_RESOLUTION)
     prior = np.isin(ground, MAP_PRIOR_CLASS_IDS)
     prior = prior.repeat(up, 0).repeat(up, 1)
-    prior = distance_transform_edt(~prior) * MAP_RESOLUTION <= MAP_DILATION
-    return (prior.T[::-1] * 255).astype(np.uint8)
+    # pixels whose centres lie within MAP_DILATION of a prior pixel's: pixel centres lie sqrt(d2) pixels apart, d2
+    # an integer, so this is the disc of the largest d2 within it. The same pixels as thresholding the Euclidean
+    # distance transform of the whole map (how the maps were first made), 4x faster.
+    r2 = max(
+        d2
+        for d2 in range(math.ceil(MAP_DILATION / MAP_RESOLUTION + 1) ** 2)
+        if np.sqrt(d2) * MAP_RESOLUTION <= MAP_DILATION
+    )
+    return (disc_dilation(prior, r2).T[::-1] * 255).astype(np.uint8)
+
+
+def disc_dilation(mask: np.ndarray, r2: int) -> np.ndarray:
+    """mask (H, W) bool dilated by the disc {(dy, dx): dy^2 + dx^2 <= r2}: the OR over row offsets dy of the rows
+    dilated along the row by the disc's half-width at dy (a running maximum), shifted by dy."""
+    h = mask.shape[0]
+    out = np.zeros_like(mask)
+    along: dict[int, np.ndarray] = {}
+    r = math.isqrt(r2)
+    for dy in range(-r, r + 1):
+        w = math.isqrt(r2 - dy * dy)
+        if w not in along:
+            along[w] = maximum_filter1d(mask.view(np.uint8), 2 * w + 1, axis=1, mode="constant").view(bool)
+        rows = along[w]
+        if dy >= 0:
+            out[: h - dy] |= rows[dy:]
+        else:
+            out[-dy:] |= rows[: h + dy]
+    return out
 
 
 def _one_thread() -> None:

@@ -26,7 +26,7 @@ VARIANTS = (
 )
 
 
-@pytest.mark.slow(213)
+@pytest.mark.slow(168)
 def test_quality_harness_runs_micro(tmp_path, monkeypatch):
     # two processes (one per GPU on a GPU machine; both on the CPU here): the round-1 variants wait for
     # noisy_dts's network in whichever process they land

@@ -56,7 +56,9 @@ def test_a_ctrl_c_lost_in_a_finalizer_comes_back_at_the_next_check(tmp_path):
         """,
         tmp_path,
     )
-    assert "Exception ignored" in p.stderr and "KeyboardInterrupt" in p.stderr  # Python lost it ...
+    # Python lost it and went on, printing it as "ignored" with a traceback before remembered() dropped that
+    # report (a CLI run interrupted while an import's module-lock callback ran printed it beside its one line)
+    assert p.stderr == "", p.stderr
     assert p.stdout.splitlines() == ["went on", "came back"]  # ... and check() raised it again
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.grid import GridSpec
 from occnet.config import LossConfig, NetworkConfig, RenderConfig, TrainConfig
 from occnet.inference import predict
 from occnet.losses import silog, voxel_log_probs
@@ -16,8 +15,9 @@ from occnet.fractions import to_fraction
 from occnet.network import IMAGE_MEAN, IMAGE_STD, OccupancyNetwork, ViewTransform, normalise_images
 from occnet.rays import sample_rays
 from occnet.trainer import StepBatches, Trainer
+from tiny_models import TINY_GRID
 
-GRID = GridSpec(range_min=(-12.8, -12.8, -1.0), range_max=(12.8, 12.8, 2.2), voxel_size=0.4)
+GRID = TINY_GRID  # the grid of conftest's tiny_world, which tiny_dataset reads
 SIZE = (64, 112)
 
 

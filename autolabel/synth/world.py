@@ -420,6 +420,7 @@ def _paint_ground(roads: list[Road], extent: float) -> tuple[np.ndarray, np.ndar
         return (slice(None), mask) if r.axis == 0 else (mask, slice(None))
 
     across = [centres - r.pos for r in roads]  # distance to each road's centre line (y for axis 0, x for axis 1)
+    dashes = np.mod(centres, 9.0) < 4.5  # the dashed lines' pattern along any road: 4.5 m painted in every 9 m
     for r, a in zip(roads, across):
         ground[band(r, np.abs(a) < r.half_width + r.sidewalk)] = C["sidewalk"]
     for r, a in zip(roads, across):
@@ -432,7 +433,7 @@ def _paint_ground(roads: list[Road], extent: float) -> tuple[np.ndarray, np.ndar
                 crossing |= np.abs(a2) < r2.half_width + r2.sidewalk
         if r.median:
             ground[outer(r, np.abs(a) < 1.0, ~crossing)] = C["other_flat"]
-        dash = (np.mod(centres, 9.0) < 4.5) & ~crossing
+        dash = dashes & ~crossing
         lines = [0.0] if not r.median else []
         lines += [sign * (LANE + (1.0 if r.median else 0.0)) for sign in (-1, 1)] if r.lanes == 2 else []
         for off in lines:

@@ -1,6 +1,7 @@
 """Lazy builds of the C++ and CUDA backends with torch.utils.cpp_extension (+ ninja).
 
-Nothing compiles at import: the first call that needs a backend builds it (about a minute),
+Nothing compiles at import: the first call that needs a backend builds it (20-30 s a CPU backend on one core;
+the sources include only the torch headers they use, not torch/extension.h),
 later processes reuse the build in TORCH_EXTENSIONS_DIR (default: torch's cache folder).
 A failed build is remembered for the process, so it is tried once.
 """

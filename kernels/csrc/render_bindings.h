@@ -2,7 +2,7 @@
 // and the input checks (device, contiguity, shapes, dtypes) with messages that name the backend.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 #include <string>
 #include <vector>

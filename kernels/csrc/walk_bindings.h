@@ -1,7 +1,7 @@
 // Host-side checks and grid set-up shared by the CPU and CUDA bindings of the voxel walk.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 #include <vector>
 

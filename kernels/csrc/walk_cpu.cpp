@@ -1,7 +1,9 @@
 // CPU backend of the voxel walk: rays in parallel (at::parallel_for), marks as relaxed atomic byte stores.
-#include <torch/extension.h>
-
+// Only the headers the module uses: torch/extension.h (the whole C++ frontend) took 50 of the 60 s that
+// building this backend took on a 2-core CPU.
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include "walk_bindings.h"
 #include "walk_core.h"

@@ -127,7 +127,9 @@ class ImageEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         feats = []
-        for layer in self.layers:
+        # only the layers up to the deeper of the two read: at stride 8, layer4's output would be thrown away
+        # (its weights stay in the module: checkpoints and ImageNet weights load whatever the stride)
+        for layer in self.layers[: (self.level if self.top is None else self.level + 1) + 1]:
             x = layer(x)
             feats.append(x)
         out = self.lateral(feats[self.level])

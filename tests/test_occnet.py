@@ -48,6 +48,19 @@ def test_config_errors_name_the_field():
     assert LossConfig().rendering_only and not LossConfig(labels_3d=1).rendering_only
 
 
+@pytest.mark.parametrize("stride,deepest", [(8, 2), (16, 3)])
+def test_the_image_encoder_runs_only_the_layers_it_reads(stride, deepest):
+    """At stride 8 the features read layer2 and layer3: layer4 is not run (it was, and its output thrown away)."""
+    from occnet.network import ImageEncoder
+
+    enc = ImageEncoder(tiny_config(feature_stride=stride), pretrained=False)
+    ran = []
+    for i, layer in enumerate(enc.layers):
+        layer.register_forward_hook(lambda m, a, out, i=i: ran.append(i))
+    out = enc(torch.randn(1, 3, *SIZE))
+    assert ran == list(range(deepest + 1)) and out.shape[-2:] == (SIZE[0] // stride, SIZE[1] // stride)
+
+
 def test_network_shapes_and_dtypes(tiny_dataset):
     model = OccupancyNetwork(tiny_config())
     item = tiny_dataset[0]

@@ -1,7 +1,11 @@
 // Bindings of the CUDA render backend: checks, dtype / mode dispatch to the launchers compiled in
 // the render_cuda_*.cu files, output allocation on the inputs' device and current stream.
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <vector>
 
@@ -35,7 +39,7 @@ std::vector<at::Tensor> forward(at::Tensor density, at::Tensor features, at::Ten
                                 std::vector<double> vs, std::vector<double> hi, int64_t mode, double step, double thr) {
   render::check_inputs("render_cuda", at::kCUDA, true, density, features, origins, directions, batch_index, near, far);
   TORCH_CHECK(features.size(4) <= 256, "render_cuda: at most 256 feature channels");
-  const at::cuda::CUDAGuard guard(density.device());
+  const c10::cuda::CUDAGuard guard(density.device());
   const int64_t R = origins.size(0), C = features.size(4);
   auto depth = at::empty({R}, density.options());
   auto opacity = at::empty({R}, density.options());
@@ -60,7 +64,7 @@ std::vector<at::Tensor> backward(at::Tensor density, at::Tensor features, at::Te
   render::check_inputs("render_cuda", at::kCUDA, true, density, features, origins, directions, batch_index, near, far);
   TORCH_CHECK(features.size(4) <= 256, "render_cuda: at most 256 feature channels");
   render::check_saved("render_cuda", density, {&depth, &opacity, &feats, &trans, &g_depth, &g_opacity, &g_feats, &g_trans});
-  const at::cuda::CUDAGuard guard(density.device());
+  const c10::cuda::CUDAGuard guard(density.device());
   auto grad_density = at::zeros_like(density);
   // float32 (or float64) accumulation for every feature dtype; cast once at the end
   auto grad_features = at::zeros(features.sizes(), density.options());

@@ -6,9 +6,9 @@
 // per-sample is stored) and scatters gradients with atomics.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <type_traits>
 
@@ -224,7 +224,7 @@ void launch_forward(const Grid<T>& g, const at::Tensor& density, const at::Tenso
                     const at::Tensor& far, double step, double thr, at::Tensor& depth, at::Tensor& opacity,
                     at::Tensor& feats, at::Tensor& trans, at::Tensor& flags) {
   const int64_t R = origins.size(0), C = features.size(4);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_channels(C, [&](auto G_, auto S_) {
     constexpr int G = decltype(G_)::value, S = decltype(S_)::value;
     const int64_t blocks = (R * G + kBlock - 1) / kBlock;
@@ -245,7 +245,7 @@ void launch_backward(const Grid<T>& g, const at::Tensor& density, const at::Tens
                      const at::Tensor& g_depth, const at::Tensor& g_opacity, const at::Tensor& g_feats,
                      const at::Tensor& g_trans, at::Tensor& grad_density, at::Tensor& grad_features) {
   const int64_t R = origins.size(0), C = features.size(4);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_channels(C, [&](auto G_, auto S_) {
     constexpr int G = decltype(G_)::value, S = decltype(S_)::value;
     const int64_t blocks = (R * G + kBlock - 1) / kBlock;

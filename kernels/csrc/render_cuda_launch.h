@@ -2,7 +2,7 @@
 // (density dtype, feature dtype, walker) in the render_cuda_*.cu files).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "render_core.h"
 

@@ -1,11 +1,13 @@
 // CUDA backend of the voxel walk: one thread per ray; marks are plain byte stores (every writer stores 1).
-#include <torch/extension.h>
-
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "walk_bindings.h"
 #include "walk_core.h"
+
+#include <torch/csrc/utils/pybind.h>  // last: pybind11 after the CUDA headers
 
 namespace {
 
@@ -22,12 +24,12 @@ void walk_cuda(const at::Tensor& origins, const at::Tensor& dirs, const at::Tens
                const at::Tensor& occupied, at::Tensor& visited, const std::vector<double>& lo,
                const std::vector<double>& hi, const std::vector<double>& vs, const std::vector<int64_t>& n) {
   walk::check_inputs("walk (cuda)", at::kCUDA, origins, dirs, t_max, frame, occupied, visited, n);
-  const at::cuda::CUDAGuard guard(origins.device());
+  const c10::cuda::CUDAGuard guard(origins.device());
   const walk::Grid g = walk::make_grid(lo, hi, vs, n);
   const int64_t R = origins.size(0), N = n[0] * n[1] * n[2];
   if (R == 0) return;
   const int threads = 128;
-  walk_kernel<<<(R + threads - 1) / threads, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  walk_kernel<<<(R + threads - 1) / threads, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       g, R, N, origins.data_ptr<double>(), dirs.data_ptr<double>(), t_max.data_ptr<double>(),
       frame.data_ptr<int64_t>(), occupied.numel() ? occupied.data_ptr<uint8_t>() : nullptr,
       visited.data_ptr<uint8_t>());

@@ -345,6 +345,57 @@ def test_v2_confidence_auroc_tracks_its_one_parameter(target):
     assert all(abs(g - target) < 0.07 for g in got), got
 
 
+def _grow_reference(mask, valid, name_x, k_x):
+    """noise._grow as it was first written: every step works on whole images (the box around the
+    growing masks), the direct reading of its rule. The test below holds the fast form to it."""
+    from autolabel.synth.noise import _shift
+
+    m = len(k_x) - 1
+    mask = mask.copy()
+    for i in range(1, int(k_x.max()) + 1):  # one pixel per step, in 4 directions
+        grow = k_x >= i
+        rows, cols = np.flatnonzero(grow[mask].any(1)), np.flatnonzero(grow[mask].any(0))
+        if len(rows) == 0:
+            break
+        win = np.s_[max(rows[0] - 1, 0) : rows[-1] + 2, max(cols[0] - 1, 0) : cols[-1] + 2]
+        sub, v = mask[win], valid[win]
+        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+            nb = _shift(sub, dy, dx, m)
+            take = v & grow[nb] & (name_x[nb] != name_x[sub])
+            sub = np.where(take, nb, sub)
+        mask[win] = sub
+    return mask
+
+
+def test_v2_mask_growth_matches_the_whole_image_reference(monkeypatch):
+    """noise._grow works on the masks' borders only; it must give the bytes of the whole-image loop, on
+    camera-like views up to level 1 (spills grow a dozen steps, growing masks meet and push each other)
+    and on random masks that touch the image's edges, share names, or are unnamed."""
+    from autolabel.synth import noise
+
+    fast = []
+    for seed, level in [(0, 0.3), (1, 0.6), (2, 1.0), (3, 1.0)]:
+        maps = _toy_view(seed, h=100, w=320, objects=50)
+        fast.append(noise.noisy_labels_v2(*maps, level, np.random.default_rng(seed)))
+    r = np.random.default_rng(0)
+    for _ in range(20):
+        m = int(r.integers(2, 30))
+        blocks = r.integers(0, m + 1, (8, 12))  # m: no mask
+        mask = np.kron(blocks, np.ones((5, 5), np.int64))[: r.integers(20, 41), : r.integers(20, 61)]
+        mask = mask.astype(np.int32)
+        valid = mask < m
+        name_x = np.r_[r.choice(np.array([1, 2, 3, 255], np.uint8), m), 255].astype(np.uint8)
+        k_x = np.r_[r.integers(0, 8, m) * (r.random(m) < 0.7), 0]
+        got = noise._grow(mask.copy(), valid, name_x, k_x)
+        np.testing.assert_array_equal(got, _grow_reference(mask, valid, name_x, k_x))
+    monkeypatch.setattr(noise, "_grow", _grow_reference)
+    for (seed, level), (labels, conf) in zip([(0, 0.3), (1, 0.6), (2, 1.0), (3, 1.0)], fast):
+        maps = _toy_view(seed, h=100, w=320, objects=50)
+        ref_labels, ref_conf = noise.noisy_labels_v2(*maps, level, np.random.default_rng(seed))
+        np.testing.assert_array_equal(labels, ref_labels)
+        np.testing.assert_array_equal(conf, ref_conf)
+
+
 def test_v2_confidence_of_right_and_wrong_pixels_overlaps():
     """v1 drew confidence from correctness (right U[0.7, 1], renamed U[0.35, 0.8]); v2's right and wrong
     pixels share the same range of confidences."""

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autolabel.synth.world import generate_world  # noqa: E402
 from autolabel.synth.writer import KEYFRAME_DT, SynthConfig, write_dataset  # noqa: E402
+from kernels._build import load_backend  # noqa: E402
 
 
 def timed_write(cfg: SynthConfig) -> float:
@@ -28,6 +29,9 @@ def timed_write(cfg: SynthConfig) -> float:
 
 def main() -> int:
     cores = len(os.sched_getaffinity(0))
+    # the frames' visibility masks walk rays with the C++ backend: built first, so that no row times a build
+    # (one is 15-45 s here; it used to land in the 450x800 row whenever another checkout had built it last)
+    load_backend("walk_cpu")
     frames = 5
     t_world = time.perf_counter()
     generate_world(0, route_length=8.0 * KEYFRAME_DT * frames + 5)

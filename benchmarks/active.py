@@ -1,30 +1,18 @@
-"""Annotation-budget curves of active selection against random, on the synthetic world (issue 8).
+"""Helpers the benchmarks share: synthetic worlds (`make_world`), base recipes, the oracle annotator (the world's
+ground truth as manual labels: `oracle_labels`, `oracle_into`), pool scorings and selections by share of the pool,
+and one process per GPU (`run_per_gpu`).
 
-Round 0 is trained label-free (rendering + DTS) and labels the pool; then, for every strategy, seed and
-budget (a share of the pool), the frames it selects get oracle 3D labels (the world's ground truth),
-round 1 fine-tunes round 0 with 3D losses on them, and the student is scored on held-out validation
-scenes (Occ3D mIoU within mask_camera). Prints one table (mean +- std over seeds) and writes the curve.
-
-    python benchmarks/active.py RUN [--world DIR | --synth SxF] [--budgets 0.01,0.02,0.05,0.1]
-        [--strategies random,entropy,coreset,hybrid] [--seeds 3] [--steps0 2000] [--steps 300]
-    python benchmarks/active.py RUN --micro      # the CI-sized version: checks that the harness runs
-
-Round 0 and the selections run once (plan.json); the round-1 runs are dealt over one process per GPU
-(--gpus, default every visible one), each appending its results as they come, so a run cut short
-keeps what finished and a rerun does only the rest.
+Until 2026-12-01 this file also held issue 8's budget-curve harness (round 0, then round 1 per strategy, seed and
+budget; the 2026-11-25 tables of BENCHMARKS.md). The quality benchmark's round-1 variants (`benchmarks/quality.py`,
+`UNIT_STRATEGY_Npct`, with a control round and the locked development / test worlds) run the same curves, as issue 21
+asked; the older harness was retired rather than kept in step with it (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
-import shutil
 import subprocess
-import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +25,7 @@ from autolabel.active.pool import fusion_pool
 from autolabel.active.scores import class_weights
 from autolabel.active.select import select_frames, select_regions
 from autolabel.data.occ3d import labels_path, read_labels
-from autolabel.stages import evaluate_checkpoint, score_round
-from autolabel.stages import train as train_round
-from autolabel.stages.inputs import checkpoint_path, open_cache, open_frames
-from autolabel.dts.label import label_round
-from autolabel.provenance import recipe_record
-from autolabel.recipe import load_recipe
 from autolabel.store.labels import LabelStore
-from autolabel.supervision.cache import supervise
-from autolabel.supervision.providers import build_provider, resolve_device
 from occnet.classes import NUM_CLASSES
 
 MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4}
@@ -249,223 +229,3 @@ def base_recipe(run: Path, world: Path, val_scene: str, steps0: int, micro: bool
         r["dts"] = {"start_step": 1, "batch_size": 1}
         r["device"] = "cpu"
     return r
-
-
-def prepare(run: Path, world: Path, args) -> dict:
-    """Round 0 (label-free), the pool's labels and scores, and every experiment's selection: plan.json."""
-    plan_path = run / "plan.json"
-    if plan_path.is_file():
-        return json.loads(plan_path.read_text())
-    base = load_recipe(run / "base.yaml")
-    t0 = time.perf_counter()
-    frames = open_frames(base, "all", load_images=False, load_gt=False)
-    supervise(
-        frames,
-        build_provider(base.supervision, frames.dataroot),
-        base.cache_path,
-        base.network.image_size,
-        progress=False,
-    )
-    train_round(base, 0, progress=False)
-    t_train = time.perf_counter() - t0
-    pool_frames = open_frames(base, "train", load_images=True, load_gt=False)
-    label_round(
-        pool_frames,
-        open_cache(base),
-        LabelStore(base.store_path, base.network.grid, create=True),
-        0,
-        base.network,
-        base.dts,
-        checkpoint_path(base, 0),
-        resolve_device(base.device),
-        recipe_record(base),
-        progress=False,
-    )
-    pool = score_round(base, 0, progress=False)
-    n_pool = len(pool.tokens)
-    base_score = evaluate_checkpoint(base, checkpoint_path(base, 0), progress=False)
-    print(
-        f"round 0 (label-free, {args.steps0} steps, {t_train:.0f} s): val mIoU {100 * base_score.miou:.2f} geo "
-        f"{100 * base_score.geometric_iou:.2f}; pool {n_pool} frames; {time.perf_counter() - t0:.0f} s",
-        flush=True,
-    )
-    experiments = []
-    for strategy in args.strategies.split(","):
-        for seed in range(args.seeds):
-            for frac in (float(b) for b in args.budgets.split(",")):
-                n = max(1, round(frac * n_pool))
-                cfg = SelectionConfig(strategy=strategy, budget=n, per_scene_cap=max(1, n), seed=seed)
-                picks, _ = select_frames(pool.candidates, pool.features, pool.features[:0], cfg, 0, n_pool)
-                experiments.append(
-                    {
-                        "strategy": strategy,
-                        "seed": seed,
-                        "frac": frac,
-                        "picks": [[p.candidate.scene, p.candidate.token] for p in picks],
-                    }
-                )
-    plan = {
-        "round0_miou": 100 * base_score.miou,
-        "pool_tokens": pool.tokens,
-        "pool_scenes": pool.scenes,
-        "experiments": experiments,
-    }
-    plan_path.write_text(json.dumps(plan, indent=1))
-    return plan
-
-
-def run_experiments(run: Path, world: Path, plan: dict, args, part: int, parts: int) -> None:
-    """Round 1 of every parts-th experiment from `part`: oracle labels on its picks, fine-tune, score.
-    Each result is appended to results.<part>.jsonl as soon as it exists."""
-    base = load_recipe(run / "base.yaml")
-    out = run / f"results.{part}.jsonl"
-    done = (
-        {(r["strategy"], r["seed"], r["frac"]) for r in map(json.loads, out.read_text().splitlines())}
-        if out.is_file()
-        else set()
-    )
-    for e in plan["experiments"][part::parts]:
-        if (e["strategy"], e["seed"], e["frac"]) in done:
-            continue
-        exp = run / "exp" / f"{e['strategy']}-{e['seed']}-{e['frac']}"
-        shutil.rmtree(exp, ignore_errors=True)
-        (exp / "round_0" / "train").mkdir(parents=True)
-        shutil.copyfile(checkpoint_path(base, 0), exp / "round_0" / "train" / "checkpoint.pt")
-        # the seed also seeds round 1's training: deterministic strategies still show the training's spread
-        recipe = replace(
-            base,
-            out=str(exp),
-            train=replace(
-                base.train,
-                steps=args.steps,
-                seed=base.train.seed + e["seed"],
-                warmup_steps=min(base.train.warmup_steps, max(1, args.steps // 10)),
-            ),
-        )
-        oracle_labels(recipe, plan["pool_tokens"], plan["pool_scenes"], [tuple(p) for p in e["picks"]], world)
-        train_round(recipe, 1, progress=False)
-        score = evaluate_checkpoint(recipe, checkpoint_path(recipe, 1), progress=False)
-        row = {
-            "strategy": e["strategy"],
-            "seed": e["seed"],
-            "frac": e["frac"],
-            "frames": len(e["picks"]),
-            "miou": 100 * score.miou,
-        }
-        with open(out, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        print(
-            f"{e['strategy']} seed {e['seed']} budget {e['frac']:.0%} ({len(e['picks'])} frames): val mIoU "
-            f"{row['miou']:.2f}",
-            flush=True,
-        )
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("--world", default=None)
-    ap.add_argument("--synth", default="6x8", help="SCENESxFRAMES of a world generated into RUN/world")
-    ap.add_argument("--budgets", default="0.01,0.02,0.05,0.1")
-    ap.add_argument("--strategies", default="random,entropy,coreset,hybrid")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps0", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument(
-        "--gpus", type=int, default=None, help="round-1 processes, one per GPU (default: every visible GPU)"
-    )
-    ap.add_argument("--devices", default=None, help="GPU ids for the round-1 processes, e.g. 1,0 (default 0..gpus-1)")
-    ap.add_argument("--report", action="store_true", help="only merge the results so far into the table and curve")
-    ap.add_argument("--part", type=int, default=None, help=argparse.SUPPRESS)  # internal: a child's share
-    ap.add_argument("--micro", action="store_true")
-    args = ap.parse_args()
-    if args.micro:
-        args.synth, args.budgets, args.seeds, args.steps0, args.steps = "3x2", "0.25,0.5", 1, 2, 2
-    run = Path(args.run)
-    run.mkdir(parents=True, exist_ok=True)
-    world = make_world(Path(args.world) if args.world else run / "world", args.synth, args.micro)
-    scenes = sorted(p.name for p in (world / "gts").iterdir())
-    gpus = args.gpus if args.gpus is not None else max(1, torch.cuda.device_count())
-    if args.part is not None:
-        run_experiments(run, world, json.loads((run / "plan.json").read_text()), args, args.part, gpus)
-        return
-    if args.report:
-        plan = json.loads((run / "plan.json").read_text())
-    else:
-        (run / "base.yaml").write_text(yaml.safe_dump(base_recipe(run, world, scenes[-1], args.steps0, args.micro)))
-        plan = prepare(run, world, args)
-    visible = visible_gpus()
-    devices = args.devices.split(",") if args.devices else [visible[i % len(visible)] for i in range(gpus)]
-    if args.report:
-        pass
-    elif gpus == 1:
-        run_experiments(run, world, plan, args, 0, 1)
-    else:
-        cmds = [
-            [
-                sys.executable,
-                __file__,
-                str(run),
-                "--world",
-                str(world),
-                "--steps",
-                str(args.steps),
-                "--gpus",
-                str(gpus),
-                "--part",
-                str(i),
-                *(["--micro"] if args.micro else []),
-            ]
-            for i in range(gpus)
-        ]
-        if run_per_gpu(cmds, devices):
-            print("a round-1 process failed; the table holds what finished", flush=True)
-    rows = [json.loads(x) for f in sorted(run.glob("results.*.jsonl")) for x in f.read_text().splitlines()]
-    rows = [r for r in rows if r["strategy"] in args.strategies.split(",")]
-    n_pool = len(plan["pool_tokens"])
-    budgets = sorted({r["frac"] for r in rows})
-    results: dict[str, dict[float, list[float]]] = {}
-    for r in rows:
-        results.setdefault(r["strategy"], {}).setdefault(r["frac"], []).append(r["miou"])
-    (run / "active_results.json").write_text(
-        json.dumps(
-            {
-                "round0_miou": plan["round0_miou"],
-                "pool": n_pool,
-                "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()},
-            },
-            indent=1,
-        )
-    )
-    from autolabel.report.figures import pyplot, save_figure
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for strategy, r in results.items():
-        fr = [f for f in budgets if f in r]
-        ax.errorbar(
-            [max(1, round(f * n_pool)) for f in fr],
-            [np.mean(r[f]) for f in fr],
-            yerr=[np.std(r[f]) for f in fr],
-            marker="o",
-            capsize=3,
-            label=strategy,
-        )
-    ax.axhline(plan["round0_miou"], color="gray", ls=":", label="round 0 (no 3D labels)")
-    ax.set_xlabel("frames with manual 3D labels")
-    ax.set_ylabel("validation mIoU (%)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, run / "budget_curve.png")
-    print(f"\npool {n_pool} frames; val mIoU (mean +- std over seeds); round 0: {plan['round0_miou']:.2f}")
-    print(f"{'strategy':<12}" + "".join(f"{f'{f:.0%} ({max(1, round(f * n_pool))})':>16}" for f in budgets))
-    for strategy, r in results.items():
-        print(
-            f"{strategy:<12}"
-            + "".join(f"{np.mean(r[f]):>9.2f} +-{np.std(r[f]):>4.1f}" if f in r else f"{'-':>16}" for f in budgets)
-        )
-
-
-if __name__ == "__main__":
-    main()

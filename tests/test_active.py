@@ -343,18 +343,6 @@ def test_exported_pseudo_labels_ingest_with_dropped_voxels_left_out(run_copy, tm
         assert dropped.any() and not cam[dropped].any()
 
 
-@pytest.mark.slow(91)
-def test_budget_curve_harness_runs_micro(tmp_path):
-    """benchmarks/active.py --micro: every strategy and budget trains a round and is scored."""
-    from tiny_models import run_micro_benchmark
-
-    run_micro_benchmark("active.py", tmp_path / "act", "--gpus", "2")  # round-1 runs in two processes
-    r = json.loads((tmp_path / "act" / "active_results.json").read_text())
-    assert set(r["results"]) == {"random", "entropy", "coreset", "hybrid"}
-    assert all(set(v) == {"0.25", "0.5"} for v in r["results"].values())
-    assert (tmp_path / "act" / "budget_curve.png").stat().st_size > 1000
-
-
 def test_selection_scale_benchmark_smoke():
     """benchmarks/selection_scale.py --smoke: every strategy runs in its own process and fills the budget."""
     import subprocess

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -46,6 +47,26 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=longest_first)  # stable: the rest keep their order
 
 
+def _made_once(tmp_path_factory, name: str, make):
+    """A session fixture's folder, made once for all the run's xdist workers rather than once in each (the pattern
+    of pytest-xdist's documentation): the first worker to ask makes it under the folder the workers' temporary
+    folders share, the others wait on its lock and read it. `make(folder)` fills the folder and returns a
+    JSON-serialisable value (a path, a dict of paths), stored beside it for the workers that reuse it. The
+    fixtures using this are deterministic and read-only to the tests (a test that changes one copies it first)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-of-<user>/pytest-<n>: one per run, shared by its workers
+    folder, value = shared / f"once-{name}", shared / f"once-{name}.json"
+    with FileLock(str(shared / f"once-{name}.lock")):
+        if not value.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way left it
+            folder.mkdir()
+            value.write_text(json.dumps(make(folder)))
+    return json.loads(value.read_text())
+
+
 @pytest.fixture(scope="session")
 def sample_root() -> Path:
     return SAMPLE_ROOT
@@ -73,7 +94,7 @@ def tiny_world(tmp_path_factory) -> Path:
     """A small synthetic world (1 scene, 2 keyframes, 112x200 images, grid TINY_GRID) with exact and noisy 2D maps."""
     from tiny_models import synth_world
 
-    return synth_world(tmp_path_factory.mktemp("world"), scenes=1, frames=2, seed=5)
+    return Path(_made_once(tmp_path_factory, "world", lambda d: str(synth_world(d, scenes=1, frames=2, seed=5))))
 
 
 @pytest.fixture(scope="session")
@@ -90,16 +111,18 @@ def tiny_models(tmp_path_factory) -> dict:
         save_tiny_sam,
     )
 
-    d = tmp_path_factory.mktemp("models")
-    return {
-        "sam": str(save_tiny_sam(d / "sam.pth")),
-        "clip": str(save_tiny_clip(d / "clip")),
-        "owl": str(save_tiny_owlv2(d / "owl")),
-        "sam2": str(save_sam2(d / "sam2")),
-        "sam3": str(save_sam3(d / "sam3")),
-        "gdino": str(save_grounding_dino(d / "gdino")),
-        "florence2": str(save_florence2(d / "florence2")),
-    }
+    def make(d: Path) -> dict:
+        return {
+            "sam": str(save_tiny_sam(d / "sam.pth")),
+            "clip": str(save_tiny_clip(d / "clip")),
+            "owl": str(save_tiny_owlv2(d / "owl")),
+            "sam2": str(save_sam2(d / "sam2")),
+            "sam3": str(save_sam3(d / "sam3")),
+            "gdino": str(save_grounding_dino(d / "gdino")),
+            "florence2": str(save_florence2(d / "florence2")),
+        }
+
+    return _made_once(tmp_path_factory, "models", make)
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +130,7 @@ def pool_world(tmp_path_factory) -> Path:
     """2 scenes x 3 keyframes of the synthetic world at 112x200, grid TINY_GRID."""
     from tiny_models import synth_world
 
-    return synth_world(tmp_path_factory.mktemp("pool"), scenes=2, frames=3, seed=11)
+    return Path(_made_once(tmp_path_factory, "pool", lambda d: str(synth_world(d, scenes=2, frames=3, seed=11))))
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +140,10 @@ def trained(pool_world, tmp_path_factory) -> Path:
 
     from autolabel.cli import main
 
-    folder = tmp_path_factory.mktemp("trained")
-    recipe = write_recipe(folder, pool_world)
-    for cmd in (["supervise"], ["train", "--round", "0"], ["label", "--round", "0"]):
-        assert main([cmd[0], str(recipe), *cmd[1:]]) == 0
-    return folder
+    def make(folder: Path) -> str:
+        recipe = write_recipe(folder, pool_world)
+        for cmd in (["supervise"], ["train", "--round", "0"], ["label", "--round", "0"]):
+            assert main([cmd[0], str(recipe), *cmd[1:]]) == 0
+        return str(folder)
+
+    return Path(_made_once(tmp_path_factory, "trained", make))

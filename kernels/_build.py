@@ -9,6 +9,7 @@ A failed build is remembered for the process, so it is tried once.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -28,6 +29,15 @@ class BackendUnavailable(RuntimeError):
     """A backend cannot be built or run here (no compiler, no GPU, build error)."""
 
 
+def extension_name(base: str, csrc: Path = CSRC) -> str:
+    """The build's name in TORCH_EXTENSIONS_DIR: `base` and a digest of the checkout's source folder. torch keeps
+    one build per name and rebuilds it when the sources or the build arguments change, and the include path (the
+    checkout's csrc folder) is one of them: two checkouts under one name rebuilt each other's build at every
+    switch (15-45 s a CPU backend), which is what a worktree beside the main tree, a benchmark comparing two
+    commits, or an installed copy beside a development tree does. Each checkout now keeps a build of its own."""
+    return f"{base}_{hashlib.sha256(str(csrc.resolve()).encode()).hexdigest()[:8]}"
+
+
 @functools.lru_cache(maxsize=None)
 def _load(name: str) -> ModuleType | BaseException:
     from torch.utils.cpp_extension import load
@@ -36,7 +46,7 @@ def _load(name: str) -> ModuleType | BaseException:
         if name == "walk_cpu":
             # -ffp-contract=off: the walk repeats the reference's float64 arithmetic operation by operation
             return load(
-                name="autolabel_walk_cpu",
+                name=extension_name("autolabel_walk_cpu"),
                 sources=[str(CSRC / "walk_cpu.cpp")],
                 extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],
                 extra_ldflags=["-fopenmp"],
@@ -47,7 +57,7 @@ def _load(name: str) -> ModuleType | BaseException:
             if not torch.cuda.is_available():
                 return BackendUnavailable("no CUDA device is visible")
             return load(
-                name="autolabel_walk_cuda",
+                name=extension_name("autolabel_walk_cuda"),
                 sources=[str(CSRC / "walk_cuda.cu")],
                 extra_cflags=["-O3"],
                 extra_cuda_cflags=["-O3", "--fmad=false"],
@@ -56,7 +66,7 @@ def _load(name: str) -> ModuleType | BaseException:
             )
         if name == "cpu":
             return load(
-                name="autolabel_render_cpu",
+                name=extension_name("autolabel_render_cpu"),
                 sources=[str(CSRC / "render_cpu.cpp")],
                 # at::parallel_for only runs threads when the extension itself is built with OpenMP
                 extra_cflags=["-O3", "-fopenmp"],
@@ -69,7 +79,7 @@ def _load(name: str) -> ModuleType | BaseException:
         # One .cu file per (dtype, mode): ninja compiles them in parallel.
         lanes = int(os.environ.get("AUTOLABEL_RENDER_LANES", "8"))  # an experiment knob; 8 is the tuned value
         return load(
-            name="autolabel_render_cuda" + ("" if lanes == 8 else f"_g{lanes}"),
+            name=extension_name("autolabel_render_cuda" + ("" if lanes == 8 else f"_g{lanes}")),
             sources=[str(CSRC / "render_cuda.cpp"), *map(str, sorted(CSRC.glob("render_cuda_*.cu")))],
             extra_cflags=["-O3"],
             extra_cuda_cflags=["-O3", f"-DRENDER_LANES={lanes}"],

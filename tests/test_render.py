@@ -291,6 +291,18 @@ def test_env_forces_reference(monkeypatch):
     assert out.depth.shape == (8,)
 
 
+def test_each_checkout_keeps_a_build_of_its_own(tmp_path):
+    """Two checkouts sharing one extension cache used to rebuild each other's build (the include path, one of
+    torch's build arguments, names the checkout): the build's name now holds the checkout's source folder."""
+    from kernels._build import CSRC, extension_name
+
+    other = tmp_path / "kernels" / "csrc"
+    other.mkdir(parents=True)
+    assert extension_name("autolabel_render_cpu") == extension_name("autolabel_render_cpu", CSRC)
+    assert extension_name("autolabel_render_cpu", other) != extension_name("autolabel_render_cpu")
+    assert extension_name("autolabel_render_cpu").startswith("autolabel_render_cpu_")
+
+
 def test_failed_build_falls_back_with_one_warning(monkeypatch):
     def broken(name):
         raise BackendUnavailable(f"the {name} render backend is unavailable: no compiler")

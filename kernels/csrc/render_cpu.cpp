@@ -1,8 +1,8 @@
 // C++ CPU backend of the render op: one ray per loop iteration, rays spread over threads with
 // at::parallel_for. Forward and backward walk the same segments (render_core.h); backward
 // recomputes along the ray instead of storing per-sample values.
-// Only the headers the module uses: torch/extension.h (the whole C++ frontend) took 50 of the 60 s that
-// building this backend took on a 2-core CPU.
+// Only the headers the module uses, not torch/extension.h (the whole C++ frontend): a build took 46-49 s with it
+// and 23-27 s without, on one core of the 2-core CPU (BENCHMARKS.md, "Building the C++ backends").
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

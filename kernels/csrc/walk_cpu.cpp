@@ -1,6 +1,6 @@
 // CPU backend of the voxel walk: rays in parallel (at::parallel_for), marks as relaxed atomic byte stores.
-// Only the headers the module uses: torch/extension.h (the whole C++ frontend) took 50 of the 60 s that
-// building this backend took on a 2-core CPU.
+// Only the headers the module uses, not torch/extension.h (the whole C++ frontend): a build took 43-47 s with it
+// and 15 s without, on one core of the 2-core CPU (BENCHMARKS.md, "Building the C++ backends").
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/utils/pybind.h>

@@ -115,7 +115,7 @@ class ImageEncoder(nn.Module):
         widths = [(m[-1].conv3 if hasattr(m[-1], "conv3") else m[-1].conv2).out_channels for m in self.layers]
         level = {8: 1, 16: 2, 32: 3}[cfg.feature_stride]  # index of the layer at the output stride
         self.level = level
-        deeper = min(level + 1, 3)
+        self.deeper = deeper = min(level + 1, 3)  # the top-down input; forward runs no layer past it
         self.lateral = nn.Conv2d(widths[level], out_channels, 1)
         self.top = nn.Conv2d(widths[deeper], out_channels, 1) if deeper != level else None
         self.fuse = nn.Sequential(
@@ -127,9 +127,9 @@ class ImageEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         feats = []
-        # only the layers up to the deeper of the two read: at stride 8, layer4's output would be thrown away
-        # (its weights stay in the module: checkpoints and ImageNet weights load whatever the stride)
-        for layer in self.layers[: (self.level if self.top is None else self.level + 1) + 1]:
+        # at stride 8 layer4's output would be thrown away (its weights stay in the module: checkpoints and
+        # ImageNet weights load whatever the stride)
+        for layer in self.layers[: self.deeper + 1]:
             x = layer(x)
             feats.append(x)
         out = self.lateral(feats[self.level])

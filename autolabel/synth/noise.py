@@ -424,6 +424,16 @@ def _merge(seg: np.ndarray, n: int, area: np.ndarray, p_merge: float, rng: np.ra
         parent = nxt
 
 
+def _name_edges(labels: np.ndarray) -> np.ndarray:
+    """(H, W) names -> (H, W) bool: the pixels with a 4-neighbour of another name."""
+    edge = np.zeros(labels.shape, bool)
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[:, :-1] |= labels[:, 1:] != labels[:, :-1]
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:-1] |= labels[1:] != labels[:-1]
+    return edge
+
+
 GROW_DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # (dy, dx) in `_shift`'s sense, in this order
 
 
@@ -448,13 +458,7 @@ def _grow(mask: np.ndarray, valid: np.ndarray, name_x: np.ndarray, k_x: np.ndarr
     pm[1:-1, 1:-1] = mask
     pv = np.zeros((h + 2, w + 2), bool)
     pv[1:-1, 1:-1] = valid
-    lab = name_x[pm]
-    listed = np.zeros((h + 2, w + 2), bool)  # whether a pixel is in `cand`
-    listed[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    listed[:, :-1] |= lab[:, 1:] != lab[:, :-1]
-    listed[1:] |= lab[1:] != lab[:-1]
-    listed[:-1] |= lab[1:] != lab[:-1]
-    listed &= pv  # at first: valid pixels with a 4-neighbour of another name
+    listed = _name_edges(name_x[pm]) & pv  # whether a pixel is in `cand`; at first every valid one on an edge
     pm, pv, listed, row = pm.ravel(), pv.ravel(), listed.ravel(), w + 2
     cand = np.flatnonzero(listed)
     offsets = [dy * row + dx for dy, dx in GROW_DIRECTIONS]  # neighbour of p in direction d: p - offset
@@ -563,11 +567,7 @@ def noisy_labels_v2(
     mask = _grow(mask.astype(np.int32), valid, name_x, k_x)
     labels = name_x[mask]
     # confidence: the classifier's belief, less near the noisy map's edges, plus score noise of scale tau
-    edge = np.zeros((h, w), bool)
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge[:, :-1] |= labels[:, 1:] != labels[:, :-1]
-    edge[1:] |= labels[1:] != labels[:-1]
-    edge[:-1] |= labels[1:] != labels[:-1]
+    edge = _name_edges(labels)
     for _ in range(max(int(round(rates.band_width * w)) - 1, 0)):
         edge = (
             edge

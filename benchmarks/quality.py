@@ -8,6 +8,8 @@ the same network for the same steps and gets two headline numbers:
   * its pseudo-labels: the pool labelled by the variant's network (the EMA teacher where there is one,
     filtered by LiDAR), scored against the exact ground truth within mask_camera: mIoU, geometric IoU, and
     at the export threshold (the recipe's drop quantile) the kept share of mask_camera and its mIoU.
+A variant trained with the EMA teacher (dts.enabled) also has its teacher's weights scored on the held-out
+scenes (depth-aware as the recipe says), in a row "NAME (teacher)": the two networks of one training, paired.
 Variants:
   3d_supervised     3D cross-entropy on every pool frame (the bound)
   render_exact      rendering only: exact 2D labels + LiDAR depth
@@ -380,6 +382,10 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             "ms_per_step": round(ms, 1),
             "train_seconds": round(seconds, 1),
         }
+        if recipe.dts.enabled:  # the EMA teacher's weights on the same scenes, paired with the student's
+            t = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), weights="teacher", progress=False).as_dict()
+            r["teacher"] = {"miou": t["miou"], "geometric_iou": t["geometric_iou"], "per_class": t["per_class_iou"]}
+            log(f"{name}: its EMA teacher, test mIoU {t['miou']} geo {t['geometric_iou']}")
         if args.skip_pseudo:
             results[name] = r
             log(f"{name}: test mIoU {s['miou']} geo {s['geometric_iou']} ({ms:.0f} ms/step, {seconds:.0f} s)")
@@ -601,6 +607,8 @@ def summarise(results: dict) -> dict[str, dict]:
     for name, r in results.items():
         if isinstance(r, dict) and "miou" in r:
             by.setdefault(split_name(name)[0], []).append(r)
+            if isinstance(r.get("teacher"), dict):  # a row of its own: the teacher's network scores
+                by.setdefault(f"{split_name(name)[0]} (teacher)", []).append(r["teacher"])
     out = {}
     for kind, rows in by.items():
         s = {"seeds": len(rows)}

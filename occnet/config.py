@@ -146,6 +146,10 @@ class LossConfig:
     # q = 1: +0.45 mIoU on the development world, +0.17 +- 0.4 on the test world (BENCHMARKS.md, "The fused
     # labels' names weighed by the network's agreement"): no result, so off
     fused_agreement_power: float = 0.0
+    # fused_3d trains the names (not the occupancy) of occupied voxels only within this horizontal distance of
+    # the ego, in metres (0 = everywhere): far voxels are named from distant views alone, and whole far patches
+    # are named wrong alike (BENCHMARKS.md, "Where the development world's remaining errors lie")
+    fused_name_range: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -164,6 +168,7 @@ class LossConfig:
         _check(0 <= self.smoothing_3d < 1, "LossConfig.smoothing_3d must lie in [0, 1)")
         _check(self.fused_confidence_power >= 0, "LossConfig.fused_confidence_power must be >= 0")
         _check(self.fused_agreement_power >= 0, "LossConfig.fused_agreement_power must be >= 0")
+        _check(self.fused_name_range >= 0, "LossConfig.fused_name_range must be >= 0 (metres; 0 = off)")
 
     @property
     def rendering_only(self) -> bool:

@@ -66,9 +66,14 @@ def voxel_ce(
     class_balance: float = 0.0,
     smoothing: float = 0.0,
     agreement_power: float = 0.0,
+    name_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted cross-entropy over voxels; target (B, X, Y, Z) ids in 0..K (K = free), 255 ignored;
     weight (B, X, Y, Z) (mask_camera for labels, confidence for pseudo-labels).
+
+    name_weight (X, Y, Z) or (B, X, Y, Z), where given, scales an occupied voxel's name term
+    (-log softmax_c) and leaves its occupancy term (-log o) whole: where labels are placed better than
+    they are named (far from the ego, fusion's names come from distant views only).
 
     smoothing e > 0 softens an occupied voxel's class, not its occupancy: the target puts 1 - e on the
     named class and e spread evenly over the K classes, so -log P(occupied) stays whole and only the name
@@ -100,8 +105,11 @@ def voxel_ce(
         spread = -lp[:, :k].mean(1)  # -log o - mean_c log softmax_c: occupancy whole, names even
         nll = torch.where(tgt < k, (1 - smoothing) * nll + smoothing * spread, nll)
     w = weight[valid].float()
-    if agreement_power > 0:
-        nll = _agreement_weighted(lp, tgt, nll, w, agreement_power)
+    if agreement_power > 0 or name_weight is not None:
+        v = torch.ones_like(w) if name_weight is None else name_weight.expand_as(target)[valid].float()
+        if agreement_power > 0:
+            v = v * _agreement(lp, tgt, w, agreement_power)
+        nll = _names_scaled(lp, tgt, nll, v)
     if class_balance > 0:
         mass = torch.bincount(tgt, weights=w, minlength=logp.shape[-1])
         mass[-1] = 0  # free keeps its weight
@@ -114,25 +122,31 @@ def voxel_ce(
     return (w * nll).sum() / w.sum()
 
 
-def _agreement_weighted(
-    lp: torch.Tensor, tgt: torch.Tensor, nll: torch.Tensor, w: torch.Tensor, q: float
-) -> torch.Tensor:
-    """voxel_ce's agreement weighting: nll (M,) with each occupied voxel's name part (nll + log o) scaled by
-    p_c ** q / (the same, w-weighted mean over its class); lp (M, K+1) log-probabilities, tgt (M,), w (M,)."""
+def _agreement(lp: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor, q: float) -> torch.Tensor:
+    """voxel_ce's agreement weights (M,): an occupied voxel's p_c ** q / (the same, w-weighted mean over its class),
+    1 for free voxels; lp (M, K+1) log-probabilities, tgt (M,), w (M,)."""
     k = lp.shape[-1] - 1
+    a = torch.ones_like(w)
     occ = tgt < k
     if not occ.any():
-        return nll
+        return a
     lo, c = lp[occ], tgt[occ]
-    log_o = torch.logsumexp(lo[:, :k], 1)
-    p_name = (lo.gather(1, c[:, None])[:, 0] - log_o).exp().detach()
-    a = p_name.clamp_min(1e-12) ** q
+    p_name = (lo.gather(1, c[:, None])[:, 0] - torch.logsumexp(lo[:, :k], 1)).exp().detach()
+    ao = p_name.clamp_min(1e-12) ** q
     wo = w[occ]
     mass = torch.bincount(c, weights=wo, minlength=k)
-    agreed = torch.bincount(c, weights=wo * a, minlength=k)
-    a = a * (mass / agreed.clamp_min(1e-30))[c]
+    agreed = torch.bincount(c, weights=wo * ao, minlength=k)
+    a[occ] = ao * (mass / agreed.clamp_min(1e-30))[c]
+    return a
+
+
+def _names_scaled(lp: torch.Tensor, tgt: torch.Tensor, nll: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """nll (M,) with each occupied voxel's name part (nll + log o) scaled by v (M,); lp (M, K+1)."""
+    k = lp.shape[-1] - 1
+    occ = tgt < k
+    log_o = torch.logsumexp(lp[occ][:, :k], 1)
     out = nll.clone()
-    out[occ] = -log_o + a * (nll[occ] + log_o)
+    out[occ] = -log_o + v[occ] * (nll[occ] + log_o)
     return out
 
 

@@ -5,6 +5,7 @@ function of the step, so a resumed run continues the same curve)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -28,6 +29,16 @@ from .network import NetworkOutput, OccupancyNetwork
 from .rays import concat_rays, render, sample_rays
 
 CHECKPOINT = "checkpoint.pt"
+
+
+@functools.lru_cache(maxsize=8)  # the same mask every step
+def within_range(grid, metres: float, device: torch.device) -> torch.Tensor:
+    """(X, Y, 1) float: 1 where a voxel column's centre lies within `metres` of the ego (horizontally), else 0."""
+    x, y, _ = grid.shape
+    centres = grid.index_to_world(
+        torch.stack(torch.meshgrid(torch.arange(x), torch.arange(y), torch.arange(1), indexing="ij"), -1)
+    )
+    return (centres[..., :2].norm(dim=-1) <= metres).float().to(device)
 
 
 class StepHook(Protocol):
@@ -334,6 +345,7 @@ class Trainer:
                 lc.class_balance_3d,
                 lc.smoothing_3d,
                 lc.fused_agreement_power,
+                within_range(self.model.cfg.grid, lc.fused_name_range, w.device) if lc.fused_name_range else None,
             )
         if not terms:
             raise ValueError("Trainer: every loss is off or has no targets in the batch; turn one on in LossConfig")

@@ -174,6 +174,41 @@ def test_smoothed_voxel_ce_hedges_the_name_not_the_occupancy():
     assert torch.equal(voxel_ce(dens, logits, target, w, 0.4, smoothing=0.0), voxel_ce(dens, logits, target, w, 0.4))
 
 
+def test_voxel_ce_name_weight_scales_the_names_and_leaves_the_occupancy_whole():
+    torch.manual_seed(3)
+    dens = (torch.rand(2, 4, 4, 2) * 3).requires_grad_()
+    logits = torch.randn(2, 4, 4, 2, 17, requires_grad=True)
+    target = torch.randint(0, 18, (2, 4, 4, 2), dtype=torch.uint8)
+    target[0, 0, 0, 0] = 255
+    w = torch.rand(2, 4, 4, 2)
+    v = torch.rand(4, 4, 1)  # one weight per column, as loss.fused_name_range makes them
+    got = voxel_ce(dens, logits, target, w, 0.4, class_balance=0.5, name_weight=v)
+    # written out (class balance as voxel_ce weighs it): -log o + v * (-log softmax_c) for occupied voxels
+    log_o = torch.log(-torch.expm1(-dens * 0.4))
+    occ = (target < 17) & (target != 255)
+    c = torch.where(occ, target.long(), torch.zeros_like(target.long()))
+    name = -logits.log_softmax(-1).gather(-1, c[..., None])[..., 0]
+    per = torch.where(occ, -log_o + v * name, dens * 0.4)
+    keep = target != 255
+    mass = torch.bincount(target[keep].long(), weights=w[keep], minlength=18)
+    mass[-1] = 0
+    cw = torch.where(mass > 0, (mass / mass.sum()).clamp_min(1e-12) ** -0.5, torch.zeros_like(mass))
+    cw = cw * mass.sum() / (cw * mass).sum()
+    cw[-1] = 1
+    wb = w[keep] * cw[target[keep].long()]
+    torch.testing.assert_close(got, (wb * per[keep]).sum() / wb.sum())
+    # the density gradient is the plain loss's; with weight 0 an occupied voxel's name pulls nothing
+    g = torch.autograd.grad(got, (dens, logits))
+    torch.testing.assert_close(g[0], torch.autograd.grad(voxel_ce(dens, logits, target, w, 0.4, 0.5), dens)[0])
+    zero = voxel_ce(dens, logits, target, w, 0.4, name_weight=torch.zeros(4, 4, 1))
+    plain = torch.autograd.grad(voxel_ce(dens, logits, target, w, 0.4), logits)[0]
+    # to rounding: log o is read back as the logsumexp of the occupied classes' log-probabilities
+    assert torch.autograd.grad(zero, logits)[0].abs().max() < 1e-6 * plain.abs().max()
+    # weight 1 is the plain loss
+    ones = voxel_ce(dens, logits, target, w, 0.4, name_weight=torch.ones(4, 4, 1))
+    torch.testing.assert_close(ones, voxel_ce(dens, logits, target, w, 0.4))
+
+
 def test_agreement_weighted_voxel_ce_scales_names_by_the_networks_own_probability_within_each_class():
     torch.manual_seed(2)
     dens = (torch.rand(1, 4, 4, 2) * 3).requires_grad_()

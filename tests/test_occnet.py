@@ -130,14 +130,19 @@ def test_fused_targets_weigh_a_voxel_by_its_confidence_to_the_power(tiny_dataset
     levels.view(-1)[::7] = 0
     batch["fused_semantics"] = torch.randint(0, 18, (1, *GRID.shape), generator=g, dtype=torch.uint8)
     batch["fused_confidence"] = levels[None]
-    loss = LossConfig(fused_3d=1.0, fused_confidence_power=power, fused_agreement_power=0.5)
+    loss = LossConfig(fused_3d=1.0, fused_confidence_power=power, fused_agreement_power=0.5, fused_name_range=3.0)
     trainer = _trainer(tmp_path, loss=loss)
     monkeypatch.setattr(trainer_module, "voxel_ce", spy)
     with torch.no_grad():
         trainer.losses(batch, 0)
     (target, weight, args), conf = seen[-1], to_fraction(levels)[None]
     assert torch.equal(target, batch["fused_semantics"])
-    assert args[-1] == 0.5  # the agreement power
+    assert args[3] == 0.5  # the agreement power
+    # loss.fused_name_range: the names within 3 m of the ego (horizontally) are trained, the others not
+    centres = GRID.index_to_world(torch.stack(torch.meshgrid(*map(torch.arange, GRID.shape), indexing="ij"), -1))
+    near = centres[..., :2].norm(dim=-1) <= 3.0
+    assert near.any() and not near.all()
+    assert torch.equal(args[4].expand(GRID.shape) > 0, near)
     assert torch.equal(weight == 0, conf == 0)
     torch.testing.assert_close(weight[conf > 0], conf[conf > 0] ** power)
 

@@ -148,7 +148,8 @@ class LossConfig:
     fused_agreement_power: float = 0.0
     # fused_3d trains the names (not the occupancy) of occupied voxels only within this horizontal distance of
     # the ego, in metres (0 = everywhere): far voxels are named from distant views alone, and whole far patches
-    # are named wrong alike (BENCHMARKS.md, "Where the development world's remaining errors lie")
+    # are named wrong alike (BENCHMARKS.md, "Where the development world's remaining errors lie"). Measured on
+    # the development world: 20 m -2.2 mIoU, 30 m -0.15 (the far ground loses its names): off
     fused_name_range: float = 0.0
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import hashlib
 from dataclasses import replace
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from threadpoolctl import threadpool_info
 
 from autolabel.cli import main
 from autolabel.data.nuscenes import NuScenesFrames
@@ -17,6 +20,7 @@ from autolabel.supervision.lidar_depth import project_points
 from autolabel.synth.primitives import contains
 from autolabel.synth.truth import visible_voxels, voxelize
 from autolabel.synth.world import C, generate_world
+import autolabel.synth.writer as writer_module
 from autolabel.synth.writer import SynthConfig, write_dataset
 from kernels.grid import GridSpec
 from occnet.classes import FREE_ID
@@ -176,6 +180,16 @@ def test_scenes_in_worker_processes_give_the_same_bytes(tmp_path):
     write_dataset(tmp_path / "two", cfg, progress=False, workers=2)
     assert _digest(tmp_path / "two") == _digest(tmp_path / "one")
     assert len(json.loads((tmp_path / "two" / cfg.version / "scene.json").read_text())) == 2
+
+
+def test_scene_workers_run_one_thread_each():
+    """The scene pool's initializer leaves each worker one thread, torch's and NumPy's BLAS's alike (the BLAS
+    pool otherwise has one thread per core: 2 on the CI machine, 16 on the GPU machine, in every worker)."""
+    with multiprocessing.get_context("spawn").Pool(1, initializer=writer_module._one_thread) as pool:
+        assert pool.apply(torch.get_num_threads) == 1
+        pools = pool.apply(threadpool_info)
+    assert any(p["user_api"] == "blas" for p in pools)
+    assert all(p["num_threads"] == 1 for p in pools)
 
 
 def test_noisy_labels_differ_from_exact_but_mostly_agree(synth_root):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy.ndimage import maximum_filter1d
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from kernels.grid import GridSpec
@@ -177,7 +178,11 @@ def disc_dilation(mask: np.ndarray, r2: int) -> np.ndarray:
 
 
 def _one_thread() -> None:
-    torch.set_num_threads(1)  # one scene per process: threads inside a process would oversubscribe the cores
+    """A scene worker's initializer. One scene per process: threads inside a process would oversubscribe the
+    cores, torch's and also NumPy's BLAS, which the rays' (pixels x 3) @ (3 x 3) products run on (one thread
+    per core of the machine by default, whatever the pool's size)."""
+    torch.set_num_threads(1)
+    threadpool_limits(1)
 
 
 def _write_scene_job(job: tuple) -> "_Tables":

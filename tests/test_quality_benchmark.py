@@ -42,6 +42,9 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
         pl = v["pseudo_labels"]
         assert pl["geometric_iou"] is not None and 0 < pl["kept_share"] <= 1 and pl["drop_quantile"] == 0.3
     assert r["summary"]["render_noisy"]["seeds"] == 1
+    # a variant trained with the EMA teacher has the teacher scored on the same scenes too, in a row of its own
+    assert variants["noisy_dts"]["teacher"]["geometric_iou"] is not None and "teacher" not in variants["3d_supervised"]
+    assert r["summary"]["noisy_dts (teacher)"]["seeds"] == 1 and "noisy_dts (teacher)" in out.stdout
     assert len(variants["dts_active_5pct"]["selected"]) == 1 and variants["dts_active_5pct"]["strategy"] == "stratified"
     # the control round: the same round-1 steps with no labelled frame
     assert variants["dts_control"]["selected"] == [] and variants["dts_control"]["strategy"] == "none"

@@ -635,14 +635,15 @@ def print_table(meta: dict, results: dict) -> None:
         + (f", sources {meta['code_digest']}" if meta.get("code_digest") else "")
     )
     print(
-        f"{'variant':<24}{'seeds':>6}{'mIoU':>14}{'geo IoU':>14}{'vs 3D':>7}{'PL mIoU':>14}{'PL geo':>14}{'kept %':>8}"
+        f"{'variant':<30}{'seeds':>6}{'mIoU':>14}{'geo IoU':>14}{'vs 3D':>7}{'PL mIoU':>14}{'PL geo':>14}{'kept %':>8}"
     )
 
     def cell(v):
         m, spread = v
         return f"{'-':>14}" if m is None else (f"{m:>8.2f} +-{spread / 2:>4.1f}" if spread else f"{m:>14.2f}")
 
-    order = [*VARIANTS, *DIAGNOSTICS] + sorted(k for k in s if k not in VARIANTS + DIAGNOSTICS)
+    order = [*VARIANTS, *DIAGNOSTICS] + sorted(k for k in s if k not in VARIANTS + DIAGNOSTICS and " " not in k)
+    order = [row for kind in order for row in (kind, f"{kind} (teacher)")]  # a teacher's row under its student's
     for kind in order:
         if kind not in s:
             continue
@@ -650,7 +651,7 @@ def print_table(meta: dict, results: dict) -> None:
         ratio = f"{r['miou'][0] / bound:.2f}" if bound and r["miou"][0] is not None else "-"
         kept = f"{100 * r['kept'][0]:>8.1f}" if r["kept"][0] is not None else f"{'-':>8}"
         print(
-            f"{kind:<24}{r['seeds']:>6}{cell(r['miou'])}{cell(r['geo'])}{ratio:>7}{cell(r['pl_miou'])}"
+            f"{kind:<30}{r['seeds']:>6}{cell(r['miou'])}{cell(r['geo'])}{ratio:>7}{cell(r['pl_miou'])}"
             f"{cell(r['pl_geo'])}{kept}"
         )
     print(

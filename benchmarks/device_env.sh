@@ -4,6 +4,7 @@
 # the dependencies missing from the device image's pip list, cp312 manylinux wheels fetched here with
 # `pip download --no-deps`: zarr, numcodecs, donfig, google-crc32c, isal, nuscenes-devkit, pyquaternion,
 # descartes, cachetools, shapely (about 13 MB; never numpy: the image's packages are built against its own).
+# zarr==3.1.5, the release the CI machine resolves: zarr 3.4 also needs msgspec, which the image lacks.
 [ -d /tmp/site/zarr ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
 export PYTHONPATH=/tmp/site:$PWD TORCH_EXTENSIONS_DIR=$PWD/.torch_extensions MAX_JOBS=16 PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"

@@ -97,7 +97,7 @@ from active import (  # noqa: E402
 
 from autolabel.active.config import STRATEGIES  # noqa: E402
 from autolabel.config_io import apply_overrides  # noqa: E402
-from autolabel.stages import evaluate_checkpoint, score_round  # noqa: E402
+from autolabel.stages import evaluate_checkpoint_networks, score_round  # noqa: E402
 from autolabel.stages import train as train_round  # noqa: E402
 from autolabel.stages.inputs import checkpoint_path, fused_labels, open_cache, open_frames  # noqa: E402
 from autolabel.dts.label import label_round  # noqa: E402
@@ -370,7 +370,10 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
 
     def score(name: str, recipe, k: int, seconds: float) -> None:
         """Network on the held-out scenes, then its pseudo-labels of the pool."""
-        s = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), progress=False).as_dict()
+        # the EMA teacher's weights too where there is one, on the same scenes: paired with the student's
+        nets = ("student", "teacher") if recipe.dts.enabled else ("student",)
+        scored = evaluate_checkpoint_networks(recipe, checkpoint_path(recipe, k), weights=nets, progress=False)
+        s = scored["student"].as_dict()
         hist = recipe.round_dir(k) / "train" / "history.jsonl"
         rows = [json.loads(x) for x in hist.read_text().splitlines()]
         ms = 1e3 * (rows[-1]["seconds"] - rows[0]["seconds"]) / max(1, rows[-1]["step"] - rows[0]["step"])
@@ -382,8 +385,8 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             "ms_per_step": round(ms, 1),
             "train_seconds": round(seconds, 1),
         }
-        if recipe.dts.enabled:  # the EMA teacher's weights on the same scenes, paired with the student's
-            t = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), weights="teacher", progress=False).as_dict()
+        if "teacher" in scored:
+            t = scored["teacher"].as_dict()
             r["teacher"] = {"miou": t["miou"], "geometric_iou": t["geometric_iou"], "per_class": t["per_class_iou"]}
             log(f"{name}: its EMA teacher, test mIoU {t['miou']} geo {t['geometric_iou']}")
         if args.skip_pseudo:

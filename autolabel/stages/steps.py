@@ -157,6 +157,13 @@ def evaluate_checkpoint(
 ) -> OccupancyScores:
     """Occ3D scores of a trained network (the student, or the teacher depth-aware as configured) on the
     recipe's `split` frames with ground truth."""
+    return evaluate_checkpoint_networks(recipe, checkpoint, split, (weights,), progress)[weights]
+
+
+def evaluate_checkpoint_networks(
+    recipe: Recipe, checkpoint: Path, split: str = "val", weights: tuple[str, ...] = ("student",), progress: bool = True
+) -> dict[str, OccupancyScores]:
+    """`evaluate_checkpoint` for several of the checkpoint's networks at once (the frames are read once)."""
     device = resolve_device(recipe.device)
     frames = open_frames(recipe, split, load_images=True, load_gt=True)
     return evaluate_network(

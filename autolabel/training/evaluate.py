@@ -25,33 +25,34 @@ def evaluate_network(
     dts: DTSConfig,
     device: torch.device,
     split: str = "val",
-    weights: str = "student",
+    weights: tuple[str, ...] = ("student",),
     progress: bool = True,
     where: str = "evaluate",
-) -> OccupancyScores:
-    """mIoU / geometric IoU of the student (or the teacher, depth-aware as configured) within mask_camera, over
-    `frames` (opened with their ground truth; `split` names them in messages, `where` says whose they are)."""
+) -> dict[str, OccupancyScores]:
+    """mIoU / geometric IoU within mask_camera over `frames` (opened with their ground truth; `split` names them in
+    messages, `where` says whose they are), per network of the checkpoint named in `weights`: the student, the
+    teacher (depth-aware as configured) or both, read from one pass over the frames."""
     if len(frames) == 0:
         raise DataError(f"{where}: the {split} split has no frames (set data.val_scenes)")
-    net = load_network(network, checkpoint, device, weights)
-    model = net.model
+    models = {w: load_network(network, checkpoint, device, w).model for w in weights}
     threshold = readout(dts, checkpoint).occupied_threshold
     dataset = FrameDataset(frames, network.image_size, labels="none", grid=network.grid)
-    metric = OccupancyMetric()
+    metrics = {w: OccupancyMetric() for w in weights}
     for i in tqdm(range(len(dataset)), desc=f"evaluate ({split})", disable=not progress):
         item = dataset[i]
         if not bool(item["has_gt"]):
             continue
-        depth = item["depth"][None].to(device) if (weights == "teacher" and dts.depth_aware) else None
-        sem, _ = predict(
-            model,
-            item["images"][None].to(device),
-            item["intrinsics"][None].to(device),
-            item["cam2ego"][None].to(device),
-            depth,
-            occupied_threshold=threshold,
-        )
-        metric.update(sem[0].cpu(), item["gt_semantics"], item["gt_mask"])
-    if metric.confusion.sum() == 0:
+        for w, model in models.items():
+            depth = item["depth"][None].to(device) if (w == "teacher" and dts.depth_aware) else None
+            sem, _ = predict(
+                model,
+                item["images"][None].to(device),
+                item["intrinsics"][None].to(device),
+                item["cam2ego"][None].to(device),
+                depth,
+                occupied_threshold=threshold,
+            )
+            metrics[w].update(sem[0].cpu(), item["gt_semantics"], item["gt_mask"])
+    if any(m.confusion.sum() == 0 for m in metrics.values()):
         raise DataError(f"{where}: no {split} frame has Occ3D ground truth (gts/)")
-    return metric.compute()
+    return {w: m.compute() for w, m in metrics.items()}

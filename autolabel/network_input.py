@@ -114,7 +114,7 @@ class FrameDataset(Dataset):
             sem = np.full((len(small.cameras), *self.image_size), 255, np.uint8)
             conf = np.zeros(sem.shape, np.float32)
         else:
-            sem, conf = PrecomputedLabels(self.frames.dataroot, variant=self.labels).label(frame, rc)
+            sem, conf = PrecomputedLabels(self.frames.dataroot, variant=self.labels).label(frame, rc)[:2]
         return small, K, cam2key, depth, sem, conf
 
     def _neighbours(self, frame) -> list:

@@ -288,7 +288,7 @@ def time_provider(case: str, models: dict, k: int, frames: np.ndarray, label_hw,
             phases.masks.clear()
             sync()
             t0 = time.perf_counter()
-            sem, _ = p.label(frame_of(imgs), rc)
+            sem = p.label(frame_of(imgs), rc).semantics
             sync()
             if j > 0 or len(frames) == 1:  # the first frame pays for warm-up (cuDNN, allocator, compilation)
                 totals.append((time.perf_counter() - t0, dict(phases.seconds)))

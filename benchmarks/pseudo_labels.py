@@ -69,6 +69,7 @@ def main() -> None:
         recipe.cache_path,
         recipe.network.image_size,
         progress=False,
+        runner_ups=recipe.supervision.runner_ups,
     )
     print(f"supervision cache: {time.perf_counter() - t:.1f} s", flush=True)
     t = time.perf_counter()

@@ -90,6 +90,7 @@ def main() -> None:
             recipe.cache_path,
             recipe.network.image_size,
             progress=False,
+            runner_ups=recipe.supervision.runner_ups,
         )
         if name == "3d_supervised":
             pool = open_frames(recipe, "train", load_images=False, load_gt=False)

@@ -339,7 +339,14 @@ def stage_supervise(run: Path, recipe, device, repeats: int) -> dict:
 
     def call(f, path: Path) -> dict:
         return supervise(
-            f, provider, path, recipe.network.image_size, sup.lidar_min_depth, sup.lidar_max_depth, progress=False
+            f,
+            provider,
+            path,
+            recipe.network.image_size,
+            sup.lidar_min_depth,
+            sup.lidar_max_depth,
+            progress=False,
+            runner_ups=sup.runner_ups,
         )
 
     r = warm_then_timed(
@@ -468,7 +475,15 @@ def supervised_world(run: Path, scenes: int, frames: int, image_size: tuple[int,
         f = open_frames(recipe, "all", load_images=False, load_gt=False)
         sup = recipe.supervision
         provider = build_provider(sup, f.dataroot, f.nusc)
-        supervise(f, provider, recipe.cache_path, recipe.network.image_size, sup.lidar_min_depth, sup.lidar_max_depth)
+        supervise(
+            f,
+            provider,
+            recipe.cache_path,
+            recipe.network.image_size,
+            sup.lidar_min_depth,
+            sup.lidar_max_depth,
+            runner_ups=sup.runner_ups,
+        )
         done.write_text("cache written\n")
     return recipe, resolve_device(recipe.device)
 

@@ -89,7 +89,7 @@ def time_ours(
         )
         _sync()
         t0 = time.perf_counter()
-        sem, conf = provider.label(frame, rc)
+        sem, conf = provider.label(frame, rc)[:2]
         _sync()
         if k > 0:  # the first frame pays for cuDNN / allocator warm-up
             times.append(time.perf_counter() - t0)

@@ -158,6 +158,25 @@ def test_a_point_hidden_behind_a_nearer_surface_gets_no_vote():
     assert votes[0, WALL] == 1 and votes[1].sum() == 0 and torch.equal(own, votes)
 
 
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_a_name_every_view_ranks_second_wins_by_the_runner_up_votes(weight):
+    """Two views name the point car (confidence 0.4) with truck the runner-up (0.5), one names it truck (0.45):
+    the argmax names vote car, the views' distributions summed say truck; runner_up_weight 0 is the old vote."""
+    pt = torch.tensor([[2.0, 0.0, 0.0]], dtype=torch.float64)
+    views = []
+    for name, conf, alt, alt_conf in [(CAR, 0.4, TRUCK, 0.5), (CAR, 0.4, TRUCK, 0.5), (TRUCK, 0.45, CAR, 0.3)]:
+        v = _view(np.full((20, 20), name), 0)
+        v.confidence = torch.full((20, 20), conf)
+        v.runner_ups = torch.full((1, 20, 20), alt, dtype=torch.int64)
+        v.runner_up_confidence = torch.full((1, 20, 20), alt_conf)
+        views.append(v)
+    views[2].runner_ups[:] = 255  # a runner-up of none adds nothing whatever its confidence
+    votes, own = vote(pt, torch.zeros(1, dtype=torch.long), views, FusionConfig(runner_up_weight=weight))
+    assert torch.equal(own, votes)
+    assert votes[0, CAR].item() == pytest.approx(0.8) and votes[0, TRUCK].item() == pytest.approx(0.45 + weight)
+    assert votes[0].argmax().item() == (TRUCK if weight else CAR)
+
+
 @pytest.mark.parametrize("voxels", ["rules", "hits"])
 def test_a_moving_car_is_kept_only_at_the_frame_s_own_time(voxels):
     """Frame 0 (now) sees a car at x = 2; frame 1 (0.5 s later) saw the car at x = 3 and labels it car in its

@@ -184,7 +184,7 @@ def test_sam3_masks_classes_and_scores_come_straight_from_the_model(tiny_models,
     torch.testing.assert_close(scores[:n_queries], expected, atol=2e-3, rtol=0)
     from autolabel.supervision.naming import paint
 
-    sem, conf = paint(masks, labels, scores, 0.0)
+    sem, conf = paint(masks, labels, scores, 0.0)[:2]
     covered = masks.any(0)
     best = torch.where(masks, scores[:, None, None], torch.full_like(scores[:, None, None], -1)).amax(0)
     torch.testing.assert_close(torch.where(sem == 255, best, conf)[covered], best[covered])

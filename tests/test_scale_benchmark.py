@@ -34,7 +34,8 @@ def test_scale_benchmark_runs_micro(tmp_path):
     assert rnd["files_full"] == 6 * math.ceil(34_149 / rnd["frames_per_shard_full"]) + 1 + (rnd["files"] - 6 - 1)
     # a writer holds one shard of raw frames, at most SHARD_BYTES (512 MiB)
     assert 0 < rnd["writer_bytes_full"] <= 512 * 2**20 and 0 < cache["writer_bytes_full"] <= 512 * 2**20
-    assert cache["arrays_per_frame"] == 5 and cache["bytes_per_frame"] > rnd["bytes_per_frame"]
+    # images, semantics, confidence, depth, the runner-up names and their confidences (supervision.runner_ups), done
+    assert cache["arrays_per_frame"] == 7 and cache["bytes_per_frame"] > rnd["bytes_per_frame"]
     for stage in ("supervise", "label", "export"):
         assert r[stage]["host_peak_bytes"] > 0 and r[stage]["gpu_peak_bytes"] is None
     assert "| labelling" in out.stdout and "34,149" in out.stdout

@@ -16,7 +16,7 @@ from autolabel.data.nuscenes import NuScenesFrames
 from autolabel.data.transforms import ResizeCrop
 from autolabel.errors import DataError
 from autolabel.supervision.config import ClipConfig, DetectorConfig, SamConfig, SupervisionConfig
-from autolabel.supervision.naming import Vocabulary, class_probabilities, name_masks, paint
+from autolabel.supervision.naming import Vocabulary, class_probabilities, name_masks, paint, runner_up_names
 from autolabel.supervision.providers import LidarsegLabels, PrecomputedLabels, build_provider
 from occnet.classes import class_id
 from occnet.fractions import to_fraction
@@ -53,15 +53,43 @@ def test_paint_higher_score_wins_overlaps_and_low_scores_are_dropped():
     m[0, :2] = True  # rows 0-1
     m[1, 1:3] = True  # rows 1-2, overlaps row 1, higher score
     m[2, 3] = True  # row 3, below the threshold
-    sem, conf = paint(m, torch.tensor([4, 11, 13]), torch.tensor([0.5, 0.8, 0.1]), min_score=0.2)
+    sem, conf, _, _ = paint(m, torch.tensor([4, 11, 13]), torch.tensor([0.5, 0.8, 0.1]), min_score=0.2)
     assert sem[0].tolist() == [4] * 4 and sem[1].tolist() == [11] * 4 and sem[2].tolist() == [11] * 4
     assert sem[3].tolist() == [255] * 4 and conf[3].tolist() == [0.0] * 4
     torch.testing.assert_close(conf[:, 0], torch.tensor([0.5, 0.8, 0.8, 0.0]))
     # an ignore mask (sky) on top erases the label under it and has confidence 0
     sky = torch.zeros(1, 4, 4, dtype=torch.bool)
     sky[0, 0] = True
-    sem2, conf2 = paint(sky, torch.tensor([255]), torch.tensor([0.9]), 0.2, base=(sem, conf))
+    sem2, conf2, _, _ = paint(sky, torch.tensor([255]), torch.tensor([0.9]), 0.2, base=(sem, conf, None, None))
     assert sem2[0].tolist() == [255] * 4 and conf2[0].tolist() == [0.0] * 4 and sem2[1].tolist() == [11] * 4
+
+
+def test_runner_up_names_are_the_next_classes_by_probability_and_paint_with_their_mask():
+    """A mask's runner-ups are its classes ranked 2, 3 by p (confidence p x quality; the ignore slot and
+    missing ranks are none); paint gives each pixel its owner's runner-ups and clears them where a mask
+    without any (a detector's) or an ignore mask is painted over."""
+    vocab = Vocabulary.from_mapping({"car": ["car"], "truck": ["truck"], "bus": ["bus"], "ignore": ["sky"]})
+    probs = torch.tensor([[0.6, 0.3, 0.04, 0.06], [0.2, 0.5, 0.25, 0.05]])
+    quality = torch.tensor([1.0, 0.5])
+    ids, conf = runner_up_names(probs, quality, vocab, 3)
+    car, truck, bus = class_id("car"), class_id("truck"), class_id("bus")
+    assert ids.tolist() == [[truck, 255, bus], [bus, car, 255]]
+    torch.testing.assert_close(conf, torch.tensor([[0.3, 0.0, 0.04], [0.125, 0.1, 0.0]]))
+    one = Vocabulary.from_mapping({"car": ["car"]})
+    assert runner_up_names(torch.ones(2, 1), torch.ones(2), one, 2)[0].tolist() == [[255, 255]] * 2
+    m = torch.zeros(2, 4, 4, dtype=torch.bool)
+    m[0, :2], m[1, 2:] = True, True
+    labels, scores = torch.tensor([car, truck]), torch.tensor([0.3, 0.25])
+    sem, c, alt, alt_conf = paint(m, labels, scores, 0.2, runner_ups=(ids, conf))
+    assert alt.shape == (3, 4, 4) and alt.dtype == torch.uint8
+    assert alt[:, 0, 0].tolist() == [truck, 255, bus] and alt[:, 3, 3].tolist() == [bus, car, 255]
+    torch.testing.assert_close(alt_conf[:, 3, 3], torch.tensor([0.125, 0.1, 0.0]))
+    det = torch.zeros(1, 4, 4, dtype=torch.bool)
+    det[0, 0, :2] = True  # a detector's mask over the car's first row: its pixels have no runner-up
+    sem2, _, alt2, conf2 = paint(det, torch.tensor([bus]), torch.tensor([0.9]), 0.2, base=(sem, c, alt, alt_conf))
+    assert sem2[0, 0] == bus and (alt2[:, 0, :2] == 255).all() and (conf2[:, 0, :2] == 0).all()
+    assert alt2[:, 0, 2].tolist() == [truck, 255, bus] and alt2[:, 1, 0].tolist() == [truck, 255, bus]
+    assert paint(m, labels, scores, 0.2)[2] is None
 
 
 def test_vocabulary_naming_an_unknown_class_is_an_error(tmp_path):
@@ -141,10 +169,13 @@ def _check_maps(sem: np.ndarray, conf: np.ndarray) -> None:
 @pytest.mark.parametrize("provider", ["sam_clip", "grounded_sam"])
 def test_model_providers_run_end_to_end_on_the_real_sample(tiny_models, sample_frame, provider):
     p = build_provider(_model_cfg(tiny_models, provider), ".")
-    sem, conf = p.label(sample_frame, ResizeCrop.fit(sample_frame.cameras[0].image_size, LABEL_HW))
+    sem, conf, alt, alt_conf = p.label(sample_frame, ResizeCrop.fit(sample_frame.cameras[0].image_size, LABEL_HW))
     _check_maps(sem, conf)
     # random weights still give masks (thresholds at 0); some are named "sky" (255), the rest get classes
     assert (sem != 255).mean() > 0.1
+    # the naming's runner-ups ride along: other classes than the name, none where the name is none
+    assert alt.shape == alt_conf.shape == (6, 2, *LABEL_HW) and (alt != 255).any()
+    assert (alt.transpose(1, 0, 2, 3)[:, sem == 255] == 255).all() and not ((alt == sem[:, None]) & (alt != 255)).any()
 
 
 def test_grounded_sam_paints_detected_objects_over_stuff(tiny_models, sample_frame):
@@ -153,7 +184,7 @@ def test_grounded_sam_paints_detected_objects_over_stuff(tiny_models, sample_fra
     assert all(len(d.boxes) > 0 for d in dets)  # box_threshold 0 keeps boxes (up to max_boxes after NMS)
     detected = {class_id(c) for c in p.cfg.detector.classes}
     assert all(set(d.labels.tolist()) <= detected for d in dets)
-    sem, _ = p.label(sample_frame, ResizeCrop.fit(sample_frame.cameras[0].image_size, LABEL_HW))
+    sem, _ = p.label(sample_frame, ResizeCrop.fit(sample_frame.cameras[0].image_size, LABEL_HW))[:2]
     assert set(np.unique(sem).tolist()) & detected  # detections with SAM masks reach the label map
 
 
@@ -232,7 +263,7 @@ def test_lidarseg_labels_land_on_the_projected_points(sample_copy):
     assert labels[:10].tolist() == [255] * 10
     assert set(np.unique(labels).tolist()) == {255, class_id("driveable_surface"), class_id("car"), class_id("manmade")}
     rc = ResizeCrop.fit(frame.cameras[0].image_size, LABEL_HW)
-    sem, conf = provider.label(frame, rc)
+    sem, conf = provider.label(frame, rc)[:2]
     _check_maps(sem, conf)
     # pixels with a label are exactly the pixels with a lidar depth (nearest point per pixel), less noise points
     from autolabel.supervision.lidar_depth import lidar_depth_maps
@@ -274,6 +305,44 @@ def test_precomputed_maps_png_and_npz_and_their_errors(tiny_world, tmp_path):
     path.unlink()
     with pytest.raises(DataError, match=f"sample {frame.token} CAM_FRONT: no label map"):
         PrecomputedLabels(tmp_path, folder="maps").label(frame, rc)
+
+
+def test_runner_up_names_go_from_the_world_s_maps_into_the_cache_only_when_asked(tiny_world, tmp_path):
+    """The synthetic world's noisy maps carry runner-up names: the provider reads them (resized with the map),
+    the exact maps have none; a cache keeps them with `runner_ups` R (padded when the maps have fewer) and gives
+    None without; runner-ups of the wrong shape are refused naming the file."""
+    from autolabel.supervision.cache import SupervisionCache, supervise
+
+    frames = NuScenesFrames(tiny_world, "v1.0-synth", load_images=False, grid=TINY_GRID)
+    frame = frames[0]
+    rc = ResizeCrop.fit(frame.cameras[0].image_size, (56, 100))
+    noisy = PrecomputedLabels(tiny_world, variant="noisy").label(frame, rc)
+    assert noisy.runner_ups.shape == noisy.runner_up_confidence.shape == (6, 2, 56, 100)
+    assert (noisy.runner_ups.transpose(1, 0, 2, 3)[:, noisy.semantics == 255] == 255).all()
+    assert (noisy.runner_ups != 255).any()
+    assert PrecomputedLabels(tiny_world, variant="exact").label(frame, rc).runner_ups is None
+    caches = {}
+    for r in (0, 3):
+        path = tmp_path / f"r{r}.zarr"
+        supervise(frames, PrecomputedLabels(tiny_world), path, (56, 100), progress=False, workers=0, runner_ups=r)
+        caches[r] = SupervisionCache.open(path)
+    assert caches[0].read_runner_ups(frame.token) is None
+    with pytest.raises(DataError, match="r0.zarr: made without runner-up names; set supervision.runner_ups: 0"):
+        supervise(frames, PrecomputedLabels(tiny_world), tmp_path / "r0.zarr", (56, 100), progress=False, runner_ups=2)
+    ids, conf = caches[3].read_runner_ups(frame.token)
+    np.testing.assert_array_equal(ids[:, :2], noisy.runner_ups)
+    np.testing.assert_allclose(conf[:, :2], noisy.runner_up_confidence, atol=0.5 / 255 + 1e-6)
+    assert (ids[:, 2] == 255).all() and (conf[:, 2] == 0).all()
+    np.testing.assert_array_equal(caches[3].read(frame.token)[0], caches[0].read(frame.token)[0])
+    cam = tiny_world / "labels2d" / frame.scene / frame.token / "CAM_FRONT.npz"
+    with np.load(cam) as z:
+        entries = dict(z)
+    entries["noisy_runner_ups"] = entries["noisy_runner_ups"][:, :10]
+    bad = tmp_path / "bad"
+    (bad / "labels2d" / frame.scene / frame.token).mkdir(parents=True)
+    np.savez(bad / "labels2d" / frame.scene / frame.token / "CAM_FRONT.npz", **entries)
+    with pytest.raises(DataError, match="CAM_FRONT.npz: runner-ups must be two uint8 arrays of one shape"):
+        PrecomputedLabels(bad).read(frame.scene, frame.token, "CAM_FRONT", frame.cameras[1].image_size)
 
 
 # ---- the cache, the supervise command and eval-2d ---------------------------------------------------
@@ -480,7 +549,7 @@ def test_precomputed_maps_on_the_real_sample(sample_copy):
         Image.fromarray(sem).save(folder / f"{cam.name}.png")
         Image.fromarray(np.full((h, w), 128, np.uint8)).save(folder / f"{cam.name}_confidence.png")
     rc = ResizeCrop.fit(frame.cameras[0].image_size, LABEL_HW)
-    sem, conf = build_provider(SupervisionConfig(provider="precomputed"), sample_copy).label(frame, rc)
+    sem, conf = build_provider(SupervisionConfig(provider="precomputed"), sample_copy).label(frame, rc)[:2]
     _check_maps(sem, conf)
     assert np.all(sem[:, -1] == 11) and np.allclose(conf[sem == 11], 128 / 255)
     # the default crop drops the top 35% of the image (sky), so the upper-quarter blocks are gone

@@ -253,7 +253,7 @@ def test_noise_regions_stay_bounded_for_ground_at_the_horizon(profile):
     xy = np.stack(np.meshgrid(np.linspace(0, 30, 60), np.linspace(0, 30, 40)), -1).astype(np.float32)
     xy[10:12] = 1e9  # the horizon
     xy[:10] = np.nan
-    labels, conf = make_noisy_labels(profile, sem, inst, depth, xy, 0.5, rng)
+    labels, conf = make_noisy_labels(profile, sem, inst, depth, xy, 0.5, rng)[:2]
     assert labels.shape == sem.shape and (labels[:10] == 255).all() and (conf[:10] == 0).all()
     assert (labels[12:] != 255).mean() > 0.5
 
@@ -334,7 +334,7 @@ def test_v2_is_deterministic_and_level_zero_is_exact():
     c = noisy_labels_v2(*maps, 0.3, np.random.default_rng(2))
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and not np.array_equal(a[0], c[0])
     assert a[0].dtype == np.uint8 and a[1].dtype == np.uint8 and (a[1][a[0] == 255] == 0).all()
-    exact, conf = noisy_labels_v2(*maps, 0.0, np.random.default_rng(1))
+    exact, conf = noisy_labels_v2(*maps, 0.0, np.random.default_rng(1))[:2]
     np.testing.assert_array_equal(exact, maps[0])
     assert (conf[exact != 255] > 0).all()
 
@@ -351,7 +351,7 @@ def test_v2_confidence_auroc_tracks_its_one_parameter(target):
     got = []
     for seed in range(3):
         maps = _toy_view(seed, objects=60)
-        labels, conf = noisy_labels_v2(*maps, 0.3, np.random.default_rng(seed), rates)
+        labels, conf = noisy_labels_v2(*maps, 0.3, np.random.default_rng(seed), rates)[:2]
         got.append(_pixel_auroc(labels, conf, maps[0]))
     assert np.mean(got) == pytest.approx(target, abs=0.03), got
     # per image too, within what a few dozen wrong masks allow: the score noise alone separates them by
@@ -390,7 +390,7 @@ def test_v2_mask_growth_matches_the_whole_image_reference(monkeypatch):
     fast = []
     for seed, level in [(0, 0.3), (1, 0.6), (2, 1.0), (3, 1.0)]:
         maps = _toy_view(seed, h=100, w=320, objects=50)
-        fast.append(noise.noisy_labels_v2(*maps, level, np.random.default_rng(seed)))
+        fast.append(noise.noisy_labels_v2(*maps, level, np.random.default_rng(seed))[:2])
     r = np.random.default_rng(0)
     for _ in range(20):
         m = int(r.integers(2, 30))
@@ -405,7 +405,7 @@ def test_v2_mask_growth_matches_the_whole_image_reference(monkeypatch):
     monkeypatch.setattr(noise, "_grow", _grow_reference)
     for (seed, level), (labels, conf) in zip([(0, 0.3), (1, 0.6), (2, 1.0), (3, 1.0)], fast):
         maps = _toy_view(seed, h=100, w=320, objects=50)
-        ref_labels, ref_conf = noise.noisy_labels_v2(*maps, level, np.random.default_rng(seed))
+        ref_labels, ref_conf = noise.noisy_labels_v2(*maps, level, np.random.default_rng(seed))[:2]
         np.testing.assert_array_equal(labels, ref_labels)
         np.testing.assert_array_equal(conf, ref_conf)
 
@@ -416,11 +416,34 @@ def test_v2_confidence_of_right_and_wrong_pixels_overlaps():
     from autolabel.synth.noise import noisy_labels_v2
 
     maps = _toy_view(3, objects=60)
-    labels, conf = noisy_labels_v2(*maps, 0.5, np.random.default_rng(3))
+    labels, conf = noisy_labels_v2(*maps, 0.5, np.random.default_rng(3))[:2]
     named = (labels != 255) & (maps[0] != 255)
     right, wrong = conf[named & (labels == maps[0])], conf[named & (labels != maps[0])]
     assert len(wrong) > 100
     assert np.quantile(wrong, 0.75) > np.quantile(right, 0.25)
+
+
+def test_v2_runner_ups_are_the_classifier_s_next_names_and_share_what_its_confidence_leaves():
+    """The runner-ups are other classes than the name, none where the name is none, their confidences and the
+    name's sum to at most 1, and where the name is wrong they hold the true class far more often than two
+    random other classes would (2/16); the exact maps (level 0) have none."""
+    from autolabel.synth.noise import RUNNER_UPS, noisy_labels_v2
+
+    hits = wrong = 0
+    for seed in range(3):
+        maps = _toy_view(seed, objects=60)
+        labels, conf, alt, alt_conf = noisy_labels_v2(*maps, 0.5, np.random.default_rng(seed))
+        assert alt.shape == alt_conf.shape == (RUNNER_UPS, *labels.shape) and alt.dtype == alt_conf.dtype == np.uint8
+        assert not ((alt == labels[None]) & (alt != 255)).any()
+        assert (alt[:, labels == 255] == 255).all() and (alt_conf[:, labels == 255] == 0).all()
+        assert ((alt == 255) == (alt_conf == 0)).all()
+        assert (conf.astype(int) + alt_conf.astype(int).sum(0) <= 255 + RUNNER_UPS).all()  # rounding
+        bad = (labels != 255) & (maps[0] != 255) & (labels != maps[0])
+        hits += (alt[:, bad] == maps[0][bad]).any(0).sum()
+        wrong += bad.sum()
+    assert wrong > 500 and hits / wrong > 0.3  # 0.39 measured; edge and spill errors have no runner-up to fix them
+    _, _, alt, alt_conf = noisy_labels_v2(*_toy_view(0), 0.0, np.random.default_rng(0))
+    assert (alt == 255).all() and (alt_conf == 0).all()
 
 
 def test_v2_renaming_rises_with_distance_and_falls_with_size():
@@ -432,7 +455,7 @@ def test_v2_renaming_rises_with_distance_and_falls_with_size():
         wrong = total = 0
         for seed in range(4):
             maps = _toy_view(seed, objects=30, size=size, depth_of_objects=depth)
-            labels, _ = noisy_labels_v2(*maps, 0.3, np.random.default_rng(seed), rates)
+            labels, _ = noisy_labels_v2(*maps, 0.3, np.random.default_rng(seed), rates)[:2]
             cars = maps[0] == C["car"]
             wrong += (labels[cars] != C["car"]).sum()
             total += cars.sum()
@@ -454,7 +477,7 @@ def test_v2_misses_small_thin_and_distant_things():
         gone = total = 0
         for seed in range(4):
             maps = _toy_view(seed, objects=30, size=size, depth_of_objects=depth)
-            labels, _ = noisy_labels_v2(*maps, 0.3, np.random.default_rng(seed), rates)
+            labels, _ = noisy_labels_v2(*maps, 0.3, np.random.default_rng(seed), rates)[:2]
             for i in np.unique(maps[1][maps[0] == C["car"]]):
                 gone += (labels[maps[1] == i] == 255).all()
                 total += 1
@@ -473,7 +496,7 @@ def test_v2_under_and_over_segmentation():
     sem[25:38, 50:56] = C["pedestrian"]  # standing in front of the wall (rows 20..40)
     inst[25:38, 50:56] = 99
     rates = replace(NoiseRates(), merge=1.0, spill=0, boundary=0, miss_small=0, miss_thin=0, miss_far=0, signal=60.0)
-    labels, _ = noisy_labels_v2(sem, inst, depth, xy, 0.3, np.random.default_rng(0), rates)
+    labels, _ = noisy_labels_v2(sem, inst, depth, xy, 0.3, np.random.default_rng(0), rates)[:2]
     assert (labels[25:38, 50:56] == C["manmade"]).all()
     seg = _segments(sem, inst, xy, sem != 255, NoiseRates())
     assert len(np.unique(seg[inst == 1])) > 1  # the wall spans 40 m of ground: several parts

@@ -31,6 +31,10 @@ class FusionConfig:
     depth_tolerance_abs: float = 0.3
     depth_tolerance_rel: float = 0.02
     zbuffer_pool: int = 3
+    # each view's runner-up names (where the supervision cache keeps them, `supervision.runner_ups`) vote too,
+    # their confidence times this weight: the views' class distributions summed, not only their argmax names.
+    # 0.5 on the development world (pseudo-labels 55.56 -> 56.38 mIoU; 0.25: 56.15, 0.75: 55.32, 1: 54.14)
+    runner_up_weight: float = 0.5
     full_hits: int = 3  # LiDAR points in a voxel at which its occupancy is fully trusted
     # voxels: points of the window's other keyframes are kept, whatever their class, within this many voxels of
     # the labelled keyframe's own returns: there the thing is still there (a parked car, seen from other sides
@@ -102,6 +106,7 @@ class FusionConfig:
             self.depth_tolerance_abs >= 0 and self.depth_tolerance_rel >= 0,
             "fusion.depth_tolerance_abs / depth_tolerance_rel must be >= 0",
         )
+        _check(self.runner_up_weight >= 0, f"fusion.runner_up_weight must be >= 0, got {self.runner_up_weight}")
         _check(self.zbuffer_pool >= 1 and self.zbuffer_pool % 2 == 1, "fusion.zbuffer_pool must be an odd number >= 1")
         _check(self.full_hits >= 1, "fusion.full_hits must be >= 1")
         _check(self.voxels in ("hits", "rules"), f"fusion.voxels must be hits or rules, got {self.voxels!r}")

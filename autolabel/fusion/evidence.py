@@ -50,6 +50,9 @@ class Keyframe:
     frame: Frame
     semantics: np.ndarray  # (N, h, w) uint8
     confidence: np.ndarray  # (N, h, w) float32
+    # runner-up names (N, R, h, w) uint8 and confidence float32, where the cache keeps them (else None)
+    runner_ups: np.ndarray | None = None
+    runner_up_confidence: np.ndarray | None = None
     map_side: np.ndarray | None = None
     beams: np.ndarray | None = None
     beam_free: np.ndarray | None = None
@@ -75,7 +78,8 @@ def read_keyframe(frames: NuScenesFrames, cache: SupervisionCache, token: str, c
         ego2lidar = np.linalg.inv(lidar.lidar2ego)
         raw = np.concatenate([key[:, :3] @ ego2lidar[:3, :3].T + ego2lidar[:3, 3], key[:, 3:]], 1)
         beams, free = missing_beams(raw)
-    k = Keyframe(frame, sem, conf, side, beams, free)
+    alt = cache.read_runner_ups(token) if cfg.runner_up_weight > 0 else None
+    k = Keyframe(frame, sem, conf, *(alt or (None, None)), map_side=side, beams=beams, beam_free=free)
     if cfg.tracks and frames.has_boxes:  # a split without boxes (nuScenes test): no track, nothing ruled out
         boxes = frames.moving_boxes(token)
         k.instances = tuple(boxes)
@@ -106,6 +110,24 @@ def reading_order(frames: NuScenesFrames, pending: list[str], window: int) -> li
     return list(order)
 
 
+@dataclass
+class DeviceLabels:
+    """A keyframe's 2D labels on the fusion device: semantics (N, h, w) int64, confidence (N, h, w) float32 and
+    the runner-ups (N, R, h, w) int64 / float32 (None: the cache keeps none)."""
+
+    semantics: torch.Tensor
+    confidence: torch.Tensor
+    runner_ups: torch.Tensor | None = None
+    runner_up_confidence: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, k: Keyframe, device: torch.device) -> "DeviceLabels":
+        def up(a: np.ndarray | None, dtype=None) -> torch.Tensor | None:
+            return None if a is None else torch.from_numpy(a.astype(dtype) if dtype else a).to(device)
+
+        return cls(up(k.semantics, np.int64), up(k.confidence), up(k.runner_ups, np.int64), up(k.runner_up_confidence))
+
+
 class WindowReader:
     """Keyframes (`Keyframe`) by token, the last `keep` of them kept, with their 2D labels on `device`:
     consecutive keyframes of a scene share most of their windows, so each keyframe is read and uploaded once
@@ -123,17 +145,16 @@ class WindowReader:
     ):
         self.frames, self.cache, self.cfg, self.device, self.source = frames, cache, cfg, device, source
         self.keep = 2 * cfg.window + 1
-        self.held: OrderedDict[str, tuple[Keyframe, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.held: OrderedDict[str, tuple[Keyframe, DeviceLabels]] = OrderedDict()
 
-    def __call__(self, token: str) -> tuple[Keyframe, torch.Tensor, torch.Tensor]:
-        """(Keyframe, 2D semantics (N, h, w) int64 and confidence (N, h, w) float32 on the device) of `token`."""
+    def __call__(self, token: str) -> tuple[Keyframe, "DeviceLabels"]:
+        """(Keyframe, its 2D labels on the device) of `token`."""
         while token not in self.held:
             if self.source is None:
                 t, k = token, read_keyframe(self.frames, self.cache, token, self.cfg)
             else:
                 t, k = next(self.source)  # StopIteration: a token outside the reading order (a bug)
-            sem = torch.from_numpy(k.semantics.astype(np.int64)).to(self.device)
-            self.held[t] = (k, sem, torch.from_numpy(k.confidence).to(self.device))
+            self.held[t] = (k, DeviceLabels.of(k, self.device))
             while len(self.held) > self.keep:
                 self.held.popitem(last=False)
         return self.held[token]
@@ -156,7 +177,7 @@ def frame_evidence(
     window = window_tokens(frames, token, cfg.window)
     track_id: dict[str, int] = {}  # instance token -> id within the window
     for j, t in enumerate(window):
-        k, sem, conf = read(t)
+        k, labels = read(t)
         f = k.frame
         to_target = world2target @ f.lidar.ego2global
         xyz = f.lidar.points[:, :3].astype(np.float64) @ to_target[:3, :3].T + to_target[:3, 3]
@@ -191,9 +212,11 @@ def frame_evidence(
                 View(
                     target2cam=torch.from_numpy(target2cam).to(device),
                     K=torch.from_numpy(rc.matrix @ cam.K).to(device),
-                    semantics=sem[c],
-                    confidence=conf[c],
+                    semantics=labels.semantics[c],
+                    confidence=labels.confidence[c],
                     source=j,
+                    runner_ups=None if labels.runner_ups is None else labels.runner_ups[c],
+                    runner_up_confidence=None if labels.runner_ups is None else labels.runner_up_confidence[c],
                 )
             )
     return Evidence(sweeps, views, window.index(token))

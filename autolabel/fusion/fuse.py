@@ -75,6 +75,10 @@ class View:
     semantics: torch.Tensor  # (h, w) int64 class ids, 255 = none
     confidence: torch.Tensor  # (h, w) float32 in [0, 1]
     source: int  # index of the window keyframe
+    # the naming classifier's runner-up names (R, h, w) int64 (255 none) and their confidence (R, h, w) float32;
+    # None: the 2D labels carry none
+    runner_ups: torch.Tensor | None = None
+    runner_up_confidence: torch.Tensor | None = None
 
 
 @dataclass
@@ -93,7 +97,10 @@ def vote(
     """Class votes of every point. points (P, 3), source (P,) window keyframe of each point.
 
     Returns (all, own), each (P, 17) float32: the confidence-weighted votes of every view that sees the
-    point, and of the views of the point's own keyframe only."""
+    point, and of the views of the point's own keyframe only. A view's runner-up names (View.runner_ups) vote
+    beside its name with their confidences x `runner_up_weight`: summed over views, the votes are then the
+    views' class distributions summed (a pixel's name and runner-ups share at most 1), which names a thing
+    that every view ranks second better than a vote of argmax names does (benchmarks/naming_views.py)."""
     n = len(points)
     votes = torch.zeros(n, NUM_SEMANTIC_CLASSES, dtype=torch.float32, device=points.device)
     own = torch.zeros_like(votes)
@@ -126,6 +133,13 @@ def vote(
         votes.index_put_((idx, label), weight, accumulate=True)
         mine = source[idx] == view.source
         own.index_put_((idx[mine], label[mine]), weight[mine], accumulate=True)
+        if view.runner_ups is not None and cfg.runner_up_weight > 0:
+            for alt, alt_conf in zip(view.runner_ups, view.runner_up_confidence):
+                a = alt.reshape(-1)[flat]
+                ok = a < NUM_SEMANTIC_CLASSES  # 255: no runner-up here
+                wa = alt_conf.reshape(-1)[flat].float() * cfg.runner_up_weight
+                votes.index_put_((idx[ok], a[ok]), wa[ok], accumulate=True)
+                own.index_put_((idx[ok & mine], a[ok & mine]), wa[ok & mine], accumulate=True)
     return votes, own
 
 

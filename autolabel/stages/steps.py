@@ -74,6 +74,7 @@ def supervise(recipe: Recipe, progress: bool = True) -> dict:
         sup.lidar_max_depth,
         progress,
         extra_attrs={"recipe": recipe.digest()},
+        runner_ups=sup.runner_ups,
     )
 
 

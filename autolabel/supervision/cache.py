@@ -6,6 +6,9 @@ Zarr v3 store (`FrameArrays` group ``supervision``), one frame per chunk, S fram
     semantics  (N, n_cams, h, w) uint8   class ids, 255 = none
     confidence (N, n_cams, h, w) uint8   round(255 * confidence)
     depth      (N, n_cams, h, w) float32 LiDAR z-depth in metres, 0 = none
+    runner_ups (N, n_cams, R, h, w) uint8 with `supervision.runner_ups` R > 0: the naming classifier's next
+               classes per pixel (255 = none; providers whose maps carry none leave it so)
+    runner_up_confidence (N, n_cams, R, h, w) uint8 round(255 * their confidence)
     tokens (N,), done (N,)
 
 at the network's input resolution (h, w): the maps are exactly what training consumes, and depth is
@@ -39,19 +42,39 @@ from ..errors import DataError
 from ..provenance import package_version, timestamp
 from ..store.frame_arrays import ArraySpec, FrameArrays, ShardWriter, open_root, pending_frames
 from .lidar_depth import lidar_depth_maps
-from .providers import LabelProvider
+from .config import DEFAULT_RUNNER_UPS
+from .providers import LabelMaps, LabelProvider
 
 GROUP = "supervision"
 MATCH = ("image_size", "cameras", "provider", "provider_settings", "lidar_depth")
 
 
-def cache_specs(n_cams: int, hw: tuple[int, int]) -> list[ArraySpec]:
-    return [
+def cache_specs(n_cams: int, hw: tuple[int, int], runner_ups: int = 0) -> list[ArraySpec]:
+    specs = [
         ArraySpec("images", (n_cams, *hw, 3), "uint8", 0),
         ArraySpec("semantics", (n_cams, *hw), "uint8", 255),
         ArraySpec("confidence", (n_cams, *hw), "uint8", 0),
         ArraySpec("depth", (n_cams, *hw), "float32", 0.0),
     ]
+    if runner_ups:
+        specs += [
+            ArraySpec("runner_ups", (n_cams, runner_ups, *hw), "uint8", 255),
+            ArraySpec("runner_up_confidence", (n_cams, runner_ups, *hw), "uint8", 0),
+        ]
+    return specs
+
+
+def runner_up_levels(maps: LabelMaps, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first r runner-ups of N cameras' maps as the cache stores them: ids (N, r, h, w) uint8 (255 none) and
+    confidence levels (N, r, h, w) uint8, padded with none where the provider has fewer (or none)."""
+    n, h, w = maps.semantics.shape
+    ids = np.full((n, r, h, w), 255, np.uint8)
+    conf = np.zeros((n, r, h, w), np.uint8)
+    if maps.runner_ups is not None:
+        k = min(r, maps.runner_ups.shape[1])
+        ids[:, :k] = maps.runner_ups[:, :k]
+        conf[:, :k] = np.round(np.clip(maps.runner_up_confidence[:, :k], 0, 1) * 255)
+    return ids, conf
 
 
 class SupervisionCache:
@@ -62,6 +85,8 @@ class SupervisionCache:
         self.image_size = tuple(arrays.attrs["image_size"])
         # False for caches made before issue 23: their readers decode the camera JPEGs
         self.has_images = "images" in arrays.group
+        # runner-up names per pixel: only in caches made with `supervision.runner_ups` > 0
+        self.has_runner_ups = "runner_ups" in arrays.group
 
     @classmethod
     def create_or_open(
@@ -73,6 +98,7 @@ class SupervisionCache:
         lidar_depth: dict,
         extra: dict | None = None,
         shard_frames: int | None = None,
+        runner_ups: int = 0,
     ) -> "SupervisionCache":
         attrs = {
             "image_size": list(image_size),
@@ -90,10 +116,15 @@ class SupervisionCache:
                 f"supervision cache {path}: made before images were cached (issue 23); delete it and rerun "
                 f"`autolabel supervise`, or use another cache path"
             )
+        if GROUP in root and "tokens" in root[GROUP] and runner_ups and "runner_ups" not in root[GROUP]:
+            raise DataError(
+                f"supervision cache {path}: made without runner-up names; set supervision.runner_ups: 0 to use it "
+                f"as it is, or delete it and rerun `autolabel supervise`"
+            )
         arrays = FrameArrays.create_or_open(
             root,
             GROUP,
-            cache_specs(len(CAMERA_NAMES), image_size),
+            cache_specs(len(CAMERA_NAMES), image_size, runner_ups),
             tokens,
             attrs,
             MATCH,
@@ -129,6 +160,14 @@ class SupervisionCache:
         conf = self.arrays.read(i, "confidence")
         return sem, LEVEL_FRACTIONS[conf] if fractions else conf, self.arrays.read(i, "depth")
 
+    def read_runner_ups(self, token: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The runner-up names (n_cams, R, h, w) uint8 (255 none) and their confidence (n_cams, R, h, w) float32
+        in [0, 1]; None for a cache made without them."""
+        if not self.has_runner_ups:
+            return None
+        i = self._done_index(token)
+        return self.arrays.read(i, "runner_ups"), LEVEL_FRACTIONS[self.arrays.read(i, "runner_up_confidence")]
+
 
 def open_cache(path: Path) -> SupervisionCache:
     """The supervision cache at `path`, which must exist (a DataError saying to run `autolabel supervise`)."""
@@ -139,9 +178,9 @@ def open_cache(path: Path) -> SupervisionCache:
 
 class _FrameSupervision(Dataset):
     """Item j: (frame index, images (n_cams, h, w, 3) uint8, depth float32, labels) of the j-th pending frame,
-    read and resized in a DataLoader worker. labels is (semantics uint8, confidence uint8 0..255) when
-    `provider` is given (model-free providers label in the worker), else the `Frame` itself, which the
-    main process labels with its network."""
+    read and resized in a DataLoader worker. labels is the provider's `LabelMaps` when `provider` is given
+    (model-free providers label in the worker), else the `Frame` itself, which the main process labels with
+    its network."""
 
     def __init__(
         self,
@@ -167,8 +206,7 @@ class _FrameSupervision(Dataset):
         depth = lidar_depth_maps(small, self.min_depth, self.max_depth)
         if self.provider is None:
             return i, images, depth, frame
-        sem, conf = self.provider.label(frame, rc)
-        return i, images, depth, (sem, conf)
+        return i, images, depth, self.provider.label(frame, rc)
 
 
 def _as_is(item):
@@ -185,9 +223,11 @@ def supervise(
     progress: bool = True,
     extra_attrs: dict | None = None,
     workers: int | None = None,
+    runner_ups: int = DEFAULT_RUNNER_UPS,
 ) -> dict:
     """Compute the 2D supervision of every frame not yet in the cache (workers: DataLoader workers that
-    read frames, default sized to the machine). Returns a summary."""
+    read frames, default sized to the machine; runner_ups: the runner-up names kept per pixel,
+    `supervision.runner_ups`). Returns a summary."""
 
     def open_cache() -> SupervisionCache:
         return SupervisionCache.create_or_open(
@@ -197,6 +237,7 @@ def supervise(
             provider,
             {"min_depth": min_depth, "max_depth": max_depth},
             extra_attrs,
+            runner_ups=runner_ups,
         )
 
     # under torchrun: rank 0 creates the cache, every rank computes its own shards of frames
@@ -221,14 +262,18 @@ def supervise(
             loader, total=len(pending), desc=f"supervise ({provider.name})", disable=not progress or not is_main()
         ):
             interrupt.check()
-            # labels: (semantics, confidence) from a worker, or the Frame for this process's network
-            sem, conf = (
+            # labels: LabelMaps from a worker, or the Frame for this process's network
+            maps = (
                 labels
                 if provider.model_free
                 else provider.label(labels, ResizeCrop.fit(labels.cameras[0].image_size, tuple(image_size)))
             )
-            conf = np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8)
-            writer.add(i, images=images, semantics=sem, confidence=conf, depth=depth)
+            sem = maps.semantics
+            conf = np.round(np.clip(maps.confidence, 0, 1) * 255).astype(np.uint8)
+            alt = {}
+            if runner_ups:
+                alt = dict(zip(("runner_ups", "runner_up_confidence"), runner_up_levels(maps, runner_ups)))
+            writer.add(i, images=images, semantics=sem, confidence=conf, depth=depth, **alt)
             labelled += float((sem != 255).mean())
     barrier()
     elapsed = time.perf_counter() - t0

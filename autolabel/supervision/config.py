@@ -240,6 +240,10 @@ class PrecomputedConfig:
         )
 
 
+MAX_RUNNER_UPS = 4  # runner-up names a cache may keep per pixel
+DEFAULT_RUNNER_UPS = 2
+
+
 @dataclass
 class SupervisionConfig:
     provider: str = "precomputed"
@@ -250,6 +254,9 @@ class SupervisionConfig:
     min_confidence: float = 0.2  # pixels named with less confidence stay 255
     lidar_min_depth: float = 1.0
     lidar_max_depth: Optional[float] = None
+    # runner-up names kept per pixel in the cache (the naming classifier's next classes and their confidences,
+    # where the provider's maps carry them); fusion sums them over views (fusion.runner_up_weight). 0: none
+    runner_ups: int = DEFAULT_RUNNER_UPS
     device: str = "auto"  # auto = cuda when available
     bf16: bool = True  # SAM / CLIP / detector in bfloat16 on CUDA
     precomputed: PrecomputedConfig = field(default_factory=PrecomputedConfig)
@@ -265,6 +272,7 @@ class SupervisionConfig:
         check_vocabulary(self.vocabulary)
         _check(0 <= self.min_confidence <= 1, "min_confidence must lie in [0, 1]")
         _check(self.lidar_min_depth >= 0, "lidar_min_depth must be >= 0")
+        _check(0 <= self.runner_ups <= MAX_RUNNER_UPS, f"runner_ups must lie in 0..{MAX_RUNNER_UPS}")
         _check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",

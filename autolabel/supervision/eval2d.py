@@ -133,7 +133,7 @@ def evaluate_cache(cache: SupervisionCache, frames: NuScenesFrames, truth, progr
         pred, conf, _ = cache.read(token)
         frame = frames.frame(token, images=False)
         rc = ResizeCrop.fit(frame.cameras[0].image_size, cache.image_size)
-        gt, _ = truth.label(frame, rc)
+        gt = truth.label(frame, rc).semantics
         accumulate(confusion, pred, gt)
         accumulate_confidence(hist, pred, conf, gt)
         labelled += int((pred != IGNORE_ID).sum())

@@ -3,7 +3,8 @@
 A vocabulary maps each Occ3D class (and ``ignore``) to prompts. A mask's similarity to every prompt
 becomes a class logit by log-sum-exp over that class's prompts (the best-matching synonym dominates,
 and adding synonyms does not split a class's probability); a softmax over classes gives p. The label
-is the arg-max class (``ignore`` -> 255), its confidence the margin p1 - p2 times the mask's quality.
+is the arg-max class (``ignore`` -> 255), its confidence the margin p1 - p2 times the mask's quality; its
+runner-ups are the next classes by p, each with confidence p times the quality (what fusion sums over views).
 """
 
 from __future__ import annotations
@@ -71,30 +72,60 @@ def name_masks(probs: torch.Tensor, quality: torch.Tensor, vocab: Vocabulary) ->
     return ids[best], margin * quality
 
 
+def runner_up_names(
+    probs: torch.Tensor, quality: torch.Tensor, vocab: Vocabulary, r: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, S) class probabilities and (M,) mask quality -> the r runner-up classes of each mask: ids (M, r) int64
+    (the slots ranked 2 .. r + 1 by p; 255 for the ignore slot and where there are fewer slots) and confidence
+    (M, r) = p * quality (0 where the id is 255)."""
+    ids = torch.tensor(vocab.slot_ids, device=probs.device)
+    m, k = probs.shape[0], min(r, max(probs.shape[1] - 1, 0))
+    out = torch.full((m, r), IGNORE_ID, dtype=torch.long, device=probs.device)
+    conf = torch.zeros((m, r), dtype=torch.float32, device=probs.device)
+    if k:
+        top = probs.topk(k + 1, dim=1)
+        out[:, :k] = ids[top.indices[:, 1:]]
+        conf[:, :k] = (top.values[:, 1:] * quality[:, None]).float()
+        conf[out == IGNORE_ID] = 0
+    return out, conf
+
+
+Painted = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
 def paint(
     masks: torch.Tensor,
     labels: torch.Tensor,
     scores: torch.Tensor,
     min_score: float,
-    base: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    base: Painted | None = None,
+    runner_ups: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Painted:
     """Paint masks into a label map; where masks overlap the higher score wins.
 
-    masks (M, h, w) bool, labels (M,) ids (255 = ignore), scores (M,) in [0, 1]. Masks scoring below
-    `min_score` are dropped. Returns semantics (h, w) uint8 (255 where nothing was painted) and
-    confidence (h, w) float32 (0 there; an ignore mask also gives 0). `base` = (semantics, confidence)
-    to paint over instead of an empty map.
+    masks (M, h, w) bool, labels (M,) ids (255 = ignore), scores (M,) in [0, 1], runner_ups (ids (M, R),
+    confidence (M, R)) or None. Masks scoring below `min_score` are dropped. Returns semantics (h, w) uint8
+    (255 where nothing was painted), confidence (h, w) float32 (0 there; an ignore mask also gives 0) and the
+    painted masks' runner-ups (R, h, w) uint8 / float32 (255 / 0 where none; None when neither the masks nor
+    `base` have any). `base` = a painted map to paint over instead of an empty one.
     """
     h, w = masks.shape[1:]
+    dev = masks.device
     if base is None:
-        sem = torch.full((h, w), IGNORE_ID, dtype=torch.uint8, device=masks.device)
-        conf = torch.zeros((h, w), dtype=torch.float32, device=masks.device)
+        sem = torch.full((h, w), IGNORE_ID, dtype=torch.uint8, device=dev)
+        conf = torch.zeros((h, w), dtype=torch.float32, device=dev)
+        alt = alt_conf = None
     else:
         sem, conf = base[0].clone(), base[1].clone()
+        alt, alt_conf = (None, None) if base[2] is None else (base[2].clone(), base[3].clone())
+    if runner_ups is not None and alt is None:
+        r = runner_ups[0].shape[1]
+        alt = torch.full((r, h, w), IGNORE_ID, dtype=torch.uint8, device=dev)
+        alt_conf = torch.zeros((r, h, w), dtype=torch.float32, device=dev)
     keep = scores >= min_score
     masks, labels, scores = masks[keep], labels[keep], scores[keep]
     if len(masks) == 0:
-        return sem, conf
+        return sem, conf, alt, alt_conf
     # Owner of each pixel = the covering mask of highest score: sort ascending, take the last covering index.
     order = scores.argsort()
     m = masks[order]
@@ -105,4 +136,13 @@ def paint(
     lab = labels[pick]
     sem[covered] = lab.to(torch.uint8)
     conf[covered] = torch.where(lab == IGNORE_ID, torch.zeros_like(scores[pick]), scores[pick]).float()
-    return sem, conf
+    if alt is not None:  # a painted pixel takes its mask's runner-ups (none for masks without)
+        alt[:, covered] = IGNORE_ID
+        alt_conf[:, covered] = 0
+        if runner_ups is not None:
+            ids, rc = runner_ups[0][keep][pick], runner_ups[1][keep][pick]  # (covered pixels, R)
+            named = (lab != IGNORE_ID)[:, None]
+            k = min(alt.shape[0], ids.shape[1])
+            alt[:k, covered] = torch.where(named, ids, IGNORE_ID)[:, :k].T.to(torch.uint8)
+            alt_conf[:k, covered] = torch.where(named, rc, 0.0)[:, :k].T.float()
+    return sem, conf, alt, alt_conf

@@ -1,8 +1,9 @@
 """2D label providers: one interface, frame in, per-camera semantics + confidence out.
 
-``provider.label(frame, rc)`` returns semantics (N, h, w) uint8 (255 = none) and confidence (N, h, w)
-float32 in [0, 1] for the frame's N cameras at the label resolution rc.out_hw (a resize / crop of the
-camera images, `ResizeCrop`). Providers are picked by the recipe's ``supervision.provider``:
+``provider.label(frame, rc)`` returns `LabelMaps`: semantics (N, h, w) uint8 (255 = none) and confidence
+(N, h, w) float32 in [0, 1] for the frame's N cameras at the label resolution rc.out_hw (a resize / crop of
+the camera images, `ResizeCrop`), and, where the maps carry them, runner-up names per pixel (the classifier's
+next most probable classes and their confidences). Providers are picked by the recipe's ``supervision.provider``:
 
 - ``precomputed``: label maps read from a folder (NPZ or PNG), the synthetic world's layout;
 - ``sam_clip``: SAM automatic masks named by CLIP;
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -32,7 +33,19 @@ from .config import IGNORE_KEY, LABEL_CLASSES, SupervisionConfig
 from .lidar_depth import project_points
 from .precomputed import LABELS_2D_DIR
 
-LabelMaps = tuple[np.ndarray, np.ndarray]
+PROVIDER_RUNNER_UPS = 2  # runner-up names a mask-naming provider gives per pixel (the cache keeps up to its R)
+
+
+class LabelMaps(NamedTuple):
+    """2D labels of N images: semantics (N, h, w) uint8 (255 = none), confidence (N, h, w) float32 in [0, 1]
+    and, where the provider has them, runner-up names (N, R, h, w) uint8 (255 = none) with their confidences
+    (N, R, h, w) float32 (the naming classifier's next most probable classes; None: the maps carry none). One
+    image's maps have the same fields without N."""
+
+    semantics: np.ndarray
+    confidence: np.ndarray
+    runner_ups: np.ndarray | None = None
+    runner_up_confidence: np.ndarray | None = None
 
 
 class LabelProvider(Protocol):
@@ -72,21 +85,41 @@ def _check_images(frame: Frame) -> None:
             )
 
 
-def resize_labels(sem: np.ndarray, conf: np.ndarray, rc: ResizeCrop) -> LabelMaps:
-    """Nearest-neighbour resize / crop of a native label map; pixels the crop adds are 255 / 0."""
+def resize_labels(maps: LabelMaps, rc: ResizeCrop) -> LabelMaps:
+    """Nearest-neighbour resize / crop of one image's native label maps ((H, W), runner-ups (R, H, W) if any);
+    pixels the crop adds are 255 / 0."""
+    sem, conf, runner_ups, runner_up_confidence = maps
     s = rc.apply_image(sem, Image.NEAREST)
-    s[rc.apply_image(np.ones_like(sem), Image.NEAREST) == 0] = IGNORE_ID
+    pad = rc.apply_image(np.ones_like(sem), Image.NEAREST) == 0
+    s[pad] = IGNORE_ID
     c = rc.apply_image(conf.astype(np.float32), Image.NEAREST)
     c[s == IGNORE_ID] = 0
-    return s, c
+    if runner_ups is None:
+        return LabelMaps(s, c)
+    alt = np.stack([rc.apply_image(a, Image.NEAREST) for a in runner_ups])
+    alt_c = np.stack([rc.apply_image(a.astype(np.float32), Image.NEAREST) for a in runner_up_confidence])
+    alt[:, pad] = IGNORE_ID
+    alt_c[alt == IGNORE_ID] = 0
+    return LabelMaps(s, c, alt, alt_c)
+
+
+def stack_maps(maps: list[LabelMaps]) -> LabelMaps:
+    """The cameras' maps stacked along a first axis (runner-ups only where every camera has them)."""
+    alt = all(m.runner_ups is not None for m in maps)
+    return LabelMaps(
+        np.stack([m.semantics for m in maps]),
+        np.stack([m.confidence for m in maps]),
+        np.stack([m.runner_ups for m in maps]) if alt else None,
+        np.stack([m.runner_up_confidence for m in maps]) if alt else None,
+    )
 
 
 # ---- precomputed --------------------------------------------------------------------------------
 class PrecomputedLabels:
     """``<root>/<folder>/<scene>/<token>/<CAM>.npz`` (keys by variant: semantics [+ confidence],
     noisy_semantics [+ noisy_confidence], hard_semantics [+ hard_confidence] or v1_semantics [+ v1_confidence];
-    confidence uint8 0..255
-    or float 0..1) or ``<CAM>.png``
+    confidence uint8 0..255 or float 0..1; optional runner-ups: PREFIX_runner_ups (R, H, W) uint8 ids (255 none)
+    + PREFIX_runner_up_confidence, the synthetic world's noisy and hard maps have them) or ``<CAM>.png``
     (uint8 ids) with an optional ``<CAM>_confidence.png`` (uint8 0..255)."""
 
     name = "precomputed"
@@ -97,6 +130,10 @@ class PrecomputedLabels:
         "noisy": ("noisy_semantics", "noisy_confidence"),
         "hard": ("hard_semantics", "hard_confidence"),
         "v1": ("v1_semantics", "v1_confidence"),
+    }
+    RUNNER_UP_KEYS = {
+        "noisy": ("noisy_runner_ups", "noisy_runner_up_confidence"),
+        "hard": ("hard_runner_ups", "hard_runner_up_confidence"),
     }
 
     def __init__(self, root: str | Path, folder: str = LABELS_2D_DIR, variant: str = "noisy"):
@@ -110,7 +147,8 @@ class PrecomputedLabels:
         return {"root": str(self.root), "folder": self.folder, "variant": self.variant}
 
     def read(self, scene: str, token: str, camera: str, hw: tuple[int, int]) -> LabelMaps:
-        """Native-resolution (H, W) uint8 semantics and float32 confidence of one camera."""
+        """Native-resolution (H, W) uint8 semantics and float32 confidence of one camera, with the runner-ups
+        (R, H, W) where the file has them."""
         base = self.root / self.folder / scene / token / camera
         try:
             return self._read(base, token, camera, hw)
@@ -134,11 +172,14 @@ class PrecomputedLabels:
                     raise DataError(f"{path}: no '{sem_key}' map (found {z.files}){hint}")
                 sem = z[sem_key]
                 conf = z[conf_key] if conf_key in z.files else None
+                alt_keys = self.RUNNER_UP_KEYS.get(self.variant, ("", ""))
+                alt = [z[k] for k in alt_keys] if all(k in z.files for k in alt_keys) else None
         elif base.with_suffix(".png").is_file():
             path = base.with_suffix(".png")
             sem = np.asarray(Image.open(path))
             cpath = base.parent / f"{camera}_confidence.png"
             conf = np.asarray(Image.open(cpath)) if cpath.is_file() else None
+            alt = None
         else:
             raise DataError(f"sample {token} {camera}: no label map {base}.npz or {base}.png")
         if sem.dtype != np.uint8 or sem.ndim != 2:
@@ -158,11 +199,21 @@ class PrecomputedLabels:
                 raise DataError(f"{path}: confidence must be uint8 0..255 or floats in [0, 1] of the map's shape")
         if conf.shape != sem.shape:
             raise DataError(f"{path}: confidence is {conf.shape}, semantics {sem.shape}")
-        return sem, conf
+        if alt is None:
+            return LabelMaps(sem, conf)
+        ids, alt_conf = alt
+        if ids.dtype != np.uint8 or alt_conf.dtype != np.uint8 or ids.shape != alt_conf.shape:
+            raise DataError(f"{path}: runner-ups must be two uint8 arrays of one shape (R, H, W)")
+        if ids.ndim != 3 or ids.shape[1:] != sem.shape:
+            raise DataError(f"{path}: runner-ups are {ids.shape}, the map is {sem.shape}: (R, H, W) expected")
+        if ((ids > 16) & (ids != IGNORE_ID)).any():
+            raise DataError(f"{path}: runner-up class ids must be 0..16 or 255")
+        return LabelMaps(sem, conf, ids, alt_conf.astype(np.float32) / 255)
 
     def label(self, frame: Frame, rc: ResizeCrop) -> LabelMaps:
-        out = [resize_labels(*self.read(frame.scene, frame.token, c.name, c.image_size), rc) for c in frame.cameras]
-        return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+        return stack_maps(
+            [resize_labels(self.read(frame.scene, frame.token, c.name, c.image_size), rc) for c in frame.cameras]
+        )
 
 
 # ---- lidarseg -------------------------------------------------------------------------------------
@@ -261,7 +312,7 @@ class LidarsegLabels:
             sem = sem.reshape(h, w)
             sems.append(sem)
             confs.append((sem != IGNORE_ID).astype(np.float32))
-        return np.stack(sems), np.stack(confs)
+        return LabelMaps(np.stack(sems), np.stack(confs))
 
 
 # ---- automatic masks named by a model: sam_clip, sam2_clip, sam_vlm -----------------------------------
@@ -334,19 +385,22 @@ class MaskNamingLabels:
         return self.sam.automatic(emb, image.shape[:2], rc)
 
     def name_masks(self, masks, full: torch.Tensor, rc: ResizeCrop):
-        """(labels (K,), confidence (K,)) of a camera's masks; `full` its (3, H, W) float image."""
-        from .naming import class_probabilities, name_masks
+        """(labels (K,), confidence (K,), runner-ups (ids (K, R), confidence (K, R))) of a camera's masks; `full`
+        its (3, H, W) float image."""
+        from .naming import class_probabilities, name_masks, runner_up_names
 
         probs = class_probabilities(self.scorer.prompt_logits(full, masks.masks, masks.boxes, rc), self.vocab)
-        return name_masks(probs, masks.quality, self.vocab)
+        labels, conf = name_masks(probs, masks.quality, self.vocab)
+        return labels, conf, runner_up_names(probs, masks.quality, self.vocab, PROVIDER_RUNNER_UPS)
 
     def label_image(self, emb, image: np.ndarray, full: torch.Tensor, rc: ResizeCrop):
-        """Named automatic masks of one camera painted into (h, w) semantics / confidence tensors."""
+        """Named automatic masks of one camera painted into (h, w) semantics / confidence tensors and their
+        (R, h, w) runner-ups (naming.paint)."""
         from .naming import paint
 
         masks = self.masks(emb, image, rc)
-        labels, conf = self.name_masks(masks, full, rc)
-        return paint(masks.masks, labels, conf, self.cfg.min_confidence)
+        labels, conf, runner_ups = self.name_masks(masks, full, rc)
+        return paint(masks.masks, labels, conf, self.cfg.min_confidence, runner_ups=runner_ups)
 
     def full_image(self, image: np.ndarray) -> torch.Tensor:
         """(3, H, W) float [0, 1] camera image at full resolution on the device (naming crops are cut from it)."""
@@ -403,8 +457,8 @@ class Sam3Labels:
             if len(masks):
                 out.append(paint(masks, labels, scores, self.cfg.min_confidence))
             else:
-                out.append((torch.full(rc.out_hw, IGNORE_ID, dtype=torch.uint8), torch.zeros(rc.out_hw)))
-        return _stack([(s.cpu(), c.cpu()) for s, c in out], rc)
+                out.append((torch.full(rc.out_hw, IGNORE_ID, dtype=torch.uint8), torch.zeros(rc.out_hw), None, None))
+        return _stack(out, rc)
 
 
 class GroundedSamLabels:
@@ -454,13 +508,21 @@ class GroundedSamLabels:
         return _stack(out, rc)
 
 
-def _stack(out: list[tuple[torch.Tensor, torch.Tensor]], rc: ResizeCrop) -> LabelMaps:
-    sem = torch.stack([o[0] for o in out]).cpu().numpy()
-    conf = torch.stack([o[1] for o in out]).float().cpu().numpy()
-    pad = resize_labels(np.zeros(rc.in_hw, np.uint8), np.ones(rc.in_hw, np.float32), rc)[0] == IGNORE_ID
+def _stack(out: list[tuple], rc: ResizeCrop) -> LabelMaps:
+    """The cameras' painted maps (naming.paint: semantics, confidence, runner-ups or None) as LabelMaps (runner-ups
+    only where every camera has them)."""
+    sem = torch.stack([o[0].cpu() for o in out]).numpy()
+    conf = torch.stack([o[1].cpu() for o in out]).float().numpy()
+    pad = resize_labels(LabelMaps(np.zeros(rc.in_hw, np.uint8), np.ones(rc.in_hw, np.float32)), rc)[0] == IGNORE_ID
     sem[:, pad] = IGNORE_ID  # the crop's padding has no image behind it
     conf[:, pad] = 0
-    return sem, conf
+    if any(o[2] is None for o in out):
+        return LabelMaps(sem, conf)
+    alt = torch.stack([o[2].cpu() for o in out]).numpy()
+    alt_conf = torch.stack([o[3].cpu() for o in out]).float().numpy()
+    alt[:, :, pad] = IGNORE_ID
+    alt_conf[:, :, pad] = 0
+    return LabelMaps(sem, conf, alt, alt_conf)
 
 
 MODEL_PROVIDERS = ("sam_clip", "sam2_clip", "sam3", "sam_vlm", "grounded_sam")

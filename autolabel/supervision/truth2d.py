@@ -95,9 +95,9 @@ class FolderTruth:
                 continue
             sem = self.read(path, cam.image_size)
             self.images_with_truth += 1
-            sems.append(resize_labels(sem, np.ones(sem.shape, np.float32), rc)[0])
+            sems.append(resize_labels(LabelMaps(sem, np.ones(sem.shape, np.float32)), rc)[0])
         sem = np.stack(sems)
-        return sem, (sem != IGNORE_ID).astype(np.float32)
+        return LabelMaps(sem, (sem != IGNORE_ID).astype(np.float32))
 
     def unused(self) -> list[Path]:
         """Maps that matched no camera image of the evaluated frames (a misnamed file shows up here)."""

@@ -41,6 +41,10 @@ Two profiles (docs/SYNTHETIC.md, "Noise model of the 2D labels"); `make_noisy_la
   which pixel gets which score. The noise-free score (tau = 0) reaches about 0.88 on the synthetic
   world at the default level (merged masks, spills and boundary errors are errors the classifier
   cannot see); a larger value gives that.
+* *Runner-up names* (`RUNNER_UPS` per pixel): the classifier's next most probable classes under the same
+  posterior, the named class left out, and their share of what the named class's confidence leaves:
+  runner_up_conf_j = p_j (1 - conf) / (1 - p_named). What a calibrated classifier's class distribution
+  carries beyond its argmax and its score (its top-k), for fusion to sum over views; the exact maps have none.
 
 *Level* (``--label-noise``, default 0.3 = `DEFAULT_LEVEL`, the recipes' value). v2 quotes its rates at
 0.3; a level L multiplies every probability and pixel width by L / 0.3 (probabilities clipped to 1) and
@@ -65,6 +69,7 @@ scaled by 0.6 on the pixels that boundary noise touched.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,6 +82,7 @@ GROUPS = [
     ["terrain", "vegetation"],
     ["traffic_cone", "barrier"],
 ]
+RUNNER_UPS = 2  # runner-up classes kept per pixel by noise model v2 (a top-3 with the name)
 STUFF_CELL = 6.0  # metres: the size of a stuff region on the ground
 FIRST_STUFF = class_id("driveable_surface")  # ids below it are things (objects with boxes)
 
@@ -485,6 +491,17 @@ def _grow(mask: np.ndarray, valid: np.ndarray, name_x: np.ndarray, k_x: np.ndarr
     return pm.reshape(h + 2, w + 2)[1:-1, 1:-1].copy()
 
 
+class NoisyMaps(NamedTuple):
+    """One camera's noisy 2D labels: semantics (H, W) uint8 (255 unknown), confidence (H, W) uint8 (0..255, 0
+    where unknown) and, from a model that has them (v2), the runner-up names (RUNNER_UPS, H, W) uint8 (255 none)
+    and their confidences (RUNNER_UPS, H, W) uint8; None from v1."""
+
+    semantics: np.ndarray
+    confidence: np.ndarray
+    runner_ups: np.ndarray | None = None
+    runner_up_confidence: np.ndarray | None = None
+
+
 def noisy_labels_v2(
     semantics: np.ndarray,
     instance: np.ndarray,
@@ -493,11 +510,11 @@ def noisy_labels_v2(
     level: float,
     rng: np.random.Generator,
     rates: NoiseRates = NoiseRates(),
-) -> tuple[np.ndarray, np.ndarray]:
+) -> NoisyMaps:
     """Noise model v2 (module docstring). Exact semantics (H, W) uint8 (255 sky), instance (H, W) int32
     (0 = ground / sky), depth (H, W) float32 metres and the (H, W, 2) world xy of every pixel's surface
-    (NaN for sky) -> noisy semantics (H, W) uint8 (255 unknown) and confidence (H, W) uint8 (0..255,
-    0 where unknown). The same rng state gives the same bytes."""
+    (NaN for sky) -> the noisy maps with their runner-up names (`NoisyMaps`). The same rng state gives
+    the same bytes."""
     if not 0 <= level <= 1:
         raise ValueError(f"label noise level must lie in [0, 1], got {level}")
     h, w = semantics.shape
@@ -506,7 +523,8 @@ def noisy_labels_v2(
     seg = _segments(semantics, instance, world_xy, valid, rates)
     n = int(seg.max()) + 1
     if n == 0:
-        return np.full((h, w), IGNORE_ID, np.uint8), np.zeros((h, w), np.uint8)
+        none = np.full((RUNNER_UPS, h, w), IGNORE_ID, np.uint8)
+        return NoisyMaps(np.full((h, w), IGNORE_ID, np.uint8), np.zeros((h, w), np.uint8), none, np.zeros_like(none))
     flat = seg[valid]
     area = np.bincount(flat, minlength=n)
     # under-segmentation: masks are unions of segments
@@ -538,7 +556,8 @@ def noisy_labels_v2(
     loglik = -(resid**2).sum(-1) / (2 * max(f, 1e-6) ** 2)
     loglik -= loglik.max(1, keepdims=True)
     post = np.exp(loglik)
-    p_named = post[np.arange(m), name] / post.sum(1)
+    post /= post.sum(1, keepdims=True)
+    p_named = post[np.arange(m), name]
     belief = np.log(np.clip(p_named, 1e-6, 1 - 1e-6) / np.clip(1 - p_named, 1e-6, 1))  # logit of p_named
     name = name.astype(np.uint8)
     # misses of small, thin and distant masks
@@ -587,7 +606,15 @@ def noisy_labels_v2(
     score = (q + tau * eta) / np.sqrt(1 + tau**2)
     conf_u = 1 / (1 + np.exp(-(CONF_OFFSET + CONF_SLOPE * score)))
     confidence = np.where(named, np.round(conf_u[unit] * 255), 0).astype(np.uint8)
-    return labels, confidence
+    # runner-ups: the next classes of the posterior, sharing what the named class's confidence leaves
+    others = post.copy()
+    others[np.arange(m), name] = -1.0
+    alt = np.argsort(-others, 1, kind="stable")[:, :RUNNER_UPS]  # (m, R)
+    share = np.take_along_axis(post, alt, 1) / np.maximum(1 - p_named, 1e-6)[:, None]
+    alt_conf = np.clip(share[np.minimum(mask, m - 1)].transpose(2, 0, 1) * (1 - conf_u[unit])[None], 0, 1)
+    alt_conf = np.where(named[None], np.round(alt_conf * 255), 0).astype(np.uint8)
+    runner_ups = np.where(alt_conf > 0, alt[np.minimum(mask, m - 1)].transpose(2, 0, 1), IGNORE_ID).astype(np.uint8)
+    return NoisyMaps(labels, confidence, runner_ups, alt_conf)
 
 
 def _solve_tau(q: np.ndarray, eta: np.ndarray, right: np.ndarray, wrong: np.ndarray, target: float) -> float:
@@ -620,10 +647,10 @@ def make_noisy_labels(
     world_xy: np.ndarray,
     level: float,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The noisy (semantics, confidence) maps of `profile` ("v2" or "v1") at `level`."""
+) -> NoisyMaps:
+    """The noisy maps of `profile` ("v2" or "v1") at `level` (v1: no runner-ups)."""
     if profile == "v2":
         return noisy_labels_v2(semantics, instance, depth, world_xy, level, rng)
     if profile == "v1":
-        return noisy_labels_v1(semantics, instance, depth, world_xy, level, rng)
+        return NoisyMaps(*noisy_labels_v1(semantics, instance, depth, world_xy, level, rng))
     raise ValueError(f"noise profile must be one of {PROFILES}, got {profile!r}")

@@ -35,7 +35,7 @@ from ..annotation.lidarseg import lidarseg_categories, occ3d_to_lidarseg
 from ..data.occ3d import Occ3DLabels, labels_path, write_labels
 from ..errors import DataError
 from ..supervision.precomputed import LABELS_2D_DIR
-from .noise import PROFILES, hard_level, make_noisy_labels, noisy_labels_v1
+from .noise import PROFILES, NoisyMaps, hard_level, make_noisy_labels, noisy_labels_v1
 from .sensors import render_camera, render_lidar, synth_rig
 from .truth import visible_voxels, voxelize
 from .world import CATEGORY, CELL, generate_world
@@ -44,6 +44,16 @@ KEYFRAME_DT = 0.5  # 2 Hz keyframes
 SWEEP_DT = 0.05  # 20 Hz lidar
 T0_US = 1_600_000_000_000_000
 VISIBILITY = [("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100")]
+
+
+def noisy_entries(prefix: str, maps: NoisyMaps) -> dict[str, np.ndarray]:
+    """The .npz entries of one noisy variant: PREFIX_semantics, PREFIX_confidence and, where the model has them,
+    PREFIX_runner_ups and PREFIX_runner_up_confidence (docs/SYNTHETIC.md)."""
+    out = {f"{prefix}_semantics": maps.semantics, f"{prefix}_confidence": maps.confidence}
+    if maps.runner_ups is not None:
+        out[f"{prefix}_runner_ups"] = maps.runner_ups
+        out[f"{prefix}_runner_up_confidence"] = maps.runner_up_confidence
+    return out
 
 
 @dataclass(frozen=True)
@@ -327,12 +337,12 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
             # v1 draws from the sensors' generator, as in the first release; it runs in every profile so
             # that the images and lidar are the same whatever the profile (and as before v2 existed)
             v1, v1_conf = noisy_labels_v1(*maps, cfg.label_noise, rng)
-            noisy, conf = v1, v1_conf
+            noisy = NoisyMaps(v1, v1_conf)
             if cfg.noise_profile != "v1":  # other profiles have their own generator per camera
-                noisy, conf = make_noisy_labels(
+                noisy = make_noisy_labels(
                     cfg.noise_profile, *maps, cfg.label_noise, np.random.default_rng([seed, si, 2, k, ci])
                 )
-            hard, hard_conf = make_noisy_labels(
+            hard = make_noisy_labels(
                 cfg.noise_profile, *maps, hard_level(cfg.label_noise), np.random.default_rng([seed, si, 3, k, ci])
             )
             # the v1 maps are kept beside the profile's (precomputed variant "v1"): v1 against v2 on one world
@@ -342,10 +352,8 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
                     "semantics": r.semantics,
                     "depth": r.depth,
                     "instance": r.instance,
-                    "noisy_semantics": noisy,
-                    "noisy_confidence": conf,
-                    "hard_semantics": hard,
-                    "hard_confidence": hard_conf,
+                    **noisy_entries("noisy", noisy),
+                    **noisy_entries("hard", hard),
                     "v1_semantics": v1,
                     "v1_confidence": v1_conf,
                 },

@@ -168,6 +168,21 @@ def test_round0_choice_is_for_round1_variants(monkeypatch):
         quality.parse_ablations(["x=frame_random_5pct:round0=nonsense"])
 
 
+def test_an_ablation_of_the_runner_ups_gets_its_own_cache_and_fused_labels(tmp_path, monkeypatch):
+    """A variant whose cache keeps another number of runner-up names (supervision.runner_ups) cannot share the
+    other variants' cache (it would be refused) nor their fused labels (fused from other votes)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    base = quality.base_recipe(tmp_path, tmp_path / "world", "s", 2, True)
+    ab = quality.parse_ablations(["f0=fused_3d:supervision.runner_ups=0", "w=fused_3d:fusion.runner_up_weight=1"])
+    plain, none, weighed = (quality.variant_recipe(tmp_path, base, v, ab) for v in ("fused_3d", "f0", "w"))
+    assert plain["supervision"]["cache"] == str(tmp_path / "cache_noisy.zarr") == weighed["supervision"]["cache"]
+    assert none["supervision"]["cache"] == str(tmp_path / "cache_noisy_r0.zarr")
+    stores = {r["fusion"]["store"] for r in (plain, none, weighed)}
+    assert len(stores) == 3 and plain["fusion"]["store"] == str(tmp_path / "fusion_noisy.zarr")
+
+
 def test_budget_curves_read_ablations_and_pair_each_row_with_its_own_control(monkeypatch):
     """Round-1 ablations (`f5=region_fusion_5pct:round0=fused_3d`) are curve points of their kind, and their gain is
     over the control round from the same round-0 network (they used to be left out of the curves)."""

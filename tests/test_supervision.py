@@ -65,16 +65,19 @@ def test_paint_higher_score_wins_overlaps_and_low_scores_are_dropped():
 
 
 def test_runner_up_names_are_the_next_classes_by_probability_and_paint_with_their_mask():
-    """A mask's runner-ups are its classes ranked 2, 3 by p (confidence p x quality; the ignore slot and
-    missing ranks are none); paint gives each pixel its owner's runner-ups and clears them where a mask
-    without any (a detector's) or an ignore mask is painted over."""
+    """A mask's runner-ups are its classes ranked 2, 3 by p, on the name's confidence scale (p x margin / p1 x
+    quality: never above the name's); the ignore slot and missing ranks are none; paint gives each pixel its
+    owner's runner-ups and clears them where a mask without any (a detector's) or an ignore mask is painted over."""
     vocab = Vocabulary.from_mapping({"car": ["car"], "truck": ["truck"], "bus": ["bus"], "ignore": ["sky"]})
     probs = torch.tensor([[0.6, 0.3, 0.04, 0.06], [0.2, 0.5, 0.25, 0.05]])
     quality = torch.tensor([1.0, 0.5])
     ids, conf = runner_up_names(probs, quality, vocab, 3)
     car, truck, bus = class_id("car"), class_id("truck"), class_id("bus")
     assert ids.tolist() == [[truck, 255, bus], [bus, car, 255]]
-    torch.testing.assert_close(conf, torch.tensor([[0.3, 0.0, 0.04], [0.125, 0.1, 0.0]]))
+    # margins 0.3 and 0.25, p1 0.6 and 0.5: scales 0.5 and 0.25 (quality 0.5)
+    torch.testing.assert_close(conf, torch.tensor([[0.15, 0.0, 0.02], [0.0625, 0.05, 0.0]]))
+    names, name_conf = name_masks(probs, quality, vocab)
+    assert (conf <= name_conf[:, None]).all()
     one = Vocabulary.from_mapping({"car": ["car"]})
     assert runner_up_names(torch.ones(2, 1), torch.ones(2), one, 2)[0].tolist() == [[255, 255]] * 2
     m = torch.zeros(2, 4, 4, dtype=torch.bool)
@@ -83,7 +86,7 @@ def test_runner_up_names_are_the_next_classes_by_probability_and_paint_with_thei
     sem, c, alt, alt_conf = paint(m, labels, scores, 0.2, runner_ups=(ids, conf))
     assert alt.shape == (3, 4, 4) and alt.dtype == torch.uint8
     assert alt[:, 0, 0].tolist() == [truck, 255, bus] and alt[:, 3, 3].tolist() == [bus, car, 255]
-    torch.testing.assert_close(alt_conf[:, 3, 3], torch.tensor([0.125, 0.1, 0.0]))
+    torch.testing.assert_close(alt_conf[:, 3, 3], torch.tensor([0.0625, 0.05, 0.0]))
     det = torch.zeros(1, 4, 4, dtype=torch.bool)
     det[0, 0, :2] = True  # a detector's mask over the car's first row: its pixels have no runner-up
     sem2, _, alt2, conf2 = paint(det, torch.tensor([bus]), torch.tensor([0.9]), 0.2, base=(sem, c, alt, alt_conf))

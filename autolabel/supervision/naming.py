@@ -4,7 +4,8 @@ A vocabulary maps each Occ3D class (and ``ignore``) to prompts. A mask's similar
 becomes a class logit by log-sum-exp over that class's prompts (the best-matching synonym dominates,
 and adding synonyms does not split a class's probability); a softmax over classes gives p. The label
 is the arg-max class (``ignore`` -> 255), its confidence the margin p1 - p2 times the mask's quality; its
-runner-ups are the next classes by p, each with confidence p times the quality (what fusion sums over views).
+runner-ups are the next classes by p, each with its p scaled as the name's p1 was (p * confidence / p1), so
+that a mask never votes more for a runner-up than for its name (what fusion sums over views).
 """
 
 from __future__ import annotations
@@ -77,15 +78,18 @@ def runner_up_names(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, S) class probabilities and (M,) mask quality -> the r runner-up classes of each mask: ids (M, r) int64
     (the slots ranked 2 .. r + 1 by p; 255 for the ignore slot and where there are fewer slots) and confidence
-    (M, r) = p * quality (0 where the id is 255)."""
+    (M, r) = p * (p1 - p2) / p1 * quality, the name's confidence (name_masks) times p / p1: on the name's scale,
+    never above it (0 where the id is 255)."""
     ids = torch.tensor(vocab.slot_ids, device=probs.device)
     m, k = probs.shape[0], min(r, max(probs.shape[1] - 1, 0))
     out = torch.full((m, r), IGNORE_ID, dtype=torch.long, device=probs.device)
     conf = torch.zeros((m, r), dtype=torch.float32, device=probs.device)
     if k:
         top = probs.topk(k + 1, dim=1)
+        p1 = top.values[:, :1]
+        scale = (p1 - top.values[:, 1:2]) / p1.clamp_min(1e-12) * quality[:, None]  # the name's confidence / p1
         out[:, :k] = ids[top.indices[:, 1:]]
-        conf[:, :k] = (top.values[:, 1:] * quality[:, None]).float()
+        conf[:, :k] = (top.values[:, 1:] * scale).float()
         conf[out == IGNORE_ID] = 0
     return out, conf
 

@@ -647,10 +647,11 @@ def make_noisy_labels(
     world_xy: np.ndarray,
     level: float,
     rng: np.random.Generator,
+    rates: NoiseRates = NoiseRates(),
 ) -> NoisyMaps:
-    """The noisy maps of `profile` ("v2" or "v1") at `level` (v1: no runner-ups)."""
+    """The noisy maps of `profile` ("v2" or "v1") at `level` (v1: no runner-ups; `rates` are v2's)."""
     if profile == "v2":
-        return noisy_labels_v2(semantics, instance, depth, world_xy, level, rng)
+        return noisy_labels_v2(semantics, instance, depth, world_xy, level, rng, rates)
     if profile == "v1":
         return NoisyMaps(*noisy_labels_v1(semantics, instance, depth, world_xy, level, rng))
     raise ValueError(f"noise profile must be one of {PROFILES}, got {profile!r}")

@@ -13,7 +13,7 @@ import json
 import math
 import multiprocessing
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from ..annotation.lidarseg import lidarseg_categories, occ3d_to_lidarseg
 from ..data.occ3d import Occ3DLabels, labels_path, write_labels
 from ..errors import DataError
 from ..supervision.precomputed import LABELS_2D_DIR
-from .noise import PROFILES, NoisyMaps, hard_level, make_noisy_labels, noisy_labels_v1
+from .noise import PROFILES, NoiseRates, NoisyMaps, hard_level, make_noisy_labels, noisy_labels_v1
 from .sensors import render_camera, render_lidar, synth_rig
 from .truth import visible_voxels, voxelize
 from .world import CATEGORY, CELL, generate_world
@@ -66,6 +66,9 @@ class SynthConfig:
     label_noise: float = 0.3  # level of the noisy 2D labels; the hard ones are at 1.6x (synth/noise.py)
     version: str = "v1.0-synth"
     noise_profile: str = "v2"  # noise model of the 2D labels: v2 (default) or v1 (the first release's)
+    # noise model v2's rates (docs/SYNTHETIC.md); other values make worlds for diagnostics, e.g.
+    # benchmarks/noise_components.py's worlds that each leave one part of the noise out
+    noise_rates: NoiseRates = field(default_factory=NoiseRates)
 
     def __post_init__(self) -> None:
         if self.scenes < 1 or self.frames_per_scene < 1:
@@ -340,10 +343,18 @@ def _write_scene(out: Path, cfg: SynthConfig, grid: GridSpec, si: int, sensor_to
             noisy = NoisyMaps(v1, v1_conf)
             if cfg.noise_profile != "v1":  # other profiles have their own generator per camera
                 noisy = make_noisy_labels(
-                    cfg.noise_profile, *maps, cfg.label_noise, np.random.default_rng([seed, si, 2, k, ci])
+                    cfg.noise_profile,
+                    *maps,
+                    cfg.label_noise,
+                    np.random.default_rng([seed, si, 2, k, ci]),
+                    cfg.noise_rates,
                 )
             hard = make_noisy_labels(
-                cfg.noise_profile, *maps, hard_level(cfg.label_noise), np.random.default_rng([seed, si, 3, k, ci])
+                cfg.noise_profile,
+                *maps,
+                hard_level(cfg.label_noise),
+                np.random.default_rng([seed, si, 3, k, ci]),
+                cfg.noise_rates,
             )
             # the v1 maps are kept beside the profile's (precomputed variant "v1"): v1 against v2 on one world
             save_npz(

@@ -107,7 +107,7 @@ from autolabel.recipe import load_recipe, save_recipe  # noqa: E402
 from autolabel.store.labels import LabelStore  # noqa: E402
 from autolabel.store.export import evaluate_round  # noqa: E402
 from autolabel.supervision.cache import supervise  # noqa: E402
-from autolabel.supervision.config import SupervisionConfig  # noqa: E402
+from autolabel.supervision.config import DEFAULT_RUNNER_UPS  # noqa: E402
 from autolabel.supervision.providers import build_provider, resolve_device  # noqa: E402
 
 VARIANTS = (
@@ -256,11 +256,10 @@ def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
         r["data"]["aux_frames"] = 1
         r["render"]["aux_rays_per_frame"] = r["render"]["rays_per_frame"] // 2
     r = apply_overrides(r, overrides)
-    runner_ups = r["supervision"].get("runner_ups", SupervisionConfig().runner_ups)
-    if runner_ups != SupervisionConfig().runner_ups:  # a cache keeping another number of runner-up names: its own
-        r["supervision"]["cache"] = str(run / f"cache_{labels}_r{runner_ups}.zarr")
     settings = {k: v for k, v in r["fusion"].items() if k not in ("enabled", "store")}
-    if runner_ups != SupervisionConfig().runner_ups:  # fused from that cache
+    runner_ups = r["supervision"].get("runner_ups", DEFAULT_RUNNER_UPS)
+    if runner_ups != DEFAULT_RUNNER_UPS:  # a cache keeping another number of runner-up names, and labels fused from it
+        r["supervision"]["cache"] = str(run / f"cache_{labels}_r{runner_ups}.zarr")
         settings["supervision.runner_ups"] = runner_ups
     if settings:  # an ablation of the fusion settings: its own fused labels
         tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]

@@ -42,16 +42,10 @@ def evaluate_network(
         item = dataset[i]
         if not bool(item["has_gt"]):
             continue
+        inputs = [item[k][None].to(device) for k in ("images", "intrinsics", "cam2ego")]  # once for every network
+        depth = item["depth"][None].to(device) if ("teacher" in models and dts.depth_aware) else None
         for w, model in models.items():
-            depth = item["depth"][None].to(device) if (w == "teacher" and dts.depth_aware) else None
-            sem, _ = predict(
-                model,
-                item["images"][None].to(device),
-                item["intrinsics"][None].to(device),
-                item["cam2ego"][None].to(device),
-                depth,
-                occupied_threshold=threshold,
-            )
+            sem, _ = predict(model, *inputs, depth if w == "teacher" else None, occupied_threshold=threshold)
             metrics[w].update(sem[0].cpu(), item["gt_semantics"], item["gt_mask"])
     if any(m.confusion.sum() == 0 for m in metrics.values()):
         raise DataError(f"{where}: no {split} frame has Occ3D ground truth (gts/)")

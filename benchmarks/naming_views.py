@@ -5,9 +5,10 @@ v2 draws them at the default level (autolabel.synth.noise: z = s * B[t] + bias +
 rising with size). Three decoders of the N views, one table:
   vote  each view's argmax name weighed by its confidence (the posterior of that name under the classifier's own
         noise model): a name and a confidence per pixel, what fusion voted before the maps carried runner-ups
-  top3  the vote plus each view's two runner-up names (the next classes of the same posterior, each with its
-        share of what the name's confidence leaves) at fusion's `runner_up_weight` (0.5): what fusion votes now
-        (here without the maps' score noise, which the world's confidences carry)
+  top3  the name and each view's two runner-up names (the next classes of the same posterior, each with its
+        share of what the name's confidence leaves) voted by fusion's rule (`fusion.vote_rule`, its default:
+        evidence, log(p / u); `runner_up_weight` 0.5): what fusion votes now (here without the maps' score noise,
+        which the world's confidences carry)
   lik   the sum of the views' log-likelihoods over all 17 classes: a product of experts over the whole class
         distribution (the exact likelihood of the generating model, so it flatters what a real classifier's
         distribution would give)
@@ -23,10 +24,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autolabel.fusion.config import FusionConfig  # noqa: E402
+from autolabel.fusion.fuse import evidence_weights  # noqa: E402
 from autolabel.synth.noise import RUNNER_UPS, NoiseRates  # noqa: E402
 from occnet.classes import OCC3D_CLASS_NAMES  # noqa: E402
 
@@ -54,9 +57,20 @@ def named_right(t: int, depth: float, share: float, n: int, rng: np.random.Gener
     np.put_along_axis(others, name[..., None], -1.0, -1)
     alt = np.argsort(-others, -1)[..., :RUNNER_UPS]  # (trials, views, R)
     share = np.take_along_axis(post, alt, -1)  # p_j (1 - conf) / (1 - p_name) = p_j: here conf is p_name
-    top3 = votes.copy()
-    for j in range(RUNNER_UPS):
-        np.add.at(top3, (trial, alt[..., j]), FusionConfig().runner_up_weight * share[..., j])
+    cfg = FusionConfig()
+    weight = torch.from_numpy(conf.reshape(-1))
+    every = torch.ones(trials * n, dtype=torch.bool)
+    alts = [
+        (torch.from_numpy(alt[..., j].reshape(-1)), torch.from_numpy(share[..., j].reshape(-1)), every)
+        for j in range(RUNNER_UPS)
+    ]
+    if cfg.vote_rule == "evidence":
+        weight, alts = evidence_weights(weight, alts, cfg.evidence_floor)
+    top3 = np.zeros((trials, k))
+    np.add.at(top3, (trial, name), weight.numpy().reshape(trials, n))
+    for a, w, ok in alts:
+        w = torch.where(ok, w * cfg.runner_up_weight, 0.0)
+        np.add.at(top3, (trial, a.numpy().reshape(trials, n)), w.numpy().reshape(trials, n))
     right = [votes.argmax(-1) == t, top3.argmax(-1) == t, loglik.sum(1).argmax(-1) == t]
     return tuple(float(r.mean()) for r in right)
 

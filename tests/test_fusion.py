@@ -3,6 +3,8 @@ sees it, against the synthetic world's exact Occ3D ground truth."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from autolabel.fusion.evidence import frame_evidence, window_tokens
 from autolabel.fusion.fuse import (
     Sweep,
     View,
+    evidence_weights,
     exclusive_scale,
     fuse,
     moved_with_tracks,
@@ -153,7 +156,10 @@ def _view(cls_map: np.ndarray, source: int) -> View:
 def test_a_point_hidden_behind_a_nearer_surface_gets_no_vote():
     pts = torch.tensor([[2.0, 0.0, 0.0], [3.5, 0.0, 0.0]], dtype=torch.float64)  # the second behind the first
     votes, own = vote(
-        pts, torch.zeros(2, dtype=torch.long), [_view(np.full((20, 20), WALL), 0)], FusionConfig(zbuffer_pool=1)
+        pts,
+        torch.zeros(2, dtype=torch.long),
+        [_view(np.full((20, 20), WALL), 0)],
+        FusionConfig(zbuffer_pool=1, vote_rule="sum"),
     )
     assert votes[0, WALL] == 1 and votes[1].sum() == 0 and torch.equal(own, votes)
 
@@ -161,7 +167,8 @@ def test_a_point_hidden_behind_a_nearer_surface_gets_no_vote():
 @pytest.mark.parametrize("weight", [0.0, 1.0])
 def test_a_name_every_view_ranks_second_wins_by_the_runner_up_votes(weight):
     """Two views name the point car (confidence 0.4) with truck the runner-up (0.5), one names it truck (0.45):
-    the argmax names vote car, the views' distributions summed say truck; runner_up_weight 0 is the old vote."""
+    the argmax names vote car, the views' distributions summed say truck; runner_up_weight 0 is the old vote.
+    (The sum rule; `test_evidence_names_what_every_view_supports` has the evidence rule's.)"""
     pt = torch.tensor([[2.0, 0.0, 0.0]], dtype=torch.float64)
     views = []
     for name, conf, alt, alt_conf in [(CAR, 0.4, TRUCK, 0.5), (CAR, 0.4, TRUCK, 0.5), (TRUCK, 0.45, CAR, 0.3)]:
@@ -171,10 +178,77 @@ def test_a_name_every_view_ranks_second_wins_by_the_runner_up_votes(weight):
         v.runner_up_confidence = torch.full((1, 20, 20), alt_conf)
         views.append(v)
     views[2].runner_ups[:] = 255  # a runner-up of none adds nothing whatever its confidence
-    votes, own = vote(pt, torch.zeros(1, dtype=torch.long), views, FusionConfig(runner_up_weight=weight))
+    votes, own = vote(
+        pt, torch.zeros(1, dtype=torch.long), views, FusionConfig(runner_up_weight=weight, vote_rule="sum")
+    )
     assert torch.equal(own, votes)
     assert votes[0, CAR].item() == pytest.approx(0.8) and votes[0, TRUCK].item() == pytest.approx(0.45 + weight)
     assert votes[0].argmax().item() == (TRUCK if weight else CAR)
+
+
+def _named_view(name: int, conf: float, alts: list[tuple[int, float]]) -> View:
+    """`_view` named `name` everywhere with confidence `conf` and the runner-ups `alts` [(class, confidence)]."""
+    v = _view(np.full((20, 20), name), 0)
+    v.confidence = torch.full((20, 20), conf)
+    v.runner_ups = torch.tensor([a for a, _ in alts], dtype=torch.int64)[:, None, None].expand(-1, 20, 20).clone()
+    v.runner_up_confidence = torch.tensor([c for _, c in alts])[:, None, None].expand(-1, 20, 20).clone()
+    return v
+
+
+def test_evidence_names_what_every_view_supports():
+    """Three views name the point car, bus and trailer (0.6 each), every one with truck the runner-up (0.35). The
+    sum rule votes a name (0.6 against truck's 3 x 0.35 x 0.5 = 0.525); as evidence (fusion.vote_rule, the default)
+    each view leaves the 15 unnamed classes 0.05 / 15 < the floor 0.01, so a name weighs log(0.6 / 0.01) = 4.09
+    and truck 3 x 0.5 x log(0.35 / 0.01) = 5.33: the class every view supports wins."""
+    pt = torch.tensor([[2.0, 0.0, 0.0]], dtype=torch.float64)
+    bus, trailer = class_id("bus"), class_id("trailer")
+    views = [_named_view(name, 0.6, [(TRUCK, 0.35)]) for name in (CAR, bus, trailer)]
+    source = torch.zeros(1, dtype=torch.long)
+    summed, _ = vote(pt, source, views, FusionConfig(vote_rule="sum"))
+    evidence, own = vote(pt, source, views, FusionConfig())
+    assert summed[0].argmax().item() in (CAR, bus, trailer) and summed[0, TRUCK].item() == pytest.approx(0.525)
+    assert evidence[0].argmax().item() == TRUCK and torch.equal(own, evidence)
+    assert evidence[0, CAR].item() == pytest.approx(math.log(60), rel=1e-5)
+    assert evidence[0, TRUCK].item() == pytest.approx(1.5 * math.log(35), rel=1e-5)
+
+
+def test_evidence_weights_against_what_the_pixel_leaves_unnamed():
+    """Name 0.5 with runner-ups 0.3 and 0.1 leave 0.1 to 14 classes, u = 0.00714: each named class gets
+    log(p / u), unless the floor raises u; a runner-up at or under u, and a missing one, add nothing."""
+    conf = torch.tensor([0.5, 0.5, 0.9])
+    alts = [
+        (torch.tensor([1, 1, 2]), torch.tensor([0.3, 0.3, 0.001]), torch.tensor([True, True, True])),
+        (torch.tensor([3, 3, 255]), torch.tensor([0.1, 0.1, 0.05]), torch.tensor([True, True, False])),
+    ]
+    name, (first, second) = evidence_weights(conf, alts, floor=0.001)
+    u = 0.1 / 14
+    assert name[:2].tolist() == pytest.approx([math.log(0.5 / u)] * 2, rel=1e-5)
+    assert first[1][:2].tolist() == pytest.approx([math.log(0.3 / u)] * 2, rel=1e-5)
+    assert second[1][:2].tolist() == pytest.approx([math.log(0.1 / u)] * 2, rel=1e-5)
+    # the third pixel: u = max(0.099 / 15, 0.001); its first runner-up (0.001) is under u, its second is missing
+    assert name[2].item() == pytest.approx(math.log(0.9 / (0.099 / 15)), rel=1e-5)
+    assert first[2].tolist() == [True, True, False] and second[2].tolist() == [True, True, False]
+    floored, _ = evidence_weights(conf, alts, floor=0.05)
+    assert floored[:2].tolist() == pytest.approx([math.log(10)] * 2, rel=1e-5)
+
+
+def test_exact_labels_vote_alike_under_both_rules():
+    """Confidence 1 and no runner-ups (exact 2D labels): each pixel's evidence is log(1 / floor), the sum rule's vote
+    times one constant, so both rules name and weigh every point alike."""
+    rng = np.random.default_rng(0)
+    pts = torch.from_numpy(np.c_[rng.uniform(1.5, 3.5, 50), rng.uniform(-1, 1, (50, 2))])
+    views = [_view(rng.choice([CAR, TRUCK, WALL], (20, 20)), s) for s in (0, 1)]
+    source = torch.from_numpy(rng.integers(0, 2, 50))
+    summed, own_summed = vote(pts, source, views, FusionConfig(vote_rule="sum"))
+    evidence, own = vote(pts, source, views, FusionConfig(evidence_floor=0.01))
+    assert summed.sum() > 0 and torch.allclose(evidence, summed * math.log(100))
+    assert torch.allclose(own, own_summed * math.log(100))
+
+
+@pytest.mark.parametrize("key", [{"vote_rule": "mean"}, {"evidence_floor": 0.0}, {"evidence_floor": 1.0}])
+def test_a_bad_vote_rule_or_floor_is_refused(key):
+    with pytest.raises(ValueError, match="fusion.(vote_rule|evidence_floor)"):
+        FusionConfig(**key)
 
 
 @pytest.mark.parametrize("voxels", ["rules", "hits"])

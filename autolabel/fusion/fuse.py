@@ -130,17 +130,51 @@ def vote(
         use = visible & (label != IGNORE_ID) & (label < NUM_SEMANTIC_CLASSES)
         idx, label, flat = idx[use], label[use], flat[use]
         weight = view.confidence.reshape(-1)[flat].float()
-        votes.index_put_((idx, label), weight, accumulate=True)
-        mine = source[idx] == view.source
-        own.index_put_((idx[mine], label[mine]), weight[mine], accumulate=True)
+        alts = []  # (class, confidence, present) of each runner-up at the voting pixels
         if view.runner_ups is not None and cfg.runner_up_weight > 0:
             for alt, alt_conf in zip(view.runner_ups, view.runner_up_confidence):
                 a = alt.reshape(-1)[flat]
                 ok = a < NUM_SEMANTIC_CLASSES  # 255: no runner-up here
-                wa = alt_conf.reshape(-1)[flat].float() * cfg.runner_up_weight
-                votes.index_put_((idx[ok], a[ok]), wa[ok], accumulate=True)
-                own.index_put_((idx[ok & mine], a[ok & mine]), wa[ok & mine], accumulate=True)
+                alts.append((a, alt_conf.reshape(-1)[flat].float(), ok))
+        if cfg.vote_rule == "evidence":
+            weight, alts = evidence_weights(weight, alts, cfg.evidence_floor)
+        mine = source[idx] == view.source
+        votes.index_put_((idx, label), weight, accumulate=True)
+        own.index_put_((idx[mine], label[mine]), weight[mine], accumulate=True)
+        for a, wa, ok in alts:
+            wa = wa * cfg.runner_up_weight
+            votes.index_put_((idx[ok], a[ok]), wa[ok], accumulate=True)
+            own.index_put_((idx[ok & mine], a[ok & mine]), wa[ok & mine], accumulate=True)
     return votes, own
+
+
+# the least evidence a vote carries: a power of two, so that the rules' float64 vote sums stay exact and the
+# same in any order of CUDA's atomic adds (fusion/rules.py, _name_voxels)
+MIN_EVIDENCE = 2.0**-7
+
+
+def evidence_weights(
+    conf: torch.Tensor, alts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], floor: float
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """`fusion.vote_rule: evidence`: pixels' name confidences (N,) and runner-ups [(class (N,), confidence (N,),
+    present (N,) bool)] as log-likelihood ratios against the classes the pixel leaves unnamed. The pixel's
+    distribution puts what its name and runner-ups leave evenly on the other classes, u each (at least `floor`,
+    which bounds how much one view counts against a class it leaves unnamed); a class it names with p gets
+    log(max(p, u) / u) >= 0. Summed over views these are the log of the product of the views' distributions, up to
+    a constant per point. A name keeps at least MIN_EVIDENCE (its point stays seen, as under the sum rule); a
+    runner-up's evidence under MIN_EVIDENCE is dropped."""
+    named = conf.clone()
+    count = torch.ones_like(conf)
+    for _, c, ok in alts:
+        named += torch.where(ok, c, 0.0)
+        count += ok.float()
+    u = ((1 - named).clamp_min(0) / (NUM_SEMANTIC_CLASSES - count)).clamp_min(floor)
+
+    def ratio(p: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.maximum(p, u) / u)
+
+    alts = [(a, r, ok & (r >= MIN_EVIDENCE)) for a, c, ok in alts for r in (ratio(c),)]
+    return ratio(conf).clamp_min(MIN_EVIDENCE), alts
 
 
 def _map_side(sweep: Sweep) -> torch.Tensor:

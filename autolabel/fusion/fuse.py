@@ -9,10 +9,11 @@ Evidence, all in the labelled keyframe's ego frame at its LiDAR timestamp (the O
 1. votes a class for every point: each view that sees the point (in the image, and the first surface
    along that pixel's ray: its depth within a tolerance of a z-buffer of the points of the view's own
    keyframe, the scene as it was when the image was taken, min-pooled so that points behind a surface do
-   not show through the gaps between its points) adds the pixel's
-   confidence to the pixel's class. Views of the point's own keyframe vote apart: a point whose own-time
-   views call it a dynamic class (a car, a pedestrian) takes their vote, since at other times the thing
-   had moved and the views there show what was behind it;
+   not show through the gaps between its points) adds the pixel's vote to the pixel's class and to its
+   runner-up names (`fusion.vote_rule`: by default the evidence log(p / u) of each, `evidence_weights`; or
+   the confidences). Views of the point's own keyframe vote apart: a point whose own-time views call it a
+   dynamic class (a car, a pedestrian) takes their vote, since at other times the thing had moved and the
+   views there show what was behind it;
 2. keeps points of static classes from the whole window and points of dynamic classes (and points no view
    saw) only within `dynamic_seconds` of the labelled frame;
 3. voxelizes: a voxel holding kept points is occupied with the class of its summed votes, confidence =
@@ -96,10 +97,11 @@ def vote(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class votes of every point. points (P, 3), source (P,) window keyframe of each point.
 
-    Returns (all, own), each (P, 17) float32: the confidence-weighted votes of every view that sees the
-    point, and of the views of the point's own keyframe only. A view's runner-up names (View.runner_ups) vote
-    beside its name with their confidences x `runner_up_weight`: summed over views, the votes are then the
-    views' class distributions summed (a pixel's name and runner-ups share at most 1), which names a thing
+    Returns (all, own), each (P, 17) float32: the votes of every view that sees the point, and of the views of
+    the point's own keyframe only. A view's runner-up names (View.runner_ups) vote beside its name, x
+    `runner_up_weight`. Under `vote_rule: evidence` each class a pixel names votes its log-likelihood ratio
+    against the classes it leaves unnamed (`evidence_weights`): summed over views, the log of the product of the
+    views' distributions; under `sum` it votes its confidence: the distributions summed. Either names a thing
     that every view ranks second better than a vote of argmax names does (benchmarks/naming_views.py)."""
     n = len(points)
     votes = torch.zeros(n, NUM_SEMANTIC_CLASSES, dtype=torch.float32, device=points.device)

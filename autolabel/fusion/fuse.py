@@ -175,8 +175,11 @@ def evidence_weights(
     def ratio(p: torch.Tensor) -> torch.Tensor:
         return torch.log(torch.maximum(p, u) / u)
 
-    alts = [(a, r, ok & (r >= MIN_EVIDENCE)) for a, c, ok in alts for r in (ratio(c),)]
-    return ratio(conf).clamp_min(MIN_EVIDENCE), alts
+    weighed = []
+    for a, c, ok in alts:
+        r = ratio(c)
+        weighed.append((a, r, ok & (r >= MIN_EVIDENCE)))
+    return ratio(conf).clamp_min(MIN_EVIDENCE), weighed
 
 
 def _map_side(sweep: Sweep) -> torch.Tensor:

@@ -442,3 +442,30 @@ def test_a_round_stores_each_frames_histogram_and_export_sums_them(tmp_path, mon
     tokens, scenes = [f"t{i}" for i in range(10)], [f"s{i % 2}" for i in range(10)]
     again = old.create_round(0, tokens, scenes, {"checkpoint_sha256": "x"})
     assert "histogram" not in again.specs and "histogram" not in old.root["round_0"]
+
+
+def test_reopening_with_other_settings_names_the_fields_that_differ(tmp_path):
+    """A fused round resumed under other fusion settings (a dict of 30 fields) is refused with the fields that
+    differ, not both dicts whole; a field the store lacks was added to the code after the store was written."""
+    tokens = ["t0", "t1"]
+
+    def group(settings: dict) -> FrameArrays:
+        return FrameArrays.create_or_open(
+            open_root(tmp_path / "s.zarr", "a"), "g", SPECS, tokens, {"fusion": settings}, ("fusion",), "store s"
+        )
+
+    group({"window": 3, "cluster_vote": 4.0})
+    group({"window": 3, "cluster_vote": 4.0})  # the same settings: reopened
+    with pytest.raises(DataError) as err:
+        group({"window": 3, "cluster_vote": 2.0, "vote_rule": "evidence"})
+    assert str(err.value) == (
+        "store s: was written with fusion.cluster_vote = 4.0, this run has 2.0, fusion.vote_rule = absent (the "
+        "store's code predates the field), this run has 'evidence'; use another store / cache path or delete the "
+        "old one"
+    )
+    # a store without the attribute: the values whole
+    FrameArrays.create_or_open(open_root(tmp_path / "t.zarr", "a"), "g", SPECS, tokens, {}, (), "store t")
+    with pytest.raises(DataError, match=r"store t: was written with fusion = None, this run has \{'window': 3\}"):
+        FrameArrays.create_or_open(
+            open_root(tmp_path / "t.zarr", "a"), "g", SPECS, tokens, {"fusion": {"window": 3}}, ("fusion",), "store t"
+        )

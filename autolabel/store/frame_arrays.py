@@ -80,6 +80,20 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def mismatch(key: str, stored: Any, wanted: Any) -> str:
+    """`key = stored, this run has wanted`; for two dicts (fusion's settings: 30 of them) only the fields that
+    differ, a field the store lacks named as such (written by code from before that field existed)."""
+    if not (isinstance(stored, dict) and isinstance(wanted, dict)):
+        return f"{key} = {stored!r}, this run has {wanted!r}"
+
+    def show(d: dict, k: str, absent: str) -> str:
+        return repr(d[k]) if k in d else absent
+
+    older = "absent (the store's code predates the field)"
+    fields = [k for k in {**stored, **wanted} if show(stored, k, older) != show(wanted, k, "absent")]
+    return ", ".join(f"{key}.{k} = {show(stored, k, older)}, this run has {show(wanted, k, 'absent')}" for k in fields)
+
+
 class FrameArrays:
     """Open with `FrameArrays.create_or_open`; write a frame with `write(i, **arrays)`."""
 
@@ -131,7 +145,7 @@ class FrameArrays:
             for key in must_match:
                 if found.get(key) != attrs.get(key):
                     raise DataError(
-                        f"{where}: was written with {key} = {found.get(key)!r}, this run has {attrs.get(key)!r}; "
+                        f"{where}: was written with {mismatch(key, found.get(key), attrs.get(key))}; "
                         f"use another store / cache path or delete the old one"
                     )
             for s in specs:

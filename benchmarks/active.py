@@ -31,9 +31,6 @@ from occnet.classes import NUM_CLASSES
 MICRO_GRID = {"range_min": [-12.8, -12.8, -1.0], "range_max": [12.8, 12.8, 2.2], "voxel_size": 0.4}
 
 
-REGION_SCENE_CAP = 2  # region unit: frames per scene (the recipes' default); whole frames keep 1 per scene
-
-
 def select_share(
     pool,
     unit: str,
@@ -42,20 +39,23 @@ def select_share(
     grid_voxels: int,
     seed: int,
     max_tiles_per_frame: int = SelectionConfig.max_tiles_per_frame,
+    per_scene_cap: int | None = None,
 ) -> tuple:
     """A benchmark round's selection from a scored pool (`score_pool` or `fusion_pool`, scored with tiles): whole
-    frames, `frames_worth` of them at most 1 per scene, or (unit region) BEV tiles of the pool's tile grid for as
-    many frames' voxels (`grid_voxels` each), at most REGION_SCENE_CAP frames per scene and `max_tiles_per_frame`
-    (selection.max_tiles_per_frame) tiles a frame. Returns the picks, the strategy used and the voxels labelled."""
+    frames, `frames_worth` of them, or (unit region) BEV tiles of the pool's tile grid for as many frames' voxels
+    (`grid_voxels` each), at most `max_tiles_per_frame` (selection.max_tiles_per_frame) tiles a frame; at most
+    `per_scene_cap` frames a scene (selection.per_scene_cap; None: 1 for whole frames, the recipes' default 2 for
+    tiles). Returns the picks, the strategy used and the voxels labelled."""
     none = pool.features[:0]
     if unit == "frame":
-        cfg = SelectionConfig(strategy=strategy, budget=frames_worth, per_scene_cap=1, seed=seed)
+        cap = 1 if per_scene_cap is None else per_scene_cap
+        cfg = SelectionConfig(strategy=strategy, budget=frames_worth, per_scene_cap=cap, seed=seed)
         picks, used = select_frames(pool.candidates, pool.features, none, cfg, 0, len(pool.tokens))
         return picks, used, len(picks) * grid_voxels
     cfg = SelectionConfig(
         strategy=strategy,
         budget=frames_worth * grid_voxels,
-        per_scene_cap=REGION_SCENE_CAP,
+        per_scene_cap=SelectionConfig.per_scene_cap if per_scene_cap is None else per_scene_cap,
         unit="region",
         region_size=pool.regions.size,
         max_tiles_per_frame=max_tiles_per_frame,

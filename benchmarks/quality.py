@@ -490,7 +490,10 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             frames_worth = max(1, round(percent / 100 * len(scores.tokens)))
             grid_voxels = int(np.prod(recipe.network.grid.shape))
             ranking = "fusion" if strategy == "oracle" else strategy  # the oracle's scores, taken in fusion's order
-            picks, used, voxels = select_share(scores, unit, ranking, frames_worth, grid_voxels, seed, quota)
+            # the per-scene cap only where an ablation sets it (the benchmark's caps: 1 frame, or 2 with tiles)
+            capped = any(o.startswith("selection.per_scene_cap=") for o in overrides)
+            cap = own.selection.per_scene_cap if capped else None
+            picks, used, voxels = select_share(scores, unit, ranking, frames_worth, grid_voxels, seed, quota, cap)
             used = "oracle" if strategy == "oracle" else used
             picked = [(p.candidate.scene, p.candidate.token) for p in picks]
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized

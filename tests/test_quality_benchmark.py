@@ -360,3 +360,35 @@ def test_world_digest_covers_the_maps(tmp_path, monkeypatch):
         (world / "maps" / "m.png").write_bytes(bytes([i]))
         digests.append(quality.world_digest(world))
     assert digests[0] != digests[1]
+
+
+def test_the_benchmark_selection_takes_the_round_s_per_scene_cap(monkeypatch):
+    """`select_share` caps the frames a scene gives at selection.per_scene_cap where a round sets it (an ablation
+    `selection.per_scene_cap=1` was once ignored: the benchmark's own cap of 2 applied whatever the recipe said)."""
+    from types import SimpleNamespace
+
+    from autolabel.active.regions import RegionGrid
+    from autolabel.active.select import Candidate
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from active import select_share
+
+    regions = RegionGrid((8, 8, 2), 4)  # 4 tiles of 32 voxels a frame
+    rng = np.random.default_rng(0)
+    cands = [
+        Candidate(f"t{s}{i}", f"s{s}", tile_scores=rng.random(4), tile_visible=np.full(4, 32))
+        for s in range(4)
+        for i in range(4)
+    ]
+    pool = SimpleNamespace(
+        candidates=cands, features=np.zeros((16, 4), np.float32), regions=regions, tokens=[c.token for c in cands]
+    )
+
+    def frames_per_scene(cap):  # 16 tiles' worth (4 frames of 128 voxels), 2 tiles a frame: 8 frames if the caps allow
+        picks, _, voxels = select_share(pool, "region", "random", 4, 128, 0, 2, cap)
+        return sorted(np.unique([p.candidate.scene for p in picks], return_counts=True)[1].tolist()), voxels
+
+    assert frames_per_scene(None) == ([2, 2, 2, 2], 512)  # the benchmark's default: 2 frames a scene
+    assert frames_per_scene(1) == ([1, 1, 1, 1], 256)  # 4 frames of 2 tiles: the budget cannot be spent
+    counts, voxels = frames_per_scene(4)
+    assert max(counts) > 2 and voxels == 512  # random tiles over more frames of a scene

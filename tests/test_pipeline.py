@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import _made_once
 from tiny_models import write_recipe
 
 from autolabel.cli import main
@@ -37,15 +38,21 @@ def micro_recipe(folder: Path, world: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def micro_run(pool_world, tmp_path_factory) -> tuple[Path, Path, str]:
-    """The micro loop run once for this module: (recipe, run folder, what `run` printed)."""
-    folder = tmp_path_factory.mktemp("micro")
-    recipe = micro_recipe(folder, pool_world)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["run", str(recipe)]) == 0
-    return recipe, folder / "run", out.getvalue()
+    """The micro loop run once for all the xdist workers (it was once per worker, 33-40 s each on 2 cores):
+    (recipe, run folder, what `run` printed). The tests only read it; test_micro_loop_two_rounds runs it again,
+    which rewrites nothing but the run's recipe.yaml (atomically)."""
+
+    def make(folder: Path) -> list[str]:
+        recipe = micro_recipe(folder, pool_world)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["run", str(recipe)]) == 0
+        return [str(recipe), str(folder / "run"), out.getvalue()]
+
+    recipe, run, out = _made_once(tmp_path_factory, "micro", make)
+    return Path(recipe), Path(run), out
 
 
 def test_micro_loop_two_rounds(micro_run):

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autolabel.fusion.config import FusionConfig  # noqa: E402
-from autolabel.fusion.fuse import evidence_weights  # noqa: E402
+from autolabel.fusion.fuse import pixel_votes  # noqa: E402
 from autolabel.synth.noise import RUNNER_UPS, NoiseRates  # noqa: E402
 from occnet.classes import OCC3D_CLASS_NAMES  # noqa: E402
 
@@ -64,12 +64,11 @@ def named_right(t: int, depth: float, share: float, n: int, rng: np.random.Gener
         (torch.from_numpy(alt[..., j].reshape(-1)), torch.from_numpy(share[..., j].reshape(-1)), every)
         for j in range(RUNNER_UPS)
     ]
-    if cfg.vote_rule == "evidence":
-        weight, alts = evidence_weights(weight, alts, cfg.evidence_floor)
+    weight, alts = pixel_votes(weight, alts, cfg)
     top3 = np.zeros((trials, k))
     np.add.at(top3, (trial, name), weight.numpy().reshape(trials, n))
     for a, w, ok in alts:
-        w = torch.where(ok, w * cfg.runner_up_weight, 0.0)
+        w = torch.where(ok, w, 0.0)
         np.add.at(top3, (trial, a.numpy().reshape(trials, n)), w.numpy().reshape(trials, n))
     right = [votes.argmax(-1) == t, top3.argmax(-1) == t, loglik.sum(1).argmax(-1) == t]
     return tuple(float(r.mean()) for r in right)

@@ -138,16 +138,26 @@ def vote(
                 a = alt.reshape(-1)[flat]
                 ok = a < NUM_SEMANTIC_CLASSES  # 255: no runner-up here
                 alts.append((a, alt_conf.reshape(-1)[flat].float(), ok))
-        if cfg.vote_rule == "evidence":
-            weight, alts = evidence_weights(weight, alts, cfg.evidence_floor)
+        weight, alts = pixel_votes(weight, alts, cfg)
         mine = source[idx] == view.source
         votes.index_put_((idx, label), weight, accumulate=True)
         own.index_put_((idx[mine], label[mine]), weight[mine], accumulate=True)
         for a, wa, ok in alts:
-            wa = wa * cfg.runner_up_weight
             votes.index_put_((idx[ok], a[ok]), wa[ok], accumulate=True)
             own.index_put_((idx[ok & mine], a[ok & mine]), wa[ok & mine], accumulate=True)
     return votes, own
+
+
+def pixel_votes(
+    conf: torch.Tensor, alts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], cfg: FusionConfig
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """What pixels vote under `cfg.vote_rule`: for the name (N,) and for each runner-up [(class (N,), vote (N,),
+    present (N,) bool)], the runner-ups' votes x `runner_up_weight`. From the name confidences (N,) and the
+    runner-ups [(class, confidence, present)]: the confidences themselves (sum) or their evidence
+    (`evidence_weights`)."""
+    if cfg.vote_rule == "evidence":
+        conf, alts = evidence_weights(conf, alts, cfg.evidence_floor)
+    return conf, [(a, w * cfg.runner_up_weight, ok) for a, w, ok in alts]
 
 
 # the least evidence a vote carries: a power of two, so that the rules' float64 vote sums stay exact and the

@@ -40,12 +40,14 @@ def select_share(
     seed: int,
     max_tiles_per_frame: int = SelectionConfig.max_tiles_per_frame,
     per_scene_cap: int | None = None,
+    random_share: float = 0.0,
 ) -> tuple:
     """A benchmark round's selection from a scored pool (`score_pool` or `fusion_pool`, scored with tiles): whole
     frames, `frames_worth` of them, or (unit region) BEV tiles of the pool's tile grid for as many frames' voxels
     (`grid_voxels` each), at most `max_tiles_per_frame` (selection.max_tiles_per_frame) tiles a frame; at most
     `per_scene_cap` frames a scene (selection.per_scene_cap; None: 1 for whole frames, the recipes' default 2 for
-    tiles). Returns the picks, the strategy used and the voxels labelled."""
+    tiles); tiles only: `random_share` of the budget at random beside a ranking (selection.random_share). Returns
+    the picks, the strategy used and the voxels labelled."""
     none = pool.features[:0]
     if unit == "frame":
         cap = 1 if per_scene_cap is None else per_scene_cap
@@ -59,6 +61,7 @@ def select_share(
         unit="region",
         region_size=pool.regions.size,
         max_tiles_per_frame=max_tiles_per_frame,
+        random_share=random_share,
         seed=seed,
     )
     picks, used = select_regions(pool.candidates, pool.features, none, cfg, pool.regions, 0, len(pool.tokens))

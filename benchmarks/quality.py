@@ -493,7 +493,10 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             # the per-scene cap only where an ablation sets it (the benchmark's caps: 1 frame, or 2 with tiles)
             capped = any(o.startswith("selection.per_scene_cap=") for o in overrides)
             cap = own.selection.per_scene_cap if capped else None
-            picks, used, voxels = select_share(scores, unit, ranking, frames_worth, grid_voxels, seed, quota, cap)
+            share = own.selection.random_share  # 0 unless an ablation sets it (tiles only)
+            picks, used, voxels = select_share(
+                scores, unit, ranking, frames_worth, grid_voxels, seed, quota, cap, random_share=share
+            )
             used = "oracle" if strategy == "oracle" else used
             picked = [(p.candidate.scene, p.candidate.token) for p in picks]
             if kind == "dts_points_5pct":  # issue 24: the same picks as points + boxes, voxelized

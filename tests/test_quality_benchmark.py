@@ -392,3 +392,9 @@ def test_the_benchmark_selection_takes_the_round_s_per_scene_cap(monkeypatch):
     assert frames_per_scene(1) == ([1, 1, 1, 1], 256)  # 4 frames of 2 tiles: the budget cannot be spent
     counts, voxels = frames_per_scene(4)
     assert max(counts) > 2 and voxels == 512  # random tiles over more frames of a scene
+    # an ablation's selection.random_share reaches the selection: half the tiles ranked, half at random
+    picks, used, voxels = select_share(pool, "region", "entropy", 4, 128, 0, 2, 4, random_share=0.5)
+    ranked = sorted(((c.tile_scores[t], c.token, t) for c in cands for t in range(4)), reverse=True)
+    taken = {(p.candidate.token, t) for p in picks for t in p.tiles}
+    assert used == "entropy" and voxels == 512 and {(k, t) for _, k, t in ranked[:8]} != taken
+    assert {(k, t) for _, k, t in ranked[:8]} & taken and any("random share" in p.reason for p in picks)

@@ -131,6 +131,33 @@ def test_region_entropy_takes_the_most_uncertain_tiles_of_the_pool():
         select_regions(cands, feats, np.zeros((0, 8)), SelectionConfig(unit="region", budget=10), regions)
 
 
+def test_a_random_share_spends_the_rest_of_the_budget_beside_the_ranking():
+    cands, feats = _region_pool(n_scenes=4)
+    regions = RegionGrid((64, 64, 8), 16)
+    budget = 2048 * 8
+    ranked = SelectionConfig(strategy="entropy", unit="region", budget=budget, per_scene_cap=10, max_tiles_per_frame=16)
+    mixed = replace(ranked, random_share=0.5)
+    pure, _ = select_regions(cands, feats, np.zeros((0, 8)), ranked, regions)
+    picks, used = select_regions(cands, feats, np.zeros((0, 8)), mixed, regions)
+    again, _ = select_regions(cands, feats, np.zeros((0, 8)), mixed, regions)
+    assert used == "entropy" and [(p.candidate.token, p.tiles) for p in picks] == [
+        (p.candidate.token, p.tiles) for p in again
+    ]
+    assert sum(p.voxels for p in picks) == budget
+    pairs = [(p.candidate.token, t) for p in picks for t in p.tiles]
+    assert len(set(pairs)) == 8  # no tile twice
+    top = sorted(((c.tile_scores[t], c.token, t) for c in cands for t in range(16) if c.tile_visible[t]), reverse=True)
+    # half the budget by rank: the 4 most uncertain tiles of the pool; the other 4 drawn at random from the rest
+    assert {(tok, t) for _, tok, t in top[:4]} <= set(pairs)
+    assert set(pairs) != {(tok, t) for _, tok, t in top[:8]} == {(p.candidate.token, t) for p in pure for t in p.tiles}
+    assert all(p.candidate.tile_visible[t] > 0 for p in picks for t in p.tiles)
+    assert any("random share" in p.reason for p in picks)
+    with pytest.raises(ValueError, match=r"random_share must be in \[0, 1\)"):
+        SelectionConfig(unit="region", budget=1e6, random_share=1.0)
+    with pytest.raises(ValueError, match="random_share .*: needs selection.unit: region"):
+        SelectionConfig(random_share=0.5)
+
+
 # ---- the 3D loss trusts only annotated voxels ----------------------------------------------------------------
 def test_labels_outside_the_annotated_tiles_never_reach_the_loss(pool_world):
     """A region-level manual label whose voxels outside the tiles carry wrong classes trains exactly like one

@@ -222,8 +222,9 @@ def select_regions(
     """Choose (frame, tile) pairs under a budget of labelled voxels (selection.unit region). Only tiles with
     visible voxels are candidates. The per-scene cap counts frames (a frame with any tile counts once), a
     frame gives at most `max_tiles_per_frame` tiles, and a tile is taken only while its voxels fit the budget
-    left. Returns one Pick per frame (its tiles in pick order, their voxels) in the order frames were first
-    picked, and the strategy used. Deterministic (seeded, stable sorts)."""
+    left. With `random_share` s and a ranked strategy (entropy, fusion) the ranking spends (1 - s) of the budget
+    and random tiles the rest. Returns one Pick per frame (its tiles in pick order, their voxels) in the order
+    frames were first picked, and the strategy used. Deterministic (seeded, stable sorts)."""
     check_region_budget(cfg, regions.shape)
     strategy = resolve_strategy(cfg, n_labelled, pool_size if pool_size is not None else len(cands) + n_labelled)
     tv = regions.voxels()
@@ -246,24 +247,38 @@ def select_regions(
     smallest = int(tv[np.unique(usable)].min())
     left = float(cfg.budget)
     chosen: dict[int, Pick] = {}
-    full = 0  # frames at their quota
-    for i, t, why in _region_order(strategy, cands, tiles_of, features, labelled_features, n_frames, cfg, device):
-        c = cands[i]
-        pick = chosen.get(i)
-        if pick is None and per_scene[scene_ids[c.scene]] >= cfg.per_scene_cap:
-            continue
-        if (pick is not None and len(pick.tiles) >= quota) or tv[t] > left + 1e-9:
-            continue
-        if pick is None:
-            pick = chosen[i] = Pick(c, why)
-            per_scene[scene_ids[c.scene]] += 1
-        pick.tiles.append(t)
-        pick.voxels += int(tv[t])
-        full += len(pick.tiles) == quota
-        left -= tv[t]
-        if left < smallest - 1e-9:
-            break
-        # every scene at its cap and every picked frame at its quota: nothing further can be taken
-        if full == len(chosen) and np.all(per_scene >= cfg.per_scene_cap):
-            break
+
+    def spend(order: Iterator[tuple[int, int, str]], keep: float) -> None:
+        """Take the order's tiles while the budget left stays at or above `keep` voxels."""
+        nonlocal left
+        full = sum(len(p.tiles) == quota for p in chosen.values())  # frames at their quota
+        for i, t, why in order:
+            c = cands[i]
+            pick = chosen.get(i)
+            if pick is None and per_scene[scene_ids[c.scene]] >= cfg.per_scene_cap:
+                continue
+            if pick is not None and (len(pick.tiles) >= quota or t in pick.tiles):
+                continue
+            if tv[t] > left - keep + 1e-9:
+                continue
+            if pick is None:
+                pick = chosen[i] = Pick(c, why)
+                per_scene[scene_ids[c.scene]] += 1
+            pick.tiles.append(t)
+            pick.voxels += int(tv[t])
+            full += len(pick.tiles) == quota
+            left -= tv[t]
+            if left - keep < smallest - 1e-9:
+                break
+            # every scene at its cap and every picked frame at its quota: nothing further can be taken
+            if full == len(chosen) and np.all(per_scene >= cfg.per_scene_cap):
+                break
+
+    def order(name: str) -> Iterator[tuple[int, int, str]]:
+        return _region_order(name, cands, tiles_of, features, labelled_features, n_frames, cfg, device)
+
+    explore = cfg.random_share * cfg.budget if strategy in ("entropy", "fusion") else 0.0
+    spend(order(strategy), keep=explore)
+    if explore:  # the rest of the budget at random, beside the ranked tiles (see SelectionConfig.random_share)
+        spend(((i, t, f"random share: {why}") for i, t, why in order("random")), keep=0.0)
     return list(chosen.values()), strategy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import itertools
 import json
 import shutil
@@ -194,6 +196,21 @@ def test_strategies_pick_what_they_promise():
     # auto: scene-stratified random while few frames are labelled (issue 21's measurement), the hybrid afterwards
     assert select_frames(cands, feats, np.zeros((0, 8)), SelectionConfig(budget=2))[1] == "stratified"
     assert select_frames(cands, feats, feats[:5], SelectionConfig(budget=2), n_labelled=5, pool_size=25)[1] == "hybrid"
+
+
+def test_a_random_share_of_frames_follows_the_ranked_ones():
+    cands, feats = _pool()
+    cfg = SelectionConfig(strategy="entropy", budget=8, per_scene_cap=5, random_share=0.5)
+    picks, used = select_frames(cands, feats, np.zeros((0, 8)), cfg)
+    top = [c.token for c in sorted(cands, key=lambda c: -c.scores["uncertainty"])]
+    tokens = [p.candidate.token for p in picks]
+    assert used == "entropy" and len(set(tokens)) == 8 and tokens[:4] == top[:4]  # half the budget by rank
+    assert set(tokens[4:]) != set(top[4:8]) and all(p.reason.startswith("random share") for p in picks[4:])
+    assert tokens == [p.candidate.token for p in select_frames(cands, feats, np.zeros((0, 8)), cfg)[0]]
+    # the caps hold over both passes
+    capped, _ = select_frames(cands, feats, np.zeros((0, 8)), replace(cfg, per_scene_cap=2))
+    scenes = [p.candidate.scene for p in capped]
+    assert len(capped) == 8 and max(scenes.count(s) for s in set(scenes)) == 2
 
 
 # ---- the round protocol -------------------------------------------------------------------------------------

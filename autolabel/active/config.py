@@ -45,9 +45,9 @@ class SelectionConfig:
     # budget. Development world, 5% of the pool's voxels as tiles, exported labels' mIoU: 0.25 / 0.5 / 1 / 1.5
     # gave 60.74 / 62.86 / 64.57 / 64.63 (random tiles 56.7; BENCHMARKS.md, issue 21)
     fusion_class_power: float = 1.0
-    # unit region, ranked strategies (entropy, fusion): this share of the budget goes to tiles drawn at random
-    # once the ranked tiles have the rest (same caps and quota). A ranking spends its first labels on what it is
-    # least sure of (rare things); random tiles cover the common ground classes the network gains most on
+    # ranked strategies (entropy, fusion): this share of the budget goes to frames or tiles drawn at random once
+    # the ranking has had the rest (same caps and quota). A ranking spends its first labels on what it is least
+    # sure of (rare things); random tiles cover the common ground classes the network gains most on
     random_share: float = 0.0
     # issue 24: what annotators deliver. "voxels": dense Occ3D labels.npz; "points": nuScenes-lidarseg labels of
     # the keyframe sweep's points + 3D boxes (sample_annotation form), voxelized at ingest
@@ -77,8 +77,6 @@ class SelectionConfig:
             raise ValueError(f"selection.fusion_class_power must be in [0, 4], got {self.fusion_class_power}")
         if not 0 <= self.random_share < 1:
             raise ValueError(f"selection.random_share must be in [0, 1), got {self.random_share}")
-        if self.random_share and self.unit != "region":
-            raise ValueError("selection.random_share mixes random tiles into a ranking: needs selection.unit: region")
         if self.annotation not in ANNOTATIONS:
             raise ValueError(f"selection.annotation must be one of {ANNOTATIONS}, got {self.annotation!r}")
         if self.box_points < 0:

@@ -2,7 +2,9 @@
 
 Every strategy produces an order of the candidates and a reason per candidate; one budget pass then
 walks that order, skipping a frame whose scene already has `per_scene_cap` picks or whose cost no longer
-fits, until the budget is spent. So the budget and the cap hold exactly for every strategy.
+fits, until the budget is spent. So the budget and the cap hold exactly for every strategy. With
+`selection.random_share` a ranked strategy's pass stops short of the budget and a second pass spends the rest in
+random order, under the same caps.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from .config import SelectionConfig, check_region_budget
 from .diversity import greedy_order, kmeans_pp
 from .regions import RegionGrid
+
+RANKED = ("entropy", "fusion")  # the strategies `random_share` mixes random picks into
 
 
 @dataclass
@@ -138,7 +142,8 @@ def select_frames(
 ) -> tuple[list[Pick], str]:
     """Choose frames from `cands` (features (N, D), labelled_features (M, D) of frames already annotated).
     Returns the picks in order and the strategy used. `device`: where the diversity strategies' distance
-    products run (a CUDA device when given; the CPU otherwise)."""
+    products run (a CUDA device when given; the CPU otherwise). With `random_share` s and a ranked strategy
+    (entropy, fusion) the ranking spends (1 - s) of the budget and random frames the rest."""
     strategy = resolve_strategy(cfg, n_labelled, pool_size if pool_size is not None else len(cands) + n_labelled)
     if not cands:
         return [], strategy
@@ -147,23 +152,36 @@ def select_frames(
     scene_ids = {s: j for j, s in enumerate(dict.fromkeys(c.scene for c in cands))}
     scene_of = np.array([scene_ids[c.scene] for c in cands])
     per_scene = np.zeros(len(scene_ids), np.int64)
-    seen = np.zeros(len(cands), bool)
+    taken = np.zeros(len(cands), bool)
     left = float(cfg.budget)
     picks: list[Pick] = []
-    for i, why in _order(strategy, cands, features, labelled_features, n_frames, cfg, device):
-        seen[i] = True
-        c = cands[i]
-        if per_scene[scene_of[i]] >= cfg.per_scene_cap or costs[i] > left + 1e-9:
-            continue
-        picks.append(Pick(c, why))
-        per_scene[scene_of[i]] += 1
-        left -= costs[i]
-        if left < costs.min() - 1e-9:
-            break
-        # caps only fill and the budget only shrinks: once no unseen candidate could still be taken, reading
-        # more of the order changes nothing (and would cost a core-set step per frame of the pool)
-        if not np.any(~seen & (per_scene[scene_of] < cfg.per_scene_cap) & (costs <= left + 1e-9)):
-            break
+
+    def spend(order: Iterator[tuple[int, str]], keep: float) -> None:
+        """Take the order's frames while the budget left stays at or above `keep`."""
+        nonlocal left
+        seen = taken.copy()
+        for i, why in order:
+            seen[i] = True
+            if taken[i] or per_scene[scene_of[i]] >= cfg.per_scene_cap or costs[i] > left - keep + 1e-9:
+                continue
+            picks.append(Pick(cands[i], why))
+            taken[i] = True
+            per_scene[scene_of[i]] += 1
+            left -= costs[i]
+            if left - keep < costs.min() - 1e-9:
+                break
+            # caps only fill and the budget only shrinks: once no unseen candidate could still be taken, reading
+            # more of the order changes nothing (and would cost a core-set step per frame of the pool)
+            if not np.any(~seen & (per_scene[scene_of] < cfg.per_scene_cap) & (costs <= left - keep + 1e-9)):
+                break
+
+    def order(name: str) -> Iterator[tuple[int, str]]:
+        return _order(name, cands, features, labelled_features, n_frames, cfg, device)
+
+    explore = cfg.random_share * cfg.budget if strategy in RANKED else 0.0
+    spend(order(strategy), keep=explore)
+    if explore:  # the rest of the budget at random (SelectionConfig.random_share)
+        spend(((i, f"random share: {why}") for i, why in order("random")), keep=0.0)
     return picks, strategy
 
 
@@ -277,8 +295,8 @@ def select_regions(
     def order(name: str) -> Iterator[tuple[int, int, str]]:
         return _region_order(name, cands, tiles_of, features, labelled_features, n_frames, cfg, device)
 
-    explore = cfg.random_share * cfg.budget if strategy in ("entropy", "fusion") else 0.0
+    explore = cfg.random_share * cfg.budget if strategy in RANKED else 0.0
     spend(order(strategy), keep=explore)
-    if explore:  # the rest of the budget at random, beside the ranked tiles (see SelectionConfig.random_share)
+    if explore:  # the rest of the budget at random, beside the ranked tiles (SelectionConfig.random_share)
         spend(((i, t, f"random share: {why}") for i, t, why in order("random")), keep=0.0)
     return list(chosen.values()), strategy

@@ -1,10 +1,10 @@
 """Provenance: what a cache, a labelling round or a manifest records about how it was made.
 
-One home for the fields that several writers record: the package version, the creation time, a file's
-SHA-256 (a checkpoint's), the 2D supervision a round was labelled from, the recipe that ran, the machine a
-stage ran on. Writers put
-these into Zarr attributes or JSON files; readers (`autolabel inspect`, the export's ``export.json``)
-show them. Nothing here depends on the rest of autolabel but `config_io`.
+One home for the fields that several writers record: the package version and its sources' digest, the
+creation time, a file's SHA-256 (a checkpoint's), the 2D supervision a round was labelled from, the recipe that
+ran, the machine a stage ran on. Writers put these into Zarr attributes or JSON files; readers (`autolabel
+inspect`, the export's ``export.json``) show them. Nothing here depends on the rest of autolabel but
+`config_io`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import platform
 import time
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -30,6 +31,29 @@ def package_version() -> str:
         return version("occ-autolabel")
     except PackageNotFoundError:
         return "unknown"
+
+
+SOURCE_PACKAGES = ("autolabel", "occnet", "kernels")
+SOURCE_SUFFIXES = (".py", ".cpp", ".cu", ".h", ".cuh")
+
+
+@cache
+def sources_digest() -> str:
+    """The first 16 hex digits of SHA-256 over this install's sources (the paths and bytes of the Python, C++ and
+    CUDA files of autolabel, occnet and kernels). A labelling round records it and resumes only under the same
+    digest: fusion has changed its labels without a new setting (3d3f064), and the package version does not move
+    with an editable install's edits, so equal settings and versions do not certify equal labels."""
+    h = hashlib.sha256()
+    for name in SOURCE_PACKAGES:
+        spec = find_spec(name)  # the package's folder, without importing it
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(next(iter(spec.submodule_search_locations)))
+        files = sorted(p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts)
+        for path in files:
+            h.update(f"{name}/{path.relative_to(root).as_posix()}".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def timestamp() -> str:

@@ -309,7 +309,7 @@ def test_a_keyframe_s_sweeps_may_come_as_separate_sweeps(voxels):
     assert (a.semantics == FREE_ID).any() and (a.semantics == WALL).sum() == 3
 
 
-def test_a_fused_round_is_stored_scored_and_exported_as_occ3d(world, tmp_path):
+def test_a_fused_round_is_stored_scored_and_exported_as_occ3d(world, tmp_path, monkeypatch):
     """fuse_round writes every frame (resumable: a second call does nothing); unobserved voxels (255 in the
     store) are scored as free and exported as free outside every mask, so the files hold ids 0..17 only."""
     from autolabel.data.occ3d import labels_path, read_labels
@@ -329,6 +329,22 @@ def test_a_fused_round_is_stored_scored_and_exported_as_occ3d(world, tmp_path):
         fuse_round(
             frames, caches["noisy"], store, 0, TINY_GRID, FusionConfig(window=2), torch.device("cpu"), progress=False
         )
+    # nor from other 2D labels, nor by other code (equal settings do not certify equal fusion: 3d3f064 changed
+    # its labels without a new setting); the store says which, and nothing of it changes
+    with pytest.raises(DataError, match="supervision_settings.variant = 'noisy', this run has 'exact'"):
+        fuse_round(frames, caches["exact"], store, 0, TINY_GRID, cfg, torch.device("cpu"), progress=False)
+    # a finished round opens under other code (nothing is written); one with frames left is refused
+    monkeypatch.setattr("autolabel.fusion.label.sources_digest", lambda: "0123456789abcdef")
+    summary = fuse_round(frames, caches["noisy"], store, 0, TINY_GRID, cfg, torch.device("cpu"), progress=False)
+    assert summary["labelled"] == 0
+    arrays.group["done"][1] = False  # a frame left, as after a crash
+    other = f"code_digest = '{arrays.attrs['code_digest']}', this run has '0123456789abcdef'"
+    with pytest.raises(DataError, match=r"has frames left to label and was started by other code \(" + other):
+        fuse_round(frames, caches["noisy"], store, 0, TINY_GRID, cfg, torch.device("cpu"), progress=False)
+    monkeypatch.undo()  # the code that started it finishes it
+    summary = fuse_round(frames, caches["noisy"], store, 0, TINY_GRID, cfg, torch.device("cpu"), progress=False)
+    assert summary["labelled"] == 1 and store.round(0).done().all()
+    assert store.round(0).attrs["supervision_settings"]["variant"] == "noisy"
     sem = arrays.read(0, "semantics")
     assert (sem == 255).any() and (sem == FREE_ID).any() and (sem < FREE_ID).any()
     scores = evaluate_round(store, 0, frames.dataroot, (0.3,), progress=False)

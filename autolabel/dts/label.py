@@ -24,7 +24,14 @@ from occnet.visibility import visibility_masks
 from ..checkpoint import load_network, readout
 from ..config_io import to_dict
 from ..data.nuscenes import NuScenesFrames
-from ..provenance import file_sha256, package_version, recipe_record, supervision_source, timestamp
+from ..provenance import (
+    file_sha256,
+    package_version,
+    recipe_record,
+    sources_digest,
+    supervision_source,
+    timestamp,
+)
 from ..store.frame_arrays import FrameArrays, ShardWriter, pending_frames
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache
@@ -87,6 +94,7 @@ def label_round(
         "dts": to_dict(dts),
         **supervision_source(cache.arrays.attrs),
         "package_version": package_version(),
+        "code_digest": sources_digest(),
         "created": timestamp(),
         # the fusion settings behind the teacher's evidence (a resumed round must have used the same)
         "fusion": fused.attrs.get("fusion") if dts.evidence == "fusion" else None,

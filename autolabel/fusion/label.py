@@ -18,7 +18,7 @@ from occnet.trainer import default_workers
 from occnet.visibility import visibility_masks
 
 from ..data.nuscenes import NuScenesFrames
-from ..provenance import supervision_source, timestamp
+from ..provenance import sources_digest, supervision_source, timestamp
 from ..store.frame_arrays import ShardWriter, pending_frames
 from ..store.labels import LabelStore
 from ..supervision.cache import SupervisionCache
@@ -59,6 +59,7 @@ def fuse_round(
         "labeller": "fusion",
         "fusion": cfg.settings(),
         **supervision_source(cache.arrays.attrs),
+        "code_digest": sources_digest(),
         "created": timestamp(),
     }
     scenes = [frames.scene_of(t) for t in frames.tokens]

@@ -80,16 +80,20 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+ABSENT = object()  # an attribute the store lacks (`mismatch`'s stored value)
+
+
 def mismatch(key: str, stored: Any, wanted: Any) -> str:
     """`key = stored, this run has wanted`; for two dicts (fusion's settings: 30 of them) only the fields that
-    differ, a field the store lacks named as such (written by code from before that field existed)."""
+    differ. A field the store lacks (stored ABSENT, or a key missing from its dict) is named as such: written by
+    code from before that field existed."""
+    older = "absent (the store's code predates the field)"
     if not (isinstance(stored, dict) and isinstance(wanted, dict)):
-        return f"{key} = {stored!r}, this run has {wanted!r}"
+        return f"{key} = {older if stored is ABSENT else repr(stored)}, this run has {wanted!r}"
 
     def show(d: dict, k: str, absent: str) -> str:
         return repr(d[k]) if k in d else absent
 
-    older = "absent (the store's code predates the field)"
     fields = [k for k in {**stored, **wanted} if show(stored, k, older) != show(wanted, k, "absent")]
     return ", ".join(f"{key}.{k} = {show(stored, k, older)}, this run has {show(wanted, k, 'absent')}" for k in fields)
 
@@ -145,7 +149,7 @@ class FrameArrays:
             for key in must_match:
                 if found.get(key) != attrs.get(key):
                     raise DataError(
-                        f"{where}: was written with {mismatch(key, found.get(key), attrs.get(key))}; "
+                        f"{where}: was written with {mismatch(key, found.get(key, ABSENT), attrs.get(key))}; "
                         f"use another store / cache path or delete the old one"
                     )
             for s in specs:

@@ -28,11 +28,23 @@ from occnet.classes import NUM_CLASSES, OCC3D_CLASS_NAMES
 
 from ..errors import DataError
 from .confidence import LEVELS, level_histogram
-from .frame_arrays import ArraySpec, FrameArrays, jsonable, open_root
+from .frame_arrays import ABSENT, ArraySpec, FrameArrays, jsonable, mismatch, open_root
 
 FORMAT = "occ-autolabel-labels/1"
 ARRAYS = ("semantics", "confidence", "mask_camera", "mask_lidar")
 MANUAL = "manual"
+# what a round reopened for writing must share with the run that created it (the labeller's identity: checkpoint
+# or fusion settings, its 2D supervision) and the grid's layout; the sources that ran too while frames are left
+# (`LabelStore.create_round`)
+ROUND_MUST_MATCH = (
+    "checkpoint_sha256",
+    "labeller",
+    "fusion",
+    "supervision_provider",
+    "supervision_settings",
+    "grid",
+    "class_names",
+)
 
 
 def label_specs(grid: GridSpec) -> list[ArraySpec]:
@@ -123,23 +135,28 @@ class LabelStore:
         return sorted(int(n.split("_", 1)[1]) for n in names)
 
     def create_round(self, k: int, tokens: Sequence[str], scenes: Sequence[str], provenance: dict) -> FrameArrays:
-        """Open round k for writing (created if new; an existing one must come from the same checkpoint, or
-        the same fusion settings, and frames, else DataError)."""
+        """Open round k for writing (created if new). An existing one must come from the same checkpoint, or the
+        same fusion settings, the same 2D supervision, and frames; while it has frames left to label, also from
+        the same sources (`provenance.sources_digest`): else DataError, as a resumed round would hold frames of
+        two labellers. A finished round opens under other sources (nothing will be written to it)."""
         attrs = {
             **provenance,
             "scenes": list(scenes),
             "grid": self.grid.to_dict(),
             "class_names": list(OCC3D_CLASS_NAMES),
         }
-        return RoundArrays.create_or_open(
-            self.root,
-            round_name(k),
-            round_specs(self.root, k, self.grid),
-            tokens,
-            attrs,
-            ("checkpoint_sha256", "labeller", "fusion", "grid", "class_names"),
-            where=f"{self.path} round {k}",
+        where = f"{self.path} round {k}"
+        arrays = RoundArrays.create_or_open(
+            self.root, round_name(k), round_specs(self.root, k, self.grid), tokens, attrs, ROUND_MUST_MATCH, where
         )
+        stored, wanted = arrays.attrs.get("code_digest", ABSENT), jsonable(attrs.get("code_digest"))
+        if "code_digest" in attrs and stored != wanted and not arrays.done().all():
+            raise DataError(
+                f"{where}: has frames left to label and was started by other code "
+                f"({mismatch('code_digest', stored, wanted)}): resumed, it would hold frames of two labellers. "
+                f"Finish it with the code that started it, or delete round {k} to label it again"
+            )
+        return arrays
 
     def round(self, k: int) -> FrameArrays:
         if k not in self.rounds():

@@ -377,7 +377,7 @@ def test_a_fused_round_over_worker_processes_equals_the_one_process_round(world,
     assert (rounds[0].read(0, "semantics") < FREE_ID).any()
 
 
-def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_source():
+def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_source_or_by_fusion():
     """dts.evidence: fusion (dts.pseudo.apply_fusion), on five voxels of a 5x1x1 grid."""
     from autolabel.dts.pseudo import apply_fusion
 
@@ -396,13 +396,17 @@ def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_s
     # fusion did not name keeps the teacher's class; 3: the frame's ray frees it (confidence 1); 4: fusion frees it
     assert s.view(-1).tolist() == [road, car, road, FREE_ID, FREE_ID]
     assert torch.allclose(c.view(-1), torch.tensor([0.9, 0.8, 0.5, 1.0, 0.7]))
+    # labelling (dts.label_fusion_names): fusion names every voxel it named, the sure teacher's road included
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_names=True)
+    assert s.view(-1).tolist() == [car, car, road, FREE_ID, FREE_ID]
+    assert torch.allclose(c.view(-1), torch.tensor([0.8, 0.8, 0.5, 1.0, 0.7]))
     # where neither source observed anything the teacher's read-out stands
     none = torch.full(shape, 255, dtype=torch.uint8)
     s, c = apply_fusion(sem, conf, cls, pcls, torch.zeros_like(free), torch.zeros_like(hit), none, torch.zeros(shape))
     assert (s == FREE_ID).all() and torch.allclose(c, conf)
 
 
-def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world, tmp_path, capsys):
+def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world, tmp_path, capsys, monkeypatch):
     """fusion.enabled: the `fuse` stage writes the training frames' fused labels once; the student learns
     from them (loss.fused_3d) and the teacher filters by them (dts.evidence: fusion)."""
     import json
@@ -419,6 +423,15 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
     r["dts"]["evidence"] = "fusion"
     r["train"].update(steps=2, checkpoint_every=2)
     path.write_text(yaml.safe_dump(r))
+    import autolabel.dts.label as label_module
+
+    rule, pseudo_labels = [], label_module.pseudo_labels  # labelling's naming rule, frame by frame
+
+    def spy(*args, fusion_names=False, **kwargs):
+        rule.append(fusion_names)
+        return pseudo_labels(*args, fusion_names=fusion_names, **kwargs)
+
+    monkeypatch.setattr(label_module, "pseudo_labels", spy)
     assert main(["run", str(path)]) == 0
     run = tmp_path / "run"
     stages = json.loads((run / "stages.json").read_text())
@@ -428,6 +441,7 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
     rows = [json.loads(x) for x in (run / "round_0" / "train" / "history.jsonl").read_text().splitlines()]
     assert all(row["fused3d"] > 0 for row in rows)
     assert LabelStore.open(run / "labels.zarr").round(0).attrs["fusion"] == fused.attrs["fusion"]
+    assert rule and all(rule)  # labelling names by fusion wherever it named a voxel (dts.label_fusion_names)
     capsys.readouterr()
     assert (
         main(["fuse", str(path)]) == 0 and "0 of 6 frames fused" in capsys.readouterr().out

@@ -18,6 +18,12 @@ class DTSConfig:
     # the evidence the teacher's pseudo-labels are filtered by: the frame's own LiDAR ("lidar"), or in
     # addition the fused labels of its scene window ("fusion", needs fusion.enabled; dts.pseudo.apply_fusion)
     evidence: str = "lidar"
+    # labelling with evidence fusion (the stored and exported pseudo-labels): every voxel fusion named keeps
+    # fusion's name, the teacher names the rest. False: the more confident of the two, the rule the training
+    # targets keep: a softmax probability against a vote share is no calibrated comparison, and a teacher trained
+    # on (its own and fusion's) labels grows sure of itself: on the quickstart round 1's teacher renamed a
+    # fifth of the road sidewalk over fusion's right names (BENCHMARKS.md, the quickstart, 2026-12-02)
+    label_fusion_names: bool = True
     drop_quantile: float = 0.3  # per class, the least confident share of voxels left 255
     occupied_threshold: float = 0.5  # occupancy probability above which a voxel is occupied
     # after training, replace occupied_threshold for labelling and evaluation by the threshold calibrated

@@ -138,6 +138,7 @@ def label_round(
                     lidar,
                     dts.occupied_threshold,
                     frame_fused(batch, i) if fused is not None else None,
+                    fusion_names=dts.label_fusion_names,
                 )
                 cam_mask, lidar_mask = visibility_masks(
                     sem,

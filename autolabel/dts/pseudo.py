@@ -115,6 +115,7 @@ def apply_fusion(
     hit: torch.Tensor,
     fused: torch.Tensor,
     fused_conf: torch.Tensor,
+    fusion_names: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LiDAR filtering with the fused labels of the frame's scene window as well (dts.evidence: fusion).
 
@@ -123,8 +124,9 @@ def apply_fusion(
     (uint8: free = 17, unobserved = 255) and their confidence in [0, 1]. Free: what the frame's LiDAR or
     fusion saw through, unless a return of the frame lies there (confidence 1 for the frame's own rays,
     fusion's otherwise). Occupied: the frame's returns and fusion's occupied voxels, named by the more
-    confident of fusion's vote and the teacher's best class (a voxel that fusion did not name, a return
-    no camera saw, keeps the teacher's class). Elsewhere the teacher's read-out stands."""
+    confident of fusion's vote and the teacher's best class, or with `fusion_names` by fusion wherever fusion
+    named the voxel (dts.label_fusion_names); a voxel that fusion did not name, a return no camera saw, keeps
+    the teacher's class. Elsewhere the teacher's read-out stands."""
     fused = fused.long()
     f_free, f_occ = fused == FREE_ID, fused < FREE_ID
     occupied = hit | f_occ
@@ -132,7 +134,7 @@ def apply_fusion(
     free = (free | f_free) & ~occupied
     semantics = torch.where(free, torch.full_like(semantics, FREE_ID), semantics)
     confidence = torch.where(free, free_conf, confidence)
-    use_fused = f_occ & (fused_conf.to(pcls.dtype) >= pcls)
+    use_fused = f_occ if fusion_names else f_occ & (fused_conf.to(pcls.dtype) >= pcls)
     name = torch.where(use_fused, fused, cls.long()).to(semantics.dtype)
     name_conf = torch.where(use_fused, fused_conf.to(pcls.dtype), pcls).to(confidence.dtype)
     return torch.where(occupied, name, semantics), torch.where(occupied, name_conf, confidence)

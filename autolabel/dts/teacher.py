@@ -153,13 +153,15 @@ def pseudo_labels(
     lidar: tuple | None,
     occupied_threshold: float,
     fused: tuple | None = None,
+    fusion_names: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame's labels before thresholding: semantics (X, Y, Z) uint8 (free = 17) and uint8 confidence
     levels; `lidar` = (free, hit) from `frame_lidar` to apply LiDAR filtering, or None; `fused` = (labels,
-    confidence) from `frame_fused` to filter by the fused evidence as well (needs `lidar`)."""
+    confidence) from `frame_fused` to filter by the fused evidence as well (needs `lidar`); `fusion_names`:
+    fusion names every voxel it named (`apply_fusion`)."""
     sem, conf = voxel_labels(occ, cls, pcls, occupied_threshold)
     if fused is not None:
-        sem, conf = apply_fusion(sem, conf, cls, pcls, *lidar, *fused)
+        sem, conf = apply_fusion(sem, conf, cls, pcls, *lidar, *fused, fusion_names=fusion_names)
     elif lidar is not None:
         sem, conf = apply_lidar(sem, conf, cls, pcls, *lidar)
     return sem, to_levels(conf)

@@ -46,12 +46,14 @@ def select_share(
     frames, `frames_worth` of them, or (unit region) BEV tiles of the pool's tile grid for as many frames' voxels
     (`grid_voxels` each), at most `max_tiles_per_frame` (selection.max_tiles_per_frame) tiles a frame; at most
     `per_scene_cap` frames a scene (selection.per_scene_cap; None: 1 for whole frames, the recipes' default 2 for
-    tiles); tiles only: `random_share` of the budget at random beside a ranking (selection.random_share). Returns
-    the picks, the strategy used and the voxels labelled."""
+    tiles); `random_share` of the budget at random beside a ranking (selection.random_share). Returns the picks,
+    the strategy used and the voxels labelled."""
     none = pool.features[:0]
     if unit == "frame":
         cap = 1 if per_scene_cap is None else per_scene_cap
-        cfg = SelectionConfig(strategy=strategy, budget=frames_worth, per_scene_cap=cap, seed=seed)
+        cfg = SelectionConfig(
+            strategy=strategy, budget=frames_worth, per_scene_cap=cap, random_share=random_share, seed=seed
+        )
         picks, used = select_frames(pool.candidates, pool.features, none, cfg, 0, len(pool.tokens))
         return picks, used, len(picks) * grid_voxels
     cfg = SelectionConfig(

@@ -493,7 +493,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             # the per-scene cap only where an ablation sets it (the benchmark's caps: 1 frame, or 2 with tiles)
             capped = any(o.startswith("selection.per_scene_cap=") for o in overrides)
             cap = own.selection.per_scene_cap if capped else None
-            share = own.selection.random_share  # 0 unless an ablation sets it (tiles only)
+            share = own.selection.random_share  # 0 unless an ablation sets it
             picks, used, voxels = select_share(
                 scores, unit, ranking, frames_worth, grid_voxels, seed, quota, cap, random_share=share
             )

@@ -149,7 +149,7 @@ class LabelStore:
         arrays = RoundArrays.create_or_open(
             self.root, round_name(k), round_specs(self.root, k, self.grid), tokens, attrs, ROUND_MUST_MATCH, where
         )
-        stored, wanted = arrays.attrs.get("code_digest", ABSENT), jsonable(attrs.get("code_digest"))
+        stored, wanted = arrays.attrs.get("code_digest", ABSENT), attrs.get("code_digest")
         if "code_digest" in attrs and stored != wanted and not arrays.done().all():
             raise DataError(
                 f"{where}: has frames left to label and was started by other code "

@@ -77,6 +77,33 @@ def test_annotate_waits_for_start_step_and_skips_frames_with_3d_labels():
     assert torch.all(out["pseudo_confidence"][out["pseudo_semantics"] == 255] == 0)
 
 
+def test_training_targets_name_by_fusion_with_target_fusion_names():
+    """dts.target_fusion_names: the student's targets keep fusion's name wherever fusion named a voxel, the
+    teacher's surer class included; without it the more confident source names the voxel."""
+    from autolabel.dts.config import DTSConfig as Cfg
+    from occnet.classes import FREE_ID, class_id
+
+    car = class_id("car")
+    torch.manual_seed(0)
+    batch = {
+        "images": torch.randn(1, 6, 3, 64, 112),
+        "intrinsics": torch.tensor([[60.0, 0, 56], [0, 60, 32], [0, 0, 1]]).expand(1, 6, 3, 3),
+        "cam2ego": torch.eye(4).expand(1, 6, 4, 4).clone(),
+        "depth": torch.zeros(1, 6, 64, 112),
+        "semantics": torch.full((1, 6, 64, 112), 255, dtype=torch.uint8),
+        "fused_semantics": torch.full((1, *TINY_GRID.shape), car, dtype=torch.uint8),  # fusion: car everywhere
+        "fused_confidence": torch.full((1, *TINY_GRID.shape), 0.01),  # and unsure of it
+    }
+    net = tiny_net()
+    names = {}
+    for rule in (False, True):
+        cfg = Cfg(start_step=0, evidence="fusion", drop_quantile=0, target_fusion_names=rule, online_calibration=False)
+        sem = EMATeacher(net, cfg).annotate(batch, 0)["pseudo_semantics"]
+        names[rule] = set(sem.unique().tolist()) - {FREE_ID, 255}
+    assert names[True] == {car}
+    assert names[False] - {car}  # the teacher's surer classes win over fusion's unsure car
+
+
 def test_online_threshold_follows_the_lidar_of_the_batches():
     """A half-transparent field (returns at o = 0.12, crossed air at 0.04) is read out where LiDAR says."""
     teacher = EMATeacher(tiny_net(), DTSConfig())

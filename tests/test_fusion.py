@@ -400,10 +400,25 @@ def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_s
     s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_names=True)
     assert s.view(-1).tolist() == [car, car, road, FREE_ID, FREE_ID]
     assert torch.allclose(c.view(-1), torch.tensor([0.8, 0.8, 0.5, 1.0, 0.7]))
+    # a return of the frame where fusion saw free space: occupied by the teacher's class, or with
+    # dts.label_fusion_free free as fusion says (fusion holds that return, and more rays crossed the voxel)
+    hit4 = hit.clone().view(-1)
+    hit4[4] = True
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit4.view(shape), fused, fconf, fusion_names=True)
+    assert s.view(-1).tolist()[4] == road
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit4.view(shape), fused, fconf, fusion_names=True, fusion_free=True)
+    assert s.view(-1).tolist() == [car, car, road, FREE_ID, FREE_ID] and abs(float(c.view(-1)[4]) - 0.7) < 1e-6
     # where neither source observed anything the teacher's read-out stands
     none = torch.full(shape, 255, dtype=torch.uint8)
     s, c = apply_fusion(sem, conf, cls, pcls, torch.zeros_like(free), torch.zeros_like(hit), none, torch.zeros(shape))
     assert (s == FREE_ID).all() and torch.allclose(c, conf)
+    # labelling without the teacher's fill (dts.label_fill false): what nothing observed stays unlabelled...
+    nothing = torch.zeros_like(free)
+    s, c = apply_fusion(sem, conf, cls, pcls, nothing, nothing, none, none.float(), fill=False)
+    assert (s == 255).all() and (c == 0).all()
+    # ...and what either source observed is labelled as with the fill
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_names=True, fill=False)
+    assert s.view(-1).tolist() == [car, car, road, FREE_ID, FREE_ID]
 
 
 def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world, tmp_path, capsys, monkeypatch):
@@ -420,16 +435,16 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
     path = write_recipe(tmp_path, pool_world, fusion={"enabled": True, "window": 1})
     r = yaml.safe_load(path.read_text())
     r["loss"]["fused_3d"] = 1.0
-    r["dts"]["evidence"] = "fusion"
+    r["dts"].update(evidence="fusion", label_fill=False)
     r["train"].update(steps=2, checkpoint_every=2)
     path.write_text(yaml.safe_dump(r))
     import autolabel.dts.label as label_module
 
-    rule, pseudo_labels = [], label_module.pseudo_labels  # labelling's naming rule, frame by frame
+    rule, pseudo_labels = [], label_module.pseudo_labels  # labelling's rules, frame by frame
 
-    def spy(*args, fusion_names=False, **kwargs):
-        rule.append(fusion_names)
-        return pseudo_labels(*args, fusion_names=fusion_names, **kwargs)
+    def spy(*args, fusion_names=False, fusion_free=False, fill=True, **kwargs):
+        rule.append(fusion_names and fusion_free and not fill)
+        return pseudo_labels(*args, fusion_names=fusion_names, fusion_free=fusion_free, fill=fill, **kwargs)
 
     monkeypatch.setattr(label_module, "pseudo_labels", spy)
     assert main(["run", str(path)]) == 0
@@ -441,7 +456,9 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
     rows = [json.loads(x) for x in (run / "round_0" / "train" / "history.jsonl").read_text().splitlines()]
     assert all(row["fused3d"] > 0 for row in rows)
     assert LabelStore.open(run / "labels.zarr").round(0).attrs["fusion"] == fused.attrs["fusion"]
-    assert rule and all(rule)  # labelling names by fusion wherever it named a voxel (dts.label_fusion_names)
+    # labelling names by fusion wherever it named a voxel (dts.label_fusion_names), keeps its free space over the
+    # frame's returns (dts.label_fusion_free) and, as the recipe asks (dts.label_fill), leaves what nothing observed
+    assert rule and all(rule)
     capsys.readouterr()
     assert (
         main(["fuse", str(path)]) == 0 and "0 of 6 frames fused" in capsys.readouterr().out

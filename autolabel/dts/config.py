@@ -19,11 +19,26 @@ class DTSConfig:
     # addition the fused labels of its scene window ("fusion", needs fusion.enabled; dts.pseudo.apply_fusion)
     evidence: str = "lidar"
     # labelling with evidence fusion (the stored and exported pseudo-labels): every voxel fusion named keeps
-    # fusion's name, the teacher names the rest. False: the more confident of the two, the rule the training
-    # targets keep: a softmax probability against a vote share is no calibrated comparison, and a teacher trained
-    # on (its own and fusion's) labels grows sure of itself: on the quickstart round 1's teacher renamed a
-    # fifth of the road sidewalk over fusion's right names (BENCHMARKS.md, the quickstart, 2026-12-02)
+    # fusion's name, the teacher names the rest. False: the more confident of the two: a softmax probability
+    # against a vote share is no calibrated comparison, and a teacher trained on (its own and fusion's) labels
+    # grows sure of itself: on the quickstart round 1's teacher renamed a fifth of the road sidewalk over
+    # fusion's right names (BENCHMARKS.md, the quickstart, 2026-12-02)
     label_fusion_names: bool = True
+    # the same rule for the student's targets during training (loss.pseudo_3d; EMATeacher.annotate). False: the
+    # more confident of fusion's vote share and the teacher's probability names a voxel both named, and the
+    # teacher's self-training renames the ground: the recipes' network lost 4.5 mIoU on the test world to it
+    # (21.29 against 25.79, BENCHMARKS.md "Training targets named by fusion", 2026-12-02)
+    target_fusion_names: bool = True
+    # labelling with evidence fusion: fusion's free space wins over a return of the frame's own LiDAR (fusion holds
+    # that return and freed the voxel on the evidence of more rays). False: the frame's return occupies the voxel,
+    # named by the teacher: wrong more often than right (quickstart: 24% of those voxels named right, 63% truly
+    # free); the pool's labels +1.9 mIoU / +3.3 geometric IoU on a development world (BENCHMARKS.md, 2026-12-02)
+    label_fusion_free: bool = True
+    # labelling with evidence fusion: the teacher's read-out names the voxels that neither fusion nor the frame's
+    # LiDAR observed; False leaves them unlabelled (255: free but never confident in the Occ3D export, as fusion
+    # alone leaves them): the same mIoU over all labels, at the export threshold 63.67 mIoU at 92.0% of
+    # mask_camera kept against 61.48 at 98.9% (a development world). Training's targets take the read-out there
+    label_fill: bool = True
     drop_quantile: float = 0.3  # per class, the least confident share of voxels left 255
     occupied_threshold: float = 0.5  # occupancy probability above which a voxel is occupied
     # after training, replace occupied_threshold for labelling and evaluation by the threshold calibrated

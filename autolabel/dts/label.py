@@ -139,6 +139,8 @@ def label_round(
                     dts.occupied_threshold,
                     frame_fused(batch, i) if fused is not None else None,
                     fusion_names=dts.label_fusion_names,
+                    fusion_free=dts.label_fusion_free,
+                    fill=dts.label_fill,
                 )
                 cam_mask, lidar_mask = visibility_masks(
                     sem,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from kernels.grid import GridSpec
-from occnet.classes import FREE_ID
+from occnet.classes import FREE_ID, IGNORE_ID
 from occnet.surfaces import is_flat, layer_entry
 from occnet.visibility import ray_voxels
 
@@ -116,6 +116,8 @@ def apply_fusion(
     fused: torch.Tensor,
     fused_conf: torch.Tensor,
     fusion_names: bool = False,
+    fusion_free: bool = False,
+    fill: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LiDAR filtering with the fused labels of the frame's scene window as well (dts.evidence: fusion).
 
@@ -123,13 +125,16 @@ def apply_fusion(
     probability pcls, the frame's own LiDAR free / hit voxels (`lidar_free_and_hits`), the fused labels
     (uint8: free = 17, unobserved = 255) and their confidence in [0, 1]. Free: what the frame's LiDAR or
     fusion saw through, unless a return of the frame lies there (confidence 1 for the frame's own rays,
-    fusion's otherwise). Occupied: the frame's returns and fusion's occupied voxels, named by the more
+    fusion's otherwise; with `fusion_free` (dts.label_fusion_free) fusion's free space also where a return of
+    the frame lies: fusion holds that return and freed the voxel on the evidence of more rays). Occupied: the
+    frame's returns (with `fusion_free` those fusion did not free) and fusion's occupied voxels, named by the more
     confident of fusion's vote and the teacher's best class, or with `fusion_names` by fusion wherever fusion
     named the voxel (dts.label_fusion_names); a voxel that fusion did not name, a return no camera saw, keeps
-    the teacher's class. Elsewhere the teacher's read-out stands."""
+    the teacher's class. Elsewhere, where neither source observed anything, the teacher's read-out stands, or
+    without `fill` (dts.label_fill) nothing: unlabelled (255, confidence 0) as fusion leaves it."""
     fused = fused.long()
     f_free, f_occ = fused == FREE_ID, fused < FREE_ID
-    occupied = hit | f_occ
+    occupied = (hit & ~f_free if fusion_free else hit) | f_occ
     free_conf = torch.where(free, torch.ones_like(confidence), fused_conf.to(confidence.dtype))
     free = (free | f_free) & ~occupied
     semantics = torch.where(free, torch.full_like(semantics, FREE_ID), semantics)
@@ -137,4 +142,9 @@ def apply_fusion(
     use_fused = f_occ if fusion_names else f_occ & (fused_conf.to(pcls.dtype) >= pcls)
     name = torch.where(use_fused, fused, cls.long()).to(semantics.dtype)
     name_conf = torch.where(use_fused, fused_conf.to(pcls.dtype), pcls).to(confidence.dtype)
-    return torch.where(occupied, name, semantics), torch.where(occupied, name_conf, confidence)
+    semantics, confidence = torch.where(occupied, name, semantics), torch.where(occupied, name_conf, confidence)
+    if not fill:
+        seen = free | occupied
+        semantics = torch.where(seen, semantics, torch.full_like(semantics, IGNORE_ID))
+        confidence = torch.where(seen, confidence, torch.zeros_like(confidence))
+    return semantics, confidence

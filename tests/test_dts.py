@@ -59,17 +59,21 @@ def test_ema_momentum_ramp_and_update():
         torch.testing.assert_close(a, b)
 
 
+def _blind_batch(b: int) -> dict:
+    """b frames of random images, six cameras looking along +z, no LiDAR return and no 2D label."""
+    return {
+        "images": torch.randn(b, 6, 3, 64, 112),
+        "intrinsics": torch.tensor([[60.0, 0, 56], [0, 60, 32], [0, 0, 1]]).expand(b, 6, 3, 3),
+        "cam2ego": torch.eye(4).expand(b, 6, 4, 4).clone(),
+        "depth": torch.zeros(b, 6, 64, 112),
+        "semantics": torch.full((b, 6, 64, 112), 255, dtype=torch.uint8),
+    }
+
+
 def test_annotate_waits_for_start_step_and_skips_frames_with_3d_labels():
     torch.manual_seed(0)
     teacher = EMATeacher(tiny_net(), DTSConfig(start_step=3, lidar_filter=True))
-    batch = {
-        "images": torch.randn(2, 6, 3, 64, 112),
-        "intrinsics": torch.tensor([[60.0, 0, 56], [0, 60, 32], [0, 0, 1]]).expand(2, 6, 3, 3),
-        "cam2ego": torch.eye(4).expand(2, 6, 4, 4).clone(),
-        "depth": torch.zeros(2, 6, 64, 112),
-        "semantics": torch.full((2, 6, 64, 112), 255, dtype=torch.uint8),
-        "has_gt": torch.tensor([True, False]),
-    }
+    batch = {**_blind_batch(2), "has_gt": torch.tensor([True, False])}
     assert teacher.annotate(batch, 2) == {}
     out = teacher.annotate(batch, 3)
     assert out["pseudo_semantics"].shape == (2, *TINY_GRID.shape)
@@ -86,11 +90,7 @@ def test_training_targets_name_by_fusion_with_target_fusion_names():
     car = class_id("car")
     torch.manual_seed(0)
     batch = {
-        "images": torch.randn(1, 6, 3, 64, 112),
-        "intrinsics": torch.tensor([[60.0, 0, 56], [0, 60, 32], [0, 0, 1]]).expand(1, 6, 3, 3),
-        "cam2ego": torch.eye(4).expand(1, 6, 4, 4).clone(),
-        "depth": torch.zeros(1, 6, 64, 112),
-        "semantics": torch.full((1, 6, 64, 112), 255, dtype=torch.uint8),
+        **_blind_batch(1),
         "fused_semantics": torch.full((1, *TINY_GRID.shape), car, dtype=torch.uint8),  # fusion: car everywhere
         "fused_confidence": torch.full((1, *TINY_GRID.shape), 0.01),  # and unsure of it
     }

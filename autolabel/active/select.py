@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +21,16 @@ from .diversity import greedy_order, kmeans_pp
 from .regions import RegionGrid
 
 RANKED = ("entropy", "fusion")  # the strategies `random_share` mixes random picks into
+
+
+def _ranked_then_random(strategy: str, cfg: SelectionConfig, order: Callable, spend: Callable) -> None:
+    """One budget pass over the strategy's order; for a ranked strategy with `selection.random_share` s that pass
+    keeps s of the budget back and a second one spends it in random order. order(name) yields (..., reason)
+    tuples, spend(order, keep) takes them while the budget left stays at or above keep."""
+    explore = cfg.random_share * cfg.budget if strategy in RANKED else 0.0
+    spend(order(strategy), keep=explore)
+    if explore:
+        spend(((*head, f"random share: {why}") for *head, why in order("random")), keep=0.0)
 
 
 @dataclass
@@ -178,10 +188,7 @@ def select_frames(
     def order(name: str) -> Iterator[tuple[int, str]]:
         return _order(name, cands, features, labelled_features, n_frames, cfg, device)
 
-    explore = cfg.random_share * cfg.budget if strategy in RANKED else 0.0
-    spend(order(strategy), keep=explore)
-    if explore:  # the rest of the budget at random (SelectionConfig.random_share)
-        spend(((i, f"random share: {why}") for i, why in order("random")), keep=0.0)
+    _ranked_then_random(strategy, cfg, order, spend)
     return picks, strategy
 
 
@@ -295,8 +302,5 @@ def select_regions(
     def order(name: str) -> Iterator[tuple[int, int, str]]:
         return _region_order(name, cands, tiles_of, features, labelled_features, n_frames, cfg, device)
 
-    explore = cfg.random_share * cfg.budget if strategy in RANKED else 0.0
-    spend(order(strategy), keep=explore)
-    if explore:  # the rest of the budget at random, beside the ranked tiles (SelectionConfig.random_share)
-        spend(((i, t, f"random share: {why}") for i, t, why in order("random")), keep=0.0)
+    _ranked_then_random(strategy, cfg, order, spend)
     return list(chosen.values()), strategy

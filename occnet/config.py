@@ -195,10 +195,16 @@ class TrainConfig:
     # losses stay in each frame's own frame
     bev_augment: bool = False
     image_flip: bool = False
+    # share of training frames whose forward pass gets the LiDAR depth prior (the view transform's depth
+    # distribution sharpened around the frame's LiDAR depth, as the depth-aware DTS teacher's is), drawn per frame
+    # from (seed, step, position): a network that never saw the prior meets sharpened depths it was not trained
+    # on in the teacher's forward pass (the teacher is the EMA of its weights)
+    depth_prior_share: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, "TrainConfig.steps must be > 0")
         _check(0 <= self.labelled_share < 1, "TrainConfig.labelled_share must lie in [0, 1)")
+        _check(0 <= self.depth_prior_share <= 1, "TrainConfig.depth_prior_share must lie in [0, 1]")
         _check(self.batch_size > 0, "TrainConfig.batch_size must be > 0")
         _check(self.accumulate > 0, "TrainConfig.accumulate must be > 0")
         _check(self.lr > 0, "TrainConfig.lr must be > 0")

@@ -205,6 +205,23 @@ class Trainer:
                 hook.load_state_dict(hs)
 
     # ---- one step -----------------------------------------------------------------------------
+    def prior_depth(self, b: dict, step: int, offset: int) -> torch.Tensor | None:
+        """The depth maps (B, N, H, W) the forward pass sharpens its depth distribution with: the batch's LiDAR depth
+        for the frames drawn for `train.depth_prior_share` (per frame from (seed, step, position), like the rays),
+        zeros (no prior) for the rest; None when no frame of the batch is drawn."""
+        share = self.cfg.depth_prior_share
+        if share <= 0:
+            return None
+        depth = b["depth"]
+        draws = [
+            float(torch.rand((), generator=torch.Generator().manual_seed(self.cfg.seed * 5_000_011 + step * 4099 + offset + i)))
+            for i in range(depth.shape[0])
+        ]
+        use = torch.tensor([d < share for d in draws], device=depth.device)
+        if not bool(use.any()):
+            return None
+        return torch.where(use[:, None, None, None], depth, torch.zeros_like(depth))
+
     def losses(self, batch: dict, step: int, offset: int = 0) -> dict[str, torch.Tensor]:
         """Loss terms of a batch; `offset` is the position of its first frame in the step's global batch
         (frames' rays are seeded by (step, position), so a frame gets the same rays on any rank layout)."""
@@ -230,8 +247,9 @@ class Trainer:
         if bev:
             m = torch.stack([t.matrix() for t in bev]).to(cam2ego)
             cam2ego = m[:, None] @ cam2ego
+        prior = self.prior_depth(b, step, offset)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.bf16):
-            out = self.forward_model(b["images"], b["intrinsics"], cam2ego)
+            out = self.forward_model(b["images"], b["intrinsics"], cam2ego, prior)
         if bev:  # the output grids back into each frame's own ego frame, where every target lives
             out = NetworkOutput(
                 density=torch.stack([t.unmap(d, 0) for t, d in zip(bev, out.density)]),

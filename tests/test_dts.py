@@ -104,6 +104,31 @@ def test_training_targets_name_by_fusion_with_target_fusion_names():
     assert names[False] - {car}  # the teacher's surer classes win over fusion's unsure car
 
 
+def test_training_targets_take_fusions_free_space_with_target_fusion_free(monkeypatch):
+    """dts.target_fusion_free reaches the rule that makes the student's targets (off by default: the frame's
+    returns occupy what fusion freed, as before)."""
+    import autolabel.dts.teacher as teacher_module
+
+    seen, rule_of = [], teacher_module.pseudo_labels
+
+    def spy(*args, **kw):
+        seen.append(kw["fusion_free"])
+        return rule_of(*args, **kw)
+
+    monkeypatch.setattr(teacher_module, "pseudo_labels", spy)
+    batch = {
+        **_blind_batch(1),
+        "fused_semantics": torch.full((1, *TINY_GRID.shape), 255, dtype=torch.uint8),
+        "fused_confidence": torch.zeros((1, *TINY_GRID.shape)),
+    }
+    for rule in (None, False, True):
+        cfg = DTSConfig(start_step=0, evidence="fusion", online_calibration=False)
+        if rule is not None:
+            cfg.target_fusion_free = rule
+        EMATeacher(tiny_net(), cfg).annotate(batch, 0)
+    assert seen == [False, False, True]
+
+
 def test_online_threshold_follows_the_lidar_of_the_batches():
     """A half-transparent field (returns at o = 0.12, crossed air at 0.04) is read out where LiDAR says."""
     teacher = EMATeacher(tiny_net(), DTSConfig())

@@ -295,6 +295,39 @@ def test_training_draws_semantic_rays_where_the_recipe_says(tiny_dataset, tmp_pa
     assert math.isfinite(hist[-1]["sem2d"])
 
 
+def test_the_depth_prior_reaches_the_training_forward_pass_on_its_share_of_frames(tiny_dataset, tmp_path):
+    """train.depth_prior_share: the student's forward pass gets the LiDAR depth maps of the drawn frames (zeros,
+    no prior, for the rest), so that the depth-aware teacher made of its weights has seen the prior; a draw is a
+    function of (seed, step, position)."""
+    trainer = _trainer(tmp_path, steps=2, depth_prior_share=1.0)
+    seen = []
+    forward = trainer.model.forward
+
+    def spy(images, intrinsics, cam2ego, depth_maps=None):
+        seen.append(depth_maps)
+        return forward(images, intrinsics, cam2ego, depth_maps)
+
+    trainer.model.forward = spy
+    trainer.fit(tiny_dataset, workers=0, progress=False)
+    assert len(seen) == 2 and all(d is not None and bool((d > 0).any()) for d in seen)
+
+    depth = torch.ones(2, 6, *SIZE)
+    assert _trainer(tmp_path / "off").prior_depth({"depth": depth}, 0, 0) is None  # the default: never
+    half = _trainer(tmp_path / "half", depth_prior_share=0.5)
+    drawn = []
+    for step in range(200):
+        d = half.prior_depth({"depth": depth}, step, 0)
+        got = torch.zeros(2, dtype=torch.bool) if d is None else d.flatten(1).amax(1) > 0
+        assert d is None or torch.equal(d[got], depth[got]) and bool((d[~got] == 0).all())
+        drawn.append(got)
+        again = half.prior_depth({"depth": depth}, step, 0)
+        assert (again is None) == (d is None) and (d is None or torch.equal(again, d))
+    share = torch.stack(drawn).float().mean()
+    assert 0.4 < share < 0.6, share
+    with pytest.raises(ValueError, match="depth_prior_share"):
+        TrainConfig(depth_prior_share=1.5)
+
+
 def test_training_reduces_each_loss(tiny_dataset, tmp_path):
     hist = _trainer(tmp_path / "a", steps=24, loss=LossConfig(labels_3d=1.0)).fit(
         tiny_dataset, workers=0, progress=False

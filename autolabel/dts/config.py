@@ -34,6 +34,9 @@ class DTSConfig:
     # named by the teacher: wrong more often than right (quickstart: 24% of those voxels named right, 63% truly
     # free); the pool's labels +1.9 mIoU / +3.3 geometric IoU on a development world (BENCHMARKS.md, 2026-12-02)
     label_fusion_free: bool = True
+    # the same rule for the student's targets during training (EMATeacher.annotate); off: the frame's returns
+    # occupy the voxels fusion freed (the rule labelling had before 2026-12-02)
+    target_fusion_free: bool = False
     # labelling with evidence fusion: the teacher's read-out names the voxels that neither fusion nor the frame's
     # LiDAR observed; False leaves them unlabelled (255: free but never confident in the Occ3D export, as fusion
     # alone leaves them): the same mIoU over all labels, at the export threshold 63.67 mIoU at 92.0% of

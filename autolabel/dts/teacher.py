@@ -94,6 +94,7 @@ class EMATeacher:
                 occupied,
                 frame_fused(batch, i) if self.cfg.evidence == "fusion" else None,
                 fusion_names=self.cfg.target_fusion_names,
+                fusion_free=self.cfg.target_fusion_free,
             )
             sems.append(s)
             levels.append(lv)

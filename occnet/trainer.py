@@ -213,11 +213,9 @@ class Trainer:
         if share <= 0:
             return None
         depth = b["depth"]
-        draws = [
-            float(torch.rand((), generator=torch.Generator().manual_seed(self.cfg.seed * 5_000_011 + step * 4099 + offset + i)))
-            for i in range(depth.shape[0])
-        ]
-        use = torch.tensor([d < share for d in draws], device=depth.device)
+        seeds = [self.cfg.seed * 5_000_011 + step * 4099 + offset + i for i in range(depth.shape[0])]
+        use = torch.tensor([float(torch.rand((), generator=torch.Generator().manual_seed(s))) < share for s in seeds])
+        use = use.to(depth.device)
         if not bool(use.any()):
             return None
         return torch.where(use[:, None, None, None], depth, torch.zeros_like(depth))

@@ -164,6 +164,7 @@ def _round(recipe: Recipe, k: int, stages: Stages, history: list[dict], progress
         "labelled": metrics.get("labelled", 0),
         "labelled_voxels": metrics.get("labelled_voxels"),
         "val_miou": (metrics.get("val") or {}).get("miou"),
+        "val_teacher_miou": (metrics.get("val_teacher") or {}).get("miou"),
         "pseudo_miou": (metrics.get("pseudo") or {}).get("miou"),
         "export": str(export_dir(recipe, k)),
     }
@@ -186,6 +187,8 @@ def summary_text(recipe: Recipe, result: dict) -> str:
     lines = [f"run {recipe.name} finished: {result['run_dir']}"]
     for r in result["rounds"]:
         val = f"val mIoU {r['val_miou']:.2f}" if r.get("val_miou") is not None else "val mIoU -"
+        if r.get("val_teacher_miou") is not None:
+            val += f" (labeller {r['val_teacher_miou']:.2f})"
         pseudo = (
             f"pseudo-label mIoU {r['pseudo_miou']:.2f}" if r.get("pseudo_miou") is not None else "pseudo-label mIoU -"
         )

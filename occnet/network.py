@@ -167,6 +167,18 @@ class ViewTransform(nn.Module):
         med = torch.nanmedian(cells, dim=1).values.reshape(b, n, H // s, W // s)
         return torch.nan_to_num(med, nan=0.0)
 
+    def sharpen(self, prob: torch.Tensor, depth_maps: torch.Tensor) -> torch.Tensor:
+        """Depth probabilities (B, N, D, h, w) sharpened around the LiDAR depth (B, N, H, W; 0 = none) of each
+        feature cell that has one (a Gaussian of `depth_prior_sigma` bins), unchanged where none."""
+        cfg = self.cfg
+        prior = self.depth_prior(depth_maps)
+        k = (prior - cfg.depth_min) / cfg.depth_step  # bin coordinate (B, N, h, w)
+        bins = torch.arange(cfg.depth_bins, device=prior.device, dtype=prob.dtype)[None, None, :, None, None]
+        g = torch.exp(-0.5 * ((bins - k[:, :, None]) / cfg.depth_prior_sigma) ** 2)
+        sharpened = prob * g
+        sharpened = sharpened / sharpened.sum(2, keepdim=True).clamp_min(1e-12)
+        return torch.where((prior > 0)[:, :, None], sharpened, prob)
+
     def geometry(self, intrinsics: torch.Tensor, cam2ego: torch.Tensor) -> torch.Tensor:
         """Ego-frame points (B, N, D, h, w, 3) of every frustum cell; intrinsics belong to the input image."""
         rays = torch.einsum("bnij,hwj->bnhwi", torch.linalg.inv(intrinsics), self.pixels)  # z = 1 per pixel
@@ -181,22 +193,17 @@ class ViewTransform(nn.Module):
         cam2ego: torch.Tensor,
         depth_maps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (B*N, C, h, w) -> coarse voxel features (B, Cc + 2, Xc, Yc, Zc) and depth probabilities (B, N, D,
-        h, w)."""
+        """feats (B*N, C, h, w) -> coarse voxel features (B, Cc + 2, Xc, Yc, Zc) and the network's own depth
+        probabilities (B, N, D, h, w), before any LiDAR prior (what the depth-bin loss supervises); `depth_maps`
+        (B, N, H, W) sharpens the distribution the features are lifted with."""
         cfg = self.cfg
         b, n = intrinsics.shape[:2]
         out = self.head(feats)
         logits = out[:, : cfg.depth_bins].reshape(b, n, cfg.depth_bins, *out.shape[-2:])
         context = out[:, cfg.depth_bins :].reshape(b, n, cfg.context_channels, *out.shape[-2:])
-        prob = logits.float().softmax(2)
-        if depth_maps is not None:  # the depth-aware teacher: sharpen around the LiDAR depth where there is one
-            prior = self.depth_prior(depth_maps)
-            k = (prior - cfg.depth_min) / cfg.depth_step  # bin coordinate (B, N, h, w)
-            bins = torch.arange(cfg.depth_bins, device=prior.device, dtype=prob.dtype)[None, None, :, None, None]
-            g = torch.exp(-0.5 * ((bins - k[:, :, None]) / cfg.depth_prior_sigma) ** 2)
-            sharpened = prob * g
-            sharpened = sharpened / sharpened.sum(2, keepdim=True).clamp_min(1e-12)
-            prob = torch.where((prior > 0)[:, :, None], sharpened, prob)
+        own = logits.float().softmax(2)
+        # the depth-aware teacher (and the student on train.depth_prior_share of its frames) lifts with the prior
+        prob = own if depth_maps is None else self.sharpen(own, depth_maps)
         pts = self.geometry(intrinsics.float(), cam2ego.float())
         grid = cfg.grid
         coarse = cfg.coarse_shape
@@ -225,7 +232,7 @@ class ViewTransform(nn.Module):
         # and the sky sit at fixed heights in the ego frame
         z = torch.linspace(-1, 1, coarse[2], device=voxels.device, dtype=voxels.dtype)
         voxels = torch.cat([voxels, z.expand(b, 1, *coarse)], 1)
-        return voxels.contiguous(), prob
+        return voxels.contiguous(), own
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -261,7 +268,7 @@ class VoxelEncoder(nn.Module):
 class NetworkOutput:
     density: torch.Tensor  # (B, X, Y, Z) sigma >= 0 per metre
     logits: torch.Tensor  # (B, X, Y, Z, K) semantic logits
-    depth_prob: torch.Tensor  # (B, N, D, h, w)
+    depth_prob: torch.Tensor  # (B, N, D, h, w) the network's own, before any LiDAR prior
 
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, which torchvision's pretrained ResNets expect

@@ -191,12 +191,17 @@ def test_depth_prior_sharpens_the_distribution():
     T = torch.eye(4)[None, None]
     depth = torch.zeros(1, 1, *SIZE)
     depth[0, 0, :16, :16] = 10.0  # LiDAR hits the top-left feature cell
-    _, p0 = vt(feats, K, T)
-    _, p1 = vt(feats, K, T, depth)
+    v0, p0 = vt(feats, K, T)
+    v1, own = vt(feats, K, T, depth)
+    p1 = vt.sharpen(p0, depth)
     k = (10.0 - cfg.depth_min) / cfg.depth_step
     near = (torch.arange(cfg.depth_bins) - k).abs() <= 1.5  # bins within 1.5 of the prior (sigma = 1 bin)
     assert p1[0, 0, near, 0, 0].sum() > 0.6 > p0[0, 0, near, 0, 0].sum()
     torch.testing.assert_close(p1[0, 0, :, 2:, 2:], p0[0, 0, :, 2:, 2:])  # no prior, no change
+    # the features are lifted with the sharpened distribution; the one returned (what the depth-bin loss
+    # supervises) is the network's own, so that a frame given the prior does not satisfy that loss by construction
+    assert not torch.allclose(v1, v0)
+    torch.testing.assert_close(own, p0)
 
 
 def test_losses():

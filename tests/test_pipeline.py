@@ -58,6 +58,7 @@ def micro_run(pool_world, tmp_path_factory) -> tuple[Path, Path, str]:
 def test_micro_loop_two_rounds(micro_run):
     recipe, run, out = micro_run
     assert "round 0: 0 frames with manual 3D labels" in out and "round 1: 1 frames with manual 3D labels" in out
+    assert "(labeller " in out  # the DTS teacher's validation mIoU beside the student's
     stages = json.loads((run / "stages.json").read_text())
     expected = (
         ["data", "supervise"]
@@ -116,6 +117,8 @@ def test_report_page_reads_without_the_images(micro_run):
         for v in (
             ev["val"]["miou"],
             ev["val"]["geometric_iou"],
+            ev["val_teacher"]["miou"],  # the DTS teacher that labels, on the same frames
+            ev["val_teacher"]["geometric_iou"],
             ev["pseudo"]["miou"],
             ev["pseudo_thresholded"]["miou"],
         ):
@@ -126,6 +129,7 @@ def test_report_page_reads_without_the_images(micro_run):
         per_class = page[page.index("id='per-class'") :]
         car = ev["val"]["per_class_iou"]["car"]
         assert "background:rgb(0,150,245)'></span>car</td><td>" + ("-" if car is None else f"{car:.1f}") in per_class
+        assert "labeller (DTS teacher)" in per_class
         assert page.count("<span class='sw'") >= 17 + 18  # the legend and the per-class table
         for src in _img_sources(page):
             assert (folder / src).is_file(), src

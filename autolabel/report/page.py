@@ -50,6 +50,10 @@ def legend() -> str:
     return f"<div class='legend' id='legend'>{items}</div>"
 
 
+# the DTS teacher's column: the network that labels the pool (with the LiDAR depth prior when dts.depth_aware)
+TEACHER_TITLE = ("labeller (DTS teacher)", "validation frames")
+
+
 def summary_table(
     metrics: dict,
     export: dict | None,
@@ -61,10 +65,16 @@ def summary_table(
 ) -> str:
     """The round's numbers: scores against the ground truth (when there is some) and the label counts."""
     val, pseudo, kept = metrics.get("val") or {}, metrics.get("pseudo") or {}, metrics.get("pseudo_thresholded") or {}
+    teacher = metrics.get("val_teacher")
     cov = kept.get("coverage")
     # every score counts the voxels of the true mask_camera (Occ3D's convention); the kept column only those kept
     cols = [
         ("network", "validation frames", val.get("miou"), val.get("geometric_iou"), 100.0 if val else None),
+        *(
+            [(*TEACHER_TITLE, teacher.get("miou"), teacher.get("geometric_iou"), 100.0)]
+            if teacher  # with DTS: the teacher that labels the pool, on the same frames
+            else []
+        ),
         ("pseudo-labels", "every voxel", pseudo.get("miou"), pseudo.get("geometric_iou"), 100.0 if pseudo else None),
         (
             "pseudo-labels kept",
@@ -114,6 +124,7 @@ def per_class_table(metrics: dict) -> str:
         (key, title)
         for key, title in (
             ("val", "network<br><small>validation frames</small>"),
+            ("val_teacher", f"{TEACHER_TITLE[0]}<br><small>{TEACHER_TITLE[1]}</small>"),
             ("pseudo", "pseudo-labels<br><small>pool, every voxel</small>"),
         )
         if metrics.get(key)

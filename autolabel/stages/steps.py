@@ -174,13 +174,18 @@ def evaluate_checkpoint_networks(
 
 def evaluate(recipe: Recipe, k: int, progress: bool = True) -> dict:
     """Round k's manual labels counted; where the dataset has ground truth, the network on the validation
-    scenes and the pool's pseudo-labels (all, and at the export threshold)."""
+    scenes ("val"; with DTS also the teacher that labels, depth-aware as configured: "val_teacher") and the pool's
+    pseudo-labels (all, and at the export threshold)."""
     manual = round_manual_labels(recipe, k)
     out: dict = {"labelled": len(manual), "labelled_voxels": labelled_voxels(manual, recipe.network.grid.shape)}
     if not has_gts(recipe):
         return out
     if recipe.data.val_scenes:
-        out["val"] = evaluate_checkpoint(recipe, checkpoint_path(recipe, k), "val", progress=progress).as_dict()
+        nets = ("student", "teacher") if recipe.dts.enabled else ("student",)
+        scored = evaluate_checkpoint_networks(recipe, checkpoint_path(recipe, k), "val", nets, progress)
+        out["val"] = scored["student"].as_dict()
+        if "teacher" in scored:
+            out["val_teacher"] = scored["teacher"].as_dict()
     r = evaluate_round(
         LabelStore.open(recipe.store_path),
         k,

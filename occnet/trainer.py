@@ -114,6 +114,11 @@ class StepBatches(Sampler[list[int]]):
         return max(0, self.stop - self.start)
 
 
+# the seed multipliers of the per-frame random streams (Trainer.frame_generator): distinct, so that a frame's rays,
+# augmentation and depth-prior draw are independent
+RAY_STREAM, AUGMENT_STREAM, PRIOR_STREAM = 1_000_003, 7_000_003, 5_000_011
+
+
 class Trainer:
     """Trains an OccupancyNetwork on batches (dicts of tensors, see autolabel.network_input).
 
@@ -205,6 +210,11 @@ class Trainer:
                 hook.load_state_dict(hs)
 
     # ---- one step -----------------------------------------------------------------------------
+    def frame_generator(self, stream: int, step: int, position: int, device="cpu") -> torch.Generator:
+        """The generator of one frame's random draws in one stream (rays, augmentation, the depth prior), seeded by
+        (seed, step, position in the step's global batch): the same on resume and on any rank layout."""
+        return torch.Generator(device=device).manual_seed(self.cfg.seed * stream + step * 4099 + position)
+
     def prior_depth(self, b: dict, step: int, offset: int) -> torch.Tensor | None:
         """The depth maps (B, N, H, W) the forward pass sharpens its depth distribution with: the batch's LiDAR depth
         for the frames drawn for `train.depth_prior_share` (per frame from (seed, step, position), like the rays),
@@ -213,9 +223,8 @@ class Trainer:
         if share <= 0:
             return None
         depth = b["depth"]
-        seeds = [self.cfg.seed * 5_000_011 + step * 4099 + offset + i for i in range(depth.shape[0])]
-        use = torch.tensor([float(torch.rand((), generator=torch.Generator().manual_seed(s))) < share for s in seeds])
-        use = use.to(depth.device)
+        gens = [self.frame_generator(PRIOR_STREAM, step, offset + i) for i in range(depth.shape[0])]
+        use = torch.tensor([float(torch.rand((), generator=g)) < share for g in gens]).to(depth.device)
         if not bool(use.any()):
             return None
         return torch.where(use[:, None, None, None], depth, torch.zeros_like(depth))
@@ -231,10 +240,7 @@ class Trainer:
             b.update(self.annotate(b, step))  # the teacher sees the frames as they are, before augmentation
         # augmentations drawn per frame from (seed, step, position), like the rays: same on resume and any rank layout
         aug = (
-            [
-                torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + step * 4099 + offset + i)
-                for i in range(b["images"].shape[0])
-            ]
+            [self.frame_generator(AUGMENT_STREAM, step, offset + i) for i in range(b["images"].shape[0])]
             if self.cfg.image_flip or self.cfg.bev_augment
             else []
         )
@@ -266,7 +272,7 @@ class Trainer:
         if rendering:
             grid = self.model.cfg.grid
             for i in range(b["images"].shape[0]):
-                gen = torch.Generator(device=dev).manual_seed(self.cfg.seed * 1_000_003 + step * 4099 + offset + i)
+                gen = self.frame_generator(RAY_STREAM, step, offset + i, dev)
                 # a frame with no LiDAR point in the grid (and no label) has nothing to render: skip it
                 try:
                     parts.append(

@@ -121,10 +121,8 @@ def test_training_targets_take_fusions_free_space_with_target_fusion_free(monkey
         "fused_semantics": torch.full((1, *TINY_GRID.shape), 255, dtype=torch.uint8),
         "fused_confidence": torch.zeros((1, *TINY_GRID.shape)),
     }
-    for rule in (None, False, True):
-        cfg = DTSConfig(start_step=0, evidence="fusion", online_calibration=False)
-        if rule is not None:
-            cfg.target_fusion_free = rule
+    for rule in ({}, {"target_fusion_free": False}, {"target_fusion_free": True}):  # the default first
+        cfg = DTSConfig(start_step=0, evidence="fusion", online_calibration=False, **rule)
         EMATeacher(tiny_net(), cfg).annotate(batch, 0)
     assert seen == [False, False, True]
 

@@ -153,6 +153,7 @@ LABELS = {
     "hard_dts": "hard",
     "fusion_dts_hard": "hard",
 }
+LEVELS = ("noisy", *sorted(set(LABELS.values())))  # the world's 2D-label levels (`noisy`: the default level)
 DEFAULT = (
     "3d_supervised,3d_supervised@1,render_noisy,render_noisy@1,render_exact,render_hard,render_noisy_v1,"
     + ",".join(CHAIN)
@@ -202,13 +203,41 @@ def parse_ablations(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
             raise SystemExit(f"--ablation {spec!r}: round0= is for round-1 variants only")
         if round0 and round0[-1].partition("=")[2] not in VARIANTS:
             raise SystemExit(f"--ablation {spec!r}: round0 names one of {VARIANTS}")
+        labels = [s.partition("=")[2] for s in out[name][1] if s.startswith("labels=")]
+        if labels and labels[-1] not in LEVELS:
+            raise SystemExit(f"--ablation {spec!r}: labels is one of {LEVELS}")
+    return out
+
+
+def parse_relabels(specs: list[str], ablations: dict) -> dict[str, list[tuple[str, list[str]]]]:
+    """['NEW=BASE:dts.a=1;dts.b=x'] -> {BASE: [(NEW, ['dts.a=1', 'dts.b=x'])]}: the pool labelled again from
+    BASE's checkpoint (every seed of it) under other labelling rules, no training (dts.* keys only: anything
+    else would change what the network is, and the row would not say so)."""
+    out: dict[str, list[tuple[str, list[str]]]] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        base, _, sets = rest.partition(":")
+        keys = [s for s in sets.split(";") if s]
+        kind = ablations[base][0] if base in ablations else base
+        if not name or not keys or kind not in VARIANTS or kind in FUSION or is_round1(kind):
+            raise SystemExit(f"--relabel {spec!r}: want NEW=BASE:dts.key=value;... with BASE a variant that trains")
+        if any(not k.startswith("dts.") for k in keys):
+            raise SystemExit(f"--relabel {spec!r}: only the labelling rules (dts.*) may change")
+        out.setdefault(base, []).append((name, keys))
     return out
 
 
 def recipe_overrides(name: str, ablations: dict) -> list[str]:
     """An ablation's recipe overrides (key=value), without its round0= choice."""
     sets = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
-    return [s for s in sets if not s.startswith("round0=")]
+    return [s for s in sets if not s.startswith(("round0=", "labels="))]
+
+
+def labels_of(name: str, kind: str, ablations: dict) -> str:
+    """The 2D labels a variant trains and fuses from: its kind's (LABELS, else the default level), or an
+    ablation's `labels=exact|noisy|hard|v1` (the same labeller on other 2D labels)."""
+    sets = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
+    return ([s.partition("=")[2] for s in sets if s.startswith("labels=")] or [LABELS.get(kind, "noisy")])[-1]
 
 
 def round0_of(name: str, ablations: dict) -> str:
@@ -231,7 +260,7 @@ def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
     r = json.loads(json.dumps(base))
     r["name"], r["out"] = name.replace("@", "_s"), str(run / name.replace("@", "_s"))
     r["train"]["seed"] = seed
-    labels = LABELS.get(kind, "noisy")
+    labels = labels_of(name, kind, ablations)
     if is_round1(kind):  # its recipe is its round 0's (round1 loads that one); the same cache and fused labels
         kind = split_name(round0_of(name, ablations))[0]
     r["supervision"]["precomputed"]["variant"] = labels
@@ -364,8 +393,11 @@ def shared_pool_scores(run: Path, dts_name: str, dts, region_size: int):
 
 
 def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: str, ablations: dict) -> dict:
-    """Train and score `wanted` in this process; results saved to results.<tag>.json after each variant."""
+    """Train and score `wanted` in this process; results saved to results.<tag>.json after each variant (and each
+    of its --relabel rows)."""
     out = run / f"results.{tag}.json"
+    relabels = parse_relabels(args.relabel, ablations)
+    recipe_of: dict[str, object] = {}  # the recipe each scored variant trained with
     results: dict[str, dict] = json.loads(out.read_text()) if out.is_file() else {}  # a rerun does only the rest
 
     def log(msg: str) -> None:
@@ -376,6 +408,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
 
     def score(name: str, recipe, k: int, seconds: float) -> None:
         """Network on the held-out scenes, then its pseudo-labels of the pool."""
+        recipe_of[name] = recipe
         # the EMA teacher's weights too where there is one, on the same scenes: paired with the student's
         nets = ("student", "teacher") if recipe.dts.enabled else ("student",)
         scored = evaluate_checkpoint_networks(recipe, checkpoint_path(recipe, k), weights=nets, progress=False)
@@ -423,6 +456,35 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             f"pseudo-labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * p['kept_share']:.1f}%"
         )
         save()
+        relabel(name, k)
+
+    def relabel(name: str, k: int) -> None:
+        """The pool labelled again from `name`'s round-k checkpoint under each --relabel rule set for its kind:
+        rows NEW (NEW@SEED) with pseudo-label scores only (the network is `name`'s)."""
+        base, seed = split_name(name)
+        for new, keys in relabels.get(base, []):
+            row = f"{new}@{seed}" if seed else new
+            folder = run / row.replace("@", "_s")
+            shutil.rmtree(folder, ignore_errors=True)  # a rerun labels from scratch
+            own = load_recipe(run / f"{name.replace('@', '_s')}.yaml", keys, out=str(folder))
+            t0 = time.perf_counter()
+            label_round(
+                open_frames(own, "train", load_images=True, load_gt=False),
+                open_cache(own),
+                LabelStore(own.store_path, own.network.grid, create=True),
+                k,
+                own.network,
+                own.dts,
+                checkpoint_path(recipe_of[name], k),
+                resolve_device(own.device),
+                recipe_record(own),
+                progress=False,
+                fused=fused_labels(own, training=False),
+            )
+            p = pool_scores(own, k, world, t0)
+            results[row] = {"miou": None, "geometric_iou": None, "pseudo_labels": p, "relabel_of": name, "dts": keys}
+            log(f"{row} ({name} relabelled, {';'.join(keys)}): pool labels mIoU {p['miou']} geo {p['geometric_iou']}")
+            save()
 
     def train(name: str):
         log(f"{name}: training ({args.steps} steps)")
@@ -689,6 +751,12 @@ def main() -> None:
     ap.add_argument("--round1-steps", type=int, default=750)
     ap.add_argument("--variants", default=DEFAULT, help="comma-separated, NAME or NAME@SEED")
     ap.add_argument("--ablation", action="append", default=[], help="NEW=BASE:key=value;key=value (repeatable)")
+    ap.add_argument(
+        "--relabel",
+        action="append",
+        default=[],
+        help="NEW=BASE:dts.key=value;... (repeatable): the pool labelled again from BASE's networks, no training",
+    )
     ap.add_argument("--procs", type=int, default=None, help="processes (default: one per visible GPU); GPUs are shared")
     ap.add_argument("--gpus", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --procs
     ap.add_argument("--skip-pseudo", action="store_true", help="score the networks only (tuning runs)")
@@ -707,6 +775,7 @@ def main() -> None:
     if args.micro:
         args.synth, args.steps, args.round1_steps, args.test_scenes = "3x2", 2, 2, 1
     ablations = parse_ablations(args.ablation)
+    parse_relabels(args.relabel, ablations)  # checked before any work
     wanted = args.variants.split(",")
     unknown = {split_name(v)[0] for v in wanted} - set(VARIANTS) - set(DIAGNOSTICS) - set(ablations)
     unknown = {v for v in unknown if not SELECTION.match(v)}
@@ -807,6 +876,7 @@ def main() -> None:
                 str(args.test_world_seed),
                 *(["--test"] if args.test else []),
                 *sum((["--ablation", a] for a in args.ablation), []),
+                *sum((["--relabel", a] for a in args.relabel), []),
                 *(["--skip-pseudo"] if args.skip_pseudo else []),
                 "--variants",
                 ",".join(group),

@@ -81,9 +81,9 @@ def test_annotate_waits_for_start_step_and_skips_frames_with_3d_labels():
     assert torch.all(out["pseudo_confidence"][out["pseudo_semantics"] == 255] == 0)
 
 
-def test_training_targets_name_by_fusion_with_target_fusion_names():
-    """dts.target_fusion_names: the student's targets keep fusion's name wherever fusion named a voxel, the
-    teacher's surer class included; without it the more confident source names the voxel."""
+def test_training_targets_name_by_fusion_unless_in_doubt():
+    """dts.target_fusion_doubt: at 0 the student's targets keep fusion's name wherever fusion named a voxel, the
+    teacher's surer class included; at a doubt above fusion's confidence the surer source names the voxel."""
     from autolabel.dts.config import DTSConfig as Cfg
     from occnet.classes import FREE_ID, class_id
 
@@ -96,12 +96,12 @@ def test_training_targets_name_by_fusion_with_target_fusion_names():
     }
     net = tiny_net()
     names = {}
-    for rule in (False, True):
-        cfg = Cfg(start_step=0, evidence="fusion", drop_quantile=0, target_fusion_names=rule, online_calibration=False)
+    for doubt in (0.0, 0.005, 0.5):
+        cfg = Cfg(start_step=0, evidence="fusion", drop_quantile=0, target_fusion_doubt=doubt, online_calibration=False)
         sem = EMATeacher(net, cfg).annotate(batch, 0)["pseudo_semantics"]
-        names[rule] = set(sem.unique().tolist()) - {FREE_ID, 255}
-    assert names[True] == {car}
-    assert names[False] - {car}  # the teacher's surer classes win over fusion's unsure car
+        names[doubt] = set(sem.unique().tolist()) - {FREE_ID, 255}
+    assert names[0.0] == names[0.005] == {car}  # fusion's 0.01 is not in doubt below it
+    assert names[0.5] - {car}  # the teacher's surer classes win over fusion's unsure car
 
 
 def test_training_targets_take_fusions_free_space_with_target_fusion_free(monkeypatch):

@@ -391,22 +391,25 @@ def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_s
     hit = torch.tensor([False, False, True, False, False]).view(shape)
     fused = torch.tensor([car, car, 255, 255, FREE_ID], dtype=torch.uint8).view(shape)
     fconf = torch.tensor([0.8, 0.8, 0.0, 0.0, 0.7]).view(shape)
-    s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf)
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_doubt=1.0)
     # 0: fusion's car (0.8) loses to the teacher's road (0.9); 1: it wins over 0.2; 2: the frame's return that
     # fusion did not name keeps the teacher's class; 3: the frame's ray frees it (confidence 1); 4: fusion frees it
     assert s.view(-1).tolist() == [road, car, road, FREE_ID, FREE_ID]
     assert torch.allclose(c.view(-1), torch.tensor([0.9, 0.8, 0.5, 1.0, 0.7]))
-    # labelling (dts.label_fusion_names): fusion names every voxel it named, the sure teacher's road included
-    s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_names=True)
+    # the default (dts.label_fusion_doubt 0): fusion names every voxel it named, the sure teacher's road included
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf)
     assert s.view(-1).tolist() == [car, car, road, FREE_ID, FREE_ID]
     assert torch.allclose(c.view(-1), torch.tensor([0.8, 0.8, 0.5, 1.0, 0.7]))
+    # a doubt between: fusion's 0.8 stands at 0.8 (not below it), yields to the surer teacher above it
+    assert apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_doubt=0.8)[0].view(-1)[0] == car
+    assert apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_doubt=0.81)[0].view(-1)[0] == road
     # a return of the frame where fusion saw free space: occupied by the teacher's class, or with
     # dts.label_fusion_free free as fusion says (fusion holds that return, and more rays crossed the voxel)
     hit4 = hit.clone().view(-1)
     hit4[4] = True
-    s, c = apply_fusion(sem, conf, cls, pcls, free, hit4.view(shape), fused, fconf, fusion_names=True)
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit4.view(shape), fused, fconf)
     assert s.view(-1).tolist()[4] == road
-    s, c = apply_fusion(sem, conf, cls, pcls, free, hit4.view(shape), fused, fconf, fusion_names=True, fusion_free=True)
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit4.view(shape), fused, fconf, fusion_free=True)
     assert s.view(-1).tolist() == [car, car, road, FREE_ID, FREE_ID] and abs(float(c.view(-1)[4]) - 0.7) < 1e-6
     # where neither source observed anything the teacher's read-out stands
     none = torch.full(shape, 255, dtype=torch.uint8)
@@ -417,7 +420,7 @@ def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_s
     s, c = apply_fusion(sem, conf, cls, pcls, nothing, nothing, none, none.float(), fill=False)
     assert (s == 255).all() and (c == 0).all()
     # ...and what either source observed is labelled as with the fill
-    s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_names=True, fill=False)
+    s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fill=False)
     assert s.view(-1).tolist() == [car, car, road, FREE_ID, FREE_ID]
 
 
@@ -442,9 +445,9 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
 
     rule, pseudo_labels = [], label_module.pseudo_labels  # labelling's rules, frame by frame
 
-    def spy(*args, fusion_names=False, fusion_free=False, fill=True, **kwargs):
-        rule.append(fusion_names and fusion_free and not fill)
-        return pseudo_labels(*args, fusion_names=fusion_names, fusion_free=fusion_free, fill=fill, **kwargs)
+    def spy(*args, fusion_doubt=1.0, fusion_free=False, fill=True, **kwargs):
+        rule.append(fusion_doubt == 0 and fusion_free and not fill)
+        return pseudo_labels(*args, fusion_doubt=fusion_doubt, fusion_free=fusion_free, fill=fill, **kwargs)
 
     monkeypatch.setattr(label_module, "pseudo_labels", spy)
     assert main(["run", str(path)]) == 0
@@ -456,7 +459,7 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
     rows = [json.loads(x) for x in (run / "round_0" / "train" / "history.jsonl").read_text().splitlines()]
     assert all(row["fused3d"] > 0 for row in rows)
     assert LabelStore.open(run / "labels.zarr").round(0).attrs["fusion"] == fused.attrs["fusion"]
-    # labelling names by fusion wherever it named a voxel (dts.label_fusion_names), keeps its free space over the
+    # labelling names by fusion wherever it named a voxel (dts.label_fusion_doubt 0), keeps its free space over the
     # frame's returns (dts.label_fusion_free) and, as the recipe asks (dts.label_fill), leaves what nothing observed
     assert rule and all(rule)
     capsys.readouterr()

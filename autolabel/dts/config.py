@@ -19,16 +19,17 @@ class DTSConfig:
     # addition the fused labels of its scene window ("fusion", needs fusion.enabled; dts.pseudo.apply_fusion)
     evidence: str = "lidar"
     # labelling with evidence fusion (the stored and exported pseudo-labels): every voxel fusion named keeps
-    # fusion's name, the teacher names the rest. False: the more confident of the two: a softmax probability
-    # against a vote share is no calibrated comparison, and a teacher trained on (its own and fusion's) labels
-    # grows sure of itself: on the quickstart round 1's teacher renamed a fifth of the road sidewalk over
-    # fusion's right names (BENCHMARKS.md, the quickstart, 2026-12-02)
-    label_fusion_names: bool = True
-    # the same rule for the student's targets during training (loss.pseudo_3d; EMATeacher.annotate). False: the
-    # more confident of fusion's vote share and the teacher's probability names a voxel both named, and the
-    # teacher's self-training renames the ground: the recipes' network lost 4.5 mIoU on the test world to it
+    # fusion's name unless fusion's confidence lies below this doubt and below the teacher's probability of its
+    # own best class, which then names the voxel; the teacher names what fusion did not name. 0: fusion names
+    # every voxel it named; 1: the more confident of the two, always: a softmax probability against a vote share
+    # is no calibrated comparison, and a teacher trained on (its own and fusion's) labels grows sure of itself:
+    # on the quickstart round 1's teacher renamed a fifth of the road sidewalk over fusion's right names
+    # (BENCHMARKS.md, the quickstart, 2026-12-02)
+    label_fusion_doubt: float = 0.0
+    # the same rule for the student's targets during training (loss.pseudo_3d; EMATeacher.annotate). At 1 the
+    # teacher's self-training renamed the ground: the recipes' network lost 4.5 mIoU on the test world to it
     # (21.29 against 25.79, BENCHMARKS.md "Training targets named by fusion", 2026-12-02)
-    target_fusion_names: bool = True
+    target_fusion_doubt: float = 0.0
     # labelling with evidence fusion: fusion's free space wins over a return of the frame's own LiDAR (fusion holds
     # that return and freed the voxel on the evidence of more rays). False: the frame's return occupies the voxel,
     # named by the teacher: wrong more often than right (quickstart: 24% of those voxels named right, 63% truly
@@ -58,6 +59,9 @@ class DTSConfig:
             raise ValueError("dts.momentum must lie in [0, 1)")
         if self.warmup < 0 or self.start_step < 0:
             raise ValueError("dts.warmup and dts.start_step must be >= 0")
+        for key in ("label_fusion_doubt", "target_fusion_doubt"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"dts.{key} must lie in [0, 1] (a confidence), got {getattr(self, key)}")
         if not 0 <= self.drop_quantile < 1:
             raise ValueError("dts.drop_quantile must lie in [0, 1)")
         if not 0 < self.occupied_threshold < 1:

@@ -138,7 +138,7 @@ def label_round(
                     lidar,
                     dts.occupied_threshold,
                     frame_fused(batch, i) if fused is not None else None,
-                    fusion_names=dts.label_fusion_names,
+                    fusion_doubt=dts.label_fusion_doubt,
                     fusion_free=dts.label_fusion_free,
                     fill=dts.label_fill,
                 )

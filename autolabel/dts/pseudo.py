@@ -115,7 +115,7 @@ def apply_fusion(
     hit: torch.Tensor,
     fused: torch.Tensor,
     fused_conf: torch.Tensor,
-    fusion_names: bool = False,
+    fusion_doubt: float = 0.0,
     fusion_free: bool = False,
     fill: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,11 +127,13 @@ def apply_fusion(
     fusion saw through, unless a return of the frame lies there (confidence 1 for the frame's own rays,
     fusion's otherwise; with `fusion_free` (dts.label_fusion_free) fusion's free space also where a return of
     the frame lies: fusion holds that return and freed the voxel on the evidence of more rays). Occupied: the
-    frame's returns (with `fusion_free` those fusion did not free) and fusion's occupied voxels, named by the more
-    confident of fusion's vote and the teacher's best class, or with `fusion_names` by fusion wherever fusion
-    named the voxel (dts.label_fusion_names); a voxel that fusion did not name, a return no camera saw, keeps
-    the teacher's class. Elsewhere, where neither source observed anything, the teacher's read-out stands, or
-    without `fill` (dts.label_fill) nothing: unlabelled (255, confidence 0) as fusion leaves it."""
+    frame's returns (with `fusion_free` those fusion did not free) and fusion's occupied voxels, named by fusion
+    wherever it named the voxel, except where fusion's confidence lies below `fusion_doubt` and below the
+    teacher's probability of its best class: that class names the voxel (dts.label_fusion_doubt; 0: fusion names
+    every voxel it named, 1: the more confident source names it); a voxel that fusion did not name, a return no
+    camera saw, keeps the teacher's class. Elsewhere, where neither source observed anything, the teacher's
+    read-out stands, or without `fill` (dts.label_fill) nothing: unlabelled (255, confidence 0) as fusion leaves
+    it."""
     fused = fused.long()
     f_free, f_occ = fused == FREE_ID, fused < FREE_ID
     occupied = (hit & ~f_free if fusion_free else hit) | f_occ
@@ -139,7 +141,8 @@ def apply_fusion(
     free = (free | f_free) & ~occupied
     semantics = torch.where(free, torch.full_like(semantics, FREE_ID), semantics)
     confidence = torch.where(free, free_conf, confidence)
-    use_fused = f_occ if fusion_names else f_occ & (fused_conf.to(pcls.dtype) >= pcls)
+    f_conf = fused_conf.to(pcls.dtype)
+    use_fused = f_occ & ((f_conf >= fusion_doubt) | (f_conf >= pcls))
     name = torch.where(use_fused, fused, cls.long()).to(semantics.dtype)
     name_conf = torch.where(use_fused, fused_conf.to(pcls.dtype), pcls).to(confidence.dtype)
     semantics, confidence = torch.where(occupied, name, semantics), torch.where(occupied, name_conf, confidence)

@@ -403,6 +403,16 @@ def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_s
     # a doubt between: fusion's 0.8 stands at 0.8 (not below it), yields to the surer teacher above it
     assert apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_doubt=0.8)[0].view(-1)[0] == car
     assert apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, fusion_doubt=0.81)[0].view(-1)[0] == road
+    # dts.doubt_classes: ground: only fusion's flat-ground names are in doubt, and only to the teacher's flat classes
+    ground = dict(fusion_doubt=1.0, doubt_ground_only=True)
+    assert apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf, **ground)[0].view(-1)[0] == car  # no ground
+    walk = fused.clone().view(-1)
+    walk[0] = class_id("sidewalk")
+    assert apply_fusion(sem, conf, cls, pcls, free, hit, walk.view(shape), fconf, **ground)[0].view(-1)[0] == road
+    to_car = cls.clone().view(-1)
+    to_car[0] = car
+    s = apply_fusion(sem, conf, to_car.view(shape), pcls, free, hit, walk.view(shape), fconf, **ground)[0]
+    assert s.view(-1)[0] == class_id("sidewalk")  # the teacher's car renames no ground
     # a return of the frame where fusion saw free space: occupied by the teacher's class, or with
     # dts.label_fusion_free free as fusion says (fusion holds that return, and more rays crossed the voxel)
     hit4 = hit.clone().view(-1)

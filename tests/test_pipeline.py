@@ -234,6 +234,7 @@ def test_killed_run_resumes_to_the_same_outputs(micro_run, pool_world, tmp_path)
         ({"selection": {"strategy": "best"}}, "selection.strategy must be one of"),
         ({"rounds": {"annotator": "vendor"}}, "rounds.annotator must be one of"),
         ({"dts": {"label_fusion_doubt": 1.5}}, "dts.label_fusion_doubt must lie in"),
+        ({"dts": {"doubt_classes": "things"}}, "dts.doubt_classes must be one of"),
     ],
 )
 def test_recipe_errors_name_the_key(tmp_path, pool_world, bad, match):

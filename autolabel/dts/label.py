@@ -139,6 +139,7 @@ def label_round(
                     dts.occupied_threshold,
                     frame_fused(batch, i) if fused is not None else None,
                     fusion_doubt=dts.label_fusion_doubt,
+                    doubt_ground_only=dts.doubt_classes == "ground",
                     fusion_free=dts.label_fusion_free,
                     fill=dts.label_fill,
                 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from kernels.grid import GridSpec
-from occnet.classes import FREE_ID, IGNORE_ID
+from occnet.classes import FLAT_CLASS_IDS, FREE_ID, IGNORE_ID
 from occnet.surfaces import is_flat, layer_entry
 from occnet.visibility import ray_voxels
 
@@ -118,6 +118,7 @@ def apply_fusion(
     fusion_doubt: float = 0.0,
     fusion_free: bool = False,
     fill: bool = True,
+    doubt_ground_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LiDAR filtering with the fused labels of the frame's scene window as well (dts.evidence: fusion).
 
@@ -129,11 +130,12 @@ def apply_fusion(
     the frame lies: fusion holds that return and freed the voxel on the evidence of more rays). Occupied: the
     frame's returns (with `fusion_free` those fusion did not free) and fusion's occupied voxels, named by fusion
     wherever it named the voxel, except where fusion's confidence lies below `fusion_doubt` and below the
-    teacher's probability of its best class: that class names the voxel (dts.label_fusion_doubt; 0: fusion names
-    every voxel it named, 1: the more confident source names it); a voxel that fusion did not name, a return no
-    camera saw, keeps the teacher's class. Elsewhere, where neither source observed anything, the teacher's
-    read-out stands, or without `fill` (dts.label_fill) nothing: unlabelled (255, confidence 0) as fusion leaves
-    it."""
+    teacher's probability of its best class: that class names the voxel (dts.label_fusion_doubt; 0: fusion
+    names every voxel it named, 1: the more confident source names it; with `doubt_ground_only`
+    (dts.doubt_classes: ground) only a flat-ground name of fusion's is in doubt, and only the teacher's
+    flat-ground class renames it); a voxel that fusion did not name, a return no camera saw, keeps the teacher's
+    class. Elsewhere, where neither source observed anything, the teacher's read-out stands, or without `fill`
+    (dts.label_fill) nothing: unlabelled (255, confidence 0) as fusion leaves it."""
     fused = fused.long()
     f_free, f_occ = fused == FREE_ID, fused < FREE_ID
     occupied = (hit & ~f_free if fusion_free else hit) | f_occ
@@ -142,7 +144,11 @@ def apply_fusion(
     semantics = torch.where(free, torch.full_like(semantics, FREE_ID), semantics)
     confidence = torch.where(free, free_conf, confidence)
     f_conf = fused_conf.to(pcls.dtype)
-    use_fused = f_occ & ((f_conf >= fusion_doubt) | (f_conf >= pcls))
+    in_doubt = (f_conf < fusion_doubt) & (f_conf < pcls)
+    if doubt_ground_only:
+        flat = torch.tensor(FLAT_CLASS_IDS, device=fused.device)
+        in_doubt &= torch.isin(fused, flat) & torch.isin(cls.long(), flat)
+    use_fused = f_occ & ~in_doubt
     name = torch.where(use_fused, fused, cls.long()).to(semantics.dtype)
     name_conf = torch.where(use_fused, fused_conf.to(pcls.dtype), pcls).to(confidence.dtype)
     semantics, confidence = torch.where(occupied, name, semantics), torch.where(occupied, name_conf, confidence)

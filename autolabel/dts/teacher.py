@@ -94,6 +94,7 @@ class EMATeacher:
                 occupied,
                 frame_fused(batch, i) if self.cfg.evidence == "fusion" else None,
                 fusion_doubt=self.cfg.target_fusion_doubt,
+                doubt_ground_only=self.cfg.doubt_classes == "ground",
                 fusion_free=self.cfg.target_fusion_free,
             )
             sems.append(s)
@@ -158,17 +159,28 @@ def pseudo_labels(
     fusion_doubt: float = 0.0,
     fusion_free: bool = False,
     fill: bool = True,
+    doubt_ground_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame's labels before thresholding: semantics (X, Y, Z) uint8 (free = 17) and uint8 confidence
     levels; `lidar` = (free, hit) from `frame_lidar` to apply LiDAR filtering, or None; `fused` = (labels,
     confidence) from `frame_fused` to filter by the fused evidence as well (needs `lidar`); `fusion_doubt`:
-    fusion's names less confident than this yield to a surer teacher, `fusion_free`: fusion's free space wins over
+    fusion's names less confident than this yield to a surer teacher (`doubt_ground_only`: flat-ground names
+    to its flat-ground classes only), `fusion_free`: fusion's free space wins over
     the frame's returns, `fill`: the teacher's read-out fills what neither the LiDAR nor fusion observed, else it
     stays unlabelled (`apply_fusion`)."""
     sem, conf = voxel_labels(occ, cls, pcls, occupied_threshold)
     if fused is not None:
         sem, conf = apply_fusion(
-            sem, conf, cls, pcls, *lidar, *fused, fusion_doubt=fusion_doubt, fusion_free=fusion_free, fill=fill
+            sem,
+            conf,
+            cls,
+            pcls,
+            *lidar,
+            *fused,
+            fusion_doubt=fusion_doubt,
+            fusion_free=fusion_free,
+            fill=fill,
+            doubt_ground_only=doubt_ground_only,
         )
     elif lidar is not None:
         sem, conf = apply_lidar(sem, conf, cls, pcls, *lidar)

@@ -49,7 +49,9 @@ the fusion variants and every variant that trains on them.
 A variant may carry a training seed, NAME@SEED (e.g. 3d_supervised@1); the table gives mean and spread
 over seeds. Ablations: --ablation NEW=BASE:key=value;key=value (recipe keys, YAML values); a round-1
 ablation may name the round-0 network it continues with `round0=VARIANT` (default noisy_dts, e.g.
-`--ablation f_random=frame_random_5pct:round0=fused_3d`).
+`--ablation f_random=frame_random_5pct:round0=fused_3d`); `labels=exact|hard|v1` trains and fuses from
+another level's 2D labels. --relabel NEW=BASE:dts.key=value;... labels the pool again from every seed of BASE's
+checkpoints under other labelling rules (dts.* only), no training: rows NEW (NEW@SEED) with pool scores only.
 
     python benchmarks/quality.py RUN [--test] [--synth 52x4] [--test-scenes 16] [--steps 3000] [--variants ...]
     python benchmarks/quality.py RUN --micro     # the CI-sized version: checks that the harness runs

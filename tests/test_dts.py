@@ -98,13 +98,19 @@ def test_training_targets_name_by_fusion_unless_in_doubt():
     net = tiny_net()
     names = {}
     for doubt in (0.0, 0.005, 0.5):
-        cfg = Cfg(start_step=0, evidence="fusion", drop_quantile=0, target_fusion_doubt=doubt, online_calibration=False)
+        cfg = Cfg(
+            start_step=0,
+            evidence="fusion",
+            drop_quantile=0,
+            target_fusion_doubt=doubt,
+            doubt_classes="all",
+            online_calibration=False,
+        )
         sem = EMATeacher(net, cfg).annotate(batch, 0)["pseudo_semantics"]
         names[doubt] = set(sem.unique().tolist()) - {FREE_ID, 255}
     assert names[0.0] == names[0.005] == {car}  # fusion's 0.01 is not in doubt below it
     assert names[0.5] - {car}  # the teacher's surer classes win over fusion's unsure car
-    # dts.doubt_classes: ground: a car is no ground name, so it is not in doubt
-    cfg = Cfg(start_step=0, evidence="fusion", drop_quantile=0, target_fusion_doubt=0.5, online_calibration=False)
+    # dts.doubt_classes: ground (the default): a car is no ground name, so it is not in doubt
     sem = EMATeacher(net, replace(cfg, doubt_classes="ground")).annotate(batch, 0)["pseudo_semantics"]
     assert set(sem.unique().tolist()) - {FREE_ID, 255} == {car}
 

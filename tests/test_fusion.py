@@ -396,7 +396,7 @@ def test_fusion_evidence_frees_occupies_and_names_voxels_by_the_more_confident_s
     # fusion did not name keeps the teacher's class; 3: the frame's ray frees it (confidence 1); 4: fusion frees it
     assert s.view(-1).tolist() == [road, car, road, FREE_ID, FREE_ID]
     assert torch.allclose(c.view(-1), torch.tensor([0.9, 0.8, 0.5, 1.0, 0.7]))
-    # the default (dts.label_fusion_doubt 0): fusion names every voxel it named, the sure teacher's road included
+    # at doubt 0: fusion names every voxel it named, the sure teacher's road included
     s, c = apply_fusion(sem, conf, cls, pcls, free, hit, fused, fconf)
     assert s.view(-1).tolist() == [car, car, road, FREE_ID, FREE_ID]
     assert torch.allclose(c.view(-1), torch.tensor([0.8, 0.8, 0.5, 1.0, 0.7]))
@@ -455,9 +455,16 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
 
     rule, pseudo_labels = [], label_module.pseudo_labels  # labelling's rules, frame by frame
 
-    def spy(*args, fusion_doubt=1.0, fusion_free=False, fill=True, **kwargs):
-        rule.append(fusion_doubt == 0 and fusion_free and not fill)
-        return pseudo_labels(*args, fusion_doubt=fusion_doubt, fusion_free=fusion_free, fill=fill, **kwargs)
+    def spy(*args, fusion_doubt=0.0, fusion_free=False, fill=True, doubt_ground_only=False, **kwargs):
+        rule.append(fusion_doubt == 1 and doubt_ground_only and fusion_free and not fill)
+        return pseudo_labels(
+            *args,
+            fusion_doubt=fusion_doubt,
+            fusion_free=fusion_free,
+            fill=fill,
+            doubt_ground_only=doubt_ground_only,
+            **kwargs,
+        )
 
     monkeypatch.setattr(label_module, "pseudo_labels", spy)
     assert main(["run", str(path)]) == 0
@@ -469,8 +476,9 @@ def test_a_run_fuses_once_and_trains_and_labels_with_the_fused_labels(pool_world
     rows = [json.loads(x) for x in (run / "round_0" / "train" / "history.jsonl").read_text().splitlines()]
     assert all(row["fused3d"] > 0 for row in rows)
     assert LabelStore.open(run / "labels.zarr").round(0).attrs["fusion"] == fused.attrs["fusion"]
-    # labelling names by fusion wherever it named a voxel (dts.label_fusion_doubt 0), keeps its free space over the
-    # frame's returns (dts.label_fusion_free) and, as the recipe asks (dts.label_fill), leaves what nothing observed
+    # labelling names by fusion unless a ground name is in doubt (dts.label_fusion_doubt 1, doubt_classes ground),
+    # keeps its free space over the frame's returns (dts.label_fusion_free) and, as the recipe asks
+    # (dts.label_fill), leaves what nothing observed
     assert rule and all(rule)
     capsys.readouterr()
     assert (

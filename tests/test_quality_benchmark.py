@@ -92,7 +92,7 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
         "--ablation",  # the recipes' labeller (fused targets, the teacher on fusion's evidence) on exact 2D labels
         "fdx=fused_3d:labels=exact;dts.enabled=true;loss.pseudo_3d=1.0;dts.evidence=fusion",
         "--relabel",  # its pool labelled again under another naming rule, from the same checkpoint
-        "fdx_doubt=fdx:dts.label_fusion_doubt=1.0",
+        "fdx_doubt=fdx:dts.label_fusion_doubt=0",
         "--ablation",
         "share50=frame_random_10pct:train.labelled_share=0.5",  # an ablation of round 1's training
         "--ablation",  # round 1 from another round-0 network, fused_3d's (trained in this invocation), with the
@@ -131,7 +131,7 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
     assert relabelled["relabel_of"] == "fdx" and relabelled["miou"] is None and relabelled["pseudo_labels"]["miou"]
     attrs = {n: LabelStore.open(tmp_path / "q" / n / "labels.zarr").round(0).attrs for n in ("fdx", "fdx_doubt")}
     assert attrs["fdx"]["checkpoint_sha256"] == attrs["fdx_doubt"]["checkpoint_sha256"]
-    assert [attrs[n]["dts"]["label_fusion_doubt"] for n in ("fdx", "fdx_doubt")] == [0.0, 1.0]
+    assert [attrs[n]["dts"]["label_fusion_doubt"] for n in ("fdx", "fdx_doubt")] == [1.0, 0.0]
     assert merged["f_carried"]["selected"] == merged["frame_random_10pct"]["selected"]  # same seed, same picks
     assert merged["f_fusion"]["strategy"] == "fusion" and all(n > 0 for n in merged["f_fusion"]["tiles"])
     assert merged["f_oracle"]["strategy"] == "oracle" and all(0 < n <= 4 for n in merged["f_oracle"]["tiles"])

@@ -19,23 +19,27 @@ class DTSConfig:
     # the evidence the teacher's pseudo-labels are filtered by: the frame's own LiDAR ("lidar"), or in
     # addition the fused labels of its scene window ("fusion", needs fusion.enabled; dts.pseudo.apply_fusion)
     evidence: str = "lidar"
-    # labelling with evidence fusion (the stored and exported pseudo-labels): every voxel fusion named keeps
-    # fusion's name unless fusion's confidence lies below this doubt and below the teacher's probability of its
-    # own best class, which then names the voxel; the teacher names what fusion did not name. 0: fusion names
-    # every voxel it named; 1: the more confident of the two, always: a softmax probability against a vote share
-    # is no calibrated comparison, and a teacher trained on (its own and fusion's) labels grows sure of itself:
-    # on the quickstart round 1's teacher renamed a fifth of the road sidewalk over fusion's right names
-    # (BENCHMARKS.md, the quickstart, 2026-12-02)
-    label_fusion_doubt: float = 0.0
-    # the same rule for the student's targets during training (loss.pseudo_3d; EMATeacher.annotate). At 1 the
-    # teacher's self-training renamed the ground: the recipes' network lost 4.5 mIoU on the test world to it
-    # (21.29 against 25.79, BENCHMARKS.md "Training targets named by fusion", 2026-12-02)
+    # labelling with evidence fusion (the stored and exported pseudo-labels): fusion names every voxel it named
+    # unless its name is in doubt: fusion's confidence lies below this doubt and below the teacher's probability of
+    # its own best class, which then names the voxel (within `doubt_classes`); the teacher names what fusion did
+    # not name. 0: fusion names every voxel it named; 1 with doubt_classes "ground" (the default since 2026-12-02):
+    # the surer source names a flat-ground voxel: the pool's labels +0.42 mIoU on the development world (57.19
+    # against 56.77, two seeds), +0.14 / +0.38 on the quickstart's rounds 0 / 1 (BENCHMARKS.md "Fusion's ground
+    # names in doubt"). Over all classes every doubt lowered them (0.3: -0.20, 1: -0.91, three seeds): a softmax
+    # probability against a vote share is no calibrated comparison, and the teacher renames the rare things
+    # fusion named right
+    label_fusion_doubt: float = 1.0
+    # the same rule for the student's targets during training (loss.pseudo_3d; EMATeacher.annotate). At 1 over all
+    # classes the (depth-blind) teacher's self-training renamed the ground: the recipes' network lost 4.5 mIoU on
+    # the test world to it (21.29 against 25.79, BENCHMARKS.md "Training targets named by fusion"); at 0.5 over all
+    # classes with the depth-aware teacher the student moved within its spread (26.12 against 25.95, development)
     target_fusion_doubt: float = 0.0
-    # which of fusion's names the two doubts reach: "all", or "ground": a flat-ground name (driveable surface,
-    # other flat, sidewalk, terrain) renamed to another flat-ground class only, where the network, which sees the
-    # ground's layout across frames and scenes, corrects the 2D masks' ground confusions without renaming the
-    # rare things fusion named (at doubt 1 on a development world: ground +1.8 to +6.8 IoU, barrier -8, others -7)
-    doubt_classes: str = "all"
+    # which of fusion's names the doubts reach: "ground", a flat-ground name (driveable surface, other flat,
+    # sidewalk, terrain) renamed to another flat-ground class only: the network, which learnt the ground's layout
+    # across frames and scenes, corrects the 2D masks' confusions between ground classes (development world, doubt
+    # 1: driveable +2.2, other flat +4.1, sidewalk +2.8, terrain -2.0 IoU); or "all" (doubt 1: ground +1.8 to +6.8,
+    # and construction vehicle -15, barrier -8, others -7)
+    doubt_classes: str = "ground"
     # labelling with evidence fusion: fusion's free space wins over a return of the frame's own LiDAR (fusion holds
     # that return and freed the voxel on the evidence of more rays). False: the frame's return occupies the voxel,
     # named by the teacher: wrong more often than right (quickstart: 24% of those voxels named right, 63% truly

@@ -49,9 +49,10 @@ the fusion variants and every variant that trains on them.
 A variant may carry a training seed, NAME@SEED (e.g. 3d_supervised@1); the table gives mean and spread
 over seeds. Ablations: --ablation NEW=BASE:key=value;key=value (recipe keys, YAML values); a round-1
 ablation may name the round-0 network it continues with `round0=VARIANT` (default noisy_dts, e.g.
-`--ablation f_random=frame_random_5pct:round0=fused_3d`); `labels=exact|hard|v1` trains and fuses from
-another level's 2D labels. --relabel NEW=BASE:dts.key=value;... labels the pool again from every seed of BASE's
-checkpoints under other labelling rules (dts.* only), no training: rows NEW (NEW@SEED) with pool scores only.
+`--ablation f_random=frame_random_5pct:round0=fused_3d`; VARIANT may be an ablation, e.g. the recipes'
+training); `labels=exact|hard|v1` trains and fuses from another level's 2D labels. --relabel
+NEW=BASE:dts.key=value;... labels the pool again from every seed of BASE's checkpoints under other labelling
+rules (dts.* only), no training: rows NEW (NEW@SEED) with pool scores only.
 
     python benchmarks/quality.py RUN [--test] [--synth 52x4] [--test-scenes 16] [--steps 3000] [--variants ...]
     python benchmarks/quality.py RUN --micro     # the CI-sized version: checks that the harness runs
@@ -203,11 +204,14 @@ def parse_ablations(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
         round0 = [s for s in out[name][1] if s.startswith("round0=")]
         if round0 and not is_round1(base):
             raise SystemExit(f"--ablation {spec!r}: round0= is for round-1 variants only")
-        if round0 and round0[-1].partition("=")[2] not in VARIANTS:
-            raise SystemExit(f"--ablation {spec!r}: round0 names one of {VARIANTS}")
         labels = [s.partition("=")[2] for s in out[name][1] if s.startswith("labels=")]
         if labels and labels[-1] not in LEVELS:
             raise SystemExit(f"--ablation {spec!r}: labels is one of {LEVELS}")
+    for name, (_, sets) in out.items():  # round 0: a variant that trains from scratch, or an ablation of one
+        round0 = [s.partition("=")[2] for s in sets if s.startswith("round0=")]
+        trains = round0 and (round0[-1] in VARIANTS or (round0[-1] in out and not is_round1(out[round0[-1]][0])))
+        if round0 and not trains:
+            raise SystemExit(f"--ablation {name}: round0 names one of {VARIANTS} or an ablation of one")
     return out
 
 
@@ -264,7 +268,10 @@ def variant_recipe(run: Path, base: dict, name: str, ablations: dict) -> dict:
     r["train"]["seed"] = seed
     labels = labels_of(name, kind, ablations)
     if is_round1(kind):  # its recipe is its round 0's (round1 loads that one); the same cache and fused labels
-        kind = split_name(round0_of(name, ablations))[0]
+        round0 = round0_of(name, ablations)
+        kind = kind_of(round0, ablations)
+        labels = labels_of(round0, kind, ablations)
+        overrides = recipe_overrides(round0, ablations) + overrides  # a round 0 that is an ablation: its settings
     r["supervision"]["precomputed"]["variant"] = labels
     r["supervision"]["cache"] = str(run / f"cache_{labels}.zarr")
     dts = kind in DTS

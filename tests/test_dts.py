@@ -60,6 +60,37 @@ def test_ema_momentum_ramp_and_update():
         torch.testing.assert_close(a, b)
 
 
+def test_a_carried_teacher_keeps_its_age_in_a_new_round():
+    """dts.carry_teacher: a teacher loaded from the previous round's checkpoint ramps on from the updates it saw
+    there and labels from the new round's first step; without it the ramp and start_step restart with the round's
+    steps (the loaded weights then give way to the student's at once). A checkpoint written before the count was
+    kept resumes its own round as it did: the age is the step."""
+    torch.manual_seed(0)
+    student = tiny_net()
+    previous = EMATeacher(student, DTSConfig())
+    previous.updates = 250  # the end of round 0
+    saved = previous.state_dict()
+    batch = _blind_batch(1)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    for carry, age in ((True, 251), (False, 1)):
+        teacher = EMATeacher(student, DTSConfig(start_step=150, carry_teacher=carry))
+        teacher.load_state_dict(saved)
+        assert (teacher.annotate(batch, 0) != {}) == carry  # round 1's first step
+        before = [p.clone() for p in teacher.model.parameters()]
+        teacher(student, 1)
+        m = teacher.momentum(age)
+        for t, b, s in zip(teacher.model.parameters(), before, student.parameters()):
+            torch.testing.assert_close(t, m * b + (1 - m) * s)
+        assert teacher.state_dict()["updates"] == 251
+    legacy = EMATeacher(student, DTSConfig(start_step=150))
+    legacy.load_state_dict({k: v for k, v in saved.items() if k != "updates"})
+    assert legacy.annotate(batch, 149) == {} and legacy.age(149) == 149
+    legacy(student, 150)
+    assert legacy.updates == 150
+
+
 def _blind_batch(b: int) -> dict:
     """b frames of random images, six cameras looking along +z, no LiDAR return and no 2D label."""
     return {

@@ -55,6 +55,19 @@ def micro_run(pool_world, tmp_path_factory) -> tuple[Path, Path, str]:
     return Path(recipe), Path(run), out
 
 
+def test_round_1_teacher_continues_round_0s(micro_run):
+    """dts.carry_teacher: round 1's teacher is round 0's (4 updates, start_step 1), so its pseudo-labels reach the
+    student from round 1's first step; round 0's young teacher waits for step 1, as a restarted one would."""
+    from autolabel.checkpoint import read_checkpoint, teacher_state
+
+    run = micro_run[1]
+    first = {
+        k: json.loads((run / f"round_{k}" / "train" / "history.jsonl").read_text().splitlines()[0]) for k in (0, 1)
+    }
+    assert "pseudo3d" not in first[0] and "pseudo3d" in first[1]
+    assert teacher_state(read_checkpoint(run / "round_1" / "train" / "checkpoint.pt"))["updates"] == 8
+
+
 def test_micro_loop_two_rounds(micro_run):
     recipe, run, out = micro_run
     assert "round 0: 0 frames with manual 3D labels" in out and "round 1: 1 frames with manual 3D labels" in out

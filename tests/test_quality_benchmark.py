@@ -88,9 +88,11 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
         "--tag",
         "b",
         "--variants",
-        "frame_random_10pct,share50,fused_3d,f_carried,f_fusion,f_oracle,fdx",
+        "frame_random_10pct,share50,fused_3d,f_carried,f_fusion,f_oracle,fdx,f_fdx",
         "--ablation",  # the recipes' labeller (fused targets, the teacher on fusion's evidence) on exact 2D labels
         "fdx=fused_3d:labels=exact;dts.enabled=true;loss.pseudo_3d=1.0;dts.evidence=fusion",
+        "--ablation",  # round 1 from that ablation's network
+        "f_fdx=region_fusion_10pct:round0=fdx",
         "--relabel",  # its pool labelled again under another naming rule, from the same checkpoint
         "fdx_doubt=fdx:dts.label_fusion_doubt=0",
         "--ablation",
@@ -132,6 +134,9 @@ def test_quality_harness_runs_micro(tmp_path, monkeypatch):
     attrs = {n: LabelStore.open(tmp_path / "q" / n / "labels.zarr").round(0).attrs for n in ("fdx", "fdx_doubt")}
     assert attrs["fdx"]["checkpoint_sha256"] == attrs["fdx_doubt"]["checkpoint_sha256"]
     assert [attrs[n]["dts"]["label_fusion_doubt"] for n in ("fdx", "fdx_doubt")] == [1.0, 0.0]
+    own = yaml.safe_load((tmp_path / "q" / "f_fdx" / "recipe.yaml").read_text())  # round 1 continues fdx's recipe
+    assert own["dts"]["enabled"] and own["supervision"]["precomputed"]["variant"] == "exact"
+    assert merged["f_fdx"]["strategy"] == "fusion" and merged["f_fdx"]["miou"] is not None
     assert merged["f_carried"]["selected"] == merged["frame_random_10pct"]["selected"]  # same seed, same picks
     assert merged["f_fusion"]["strategy"] == "fusion" and all(n > 0 for n in merged["f_fusion"]["tiles"])
     assert merged["f_oracle"]["strategy"] == "oracle" and all(0 < n <= 4 for n in merged["f_oracle"]["tiles"])

@@ -14,6 +14,11 @@ class DTSConfig:
     momentum: float = 0.999  # EMA momentum m, ramped up as min(m, 1 - (1 + warmup) / (step + 1 + warmup))
     warmup: int = 10
     start_step: int = 200  # the student learns from pseudo-labels (loss.pseudo_3d) from this step on
+    # a new round's teacher continues the previous round's: its EMA ramp and start_step count the updates it has
+    # seen over every round, so it labels from the round's first step. False: the ramp restarts with the round's
+    # steps (momentum 0.08 at the first: the loaded weights are the student's within a few steps) and the round's
+    # first start_step steps get no pseudo-labels (the behaviour before 2026-12-02)
+    carry_teacher: bool = True
     depth_aware: bool = True  # the teacher's view transform uses the LiDAR depth prior
     lidar_filter: bool = True  # voxels LiDAR rays cross are free, return voxels occupied
     # the evidence the teacher's pseudo-labels are filtered by: the frame's own LiDAR ("lidar"), or in

@@ -23,9 +23,12 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 class EMATeacher:
     """teacher = m * teacher + (1 - m) * student after every optimiser step, with
-    m = min(momentum, 1 - (1 + warmup) / (step + 1 + warmup)) so that the teacher tracks the young
+    m = min(momentum, 1 - (1 + warmup) / (age + 1 + warmup)) so that the teacher tracks the young
     student closely and averages over longer and longer windows later. Buffers (BatchNorm statistics)
-    are copied, not averaged."""
+    are copied, not averaged. Its age is the number of updates its weights have seen: the round's step in
+    round 0, and with `dts.carry_teacher` the previous rounds' updates plus the step in a later round, which
+    starts from the previous round's teacher (a teacher that restarted its ramp there took the student's
+    weights within a few steps: momentum 0.08 at the first)."""
 
     def __init__(self, student: torch.nn.Module, cfg: DTSConfig):
         self.cfg = cfg
@@ -33,13 +36,20 @@ class EMATeacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.lidar_counts: torch.Tensor | None = None  # (2, C) running LiDAR IoU counts of the online read-out
+        self.updates = 0  # EMA updates the weights have seen, over every round they were carried through
 
     def momentum(self, step: int) -> float:
         return min(self.cfg.momentum, 1 - (1 + self.cfg.warmup) / (step + 1 + self.cfg.warmup))
 
+    def age(self, step: int) -> int:
+        """The teacher's age at the round's `step`: what its momentum ramp and dts.start_step count. The max
+        holds a round resumed from a checkpoint written before the count was kept (age = step there)."""
+        return max(self.updates, step) if self.cfg.carry_teacher else step
+
     @torch.no_grad()
     def __call__(self, student: torch.nn.Module, step: int) -> None:
-        m = self.momentum(step)
+        self.updates = max(self.updates + 1, step)
+        m = self.momentum(self.age(step))
         s = _unwrap(student)
         self.to(next(s.parameters()).device)  # the trainer moves the student after the teacher was made
         for tp, sp in zip(self.model.parameters(), s.parameters()):
@@ -57,11 +67,12 @@ class EMATeacher:
         return self
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "lidar_counts": self.lidar_counts}
+        return {"model": self.model.state_dict(), "lidar_counts": self.lidar_counts, "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.lidar_counts = state.get("lidar_counts")  # checkpoints before online calibration have none
+        self.updates = int(state.get("updates", 0))  # nor before 2026-12-02 the count of updates (`age`)
 
     # ---- predictions ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -73,8 +84,9 @@ class EMATeacher:
     def annotate(self, batch: dict, step: int) -> dict:
         """Pseudo-label targets for a batch already on the device: pseudo_semantics (B, X, Y, Z) int64 ids
         (255 = dropped), pseudo_confidence (B, X, Y, Z) float, has_pseudo (B,) = frames without 3D labels.
-        Nothing before cfg.start_step: a teacher that has seen too few steps teaches noise."""
-        if step < self.cfg.start_step:
+        Nothing before the teacher's age (`age`) reaches cfg.start_step: a teacher that has seen too few steps
+        teaches noise."""
+        if self.age(step) < self.cfg.start_step:
             return {}
         self.to(batch["images"].device)
         occ, cls, pcls = self.probabilities(batch)

@@ -93,6 +93,8 @@ def train_round(
         saved = teacher_state(state)
         if saved is not None:
             teacher.load_state_dict(saved)
+            # a checkpoint written before the teacher counted its updates: it saw one per step of its round
+            teacher.updates = teacher.updates or int(state.get("step", 0))
     trainer = Trainer(
         model,
         render,

@@ -406,7 +406,6 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
     of its --relabel rows)."""
     out = run / f"results.{tag}.json"
     relabels = parse_relabels(args.relabel, ablations)
-    recipe_of: dict[str, object] = {}  # the recipe each scored variant trained with
     results: dict[str, dict] = json.loads(out.read_text()) if out.is_file() else {}  # a rerun does only the rest
 
     def log(msg: str) -> None:
@@ -417,7 +416,6 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
 
     def score(name: str, recipe, k: int, seconds: float) -> None:
         """Network on the held-out scenes, then its pseudo-labels of the pool."""
-        recipe_of[name] = recipe
         # the EMA teacher's weights too where there is one, on the same scenes: paired with the student's
         nets = ("student", "teacher") if recipe.dts.enabled else ("student",)
         scored = evaluate_checkpoint_networks(recipe, checkpoint_path(recipe, k), weights=nets, progress=False)
@@ -465,9 +463,9 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
             f"pseudo-labels mIoU {p['miou']} geo {p['geometric_iou']}, kept {100 * p['kept_share']:.1f}%"
         )
         save()
-        relabel(name, k)
+        relabel(name, recipe, k)
 
-    def relabel(name: str, k: int) -> None:
+    def relabel(name: str, recipe, k: int) -> None:
         """The pool labelled again from `name`'s round-k checkpoint under each --relabel rule set for its kind:
         rows NEW (NEW@SEED) with pseudo-label scores only (the network is `name`'s)."""
         base, seed = split_name(name)
@@ -484,7 +482,7 @@ def run_group(run: Path, base: dict, world: Path, wanted: list[str], args, tag: 
                 k,
                 own.network,
                 own.dts,
-                checkpoint_path(recipe_of[name], k),
+                checkpoint_path(recipe, k),
                 resolve_device(own.device),
                 recipe_record(own),
                 progress=False,

@@ -177,9 +177,9 @@ def pseudo_labels(
     levels; `lidar` = (free, hit) from `frame_lidar` to apply LiDAR filtering, or None; `fused` = (labels,
     confidence) from `frame_fused` to filter by the fused evidence as well (needs `lidar`); `fusion_doubt`:
     fusion's names less confident than this yield to a surer teacher (`doubt_ground_only`: flat-ground names
-    to its flat-ground classes only), `fusion_free`: fusion's free space wins over
-    the frame's returns, `fill`: the teacher's read-out fills what neither the LiDAR nor fusion observed, else it
-    stays unlabelled (`apply_fusion`)."""
+    to its flat-ground classes only), `fusion_free`: fusion's free space wins over the frame's returns, `fill`:
+    the teacher's read-out fills what neither the LiDAR nor fusion observed, else it stays unlabelled
+    (`apply_fusion`)."""
     sem, conf = voxel_labels(occ, cls, pcls, occupied_threshold)
     if fused is not None:
         sem, conf = apply_fusion(

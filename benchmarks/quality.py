@@ -233,22 +233,27 @@ def parse_relabels(specs: list[str], ablations: dict) -> dict[str, list[tuple[st
     return out
 
 
+def ablation_sets(name: str, ablations: dict) -> list[str]:
+    """What an ablation sets (key=value, round0=, labels=), of any seed of it; [] for a built-in variant."""
+    return ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
+
+
 def recipe_overrides(name: str, ablations: dict) -> list[str]:
-    """An ablation's recipe overrides (key=value), without its round0= choice."""
-    sets = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
+    """An ablation's recipe overrides (key=value), without its round0= and labels= choices."""
+    sets = ablation_sets(name, ablations)
     return [s for s in sets if not s.startswith(("round0=", "labels="))]
 
 
 def labels_of(name: str, kind: str, ablations: dict) -> str:
     """The 2D labels a variant trains and fuses from: its kind's (LABELS, else the default level), or an
     ablation's `labels=exact|noisy|hard|v1` (the same labeller on other 2D labels)."""
-    sets = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
+    sets = ablation_sets(name, ablations)
     return ([s.partition("=")[2] for s in sets if s.startswith("labels=")] or [LABELS.get(kind, "noisy")])[-1]
 
 
 def round0_of(name: str, ablations: dict) -> str:
     """The round-0 network a round-1 variant continues with, of the same seed ('noisy_dts' or 'x@1')."""
-    sets = ablations[split_name(name)[0]][1] if split_name(name)[0] in ablations else []
+    sets = ablation_sets(name, ablations)
     base = ([s.partition("=")[2] for s in sets if s.startswith("round0=")] or ["noisy_dts"])[-1]
     seed = split_name(name)[1]
     return f"{base}@{seed}" if seed else base

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from kernels.grid import GridSpec
-from occnet.classes import FLAT_CLASS_IDS, FREE_ID, IGNORE_ID
+from occnet.classes import FREE_ID, IGNORE_ID
 from occnet.surfaces import is_flat, layer_entry
 from occnet.visibility import ray_voxels
 
@@ -146,11 +146,10 @@ def apply_fusion(
     f_conf = fused_conf.to(pcls.dtype)
     in_doubt = (f_conf < fusion_doubt) & (f_conf < pcls)
     if doubt_ground_only:
-        flat = torch.tensor(FLAT_CLASS_IDS, device=fused.device)
-        in_doubt &= torch.isin(fused, flat) & torch.isin(cls.long(), flat)
+        in_doubt &= is_flat(fused) & is_flat(cls)
     use_fused = f_occ & ~in_doubt
     name = torch.where(use_fused, fused, cls.long()).to(semantics.dtype)
-    name_conf = torch.where(use_fused, fused_conf.to(pcls.dtype), pcls).to(confidence.dtype)
+    name_conf = torch.where(use_fused, f_conf, pcls).to(confidence.dtype)
     semantics, confidence = torch.where(occupied, name, semantics), torch.where(occupied, name_conf, confidence)
     if not fill:
         seen = free | occupied
